@@ -1,0 +1,100 @@
+"""All reading and writing of data sets lives here (CSV files in SageMaker's format; Spark tables).
+
+Readers return Arrow tables (for the single-process tools) or Spark DataFrames (for the jobs);
+writers never leave a half-written output behind: files are written to a temporary name in the same
+directory and renamed into place, and Spark tables are written with dynamic partition overwrite.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.csv as pacsv
+
+__all__ = [
+    "DataFormatError",
+    "atomic_write",
+    "read_pairs_csv",
+    "read_labelled_csv",
+]
+
+
+class DataFormatError(ValueError):
+    """An input file does not have the expected shape; the message names the file and line."""
+
+
+@contextmanager
+def atomic_write(path: str | Path, mode: str = "w", **kwargs) -> Iterator:
+    """Open a temporary file beside ``path`` and rename it over ``path`` only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        with open(tmp, mode, **kwargs) as fh:
+            yield fh
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _read_headerless_csv(path: str | Path, columns: list[str], min_columns: int) -> pa.Table:
+    """Read a headerless CSV as strings; a row with the wrong number of fields is an error naming it."""
+    path = Path(path)
+    if not path.exists():
+        raise DataFormatError(f"{path}: no such file")
+    bad: list[str] = []
+
+    def on_invalid(row: pacsv.InvalidRow) -> str:
+        # Keep the first few for the message; line numbers from Arrow are 1-based physical lines.
+        if len(bad) < 5:
+            line = row.number if row.number is not None else "?"
+            bad.append(f"{path}:{line}: expected {row.expected_columns} fields, got {row.actual_columns}: {row.text!r}")
+        return "error"
+
+    try:
+        table = pacsv.read_csv(
+            path,
+            read_options=pacsv.ReadOptions(column_names=columns, block_size=1 << 24),
+            parse_options=pacsv.ParseOptions(invalid_row_handler=on_invalid if min_columns == len(columns) else None),
+            convert_options=pacsv.ConvertOptions(
+                column_types={c: pa.string() for c in columns}, strings_can_be_null=False, quoted_strings_can_be_null=False
+            ),
+        )
+    except pa.ArrowInvalid as exc:
+        detail = bad[0] if bad else f"{path}: {exc}"
+        raise DataFormatError(f"{detail} (columns: {', '.join(columns)})") from None
+    if table.num_rows == 0:
+        raise DataFormatError(f"{path}: file holds no rows")
+    return table
+
+
+def read_pairs_csv(path: str | Path) -> pa.Table:
+    """SageMaker's training format: headerless ``entity,ip`` rows -> table (entity, ip) of strings."""
+    return _read_headerless_csv(path, ["entity", "ip"], 2)
+
+
+def read_labelled_csv(path: str | Path) -> pa.Table:
+    """Labelled evaluation rows ``entity,ip,label[,kind]`` (label 1 = anomalous, 0 = normal)."""
+    path = Path(path)
+    with open(path, encoding="utf-8", errors="replace") as fh:
+        first = fh.readline()
+    n = first.count(",") + 1
+    if n not in (3, 4):
+        raise DataFormatError(f"{path}:1: expected 3 or 4 fields (entity,ip,label[,kind]), got {n}: {first!r}")
+    columns = ["entity", "ip", "label", "kind"][:n]
+    table = _read_headerless_csv(path, columns, n)
+    try:
+        labels = table["label"].cast(pa.int8())
+    except pa.ArrowInvalid:
+        raise DataFormatError(f"{path}: field 'label' (3rd) must be 0 or 1 on every line") from None
+    table = table.set_column(table.schema.get_field_index("label"), "label", labels)
+    if "kind" not in table.column_names:
+        table = table.append_column("kind", pa.array(["all"] * table.num_rows, pa.string()))
+    return table

@@ -1,0 +1,1 @@
+"""Thin entry points (``main(argv=None)``): installed as the ``ipinsights_jobs`` package."""

@@ -1,0 +1,43 @@
+"""ipinsights: a self-hosted equivalent of Amazon SageMaker's IP Insights, as Spark + PyTorch jobs."""
+
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+version = {}
+exec(Path("ipinsights/_version.py").read_text(), version)
+
+setup(
+    name="ipinsights",
+    version=version["__version__"],
+    description="Learn which IP addresses each entity uses and score new (entity, IP) events, on Spark",
+    long_description=Path("README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.10",
+    # The jobs/ folder ships as the ``ipinsights_jobs`` package so that the console script and
+    # spark-submit on a cluster (``--py-files`` of the wheel) find the same entry points.
+    packages=find_packages(include=["ipinsights", "ipinsights.*"]) + ["ipinsights_jobs"],
+    package_dir={"ipinsights_jobs": "jobs"},
+    package_data={"ipinsights": ["py.typed"]},
+    install_requires=[
+        "numpy>=1.24",
+        "pyarrow>=14",
+        "pandas>=2.0,<3",  # pyspark 4.3 warns on pandas UDFs with pandas 3
+        "pyyaml>=6",
+        "safetensors>=0.4",
+        "tqdm>=4.60",
+        "torch==2.13.0",
+    ],
+    extras_require={
+        "spark": ["pyspark==4.3.0", "matplotlib>=3.7"],
+        "serving": [],
+        "dev": ["pytest>=8", "pytest-timeout>=2.2", "ruff>=0.6", "hypothesis>=6.100"],
+    },
+    entry_points={"console_scripts": ["ipinsights=ipinsights_jobs.cli:main"]},
+    classifiers=[
+        "Programming Language :: Python :: 3",
+        "Topic :: Security",
+        "Topic :: Scientific/Engineering :: Artificial Intelligence",
+    ],
+)
