@@ -116,8 +116,8 @@ class ModelOptions:
     """
 
     hash_seed: int = 0
-    ip_prefix_lengths: tuple[int, ...] = (8, 16, 20, 24, 28, 32)
-    ip_hash_buckets: int = 262_144
+    ip_prefix_lengths: tuple[int, ...] = (8, 12, 16, 20, 24)
+    ip_hash_buckets: int = 131_072
 
     def __post_init__(self) -> None:
         _check_int("hash_seed", self.hash_seed, 0, 2**63 - 1)

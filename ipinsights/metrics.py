@@ -1,0 +1,61 @@
+"""Ranking metrics without scikit-learn: ROC AUC (ties counted half) and threshold tables."""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["roc_auc", "threshold_table"]
+
+
+def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float:
+    """Area under the ROC curve for ``scores`` where higher means ``label == 1``.
+
+    Computed as the Mann-Whitney U statistic with average ranks, so tied scores count one half
+    (a constant score gives 0.5). Returns NaN when one class is absent. NaN scores rank lowest.
+    """
+    s = np.asarray(scores, dtype=np.float64)
+    y = np.asarray(labels).astype(bool)
+    n_pos = int(y.sum())
+    n_neg = y.size - n_pos
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    s = np.where(np.isnan(s), -np.inf, s)
+    order = np.argsort(s, kind="mergesort")
+    sorted_s = s[order]
+    # average rank of each tie group (1-based)
+    boundaries = np.flatnonzero(np.diff(sorted_s)) + 1
+    starts = np.concatenate(([0], boundaries))
+    ends = np.concatenate((boundaries, [s.size]))
+    avg = (starts + ends + 1) / 2.0
+    ranks = np.empty(s.size, dtype=np.float64)
+    ranks[order] = np.repeat(avg, ends - starts)
+    u = ranks[y].sum() - n_pos * (n_pos + 1) / 2.0
+    return float(u / (n_pos * n_neg))
+
+
+def threshold_table(anomaly_scores: np.ndarray, labels: np.ndarray, thresholds: np.ndarray) -> list[dict]:
+    """Flag counts, true positives, precision and recall when flagging ``anomaly_score > threshold``.
+
+    Mirrors the SageMaker tutorial's threshold table. ``labels``: 1 = attack, 0 = normal.
+    """
+    s = np.asarray(anomaly_scores, dtype=np.float64)
+    y = np.asarray(labels).astype(bool)
+    total_pos = int(y.sum())
+    rows = []
+    for t in np.asarray(thresholds, dtype=np.float64):
+        flagged = s > t
+        n_flag = int(flagged.sum())
+        tp = int((flagged & y).sum())
+        fp = n_flag - tp
+        rows.append(
+            {
+                "threshold": float(t),
+                "flagged": n_flag,
+                "true_positives": tp,
+                "false_positives": fp,
+                "precision": tp / n_flag if n_flag else float("nan"),
+                "recall": tp / total_pos if total_pos else float("nan"),
+                "false_positive_rate": fp / max(1, int((~y).sum())),
+            }
+        )
+    return rows

@@ -1,0 +1,151 @@
+"""What to simulate: the frozen :class:`SynthSpec`, plus the sharding and seeding rules every module shares.
+
+Users are split into ``n_files`` contiguous shards, one log file each. Everything random about a shard
+comes from a generator seeded by ``(seed, shard, stream)`` through :class:`numpy.random.SeedSequence`,
+so a shard's output depends only on the spec and its own number: generating shards one after the
+other on one machine or in parallel Spark tasks gives the same bytes.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+from dataclasses import dataclass
+
+import numpy as np
+
+from ipinsights.config import ConfigError, _check_float, _check_int
+
+__all__ = ["ATTACK_KINDS", "SPLITS", "SynthSpec", "shard_bounds", "shard_rng"]
+
+#: Attack kinds, in the order they are dealt out; ``own_network`` is the negative control (label 0).
+ATTACK_KINDS: tuple[str, ...] = ("random_ip", "popular_isp", "same_country_other_isp", "own_network")
+#: Label of each attack kind (1 = anomalous).
+ATTACK_LABELS: dict[str, int] = {"random_ip": 1, "popular_isp": 1, "same_country_other_isp": 1, "own_network": 0}
+SPLITS: tuple[str, ...] = ("train", "validation", "test")
+
+# Independent random streams of one shard (never reuse a number: that would correlate two streams).
+STREAM_USERS, STREAM_EVENTS, STREAM_LOGS = 1, 2, 3
+STREAM_ATTACKS = {"validation": 4, "test": 5}
+_PLAN_SHARD = 2**31 - 1  # "shard" number of the address plan's stream: no real shard gets it
+
+
+@dataclass(frozen=True)
+class SynthSpec:
+    """Everything that determines a synthetic data set; the same spec and seed give the same bytes.
+
+    Event counts per user are ``events_min`` plus a lognormal tail whose mean makes the average
+    ``events_mean`` (``events_sigma`` sets how heavy the tail is), capped at ``events_max``.
+    ``noise_rate`` is the share of well-formed lines that are not login events (static files, failed
+    logins, ...); ``junk_rate`` the share of malformed lines. ``attacks`` / ``validation_attacks``
+    labelled attack rows are dealt out over ``attack_kinds`` round-robin, and as many normal held-out
+    rows are drawn from the same days, so that both labelled files hold both classes.
+    """
+
+    users: int = 10_000
+    days: int = 10
+    start_date: str = "2024-01-01"
+    seed: int = 0
+    # Events per user (heavy-tailed, at least events_min).
+    events_min: int = 50
+    events_mean: float = 250.0
+    events_sigma: float = 1.0
+    events_max: int = 20_000
+    # Where users log in from.
+    networks: int = 3000  # size of the synthetic address plan (ranges), ignored with address_plan
+    address_plan: str | None = None  # path of an ip2asn-v4 TSV to use instead of a synthetic plan
+    mobile_rate: float = 0.5  # share of users who also log in through a mobile carrier
+    mobile_share: float = 0.25  # share of such a user's events that come through the carrier
+    travel_rate: float = 0.15  # share of users who take one trip (1-3 days) during the period
+    roam_rate: float = 0.01  # per-event chance of a one-off login from a random network elsewhere
+    abroad_share: float = 0.4  # share of trips / one-off logins that are in another country
+    # Output.
+    n_files: int = 8
+    gzip: bool = False
+    gzip_level: int = 1
+    noise_rate: float = 0.15
+    junk_rate: float = 0.001
+    write_truth: bool = True
+    # Evaluation.
+    train_days: int = 7
+    validation_days: int = 1
+    attacks: int = 10_000
+    validation_attacks: int = 2_000
+    attack_kinds: tuple[str, ...] = ATTACK_KINDS
+    inject_attacks: bool = False
+
+    def __post_init__(self) -> None:
+        _check_int("users", self.users, 1, 100_000_000)
+        _check_int("days", self.days, 1, 3660)
+        try:
+            _dt.date.fromisoformat(self.start_date)
+        except (TypeError, ValueError):
+            raise ConfigError(f"start_date={self.start_date!r} must be an ISO date like 2024-01-01") from None
+        _check_int("seed", self.seed, 0, 2**63 - 1)
+        _check_int("events_min", self.events_min, 1, 1_000_000)
+        _check_float("events_mean", self.events_mean, float(self.events_min), 1e6)
+        _check_float("events_sigma", self.events_sigma, 0.0, 4.0)
+        _check_int("events_max", self.events_max, self.events_min, 10_000_000)
+        _check_int("networks", self.networks, 50, 200_000)
+        if self.address_plan is not None and not isinstance(self.address_plan, str):
+            raise ConfigError(f"address_plan={self.address_plan!r} must be a path or null")
+        for name in ("mobile_rate", "mobile_share", "travel_rate", "roam_rate", "abroad_share"):
+            _check_float(name, getattr(self, name), 0.0, 1.0)
+        _check_int("n_files", self.n_files, 1, 100_000)
+        _check_int("gzip_level", self.gzip_level, 1, 9)
+        _check_float("noise_rate", self.noise_rate, 0.0, 0.95)
+        _check_float("junk_rate", self.junk_rate, 0.0, 0.5)
+        _check_int("train_days", self.train_days, 1, self.days)
+        _check_int("validation_days", self.validation_days, 0, self.days)
+        if self.train_days + self.validation_days >= self.days:
+            raise ConfigError(
+                f"train_days + validation_days = {self.train_days} + {self.validation_days} must be < days={self.days}"
+                " so that at least one test day is left"
+            )
+        _check_int("attacks", self.attacks, 0, 100_000_000)
+        _check_int("validation_attacks", self.validation_attacks, 0, 100_000_000)
+        kinds = tuple(self.attack_kinds)
+        unknown = [k for k in kinds if k not in ATTACK_KINDS]
+        if unknown or len(set(kinds)) != len(kinds) or not kinds:
+            raise ConfigError(f"attack_kinds={kinds} must be distinct names among {ATTACK_KINDS}")
+        object.__setattr__(self, "attack_kinds", kinds)
+
+    # Derived values -------------------------------------------------------------------------
+
+    @property
+    def start_epoch_s(self) -> int:
+        """UTC midnight of ``start_date`` as Unix seconds."""
+        d = _dt.date.fromisoformat(self.start_date)
+        return int(_dt.datetime(d.year, d.month, d.day, tzinfo=_dt.timezone.utc).timestamp())
+
+    @property
+    def test_days(self) -> int:
+        return self.days - self.train_days - self.validation_days
+
+    def split_days(self, split: str) -> tuple[int, int]:
+        """``[first, last)`` day numbers (0 = ``start_date``, UTC days) of ``train|validation|test``."""
+        bounds = {
+            "train": (0, self.train_days),
+            "validation": (self.train_days, self.train_days + self.validation_days),
+            "test": (self.train_days + self.validation_days, self.days),
+        }
+        if split not in bounds:
+            raise ValueError(f"split={split!r} must be one of {SPLITS}")
+        return bounds[split]
+
+    def attack_count(self, split: str) -> int:
+        return {"validation": self.validation_attacks, "test": self.attacks}.get(split, 0)
+
+
+def shard_bounds(n_items: int, n_shards: int) -> np.ndarray:
+    """Boundaries (``n_shards + 1`` values) splitting ``n_items`` into contiguous, near-equal shards."""
+    return (np.arange(n_shards + 1, dtype=np.int64) * n_items) // n_shards
+
+
+def shard_rng(seed: int, shard: int, stream: int) -> np.random.Generator:
+    """The generator of one shard's stream: independent of how many shards run, or where."""
+    return np.random.default_rng(np.random.SeedSequence(entropy=seed, spawn_key=(shard, stream)))
+
+
+def plan_rng(seed: int) -> np.random.Generator:
+    """The generator of the synthetic address plan (shared by all shards)."""
+    return shard_rng(seed, _PLAN_SHARD, 0)

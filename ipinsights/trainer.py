@@ -1,0 +1,449 @@
+"""Single-process trainer for the IP Insights model; the distributed job runs it once per rank.
+
+No Spark here. Data arrives already encoded (:class:`EncodedPairs`: hashed entity rows and integer
+addresses), so the epoch loop touches only tensors.
+
+Why a custom optimiser for the tables: the entity and IP tables hold millions of rows, of which a
+batch touches a few thousand. ``torch.optim.Adam`` over an ``nn.Embedding`` updates (and decays) every
+row on every step, which costs time proportional to the whole table. :class:`RowAdam` is Adam applied
+to the touched rows only ("lazy" Adam, as TensorFlow's LazyAdam), with the L2 ``weight_decay`` of
+``torch.optim.Adam`` applied to those rows. The encoder's dense layers use ``torch.optim.Adam``.
+
+Distributed training plugs in through :class:`Comm`: dense gradients are averaged, and sparse table
+gradients are exchanged as (row ids, row gradients), so communication scales with the rows a step
+touched, not with the table.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ipinsights.config import Hyperparameters, ModelOptions, TrainOptions
+from ipinsights.hashing import entity_buckets
+from ipinsights.ip import parse_ipv4, to_string_array
+from ipinsights.metrics import roc_auc
+from ipinsights.model import IPInsightsModel
+
+__all__ = [
+    "Comm",
+    "LocalComm",
+    "EncodedPairs",
+    "EpochMetrics",
+    "RowAdam",
+    "Trainer",
+    "encode_pairs",
+    "discriminator_auc",
+    "resolve_device",
+]
+
+log = logging.getLogger(__name__)
+
+
+# ---------------------------------------------------------------------------------------------
+# Data
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EncodedPairs:
+    """(entity row, IPv4 address) pairs ready for training: two int64 arrays of equal length."""
+
+    entity_rows: np.ndarray
+    ips: np.ndarray
+    n_invalid: int = 0
+
+    def __post_init__(self) -> None:
+        if self.entity_rows.shape != self.ips.shape or self.entity_rows.ndim != 1:
+            raise ValueError("entity_rows and ips must be 1-D arrays of the same length")
+
+    def __len__(self) -> int:
+        return int(self.entity_rows.shape[0])
+
+    def take(self, index: np.ndarray | slice) -> EncodedPairs:
+        return EncodedPairs(self.entity_rows[index], self.ips[index])
+
+
+def encode_pairs(entities: Any, ips: Any, num_entity_vectors: int, hash_seed: int, what: str = "data") -> EncodedPairs:
+    """Hash entities and parse IPv4 addresses; rows with an invalid address are dropped and reported.
+
+    A training set with a few garbage addresses should still train, but nobody should have to guess
+    that rows were lost: the count and the first offending rows are logged.
+    """
+    ent = to_string_array(entities)
+    parsed = parse_ipv4(ips)
+    rows = entity_buckets(ent, hash_seed, num_entity_vectors)
+    if parsed.n_invalid:
+        bad = parsed.invalid_rows()
+        ip_arr = to_string_array(ips)
+        examples = ", ".join(f"row {int(r) + 1}: {ip_arr[int(r)].as_py()!r}" for r in bad)
+        log.warning("%s: dropped %d row(s) with an invalid IPv4 address (%s)", what, parsed.n_invalid, examples)
+        if parsed.n_invalid == len(parsed.valid):
+            raise ValueError(f"{what}: no row has a valid IPv4 address (first: {examples})")
+    keep = parsed.valid
+    return EncodedPairs(rows[keep], parsed.value[keep].astype(np.int64), n_invalid=parsed.n_invalid)
+
+
+# ---------------------------------------------------------------------------------------------
+# Communication (identity for one process; the distributed backends implement the same protocol)
+# ---------------------------------------------------------------------------------------------
+
+
+class Comm(Protocol):
+    """What the trainer needs from a distributed backend."""
+
+    rank: int
+    world_size: int
+
+    def allreduce_mean_(self, tensors: list[torch.Tensor]) -> None:
+        """Average dense tensors across ranks, in place."""
+
+    def allgather_rows(self, rows: torch.Tensor, grads: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Concatenate every rank's (row ids, row gradients)."""
+
+    def allreduce_sum(self, values: torch.Tensor) -> torch.Tensor:
+        """Sum a small tensor across ranks (metrics, step counts)."""
+
+    def min_int(self, value: int) -> int:
+        """The smallest ``value`` over ranks (so that every rank runs the same number of steps)."""
+
+
+class LocalComm:
+    """A world of one."""
+
+    rank = 0
+    world_size = 1
+
+    def allreduce_mean_(self, tensors: list[torch.Tensor]) -> None:
+        return None
+
+    def allgather_rows(self, rows: torch.Tensor, grads: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return rows, grads
+
+    def allreduce_sum(self, values: torch.Tensor) -> torch.Tensor:
+        return values
+
+    def min_int(self, value: int) -> int:
+        return value
+
+
+# ---------------------------------------------------------------------------------------------
+# Optimiser for row-sparse tables
+# ---------------------------------------------------------------------------------------------
+
+
+class RowAdam:
+    """Adam on the rows of a table that a step touched (lazy Adam), with coupled L2 weight decay.
+
+    ``step(rows, grads)`` expects unique ``rows``. Bias correction uses the global step count, as
+    TensorFlow's LazyAdam does, so a row that is touched rarely takes normal-sized steps when it is.
+    """
+
+    def __init__(self, table: torch.Tensor, lr: float, weight_decay: float, betas=(0.9, 0.999), eps: float = 1e-8):
+        self.table = table
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.beta1, self.beta2 = betas
+        self.eps = eps
+        self.exp_avg = torch.zeros_like(table)
+        self.exp_avg_sq = torch.zeros_like(table)
+        self.steps = 0
+
+    @torch.no_grad()
+    def step(self, rows: torch.Tensor, grads: torch.Tensor) -> None:
+        self.steps += 1
+        b1, b2 = self.beta1, self.beta2
+        params = self.table.index_select(0, rows)
+        if self.weight_decay:
+            grads = grads.add(params, alpha=self.weight_decay)
+        m = self.exp_avg.index_select(0, rows).mul_(b1).add_(grads, alpha=1 - b1)
+        v = self.exp_avg_sq.index_select(0, rows).mul_(b2).addcmul_(grads, grads, value=1 - b2)
+        self.exp_avg.index_copy_(0, rows, m)
+        self.exp_avg_sq.index_copy_(0, rows, v)
+        bc1 = 1 - b1**self.steps
+        bc2 = 1 - b2**self.steps
+        denom = v.div_(bc2).sqrt_().add_(self.eps)
+        params.addcdiv_(m, denom, value=-self.lr / bc1)
+        self.table.index_copy_(0, rows, params)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"exp_avg": self.exp_avg, "exp_avg_sq": self.exp_avg_sq, "steps": torch.tensor(self.steps)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.exp_avg.copy_(state["exp_avg"])
+        self.exp_avg_sq.copy_(state["exp_avg_sq"])
+        self.steps = int(state["steps"])
+
+
+def _coalesce(rows: torch.Tensor, grads: torch.Tensor, world_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sum gradients of rows that several ranks touched, then average over ranks (like allreduce)."""
+    uniq, inv = torch.unique(rows, return_inverse=True)
+    summed = torch.zeros(uniq.numel(), grads.shape[1], dtype=grads.dtype, device=grads.device)
+    summed.index_add_(0, inv, grads)
+    return uniq, summed.div_(world_size)
+
+
+# ---------------------------------------------------------------------------------------------
+# Training loop
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class EpochMetrics:
+    """What one epoch reports (the metrics file holds one of these per epoch)."""
+
+    epoch: int
+    loss: float
+    accuracy: float
+    pairs: int
+    seconds: float
+    pairs_per_second: float
+    discriminator_auc: float | None = None
+    extra: dict[str, float] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.update(d.pop("extra"))
+        return d
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> the first CUDA GPU when there is one, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device={name!r} asked for, but torch sees no CUDA GPU")
+    return dev
+
+
+def _random_ipv4(n: int, generator: torch.Generator, device: torch.device) -> torch.Tensor:
+    # Each octet uniform in [0, 255] is the same as a uniform 32-bit integer.
+    return torch.randint(0, 2**32, (n,), generator=generator, dtype=torch.int64, device=device)
+
+
+@torch.no_grad()
+def discriminator_auc(
+    model: IPInsightsModel, data: EncodedPairs, seed: int = 12345, batch_size: int = 65536
+) -> float:
+    """SageMaker's validation metric: AUC of real pairs vs one random-IP negative each (R=1, S=0).
+
+    The negatives come from a fixed seed so that epochs (and runs) are compared on the same set.
+    """
+    if len(data) == 0:
+        return float("nan")
+    device = model.entity_table.device
+    g = torch.Generator(device=device).manual_seed(seed)
+    pos, neg = [], []
+    for start in range(0, len(data), batch_size):
+        ent = torch.as_tensor(data.entity_rows[start : start + batch_size], device=device)
+        ips = torch.as_tensor(data.ips[start : start + batch_size], device=device)
+        pos.append(model(ent, ips).float().cpu().numpy())
+        neg.append(model(ent, _random_ipv4(ent.numel(), g, device)).float().cpu().numpy())
+    p, n = np.concatenate(pos), np.concatenate(neg)
+    return roc_auc(np.concatenate([p, n]), np.concatenate([np.ones(p.size), np.zeros(n.size)]))
+
+
+class Trainer:
+    """Runs epochs of negative-sampled, cross-entropy training of an :class:`IPInsightsModel`.
+
+    ``batch_size`` is this process's share of the global ``mini_batch_size`` (the distributed job
+    divides it by the world size, as SageMaker splits it across GPUs).
+    """
+
+    def __init__(
+        self,
+        model: IPInsightsModel,
+        hp: Hyperparameters,
+        options: TrainOptions,
+        comm: Comm | None = None,
+        batch_size: int | None = None,
+    ) -> None:
+        self.model = model
+        self.hp = hp
+        self.options = options
+        self.comm: Comm = comm or LocalComm()
+        self.device = model.entity_table.device
+        self.batch_size = batch_size or hp.mini_batch_size
+        self.epoch = 0
+        self.dense_params = [p for n, p in model.named_parameters() if n not in model.sparse_parameter_names()]
+        self.dense_opt = (
+            torch.optim.Adam(self.dense_params, lr=hp.learning_rate, weight_decay=hp.weight_decay)
+            if self.dense_params
+            else None
+        )
+        self.entity_opt = RowAdam(model.entity_table.data, hp.learning_rate, hp.weight_decay)
+        self.ip_opt = RowAdam(model.ip_table.data, hp.learning_rate, hp.weight_decay)
+        # Negatives differ per rank; the data order is the caller's business (see fit's shuffle).
+        self.generator = torch.Generator(device=self.device).manual_seed(options.seed * 1000 + self.comm.rank)
+
+    # ---- one step --------------------------------------------------------------------------------
+    def _step(self, ent_rows: torch.Tensor, ips: torch.Tensor) -> tuple[float, float, int]:
+        model, hp = self.model, self.hp
+        B = ent_rows.numel()
+        R = hp.random_negative_sampling_rate
+        S = hp.shuffled_negative_sampling_rate if B > 1 else 0  # nothing to re-pair with in a batch of 1
+        all_ips = torch.cat([ips, _random_ipv4(R * B, self.generator, self.device)]) if R else ips
+
+        # Gather only the touched rows as leaf tensors, so gradients are (unique rows x d), not tables.
+        uniq_e, inv_e = torch.unique(ent_rows, return_inverse=True)
+        E = model.entity_table.detach().index_select(0, uniq_e).requires_grad_()
+        e = E[inv_e]
+        uniq_r, inv_r = torch.unique(model.ip_rows(all_ips), return_inverse=True)
+        T = model.ip_table.detach().index_select(0, uniq_r).requires_grad_()
+        v = model.encode(F.embedding_bag(inv_r, T, mode="sum"))  # (N, d): sum of prefix-level rows
+
+        v_pos = v[:B]
+        logits = [(e * v_pos).sum(-1)]
+        if R:
+            logits.append((v[B:].view(R, B, -1) * e).sum(-1).flatten())
+        if S:
+            # Shuffled negatives re-pair the batch's IPs with other entities of the same batch: a roll
+            # by a random non-zero offset never pairs a row with itself and costs no extra encoding.
+            shifts = torch.randint(1, B, (S,), generator=self.generator, device=self.device).tolist()
+            logits.extend((e.roll(k, 0) * v_pos).sum(-1) for k in shifts)
+        logits_t = torch.cat(logits)
+        labels = torch.zeros_like(logits_t)
+        labels[:B] = 1.0
+        loss = F.binary_cross_entropy_with_logits(logits_t, labels)
+
+        if self.dense_opt is not None:
+            self.dense_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.dense_opt is not None:
+            self.comm.allreduce_mean_([p.grad for p in self.dense_params])
+            self.dense_opt.step()
+        world = self.comm.world_size
+        for opt, rows, leaf in ((self.entity_opt, uniq_e, E), (self.ip_opt, uniq_r, T)):
+            grad = leaf.grad
+            if world > 1:
+                rows, grad = _coalesce(*self.comm.allgather_rows(rows, grad), world)
+            opt.step(rows, grad)
+        with torch.no_grad():
+            correct = ((logits_t > 0) == (labels > 0.5)).sum().item()
+        return loss.item() * logits_t.numel(), correct, logits_t.numel()
+
+    # ---- epochs -------------------------------------------------------------------------------
+    def fit(
+        self,
+        train: EncodedPairs,
+        validation: EncodedPairs | None = None,
+        epochs: int | None = None,
+        on_epoch_end: Callable[[EpochMetrics], None] | None = None,
+        order: Callable[[int], np.ndarray] | None = None,
+    ) -> list[EpochMetrics]:
+        """Train for ``epochs`` (default: the remaining ones up to ``hp.epochs``).
+
+        ``order(epoch)`` returns the row order for that epoch; by default a seeded permutation of
+        ``train`` (the distributed job passes its own, for a shuffle across the whole data set).
+        """
+        end = self.hp.epochs if epochs is None else self.epoch + epochs
+        history = []
+        ent_all = torch.as_tensor(train.entity_rows, device=self.device)
+        ips_all = torch.as_tensor(train.ips, device=self.device)
+        bs = self.batch_size
+        while self.epoch < end:
+            epoch = self.epoch + 1
+            idx = order(epoch) if order is not None else self._permutation(len(train), epoch)
+            idx_t = torch.as_tensor(idx, device=self.device)
+            n_steps = self.comm.min_int(math.ceil(len(idx) / bs) if len(idx) else 0)
+            self.model.train()
+            t0 = time.perf_counter()
+            tot = torch.zeros(3, dtype=torch.float64)  # loss*n, correct, n
+            win = np.zeros(3)
+            bar = self._progress(n_steps, epoch)
+            for step in range(n_steps):
+                b = idx_t[step * bs : (step + 1) * bs]
+                loss_sum, correct, n = self._step(ent_all[b], ips_all[b])
+                win += (loss_sum, correct, n)
+                if (step + 1) % self.hp.batch_metrics_publish_interval == 0 or step + 1 == n_steps:
+                    tot += torch.as_tensor(win)
+                    if self.comm.rank == 0:
+                        log.info(
+                            "epoch %d batch %d/%d: loss=%.4f accuracy=%.4f",
+                            epoch, step + 1, n_steps, win[0] / max(win[2], 1), win[1] / max(win[2], 1),
+                        )  # fmt: skip
+                    win[:] = 0
+                if bar is not None:
+                    bar.update(1)
+            if bar is not None:
+                bar.close()
+            tot = self.comm.allreduce_sum(tot)
+            seconds = time.perf_counter() - t0
+            pairs = int(self.comm.allreduce_sum(torch.tensor([float(min(len(idx), n_steps * bs))]))[0])
+            metrics = EpochMetrics(
+                epoch=epoch,
+                loss=float(tot[0] / max(tot[2], 1)),
+                accuracy=float(tot[1] / max(tot[2], 1)),
+                pairs=pairs,
+                seconds=seconds,
+                pairs_per_second=pairs / seconds if seconds > 0 else float("nan"),
+            )
+            if validation is not None and len(validation):
+                self.model.eval()
+                metrics.discriminator_auc = discriminator_auc(self.model, validation)
+            self.epoch = epoch
+            if self.comm.rank == 0:
+                log.info("epoch %d done: %s", epoch, _fmt_metrics(metrics))
+            history.append(metrics)
+            if on_epoch_end is not None:
+                on_epoch_end(metrics)
+        self.model.eval()
+        return history
+
+    def _permutation(self, n: int, epoch: int) -> np.ndarray:
+        return np.random.default_rng([self.options.seed, epoch]).permutation(n)
+
+    def _progress(self, total: int, epoch: int):
+        want = self.options.progress_bar
+        if self.comm.rank != 0 or want == "off" or (want == "auto" and not sys.stderr.isatty()):
+            return None
+        from tqdm import tqdm
+
+        return tqdm(total=total, desc=f"epoch {epoch}", unit="batch", leave=False, file=sys.stderr)
+
+    # ---- checkpoints ---------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to resume: weights, both optimisers, epoch, RNG state."""
+        return {
+            "model": self.model.state_dict(),
+            "entity_opt": self.entity_opt.state_dict(),
+            "ip_opt": self.ip_opt.state_dict(),
+            "dense_opt": self.dense_opt.state_dict() if self.dense_opt is not None else {},
+            "epoch": torch.tensor(self.epoch),
+            "generator": self.generator.get_state(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.entity_opt.load_state_dict(state["entity_opt"])
+        self.ip_opt.load_state_dict(state["ip_opt"])
+        if self.dense_opt is not None and state["dense_opt"]:
+            self.dense_opt.load_state_dict(state["dense_opt"])
+        self.epoch = int(state["epoch"])
+        self.generator.set_state(state["generator"])
+
+
+def _fmt_metrics(m: EpochMetrics) -> str:
+    auc = "" if m.discriminator_auc is None else f" discriminator_auc={m.discriminator_auc:.4f}"
+    return (
+        f"loss={m.loss:.4f} accuracy={m.accuracy:.4f}{auc} pairs={m.pairs} "
+        f"seconds={m.seconds:.1f} pairs/s={m.pairs_per_second:,.0f}"
+    )
+
+
+def build_model(hp: Hyperparameters, opts: ModelOptions, seed: int, device: torch.device | str = "cpu") -> IPInsightsModel:
+    """A freshly initialised model (seeded) on ``device``."""
+    g = torch.Generator().manual_seed(seed)
+    model = IPInsightsModel(hp, opts)
+    model.reset_parameters(generator=g)
+    return model.to(device)
