@@ -17,7 +17,7 @@ setup(
     python_requires=">=3.10",
     # The jobs/ folder ships as the ``ipinsights_jobs`` package so that the console script and
     # spark-submit on a cluster (``--py-files`` of the wheel) find the same entry points.
-    packages=find_packages(include=["ipinsights", "ipinsights.*"]) + ["ipinsights_jobs"],
+    packages=[*find_packages(include=["ipinsights", "ipinsights.*"]), "ipinsights_jobs"],
     package_dir={"ipinsights_jobs": "jobs"},
     package_data={"ipinsights": ["py.typed"]},
     install_requires=[

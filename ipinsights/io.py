@@ -44,17 +44,28 @@ def atomic_write(path: str | Path, mode: str = "w", **kwargs) -> Iterator:
         raise
 
 
+def _line_number(path: Path, text: str) -> int | str:
+    """1-based line of ``text`` in ``path`` (Arrow's multithreaded reader does not know it); error path only."""
+    with open(path, encoding="utf-8", errors="replace") as fh:
+        for i, line in enumerate(fh, 1):
+            if line.rstrip("\r\n") == text:
+                return i
+    return "?"
+
+
 def _read_headerless_csv(path: str | Path, columns: list[str], min_columns: int) -> pa.Table:
     """Read a headerless CSV as strings; a row with the wrong number of fields is an error naming it."""
     path = Path(path)
     if not path.exists():
         raise DataFormatError(f"{path}: no such file")
+    if path.stat().st_size == 0:
+        raise DataFormatError(f"{path}: file holds no rows")
     bad: list[str] = []
 
     def on_invalid(row: pacsv.InvalidRow) -> str:
         # Keep the first few for the message; line numbers from Arrow are 1-based physical lines.
         if len(bad) < 5:
-            line = row.number if row.number is not None else "?"
+            line = row.number if row.number is not None else _line_number(path, row.text)
             bad.append(f"{path}:{line}: expected {row.expected_columns} fields, got {row.actual_columns}: {row.text!r}")
         return "error"
 
@@ -64,7 +75,9 @@ def _read_headerless_csv(path: str | Path, columns: list[str], min_columns: int)
             read_options=pacsv.ReadOptions(column_names=columns, block_size=1 << 24),
             parse_options=pacsv.ParseOptions(invalid_row_handler=on_invalid if min_columns == len(columns) else None),
             convert_options=pacsv.ConvertOptions(
-                column_types={c: pa.string() for c in columns}, strings_can_be_null=False, quoted_strings_can_be_null=False
+                column_types={c: pa.string() for c in columns},
+                strings_can_be_null=False,
+                quoted_strings_can_be_null=False,
             ),
         )
     except pa.ArrowInvalid as exc:

@@ -29,6 +29,7 @@ __all__ = [
     "to_string_array",
 ]
 
+
 class InvalidAddressError(ValueError):
     """Raised when addresses that must be valid are not; names the first offending rows."""
 

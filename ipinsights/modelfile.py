@@ -169,7 +169,9 @@ def _verify_files(path: Path, manifest: Mapping[str, Any]) -> None:
             raise ModelFileError(f"{f}: {size} bytes, expected {meta.get('bytes')} (truncated or replaced)")
         digest = sha256_file(f)
         if digest != meta.get("sha256"):
-            raise ModelFileError(f"{f}: checksum mismatch (sha256 {digest[:12]}…, expected {str(meta.get('sha256'))[:12]}…)")
+            raise ModelFileError(
+                f"{f}: checksum mismatch (sha256 {digest[:12]}…, expected {str(meta.get('sha256'))[:12]}…)"
+            )
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> ModelBundle:

@@ -44,6 +44,9 @@ __all__ = [
     "encode_pairs",
     "discriminator_auc",
     "resolve_device",
+    "build_model",
+    "train_model",
+    "TrainResult",
 ]
 
 log = logging.getLogger(__name__)
@@ -232,9 +235,7 @@ def _random_ipv4(n: int, generator: torch.Generator, device: torch.device) -> to
 
 
 @torch.no_grad()
-def discriminator_auc(
-    model: IPInsightsModel, data: EncodedPairs, seed: int = 12345, batch_size: int = 65536
-) -> float:
+def discriminator_auc(model: IPInsightsModel, data: EncodedPairs, seed: int = 12345, batch_size: int = 65536) -> float:
     """SageMaker's validation metric: AUC of real pairs vs one random-IP negative each (R=1, S=0).
 
     The negatives come from a fixed seed so that epochs (and runs) are compared on the same set.
@@ -441,9 +442,40 @@ def _fmt_metrics(m: EpochMetrics) -> str:
     )
 
 
-def build_model(hp: Hyperparameters, opts: ModelOptions, seed: int, device: torch.device | str = "cpu") -> IPInsightsModel:
+def build_model(
+    hp: Hyperparameters, opts: ModelOptions, seed: int, device: torch.device | str = "cpu"
+) -> IPInsightsModel:
     """A freshly initialised model (seeded) on ``device``."""
     g = torch.Generator().manual_seed(seed)
     model = IPInsightsModel(hp, opts)
     model.reset_parameters(generator=g)
     return model.to(device)
+
+
+@dataclass
+class TrainResult:
+    """A trained model and its per-epoch metrics."""
+
+    model: IPInsightsModel
+    history: list[EpochMetrics]
+
+
+def train_model(
+    hp: Hyperparameters,
+    model_options: ModelOptions,
+    options: TrainOptions,
+    train: EncodedPairs,
+    validation: EncodedPairs | None = None,
+    on_epoch_end: Callable[[EpochMetrics], None] | None = None,
+) -> TrainResult:
+    """Train a fresh model in this process (seeded: the same inputs give the same model)."""
+    if len(train) == 0:
+        raise ValueError("no training pairs")
+    torch.manual_seed(options.seed)
+    if options.num_threads:
+        torch.set_num_threads(options.num_threads)
+    device = resolve_device(options.device)
+    model = build_model(hp, model_options, options.seed, device)
+    trainer = Trainer(model, hp, options)
+    history = trainer.fit(train, validation, on_epoch_end=on_epoch_end)
+    return TrainResult(model=model, history=history)

@@ -1,2 +1,142 @@
-def main(argv=None):
+"""The ``ipinsights`` command: single-machine training and evaluation on SageMaker-format CSV files.
+
+    ipinsights train --train train.csv [--validation val.csv] --model-dir model/ \\
+        [--config conf/train.yml] [--metrics metrics.jsonl] [--name=value ...]
+    ipinsights evaluate --model model/ --test labelled.csv [--train train.csv] [--plot hist.png]
+
+Hyperparameters come from the YAML config with ``--name=value`` overrides (``--epochs=5``,
+``--train.seed=3``), validated before any data is read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+
+log = logging.getLogger("ipinsights")
+
+
+def _split_overrides(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> tuple[argparse.Namespace, list]:
+    args, rest = parser.parse_known_args(argv)
+    bad = [a for a in rest if not (a.startswith("--") and "=" in a)]
+    if bad:
+        parser.error(f"unrecognized arguments: {' '.join(bad)} (hyperparameters are given as --name=value)")
+    return args, rest
+
+
+def train_main(argv: Sequence[str] | None = None) -> int:
+    """``ipinsights train``: fit a model on a headerless ``entity,ip`` CSV and save it."""
+    from ipinsights.config import ConfigError, TrainConfig, config_to_dict, load_config
+    from ipinsights.io import DataFormatError, atomic_write, read_pairs_csv
+    from ipinsights.modelfile import save_model
+    from ipinsights.trainer import encode_pairs, train_model
+    from ipinsights_jobs._common import setup_logging
+
+    parser = argparse.ArgumentParser(prog="ipinsights train", description=train_main.__doc__)
+    parser.add_argument("--train", required=True, help="headerless CSV: entity,ip")
+    parser.add_argument("--validation", help="headerless CSV: entity,ip (gives discriminator_auc per epoch)")
+    parser.add_argument("--model-dir", required=True, help="directory to write the model to (replaced)")
+    parser.add_argument("--config", help="YAML config (e.g. conf/train.yml)")
+    parser.add_argument("--metrics", help="write per-epoch metrics here as JSON lines")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    args, overrides = _split_overrides(parser, argv)
+    setup_logging(args.verbose)
+    try:
+        cfg = load_config(TrainConfig, args.config, overrides)
+    except ConfigError as exc:
+        parser.error(str(exc))
+    log.info("resolved config: %s", json.dumps(config_to_dict(cfg), sort_keys=True))
+    hp, mopts = cfg.hyperparameters, cfg.model
+    try:
+        table = read_pairs_csv(args.train)
+        val = read_pairs_csv(args.validation) if args.validation else None
+    except DataFormatError as exc:
+        log.error("%s", exc)
+        return 2
+    train = encode_pairs(table["entity"], table["ip"], hp.num_entity_vectors, mopts.hash_seed, what=args.train)
+    validation = (
+        encode_pairs(val["entity"], val["ip"], hp.num_entity_vectors, mopts.hash_seed, what=args.validation)
+        if val is not None
+        else None
+    )
+    log.info("training on %d pairs (%d dropped)%s", len(train), train.n_invalid,
+             f", validating on {len(validation)}" if validation is not None else "")  # fmt: skip
+    result = train_model(hp, mopts, cfg.train, train, validation)
+    history = [m.as_dict() for m in result.history]
+    save_model(result.model, args.model_dir, training={"epochs": history}, config=config_to_dict(cfg))
+    if args.metrics:
+        with atomic_write(args.metrics) as fh:
+            fh.writelines(json.dumps(h) + "\n" for h in history)
+    final = history[-1]
+    print(f"model written to {args.model_dir}")
+    print(json.dumps({k: final[k] for k in ("epoch", "loss", "accuracy", "discriminator_auc", "pairs_per_second")}))
     return 0
+
+
+def evaluate_main(argv: Sequence[str] | None = None) -> int:
+    """``ipinsights evaluate``: AUCs (overall, per kind, vs baselines) and the threshold table."""
+    import numpy as np
+
+    from ipinsights.evaluate import baseline_scores, evaluate_scores, histogram_plot
+    from ipinsights.io import DataFormatError, atomic_write, read_labelled_csv, read_pairs_csv
+    from ipinsights.modelfile import ModelFileError
+    from ipinsights.scorer import Scorer
+    from ipinsights_jobs._common import setup_logging
+
+    parser = argparse.ArgumentParser(prog="ipinsights evaluate", description=evaluate_main.__doc__)
+    parser.add_argument("--model", required=True, help="model directory")
+    parser.add_argument("--test", required=True, help="headerless CSV: entity,ip,label[,kind] (label 1 = attack)")
+    parser.add_argument("--train", help="the training CSV, for the seen-IP//24//16 baselines")
+    parser.add_argument("--thresholds", help="comma-separated anomaly-score thresholds (default: normal quantiles)")
+    parser.add_argument("--plot", help="save the score histogram (normal vs attack) as PNG here")
+    parser.add_argument("--output", help="write the evaluation as JSON here")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    args = parser.parse_args(argv)
+    setup_logging(args.verbose)
+    try:
+        scorer = Scorer.load(args.model)
+        test = read_labelled_csv(args.test)
+        train = read_pairs_csv(args.train) if args.train else None
+    except (ModelFileError, DataFormatError) as exc:
+        log.error("%s", exc)
+        return 2
+    thresholds = [float(t) for t in args.thresholds.split(",")] if args.thresholds else None
+    scores = scorer.anomaly_score(test["entity"], test["ip"])
+    labels = test["label"].to_numpy()
+    kinds = test["kind"].to_numpy(zero_copy_only=False)
+    baselines = baseline_scores(train["entity"], train["ip"], test["entity"], test["ip"]) if train is not None else None
+    ev = evaluate_scores(scores, labels, kinds, baselines, thresholds)
+    n_bad = int(np.isnan(scores).sum())
+    if n_bad:
+        log.warning("%d test row(s) have an invalid IP and were scored NaN (ranked as least suspicious)", n_bad)
+    print("ROC AUC (anomaly score; per kind: that kind vs normal rows)")
+    print(ev.auc_table())
+    print()
+    print(ev.threshold_text())
+    if args.plot:
+        histogram_plot(scores, labels, args.plot)
+        print(f"\nhistogram written to {args.plot}")
+    if args.output:
+        with atomic_write(args.output) as fh:
+            json.dump(ev.as_dict(), fh, indent=2)
+    return 0
+
+
+COMMANDS = {"train": train_main, "evaluate": evaluate_main}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Dispatch ``ipinsights <command> ...``."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
+        print(__doc__.strip())
+        print(f"\ncommands: {', '.join(COMMANDS)}")
+        return 0 if argv and argv[0] in ("-h", "--help") else 2
+    return COMMANDS[argv[0]](argv[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as _dt
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
@@ -90,7 +91,7 @@ def shard_events(plan: AddressPlan, spec: SynthSpec, users: pa.Table, shard: int
     local_day = rng.integers(0, spec.days, size=total)
     cdf = np.cumsum(_DIURNAL) / _DIURNAL.sum()
     hour = np.searchsorted(cdf, rng.random(total), side="right")
-    rel_s = (local_day * DAY_S + hour * 3600 + rng.integers(0, 3600, size=total) - offset_min[uid].astype(np.int64) * 60)
+    rel_s = local_day * DAY_S + hour * 3600 + rng.integers(0, 3600, size=total) - offset_min[uid].astype(np.int64) * 60
     rel_s %= spec.days * DAY_S
 
     category = _pick_categories(rng, spec, users, uid, local_day, hour)
@@ -128,7 +129,9 @@ def day_strings(spec: SynthSpec) -> pa.StringArray:
 def _pick_categories(
     rng: np.random.Generator, spec: SynthSpec, users: pa.Table, uid: np.ndarray, local_day: np.ndarray, hour: np.ndarray
 ) -> np.ndarray:
-    mobile_net, trip_net, trip_start, trip_days = _columns(users, "mobile_net", "trip_net", "trip_start_day", "trip_days")
+    mobile_net, trip_net, trip_start, trip_days = _columns(
+        users, "mobile_net", "trip_net", "trip_start_day", "trip_days"
+    )
     total = len(uid)
     weekday = (_dt.date.fromisoformat(spec.start_date).weekday() + local_day) % 7 < 5
     work_hours = weekday & (hour >= 9) & (hour < 18)
@@ -172,7 +175,9 @@ def _addresses(
     return ip
 
 
-def _jitter(plan: AddressPlan, rng: np.random.Generator, nets: np.ndarray, base: np.ndarray, sticky: float) -> np.ndarray:
+def _jitter(
+    plan: AddressPlan, rng: np.random.Generator, nets: np.ndarray, base: np.ndarray, sticky: float
+) -> np.ndarray:
     """Mostly the user's own address, else a new host in its /24, rarely a nearby /24; kept inside the network."""
     r = rng.random(len(base))
     host = rng.integers(1, 255, size=len(base))
@@ -193,36 +198,90 @@ def generate_events(world: World, spec: SynthSpec) -> pa.Table:
 # ---------------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True, eq=False)
+class _History:
+    """What the users of a shard did, as the attack generator needs it (computed once per shard).
+
+    The ``used_*`` arrays are sorted, distinct int64 keys of (user, network), (user, AS) and
+    (user, address) pairs over all days; membership is a binary search (:func:`_contains`).
+    """
+
+    user: np.ndarray  # row of the user in the shard's users table, per event
+    ip: np.ndarray
+    rel_s: np.ndarray  # seconds since the start of the period
+    train: np.ndarray  # rows of training-day events
+    used_net: np.ndarray
+    used_asn: np.ndarray
+    used_ip: np.ndarray
+    popular: np.ndarray  # the networks most training users log in from (broadband/mobile only)
+
+    @classmethod
+    def of(cls, plan: AddressPlan, spec: SynthSpec, users: pa.Table, events: pa.Table) -> _History:
+        first_user = int(users["user_index"][0].as_py()) if users.num_rows else 0
+        user = entity_index(events["entity"]) - first_user
+        ip = events["ip_int"].to_numpy()
+        rel_s = pc.cast(events["ts"], pa.int64()).to_numpy() // 1_000_000 - spec.start_epoch_s
+        train = np.flatnonzero(rel_s < spec.train_days * DAY_S)
+        net = plan.lookup(ip)
+        n_nets = len(plan) + 1
+        asn = np.where(net >= 0, plan.asn[np.maximum(net, 0)], -1)
+        user_net = _sorted_unique(user[train] * n_nets + net[train] + 1)
+        counts = np.bincount(user_net % n_nets, minlength=n_nets)[1:]  # distinct training users per network
+        counts[~np.isin(plan.kind, ("broadband", "mobile"))] = 0
+        popular = np.argsort(-counts, kind="stable")[: min(_POPULAR_TOP, int((counts > 0).sum()))]
+        return cls(
+            user=user,
+            ip=ip,
+            rel_s=rel_s,
+            train=train,
+            used_net=_sorted_unique(user * n_nets + net + 1),
+            used_asn=_sorted_unique(user * (1 << 33) + asn + 1),
+            used_ip=_sorted_unique(user * (1 << 33) + ip),
+            popular=popular,
+        )
+
+
 def shard_labelled(
-    plan: AddressPlan, spec: SynthSpec, users: pa.Table, events: pa.Table, shard: int, split: str
-) -> pa.Table:
-    """Attack rows and as many normal held-out rows of one shard for ``validation``/``test`` (:data:`LABELLED_SCHEMA`).
+    plan: AddressPlan,
+    spec: SynthSpec,
+    users: pa.Table,
+    events: pa.Table,
+    shard: int,
+    splits: tuple[str, ...] = ("validation", "test"),
+) -> dict[str, pa.Table]:
+    """Attack rows plus as many normal held-out rows of one shard, per split (:data:`LABELLED_SCHEMA`, by time).
 
     Attack kinds are dealt round-robin over the global attack number, so every kind appears as
     soon as there are as many attacks as kinds. An attack whose constraints cannot be met (e.g. a
     country with a single ISP) is dropped.
     """
-    rng = shard_rng(spec.seed, shard, STREAM_ATTACKS[split])
-    bounds = shard_bounds(spec.attack_count(split), spec.n_files)
-    first, n = int(bounds[shard]), int(bounds[shard + 1] - bounds[shard])
-    first_user = int(users["user_index"][0].as_py()) if users.num_rows else 0
-    ev_user = entity_index(events["entity"]) - first_user
-    ev_ip = events["ip_int"].to_numpy()
-    ev_rel = pc.cast(events["ts"], pa.int64()).to_numpy() // 1_000_000 - spec.start_epoch_s
-    ev_day = ev_rel // DAY_S
-    train = np.flatnonzero(ev_day < spec.train_days)
-    if n == 0 or len(train) == 0:
-        attacks = LABELLED_SCHEMA.empty_table()
-    else:
-        attacks = _attacks(plan, spec, rng, users, ev_user, ev_ip, train, first, n, split)
-    lo, hi = spec.split_days(split)
-    held_out = np.flatnonzero((ev_day >= lo) & (ev_day < hi))
-    pick = np.sort(rng.choice(held_out, size=min(n, len(held_out)), replace=False))
-    normals = _labelled(
-        spec, users, ev_user[pick], ev_ip[pick], ev_rel[pick], np.zeros(len(pick), np.int8), np.full(len(pick), "normal")
-    )
-    both = pa.concat_tables([attacks, normals])
-    return both.take(pc.sort_indices(both, [("ts", "ascending"), ("kind", "ascending"), ("entity", "ascending")]))
+    history = _History.of(plan, spec, users, events)
+    out = {}
+    for split in splits:
+        rng = shard_rng(spec.seed, shard, STREAM_ATTACKS[split])
+        bounds = shard_bounds(spec.attack_count(split), spec.n_files)
+        first, n = int(bounds[shard]), int(bounds[shard + 1] - bounds[shard])
+        if n == 0 or len(history.train) == 0:
+            attacks = LABELLED_SCHEMA.empty_table()
+        else:
+            attacks = _attacks(plan, spec, rng, users, history, first, n, split)
+        lo, hi = spec.split_days(split)
+        held_out = np.flatnonzero((history.rel_s >= lo * DAY_S) & (history.rel_s < hi * DAY_S))
+        pick = np.sort(rng.choice(held_out, size=min(n, len(held_out)), replace=False))
+        normals = _labelled(
+            spec,
+            users,
+            history.user[pick],
+            history.ip[pick],
+            history.rel_s[pick],
+            np.zeros(len(pick), np.int8),
+            np.full(len(pick), "normal", dtype=object),
+        )
+        both = pa.concat_tables([attacks, normals])
+        out[split] = both.take(
+            pc.sort_indices(both, [("ts", "ascending"), ("kind", "ascending"), ("entity", "ascending")])
+        )
+    return out
 
 
 def _attacks(
@@ -230,42 +289,32 @@ def _attacks(
     spec: SynthSpec,
     rng: np.random.Generator,
     users: pa.Table,
-    ev_user: np.ndarray,
-    ev_ip: np.ndarray,
-    train: np.ndarray,
+    history: _History,
     first: int,
     n: int,
     split: str,
 ) -> pa.Table:
     kinds = np.array(spec.attack_kinds, dtype=object)[(first + np.arange(n)) % len(spec.attack_kinds)]
-    trained_users = np.unique(ev_user[train])
+    trained_users = _sorted_unique(history.user[history.train])
     user = trained_users[rng.integers(0, len(trained_users), size=n)]
     lo, hi = spec.split_days(split)
     rel = rng.integers(lo * DAY_S, hi * DAY_S, size=n)
     ip = np.full(n, -1, np.int64)
-    # What each user has used, over all days: (user, network) and (user, AS) pairs, as int64 keys.
-    ev_net = plan.lookup(ev_ip)
-    used_net = np.unique(ev_user * (len(plan) + 1) + (ev_net + 1))
-    used_asn = np.unique(ev_user * (1 << 33) + np.where(ev_net >= 0, plan.asn[np.maximum(ev_net, 0)], -1) + 1)
-    used_ip = np.unique(ev_user * (1 << 33) + ev_ip)
+    n_nets = len(plan) + 1
 
     rows = np.flatnonzero(kinds == "random_ip")  # SageMaker's "random" negatives: each octet uniform
     ip[rows] = rng.integers(0, 1 << 32, size=len(rows))
 
     rows = np.flatnonzero(kinds == "popular_isp")
-    if len(rows):
-        counts = np.bincount(np.unique(ev_user[train] * (len(plan) + 1) + ev_net[train] + 1) % (len(plan) + 1),
-                             minlength=len(plan) + 1)[1:]  # fmt: skip
-        counts[~np.isin(plan.kind, ("broadband", "mobile"))] = 0
-        popular = np.argsort(-counts, kind="stable")[: min(_POPULAR_TOP, int((counts > 0).sum()))]
-        if len(popular):
-            net = _redraw(
-                len(rows),
-                draw=lambda r: popular[rng.integers(0, len(popular), size=len(r))],
-                key=lambda r, v: user[rows[r]] * (len(plan) + 1) + v + 1,
-                used=used_net,
-            )
-            ip[rows] = np.where(net >= 0, random_address_in(plan, rng, np.maximum(net, 0)), -1)
+    popular = history.popular
+    if len(rows) and len(popular):
+        net = _redraw(
+            len(rows),
+            draw=lambda r: popular[rng.integers(0, len(popular), size=len(r))],
+            key=lambda r, v: user[rows[r]] * n_nets + v + 1,
+            used=history.used_net,
+        )
+        ip[rows] = np.where(net >= 0, random_address_in(plan, rng, np.maximum(net, 0)), -1)
 
     rows = np.flatnonzero(kinds == "same_country_other_isp")
     if len(rows):
@@ -274,26 +323,32 @@ def _attacks(
             len(rows),
             draw=lambda r: sample_networks(plan, rng, countries[r], KINDS),
             key=lambda r, v: user[rows[r]] * (1 << 33) + plan.asn[np.maximum(v, 0)] + 1,
-            used=used_asn,
+            used=history.used_asn,
         )
         ip[rows] = np.where(net >= 0, random_address_in(plan, rng, np.maximum(net, 0)), -1)
 
     rows = np.flatnonzero(kinds == "own_network")
     if len(rows):
         # A training address of the user, then a new host in its /24, kept inside its network.
-        base = ev_ip[_random_event_of(rng, ev_user[train], user[rows], train)]
+        base = history.ip[_random_event_of(rng, history.user[history.train], user[rows], history.train)]
         base_net = plan.lookup(base)
         ip[rows] = _redraw(
             len(rows),
             draw=lambda r: _new_host(plan, rng, base[r], base_net[r]),
             key=lambda r, v: user[rows[r]] * (1 << 33) + v,
-            used=used_ip,
+            used=history.used_ip,
         )
 
     keep = ip >= 0
     labels = np.array([ATTACK_LABELS[k] for k in spec.attack_kinds], np.int8)
     label = labels[(first + np.arange(n)) % len(spec.attack_kinds)]
     return _labelled(spec, users, user[keep], ip[keep], rel[keep], label[keep], kinds[keep])
+
+
+def _sorted_unique(values: np.ndarray) -> np.ndarray:
+    # Sort-based: faster than np.unique's hashing for the few hundred thousand int64 keys of a shard.
+    values = np.sort(values)
+    return values[np.concatenate([[True], values[1:] != values[:-1]])] if len(values) else values
 
 
 def _redraw(
@@ -309,12 +364,17 @@ def _redraw(
     rows = np.arange(n)
     out = draw(rows)
     for _ in range(_MAX_REDRAWS):
-        bad = rows[(out < 0) | np.isin(key(rows, out), used)]
+        bad = rows[(out < 0) | _contains(used, key(rows, out))]
         if len(bad) == 0:
             return out
         out[bad] = draw(bad)
-    out[(out < 0) | np.isin(key(rows, out), used)] = -1
+    out[(out < 0) | _contains(used, key(rows, out))] = -1
     return out
+
+
+def _contains(sorted_values: np.ndarray, keys: np.ndarray) -> np.ndarray:
+    pos = np.minimum(np.searchsorted(sorted_values, keys), len(sorted_values) - 1)
+    return sorted_values[pos] == keys
 
 
 def _random_event_of(rng: np.random.Generator, ev_user: np.ndarray, wanted: np.ndarray, rows: np.ndarray) -> np.ndarray:
@@ -364,7 +424,8 @@ def generate_attacks(
     tables = []
     for s in range(spec.n_files):
         shard_ev = events.filter(pa.array(ev_shard == s))
-        tables.append(shard_labelled(world.plan, spec, world.shard_users(spec, s), shard_ev, s, split))
+        users = world.shard_users(spec, s)
+        tables.append(shard_labelled(world.plan, spec, users, shard_ev, s, (split,))[split])
     out = pa.concat_tables(tables) if tables else LABELLED_SCHEMA.empty_table()
     return out if include_normal else out.filter(pc.not_equal(out["kind"], "normal"))
 

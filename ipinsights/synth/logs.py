@@ -16,6 +16,7 @@ from __future__ import annotations
 import gzip
 import re
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pyarrow as pa
@@ -31,16 +32,18 @@ __all__ = [
     "LOGIN_REQUEST",
     "MAX_LINE_BYTES",
     "format_lines",
+    "lines_buffer",
     "log_file_name",
-    "shard_log_bytes",
+    "shard_log_pieces",
     "time_ordered",
     "write_access_logs",
+    "write_pieces",
 ]
 
 LOGIN_REQUEST = "GET /login_success HTTP/1.1"
 #: A well-formed combined-format line (bytes; UA and referer may hold backslash-escaped quotes).
 COMBINED_LOG_RE = re.compile(
-    rb'^(?P<ip>\S+) (?P<ident>\S+) (?P<user>\S+) \[(?P<time>\d{2}/[A-Z][a-z]{2}/\d{4}:\d{2}:\d{2}:\d{2} [+-]\d{4})\] '
+    rb"^(?P<ip>\S+) (?P<ident>\S+) (?P<user>\S+) \[(?P<time>\d{2}/[A-Z][a-z]{2}/\d{4}:\d{2}:\d{2}:\d{2} [+-]\d{4})\] "
     rb'"(?P<request>(?:[^"\\]|\\.)*)" (?P<status>\d{3}) (?P<size>\d+|-) '
     rb'"(?P<referer>(?:[^"\\]|\\.)*)" "(?P<ua>(?:[^"\\]|\\.)*)"$'
 )
@@ -58,43 +61,73 @@ JUNK_KINDS: tuple[str, ...] = (
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 _DAY_S = 86_400
 
+_CHROME = "AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0.0.0"
+_SAFARI = "AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.2"
 _USER_AGENTS = (
-    "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0.0.0 Safari/537.36",
+    f"Mozilla/5.0 (Windows NT 10.0; Win64; x64) {_CHROME} Safari/537.36",
     "Mozilla/5.0 (Windows NT 10.0; Win64; x64; rv:121.0) Gecko/20100101 Firefox/121.0",
-    "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.2 Safari/605.1.15",
-    "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0.0.0 Safari/537.36",
+    f"Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) {_SAFARI} Safari/605.1.15",
+    f"Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) {_CHROME} Safari/537.36",
     "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/119.0.0.0 Safari/537.36",
     "Mozilla/5.0 (X11; Ubuntu; Linux x86_64; rv:120.0) Gecko/20100101 Firefox/120.0",
-    "Mozilla/5.0 (iPhone; CPU iPhone OS 17_2 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.2 Mobile/15E148 Safari/604.1",
-    "Mozilla/5.0 (Linux; Android 14; Pixel 8) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0.6099.144 Mobile Safari/537.36",
-    "Mozilla/5.0 (Linux; Android 13; SM-S918B) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/119.0.0.0 Mobile Safari/537.36",
-    "Mozilla/5.0 (iPad; CPU OS 16_6 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/16.6 Mobile/15E148 Safari/604.1",
-    "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0.0.0 Safari/537.36 Edg/120.0.0.0",
-    "Mozilla/5.0 (compatible; CorpSSO \\\"Agent\\\" 2.1; +https://sso.example.com)",
-)  # fmt: skip
+    f"Mozilla/5.0 (iPhone; CPU iPhone OS 17_2 like Mac OS X) {_SAFARI} Mobile/15E148 Safari/604.1",
+    f"Mozilla/5.0 (Linux; Android 14; Pixel 8) {_CHROME} Mobile Safari/537.36",
+    f"Mozilla/5.0 (Linux; Android 13; SM-S918B) {_CHROME} Mobile Safari/537.36",
+    f"Mozilla/5.0 (iPad; CPU OS 16_6 like Mac OS X) {_SAFARI} Mobile/15E148 Safari/604.1",
+    f"Mozilla/5.0 (Windows NT 10.0; Win64; x64) {_CHROME} Safari/537.36 Edg/120.0.0.0",
+    # Last on purpose: the UA with escaped quotes (``\"``), given to about 1% of users.
+    'Mozilla/5.0 (compatible; CorpSSO \\"Agent\\" 2.1; +https://sso.example.com)',
+)
 _BOT_AGENTS = (
     "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)",
     "curl/8.4.0",
     "python-requests/2.31.0",
-    "Mozilla/5.0 (compatible; \\\"Scanner\\\"/1.0)",
+    'Mozilla/5.0 (compatible; \\"Scanner\\"/1.0)',
     "-",
 )
 _REFERERS = ("-", "https://www.example.com/", "https://www.example.com/login", "https://www.google.com/")
 
-# Other traffic: (name, weight, requests, status, anonymous, size range, random source address share).
+
+class _Noise(NamedTuple):
+    """A kind of non-login request; ``foreign``: share coming from an unrelated address (bots, stuffing)."""
+
+    name: str
+    weight: float
+    requests: tuple[str, ...]
+    status: str
+    anonymous: bool
+    size: tuple[int, int]
+    foreign: float
+
+
+_STATIC = ("GET /static/app.js HTTP/1.1", "GET /static/style.css HTTP/1.1", "GET /img/logo.png HTTP/2.0")
+_API = ("GET /api/v1/profile HTTP/1.1", "POST /api/v1/orders HTTP/1.1", "GET /api/v1/orders?page=2 HTTP/1.1")
 _NOISE_KINDS = (
-    ("static", 0.38, ("GET /static/app.js HTTP/1.1", "GET /static/style.css HTTP/1.1", "GET /img/logo.png HTTP/2.0",
-                      "GET /static/vendor.js HTTP/2.0"), "200", True, (800, 90_000), 0.0),
-    ("page", 0.12, ("GET / HTTP/1.1", "GET /index.html HTTP/1.1", "GET /login HTTP/1.1"), "200", True, (2_000, 9_000), 0.0),
-    ("failed_login", 0.16, ("POST /login HTTP/1.1",), "401", False, (300, 600), 0.3),
-    ("forbidden_login", 0.03, (LOGIN_REQUEST,), "403", False, (200, 400), 0.5),
-    ("api", 0.15, ("GET /api/v1/profile HTTP/1.1", "POST /api/v1/orders HTTP/1.1", "GET /api/v1/orders?page=2 HTTP/1.1"),
-     "200", False, (100, 5_000), 0.0),
-    ("logout", 0.04, ("GET /logout HTTP/1.1",), "302", False, (0, 1), 0.0),
-    ("scanner", 0.05, ("GET /wp-login.php HTTP/1.1", "GET /admin HTTP/1.1", "GET /.env HTTP/1.1"), "403", True,
-     (150, 300), 1.0),
-    ("not_found", 0.07, ("GET /favicon.ico HTTP/1.1", "GET /apple-touch-icon.png HTTP/1.1"), "404", True, (150, 300), 0.0),
-)  # fmt: skip
+    _Noise("static", 0.38, _STATIC, "200", True, (800, 90_000), 0.0),
+    _Noise(
+        "page",
+        0.12,
+        ("GET / HTTP/1.1", "GET /index.html HTTP/1.1", "GET /login HTTP/1.1"),
+        "200",
+        True,
+        (2_000, 9_000),
+        0.0,
+    ),
+    _Noise("failed_login", 0.16, ("POST /login HTTP/1.1",), "401", False, (300, 600), 0.3),
+    _Noise("forbidden_login", 0.03, (LOGIN_REQUEST,), "403", False, (200, 400), 0.5),
+    _Noise("api", 0.15, _API, "200", False, (100, 5_000), 0.0),
+    _Noise("logout", 0.04, ("GET /logout HTTP/1.1",), "302", False, (0, 1), 0.0),
+    _Noise(
+        "scanner",
+        0.05,
+        ("GET /wp-login.php HTTP/1.1", "GET /admin HTTP/1.1", "GET /.env HTTP/1.1"),
+        "403",
+        True,
+        (150, 300),
+        1.0,
+    ),
+    _Noise("not_found", 0.07, ("GET /favicon.ico HTTP/1.1", "GET /robots.txt HTTP/1.1"), "404", True, (150, 300), 0.0),
+)
 _BAD_TIMESTAMPS = (
     "32/Jan/2024:10:00:00 +0000", "01/Foo/2024:10:00:00 +0000", "01/Jan/2024:25:61:00 +0000",
     "2024-01-01T10:00:00Z", "01/Jan/2024:10:00:00", "-", "01/Jan/2024:10:00:00 +99999",
@@ -158,114 +191,141 @@ def format_lines(
     date = _lookup(day, date_text)
     tod = _time_of_day_table().take(pa.array(local - day * _DAY_S))
     zone = _lookup(offset_min.astype(np.int64), _offset_text)
-    return pc.binary_join_element_wise(
+    lines = pc.binary_join_element_wise(
         ip, " - ", user, " [", date, ":", tod, " ", zone, '] "', request, '" ', status, " ", size,
         ' "', referer, '" "', user_agent, '"\n', "",
     )  # fmt: skip
+    return lines.combine_chunks() if isinstance(lines, pa.ChunkedArray) else lines
 
 
-def _pick(rng: np.random.Generator, choices: tuple[str, ...], n: int) -> pa.Array:
-    return pa.array(choices, pa.string()).take(pa.array(rng.integers(0, len(choices), size=n)))
+_AGENTS = _USER_AGENTS + _BOT_AGENTS
+_REQUESTS = (LOGIN_REQUEST, *(r for k in _NOISE_KINDS for r in k.requests))  # code 0: the login request
+_STATUSES = ("200", *sorted({k.status for k in _NOISE_KINDS} - {"200"}))  # code 0: 200
+_LOGIN_SIZE = 476
 
 
-def _user_agents(user_index: np.ndarray, rng: np.random.Generator) -> pa.Array:
+def _codes(rng: np.random.Generator, n: int, first: int, count: int) -> np.ndarray:
+    return first + rng.integers(0, count, size=n)
+
+
+def _user_agent_codes(user_index: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Each user's own browser, and now and then a second device (a stable choice per user, no world needed)."""
+    plain = len(_USER_AGENTS) - 1
     device = (rng.random(len(user_index)) < 0.1).astype(np.int64)
-    ua = (user_index * 2_654_435_761 + device * 7) % (len(_USER_AGENTS) - 1)
-    ua[user_index % 97 == 0] = len(_USER_AGENTS) - 1  # ~1% of users: a UA with escaped quotes
-    return pa.array(_USER_AGENTS, pa.string()).take(pa.array(ua))
+    ua = (user_index * 2_654_435_761 + device * 7) % plain
+    ua[user_index % 97 == 0] = plain  # ~1% of users: a UA with escaped quotes
+    return ua
 
 
-def shard_log_bytes(spec: SynthSpec, logins: pa.Table, shard: int) -> tuple[pa.Buffer, dict[str, int]]:
-    """The bytes of one shard's log file (uncompressed) and line counts by kind.
+def shard_log_pieces(spec: SynthSpec, logins: pa.Table, shard: int) -> tuple[list, dict[str, int]]:
+    """One shard's log file (uncompressed) as a list of byte pieces to write in order, and counts by kind.
 
-    ``logins`` are the shard's login events (at least ``entity``, ``ip``, ``ts``,
+    ``logins`` are the shard's login events in time order (at least ``entity``, ``ip_int``, ``ts``,
     ``utc_offset_minutes``; injected attacks included). Other traffic is drawn around them (same
-    users, addresses and moments); junk lines are mangled copies of real lines or random bytes.
+    users, addresses and moments). Lines are coded as integers, put in time order, and formatted once;
+    junk lines (mangled copies of real lines, or random bytes) are spliced in after the line they copy.
     """
     rng = shard_rng(spec.seed, shard, STREAM_LOGS)
     n_login = logins.num_rows
     ts = pc.cast(logins["ts"], pa.int64()).to_numpy() // 1_000_000
-    offset = logins["utc_offset_minutes"].to_numpy()
     user_index = entity_index(logins["entity"])
-    login_lines = format_lines(
-        logins["ip"], logins["entity"], ts, offset, LOGIN_REQUEST, "200", "476", "-", _user_agents(user_index, rng)
-    )
     n_noise = round(n_login * spec.noise_rate / (1 - spec.noise_rate)) if n_login else 0
-    noise_lines, noise_ts = _noise_lines(spec, rng, logins, ts, offset, user_index, n_noise)
-    lines = pa.chunked_array([login_lines.cast(pa.binary()), noise_lines.cast(pa.binary())], pa.binary())
-    line_ts = np.concatenate([ts, noise_ts])
-    n_junk = round(len(line_ts) * spec.junk_rate / (1 - spec.junk_rate)) if len(line_ts) else 0
-    junk, junk_ts, junk_counts = _junk_lines(rng, lines, line_ts, n_junk)
-    everything = pa.chunked_array([*lines.chunks, junk], pa.binary())
-    order = np.argsort(np.concatenate([line_ts, junk_ts]), kind="stable")  # a log file is in time order
-    out = everything.take(pa.array(order)).combine_chunks()
-    counts = {"login_lines": n_login, "noise_lines": n_noise, "junk_lines": n_junk, **junk_counts}
-    return _data_buffer(out), counts
-
-
-def _noise_lines(
-    spec: SynthSpec,
-    rng: np.random.Generator,
-    logins: pa.Table,
-    ts: np.ndarray,
-    offset: np.ndarray,
-    user_index: np.ndarray,
-    n: int,
-) -> tuple[pa.Array, np.ndarray]:
-    """Non-login traffic around the logins: same users, addresses and moments, other requests."""
-    if n == 0:
-        return pa.array([], pa.string()), np.zeros(0, np.int64)
-    weights = np.array([k[1] for k in _NOISE_KINDS])
-    kind = np.searchsorted(np.cumsum(weights) / weights.sum(), rng.random(n), side="right")
-    kind = np.minimum(kind, len(_NOISE_KINDS) - 1)
-    src = rng.integers(0, len(ts), size=n)  # the login this request is "near"
-    period = (spec.start_epoch_s, spec.start_epoch_s + spec.days * _DAY_S - 1)
-    line_ts = np.clip(ts[src] + rng.integers(-600, 600, size=n), *period)
-    ip = logins["ip_int"].to_numpy()[src]
-    user = pc.if_else(
-        pa.array(np.array([k[4] for k in _NOISE_KINDS])[kind]), pa.scalar("-"), logins["entity"].take(pa.array(src))
-    )
-    # Per kind: request, status, size and whether the source address is someone else's (bots, stuffing).
-    requests = [r for k in _NOISE_KINDS for r in k[2]]
-    first_request = np.cumsum([0] + [len(k[2]) for k in _NOISE_KINDS])
-    n_requests = np.diff(first_request)
-    request = pa.array(requests, pa.string()).take(
-        pa.array(first_request[kind] + (rng.random(n) * n_requests[kind]).astype(np.int64))
-    )
-    status = pa.array([k[3] for k in _NOISE_KINDS], pa.string()).take(pa.array(kind))
-    lo = np.array([k[5][0] for k in _NOISE_KINDS])[kind]
-    hi = np.array([k[5][1] for k in _NOISE_KINDS])[kind]
-    size = pc.cast(pa.array(lo + (rng.random(n) * (hi - lo)).astype(np.int64)), pa.string())
-    foreign = rng.random(n) < np.array([k[6] for k in _NOISE_KINDS])[kind]
-    ip[foreign] = rng.integers(1 << 24, 0xDF000000, size=int(foreign.sum()))
-    bot = np.array([k[4] for k in _NOISE_KINDS])[kind] & (rng.random(n) < 0.3)
-    agents = pc.if_else(
-        pa.array(bot), _pick(rng, _BOT_AGENTS, n), _user_agents(user_index[src], rng)
-    )
+    noise = _noise_rows(spec, rng, ts, logins["ip_int"].to_numpy(), user_index, n_noise)
+    login = {
+        "src": np.arange(n_login),
+        "anonymous": np.zeros(n_login, bool),
+        "ip": logins["ip_int"].to_numpy(),
+        "ts": ts,
+        "request": np.zeros(n_login, np.int64),
+        "status": np.zeros(n_login, np.int64),
+        "size": np.full(n_login, _LOGIN_SIZE),
+        "referer": np.zeros(n_login, np.int64),
+        "agent": _user_agent_codes(user_index, rng),
+    }
+    order = np.argsort(np.concatenate([ts, noise["ts"]]), kind="stable")  # a log file is in time order
+    rows = {k: np.concatenate([login[k], noise[k]])[order] for k in login}
+    user = pc.if_else(pa.array(rows["anonymous"]), pa.scalar("-"), logins["entity"].take(pa.array(rows["src"])))
     lines = format_lines(
-        ipv4_to_str(ip), user, line_ts, offset[src], request, status, size, _pick(rng, _REFERERS, n), agents
+        ipv4_to_str(rows["ip"]),
+        user,
+        rows["ts"],
+        logins["utc_offset_minutes"].to_numpy()[rows["src"]],
+        pa.array(_REQUESTS, pa.string()).take(pa.array(rows["request"])),
+        pa.array(_STATUSES, pa.string()).take(pa.array(rows["status"])),
+        pc.cast(pa.array(rows["size"]), pa.string()),
+        pa.array(_REFERERS, pa.string()).take(pa.array(rows["referer"])),
+        pa.array(_AGENTS, pa.string()).take(pa.array(rows["agent"])),
     )
-    return lines, line_ts
+    n_junk = round(len(lines) * spec.junk_rate / (1 - spec.junk_rate)) if len(lines) else 0
+    after, junk, junk_counts = _junk_lines(rng, lines, n_junk)
+    pieces = _splice(lines, after, junk)
+    counts = {"login_lines": n_login, "noise_lines": n_noise, "junk_lines": n_junk, **junk_counts}
+    counts["log_bytes"] = sum(len(p) for p in pieces)
+    return pieces, counts
 
 
-def _junk_lines(
-    rng: np.random.Generator, lines: pa.ChunkedArray, line_ts: np.ndarray, n: int
-) -> tuple[pa.Array, np.ndarray, dict[str, int]]:
-    """``n`` malformed lines, the kinds dealt round-robin from a random start so that all appear.
+def _noise_rows(
+    spec: SynthSpec, rng: np.random.Generator, ts: np.ndarray, ip: np.ndarray, user_index: np.ndarray, n: int
+) -> dict[str, np.ndarray]:
+    """Non-login traffic around the logins, as codes: same users, addresses and moments, other requests."""
+    weights = np.array([k.weight for k in _NOISE_KINDS])
+    kind = np.minimum(
+        np.searchsorted(np.cumsum(weights) / weights.sum(), rng.random(n), side="right"), len(weights) - 1
+    )
+    src = rng.integers(0, max(len(ts), 1), size=n)  # the login this request is "near"
+    anonymous = np.array([k.anonymous for k in _NOISE_KINDS])[kind]
+    n_requests = np.array([len(k.requests) for k in _NOISE_KINDS])
+    first_request = 1 + np.concatenate([[0], np.cumsum(n_requests)[:-1]])
+    lo, hi = (np.array([k.size[i] for k in _NOISE_KINDS])[kind] for i in (0, 1))
+    # Failed logins and scanners partly come from someone else's address (stuffing, bots).
+    foreign = rng.random(n) < np.array([k.foreign for k in _NOISE_KINDS])[kind]
+    addresses = ip[src] if len(ip) else np.zeros(n, np.int64)
+    bot = anonymous & (rng.random(n) < 0.3)
+    agent = np.where(bot, _codes(rng, n, len(_USER_AGENTS), len(_BOT_AGENTS)), _user_agent_codes(user_index[src], rng))
+    return {
+        "src": src,
+        "anonymous": anonymous,
+        "ip": np.where(foreign, rng.integers(1 << 24, 0xDF000000, size=n), addresses),
+        # Wrapped into the period (rather than clipped, which would pile requests up on its edges).
+        "ts": spec.start_epoch_s
+        + (ts[src] + rng.integers(-600, 600, size=n) - spec.start_epoch_s) % (spec.days * _DAY_S)
+        if len(ts)
+        else np.zeros(n, np.int64),
+        "request": first_request[kind] + (rng.random(n) * n_requests[kind]).astype(np.int64),
+        "status": np.array([_STATUSES.index(k.status) for k in _NOISE_KINDS])[kind],
+        "size": lo + (rng.random(n) * (hi - lo)).astype(np.int64),
+        "referer": _codes(rng, n, 0, len(_REFERERS)),
+        "agent": agent,
+    }
+
+
+def _splice(lines: pa.Array, after: np.ndarray, junk: list[bytes]) -> list:
+    """The lines' bytes with each junk line inserted after line ``after[i]`` (``after`` sorted)."""
+    data = lines_buffer(lines)
+    if not junk:
+        return [data]
+    offsets = _offsets(lines)
+    ends = (offsets[after + 1] - offsets[0]).tolist()
+    pieces, start = [], 0
+    for end, extra in zip(ends, junk, strict=True):
+        pieces.extend((data.slice(start, end - start), extra))
+        start = end
+    pieces.append(data.slice(start))
+    return pieces
+
+
+def _junk_lines(rng: np.random.Generator, lines: pa.Array, n: int) -> tuple[np.ndarray, list[bytes], dict[str, int]]:
+    """``n`` malformed lines and the (sorted) rows they follow; kinds dealt round-robin so that all appear.
 
     Built one by one in Python: junk is a small share of the lines (``junk_rate``), so this loop is
     over junk lines only, never over events.
     """
-    if n == 0:
-        return pa.array([], pa.binary()), np.zeros(0, np.int64), {f"junk_{k}": 0 for k in JUNK_KINDS}
     first = int(rng.integers(0, len(JUNK_KINDS)))
     kinds = [JUNK_KINDS[(first + i) % len(JUNK_KINDS)] for i in range(n)]
-    src = rng.integers(0, len(line_ts), size=n)
-    templates = lines.take(pa.array(src)).to_pylist()
-    out = [_mangle(rng, kind, line[:-1]) + b"\n" for kind, line in zip(kinds, templates, strict=True)]
-    counts = {f"junk_{k}": kinds.count(k) for k in JUNK_KINDS}
-    return pa.array(out, pa.binary()), line_ts[src], counts
+    after = np.sort(rng.integers(0, max(len(lines), 1), size=n))
+    templates = lines.take(pa.array(after)).to_pylist() if n else []
+    junk = [_mangle(rng, kind, line[:-1].encode()) + b"\n" for kind, line in zip(kinds, templates, strict=True)]
+    return after, junk, {f"junk_{k}": kinds.count(k) for k in JUNK_KINDS}
 
 
 def _mangle(rng: np.random.Generator, kind: str, line: bytes) -> bytes:
@@ -292,21 +352,30 @@ def _mangle(rng: np.random.Generator, kind: str, line: bytes) -> bytes:
     return head + b'] "GET /search?q=' + query + b' HTTP/1.1" 414 0 "-" "-"'
 
 
-def _data_buffer(lines: pa.Array) -> pa.Buffer:
+def lines_buffer(lines: pa.Array) -> pa.Buffer:
     """The concatenated bytes of a (binary/string) array of newline-terminated lines: no copy."""
-    offsets = np.frombuffer(lines.buffers()[1], dtype=np.int32, count=len(lines) + 1, offset=lines.offset * 4)
-    return lines.buffers()[2].slice(int(offsets[0]), int(offsets[-1] - offsets[0])) if len(lines) else pa.py_buffer(b"")
+    if len(lines) == 0:
+        return pa.py_buffer(b"")
+    offsets = _offsets(lines)
+    return lines.buffers()[2].slice(int(offsets[0]), int(offsets[-1] - offsets[0]))
 
 
-def write_bytes(path: Path, data: pa.Buffer, spec: SynthSpec) -> None:
-    """Write a log file in one go (gzip with a fixed header: mtime 0, no name, so that bytes are reproducible)."""
+def _offsets(lines: pa.Array) -> np.ndarray:
+    """The ``len + 1`` value offsets of a string/binary array (slices included)."""
+    return np.frombuffer(lines.buffers()[1], np.int32)[lines.offset : lines.offset + len(lines) + 1]
+
+
+def write_pieces(path: Path, pieces: list, spec: SynthSpec) -> None:
+    """Write a log file from its pieces (gzip with a fixed header: mtime 0, no name, so bytes are reproducible)."""
     tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb", buffering=0) as raw:
+    with open(tmp, "wb") as raw:
         if spec.gzip:
             with gzip.GzipFile(filename="", mode="wb", fileobj=raw, compresslevel=spec.gzip_level, mtime=0) as gz:
-                gz.write(memoryview(data))
+                for piece in pieces:
+                    gz.write(memoryview(piece))
         else:
-            raw.write(memoryview(data))
+            for piece in pieces:
+                raw.write(memoryview(piece))
     tmp.replace(path)
 
 
@@ -327,9 +396,9 @@ def write_access_logs(
     shard = np.searchsorted(bounds, entity_index(logins["entity"]), side="right") - 1
     paths = []
     for s in range(spec.n_files):
-        data, _ = shard_log_bytes(spec, time_ordered(logins.filter(pa.array(shard == s))), s)
+        pieces, _ = shard_log_pieces(spec, time_ordered(logins.filter(pa.array(shard == s))), s)
         path = out_dir / log_file_name(s, spec)
-        write_bytes(path, data, spec)
+        write_pieces(path, pieces, spec)
         paths.append(path)
     return paths
 

@@ -12,6 +12,7 @@ keywords).
 from __future__ import annotations
 
 import gzip
+import itertools
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,7 +74,7 @@ _SYLLABLES = ("ka", "lo", "net", "tel", "vo", "ra", "com", "sky", "li", "no", "v
 
 # Keywords that classify a real AS description (first match wins, in this order; default broadband).
 _KIND_KEYWORDS = (
-    ("hosting", re.compile(r"hosting|cloud|amazon|google|microsoft|digitalocean|ovh|hetzner|linode|data ?cent|colo", re.I)),
+    ("hosting", re.compile(r"hosting|cloud|amazon|google|microsoft|digitalocean|ovh|hetzner|linode|data ?cent", re.I)),
     ("mobile", re.compile(r"mobile|wireless|cellular|\blte\b|\bgsm\b|\b[345]g\b", re.I)),
     ("business", re.compile(r"business|enterprise|universit|bank|corp|government|ministry|school", re.I)),
 )  # fmt: skip
@@ -182,7 +183,7 @@ class AddressPlan:
         if not rows:
             raise DataFormatError(f"{path}: no routed ranges found (expected ip2asn-v4 TSV lines)")
         rows.sort(key=lambda r: r[0])
-        for prev, cur in zip(rows, rows[1:]):  # noqa: B905 - lengths differ by one by design
+        for prev, cur in itertools.pairwise(rows):
             if cur[0] <= prev[1]:
                 raise DataFormatError(f"{path}:{cur[5]}: range overlaps the range of line {prev[5]}")
         descriptions = np.array([r[4] for r in rows], dtype=object)

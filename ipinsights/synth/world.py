@@ -18,7 +18,7 @@ import pyarrow.compute as pc
 from ipinsights.synth.plan import COUNTRY_USER_SHARES, COUNTRY_UTC_OFFSETS, AddressPlan
 from ipinsights.synth.spec import STREAM_USERS, SynthSpec, shard_bounds, shard_rng
 
-__all__ = ["World", "generate_world", "generate_users", "load_plan", "sample_networks"]
+__all__ = ["World", "generate_users", "generate_world", "load_plan", "sample_networks"]
 
 MOBILE_POOL_BITS = 14  # a mobile user's addresses come from a regional /18 pool of the carrier
 
@@ -117,7 +117,9 @@ def generate_users(plan: AddressPlan, spec: SynthSpec, shard: int) -> pa.Table:
     country = codes[np.minimum(np.searchsorted(np.cumsum(shares), rng.random(n) * shares.sum(), side="right"),
                                len(codes) - 1)]  # fmt: skip
     home_net = sample_networks(plan, rng, country, ("broadband",), power=0.7)
-    home_net = np.where(home_net < 0, sample_networks(plan, rng, country, ("broadband", "business", "mobile")), home_net)
+    home_net = np.where(
+        home_net < 0, sample_networks(plan, rng, country, ("broadband", "business", "mobile")), home_net
+    )
     home_ip = random_address_in(plan, rng, home_net)
     # Work: a nearby row of the sorted plan (as in the tutorial), which is usually the same country block.
     step = rng.integers(1, 4, size=n) * rng.choice(np.array([-1, 1]), size=n)

@@ -1,0 +1,41 @@
+"""Synthetic login traffic, like the SageMaker IP Insights tutorial's but more realistic.
+
+Users log into a website from home, work, mobile carriers and while travelling; the generator writes
+Apache combined-format access logs (with other traffic and malformed lines to filter out), labelled
+attack rows for evaluation, and the ground truth. Deterministic for a seed; vectorized with numpy and
+Arrow; large runs shard users over Spark tasks with the same output.
+
+Typical use::
+
+    from ipinsights.synth import SynthSpec, generate_dataset
+    paths = generate_dataset("data/synth", SynthSpec(users=10_000, days=10, seed=0))
+"""
+
+from ipinsights.synth.dataset import DatasetPaths, generate_dataset, generate_dataset_spark
+from ipinsights.synth.events import EVENT_SCHEMA, LABELLED_SCHEMA, generate_attacks, generate_events
+from ipinsights.synth.logs import COMBINED_LOG_RE, JUNK_KINDS, LOGIN_REQUEST, MAX_LINE_BYTES, write_access_logs
+from ipinsights.synth.plan import KINDS, AddressPlan
+from ipinsights.synth.spec import ATTACK_KINDS, ATTACK_LABELS, SynthSpec
+from ipinsights.synth.world import World, generate_world
+
+__all__ = [
+    "ATTACK_KINDS",
+    "ATTACK_LABELS",
+    "COMBINED_LOG_RE",
+    "EVENT_SCHEMA",
+    "JUNK_KINDS",
+    "KINDS",
+    "LABELLED_SCHEMA",
+    "LOGIN_REQUEST",
+    "MAX_LINE_BYTES",
+    "AddressPlan",
+    "DatasetPaths",
+    "SynthSpec",
+    "World",
+    "generate_attacks",
+    "generate_dataset",
+    "generate_dataset_spark",
+    "generate_events",
+    "generate_world",
+    "write_access_logs",
+]

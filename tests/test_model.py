@@ -1,0 +1,185 @@
+"""The model, the row-sparse optimiser and the trainer: needs only torch (no Spark)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from ipinsights.config import Hyperparameters, ModelOptions, TrainOptions
+from ipinsights.evaluate import baseline_scores, evaluate_scores
+from ipinsights.ip import ipv4_to_str, parse_ipv4
+from ipinsights.model import IPInsightsModel
+from ipinsights.modelfile import save_model
+from ipinsights.scorer import Scorer
+from ipinsights.toyworld import make_toy_world
+from ipinsights.trainer import RowAdam, Trainer, build_model, discriminator_auc, encode_pairs, train_model
+
+HP = dict(num_entity_vectors=1000, vector_dim=32, epochs=4, learning_rate=0.01, mini_batch_size=256,
+          random_negative_sampling_rate=5, shuffled_negative_sampling_rate=1)  # fmt: skip
+OPTS = TrainOptions(seed=3, num_threads=1, progress_bar="off")
+
+
+@pytest.fixture(scope="module")
+def world():
+    return make_toy_world(n_entities=400, events_per_entity=60, n_test=4000, seed=0)
+
+
+@pytest.fixture(scope="module")
+def trained(world, tmp_path_factory):
+    hp = Hyperparameters(**HP)
+    mo = ModelOptions()
+    train = encode_pairs(world.train["entity"], world.train["ip"], hp.num_entity_vectors, mo.hash_seed)
+    val = encode_pairs(world.validation["entity"], world.validation["ip"], hp.num_entity_vectors, mo.hash_seed)
+    result = train_model(hp, mo, OPTS, train, val)
+    path = tmp_path_factory.mktemp("model") / "m"
+    save_model(result.model, path, training={"epochs": [m.as_dict() for m in result.history]})
+    return result, path
+
+
+def test_forward_shapes_and_prefix_rows():
+    hp = Hyperparameters(num_entity_vectors=50, vector_dim=8, num_ip_encoder_layers=2)
+    m = IPInsightsModel(hp, ModelOptions(ip_prefix_lengths=(8, 16, 24), ip_hash_buckets=100_000))
+    ips = torch.tensor([0x01020304, 0x01020305, 0x01020404, 0x7F000001])
+    rows = m.ip_rows(ips)
+    assert rows.shape == (4, 3)
+    assert rows[:, 0].tolist() == [1, 1, 1, 127]  # /8 is an exact block
+    assert rows[0, 1] == 256 + 0x0102 and rows[2, 1] == rows[0, 1]  # /16 exact, shared
+    assert rows[0, 2] == rows[1, 2] != rows[2, 2]  # /24 hashed: same network -> same row
+    assert ((rows[:, 2] >= 256 + 65536) & (rows[:, 2] < 256 + 65536 + 100_000)).all()
+    out = m(torch.tensor([0, 1, 2, 3]), ips)
+    assert out.shape == (4,)
+    assert m.ip_vectors(ips).shape == (4, 8) and m.entity_vectors(torch.tensor([1])).shape == (1, 8)
+
+
+def test_unseen_network_defers_to_its_parents():
+    """Deeper levels start at zero: before training, two hosts of one /16 have the same vector."""
+    m = build_model(Hyperparameters(num_entity_vectors=10, vector_dim=8), ModelOptions(), seed=0)
+    v = m.ip_vectors(torch.tensor([0x0A0B0C0D, 0x0A0BFF01]))
+    assert torch.allclose(v[0], v[1])
+
+
+def test_row_adam_equals_torch_adam_when_every_row_is_touched():
+    torch.manual_seed(0)
+    table = torch.randn(6, 4)
+    ref = torch.nn.Parameter(table.clone())
+    opt = torch.optim.Adam([ref], lr=0.05, weight_decay=0.01)
+    mine = table.clone()
+    row_opt = RowAdam(mine, lr=0.05, weight_decay=0.01)
+    for step in range(5):
+        grad = torch.randn(6, 4) * (step + 1)
+        ref.grad = grad.clone()
+        opt.step()
+        row_opt.step(torch.arange(6), grad.clone())
+    torch.testing.assert_close(mine, ref.detach(), rtol=1e-5, atol=1e-6)
+
+
+def test_row_adam_leaves_untouched_rows_alone():
+    table = torch.ones(5, 3)
+    opt = RowAdam(table, lr=0.1, weight_decay=0.5)
+    opt.step(torch.tensor([1, 3]), torch.ones(2, 3))
+    assert (table[[0, 2, 4]] == 1).all() and (table[[1, 3]] < 1).all()
+
+
+def test_learns_toy_world(world, trained):
+    result, _ = trained
+    hist = result.history
+    assert len(hist) == HP["epochs"] and hist[-1].loss < hist[0].loss
+    assert hist[-1].discriminator_auc is not None and hist[-1].discriminator_auc >= 0.95
+    scorer_scores = _score(result.model, world.test["entity"], world.test["ip"])
+    kinds = world.test["kind"].to_numpy(zero_copy_only=False)
+    sel = kinds != "same_16_other_pool"
+    ev = evaluate_scores(-scorer_scores[sel], world.test["label"].to_numpy()[sel], kinds[sel])
+    assert ev.auc["model"]["random_ip"] >= 0.95
+
+
+def _score(model, entities, ips):
+    from ipinsights.hashing import entity_buckets
+
+    rows = torch.as_tensor(entity_buckets(entities, model.opts.hash_seed, model.hp.num_entity_vectors))
+    with torch.no_grad():
+        return model(rows, torch.as_tensor(parse_ipv4(ips).value.astype(np.int64))).numpy()
+
+
+def test_unseen_ip_in_own_24_scores_as_normal(world, trained):
+    """A never-seen host inside a /24 the entity used beats that entity's random-IP scores >= 90%."""
+    result, _ = trained
+    rng = np.random.default_rng(5)
+    train_ips = parse_ipv4(world.train["ip"]).value
+    seen = set(train_ips.tolist())
+    names = world.train["entity"].to_numpy(zero_copy_only=False)
+    wins = total = 0
+    for e in rng.choice(world.entity_names, 100, replace=False):
+        mine = train_ips[names == e]
+        net = int(mine[0] >> 8)
+        hosts = [(net << 8) | h for h in range(1, 255) if ((net << 8) | h) not in seen][:5]
+        randoms = rng.integers(1 << 24, 224 << 24, 20)
+        s_new = _score(result.model, [e] * len(hosts), ipv4_to_str(hosts))
+        s_rand = _score(result.model, [e] * 20, ipv4_to_str(randoms))
+        wins += int((s_new[:, None] > s_rand[None, :]).sum())
+        total += s_new.size * s_rand.size
+    assert wins / total >= 0.90
+
+
+def test_model_beats_per_entity_baselines(world, trained):
+    _, path = trained
+    scorer = Scorer.load(path)
+    t = world.test
+    ev = evaluate_scores(
+        scorer.anomaly_score(t["entity"], t["ip"]),
+        t["label"].to_numpy(),
+        t["kind"].to_numpy(zero_copy_only=False),
+        baseline_scores(world.train["entity"], world.train["ip"], t["entity"], t["ip"]),
+    )
+    for name in ("seen_exact_ip", "seen_same_24", "seen_same_16"):
+        assert ev.auc["model"]["overall"] > ev.auc[name]["overall"] + 0.02, ev.auc_table()
+    assert ev.auc["model"]["same_16_other_pool"] > 0.9
+
+
+def test_training_is_reproducible(world):
+    hp = Hyperparameters(**{**HP, "epochs": 1})
+    train = encode_pairs(world.train["entity"][:3000], world.train["ip"][:3000], hp.num_entity_vectors, 0)
+    a = train_model(hp, ModelOptions(), OPTS, train)
+    b = train_model(hp, ModelOptions(), OPTS, train)
+    for (ka, va), (kb, vb) in zip(a.model.state_dict().items(), b.model.state_dict().items(), strict=True):
+        assert ka == kb and torch.equal(va, vb), ka
+    assert a.history[0].loss == b.history[0].loss
+
+
+def test_metrics_published_every_interval(world, caplog):
+    hp = Hyperparameters(**{**HP, "epochs": 1, "batch_metrics_publish_interval": 3, "mini_batch_size": 100})
+    train = encode_pairs(world.train["entity"][:1000], world.train["ip"][:1000], hp.num_entity_vectors, 0)
+    model = build_model(hp, ModelOptions(), 0)
+    with caplog.at_level("INFO", logger="ipinsights.trainer"):
+        Trainer(model, hp, OPTS).fit(train)
+    batches = [r.getMessage() for r in caplog.records if "batch" in r.getMessage()]
+    assert [m.split()[3] for m in batches] == ["3/10:", "6/10:", "9/10:", "10/10:"]
+
+
+def test_zero_layers_and_only_shuffled_negatives(world):
+    hp = Hyperparameters(**{**HP, "epochs": 1, "num_ip_encoder_layers": 0, "random_negative_sampling_rate": 0})
+    train = encode_pairs(world.train["entity"][:2000], world.train["ip"][:2000], hp.num_entity_vectors, 0)
+    res = train_model(hp, ModelOptions(), OPTS, train)
+    assert np.isfinite(res.history[0].loss)
+
+
+def test_batch_of_one_has_no_shuffled_negatives(world):
+    hp = Hyperparameters(**{**HP, "epochs": 1, "mini_batch_size": 1, "random_negative_sampling_rate": 1})
+    train = encode_pairs(world.train["entity"][:20], world.train["ip"][:20], hp.num_entity_vectors, 0)
+    res = train_model(hp, ModelOptions(), OPTS, train)
+    assert res.history[0].pairs == 20
+
+
+def test_discriminator_auc_is_deterministic(world, trained):
+    result, _ = trained
+    val = encode_pairs(world.validation["entity"], world.validation["ip"], HP["num_entity_vectors"], 0)
+    assert discriminator_auc(result.model, val) == discriminator_auc(result.model, val)
+
+
+def test_invalid_training_ips_dropped_and_reported(caplog):
+    with caplog.at_level("WARNING"):
+        enc = encode_pairs(["a", "b", "c"], ["1.2.3.4", "999.1.1.1", "5.6.7.8"], 10, 0, what="t.csv")
+    assert len(enc) == 2 and enc.n_invalid == 1
+    assert "t.csv: dropped 1 row" in caplog.text and "row 2: '999.1.1.1'" in caplog.text
+    with pytest.raises(ValueError, match="no row has a valid"):
+        encode_pairs(["a"], ["x"], 10, 0)

@@ -1,0 +1,136 @@
+"""Model files: save/load round trip, and corrupt, truncated or foreign files refused clearly."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from ipinsights.config import Hyperparameters, ModelOptions
+from ipinsights.modelfile import ModelFileError, load_model, save_model
+from ipinsights.scorer import Scorer
+from ipinsights.trainer import build_model
+
+ENT = ["alice", "bob", "carol", "dave"]
+IPS = ["10.0.0.1", "192.0.2.7", "not-an-ip", "203.0.113.200"]
+
+
+@pytest.fixture()
+def model_dir(tmp_path):
+    hp = Hyperparameters(num_entity_vectors=64, vector_dim=8, num_ip_encoder_layers=2)
+    model = build_model(hp, ModelOptions(hash_seed=99, ip_hash_buckets=512), seed=1)
+    return save_model(model, tmp_path / "model", training={"note": "x"}, config={"a": 1}), model
+
+
+def test_round_trip_identical_scores(model_dir):
+    path, model = model_dir
+    bundle = load_model(path)
+    assert bundle.options.hash_seed == 99 and bundle.hyperparameters.num_ip_encoder_layers == 2
+    m = bundle.manifest
+    assert m["format"] == "ipinsights-model" and m["format_version"] == 1 and m["hash_version"] == 1
+    assert m["training"] == {"note": "x"} and m["config"] == {"a": 1}
+    for k, v in model.state_dict().items():
+        assert np.array_equal(v.numpy(), bundle.model.state_dict()[k].numpy())
+    s1 = Scorer.load(path).dot_product(ENT, IPS)
+    s2 = Scorer.load(path).dot_product(ENT, IPS)
+    assert np.isnan(s1[2]) and np.array_equal(s1, s2, equal_nan=True)
+    emb = Scorer.load(path).ip_embedding(IPS)
+    assert emb.shape == (4, 8) and np.isnan(emb[2]).all()
+    ent = Scorer.load(path).entity_embedding(ENT)
+    assert np.allclose((ent * emb).sum(1)[[0, 1, 3]], s1[[0, 1, 3]], atol=1e-5)
+
+
+def test_save_replaces_atomically(model_dir, tmp_path):
+    path, model = model_dir
+    save_model(model, path, training={"note": "second"})
+    assert load_model(path).manifest["training"] == {"note": "second"}
+    assert [p.name for p in tmp_path.iterdir()] == ["model"]  # no temporary leftovers
+
+
+def _corrupt_weights(path):
+    w = path / "weights.safetensors"
+    data = bytearray(w.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    w.write_bytes(bytes(data))
+
+
+def _truncate(path):
+    w = path / "weights.safetensors"
+    w.write_bytes(w.read_bytes()[:100])
+
+
+def _garbage_manifest(path):
+    (path / "model.json").write_text("{not json")
+
+
+def _foreign(path):
+    (path / "model.json").write_text(json.dumps({"format": "something-else"}))
+
+
+def _future_version(path):
+    m = json.loads((path / "model.json").read_text())
+    m["format_version"] = 99
+    (path / "model.json").write_text(json.dumps(m))
+
+
+def _no_weights(path):
+    (path / "weights.safetensors").unlink()
+
+
+def _bad_shape(path):
+    m = json.loads((path / "model.json").read_text())
+    m["hyperparameters"]["vector_dim"] = 16
+    (path / "model.json").write_text(json.dumps(m))
+
+
+def _bad_hyperparameter(path):
+    m = json.loads((path / "model.json").read_text())
+    m["hyperparameters"]["epochs"] = 0
+    (path / "model.json").write_text(json.dumps(m))
+
+
+@pytest.mark.parametrize(
+    ("damage", "text"),
+    [
+        (_corrupt_weights, "checksum mismatch"),
+        (_truncate, "truncated"),
+        (_garbage_manifest, "not valid JSON"),
+        (_foreign, "not an ipinsights model"),
+        (_future_version, "format_version 99 is not supported"),
+        (_no_weights, "missing"),
+        (_bad_shape, "do not match"),
+        (_bad_hyperparameter, "epochs=0 is out of range"),
+    ],
+)
+def test_damaged_model_refused(model_dir, damage, text):
+    path, _ = model_dir
+    damage(path)
+    with pytest.raises(ModelFileError, match=text):
+        load_model(path)
+
+
+def test_not_a_directory(tmp_path):
+    with pytest.raises(ModelFileError, match="not a model directory"):
+        load_model(tmp_path / "nothing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelFileError, match="missing"):
+        load_model(tmp_path / "empty")
+
+
+def test_pickle_is_never_loaded(model_dir):
+    """A weights file that is a torch pickle (which could run code) is refused, not unpickled."""
+    import torch
+
+    path, model = model_dir
+    w = path / "weights.safetensors"
+    torch.save(model.state_dict(), w)
+    m = json.loads((path / "model.json").read_text())
+    from ipinsights.modelfile import sha256_file
+
+    m["files"]["weights.safetensors"] = {"sha256": sha256_file(w), "bytes": w.stat().st_size}
+    (path / "model.json").write_text(json.dumps(m))
+    with pytest.raises(ModelFileError, match="not a readable safetensors file"):
+        load_model(path)
+    shutil.rmtree(path)
