@@ -66,9 +66,8 @@ class IPInsightsModel(nn.Module):
         self.register_buffer("level_offsets", offsets, persistent=False)
         self.register_buffer("level_shifts", torch.tensor([32 - p for p in opts.ip_prefix_lengths]), persistent=False)
         self.register_buffer("level_sizes", torch.tensor(sizes, dtype=torch.int64), persistent=False)
-        self.register_buffer(
-            "level_hashed", torch.tensor([2**p > s for p, s in zip(opts.ip_prefix_lengths, sizes, strict=True)]), persistent=False
-        )
+        hashed = [2**p > s for p, s in zip(opts.ip_prefix_lengths, sizes, strict=True)]
+        self.register_buffer("level_hashed", torch.tensor(hashed), persistent=False)
         layers: list[nn.Module] = []
         for i in range(hp.num_ip_encoder_layers):
             if i:
