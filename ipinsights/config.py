@@ -140,6 +140,10 @@ class TrainOptions:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     num_threads: int = 0  # 0: torch's default
     progress_bar: str = "auto"  # auto (only on a terminal) | on | off
+    #: Draw one random address per positive and pair it with R entities of the batch (R distinct
+    #: rolls) instead of R addresses with one entity each: the same number of random-negative pairs
+    #: with the same distribution (uniform address x entity of the data), for 1/R of the encoder work.
+    share_random_ips: bool = True
 
     def __post_init__(self) -> None:
         _check_int("seed", self.seed, 0, 2**63 - 1)

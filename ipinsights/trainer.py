@@ -149,6 +149,9 @@ class RowAdam:
 
     ``step(rows, grads)`` expects unique ``rows``. Bias correction uses the global step count, as
     TensorFlow's LazyAdam does, so a row that is touched rarely takes normal-sized steps when it is.
+    Both moments of a row sit side by side (``state[row] = [m, v]``) so that a step reads and writes
+    the optimiser state with one gather and one scatter: on a table far larger than the CPU caches
+    the random row accesses, not the arithmetic, are what costs.
     """
 
     def __init__(self, table: torch.Tensor, lr: float, weight_decay: float, betas=(0.9, 0.999), eps: float = 1e-8):
@@ -157,33 +160,33 @@ class RowAdam:
         self.weight_decay = weight_decay
         self.beta1, self.beta2 = betas
         self.eps = eps
-        self.exp_avg = torch.zeros_like(table)
-        self.exp_avg_sq = torch.zeros_like(table)
+        self.state = torch.zeros(table.shape[0], 2, *table.shape[1:], dtype=table.dtype, device=table.device)
         self.steps = 0
 
     @torch.no_grad()
-    def step(self, rows: torch.Tensor, grads: torch.Tensor) -> None:
+    def step(self, rows: torch.Tensor, grads: torch.Tensor, params: torch.Tensor | None = None) -> None:
+        """Update ``table[rows]``; ``params`` may pass ``table[rows]`` when the caller gathered it already."""
         self.steps += 1
         b1, b2 = self.beta1, self.beta2
-        params = self.table.index_select(0, rows)
+        params = self.table.index_select(0, rows) if params is None else params.detach().clone()
         if self.weight_decay:
             grads = grads.add(params, alpha=self.weight_decay)
-        m = self.exp_avg.index_select(0, rows).mul_(b1).add_(grads, alpha=1 - b1)
-        v = self.exp_avg_sq.index_select(0, rows).mul_(b2).addcmul_(grads, grads, value=1 - b2)
-        self.exp_avg.index_copy_(0, rows, m)
-        self.exp_avg_sq.index_copy_(0, rows, v)
+        st = self.state.index_select(0, rows)
+        m, v = st[:, 0], st[:, 1]
+        m.mul_(b1).add_(grads, alpha=1 - b1)
+        v.mul_(b2).addcmul_(grads, grads, value=1 - b2)
+        self.state.index_copy_(0, rows, st)
         bc1 = 1 - b1**self.steps
         bc2 = 1 - b2**self.steps
-        denom = v.div_(bc2).sqrt_().add_(self.eps)
+        denom = (v / bc2).sqrt_().add_(self.eps)
         params.addcdiv_(m, denom, value=-self.lr / bc1)
         self.table.index_copy_(0, rows, params)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"exp_avg": self.exp_avg, "exp_avg_sq": self.exp_avg_sq, "steps": torch.tensor(self.steps)}
+        return {"state": self.state, "steps": torch.tensor(self.steps)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.exp_avg.copy_(state["exp_avg"])
-        self.exp_avg_sq.copy_(state["exp_avg_sq"])
+        self.state.copy_(state["state"])
         self.steps = int(state["steps"])
 
 
@@ -293,7 +296,9 @@ class Trainer:
         B = ent_rows.numel()
         R = hp.random_negative_sampling_rate
         S = hp.shuffled_negative_sampling_rate if B > 1 else 0  # nothing to re-pair with in a batch of 1
-        all_ips = torch.cat([ips, _random_ipv4(R * B, self.generator, self.device)]) if R else ips
+        share = self.options.share_random_ips and B > R  # R distinct rolls need R < B
+        n_rand = (B if share else R * B) if R else 0
+        all_ips = torch.cat([ips, _random_ipv4(n_rand, self.generator, self.device)]) if n_rand else ips
 
         # Gather only the touched rows as leaf tensors, so gradients are (unique rows x d), not tables.
         uniq_e, inv_e = torch.unique(ent_rows, return_inverse=True)
@@ -305,11 +310,14 @@ class Trainer:
 
         v_pos = v[:B]
         logits = [(e * v_pos).sum(-1)]
-        if R:
+        # Negatives re-pair entities of the batch by rolls (a roll by k != 0 never pairs a row with
+        # itself): offsets 0..R-1 for the shared random addresses, random non-zero ones for shuffled.
+        if R and share:
+            logits.extend((e.roll(k, 0) * v[B:]).sum(-1) for k in range(R))
+        elif R:
             logits.append((v[B:].view(R, B, -1) * e).sum(-1).flatten())
         if S:
-            # Shuffled negatives re-pair the batch's IPs with other entities of the same batch: a roll
-            # by a random non-zero offset never pairs a row with itself and costs no extra encoding.
+            # Shuffled negatives: the batch's IPs with other entities of the batch, no extra encoding.
             shifts = torch.randint(1, B, (S,), generator=self.generator, device=self.device).tolist()
             logits.extend((e.roll(k, 0) * v_pos).sum(-1) for k in shifts)
         logits_t = torch.cat(logits)
@@ -325,10 +333,11 @@ class Trainer:
             self.dense_opt.step()
         world = self.comm.world_size
         for opt, rows, leaf in ((self.entity_opt, uniq_e, E), (self.ip_opt, uniq_r, T)):
-            grad = leaf.grad
             if world > 1:
-                rows, grad = _coalesce(*self.comm.allgather_rows(rows, grad), world)
-            opt.step(rows, grad)
+                rows, grad = _coalesce(*self.comm.allgather_rows(rows, leaf.grad), world)
+                opt.step(rows, grad)  # the union of every rank's rows: gather them afresh
+            else:
+                opt.step(rows, leaf.grad, params=leaf)
         with torch.no_grad():
             correct = ((logits_t > 0) == (labels > 0.5)).sum().item()
         return loss.item() * logits_t.numel(), correct, logits_t.numel()

@@ -13,10 +13,12 @@ fi
 . .venv/bin/activate
 stamp=.venv/.ipinsights-setup
 want="$(cat setup.py scripts/setup.sh scripts/build_horovod.sh | sha256sum | cut -d' ' -f1)"
+# pip's own exit status counts; only the machine's noisy "Location ... is ignored" lines are filtered.
+pipq() { python -m pip install -q --disable-pip-version-check "$@" 2> >(grep -v "^WARNING: Location" >&2); }
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
-    python -m pip install -q --disable-pip-version-check --upgrade pip setuptools wheel 2>&1 | grep -v "^WARNING: Location" || true
-    python -m pip install -q --disable-pip-version-check "torch==2.13.0" 2>&1 | grep -v "^WARNING: Location" || true
-    python -m pip install -q --disable-pip-version-check -e ".[spark,dev]" 2>&1 | grep -v "^WARNING: Location" || true
+    pipq --upgrade pip setuptools wheel
+    pipq "torch==2.13.0"
+    pipq -e ".[spark,dev]"
     python -c "import torch, pyspark, ipinsights" # fail here, not in the middle of a test run
     bash scripts/build_horovod.sh
     echo "$want" > "$stamp"

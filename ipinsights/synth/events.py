@@ -259,7 +259,8 @@ def shard_labelled(
     out = {}
     for split in splits:
         rng = shard_rng(spec.seed, shard, STREAM_ATTACKS[split])
-        bounds = shard_bounds(spec.attack_count(split), spec.n_files)
+        # Attacks spread over shards in proportion to their users (so an empty shard gets none).
+        bounds = spec.attack_count(split) * shard_bounds(spec.users, spec.n_files) // spec.users
         first, n = int(bounds[shard]), int(bounds[shard + 1] - bounds[shard])
         if n == 0 or len(history.train) == 0:
             attacks = LABELLED_SCHEMA.empty_table()

@@ -295,20 +295,35 @@ def _lay_out(ranges: list, codes: list[str], rng: np.random.Generator) -> list[t
         blocks.extend(np.split(np.array(members), cuts))
     sequence = np.concatenate([blocks[i] for i in rng.permutation(len(blocks))])
     total = float(np.sum(2.0 ** (32 - plens)))
-    # Spread the plan over the whole space; alignment wastes up to one range size per range, hence 2.2.
+    # Spread the plan over the whole space with random gaps; alignment wastes space too, so if the
+    # plan overflows, the gaps shrink (halved, then none) until it fits.
     mean_gap = max(0.0, (usable - 2.2 * total) / len(ranges))
-    gaps = rng.exponential(mean_gap, size=len(ranges)).astype(np.int64) if mean_gap > 0 else np.zeros(len(ranges), int)
+    unit_gaps = rng.exponential(1.0, size=len(ranges))
+    for scale in (1.0, 0.5, 0.25, 0.125, 0.0):
+        placed = _place(sequence.tolist(), plens, (unit_gaps * mean_gap * scale).astype(np.int64).tolist(), reserved)
+        if placed is not None:
+            break
+    else:
+        raise ValueError("synthetic address plan does not fit below 224.0.0.0; lower networks")
+    out = []
+    for i, start in placed:
+        code, kind, asn, description, _ = ranges[i]
+        out.append((start, start + (1 << (32 - int(plens[i]))) - 1, asn, code, kind, description))
+    return out
+
+
+def _place(sequence: list[int], plens: np.ndarray, gaps: list[int], reserved: list) -> list | None:
+    """``(range, start)`` in address order, CIDR-aligned, past reserved blocks; None if it overflows."""
     out = []
     cursor = 1 << 24  # 1.0.0.0
-    for i, gap in zip(sequence.tolist(), gaps.tolist(), strict=True):
+    for i, gap in zip(sequence, gaps, strict=True):
         size = 1 << (32 - int(plens[i]))
         start = -(-(cursor + gap) // size) * size  # align up
-        for rs, re_ in reserved:  # skip past reserved blocks it would touch
+        for rs, re_ in reserved:  # skip past reserved blocks it would touch (they are in address order)
             if start < re_ and start + size > rs:
                 start = -(-re_ // size) * size
         if start + size > 0xE0000000:
-            raise ValueError("synthetic address plan does not fit below 224.0.0.0; lower networks")
-        code, kind, asn, desc, _ = ranges[i]
-        out.append((start, start + size - 1, asn, code, kind, desc))
+            return None
+        out.append((i, start))
         cursor = start + size
     return out

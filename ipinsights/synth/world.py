@@ -57,7 +57,7 @@ def entity_names(user_index: np.ndarray) -> pa.StringArray:
 
 def entity_index(entities: pa.Array | pa.ChunkedArray) -> np.ndarray:
     """Global user numbers of ``user_N`` entity names (int64)."""
-    if not pc.all(pc.starts_with(entities, "user_")).as_py():
+    if len(entities) and not pc.all(pc.starts_with(entities, "user_")).as_py():
         raise ValueError("entity names must look like user_N (as generate_world names them)")
     return pc.cast(pc.utf8_slice_codeunits(entities, 5), pa.int64()).to_numpy(zero_copy_only=False)
 

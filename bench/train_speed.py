@@ -1,0 +1,94 @@
+"""Training speed on the SageMaker tutorial's shape, against a plain reference loop in the same process.
+
+Shape: 2.2M pairs, 10k entities, R=5 (S=1, the default), mini_batch_size=1000, vector_dim=128,
+learning_rate=0.01, one epoch. The reference is the same model trained the textbook way: the tables
+as ``nn.Embedding`` with dense gradients and one ``torch.optim.Adam`` over all parameters. It is far
+slower, so it is timed on ``--reference-batches`` batches and its epoch time extrapolated.
+
+Prints one figure per line (``name=value``); compare ratios, not absolute times (machines are noisy).
+
+    python bench/train_speed.py [--pairs 2200000] [--threads 0] [--reference-batches 40]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ipinsights.config import Hyperparameters, ModelOptions, TrainOptions
+from ipinsights.trainer import EncodedPairs, Trainer, build_model
+
+
+def tutorial_pairs(n_pairs: int, n_entities: int = 10_000, seed: int = 0) -> EncodedPairs:
+    """Pairs shaped like the tutorial's: each entity has a home and a work /20 pool plus some travel."""
+    rng = np.random.default_rng(seed)
+    pools = rng.integers(1 << 12, 224 << 12, (2, n_entities))
+    ent = rng.integers(0, n_entities, n_pairs)
+    u = rng.random(n_pairs)
+    ips = (np.where(u < 0.6, pools[0][ent], pools[1][ent]) << 12) | rng.integers(1, 4095, n_pairs)
+    ips = np.where(u > 0.97, rng.integers(1 << 24, 224 << 24, n_pairs), ips)
+    rows = (ent * 2 + 1) % 20_000  # distinct rows, as hashing 10k entities into 20k buckets mostly gives
+    return EncodedPairs(rows.astype(np.int64), ips.astype(np.int64))
+
+
+def reference_seconds_per_batch(hp: Hyperparameters, data: EncodedPairs, batches: int) -> float:
+    """The textbook loop: nn.Embedding-style dense gradients and one dense torch.optim.Adam."""
+    model = build_model(hp, ModelOptions(), seed=0)
+    opt = torch.optim.Adam(model.parameters(), lr=hp.learning_rate, weight_decay=hp.weight_decay)
+    g = torch.Generator().manual_seed(0)
+    B, R = hp.mini_batch_size, hp.random_negative_sampling_rate
+    ent_all, ips_all = torch.as_tensor(data.entity_rows), torch.as_tensor(data.ips)
+    times = []
+    for step in range(batches + 2):
+        t0 = time.perf_counter()
+        ent, ips = ent_all[step * B : (step + 1) * B], ips_all[step * B : (step + 1) * B]
+        rand = torch.randint(0, 2**32, (R * B,), generator=g)
+        e = F.embedding(ent, model.entity_table)
+        v = model.encode(F.embedding(model.ip_rows(torch.cat([ips, rand])), model.ip_table).sum(1))
+        logits = torch.cat([(e * v[:B]).sum(-1), (v[B:].view(R, B, -1) * e).sum(-1).flatten(),
+                            (e.roll(1, 0) * v[:B]).sum(-1)])  # fmt: skip
+        labels = torch.zeros_like(logits)
+        labels[:B] = 1
+        loss = F.binary_cross_entropy_with_logits(logits, labels)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if step >= 2:  # the first steps allocate optimiser state
+            times.append(time.perf_counter() - t0)
+    return float(np.mean(times))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--pairs", type=int, default=2_200_000)
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--reference-batches", type=int, default=30)
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    hp = Hyperparameters(num_entity_vectors=20_000, vector_dim=128, epochs=1, learning_rate=0.01,
+                         mini_batch_size=1000, random_negative_sampling_rate=5, shuffled_negative_sampling_rate=1,
+                         batch_metrics_publish_interval=10**9)  # fmt: skip
+    data = tutorial_pairs(args.pairs)
+    model = build_model(hp, ModelOptions(), seed=0)
+    trainer = Trainer(model, hp, TrainOptions(progress_bar="off"))
+    m = trainer.fit(data, epochs=1)[0]
+    ref = reference_seconds_per_batch(hp, data, args.reference_batches)
+    n_batches = -(-args.pairs // hp.mini_batch_size)
+    ref_epoch = ref * n_batches
+    print(f"torch_threads={torch.get_num_threads()}")
+    print(f"pairs={args.pairs}")
+    print(f"epoch_seconds={m.seconds:.2f}")
+    print(f"pairs_per_second={m.pairs_per_second:.0f}")
+    print(f"training_pairs_scored_per_second={m.pairs_per_second * 7:.0f}")  # 1 positive + R + S negatives each
+    print(f"reference_epoch_seconds_extrapolated={ref_epoch:.2f}")
+    print(f"reference_pairs_per_second={args.pairs / ref_epoch:.0f}")
+    print(f"speedup_vs_reference={ref_epoch / m.seconds:.2f}")
+
+
+if __name__ == "__main__":
+    main()
