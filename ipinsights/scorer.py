@@ -16,6 +16,7 @@ import pandas as pd
 import pyarrow as pa
 import torch
 
+from ipinsights.entities import ENTITY_FILE, EntityStats
 from ipinsights.hashing import entity_buckets
 from ipinsights.ip import parse_ipv4, to_string_array
 from ipinsights.modelfile import ModelBundle, load_model
@@ -40,6 +41,11 @@ class Scorer:
         self.num_entity_vectors = bundle.hyperparameters.num_entity_vectors
         self.vector_dim = bundle.hyperparameters.vector_dim
         self.batch_size = batch_size
+        files = bundle.manifest.get("files", {})
+        # Models written before entity stats existed (or by tools that skip them) have none.
+        self.entity_stats = (
+            EntityStats.from_bytes(bundle.extra_path(ENTITY_FILE).read_bytes()) if ENTITY_FILE in files else None
+        )
 
     @classmethod
     def load(cls, path: str | Path, device: str = "cpu", batch_size: int = 65536) -> Scorer:
@@ -83,10 +89,20 @@ class Scorer:
         out[~parsed.valid] = np.nan
         return out
 
+    def training_counts(self, entities: ArrayLike) -> np.ndarray | None:
+        """Training events of each entity (0 = never seen), or None if the model holds no entity stats."""
+        if self.entity_stats is None:
+            return None
+        return self.entity_stats.counts_for(to_string_array(entities), self.hash_seed)
+
     def score_frame(self, df: pd.DataFrame, entity_col: str = "entity", ip_col: str = "ip") -> pd.DataFrame:
-        """``df`` with ``dot_product`` and ``anomaly_score`` columns added."""
+        """``df`` with ``dot_product``, ``anomaly_score`` and (when known) ``unseen_entity`` added."""
         dp = self.dot_product(df[entity_col], df[ip_col])
-        return df.assign(dot_product=dp, anomaly_score=-dp)
+        out = df.assign(dot_product=dp, anomaly_score=-dp)
+        counts = self.training_counts(df[entity_col])
+        if counts is not None:
+            out["unseen_entity"] = counts == 0
+        return out
 
     @property
     def manifest(self) -> dict[str, Any]:

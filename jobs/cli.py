@@ -30,6 +30,7 @@ def _split_overrides(parser: argparse.ArgumentParser, argv: Sequence[str] | None
 def train_main(argv: Sequence[str] | None = None) -> int:
     """``ipinsights train``: fit a model on a headerless ``entity,ip`` CSV and save it."""
     from ipinsights.config import ConfigError, TrainConfig, config_to_dict, load_config
+    from ipinsights.entities import ENTITY_FILE, EntityStats
     from ipinsights.io import DataFormatError, atomic_write, read_pairs_csv
     from ipinsights.modelfile import save_model
     from ipinsights.trainer import encode_pairs, train_model
@@ -66,7 +67,14 @@ def train_main(argv: Sequence[str] | None = None) -> int:
              f", validating on {len(validation)}" if validation is not None else "")  # fmt: skip
     result = train_model(hp, mopts, cfg.train, train, validation)
     history = [m.as_dict() for m in result.history]
-    save_model(result.model, args.model_dir, training={"epochs": history}, config=config_to_dict(cfg))
+    stats = EntityStats.from_entities(table["entity"], mopts.hash_seed)
+    save_model(
+        result.model,
+        args.model_dir,
+        training={"epochs": history, "pairs": len(train), "entities": len(stats)},
+        config=config_to_dict(cfg),
+        extra_files={ENTITY_FILE: stats.to_bytes()},
+    )
     if args.metrics:
         with atomic_write(args.metrics) as fh:
             fh.writelines(json.dumps(h) + "\n" for h in history)

@@ -96,6 +96,10 @@ def test_cli_train_and_evaluate(csvs, tmp_path, capsys):
     assert [x["epoch"] for x in lines] == [1, 2, 3] and lines[-1]["discriminator_auc"] > 0.9
     manifest = json.loads((model / "model.json").read_text())
     assert manifest["config"]["hyperparameters"]["epochs"] == 3  # resolved config saved with the model
+    from ipinsights.scorer import Scorer
+
+    counts = Scorer.load(model).training_counts(["user_0", "user_1", "never-seen"])
+    assert counts[0] > 0 and counts[1] > 0 and counts[2] == 0
     rc = cli.main(["evaluate", "--model", str(model), "--test", str(csvs / "test.csv"), "--train",
                    str(csvs / "train.csv"), "--plot", str(tmp_path / "h.png"),
                    "--output", str(tmp_path / "e.json")])  # fmt: skip

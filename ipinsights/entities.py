@@ -1,0 +1,67 @@
+"""What the model knows about the entities it was trained on: who they are and how often they appeared.
+
+Stored in the model directory as ``entities.safetensors``: the sorted 64-bit stable hashes of every
+training entity (the same seeded hash as the embedding buckets, but all 64 bits, so two entities
+that share an embedding row are still told apart) and their training event counts. Scoring uses it
+to flag an entity the model never saw instead of pretending its (random) vector means something.
+Size: 16 bytes per entity (16 MB for a million entities).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ipinsights.hashing import hash_strings
+
+__all__ = ["ENTITY_FILE", "EntityStats"]
+
+ENTITY_FILE = "entities.safetensors"
+
+
+@dataclass(frozen=True)
+class EntityStats:
+    """Sorted entity hashes with their training event counts."""
+
+    hashes: np.ndarray  # uint64, sorted, unique
+    counts: np.ndarray  # int64, same length
+
+    @classmethod
+    def from_entities(cls, entities: Any, hash_seed: int) -> EntityStats:
+        """Count the events of each entity in a training set (vectorized)."""
+        h, c = np.unique(hash_strings(entities, hash_seed), return_counts=True)
+        return cls(h, c.astype(np.int64))
+
+    @classmethod
+    def from_hash_counts(cls, hashes: np.ndarray, counts: np.ndarray) -> EntityStats:
+        """Merge (hash, count) rows, e.g. partial aggregates from Spark partitions."""
+        h = np.asarray(hashes).astype(np.uint64)
+        uniq, inv = np.unique(h, return_inverse=True)
+        total = np.zeros(uniq.size, dtype=np.int64)
+        np.add.at(total, inv, np.asarray(counts, dtype=np.int64))
+        return cls(uniq, total)
+
+    def __len__(self) -> int:
+        return int(self.hashes.size)
+
+    def counts_for(self, entities: Any, hash_seed: int) -> np.ndarray:
+        """Training event count of each entity (0 = never seen in training)."""
+        h = hash_strings(entities, hash_seed)
+        pos = np.searchsorted(self.hashes, h)
+        pos_c = np.minimum(pos, max(self.hashes.size - 1, 0))
+        found = (pos < self.hashes.size) & (self.hashes[pos_c] == h) if self.hashes.size else np.zeros(h.size, bool)
+        return np.where(found, self.counts[pos_c] if self.hashes.size else 0, 0).astype(np.int64)
+
+    def to_bytes(self) -> bytes:
+        from safetensors.numpy import save
+
+        return save({"hashes": self.hashes.view(np.int64), "counts": self.counts})
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> EntityStats:
+        from safetensors.numpy import load
+
+        t = load(data)
+        return cls(t["hashes"].view(np.uint64), t["counts"])
