@@ -25,6 +25,7 @@ __all__ = [
     "ModelOptions",
     "TrainOptions",
     "TrainConfig",
+    "DistributedOptions",
     "MAX_MODEL_BYTES",
     "load_config",
     "config_from_dict",
@@ -155,12 +156,35 @@ class TrainOptions:
 
 
 @dataclass(frozen=True)
+class DistributedOptions:
+    """How the Spark training job spreads training over executors."""
+
+    backend: str = "torch"  # torch (Spark's TorchDistributor) | horovod (horovod.spark.run) | local
+    num_workers: int = 2  # ranks; each takes mini_batch_size / num_workers of every global batch
+    use_gpu: str = "auto"  # auto | true | false
+    #: The training data is written as this many random buckets; every epoch each rank is dealt a
+    #: different set of them (then shuffles rows locally), so data is shuffled across all ranks.
+    buckets_per_worker: int = 8
+    checkpoint_keep: int = 2
+
+    def __post_init__(self) -> None:
+        if self.backend not in ("torch", "horovod", "local"):
+            raise ConfigError(f"backend={self.backend!r} must be one of torch, horovod, local")
+        _check_int("num_workers", self.num_workers, 1, 4096)
+        if self.use_gpu not in ("auto", "true", "false"):
+            raise ConfigError(f"use_gpu={self.use_gpu!r} must be one of auto, true, false")
+        _check_int("buckets_per_worker", self.buckets_per_worker, 1, 1024)
+        _check_int("checkpoint_keep", self.checkpoint_keep, 1, 1000)
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     """Everything a training run needs, as loaded from ``conf/train.yml``."""
 
     hyperparameters: Hyperparameters
     model: ModelOptions = field(default_factory=ModelOptions)
     train: TrainOptions = field(default_factory=TrainOptions)
+    distributed: DistributedOptions = field(default_factory=DistributedOptions)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -114,3 +114,48 @@ def read_labelled_csv(path: str | Path) -> pa.Table:
     if "kind" not in table.column_names:
         table = table.append_column("kind", pa.array(["all"] * table.num_rows, pa.string()))
     return table
+
+
+# ---------------------------------------------------------------------------------------------
+# Training buckets (written by the Spark driver, read by the training ranks)
+# ---------------------------------------------------------------------------------------------
+
+
+def write_buckets(df, path: str) -> None:
+    """Write a bucketed training set (``bucket`` column) as ``path/bucket=K/*.parquet``, replacing it."""
+    df.write.mode("overwrite").partitionBy("bucket").parquet(path)
+
+
+def list_buckets(spark, path: str, n_buckets: int) -> list[list[str]]:
+    """Files of each bucket (URIs as Spark lists them; works for any Hadoop file system)."""
+    files = spark.read.parquet(path).inputFiles()
+    out: list[list[str]] = [[] for _ in range(n_buckets)]
+    for f in sorted(files):
+        part = next((p for p in f.split("/") if p.startswith("bucket=")), None)
+        if part is None:
+            raise DataFormatError(f"{f}: not inside a bucket=K directory of {path}")
+        out[int(part.split("=", 1)[1])].append(f)
+    return out
+
+
+def write_parquet_single(df, path: str) -> list[str]:
+    """Write a small DataFrame as Parquet under ``path`` (replacing it) and return its file URIs."""
+    df.write.mode("overwrite").parquet(path)
+    return sorted(df.sparkSession.read.parquet(path).inputFiles())
+
+
+def read_pairs_spark(spark, path: str):
+    """SageMaker's headerless ``entity,ip`` CSV (file, directory or glob) as a DataFrame(entity, ip)."""
+    return spark.read.csv(path, schema="entity string, ip string", header=False, mode="PERMISSIVE")
+
+
+def read_events(spark, path: str, start_date: str | None = None, end_date: str | None = None):
+    """The ingest job's events table, pruned to the ``dt`` partitions in [start_date, end_date]."""
+    from pyspark.sql import functions as F
+
+    df = spark.read.parquet(path)
+    if start_date:
+        df = df.where(F.col("dt") >= F.lit(start_date))
+    if end_date:
+        df = df.where(F.col("dt") <= F.lit(end_date))
+    return df

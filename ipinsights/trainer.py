@@ -345,25 +345,30 @@ class Trainer:
     # ---- epochs -------------------------------------------------------------------------------
     def fit(
         self,
-        train: EncodedPairs,
+        train: EncodedPairs | Callable[[int], EncodedPairs],
         validation: EncodedPairs | None = None,
         epochs: int | None = None,
         on_epoch_end: Callable[[EpochMetrics], None] | None = None,
-        order: Callable[[int], np.ndarray] | None = None,
     ) -> list[EpochMetrics]:
         """Train for ``epochs`` (default: the remaining ones up to ``hp.epochs``).
 
-        ``order(epoch)`` returns the row order for that epoch; by default a seeded permutation of
-        ``train`` (the distributed job passes its own, for a shuffle across the whole data set).
+        ``train`` is either the pairs (shuffled here each epoch with a seeded permutation) or a
+        function ``epoch -> pairs`` returning that epoch's data already in order: the distributed job
+        hands each rank a different shard every epoch, for a shuffle across the whole data set.
         """
         end = self.hp.epochs if epochs is None else self.epoch + epochs
         history = []
-        ent_all = torch.as_tensor(train.entity_rows, device=self.device)
-        ips_all = torch.as_tensor(train.ips, device=self.device)
         bs = self.batch_size
         while self.epoch < end:
             epoch = self.epoch + 1
-            idx = order(epoch) if order is not None else self._permutation(len(train), epoch)
+            if callable(train):
+                data = train(epoch)
+                idx = np.arange(len(data))
+            else:
+                data = train
+                idx = self._permutation(len(data), epoch)
+            ent_all = torch.as_tensor(data.entity_rows, device=self.device)
+            ips_all = torch.as_tensor(data.ips, device=self.device)
             idx_t = torch.as_tensor(idx, device=self.device)
             n_steps = self.comm.min_int(math.ceil(len(idx) / bs) if len(idx) else 0)
             self.model.train()

@@ -12,10 +12,14 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 def setup_logging(verbose: bool = False) -> None:
-    """Log to stderr; jobs print their results to stdout so that they can be piped."""
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format=LOG_FORMAT, stream=sys.stderr)
-    for noisy in ("py4j", "matplotlib", "urllib3", "botocore"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    """Log to stderr; jobs print their results to stdout so that they can be piped.
+
+    Our loggers (``ipinsights.*``) and Spark's TorchDistributor log at INFO; everything else only
+    warnings, because some libraries (Horovod's rendezvous server) log chatter on the root logger.
+    """
+    logging.basicConfig(level=logging.WARNING, format=LOG_FORMAT, stream=sys.stderr)
+    for name in ("ipinsights", "TorchDistributor"):
+        logging.getLogger(name).setLevel(logging.DEBUG if verbose else logging.INFO)
 
 
 def add_spark_args(parser: argparse.ArgumentParser) -> None:
@@ -41,9 +45,12 @@ def build_spark(app_name: str, master: str | None = None, conf: Mapping[str, str
         builder = builder.master(master)
     elif not _under_spark_submit():
         builder = builder.master("local[2]")
-    builder = builder.config("spark.sql.session.timeZone", "UTC").config(
-        "spark.sql.execution.arrow.pyspark.enabled", "true"
-    )
+    for key, value in (
+        ("spark.ui.showConsoleProgress", "false"),  # progress bars garble the job's log
+        ("spark.sql.session.timeZone", "UTC"),
+        ("spark.sql.execution.arrow.pyspark.enabled", "true"),
+    ):
+        builder = builder.config(key, value)
     items = conf.items() if isinstance(conf, Mapping) else (kv.split("=", 1) for kv in conf)
     for key, value in items:
         builder = builder.config(key, value)

@@ -1,0 +1,66 @@
+"""Spark side of training: encode (entity, ip) rows and write them as random buckets for the ranks.
+
+Pure transforms take and return DataFrames; writing goes through ``ipinsights.io``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+
+import numpy as np
+import pyarrow as pa
+
+from ipinsights.entities import EntityStats
+
+__all__ = ["ENCODED_SCHEMA", "encode_pairs_df", "add_buckets", "entity_stats"]
+
+log = logging.getLogger(__name__)
+
+ENCODED_SCHEMA = "entity_row long, ip long, entity_hash long"
+
+
+def _encoder(num_entity_vectors: int, hash_seed: int):
+    """A mapInArrow function: (entity, ip) batches -> (entity_row, ip, entity_hash); invalid IPs dropped."""
+
+    def encode(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        from ipinsights.hashing import hash_strings
+        from ipinsights.ip import parse_ipv4
+
+        for batch in batches:
+            ent = batch.column("entity")
+            parsed = parse_ipv4(batch.column("ip"))
+            h = hash_strings(ent, hash_seed)
+            keep = parsed.valid & np.asarray(ent.is_valid().to_numpy(zero_copy_only=False), dtype=bool)
+            rows = (h % np.uint64(num_entity_vectors)).astype(np.int64)
+            yield pa.RecordBatch.from_arrays(
+                [pa.array(rows[keep]), pa.array(parsed.value[keep].astype(np.int64)), pa.array(h[keep].view(np.int64))],
+                names=["entity_row", "ip", "entity_hash"],
+            )
+
+    return encode
+
+
+def encode_pairs_df(df, num_entity_vectors: int, hash_seed: int):
+    """``(entity, ip)`` -> ``(entity_row, ip, entity_hash)`` with the model's stable hash, on executors.
+
+    Rows whose IP is not a valid IPv4 address (IPv6 events, garbage) are left out here; the ingest job
+    already counted and quarantined malformed lines.
+    """
+    return df.select("entity", "ip").mapInArrow(_encoder(num_entity_vectors, hash_seed), ENCODED_SCHEMA)
+
+
+def add_buckets(df, n_buckets: int, seed: int):
+    """Assign every row to one of ``n_buckets`` uniformly at random (seeded) and group rows by bucket."""
+    from pyspark.sql import functions as F
+
+    bucket = F.floor(F.rand(seed) * n_buckets).cast("int")
+    return df.withColumn("bucket", bucket).repartition(n_buckets, "bucket")
+
+
+def entity_stats(encoded_df) -> EntityStats:
+    """Training event count per entity, aggregated on the executors (one row per entity comes back)."""
+    rows = encoded_df.groupBy("entity_hash").count().toArrow()
+    return EntityStats.from_hash_counts(
+        rows["entity_hash"].to_numpy().view(np.uint64), rows["count"].to_numpy().astype(np.int64)
+    )
