@@ -1,0 +1,178 @@
+"""Distributed training for real: 2 ranks on CPU (gloo) through each backend on local[2] Spark."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from ipinsights.config import Hyperparameters, ModelOptions, TrainOptions
+from ipinsights.distributed import data_for_epoch
+from ipinsights.metrics import roc_auc
+from ipinsights.scorer import Scorer
+from ipinsights.toyworld import make_toy_world
+from ipinsights.trainer import discriminator_auc, encode_pairs, train_model
+
+pytestmark = [pytest.mark.spark, pytest.mark.slow]
+
+HP = {"num_entity_vectors": 600, "vector_dim": 32, "epochs": 2, "mini_batch_size": 256, "learning_rate": 0.01,
+      "random_negative_sampling_rate": 5}  # fmt: skip
+ARGS = [f"--{k}={v}" for k, v in HP.items()]
+
+
+def _has_horovod() -> bool:
+    try:
+        import horovod.torch  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@pytest.fixture(scope="module")
+def world():
+    return make_toy_world(n_entities=300, events_per_entity=60, n_test=1000, seed=4)
+
+
+@pytest.fixture(scope="module")
+def events(world, tmp_path_factory):
+    """An events table as the ingest job writes it: training days, then a validation day."""
+    root = tmp_path_factory.mktemp("events")
+    n = world.train.num_rows
+    days = np.array(["2026-03-01", "2026-03-02", "2026-03-03"], dtype=object)[np.arange(n) % 3]
+    train = world.train.append_column("dt", pa.array(days, pa.string()))
+    val = world.validation.append_column("dt", pa.array(["2026-03-04"] * world.validation.num_rows, pa.string()))
+    pq.write_to_dataset(pa.concat_tables([train, val]), root, partition_cols=["dt"])
+    return root
+
+
+def _single_process_auc(world) -> float:
+    hp = Hyperparameters(**HP)
+    train = encode_pairs(world.train["entity"], world.train["ip"], hp.num_entity_vectors, 0)
+    val = encode_pairs(world.validation["entity"], world.validation["ip"], hp.num_entity_vectors, 0)
+    res = train_model(hp, ModelOptions(), TrainOptions(seed=0, num_threads=1, progress_bar="off"), train, val)
+    return res.history[-1].discriminator_auc
+
+
+def _train(events, out, backend, *extra, workers=2):
+    from ipinsights_jobs import train
+
+    argv = ["--events", str(events), "--start-date", "2026-03-01", "--end-date", "2026-03-03",
+            "--validation-start-date", "2026-03-04", "--output", str(out), "--backend", backend,
+            "--num-workers", str(workers), *ARGS, *extra]  # fmt: skip
+    assert train.main(argv) == 0
+    return [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("backend", ["torch", pytest.param("horovod", marks=pytest.mark.skipif(
+    not _has_horovod(), reason="Horovod not installed: run scripts/build_horovod.sh"))])  # fmt: skip
+@pytest.mark.timeout(600)
+def test_two_ranks_match_single_process(spark, world, events, tmp_path, backend):
+    metrics = _train(events, tmp_path / "run", backend)
+    assert [m["epoch"] for m in metrics] == [1, 2]
+    dist_auc = metrics[-1]["discriminator_auc"]
+    assert abs(dist_auc - _single_process_auc(world)) <= 0.02
+    assert metrics[-1]["comm_bytes"] > 0  # the ranks really exchanged gradients
+    # the model was written by rank 0, with the training set's entities
+    scorer = Scorer.load(tmp_path / "run" / "model")
+    assert scorer.bundle.manifest["training"]["world_size"] == 2
+    counts = scorer.training_counts(["user_1", "nobody"])
+    assert counts[0] > 0 and counts[1] == 0
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["distributed"]["backend"] == backend
+
+
+def test_epoch_shards_cover_the_data_once_and_change(tmp_path):
+    buckets = []
+    for b in range(8):
+        f = tmp_path / f"b{b}.parquet"
+        pq.write_table(pa.table({"entity_row": np.arange(b * 10, b * 10 + 10), "ip": np.arange(10)}), f)
+        buckets.append([str(f)])
+    e1 = [data_for_epoch(buckets, r, 2, 1, seed=0).entity_rows for r in range(2)]
+    e2 = [data_for_epoch(buckets, r, 2, 2, seed=0).entity_rows for r in range(2)]
+    assert sorted(np.concatenate(e1).tolist()) == list(range(80))  # every row exactly once per epoch
+    assert set(e1[0].tolist()) != set(e2[0].tolist())  # a rank's shard changes between epochs
+    assert not np.array_equal(np.sort(e1[0]), e1[0])  # rows are shuffled within the shard
+
+
+@pytest.mark.timeout(900)
+def test_crash_after_epoch_1_then_resume(events, tmp_path):
+    """A run whose rank 0 dies after epoch 1 fails; --resume finishes the remaining epochs."""
+    out = tmp_path / "run"
+    argv = [sys.executable, "jobs/train.py", "--events", str(events), "--start-date", "2026-03-01",
+            "--end-date", "2026-03-03", "--output", str(out), "--backend", "torch", "--num-workers", "2",
+            *ARGS, "--epochs=3"]  # fmt: skip
+    env = {**os.environ, "IPINSIGHTS_CRASH_AFTER_EPOCH": "1", "SPARK_LOCAL_IP": "127.0.0.1"}
+    first = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=400)
+    assert first.returncode != 0
+    assert json.loads((out / "checkpoints" / "latest.json").read_text())["epoch"] == 1
+    assert not (out / "model").exists()
+    second = subprocess.run([*argv, "--resume"], env=env, capture_output=True, text=True, timeout=400)
+    assert second.returncode == 0, second.stderr[-3000:]
+    metrics = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [m["epoch"] for m in metrics] == [1, 2, 3]
+    assert len(Scorer.load(out / "model").bundle.manifest["training"]["epochs"]) == 3
+    # checkpoints load without unpickling arbitrary objects
+    latest = json.loads((out / "checkpoints" / "latest.json").read_text())
+    state = torch.load(out / "checkpoints" / latest["file"], weights_only=True)
+    assert int(state["epoch"]) == 3
+
+
+@pytest.mark.timeout(600)
+def test_warm_start_keeps_known_pairs(spark, world, events, tmp_path):
+    """Yesterday's model + a day of new data: old pairs still score as normal."""
+    _train(events, tmp_path / "day1", "local", workers=1)
+    old = Scorer.load(tmp_path / "day1" / "model")
+    # a new day: other entities' traffic only
+    new_events = tmp_path / "events2"
+    names = world.train["entity"].to_numpy(zero_copy_only=False)
+    keep = np.isin(names, world.entity_names[:100])
+    t = world.train.filter(pa.array(keep)).append_column("dt", pa.array(["2026-03-05"] * int(keep.sum())))
+    pq.write_to_dataset(t, new_events, partition_cols=["dt"])
+    from ipinsights_jobs import train
+
+    assert train.main(["--events", str(new_events), "--start-date", "2026-03-05", "--end-date", "2026-03-05",
+                       "--output", str(tmp_path / "day2"), "--backend", "local", "--num-workers", "1", *ARGS,
+                       "--epochs=1", "--warm-start", str(tmp_path / "day1" / "model")]) == 0  # fmt: skip
+    new = Scorer.load(tmp_path / "day2" / "model")
+    old_pairs = world.validation  # held-out pairs of every entity, including those absent on day 2
+    rng = np.random.default_rng(0)
+    rand_ips = [".".join(map(str, rng.integers(1, 224, 4))) for _ in range(old_pairs.num_rows)]
+    for scorer in (old, new):
+        pos = scorer.dot_product(old_pairs["entity"], old_pairs["ip"])
+        neg = scorer.dot_product(old_pairs["entity"], rand_ips)
+        auc = roc_auc(np.r_[pos, neg], np.r_[np.ones(pos.size), np.zeros(neg.size)])
+        assert auc >= 0.95
+    # a mismatched warm start is refused with a clear error
+    with pytest.raises(ValueError, match="shape or hash space differs"):
+        train.main(["--events", str(new_events), "--start-date", "2026-03-05", "--end-date", "2026-03-05",
+                    "--output", str(tmp_path / "bad"), "--backend", "local", *ARGS, "--vector_dim=16",
+                    "--warm-start", str(tmp_path / "day1" / "model")])  # fmt: skip
+
+
+def test_discriminator_auc_helper_agrees(world):
+    """Guard for the comparison above: the single-process AUC on this world is meaningfully high."""
+    hp = Hyperparameters(**{**HP, "epochs": 1})
+    train = encode_pairs(world.train["entity"], world.train["ip"], hp.num_entity_vectors, 0)
+    val = encode_pairs(world.validation["entity"], world.validation["ip"], hp.num_entity_vectors, 0)
+    res = train_model(hp, ModelOptions(), TrainOptions(num_threads=1, progress_bar="off"), train)
+    assert discriminator_auc(res.model, val) > 0.9
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_gpu_training_step(world):
+    hp = Hyperparameters(**HP)
+    train = encode_pairs(world.train["entity"], world.train["ip"], hp.num_entity_vectors, 0)
+    res = train_model(hp, ModelOptions(), TrainOptions(device="cuda", progress_bar="off"), train)
+    assert res.model.entity_table.device.type == "cuda" and res.history[-1].loss < res.history[0].loss
+
+
+def test_spark_submit_script_is_valid_bash():
+    assert subprocess.run(["bash", "-n", str(Path("spark-submit.sh"))]).returncode == 0
