@@ -35,6 +35,13 @@ def tutorial_pairs(n_pairs: int, n_entities: int = 10_000, seed: int = 0) -> Enc
     return EncodedPairs(rows.astype(np.int64), ips.astype(np.int64))
 
 
+def tutorial_hyperparameters() -> Hyperparameters:
+    """The SageMaker tutorial's settings (R=5, batch 1000, dim 128, lr 0.01), one epoch."""
+    return Hyperparameters(num_entity_vectors=20_000, vector_dim=128, epochs=1, learning_rate=0.01,
+                           mini_batch_size=1000, random_negative_sampling_rate=5, shuffled_negative_sampling_rate=1,
+                           batch_metrics_publish_interval=10**9)  # fmt: skip
+
+
 def reference_seconds_per_batch(hp: Hyperparameters, data: EncodedPairs, batches: int) -> float:
     """The textbook loop: nn.Embedding-style dense gradients and one dense torch.optim.Adam."""
     model = build_model(hp, ModelOptions(), seed=0)
@@ -70,9 +77,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    hp = Hyperparameters(num_entity_vectors=20_000, vector_dim=128, epochs=1, learning_rate=0.01,
-                         mini_batch_size=1000, random_negative_sampling_rate=5, shuffled_negative_sampling_rate=1,
-                         batch_metrics_publish_interval=10**9)  # fmt: skip
+    hp = tutorial_hyperparameters()
     data = tutorial_pairs(args.pairs)
     model = build_model(hp, ModelOptions(), seed=0)
     trainer = Trainer(model, hp, TrainOptions(progress_bar="off"))
