@@ -31,7 +31,12 @@ setup(
     ],
     extras_require={
         "spark": ["pyspark==4.3.0", "matplotlib>=3.7"],
-        "serving": [],
+        "serving": [
+            "starlette>=1.10,<2",
+            "uvicorn>=0.54",
+            "uvloop>=0.23; sys_platform != 'win32'",
+            "httptools>=0.9",
+        ],
         "dev": ["pytest>=8", "pytest-timeout>=2.2", "ruff>=0.6", "hypothesis>=6.100"],
     },
     entry_points={"console_scripts": ["ipinsights=ipinsights_jobs.cli:main"]},

@@ -3,6 +3,8 @@
     ipinsights train --train train.csv [--validation val.csv] --model-dir model/ \\
         [--config conf/train.yml] [--metrics metrics.jsonl] [--name=value ...]
     ipinsights evaluate --model model/ --test labelled.csv [--train train.csv] [--plot hist.png]
+    ipinsights serve --model model/ [--host 127.0.0.1] [--port 8080] [--workers N]
+    ipinsights export-embeddings --model model/ --out ips.parquet [--ip-range 10.0.0.0/24] [--entities FILE]
 
 Hyperparameters come from the YAML config with ``--name=value`` overrides (``--epochs=5``,
 ``--train.seed=3``), validated before any data is read.
@@ -133,7 +135,19 @@ def evaluate_main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-COMMANDS = {"train": train_main, "evaluate": evaluate_main}
+def _serve(argv: Sequence[str]) -> int:
+    from ipinsights_jobs import serve
+
+    return serve.main(list(argv))
+
+
+def _export_embeddings(argv: Sequence[str]) -> int:
+    from ipinsights_jobs import export_embeddings
+
+    return export_embeddings.main(list(argv))
+
+
+COMMANDS = {"train": train_main, "evaluate": evaluate_main, "serve": _serve, "export-embeddings": _export_embeddings}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

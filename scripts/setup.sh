@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up the project's virtual environment (.venv) from scratch, or bring an existing one up to date.
 # Idempotent: a second run takes seconds. Installs torch==2.13.0 (pinned: an unpinned torch pulls
-# gigabytes of CUDA packages), the project with its spark and dev extras, and Horovod (built from its
+# gigabytes of CUDA packages), the project with its spark, serving and dev extras, and Horovod (built from its
 # sdist with a C++17 patch and cached; see scripts/build_horovod.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,7 +18,7 @@ pipq() { python -m pip install -q --disable-pip-version-check "$@" 2> >(grep -v 
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     pipq --upgrade pip setuptools wheel
     pipq "torch==2.13.0"
-    pipq -e ".[spark,dev]"
+    pipq -e ".[spark,serving,dev]"
     python -c "import torch, pyspark, ipinsights" # fail here, not in the middle of a test run
     bash scripts/build_horovod.sh
     echo "$want" > "$stamp"
