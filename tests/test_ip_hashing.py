@@ -26,6 +26,15 @@ def test_parse_valid_and_invalid():
     assert p.n_invalid == len(INVALID) + 1
 
 
+def test_small_batches_parse_the_same_way():
+    """Short lists take a pure-Python path; it must follow exactly the same grammar."""
+    values = [*VALID, *INVALID, None]
+    big = parse_ipv4(np.array(values * 10, dtype=object))  # Arrow path
+    for v in values:
+        small = parse_ipv4([v])
+        assert small.valid[0] == big.valid[values.index(v)] and small.value[0] == big.value[values.index(v)], v
+
+
 def test_round_trip_random_addresses():
     x = np.random.default_rng(1).integers(0, 2**32, 50_000, dtype=np.uint64).astype(np.uint32)
     s = ipv4_to_str(x)
