@@ -37,7 +37,7 @@ setup(
             "uvloop>=0.23; sys_platform != 'win32'",
             "httptools>=0.9",
         ],
-        "dev": ["pytest>=8", "pytest-timeout>=2.2", "ruff>=0.6", "hypothesis>=6.100"],
+        "dev": ["pytest>=8", "pytest-timeout>=2.2", "ruff>=0.6", "hypothesis>=6.100", "moto[server]>=5"],
     },
     entry_points={"console_scripts": ["ipinsights=ipinsights_jobs.cli:main"]},
     classifiers=[

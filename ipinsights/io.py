@@ -7,14 +7,19 @@ directory and renamed into place, and Spark tables are written with dynamic part
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pyarrow as pa
 import pyarrow.csv as pacsv
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame, SparkSession
 
 __all__ = [
     "DataFormatError",
@@ -159,3 +164,240 @@ def read_events(spark, path: str, start_date: str | None = None, end_date: str |
     if end_date:
         df = df.where(F.col("dt") <= F.lit(end_date))
     return df
+
+
+# ---------------------------------------------------------------------------------------------
+# Spark: raw access logs in, partitioned event tables out.
+# ---------------------------------------------------------------------------------------------
+
+
+def resolve_uri(spark, path: str) -> str:
+    """Map ``s3://`` to ``s3a://`` when the cluster has no ``s3://`` filesystem (plain Apache Hadoop).
+
+    EMR (EMRFS) and Databricks serve ``s3://`` themselves (``fs.s3.impl`` is set there), so the URI is
+    left alone; local paths and other schemes pass through unchanged.
+    """
+    if path.startswith("s3://") and not spark.sparkContext._jsc.hadoopConfiguration().get("fs.s3.impl"):
+        return "s3a://" + path[len("s3://") :]
+    return path
+
+
+def read_log_lines(spark, paths: str | list[str] | tuple[str, ...]):
+    """Text or gzip logs -> DataFrame(``value`` string, ``source_file`` string), one row per line.
+
+    ``paths`` are files, directories or globs: local, ``file://``, ``s3://``/``s3a://`` or anything
+    with a Hadoop filesystem. ``.gz`` (and other Hadoop codecs) are decompressed by extension; a gzip
+    file cannot be split, so one task reads it whole: prefer several files to one huge one.
+    """
+    from pyspark.sql import functions as F
+
+    if isinstance(paths, str):
+        paths = [paths]
+    uris = [resolve_uri(spark, str(p)) for p in paths]
+    if not uris:
+        raise ValueError("read_log_lines: no input paths given")
+    # wholetext=False: one row per line; Hadoop's reader handles \n, \r\n and \r endings.
+    df = spark.read.format("text").load(uris)
+    return df.select("value", F.col("_metadata.file_path").alias("source_file"))
+
+
+def write_events(df, path: str, files_per_day: int = 1) -> None:
+    """Write events partitioned by ``dt`` to Parquet, replacing exactly the days present in ``df``.
+
+    Dynamic partition overwrite (``partitionOverwriteMode=dynamic``) is why a rerun never duplicates:
+    each ``dt=`` partition that this write produces replaces the old one wholesale, and partitions of
+    other days are left untouched. Why no half-written partition is ever visible: with dynamic
+    overwrite, Spark's commit protocol (SQLHadoopMapReduceCommitProtocol) has every task write into
+    ``<path>/.spark-staging-<job id>/dt=.../`` and commit there; only when *all* tasks succeeded does
+    the driver, at job commit, delete each old ``dt=`` directory and rename the staged one into its
+    place. A failed or killed job leaves the staging folder (ignored by readers: its name starts with
+    '.') and the old partitions as they were. On HDFS and local disks the rename is a metadata
+    operation; on S3 a "rename" is a copy, so there a reader can briefly see a partition missing or
+    being copied: use a transactional table format (Delta/Iceberg) or the S3A magic committer there.
+    """
+    from pyspark.sql import functions as F
+
+    # Shuffle by day so that each partition holds files_per_day files instead of one per input split.
+    bucket = F.pmod(F.xxhash64("entity", "ip", "ts"), F.lit(files_per_day)) if files_per_day > 1 else F.lit(0)
+    (
+        df.repartition("dt", bucket)
+        .write.mode("overwrite")
+        .option("partitionOverwriteMode", "dynamic")
+        .partitionBy("dt")
+        .parquet(resolve_uri(df.sparkSession, path))
+    )
+
+
+def write_quarantine(df, path: str, run_id: str) -> None:
+    """Append this run's bad lines under ``<path>/run_id=<run_id>/`` (replacing only that run's folder)."""
+    from pyspark.sql import functions as F
+
+    (
+        df.withColumn("run_id", F.lit(run_id))
+        .coalesce(1)  # bad lines are few; one file per run keeps the quarantine browsable
+        .write.mode("overwrite")
+        .option("partitionOverwriteMode", "dynamic")
+        .partitionBy("run_id")
+        .parquet(resolve_uri(df.sparkSession, path))
+    )
+
+
+def _is_local(path: str) -> bool:
+    return "://" not in path or path.startswith("file://")
+
+
+def _local_path(path: str) -> Path:
+    return Path(path[len("file://") :] if path.startswith("file://") else path)
+
+
+def write_json(path: str, obj, spark=None) -> None:
+    """Write ``obj`` as indented JSON, atomically: a reader sees the old file or the whole new one.
+
+    Local paths use :func:`atomic_write`. Other URIs go through Hadoop's filesystem of ``spark`` when
+    given (same credentials and settings as the Spark job; S3A makes an object visible only when its
+    upload completes), else ``pyarrow.fs`` (S3 PUTs are atomic too).
+    """
+    import json
+
+    text = json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n"
+    if _is_local(path):
+        with atomic_write(_local_path(path), "w", encoding="utf-8") as fh:
+            fh.write(text)
+        return
+    if spark is not None:
+        jvm = spark.sparkContext._jvm
+        hpath = jvm.org.apache.hadoop.fs.Path(resolve_uri(spark, path))
+        fs = hpath.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
+        tmp = jvm.org.apache.hadoop.fs.Path(hpath.getParent(), f".{hpath.getName()}.tmp")
+        out = fs.create(tmp, True)
+        try:
+            out.write(bytearray(text.encode("utf-8")))
+        finally:
+            out.close()
+        # On object stores rename is a copy of one small object; on HDFS it is atomic.
+        fs.delete(hpath, False)
+        fs.rename(tmp, hpath)
+        return
+    import pyarrow.fs as pafs
+
+    fs, p = pafs.FileSystem.from_uri(path)
+    with fs.open_output_stream(p) as out:
+        out.write(text.encode("utf-8"))
+
+
+def write_pairs_csv_spark(df, path: str, single_file: bool = True) -> None:
+    """Write ``entity,ip`` rows as headerless CSV (SageMaker's training format), atomically.
+
+    Spark writes to a hidden sibling folder first; then either its single part file is renamed to
+    ``path`` (``single_file``: one task writes it, fine for training sets of millions of rows) or the
+    whole folder is swapped in as ``path`` (a directory of ``part-*.csv`` files). Readers never see a
+    partial file; with the folder swap there is a moment where ``path`` does not exist.
+    """
+    import uuid
+
+    spark = df.sparkSession
+    jvm = spark.sparkContext._jvm
+    final = jvm.org.apache.hadoop.fs.Path(resolve_uri(spark, path))
+    fs = final.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
+    tmp = jvm.org.apache.hadoop.fs.Path(final.getParent(), f".{final.getName()}.tmp-{uuid.uuid4().hex[:8]}")
+    out = df.select("entity", "ip")
+    if single_file:
+        out = out.coalesce(1)
+    # quote only when needed (an entity with a comma); no header, as SageMaker expects.
+    out.write.mode("overwrite").option("header", "false").option("quoteAll", "false").csv(tmp.toString())
+    try:
+        if single_file:
+            parts = [s.getPath() for s in fs.listStatus(tmp) if s.getPath().getName().startswith("part-")]
+            if len(parts) != 1:
+                raise OSError(f"expected one part file in {tmp}, found {len(parts)}")
+            fs.delete(final, True)
+            if not fs.rename(parts[0], final):
+                raise OSError(f"could not rename {parts[0]} to {final}")
+        else:
+            old = jvm.org.apache.hadoop.fs.Path(final.getParent(), f".{final.getName()}.old-{uuid.uuid4().hex[:8]}")
+            had_old = fs.exists(final) and fs.rename(final, old)
+            if not fs.rename(tmp, final):
+                raise OSError(f"could not rename {tmp} to {final}")
+            if had_old:
+                fs.delete(old, True)
+    finally:
+        if fs.exists(tmp):
+            fs.delete(tmp, True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Scoring job: day-partitioned tables that may not exist yet, and stale-partition removal
+# ---------------------------------------------------------------------------------------------
+
+#: The ingest job's events table (partition column ``dt`` read as a string, not inferred as a date).
+EVENTS_SCHEMA = "entity string, ip string, ip_int long, ip_version int, ts timestamp, dt string"
+
+
+def day_range(start: str, end: str) -> list[str]:
+    """``YYYY-MM-DD`` days from ``start`` to ``end`` inclusive (refuses a reversed or malformed range)."""
+    try:
+        a, b = dt.date.fromisoformat(start), dt.date.fromisoformat(end)
+    except ValueError as exc:
+        raise ValueError(f"dates must look like 2024-01-31: {exc}") from None
+    if b < a:
+        raise ValueError(f"end date {end} is before start date {start}")
+    return [(a + dt.timedelta(days=i)).isoformat() for i in range((b - a).days + 1)]
+
+
+def _path_exists(spark: SparkSession, path: str) -> bool:
+    jvm = spark.sparkContext._jvm
+    p = jvm.org.apache.hadoop.fs.Path(path)
+    return bool(p.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration()).exists(p))
+
+
+def read_table_days(spark: SparkSession, path: str, schema: str, days: Iterable[str]) -> DataFrame:
+    """Rows of the ``dt``-partitioned Parquet table at ``path`` for ``days`` (partition-pruned).
+
+    A table that does not exist yet reads as empty (a first run, or a day nobody ingested), not an error.
+    """
+    from pyspark.sql import functions as F
+
+    days = sorted(set(days))
+    if not _path_exists(spark, path):
+        return spark.createDataFrame([], schema)
+    df = spark.read.schema(schema).option("basePath", path).parquet(path)
+    return df.where(F.col("dt").isin(days))
+
+
+def read_events_days(spark: SparkSession, path: str, start: str, end: str) -> DataFrame:
+    """The events table's rows for days ``start``..``end`` (UTC, inclusive): entity, ip, ip_int, ip_version, ts, dt."""
+    return read_table_days(spark, path, EVENTS_SCHEMA, day_range(start, end))
+
+
+def read_pairs_csv_spark(spark: SparkSession, path: str, day: str) -> DataFrame:
+    """SageMaker batch-transform input: headerless ``entity,ip`` CSV, labelled with partition ``day``.
+
+    Malformed rows stop the job (FAILFAST) rather than being scored as something else.
+    """
+    from pyspark.sql import functions as F
+
+    df = spark.read.schema("entity string, ip string").option("header", "false").option("mode", "FAILFAST").csv(path)
+    return df.select("entity", "ip", F.lit(None).cast("timestamp").alias("ts"), F.lit(day).alias("dt"))
+
+
+def present_days(df: DataFrame) -> set[str]:
+    """Distinct ``dt`` values of ``df`` (on a partitioned table this reads only file metadata)."""
+    return {r["dt"] for r in df.select("dt").distinct().collect()}
+
+
+def write_partitions(df: DataFrame, path: str) -> None:
+    """Write ``df`` partitioned by ``dt``, replacing only the days it holds (dynamic partition overwrite)."""
+    (df.write.mode("overwrite").option("partitionOverwriteMode", "dynamic").partitionBy("dt").parquet(path))
+
+
+def delete_partitions(spark: SparkSession, path: str, days: Iterable[str]) -> list[str]:
+    """Remove the ``dt=DAY`` folders of ``days`` under ``path`` (any Hadoop file system); returns those removed."""
+    sc = spark.sparkContext
+    jvm = sc._jvm
+    removed = []
+    for day in sorted(set(days)):
+        p = jvm.org.apache.hadoop.fs.Path(f"{path.rstrip('/')}/dt={day}")
+        fs = p.getFileSystem(sc._jsc.hadoopConfiguration())
+        if fs.exists(p) and fs.delete(p, True):
+            removed.append(day)
+    return removed

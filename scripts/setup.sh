@@ -12,7 +12,7 @@ fi
 # shellcheck disable=SC1091
 . .venv/bin/activate
 stamp=.venv/.ipinsights-setup
-want="$(cat setup.py scripts/setup.sh scripts/build_horovod.sh | sha256sum | cut -d' ' -f1)"
+want="$(cat setup.py scripts/setup.sh scripts/build_horovod.sh scripts/fetch_s3a_jars.sh | sha256sum | cut -d' ' -f1)"
 # pip's own exit status counts; only the machine's noisy "Location ... is ignored" lines are filtered.
 pipq() { python -m pip install -q --disable-pip-version-check "$@" 2> >(grep -v "^WARNING: Location" >&2); }
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
@@ -21,6 +21,13 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     pipq -e ".[spark,serving,dev]"
     python -c "import torch, pyspark, ipinsights" # fail here, not in the middle of a test run
     bash scripts/build_horovod.sh
+    # Test-only extras: Hadoop S3A jars for the s3a:// test against a local S3 server, and Chromium
+    # for the report-rendering test (both tests skip with a reason when these are absent).
+    bash scripts/fetch_s3a_jars.sh || echo "warning: S3A jars not fetched; the s3a test will skip" >&2
+    if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+            || echo "warning: chromium not installed; the report-rendering test will skip" >&2
+    fi
     echo "$want" > "$stamp"
 fi
 echo "environment ready: $(python -c 'import sys; print(sys.executable)')" >&2

@@ -1,0 +1,134 @@
+"""Thresholds calibrated on normal traffic to a target false-positive rate.
+
+The model's raw score is unbounded, so SageMaker leaves every user to hand-pick a threshold. Here a
+threshold is the ``(1 - target_fpr)`` quantile of the anomaly scores of traffic taken to be normal
+(the validation days, or a held-out part of the training days): flagging ``anomaly_score > threshold``
+then flags about ``target_fpr`` of normal traffic. The quantile comes from Spark's
+``percentile_approx`` with a high accuracy (relative rank error ``1 / accuracy``), so the scores are
+never collected to the driver.
+
+Where it is stored: a sibling file ``<model_dir>.calibration.json`` beside the model directory, not
+inside it. A calibration is a property of (model, traffic) that is redone as traffic drifts; keeping it
+outside leaves the model directory immutable (its manifest checksums stay valid and a reader of the
+model never races with a recalibration). The file records a fingerprint of the model's manifest
+checksums and is refused for any other model, so a retrained model cannot silently inherit a stale
+threshold.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ipinsights.io import atomic_write
+from ipinsights.modelfile import read_manifest
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame
+
+__all__ = [
+    "CALIBRATION_SUFFIX",
+    "Calibration",
+    "CalibrationError",
+    "calibration_path",
+    "model_fingerprint",
+    "calibrate_threshold",
+    "save_calibration",
+    "load_calibration",
+]
+
+CALIBRATION_SUFFIX = ".calibration.json"
+FORMAT = "ipinsights-calibration"
+
+
+class CalibrationError(ValueError):
+    """A calibration file is missing, malformed, or belongs to another model."""
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """A threshold on ``anomaly_score`` and how it was obtained."""
+
+    threshold: float
+    target_fpr: float
+    rows: int  # normal rows the quantile was taken over
+    source: str  # what traffic (e.g. "events dt 2024-01-08..2024-01-08")
+    model_fingerprint: str
+    method: str = "percentile_approx"
+    accuracy: int = 1_000_000
+    created_at: str = ""
+
+    def to_json(self) -> str:
+        return json.dumps({"format": FORMAT, **asdict(self)}, indent=2, sort_keys=True) + "\n"
+
+
+def calibration_path(model_dir: str | Path) -> Path:
+    """Default calibration file of a model: ``<model_dir>.calibration.json`` (a sibling of the directory)."""
+    p = Path(model_dir)
+    return p.with_name(p.name + CALIBRATION_SUFFIX)
+
+
+def model_fingerprint(model_dir: str | Path) -> str:
+    """sha256 over the model's file checksums (weights and entity stats): changes whenever the model does."""
+    files = read_manifest(model_dir)["files"]
+    return hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()
+
+
+def calibrate_threshold(
+    scores: DataFrame, target_fpr: float, accuracy: int = 1_000_000, score_col: str = "anomaly_score"
+) -> tuple[float, int]:
+    """``(threshold, rows)``: the ``1 - target_fpr`` quantile of ``score_col`` over its non-null, non-NaN rows.
+
+    One Spark aggregation; ``rows`` is how many scores it was taken over. Raises ``ValueError`` when
+    there is none (nothing to calibrate on).
+    """
+    from pyspark.sql import functions as F
+
+    if not 0.0 < target_fpr < 1.0:
+        raise ValueError(f"target_fpr={target_fpr} must be in (0, 1)")
+    s = F.col(score_col)
+    row = (
+        scores.where(s.isNotNull() & ~F.isnan(s))
+        .agg(F.percentile_approx(s.cast("double"), 1.0 - target_fpr, accuracy).alias("q"), F.count(s).alias("n"))
+        .first()
+    )
+    n = int(row["n"]) if row is not None else 0
+    if not n:
+        raise ValueError("no scored rows to calibrate on (empty traffic, or every entity unseen)")
+    return float(row["q"]), n
+
+
+def save_calibration(cal: Calibration, path: str | Path) -> Path:
+    """Write ``cal`` as JSON atomically (a reader sees the old file or the new one, never half of one)."""
+    if not cal.created_at:
+        cal = Calibration(**{**asdict(cal), "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+    with atomic_write(path) as fh:
+        fh.write(cal.to_json())
+    return Path(path)
+
+
+def load_calibration(path: str | Path, model_dir: str | Path | None = None) -> Calibration:
+    """Read a calibration file; with ``model_dir``, refuse it unless it was made for that model."""
+    path = Path(path)
+    try:
+        data: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CalibrationError(f"{path}: no calibration file") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CalibrationError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(data, dict) or data.pop("format", None) != FORMAT:
+        raise CalibrationError(f"{path}: not an ipinsights calibration file")
+    try:
+        cal = Calibration(**data)
+    except TypeError as exc:
+        raise CalibrationError(f"{path}: malformed calibration ({exc})") from None
+    if not math.isfinite(cal.threshold):
+        raise CalibrationError(f"{path}: threshold {cal.threshold!r} is not a finite number")
+    if model_dir is not None and cal.model_fingerprint != model_fingerprint(model_dir):
+        raise CalibrationError(f"{path}: made for another model than {model_dir} (recalibrate it)")
+    return cal

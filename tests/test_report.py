@@ -1,0 +1,102 @@
+"""The daily report: bounded aggregates, escaping of log-supplied strings, CSV formula defusing, rendering."""
+
+from __future__ import annotations
+
+import base64
+import re
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+
+from ipinsights.report import (
+    COUNT_NAMES,
+    Histogram,
+    day_counts,
+    histogram_png,
+    render_report,
+    score_histograms,
+    write_flagged_csv,
+)
+from ipinsights.scoring import RULE_NOT_IPV4, RULE_SCORE, RULE_UNSEEN, SCORES_SCHEMA, Threshold
+
+EVIL = '<script>alert("x")</script><img src=x onerror=alert(1)>'
+
+
+def _hist() -> Histogram:
+    rng = np.random.default_rng(0)
+    edges = np.linspace(-5, 5, 31)
+    normal = np.histogram(rng.normal(-1, 1, 5000), edges)[0]
+    flagged = np.histogram(rng.normal(3, 0.5, 80), edges)[0]
+    return Histogram(edges, normal, flagged)
+
+
+def _case(entity: str, score: float | None, rule: str = RULE_SCORE) -> dict:
+    return {"entity": entity, "ip": "203.0.113.9", "ts": None, "anomaly_score": score, "rule": rule,
+            "training_count": 12, "seen_exact_ip": False, "seen_same_24": False, "seen_same_16": True}  # fmt: skip
+
+
+def test_render_escapes_log_supplied_strings():
+    page = render_report(
+        "2024-01-09", {"rows": 10, "flagged": 2}, Threshold(1.25, f"fixed {EVIL}"),
+        [_case(EVIL, 3.5), _case("bob", None, RULE_UNSEEN)], histogram_png(_hist(), 1.25),
+    )  # fmt: skip
+    assert "<script>" not in page and "onerror=alert" not in page.replace("onerror=alert(1)&gt;", "")
+    assert "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;" in page
+    assert "Content-Security-Policy" in page and "default-src 'none'" in page
+    assert page.count("<img ") == 1 and 'src="data:image/png;base64,' in page
+    png = base64.b64decode(re.search(r'src="data:image/png;base64,([^"]+)"', page).group(1))
+    assert png.startswith(b"\x89PNG")
+    assert "anomaly_score &gt; 1.25" in page
+
+
+def test_render_empty_day_says_so():
+    page = render_report("2024-01-09", dict.fromkeys(COUNT_NAMES, 0), Threshold(1.0, "fixed"), [], None)
+    assert "No events for this day" in page and "No flagged cases" in page and "<img" not in page
+
+
+def test_csv_defuses_formulas(tmp_path):
+    p = write_flagged_csv(tmp_path / "f.csv", [_case('=HYPERLINK("http://evil")', 2.0), _case("alice", 1.5)])
+    lines = p.read_text().splitlines()
+    assert lines[0].startswith("entity,ip,ts,anomaly_score,rule,training_count,seen_exact_ip")
+    assert lines[1].startswith("\"'=HYPERLINK") and lines[2].startswith("alice,")
+
+
+@pytest.mark.spark
+def test_counts_and_histogram_are_aggregates(spark):
+    rows = [("a", "1.2.3.4", None, -1.0, float(s), 5, False, RULE_SCORE, s > 2.5, "2024-01-09") for s in range(5)]
+    rows += [("u", "1.2.3.4", None, 1.0, None, 0, True, RULE_UNSEEN, True, "2024-01-09")]
+    rows += [("a", "::1", None, None, None, 5, False, RULE_NOT_IPV4, False, "2024-01-10")]
+    df = spark.createDataFrame(rows, SCORES_SCHEMA)
+    c = day_counts(df, ["2024-01-09", "2024-01-10", "2024-01-11"])
+    assert c["2024-01-09"] == {"rows": 6, "scored": 5, "unseen_entity": 1, "not_ipv4": 0, "flagged": 3,
+                               "flagged_by_score": 2, "flagged_unseen": 1}  # fmt: skip
+    assert c["2024-01-10"]["not_ipv4"] == 1 and c["2024-01-11"]["rows"] == 0
+    h = score_histograms(df, bins=4)
+    assert set(h) == {"2024-01-09"}
+    assert h["2024-01-09"].normal.sum() == 3 and h["2024-01-09"].flagged.sum() == 2
+    assert h["2024-01-09"].edges[0] == 0.0 and h["2024-01-09"].edges[-1] == 4.0
+
+
+def test_injected_page_renders_without_running_script(tmp_path):
+    """Headless Chromium: the hostile entity shows as text, no script element exists, the image decodes."""
+    exe = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    if exe is None:
+        pytest.skip("chromium not installed (apt-get install chromium): cannot check that the report renders")
+    page = tmp_path / "report.html"
+    page.write_text(
+        render_report(
+            "2024-01-09",
+            {"rows": 10, "flagged": 1},
+            Threshold(1.0, "fixed"),
+            [_case(EVIL, 3.5)],
+            histogram_png(_hist(), 1.0),
+        )
+    )
+    flags = [exe, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={tmp_path / 'profile'}", "--dump-dom", page.as_uri()]  # fmt: skip
+    dom = subprocess.run(flags, capture_output=True, text=True, timeout=60).stdout
+    assert "<script" not in dom and "&lt;script&gt;" in dom
+    assert len(re.findall(r"<img ", dom)) == 1

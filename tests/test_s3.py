@@ -1,0 +1,91 @@
+"""The s3:// route against a real S3 API on loopback (moto's server), through Hadoop's S3A connector.
+
+pyspark's pip package has no S3A connector and Maven may be unreachable, so the jars come from
+``scripts/fetch_s3a_jars.sh`` (hadoop-aws 3.3.1 + its AWS SDK bundle, from the sagemaker-pyspark
+sdist on PyPI). A session's jars are fixed when it starts, so the job runs in its own process
+(``jobs/ingest.py --spark-conf spark.jars=...``) instead of the shared test session.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+JAR_DIR = Path(os.environ.get("IPINSIGHTS_S3A_JARS", Path.home() / ".cache/ipinsights/s3a-jars"))
+JARS = [JAR_DIR / "hadoop-aws-3.3.1.jar", JAR_DIR / "aws-java-sdk-bundle-1.11.901.jar"]
+LINE = '10.1.{i}.9 - user_{i} [10/Oct/2026:23:30:00 -0500] "GET /login_success HTTP/1.1" 200 476 "-" "UA"'
+
+
+@pytest.fixture
+def s3_endpoint():
+    """A moto S3 server on 127.0.0.1 (a free port), stopped after the test."""
+    server_mod = pytest.importorskip("moto.server", reason="pip install 'moto[server]' for the S3 test")
+    server = server_mod.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+@pytest.mark.slow
+def test_ingest_reads_and_writes_s3(s3_endpoint, tmp_path):
+    if not all(j.exists() for j in JARS):
+        pytest.skip(f"S3A jars not in {JAR_DIR}: run scripts/fetch_s3a_jars.sh")
+    import boto3
+
+    s3 = boto3.client(
+        "s3", endpoint_url=s3_endpoint, aws_access_key_id="k", aws_secret_access_key="s", region_name="us-east-1"
+    )
+    for bucket in ("logs", "lake"):
+        s3.create_bucket(Bucket=bucket)
+    s3.put_object(Bucket="logs", Key="web/a.log", Body="\n".join(LINE.format(i=i) for i in range(3)) + "\nbad\n")
+    s3.put_object(Bucket="logs", Key="web/b.log.gz", Body=gzip.compress(LINE.format(i=7).encode() + b"\n"))
+
+    s3a = {
+        "endpoint": s3_endpoint,
+        "access.key": "k",
+        "secret.key": "s",
+        "path.style.access": "true",
+        "connection.ssl.enabled": "false",
+        # Hadoop 3.5's defaults name SDK v2 credential providers, which hadoop-aws 3.3.1 does not have.
+        "aws.credentials.provider": "org.apache.hadoop.fs.s3a.SimpleAWSCredentialsProvider",
+        # Hadoop 3.5 writes these defaults with units ("60s"); hadoop-aws 3.3.1 parses plain numbers.
+        "threads.keepalivetime": "60",
+        "multipart.purge.age": "86400",
+        "connection.establish.timeout": "5000",
+        "connection.timeout": "200000",
+        "attempts.maximum": "2",
+        "retry.limit": "2",
+    }
+    conf = [f"spark.hadoop.fs.s3a.{k}={v}" for k, v in s3a.items()]
+    conf += [f"spark.jars={','.join(map(str, JARS))}", "spark.ui.enabled=false", "spark.sql.shuffle.partitions=2"]
+    cmd = [
+        sys.executable,
+        str(REPO / "jobs/ingest.py"),
+        "--config",
+        str(REPO / "conf/ingest.yml"),
+        "--master",
+        "local[2]",
+    ]
+    cmd += [a for c in conf for a in ("--spark-conf", c)]
+    # s3:// (not s3a://) on purpose: with no fs.s3.impl, io.resolve_uri maps it to S3A.
+    cmd += ["--inputs=s3://logs/web/*", "--output=s3://lake/events", "--run_id=t1", "--max_bad_ratio=0.5"]
+    env = {**os.environ, "SPARK_LOCAL_IP": "127.0.0.1", "AWS_EC2_METADATA_DISABLED": "true"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads(proc.stdout)
+    assert (summary["lines_read"], summary["kept"], summary["quarantined"]) == (5, 4, 1)
+
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket="lake")["Contents"]]
+    assert any(k.startswith("events/dt=2026-10-11/") and k.endswith(".parquet") for k in keys), keys
+    assert any(k.startswith("events_quarantine/run_id=t1/") for k in keys), keys
+    stored = json.loads(s3.get_object(Bucket="lake", Key="events_summaries/t1.json")["Body"].read())
+    assert stored["kept_by_day"] == {"2026-10-11": 4}
+    assert not [k for k in keys if "/.spark-staging" in k or "_temporary" in k]
