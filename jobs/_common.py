@@ -6,7 +6,7 @@ import argparse
 import logging
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
@@ -20,6 +20,17 @@ def setup_logging(verbose: bool = False) -> None:
     logging.basicConfig(level=logging.WARNING, format=LOG_FORMAT, stream=sys.stderr)
     for name in ("ipinsights", "TorchDistributor"):
         logging.getLogger(name).setLevel(logging.DEBUG if verbose else logging.INFO)
+
+
+def parse_with_overrides(
+    parser: argparse.ArgumentParser, argv: Sequence[str] | None
+) -> tuple[argparse.Namespace, list[str]]:
+    """Parse the declared options; everything else must be a ``--name=value`` setting override."""
+    args, rest = parser.parse_known_args(argv)
+    bad = [a for a in rest if not (a.startswith("--") and "=" in a)]
+    if bad:
+        parser.error(f"unrecognized arguments: {' '.join(bad)} (settings are given as --name=value)")
+    return args, rest
 
 
 def add_spark_args(parser: argparse.ArgumentParser) -> None:

@@ -21,14 +21,6 @@ from collections.abc import Sequence
 log = logging.getLogger("ipinsights")
 
 
-def _split_overrides(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> tuple[argparse.Namespace, list]:
-    args, rest = parser.parse_known_args(argv)
-    bad = [a for a in rest if not (a.startswith("--") and "=" in a)]
-    if bad:
-        parser.error(f"unrecognized arguments: {' '.join(bad)} (hyperparameters are given as --name=value)")
-    return args, rest
-
-
 def train_main(argv: Sequence[str] | None = None) -> int:
     """``ipinsights train``: fit a model on a headerless ``entity,ip`` CSV and save it."""
     from ipinsights.config import ConfigError, TrainConfig, config_to_dict, load_config
@@ -36,7 +28,7 @@ def train_main(argv: Sequence[str] | None = None) -> int:
     from ipinsights.io import DataFormatError, atomic_write, read_pairs_csv
     from ipinsights.modelfile import save_model
     from ipinsights.trainer import encode_pairs, train_model
-    from ipinsights_jobs._common import setup_logging
+    from ipinsights_jobs._common import parse_with_overrides, setup_logging
 
     parser = argparse.ArgumentParser(prog="ipinsights train", description=train_main.__doc__)
     parser.add_argument("--train", required=True, help="headerless CSV: entity,ip")
@@ -45,7 +37,7 @@ def train_main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--config", help="YAML config (e.g. conf/train.yml)")
     parser.add_argument("--metrics", help="write per-epoch metrics here as JSON lines")
     parser.add_argument("-v", "--verbose", action="store_true")
-    args, overrides = _split_overrides(parser, argv)
+    args, overrides = parse_with_overrides(parser, argv)
     setup_logging(args.verbose)
     try:
         cfg = load_config(TrainConfig, args.config, overrides)

@@ -26,9 +26,9 @@ from ipinsights.modelfile import ModelFileError
 from ipinsights.scoring import ScoreConfig, run_score_job
 
 try:  # installed as ipinsights_jobs; also runnable as a file from the repository
-    from ipinsights_jobs._common import add_spark_args, build_spark, setup_logging
+    from ipinsights_jobs._common import add_spark_args, build_spark, parse_with_overrides, setup_logging
 except ImportError:  # pragma: no cover
-    from _common import add_spark_args, build_spark, setup_logging
+    from _common import add_spark_args, build_spark, parse_with_overrides, setup_logging
 
 log = logging.getLogger("ipinsights.score")
 
@@ -46,10 +46,7 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.ArgumentParser, arg
     parser.add_argument("--target-fpr", type=float, help="calibrate the threshold to this false-positive rate")
     parser.add_argument("-v", "--verbose", action="store_true")
     add_spark_args(parser)
-    args, extra = parser.parse_known_args(argv)
-    bad = [a for a in extra if not (a.startswith("--") and "=" in a)]
-    if bad:
-        parser.error(f"unrecognized arguments: {' '.join(bad)} (settings are given as --name=value)")
+    args, extra = parse_with_overrides(parser, argv)
     return parser, args, extra
 
 

@@ -20,9 +20,9 @@ from collections.abc import Sequence
 from ipinsights.config import ConfigError, load_config
 
 try:  # installed as ipinsights_jobs; also runnable as a file from the repository
-    from ipinsights_jobs._common import setup_logging
+    from ipinsights_jobs._common import parse_with_overrides, setup_logging
 except ImportError:  # pragma: no cover
-    from _common import setup_logging
+    from _common import parse_with_overrides, setup_logging
 
 log = logging.getLogger("ipinsights.serve")
 
@@ -53,10 +53,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, help="worker processes (default: one per CPU core)")
     parser.add_argument("--config", help="YAML settings (e.g. conf/serve.yml)")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging (logs every refused request)")
-    args, rest = parser.parse_known_args(argv)
-    bad = [a for a in rest if not (a.startswith("--") and "=" in a)]
-    if bad:
-        parser.error(f"unrecognized arguments: {' '.join(bad)} (settings are given as --name=value)")
+    args, rest = parse_with_overrides(parser, argv)
     setup_logging(args.verbose)
     # Precedence: defaults < config file < environment < --name=value < explicit flags.
     named = dict(a[2:].split("=", 1) for a in rest)

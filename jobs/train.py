@@ -25,7 +25,7 @@ log = logging.getLogger("ipinsights.train")
 
 
 def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str]]:
-    from ipinsights_jobs._common import add_spark_args
+    from ipinsights_jobs._common import add_spark_args, parse_with_overrides
 
     p = argparse.ArgumentParser(prog="train", description=__doc__.splitlines()[0])
     src = p.add_mutually_exclusive_group(required=True)
@@ -45,10 +45,7 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str
     p.add_argument("--warm-start", metavar="MODEL", help="start from an earlier model (daily retraining)")
     p.add_argument("-v", "--verbose", action="store_true")
     add_spark_args(p)
-    args, rest = p.parse_known_args(argv)
-    bad = [a for a in rest if not (a.startswith("--") and "=" in a)]
-    if bad:
-        p.error(f"unrecognized arguments: {' '.join(bad)} (settings are given as --name=value)")
+    args, rest = parse_with_overrides(p, argv)
     if args.events and not (args.start_date and args.end_date):
         p.error("--events needs --start-date and --end-date")
     return args, rest
