@@ -81,6 +81,21 @@ class CommStats:
 # ---------------------------------------------------------------------------------------------
 
 
+def _flat(tensors):
+    """One buffer for all dense gradients, so a step makes one collective instead of one per tensor."""
+    import torch
+
+    return torch.cat([t.reshape(-1) for t in tensors])
+
+
+def _unflatten_into(flat, tensors) -> None:
+    offset = 0
+    for t in tensors:
+        n = t.numel()
+        t.copy_(flat[offset : offset + n].view_as(t))
+        offset += n
+
+
 class _TorchDistComm:
     """torch.distributed (gloo or NCCL), initialised from the env TorchDistributor sets."""
 
@@ -101,17 +116,11 @@ class _TorchDistComm:
         self.stats.seconds += time.perf_counter() - t0
 
     def allreduce_mean_(self, tensors) -> None:
-        import torch
-
         t0 = time.perf_counter()
-        flat = torch.cat([t.reshape(-1) for t in tensors])  # one collective instead of one per tensor
+        flat = _flat(tensors)
         self.dist.all_reduce(flat)
         flat /= self.world_size
-        offset = 0
-        for t in tensors:
-            n = t.numel()
-            t.copy_(flat[offset : offset + n].view_as(t))
-            offset += n
+        _unflatten_into(flat, tensors)
         self._count(t0, flat.numel() * flat.element_size())
 
     def allgather_rows(self, rows, grads):
@@ -178,16 +187,9 @@ class _HorovodComm:
         return f"{kind}.{self._n}"
 
     def allreduce_mean_(self, tensors) -> None:
-        import torch
-
         t0 = time.perf_counter()
-        flat = torch.cat([t.reshape(-1) for t in tensors])
-        avg = self.hvd.allreduce(flat, op=self.hvd.Average, name=self._name("dense"))
-        offset = 0
-        for t in tensors:
-            n = t.numel()
-            t.copy_(avg[offset : offset + n].view_as(t))
-            offset += n
+        flat = _flat(tensors)
+        _unflatten_into(self.hvd.allreduce(flat, op=self.hvd.Average, name=self._name("dense")), tensors)
         self.stats.calls += 1
         self.stats.bytes += flat.numel() * flat.element_size()
         self.stats.seconds += time.perf_counter() - t0
