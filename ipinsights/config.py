@@ -27,6 +27,7 @@ __all__ = [
     "TrainConfig",
     "DistributedOptions",
     "MAX_MODEL_BYTES",
+    "IPV4_KEYS",
     "load_config",
     "config_from_dict",
     "config_to_dict",
@@ -35,6 +36,9 @@ __all__ = [
 
 #: SageMaker documents 8 GB as the largest IP Insights model; we refuse larger ones the same way.
 MAX_MODEL_BYTES = 8 * 1024**3
+#: Address keys (``ipinsights.ip.parse_ip``) below this are IPv4 values, the rest IPv6 top halves;
+#: defined here, torch- and Arrow-free, because both the model and the parser need it.
+IPV4_KEYS = 1 << 32
 
 C = TypeVar("C")
 
@@ -114,23 +118,32 @@ class ModelOptions:
     level shares statistical strength among all addresses of that network, which is how an unseen
     address inside a known network gets a meaningful vector). Prefixes of 16 bits or fewer get an
     exact table; longer ones are hashed into ``ip_hash_buckets`` rows.
+
+    ``ipv6_prefix_lengths``: the same for IPv6 (at most /64: interface identifiers churn and carry no
+    network meaning). The default levels: /12 (regional registry block, exact), /32 (an ISP's
+    allocation), /40, /48 (a site), /56 (a customer's delegated prefix), /64 (a subnet); hashed levels
+    get ``ipv6_hash_buckets`` rows each. ``()`` turns IPv6 off (its events then score as invalid).
     """
 
     hash_seed: int = 0
     ip_prefix_lengths: tuple[int, ...] = (8, 12, 16, 20, 24)
     ip_hash_buckets: int = 131_072
+    ipv6_prefix_lengths: tuple[int, ...] = (12, 32, 40, 48, 56, 64)
+    ipv6_hash_buckets: int = 32_768
 
     def __post_init__(self) -> None:
         _check_int("hash_seed", self.hash_seed, 0, 2**63 - 1)
         _check_int("ip_hash_buckets", self.ip_hash_buckets, 1, 2**31 - 1)
-        lengths = tuple(self.ip_prefix_lengths)
-        if not lengths:
-            raise ConfigError("ip_prefix_lengths=() must name at least one prefix length in [1, 32]")
-        for n in lengths:
-            _check_int("ip_prefix_lengths[]", n, 1, 32)
-        if list(lengths) != sorted(set(lengths)):
-            raise ConfigError(f"ip_prefix_lengths={lengths} must be strictly increasing")
-        object.__setattr__(self, "ip_prefix_lengths", lengths)
+        _check_int("ipv6_hash_buckets", self.ipv6_hash_buckets, 1, 2**31 - 1)
+        for name, top, required in (("ip_prefix_lengths", 32, True), ("ipv6_prefix_lengths", 64, False)):
+            lengths = tuple(getattr(self, name))
+            if required and not lengths:
+                raise ConfigError(f"{name}=() must name at least one prefix length in [1, {top}]")
+            for n in lengths:
+                _check_int(f"{name}[]", n, 1, top)
+            if list(lengths) != sorted(set(lengths)):
+                raise ConfigError(f"{name}={lengths} must be strictly increasing")
+            object.__setattr__(self, name, lengths)
 
 
 @dataclass(frozen=True)

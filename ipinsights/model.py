@@ -6,8 +6,10 @@ Shapes: ``n`` pairs, ``d = vector_dim``, ``L = len(ip_prefix_lengths)``.
 
 * Entity: its string is hashed (``hashing.entity_buckets``, seeded, stable) to one of
   ``num_entity_vectors`` rows of ``entity_table`` ``(num_entity_vectors, d)``.
-* IP address: for every prefix length ``p`` in ``ip_prefix_lengths`` (default /8, /12, /16, /20, /24)
-  the network ``ip >> (32 - p)`` selects a row of that level's block of ``ip_table``: short prefixes
+* IP address (an int64 key, :func:`ipinsights.ip.parse_ip`): for every prefix length ``p`` of its
+  family (IPv4 ``ip_prefix_lengths``, default /8, /12, /16, /20, /24; IPv6 ``ipv6_prefix_lengths``,
+  default /12, /32, /40, /48, /56, /64) the network ``ip >> (bits - p)`` selects a row of that
+  level's block of ``ip_table``: short prefixes
   get an exact block (``2**p`` rows), long ones a seeded hash into ``ip_hash_buckets`` rows. The
   rows of all levels are summed ``(n, d)`` and passed through ``num_ip_encoder_layers`` fully
   connected layers. Two addresses share every level above the first prefix on which they differ, so
@@ -26,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ipinsights.config import MAX_MODEL_BYTES, ConfigError, Hyperparameters, ModelOptions
+from ipinsights.config import IPV4_KEYS, MAX_MODEL_BYTES, ConfigError, Hyperparameters, ModelOptions
 
 __all__ = ["IPInsightsModel", "ip_level_sizes", "estimated_model_bytes"]
 
@@ -35,8 +37,9 @@ _MIX2 = -4658895280553007687  # 0xBF58476D1CE4E5B9 likewise
 
 
 def ip_level_sizes(opts: ModelOptions) -> list[int]:
-    """Rows of ``ip_table`` per prefix level: exact when it fits in ``ip_hash_buckets``, else hashed."""
-    return [min(2**p, opts.ip_hash_buckets) for p in opts.ip_prefix_lengths]
+    """Rows of ``ip_table`` per prefix level, IPv4 levels then IPv6 ones: exact when small, else hashed."""
+    v4 = [min(2**p, opts.ip_hash_buckets) for p in opts.ip_prefix_lengths]
+    return v4 + [min(2**p, opts.ipv6_hash_buckets) for p in opts.ipv6_prefix_lengths]
 
 
 def estimated_model_bytes(hp: Hyperparameters, opts: ModelOptions) -> int:
@@ -46,8 +49,40 @@ def estimated_model_bytes(hp: Hyperparameters, opts: ModelOptions) -> int:
     return 4 * (rows * hp.vector_dim + dense)
 
 
+class _Levels(nn.Module):
+    """Prefix levels of one address family: how an address key becomes its rows of ``ip_table``."""
+
+    def __init__(self, lengths: Sequence[int], bits: int, sizes: Sequence[int], first_row: int, first_level: int):
+        super().__init__()
+        self.n = len(lengths)
+        shifts = [bits - p for p in lengths]
+        # Masks make the shift logical for IPv6 keys (signed int64 top halves); -1 = keep all bits.
+        masks = [(1 << p) - 1 if p < 64 else -1 for p in lengths]
+        offsets = [first_row + sum(sizes[:i]) for i in range(len(sizes))]
+        self.register_buffer("shifts", torch.tensor(shifts, dtype=torch.int64), persistent=False)
+        self.register_buffer("masks", torch.tensor(masks, dtype=torch.int64), persistent=False)
+        self.register_buffer("sizes", torch.tensor(list(sizes), dtype=torch.int64), persistent=False)
+        self.register_buffer("offsets", torch.tensor(offsets, dtype=torch.int64), persistent=False)
+        hashed = [2**p > s for p, s in zip(lengths, sizes, strict=True)]
+        self.register_buffer("hashed", torch.tensor(hashed), persistent=False)
+        # Level numbers feed the hash, so that the same network id hashes differently per level/family.
+        self.register_buffer("ids", torch.arange(first_level, first_level + self.n), persistent=False)
+
+    def rows(self, keys: torch.Tensor, seed: int) -> torch.Tensor:
+        """``(n,)`` int64 keys -> ``(n, L)`` rows of ``ip_table``."""
+        net = (keys.unsqueeze(1) >> self.shifts) & self.masks  # (n, L) network ids
+        mixed = (net ^ (self.ids * 0x1000193 + seed)) * _MIX
+        mixed = (mixed ^ (mixed >> 29)) * _MIX2
+        hashed = torch.remainder(mixed ^ (mixed >> 32), self.sizes)
+        return torch.where(self.hashed, hashed, net) + self.offsets
+
+
 class IPInsightsModel(nn.Module):
-    """Entity embeddings + prefix-sum IP encoder; ``forward(entity_rows, ips)`` gives dot products."""
+    """Entity embeddings + prefix-sum IP encoder; ``forward(entity_rows, ips)`` gives dot products.
+
+    ``ips`` are int64 address keys (:func:`ipinsights.ip.parse_ip`): IPv4 values below ``2**32``,
+    IPv6 top halves otherwise; each family has its own prefix levels (and blocks of ``ip_table``).
+    """
 
     def __init__(self, hp: Hyperparameters, opts: ModelOptions) -> None:
         super().__init__()
@@ -61,14 +96,11 @@ class IPInsightsModel(nn.Module):
         self.opts = opts
         d = hp.vector_dim
         sizes = ip_level_sizes(opts)
+        n4 = len(opts.ip_prefix_lengths)
         self.entity_table = nn.Parameter(torch.empty(hp.num_entity_vectors, d))
         self.ip_table = nn.Parameter(torch.empty(sum(sizes), d))
-        offsets = torch.tensor([0, *sizes[:-1]], dtype=torch.int64).cumsum(0)
-        self.register_buffer("level_offsets", offsets, persistent=False)
-        self.register_buffer("level_shifts", torch.tensor([32 - p for p in opts.ip_prefix_lengths]), persistent=False)
-        self.register_buffer("level_sizes", torch.tensor(sizes, dtype=torch.int64), persistent=False)
-        hashed = [2**p > s for p, s in zip(opts.ip_prefix_lengths, sizes, strict=True)]
-        self.register_buffer("level_hashed", torch.tensor(hashed), persistent=False)
+        self.v4 = _Levels(opts.ip_prefix_lengths, 32, sizes[:n4], 0, 0)
+        self.v6 = _Levels(opts.ipv6_prefix_lengths, 64, sizes[n4:], sum(sizes[:n4]), n4)
         layers: list[nn.Module] = []
         for i in range(hp.num_ip_encoder_layers):
             if i:
@@ -77,15 +109,21 @@ class IPInsightsModel(nn.Module):
         self.encoder = nn.Sequential(*layers)
         self.reset_parameters()
 
+    @property
+    def supports_ipv6(self) -> bool:
+        return self.v6.n > 0
+
     @torch.no_grad()
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:
-        """Entities ~ N(0, 1/d); the first (coarsest) IP level ~ N(0, 1/d), deeper levels zero."""
+        """Entities ~ N(0, 1/d); each family's first (coarsest) IP level ~ N(0, 1/d), deeper levels zero."""
         d = self.hp.vector_dim
         std = 1.0 / math.sqrt(d)
         self.entity_table.normal_(0.0, std, generator=generator)
         self.ip_table.zero_()
-        first = int(self.level_sizes[0])
-        self.ip_table[:first].normal_(0.0, std, generator=generator)
+        for fam in (self.v4, self.v6):
+            if fam.n:
+                start, rows = int(fam.offsets[0]), int(fam.sizes[0])
+                self.ip_table[start : start + rows].normal_(0.0, std, generator=generator)
         for layer in self.encoder:
             if isinstance(layer, nn.Linear):
                 # Near-identity start: the prefix sum already carries the signal; layers refine it.
@@ -94,25 +132,48 @@ class IPInsightsModel(nn.Module):
                 layer.bias.zero_()
 
     # ---- IP side -------------------------------------------------------------------------------
-    def ip_rows(self, ips: torch.Tensor) -> torch.Tensor:
-        """Rows of ``ip_table`` for IPv4 addresses ``(n,)`` int64 -> ``(n, L)`` int64."""
-        net = ips.to(torch.int64).unsqueeze(1) >> self.level_shifts  # (n, L) network ids
+    def ip_bags(self, ips: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Rows of ``ip_table`` to sum for address keys ``(n,)``: ``(n, L)`` rows and per-row weights.
+
+        When the families have different numbers of levels and a batch mixes them, the shorter bags
+        are padded with their own first row at weight 0 (no gradient, no extra touched row);
+        otherwise the weights are ``None`` (all ones, the fast path).
+        """
+        keys = ips.to(torch.int64)
         seed = self.opts.hash_seed & 0x7FFFFFFF
-        level = torch.arange(net.shape[1], device=net.device)
-        mixed = (net ^ (level * 0x1000193 + seed)) * _MIX
-        mixed = (mixed ^ (mixed >> 29)) * _MIX2
-        hashed = torch.remainder(mixed ^ (mixed >> 32), self.level_sizes)
-        return torch.where(self.level_hashed, hashed, net) + self.level_offsets
+        is6 = (keys < 0) | (keys >= IPV4_KEYS)
+        n6 = int(is6.sum()) if self.v6.n else 0
+        if n6 == 0:
+            if self.v6.n == 0 and bool(is6.any()):
+                raise ValueError("this model has no IPv6 levels (ipv6_prefix_lengths=()): IPv6 keys cannot be scored")
+            return self.v4.rows(keys, seed), None
+        if n6 == keys.numel():
+            return self.v6.rows(keys, seed), None
+        width = max(self.v4.n, self.v6.n)
+        rows = torch.empty((keys.numel(), width), dtype=torch.int64, device=keys.device)
+        weights = torch.ones((keys.numel(), width), dtype=self.ip_table.dtype, device=keys.device)
+        for fam, sel in ((self.v4, ~is6), (self.v6, is6)):
+            idx = sel.nonzero().squeeze(1)
+            r = fam.rows(keys[idx], seed)
+            if fam.n < width:
+                r = torch.cat([r, r[:, :1].expand(-1, width - fam.n)], dim=1)
+                weights[idx, fam.n :] = 0.0
+            rows[idx] = r
+        return rows, weights
+
+    def ip_rows(self, ips: torch.Tensor) -> torch.Tensor:
+        """Rows of ``ip_table`` for address keys ``(n,)`` -> ``(n, L)`` (see :meth:`ip_bags`)."""
+        return self.ip_bags(ips)[0]
 
     def encode(self, prefix_sum: torch.Tensor) -> torch.Tensor:
         """The fully connected layers over the summed prefix embeddings ``(n, d) -> (n, d)``."""
         return self.encoder(prefix_sum)
 
     def ip_vectors(self, ips: torch.Tensor) -> torch.Tensor:
-        """IP embeddings ``(n, d)`` for IPv4 addresses given as int64 ``(n,)``."""
-        rows = self.ip_rows(ips)
+        """IP embeddings ``(n, d)`` for address keys given as int64 ``(n,)``."""
+        rows, weights = self.ip_bags(ips)
         # embedding_bag sums the L rows without materialising an (n, L, d) tensor: ~3x faster on CPU.
-        return self.encode(F.embedding_bag(rows, self.ip_table, mode="sum"))
+        return self.encode(F.embedding_bag(rows, self.ip_table, mode="sum", per_sample_weights=weights))
 
     # ---- entity side ---------------------------------------------------------------------------
     def entity_vectors(self, entity_rows: torch.Tensor) -> torch.Tensor:

@@ -38,7 +38,9 @@ from ipinsights.model import IPInsightsModel
 __all__ = ["FORMAT", "FORMAT_VERSION", "ModelFileError", "ModelBundle", "save_model", "load_model", "sha256_file"]
 
 FORMAT = "ipinsights-model"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+#: Versions this code reads. Version 1 predates IPv6: its models have no IPv6 levels.
+READABLE_VERSIONS = (1, 2)
 MANIFEST = "model.json"
 WEIGHTS = "weights.safetensors"
 
@@ -147,10 +149,10 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise ModelFileError(f"{mpath}: not an ipinsights model manifest (format is not {FORMAT!r})")
     version = manifest.get("format_version")
-    if version != FORMAT_VERSION:
+    if version not in READABLE_VERSIONS:
         raise ModelFileError(
             f"{mpath}: format_version {version!r} is not supported by ipinsights {__version__} "
-            f"(supports {FORMAT_VERSION})"
+            f"(reads {', '.join(map(str, READABLE_VERSIONS))})"
         )
     if manifest.get("hash_version") != HASH_VERSION:
         raise ModelFileError(f"{mpath}: entity hash version {manifest.get('hash_version')!r} is not {HASH_VERSION}")
@@ -184,7 +186,10 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> ModelBun
     _verify_files(path, manifest)
     try:
         hp = config_from_dict(Hyperparameters, manifest["hyperparameters"])
-        opts = config_from_dict(ModelOptions, manifest["model_options"])
+        raw_opts = dict(manifest["model_options"])
+        if manifest["format_version"] == 1:
+            raw_opts.setdefault("ipv6_prefix_lengths", [])  # v1 models are IPv4 only
+        opts = config_from_dict(ModelOptions, raw_opts)
     except (ConfigError, KeyError, TypeError) as exc:
         raise ModelFileError(f"{path / MANIFEST}: invalid hyperparameters or model options: {exc}") from None
     try:

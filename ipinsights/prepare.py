@@ -20,18 +20,20 @@ log = logging.getLogger(__name__)
 ENCODED_SCHEMA = "entity_row long, ip long, entity_hash long"
 
 
-def _encoder(num_entity_vectors: int, hash_seed: int):
+def _encoder(num_entity_vectors: int, hash_seed: int, ipv6: bool):
     """A mapInArrow function: (entity, ip) batches -> (entity_row, ip, entity_hash); invalid IPs dropped."""
 
     def encode(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         from ipinsights.hashing import hash_strings
-        from ipinsights.ip import parse_ipv4
+        from ipinsights.ip import parse_ip
 
         for batch in batches:
             ent = batch.column("entity")
-            parsed = parse_ipv4(batch.column("ip"))
+            parsed = parse_ip(batch.column("ip"))
             h = hash_strings(ent, hash_seed)
             keep = parsed.valid & np.asarray(ent.is_valid().to_numpy(zero_copy_only=False), dtype=bool)
+            if not ipv6:
+                keep &= ~parsed.is_v6
             rows = (h % np.uint64(num_entity_vectors)).astype(np.int64)
             yield pa.RecordBatch.from_arrays(
                 [pa.array(rows[keep]), pa.array(parsed.value[keep].astype(np.int64)), pa.array(h[keep].view(np.int64))],
@@ -41,13 +43,14 @@ def _encoder(num_entity_vectors: int, hash_seed: int):
     return encode
 
 
-def encode_pairs_df(df, num_entity_vectors: int, hash_seed: int):
+def encode_pairs_df(df, num_entity_vectors: int, hash_seed: int, ipv6: bool = True):
     """``(entity, ip)`` -> ``(entity_row, ip, entity_hash)`` with the model's stable hash, on executors.
 
-    Rows whose IP is not a valid IPv4 address (IPv6 events, garbage) are left out here; the ingest job
-    already counted and quarantined malformed lines.
+    ``ip`` becomes the address key (:func:`ipinsights.ip.parse_ip`: IPv4 value or IPv6 top half). Rows
+    whose IP is not a valid address are left out here; the ingest job already counted and quarantined
+    malformed lines; ``ipv6=False`` (a model without IPv6 levels) leaves IPv6 rows out too.
     """
-    return df.select("entity", "ip").mapInArrow(_encoder(num_entity_vectors, hash_seed), ENCODED_SCHEMA)
+    return df.select("entity", "ip").mapInArrow(_encoder(num_entity_vectors, hash_seed, ipv6), ENCODED_SCHEMA)
 
 
 def add_buckets(df, n_buckets: int, seed: int):

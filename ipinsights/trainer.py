@@ -28,9 +28,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ipinsights.config import Hyperparameters, ModelOptions, TrainOptions
+from ipinsights.config import IPV4_KEYS, Hyperparameters, ModelOptions, TrainOptions
 from ipinsights.hashing import entity_buckets
-from ipinsights.ip import parse_ipv4, to_string_array
+from ipinsights.ip import parse_ip, to_string_array
 from ipinsights.metrics import roc_auc
 from ipinsights.model import IPInsightsModel
 
@@ -59,7 +59,10 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class EncodedPairs:
-    """(entity row, IPv4 address) pairs ready for training: two int64 arrays of equal length."""
+    """(entity row, address key) pairs ready for training: two int64 arrays of equal length.
+
+    Address keys are :func:`ipinsights.ip.parse_ip`'s: IPv4 values, or IPv6 top 64 bits.
+    """
 
     entity_rows: np.ndarray
     ips: np.ndarray
@@ -76,23 +79,29 @@ class EncodedPairs:
         return EncodedPairs(self.entity_rows[index], self.ips[index])
 
 
-def encode_pairs(entities: Any, ips: Any, num_entity_vectors: int, hash_seed: int, what: str = "data") -> EncodedPairs:
-    """Hash entities and parse IPv4 addresses; rows with an invalid address are dropped and reported.
+def encode_pairs(
+    entities: Any, ips: Any, num_entity_vectors: int, hash_seed: int, what: str = "data", ipv6: bool = True
+) -> EncodedPairs:
+    """Hash entities and parse IPv4/IPv6 addresses; rows with an invalid address are dropped and reported.
 
     A training set with a few garbage addresses should still train, but nobody should have to guess
-    that rows were lost: the count and the first offending rows are logged.
+    that rows were lost: the count and the first offending rows are logged. ``ipv6=False`` (a model
+    without IPv6 levels) also drops IPv6 rows, with their count logged.
     """
     ent = to_string_array(entities)
-    parsed = parse_ipv4(ips)
+    parsed = parse_ip(ips)
     rows = entity_buckets(ent, hash_seed, num_entity_vectors)
     if parsed.n_invalid:
         bad = parsed.invalid_rows()
         ip_arr = to_string_array(ips)
         examples = ", ".join(f"row {int(r) + 1}: {ip_arr[int(r)].as_py()!r}" for r in bad)
-        log.warning("%s: dropped %d row(s) with an invalid IPv4 address (%s)", what, parsed.n_invalid, examples)
+        log.warning("%s: dropped %d row(s) with an invalid IP address (%s)", what, parsed.n_invalid, examples)
         if parsed.n_invalid == len(parsed.valid):
-            raise ValueError(f"{what}: no row has a valid IPv4 address (first: {examples})")
+            raise ValueError(f"{what}: no row has a valid IP address (first: {examples})")
     keep = parsed.valid
+    if not ipv6 and parsed.is_v6.any():
+        log.warning("%s: dropped %d IPv6 row(s): the model has no IPv6 levels", what, int(parsed.is_v6.sum()))
+        keep = keep & ~parsed.is_v6
     return EncodedPairs(rows[keep], parsed.value[keep].astype(np.int64), n_invalid=parsed.n_invalid)
 
 
@@ -232,9 +241,23 @@ def resolve_device(name: str) -> torch.device:
     return dev
 
 
-def _random_ipv4(n: int, generator: torch.Generator, device: torch.device) -> torch.Tensor:
-    # Each octet uniform in [0, 255] is the same as a uniform 32-bit integer.
-    return torch.randint(0, 2**32, (n,), generator=generator, dtype=torch.int64, device=device)
+_V6_UNICAST = 1 << 61  # 2000::/3, global unicast: its top halves are [2**61, 2**62)
+
+
+def random_ips_like(like: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """One uniformly random address key per key of ``like``, of the same family.
+
+    IPv4: a uniform 32-bit value (each octet uniform, SageMaker's random negatives); IPv6: a uniform
+    top half inside global unicast 2000::/3 (anything else never reaches a web server). Matching the
+    family keeps "is it IPv6" from being a shortcut the model could learn instead of networks.
+    """
+    device = like.device
+    r4 = torch.randint(0, 2**32, like.shape, generator=generator, dtype=torch.int64, device=device)
+    is6 = (like < 0) | (like >= IPV4_KEYS)
+    if not bool(is6.any()):  # pure IPv4 data draws exactly what it always did
+        return r4
+    r6 = torch.randint(0, _V6_UNICAST, like.shape, generator=generator, dtype=torch.int64, device=device)
+    return torch.where(is6, r6 + _V6_UNICAST, r4)
 
 
 @torch.no_grad()
@@ -252,7 +275,7 @@ def discriminator_auc(model: IPInsightsModel, data: EncodedPairs, seed: int = 12
         ent = torch.as_tensor(data.entity_rows[start : start + batch_size], device=device)
         ips = torch.as_tensor(data.ips[start : start + batch_size], device=device)
         pos.append(model(ent, ips).float().cpu().numpy())
-        neg.append(model(ent, _random_ipv4(ent.numel(), g, device)).float().cpu().numpy())
+        neg.append(model(ent, random_ips_like(ips, g)).float().cpu().numpy())
     p, n = np.concatenate(pos), np.concatenate(neg)
     return roc_auc(np.concatenate([p, n]), np.concatenate([np.ones(p.size), np.zeros(n.size)]))
 
@@ -298,15 +321,21 @@ class Trainer:
         S = hp.shuffled_negative_sampling_rate if B > 1 else 0  # nothing to re-pair with in a batch of 1
         share = self.options.share_random_ips and B > R  # R distinct rolls need R < B
         n_rand = (B if share else R * B) if R else 0
-        all_ips = torch.cat([ips, _random_ipv4(n_rand, self.generator, self.device)]) if n_rand else ips
+        if n_rand:
+            # One family-matched draw per positive (R per positive unshared): negatives mix families as the data does.
+            like = ips if share else ips.repeat(R)
+            all_ips = torch.cat([ips, random_ips_like(like, self.generator)])
+        else:
+            all_ips = ips
 
         # Gather only the touched rows as leaf tensors, so gradients are (unique rows x d), not tables.
         uniq_e, inv_e = torch.unique(ent_rows, return_inverse=True)
         E = model.entity_table.detach().index_select(0, uniq_e).requires_grad_()
         e = E[inv_e]
-        uniq_r, inv_r = torch.unique(model.ip_rows(all_ips), return_inverse=True)
+        bags, weights = model.ip_bags(all_ips)
+        uniq_r, inv_r = torch.unique(bags, return_inverse=True)
         T = model.ip_table.detach().index_select(0, uniq_r).requires_grad_()
-        v = model.encode(F.embedding_bag(inv_r, T, mode="sum"))  # (N, d): sum of prefix-level rows
+        v = model.encode(F.embedding_bag(inv_r, T, mode="sum", per_sample_weights=weights))  # (N, d)
 
         v_pos = v[:B]
         logits = [(e * v_pos).sum(-1)]

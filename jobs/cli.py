@@ -51,9 +51,10 @@ def train_main(argv: Sequence[str] | None = None) -> int:
     except DataFormatError as exc:
         log.error("%s", exc)
         return 2
-    train = encode_pairs(table["entity"], table["ip"], hp.num_entity_vectors, mopts.hash_seed, what=args.train)
+    v6 = bool(mopts.ipv6_prefix_lengths)
+    train = encode_pairs(table["entity"], table["ip"], hp.num_entity_vectors, mopts.hash_seed, what=args.train, ipv6=v6)
     validation = (
-        encode_pairs(val["entity"], val["ip"], hp.num_entity_vectors, mopts.hash_seed, what=args.validation)
+        encode_pairs(val["entity"], val["ip"], hp.num_entity_vectors, mopts.hash_seed, what=args.validation, ipv6=v6)
         if val is not None
         else None
     )

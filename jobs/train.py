@@ -115,7 +115,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         val_df = None
 
     work = out / "work"
-    encoded = encode_pairs_df(train_df, hp.num_entity_vectors, mopts.hash_seed).cache()
+    v6 = bool(mopts.ipv6_prefix_lengths)
+    encoded = encode_pairs_df(train_df, hp.num_entity_vectors, mopts.hash_seed, v6).cache()
     n_buckets = dist.num_workers * dist.buckets_per_worker
     write_buckets(add_buckets(encoded.select("entity_row", "ip"), n_buckets, cfg.train.seed), str(work / "train"))
     buckets = list_buckets(spark, str(work / "train"), n_buckets)
@@ -129,7 +130,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         fh.write(stats.to_bytes())
     val_files = []
     if val_df is not None:
-        val_enc = encode_pairs_df(val_df, hp.num_entity_vectors, mopts.hash_seed).select("entity_row", "ip")
+        val_enc = encode_pairs_df(val_df, hp.num_entity_vectors, mopts.hash_seed, v6).select("entity_row", "ip")
         val_files = write_parquet_single(val_enc.coalesce(1), str(work / "validation"))
     log.info("training set: %d entities, %d buckets; backend=%s workers=%d", len(stats), n_buckets, dist.backend,
              dist.num_workers)  # fmt: skip

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from ipinsights.config import Hyperparameters, ModelOptions
-from ipinsights.modelfile import ModelFileError, load_model, save_model
+from ipinsights.modelfile import FORMAT_VERSION, ModelFileError, load_model, save_model
 from ipinsights.scorer import Scorer
 from ipinsights.trainer import build_model
 
@@ -29,7 +29,7 @@ def test_round_trip_identical_scores(model_dir):
     bundle = load_model(path)
     assert bundle.options.hash_seed == 99 and bundle.hyperparameters.num_ip_encoder_layers == 2
     m = bundle.manifest
-    assert m["format"] == "ipinsights-model" and m["format_version"] == 1 and m["hash_version"] == 1
+    assert m["format"] == "ipinsights-model" and m["format_version"] == FORMAT_VERSION and m["hash_version"] == 1
     assert m["training"] == {"note": "x"} and m["config"] == {"a": 1}
     for k, v in model.state_dict().items():
         assert np.array_equal(v.numpy(), bundle.model.state_dict()[k].numpy())
@@ -40,6 +40,22 @@ def test_round_trip_identical_scores(model_dir):
     assert emb.shape == (4, 8) and np.isnan(emb[2]).all()
     ent = Scorer.load(path).entity_embedding(ENT)
     assert np.allclose((ent * emb).sum(1)[[0, 1, 3]], s1[[0, 1, 3]], atol=1e-5)
+
+
+def test_version_1_model_loads_as_ipv4_only(tmp_path):
+    """A model written before IPv6 (format 1, no IPv6 options) still loads, and says IPv6 is unknown."""
+    hp = Hyperparameters(num_entity_vectors=64, vector_dim=8)
+    model = build_model(hp, ModelOptions(ip_hash_buckets=512, ipv6_prefix_lengths=()), seed=1)
+    path = save_model(model, tmp_path / "old")
+    manifest = json.loads((path / "model.json").read_text())
+    manifest["format_version"] = 1
+    for key in ("ipv6_prefix_lengths", "ipv6_hash_buckets"):
+        del manifest["model_options"][key]
+    (path / "model.json").write_text(json.dumps(manifest))
+    scorer = Scorer.load(path)
+    assert scorer.bundle.options.ipv6_prefix_lengths == ()
+    s = scorer.dot_product(["a", "a", "a"], ["192.0.2.1", "2001:db8::1", "::ffff:192.0.2.1"])
+    assert np.isnan(s[1]) and s[0] == s[2]  # IPv6 unknown to it: NaN, never a made-up score
 
 
 def test_save_replaces_atomically(model_dir, tmp_path):

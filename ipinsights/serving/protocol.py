@@ -310,10 +310,10 @@ def parse_records(body: bytes, content_type: str, max_records: int) -> Records:
 def invalid_ip_error(records: Records, rows: Sequence[int]) -> RequestError:
     """400 naming the first records whose IP address did not parse."""
     shown = "; ".join(
-        f"{records.where(int(r))}: invalid IPv4 address {records.ips[int(r)][:60]!r}" for r in rows[:_SHOWN_ERRORS]
+        f"{records.where(int(r))}: invalid IP address {records.ips[int(r)][:60]!r}" for r in rows[:_SHOWN_ERRORS]
     )
     more = f" ({len(rows)} invalid in all)" if len(rows) > _SHOWN_ERRORS else ""
-    return RequestError(400, f"{shown}{more}; expected dotted quads like 192.0.2.1")
+    return RequestError(400, f"{shown}{more}; expected IPv4 like 192.0.2.1 or IPv6 like 2001:db8::1")
 
 
 # ---------------------------------------------------------------------------------------------
