@@ -34,8 +34,8 @@ from ipinsights.config import Hyperparameters, ModelOptions
 from ipinsights.entities import ENTITY_FILE, EntityStats
 from ipinsights.ip import ipv4_to_str
 from ipinsights.modelfile import save_model
-from ipinsights.scorer import Scorer
-from ipinsights.scoring import apply_threshold, score_events
+from ipinsights.scorer import Scorer, Thresholds
+from ipinsights.scoring import ScoringSetup, score_events
 from ipinsights.trainer import build_model
 
 N_ENTITIES = 10_000
@@ -91,7 +91,7 @@ def main() -> None:
         scorer = Scorer.load(model, batch_size=args.scorer_batch)
         for run in range(1, args.runs + 1):
             df = spark.read.parquet(str(tmp / "pairs"))
-            scored = apply_threshold(score_events(df, model, args.scorer_batch), 0.0)
+            scored = score_events(df, ScoringSetup(model, args.scorer_batch, thresholds=Thresholds(0.0)))
             t = time.perf_counter()
             scored.write.format("noop").mode("overwrite").save()
             noop = args.pairs / (time.perf_counter() - t)

@@ -38,6 +38,8 @@ __all__ = [
     "calibration_path",
     "model_fingerprint",
     "calibrate_threshold",
+    "calibrate_levels",
+    "medium_fpr",
     "save_calibration",
     "load_calibration",
 ]
@@ -62,6 +64,17 @@ class Calibration:
     method: str = "percentile_approx"
     accuracy: int = 1_000_000
     created_at: str = ""
+    # Levels (files written before levels existed lack them: levels are then low/high only).
+    medium_threshold: float | None = None  # at medium_fpr
+    medium_fpr: float | None = None
+    prior_threshold: float | None = None  # population-prior scores (learning period) at target_fpr
+    prior_medium_threshold: float | None = None
+
+    def thresholds(self):
+        """The :class:`~ipinsights.scorer.Thresholds` of the levels."""
+        from ipinsights.scorer import Thresholds
+
+        return Thresholds(self.threshold, self.medium_threshold, self.prior_threshold, self.prior_medium_threshold)
 
     def to_json(self) -> str:
         return json.dumps({"format": FORMAT, **asdict(self)}, indent=2, sort_keys=True) + "\n"
@@ -101,6 +114,46 @@ def calibrate_threshold(
     if not n:
         raise ValueError("no scored rows to calibrate on (empty traffic, or every entity unseen)")
     return float(row["q"]), n
+
+
+def medium_fpr(target_fpr: float) -> float:
+    """The looser false-positive rate of the ``medium`` level: ten times the target, at most 50 %."""
+    return min(0.5, 10.0 * target_fpr)
+
+
+def calibrate_levels(
+    scores: DataFrame, target_fpr: float, accuracy: int = 1_000_000
+) -> tuple[dict[str, float | None], int]:
+    """Thresholds of the levels on normal traffic scored by ``score_events``, in one Spark aggregation.
+
+    Entity scores (rule ``model_score``) and population-prior scores (every valid row: the prior is
+    what judges any entity in its learning period) each get their ``1 - target_fpr`` (high) and
+    ``1 - medium_fpr`` (medium) quantiles. Returns the thresholds by name and the entity-score rows.
+    """
+    from pyspark.sql import functions as F
+
+    from ipinsights.scorer import RULE_SCORE
+
+    if not 0.0 < target_fpr < 1.0:
+        raise ValueError(f"target_fpr={target_fpr} must be in (0, 1)")
+    qs = [1.0 - target_fpr, 1.0 - medium_fpr(target_fpr)]
+    a, p = F.col("anomaly_score").cast("double"), F.col("prior_score").cast("double")
+    entity = F.when((F.col("rule") == RULE_SCORE) & a.isNotNull() & ~F.isnan(a), a)
+    prior = F.when(p.isNotNull() & ~F.isnan(p), p)
+    row = scores.agg(
+        F.percentile_approx(entity, qs, accuracy).alias("e"),
+        F.count(entity).alias("n"),
+        F.percentile_approx(prior, qs, accuracy).alias("p"),
+        F.count(prior).alias("np"),
+    ).first()
+    n = int(row["n"]) if row is not None else 0
+    if not n:
+        raise ValueError("no scored rows to calibrate on (empty traffic, or every entity in its learning period)")
+    e, pr = row["e"], row["p"] if row["np"] else [None, None]
+    out = {"threshold": float(e[0]), "medium_threshold": float(e[1]),
+           "prior_threshold": None if pr[0] is None else float(pr[0]),
+           "prior_medium_threshold": None if pr[1] is None else float(pr[1])}  # fmt: skip
+    return out, n
 
 
 def save_calibration(cal: Calibration, path: str | Path) -> Path:

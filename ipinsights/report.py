@@ -45,9 +45,12 @@ __all__ = [
 ]
 
 #: Per-day counts, in report order.
-COUNT_NAMES = ("rows", "scored", "unseen_entity", "not_ipv4", "flagged", "flagged_by_score", "flagged_unseen")
+COUNT_NAMES = ("rows", "scored", "unseen_entity", "learning_period", "invalid_ip", "level_medium", "flagged",
+               "flagged_by_score", "flagged_learning_period", "flagged_unseen")  # fmt: skip
 #: Columns of the flagged cases shown in the report and written to the CSV.
-CASE_COLUMNS = ("entity", "ip", "ts", "anomaly_score", "rule", "training_count", *BASELINES)
+CASE_COLUMNS = ("entity", "ip", "ts", "anomaly_score", "level", "rule", "entity_percentile", "typical_low",
+                "typical_high", "training_count", "nearest_networks", "closest_network", "shared_prefix_bits",
+                "subnet", "subnet_seen", "network", "network_seen", "asn", "asn_seen", *BASELINES)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -63,7 +66,7 @@ def day_counts(scores: DataFrame, days: Iterable[str]) -> dict[str, dict[str, in
     """Per-day counts (:data:`COUNT_NAMES`) in one aggregation; days without rows get zeros."""
     from pyspark.sql import functions as F
 
-    from ipinsights.scoring import RULE_NOT_IPV4, RULE_SCORE, RULE_UNSEEN
+    from ipinsights.scorer import RULE_INVALID, RULE_LEARNING, RULE_SCORE
 
     def n(cond):
         return F.sum(F.when(cond, 1).otherwise(0)).cast("long")
@@ -73,11 +76,14 @@ def day_counts(scores: DataFrame, days: Iterable[str]) -> dict[str, dict[str, in
         .agg(
             F.count(F.lit(1)).alias("rows"),
             F.count("anomaly_score").alias("scored"),
-            n(F.col("rule") == RULE_UNSEEN).alias("unseen_entity"),
-            n(F.col("rule") == RULE_NOT_IPV4).alias("not_ipv4"),
+            n(F.col("unseen_entity")).alias("unseen_entity"),
+            n(F.col("rule") == RULE_LEARNING).alias("learning_period"),
+            n(F.col("rule") == RULE_INVALID).alias("invalid_ip"),
+            n(F.col("level") == "medium").alias("level_medium"),
             n(F.col("flagged")).alias("flagged"),
             n(F.col("flagged") & (F.col("rule") == RULE_SCORE)).alias("flagged_by_score"),
-            n(F.col("flagged") & (F.col("rule") == RULE_UNSEEN)).alias("flagged_unseen"),
+            n(F.col("flagged") & (F.col("rule") == RULE_LEARNING)).alias("flagged_learning_period"),
+            n(F.col("flagged") & F.col("unseen_entity")).alias("flagged_unseen"),
         )
         .collect()
     )
@@ -183,7 +189,7 @@ def render_report(
             f'src="{uri}">'
         )
     elif counts.get("rows"):
-        parts.append('<p class="note">No event could be scored (unseen entities or non-IPv4 addresses only).</p>')
+        parts.append('<p class="note">No event could be scored (invalid addresses only).</p>')
     parts.append(f"<h2>Top flagged cases ({len(top)} of {int(counts.get('flagged', 0)):,})</h2>")
     if top:
         parts.append('<table id="flagged"><tr>' + "".join(f"<th>{e(c)}</th>" for c in CASE_COLUMNS) + "</tr>")
@@ -191,9 +197,15 @@ def render_report(
             parts.append("<tr>" + "".join(f"<td>{e(_cell(row.get(c)))}</td>" for c in CASE_COLUMNS) + "</tr>")
         parts.append("</table>")
         parts.append(
-            '<p class="note">rule: which rule decided (model_score = score above the threshold; unseen_entity = '
-            "the entity never appeared in training, so the model has no opinion). training_count: the entity's "
-            "events in training. seen_*: whether training saw this entity on the exact IP, its /24, its /16.</p>"
+            '<p class="note">level: high = above the threshold in force, medium = above the looser calibrated one. '
+            "rule: which score decided (model_score = the entity's own embedding; learning_period = too few "
+            "training events, scored against the population prior: how unusual the network is for everyone). "
+            "entity_percentile: where the score falls among the entity's own training logins (100 = more unusual "
+            "than all of them); typical_low/high: its usual score range (5th-95th percentile). nearest_networks: "
+            "the entity's known networks most similar to this address (cosine of the learned vectors); "
+            "closest_network: the known network sharing the longest prefix (shared_prefix_bits). subnet (/24 or "
+            "IPv6 /48), network (/16 or /32), asn: seen for this entity in training? training_count: the entity's "
+            "events in training. seen_*: exact IPv4 lookups in the training days (IP, /24, /16).</p>"
         )
     else:
         parts.append('<p id="no-flagged">No flagged cases.</p>')

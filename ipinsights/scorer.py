@@ -7,7 +7,9 @@ The CLI, the Spark pandas UDFs (loaded once per Python worker) and the endpoint 
 from __future__ import annotations
 
 import functools
+import logging
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,12 +20,64 @@ import torch
 
 from ipinsights.entities import ENTITY_FILE, EntityStats
 from ipinsights.hashing import entity_buckets
-from ipinsights.ip import parse_ipv4, to_string_array
+from ipinsights.ip import ParsedIPs, parse_ip, to_string_array
 from ipinsights.modelfile import ModelBundle, load_model
 
-__all__ = ["Scorer", "load_scorer"]
+log = logging.getLogger(__name__)
+
+__all__ = ["RULE_INVALID", "RULE_LEARNING", "RULE_SCORE", "Assessment", "Scorer", "Thresholds", "load_scorer"]
 
 ArrayLike = Iterable[str] | pa.Array | np.ndarray | pd.Series
+
+#: Which rule produced a row's anomaly score.
+RULE_INVALID = "invalid_ip"  # no valid address (or an IPv6 one for an IPv4-only model): no score
+RULE_LEARNING = "learning_period"  # too few training events: scored against the population prior
+RULE_SCORE = "model_score"  # the entity's own embedding
+LEVELS = ("low", "medium", "high")
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """Anomaly-score thresholds of the levels, for entity scores and for population-prior scores.
+
+    ``high`` is the alerting threshold (calibrated to the target FPR, or fixed); ``medium`` (optional)
+    a looser one, calibrated to a higher FPR. A level is the highest whose threshold the score exceeds.
+    """
+
+    high: float
+    medium: float | None = None
+    prior_high: float | None = None  # None: the same as ``high``
+    prior_medium: float | None = None
+
+    def levels(self, anomaly: np.ndarray, rule: np.ndarray) -> np.ndarray:
+        """``low``/``medium``/``high`` per row (None where there is no score)."""
+        prior = rule == RULE_LEARNING
+        hi = np.where(prior, self.high if self.prior_high is None else self.prior_high, self.high)
+        med_e = -np.inf if self.medium is None else self.medium
+        med_p = med_e if self.prior_high is None else (-np.inf if self.prior_medium is None else self.prior_medium)
+        med = np.where(prior, med_p, med_e)
+        with np.errstate(invalid="ignore"):
+            level = np.where(anomaly > hi, "high", np.where((anomaly > med) & np.isfinite(med), "medium", "low"))
+        out = level.astype(object)
+        out[~np.isfinite(anomaly)] = None
+        return out
+
+
+@dataclass
+class Assessment:
+    """Everything scoring says about a batch of (entity, IP) rows; arrays of one row each."""
+
+    dot_product: np.ndarray  # float32: the model's raw output (SageMaker's); NaN for an invalid IP
+    prior_score: np.ndarray  # float32: anomaly score against the population prior; NaN for an invalid IP
+    training_count: np.ndarray | None  # int64 events in training (None: the model has no entity stats)
+    rule: np.ndarray  # object: RULE_* per row
+    anomaly_score: np.ndarray  # float32: the score of the row's rule (higher = more suspicious); NaN if none
+    entity_percentile: np.ndarray  # float64 0-100 among the entity's training scores; NaN if unknown
+    level: np.ndarray | None = None  # object: LEVELS per row (with thresholds)
+
+    @property
+    def unseen_entity(self) -> np.ndarray | None:
+        return None if self.training_count is None else self.training_count == 0
 
 
 class Scorer:
@@ -46,6 +100,47 @@ class Scorer:
         self.entity_stats = (
             EntityStats.from_bytes(bundle.extra_path(ENTITY_FILE).read_bytes()) if ENTITY_FILE in files else None
         )
+        self.profiles = None  # EntityProfiles, see load_profiles
+        self.asn_table = None  # AsnTable, see explain
+        self._population: torch.Tensor | None = None
+
+    def load_profiles(self, path: str | Path | None = None, required: bool = False) -> bool:
+        """Attach the entity profiles beside the model (``<model>.profile.safetensors``) if there are any.
+
+        A profile made for another model is refused (logged, or raised with ``required``).
+        """
+        from ipinsights.profile import EntityProfiles, ProfileError, profile_path
+
+        p = Path(path) if path else profile_path(self.bundle.path)
+        try:
+            self.profiles = EntityProfiles.load(p, self.bundle.path)
+        except ProfileError as exc:
+            if required:
+                raise
+            if p.exists():
+                log.warning("%s", exc)
+            return False
+        return True
+
+    @property
+    def population_vector(self) -> torch.Tensor:
+        """The population prior: the training entities' vectors averaged, weighted by their events.
+
+        Its dot product with an address's vector is the activity-weighted mean compatibility of that
+        address with everyone: high for networks many users log in from, low for rare ones. Without
+        entity stats, the mean of the whole table.
+        """
+        if self._population is None:
+            table = self.model.entity_table.detach()
+            if self.entity_stats is None or not len(self.entity_stats):
+                self._population = table.mean(0)
+            else:
+                rows = (self.entity_stats.hashes % np.uint64(self.num_entity_vectors)).astype(np.int64)
+                counts = torch.as_tensor(self.entity_stats.counts, dtype=table.dtype, device=table.device)
+                w = torch.zeros(self.num_entity_vectors, dtype=table.dtype, device=table.device)
+                w.index_add_(0, torch.as_tensor(rows, device=table.device), counts)
+                self._population = (w / w.sum()) @ table
+        return self._population
 
     @classmethod
     def load(cls, path: str | Path, device: str = "cpu", batch_size: int = 65536) -> Scorer:
@@ -64,14 +159,134 @@ class Scorer:
                 out[s : s + self.batch_size] = fn(*ts).float().cpu().numpy()
         return out
 
+    def parse(self, ips: ArrayLike) -> ParsedIPs:
+        """Address keys of ``ips``; IPv6 counts as invalid for a model without IPv6 levels."""
+        parsed = parse_ip(ips)
+        if not self.model.supports_ipv6:
+            parsed = ParsedIPs(np.where(parsed.is_v6, 0, parsed.value), parsed.valid & ~parsed.is_v6)
+        return parsed
+
     def dot_product(self, entities: ArrayLike, ips: ArrayLike) -> np.ndarray:
         """``float32`` dot products, NaN where the IP is invalid."""
         ent = self.entity_rows(entities)
-        parsed = parse_ipv4(ips)
+        parsed = self.parse(ips)
         if ent.shape[0] != parsed.value.shape[0]:
             raise ValueError(f"{ent.shape[0]} entities but {parsed.value.shape[0]} IPs")
         out = self._run(self.model, ent, parsed.value.astype(np.int64), out_shape=())
         out[~parsed.valid] = np.nan
+        return out
+
+    def _pair_scores(self, entities: ArrayLike, ips: ArrayLike) -> tuple[np.ndarray, np.ndarray, ParsedIPs]:
+        """Entity dot products and population-prior dot products, one IP encoding for both."""
+        ent = self.entity_rows(entities)
+        parsed = self.parse(ips)
+        if ent.shape[0] != parsed.value.shape[0]:
+            raise ValueError(f"{ent.shape[0]} entities but {parsed.value.shape[0]} IPs")
+        pop = self.population_vector
+
+        def both(e: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+            v = self.model.ip_vectors(k)
+            return torch.stack([(self.model.entity_vectors(e) * v).sum(-1), v @ pop], dim=1)
+
+        out = self._run(both, ent, parsed.value.astype(np.int64), out_shape=(2,))
+        out[~parsed.valid] = np.nan
+        return out[:, 0], out[:, 1], parsed
+
+    def assess(
+        self,
+        entities: ArrayLike,
+        ips: ArrayLike,
+        learning_period_events: int = 0,
+        thresholds: Thresholds | None = None,
+    ) -> Assessment:
+        """Score rows, choosing the rule per row: invalid address, learning period (fewer than
+        ``learning_period_events`` training events: the population prior scores it, never a random
+        vector), or the entity's own model score; plus per-entity percentiles and, with
+        ``thresholds``, levels.
+        """
+        dp, prior, _ = self._pair_scores(entities, ips)
+        counts = self.training_counts(entities)
+        valid = np.isfinite(dp)
+        learning = np.zeros(dp.size, bool) if counts is None else counts < max(learning_period_events, 1)
+        rule = np.where(~valid, RULE_INVALID, np.where(learning, RULE_LEARNING, RULE_SCORE)).astype(object)
+        anomaly = np.where(learning, -prior, -dp).astype(np.float32)
+        pct = np.full(dp.size, np.nan)
+        if self.profiles is not None:
+            from ipinsights.hashing import hash_strings
+
+            rows = self.profiles.index_of(hash_strings(to_string_array(entities), self.hash_seed))
+            pct = self.profiles.percentile(np.where(rule == RULE_SCORE, rows, -1), -dp)
+        out = Assessment(dp, (-prior).astype(np.float32), counts, rule, anomaly, pct)
+        if thresholds is not None:
+            out.level = thresholds.levels(anomaly, rule)
+        return out
+
+    def explain(self, entities: ArrayLike, ips: ArrayLike, top: int = 3) -> dict[str, list]:
+        """Why a row looks the way it does, from the entity's profile (columns of Python values).
+
+        ``subnet``/``network``: the address's /24 and /16 (IPv6: /48 and /32) and whether the entity
+        used them in training (``subnet_seen``, ``network_seen``; among its profiled networks);
+        ``asn``/``asn_seen`` with an ASN table; ``nearest_networks``: the ``top`` known networks whose
+        vectors are most similar to this address's (cosine), ``closest_network`` the known network
+        sharing the longest prefix and ``shared_prefix_bits``; ``typical_low``/``typical_high``: the
+        entity's usual anomaly-score range (5th-95th percentile of its training events). None where the
+        entity has no profile.
+        """
+        from ipinsights.hashing import hash_strings
+        from ipinsights.ip import key_prefix, key_prefix_text
+
+        ent = to_string_array(entities)
+        parsed = self.parse(ips)
+        n = len(ent)
+        keys = parsed.value
+        out: dict[str, list] = {
+            "subnet": _texts(keys, parsed.valid, 24, 48),
+            "network": _texts(keys, parsed.valid, 16, 32),
+        }
+        prof = self.profiles
+        rows = (
+            prof.index_of(hash_strings(ent, self.hash_seed)) if prof is not None else np.full(n, -1, np.int64)
+        )
+        rows = np.where(parsed.valid, rows, -1)
+        asn = self.asn_table.lookup(keys) if self.asn_table is not None else None
+        out["asn"] = [None if asn is None or not parsed.valid[i] or asn[i] < 0 else int(asn[i]) for i in range(n)]
+        lo, hi = prof.typical_range(rows) if prof is not None else (np.full(n, np.nan), np.full(n, np.nan))
+        out["typical_low"] = [None if not np.isfinite(x) else float(x) for x in lo]
+        out["typical_high"] = [None if not np.isfinite(x) else float(x) for x in hi]
+        for name in ("subnet_seen", "network_seen", "asn_seen", "nearest_networks", "closest_network"):
+            out[name] = [None] * n
+        out["shared_prefix_bits"] = [None] * n
+        todo = np.flatnonzero(rows >= 0)
+        if prof is None or not todo.size:
+            return out
+        known = [prof.networks(int(rows[i]))[0] for i in todo]
+        counts = [prof.networks(int(rows[i]))[1] for i in todo]
+        all_keys = np.concatenate([keys[todo], *known]).astype(np.int64)
+        vec = self._run(self.model.ip_vectors, all_keys, out_shape=(self.vector_dim,))
+        vec /= np.maximum(np.linalg.norm(vec, axis=1, keepdims=True), 1e-12)
+        start = todo.size
+        for j, i in enumerate(todo):
+            k, c = known[j], counts[j]
+            mine = vec[start : start + k.size]
+            start += k.size
+            if not k.size:
+                continue
+            key = keys[i : i + 1]
+            out["subnet_seen"][i] = bool((key_prefix(k, 24, 48) == key_prefix(key, 24, 48)[0]).any())
+            out["network_seen"][i] = bool((key_prefix(k, 16, 32) == key_prefix(key, 16, 32)[0]).any())
+            if asn is not None and asn[i] >= 0:
+                out["asn_seen"][i] = bool(asn[i] in set(prof.entity_asns(int(rows[i])).tolist()))
+            sim = mine @ vec[j]
+            order = np.argsort(-sim, kind="stable")[:top]
+            names = key_prefix_text(k[order], 24, 48)
+            out["nearest_networks"][i] = [
+                {"network": names[m], "similarity": round(float(sim[o]), 4), "events": int(c[o])}
+                for m, o in enumerate(order)
+            ]
+            bits = _shared_bits(k, int(key[0]))
+            b = int(np.argmax(bits))
+            out["closest_network"][i] = key_prefix_text(k[b : b + 1], 24, 48)[0]
+            out["shared_prefix_bits"][i] = int(bits[b])
         return out
 
     def anomaly_score(self, entities: ArrayLike, ips: ArrayLike) -> np.ndarray:
@@ -84,7 +299,7 @@ class Scorer:
 
     def ip_embedding(self, ips: ArrayLike) -> np.ndarray:
         """``(n, vector_dim)`` IP vectors; rows of invalid addresses are NaN."""
-        parsed = parse_ipv4(ips)
+        parsed = self.parse(ips)
         out = self._run(self.model.ip_vectors, parsed.value.astype(np.int64), out_shape=(self.vector_dim,))
         out[~parsed.valid] = np.nan
         return out
@@ -109,7 +324,38 @@ class Scorer:
         return self.bundle.manifest
 
 
+def _texts(keys: np.ndarray, valid: np.ndarray, v4: int, v6: int) -> list[str | None]:
+    from ipinsights.ip import key_prefix_text
+
+    text = key_prefix_text(np.where(valid, keys, 0), v4, v6)
+    return [t if ok else None for t, ok in zip(text, valid.tolist(), strict=True)]
+
+
+def _shared_bits(known: np.ndarray, key: int) -> np.ndarray:
+    """Leading bits each known address key shares with ``key`` (0 across families)."""
+    from ipinsights.ip import is_ipv6_key
+
+    six = bool(is_ipv6_key(np.array([key]))[0])
+    width = 64 if six else 32
+    x = (known.astype(np.int64) ^ np.int64(key)).view(np.uint64)
+    bits = np.array([width - int(v).bit_length() for v in x.tolist()])
+    return np.where(is_ipv6_key(known) == six, np.maximum(bits, 0), 0)
+
+
 @functools.lru_cache(maxsize=4)
-def load_scorer(path: str, device: str = "cpu") -> Scorer:
-    """A :class:`Scorer` cached per process: Spark's Python workers load each model once, not per batch."""
-    return Scorer.load(path, device=device)
+def load_scorer(
+    path: str, device: str = "cpu", profile: str | None = None, asn_table: str | None = None, stamp: int = 0
+) -> Scorer:
+    """A :class:`Scorer` cached per process: Spark's Python workers load each model once, not per batch.
+
+    The entity profiles at ``profile`` (default: beside the model, when present) and an ip2asn
+    ``asn_table`` are attached for percentiles and explanations. ``stamp`` (e.g. the profile file's
+    mtime) is only part of the cache key, so that a rebuilt profile is loaded afresh.
+    """
+    scorer = Scorer.load(path, device=device)
+    scorer.load_profiles(profile, required=profile is not None)
+    if asn_table:
+        from ipinsights.asn import load_asn_table
+
+        scorer.asn_table = load_asn_table(asn_table)
+    return scorer

@@ -3,23 +3,33 @@
 Columns added to events by :func:`score_events` (one Arrow batch at a time, in Spark's Python workers,
 with the model loaded once per worker through :func:`ipinsights.scorer.load_scorer`):
 
-    dot_product     float   SageMaker's raw output (higher = more compatible); null for a non-IPv4 address
-    anomaly_score   float   -dot_product (higher = more suspicious); null when the score means nothing:
-                            the entity was never seen in training, or the address is not IPv4
-    training_count  long    the entity's events in training (0 = unseen; null if the model has no entity stats)
-    unseen_entity   boolean training_count == 0
+    dot_product       float   SageMaker's raw output (higher = more compatible); null for an invalid address
+    prior_score       float   anomaly score against the population prior (how unusual is this network for
+                              everyone): what an entity in its learning period is judged by
+    anomaly_score     float   the score of the row's rule (higher = more suspicious); null when there is none
+    training_count    long    the entity's events in training (0 = unseen; null if the model has no entity stats)
+    unseen_entity     boolean training_count == 0
+    rule              string  which rule produced anomaly_score: ``model_score`` (the entity's own vector),
+                              ``learning_period`` (fewer than ``learning_period_events`` training events:
+                              the population prior; never a random vector) or ``invalid_ip`` (no score)
+    entity_percentile double  0-100: where the score falls among the entity's own training scores (profile)
+    level             string  low / medium / high from the calibrated (or fixed) thresholds of the rule
+    flagged           boolean level == high (or an unseen entity, with ``flag_unseen``)
 
-:func:`apply_threshold` then adds the verdict: ``rule`` (which rule decided: ``unseen_entity``,
-``not_ipv4`` or ``model_score``) and ``flagged``. Flagged rows get their context from the training days
-of the events table in :func:`flagged_with_context` (was the IP, its /24, its /16 seen for this entity).
+Flagged rows get their context in :func:`flagged_with_context`: exact lookups in the training days
+(was the IP, its /24, its /16 seen for this entity; IPv4) and the explanations of
+:meth:`ipinsights.scorer.Scorer.explain` (known networks nearest by embedding and by prefix, /24 or /48,
+/16 or /32 and ASN seen, the entity's typical score range) from the entity profiles
+(:mod:`ipinsights.profile`).
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import os
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -27,19 +37,19 @@ import numpy as np
 import pyarrow as pa
 
 from ipinsights.evaluate import BASELINES
+from ipinsights.scorer import RULE_INVALID, RULE_LEARNING, RULE_SCORE, Thresholds
 
 if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame, SparkSession
 
 __all__ = [
-    "RULE_UNSEEN",
-    "RULE_NOT_IPV4",
+    "RULE_INVALID",
+    "RULE_LEARNING",
     "RULE_SCORE",
     "ScoreConfig",
     "Threshold",
     "ScoreRun",
     "score_events",
-    "apply_threshold",
     "ipv4_int",
     "flagged_with_context",
     "resolve_threshold",
@@ -48,19 +58,23 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-RULE_UNSEEN = "unseen_entity"
-RULE_NOT_IPV4 = "not_ipv4"
-RULE_SCORE = "model_score"
-
-_SCORE_FIELDS = "dot_product float, anomaly_score float, training_count long, unseen_entity boolean"
+_SCORE_FIELDS = (
+    "dot_product float, prior_score float, anomaly_score float, training_count long, unseen_entity boolean, "
+    "rule string, entity_percentile double, level string, flagged boolean"
+)
 _SCORE_FIELDS_NAMES = [f.strip().split()[0] for f in _SCORE_FIELDS.split(",")]
 #: Columns of the scores table, in order.
-SCORE_COLUMNS = ("entity", "ip", "ts", "dot_product", "anomaly_score", "training_count", "unseen_entity",
-                 "rule", "flagged", "dt")  # fmt: skip
-SCORES_SCHEMA = (
-    "entity string, ip string, ts timestamp, dot_product float, anomaly_score float, training_count long, "
-    "unseen_entity boolean, rule string, flagged boolean, dt string"
+SCORE_COLUMNS = ("entity", "ip", "ts", *_SCORE_FIELDS_NAMES, "dt")
+SCORES_SCHEMA = f"entity string, ip string, ts timestamp, {_SCORE_FIELDS}, dt string"
+#: Explanation columns of the flagged table (see Scorer.explain).
+_EXPLAIN_FIELDS = (
+    "subnet string, subnet_seen boolean, network string, network_seen boolean, asn long, asn_seen boolean, "
+    "nearest_networks string, closest_network string, shared_prefix_bits int, typical_low double, "
+    "typical_high double"
 )
+_EXPLAIN_NAMES = [f.strip().split()[0] for f in _EXPLAIN_FIELDS.split(",")]
+_ARROW = {"string": pa.string(), "boolean": pa.bool_(), "long": pa.int64(), "int": pa.int32(), "double": pa.float64()}
+_EXPLAIN_TYPES = {f.split()[0]: _ARROW[f.split()[1]] for f in _EXPLAIN_FIELDS.split(",")}
 
 
 @dataclass(frozen=True)
@@ -85,7 +99,11 @@ class ScoreConfig:
     calibration_end_date: str | None = None
     train_start_date: str | None = None
     train_end_date: str | None = None
-    flag_unseen: bool = True
+    flag_unseen: bool = False
+    learning_period_events: int = 10
+    profile: str | None = None  # default: <model>.profile.safetensors (built from the training days)
+    asn_table: str | None = None  # ip2asn TSV: ASN context of flagged cases
+    max_networks: int = 16  # known networks kept per entity in its profile
     quantile_accuracy: int = 1_000_000
     top_n: int = 50
     histogram_bins: int = 60
@@ -103,6 +121,8 @@ class ScoreConfig:
             _check_float("target_fpr", self.target_fpr, 1e-6, 0.5)
         _check_int("quantile_accuracy", self.quantile_accuracy, 100, 100_000_000)
         _check_int("top_n", self.top_n, 1, 100_000)
+        _check_int("learning_period_events", self.learning_period_events, 0, 1_000_000)
+        _check_int("max_networks", self.max_networks, 1, 1000)
         _check_int("histogram_bins", self.histogram_bins, 5, 1000)
         _check_int("arrow_batch_size", self.arrow_batch_size, 100, 10_000_000)
         _check_int("scorer_batch_size", self.scorer_batch_size, 64, 10_000_000)
@@ -116,63 +136,118 @@ class ScoreConfig:
 # ---------------------------------------------------------------------------------------------
 
 
-def _scorer_fn(model_path: str, batch_size: int) -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
-    """The ``mapInArrow`` function: a picklable closure over the model path, loading it once per worker."""
+@dataclass(frozen=True)
+class ScoringSetup:
+    """What every Python worker needs to score: the model, its profile and ASN table, rules and thresholds."""
+
+    model: str
+    batch_size: int = 8192
+    profile: str | None = None
+    profile_stamp: int = 0  # the profile file's mtime: a rebuilt profile is not served from a worker's cache
+    asn_table: str | None = None
+    learning_period_events: int = 10
+    thresholds: Thresholds | None = None
+    flag_unseen: bool = False
+
+    def scorer(self):
+        """The worker's cached Scorer (one model load per Python worker), with profile and ASN table."""
+        from ipinsights.scorer import load_scorer
+
+        scorer = load_scorer(self.model, profile=self.profile, asn_table=self.asn_table, stamp=self.profile_stamp)
+        scorer.batch_size = self.batch_size
+        return scorer
+
+
+def _scorer_fn(setup: ScoringSetup) -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
+    """The ``mapInArrow`` function: a picklable closure over the setup, loading the model once per worker."""
 
     def score_batches(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         import torch
 
-        from ipinsights.scorer import load_scorer
-
         # Spark runs one Python worker per task slot: more torch threads per worker only oversubscribe cores.
         torch.set_num_threads(1)
-        scorer = load_scorer(model_path)
-        scorer.batch_size = batch_size
+        scorer = setup.scorer()
         for batch in batches:
             ent, ip = batch.column("entity"), batch.column("ip")
-            dp = scorer.dot_product(ent, ip)
-            bad_ip = np.isnan(dp)
-            counts = scorer.training_counts(ent)
-            unseen = counts == 0 if counts is not None else np.zeros(len(dp), bool)
+            a = scorer.assess(ent, ip, setup.learning_period_events, setup.thresholds)
+            n = len(a.dot_product)
+            unseen = a.unseen_entity
+            nan = ~np.isfinite(a.anomaly_score)
+            if a.level is not None:
+                flagged = a.level == "high"
+                if setup.flag_unseen and unseen is not None:
+                    flagged = flagged | unseen
+                flagged_col = pa.array(flagged.astype(bool))
+                level_col = pa.array(a.level, pa.string())
+            else:
+                flagged_col, level_col = pa.nulls(n, pa.bool_()), pa.nulls(n, pa.string())
             cols = [
-                pa.array(dp, mask=bad_ip),
-                pa.array(-dp, mask=bad_ip | unseen),
-                pa.array(counts, pa.int64()) if counts is not None else pa.nulls(len(dp), pa.int64()),
-                pa.array(unseen) if counts is not None else pa.nulls(len(dp), pa.bool_()),
+                pa.array(a.dot_product, mask=~np.isfinite(a.dot_product)),
+                pa.array(a.prior_score, mask=~np.isfinite(a.prior_score)),
+                pa.array(a.anomaly_score, mask=nan),
+                pa.array(a.training_count, pa.int64()) if a.training_count is not None else pa.nulls(n, pa.int64()),
+                pa.array(unseen) if unseen is not None else pa.nulls(n, pa.bool_()),
+                pa.array(a.rule, pa.string()),
+                pa.array(a.entity_percentile, mask=~np.isfinite(a.entity_percentile)),
+                level_col,
+                flagged_col,
             ]
             yield pa.RecordBatch.from_arrays([*batch.columns, *cols], names=[*batch.schema.names, *_SCORE_FIELDS_NAMES])
 
     return score_batches
 
 
-def score_events(df: DataFrame, model_path: str, batch_size: int = 8192) -> DataFrame:
+def score_events(df: DataFrame, setup: ScoringSetup | str, batch_size: int = 8192) -> DataFrame:
     """``df`` (with string columns ``entity`` and ``ip``) plus the score columns (see the module docstring).
 
+    ``setup`` is a :class:`ScoringSetup` or just a model path (no thresholds: ``level``/``flagged`` null).
     Every input column passes through unchanged. Arrow batch size is Spark's
     ``spark.sql.execution.arrow.maxRecordsPerBatch``; ``batch_size`` is rows per torch call.
     """
     from pyspark.sql.types import StructType
 
-    model_path = str(Path(model_path).resolve()) if "://" not in str(model_path) else str(model_path)
+    if not isinstance(setup, ScoringSetup):
+        setup = ScoringSetup(model=str(setup), batch_size=batch_size)
+    setup = replace(setup, model=_resolved(setup.model), profile=_resolved(setup.profile))
     out_schema = StructType(df.schema.fields + StructType.fromDDL(_SCORE_FIELDS).fields)
-    return df.mapInArrow(_scorer_fn(model_path, batch_size), out_schema)
+    return df.mapInArrow(_scorer_fn(setup), out_schema)
 
 
-def apply_threshold(scored: DataFrame, threshold: float, flag_unseen: bool = True) -> DataFrame:
-    """Add ``rule`` and ``flagged``: unseen entities (flagged if ``flag_unseen``), non-IPv4, else score > threshold."""
-    from pyspark.sql import functions as F
+def _resolved(path: str | None) -> str | None:
+    """Absolute local paths (executors may run elsewhere than the driver's working directory); URIs as given."""
+    if path is None or "://" in str(path):
+        return path
+    return str(Path(path).resolve())
 
-    rule = (
-        F.when(F.col("unseen_entity"), F.lit(RULE_UNSEEN))
-        .when(F.col("dot_product").isNull(), F.lit(RULE_NOT_IPV4))
-        .otherwise(F.lit(RULE_SCORE))
-    )
-    flagged = (
-        F.when(F.col("unseen_entity"), F.lit(bool(flag_unseen)))
-        .when(F.col("anomaly_score").isNull(), F.lit(False))
-        .otherwise(F.col("anomaly_score") > F.lit(float(threshold)))
-    )
-    return scored.withColumn("rule", rule).withColumn("flagged", flagged)
+
+def _explain_fn(setup: ScoringSetup) -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
+    """mapInArrow over flagged rows: append :meth:`Scorer.explain` columns (few rows: Python lists are fine)."""
+
+    def explain_batches(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        import torch
+
+        torch.set_num_threads(1)
+        scorer = setup.scorer()
+        for batch in batches:
+            ex = scorer.explain(batch.column("entity"), batch.column("ip"))
+            ex["nearest_networks"] = [
+                None if v is None else "; ".join(f"{x['network']} (cos {x['similarity']:.2f}, {x['events']} events)"
+                                                 for x in v)
+                for v in ex["nearest_networks"]
+            ]  # fmt: skip
+            cols = [pa.array(ex[name], _EXPLAIN_TYPES[name]) for name in _EXPLAIN_NAMES]
+            yield pa.RecordBatch.from_arrays([*batch.columns, *cols], names=[*batch.schema.names, *_EXPLAIN_NAMES])
+
+    return explain_batches
+
+
+def explain_rows(df: DataFrame, setup: ScoringSetup) -> DataFrame:
+    """``df`` (flagged rows with ``entity``, ``ip``) plus the explanation columns."""
+    from pyspark.sql.types import StructType
+
+    setup = replace(setup, model=_resolved(setup.model), profile=_resolved(setup.profile))
+    out_schema = StructType(df.schema.fields + StructType.fromDDL(_EXPLAIN_FIELDS).fields)
+    return df.mapInArrow(_explain_fn(setup), out_schema)
 
 
 def ipv4_int(ip: Column) -> Column:
@@ -188,8 +263,11 @@ def ipv4_int(ip: Column) -> Column:
     return F.when(ok, value)
 
 
-def flagged_with_context(flagged: DataFrame, history: DataFrame | None, threshold: float) -> DataFrame:
-    """Flagged rows plus what training knew: ``seen_exact_ip``, ``seen_same_24``, ``seen_same_16``, ``threshold``.
+def flagged_with_context(
+    flagged: DataFrame, history: DataFrame | None, threshold: float, setup: ScoringSetup | None = None
+) -> DataFrame:
+    """Flagged rows plus what training knew: ``seen_exact_ip``, ``seen_same_24``, ``seen_same_16``, the
+    explanation columns (with ``setup``; null without a profile) and ``threshold``.
 
     ``history`` is the training days of the events table (``entity``, ``ip_int``); the lookups are the
     evaluation baselines' (``evaluate.BASELINES``), done as left joins on (entity, ip_int >> (32 - length))
@@ -214,7 +292,11 @@ def flagged_with_context(flagged: DataFrame, history: DataFrame | None, threshol
             name, F.when(F.col(key).isNotNull(), F.coalesce(F.col(f"_hit{length}"), F.lit(False)))
         )
     keep = [c for c in flagged.columns if c != "dt"]
-    return out.select(*keep, *BASELINES, F.lit(float(threshold)).alias("threshold"), "dt")
+    out = out.select(*keep, *BASELINES, F.lit(float(threshold)).alias("threshold"), "dt")
+    if setup is None:
+        return out.select(*keep, *BASELINES, *[F.lit(None).cast(t).alias(n) for n, t in
+                          (f.split() for f in _EXPLAIN_FIELDS.split(","))], "threshold", "dt")  # fmt: skip
+    return explain_rows(out, setup).select(*keep, *BASELINES, *_EXPLAIN_NAMES, "threshold", "dt")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -224,11 +306,16 @@ def flagged_with_context(flagged: DataFrame, history: DataFrame | None, threshol
 
 @dataclass(frozen=True)
 class Threshold:
-    """The threshold in force and where it came from (shown in every report)."""
+    """The threshold in force and where it came from (shown in every report), with the levels' thresholds."""
 
     value: float
     source: str  # "fixed" or a description of the calibration
     target_fpr: float | None = None
+    levels: Thresholds | None = None
+
+    @property
+    def thresholds(self) -> Thresholds:
+        return self.levels if self.levels is not None else Thresholds(self.value)
 
 
 def resolve_threshold(spark: SparkSession, cfg: ScoreConfig) -> Threshold:
@@ -236,9 +323,10 @@ def resolve_threshold(spark: SparkSession, cfg: ScoreConfig) -> Threshold:
     from ipinsights.calibration import (
         Calibration,
         CalibrationError,
-        calibrate_threshold,
+        calibrate_levels,
         calibration_path,
         load_calibration,
+        medium_fpr,
         model_fingerprint,
         save_calibration,
     )
@@ -253,7 +341,7 @@ def resolve_threshold(spark: SparkSession, cfg: ScoreConfig) -> Threshold:
             cal = load_calibration(path, cfg.model)
             if math.isclose(cal.target_fpr, cfg.target_fpr):
                 log.info("using calibration %s: threshold %.6g (%s)", path, cal.threshold, cal.source)
-                return Threshold(cal.threshold, _describe(cal, path), cal.target_fpr)
+                return Threshold(cal.threshold, _describe(cal, path), cal.target_fpr, cal.thresholds())
             log.info("calibration %s is for target_fpr %g, not %g: recalibrating", path, cal.target_fpr, cfg.target_fpr)
         except CalibrationError as exc:
             log.warning("%s: recalibrating", exc)
@@ -263,23 +351,53 @@ def resolve_threshold(spark: SparkSession, cfg: ScoreConfig) -> Threshold:
             "calibration_end_date (normal traffic, e.g. the validation days) or give a fixed threshold"
         )
     events = read_events(spark, cfg.events, cfg.calibration_start_date, cfg.calibration_end_date)
-    scored = score_events(events.select("entity", "ip"), cfg.model, cfg.scorer_batch_size)
-    value, rows = calibrate_threshold(scored, cfg.target_fpr, cfg.quantile_accuracy)
+    setup = ScoringSetup(cfg.model, cfg.scorer_batch_size, learning_period_events=cfg.learning_period_events)
+    levels, rows = calibrate_levels(score_events(events.select("entity", "ip"), setup), cfg.target_fpr,
+                                    cfg.quantile_accuracy)  # fmt: skip
     cal = Calibration(
-        threshold=value,
+        threshold=levels["threshold"],
         target_fpr=cfg.target_fpr,
         rows=rows,
         source=f"events dt {cfg.calibration_start_date}..{cfg.calibration_end_date}",
         model_fingerprint=model_fingerprint(cfg.model),
         accuracy=cfg.quantile_accuracy,
+        medium_threshold=levels["medium_threshold"],
+        medium_fpr=medium_fpr(cfg.target_fpr),
+        prior_threshold=levels["prior_threshold"],
+        prior_medium_threshold=levels["prior_medium_threshold"],
     )
     save_calibration(cal, path)
-    log.info("calibrated threshold %.6g on %d rows (target FPR %g), saved to %s", value, rows, cfg.target_fpr, path)
-    return Threshold(value, _describe(cal, path), cal.target_fpr)
+    log.info("calibrated threshold %.6g on %d rows (target FPR %g), saved to %s", cal.threshold, rows, cfg.target_fpr,
+             path)  # fmt: skip
+    return Threshold(cal.threshold, _describe(cal, path), cal.target_fpr, cal.thresholds())
 
 
 def _describe(cal, path: Path) -> str:
     return f"calibrated to FPR {cal.target_fpr:g} on {cal.rows:,} rows of {cal.source} ({path.name})"
+
+
+def resolve_profile(spark: SparkSession, cfg: ScoreConfig) -> str | None:
+    """Path of usable entity profiles for the model: the stored ones, or new ones built from the training days."""
+    from ipinsights.io import read_events_days
+    from ipinsights.profile import EntityProfiles, ProfileError, build_profiles, profile_path
+
+    path = Path(cfg.profile) if cfg.profile else profile_path(cfg.model)
+    if not cfg.recalibrate and path.exists():
+        try:
+            EntityProfiles.load(path, cfg.model)
+            return str(path)
+        except ProfileError as exc:
+            log.warning("%s: rebuilding", exc)
+    if cfg.events is None or cfg.train_start_date is None or cfg.train_end_date is None:
+        log.warning("no entity profiles at %s and no training days to build them from: no percentiles or "
+                    "explanations (set train_start_date and train_end_date)", path)  # fmt: skip
+        return None
+    history = read_events_days(spark, cfg.events, cfg.train_start_date, cfg.train_end_date)
+    profiles = build_profiles(history, _resolved(cfg.model), cfg.asn_table, cfg.max_networks)
+    profiles.save(path)
+    log.info("entity profiles of %d entities (dt %s..%s) saved to %s", len(profiles), cfg.train_start_date,
+             cfg.train_end_date, path)  # fmt: skip
+    return str(path)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -314,6 +432,17 @@ def run_score_job(spark: SparkSession, cfg: ScoreConfig, days: list[str], input_
     # Arrow batches: big enough to amortise the per-batch JVM<->Python cost, small enough to stay in cache.
     spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(cfg.arrow_batch_size))
     threshold = resolve_threshold(spark, cfg)
+    profile = resolve_profile(spark, cfg)
+    setup = ScoringSetup(
+        model=cfg.model,
+        batch_size=cfg.scorer_batch_size,
+        profile=profile,
+        profile_stamp=os.stat(profile).st_mtime_ns if profile else 0,
+        asn_table=cfg.asn_table,
+        learning_period_events=cfg.learning_period_events,
+        thresholds=threshold.thresholds,
+        flag_unseen=cfg.flag_unseen,
+    )
     if input_csv is not None:
         if len(days) != 1:
             raise ValueError("a batch-transform CSV is labelled with one day")
@@ -327,11 +456,7 @@ def run_score_job(spark: SparkSession, cfg: ScoreConfig, days: list[str], input_
     empty = sorted(set(days) - input_days)
     if empty:
         log.info("no input events for %s: their outputs will be empty", ", ".join(empty))
-    scored = apply_threshold(
-        score_events(events.select("entity", "ip", "ts", "dt"), cfg.model, cfg.scorer_batch_size),
-        threshold.value,
-        cfg.flag_unseen,
-    ).select(*SCORE_COLUMNS)
+    scored = score_events(events.select("entity", "ip", "ts", "dt"), setup).select(*SCORE_COLUMNS)
     sio.write_partitions(scored, cfg.scores)
     sio.delete_partitions(spark, cfg.scores, empty)
 
@@ -343,7 +468,7 @@ def run_score_job(spark: SparkSession, cfg: ScoreConfig, days: list[str], input_
         history = sio.read_events_days(spark, cfg.events, cfg.train_start_date, cfg.train_end_date)
     else:
         log.warning("train_start_date/train_end_date not set: flagged cases get no /24 and /16 context")
-    flagged = flagged_with_context(scores.where(F.col("flagged")), history, threshold.value)
+    flagged = flagged_with_context(scores.where(F.col("flagged")), history, threshold.value, setup)
     sio.write_partitions(flagged, cfg.flagged)
     sio.delete_partitions(spark, cfg.flagged, [d for d in days if counts[d]["flagged"] == 0])
 
@@ -360,7 +485,7 @@ def run_score_job(spark: SparkSession, cfg: ScoreConfig, days: list[str], input_
 
 
 def flagged_schema() -> str:
-    """DDL of the flagged table: the scores columns, the context lookups and the threshold."""
+    """DDL of the flagged table: the scores columns, the context lookups, the explanations and the threshold."""
     base = SCORES_SCHEMA.replace(", dt string", "")
     ctx = ", ".join(f"{name} boolean" for name in BASELINES)
-    return f"{base}, {ctx}, threshold double, dt string"
+    return f"{base}, {ctx}, {_EXPLAIN_FIELDS}, threshold double, dt string"

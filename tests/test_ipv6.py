@@ -12,7 +12,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ipinsights.config import Hyperparameters, ModelOptions, TrainOptions
-from ipinsights.ip import InvalidAddressError, is_ipv6_key, key_prefix, key_prefix_text, parse_ip, parse_ipv6, require_ip
+from ipinsights.ip import (
+    InvalidAddressError,
+    is_ipv6_key,
+    key_prefix,
+    key_prefix_text,
+    parse_ip,
+    parse_ipv6,
+    require_ip,
+)
 from ipinsights.model import IPInsightsModel
 from ipinsights.scorer import Scorer
 from ipinsights.toyworld import make_toy_world
@@ -44,7 +52,7 @@ def _check_v6(texts: list[str]) -> None:
 
 
 def test_parse_ipv6_edge_cases_match_python():
-    _check_v6(EDGE + ["fe80::1%eth0"])
+    _check_v6([*EDGE, "fe80::1%eth0"])
 
 
 @settings(max_examples=60, deadline=None)

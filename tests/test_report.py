@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from ipinsights.report import (
+    CASE_COLUMNS,
     COUNT_NAMES,
     Histogram,
     day_counts,
@@ -19,7 +20,8 @@ from ipinsights.report import (
     score_histograms,
     write_flagged_csv,
 )
-from ipinsights.scoring import RULE_NOT_IPV4, RULE_SCORE, RULE_UNSEEN, SCORES_SCHEMA, Threshold
+from ipinsights.scorer import RULE_INVALID, RULE_LEARNING, RULE_SCORE
+from ipinsights.scoring import SCORES_SCHEMA, Threshold
 
 EVIL = '<script>alert("x")</script><img src=x onerror=alert(1)>'
 
@@ -33,14 +35,17 @@ def _hist() -> Histogram:
 
 
 def _case(entity: str, score: float | None, rule: str = RULE_SCORE) -> dict:
-    return {"entity": entity, "ip": "203.0.113.9", "ts": None, "anomaly_score": score, "rule": rule,
-            "training_count": 12, "seen_exact_ip": False, "seen_same_24": False, "seen_same_16": True}  # fmt: skip
+    case = dict.fromkeys(CASE_COLUMNS)
+    case.update({"entity": entity, "ip": "203.0.113.9", "anomaly_score": score, "rule": rule, "level": "high",
+                 "training_count": 12, "seen_exact_ip": False, "seen_same_24": False, "seen_same_16": True,
+                 "nearest_networks": "203.0.112.0/24 (cos 0.80, 9 events)"})  # fmt: skip
+    return case
 
 
 def test_render_escapes_log_supplied_strings():
     page = render_report(
         "2024-01-09", {"rows": 10, "flagged": 2}, Threshold(1.25, f"fixed {EVIL}"),
-        [_case(EVIL, 3.5), _case("bob", None, RULE_UNSEEN)], histogram_png(_hist(), 1.25),
+        [_case(EVIL, 3.5), _case("bob", None, RULE_LEARNING)], histogram_png(_hist(), 1.25),
     )  # fmt: skip
     assert "<script>" not in page and "onerror=alert" not in page.replace("onerror=alert(1)&gt;", "")
     assert "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;" in page
@@ -59,23 +64,26 @@ def test_render_empty_day_says_so():
 def test_csv_defuses_formulas(tmp_path):
     p = write_flagged_csv(tmp_path / "f.csv", [_case('=HYPERLINK("http://evil")', 2.0), _case("alice", 1.5)])
     lines = p.read_text().splitlines()
-    assert lines[0].startswith("entity,ip,ts,anomaly_score,rule,training_count,seen_exact_ip")
+    assert lines[0].startswith("entity,ip,ts,anomaly_score,level,rule,entity_percentile")
     assert lines[1].startswith("\"'=HYPERLINK") and lines[2].startswith("alice,")
 
 
 @pytest.mark.spark
 def test_counts_and_histogram_are_aggregates(spark):
-    rows = [("a", "1.2.3.4", None, -1.0, float(s), 5, False, RULE_SCORE, s > 2.5, "2024-01-09") for s in range(5)]
-    rows += [("u", "1.2.3.4", None, 1.0, None, 0, True, RULE_UNSEEN, True, "2024-01-09")]
-    rows += [("a", "::1", None, None, None, 5, False, RULE_NOT_IPV4, False, "2024-01-10")]
+    level = {0: "low", 1: "low", 2: "medium", 3: "high", 4: "high"}
+    rows = [("a", "1.2.3.4", None, -1.0, 0.5, float(s), 5, False, RULE_SCORE, 50.0, level[s], s > 2.5, "2024-01-09")
+            for s in range(5)]  # fmt: skip
+    rows += [("u", "1.2.3.4", None, 1.0, 3.0, 3.0, 0, True, RULE_LEARNING, None, "high", True, "2024-01-09")]
+    rows += [("a", "::1", None, None, None, None, 5, False, RULE_INVALID, None, None, False, "2024-01-10")]
     df = spark.createDataFrame(rows, SCORES_SCHEMA)
     c = day_counts(df, ["2024-01-09", "2024-01-10", "2024-01-11"])
-    assert c["2024-01-09"] == {"rows": 6, "scored": 5, "unseen_entity": 1, "not_ipv4": 0, "flagged": 3,
-                               "flagged_by_score": 2, "flagged_unseen": 1}  # fmt: skip
-    assert c["2024-01-10"]["not_ipv4"] == 1 and c["2024-01-11"]["rows"] == 0
+    assert c["2024-01-09"] == {"rows": 6, "scored": 6, "unseen_entity": 1, "learning_period": 1, "invalid_ip": 0,
+                               "level_medium": 1, "flagged": 3, "flagged_by_score": 2, "flagged_learning_period": 1,
+                               "flagged_unseen": 1}  # fmt: skip
+    assert c["2024-01-10"]["invalid_ip"] == 1 and c["2024-01-11"]["rows"] == 0
     h = score_histograms(df, bins=4)
     assert set(h) == {"2024-01-09"}
-    assert h["2024-01-09"].normal.sum() == 3 and h["2024-01-09"].flagged.sum() == 2
+    assert h["2024-01-09"].normal.sum() == 3 and h["2024-01-09"].flagged.sum() == 3
     assert h["2024-01-09"].edges[0] == 0.0 and h["2024-01-09"].edges[-1] == 4.0
 
 

@@ -20,6 +20,7 @@ import pytest
 from ipinsights.calibration import (
     Calibration,
     CalibrationError,
+    calibrate_levels,
     calibrate_threshold,
     calibration_path,
     load_calibration,
@@ -29,13 +30,10 @@ from ipinsights.calibration import (
 from ipinsights.config import ConfigError, Hyperparameters, ModelOptions, TrainOptions
 from ipinsights.entities import ENTITY_FILE, EntityStats
 from ipinsights.modelfile import load_model, save_model
-from ipinsights.scorer import Scorer
+from ipinsights.scorer import RULE_INVALID, RULE_LEARNING, RULE_SCORE, Scorer, Thresholds
 from ipinsights.scoring import (
-    RULE_NOT_IPV4,
-    RULE_SCORE,
-    RULE_UNSEEN,
     ScoreConfig,
-    apply_threshold,
+    ScoringSetup,
     resolve_threshold,
     run_score_job,
     score_events,
@@ -100,22 +98,37 @@ def test_spark_scores_equal_in_process_scores(spark, world):
     seen = ~want["unseen_entity"].to_numpy()
     np.testing.assert_allclose(got["anomaly_score"].to_numpy(float)[seen], want["anomaly_score"][seen], atol=1e-5,
                                equal_nan=True)  # fmt: skip
+    a = scorer.assess(rows["entity"], rows["ip"], learning_period_events=10)
+    np.testing.assert_allclose(got["anomaly_score"].to_numpy(float), a.anomaly_score, atol=1e-5, equal_nan=True)
+    np.testing.assert_allclose(got["prior_score"].to_numpy(float), a.prior_score, atol=1e-5, equal_nan=True)
+    assert got["rule"].tolist() == a.rule.tolist()
     last = got.iloc[-4:].set_index("entity")
-    assert last.loc["never-seen", "unseen_entity"] and np.isnan(last.loc["never-seen", "anomaly_score"])
-    assert np.isnan(last.loc["user_2", "dot_product"]) and np.isnan(last.loc["user_3", "dot_product"])
+    # Never seen: no silent random-vector score; the population prior scores it, and says so.
+    assert last.loc["never-seen", "unseen_entity"] and last.loc["never-seen", "rule"] == RULE_LEARNING
+    assert last.loc["never-seen", "anomaly_score"] == pytest.approx(last.loc["never-seen", "prior_score"])
+    assert np.isnan(last.loc["user_2", "dot_product"]) and last.loc["user_2", "rule"] == RULE_INVALID
+    assert np.isfinite(last.loc["user_3", "dot_product"])  # IPv6 is scored
 
 
 def test_verdict_rules(spark, world):
     df = spark.createDataFrame(
         [("user_1", "10.1.2.3"), ("never-seen", "8.8.8.8"), ("user_1", "::1")], "entity string, ip string"
     )
-    scored = score_events(df, world["model"]).cache()
-    out = {r["ip"]: r for r in apply_threshold(scored, -1e9, flag_unseen=True).collect()}
-    assert (out["10.1.2.3"]["rule"], out["10.1.2.3"]["flagged"]) == (RULE_SCORE, True)
-    assert out["8.8.8.8"]["rule"] == RULE_UNSEEN and out["8.8.8.8"]["flagged"] and out["8.8.8.8"]["unseen_entity"]
-    assert (out["::1"]["rule"], out["::1"]["flagged"]) == (RULE_NOT_IPV4, False)
-    assert apply_threshold(scored, 1e9, flag_unseen=False).where("flagged").count() == 0
-    scored.unpersist()
+
+    def run(th: Thresholds, **kw):
+        setup = ScoringSetup(world["model"], thresholds=th, **kw)
+        return {r["ip"]: r for r in score_events(df, setup).collect()}
+
+    out = run(Thresholds(-1e9), flag_unseen=False)
+    assert (out["10.1.2.3"]["rule"], out["10.1.2.3"]["flagged"], out["10.1.2.3"]["level"]) == (RULE_SCORE, True, "high")
+    assert out["8.8.8.8"]["rule"] == RULE_LEARNING and out["8.8.8.8"]["unseen_entity"] and out["8.8.8.8"]["flagged"]
+    assert (out["::1"]["rule"], out["::1"]["flagged"], out["::1"]["level"]) == (RULE_INVALID, False, None)
+    out = run(Thresholds(1e9, medium=-1e9, prior_high=1e9, prior_medium=1e9))
+    assert not any(r["flagged"] for r in out.values())
+    assert out["10.1.2.3"]["level"] == "medium" and out["8.8.8.8"]["level"] == "low"
+    assert run(Thresholds(1e9), flag_unseen=True)["8.8.8.8"]["flagged"]
+    # A seen entity below the learning period is judged by the prior too.
+    assert run(Thresholds(1e9), learning_period_events=10**6)["10.1.2.3"]["rule"] == RULE_LEARNING
 
 
 def test_target_fpr_calibration_holds_on_held_out_normal_traffic(spark, world):
@@ -132,6 +145,13 @@ def test_target_fpr_calibration_holds_on_held_out_normal_traffic(spark, world):
         assert n > 5000
         fpr = float((normal > threshold).mean())
         assert abs(fpr - target) < 0.005, (target, fpr)
+    # The levels: entity scores at the target and at 10x it, population-prior scores likewise.
+    levels, n = calibrate_levels(scored, 0.01)
+    a = Scorer.load(world["model"]).assess(held_out["entity"], held_out["ip"], learning_period_events=1)
+    model_rows = a.rule == RULE_SCORE
+    assert abs(float((a.anomaly_score[model_rows] > levels["threshold"]).mean()) - 0.01) < 0.005
+    assert abs(float((a.anomaly_score[model_rows] > levels["medium_threshold"]).mean()) - 0.10) < 0.02
+    assert abs(float((a.prior_score > levels["prior_threshold"]).mean()) - 0.01) < 0.005
 
 
 def test_calibration_is_stored_reused_and_tied_to_its_model(spark, world, tmp_path):
@@ -185,6 +205,13 @@ def test_job_end_to_end_backfill_rerun_and_empty_day(spark, world, tmp_path):
     ctx = flagged.where("rule = 'model_score'").select("seen_same_24", "seen_same_16", "training_count").collect()
     assert all(r["seen_same_16"] is not None and r["training_count"] > 0 for r in ctx)
     assert any(not r["seen_same_16"] for r in ctx)  # anomalous: the entity never used this /16 in training
+    # Explanations from the entity profiles (built from the training days, stored beside the model).
+    ex = flagged.where("rule = 'model_score'").collect()
+    assert all(r["nearest_networks"] and r["closest_network"] and r["subnet_seen"] is not None for r in ex)
+    assert all(r["typical_low"] <= r["typical_high"] and 0 <= r["entity_percentile"] <= 100 for r in ex)
+    assert all(r["subnet_seen"] == r["seen_same_24"] for r in ex if r["seen_same_24"] is not None and
+               r["training_count"] <= 16)  # fmt: skip (an entity with few events has all its /24s profiled)
+    assert (Path(world["model"] + ".profile.safetensors")).exists()
 
     # Rerun the test day: same rows, not doubled (dynamic partition overwrite).
     assert score_job.main(["--date", TEST, "--target-fpr", "0.01", *args]) == 0
@@ -201,7 +228,7 @@ def test_job_end_to_end_backfill_rerun_and_empty_day(spark, world, tmp_path):
     assert "data:image/png;base64," in text and 'id="flagged"' in text
     assert "calibrated to FPR 0.01" in text
     csv_lines = (out / "reports" / f"dt={TEST}" / "flagged.csv").read_text().splitlines()
-    assert len(csv_lines) == n_flag + 1 and csv_lines[0].startswith("entity,ip,ts,anomaly_score,rule")
+    assert len(csv_lines) == n_flag + 1 and csv_lines[0].startswith("entity,ip,ts,anomaly_score,level,rule")
     _check_in_chromium(page, tmp_path, n_table_rows=min(50, n_flag))
 
 
@@ -211,11 +238,11 @@ def test_job_batch_transform_csv_and_stale_day_removed(spark, world, tmp_path):
     csv.write_text("user_1,10.1.2.3\nnobody,8.8.8.8\nuser_2,not-an-ip\n")
     args = ["--input-csv", str(csv), "--date", "2024-02-01", "--threshold", "0.5", f"--model={world['model']}",
             f"--scores={out / 'scores'}", f"--flagged={out / 'flagged'}", f"--reports={out / 'reports'}",
-            "--events=null"]  # fmt: skip
+            "--events=null", "--flag_unseen=true"]  # fmt: skip
     assert score_job.main(args) == 0
     got = {r["entity"]: r for r in spark.read.parquet(str(out / "scores")).collect()}
-    assert got["nobody"]["rule"] == RULE_UNSEEN and got["nobody"]["flagged"]
-    assert got["user_2"]["rule"] == RULE_NOT_IPV4 and not got["user_2"]["flagged"]
+    assert got["nobody"]["rule"] == RULE_LEARNING and got["nobody"]["flagged"]
+    assert got["user_2"]["rule"] == RULE_INVALID and not got["user_2"]["flagged"]
     # Rerun that day from the events table, which has no such day: the stale partition is removed.
     run = run_score_job(spark, _cfg(world, tmp_path, scores=str(out / "scores")), ["2024-02-01"])
     assert run.counts["2024-02-01"]["rows"] == 0
