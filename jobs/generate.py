@@ -2,6 +2,7 @@
 
     python -m ipinsights_jobs.generate --out data/synth                      # tutorial scale, local
     python -m ipinsights_jobs.generate --out data/synth --users=1000 --gzip --seed=3
+    python -m ipinsights_jobs.generate --out data/v4only --ipv6_rate=0 --ipv6_work_rate=0 --ipv6_mobile_rate=0
     python -m ipinsights_jobs.generate --out data/big --users=1000000 --n_files=200 --spark
 
 Settings come from ``conf/generate.yml`` (or ``--config``) with ``--name=value`` overrides; a bare
@@ -78,7 +79,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     log.info("done in %.1f s", time.perf_counter() - started)
-    for name in ("manifest", "test_labelled", "validation_labelled", "events", "networks", "users"):
+    for name in ("manifest", "test_labelled", "validation_labelled", "events", "networks", "networks_v6", "users"):
         if getattr(paths, name) is not None:
             print(f"{name}\t{getattr(paths, name)}")
     print(f"logs\t{paths.logs_dir} ({len(paths.logs)} files)")

@@ -1,14 +1,17 @@
-"""The synthetic login-traffic generator: format, determinism, labels, address plans, Spark and CLI paths."""
+"""The synthetic login-traffic generator: format, determinism, labels, address plans, IPv6, Spark and CLI paths."""
 
 from __future__ import annotations
 
 import collections
 import datetime as dt
 import gzip
+import ipaddress
+import itertools
 import json
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
@@ -20,6 +23,7 @@ from ipinsights.synth import (
     ATTACK_KINDS,
     ATTACK_LABELS,
     COMBINED_LOG_RE,
+    IPV6_ATTACK_KINDS,
     LOGIN_REQUEST,
     MAX_LINE_BYTES,
     AddressPlan,
@@ -29,6 +33,7 @@ from ipinsights.synth import (
     generate_dataset_spark,
     generate_events,
     generate_world,
+    ipv6_to_str,
 )
 
 TINY = SynthSpec(users=60, days=10, n_files=2, networks=300, attacks=80, validation_attacks=40, junk_rate=0.01, seed=7)
@@ -47,11 +52,18 @@ def _log_lines(paths) -> list[bytes]:
     return lines
 
 
+def _is_ipv6(text: str) -> bool:
+    try:
+        return ":" in text and "%" not in text and ipaddress.IPv6Address(text) is not None
+    except ValueError:
+        return False
+
+
 def _parse_all(lines: list[bytes]) -> list:
     """Per line, ``(match, aware datetime)`` if well formed, else None (too long, no match, bad address or time)."""
     matches = [COMBINED_LOG_RE.match(line) if len(line) <= MAX_LINE_BYTES else None for line in lines]
     ips = [m["ip"].decode() if m else "0.0.0.0" for m in matches]
-    ip_ok = parse_ipv4(ips).valid  # one vectorized call, not one per line
+    ip_ok = parse_ipv4(ips).valid | np.array([_is_ipv6(ip) for ip in ips], bool)  # IPv4 vectorized
     out = []
     for m, ok in zip(matches, ip_ok.tolist(), strict=True):
         try:
@@ -156,11 +168,16 @@ def test_attacks_are_test_day_events_of_trained_users(in_memory):
     assert set(attacks["entity"].to_pylist()) <= trained
 
 
+def _v4(table):
+    return table.filter(pc.equal(table["ip_version"], 4))
+
+
 def test_attack_addresses_relate_to_the_users_networks_as_their_kind_says(in_memory):
     world, events, attacks = in_memory
     plan = world.plan
     used = collections.defaultdict(set)
     used_asn = collections.defaultdict(set)
+    events = _v4(events)
     for entity, net in zip(
         events["entity"].to_pylist(), plan.lookup(events["ip_int"].to_numpy()).tolist(), strict=True
     ):
@@ -168,6 +185,8 @@ def test_attack_addresses_relate_to_the_users_networks_as_their_kind_says(in_mem
         used_asn[entity].add(int(plan.asn[net]))
     country = dict(zip(world.users["entity"].to_pylist(), world.users["country"].to_pylist(), strict=True))
     inside = collections.defaultdict(list)
+    attacks = _v4(attacks)
+    assert set(attacks["kind"].to_pylist()) == set(ATTACK_KINDS) - set(IPV6_ATTACK_KINDS)
     for entity, kind, net in zip(
         attacks["entity"].to_pylist(),
         attacks["kind"].to_pylist(),
@@ -185,8 +204,8 @@ def test_attack_addresses_relate_to_the_users_networks_as_their_kind_says(in_mem
 def test_ip2asn_round_trip_dotted_integer_and_gzip(tmp_path):
     plan = AddressPlan.synthetic(seed=3, networks=200)
     for name, dotted in (("dotted.tsv", True), ("integer.tsv", False)):
-        loaded = AddressPlan.from_ip2asn_tsv(plan.to_ip2asn_tsv(tmp_path / name, dotted=dotted))
-        for column in ("start", "end", "asn", "country", "kind", "description"):
+        loaded = AddressPlan.from_ip2asn_tsv(plan.to_ip2asn_tsv(tmp_path / name, dotted=dotted), seed=3)
+        for column in ("start", "end", "asn", "country", "kind", "description", "v6_start", "v6_len"):
             assert np.array_equal(getattr(loaded, column), getattr(plan, column)), column
     gz = tmp_path / "plan.tsv.gz"
     gz.write_bytes(gzip.compress((tmp_path / "dotted.tsv").read_bytes()))
@@ -216,6 +235,7 @@ def test_a_user_supplied_plan_drives_the_world(tiny, tmp_path):
     spec = SynthSpec(**{**TINY.__dict__, "address_plan": str(tiny.networks), "attacks": 8, "validation_attacks": 4})
     paths = generate_dataset(tmp_path / "own", spec)
     assert paths.networks.read_bytes() == tiny.networks.read_bytes()
+    assert paths.networks_v6.read_bytes() == tiny.networks_v6.read_bytes()  # IPv6 derived from rows and seed
     assert pq.read_table(paths.events).num_rows > 0
 
 
@@ -239,6 +259,8 @@ def test_spec_validation_names_parameter_and_range():
         SynthSpec(noise_rate=2.0)
     with pytest.raises(ConfigError, match="attack_kinds"):
         SynthSpec(attack_kinds=("nope",))
+    with pytest.raises(ConfigError, match=r"ipv6_share=1.5.*\[0.0, 1.0\]"):
+        SynthSpec(ipv6_share=1.5)
 
 
 def test_existing_output_is_refused_unless_overwrite(tiny):
@@ -266,3 +288,178 @@ def test_cli_end_to_end(tmp_path, capsys):
     assert generate.main(args) == 2  # already there
     assert generate.main([*args, "--overwrite", "--users=0"]) == 2  # out of range
     assert "users=0" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------
+# IPv6
+# ---------------------------------------------------------------------------------------------
+
+
+def _halves(addresses: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    return (
+        np.array([a >> 64 for a in addresses], np.uint64),
+        np.array([a & (2**64 - 1) for a in addresses], np.uint64),
+    )
+
+
+def test_ipv6_text_is_rfc5952_as_ipaddress_writes_it():
+    edge = [
+        "::", "::1", "1::", "2001:db8::1", "2001:db8:0:1:1:1:1:1",  # a single zero group is not compressed
+        "1:2:3:4:5:6:7:0", "0:2:3:4:5:6:7:8", "1:2:3:4:5:6::", "::3:4:5:6:7:8", "1:2:3:4:5:6:7:8",
+        "2001:0:0:1::1", "2001:db8::1:0:0:1", "1::2:0:0:3:4", "1:0:0:2::3",  # equal runs: the first; else the longest
+        "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff", "2a01:4f8:1c1c:abcd::1", "fe80::a:0:0:0",
+    ]  # fmt: skip
+    rng = np.random.default_rng(0)
+    groups = rng.integers(0, 65536, size=(3000, 8))
+    groups[rng.random((3000, 8)) < 0.45] = 0  # plenty of zero runs, ties included
+    randoms = [sum(int(g) << (16 * (7 - i)) for i, g in enumerate(row)) for row in groups]
+    addresses = [int(ipaddress.IPv6Address(a)) for a in edge] + randoms
+    # IPv4-mapped addresses have a dotted-quad form that differs across Python versions; the generator makes none.
+    addresses = [a for a in addresses if a >> 32 != 0xFFFF]
+    text = ipv6_to_str(*_halves(addresses)).to_pylist()
+    assert text == [str(ipaddress.IPv6Address(a)) for a in addresses]
+    assert text[: len(edge)] == edge
+    assert ipv6_to_str(np.array([], np.uint64), np.array([], np.uint64)).to_pylist() == []
+
+
+def test_ipv6_allocations_are_distinct_global_unicast_and_grouped_by_country(tmp_path):
+    plan = AddressPlan.synthetic(seed=3, networks=400)
+    prefixes = [ipaddress.IPv6Network(p) for p in plan.v6_prefix_text().to_pylist()]
+    reserved = [ipaddress.IPv6Network(n) for n in ("2001::/23", "2001:db8::/32", "2002::/16", "3fff::/20")]
+    assert all(p.subnet_of(ipaddress.IPv6Network("2000::/3")) for p in prefixes)
+    assert not any(p.overlaps(r) for p in prefixes for r in reserved)
+    ordered = sorted(prefixes)
+    assert all(a.broadcast_address < b.network_address for a, b in itertools.pairwise(ordered))
+    bounds = {"broadband": (28, 32), "mobile": (28, 32), "hosting": (32, 40), "business": (40, 48)}
+    assert all(bounds[k][0] <= n <= bounds[k][1] for k, n in zip(plan.kind, plan.v6_len.tolist(), strict=True))
+    # Each country is one stretch of the IPv6 order, inside its registry's /12 (as in IPv4, neighbours share it).
+    countries = plan.country[np.argsort(plan.v6_start)].tolist()
+    assert sum(a != b for a, b in itertools.pairwise(countries)) == len(set(countries)) - 1
+    us = [p for p, c in zip(prefixes, plan.country, strict=True) if c == "US"]
+    assert all(p.subnet_of(ipaddress.IPv6Network("2600::/12")) for p in us)
+    # Lookups and the ip2asn-v6 file agree with the prefixes.
+    assert np.array_equal(plan.lookup_v6(plan.v6_start), np.arange(len(plan)))
+    assert np.array_equal(plan.lookup_v6(plan.v6_end), np.arange(len(plan)))
+    assert plan.lookup_v6(np.array([0, int(plan.v6_start.min()) - 1]))[0] == -1
+    rows = [line.split("\t") for line in plan.to_ip2asn_v6_tsv(tmp_path / "v6.tsv").read_text().splitlines()]
+    assert [ipaddress.IPv6Address(r[0]) for r in rows] == [p.network_address for p in ordered]
+    assert [ipaddress.IPv6Address(r[1]) for r in rows] == [p.broadcast_address for p in ordered]
+    # The same seed gives the same prefixes; another seed others.
+    assert np.array_equal(AddressPlan.synthetic(seed=3, networks=400).v6_start, plan.v6_start)
+    assert not np.array_equal(AddressPlan.synthetic(seed=4, networks=400).v6_start[:50], plan.v6_start[:50])
+
+
+def test_ipv6_shares_are_near_the_spec():
+    spec = SynthSpec(users=4000, n_files=2, networks=300, seed=3)
+    users = generate_world(spec).users
+    assert np.mean(users["home_v6"].to_numpy() >= 0) == pytest.approx(spec.ipv6_rate, abs=0.03)
+    assert np.mean(users["work_v6"].to_numpy() >= 0) == pytest.approx(spec.ipv6_work_rate, abs=0.03)
+    mobile = users["mobile_net"].to_numpy() >= 0
+    assert np.mean(users["mobile_v6_pool"].to_numpy()[mobile] >= 0) == pytest.approx(spec.ipv6_mobile_rate, abs=0.04)
+    # Where every path but travel has IPv6, ipv6_share of the logins use it.
+    everywhere = SynthSpec(users=200, n_files=2, networks=300, seed=3, ipv6_rate=1.0, ipv6_work_rate=1.0,
+                           ipv6_mobile_rate=1.0, mobile_rate=1.0, travel_rate=0.0, roam_rate=0.0)  # fmt: skip
+    events = generate_events(generate_world(everywhere), everywhere)
+    assert np.mean(events["ip_version"].to_numpy() == 6) == pytest.approx(everywhere.ipv6_share, abs=0.01)
+    none = SynthSpec(**{**TINY.__dict__, "ipv6_rate": 0.0, "ipv6_work_rate": 0.0, "ipv6_mobile_rate": 0.0})
+    assert set(generate_events(generate_world(none), none)["ip_version"].to_pylist()) == {4}
+
+
+def _user_prefixes(world) -> dict[str, dict[str, ipaddress.IPv6Network | None]]:
+    """Per entity, the /56 at home, the /64 at work and the /40 mobile pool (None: no IPv6 there)."""
+
+    def net(hi: int, length: int):
+        return ipaddress.IPv6Network((hi << 64, length)) if hi >= 0 else None
+
+    users = world.users.to_pylist()
+    return {
+        u["entity"]: {
+            "home": net(u["home_v6"], 56),
+            "work": net(u["work_v6"], 64),
+            "mobile": net(u["mobile_v6_pool"], 40),
+        }
+        for u in users
+    }
+
+
+def test_ipv6_logins_are_canonical_and_inside_the_users_prefixes(in_memory):
+    world, events, _ = in_memory
+    v6 = events.filter(pc.equal(events["ip_version"], 6))
+    assert 0 < v6.num_rows < events.num_rows
+    assert v6["ip_int"].null_count == v6.num_rows and events["ip_int"].null_count == v6.num_rows
+    prefixes = _user_prefixes(world)
+    daily = collections.defaultdict(set)  # (entity, home /64) -> (UTC day, interface id)
+    for entity, text, day in zip(v6["entity"].to_pylist(), v6["ip"].to_pylist(), v6["dt"].to_pylist(), strict=True):
+        address = ipaddress.IPv6Address(text)
+        assert str(address) == text
+        where = [k for k, p in prefixes[entity].items() if p is not None and address in p]
+        assert where, (entity, text)
+        if where == ["home"]:
+            assert (int(address) >> 64) & 0xFF in (0, 1, 2, 3)  # one of the first /64s of the /56
+            daily[(entity, int(address) >> 64)].add((day, int(address) & (2**64 - 1)))
+    # Privacy addresses: one interface id per device and local day (at most two per UTC day), new ones every day.
+    assert max(collections.Counter(day for day, _ in v).most_common(1)[0][1] for v in daily.values()) <= 2
+    assert max(len({iid for _, iid in v}) for v in daily.values()) >= 3
+
+
+def test_ipv6_attacks_relate_to_the_users_prefixes_as_their_kind_says(in_memory):
+    world, events, attacks = in_memory
+    prefixes = _user_prefixes(world)
+    used = collections.defaultdict(set)
+    used48, used56 = collections.defaultdict(set), collections.defaultdict(set)
+    v6 = events.filter(pc.equal(events["ip_version"], 6))
+    for entity, text in zip(v6["entity"].to_pylist(), v6["ip"].to_pylist(), strict=True):
+        used[entity].add(text)
+        used48[entity].add(int(ipaddress.IPv6Address(text)) >> 80)
+        used56[entity].add(int(ipaddress.IPv6Address(text)) >> 72)
+    plan = world.plan
+    by_kind = collections.Counter()
+    for row in attacks.filter(pc.equal(attacks["ip_version"], 6)).to_pylist():
+        kind, entity, address = row["kind"], row["entity"], ipaddress.IPv6Address(row["ip"])
+        by_kind[kind] += 1
+        assert kind in IPV6_ATTACK_KINDS and row["ip_int"] is None and row["label"] == ATTACK_LABELS[kind]
+        assert str(address) == row["ip"] and row["ip"] not in used[entity]
+        home = prefixes[entity]["home"]
+        assert home is not None and used[entity]  # dealt only to users with IPv6 at home who used it
+        if kind == "own_prefix_ipv6":
+            assert address in home and (int(address) >> 64) & 0xFF in (0, 1, 2, 3)
+        else:
+            assert int(address) >> 80 not in used48[entity] and int(address) >> 72 not in used56[entity]
+            # ... and in a network none of whose prefixes the user has.
+            net = int(plan.lookup_v6(np.array([int(address) >> 64]))[0])
+            assert net >= 0
+            allocation = ipaddress.IPv6Network((int(plan.v6_start[net]) << 64, int(plan.v6_len[net])))
+            assert not any(p is not None and p.overlaps(allocation) for p in prefixes[entity].values())
+    assert set(by_kind) == set(IPV6_ATTACK_KINDS)
+    v4_kinds = collections.Counter(k for k in attacks["kind"].to_pylist() if k not in IPV6_ATTACK_KINDS)
+    assert max(v4_kinds.values()) - min(by_kind.values()) <= 3  # every kind gets about the same share
+
+
+def test_a_shard_without_ipv6_users_drops_ipv6_attacks_with_a_count(tmp_path):
+    spec = SynthSpec(**{**TINY.__dict__, "ipv6_rate": 0.0, "attacks": 14, "validation_attacks": 7})
+    paths = generate_dataset(tmp_path / "v4", spec)
+    counts = json.loads(paths.manifest.read_text())["counts"]
+    assert counts["ipv6_home_users"] == 0
+    for kind in IPV6_ATTACK_KINDS:
+        assert counts[f"test_dropped_{kind}"] == 2 and f"test_{kind}" not in counts
+    assert counts["test_random_ip"] == 2 and counts["test_normal"] == spec.attacks
+    labelled = read_labelled_csv(paths.test_labelled)
+    assert not set(labelled["kind"].to_pylist()) & set(IPV6_ATTACK_KINDS)
+
+
+@pytest.mark.spark
+def test_ingest_reads_back_every_login_of_the_generated_logs_ipv6_included(spark, tiny, tmp_path):
+    from ipinsights.config import load_config
+    from ipinsights.ingest import IngestConfig, run_ingest
+
+    overrides = {"inputs": str(tiny.logs_dir / "*"), "output": str(tmp_path / "events"), "run_id": "synth"}
+    cfg = load_config(IngestConfig, Path(__file__).resolve().parent.parent / "conf" / "ingest.yml", overrides)
+    summary = run_ingest(spark, cfg)
+    truth = pq.read_table(tiny.events)
+    assert summary["kept"] == truth.num_rows
+    got = spark.read.parquet(cfg.output).select("entity", "ip", "ip_int", "ip_version", "ts").collect()
+    ts_s = (pc.cast(truth["ts"], pa.int64()).to_numpy() // 1_000_000).tolist()
+    columns = [truth[c].to_pylist() for c in ("entity", "ip", "ip_int", "ip_version")]
+    expected = collections.Counter(zip(*columns, ts_s, strict=True))
+    assert collections.Counter((r.entity, r.ip, r.ip_int, r.ip_version, int(r.ts.timestamp())) for r in got) == expected
+    assert 0 < sum(r.ip_version == 6 for r in got) < len(got)

@@ -5,6 +5,10 @@ Apache combined-format access logs (with other traffic and malformed lines to fi
 attack rows for evaluation, and the ground truth. Deterministic for a seed; vectorized with numpy and
 Arrow; large runs shard users over Spark tasks with the same output.
 
+Users are dual stack: a share has IPv6 at home (a delegated /56), at work or on their mobile carrier,
+and logs in over it part of the time; IPv6 rows carry RFC 5952 text in ``ip``, a null ``ip_int`` and
+``ip_version`` 6. :func:`ipv6_to_str` formats ``(hi, lo)`` 64-bit halves as that text, vectorized.
+
 Typical use::
 
     from ipinsights.synth import SynthSpec, generate_dataset
@@ -13,9 +17,10 @@ Typical use::
 
 from ipinsights.synth.dataset import DatasetPaths, generate_dataset, generate_dataset_spark
 from ipinsights.synth.events import EVENT_SCHEMA, LABELLED_SCHEMA, generate_attacks, generate_events
+from ipinsights.synth.ipv6 import ipv6_to_str
 from ipinsights.synth.logs import COMBINED_LOG_RE, JUNK_KINDS, LOGIN_REQUEST, MAX_LINE_BYTES, write_access_logs
 from ipinsights.synth.plan import KINDS, AddressPlan
-from ipinsights.synth.spec import ATTACK_KINDS, ATTACK_LABELS, SynthSpec
+from ipinsights.synth.spec import ATTACK_KINDS, ATTACK_LABELS, IPV6_ATTACK_KINDS, SynthSpec
 from ipinsights.synth.world import World, generate_world
 
 __all__ = [
@@ -23,6 +28,7 @@ __all__ = [
     "ATTACK_LABELS",
     "COMBINED_LOG_RE",
     "EVENT_SCHEMA",
+    "IPV6_ATTACK_KINDS",
     "JUNK_KINDS",
     "KINDS",
     "LABELLED_SCHEMA",
@@ -37,5 +43,6 @@ __all__ = [
     "generate_dataset_spark",
     "generate_events",
     "generate_world",
+    "ipv6_to_str",
     "write_access_logs",
 ]

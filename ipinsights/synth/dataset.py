@@ -7,6 +7,7 @@ Layout under ``out_dir`` (the same whether shards run here or in Spark tasks)::
     labels/validation_labelled.csv         the same for the validation days
     truth/events.parquet/part-00000.parquet ...   every login line of the logs (EVENT_SCHEMA + kind)
     world/networks.tsv                     the address plan, ip2asn-v4 format
+    world/networks-v6.tsv                  its IPv6 prefixes, ip2asn-v6 format
     world/users.parquet/part-00000.parquet ...    the users (see generate_users)
     manifest.json                          spec, seed, counts
 
@@ -14,10 +15,15 @@ Each shard is produced by :func:`run_shard`, which only needs the spec, the addr
 number, and writes its own files; the driver only lays out directories, concatenates the (small)
 labelled parts and writes the manifest. The parquet outputs are directories of parts, which
 ``pyarrow.parquet.read_table``, pandas and Spark all read as one table.
+
+The manifest's counts include ``ipv6_events`` (IPv6 logins), ``ipv6_home_users`` (users with IPv6 at
+home) and, per split and attack kind that lost any, ``<split>_dropped_<kind>``: attacks dealt to
+a shard that it could not make (e.g. IPv6 kinds in a shard without IPv6 users).
 """
 
 from __future__ import annotations
 
+import collections
 import json
 import logging
 import shutil
@@ -33,7 +39,7 @@ import pyarrow.parquet as pq
 from ipinsights._version import __version__
 from ipinsights.config import config_to_dict
 from ipinsights.io import atomic_write
-from ipinsights.synth.events import attacks_as_events, shard_events, shard_labelled, with_kind
+from ipinsights.synth.events import attack_slots, attacks_as_events, shard_events, shard_labelled, with_kind
 from ipinsights.synth.logs import lines_buffer, log_file_name, shard_log_pieces, time_ordered, write_pieces
 from ipinsights.synth.plan import AddressPlan
 from ipinsights.synth.spec import SynthSpec
@@ -57,6 +63,7 @@ class DatasetPaths:
     validation_labelled: Path
     events: Path | None  # truth/events.parquet (a directory of parts); None unless spec.write_truth
     networks: Path
+    networks_v6: Path
     users: Path
     manifest: Path
 
@@ -74,6 +81,7 @@ class DatasetPaths:
             validation_labelled=root / "labels" / "validation_labelled.csv",
             events=root / "truth" / "events.parquet" if spec.write_truth else None,
             networks=root / "world" / "networks.tsv",
+            networks_v6=root / "world" / "networks-v6.tsv",
             users=root / "world" / "users.parquet",
             manifest=root / "manifest.json",
         )
@@ -107,9 +115,16 @@ def run_shard(out_dir: str | Path, spec: SynthSpec, plan: AddressPlan, shard: in
         pq.write_table(truth, out.events / part)
     for split, table in labelled.items():
         (out.root / "labels" / _PARTS / f"{split}-{shard:05d}.csv").write_bytes(labelled_csv_bytes(table))
-        kinds = pc.value_counts(table["kind"]).to_pylist()
-        counts.update({f"{split}_{k['values']}": k["counts"] for k in kinds})
-    counts.update(users=users.num_rows, events=events.num_rows)
+        made = {k["values"]: k["counts"] for k in pc.value_counts(table["kind"]).to_pylist()}
+        counts.update({f"{split}_{kind}": count for kind, count in made.items()})
+        dealt = collections.Counter(spec.attack_kinds[i] for i in attack_slots(spec, split, shard).tolist())
+        counts.update({f"{split}_dropped_{k}": c - made.get(k, 0) for k, c in dealt.items() if c > made.get(k, 0)})
+    counts.update(
+        users=users.num_rows,
+        events=events.num_rows,
+        ipv6_events=int(pc.sum(pc.equal(events["ip_version"], 6)).as_py() or 0),
+        ipv6_home_users=int(pc.sum(pc.greater_equal(users["home_v6"], 0)).as_py() or 0),
+    )
     return counts
 
 
@@ -166,6 +181,7 @@ def _finish(out_dir: str | Path, spec: SynthSpec, plan: AddressPlan, stats: list
                 fh.write((parts / f"{split}-{s:05d}.csv").read_bytes())
     shutil.rmtree(parts)
     plan.to_ip2asn_tsv(out.networks)
+    plan.to_ip2asn_v6_tsv(out.networks_v6)
     totals: dict[str, int] = {}
     for shard_stats in stats:
         for key, value in shard_stats.items():
@@ -185,6 +201,7 @@ def _finish(out_dir: str | Path, spec: SynthSpec, plan: AddressPlan, stats: list
             "validation_labelled": out.validation_labelled.relative_to(out.root).as_posix(),
             "events": out.events.relative_to(out.root).as_posix() if out.events else None,
             "networks": out.networks.relative_to(out.root).as_posix(),
+            "networks_v6": out.networks_v6.relative_to(out.root).as_posix(),
             "users": out.users.relative_to(out.root).as_posix(),
         },
     }

@@ -5,6 +5,23 @@ moment: the home network most of the time, the work network in local working hou
 carrier for a share of mobile users' events, the trip network on trip days, and now and then a
 one-off network elsewhere. Inside a network, addresses are sticky (same address), then churn inside
 the /24, rarely move to a nearby /24; mobile addresses spread over the carrier's regional pool.
+
+IPv6: where the user has IPv6 on the path (home, work or mobile; see :mod:`ipinsights.synth.world`),
+a share ``ipv6_share`` of those logins use it instead. At home the address is in one of the first /64
+subnets of the delegated /56 (mostly subnet 0) with a privacy-extension interface id that changes
+every day (:func:`~ipinsights.synth.ipv6.temporary_iid`); at work in the user's /64 of the site,
+with the same daily ids; on the carrier a random /64 of the user's regional /40 per session, with a
+random id. Tables hold RFC 5952 text in ``ip``, a null ``ip_int`` and ``ip_version`` 6 for those rows,
+as the ingest job writes them.
+
+Attack kinds (:data:`~ipinsights.synth.spec.ATTACK_KINDS`): the IPv4 ones pair a user with an IPv4
+address against the user's IPv4 history (``own_network`` a new host in a /24 the user used);
+``random_ipv6`` is an address in a random network's IPv6 prefix that the user never used,
+``other_isp_ipv6`` a home-like address (a /56's subnet) of one of the shard's most popular ISPs that is
+not one of the user's, and ``own_prefix_ipv6`` (label 0) a new address in the user's own /56: a fresh
+interface id, maybe in another of its /64s. IPv6 kinds only go to users with IPv6 at home who logged
+in over IPv6 on a training day; a shard without any drops its IPv6 attacks (``run_shard`` counts
+them as ``<split>_dropped_<kind>``).
 """
 
 from __future__ import annotations
@@ -17,10 +34,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ipinsights.ip import ipv4_to_str
+from ipinsights.synth.ipv6 import address_columns, ipv6_to_str, random_iid, temporary_iid
 from ipinsights.synth.plan import KINDS, AddressPlan
 from ipinsights.synth.spec import (
     ATTACK_LABELS,
+    IPV6_ATTACK_KINDS,
     STREAM_ATTACKS,
     STREAM_EVENTS,
     SynthSpec,
@@ -28,16 +46,21 @@ from ipinsights.synth.spec import (
     shard_rng,
 )
 from ipinsights.synth.world import (
+    HOME_V6_LEN,
     MOBILE_POOL_BITS,
+    MOBILE_POOL_V6_LEN,
     World,
     entity_index,
+    home_subnets,
     random_address_in,
+    random_prefix_in,
     sample_networks,
 )
 
 __all__ = [
     "EVENT_SCHEMA",
     "LABELLED_SCHEMA",
+    "attack_slots",
     "attacks_as_events",
     "day_strings",
     "generate_attacks",
@@ -52,6 +75,7 @@ EVENT_SCHEMA = pa.schema(
         ("entity", pa.string()),
         ("ip", pa.string()),
         ("ip_int", pa.int64()),
+        ("ip_version", pa.int8()),
         ("ts", pa.timestamp("us", tz="UTC")),
         ("utc_offset_minutes", pa.int16()),
         ("dt", pa.string()),
@@ -62,6 +86,7 @@ LABELLED_SCHEMA = pa.schema(
         ("entity", pa.string()),
         ("ip", pa.string()),
         ("ip_int", pa.int64()),
+        ("ip_version", pa.int8()),
         ("label", pa.int8()),
         ("kind", pa.string()),
         ("ts", pa.timestamp("us", tz="UTC")),
@@ -96,22 +121,27 @@ def shard_events(plan: AddressPlan, spec: SynthSpec, users: pa.Table, shard: int
 
     category = _pick_categories(rng, spec, users, uid, local_day, hour)
     ip = _addresses(plan, rng, spec, users, uid, category)
+    is6, hi, lo = _ipv6_addresses(plan, rng, spec, users, uid, category, local_day)
 
     order = np.argsort(rel_s, kind="stable")
-    uid, ip, rel_s = uid[order], ip[order], rel_s[order]
-    return events_table(spec, users["entity"].take(pa.array(uid)), ip, rel_s, offset_min[uid])
+    uid, rel_s = uid[order], rel_s[order]
+    address = address_columns(ip[order], hi[order], lo[order], is6[order])
+    return events_table(spec, users["entity"].take(pa.array(uid)), address, rel_s, offset_min[uid])
 
 
 def events_table(
-    spec: SynthSpec, entity: pa.Array, ip: np.ndarray, rel_s: np.ndarray, offset_min: np.ndarray
+    spec: SynthSpec, entity: pa.Array, address: tuple[pa.Array, ...], rel_s: np.ndarray, offset_min: np.ndarray
 ) -> pa.Table:
-    """Assemble :data:`EVENT_SCHEMA` rows from seconds since the start of the period."""
+    """Assemble :data:`EVENT_SCHEMA` rows from ``(ip, ip_int, ip_version)`` columns (see
+    :func:`~ipinsights.synth.ipv6.address_columns`) and seconds since the start of the period."""
     ts_us = (spec.start_epoch_s + rel_s.astype(np.int64)) * 1_000_000
+    text, ip_int, version = address
     return pa.table(
         {
             "entity": entity,
-            "ip": ipv4_to_str(ip),
-            "ip_int": pa.array(ip, pa.int64()),
+            "ip": text,
+            "ip_int": ip_int,
+            "ip_version": version,
             "ts": pa.array(ts_us, pa.timestamp("us", tz="UTC")),
             "utc_offset_minutes": pa.array(offset_min, pa.int16()),
             "dt": day_strings(spec).take(pa.array(rel_s // DAY_S)),
@@ -175,6 +205,41 @@ def _addresses(
     return ip
 
 
+def _ipv6_addresses(
+    plan: AddressPlan,
+    rng: np.random.Generator,
+    spec: SynthSpec,
+    users: pa.Table,
+    uid: np.ndarray,
+    category: np.ndarray,
+    local_day: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Which events go over IPv6 and their addresses: ``(is6, hi, lo)`` (see the module docstring)."""
+    home6, work6, pool6, mobile_net, user_index = _columns(
+        users, "home_v6", "work_v6", "mobile_v6_pool", "mobile_net", "user_index"
+    )
+    total = len(uid)
+    prefix = np.full(total, -1, np.int64)  # the user's IPv6 prefix on the event's path, -1: none
+    for cat, column in ((_HOME, home6), (_WORK, work6), (_MOBILE, pool6)):
+        rows = np.flatnonzero(category == cat)
+        prefix[rows] = column[uid[rows]]
+    is6 = (prefix >= 0) & (rng.random(total) < spec.ipv6_share)
+    hi = np.zeros(total, np.int64)
+    lo = np.zeros(total, np.uint64)
+    rows = np.flatnonzero(is6 & (category == _HOME))
+    subnet = home_subnets(rng, len(rows))
+    hi[rows] = prefix[rows] + subnet
+    lo[rows] = temporary_iid(spec.seed, user_index[uid[rows]], local_day[rows], subnet, _HOME)
+    rows = np.flatnonzero(is6 & (category == _WORK))
+    hi[rows] = prefix[rows]
+    lo[rows] = temporary_iid(spec.seed, user_index[uid[rows]], local_day[rows], 0, _WORK)
+    rows = np.flatnonzero(is6 & (category == _MOBILE))
+    pool_len = np.maximum(plan.v6_len[mobile_net[uid[rows]]].astype(np.int64), MOBILE_POOL_V6_LEN)
+    hi[rows] = prefix[rows] + rng.integers(0, np.left_shift(1, 64 - pool_len))  # a /64 per session
+    lo[rows] = random_iid(rng, len(rows))
+    return is6, hi, lo
+
+
 def _jitter(
     plan: AddressPlan, rng: np.random.Generator, nets: np.ndarray, base: np.ndarray, sticky: float
 ) -> np.ndarray:
@@ -203,42 +268,78 @@ class _History:
     """What the users of a shard did, as the attack generator needs it (computed once per shard).
 
     The ``used_*`` arrays are sorted, distinct int64 keys of (user, network), (user, AS) and
-    (user, address) pairs over all days; membership is a binary search (:func:`_contains`).
+    (user, IPv4 address) pairs over all days; membership is a binary search (:func:`_contains`).
+    Networks and ASes count in either family: IPv4 ones from the events, IPv6 ones from the world
+    (the networks of the user's IPv6 prefixes, which are the only IPv6 networks a user logs in from).
+    ``used_v6`` holds ``"entity address"`` of every IPv6 login, for exact "never used" checks.
     """
 
     user: np.ndarray  # row of the user in the shard's users table, per event
-    ip: np.ndarray
+    ip: np.ndarray  # IPv4 address (0 on IPv6 rows)
+    address: tuple[pa.Array, ...]  # the events' (ip, ip_int, ip_version) columns
     rel_s: np.ndarray  # seconds since the start of the period
-    train: np.ndarray  # rows of training-day events
+    train4: np.ndarray  # rows of training-day IPv4 events
+    users4: np.ndarray  # users (rows) with an IPv4 login on a training day
+    users6: np.ndarray  # users with IPv6 at home and an IPv6 login on a training day
     used_net: np.ndarray
     used_asn: np.ndarray
     used_ip: np.ndarray
+    used_v6: pa.Array
     popular: np.ndarray  # the networks most training users log in from (broadband/mobile only)
 
     @classmethod
     def of(cls, plan: AddressPlan, spec: SynthSpec, users: pa.Table, events: pa.Table) -> _History:
         first_user = int(users["user_index"][0].as_py()) if users.num_rows else 0
         user = entity_index(events["entity"]) - first_user
-        ip = events["ip_int"].to_numpy()
+        is6 = events["ip_version"].to_numpy() == 6
+        ip = pc.fill_null(events["ip_int"], 0).to_numpy()
         rel_s = pc.cast(events["ts"], pa.int64()).to_numpy() // 1_000_000 - spec.start_epoch_s
-        train = np.flatnonzero(rel_s < spec.train_days * DAY_S)
-        net = plan.lookup(ip)
+        train = rel_s < spec.train_days * DAY_S
+        train4 = np.flatnonzero(train & ~is6)
+        v4 = np.flatnonzero(~is6)
+        net = np.full(len(ip), -1, np.int64)
+        net[v4] = plan.lookup(ip[v4])
         n_nets = len(plan) + 1
-        asn = np.where(net >= 0, plan.asn[np.maximum(net, 0)], -1)
-        user_net = _sorted_unique(user[train] * n_nets + net[train] + 1)
+        user_net = _sorted_unique(user[train4] * n_nets + net[train4] + 1)
         counts = np.bincount(user_net % n_nets, minlength=n_nets)[1:]  # distinct training users per network
         counts[~np.isin(plan.kind, ("broadband", "mobile"))] = 0
         popular = np.argsort(-counts, kind="stable")[: min(_POPULAR_TOP, int((counts > 0).sum()))]
+        # (user, network) pairs: those of the IPv4 logins, then the networks of the users' IPv6 prefixes.
+        pair_user, pair_net = [user[v4]], [net[v4]]
+        for prefix, net_column in (("home_v6", "home_net"), ("work_v6", "work_net"), ("mobile_v6_pool", "mobile_net")):
+            rows = np.flatnonzero(users[prefix].to_numpy() >= 0)
+            pair_user.append(rows)
+            pair_net.append(users[net_column].to_numpy()[rows].astype(np.int64))
+        any_user, any_net = np.concatenate(pair_user), np.concatenate(pair_net)
+        asn = np.where(any_net >= 0, plan.asn[np.maximum(any_net, 0)], -1)
+        users6 = _present(user[np.flatnonzero(train & is6)], users.num_rows)
+        home6 = users["home_v6"].to_numpy()
+        v6 = pa.array(np.flatnonzero(is6))
         return cls(
             user=user,
             ip=ip,
+            address=(events["ip"], events["ip_int"], events["ip_version"]),
             rel_s=rel_s,
-            train=train,
-            used_net=_sorted_unique(user * n_nets + net + 1),
-            used_asn=_sorted_unique(user * (1 << 33) + asn + 1),
-            used_ip=_sorted_unique(user * (1 << 33) + ip),
+            train4=train4,
+            users4=_present(user[train4], users.num_rows),
+            users6=users6[home6[users6] >= 0],
+            used_net=_sorted_unique(any_user * n_nets + any_net + 1),
+            used_asn=_sorted_unique(any_user * (1 << 33) + asn + 1),
+            used_ip=_sorted_unique(user[v4] * (1 << 33) + ip[v4]),
+            used_v6=_user_address(events["entity"].take(v6), events["ip"].take(v6)),
             popular=popular,
         )
+
+
+def attack_slots(spec: SynthSpec, split: str, shard: int) -> np.ndarray:
+    """The attacks of one shard, as indices into ``spec.attack_kinds`` (round-robin over the global number).
+
+    Attacks spread over shards in proportion to their users (so an empty shard gets none), and every
+    kind appears as soon as there are as many attacks as kinds.
+    """
+    bounds = spec.attack_count(split) * shard_bounds(spec.users, spec.n_files) // spec.users
+    first, n = int(bounds[shard]), int(bounds[shard + 1] - bounds[shard])
+    return (first + np.arange(n)) % len(spec.attack_kinds)
 
 
 def shard_labelled(
@@ -251,29 +352,26 @@ def shard_labelled(
 ) -> dict[str, pa.Table]:
     """Attack rows plus as many normal held-out rows of one shard, per split (:data:`LABELLED_SCHEMA`, by time).
 
-    Attack kinds are dealt round-robin over the global attack number, so every kind appears as
-    soon as there are as many attacks as kinds. An attack whose constraints cannot be met (e.g. a
-    country with a single ISP) is dropped.
+    Attack kinds are dealt by :func:`attack_slots`. An attack whose constraints cannot be met (e.g. a
+    country with a single ISP, or an IPv6 kind in a shard without IPv6 users) is dropped.
     """
     history = _History.of(plan, spec, users, events)
     out = {}
     for split in splits:
         rng = shard_rng(spec.seed, shard, STREAM_ATTACKS[split])
-        # Attacks spread over shards in proportion to their users (so an empty shard gets none).
-        bounds = spec.attack_count(split) * shard_bounds(spec.users, spec.n_files) // spec.users
-        first, n = int(bounds[shard]), int(bounds[shard + 1] - bounds[shard])
-        if n == 0 or len(history.train) == 0:
+        slots = attack_slots(spec, split, shard)
+        if len(slots) == 0 or len(history.users4) + len(history.users6) == 0:
             attacks = LABELLED_SCHEMA.empty_table()
         else:
-            attacks = _attacks(plan, spec, rng, users, history, first, n, split)
+            attacks = _attacks(plan, spec, rng, users, history, slots, split)
         lo, hi = spec.split_days(split)
         held_out = np.flatnonzero((history.rel_s >= lo * DAY_S) & (history.rel_s < hi * DAY_S))
-        pick = np.sort(rng.choice(held_out, size=min(n, len(held_out)), replace=False))
+        pick = np.sort(rng.choice(held_out, size=min(len(slots), len(held_out)), replace=False))
         normals = _labelled(
             spec,
             users,
             history.user[pick],
-            history.ip[pick],
+            tuple(column.take(pa.array(pick)) for column in history.address),
             history.rel_s[pick],
             np.zeros(len(pick), np.int8),
             np.full(len(pick), "normal", dtype=object),
@@ -291,59 +389,105 @@ def _attacks(
     rng: np.random.Generator,
     users: pa.Table,
     history: _History,
-    first: int,
-    n: int,
+    slots: np.ndarray,
     split: str,
 ) -> pa.Table:
-    kinds = np.array(spec.attack_kinds, dtype=object)[(first + np.arange(n)) % len(spec.attack_kinds)]
-    trained_users = _sorted_unique(history.user[history.train])
-    user = trained_users[rng.integers(0, len(trained_users), size=n)]
+    n = len(slots)
+    kinds = np.array(spec.attack_kinds, dtype=object)[slots]
+    is6 = np.isin(kinds, IPV6_ATTACK_KINDS)
+    # IPv4 kinds go to users with IPv4 training logins, IPv6 kinds to users with IPv6 ones (-1: none).
+    user = np.full(n, -1, np.int64)
+    pick = rng.random(n)
+    for rows, candidates in ((~is6, history.users4), (is6, history.users6)):
+        if len(candidates):
+            user[rows] = candidates[(pick[rows] * len(candidates)).astype(np.int64)]
     lo, hi = spec.split_days(split)
     rel = rng.integers(lo * DAY_S, hi * DAY_S, size=n)
-    ip = np.full(n, -1, np.int64)
+    ip = np.full(n, -1, np.int64)  # IPv4 address, -1: none found
+    hi6 = np.full(n, -1, np.int64)  # IPv6 first 64 bits, -1: none found
+    lo6 = np.zeros(n, np.uint64)
     n_nets = len(plan) + 1
 
-    rows = np.flatnonzero(kinds == "random_ip")  # SageMaker's "random" negatives: each octet uniform
+    def rows_of(kind: str) -> np.ndarray:
+        return np.flatnonzero((kinds == kind) & (user >= 0))
+
+    def new_net(rows: np.ndarray, draw: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+        """A network from ``draw`` that the user never used, -1 where none was found."""
+        net, ok = _redraw(
+            len(rows), draw, lambda r, v: (v < 0) | _contains(history.used_net, user[rows[r]] * n_nets + v + 1)
+        )
+        return np.where(ok, net, -1)
+
+    def new_isp(rows: np.ndarray, draw: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+        """A network from ``draw`` whose AS the user never used, -1 where none was found."""
+
+        def taken(r: np.ndarray, v: np.ndarray) -> np.ndarray:
+            return (v < 0) | _contains(history.used_asn, user[rows[r]] * (1 << 33) + plan.asn[np.maximum(v, 0)] + 1)
+
+        net, ok = _redraw(len(rows), draw, taken)
+        return np.where(ok, net, -1)
+
+    popular = history.popular
+
+    def draw_popular(r: np.ndarray) -> np.ndarray:
+        return popular[rng.integers(0, len(popular), size=len(r))]
+
+    rows = rows_of("random_ip")  # SageMaker's "random" negatives: each octet uniform
     ip[rows] = rng.integers(0, 1 << 32, size=len(rows))
 
-    rows = np.flatnonzero(kinds == "popular_isp")
-    popular = history.popular
+    rows = rows_of("popular_isp")
     if len(rows) and len(popular):
-        net = _redraw(
-            len(rows),
-            draw=lambda r: popular[rng.integers(0, len(popular), size=len(r))],
-            key=lambda r, v: user[rows[r]] * n_nets + v + 1,
-            used=history.used_net,
-        )
+        net = new_net(rows, draw_popular)
         ip[rows] = np.where(net >= 0, random_address_in(plan, rng, np.maximum(net, 0)), -1)
 
-    rows = np.flatnonzero(kinds == "same_country_other_isp")
+    rows = rows_of("same_country_other_isp")
     if len(rows):
         countries = users["country"].to_numpy(zero_copy_only=False)[user[rows]]
-        net = _redraw(
-            len(rows),
-            draw=lambda r: sample_networks(plan, rng, countries[r], KINDS),
-            key=lambda r, v: user[rows[r]] * (1 << 33) + plan.asn[np.maximum(v, 0)] + 1,
-            used=history.used_asn,
-        )
+        net = new_isp(rows, lambda r: sample_networks(plan, rng, countries[r], KINDS))
         ip[rows] = np.where(net >= 0, random_address_in(plan, rng, np.maximum(net, 0)), -1)
 
-    rows = np.flatnonzero(kinds == "own_network")
+    rows = rows_of("own_network")
     if len(rows):
         # A training address of the user, then a new host in its /24, kept inside its network.
-        base = history.ip[_random_event_of(rng, history.user[history.train], user[rows], history.train)]
+        base = history.ip[_random_event_of(rng, history.user[history.train4], user[rows], history.train4)]
         base_net = plan.lookup(base)
-        ip[rows] = _redraw(
+        new_ip, ok = _redraw(
             len(rows),
-            draw=lambda r: _new_host(plan, rng, base[r], base_net[r]),
-            key=lambda r, v: user[rows[r]] * (1 << 33) + v,
-            used=history.used_ip,
+            lambda r: _new_host(plan, rng, base[r], base_net[r]),
+            lambda r, v: _contains(history.used_ip, user[rows[r]] * (1 << 33) + v),
         )
+        ip[rows] = np.where(ok, new_ip, -1)
 
-    keep = ip >= 0
+    rows = rows_of("random_ipv6")  # a random /64 (and interface id) of a network the user never used
+    if len(rows):
+        net = new_net(rows, lambda r: rng.integers(0, len(plan), size=len(r)))
+        hi6[rows] = np.where(net >= 0, random_prefix_in(plan, rng, np.maximum(net, 0), 64), -1)
+        lo6[rows] = random_iid(rng, len(rows))
+
+    rows = rows_of("other_isp_ipv6")  # a customer of a popular ISP that is not one of the user's
+    if len(rows) and len(popular):
+        net = new_isp(rows, draw_popular)
+        home = random_prefix_in(plan, rng, np.maximum(net, 0), HOME_V6_LEN) + home_subnets(rng, len(rows))
+        hi6[rows] = np.where(net >= 0, home, -1)
+        lo6[rows] = random_iid(rng, len(rows))
+
+    rows = rows_of("own_prefix_ipv6")  # a new address of the user's own /56
+    if len(rows):
+        hi6[rows] = users["home_v6"].to_numpy()[user[rows]] + home_subnets(rng, len(rows))
+        entity = users["entity"].take(pa.array(user[rows]))
+        iid, ok = _redraw(
+            len(rows),
+            lambda r: random_iid(rng, len(r)),
+            lambda r, v: _is_in(_user_address(entity.take(pa.array(r)), ipv6_to_str(hi6[rows[r]], v)),
+                                history.used_v6),
+        )  # fmt: skip
+        lo6[rows] = iid
+        hi6[rows[~ok]] = -1
+
+    keep = np.flatnonzero((user >= 0) & np.where(is6, hi6 >= 0, ip >= 0))
     labels = np.array([ATTACK_LABELS[k] for k in spec.attack_kinds], np.int8)
-    label = labels[(first + np.arange(n)) % len(spec.attack_kinds)]
-    return _labelled(spec, users, user[keep], ip[keep], rel[keep], label[keep], kinds[keep])
+    address = address_columns(ip[keep], hi6[keep], lo6[keep], is6[keep])
+    return _labelled(spec, users, user[keep], address, rel[keep], labels[slots[keep]], kinds[keep])
 
 
 def _sorted_unique(values: np.ndarray) -> np.ndarray:
@@ -352,30 +496,47 @@ def _sorted_unique(values: np.ndarray) -> np.ndarray:
     return values[np.concatenate([[True], values[1:] != values[:-1]])] if len(values) else values
 
 
-def _redraw(
-    n: int,
-    draw: Callable[[np.ndarray], np.ndarray],
-    key: Callable[[np.ndarray, np.ndarray], np.ndarray],
-    used: np.ndarray,
-) -> np.ndarray:
-    """``draw(rows)`` values, redrawing those that are -1 or whose ``key(rows, values)`` is in ``used``.
+def _present(user: np.ndarray, n_users: int) -> np.ndarray:
+    """The distinct users (rows) among ``user``, sorted (a count per user: cheaper than sorting events)."""
+    return np.flatnonzero(np.bincount(user, minlength=n_users))
 
-    Loops over redraw rounds (a few), not rows; values still taken after the last round become -1.
+
+def _redraw(
+    n: int, draw: Callable[[np.ndarray], np.ndarray], taken: Callable[[np.ndarray, np.ndarray], np.ndarray]
+) -> tuple[np.ndarray, np.ndarray]:
+    """``draw(rows)`` values, redrawing those for which ``taken(rows, values)`` holds; returns ``(values, ok)``.
+
+    Loops over redraw rounds (a few), not rows; ``ok`` is False where a value was still taken after
+    the last round.
     """
     rows = np.arange(n)
     out = draw(rows)
+    bad = rows[taken(rows, out)]
     for _ in range(_MAX_REDRAWS):
-        bad = rows[(out < 0) | _contains(used, key(rows, out))]
         if len(bad) == 0:
-            return out
+            break
         out[bad] = draw(bad)
-    out[(out < 0) | _contains(used, key(rows, out))] = -1
-    return out
+        bad = bad[taken(bad, out[bad])]
+    ok = np.ones(n, bool)
+    ok[bad] = False
+    return out, ok
 
 
 def _contains(sorted_values: np.ndarray, keys: np.ndarray) -> np.ndarray:
+    if len(sorted_values) == 0:
+        return np.zeros(len(keys), bool)
     pos = np.minimum(np.searchsorted(sorted_values, keys), len(sorted_values) - 1)
     return sorted_values[pos] == keys
+
+
+def _user_address(entity: pa.Array, ip: pa.Array) -> pa.Array:
+    """``"entity ip"`` strings: exact (user, address) keys for either family."""
+    keys = pc.binary_join_element_wise(entity, ip, " ")
+    return keys.combine_chunks() if isinstance(keys, pa.ChunkedArray) else keys
+
+
+def _is_in(values: pa.Array, value_set: pa.Array) -> np.ndarray:
+    return pc.is_in(values, value_set=value_set).to_numpy(zero_copy_only=False)
 
 
 def _random_event_of(rng: np.random.Generator, ev_user: np.ndarray, wanted: np.ndarray, rows: np.ndarray) -> np.ndarray:
@@ -394,14 +555,22 @@ def _new_host(plan: AddressPlan, rng: np.random.Generator, base: np.ndarray, net
 
 
 def _labelled(
-    spec: SynthSpec, users: pa.Table, uid: np.ndarray, ip: np.ndarray, rel: np.ndarray, label: np.ndarray, kind
+    spec: SynthSpec,
+    users: pa.Table,
+    uid: np.ndarray,
+    address: tuple[pa.Array, ...],
+    rel: np.ndarray,
+    label: np.ndarray,
+    kind,
 ) -> pa.Table:
     offsets = users["utc_offset_minutes"].to_numpy()[uid]
+    text, ip_int, version = address
     return pa.table(
         {
             "entity": users["entity"].take(pa.array(uid, pa.int64())),
-            "ip": ipv4_to_str(ip),
-            "ip_int": pa.array(ip, pa.int64()),
+            "ip": text,
+            "ip_int": ip_int,
+            "ip_version": version,
             "label": pa.array(label, pa.int8()),
             "kind": pa.array(np.asarray(kind, dtype=object).tolist(), pa.string()),
             "ts": pa.array((spec.start_epoch_s + rel.astype(np.int64)) * 1_000_000, pa.timestamp("us", tz="UTC")),
@@ -441,7 +610,7 @@ def attacks_as_events(spec: SynthSpec, attacks: pa.Table) -> pa.Table:
     rel_s = pc.cast(attacks["ts"], pa.int64()).to_numpy() // 1_000_000 - spec.start_epoch_s
     table = pa.table(
         {
-            **{name: attacks[name] for name in ("entity", "ip", "ip_int", "ts", "utc_offset_minutes")},
+            **{name: attacks[name] for name in ("entity", "ip", "ip_int", "ip_version", "ts", "utc_offset_minutes")},
             "dt": day_strings(spec).take(pa.array(rel_s // DAY_S)),
             "kind": attacks["kind"],
         }

@@ -4,7 +4,9 @@ A *login event* is a line ``IP - user [dd/Mon/YYYY:HH:MM:SS +ZZZZ] "GET /login_s
 with a user other than ``-``; everything else is there to be filtered out: static files and pages fetched
 anonymously, failed logins (``POST /login`` 401), forbidden ``/login_success`` (403), authenticated API
 calls, scanners (403/404), and at ``junk_rate`` malformed lines (:data:`JUNK_KINDS`). Timestamps carry
-the user's UTC offset; the true UTC instant is the log time minus the offset.
+the user's UTC offset; the true UTC instant is the log time minus the offset. The client address is
+the login's text as the events hold it: a dotted quad, or RFC 5952 IPv6 text as Apache writes it
+(``2a01:4f8:1c1c:abcd::1 - user_7 [...]``).
 
 Lines are built column-wise: lookup tables of a few entries (dates, times of day, offsets, requests)
 are gathered with ``take`` and joined with ``binary_join_element_wise``, so the cost per line is a few
@@ -132,7 +134,10 @@ _BAD_TIMESTAMPS = (
     "32/Jan/2024:10:00:00 +0000", "01/Foo/2024:10:00:00 +0000", "01/Jan/2024:25:61:00 +0000",
     "2024-01-01T10:00:00Z", "01/Jan/2024:10:00:00", "-", "01/Jan/2024:10:00:00 +99999",
 )  # fmt: skip
-_BAD_IPS = ("300.1.2.3", "1.2.3", "1.2.3.4.5", "256.256.256.256", "10.0.0.-1", "a.b.c.d", "01.02.03.004")
+_BAD_IPS = (
+    "300.1.2.3", "1.2.3", "1.2.3.4.5", "256.256.256.256", "10.0.0.-1", "a.b.c.d", "01.02.03.004",
+    "2001:db8::1::2", "12345::1", "2a00:1:2:3:4:5:6:7:8", "2a0g::1",
+)  # fmt: skip
 
 
 def log_file_name(shard: int, spec: SynthSpec) -> str:
@@ -220,7 +225,7 @@ def _user_agent_codes(user_index: np.ndarray, rng: np.random.Generator) -> np.nd
 def shard_log_pieces(spec: SynthSpec, logins: pa.Table, shard: int) -> tuple[list, dict[str, int]]:
     """One shard's log file (uncompressed) as a list of byte pieces to write in order, and counts by kind.
 
-    ``logins`` are the shard's login events in time order (at least ``entity``, ``ip_int``, ``ts``,
+    ``logins`` are the shard's login events in time order (at least ``entity``, ``ip``, ``ts``,
     ``utc_offset_minutes``; injected attacks included). Other traffic is drawn around them (same
     users, addresses and moments). Lines are coded as integers, put in time order, and formatted once;
     junk lines (mangled copies of real lines, or random bytes) are spliced in after the line they copy.
@@ -230,11 +235,18 @@ def shard_log_pieces(spec: SynthSpec, logins: pa.Table, shard: int) -> tuple[lis
     ts = pc.cast(logins["ts"], pa.int64()).to_numpy() // 1_000_000
     user_index = entity_index(logins["entity"])
     n_noise = round(n_login * spec.noise_rate / (1 - spec.noise_rate)) if n_login else 0
-    noise = _noise_rows(spec, rng, ts, logins["ip_int"].to_numpy(), user_index, n_noise)
+    noise = _noise_rows(spec, rng, ts, user_index, n_noise)
+    # Address texts: the logins', then those of the foreign requests; "ip" indexes them.
+    foreign = np.flatnonzero(noise.pop("foreign"))
+    foreign_ip = noise.pop("foreign_ip")[foreign]
+    noise["ip"] = noise["src"].copy()
+    noise["ip"][foreign] = n_login + np.arange(len(foreign))
+    login_ip = logins["ip"].combine_chunks() if isinstance(logins["ip"], pa.ChunkedArray) else logins["ip"]
+    addresses = pa.concat_arrays([login_ip.cast(pa.string()), ipv4_to_str(foreign_ip)])
     login = {
         "src": np.arange(n_login),
         "anonymous": np.zeros(n_login, bool),
-        "ip": logins["ip_int"].to_numpy(),
+        "ip": np.arange(n_login),
         "ts": ts,
         "request": np.zeros(n_login, np.int64),
         "status": np.zeros(n_login, np.int64),
@@ -246,7 +258,7 @@ def shard_log_pieces(spec: SynthSpec, logins: pa.Table, shard: int) -> tuple[lis
     rows = {k: np.concatenate([login[k], noise[k]])[order] for k in login}
     user = pc.if_else(pa.array(rows["anonymous"]), pa.scalar("-"), logins["entity"].take(pa.array(rows["src"])))
     lines = format_lines(
-        ipv4_to_str(rows["ip"]),
+        addresses.take(pa.array(rows["ip"])),
         user,
         rows["ts"],
         logins["utc_offset_minutes"].to_numpy()[rows["src"]],
@@ -265,9 +277,13 @@ def shard_log_pieces(spec: SynthSpec, logins: pa.Table, shard: int) -> tuple[lis
 
 
 def _noise_rows(
-    spec: SynthSpec, rng: np.random.Generator, ts: np.ndarray, ip: np.ndarray, user_index: np.ndarray, n: int
+    spec: SynthSpec, rng: np.random.Generator, ts: np.ndarray, user_index: np.ndarray, n: int
 ) -> dict[str, np.ndarray]:
-    """Non-login traffic around the logins, as codes: same users, addresses and moments, other requests."""
+    """Non-login traffic around the logins, as codes: same users, addresses and moments, other requests.
+
+    A request comes from the address of the login ``src`` it is near, or where ``foreign`` from the
+    IPv4 address ``foreign_ip``.
+    """
     weights = np.array([k.weight for k in _NOISE_KINDS])
     kind = np.minimum(
         np.searchsorted(np.cumsum(weights) / weights.sum(), rng.random(n), side="right"), len(weights) - 1
@@ -279,13 +295,13 @@ def _noise_rows(
     lo, hi = (np.array([k.size[i] for k in _NOISE_KINDS])[kind] for i in (0, 1))
     # Failed logins and scanners partly come from someone else's address (stuffing, bots).
     foreign = rng.random(n) < np.array([k.foreign for k in _NOISE_KINDS])[kind]
-    addresses = ip[src] if len(ip) else np.zeros(n, np.int64)
     bot = anonymous & (rng.random(n) < 0.3)
     agent = np.where(bot, _codes(rng, n, len(_USER_AGENTS), len(_BOT_AGENTS)), _user_agent_codes(user_index[src], rng))
     return {
         "src": src,
         "anonymous": anonymous,
-        "ip": np.where(foreign, rng.integers(1 << 24, 0xDF000000, size=n), addresses),
+        "foreign": foreign,
+        "foreign_ip": rng.integers(1 << 24, 0xDF000000, size=n),
         # Wrapped into the period (rather than clipped, which would pile requests up on its edges).
         "ts": spec.start_epoch_s
         + (ts[src] + rng.integers(-600, 600, size=n) - spec.start_epoch_s) % (spec.days * _DAY_S)
@@ -409,4 +425,4 @@ def time_ordered(logins: pa.Table) -> pa.Table:
     return logins.take(pc.sort_indices(logins, [("ts", "ascending")]))
 
 
-_LOGIN_COLUMNS = ("entity", "ip", "ip_int", "ts", "utc_offset_minutes")
+_LOGIN_COLUMNS = ("entity", "ip", "ts", "utc_offset_minutes")

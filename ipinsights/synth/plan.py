@@ -1,4 +1,4 @@
-"""Address plans: IPv4 ranges with an AS number, a country and a kind (broadband, mobile, business, hosting).
+"""Address plans: IPv4 ranges with an AS, a country, a kind (broadband, mobile, business, hosting), an IPv6 prefix.
 
 Real registry files (iptoasn.com's ``ip2asn-v4.tsv``) cannot be downloaded here, so
 :meth:`AddressPlan.synthetic` lays out a plausible plan: countries own a few blocks of the address
@@ -7,6 +7,18 @@ and reserved ranges (private, loopback, multicast, ...) are skipped. A user-supp
 :meth:`AddressPlan.from_ip2asn_tsv`; :meth:`AddressPlan.to_ip2asn_tsv` writes the same format, and the
 kind survives the round trip because synthetic AS descriptions name it (real ones are classified by
 keywords).
+
+IPv6: every network (row) also gets an IPv6 prefix, laid out by :func:`ipv6_allocations` from the rows
+and the plan seed alone (so a plan loaded from an ip2asn-v4 file gets them the same way, and a
+synthetic plan written and read back gets the same ones). As the registries do, each country's
+networks come from its regional registry's /12 (``2600::/12`` ARIN, ``2a00::/12`` RIPE NCC,
+``2400::/12`` APNIC, ``2800::/12`` LACNIC, ``2c00::/12`` AFRINIC), one contiguous stretch per
+country, so same-country networks are near each other in IPv6 order as in IPv4 order; each AS gets
+one block, split into one prefix per row (its regional ranges). Sizes follow the kind and the IPv4
+size: broadband and mobile /28-/32, hosting /32-/40, business /40-/48. All of it is global unicast
+outside the special ranges (``2001::/23``, ``2001:db8::/32``, ``2002::/16``, ``3fff::/20``).
+:meth:`AddressPlan.to_ip2asn_v6_tsv` writes the prefixes in iptoasn.com's ``ip2asn-v6`` format
+(reading such a file back is not supported: the prefixes are derived, not loaded).
 """
 
 from __future__ import annotations
@@ -14,16 +26,27 @@ from __future__ import annotations
 import gzip
 import itertools
 import re
+import zlib
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from ipinsights.io import DataFormatError, atomic_write
 from ipinsights.ip import ipv4_to_str
+from ipinsights.synth.ipv6 import ipv6_to_str
 
-__all__ = ["COUNTRY_USER_SHARES", "COUNTRY_UTC_OFFSETS", "KINDS", "AddressPlan", "kind_of_description"]
+__all__ = [
+    "COUNTRY_USER_SHARES",
+    "COUNTRY_UTC_OFFSETS",
+    "KINDS",
+    "AddressPlan",
+    "ipv6_allocations",
+    "kind_of_description",
+]
 
 KINDS: tuple[str, ...] = ("broadband", "mobile", "business", "hosting")
 
@@ -78,6 +101,25 @@ _KIND_KEYWORDS = (
     ("mobile", re.compile(r"mobile|wireless|cellular|\blte\b|\bgsm\b|\b[345]g\b", re.I)),
     ("business", re.compile(r"business|enterprise|universit|bank|corp|government|ministry|school", re.I)),
 )  # fmt: skip
+# IPv6: the /12 each regional registry allocates from (first 12 bits), and the countries it serves
+# (countries missing here, e.g. of a real plan, go to a registry chosen by a hash of their code).
+_RIR_V6_BLOCKS = {"AFRINIC": 0x2C0, "APNIC": 0x240, "ARIN": 0x260, "LACNIC": 0x280, "RIPE": 0x2A0}
+_RIR_COUNTRIES = {
+    "AFRINIC": "AO BF BJ BW CD CI CM DZ EG ET GA GH KE LY MA MG ML MU MZ NA NG RW SD SN TN TZ UG ZA ZM ZW",
+    "APNIC": "AU BD BN BT CN FJ HK ID IN JP KH KR LA LK MM MN MO MV MY NP NZ PG PH PK SG TH TL TW VN",
+    "ARIN": "AG BB BS BM CA DM GD JM KN KY LC PR US VC VI",
+    "LACNIC": "AR BO BR BZ CL CO CR CU DO EC GT GY HN HT MX NI PA PE PY SR SV TT UY VE",
+    "RIPE": "AD AE AL AM AT AZ BA BE BG BH BY CH CY CZ DE DK EE ES FI FO FR GB GE GR HR HU IE IL IQ IR IS IT "
+    "JO KG KW KZ LB LI LT LU LV MC MD ME MK MT NL NO OM PL PS PT QA RO RS RU SA SE SI SK SM SY TJ TM TR "
+    "UA UZ VA YE",
+}
+_COUNTRY_RIR = {code: rir for rir, codes in _RIR_COUNTRIES.items() for code in codes.split()}
+_RIR_BITS = 12
+# IPv6 prefix length of a network: its IPv4 prefix length + 16, within its kind's range.
+_V6_LENGTHS = {"broadband": (28, 32), "mobile": (28, 32), "hosting": (32, 40), "business": (40, 48)}
+_V6_MAX_LEN = 48  # every network holds at least a /48 (a business site; homes get /56s)
+# Special-purpose IPv6 blocks (first 64 bits, prefix length) that no allocation may touch.
+_RESERVED_V6 = ((0x2001 << 48, 23), (0x20010DB8 << 32, 32), (0x2002 << 48, 16), (0x3FFF << 48, 20))
 _INT_OR_DOTTED = re.compile(r"^(\d{1,10}|\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3})$")
 
 
@@ -91,10 +133,13 @@ def kind_of_description(description: str) -> str:
 
 @dataclass(frozen=True, eq=False)
 class AddressPlan:
-    """Non-overlapping IPv4 ranges sorted by address; row ``i`` is "network ``i``".
+    """Non-overlapping IPv4 ranges sorted by address, each with an IPv6 prefix; row ``i`` is "network ``i``".
 
     ``start``/``end`` are inclusive ``int64`` addresses; ``country``, ``kind`` and ``description`` are
-    numpy arrays of Python strings (a few thousand to a few hundred thousand rows).
+    numpy arrays of Python strings (a few thousand to a few hundred thousand rows). ``v6_start`` is
+    the first 64 bits of the row's IPv6 prefix (``int64``: every prefix is in ``2000::/3``) and
+    ``v6_len`` its length (``int8``, at most 48); left out, they are derived with
+    :func:`ipv6_allocations` and seed 0.
     """
 
     start: np.ndarray
@@ -103,6 +148,8 @@ class AddressPlan:
     country: np.ndarray
     kind: np.ndarray
     description: np.ndarray
+    v6_start: np.ndarray | None = None
+    v6_len: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         n = len(self.start)
@@ -112,6 +159,11 @@ class AddressPlan:
             raise ValueError("address plan columns must all have the same length")
         if np.any(self.end < self.start) or np.any(self.start[1:] <= self.end[:-1]):
             raise ValueError("address plan ranges must be sorted, non-empty and non-overlapping")
+        if self.v6_start is None or self.v6_len is None:
+            v6_start, v6_len = ipv6_allocations(self.size, self.asn, self.country, self.kind, seed=0)
+            object.__setattr__(self, "v6_start", v6_start)
+            object.__setattr__(self, "v6_len", v6_len)
+        _check_v6(self.v6_start, self.v6_len, n)
 
     def __len__(self) -> int:
         return len(self.start)
@@ -128,8 +180,35 @@ class AddressPlan:
         inside = (idx >= 0) & (ips <= self.end[np.maximum(idx, 0)])
         return np.where(inside, idx, -1)
 
+    @property
+    def v6_size(self) -> np.ndarray:
+        """Number of /64s of each row's IPv6 prefix (``int64``)."""
+        return np.left_shift(1, 64 - self.v6_len.astype(np.int64))
+
+    @property
+    def v6_end(self) -> np.ndarray:
+        """Last /64 (first 64 bits) of each row's IPv6 prefix (``int64``)."""
+        return self.v6_start + self.v6_size - 1
+
+    @cached_property
+    def _v6_order(self) -> np.ndarray:
+        return np.argsort(self.v6_start, kind="stable")
+
+    def lookup_v6(self, hi: np.ndarray) -> np.ndarray:
+        """Index of the range whose IPv6 prefix holds each address (given by its first 64 bits), or -1."""
+        hi = np.asarray(hi).astype(np.int64)  # addresses outside 2000::/3 (negative here) match nothing
+        order = self._v6_order
+        pos = np.searchsorted(self.v6_start[order], hi, side="right") - 1
+        idx = order[np.maximum(pos, 0)]
+        return np.where((pos >= 0) & (hi <= self.v6_end[idx]), idx, -1)
+
+    def v6_prefix_text(self) -> pa.StringArray:
+        """Each row's IPv6 prefix as text, e.g. ``2a00:1c40::/32``."""
+        text = ipv6_to_str(self.v6_start, np.zeros(len(self), np.uint64))
+        return pc.binary_join_element_wise(text, pc.cast(pa.array(self.v6_len, pa.int64()), pa.string()), "/")
+
     def to_table(self) -> pa.Table:
-        """The plan as an Arrow table (``range_start``/``range_end`` dotted, as in ip2asn)."""
+        """The plan as an Arrow table (``range_start``/``range_end`` dotted, as in ip2asn; ``ipv6_prefix`` CIDR)."""
         return pa.table(
             {
                 "range_start": ipv4_to_str(self.start),
@@ -138,10 +217,11 @@ class AddressPlan:
                 "country_code": pa.array(self.country.tolist(), pa.string()),
                 "as_description": pa.array(self.description.tolist(), pa.string()),
                 "kind": pa.array(self.kind.tolist(), pa.string()),
+                "ipv6_prefix": self.v6_prefix_text(),
             }
         )
 
-    # ip2asn-v4 TSV ----------------------------------------------------------------------------
+    # ip2asn TSV ---------------------------------------------------------------------------------
 
     def to_ip2asn_tsv(self, path: str | Path, dotted: bool = True) -> Path:
         """Write ``range_start range_end AS_number country_code AS_description`` lines (tab-separated)."""
@@ -149,19 +229,24 @@ class AddressPlan:
             starts, ends = ipv4_to_str(self.start).to_pylist(), ipv4_to_str(self.end).to_pylist()
         else:
             starts, ends = self.start.tolist(), self.end.tolist()
-        rows = zip(starts, ends, self.asn.tolist(), self.country.tolist(), self.description.tolist(), strict=True)
-        text = "".join(f"{s}\t{e}\t{a}\t{c}\t{d}\n" for s, e, a, c, d in rows)
-        with atomic_write(path, "w", encoding="utf-8", newline="\n") as fh:
-            fh.write(text)
-        return Path(path)
+        return _write_tsv(path, starts, ends, self.asn, self.country, self.description)
+
+    def to_ip2asn_v6_tsv(self, path: str | Path) -> Path:
+        """Write the IPv6 prefixes as iptoasn.com's ``ip2asn-v6`` lines (first and last address, in IPv6 order)."""
+        order = self._v6_order
+        zeros = np.zeros(len(self), np.uint64)
+        starts = ipv6_to_str(self.v6_start[order], zeros).to_pylist()
+        ends = ipv6_to_str(self.v6_end[order], ~zeros).to_pylist()
+        return _write_tsv(path, starts, ends, self.asn[order], self.country[order], self.description[order])
 
     @classmethod
-    def from_ip2asn_tsv(cls, path: str | Path, keep_unrouted: bool = False) -> AddressPlan:
+    def from_ip2asn_tsv(cls, path: str | Path, keep_unrouted: bool = False, seed: int = 0) -> AddressPlan:
         """Load an ip2asn-v4 file (plain or ``.gz``; addresses as integers or dotted quads).
 
         Blank lines and ``#`` comments are skipped, and so are "Not routed" ranges (AS 0) unless
         ``keep_unrouted``. Any other malformed line raises :class:`~ipinsights.io.DataFormatError`
-        naming ``file:line``, as do overlapping ranges.
+        naming ``file:line``, as do overlapping ranges. The IPv6 prefixes are derived from the rows
+        and ``seed`` (:func:`ipv6_allocations`), as for a synthetic plan of that seed.
         """
         path = Path(path)
         opener = gzip.open if path.suffix == ".gz" else open
@@ -187,7 +272,8 @@ class AddressPlan:
             if cur[0] <= prev[1]:
                 raise DataFormatError(f"{path}:{cur[5]}: range overlaps the range of line {prev[5]}")
         descriptions = np.array([r[4] for r in rows], dtype=object)
-        return cls(
+        return cls._with_v6(
+            seed,
             start=np.array([r[0] for r in rows], np.int64),
             end=np.array([r[1] for r in rows], np.int64),
             asn=np.array([r[2] for r in rows], np.int64),
@@ -195,6 +281,12 @@ class AddressPlan:
             kind=np.array([kind_of_description(d) for d in descriptions], dtype=object),
             description=descriptions,
         )
+
+    @classmethod
+    def _with_v6(cls, seed: int, **columns: np.ndarray) -> AddressPlan:
+        size = columns["end"] - columns["start"] + 1
+        v6_start, v6_len = ipv6_allocations(size, columns["asn"], columns["country"], columns["kind"], seed)
+        return cls(**columns, v6_start=v6_start, v6_len=v6_len)
 
     # Synthetic plan -----------------------------------------------------------------------------
 
@@ -215,7 +307,8 @@ class AddressPlan:
                 n_isp = max(2 if kind != "hosting" else 1, round(networks * share * kshare / per_range[kind]))
                 lo, hi = _RANGES_PER_ISP[kind]
                 isps.extend((code, kind, int(k)) for k in rng.integers(lo, hi + 1, size=n_isp))
-        asns = 1000 + rng.choice(63_000, size=len(isps), replace=False)  # distinct public-looking AS numbers
+        # Distinct public-looking AS numbers (4-byte ones too when there are more ISPs than 2-byte numbers).
+        asns = 1000 + rng.choice(63_000 if len(isps) <= 63_000 else 4 * len(isps), size=len(isps), replace=False)
         names = [_isp_name(rng) for _ in isps]
         # One row per range: (country, kind, asn, description, prefix length).
         ranges = []
@@ -224,7 +317,8 @@ class AddressPlan:
             for plen in rng.integers(lo, hi + 1, size=k).tolist():
                 ranges.append((code, kind, asn, f"{name.upper()}-AS - {name} {_KIND_WORD[kind]} {code}", plen))
         ranges = _lay_out(ranges, codes, rng)
-        return cls(
+        return cls._with_v6(
+            seed,
             start=np.array([r[0] for r in ranges], np.int64),
             end=np.array([r[1] for r in ranges], np.int64),
             asn=np.array([r[2] for r in ranges], np.int64),
@@ -232,6 +326,14 @@ class AddressPlan:
             kind=np.array([r[4] for r in ranges], dtype=object),
             description=np.array([r[5] for r in ranges], dtype=object),
         )
+
+
+def _write_tsv(path: str | Path, starts: list, ends: list, asn, country, description) -> Path:
+    rows = zip(starts, ends, asn.tolist(), country.tolist(), description.tolist(), strict=True)
+    text = "".join(f"{s}\t{e}\t{a}\t{c}\t{d}\n" for s, e, a, c, d in rows)
+    with atomic_write(path, "w", encoding="utf-8", newline="\n") as fh:
+        fh.write(text)
+    return Path(path)
 
 
 def _parse_ip2asn_line(line: str, path: Path, lineno: int) -> tuple[int, int, int, str, str]:
@@ -327,3 +429,121 @@ def _place(sequence: list[int], plens: np.ndarray, gaps: list[int], reserved: li
         out.append((i, start))
         cursor = start + size
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# IPv6 allocations.
+# ---------------------------------------------------------------------------------------------
+
+
+def region_of_country(code: str) -> str:
+    """The regional registry whose /12 a country's IPv6 networks come from (a stable hash for unknown codes)."""
+    rir = _COUNTRY_RIR.get(code)
+    return rir if rir is not None else sorted(_RIR_V6_BLOCKS)[zlib.crc32(code.encode()) % len(_RIR_V6_BLOCKS)]
+
+
+def ipv6_allocations(
+    size: np.ndarray, asn: np.ndarray, country: np.ndarray, kind: np.ndarray, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """IPv6 prefixes of a plan's rows: ``(v6_start, v6_len)``, first 64 bits (``int64``) and length (``int8``).
+
+    Deterministic for the rows (IPv4 sizes in plan order, AS numbers, countries, kinds) and ``seed``.
+    A row's length is its IPv4 prefix length + 16, kept within its kind's range (``_V6_LENGTHS``);
+    each AS gets one aligned block holding a prefix per row (all of the AS's longest-prefix size, in
+    IPv4 order), placed in the /12 of its first row's country's registry: countries one after the
+    other (in a random order), the ASes of a country in a random order with random gaps. A registry
+    whose /12 would be more than half full gets longer prefixes (up to /48) instead. A loop over
+    ASes (thousands), never over addresses.
+    """
+    from ipinsights.synth.spec import plan_rng
+
+    rng = plan_rng(seed, stream=1)
+    n = len(size)
+    v4_len = 32 - np.floor(np.log2(np.maximum(np.asarray(size, np.float64), 1.0))).astype(np.int64)
+    bounds = np.array([_V6_LENGTHS.get(k, _V6_LENGTHS["broadband"]) for k in kind.tolist()], np.int64).reshape(n, 2)
+    row_len = np.clip(v4_len + 16, bounds[:, 0], bounds[:, 1])
+    _, first, group = np.unique(np.asarray(asn), return_index=True, return_inverse=True)
+    group = group.reshape(-1)
+    counts = np.bincount(group)
+    by_group = np.argsort(group, kind="stable")  # rows of each AS, in IPv4 (plan) order
+    rank = np.empty(n, np.int64)
+    rank[by_group] = np.arange(n) - np.repeat(np.cumsum(counts) - counts, counts)
+    group_len = np.full(len(counts), _V6_MAX_LEN, np.int64)
+    np.minimum.at(group_len, group, row_len)
+    slot_bits = np.ceil(np.log2(counts)).astype(np.int64)  # a block of 2**slot_bits row prefixes
+    group_country = country[first]
+    group_region = np.array([region_of_country(str(c)) for c in group_country.tolist()], dtype=object)
+    group_start = np.zeros(len(counts), np.int64)
+    for region in sorted(_RIR_V6_BLOCKS):
+        members = np.flatnonzero(group_region == region)
+        if len(members):
+            group_len[members], group_start[members] = _place_v6(rng, region, members, group_len, slot_bits,
+                                                                 group_country)  # fmt: skip
+    length = group_len[group]
+    start = group_start[group] + (rank << (64 - length))
+    return start, length.astype(np.int8)
+
+
+def _place_v6(
+    rng: np.random.Generator,
+    region: str,
+    members: np.ndarray,
+    group_len: np.ndarray,
+    slot_bits: np.ndarray,
+    group_country: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Row prefix lengths and block starts of one registry's ASes (``members``), inside its /12."""
+    base = _RIR_V6_BLOCKS[region] << (64 - _RIR_BITS)
+    capacity = 1 << (64 - _RIR_BITS)
+    lengths = group_len[members].copy()
+    while True:
+        block_bits = 64 - lengths + slot_bits[members]
+        total = int(np.sum(np.left_shift(1, block_bits).astype(np.float64)))
+        if 2 * total <= capacity:
+            break
+        if np.all(lengths >= _V6_MAX_LEN):
+            raise ValueError(f"the address plan's {region} networks do not fit in its IPv6 /12")
+        lengths = np.minimum(lengths + 1, _V6_MAX_LEN)
+    # Countries in a random order, each one stretch; its ASes in a random order with random gaps.
+    countries = group_country[members]
+    codes = sorted(set(countries.tolist()))
+    sequence = np.concatenate(
+        [members[np.flatnonzero(countries == codes[c])][rng.permutation(int(np.sum(countries == codes[c])))]
+         for c in rng.permutation(len(codes)).tolist()]
+    )  # fmt: skip
+    position = {int(g): i for i, g in enumerate(members.tolist())}
+    sizes = [1 << int(block_bits[position[g]]) for g in sequence.tolist()]
+    unit_gaps = rng.exponential(1.0, size=len(sequence))
+    mean_gap = (capacity - 2 * total) / len(sequence)
+    for scale in (0.8, 0.4, 0.2, 0.1, 0.0):
+        starts, cursor = [], base
+        for size, gap in zip(sizes, (unit_gaps * mean_gap * scale).tolist(), strict=True):
+            start = -(-(cursor + int(gap)) // size) * size  # align up
+            starts.append(start)
+            cursor = start + size
+        if cursor <= base + capacity:
+            break
+    out = np.zeros(len(members), np.int64)
+    out[[position[g] for g in sequence.tolist()]] = starts
+    return lengths, out
+
+
+def _check_v6(v6_start: np.ndarray, v6_len: np.ndarray, n: int) -> None:
+    """IPv6 prefixes must be one per row, aligned, global unicast, outside special ranges, non-overlapping."""
+    if len(v6_start) != n or len(v6_len) != n:
+        raise ValueError("address plan IPv6 columns must have one value per range")
+    length = np.asarray(v6_len, np.int64)
+    start = np.asarray(v6_start, np.int64)
+    if np.any((length < 3) | (length > 64)):
+        raise ValueError("IPv6 prefix lengths must be in 3..64")
+    size = np.left_shift(1, 64 - length)
+    end = start + size - 1
+    if np.any(start % size) or np.any(start >> 61 != 1):
+        raise ValueError("IPv6 prefixes must be aligned and inside 2000::/3")
+    for r_start, r_len in _RESERVED_V6:
+        r_end = r_start + (1 << (64 - r_len)) - 1
+        if np.any((start <= r_end) & (end >= r_start)):
+            raise ValueError(f"IPv6 prefixes must not touch the special range {r_start:#x}/{r_len}")
+    order = np.argsort(start, kind="stable")
+    if np.any(start[order][1:] <= end[order][:-1]):
+        raise ValueError("IPv6 prefixes must not overlap")

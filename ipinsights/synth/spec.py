@@ -15,12 +15,31 @@ import numpy as np
 
 from ipinsights.config import ConfigError, _check_float, _check_int
 
-__all__ = ["ATTACK_KINDS", "SPLITS", "SynthSpec", "shard_bounds", "shard_rng"]
+__all__ = ["ATTACK_KINDS", "ATTACK_LABELS", "IPV6_ATTACK_KINDS", "SPLITS", "SynthSpec", "shard_bounds", "shard_rng"]
 
-#: Attack kinds, in the order they are dealt out; ``own_network`` is the negative control (label 0).
-ATTACK_KINDS: tuple[str, ...] = ("random_ip", "popular_isp", "same_country_other_isp", "own_network")
+#: Attack kinds, in the order they are dealt out; ``own_network`` and ``own_prefix_ipv6`` are the
+#: negative controls (label 0). The IPv6 kinds (:data:`IPV6_ATTACK_KINDS`) only go to users with IPv6
+#: at home; the others pair a user with an IPv4 address, against the user's IPv4 history.
+ATTACK_KINDS: tuple[str, ...] = (
+    "random_ip",
+    "popular_isp",
+    "same_country_other_isp",
+    "own_network",
+    "random_ipv6",
+    "other_isp_ipv6",
+    "own_prefix_ipv6",
+)
+IPV6_ATTACK_KINDS: tuple[str, ...] = ("random_ipv6", "other_isp_ipv6", "own_prefix_ipv6")
 #: Label of each attack kind (1 = anomalous).
-ATTACK_LABELS: dict[str, int] = {"random_ip": 1, "popular_isp": 1, "same_country_other_isp": 1, "own_network": 0}
+ATTACK_LABELS: dict[str, int] = {
+    "random_ip": 1,
+    "popular_isp": 1,
+    "same_country_other_isp": 1,
+    "own_network": 0,
+    "random_ipv6": 1,
+    "other_isp_ipv6": 1,
+    "own_prefix_ipv6": 0,
+}
 SPLITS: tuple[str, ...] = ("train", "validation", "test")
 
 # Independent random streams of one shard (never reuse a number: that would correlate two streams).
@@ -39,6 +58,12 @@ class SynthSpec:
     logins, ...); ``junk_rate`` the share of malformed lines. ``attacks`` / ``validation_attacks``
     labelled attack rows are dealt out over ``attack_kinds`` round-robin, and as many normal held-out
     rows are drawn from the same days, so that both labelled files hold both classes.
+
+    IPv6 is dual stack: ``ipv6_rate`` of users have it at home, ``ipv6_work_rate`` at work and
+    ``ipv6_mobile_rate`` of mobile users on their carrier; where a user has it, ``ipv6_share`` of the
+    logins over that path use it (Happy Eyeballs prefers IPv6), the rest IPv4. Trips and one-off
+    logins elsewhere stay IPv4 (hotel and café networks), but a phone abroad keeps its home
+    carrier's addresses (home routing), IPv6 included.
     """
 
     users: int = 10_000
@@ -58,6 +83,11 @@ class SynthSpec:
     travel_rate: float = 0.15  # share of users who take one trip (1-3 days) during the period
     roam_rate: float = 0.01  # per-event chance of a one-off login from a random network elsewhere
     abroad_share: float = 0.4  # share of trips / one-off logins that are in another country
+    # IPv6 (dual stack).
+    ipv6_rate: float = 0.3  # share of users with IPv6 at home (a delegated /56)
+    ipv6_work_rate: float = 0.2  # share of users with IPv6 at work (a /64 of a /48 site)
+    ipv6_mobile_rate: float = 0.5  # share of mobile users whose carrier gives them IPv6
+    ipv6_share: float = 0.6  # share of logins over an IPv6-capable path that use IPv6
     # Output.
     n_files: int = 8
     gzip: bool = False
@@ -88,7 +118,8 @@ class SynthSpec:
         _check_int("networks", self.networks, 50, 200_000)
         if self.address_plan is not None and not isinstance(self.address_plan, str):
             raise ConfigError(f"address_plan={self.address_plan!r} must be a path or null")
-        for name in ("mobile_rate", "mobile_share", "travel_rate", "roam_rate", "abroad_share"):
+        for name in ("mobile_rate", "mobile_share", "travel_rate", "roam_rate", "abroad_share", "ipv6_rate",
+                     "ipv6_work_rate", "ipv6_mobile_rate", "ipv6_share"):  # fmt: skip
             _check_float(name, getattr(self, name), 0.0, 1.0)
         _check_int("n_files", self.n_files, 1, 100_000)
         _check_int("gzip_level", self.gzip_level, 1, 9)
@@ -146,6 +177,6 @@ def shard_rng(seed: int, shard: int, stream: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence(entropy=seed, spawn_key=(shard, stream)))
 
 
-def plan_rng(seed: int) -> np.random.Generator:
-    """The generator of the synthetic address plan (shared by all shards)."""
-    return shard_rng(seed, _PLAN_SHARD, 0)
+def plan_rng(seed: int, stream: int = 0) -> np.random.Generator:
+    """A generator of the address plan (shared by all shards): stream 0 lays out IPv4, 1 IPv6."""
+    return shard_rng(seed, _PLAN_SHARD, stream)

@@ -5,6 +5,12 @@ Each user has a country and UTC offset, a home network and a work network next t
 in each, optionally a mobile carrier with a regional address pool, and optionally one trip (1-3 days)
 to a network in the same or another country. Users are generated shard by shard (see
 :func:`~ipinsights.synth.spec.shard_rng`), all with vectorized numpy.
+
+IPv6 (dual stack, on top of the IPv4 paths): a share ``ipv6_rate`` of users have it at home, where the
+ISP delegates them a /56 of its prefix (DHCPv6 prefix delegation); ``ipv6_work_rate`` at work, in a
+/64 of one of the few /48 sites of the work network (coworkers share sites); and a share
+``ipv6_mobile_rate`` of mobile users on the carrier, in a regional /40 of its prefix. Prefixes are
+stored as their first 64 bits (``int64``; see :mod:`ipinsights.synth.ipv6`), -1 where a user has none.
 """
 
 from __future__ import annotations
@@ -15,12 +21,27 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from ipinsights.synth.ipv6 import hash64
 from ipinsights.synth.plan import COUNTRY_USER_SHARES, COUNTRY_UTC_OFFSETS, AddressPlan
 from ipinsights.synth.spec import STREAM_USERS, SynthSpec, shard_bounds, shard_rng
 
-__all__ = ["World", "generate_users", "generate_world", "load_plan", "sample_networks"]
+__all__ = [
+    "World",
+    "generate_users",
+    "generate_world",
+    "home_subnets",
+    "load_plan",
+    "random_prefix_in",
+    "sample_networks",
+]
 
 MOBILE_POOL_BITS = 14  # a mobile user's addresses come from a regional /18 pool of the carrier
+HOME_V6_LEN = 56  # IPv6 prefix delegated to a home
+WORK_SITE_LEN = 48  # IPv6 prefix of a business site
+WORK_SITES = 4  # sites per work network that its users are spread over
+MOBILE_POOL_V6_LEN = 40  # a mobile user's IPv6 addresses come from a regional /40 of the carrier
+#: How often a home's devices use each /64 of the delegated /56 (subnet ids 0..3: mostly the first).
+HOME_SUBNET_WEIGHTS = np.array([0.7, 0.15, 0.1, 0.05])
 
 
 @dataclass(frozen=True, eq=False)
@@ -37,9 +58,12 @@ class World:
 
 
 def load_plan(spec: SynthSpec) -> AddressPlan:
-    """The spec's address plan: the ip2asn file it names, else a synthetic plan from its seed."""
+    """The spec's address plan: the ip2asn file it names, else a synthetic plan from its seed.
+
+    Either way the IPv6 prefixes come from the spec's seed (see :func:`~ipinsights.synth.plan.ipv6_allocations`).
+    """
     if spec.address_plan:
-        return AddressPlan.from_ip2asn_tsv(spec.address_plan)
+        return AddressPlan.from_ip2asn_tsv(spec.address_plan, seed=spec.seed)
     return AddressPlan.synthetic(spec.seed, spec.networks)
 
 
@@ -98,13 +122,32 @@ def random_address_in(plan: AddressPlan, rng: np.random.Generator, networks: np.
     return plan.start[networks] + (rng.random(len(networks)) * plan.size[networks]).astype(np.int64)
 
 
+def random_prefix_in(plan: AddressPlan, rng: np.random.Generator, networks: np.ndarray, length: int) -> np.ndarray:
+    """A uniformly random IPv6 /``length`` (first 64 bits, ``int64``) inside each network's IPv6 prefix.
+
+    Where the network's prefix is longer than ``length``, the whole prefix.
+    """
+    networks = np.asarray(networks, np.int64)
+    plen = plan.v6_len[networks].astype(np.int64)
+    count = np.left_shift(1, np.maximum(length - plen, 0))
+    return plan.v6_start[networks] + (rng.integers(0, count) << (64 - np.maximum(plen, length)))
+
+
+def home_subnets(rng: np.random.Generator, n: int) -> np.ndarray:
+    """Subnet ids (0..3, :data:`HOME_SUBNET_WEIGHTS`) of ``n`` logins from a delegated /56."""
+    cdf = np.cumsum(HOME_SUBNET_WEIGHTS) / HOME_SUBNET_WEIGHTS.sum()
+    return np.minimum(np.searchsorted(cdf, rng.random(n), side="right"), len(cdf) - 1)
+
+
 def generate_users(plan: AddressPlan, spec: SynthSpec, shard: int) -> pa.Table:
     """The users of one shard, as a table.
 
     Columns: ``entity``, ``user_index``, ``shard``, ``country``, ``utc_offset_minutes``, ``n_events``,
     ``home_net``/``home_ip``, ``work_net``/``work_ip``, ``mobile_net``/``mobile_pool`` (-1: none),
-    ``trip_net``/``trip_ip``/``trip_start_day``/``trip_days`` (-1 / 0: no trip), ``ua`` (user-agent id).
-    Networks are row numbers of the plan; addresses are int64.
+    ``trip_net``/``trip_ip``/``trip_start_day``/``trip_days`` (-1 / 0: no trip), ``ua`` (user-agent id),
+    and IPv6: ``home_v6`` (the delegated /56), ``work_v6`` (the user's /64 at work), ``mobile_v6_pool``
+    (the carrier's regional /40), each -1 where the user has no IPv6 there. Networks are row numbers
+    of the plan; IPv4 addresses are int64, IPv6 prefixes their first 64 bits as int64.
     """
     bounds = shard_bounds(spec.users, spec.n_files)
     lo, hi = int(bounds[shard]), int(bounds[shard + 1])
@@ -150,6 +193,16 @@ def generate_users(plan: AddressPlan, spec: SynthSpec, shard: int) -> pa.Table:
     n_events = np.minimum(spec.events_min + tail, spec.events_max)
     offsets = _utc_offsets(rng, country)
     ua = rng.integers(0, 1 << 15, size=n)  # folded onto the UA list when formatting
+    # IPv6 (drawn last, so the IPv4 columns are those of a world without it).
+    home_v6 = np.where(rng.random(n) < spec.ipv6_rate, random_prefix_in(plan, rng, home_net, HOME_V6_LEN), -1)
+    site = hash64(spec.seed, work_net, rng.integers(0, WORK_SITES, size=n))  # coworkers share a few sites
+    site_count = np.left_shift(1, np.maximum(WORK_SITE_LEN - plan.v6_len[work_net].astype(np.int64), 0))
+    site48 = plan.v6_start[work_net] + ((site % site_count.astype(np.uint64)).astype(np.int64) << 16)
+    vlan = rng.integers(0, 16, size=n)  # the user's /64 of the site
+    work_v6 = np.where(rng.random(n) < spec.ipv6_work_rate, site48 | vlan, -1)
+    mobile_v6 = (mobile_net >= 0) & (rng.random(n) < spec.ipv6_mobile_rate)
+    pool_v6 = random_prefix_in(plan, rng, np.maximum(mobile_net, 0), MOBILE_POOL_V6_LEN)
+    mobile_v6_pool = np.where(mobile_v6, pool_v6, -1)
 
     index = np.arange(lo, hi, dtype=np.int64)
     return pa.table(
@@ -171,6 +224,9 @@ def generate_users(plan: AddressPlan, spec: SynthSpec, shard: int) -> pa.Table:
             "trip_start_day": pa.array(trip_start, pa.int16()),
             "trip_days": pa.array(trip_days, pa.int16()),
             "ua": pa.array(ua, pa.int16()),
+            "home_v6": pa.array(home_v6, pa.int64()),
+            "work_v6": pa.array(work_v6, pa.int64()),
+            "mobile_v6_pool": pa.array(mobile_v6_pool, pa.int64()),
         }
     )
 
