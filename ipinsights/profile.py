@@ -10,6 +10,11 @@ For every entity of the training days, a profile holds:
   explanations compare a flagged address with, by prefix and by embedding similarity;
 * the ASNs it used, when an ASN table was given (:class:`ipinsights.asn.AsnTable`).
 
+And for the population: how many training events every /24 (IPv6 /48) and /16 (/32) saw, across all
+entities. That is the **population prior** that judges entities in their learning period: an address
+in a network many people log in from is typical, one in a network nobody used is not
+(:meth:`EntityProfiles.prior_anomaly`).
+
 Built on Spark from the training days (one aggregation, one row per entity back to the driver, like
 the entity statistics) and stored beside the model as ``<model_dir>.profile.safetensors``, with the
 model's fingerprint: like a calibration it is a property of (model, traffic) and is refused for any
@@ -20,7 +25,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -40,6 +45,15 @@ FORMAT = "ipinsights-profile"
 #: Quantile levels of each entity's training anomaly scores.
 QUANTILES = np.linspace(0.0, 1.0, 21)
 SUBNET_V4, SUBNET_V6 = 24, 48  # the "known network" granularity: a /24, or an IPv6 site (/48)
+NETWORK_V4, NETWORK_V6 = 16, 32  # the coarser one: a /16, or an IPv6 ISP allocation (/32)
+
+
+def _counts_of(ids: np.ndarray, counts: np.ndarray, wanted: np.ndarray) -> np.ndarray:
+    """``counts`` of each ``wanted`` id in the sorted ``ids`` (0 where absent)."""
+    if not ids.size:
+        return np.zeros(len(wanted))
+    pos = np.minimum(np.searchsorted(ids, wanted), ids.size - 1)
+    return np.where(ids[pos] == wanted, counts[pos], 0).astype(np.float64)
 
 
 class ProfileError(ValueError):
@@ -64,6 +78,24 @@ class EntityProfiles:
     asn_offsets: np.ndarray  # int64 (n + 1,)
     asns: np.ndarray  # int64: ASNs the entity used (empty without an ASN table)
     fingerprint: str
+    # Population: training events per /24 (/48) and per /16 (/32) network ids (ip.key_prefix), sorted.
+    pop_subnets: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    pop_subnet_counts: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    pop_networks: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    pop_network_counts: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+
+    def prior_anomaly(self, keys: np.ndarray) -> np.ndarray:
+        """Population-prior anomaly score of address keys: ``-log`` of the smoothed share of training events
+        in the address's /24 (/48), backed off to a tenth of its /16 (/32) share for a subnet nobody used.
+
+        Higher = rarer for everyone. Units: nats; 0 would be "all traffic comes from here".
+        """
+        from ipinsights.ip import key_prefix
+
+        total = float(self.pop_subnet_counts.sum()) + 1.0
+        sub = _counts_of(self.pop_subnets, self.pop_subnet_counts, key_prefix(keys, SUBNET_V4, SUBNET_V6))
+        net = _counts_of(self.pop_networks, self.pop_network_counts, key_prefix(keys, NETWORK_V4, NETWORK_V6))
+        return -np.log((sub + 0.1 * net + 1.0) / total)
 
     def __len__(self) -> int:
         return int(self.hashes.size)
@@ -129,6 +161,10 @@ class EntityProfiles:
             "net_counts": self.net_counts.astype(np.int64),
             "asn_offsets": self.asn_offsets.astype(np.int64),
             "asns": self.asns.astype(np.int64),
+            "pop_subnets": self.pop_subnets.astype(np.int64),
+            "pop_subnet_counts": self.pop_subnet_counts.astype(np.int64),
+            "pop_networks": self.pop_networks.astype(np.int64),
+            "pop_network_counts": self.pop_network_counts.astype(np.int64),
         }
         meta = {"format": FORMAT, "model_fingerprint": self.fingerprint, "quantiles": json.dumps(QUANTILES.tolist())}
         with atomic_write(path, mode="wb") as fh:
@@ -165,13 +201,17 @@ class EntityProfiles:
                 asn_offsets=t["asn_offsets"],
                 asns=t["asns"],
                 fingerprint=meta.get("model_fingerprint", ""),
+                pop_subnets=t["pop_subnets"],
+                pop_subnet_counts=t["pop_subnet_counts"],
+                pop_networks=t["pop_networks"],
+                pop_network_counts=t["pop_network_counts"],
             )
         except KeyError as exc:
             raise ProfileError(f"{path}: missing tensor {exc}") from None
 
 
 def _history_fn(model_path: str, asn_path: str | None):
-    """mapInArrow: (entity, ip) -> (entity_hash, key, net, asn, anomaly) with the model loaded once per worker."""
+    """mapInArrow: (entity, ip) -> (entity_hash, key, its /24|/48 and /16|/32, asn, anomaly), model loaded once."""
 
     def fn(batches):
         import pyarrow as pa
@@ -200,10 +240,11 @@ def _history_fn(model_path: str, asn_path: str | None):
                     pa.array(hash_strings(ent, scorer.hash_seed)[keep].view(np.int64)),
                     pa.array(keys),
                     pa.array(key_prefix(keys, SUBNET_V4, SUBNET_V6)),
+                    pa.array(key_prefix(keys, NETWORK_V4, NETWORK_V6)),
                     pa.array(asn),
                     pa.array(-dp[keep].astype(np.float64)),
                 ],
-                names=["entity_hash", "key", "net", "asn", "anomaly"],
+                names=["entity_hash", "key", "net", "wide", "asn", "anomaly"],
             )
 
     return fn
@@ -226,7 +267,7 @@ def build_profiles(
 
     from ipinsights.calibration import model_fingerprint
 
-    schema = "entity_hash long, key long, net long, asn long, anomaly double"
+    schema = "entity_hash long, key long, net long, wide long, asn long, anomaly double"
     scored = history.select("entity", "ip").mapInArrow(_history_fn(model_path, asn_path), schema)
     quant = scored.groupBy("entity_hash").agg(
         F.percentile_approx("anomaly", [float(q) for q in QUANTILES], accuracy).alias("q")
@@ -240,7 +281,17 @@ def build_profiles(
     )
     asns = scored.where(F.col("asn") >= 0).groupBy("entity_hash").agg(F.sort_array(F.collect_set("asn")).alias("asns"))
     rows = quant.join(net_lists, "entity_hash").join(asns, "entity_hash", "left").toArrow()
-    return _assemble(rows, model_fingerprint(model_path))
+    profiles = _assemble(rows, model_fingerprint(model_path))
+    # Population counts: one row per network comes back (bounded by the networks, not the events).
+    subnets = scored.groupBy("net").count().orderBy("net").toArrow()
+    networks = scored.groupBy(F.col("wide").alias("net")).count().orderBy("net").toArrow()
+    return replace(
+        profiles,
+        pop_subnets=subnets["net"].to_numpy().astype(np.int64),
+        pop_subnet_counts=subnets["count"].to_numpy().astype(np.int64),
+        pop_networks=networks["net"].to_numpy().astype(np.int64),
+        pop_network_counts=networks["count"].to_numpy().astype(np.int64),
+    )
 
 
 def _assemble(rows: Any, fingerprint: str) -> EntityProfiles:

@@ -68,7 +68,7 @@ class Assessment:
     """Everything scoring says about a batch of (entity, IP) rows; arrays of one row each."""
 
     dot_product: np.ndarray  # float32: the model's raw output (SageMaker's); NaN for an invalid IP
-    prior_score: np.ndarray  # float32: anomaly score against the population prior; NaN for an invalid IP
+    prior_score: np.ndarray  # float32: population-prior anomaly score; NaN for an invalid IP or without profiles
     training_count: np.ndarray | None  # int64 events in training (None: the model has no entity stats)
     rule: np.ndarray  # object: RULE_* per row
     anomaly_score: np.ndarray  # float32: the score of the row's rule (higher = more suspicious); NaN if none
@@ -102,7 +102,6 @@ class Scorer:
         )
         self.profiles = None  # EntityProfiles, see load_profiles
         self.asn_table = None  # AsnTable, see explain
-        self._population: torch.Tensor | None = None
 
     def load_profiles(self, path: str | Path | None = None, required: bool = False) -> bool:
         """Attach the entity profiles beside the model (``<model>.profile.safetensors``) if there are any.
@@ -122,26 +121,6 @@ class Scorer:
             return False
         return True
 
-    @property
-    def population_vector(self) -> torch.Tensor:
-        """The population prior: the training entities' vectors averaged, weighted by their events.
-
-        Its dot product with an address's vector is the activity-weighted mean compatibility of that
-        address with everyone: high for networks many users log in from, low for rare ones. Without
-        entity stats, the mean of the whole table.
-        """
-        if self._population is None:
-            table = self.model.entity_table.detach()
-            if self.entity_stats is None or not len(self.entity_stats):
-                self._population = table.mean(0)
-            else:
-                rows = (self.entity_stats.hashes % np.uint64(self.num_entity_vectors)).astype(np.int64)
-                counts = torch.as_tensor(self.entity_stats.counts, dtype=table.dtype, device=table.device)
-                w = torch.zeros(self.num_entity_vectors, dtype=table.dtype, device=table.device)
-                w.index_add_(0, torch.as_tensor(rows, device=table.device), counts)
-                self._population = (w / w.sum()) @ table
-        return self._population
-
     @classmethod
     def load(cls, path: str | Path, device: str = "cpu", batch_size: int = 65536) -> Scorer:
         return cls(load_model(path, device=device), batch_size=batch_size)
@@ -159,14 +138,16 @@ class Scorer:
                 out[s : s + self.batch_size] = fn(*ts).float().cpu().numpy()
         return out
 
-    def parse(self, ips: ArrayLike) -> ParsedIPs:
+    def parse(self, ips: ArrayLike | ParsedIPs) -> ParsedIPs:
         """Address keys of ``ips``; IPv6 counts as invalid for a model without IPv6 levels."""
+        if isinstance(ips, ParsedIPs):
+            return ips
         parsed = parse_ip(ips)
         if not self.model.supports_ipv6:
             parsed = ParsedIPs(np.where(parsed.is_v6, 0, parsed.value), parsed.valid & ~parsed.is_v6)
         return parsed
 
-    def dot_product(self, entities: ArrayLike, ips: ArrayLike) -> np.ndarray:
+    def dot_product(self, entities: ArrayLike, ips: ArrayLike | ParsedIPs) -> np.ndarray:
         """``float32`` dot products, NaN where the IP is invalid."""
         ent = self.entity_rows(entities)
         parsed = self.parse(ips)
@@ -175,22 +156,6 @@ class Scorer:
         out = self._run(self.model, ent, parsed.value.astype(np.int64), out_shape=())
         out[~parsed.valid] = np.nan
         return out
-
-    def _pair_scores(self, entities: ArrayLike, ips: ArrayLike) -> tuple[np.ndarray, np.ndarray, ParsedIPs]:
-        """Entity dot products and population-prior dot products, one IP encoding for both."""
-        ent = self.entity_rows(entities)
-        parsed = self.parse(ips)
-        if ent.shape[0] != parsed.value.shape[0]:
-            raise ValueError(f"{ent.shape[0]} entities but {parsed.value.shape[0]} IPs")
-        pop = self.population_vector
-
-        def both(e: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-            v = self.model.ip_vectors(k)
-            return torch.stack([(self.model.entity_vectors(e) * v).sum(-1), v @ pop], dim=1)
-
-        out = self._run(both, ent, parsed.value.astype(np.int64), out_shape=(2,))
-        out[~parsed.valid] = np.nan
-        return out[:, 0], out[:, 1], parsed
 
     def assess(
         self,
@@ -204,19 +169,24 @@ class Scorer:
         vector), or the entity's own model score; plus per-entity percentiles and, with
         ``thresholds``, levels.
         """
-        dp, prior, _ = self._pair_scores(entities, ips)
+        parsed = self.parse(ips)
+        dp = self.dot_product(entities, parsed)
+        prior = np.full(dp.size, np.nan, dtype=np.float32)
+        if self.profiles is not None:
+            prior[parsed.valid] = self.profiles.prior_anomaly(parsed.value[parsed.valid])
         counts = self.training_counts(entities)
         valid = np.isfinite(dp)
         learning = np.zeros(dp.size, bool) if counts is None else counts < max(learning_period_events, 1)
         rule = np.where(~valid, RULE_INVALID, np.where(learning, RULE_LEARNING, RULE_SCORE)).astype(object)
-        anomaly = np.where(learning, -prior, -dp).astype(np.float32)
+        # Learning period: the prior's score, or none at all without a profile; never the entity's own vector.
+        anomaly = np.where(learning, prior, -dp).astype(np.float32)
         pct = np.full(dp.size, np.nan)
         if self.profiles is not None:
             from ipinsights.hashing import hash_strings
 
             rows = self.profiles.index_of(hash_strings(to_string_array(entities), self.hash_seed))
             pct = self.profiles.percentile(np.where(rule == RULE_SCORE, rows, -1), -dp)
-        out = Assessment(dp, (-prior).astype(np.float32), counts, rule, anomaly, pct)
+        out = Assessment(dp, prior, counts, rule, anomaly, pct)
         if thresholds is not None:
             out.level = thresholds.levels(anomaly, rule)
         return out

@@ -318,8 +318,12 @@ class Threshold:
         return self.levels if self.levels is not None else Thresholds(self.value)
 
 
-def resolve_threshold(spark: SparkSession, cfg: ScoreConfig) -> Threshold:
-    """The fixed threshold, a stored calibration for this model, or a new calibration (then stored)."""
+def resolve_threshold(spark: SparkSession, cfg: ScoreConfig, profile: str | None = None) -> Threshold:
+    """The fixed threshold, a stored calibration for this model, or a new calibration (then stored).
+
+    ``profile`` (entity profiles, see :func:`resolve_profile`) gives the population prior its scores,
+    so that the learning period's thresholds are calibrated too.
+    """
     from ipinsights.calibration import (
         Calibration,
         CalibrationError,
@@ -351,7 +355,13 @@ def resolve_threshold(spark: SparkSession, cfg: ScoreConfig) -> Threshold:
             "calibration_end_date (normal traffic, e.g. the validation days) or give a fixed threshold"
         )
     events = read_events(spark, cfg.events, cfg.calibration_start_date, cfg.calibration_end_date)
-    setup = ScoringSetup(cfg.model, cfg.scorer_batch_size, learning_period_events=cfg.learning_period_events)
+    setup = ScoringSetup(
+        cfg.model,
+        cfg.scorer_batch_size,
+        profile=profile,
+        profile_stamp=os.stat(profile).st_mtime_ns if profile else 0,
+        learning_period_events=cfg.learning_period_events,
+    )
     levels, rows = calibrate_levels(score_events(events.select("entity", "ip"), setup), cfg.target_fpr,
                                     cfg.quantile_accuracy)  # fmt: skip
     cal = Calibration(
@@ -431,8 +441,8 @@ def run_score_job(spark: SparkSession, cfg: ScoreConfig, days: list[str], input_
     read_manifest(cfg.model)  # a missing or foreign model fails here, clearly, not inside every Spark task
     # Arrow batches: big enough to amortise the per-batch JVM<->Python cost, small enough to stay in cache.
     spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(cfg.arrow_batch_size))
-    threshold = resolve_threshold(spark, cfg)
     profile = resolve_profile(spark, cfg)
+    threshold = resolve_threshold(spark, cfg, profile)
     setup = ScoringSetup(
         model=cfg.model,
         batch_size=cfg.scorer_batch_size,

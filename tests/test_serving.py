@@ -104,9 +104,12 @@ def test_verbose(client, scorer, accept):
     preds = _predictions(rh, body)
     np.testing.assert_allclose([p["entity_embedding"] for p in preds], scorer.entity_embedding(ENTITIES), atol=1e-5)
     np.testing.assert_allclose([p["ip_embedding"] for p in preds], scorer.ip_embedding(IPS), atol=1e-5)
-    dp = scorer.dot_product(ENTITIES, IPS)
-    np.testing.assert_allclose([p["anomaly_score"] for p in preds], -dp, atol=1e-5)
+    want = scorer.assess(ENTITIES, IPS, learning_period_events=10)
+    np.testing.assert_allclose([p["anomaly_score"] for p in preds], want.anomaly_score, atol=1e-5)
+    assert [p["rule"] for p in preds] == want.rule.tolist()
     assert [p["unseen_entity"] for p in preds] == (scorer.training_counts(ENTITIES) == 0).tolist()
+    assert all(set(p["explanation"]) >= {"subnet", "network", "nearest_networks", "typical_low"} for p in preds)
+    assert preds[0]["explanation"]["subnet"] == IPS[0].rsplit(".", 1)[0] + ".0/24"
 
 
 @pytest.mark.parametrize(
@@ -120,11 +123,16 @@ def test_anomaly_flag(client, scorer, path, extra):
     status, rh, body = client.request("POST", path, _body(protocol.JSON), {"Content-Type": protocol.JSON, **extra})
     assert status == 200, body
     preds = _predictions(rh, body)
-    assert set(preds[0]) == {"dot_product", "anomaly_score", "unseen_entity"}
-    np.testing.assert_allclose([p["anomaly_score"] for p in preds], -scorer.dot_product(ENTITIES, IPS), atol=1e-5)
+    assert set(preds[0]) == {"dot_product", "anomaly_score", "unseen_entity", "rule"}
+    dp = scorer.dot_product(ENTITIES, IPS)
+    np.testing.assert_allclose([p["anomaly_score"] for p in preds][:-2], -dp[:-2], atol=1e-5)
     unseen = [p["unseen_entity"] for p in preds]
     assert unseen == (scorer.training_counts(ENTITIES) == 0).tolist()
     assert unseen[-2:] == [True, True] and not any(unseen[:-2])
+    # Never-seen entities: the population prior's score, marked as such; never their random vectors'.
+    assert [p["rule"] for p in preds][-2:] == ["learning_period"] * 2
+    prior = scorer.assess(ENTITIES, IPS).prior_score
+    np.testing.assert_allclose([p["anomaly_score"] for p in preds][-2:], prior[-2:], atol=1e-5)
 
 
 CSV_H = {"Content-Type": "text/csv"}

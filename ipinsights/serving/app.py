@@ -14,6 +14,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -23,11 +24,12 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from ipinsights.modelfile import MANIFEST
+from ipinsights.scorer import Thresholds
 from ipinsights.serving import protocol
 from ipinsights.serving.protocol import RequestError
 from ipinsights.serving.settings import ServeSettings
 
-__all__ = ["Batcher", "create_app", "app_from_env", "resolve_model_dir", "score_records"]
+__all__ = ["Batcher", "Policy", "create_app", "app_from_env", "load_policy", "resolve_model_dir", "score_records"]
 
 log = logging.getLogger("ipinsights.serving")
 
@@ -41,27 +43,43 @@ def resolve_model_dir(path: str | Path) -> Path:
     return nested[0] if len(nested) == 1 else p
 
 
+@dataclass(frozen=True)
+class Policy:
+    """The scoring rules of the batch job, for the endpoint: learning period and level thresholds."""
+
+    learning_period_events: int = 10
+    thresholds: Thresholds | None = None
+
+
 def score_records(
-    scorer, records: protocol.Records, options: protocol.Options, dot_product: np.ndarray | None = None
+    scorer,
+    records: protocol.Records,
+    options: protocol.Options,
+    dot_product: np.ndarray | None = None,
+    policy: Policy | None = None,
 ) -> list[dict]:
     """Score parsed records with :class:`~ipinsights.scorer.Scorer`; 400 naming the records with a bad IP.
 
     ``dot_product`` may be given when it was computed for these records already (see :class:`Batcher`).
+    With ``anomaly`` or ``verbose`` the answer carries the batch job's verdict: the rule that produced
+    ``anomaly_score`` (learning-period entities are judged by the population prior), the per-entity
+    percentile and the level; ``verbose`` adds the explanation and the embeddings.
     """
+    policy = policy or Policy()
     dp = scorer.dot_product(records.entities, records.ips) if dot_product is None else dot_product
     bad = np.flatnonzero(np.isnan(dp))
     if bad.size:  # the Scorer marks unparseable addresses NaN: name them instead of answering NaN
         raise protocol.invalid_ip_error(records, bad.tolist())
-    unseen = None
+    verdict = None
     if options.anomaly or options.verbose:
-        counts = scorer.training_counts(records.entities)
-        unseen = None if counts is None else counts == 0
-    ent_emb = ip_emb = None
+        verdict = scorer.assess(records.entities, records.ips, policy.learning_period_events, policy.thresholds)
+    ent_emb = ip_emb = explanation = None
     if options.verbose:
         ent_emb = scorer.entity_embedding(records.entities)
         ip_emb = scorer.ip_embedding(records.ips)
+        explanation = scorer.explain(records.entities, records.ips)
     return protocol.build_predictions(
-        dp, unseen=unseen, anomaly=options.anomaly or options.verbose, entity_embedding=ent_emb, ip_embedding=ip_emb
+        dp, verdict=verdict, entity_embedding=ent_emb, ip_embedding=ip_emb, explanation=explanation
     )
 
 
@@ -75,8 +93,9 @@ class Batcher:
     behind the requests already runnable, so an idle server answers a lone request at once.
     """
 
-    def __init__(self, scorer) -> None:
+    def __init__(self, scorer, policy: Policy | None = None) -> None:
         self.scorer = scorer
+        self.policy = policy
         self.pending: list[tuple[protocol.Records, protocol.Options, asyncio.Future]] = []
 
     def score(self, records: protocol.Records, options: protocol.Options) -> asyncio.Future:
@@ -107,9 +126,34 @@ class Batcher:
             if fut.done():  # the client went away
                 continue
             try:
-                fut.set_result(score_records(self.scorer, records, options, dp_part))
+                fut.set_result(score_records(self.scorer, records, options, dp_part, self.policy))
             except Exception as exc:
                 fut.set_exception(exc)
+
+
+def load_policy(scorer, settings: ServeSettings) -> Policy:
+    """Attach the model's profiles and ASN table to ``scorer``; the learning period and the calibrated levels.
+
+    The profile and calibration beside the model (written by the scoring job) are used when present and
+    made for this model; explicit paths in the settings must be usable.
+    """
+    from ipinsights.calibration import CalibrationError, calibration_path, load_calibration
+
+    model_dir = scorer.bundle.path
+    scorer.load_profiles(settings.profile, required=settings.profile is not None)
+    if settings.asn_table:
+        from ipinsights.asn import load_asn_table
+
+        scorer.asn_table = load_asn_table(settings.asn_table)
+    path = settings.calibration or calibration_path(model_dir)
+    thresholds = None
+    try:
+        thresholds = load_calibration(path, model_dir).thresholds()
+    except CalibrationError as exc:
+        if settings.calibration:
+            raise
+        log.info("no levels: %s", exc)
+    return Policy(settings.learning_period_events, thresholds)
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
@@ -149,7 +193,7 @@ def create_app(settings: ServeSettings, scorer=None) -> Starlette:
             log.info("model %s loaded in %.2f s", settings.model, time.perf_counter() - t0)
         else:
             app.state.scorer = scorer
-        app.state.batcher = Batcher(app.state.scorer)
+        app.state.batcher = Batcher(app.state.scorer, load_policy(app.state.scorer, settings))
         yield
 
     async def ping(request: Request) -> Response:

@@ -324,24 +324,38 @@ def invalid_ip_error(records: Records, rows: Sequence[int]) -> RequestError:
 def build_predictions(
     dot_product: np.ndarray,
     *,
-    unseen: np.ndarray | None = None,
-    anomaly: bool = False,
+    verdict: Any = None,
     entity_embedding: np.ndarray | None = None,
     ip_embedding: np.ndarray | None = None,
+    explanation: dict[str, list] | None = None,
 ) -> list[dict[str, Any]]:
-    """One dict per record in SageMaker's field names, plus ``anomaly_score``/``unseen_entity`` if asked."""
+    """One dict per record in SageMaker's field names, plus the verdict and explanation when asked.
+
+    ``verdict`` (a :class:`~ipinsights.scorer.Assessment`) adds ``anomaly_score`` (from the record's
+    rule), ``rule``, ``unseen_entity`` (when the model knows), ``entity_percentile`` and ``level``
+    (when known); ``explanation`` (``Scorer.explain``'s columns) one ``explanation`` object per record.
+    """
     dp = dot_product.tolist()
     preds: list[dict[str, Any]] = [{"dot_product": v} for v in dp]
-    if anomaly:
-        for p, v in zip(preds, dp, strict=True):
-            p["anomaly_score"] = -v
-        if unseen is not None:  # models without entity stats cannot tell
-            for p, u in zip(preds, unseen.tolist(), strict=True):
-                p["unseen_entity"] = u
+    if verdict is not None:
+        unseen = verdict.unseen_entity
+        pct = verdict.entity_percentile.tolist()
+        for i, (p, a, r) in enumerate(zip(preds, verdict.anomaly_score.tolist(), verdict.rule.tolist(), strict=True)):
+            p["anomaly_score"] = a
+            p["rule"] = r
+            if unseen is not None:  # models without entity stats cannot tell
+                p["unseen_entity"] = bool(unseen[i])
+            if pct[i] == pct[i]:  # not NaN: the entity has a profile
+                p["entity_percentile"] = round(pct[i], 2)
+            if verdict.level is not None:
+                p["level"] = verdict.level[i]
     if entity_embedding is not None and ip_embedding is not None:
         for p, e, v in zip(preds, entity_embedding.tolist(), ip_embedding.tolist(), strict=True):
             p["entity_embedding"] = e
             p["ip_embedding"] = v
+    if explanation is not None:
+        for i, p in enumerate(preds):
+            p["explanation"] = {k: v[i] for k, v in explanation.items()}
     return preds
 
 

@@ -35,6 +35,11 @@ class ServeSettings:
     keep_alive_seconds: int = 5
     access_log: bool = False
     log_level: str = "info"
+    # The batch job's rules (anomaly/verbose answers): learning period, and the files beside the model.
+    learning_period_events: int = 10
+    calibration: str | None = None  # default: <model>.calibration.json when present (levels)
+    profile: str | None = None  # default: <model>.profile.safetensors when present (percentiles, explanations)
+    asn_table: str | None = None  # ip2asn TSV (ASN in explanations)
 
     def __post_init__(self) -> None:
         for name, lo, hi in (
@@ -43,6 +48,7 @@ class ServeSettings:
             ("max_body_bytes", 1, 2**31 - 1),
             ("max_records", 1, 10_000_000),
             ("keep_alive_seconds", 0, 3600),
+            ("learning_period_events", 0, 1_000_000),
         ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:

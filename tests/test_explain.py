@@ -1,0 +1,157 @@
+"""Cold start, levels and explanations, in process (the batch job and the endpoint share this code).
+
+The entity profiles are built here with numpy from the toy world's training pairs (an oracle written
+independently of the Spark aggregation in ``ipinsights.profile.build_profiles``, which the scoring
+job's test covers), saved beside the model, and read back the way the endpoint reads them.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ipinsights.calibration import Calibration, calibration_path, model_fingerprint, save_calibration
+from ipinsights.config import Hyperparameters, ModelOptions, TrainOptions
+from ipinsights.entities import ENTITY_FILE, EntityStats
+from ipinsights.hashing import hash_strings
+from ipinsights.ip import key_prefix, key_prefix_text, parse_ip
+from ipinsights.modelfile import save_model
+from ipinsights.profile import QUANTILES, EntityProfiles, profile_path
+from ipinsights.scorer import RULE_LEARNING, RULE_SCORE, Scorer, Thresholds
+from ipinsights.serving import protocol
+from ipinsights.serving.app import load_policy, score_records
+from ipinsights.serving.settings import ServeSettings
+from ipinsights.toyworld import make_toy_world
+from ipinsights.trainer import encode_pairs, train_model
+
+
+@pytest.fixture(scope="module")
+def world():
+    return make_toy_world(n_entities=200, events_per_entity=40, n_test=800, seed=4, ipv6_share=0.3)
+
+
+@pytest.fixture(scope="module")
+def model_dir(world, tmp_path_factory):
+    hp = Hyperparameters(num_entity_vectors=400, vector_dim=32, epochs=3, mini_batch_size=256)
+    opts = ModelOptions()
+    train = encode_pairs(world.train["entity"], world.train["ip"], hp.num_entity_vectors, opts.hash_seed)
+    result = train_model(hp, opts, TrainOptions(seed=1, num_threads=1, progress_bar="off"), train)
+    stats = EntityStats.from_entities(world.train["entity"], opts.hash_seed)
+    out = tmp_path_factory.mktemp("explain") / "m"
+    path = save_model(result.model, out, extra_files={ENTITY_FILE: stats.to_bytes()})
+    _write_profiles(Scorer.load(path), world, path)
+    return path
+
+
+def _write_profiles(scorer: Scorer, world, path) -> None:
+    ent = np.asarray(world.train["entity"].to_pylist(), dtype=object)
+    keys = parse_ip(world.train["ip"]).value
+    anomaly = scorer.anomaly_score(world.train["entity"], world.train["ip"])
+    h = hash_strings(world.train["entity"], scorer.hash_seed)
+    uniq = np.unique(h)
+    q, offsets, net_keys, net_counts = [], [0], [], []
+    for u in uniq:
+        mine = h == u
+        q.append(np.quantile(anomaly[mine], QUANTILES))
+        nets = key_prefix(keys[mine], 24, 48)
+        n_u, counts = np.unique(nets, return_counts=True)
+        order = np.argsort(-counts, kind="stable")[:16]
+        for i in order:
+            net_keys.append(keys[mine][nets == n_u[i]][0])
+            net_counts.append(counts[i])
+        offsets.append(len(net_keys))
+    assert len(set(ent)) == uniq.size
+    pop = {}
+    for name, (v4, v6) in (("subnets", (24, 48)), ("networks", (16, 32))):
+        ids, n = np.unique(key_prefix(keys, v4, v6), return_counts=True)
+        pop[f"pop_{name}"], pop[f"pop_{name[:-1]}_counts"] = ids, n
+    EntityProfiles(
+        hashes=uniq, score_quantiles=np.asarray(q, np.float32), net_offsets=np.asarray(offsets),
+        net_keys=np.asarray(net_keys, np.int64), net_counts=np.asarray(net_counts), asn_offsets=np.zeros(uniq.size + 1,
+        np.int64), asns=np.zeros(0, np.int64), fingerprint=model_fingerprint(path), **pop,
+    ).save(profile_path(path))  # fmt: skip
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.lists(st.integers(0, 60), min_size=1, max_size=30), st.integers(0, 50))
+def test_cold_start_entities_never_get_an_unmarked_model_score(model_dir, counts, period):
+    """Whatever the training counts and the learning period, an entity below it is scored by the prior, marked."""
+    scorer = Scorer.load(model_dir)
+    scorer.load_profiles(required=True)
+    names = [f"cold_{i}" for i in range(len(counts))]
+    scorer.entity_stats = EntityStats.from_hash_counts(hash_strings(names, scorer.hash_seed), np.asarray(counts))
+    ips = [f"10.{i}.1.2" for i in range(len(names))]
+    a = scorer.assess(names, ips, learning_period_events=period)
+    cold = np.asarray(counts) < max(period, 1)
+    assert (a.rule[cold] == RULE_LEARNING).all() and (a.rule[~cold] == RULE_SCORE).all()
+    np.testing.assert_allclose(a.anomaly_score[cold], a.prior_score[cold], atol=1e-6)
+    np.testing.assert_allclose(a.anomaly_score[~cold], -a.dot_product[~cold], atol=1e-6)
+
+
+def test_population_prior_prefers_popular_networks(model_dir, world):
+    """The prior ranks an address of networks many users log in from above a random one."""
+    scorer = Scorer.load(model_dir)
+    assert np.isnan(scorer.assess(["x"], ["10.1.2.3"]).prior_score).all()  # no profile: no prior, no score
+    scorer.load_profiles(required=True)
+    common = world.train["ip"].to_pylist()[:300]
+    rng = np.random.default_rng(0)
+    randoms = [f"{a}.{b}.{c}.{d}" for a, b, c, d in rng.integers(1, 223, (300, 4))]
+    p_common = scorer.assess(["x"] * 300, common).prior_score
+    p_random = scorer.assess(["x"] * 300, randoms).prior_score
+    assert np.median(p_common) < np.median(p_random)  # less anomalous
+
+
+def test_explanations_list_the_entitys_real_networks(model_dir, world):
+    scorer = Scorer.load(model_dir)
+    assert scorer.load_profiles(required=True)
+    t = world.test
+    attacks = t.filter(t["label"].to_numpy().astype(bool))
+    ex = scorer.explain(attacks["entity"], attacks["ip"])
+    train_ent = np.asarray(world.train["entity"].to_pylist(), dtype=object)
+    train_keys = parse_ip(world.train["ip"]).value
+    checked = 0
+    for i, e in enumerate(attacks["entity"].to_pylist()):
+        real = set(key_prefix_text(train_keys[train_ent == e], 24, 48))
+        listed = [n["network"] for n in ex["nearest_networks"][i]]
+        assert listed and set(listed) <= real, (e, listed)
+        assert ex["closest_network"][i] in real
+        assert ex["typical_low"][i] <= ex["typical_high"][i]
+        if attacks["kind"][i].as_py() == "random_ip":
+            assert ex["subnet_seen"][i] is False  # a random address: its /24 was never this entity's
+        checked += 1
+    assert checked == attacks.num_rows > 100
+
+
+def test_percentiles_and_levels(model_dir, world):
+    scorer = Scorer.load(model_dir)
+    scorer.load_profiles(required=True)
+    t = world.test
+    a = scorer.assess(t["entity"], t["ip"], thresholds=Thresholds(high=2.0, medium=0.0, prior_high=5.0))
+    normal = t["label"].to_numpy() == 0
+    assert np.nanmedian(a.entity_percentile[~normal]) > np.nanmedian(a.entity_percentile[normal])
+    assert np.nanmax(a.entity_percentile) <= 100 and np.nanmin(a.entity_percentile) >= 0
+    assert set(a.level.tolist()) <= {"low", "medium", "high"}
+    hi = a.anomaly_score > 2.0
+    assert (a.level[hi] == "high").all() and (a.level[(a.anomaly_score > 0) & ~hi] == "medium").all()
+
+
+def test_endpoint_answers_with_levels_and_explanations(model_dir, world):
+    """What the endpoint sends: the files beside the model (profile, calibration) are picked up."""
+    scorer = Scorer.load(model_dir)
+    save_calibration(Calibration(1.0, 0.01, 100, "test", model_fingerprint(model_dir), medium_threshold=-1.0,
+                                 medium_fpr=0.1, prior_threshold=3.0, prior_medium_threshold=2.0),
+                     calibration_path(model_dir))  # fmt: skip
+    policy = load_policy(scorer, ServeSettings(model=str(model_dir)))
+    assert policy.thresholds == Thresholds(1.0, -1.0, 3.0, 2.0) and scorer.profiles is not None
+    ent = [*world.test["entity"].to_pylist()[:20], "brand_new"]
+    ips = [*world.test["ip"].to_pylist()[:20], "2a00:1:2::3"]
+    preds = score_records(scorer, protocol.Records(ent, ips), protocol.Options(verbose=True), policy=policy)
+    want = scorer.assess(ent, ips, 10, policy.thresholds)
+    assert [p["level"] for p in preds] == want.level.tolist()
+    assert preds[-1]["rule"] == RULE_LEARNING and "entity_percentile" not in preds[-1]
+    assert all("entity_percentile" in p for p in preds[:-1])
+    assert preds[0]["explanation"]["nearest_networks"] and preds[-1]["explanation"]["nearest_networks"] is None
+    assert preds[-1]["explanation"]["subnet"] == "2a00:1:2::/48"
+    calibration_path(model_dir).unlink()
