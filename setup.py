@@ -38,6 +38,7 @@ setup(
             "httptools>=0.9",
         ],
         "dev": ["pytest>=8", "pytest-timeout>=2.2", "ruff>=0.6", "hypothesis>=6.100", "moto[server]>=5"],
+        "tune": ["optuna>=4"],  # jobs/tune.py: TPE and random search, ask/tell
     },
     entry_points={"console_scripts": ["ipinsights=ipinsights_jobs.cli:main"]},
     classifiers=[

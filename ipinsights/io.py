@@ -26,6 +26,10 @@ __all__ = [
     "atomic_write",
     "read_pairs_csv",
     "read_labelled_csv",
+    "read_parquet_files",
+    "read_pairs_table",
+    "write_frame",
+    "copy_tree_atomic",
 ]
 
 
@@ -401,3 +405,95 @@ def delete_partitions(spark: SparkSession, path: str, days: Iterable[str]) -> li
         if fs.exists(p) and fs.delete(p, True):
             removed.append(day)
     return removed
+
+
+# ---------------------------------------------------------------------------------------------
+# Tuning job: inputs in either format, small result tables, model directories copied into place
+# ---------------------------------------------------------------------------------------------
+
+
+def read_parquet_files(files: Iterable[str], columns: list[str]) -> pa.Table:
+    """``columns`` of Parquet files listed by Spark (local paths, ``file:`` or ``s3a://`` URIs), one table.
+
+    Executors use it to read what the driver wrote, by path: no data travels in a closure.
+    """
+    import pyarrow.parquet as pq
+
+    tables = []
+    for f in files:
+        if f.startswith("file:"):
+            f = "/" + f[len("file:") :].lstrip("/")
+        elif f.startswith("s3a://"):
+            f = "s3://" + f[len("s3a://") :]  # pyarrow's S3 filesystem knows only s3://
+        tables.append(pq.read_table(f, columns=columns))
+    if not tables:
+        raise DataFormatError(f"no Parquet files to read (columns {columns})")
+    return pa.concat_tables(tables)
+
+
+def _looks_like_csv(path: str) -> bool:
+    """A ``.csv``/``.txt`` name, or a local file or folder that holds no Parquet files."""
+    name = path.rstrip("/").rsplit("/", 1)[-1].lower()
+    if name.endswith((".csv", ".csv.gz", ".txt", ".txt.gz")):
+        return True
+    if not _is_local(path) or any(c in path for c in "*?["):
+        return False
+    p = _local_path(path)
+    if p.is_file():
+        return not name.endswith(".parquet")
+    return p.is_dir() and not any(p.rglob("*.parquet"))
+
+
+def read_pairs_table(
+    spark: SparkSession, path: str, fmt: str = "auto", start_date: str | None = None, end_date: str | None = None
+) -> DataFrame:
+    """(entity, ip) rows from the ingest job's events table or from SageMaker's headerless CSV.
+
+    ``fmt``: ``events``, ``csv`` or ``auto`` (CSV for a ``.csv`` name or a local path without Parquet
+    files, else the events table). Dates prune an events table's ``dt`` partitions; a CSV has no dates.
+    """
+    if fmt not in ("auto", "events", "csv"):
+        raise ValueError(f"format {fmt!r} must be one of auto, events, csv")
+    if fmt == "csv" or (fmt == "auto" and _looks_like_csv(path)):
+        if start_date or end_date:
+            raise ValueError(f"{path}: a CSV input has no days to select (dates apply to an events table)")
+        return read_pairs_spark(spark, resolve_uri(spark, path)).select("entity", "ip")
+    return read_events(spark, resolve_uri(spark, path), start_date, end_date).select("entity", "ip")
+
+
+def write_frame(frame, path: str | Path) -> Path:
+    """Write a small pandas DataFrame as CSV (with header) or Parquet, by suffix, atomically."""
+    path = Path(path)
+    if path.suffix == ".csv":
+        with atomic_write(path, "w", encoding="utf-8", newline="") as fh:
+            frame.to_csv(fh, index=False)
+    elif path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        with atomic_write(path, "wb") as fh:
+            pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), fh)
+    else:
+        raise ValueError(f"{path}: write_frame writes .csv or .parquet")
+    return path
+
+
+def copy_tree_atomic(src: str | Path, dst: str | Path) -> Path:
+    """Copy directory ``src`` to ``dst`` (replacing it): copied beside ``dst``, then renamed into place."""
+    import shutil
+
+    src, dst = Path(src), Path(dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", dir=dst.parent))
+    try:
+        shutil.copytree(src, tmp, dirs_exist_ok=True)
+        if dst.exists():
+            old = dst.with_name(f".{dst.name}.old-{os.getpid()}")
+            os.replace(dst, old)
+            os.replace(tmp, dst)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, dst)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return dst

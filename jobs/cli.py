@@ -5,6 +5,7 @@
     ipinsights evaluate --model model/ --test labelled.csv [--train train.csv] [--plot hist.png]
     ipinsights serve --model model/ [--host 127.0.0.1] [--port 8080] [--workers N]
     ipinsights export-embeddings --model model/ --out ips.parquet [--ip-range 10.0.0.0/24] [--entities FILE]
+    ipinsights tune --train train.csv --validation val.csv --out tuning/ [--config conf/tune.yml] [--max-jobs N]
 
 Hyperparameters come from the YAML config with ``--name=value`` overrides (``--epochs=5``,
 ``--train.seed=3``), validated before any data is read.
@@ -140,7 +141,19 @@ def _export_embeddings(argv: Sequence[str]) -> int:
     return export_embeddings.main(list(argv))
 
 
-COMMANDS = {"train": train_main, "evaluate": evaluate_main, "serve": _serve, "export-embeddings": _export_embeddings}
+def _tune(argv: Sequence[str]) -> int:
+    from ipinsights_jobs import tune
+
+    return tune.main(list(argv))
+
+
+COMMANDS = {
+    "train": train_main,
+    "evaluate": evaluate_main,
+    "serve": _serve,
+    "export-embeddings": _export_embeddings,
+    "tune": _tune,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -18,7 +18,7 @@ pipq() { python -m pip install -q --disable-pip-version-check "$@" 2> >(grep -v 
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     pipq --upgrade pip setuptools wheel
     pipq "torch==2.13.0"
-    pipq -e ".[spark,serving,dev]"
+    pipq -e ".[spark,serving,dev,tune]"
     python -c "import torch, pyspark, ipinsights" # fail here, not in the middle of a test run
     bash scripts/build_horovod.sh
     # Test-only extras: Hadoop S3A jars for the s3a:// test against a local S3 server, and Chromium

@@ -1,0 +1,260 @@
+"""Hyperparameter tuning: config validation, the stopping rule, a reproducible trial sequence, and a
+6-trial, 2-parallel tuning job on local[2] with an injected failing trial."""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import json
+import random
+import time
+
+import numpy as np
+import pandas as pd
+import pyarrow.csv as pacsv
+import pytest
+
+from ipinsights.config import ConfigError, TrainConfig, config_from_dict, load_config
+from ipinsights.tuning import (
+    COMPLETED,
+    DEFAULT_SPACE,
+    FAILED,
+    PreparedData,
+    TuneConfig,
+    load_tune_config,
+    median_running_average,
+    run_trials,
+    trial_result,
+    without_parameters,
+)
+
+pytest.importorskip("optuna")
+
+SMALL_SPACE = {
+    "learning_rate": {"type": "continuous", "min": 0.003, "max": 0.1, "scaling": "logarithmic"},
+    "vector_dim": {"type": "Integer", "min": 8, "max": 32, "scaling": "Auto"},
+    "mini_batch_size": {"type": "categorical", "values": [200, 500]},
+}
+
+
+def _cfg(**kw) -> TuneConfig:
+    return config_from_dict(TuneConfig, {"space": SMALL_SPACE, **kw})
+
+
+def test_conf_tune_yml_is_sagemakers_recommended_space():
+    cfg = load_tune_config("conf/tune.yml")
+    assert cfg.space == DEFAULT_SPACE
+    assert {r.name: (r.min, r.max) for r in cfg.space}["learning_rate"] == (1e-4, 0.1)
+    assert cfg.base_config == "conf/train.yml"  # relative to the tuning config's folder
+    load_config(TrainConfig, cfg.base_config)
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"max_job": 3}, "unknown setting(s) max_job"),
+        ({"space": {"learning_rate": {"type": "continuous", "min": 1e-4, "max": 0.1, "step": 2}}},
+         "unknown setting(s) space.learning_rate.step"),
+        ({"space": {"learning_rate": {"type": "continuous", "min": 1e-4, "max": 50}}},
+         "space.learning_rate: max 50.0 is not a valid value: learning_rate=50.0 is out of range"),
+        ({"space": {"vector_dim": {"type": "integer", "min": 2, "max": 64}}}, "vector_dim=2 is out of range"),
+        ({"space": {"epochs": {"type": "continuous", "min": 1, "max": 3}}}, "integer hyperparameter"),
+        ({"space": {"weight_decay": {"type": "continuous", "min": 0.0, "max": 1.0, "scaling": "logarithmic"}}},
+         "logarithmic scaling needs min > 0"),
+        ({"space": {"nonsense": {"type": "integer", "min": 1, "max": 2}}}, "not a hyperparameter"),
+        ({"space": {"epochs": {"type": "integer", "min": 5, "max": 2}}}, "greater than max"),
+        ({"strategy": "grid"}, "must be bayesian or random"),
+        ({"max_parallel_jobs": 0}, "max_parallel_jobs=0 is out of range"),
+    ],
+)  # fmt: skip
+def test_config_errors_name_the_setting(data, message):
+    with pytest.raises(ConfigError) as err:
+        config_from_dict(TuneConfig, data)
+    assert message in str(err.value)
+
+
+def test_sagemaker_spellings_and_auto_scaling():
+    cfg = _cfg(strategy="Random")
+    ranges = {r.name: r for r in cfg.space}
+    assert cfg.strategy == "random"
+    assert ranges["vector_dim"].type == "integer" and ranges["vector_dim"].scaling == "linear"  # 8..32: < 100x
+    assert ranges["mini_batch_size"].values == (200, 500)
+    wide = config_from_dict(TuneConfig, {"space": {"mini_batch_size": {"type": "integer", "min": 100, "max": 50000}}})
+    assert wide.space[0].scaling == "logarithmic"
+    assert [r.name for r in without_parameters(cfg, ["vector_dim"]).space] == ["learning_rate", "mini_batch_size"]
+    with pytest.raises(ConfigError, match="nothing left to tune"):
+        without_parameters(cfg, list(SMALL_SPACE))
+
+
+def test_median_running_average():
+    curves = [[0.6, 0.8], [0.7, 0.9, 0.95], [0.5]]
+    # epoch 1: medians of 0.6, 0.7, 0.5; epoch 2: of running means 0.7, 0.8; epoch 3: one curve only
+    assert median_running_average(curves, 2) == pytest.approx([0.6, 0.75, None])
+    assert median_running_average(curves, 3) == pytest.approx([0.6, None, None])
+    assert median_running_average([], 1) == []
+
+
+def _fake_submit(pool: cf.ThreadPoolExecutor, seen: list):
+    """Trials that finish in a random order, with an AUC that is a smooth function of the values."""
+
+    def run(spec):
+        time.sleep(random.random() * 0.02)
+        hp = spec.hyperparameters
+        auc = 0.9 - 0.05 * abs(np.log10(hp["learning_rate"]) + 1.5) - 0.001 * abs(hp["vector_dim"] - 20)
+        return trial_result(spec.number, COMPLETED, [{"epoch": 1, "loss": 0.5, "discriminator_auc": auc}], seconds=0.01)
+
+    def submit(spec):
+        seen.append(spec)
+        return pool.submit(run, spec)
+
+    return submit
+
+
+def _params(strategy: str, seed: int, tmp_path) -> list[dict]:
+    overrides = ["--vector_dim=16", "--learning_rate=0.01", "--mini_batch_size=500"]
+    base = load_config(TrainConfig, "conf/train.yml", overrides)
+    cfg = _cfg(strategy=strategy, seed=seed, max_jobs=12, max_parallel_jobs=3, baseline_trial=True)
+    seen: list = []
+    with cf.ThreadPoolExecutor(3) as pool:
+        records = run_trials(cfg, base, PreparedData([], []), tmp_path / "trials", _fake_submit(pool, seen))
+    assert [r.number for r in records] == list(range(12)) and all(r.status == COMPLETED for r in records)
+    assert [s.number for s in seen] == list(range(12))
+    return [r.params for r in records]
+
+
+@pytest.mark.parametrize("strategy", ["bayesian", "random"])
+def test_same_seed_same_trial_sequence(strategy, tmp_path):
+    first = _params(strategy, 7, tmp_path)
+    assert first == _params(strategy, 7, tmp_path)  # finishing order differs between runs; the sequence does not
+    assert first[0] == {"learning_rate": 0.01, "vector_dim": 16, "mini_batch_size": 500}  # the baseline trial
+    assert first != _params(strategy, 8, tmp_path)
+    assert len({tuple(p.values()) for p in first}) > 8
+
+
+def test_invalid_combination_fails_without_launching(tmp_path):
+    base = load_config(TrainConfig, "conf/train.yml")
+    space = {"random_negative_sampling_rate": {"type": "categorical", "values": [0]},
+             "shuffled_negative_sampling_rate": {"type": "categorical", "values": [0]}}  # fmt: skip
+    cfg = config_from_dict(TuneConfig, {"space": space, "max_jobs": 2, "strategy": "random"})
+    launched: list = []
+    records = run_trials(cfg, base, PreparedData([], []), tmp_path, launched.append)
+    assert not launched
+    assert [r.status for r in records] == [FAILED, FAILED]
+    assert "random_negative_sampling_rate + shuffled_negative_sampling_rate" in records[0].error
+
+
+# ---------------------------------------------------------------------------------------------
+# The real thing: 6 trials, 2 in parallel, on local[2]
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory):
+    from ipinsights.toyworld import make_toy_world
+
+    d = tmp_path_factory.mktemp("tune_data")
+    w = make_toy_world(n_entities=150, events_per_entity=60, n_test=1000, seed=2)
+    opt = pacsv.WriteOptions(include_header=False)
+    for name in ("train", "validation"):
+        pacsv.write_csv(getattr(w, name), d / f"{name}.csv", opt)
+    return d, w
+
+
+@pytest.mark.slow
+@pytest.mark.spark
+def test_tuning_job_on_spark(spark, toy, tmp_path, capsys):
+    from ipinsights.evaluate import evaluate_scores
+    from ipinsights.scorer import Scorer
+    from ipinsights_jobs import cli
+
+    data, world = toy
+    conf = tmp_path / "conf"
+    conf.mkdir()
+    (conf / "train.yml").write_text(
+        "hyperparameters: {num_entity_vectors: 300, vector_dim: 16, epochs: 2, learning_rate: 0.01,"
+        " mini_batch_size: 500}\nmodel: {ip_hash_buckets: 4096}\n"
+    )
+    tune_yml = {
+        "base_config": "train.yml",
+        "max_jobs": 6,
+        "max_parallel_jobs": 2,
+        "strategy": "bayesian",
+        "seed": 1,
+        "startup_trials": 3,
+        "baseline_trial": True,
+        "threads_per_trial": 1,
+        "fail_trials": [2],  # test hook: NaN weights, so the trial really diverges
+        "early_stopping": {"type": "auto", "min_trials": 2},
+        "space": SMALL_SPACE,
+    }
+    (conf / "tune.yml").write_text(json.dumps(tune_yml))  # JSON is YAML
+    out = tmp_path / "out"
+    t0 = time.perf_counter()
+    rc = cli.main(["tune", "--train", str(data / "train.csv"), "--validation", str(data / "validation.csv"),
+                   "--config", str(conf / "tune.yml"), "--out", str(out)])  # fmt: skip
+    elapsed = time.perf_counter() - t0
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "TrainingJobStatus" in printed and "FinalObjectiveValue" in printed
+
+    table = pd.read_csv(out / "results.csv")
+    parquet = pd.read_parquet(out / "results.parquet")
+    assert list(parquet["TrainingJobStatus"]) == list(table["TrainingJobStatus"])
+    assert list(table["TrialNumber"]) == list(range(6))
+    assert {"learning_rate", "vector_dim", "mini_batch_size", "TrainingElapsedTimeSeconds"} <= set(table.columns)
+    statuses = dict(zip(table["TrialNumber"], table["TrainingJobStatus"], strict=True))
+    assert statuses[2] == "Failed" and "diverged" in table.loc[2, "FailureReason"]
+    assert np.isnan(table.loc[2, "FinalObjectiveValue"])
+    assert set(statuses.values()) <= {"Completed", "Stopped", "Failed"}
+    assert list(statuses.values()).count("Failed") == 1
+    # trial 0 is the base config's own values (the baseline)
+    assert table.loc[0, "learning_rate"] == pytest.approx(0.01) and table.loc[0, "vector_dim"] == 16
+
+    best = json.loads((out / "best.json").read_text())
+    assert best["objective"]["value"] == pytest.approx(table["FinalObjectiveValue"].max())
+    assert table.loc[best["trial"], "FinalObjectiveValue"] == pytest.approx(table["FinalObjectiveValue"].max())
+    assert json.loads((out / "tuning_config.json").read_text())["tuning"]["max_jobs"] == 6
+
+    # Trials ran side by side (two one-task Spark jobs at once), not one after the other.
+    starts = pd.to_datetime(table["TrainingStartTime"])
+    ends = pd.to_datetime(table["TrainingEndTime"])
+    ran = table["TrainingJobStatus"] != "Failed"
+    assert any(
+        starts[i] < ends[j] and starts[j] < ends[i] for i in table.index[ran] for j in table.index[ran] if i < j
+    ), table[["TrialNumber", "TrainingStartTime", "TrainingEndTime"]]
+
+    # The best model is a normal model directory: it loads and scores.
+    scorer = Scorer.load(out / "best_model")
+    assert scorer.manifest["hyperparameters"]["vector_dim"] == best["hyperparameters"]["vector_dim"]
+    scores = scorer.anomaly_score(world.test["entity"], world.test["ip"])
+    assert np.isfinite(scores).all()
+    ev = evaluate_scores(scores, world.test["label"].to_numpy(), world.test["kind"].to_numpy(zero_copy_only=False))
+    assert ev.auc["model"]["random_ip"] > 0.8
+    # Only the best trial's model is kept (keep_trial_models: false); every trial that ran has its metrics.
+    assert [p.parent.name for p in (out / "trials").glob("*/model")] == [f"trial-{best['trial']:03d}"]
+    assert len(list((out / "trials").glob("*/metrics.jsonl"))) == 6
+    print(f"6-trial tuning job: {elapsed:.1f} s")
+
+
+def test_io_helpers(tmp_path):
+    from ipinsights.io import _looks_like_csv, copy_tree_atomic, write_frame
+
+    frame = pd.DataFrame({"TrialNumber": [0, 1], "FinalObjectiveValue": [0.9, float("nan")], "x": ["a", ""]})
+    write_frame(frame, tmp_path / "t.csv")
+    write_frame(frame, tmp_path / "t.parquet")
+    assert pd.read_parquet(tmp_path / "t.parquet").equals(frame)
+    assert pd.read_csv(tmp_path / "t.csv", keep_default_na=False)["x"].tolist() == ["a", ""]
+    with pytest.raises(ValueError, match=r"\.csv or \.parquet"):
+        write_frame(frame, tmp_path / "t.json")
+    src = tmp_path / "src"
+    (src / "sub").mkdir(parents=True)
+    (src / "sub" / "f").write_text("1")
+    copy_tree_atomic(src, tmp_path / "dst")
+    (src / "sub" / "f").write_text("2")
+    copy_tree_atomic(src, tmp_path / "dst")  # replaces the earlier copy
+    assert (tmp_path / "dst" / "sub" / "f").read_text() == "2"
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+    table = tmp_path / "events" / "dt=2024-01-01"
+    table.mkdir(parents=True)
+    (table / "part-0.parquet").write_bytes(b"")
+    assert not _looks_like_csv(str(tmp_path / "events"))
+    assert _looks_like_csv(str(tmp_path / "t.csv")) and _looks_like_csv(str(src))
