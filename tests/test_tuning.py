@@ -258,3 +258,27 @@ def test_io_helpers(tmp_path):
     (table / "part-0.parquet").write_bytes(b"")
     assert not _looks_like_csv(str(tmp_path / "events"))
     assert _looks_like_csv(str(tmp_path / "t.csv")) and _looks_like_csv(str(src))
+
+
+@pytest.mark.slow
+@pytest.mark.spark
+def test_every_trial_failing_fails_the_job(spark, toy, tmp_path):
+    from ipinsights.io import read_pairs_table
+    from ipinsights.tuning import TuningError, tune
+
+    data, _ = toy
+    base = load_config(TrainConfig, "conf/train.yml", ["--num_entity_vectors=300", "--vector_dim=8"])
+    cfg = _cfg(max_jobs=3, max_parallel_jobs=2, strategy="random")
+
+    def submit(spec):  # no training: every trial reports an error
+        fut: cf.Future = cf.Future()
+        fut.set_result(trial_result(spec.number, FAILED, error=f"boom {spec.number}"))
+        return fut
+
+    train = read_pairs_table(spark, str(data / "train.csv"))
+    val = read_pairs_table(spark, str(data / "validation.csv"))
+    with pytest.raises(TuningError, match="all 3 trials failed: trial 0: boom 0; trial 1: boom 1; trial 2: boom 2"):
+        tune(spark, train, val, cfg, base, tmp_path / "out", submit=submit)
+    table = pd.read_csv(tmp_path / "out" / "results.csv")  # the table is written all the same
+    assert list(table["TrainingJobStatus"]) == ["Failed"] * 3
+    assert not (tmp_path / "out" / "best_model").exists()
