@@ -69,12 +69,18 @@ class Calibration:
     medium_fpr: float | None = None
     prior_threshold: float | None = None  # population-prior scores (learning period) at target_fpr
     prior_medium_threshold: float | None = None
+    score_quantiles: list[float] | None = None  # at scorer.CAL_LEVELS: the normal percentile
+    prior_quantiles: list[float] | None = None
 
     def thresholds(self):
-        """The :class:`~ipinsights.scorer.Thresholds` of the levels."""
+        """The :class:`~ipinsights.scorer.Thresholds` of the levels and the normal percentile."""
         from ipinsights.scorer import Thresholds
 
-        return Thresholds(self.threshold, self.medium_threshold, self.prior_threshold, self.prior_medium_threshold)
+        def table(q):
+            return None if q is None else tuple(q)
+
+        return Thresholds(self.threshold, self.medium_threshold, self.prior_threshold, self.prior_medium_threshold,
+                          table(self.score_quantiles), table(self.prior_quantiles))  # fmt: skip
 
     def to_json(self) -> str:
         return json.dumps({"format": FORMAT, **asdict(self)}, indent=2, sort_keys=True) + "\n"
@@ -136,7 +142,9 @@ def calibrate_levels(
 
     if not 0.0 < target_fpr < 1.0:
         raise ValueError(f"target_fpr={target_fpr} must be in (0, 1)")
-    qs = [1.0 - target_fpr, 1.0 - medium_fpr(target_fpr)]
+    from ipinsights.scorer import CAL_LEVELS
+
+    qs = [1.0 - target_fpr, 1.0 - medium_fpr(target_fpr), *CAL_LEVELS.tolist()]
     a, p = F.col("anomaly_score").cast("double"), F.col("prior_score").cast("double")
     entity = F.when((F.col("rule") == RULE_SCORE) & a.isNotNull() & ~F.isnan(a), a)
     prior = F.when(p.isNotNull() & ~F.isnan(p), p)
@@ -149,10 +157,12 @@ def calibrate_levels(
     n = int(row["n"]) if row is not None else 0
     if not n:
         raise ValueError("no scored rows to calibrate on (empty traffic, or every entity in its learning period)")
-    e, pr = row["e"], row["p"] if row["np"] else [None, None]
+    e, pr = row["e"], row["p"] if row["np"] else [None] * (len(qs))
     out = {"threshold": float(e[0]), "medium_threshold": float(e[1]),
            "prior_threshold": None if pr[0] is None else float(pr[0]),
-           "prior_medium_threshold": None if pr[1] is None else float(pr[1])}  # fmt: skip
+           "prior_medium_threshold": None if pr[1] is None else float(pr[1]),
+           "score_quantiles": [float(x) for x in e[2:]],
+           "prior_quantiles": None if pr[0] is None else [float(x) for x in pr[2:]]}  # fmt: skip
     return out, n
 
 

@@ -21,13 +21,16 @@ import numpy as np
 import pyarrow as pa
 
 from ipinsights.hashing import hash_strings
-from ipinsights.ip import parse_ipv4, prefix, to_string_array
+from ipinsights.ip import key_prefix, parse_ip, to_string_array
 from ipinsights.metrics import roc_auc, threshold_table
 
 __all__ = ["BASELINES", "Evaluation", "evaluate_scores", "baseline_scores", "histogram_plot"]
 
 #: name -> prefix length of the per-entity "seen before" lookups
 BASELINES = {"seen_exact_ip": 32, "seen_same_24": 24, "seen_same_16": 16}
+#: The IPv6 analogue of each IPv4 prefix length: the /64 (interface ids churn, so "exact" is the
+#: subnet), the /48 site, the /32 ISP allocation.
+V6_ANALOGUE = {32: 64, 24: 48, 16: 32}
 _BASELINE_SEED = 0x5EED
 
 
@@ -64,18 +67,21 @@ class Evaluation:
         return {"auc": self.auc, "thresholds": self.thresholds, "counts": self.counts}
 
 
-def _keys(entities: Any, ips_int: np.ndarray, length: int) -> np.ndarray:
+def _keys(entities: Any, keys: np.ndarray, length: int) -> np.ndarray:
     """64-bit keys of (entity, network) so that membership is one vectorized ``np.isin``."""
     with np.errstate(over="ignore"):
         h = hash_strings(entities, _BASELINE_SEED)
-        net = prefix(ips_int, length).astype(np.uint64)
+        net = key_prefix(keys, length, V6_ANALOGUE[length]).view(np.uint64)
         return h * np.uint64(0x9E3779B97F4A7C15) ^ (net + np.uint64(length << 40))
 
 
 def baseline_scores(train_entities: Any, train_ips: Any, entities: Any, ips: Any) -> dict[str, np.ndarray]:
-    """Anomaly scores (1 = the entity never used this IP / /24 / /16 in training, else 0)."""
-    tr = parse_ipv4(train_ips)
-    te = parse_ipv4(ips)
+    """Anomaly scores (1 = the entity never used this IP / /24 / /16 in training, else 0).
+
+    IPv6 addresses are looked up by their :data:`V6_ANALOGUE` prefixes (/64, /48, /32).
+    """
+    tr = parse_ip(train_ips)
+    te = parse_ip(ips)
     tr_ent = to_string_array(train_entities).filter(pa.array(tr.valid))
     out = {}
     for name, length in BASELINES.items():

@@ -48,9 +48,11 @@ __all__ = [
 COUNT_NAMES = ("rows", "scored", "unseen_entity", "learning_period", "invalid_ip", "level_medium", "flagged",
                "flagged_by_score", "flagged_learning_period", "flagged_unseen")  # fmt: skip
 #: Columns of the flagged cases shown in the report and written to the CSV.
-CASE_COLUMNS = ("entity", "ip", "ts", "anomaly_score", "level", "rule", "entity_percentile", "typical_low",
-                "typical_high", "training_count", "nearest_networks", "closest_network", "shared_prefix_bits",
-                "subnet", "subnet_seen", "network", "network_seen", "asn", "asn_seen", *BASELINES)  # fmt: skip
+CASE_COLUMNS = (
+    "entity", "ip", "ts", "anomaly_score", "level", "rule", "normal_percentile", "entity_percentile", "typical_low",
+    "typical_high", "training_count", "nearest_networks", "closest_network", "shared_prefix_bits", "subnet",
+    "subnet_seen", "network", "network_seen", "asn", "asn_seen", *BASELINES,
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -198,6 +200,8 @@ def render_report(
         parts.append("</table>")
         parts.append(
             '<p class="note">level: high = above the threshold in force, medium = above the looser calibrated one. '
+            "normal_percentile: share of normal traffic judged by the same rule that scored lower (one scale for "
+            "both rules; cases are sorted by it). "
             "rule: which score decided (model_score = the entity's own embedding; learning_period = too few "
             "training events, scored against the population prior: how unusual the network is for everyone). "
             "entity_percentile: where the score falls among the entity's own training logins (100 = more unusual "
@@ -246,7 +250,10 @@ def write_day_report(
     from pyspark.sql import functions as F
 
     out = Path(reports_dir) / f"dt={day}"
-    ordered = flagged.select(*CASE_COLUMNS).orderBy(F.desc_nulls_last("anomaly_score"), "entity", "ip")
+    # Rarest first on one scale across rules (normal_percentile), raw score next (fixed thresholds have no table).
+    ordered = flagged.select(*CASE_COLUMNS).orderBy(
+        F.desc_nulls_last("normal_percentile"), F.desc_nulls_last("anomaly_score"), "entity", "ip"
+    )
     top = [r.asDict() for r in ordered.limit(top_n).collect()] if counts.get("flagged") else []
     rows = (r.asDict() for r in ordered.toLocalIterator()) if counts.get("flagged") else iter(())
     write_flagged_csv(out / "flagged.csv", rows)

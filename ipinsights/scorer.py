@@ -34,6 +34,8 @@ RULE_INVALID = "invalid_ip"  # no valid address (or an IPv6 one for an IPv4-only
 RULE_LEARNING = "learning_period"  # too few training events: scored against the population prior
 RULE_SCORE = "model_score"  # the entity's own embedding
 LEVELS = ("low", "medium", "high")
+#: Probability levels of the calibration's quantile tables: dense in the tail, where alerts live.
+CAL_LEVELS = np.unique(np.concatenate([np.linspace(0, 0.9, 46), np.linspace(0.9, 0.99, 46), np.linspace(0.99, 1, 21)]))
 
 
 @dataclass(frozen=True)
@@ -48,6 +50,23 @@ class Thresholds:
     medium: float | None = None
     prior_high: float | None = None  # None: the same as ``high``
     prior_medium: float | None = None
+    # Quantiles (at CAL_LEVELS) of normal traffic's entity scores and prior scores: the normal percentile.
+    score_table: tuple[float, ...] | None = None
+    prior_table: tuple[float, ...] | None = None
+
+    def normal_percentile(self, anomaly: np.ndarray, rule: np.ndarray) -> np.ndarray:
+        """0-100: the share of normal (calibration) traffic of the row's rule that scored lower.
+
+        Entity scores and population-prior scores live on different scales; this puts both on one, so
+        that rows decided by different rules can be ranked together (the report's order, evaluations).
+        NaN without a table for the rule or without a score.
+        """
+        out = np.full(len(anomaly), np.nan)
+        for table, rows in ((self.score_table, rule == RULE_SCORE), (self.prior_table, rule == RULE_LEARNING)):
+            ok = rows & np.isfinite(anomaly)
+            if table is not None and ok.any():
+                out[ok] = 100.0 * np.interp(anomaly[ok], np.maximum.accumulate(np.asarray(table)), CAL_LEVELS)
+        return out
 
     def levels(self, anomaly: np.ndarray, rule: np.ndarray) -> np.ndarray:
         """``low``/``medium``/``high`` per row (None where there is no score)."""
@@ -74,6 +93,7 @@ class Assessment:
     anomaly_score: np.ndarray  # float32: the score of the row's rule (higher = more suspicious); NaN if none
     entity_percentile: np.ndarray  # float64 0-100 among the entity's training scores; NaN if unknown
     level: np.ndarray | None = None  # object: LEVELS per row (with thresholds)
+    normal_percentile: np.ndarray | None = None  # float64 0-100 among normal traffic of its rule (calibration)
 
     @property
     def unseen_entity(self) -> np.ndarray | None:
@@ -189,6 +209,7 @@ class Scorer:
         out = Assessment(dp, prior, counts, rule, anomaly, pct)
         if thresholds is not None:
             out.level = thresholds.levels(anomaly, rule)
+            out.normal_percentile = thresholds.normal_percentile(anomaly, rule)
         return out
 
     def explain(self, entities: ArrayLike, ips: ArrayLike, top: int = 3) -> dict[str, list]:

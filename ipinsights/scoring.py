@@ -13,6 +13,8 @@ with the model loaded once per worker through :func:`ipinsights.scorer.load_scor
                               ``learning_period`` (fewer than ``learning_period_events`` training events:
                               the population prior; never a random vector) or ``invalid_ip`` (no score)
     entity_percentile double  0-100: where the score falls among the entity's own training scores (profile)
+    normal_percentile double  0-100: where it falls among normal traffic of its rule (calibration): one scale
+                              for both rules, so rows decided by different rules rank together
     level             string  low / medium / high from the calibrated (or fixed) thresholds of the rule
     flagged           boolean level == high (or an unseen entity, with ``flag_unseen``)
 
@@ -60,7 +62,7 @@ log = logging.getLogger(__name__)
 
 _SCORE_FIELDS = (
     "dot_product float, prior_score float, anomaly_score float, training_count long, unseen_entity boolean, "
-    "rule string, entity_percentile double, level string, flagged boolean"
+    "rule string, entity_percentile double, normal_percentile double, level string, flagged boolean"
 )
 _SCORE_FIELDS_NAMES = [f.strip().split()[0] for f in _SCORE_FIELDS.split(",")]
 #: Columns of the scores table, in order.
@@ -189,6 +191,9 @@ def _scorer_fn(setup: ScoringSetup) -> Callable[[Iterator[pa.RecordBatch]], Iter
                 pa.array(unseen) if unseen is not None else pa.nulls(n, pa.bool_()),
                 pa.array(a.rule, pa.string()),
                 pa.array(a.entity_percentile, mask=~np.isfinite(a.entity_percentile)),
+                pa.array(a.normal_percentile, mask=~np.isfinite(a.normal_percentile))
+                if a.normal_percentile is not None
+                else pa.nulls(n, pa.float64()),
                 level_col,
                 flagged_col,
             ]
@@ -375,6 +380,8 @@ def resolve_threshold(spark: SparkSession, cfg: ScoreConfig, profile: str | None
         medium_fpr=medium_fpr(cfg.target_fpr),
         prior_threshold=levels["prior_threshold"],
         prior_medium_threshold=levels["prior_medium_threshold"],
+        score_quantiles=levels["score_quantiles"],
+        prior_quantiles=levels["prior_quantiles"],
     )
     save_calibration(cal, path)
     log.info("calibrated threshold %.6g on %d rows (target FPR %g), saved to %s", cal.threshold, rows, cfg.target_fpr,

@@ -97,18 +97,27 @@ def evaluate_main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--thresholds", help="comma-separated anomaly-score thresholds (default: normal quantiles)")
     parser.add_argument("--plot", help="save the score histogram (normal vs attack) as PNG here")
     parser.add_argument("--output", help="write the evaluation as JSON here")
+    parser.add_argument("--profile", help="entity profiles (default: <model>.profile.safetensors when present)")
+    parser.add_argument("--learning-period-events", type=int, default=10,
+                        help="entities with fewer training events are scored by the population prior (as the "
+                             "scoring job does); 0 with no profile = raw model scores (SageMaker)")  # fmt: skip
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
     setup_logging(args.verbose)
     try:
         scorer = Scorer.load(args.model)
+        scorer.load_profiles(args.profile, required=args.profile is not None)
         test = read_labelled_csv(args.test)
         train = read_pairs_csv(args.train) if args.train else None
     except (ModelFileError, DataFormatError) as exc:
         log.error("%s", exc)
         return 2
     thresholds = [float(t) for t in args.thresholds.split(",")] if args.thresholds else None
-    scores = scorer.anomaly_score(test["entity"], test["ip"])
+    # The production rule: the entity's own score, or the population prior in its learning period.
+    verdict = scorer.assess(test["entity"], test["ip"], args.learning_period_events)
+    scores = verdict.anomaly_score if scorer.profiles is not None else scorer.anomaly_score(test["entity"], test["ip"])
+    rules = {str(r): int(n) for r, n in zip(*np.unique(verdict.rule.astype(str), return_counts=True), strict=True)}
+    log.info("rows by rule: %s%s", rules, "" if scorer.profiles is not None else " (no profile: raw model scores)")
     labels = test["label"].to_numpy()
     kinds = test["kind"].to_numpy(zero_copy_only=False)
     baselines = baseline_scores(train["entity"], train["ip"], test["entity"], test["ip"]) if train is not None else None

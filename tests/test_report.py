@@ -71,10 +71,10 @@ def test_csv_defuses_formulas(tmp_path):
 @pytest.mark.spark
 def test_counts_and_histogram_are_aggregates(spark):
     level = {0: "low", 1: "low", 2: "medium", 3: "high", 4: "high"}
-    rows = [("a", "1.2.3.4", None, -1.0, 0.5, float(s), 5, False, RULE_SCORE, 50.0, level[s], s > 2.5, "2024-01-09")
-            for s in range(5)]  # fmt: skip
-    rows += [("u", "1.2.3.4", None, 1.0, 3.0, 3.0, 0, True, RULE_LEARNING, None, "high", True, "2024-01-09")]
-    rows += [("a", "::1", None, None, None, None, 5, False, RULE_INVALID, None, None, False, "2024-01-10")]
+    rows = [("a", "1.2.3.4", None, -1.0, 0.5, float(s), 5, False, RULE_SCORE, 50.0, 90.0, level[s], s > 2.5,
+             "2024-01-09") for s in range(5)]  # fmt: skip
+    rows += [("u", "1.2.3.4", None, 1.0, 3.0, 3.0, 0, True, RULE_LEARNING, None, 99.0, "high", True, "2024-01-09")]
+    rows += [("a", "::1", None, None, None, None, 5, False, RULE_INVALID, None, None, None, False, "2024-01-10")]
     df = spark.createDataFrame(rows, SCORES_SCHEMA)
     c = day_counts(df, ["2024-01-09", "2024-01-10", "2024-01-11"])
     assert c["2024-01-09"] == {"rows": 6, "scored": 6, "unseen_entity": 1, "learning_period": 1, "invalid_ip": 0,
