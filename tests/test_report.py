@@ -64,7 +64,7 @@ def test_render_empty_day_says_so():
 def test_csv_defuses_formulas(tmp_path):
     p = write_flagged_csv(tmp_path / "f.csv", [_case('=HYPERLINK("http://evil")', 2.0), _case("alice", 1.5)])
     lines = p.read_text().splitlines()
-    assert lines[0].startswith("entity,ip,ts,anomaly_score,level,rule,entity_percentile")
+    assert lines[0].startswith("entity,ip,ts,anomaly_score,level,rule,normal_percentile,entity_percentile")
     assert lines[1].startswith("\"'=HYPERLINK") and lines[2].startswith("alice,")
 
 
