@@ -259,23 +259,13 @@ _COMMS = {"torch": _TorchDistComm, "horovod": _HorovodComm, "local": _LocalComm}
 
 def _read_pairs(files: Sequence[str]):
     """Read (entity_row, ip) from Parquet files (local paths, file: URIs, or s3/s3a URIs)."""
-    import pyarrow.parquet as pq
-
+    from ipinsights.io import read_parquet_files
     from ipinsights.trainer import EncodedPairs
 
-    tables = []
-    for f in files:
-        if f.startswith("file:"):
-            f = f[len("file:") :]
-            f = "/" + f.lstrip("/")
-        elif f.startswith("s3a://"):
-            f = "s3://" + f[len("s3a://") :]
-        tables.append(pq.read_table(f, columns=["entity_row", "ip"]))
-    if not tables:
+    if not files:  # a rank may be dealt no bucket in an epoch
         return EncodedPairs(np.zeros(0, np.int64), np.zeros(0, np.int64))
-    ent = np.concatenate([t["entity_row"].to_numpy() for t in tables]).astype(np.int64)
-    ips = np.concatenate([t["ip"].to_numpy() for t in tables]).astype(np.int64)
-    return EncodedPairs(ent, ips)
+    t = read_parquet_files(files, ["entity_row", "ip"])
+    return EncodedPairs(t["entity_row"].to_numpy().astype(np.int64), t["ip"].to_numpy().astype(np.int64))
 
 
 def data_for_epoch(buckets: Sequence[Sequence[str]], rank: int, world_size: int, epoch: int, seed: int):
