@@ -3,7 +3,7 @@
 #
 #   ./spark-submit.sh [--master MASTER] [--deploy-mode client|cluster] [--spark-opt OPT]... JOB [job args]
 #
-# JOB is one of: generate, ingest, train, score (the file jobs/JOB.py). The library (ipinsights and
+# JOB is one of: generate, ingest, train, score, tune (the file jobs/JOB.py). The library (ipinsights and
 # the job entry points) is zipped into dist/ipinsights-jobs.zip and shipped with --py-files; the
 # job's conf/ file (its --config argument, default conf/JOB.yml) is shipped with --files.
 # MASTER defaults to $SPARK_MASTER or local[2]. Examples:
@@ -26,7 +26,7 @@ while [ $# -gt 0 ]; do
         *) break ;;
     esac
 done
-[ $# -ge 1 ] || { echo "usage: $0 [--master M] JOB [args]; JOB: generate|ingest|train|score" >&2; exit 2; }
+[ $# -ge 1 ] || { echo "usage: $0 [--master M] JOB [args]; JOB: generate|ingest|train|score|tune" >&2; exit 2; }
 job="$1"; shift
 job_file="$here/jobs/$job.py"
 [ -f "$job_file" ] || { echo "unknown job '$job' (no $job_file)" >&2; exit 2; }
@@ -62,7 +62,12 @@ if [ -z "$config" ] && [ -f "$here/conf/$job.yml" ]; then
 fi
 files=()
 if [ -n "$config" ]; then
-    files=(--files "$config")
+    shipped="$config"
+    # tune.yml names its base training config relative to itself (base_config: train.yml): ship it too.
+    if [ "$job" = "tune" ] && [ -f "$(dirname "$config")/train.yml" ]; then
+        shipped="$shipped,$(dirname "$config")/train.yml"
+    fi
+    files=(--files "$shipped")
     if [ "$deploy" = "cluster" ]; then
         for i in "${!args[@]}"; do
             if [ "${args[$i]}" = "--config" ]; then args[$((i + 1))]="$(basename "$config")"; fi
