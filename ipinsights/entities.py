@@ -48,11 +48,15 @@ class EntityStats:
 
     def counts_for(self, entities: Any, hash_seed: int) -> np.ndarray:
         """Training event count of each entity (0 = never seen in training)."""
-        h = hash_strings(entities, hash_seed)
-        pos = np.searchsorted(self.hashes, h)
-        pos_c = np.minimum(pos, max(self.hashes.size - 1, 0))
-        found = (pos < self.hashes.size) & (self.hashes[pos_c] == h) if self.hashes.size else np.zeros(h.size, bool)
-        return np.where(found, self.counts[pos_c] if self.hashes.size else 0, 0).astype(np.int64)
+        return self.counts_of(hash_strings(entities, hash_seed))
+
+    def counts_of(self, hashes: np.ndarray) -> np.ndarray:
+        """Training event count of each entity hash (0 = never seen): scoring hashes a batch once."""
+        h = np.asarray(hashes, dtype=np.uint64)
+        if not self.hashes.size:
+            return np.zeros(h.size, dtype=np.int64)
+        pos = np.minimum(np.searchsorted(self.hashes, h), self.hashes.size - 1)
+        return np.where(self.hashes[pos] == h, self.counts[pos], 0).astype(np.int64)
 
     def to_bytes(self) -> bytes:
         from safetensors.numpy import save

@@ -22,7 +22,7 @@ import pyarrow as pa
 
 from ipinsights.ip import to_string_array
 
-__all__ = ["HASH_VERSION", "hash_strings", "entity_buckets"]
+__all__ = ["HASH_VERSION", "buckets_of", "hash_strings", "entity_buckets"]
 
 HASH_VERSION = 1
 _FNV_PRIME = np.uint64(0x100000001B3)
@@ -53,7 +53,7 @@ def hash_strings(values: Iterable[str] | pa.Array | np.ndarray, seed: int) -> np
     with np.errstate(over="ignore"):
         basis = _splitmix64(np.array([int(seed)], dtype=np.uint64))[0]
         order = np.argsort(-lengths, kind="stable")  # longest first: active rows are a prefix
-        starts = offsets[:-1].astype(np.int64)[order]
+        pos = offsets[:-1].astype(np.int64)[order]  # next byte of each (sorted) row
         sorted_len = lengths[order]
         h = np.full(n, basis, dtype=np.uint64)
         max_len = int(sorted_len[0]) if n else 0
@@ -61,15 +61,24 @@ def hash_strings(values: Iterable[str] | pa.Array | np.ndarray, seed: int) -> np
         active = np.searchsorted(-sorted_len, -np.arange(max_len), side="left")
         for j in range(max_len):
             k = int(active[j])
-            h[:k] = (h[:k] ^ data[starts[:k] + j].astype(np.uint64)) * _FNV_PRIME
+            hk, pk = h[:k], pos[:k]
+            # In place: this loop runs once per byte position over every row, temporaries cost more than the math.
+            np.bitwise_xor(hk, data.take(pk), out=hk)
+            np.multiply(hk, _FNV_PRIME, out=hk)
+            pk += 1
         h = _splitmix64(h ^ sorted_len.astype(np.uint64))
     out = np.empty(n, dtype=np.uint64)
     out[order] = h
     return out
 
 
-def entity_buckets(values: Iterable[str] | pa.Array | np.ndarray, seed: int, num_buckets: int) -> np.ndarray:
-    """Embedding row (``int64`` in ``[0, num_buckets)``) of each entity string."""
+def buckets_of(hashes: np.ndarray, num_buckets: int) -> np.ndarray:
+    """Embedding row (``int64`` in ``[0, num_buckets)``) of each 64-bit entity hash."""
     if num_buckets < 1:
         raise ValueError(f"num_buckets must be >= 1, got {num_buckets}")
-    return (hash_strings(values, seed) % np.uint64(num_buckets)).astype(np.int64)
+    return (np.asarray(hashes, dtype=np.uint64) % np.uint64(num_buckets)).astype(np.int64)
+
+
+def entity_buckets(values: Iterable[str] | pa.Array | np.ndarray, seed: int, num_buckets: int) -> np.ndarray:
+    """Embedding row (``int64`` in ``[0, num_buckets)``) of each entity string."""
+    return buckets_of(hash_strings(values, seed), num_buckets)

@@ -169,11 +169,15 @@ class IPInsightsModel(nn.Module):
         """The fully connected layers over the summed prefix embeddings ``(n, d) -> (n, d)``."""
         return self.encoder(prefix_sum)
 
-    def ip_vectors(self, ips: torch.Tensor) -> torch.Tensor:
-        """IP embeddings ``(n, d)`` for address keys given as int64 ``(n,)``."""
+    def prefix_sums(self, ips: torch.Tensor) -> torch.Tensor:
+        """Summed prefix-level rows ``(n, d)`` of address keys ``(n,)``: the encoder's input."""
         rows, weights = self.ip_bags(ips)
         # embedding_bag sums the L rows without materialising an (n, L, d) tensor: ~3x faster on CPU.
-        return self.encode(F.embedding_bag(rows, self.ip_table, mode="sum", per_sample_weights=weights))
+        return F.embedding_bag(rows, self.ip_table, mode="sum", per_sample_weights=weights)
+
+    def ip_vectors(self, ips: torch.Tensor) -> torch.Tensor:
+        """IP embeddings ``(n, d)`` for address keys given as int64 ``(n,)``."""
+        return self.encode(self.prefix_sums(ips))
 
     # ---- entity side ---------------------------------------------------------------------------
     def entity_vectors(self, entity_rows: torch.Tensor) -> torch.Tensor:
@@ -183,6 +187,28 @@ class IPInsightsModel(nn.Module):
     def forward(self, entity_rows: torch.Tensor, ips: torch.Tensor) -> torch.Tensor:
         """Dot products ``(n,)`` of entity and IP vectors."""
         return (self.entity_vectors(entity_rows) * self.ip_vectors(ips)).sum(dim=-1)
+
+    # ---- scoring: the last encoder layer folded into the entity side ---------------------------
+    # <e, W h + b> = <W^T e, h> + <e, b>: the (n, d) x (d, d) product of the last layer moves from every
+    # scored row to the entity table, once per model (the same dot product up to float rounding).
+    def folded_entities(self, entity_rows: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(W^T e, <e, b>)`` of the last encoder layer for ``entity_rows`` (all rows when None).
+
+        Without encoder layers: the entity vectors themselves and no bias.
+        """
+        e = self.entity_table if entity_rows is None else self.entity_table.index_select(0, entity_rows)
+        if not len(self.encoder):
+            return e, None
+        last = self.encoder[-1]
+        return e @ last.weight, e @ last.bias
+
+    def folded_forward(self, folded: torch.Tensor, bias: torch.Tensor | None, ips: torch.Tensor) -> torch.Tensor:
+        """Dot products ``(n,)`` from folded entity rows ``(n, d)`` (:meth:`folded_entities`) and address keys."""
+        h = self.prefix_sums(ips)
+        for layer in list(self.encoder)[:-1]:
+            h = layer(h)
+        dp = torch.linalg.vecdot(folded, h)
+        return dp if bias is None else dp + bias
 
     def sparse_parameter_names(self) -> Sequence[str]:
         """Tables updated row by row (their gradients are only ever the rows a batch touched)."""

@@ -19,13 +19,23 @@ import pyarrow as pa
 import torch
 
 from ipinsights.entities import ENTITY_FILE, EntityStats
-from ipinsights.hashing import entity_buckets
+from ipinsights.hashing import buckets_of, hash_strings
 from ipinsights.ip import ParsedIPs, parse_ip, to_string_array
 from ipinsights.modelfile import ModelBundle, load_model
 
 log = logging.getLogger(__name__)
 
-__all__ = ["RULE_INVALID", "RULE_LEARNING", "RULE_SCORE", "Assessment", "Scorer", "Thresholds", "load_scorer"]
+__all__ = [
+    "LEVELS",
+    "RULES",
+    "RULE_INVALID",
+    "RULE_LEARNING",
+    "RULE_SCORE",
+    "Assessment",
+    "Scorer",
+    "Thresholds",
+    "load_scorer",
+]
 
 ArrayLike = Iterable[str] | pa.Array | np.ndarray | pd.Series
 
@@ -33,7 +43,12 @@ ArrayLike = Iterable[str] | pa.Array | np.ndarray | pd.Series
 RULE_INVALID = "invalid_ip"  # no valid address (or an IPv6 one for an IPv4-only model): no score
 RULE_LEARNING = "learning_period"  # too few training events: scored against the population prior
 RULE_SCORE = "model_score"  # the entity's own embedding
-LEVELS = ("low", "medium", "high")
+#: ``Assessment.rule_code`` indexes this tuple.
+RULES = (RULE_INVALID, RULE_LEARNING, RULE_SCORE)
+_INVALID, _LEARNING, _SCORED = range(len(RULES))
+LEVELS = ("low", "medium", "high")  # ``Assessment.level_code`` indexes it; -1 = no level
+#: Largest entity table folded through the last encoder layer once per model (a second table of that size).
+FOLD_MAX_BYTES = 512 << 20
 #: Probability levels of the calibration's quantile tables: dense in the tail, where alerts live.
 CAL_LEVELS = np.unique(np.concatenate([np.linspace(0, 0.9, 46), np.linspace(0.9, 0.99, 46), np.linspace(0.99, 1, 21)]))
 
@@ -61,8 +76,11 @@ class Thresholds:
         that rows decided by different rules can be ranked together (the report's order, evaluations).
         NaN without a table for the rule or without a score.
         """
+        return self._normal_percentile(anomaly, rule == RULE_SCORE, rule == RULE_LEARNING)
+
+    def _normal_percentile(self, anomaly: np.ndarray, scored: np.ndarray, learning: np.ndarray) -> np.ndarray:
         out = np.full(len(anomaly), np.nan)
-        for table, rows in ((self.score_table, rule == RULE_SCORE), (self.prior_table, rule == RULE_LEARNING)):
+        for table, rows in ((self.score_table, scored), (self.prior_table, learning)):
             ok = rows & np.isfinite(anomaly)
             if table is not None and ok.any():
                 out[ok] = 100.0 * np.interp(anomaly[ok], np.maximum.accumulate(np.asarray(table)), CAL_LEVELS)
@@ -70,16 +88,23 @@ class Thresholds:
 
     def levels(self, anomaly: np.ndarray, rule: np.ndarray) -> np.ndarray:
         """``low``/``medium``/``high`` per row (None where there is no score)."""
-        prior = rule == RULE_LEARNING
+        return _LEVEL_OBJECTS[self._level_codes(anomaly, rule == RULE_LEARNING)]
+
+    def _level_codes(self, anomaly: np.ndarray, prior: np.ndarray) -> np.ndarray:
+        """Index into LEVELS per row, -1 where there is no score (``prior``: rows scored by the prior)."""
         hi = np.where(prior, self.high if self.prior_high is None else self.prior_high, self.high)
         med_e = -np.inf if self.medium is None else self.medium
         med_p = med_e if self.prior_high is None else (-np.inf if self.prior_medium is None else self.prior_medium)
         med = np.where(prior, med_p, med_e)
         with np.errstate(invalid="ignore"):
-            level = np.where(anomaly > hi, "high", np.where((anomaly > med) & np.isfinite(med), "medium", "low"))
-        out = level.astype(object)
-        out[~np.isfinite(anomaly)] = None
-        return out
+            code = np.where(anomaly > hi, 2, np.where((anomaly > med) & np.isfinite(med), 1, 0)).astype(np.int8)
+        code[~np.isfinite(anomaly)] = -1
+        return code
+
+
+# Object arrays indexed by codes: rows get shared str objects, no per-row string building.
+_RULE_OBJECTS = np.array(RULES, dtype=object)
+_LEVEL_OBJECTS = np.array([*LEVELS, None], dtype=object)  # code -1 -> None
 
 
 @dataclass
@@ -89,11 +114,21 @@ class Assessment:
     dot_product: np.ndarray  # float32: the model's raw output (SageMaker's); NaN for an invalid IP
     prior_score: np.ndarray  # float32: population-prior anomaly score; NaN for an invalid IP or without profiles
     training_count: np.ndarray | None  # int64 events in training (None: the model has no entity stats)
-    rule: np.ndarray  # object: RULE_* per row
+    rule_code: np.ndarray  # int8 per row: index into RULES
     anomaly_score: np.ndarray  # float32: the score of the row's rule (higher = more suspicious); NaN if none
     entity_percentile: np.ndarray  # float64 0-100 among the entity's training scores; NaN if unknown
-    level: np.ndarray | None = None  # object: LEVELS per row (with thresholds)
+    level_code: np.ndarray | None = None  # int8 per row: index into LEVELS, -1 = none (with thresholds)
     normal_percentile: np.ndarray | None = None  # float64 0-100 among normal traffic of its rule (calibration)
+
+    @property
+    def rule(self) -> np.ndarray:
+        """object: RULE_* per row."""
+        return _RULE_OBJECTS[self.rule_code]
+
+    @property
+    def level(self) -> np.ndarray | None:
+        """object: LEVELS per row, None where there is no score (None without thresholds)."""
+        return None if self.level_code is None else _LEVEL_OBJECTS[self.level_code]
 
     @property
     def unseen_entity(self) -> np.ndarray | None:
@@ -120,6 +155,7 @@ class Scorer:
         self.entity_stats = (
             EntityStats.from_bytes(bundle.extra_path(ENTITY_FILE).read_bytes()) if ENTITY_FILE in files else None
         )
+        self._folded: tuple[torch.Tensor, torch.Tensor | None] | None = None  # see _folded_table
         self.profiles = None  # EntityProfiles, see load_profiles
         self.asn_table = None  # AsnTable, see explain
 
@@ -145,9 +181,13 @@ class Scorer:
     def load(cls, path: str | Path, device: str = "cpu", batch_size: int = 65536) -> Scorer:
         return cls(load_model(path, device=device), batch_size=batch_size)
 
+    def entity_hashes(self, entities: ArrayLike) -> np.ndarray:
+        """64-bit stable hash of each entity: its embedding row, training count and profile all derive from it."""
+        return hash_strings(to_string_array(entities), self.hash_seed)
+
     def entity_rows(self, entities: ArrayLike) -> np.ndarray:
         """Hashed embedding row of each entity."""
-        return entity_buckets(to_string_array(entities), self.hash_seed, self.num_entity_vectors)
+        return buckets_of(self.entity_hashes(entities), self.num_entity_vectors)
 
     def _run(self, fn, *arrays: np.ndarray, out_shape: tuple[int, ...]) -> np.ndarray:
         n = arrays[0].shape[0]
@@ -169,13 +209,34 @@ class Scorer:
 
     def dot_product(self, entities: ArrayLike, ips: ArrayLike | ParsedIPs) -> np.ndarray:
         """``float32`` dot products, NaN where the IP is invalid."""
-        ent = self.entity_rows(entities)
-        parsed = self.parse(ips)
-        if ent.shape[0] != parsed.value.shape[0]:
-            raise ValueError(f"{ent.shape[0]} entities but {parsed.value.shape[0]} IPs")
-        out = self._run(self.model, ent, parsed.value.astype(np.int64), out_shape=())
+        return self._dot(self.entity_rows(entities), self.parse(ips))
+
+    def _dot(self, rows: np.ndarray, parsed: ParsedIPs) -> np.ndarray:
+        """Dot products of embedding ``rows`` with parsed addresses, with the last encoder layer folded
+        into the entity side (:meth:`IPInsightsModel.folded_entities`): once per model for tables up to
+        ``FOLD_MAX_BYTES``, else per batch (as costly as the unfolded layer, no more)."""
+        if rows.shape[0] != parsed.value.shape[0]:
+            raise ValueError(f"{rows.shape[0]} entities but {parsed.value.shape[0]} IPs")
+        folded = self._folded_table()
+        model = self.model
+
+        def dot(r: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+            if folded is None:
+                return model.folded_forward(*model.folded_entities(r), keys)
+            table, bias = folded
+            b = None if bias is None else bias.index_select(0, r)
+            return model.folded_forward(table.index_select(0, r), b, keys)
+
+        out = self._run(dot, rows, parsed.value.astype(np.int64), out_shape=())
         out[~parsed.valid] = np.nan
         return out
+
+    def _folded_table(self) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+        """The whole entity table folded (cached), or None when that would cost more than FOLD_MAX_BYTES."""
+        if self._folded is None and self.num_entity_vectors * self.vector_dim * 4 <= FOLD_MAX_BYTES:
+            with torch.inference_mode():
+                self._folded = self.model.folded_entities()
+        return self._folded
 
     def assess(
         self,
@@ -189,27 +250,26 @@ class Scorer:
         vector), or the entity's own model score; plus per-entity percentiles and, with
         ``thresholds``, levels.
         """
+        hashes = self.entity_hashes(entities)  # once: rows, training counts and profiles all key on it
         parsed = self.parse(ips)
-        dp = self.dot_product(entities, parsed)
+        dp = self._dot(buckets_of(hashes, self.num_entity_vectors), parsed)
         prior = np.full(dp.size, np.nan, dtype=np.float32)
         if self.profiles is not None:
             prior[parsed.valid] = self.profiles.prior_anomaly(parsed.value[parsed.valid])
-        counts = self.training_counts(entities)
+        counts = None if self.entity_stats is None else self.entity_stats.counts_of(hashes)
         valid = np.isfinite(dp)
         learning = np.zeros(dp.size, bool) if counts is None else counts < max(learning_period_events, 1)
-        rule = np.where(~valid, RULE_INVALID, np.where(learning, RULE_LEARNING, RULE_SCORE)).astype(object)
+        code = np.where(~valid, _INVALID, np.where(learning, _LEARNING, _SCORED)).astype(np.int8)
         # Learning period: the prior's score, or none at all without a profile; never the entity's own vector.
         anomaly = np.where(learning, prior, -dp).astype(np.float32)
+        learning, scored = code == _LEARNING, code == _SCORED
         pct = np.full(dp.size, np.nan)
         if self.profiles is not None:
-            from ipinsights.hashing import hash_strings
-
-            rows = self.profiles.index_of(hash_strings(to_string_array(entities), self.hash_seed))
-            pct = self.profiles.percentile(np.where(rule == RULE_SCORE, rows, -1), -dp)
-        out = Assessment(dp, prior, counts, rule, anomaly, pct)
+            pct = self.profiles.percentile(np.where(scored, self.profiles.index_of(hashes), -1), -dp)
+        out = Assessment(dp, prior, counts, code, anomaly, pct)
         if thresholds is not None:
-            out.level = thresholds.levels(anomaly, rule)
-            out.normal_percentile = thresholds.normal_percentile(anomaly, rule)
+            out.level_code = thresholds._level_codes(anomaly, learning)
+            out.normal_percentile = thresholds._normal_percentile(anomaly, scored, learning)
         return out
 
     def explain(self, entities: ArrayLike, ips: ArrayLike, top: int = 3) -> dict[str, list]:
@@ -223,7 +283,6 @@ class Scorer:
         entity's usual anomaly-score range (5th-95th percentile of its training events). None where the
         entity has no profile.
         """
-        from ipinsights.hashing import hash_strings
         from ipinsights.ip import key_prefix, key_prefix_text
 
         ent = to_string_array(entities)
@@ -235,9 +294,7 @@ class Scorer:
             "network": _texts(keys, parsed.valid, 16, 32),
         }
         prof = self.profiles
-        rows = (
-            prof.index_of(hash_strings(ent, self.hash_seed)) if prof is not None else np.full(n, -1, np.int64)
-        )
+        rows = prof.index_of(self.entity_hashes(ent)) if prof is not None else np.full(n, -1, np.int64)
         rows = np.where(parsed.valid, rows, -1)
         asn = self.asn_table.lookup(keys) if self.asn_table is not None else None
         out["asn"] = [None if asn is None or not parsed.valid[i] or asn[i] < 0 else int(asn[i]) for i in range(n)]
@@ -299,7 +356,7 @@ class Scorer:
         """Training events of each entity (0 = never seen), or None if the model holds no entity stats."""
         if self.entity_stats is None:
             return None
-        return self.entity_stats.counts_for(to_string_array(entities), self.hash_seed)
+        return self.entity_stats.counts_of(self.entity_hashes(entities))
 
     def score_frame(self, df: pd.DataFrame, entity_col: str = "entity", ip_col: str = "ip") -> pd.DataFrame:
         """``df`` with ``dot_product``, ``anomaly_score`` and (when known) ``unseen_entity`` added."""

@@ -39,7 +39,7 @@ import numpy as np
 import pyarrow as pa
 
 from ipinsights.evaluate import BASELINES
-from ipinsights.scorer import RULE_INVALID, RULE_LEARNING, RULE_SCORE, Thresholds
+from ipinsights.scorer import LEVELS, RULE_INVALID, RULE_LEARNING, RULE_SCORE, RULES, Thresholds
 
 if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame, SparkSession
@@ -174,32 +174,43 @@ def _scorer_fn(setup: ScoringSetup) -> Callable[[Iterator[pa.RecordBatch]], Iter
             a = scorer.assess(ent, ip, setup.learning_period_events, setup.thresholds)
             n = len(a.dot_product)
             unseen = a.unseen_entity
-            nan = ~np.isfinite(a.anomaly_score)
-            if a.level is not None:
-                flagged = a.level == "high"
+            if a.level_code is not None:
+                flagged = a.level_code == _HIGH
                 if setup.flag_unseen and unseen is not None:
                     flagged = flagged | unseen
-                flagged_col = pa.array(flagged.astype(bool))
-                level_col = pa.array(a.level, pa.string())
+                flagged_col, level_col = pa.array(flagged), _strings(a.level_code, _LEVEL_STRINGS)
             else:
                 flagged_col, level_col = pa.nulls(n, pa.bool_()), pa.nulls(n, pa.string())
             cols = [
-                pa.array(a.dot_product, mask=~np.isfinite(a.dot_product)),
-                pa.array(a.prior_score, mask=~np.isfinite(a.prior_score)),
-                pa.array(a.anomaly_score, mask=nan),
+                _floats(a.dot_product),
+                _floats(a.prior_score),
+                _floats(a.anomaly_score),
                 pa.array(a.training_count, pa.int64()) if a.training_count is not None else pa.nulls(n, pa.int64()),
                 pa.array(unseen) if unseen is not None else pa.nulls(n, pa.bool_()),
-                pa.array(a.rule, pa.string()),
-                pa.array(a.entity_percentile, mask=~np.isfinite(a.entity_percentile)),
-                pa.array(a.normal_percentile, mask=~np.isfinite(a.normal_percentile))
-                if a.normal_percentile is not None
-                else pa.nulls(n, pa.float64()),
+                _strings(a.rule_code, _RULE_STRINGS),
+                _floats(a.entity_percentile),
+                _floats(a.normal_percentile) if a.normal_percentile is not None else pa.nulls(n, pa.float64()),
                 level_col,
                 flagged_col,
             ]
             yield pa.RecordBatch.from_arrays([*batch.columns, *cols], names=[*batch.schema.names, *_SCORE_FIELDS_NAMES])
 
     return score_batches
+
+
+_RULE_STRINGS = pa.array(RULES, pa.string())
+_LEVEL_STRINGS = pa.array(LEVELS, pa.string())
+_HIGH = LEVELS.index("high")
+
+
+def _strings(codes: np.ndarray, strings: pa.Array) -> pa.Array:
+    """String column of small codes (-1: null), taken from ``strings`` in Arrow: no Python string per row."""
+    return strings.take(pa.array(codes, mask=codes < 0))
+
+
+def _floats(values: np.ndarray) -> pa.Array:
+    """Float column, null where not finite (Spark's null, not NaN, means "no score")."""
+    return pa.array(values, mask=~np.isfinite(values))
 
 
 def score_events(df: DataFrame, setup: ScoringSetup | str, batch_size: int = 8192) -> DataFrame:
