@@ -65,10 +65,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                               f"--flagged={w / 'flagged'}", f"--reports={w / 'reports'}",
                               f"--calibration_start_date={v0}", f"--calibration_end_date={v1}",
                               f"--train_start_date={t0}", f"--train_end_date={t1}"]))  # fmt: skip
-    # The per-entity baselines of the evaluation need the training pairs: export them as SageMaker CSV.
+    # The per-entity baselines of the evaluation need the training pairs: export them as CSV (IPv6 included).
     from ipinsights.io import read_events
 
-    export_pairs_csv(read_events(spark, str(events), t0, t1), str(w / "train.csv"))
+    export_pairs_csv(read_events(spark, str(events), t0, t1), str(w / "train.csv"), ipv4_only=False)
     step("evaluate", cli.evaluate_main(["--model", str(model), "--test", str(w / "synth/labels/test_labelled.csv"),
                                         "--train", str(w / "train.csv"), "--plot", str(w / "evaluation.png"),
                                         "--output", str(w / "evaluation.json")]))  # fmt: skip
