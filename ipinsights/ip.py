@@ -136,28 +136,21 @@ def parse_ipv4(values: Iterable[str] | pa.Array | np.ndarray) -> ParsedIPs:
 
 def require_ip(values: Iterable[str] | pa.Array | np.ndarray, what: str = "ip") -> np.ndarray:
     """Address keys of ``values``; raise :class:`InvalidAddressError` naming the first bad rows."""
-    arr = to_string_array(values)
-    parsed = parse_ip(arr)
-    if parsed.n_invalid:
-        raise InvalidAddressError(
-            f"{parsed.n_invalid} invalid IP address(es) in {what} (first: {_shown(arr, parsed)}); "
-            "expected IPv4 dotted quads like 192.0.2.1 or IPv6 like 2001:db8::1"
-        )
-    return parsed.value
-
-
-def _shown(arr: pa.Array, parsed: ParsedIPs) -> str:
-    return ", ".join(f"row {int(r)}: {arr[int(r)].as_py()!r}" for r in parsed.invalid_rows())
+    return _required(values, parse_ip, what, "IP", "IPv4 dotted quads like 192.0.2.1 or IPv6 like 2001:db8::1")
 
 
 def require_ipv4(values: Iterable[str] | pa.Array | np.ndarray, what: str = "ip") -> np.ndarray:
     """Parse and raise :class:`InvalidAddressError` naming the first bad rows if any are invalid."""
+    return _required(values, parse_ipv4, what, "IPv4", "dotted quads like 192.0.2.1")
+
+
+def _required(values, parse, what: str, family: str, expected: str) -> np.ndarray:
     arr = to_string_array(values)
-    parsed = parse_ipv4(arr)
+    parsed = parse(arr)
     if parsed.n_invalid:
+        shown = ", ".join(f"row {int(r)}: {arr[int(r)].as_py()!r}" for r in parsed.invalid_rows())
         raise InvalidAddressError(
-            f"{parsed.n_invalid} invalid IPv4 address(es) in {what} (first: {_shown(arr, parsed)}); "
-            "expected dotted quads like 192.0.2.1"
+            f"{parsed.n_invalid} invalid {family} address(es) in {what} (first: {shown}); expected {expected}"
         )
     return parsed.value
 
