@@ -30,6 +30,7 @@ __all__ = [
     "read_pairs_table",
     "write_frame",
     "copy_tree_atomic",
+    "swap_dir_into_place",
 ]
 
 
@@ -486,14 +487,21 @@ def copy_tree_atomic(src: str | Path, dst: str | Path) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", dir=dst.parent))
     try:
         shutil.copytree(src, tmp, dirs_exist_ok=True)
-        if dst.exists():
-            old = dst.with_name(f".{dst.name}.old-{os.getpid()}")
-            os.replace(dst, old)
-            os.replace(tmp, dst)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, dst)
+        swap_dir_into_place(tmp, dst)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return dst
+
+
+def swap_dir_into_place(tmp: Path, path: Path) -> None:
+    """Rename the finished directory ``tmp`` to ``path``, replacing an existing one with two renames."""
+    import shutil
+
+    if path.exists():
+        old = path.with_name(f".{path.name}.old-{os.getpid()}")
+        os.replace(path, old)
+        os.replace(tmp, path)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, path)

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import tempfile
 import time
@@ -33,6 +32,7 @@ import torch
 from ipinsights._version import __version__
 from ipinsights.config import ConfigError, Hyperparameters, ModelOptions, config_from_dict, config_to_dict
 from ipinsights.hashing import HASH_VERSION
+from ipinsights.io import swap_dir_into_place
 from ipinsights.model import IPInsightsModel
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "ModelFileError", "ModelBundle", "save_model", "load_model", "sha256_file"]
@@ -117,21 +117,11 @@ def save_model(
             "config": dict(config or {}),
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str) + "\n")
-        _swap_into_place(tmp, path)
+        swap_dir_into_place(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return path
-
-
-def _swap_into_place(tmp: Path, path: Path) -> None:
-    if path.exists():
-        old = path.with_name(f".{path.name}.old-{os.getpid()}")
-        os.replace(path, old)
-        os.replace(tmp, path)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, path)
 
 
 def read_manifest(path: str | Path) -> dict[str, Any]:
