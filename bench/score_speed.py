@@ -1,16 +1,25 @@
-"""Scoring speed: the Spark job's UDF path on ``local[2]`` against in-process ``Scorer.dot_product``.
+"""Scoring speed: the Spark job's UDF path on ``local[2]`` against the same work in process.
 
-Pairs: ``--pairs`` (10M) of 10k entities ``user_N`` (all seen in training) and uniformly random IPv4
-addresses, written once as Parquet (not timed). The model has the tutorial's shape (20k entity vectors,
-``--vector-dim`` 128), randomly initialised: speed does not depend on what was learned.
+Pairs: ``--pairs`` (10M) of 10k entities ``user_N`` (all seen in training, most of them past the
+learning period) and uniformly random IPv4 addresses, written once as Parquet (not timed). The model
+has the tutorial's shape (20k entity vectors, ``--vector-dim`` 128), randomly initialised: speed does
+not depend on what was learned. It comes with what the job scores with: entity stats, entity profiles
+(population counts of the /24s and /16s of a million of the pairs) and calibrated-style thresholds,
+so every row runs the whole verdict (rule, prior, percentiles, level, normal percentile).
 
 Figures (one per line, ``name=value``):
 
 * ``spark_noop_pairs_per_s``: read Parquet -> score -> verdict, into Spark's ``noop`` sink (scoring cost)
 * ``spark_parquet_pairs_per_s``: the same, written as the job writes its scores table (end to end)
-* ``inprocess_1thread_pairs_per_s`` / ``inprocess_pairs_per_s``: ``Scorer.dot_product`` over the same pairs,
-  with 1 torch thread and with torch's default (the machine's cores)
-* ``spark_overhead_ratio``: in-process (all cores) / Spark noop: what Spark costs on top of the model
+* ``spark_noop_cpu_us_per_pair`` / ``spark_parquet_cpu_us_per_pair``: CPU time of the JVM and its Python
+  workers per pair; ``*_ideal_pairs_per_s`` = 2 cores / that: what an otherwise idle machine would do
+  (wall-clock figures drop when someone else is using the cores; CPU time much less)
+* ``inprocess_udf_pairs_per_s``: the Python workers' function (``_scorer_fn``) over the same pairs as Arrow
+  batches of ``--arrow-batch`` rows, 1 torch thread, no Spark (what one worker could do)
+* ``inprocess_1thread_pairs_per_s`` / ``inprocess_pairs_per_s``: ``Scorer.dot_product`` alone, with 1
+  torch thread and with torch's default (the machine's cores)
+* ``spark_overhead_ratio``: in-process dot products (all cores) / Spark noop (as measured since issue 6)
+* ``spark_udf_overhead_ratio``: 2 x in-process UDF / Spark noop: what Spark costs on top of the same work
 
     python bench/score_speed.py [--pairs 10000000] [--vector-dim 128] [--arrow-batch 20000] [--runs 1]
 """
@@ -22,6 +31,7 @@ import os
 import shutil
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -30,15 +40,19 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 
+from ipinsights.calibration import model_fingerprint
 from ipinsights.config import Hyperparameters, ModelOptions
 from ipinsights.entities import ENTITY_FILE, EntityStats
-from ipinsights.ip import ipv4_to_str
+from ipinsights.hashing import hash_strings
+from ipinsights.ip import ipv4_to_str, key_prefix, parse_ip
 from ipinsights.modelfile import save_model
-from ipinsights.scorer import Scorer, Thresholds
-from ipinsights.scoring import ScoringSetup, score_events
+from ipinsights.profile import QUANTILES, EntityProfiles, profile_path
+from ipinsights.scorer import BATCH_ROWS, CAL_LEVELS, Scorer, Thresholds
+from ipinsights.scoring import ScoringSetup, _scorer_fn, score_events
 from ipinsights.trainer import build_model
 
 N_ENTITIES = 10_000
+SPARK_CORES = 2
 
 
 def write_pairs(out: Path, n: int, files: int = 8, seed: int = 0) -> pa.Table:
@@ -57,12 +71,68 @@ def write_pairs(out: Path, n: int, files: int = 8, seed: int = 0) -> pa.Table:
     return pa.concat_tables(parts)
 
 
-def write_model(out: Path, vector_dim: int) -> str:
+def write_model(out: Path, vector_dim: int, pairs: pa.Table | None = None, seed: int = 0) -> str:
+    """A random model with entity stats (1-200 training events each) and, given ``pairs``, entity profiles."""
+    rng = np.random.default_rng(seed)
+    opts = ModelOptions()
     hp = Hyperparameters(num_entity_vectors=2 * N_ENTITIES, vector_dim=vector_dim)
     names = pc.binary_join_element_wise("user_", pc.cast(pa.array(np.arange(N_ENTITIES)), pa.string()), "")
-    stats = EntityStats.from_entities(names, ModelOptions().hash_seed)
-    save_model(build_model(hp, ModelOptions(), seed=0), out, extra_files={ENTITY_FILE: stats.to_bytes()})
+    hashes = hash_strings(names, opts.hash_seed)
+    stats = EntityStats.from_hash_counts(hashes, rng.integers(1, 200, N_ENTITIES))
+    save_model(build_model(hp, opts, seed=seed), out, extra_files={ENTITY_FILE: stats.to_bytes()})
+    if pairs is not None:
+        keys = parse_ip(pairs.column("ip").slice(0, 1_000_000)).value
+        subnets, sub_n = np.unique(key_prefix(keys, 24, 48), return_counts=True)
+        networks, net_n = np.unique(key_prefix(keys, 16, 32), return_counts=True)
+        none = np.zeros(N_ENTITIES + 1, np.int64)
+        EntityProfiles(
+            hashes=stats.hashes,
+            score_quantiles=np.sort(rng.normal(0.0, 0.3, (N_ENTITIES, QUANTILES.size)), axis=1).astype(np.float32),
+            net_offsets=none, net_keys=none[:0], net_counts=none[:0], asn_offsets=none, asns=none[:0],
+            fingerprint=model_fingerprint(out),
+            pop_subnets=subnets, pop_subnet_counts=sub_n, pop_networks=networks, pop_network_counts=net_n,
+        ).save(profile_path(out))  # fmt: skip
     return str(out)
+
+
+def thresholds() -> Thresholds:
+    """Levels and normal-percentile tables shaped like a calibration's (values do not matter for speed)."""
+    return Thresholds(
+        high=0.5, medium=0.2, prior_high=12.0, prior_medium=10.0,
+        score_table=tuple(np.linspace(-1.0, 1.0, CAL_LEVELS.size)),
+        prior_table=tuple(np.linspace(5.0, 14.0, CAL_LEVELS.size)),
+    )  # fmt: skip
+
+
+def tree_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system, reaped children included) of process ``pid`` and its descendants (Linux)."""
+    stats: dict[int, tuple[int, int]] = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                s = Path(f"/proc/{d}/stat").read_text()
+            except OSError:
+                continue
+            f = s[s.rindex(")") + 2 :].split()
+            stats[int(d)] = (int(f[1]), sum(int(x) for x in f[11:15]))
+    children: dict[int, list[int]] = {}
+    for p, (ppid, _) in stats.items():
+        children.setdefault(ppid, []).append(p)
+    ticks, todo = 0, [pid]
+    while todo:
+        p = todo.pop()
+        if p in stats:
+            ticks += stats[p][1]
+            todo += children.get(p, [])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def timed(n: int, fn, cpu=time.process_time) -> tuple[float, float]:
+    """(pairs/s wall clock, CPU µs per pair) of ``fn()``."""
+    c, t = cpu(), time.perf_counter()
+    fn()
+    wall, used = time.perf_counter() - t, cpu() - c
+    return n / wall, used / n * 1e6
 
 
 def main() -> None:
@@ -70,48 +140,69 @@ def main() -> None:
     ap.add_argument("--pairs", type=int, default=10_000_000)
     ap.add_argument("--vector-dim", type=int, default=128)
     ap.add_argument("--arrow-batch", type=int, default=20_000)
-    ap.add_argument("--scorer-batch", type=int, default=8192)
+    ap.add_argument("--scorer-batch", type=int, default=BATCH_ROWS)
     ap.add_argument("--runs", type=int, default=1, help="repeat the timed parts")
     args = ap.parse_args()
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+    from ipinsights.io import write_partitions
     from ipinsights_jobs._common import build_spark
 
     tmp = Path(tempfile.mkdtemp(prefix="score-bench-"))
     try:
         table = write_pairs(tmp / "pairs", args.pairs)
-        model = write_model(tmp / "model", args.vector_dim)
+        model = write_model(tmp / "model", args.vector_dim, table)
+        profile = str(profile_path(model))
+        setup = ScoringSetup(model, args.scorer_batch, profile=profile, thresholds=thresholds())
         print(f"pairs={args.pairs}")
         print(f"vector_dim={args.vector_dim}")
+        print(f"arrow_batch={args.arrow_batch}")
+        print(f"scorer_batch={args.scorer_batch}")
         print(f"loadavg_before={os.getloadavg()[0]:.2f}")
         spark = build_spark(
-            "score-bench", "local[2]",
+            "score-bench", f"local[{SPARK_CORES}]",
             {"spark.ui.enabled": "false", "spark.sql.execution.arrow.maxRecordsPerBatch": str(args.arrow_batch),
              "spark.driver.memory": "2g"},
         )  # fmt: skip
+        jvm = spark.sparkContext._gateway.proc.pid
+
+        def spark_cpu() -> float:
+            return tree_cpu_s(jvm)
+
         scorer = Scorer.load(model, batch_size=args.scorer_batch)
+        batches = table.to_batches(max_chunksize=args.arrow_batch)
+        udf = _scorer_fn(setup)
         for run in range(1, args.runs + 1):
             df = spark.read.parquet(str(tmp / "pairs"))
-            scored = score_events(df, ScoringSetup(model, args.scorer_batch, thresholds=Thresholds(0.0)))
-            t = time.perf_counter()
-            scored.write.format("noop").mode("overwrite").save()
-            noop = args.pairs / (time.perf_counter() - t)
-            t = time.perf_counter()
-            scored.write.mode("overwrite").partitionBy("dt").parquet(str(tmp / "scores"))
-            parquet = args.pairs / (time.perf_counter() - t)
+            scored = score_events(df, setup)
+            noop, noop_cpu = timed(args.pairs, scored.write.format("noop").mode("overwrite").save, spark_cpu)
+            parquet, parquet_cpu = timed(args.pairs, partial(write_partitions, scored, str(tmp / "scores")), spark_cpu)
+            torch.set_num_threads(1)  # as in a Spark worker
+            next(udf(iter(batches[:1])))  # load the scorer outside the timing, as a worker's first batch does
+            udf_rate, udf_cpu = timed(args.pairs, lambda: sum(b.num_rows for b in udf(iter(batches))))
             rates = {}
             for threads in sorted({1, os.cpu_count() or 1}):
                 torch.set_num_threads(threads)
-                t = time.perf_counter()
-                for chunk in table.to_batches(max_chunksize=1_000_000):  # bounded memory, same work
-                    scorer.dot_product(chunk.column("entity"), chunk.column("ip"))
-                rates[threads] = args.pairs / (time.perf_counter() - t)
+
+                def dots() -> None:
+                    for chunk in table.to_batches(max_chunksize=1_000_000):  # bounded memory, same work
+                        scorer.dot_product(chunk.column("entity"), chunk.column("ip"))
+
+                rates[threads] = timed(args.pairs, dots)[0]
+            best = max(rates.values())
             print(f"run={run}")
+            print(f"spark_partitions={df.rdd.getNumPartitions()}")
             print(f"spark_noop_pairs_per_s={noop:,.0f}")
             print(f"spark_parquet_pairs_per_s={parquet:,.0f}")
+            print(f"spark_noop_cpu_us_per_pair={noop_cpu:.2f}")
+            print(f"spark_parquet_cpu_us_per_pair={parquet_cpu:.2f}")
+            print(f"spark_noop_ideal_pairs_per_s={SPARK_CORES / noop_cpu * 1e6:,.0f}")
+            print(f"spark_parquet_ideal_pairs_per_s={SPARK_CORES / parquet_cpu * 1e6:,.0f}")
+            print(f"inprocess_udf_pairs_per_s={udf_rate:,.0f}")
+            print(f"inprocess_udf_cpu_us_per_pair={udf_cpu:.2f}")
             print(f"inprocess_1thread_pairs_per_s={rates[1]:,.0f}")
-            best = max(rates.values())
             print(f"inprocess_pairs_per_s={best:,.0f}")
             print(f"spark_overhead_ratio={best / noop:.2f}")
+            print(f"spark_udf_overhead_ratio={SPARK_CORES * udf_rate / noop:.2f}")
             print(f"loadavg={os.getloadavg()[0]:.2f}")
         spark.stop()
     finally:

@@ -16,9 +16,17 @@ import numpy as np
 
 from ipinsights.hashing import hash_strings
 
-__all__ = ["ENTITY_FILE", "EntityStats"]
+__all__ = ["ENTITY_FILE", "EntityStats", "find_sorted"]
 
 ENTITY_FILE = "entities.safetensors"
+
+
+def find_sorted(keys: np.ndarray, wanted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Position of each ``wanted`` value in the sorted ``keys`` (clipped to a valid index) and whether it is there."""
+    if not keys.size:
+        return np.zeros(wanted.shape, np.int64), np.zeros(wanted.shape, bool)
+    pos = np.minimum(np.searchsorted(keys, wanted), keys.size - 1)
+    return pos, keys[pos] == wanted
 
 
 @dataclass(frozen=True)
@@ -52,11 +60,14 @@ class EntityStats:
 
     def counts_of(self, hashes: np.ndarray) -> np.ndarray:
         """Training event count of each entity hash (0 = never seen): scoring hashes a batch once."""
-        h = np.asarray(hashes, dtype=np.uint64)
+        return self.lookup(hashes)[0]
+
+    def lookup(self, hashes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Training event count (0 = never seen) and position (-1 = absent) of each entity hash."""
+        pos, found = find_sorted(self.hashes, np.asarray(hashes, dtype=np.uint64))
         if not self.hashes.size:
-            return np.zeros(h.size, dtype=np.int64)
-        pos = np.minimum(np.searchsorted(self.hashes, h), self.hashes.size - 1)
-        return np.where(self.hashes[pos] == h, self.counts[pos], 0).astype(np.int64)
+            return np.zeros(pos.size, np.int64), np.full(pos.size, -1, np.int64)
+        return np.where(found, self.counts[pos], 0).astype(np.int64), np.where(found, pos, -1)
 
     def to_bytes(self) -> bytes:
         from safetensors.numpy import save

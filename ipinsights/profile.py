@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ipinsights.entities import find_sorted
 from ipinsights.io import atomic_write
 
 if TYPE_CHECKING:
@@ -53,8 +54,8 @@ def _counts_of(ids: np.ndarray, counts: np.ndarray, wanted: np.ndarray) -> np.nd
     """``counts`` of each ``wanted`` id in the sorted ``ids`` (0 where absent)."""
     if not ids.size:
         return np.zeros(len(wanted))
-    pos = np.minimum(np.searchsorted(ids, wanted), ids.size - 1)
-    return np.where(ids[pos] == wanted, counts[pos], 0).astype(np.float64)
+    pos, found = find_sorted(ids, wanted)
+    return np.where(found, counts[pos], 0).astype(np.float64)
 
 
 class ProfileError(ValueError):
@@ -109,11 +110,8 @@ class EntityProfiles:
 
     def index_of(self, hashes: np.ndarray) -> np.ndarray:
         """Row of each entity hash, -1 where the entity has no profile."""
-        h = np.asarray(hashes, dtype=np.uint64)
-        if not self.hashes.size:
-            return np.full(h.size, -1, dtype=np.int64)
-        pos = np.minimum(np.searchsorted(self.hashes, h), self.hashes.size - 1)
-        return np.where(self.hashes[pos] == h, pos, -1).astype(np.int64)
+        pos, found = find_sorted(self.hashes, np.asarray(hashes, dtype=np.uint64))
+        return np.where(found, pos, -1).astype(np.int64)
 
     def percentile(self, rows: np.ndarray, anomaly: np.ndarray) -> np.ndarray:
         """Per-entity percentile (0-100) of each anomaly score among its entity's training scores; NaN if unknown.
@@ -127,12 +125,13 @@ class EntityProfiles:
         ok = (rows >= 0) & np.isfinite(a)
         if not ok.any():
             return out
-        q = self.score_quantiles[rows[ok]].astype(np.float64)  # (m, Q), non-decreasing per row
+        q = self.score_quantiles[rows[ok]]  # (m, Q), non-decreasing per row; compared as float64, not copied
         x = a[ok]
         k = (q <= x[:, None]).sum(axis=1)  # how many quantile points lie at or below the score
         lo = np.clip(k - 1, 0, q.shape[1] - 1)
         hi = np.clip(k, 0, q.shape[1] - 1)
-        ql, qh = q[np.arange(x.size), lo], q[np.arange(x.size), hi]
+        m = np.arange(x.size)
+        ql, qh = q[m, lo].astype(np.float64), q[m, hi].astype(np.float64)
         frac = np.where(qh > ql, (x - ql) / np.where(qh > ql, qh - ql, 1.0), 0.0)
         level = QUANTILES[lo] + np.clip(frac, 0.0, 1.0) * (QUANTILES[hi] - QUANTILES[lo])
         out[ok] = np.where(k == 0, 0.0, np.where(k >= q.shape[1], 1.0, level)) * 100.0

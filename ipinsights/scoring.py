@@ -39,7 +39,7 @@ import numpy as np
 import pyarrow as pa
 
 from ipinsights.evaluate import BASELINES
-from ipinsights.scorer import LEVELS, RULE_INVALID, RULE_LEARNING, RULE_SCORE, RULES, Thresholds
+from ipinsights.scorer import BATCH_ROWS, LEVELS, RULE_INVALID, RULE_LEARNING, RULE_SCORE, RULES, Thresholds
 
 if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame, SparkSession
@@ -110,7 +110,7 @@ class ScoreConfig:
     top_n: int = 50
     histogram_bins: int = 60
     arrow_batch_size: int = 20_000
-    scorer_batch_size: int = 8192  # rows per torch call: small batches stay in cache (faster on CPU)
+    scorer_batch_size: int = BATCH_ROWS  # rows per torch call: small batches stay in cache (faster on CPU)
 
     def __post_init__(self) -> None:
         from ipinsights.config import ConfigError, _check_float, _check_int
@@ -143,7 +143,7 @@ class ScoringSetup:
     """What every Python worker needs to score: the model, its profile and ASN table, rules and thresholds."""
 
     model: str
-    batch_size: int = 8192
+    batch_size: int = BATCH_ROWS
     profile: str | None = None
     profile_stamp: int = 0  # the profile file's mtime: a rebuilt profile is not served from a worker's cache
     asn_table: str | None = None
@@ -213,7 +213,7 @@ def _floats(values: np.ndarray) -> pa.Array:
     return pa.array(values, mask=~np.isfinite(values))
 
 
-def score_events(df: DataFrame, setup: ScoringSetup | str, batch_size: int = 8192) -> DataFrame:
+def score_events(df: DataFrame, setup: ScoringSetup | str, batch_size: int = BATCH_ROWS) -> DataFrame:
     """``df`` (with string columns ``entity`` and ``ip``) plus the score columns (see the module docstring).
 
     ``setup`` is a :class:`ScoringSetup` or just a model path (no thresholds: ``level``/``flagged`` null).
