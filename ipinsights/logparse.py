@@ -1,29 +1,30 @@
 """Parse Apache/nginx Common and Combined Log Format lines into (entity, ip, ts) events, in the JVM.
 
 Everything here is a pure ``DataFrame -> DataFrame`` transform built from Spark SQL expressions (no
-Python UDFs), because ingest runs over hundreds of millions of lines a day. The formats::
+Python UDFs, no reflection), because ingest runs over hundreds of millions of lines a day. The formats::
 
     common:   host ident authuser [dd/Mon/yyyy:HH:mm:ss +zzzz] "request" status bytes
     combined: common + ' "referer" "user-agent"'
 
 Inside quoted fields Apache escapes ``"`` and ``\\`` with a backslash and non-printable bytes as ``\\xhh``.
 
-Cost model (measured on 3M tutorial lines, 2 cores): every regex call decodes the whole line to a Java
-string and scans it, and ``regexp_extract`` runs the regex once *per group* (9 groups took 40 s, one
-took 8 s). So the line is matched **once**: a single ``regexp_replace`` of the *head* of the line
-(host .. bytes) packs its fields, separated by ``\\x01``, in front of the untouched tail (referer and
-user agent, about 60% of the bytes), and the tail is checked with byte-level string functions; the
-full quoted-string regex on the tail only runs for the rare lines with backslashes, or when the
-entity is the referer or user agent. Timestamps are parsed with integer arithmetic on fixed
-offsets (``to_timestamp`` with a pattern cost 12 s on the same data). Expensive checks that only
-explain *why* a line is bad run inside ``CASE WHEN`` branches, which Spark evaluates lazily, so good
-lines never pay for them.
+Cost model (3M tutorial lines, 2 cores): each regex call decodes the line to a Java string and scans
+it; ``regexp_extract`` reruns the match once *per group*; Java's regex engine is fast on simple
+character classes and several times slower on unions with ``\\p{Cntrl}``; Spark's ``length`` and
+``replace`` walk the string byte by byte. So the usual line costs **one** ``regexp_replace`` with a
+strict pattern of simple classes (:data:`_FAST`) that validates the whole line and packs the fields
+the classification needs, separated by ``\\x01``; one ``split`` unpacks them. Only lines that pattern
+rejects (escapes in the request, a ``-`` status, unusual times or tokens, junk: well under 1%) pay
+for the exact grammar below and for the diagnosis of *why* a line is bad, inside ``CASE WHEN``
+branches that Spark evaluates lazily. The fast pattern accepts a subset of the exact grammar and
+yields the same fields, so the path a line takes never changes its outcome. Timestamps are parsed
+with integer arithmetic on fixed offsets (``to_timestamp`` with a pattern cost 12 s on the same data).
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
@@ -48,7 +49,7 @@ FILTERED = "filtered"
 REASONS = (
     "empty",  # blank line
     "overlong",  # longer than max_line_length bytes (not parsed at all: protects the regex engine)
-    "binary",  # invalid UTF-8 or control characters
+    "binary",  # invalid UTF-8 or control characters (in the head of the line, or in the entity)
     "truncated",  # ends inside a quoted or bracketed field
     "field_count",  # not 7 (common) or 9 (combined) fields
     "malformed",  # right number of fields, wrong shape (e.g. status not 3 digits, request not quoted)
@@ -57,17 +58,24 @@ REASONS = (
     "missing_entity",  # the entity field is '-' or empty (e.g. no authenticated user)
 )
 ENTITY_FIELDS = ("user", "ident", "user_agent", "referer", "query")
+_UNPARSED = "_unparsed"  # outcome until the reason is known
 PATH_MATCH_MODES = ("exact", "prefix", "regex")
 
-_SEP = "\x01"  # cannot occur in a parsed head: every head character class excludes control characters
-# One token of the head: no whitespace, no control characters, no U+FFFD (where invalid UTF-8 decoded).
+# Packed fields are separated by \x01: no parsed field can hold it (head tokens and the request exclude
+# control characters, and lines holding \x01 anywhere take neither parse path: they are binary junk).
+_SEP = "\x01"
+# Exact grammar. One token of the head: no whitespace, no control characters, no U+FFFD (where
+# invalid UTF-8 decoded).
 _TOK = r"[^\s\p{Cntrl}\x{FFFD}]++"
 # Body of a quoted field: unrolled-loop form with possessive quantifiers (no backtracking, no deep
 # recursion in java.util.regex, which the naive (?:[^"\\]|\\.)* alternation suffers from on long agents).
 _QBODY = r'[^"\\\p{Cntrl}]*+(?:\\[^\p{Cntrl}][^"\\\p{Cntrl}]*+)*+'
 _HEAD = rf'^({_TOK}) ({_TOK}) ({_TOK}) \[([^\]\p{{Cntrl}}]{{1,64}})\] "({_QBODY})" ([0-9]{{3}}|-) ([0-9]++|-)'
 _HEAD_PACKED = _SEP + _SEP.join(f"${i}" for i in range(1, 8)) + _SEP
-_TAIL = rf'^ "({_QBODY})" "({_QBODY})"$'
+# Referer and user agent: control characters there are not checked (they are neither printed nor
+# parsed unless one of them is the entity, and then the entity check quarantines them as binary).
+_TBODY = r'[^"\\]*+(?:\\.[^"\\]*+)*+'
+_TAIL = rf'^ "({_TBODY})" "({_TBODY})"$'
 # Diagnostics, only evaluated for lines that failed to parse.
 _LOOSE_Q = r'"[^"\\]*+(?:\\.[^"\\]*+)*+'
 _TRUNCATED = rf'^(?:(?:{_LOOSE_Q}"|\[[^\]]*+\]|[^\s"\[]\S*+)\s+)*+(?:{_LOOSE_Q}|\[[^\]]*+|\S*\\)$'
@@ -77,111 +85,126 @@ _TIME_SHAPE = r"^[0-9]{2}/[A-Z][a-z]{2}/[0-9]{4}:[0-9]{2}:[0-9]{2}:[0-9]{2} [+-]
 _OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
 _IPV4 = rf"^{_OCTET}(?:\.{_OCTET}){{3}}$"  # strict: no leading zeros, like ipinsights.ip.parse_ipv4
 _IPV6_CHARS = r"^[0-9A-Fa-f:.]{2,45}$"
-_MONTHS = "JanFebMarAprMayJunJulAugSepOctNovDec"
+
+
+_PARSED = ("client", "ident", "user", "time", "request", "method", "url", "path", "query", "status")
 
 
 def parse_lines(lines: DataFrame, max_line_length: int = 8192, parse_tail: bool = False) -> DataFrame:
     """Split each ``value`` into log fields; adds ``parse_error`` (null when the line is well formed).
 
     Added columns (strings, null where the line did not parse): ``client``, ``ident``, ``user``,
-    ``time`` (``dd/Mon/yyyy:HH:mm:ss +zzzz``), ``request`` (Apache's escapes kept), ``status``,
-    ``bytes``, ``method``, ``url``, ``path``, ``query``, and, with ``parse_tail`` (null otherwise),
-    ``referer`` and ``user_agent`` (escapes removed; null on a common-format line).
+    ``time`` (the text between the brackets, shape not checked: see :func:`clf_timestamp`),
+    ``request`` (Apache's escapes kept), ``method``, ``url``, ``path``, ``query``, ``status`` and,
+    with ``parse_tail`` (null otherwise), ``referer`` and ``user_agent`` (escapes removed; null on a
+    common-format line).
+    """
+    parsed = _parse(lines, max_line_length, parse_tail)
+    reason = F.when(~F.col("_ok"), _structure_reason(F.col("value"), max_line_length))
+    return parsed.select(*lines.columns, *_PARSED, "referer", "user_agent", reason.alias("parse_error"))
+
+
+def _parse(lines: DataFrame, max_line_length: int, parse_tail: bool) -> DataFrame:
+    """:func:`parse_lines` with its working columns (``_``-prefixed) kept.
+
+    Every stage adds columns and keeps all it got (``withColumns``): a projection that uses all of
+    its input gets a Java method of its own in whole-stage codegen. Dropping columns on the way
+    inlines every stage into one method too big for the JIT (it compiled to 480 KB of machine code,
+    seconds per recompilation).
     """
     v = F.col("value")
     fits = F.octet_length(v) <= F.lit(max_line_length)
-    # Fast path, no regex: the usual line splits on single spaces into exactly 10 pieces
-    # (host ident user [time zone] "METHOD url PROTO" status rest), and Java's String.split on one
-    # character is a plain scan. Anything unusual (escapes, spaces in the URL, '-' request or status)
-    # takes the exact regex path below, which only those lines pay for.
-    df = lines.withColumn("_sp", F.when(fits, F.split(v, " ", 10)))
+    # Fast path, no regex: split on '"' (Java's String.split on one character, a plain scan), then
+    # the short head and status pieces on ' '. The usual combined line gives exactly
+    #   [host ident user [time zone] , request, " status bytes ", referer, " ", agent, ""]
+    # (a common-format one the first 3, its status piece without the trailing space).
+    df = lines.withColumn("_q", F.when(fits, F.split(v, '"', -1)))
 
-    def sp(i: int) -> Column:
-        return F.try_element_at(F.col("_sp"), F.lit(i + 1))
+    def q(i: int) -> Column:
+        return F.get(F.col("_q"), i)
 
-    df = df.withColumn("_req", F.concat_ws(" ", sp(5), sp(6), sp(7))).withColumn("_rest", F.split(sp(9), " ", 2))
-    req = F.col("_req")
-    bytes_ = F.try_element_at(F.col("_rest"), F.lit(1))
-    df = df.withColumn("_ftail", F.coalesce(F.try_element_at(F.col("_rest"), F.lit(2)), F.lit("")))
-    tail = F.col("_ftail")
+    df = df.withColumns({"_h": F.split(q(0), " ", -1), "_s": F.split(q(2), " ", -1)})
+
+    def h(i: int) -> Column:
+        return F.get(F.col("_h"), i)
+
+    def s(i: int) -> Column:
+        return F.get(F.col("_s"), i)
+
+    n = F.size("_q")
+    combined = (n == 7) & (q(4) == " ") & (q(6) == "") & (F.size("_s") == 4) & (s(3) == "")
+    # A quoted piece ending in '\' means its closing quote was escaped: the exact path decides.
+    escaped_quote = q(1).endswith("\\") | q(3).endswith("\\") | q(5).endswith("\\")
     fast = (
-        (F.size(F.col("_sp")) == 10)
-        & sp(3).startswith("[")
-        & (F.length(sp(3)) == 21)
-        & sp(4).endswith("]")
-        & (F.length(sp(4)) == 6)
-        & req.startswith('"')
-        & req.endswith('"')
-        & (_count(req, '"') == 2)
-        & ~req.contains("\\")
-        & sp(8).rlike("^[0-9]{3}$")
-        & bytes_.rlike("^(?:[0-9]+|-)$")
-        & ((tail == "") | _simple_tail(tail))
+        (combined | ((n == 3) & (F.size("_s") == 3)))
+        & ~escaped_quote
+        # 5 tokens, single spaces: client ident user [dd/Mon/yyyy:HH:mm:ss +zzzz] (the time's
+        # shape is checked later, on the lines of the selected resource)
+        & (F.size("_h") == 6)
+        & (h(5) == "")
+        & ~q(0).startswith(" ")
+        & ~q(0).contains("  ")
+        & h(3).startswith("[")
+        & (F.octet_length(h(3)) == 21)
+        & h(4).endswith("]")
+        & (F.octet_length(h(4)) == 6)
+        & (s(0) == "")
+        & (F.octet_length(s(1)) == 3)
+        & (s(1).try_cast("int") >= 100)
+        & ((s(2) == "-") | (s(2).try_cast("long") >= 0))  # bytes (unused: a '+' sign is let through)
     )
     df = df.withColumn("_fast", F.coalesce(fast, F.lit(False)))
-    fast_fields = [
-        sp(0),
-        sp(1),
-        sp(2),
-        F.concat(F.substring(sp(3), 2, 20), F.lit(" "), F.substring(sp(4), 1, 5)),
-        F.substring(req, 2, F.length(req) - 2),
-        sp(8),
-        bytes_,
-        F.when(tail == "", tail).otherwise(F.concat(F.lit(" "), tail)),  # same shape as the regex path's tail
-    ]
-    # Exact path: one regexp_replace packs the head fields, separated by \x01, in front of the
-    # untouched tail (regexp_extract would rerun the whole match once per group).
-    slow = F.when(fits & ~F.col("_fast"), F.split(F.regexp_replace(v, F.lit(_HEAD), F.lit(_HEAD_PACKED)), _SEP, 9))
-    df = df.withColumn("_slow", slow)
+    # Exact path, for the rest (escapes, '-' status, junk): one regexp_replace packs the head fields
+    # in front of the untouched tail, checked by regex. Lines holding \x01 would fake the packing
+    # (and are binary junk): they stay unparsed.
+    slow = F.split(F.regexp_replace(v, F.lit(_HEAD), F.lit(_HEAD_PACKED)), _SEP, 9)
+    df = df.withColumn("_slow", F.when(fits & ~F.col("_fast") & ~v.contains(_SEP), slow))
     slow_tail = F.try_element_at(F.col("_slow"), F.lit(9))
-    slow_ok = (F.size(F.col("_slow")) == 9) & ((slow_tail == "") | _simple_tail(slow_tail, 1) | slow_tail.rlike(_TAIL))
+    slow_ok = (F.size(F.col("_slow")) == 9) & ((slow_tail == "") | slow_tail.rlike(_TAIL))
     df = df.withColumn("_slow_ok", F.coalesce(slow_ok, F.lit(False)))
-    names = ("client", "ident", "user", "time", "request", "status", "bytes", "_tail")
-    df = df.select(
-        *lines.columns,
-        "_fast",
-        "_slow_ok",
-        *[
-            F.when(F.col("_fast"), f).when(F.col("_slow_ok"), F.try_element_at(F.col("_slow"), F.lit(i + 2))).alias(n)
-            for i, (f, n) in enumerate(zip(fast_fields, names, strict=True))
-        ],
+
+    # The fields as one array from either path (one CASE, not one per field: smaller code).
+    names = ["client", "ident", "user", "time", "request", "status"]
+    fast_fields = [
+        h(0),
+        h(1),
+        h(2),
+        F.concat(F.substring(h(3), 2, 20), F.lit(" "), F.substring(h(4), 1, 5)),
+        q(1),
+        s(1),
+    ]
+    exact_fields = F.slice(F.col("_slow"), 2, 6)
+    if parse_tail:
+        names += ["_ref", "_ua"]
+        fast_fields += [F.when(n == 7, q(3)), F.when(n == 7, q(5))]
+        exact_fields = F.concat(exact_fields, F.array(_tail_field(slow_tail, 1), _tail_field(slow_tail, 2)))
+    df = df.withColumn("_f", F.when(F.col("_fast"), F.array(*fast_fields)).when(F.col("_slow_ok"), exact_fields))
+    df = df.withColumns({name: F.get(F.col("_f"), i) for i, name in enumerate(names)})
+    if not parse_tail:
+        df = df.withColumns({"_ref": F.lit(None).cast("string"), "_ua": F.lit(None).cast("string")})
+    df = df.withColumn("_ok", F.col("_f").isNotNull())
+    # split on ' ' with a limit: String.split's no-regex path (split_part quotes the delimiter as a regex).
+    df = df.withColumn("_r", F.split(F.col("request"), " ", 3))
+    url = F.coalesce(F.get(F.col("_r"), 1), F.when(F.col("request").isNotNull(), F.lit("")))
+    df = df.withColumns({"method": F.get(F.col("_r"), 0), "url": url})
+    url = F.col("url")
+    return df.withColumns(
+        {
+            "path": F.substring_index(url, "?", 1),
+            "query": F.when(url.contains("?"), F.substring_index(F.substring_index(url, "?", -1), "#", 1)),
+            "referer": _unescape(F.col("_ref")),
+            "user_agent": _unescape(F.col("_ua")),
+        }
     )
-    ok = F.col("_fast") | F.col("_slow_ok")
-    url = F.split_part(F.col("request"), F.lit(" "), F.lit(2))
-    return df.select(
-        *lines.columns,
-        *names[:-1],
-        F.split_part(F.col("request"), F.lit(" "), F.lit(1)).alias("method"),
-        url.alias("url"),
-        F.substring_index(url, "?", 1).alias("path"),
-        F.when(url.contains("?"), F.substring_index(F.substring_index(url, "?", -1), "#", 1)).alias("query"),
-        *(_tail_fields(F.col("_tail")) if parse_tail else _null_tail()),
-        F.when(~ok, _structure_reason(v, max_line_length)).alias("parse_error"),
-    )
 
 
-def _count(s: Column, ch: str) -> Column:
-    return F.length(s) - F.length(F.replace(s, F.lit(ch), F.lit("")))
+def _tail_field(tail: Column, i: int) -> Column:
+    """Referer (1) or agent (2) of an exact-path tail, escapes kept; null on a common-format line."""
+    return F.when(tail != "", F.regexp_extract(tail, _TAIL, i))
 
 
-def _simple_tail(tail: Column, lead: int = 0) -> Column:
-    """Exact check, byte-level, for a combined tail without escapes: 4 quotes laid out as '"x" "y"'."""
-    q = ' "' if lead else '"'
-    return (
-        (_count(tail, '"') == 4) & tail.startswith(q) & tail.endswith('"') & tail.contains('" "') & ~tail.contains("\\")
-    )
-
-
-def _tail_fields(tail: Column) -> list[Column]:
-    def field(i: int) -> Column:
-        raw = F.regexp_extract(tail, _TAIL, i)
-        return F.when(tail != "", F.regexp_replace(raw, r"\\(.)", "$1"))
-
-    return [field(1).alias("referer"), field(2).alias("user_agent")]
-
-
-def _null_tail() -> list[Column]:
-    return [F.lit(None).cast("string").alias("referer"), F.lit(None).cast("string").alias("user_agent")]
+def _unescape(raw: Column) -> Column:
+    return F.when(raw.contains("\\"), F.regexp_replace(raw, r"\\(.)", "$1")).otherwise(raw)
 
 
 def _structure_reason(v: Column, max_line_length: int) -> Column:
@@ -200,50 +223,35 @@ def _structure_reason(v: Column, max_line_length: int) -> Column:
 def clf_timestamp(time: Column) -> Column:
     """``dd/Mon/yyyy:HH:mm:ss +zzzz`` -> UTC timestamp (null if malformed or no such date/time).
 
-    Integer arithmetic on fixed offsets (days from the civil date, Howard Hinnant's algorithm) instead
-    of a ``DateTimeFormatter`` per row; the offset is subtracted, so the result is the UTC instant
-    whatever ``spark.sql.session.timeZone`` is.
+    The shape is checked first (a regex on 26 characters: the formatter would also take ``oct`` or
+    a one-digit day), then ``try_to_timestamp`` with a fixed pattern: Spark's parser is strict
+    (31/Feb, 24:00, a leap second and offsets beyond 18 hours are refused) and applies the offset,
+    so the result is the UTC instant whatever ``spark.sql.session.timeZone`` is. Measured on 3M
+    lines it costs a third of extracting the fields and building the timestamp from them. Years
+    before 1970 are refused too (they only come from broken clocks).
     """
-    return _timestamp_of_checked(F.when(time.rlike(_TIME_SHAPE), time))
+    ok = time.rlike(_TIME_SHAPE) & (F.substring(time, 8, 4) >= F.lit("1970"))
+    return F.when(ok, F.try_to_timestamp(time, F.lit("dd/MMM/yyyy:HH:mm:ss Z")))
 
 
-def _timestamp_of_checked(s: Column) -> Column:
-    """:func:`clf_timestamp` for a column already known to have the right shape (or null).
-
-    ``s`` is referenced many times below: pass a column reference, not an expression, so that Spark
-    computes it once per row.
-    """
-
-    def num(pos: int, length: int) -> Column:
-        return F.substring(s, pos, length).try_cast("long")
-
-    d, y, hh, mi, ss = num(1, 2), num(8, 4), num(13, 2), num(16, 2), num(19, 2)
-    mpos = F.instr(F.lit(_MONTHS), F.substring(s, 4, 3))
-    m = F.when((mpos > 0) & (mpos % 3 == 1), F.floor((mpos + 2) / 3))
-    leap = ((y % 4 == 0) & (y % 100 != 0)) | (y % 400 == 0)
-    days_in_month = F.when(m == 2, F.when(leap, 29).otherwise(28)).otherwise(30 + (m + F.floor(m / 8)) % 2)
-    sign = F.when(F.substring(s, 22, 1) == "-", -1).otherwise(1)
-    oh, om = num(23, 2), num(25, 2)
-    valid = (
-        m.isNotNull()
-        & (d >= 1)
-        & (d <= days_in_month)
-        & (y >= 1970)
-        & (hh < 24)
-        & (mi < 60)
-        & (ss < 60)
-        & (oh <= 18)
-        & (om < 60)
+# IPv6 text that is already canonical (RFC 5952) and needs no rewriting, which is what servers log:
+# lower-case groups without leading zeros, no two adjacent zero groups, and at most one '::', standing
+# for 2 or more groups (so at most 6 written) and not next to a written zero group; not IPv4-mapped
+# (that one becomes IPv4). One regex instead of the expansion below, for the common case.
+_G6 = "(?:[1-9a-f][0-9a-f]{0,3}|0)"
+_V6_CANONICAL = (
+    r"^(?!::ffff:)(?!.*(?:^|:)0:0(?::|$))(?!.*(?:^|:)0::)(?!.*::0(?::|$))(?:"
+    + "|".join(
+        [rf"{_G6}(?::{_G6}){{7}}"]
+        + [  # a groups written before '::', at most 6 - a after it
+            ("" if a == 0 else rf"{_G6}(?::{_G6}){{{a - 1}}}")
+            + "::"
+            + ("" if a == 6 else rf"(?:{_G6}(?::{_G6}){{0,{5 - a}}})?")
+            for a in range(7)
+        ]
     )
-    # Days since 1970-01-01 of the civil date y-m-d (y >= 1970 keeps every term non-negative).
-    yy = y - F.when(m <= 2, 1).otherwise(0)
-    era = F.floor(yy / 400)
-    yoe = yy - era * 400
-    doy = F.floor((153 * (m + F.when(m > 2, -3).otherwise(9)) + 2) / 5) + d - 1
-    doe = yoe * 365 + F.floor(yoe / 4) - F.floor(yoe / 100) + doy
-    days = era * 146097 + doe - 719468
-    epoch = days * 86400 + hh * 3600 + mi * 60 + ss - sign * (oh * 3600 + om * 60)
-    return F.when(valid, F.timestamp_seconds(epoch))
+    + ")$"
+)
 
 
 def canonical_ipv6(ip: Column) -> Column:
@@ -254,16 +262,19 @@ def canonical_ipv6(ip: Column) -> Column:
     Java parses those as literals, with no DNS lookup. An IPv4-mapped address (``::ffff:1.2.3.4``)
     comes back as the IPv4 address. Null for an invalid literal.
     """
-    return _compress_ipv6(_java_ip_text(ip))
-
-
-def _java_ip_text(ip: Column) -> Column:
     # InetAddress.toString() is "hostname/address"; the hostname is empty for a literal.
-    return F.regexp_replace(F.try_reflect(F.lit("java.net.InetAddress"), F.lit("getByName"), ip), "^[^/]*/", "")
+    java = F.regexp_replace(F.try_reflect(F.lit("java.net.InetAddress"), F.lit("getByName"), ip), "^[^/]*/", "")
+    return _let(java, _compress_ipv6)
+
+
+def _let(value: Column, body: Callable[[Column], Column]) -> Column:
+    """``body(value)`` with ``value`` bound to a lambda variable: computed once however often ``body``
+    uses it, without repeating its expression in the tree (and in the generated code)."""
+    return F.get(F.transform(F.array(value), body), 0)
 
 
 def _compress_ipv6(full: Column) -> Column:
-    """Java's uncompressed ``2001:db8:0:0:0:0:0:1`` -> ``2001:db8::1`` (pass a column reference)."""
+    """Java's uncompressed ``2001:db8:0:0:0:0:0:1`` -> ``2001:db8::1``; IPv4 text passes through."""
     padded = F.concat(F.lit(":"), full, F.lit(":"))
     # Longest run of zero groups (leftmost on ties): test runs of 8 groups down to 2, replace the first.
     compressed = F.lit(None).cast("string")
@@ -277,23 +288,30 @@ def _compress_ipv6(full: Column) -> Column:
     return F.when(full.contains(":"), out).otherwise(full)
 
 
+def _ipv4_int(ip: Column) -> Column:
+    """Integer of a valid dotted quad (IPv6 text and null give null)."""
+    octets = F.split(ip, r"\.", 4)  # "\." takes String.split's no-regex path
+    o = [F.get(octets, i).try_cast("long") for i in range(4)]
+    return F.when(~ip.contains(":"), o[0] * 16777216 + o[1] * 65536 + o[2] * 256 + o[3])
+
+
+def _needs_java(client: Column) -> Column:
+    """IPv6 spellings other than the canonical one, for :func:`canonical_ipv6` (else not an address)."""
+    return client.contains(":") & ~client.rlike(_V6_CANONICAL) & client.rlike(_IPV6_CHARS)
+
+
 def ip_columns(client: Column) -> tuple[Column, Column, Column]:
-    """(canonical ip string, ip_int, ip_version) for a client address column; all null if invalid."""
-    is_v4 = client.rlike(_IPV4)
-    v6_text = F.when(~is_v4 & client.contains(":") & client.rlike(_IPV6_CHARS), canonical_ipv6(client))
-    return _ip_of_checked(F.when(is_v4, client).otherwise(v6_text))
+    """(canonical ip string, ip_int, ip_version) for a client address column; all null if invalid.
 
-
-def _ip_of_checked(ip: Column) -> tuple[Column, Column, Column]:
-    """:func:`ip_columns` for a column that is already canonical text or null (pass a column reference)."""
-    is_v4 = ~ip.contains(":")
-
-    def octet(i: int) -> Column:
-        return F.split_part(ip, F.lit("."), F.lit(i)).try_cast("long")
-
-    ip_int = F.when(is_v4, octet(1) * 16777216 + octet(2) * 65536 + octet(3) * 256 + octet(4))
-    version = F.when(is_v4, F.lit(4)).otherwise(F.lit(6))
-    return ip.alias("ip"), ip_int.cast("long").alias("ip_int"), version.cast("int").alias("ip_version")
+    Each expression repeats the ones before: over many rows, compute them in stages (as
+    :func:`classify_lines` does).
+    """
+    ip = F.when(client.rlike(_IPV4) | client.rlike(_V6_CANONICAL), client).when(
+        _needs_java(client), canonical_ipv6(client)
+    )
+    ip_int = _ipv4_int(ip)
+    version = F.when(ip.contains(":"), F.lit(6)).when(ip.isNotNull(), F.lit(4))
+    return ip.alias("ip"), ip_int.alias("ip_int"), version.alias("ip_version")
 
 
 def _resource_match(
@@ -348,77 +366,65 @@ def classify_lines(
     Structural errors are quarantined whatever the resource; timestamp, address and entity are only
     checked on lines of the selected resource (a static asset has no user, and that is not an error).
     """
-    parsed = parse_lines(lines, max_line_length, parse_tail=entity_field in ("user_agent", "referer"))
-    ok = F.col("parse_error").isNull()
-    # Staged selects: a column that later expressions use several times is computed once per row
-    # (Spark does not collapse a projection into its consumer when that would repeat costly work).
-    df = parsed.select(
-        "value",
-        "source_file",
-        "parse_error",
-        F.when(ok, _resource_match(parsed, methods, path, path_match, statuses)).alias("_selected"),
-        "client",
-        "time",
-        _entity(entity_field, query_param).alias("entity"),
-    )
-    sel = ok & F.col("_selected")
+    parsed = _parse(lines, max_line_length, parse_tail=entity_field in ("user_agent", "referer"))
+    # Stages of withColumn(s): a column that later expressions use several times is computed once
+    # per row (Spark does not collapse a projection into its consumer when that would repeat work).
+    selected = F.col("_ok") & _resource_match(parsed, methods, path, path_match, statuses)
+    df = parsed.withColumns({"_sel": F.coalesce(selected, F.lit(False)), "entity": _entity(entity_field, query_param)})
+    sel = F.col("_sel")
     client = F.col("client")
-    is_v4 = client.rlike(_IPV4)
-    v6_ok = client.contains(":") & client.rlike(_IPV6_CHARS)
-    df = df.select(
-        "value",
-        "source_file",
-        "parse_error",
-        "_selected",
-        F.when(sel, F.col("entity")).alias("entity"),
-        F.when(sel & F.col("time").rlike(_TIME_SHAPE), F.col("time")).alias("_time"),
-        F.when(sel & is_v4, client).alias("_v4"),
-        F.when(sel & ~is_v4 & v6_ok, _java_ip_text(client)).alias("_v6"),
+    df = df.withColumns(
+        {
+            "_ts": F.when(sel, clf_timestamp(F.col("time"))),
+            "_ip": F.when(sel & (client.rlike(_IPV4) | client.rlike(_V6_CANONICAL)), client),
+        }
     )
-    df = df.select(
-        "value",
-        "source_file",
-        "parse_error",
-        "_selected",
-        "entity",
-        "_time",
-        F.coalesce(F.col("_v4"), _compress_ipv6(F.col("_v6"))).alias("ip"),
-    )
-    ip, ip_int, ip_version = _ip_of_checked(F.col("ip"))
+    # Other IPv6 spellings (rare: servers log canonical text) are parsed by Java, below.
+    df = df.withColumn("_jc", F.when(sel & F.col("_ip").isNull() & _needs_java(client), client))
     entity = F.col("entity")
     outcome = (
-        F.when(F.col("parse_error").isNotNull(), F.col("parse_error"))
-        .when(~F.col("_selected"), F.lit(FILTERED))
-        .when(F.col("_time").isNull(), F.lit("bad_timestamp"))
-        .when(F.col("ip").isNull(), F.lit("bad_ip"))
+        F.when(~F.col("_ok"), F.lit(_UNPARSED))
+        .when(~sel, F.lit(FILTERED))
+        .when(F.col("_ts").isNull(), F.lit("bad_timestamp"))  # malformed, or no such date (31/Feb)
+        .when(F.col("_ip").isNull() & F.col("_jc").isNull(), F.lit("bad_ip"))
         .when(entity.isNull() | entity.isin("-", ""), F.lit("missing_entity"))
         .when(~F.is_valid_utf8(entity) | entity.rlike(_BINARY), F.lit("binary"))
         .otherwise(F.lit(KEPT))
     )
-    df = df.select(
-        "value",
-        "source_file",
-        "entity",
-        ip,
-        ip_int,
-        ip_version,
-        _timestamp_of_checked(F.col("_time")).alias("ts"),
-        outcome.alias("outcome"),
+    df = df.withColumn("outcome", outcome)
+    # The line itself only travels on for the lines that are (or may still turn out) bad.
+    maybe_bad = ~F.col("outcome").isin(KEPT, FILTERED) | F.col("_jc").isNotNull()
+    df = df.withColumn("_bad_line", F.when(maybe_bad, F.col("value")))
+    # try_reflect has no generated code, so this projection also ends the whole-stage-codegen stage:
+    # the work above and below compiles to two methods of a size the JIT handles well (one method
+    # for all of it compiled to ~500 KB of machine code, seconds per (re)compilation, and ran
+    # interpreted until then). Only the few columns used below cross it: not the line.
+    jc = F.col("_jc")
+    df = df.withColumn("_ip", F.coalesce(F.col("_ip"), F.when(jc.isNotNull(), canonical_ipv6(jc))))
+    ip = F.col("_ip")
+    java_failed = jc.isNotNull() & ip.isNull() & F.col("outcome").isin(KEPT, "missing_entity", "binary")
+    # Why a line did not parse: regexes over the whole line, so after the stage boundary (smaller
+    # code there) and only for those lines.
+    reason = _structure_reason(F.col("_bad_line"), max_line_length)
+    df = df.withColumns(
+        {
+            "outcome": F.when(F.col("outcome") == _UNPARSED, reason)
+            .when(java_failed, F.lit("bad_ip"))
+            .otherwise(F.col("outcome")),
+            "_ip_int": _ipv4_int(ip),  # here: an IPv4-mapped address comes back from Java as IPv4
+        }
     )
-    # The timestamp can still be null for a well-shaped but impossible date (31/Feb).
-    impossible_date = (F.col("outcome") == KEPT) & F.col("ts").isNull()
-    df = df.withColumn("outcome", F.when(impossible_date, "bad_timestamp").otherwise(F.col("outcome")))
     kept = F.col("outcome") == KEPT
     bad = ~F.col("outcome").isin(KEPT, FILTERED)
     return df.select(
         "outcome",
         "source_file",
         F.when(kept, F.col("entity")).alias("entity"),
-        F.when(kept, F.col("ip")).alias("ip"),
-        F.when(kept, F.col("ip_int")).alias("ip_int"),
-        F.when(kept, F.col("ip_version")).alias("ip_version"),
-        F.when(kept, F.col("ts")).alias("ts"),
+        F.when(kept, ip).alias("ip"),
+        F.when(kept, F.col("_ip_int")).alias("ip_int"),
+        F.when(kept, F.when(ip.contains(":"), F.lit(6)).otherwise(F.lit(4))).alias("ip_version"),
+        F.when(kept, F.col("_ts")).alias("ts"),
         # The UTC day from the epoch, not to_date(ts): to_date would use the session time zone.
-        F.when(kept, F.date_from_unix_date(F.floor(F.unix_seconds(F.col("ts")) / 86400).cast("int"))).alias("dt"),
-        F.when(bad, F.substring(F.make_valid_utf8(F.col("value")), 1, raw_max_chars)).alias("raw"),
+        F.when(kept, F.date_from_unix_date(F.floor(F.unix_seconds(F.col("_ts")) / 86400).cast("int"))).alias("dt"),
+        F.when(bad, F.substring(F.make_valid_utf8(F.col("_bad_line")), 1, raw_max_chars)).alias("raw"),
     )
