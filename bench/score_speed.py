@@ -1,21 +1,27 @@
 """Scoring speed: the Spark job's UDF path on ``local[2]`` against the same work in process.
 
 Pairs: ``--pairs`` (10M) of 10k entities ``user_N`` (all seen in training, most of them past the
-learning period) and uniformly random IPv4 addresses, written once as Parquet (not timed). The model
-has the tutorial's shape (20k entity vectors, ``--vector-dim`` 128), randomly initialised: speed does
-not depend on what was learned. It comes with what the job scores with: entity stats, entity profiles
-(population counts of the /24s and /16s of a million of the pairs) and calibrated-style thresholds,
-so every row runs the whole verdict (rule, prior, percentiles, level, normal percentile).
+learning period), uniformly random IPv4 addresses and login times of one day, written once as Parquet
+(not timed). The model has the tutorial's shape (20k entity vectors, ``--vector-dim`` 128), randomly
+initialised: speed does not depend on what was learned. It comes with what the job scores with:
+entity stats, entity profiles (population counts of the /24s and /16s of a million of the pairs) and
+calibrated-style thresholds, so every row runs the whole verdict (rule, prior, percentiles, level,
+normal percentile).
 
 Figures (one per line, ``name=value``):
 
-* ``spark_warmup_s``: scoring 50k pairs first, untimed otherwise: Python workers importing torch and loading
-  the model, the JVM compiling its hot paths (once per job)
+* ``spark_warmup_s``: scoring (and writing) 50k pairs first, untimed otherwise: Python workers importing
+  torch and loading the model, the JVM compiling its hot paths (once per job)
 * ``spark_noop_pairs_per_s``: read Parquet -> score -> verdict, into Spark's ``noop`` sink (scoring cost)
 * ``spark_parquet_pairs_per_s``: the same, written as the job writes its scores table (end to end)
 * ``spark_noop_cpu_us_per_pair`` / ``spark_parquet_cpu_us_per_pair``: CPU time of the JVM and its Python
   workers per pair; ``*_ideal_pairs_per_s`` = 2 cores / that: what an otherwise idle machine would do
   (wall-clock figures drop when someone else is using the cores; CPU time much less)
+* ``spark_unscored_parquet_cpu_us_per_pair`` / ``*_ideal_pairs_per_s``: the Parquet run with a UDF that
+  scores nothing (constant score columns): Spark's own share (read, Arrow both ways, write), the floor
+  of this design however fast the model gets
+* ``inprocess_job_cpu_us_per_pair`` / ``*_ideal_pairs_per_s``: the job's whole work without Spark, in one
+  process: pyarrow reads the pairs' files, the workers' function scores them, pyarrow writes the scores
 * ``inprocess_udf_pairs_per_s``: the Python workers' function (``_scorer_fn``) over the same pairs as Arrow
   batches of ``--arrow-batch`` rows, 1 torch thread, no Spark (what one worker could do)
 * ``inprocess_1thread_pairs_per_s`` / ``inprocess_pairs_per_s``: ``Scorer.dot_product`` alone, with 1
@@ -33,6 +39,7 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
 
@@ -50,15 +57,18 @@ from ipinsights.ip import ipv4_to_str, key_prefix, parse_ip
 from ipinsights.modelfile import save_model
 from ipinsights.profile import QUANTILES, EntityProfiles, profile_path
 from ipinsights.scorer import BATCH_ROWS, CAL_LEVELS, Scorer, Thresholds
-from ipinsights.scoring import ScoringSetup, _scorer_fn, score_events
+from ipinsights.scoring import _SCORE_FIELDS, ScoringSetup, _scorer_fn, _scores_by_day, score_events
 from ipinsights.trainer import build_model
 
 N_ENTITIES = 10_000
+SCORE_FIELD_NAMES = [f.split()[0] for f in _SCORE_FIELDS.split(", ")]
+DAY = "2024-01-09"
+DAY_START = 1_704_758_400  # 2024-01-09T00:00:00Z
 SPARK_CORES = 2
 
 
 def write_pairs(out: Path, n: int, files: int = 8, seed: int = 0) -> pa.Table:
-    """``n`` (entity, ip) pairs in ``files`` Parquet files (vectorised: no Python string loop)."""
+    """``n`` (entity, ip, ts) events in ``files`` Parquet files (vectorised: no Python string loop)."""
     rng = np.random.default_rng(seed)
     out.mkdir(parents=True)
     parts = []
@@ -67,7 +77,10 @@ def write_pairs(out: Path, n: int, files: int = 8, seed: int = 0) -> pa.Table:
             "user_", pc.cast(pa.array(rng.integers(0, N_ENTITIES, idx.size)), pa.string()), ""
         )
         ips = ipv4_to_str(rng.integers(1 << 24, 224 << 24, idx.size))
-        t = pa.table({"entity": ent, "ip": ips, "dt": pa.array(["2024-01-09"] * idx.size)})
+        # A day of login times, in order within a file (as the ingest job writes them): the job passes them through.
+        secs = np.sort(rng.integers(DAY_START, DAY_START + 86_400, idx.size))
+        ts = pa.array(secs * 1_000_000, pa.timestamp("us", tz="UTC"))
+        t = pa.table({"entity": ent, "ip": ips, "ts": ts, "dt": pa.array([DAY] * idx.size)})
         pq.write_table(t, out / f"part-{i:05d}.parquet")
         parts.append(t)
     return pa.concat_tables(parts)
@@ -104,6 +117,30 @@ def thresholds() -> Thresholds:
         score_table=tuple(np.linspace(-1.0, 1.0, CAL_LEVELS.size)),
         prior_table=tuple(np.linspace(5.0, 14.0, CAL_LEVELS.size)),
     )  # fmt: skip
+
+
+def unscored(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+    """``mapInArrow`` without the model: constant score columns (what Spark costs around a free UDF)."""
+    for batch in batches:
+        n = batch.num_rows
+        f32, f64, zero = pa.array(np.zeros(n, np.float32)), pa.array(np.zeros(n)), pa.array(np.zeros(n, np.int8))
+        no = pa.array(np.zeros(n, bool))
+        cols = [f32, f32, f32, pa.array(np.ones(n, np.int64)), no, pa.array(["model_score"]).take(zero), f64, f64,
+                pa.array(["low"]).take(zero), no]  # fmt: skip
+        yield pa.RecordBatch.from_arrays([*batch.columns, *cols], names=[*batch.schema.names, *SCORE_FIELD_NAMES])
+
+
+def inprocess_job(udf, files: list[Path], out: Path, batch_rows: int) -> None:
+    """The job's whole work without Spark: pyarrow reads each file, the workers' function scores it in
+    batches, pyarrow writes the scores (snappy, as Spark does)."""
+    out.mkdir(parents=True, exist_ok=True)
+    for i, f in enumerate(files):
+        writer = None
+        for batch in udf(pq.ParquetFile(f).iter_batches(batch_size=batch_rows, columns=["entity", "ip", "ts"])):
+            writer = writer or pq.ParquetWriter(out / f"part-{i:05d}.parquet", batch.schema, compression="snappy")
+            writer.write_batch(batch)
+        if writer is not None:
+            writer.close()
 
 
 def tree_cpu_s(pid: int) -> float:
@@ -176,15 +213,28 @@ def main() -> None:
         df = spark.read.parquet(str(tmp / "pairs"))
         # Warm up both Python workers (imports, model load) and the JVM's JIT: once per job, not per pair.
         warmup = time.perf_counter()
-        score_events(df.limit(50_000).repartition(SPARK_CORES), setup).write.format("noop").mode("overwrite").save()
+        warm = score_events(df.limit(50_000).repartition(SPARK_CORES), setup)
+        warm.write.format("noop").mode("overwrite").save()
+        write_partitions(warm, str(tmp / "warm"))  # the Parquet writer's hot paths too
         print(f"spark_warmup_s={time.perf_counter() - warmup:.1f}")
+        from pyspark.sql import functions as F
+        from pyspark.sql.types import StructType
+
+        day = df.where(F.col("dt") == DAY).select("entity", "ip", "ts")  # as the job scores a day (see _scores_by_day)
+        bare_schema = StructType(day.schema.fields + StructType.fromDDL(_SCORE_FIELDS).fields)
+        bare = day.mapInArrow(unscored, bare_schema).withColumn("dt", F.lit(DAY))
+        files = sorted((tmp / "pairs").glob("*.parquet"))
         for run in range(1, args.runs + 1):
-            scored = score_events(df, setup)
+            scored = _scores_by_day(df, [DAY], setup)  # the job's scores table rows
             noop, noop_cpu = timed(args.pairs, scored.write.format("noop").mode("overwrite").save, spark_cpu)
             parquet, parquet_cpu = timed(args.pairs, partial(write_partitions, scored, str(tmp / "scores")), spark_cpu)
+            bare_cpu = timed(args.pairs, partial(write_partitions, bare, str(tmp / "bare")), spark_cpu)[1]
+            shutil.rmtree(tmp / "bare", ignore_errors=True)
             torch.set_num_threads(1)  # as in a Spark worker
             next(udf(iter(batches[:1])))  # load the scorer outside the timing, as a worker's first batch does
             udf_rate, udf_cpu = timed(args.pairs, lambda: sum(b.num_rows for b in udf(iter(batches))))
+            job_cpu = timed(args.pairs, partial(inprocess_job, udf, files, tmp / "inprocess", args.arrow_batch))[1]
+            shutil.rmtree(tmp / "inprocess", ignore_errors=True)
             rates = {}
             for threads in sorted({1, os.cpu_count() or 1}):
                 torch.set_num_threads(threads)
@@ -203,8 +253,12 @@ def main() -> None:
             print(f"spark_parquet_cpu_us_per_pair={parquet_cpu:.2f}")
             print(f"spark_noop_ideal_pairs_per_s={SPARK_CORES / noop_cpu * 1e6:,.0f}")
             print(f"spark_parquet_ideal_pairs_per_s={SPARK_CORES / parquet_cpu * 1e6:,.0f}")
+            print(f"spark_unscored_parquet_cpu_us_per_pair={bare_cpu:.2f}")
+            print(f"spark_unscored_parquet_ideal_pairs_per_s={SPARK_CORES / bare_cpu * 1e6:,.0f}")
             print(f"inprocess_udf_pairs_per_s={udf_rate:,.0f}")
             print(f"inprocess_udf_cpu_us_per_pair={udf_cpu:.2f}")
+            print(f"inprocess_job_cpu_us_per_pair={job_cpu:.2f}")
+            print(f"inprocess_job_ideal_pairs_per_s={SPARK_CORES / job_cpu * 1e6:,.0f}")
             print(f"inprocess_1thread_pairs_per_s={rates[1]:,.0f}")
             print(f"inprocess_pairs_per_s={best:,.0f}")
             print(f"spark_overhead_ratio={best / noop:.2f}")

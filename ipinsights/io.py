@@ -390,9 +390,42 @@ def present_days(df: DataFrame) -> set[str]:
     return {r["dt"] for r in df.select("dt").distinct().collect()}
 
 
+#: Spark SQL settings of a ``partitionBy`` Parquet write (see :func:`partitioned_write_settings`).
+PARTITIONED_WRITE_CONF = {
+    # A planned write sorts every row by the partition columns first (a copy of each row into Spark's
+    # sorter: ~0.7 CPU-us per scored row, a fifth of writing it). Without it, and with concurrent writers,
+    # a task keeps one open file per day instead; past that many days in one task, Spark sorts the rest.
+    "spark.sql.optimizer.plannedWrite.enabled": "false",
+    # Each open writer buffers a row group: few, as a task of a daily table rarely holds more than a day or two.
+    "spark.sql.maxConcurrentOutputFileWriters": "4",
+}
+
+
+@contextmanager
+def partitioned_write_settings(spark: SparkSession, conf: dict[str, str] | None = None) -> Iterator[None]:
+    """``PARTITIONED_WRITE_CONF`` (or ``conf``) in force inside the block, the session's own values restored after.
+
+    Both settings are read when the write is planned and started, so they belong around the write call;
+    the session's other work (before and after) keeps its settings.
+    """
+    conf = PARTITIONED_WRITE_CONF if conf is None else conf
+    old = {key: spark.conf.get(key, None) for key in conf}
+    for key, value in conf.items():
+        spark.conf.set(key, value)
+    try:
+        yield
+    finally:
+        for key, value in old.items():
+            if value is None:
+                spark.conf.unset(key)
+            else:
+                spark.conf.set(key, value)
+
+
 def write_partitions(df: DataFrame, path: str) -> None:
     """Write ``df`` partitioned by ``dt``, replacing only the days it holds (dynamic partition overwrite)."""
-    (df.write.mode("overwrite").option("partitionOverwriteMode", "dynamic").partitionBy("dt").parquet(path))
+    with partitioned_write_settings(df.sparkSession):
+        df.write.mode("overwrite").option("partitionOverwriteMode", "dynamic").partitionBy("dt").parquet(path)
 
 
 def delete_partitions(spark: SparkSession, path: str, days: Iterable[str]) -> list[str]:

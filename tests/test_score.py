@@ -190,6 +190,52 @@ def _day_rows(spark, path: str, day: str) -> int:
     return spark.read.parquet(path).where(f"dt = '{day}'").count()
 
 
+def test_scores_by_day_equal_scores_of_all_days(spark, world):
+    """The job scores each day apart (its dt added back in the JVM): the same rows as one pass over all days."""
+    from ipinsights.io import read_events_days
+    from ipinsights.scoring import SCORE_COLUMNS, _scores_by_day
+
+    events = read_events_days(spark, world["events"], VALID, TEST)
+    setup = ScoringSetup(world["model"], thresholds=Thresholds(0.5))
+    by_day = _scores_by_day(events, [VALID, TEST], setup)
+    whole = score_events(events.select("entity", "ip", "ts", "dt"), setup).select(*SCORE_COLUMNS)
+    assert by_day is not None and by_day.columns == list(SCORE_COLUMNS)
+    assert by_day.count() == whole.count() > 0
+    assert by_day.exceptAll(whole).count() == 0 and whole.exceptAll(by_day).count() == 0
+    assert _scores_by_day(events, [], setup) is None
+
+
+def _table_rows(spark, path: str) -> list[tuple]:
+    df = spark.read.schema("entity string, ip string, dot_product float, dt string").parquet(path)
+    return sorted(tuple(r) for r in df.collect())
+
+
+def test_write_partitions_replaces_days_like_a_sorted_write(spark, tmp_path):
+    """Unsorted partitioned writes (concurrent writers, and their sort fallback past the limit of open
+    files) give the rows a plain sorted write gives, replace only the days written, and leave the
+    session's settings as they were."""
+    from ipinsights.io import PARTITIONED_WRITE_CONF, write_partitions
+
+    n_days = int(PARTITIONED_WRITE_CONF["spark.sql.maxConcurrentOutputFileWriters"]) + 2  # past the limit
+    days = [f"2024-03-{d:02d}" for d in range(1, n_days + 1)]
+    rows = [(f"user_{i}", f"10.0.{i % 7}.{i % 251}", float(i), days[(i * 5) % n_days]) for i in range(600)]
+    schema = "entity string, ip string, dot_product float, dt string"
+    df = spark.createDataFrame(rows, schema).coalesce(1)  # one task: every day open at once, interleaved rows
+    spark.conf.set("spark.sql.optimizer.plannedWrite.enabled", "true")
+    write_partitions(df, str(tmp_path / "new"))
+    assert spark.conf.get("spark.sql.optimizer.plannedWrite.enabled") == "true"
+    assert spark.conf.get("spark.sql.maxConcurrentOutputFileWriters", None) is None
+    df.write.partitionBy("dt").parquet(str(tmp_path / "sorted"))
+    assert _table_rows(spark, str(tmp_path / "new")) == _table_rows(spark, str(tmp_path / "sorted"))
+    assert len(_table_rows(spark, str(tmp_path / "new"))) == len(rows)
+
+    # Rerun of two days with other rows: those days replaced (not appended), the others untouched.
+    again = [(f"again_{i}", "192.0.2.1", -1.0, days[i % 2]) for i in range(10)]
+    write_partitions(spark.createDataFrame(again, schema).coalesce(1), str(tmp_path / "new"))
+    want = sorted([r for r in rows if r[3] not in days[:2]] + again)
+    assert _table_rows(spark, str(tmp_path / "new")) == want
+
+
 def test_job_end_to_end_backfill_rerun_and_empty_day(spark, world, tmp_path):
     out = tmp_path / "run"
     args = [f"--model={world['model']}", f"--events={world['events']}", f"--scores={out / 'scores'}",
@@ -216,8 +262,10 @@ def test_job_end_to_end_backfill_rerun_and_empty_day(spark, world, tmp_path):
     ex = flagged.where("rule = 'model_score'").collect()
     assert all(r["nearest_networks"] and r["closest_network"] and r["subnet_seen"] is not None for r in ex)
     assert all(r["typical_low"] <= r["typical_high"] and 0 <= r["entity_percentile"] <= 100 for r in ex)
-    assert all(r["subnet_seen"] == r["seen_same_24"] for r in ex if r["seen_same_24"] is not None and
-               r["training_count"] <= 16)  # fmt: skip (an entity with few events has all its /24s profiled)
+    # An entity with few events has all its /24s profiled.
+    assert all(
+        r["subnet_seen"] == r["seen_same_24"] for r in ex if r["seen_same_24"] is not None and r["training_count"] <= 16
+    )
     assert (Path(world["model"] + ".profile.safetensors")).exists()
 
     # Rerun the test day: same rows, not doubled (dynamic partition overwrite).
