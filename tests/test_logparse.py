@@ -65,6 +65,44 @@ def test_ipv6_client_is_canonical(spark):
     assert rows[3]["outcome"] == "bad_ip"
 
 
+def test_timestamp_edge_cases_match_sparks_pattern_parser(spark):
+    """The cast-based parse accepts and refuses exactly what the strict pattern parser does."""
+    from pyspark.sql import functions as F
+
+    from ipinsights.logparse import clf_timestamp
+
+    stamps = [
+        "31/Dec/2023:18:00:03 -0600", "29/Feb/2024:00:00:00 +0000", "29/Feb/2023:00:00:00 +0000",
+        "31/Apr/2024:00:00:00 +0000", "01/Jan/2024:24:00:00 +0000", "01/Jan/2024:23:59:60 +0000",
+        "01/Jan/2024:23:60:00 +0000", "01/Jan/2024:00:00:00 +1900", "01/Jan/2024:00:00:00 +1800",
+        "01/Jan/2024:00:00:00 -1800", "01/Jan/2024:00:00:00 +0560", "01/Jan/2024:00:00:00 +0530",
+        "00/Jan/2024:00:00:00 +0000", "32/Jan/2024:00:00:00 +0000", "01/Jab/2024:00:00:00 +0000",
+        "01/Jan/2024:00:00:00 +0099", "01/Jan/9999:23:59:59 -1800", "15/Sep/2026:07:08:09 +1245",
+    ]  # fmt: skip
+    df = spark.createDataFrame([(s,) for s in stamps], "t string")
+    pattern = F.try_to_timestamp(F.col("t"), F.lit("dd/MMM/yyyy:HH:mm:ss Z"))
+    rows = df.select(clf_timestamp(F.col("t")).alias("ours"), pattern.alias("spark")).collect()
+    assert [r["ours"] for r in rows] == [r["spark"] for r in rows]
+    assert sum(r["ours"] is not None for r in rows) == 7
+
+
+def test_ipv6_spellings_match_python_ipaddress(spark):
+    """Random addresses in canonical, expanded, upper-case and leading-zero spellings."""
+    import ipaddress
+    import random
+
+    rnd = random.Random(7)
+    lines, expected = [], []
+    for _ in range(300):
+        groups = [rnd.choice([0, 0, 0, 1, 0xDB8, 0xFFFF, rnd.randrange(1 << 16)]) for _ in range(8)]
+        addr = ipaddress.IPv6Address(":".join(f"{g:x}" for g in groups))
+        text = rnd.choice([str(addr), addr.exploded, str(addr).upper(), ":".join(f"{g:02x}" for g in groups)])
+        lines.append(OK.replace("1.2.3.4", text))
+        mapped = addr.ipv4_mapped
+        expected.append(str(mapped) if mapped else str(addr))
+    assert [r["ip"] for r in classify(spark, lines)] == expected
+
+
 JUNK = [
     ("", "empty"),
     ("x" * 9000, "overlong"),
