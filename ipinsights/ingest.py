@@ -1,9 +1,15 @@
 """Ingest: raw access logs -> a ``dt``-partitioned Parquet table of (entity, ip, ts) events.
 
-One run: read the lines, classify every line once (:func:`ipinsights.logparse.classify_lines`),
-cache the narrow result, count outcomes per file in a single aggregation job, check the bad-line
-ratio, and only then write the events, the quarantine and the summary. The order matters: a run
-that fails the ratio check must not have replaced any partition of the main table.
+One pass over the logs: every line is classified once (:func:`ipinsights.logparse.classify_lines`)
+and written, narrow, to the run's staging folder (``<output>_staging/run_id=<run>``) partitioned by
+outcome and day. Then, reading only the staged metadata-like columns, one small aggregation counts
+outcomes per file and day; the bad-line ratio is checked; and only then are the staged event files
+moved into the table (replacing their days), the quarantine written from the staged bad lines and the
+summary saved. A run that fails the ratio check has replaced no partition of the main table.
+
+Why staging rather than caching the classified rows and writing from the cache: the logs are parsed
+once either way, but building Spark's in-memory cache cost more CPU than the Parquet write it fed,
+and the event files are written once, in their final form, and then only renamed.
 """
 
 from __future__ import annotations
@@ -28,6 +34,11 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+_OUTCOME = "outcome"  # the staging folder's first partition column
+_STAGED_SCHEMA = (
+    "entity string, ip string, ip_int long, ip_version int, ts timestamp, source_file string, outcome string, dt string"
+)
 
 
 class BadInputError(RuntimeError):
@@ -111,7 +122,7 @@ class IngestConfig:
     quarantine: str = ""
     summary: str = ""
     run_id: str = ""
-    files_per_day: int = 1
+    files_per_day: int = 0
     resource: ResourceFilter = field(default_factory=ResourceFilter)
     entity: EntityOptions = field(default_factory=EntityOptions)
     quality: QualityOptions = field(default_factory=QualityOptions)
@@ -121,7 +132,7 @@ class IngestConfig:
             raise ConfigError("inputs is required: --inputs=PATH[,PATH...] (files, globs, s3:// URIs)")
         if not self.output:
             raise ConfigError("output is required: --output=PATH (the dt-partitioned Parquet table)")
-        _check_int("files_per_day", self.files_per_day, 1, 10_000)
+        _check_int("files_per_day", self.files_per_day, 0, 10_000)
         if self.run_id and not re.fullmatch(r"[A-Za-z0-9_.:-]+", self.run_id):
             raise ConfigError(f"run_id={self.run_id!r} may only hold letters, digits and _.:-")
         run_id = self.run_id or datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
@@ -176,7 +187,6 @@ def run_ingest(spark, cfg: IngestConfig) -> dict[str, Any]:
     Raises :class:`BadInputError` (after writing the quarantine and the summary, but no events) when
     the bad-line ratio exceeds ``cfg.quality.max_bad_ratio``.
     """
-    from pyspark import StorageLevel
     from pyspark.sql import functions as F
 
     started = time.perf_counter()
@@ -193,18 +203,30 @@ def run_ingest(spark, cfg: IngestConfig) -> dict[str, Any]:
         max_line_length=q.max_line_length,
         raw_max_chars=q.raw_max_chars,
     )
-    # Parse once: the narrow classified rows (raw text only on bad lines) are cached, so the counting
-    # job, the event write and the quarantine write all read the parse result instead of the logs.
-    classified = classified.persist(StorageLevel.MEMORY_AND_DISK)
+    outcome = F.col("outcome")
+    kept = outcome == logparse.KEPT
+    bad = ~outcome.isin(logparse.KEPT, logparse.FILTERED)
+    # One schema for every staged file, so that the event files move into the table as written: the
+    # events' columns plus their source file; a bad line's raw text rides in ``entity`` (a filtered
+    # line keeps only its file, for the counts).
+    staged = classified.select(
+        F.when(kept, F.col("entity")).when(bad, F.col("raw")).alias("entity"),
+        *(F.col(c) for c in ("ip", "ip_int", "ip_version", "ts", "source_file")),
+        outcome.alias(_OUTCOME),
+        F.col("dt").cast("string").alias("dt"),
+    )
+    staging = f"{cfg.output.rstrip('/')}_staging/run_id={cfg.run_id}"
     try:
-        # Every count of the summary from one small aggregation job (a few rows per file).
-        rows = classified.groupBy("source_file", "outcome", "dt").count().collect()
+        io.write_staged(staged, staging, [_OUTCOME, "dt"], cfg.files_per_day)
+        done = spark.read.schema(_STAGED_SCHEMA).parquet(io.resolve_uri(spark, staging))
+        # Every count of the summary from one small aggregation over the staged file and partition columns.
+        rows = done.groupBy("source_file", F.col(_OUTCOME).alias("outcome"), "dt").count().collect()
         summary = _summarise(rows, cfg)
         summary["config"] = config_to_dict(cfg)
-        bad = ~F.col("outcome").isin(logparse.KEPT, logparse.FILTERED)
         if summary["quarantined"]:
+            bad_rows = done.where(~F.col(_OUTCOME).isin(logparse.KEPT, logparse.FILTERED))
             io.write_quarantine(
-                classified.where(bad).select("outcome", "source_file", "raw").withColumnRenamed("outcome", "reason"),
+                bad_rows.select(F.col(_OUTCOME).alias("reason"), "source_file", F.col("entity").alias("raw")),
                 cfg.quarantine,
                 cfg.run_id,
             )
@@ -220,10 +242,8 @@ def run_ingest(spark, cfg: IngestConfig) -> dict[str, Any]:
                 summary,
             )
         if summary["kept"]:
-            events = classified.where(F.col("outcome") == logparse.KEPT).select(
-                "entity", "ip", "ip_int", "ip_version", "ts", "dt"
-            )
-            io.write_events(events, cfg.output, cfg.files_per_day)
+            events = f"{staging}/{_OUTCOME}={logparse.KEPT}"
+            io.publish_partitions(spark, events, cfg.output, summary["kept_by_day"], f"{staging}/_replaced")
         else:
             log.warning("no events kept from %s: nothing written to %s", list(cfg.inputs), cfg.output)
         summary["status"] = "ok"
@@ -232,7 +252,7 @@ def run_ingest(spark, cfg: IngestConfig) -> dict[str, Any]:
         log.info("ingest summary: %s", _brief(summary))
         return summary
     finally:
-        classified.unpersist()
+        io.delete_tree(spark, staging)
 
 
 def _brief(summary: dict[str, Any]) -> str:

@@ -50,10 +50,15 @@ def test_gzip_glob_rerun_is_idempotent(spark, tmp_path):
     run_ingest(spark, cfg)  # same input again: same partitions replaced, nothing duplicated
     again = io.read_events(spark, cfg.output)
     assert sorted(again.collect()) == first
-    assert [f.name for f in again.schema.fields] == ["entity", "ip", "ip_int", "ip_version", "ts", "dt"]
+    assert [f.name for f in again.schema.fields] == ["entity", "ip", "ip_int", "ip_version", "ts", "source_file", "dt"]
     v6 = again.where("ip_version = 6").collect()
     assert [(r.entity, r.ip, r.ip_int, str(r.dt)) for r in v6] == [("v6", "::1", None, "2026-10-11")]
+    assert v6[0].source_file.endswith("b.log.gz")  # provenance: the log file each event came from
     assert sorted(p.name for p in (tmp_path / "events").glob("dt=*")) == ["dt=2026-10-10", "dt=2026-10-11"]
+    assert not list((tmp_path / "events_staging").glob("*"))  # the run's staging folder is gone
+    run_ingest(spark, config(tmp_path, [str(logs / "*.log*")], files_per_day=3, **{"quality.max_bad_ratio": 0.1}))
+    assert sorted(io.read_events(spark, cfg.output).collect()) == first  # shuffled into 3 files per day: same rows
+    assert max(len(list(d.glob("*.parquet"))) for d in (tmp_path / "events").glob("dt=*")) <= 3
     q = spark.read.parquet(cfg.quarantine).collect()
     assert [(r.reason, r.raw, r.run_id) for r in q] == [("field_count", "garbage line", "r1")]
     assert q[0].source_file.endswith("a.log")
