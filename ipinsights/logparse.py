@@ -59,6 +59,7 @@ REASONS = (
 )
 ENTITY_FIELDS = ("user", "ident", "user_agent", "referer", "query")
 _UNPARSED = "_unparsed"  # outcome until the reason is known
+_CANDIDATE = "_candidate"  # a line of the selected resource, until its timestamp, address and entity are checked
 PATH_MATCH_MODES = ("exact", "prefix", "regex")
 
 # Packed fields are separated by \x01: no parsed field can hold it (head tokens and the request exclude
@@ -226,13 +227,21 @@ def clf_timestamp(time: Column) -> Column:
 
     The shape is checked first (a regex on 26 characters), then the fixed-width fields are rearranged
     into ISO 8601 (``yyyy-MM-ddTHH:mm:ss+zz:zz``) and cast: Spark's string-to-timestamp cast is a
-    hand-written parser, about 4x cheaper per row than ``try_to_timestamp`` with a pattern (a
+    hand-written parser, cheaper per row than ``try_to_timestamp`` with a pattern (a
     ``DateTimeFormatter``), and as strict: 31/Feb, 24:00, a leap second and offsets beyond 18 hours
     give null (tested against the pattern parser). The offset is applied, so the result is the UTC
     instant whatever ``spark.sql.session.timeZone`` is. Years before 1970 are refused too (they only
     come from broken clocks).
     """
-    ok = time.rlike(_TIME_SHAPE) & (F.substring(time, 8, 4) >= F.lit("1970"))
+    return F.when(_time_shape_ok(time), _timestamp_of_shaped(time))
+
+
+def _time_shape_ok(time: Column) -> Column:
+    return time.rlike(_TIME_SHAPE) & (F.substring(time, 8, 4) >= F.lit("1970"))
+
+
+def _timestamp_of_shaped(time: Column) -> Column:
+    """:func:`clf_timestamp` of text already known to have the right shape."""
     month = F.instr(F.lit(_MONTHS), F.substring(time, 4, 3))  # 1, 4, 7, ... for Jan, Feb, Mar, ...
     mm = F.when(month % 3 == 1, F.lpad(((month + 2) / 3).cast("int").cast("string"), 2, "0"))
     iso = F.concat(
@@ -247,7 +256,7 @@ def clf_timestamp(time: Column) -> Column:
         F.lit(":"),
         F.substring(time, 25, 2),  # zz
     )
-    return F.when(ok, iso.try_cast("timestamp"))
+    return iso.try_cast("timestamp")
 
 
 # IPv6 text that is already canonical (RFC 5952) and needs no rewriting, which is what servers log:
@@ -365,8 +374,11 @@ def _resource_match(
 
 
 def _entity(field: str, query_param: str) -> Column:
-    if field in ("user", "ident", "user_agent", "referer"):
+    """The entity of a parsed line (the agent and referer from :func:`_parse`'s raw, escaped columns)."""
+    if field in ("user", "ident"):
         return F.col(field)
+    if field in ("user_agent", "referer"):
+        return _unescape(F.col("_ua" if field == "user_agent" else "_ref"))
     if field == "query":
         if not query_param:
             raise ValueError("entity field 'query' needs a query_param")
@@ -397,54 +409,63 @@ def classify_lines(
     Structural errors are quarantined whatever the resource; timestamp, address and entity are only
     checked on lines of the selected resource (a static asset has no user, and that is not an error).
     """
+    entity_of = _entity(entity_field, query_param)  # checks the options before any work
     parsed = _parse(lines, max_line_length, parse_tail=entity_field in ("user_agent", "referer"))
     # Stages of withColumn(s): a column that later expressions use several times is computed once
     # per row (Spark does not collapse a projection into its consumer when that would repeat work).
     selected = F.col("_ok") & _resource_match(parsed, methods, path, path_match, statuses)
-    df = parsed.withColumns({"_sel": F.coalesce(selected, F.lit(False)), "entity": _entity(entity_field, query_param)})
+    df = parsed.withColumn("_sel", F.coalesce(selected, F.lit(False)))
     sel = F.col("_sel")
     client = F.col("client")
     df = df.withColumns(
         {
-            "_ts": F.when(sel, clf_timestamp(F.col("time"))),
-            "_ip": F.when(sel & (client.rlike(_IPV4) | _is_canonical_v6(client)), client),
+            # The shape here; the timestamp itself after the stage boundary below (see there).
+            "_time": F.when(sel & _time_shape_ok(F.col("time")), F.col("time")),
+            "_ip": F.when(sel & client.rlike(_IPV4), client),
         }
     )
-    # Other IPv6 spellings (rare: servers log canonical text) are parsed by Java, below.
-    df = df.withColumn("_jc", F.when(sel & F.col("_ip").isNull() & _needs_java(client), client))
-    entity = F.col("entity")
-    outcome = (
+    # IPv6 text is checked after the stage boundary below (canonical text as it is, other spellings by Java).
+    df = df.withColumn("_v6", F.when(sel & F.col("_ip").isNull() & client.contains(":"), client))
+    first = (
         F.when(~F.col("_ok"), F.lit(_UNPARSED))
         .when(~sel, F.lit(FILTERED))
-        .when(F.col("_ts").isNull(), F.lit("bad_timestamp"))  # malformed, or no such date (31/Feb)
-        .when(F.col("_ip").isNull() & F.col("_jc").isNull(), F.lit("bad_ip"))
+        .when(F.col("_time").isNull(), F.lit("bad_timestamp"))  # malformed (no such date: below)
+        .when(F.col("_ip").isNull() & F.col("_v6").isNull(), F.lit("bad_ip"))
+        .otherwise(F.lit(_CANDIDATE))
+    )
+    df = df.withColumn("_first", first)
+    # The line travels on for every line that is bad or may still turn out bad (no such date, a bad
+    # IPv6 address or entity): all but the filtered ones. Copying it is cheap next to parsing it.
+    df = df.withColumn("_line", F.when(F.col("_first") != FILTERED, F.col("value")))
+    # try_reflect has no generated code, so this projection ends the whole-stage-codegen stage. That
+    # keeps each stage's generated method well under HotSpot's 8000-byte limit for JIT compilation (a
+    # larger one is interpreted: 2x slower end to end, measured), which is why IPv6, the timestamp
+    # and the entity are handled after it (tests/test_logparse.py checks the sizes).
+    v6 = F.col("_v6")
+    v6_ip = F.when(_is_canonical_v6(v6), v6).when(v6.rlike(_IPV6_CHARS), canonical_ipv6(v6))
+    df = df.withColumn("_ip", F.coalesce(F.col("_ip"), F.when(v6.isNotNull(), v6_ip)))
+    ip = F.col("_ip")
+    candidate = F.col("_first") == _CANDIDATE
+    df = df.withColumns(
+        {
+            "_ts": F.when(F.col("_time").isNotNull(), _timestamp_of_shaped(F.col("_time"))),
+            "entity": F.when(candidate, entity_of),
+        }
+    )
+    entity = F.col("entity")
+    # Why a line did not parse: regexes over the whole line, only for those lines.
+    reason = _structure_reason(F.col("_line"), max_line_length)
+    outcome = (
+        F.when(F.col("_first") == _UNPARSED, reason)
+        .when(~candidate, F.col("_first"))
+        .when(F.col("_ts").isNull(), F.lit("bad_timestamp"))  # no such date or time (31/Feb, 24:00)
+        .when(ip.isNull(), F.lit("bad_ip"))  # IPv6 text that is no address
         .when(entity.isNull() | entity.isin("-", ""), F.lit("missing_entity"))
         .when(~F.is_valid_utf8(entity) | entity.rlike(_BINARY), F.lit("binary"))
         .otherwise(F.lit(KEPT))
     )
-    df = df.withColumn("outcome", outcome)
-    # The line itself only travels on for the lines that are (or may still turn out) bad.
-    maybe_bad = ~F.col("outcome").isin(KEPT, FILTERED) | F.col("_jc").isNotNull()
-    df = df.withColumn("_bad_line", F.when(maybe_bad, F.col("value")))
-    # try_reflect has no generated code, so this projection also ends the whole-stage-codegen stage:
-    # the work above and below compiles to two methods of a size the JIT handles well (one method
-    # for all of it compiled to ~500 KB of machine code, seconds per (re)compilation, and ran
-    # interpreted until then). Only the few columns used below cross it: not the line.
-    jc = F.col("_jc")
-    df = df.withColumn("_ip", F.coalesce(F.col("_ip"), F.when(jc.isNotNull(), canonical_ipv6(jc))))
-    ip = F.col("_ip")
-    java_failed = jc.isNotNull() & ip.isNull() & F.col("outcome").isin(KEPT, "missing_entity", "binary")
-    # Why a line did not parse: regexes over the whole line, so after the stage boundary (smaller
-    # code there) and only for those lines.
-    reason = _structure_reason(F.col("_bad_line"), max_line_length)
-    df = df.withColumns(
-        {
-            "outcome": F.when(F.col("outcome") == _UNPARSED, reason)
-            .when(java_failed, F.lit("bad_ip"))
-            .otherwise(F.col("outcome")),
-            "_ip_int": _ipv4_int(ip),  # here: an IPv4-mapped address comes back from Java as IPv4
-        }
-    )
+    # _ip_int here: an IPv4-mapped address comes back from Java as IPv4.
+    df = df.withColumns({"outcome": outcome, "_ip_int": _ipv4_int(ip)})
     kept = F.col("outcome") == KEPT
     bad = ~F.col("outcome").isin(KEPT, FILTERED)
     return df.select(
@@ -457,5 +478,5 @@ def classify_lines(
         F.when(kept, F.col("_ts")).alias("ts"),
         # The UTC day from the epoch, not to_date(ts): to_date would use the session time zone.
         F.when(kept, F.date_from_unix_date(F.floor(F.unix_seconds(F.col("_ts")) / 86400).cast("int"))).alias("dt"),
-        F.when(bad, F.substring(F.make_valid_utf8(F.col("_bad_line")), 1, raw_max_chars)).alias("raw"),
+        F.when(bad, F.substring(F.make_valid_utf8(F.col("_line")), 1, raw_max_chars)).alias("raw"),
     )

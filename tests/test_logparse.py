@@ -146,3 +146,21 @@ def test_entity_from_query_parameter(spark):
     assert row["entity"] == "Jürgen X"
     (row,) = classify(spark, [line], entity_field="query", query_param="missing")
     assert row["outcome"] == "missing_entity"
+
+
+@pytest.mark.parametrize("entity_field", ["user", "user_agent", "query"])
+def test_generated_code_fits_the_jit_limit(spark, tmp_path, entity_field):
+    """HotSpot never compiles a method over 8000 bytes of bytecode (it stays interpreted: ingest ran
+    2x slower when the parser's stage grew past it), so each whole-stage-codegen method must fit."""
+    import re
+
+    from ipinsights import io, logparse
+
+    (tmp_path / "a.log").write_text(OK + "\n")
+    df = logparse.classify_lines(
+        io.read_log_lines(spark, [str(tmp_path / "a.log")]), entity_field=entity_field, query_param="u"
+    )
+    plan = df._jdf.queryExecution().executedPlan()
+    code = spark.sparkContext._jvm.org.apache.spark.sql.execution.debug.package.codegenString(plan)
+    sizes = [int(n) for n in re.findall(r"maxMethodCodeSize:(\d+)", code)]
+    assert sizes and max(sizes) < 8000, sizes
