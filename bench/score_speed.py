@@ -48,6 +48,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
+from _proc import tree_cpu_s  # bench/ is on sys.path when run as a script
 
 from ipinsights.calibration import model_fingerprint
 from ipinsights.config import Hyperparameters, ModelOptions
@@ -141,29 +142,6 @@ def inprocess_job(udf, files: list[Path], out: Path, batch_rows: int) -> None:
             writer.write_batch(batch)
         if writer is not None:
             writer.close()
-
-
-def tree_cpu_s(pid: int) -> float:
-    """CPU seconds (user + system, reaped children included) of process ``pid`` and its descendants (Linux)."""
-    stats: dict[int, tuple[int, int]] = {}
-    for d in os.listdir("/proc"):
-        if d.isdigit():
-            try:
-                s = Path(f"/proc/{d}/stat").read_text()
-            except OSError:
-                continue
-            f = s[s.rindex(")") + 2 :].split()
-            stats[int(d)] = (int(f[1]), sum(int(x) for x in f[11:15]))
-    children: dict[int, list[int]] = {}
-    for p, (ppid, _) in stats.items():
-        children.setdefault(ppid, []).append(p)
-    ticks, todo = 0, [pid]
-    while todo:
-        p = todo.pop()
-        if p in stats:
-            ticks += stats[p][1]
-            todo += children.get(p, [])
-    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def timed(n: int, fn, cpu=time.process_time) -> tuple[float, float]:
