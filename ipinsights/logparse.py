@@ -328,11 +328,16 @@ def _compress_ipv6(full: Column) -> Column:
     return F.when(full.contains(":"), out).otherwise(full)
 
 
-def _ipv4_int(ip: Column) -> Column:
-    """Integer of a valid dotted quad (IPv6 text and null give null)."""
-    octets = F.split(ip, r"\.", 4)  # "\." takes String.split's no-regex path
+def _ipv4_octets(ip: Column) -> Column:
+    """The 4 octets of a dotted quad as strings (null for IPv6 text and null)."""
+    return F.when(~ip.contains(":"), F.split(ip, r"\.", 4))  # "\." takes String.split's no-regex path
+
+
+def _ipv4_int(octets: Column) -> Column:
+    """Integer of a valid dotted quad's :func:`_ipv4_octets` (pass a column: it is used 4 times, and
+    Spark does not share a subexpression that sits inside a CASE branch)."""
     o = [F.get(octets, i).try_cast("long") for i in range(4)]
-    return F.when(~ip.contains(":"), o[0] * 16777216 + o[1] * 65536 + o[2] * 256 + o[3])
+    return o[0] * 16777216 + o[1] * 65536 + o[2] * 256 + o[3]
 
 
 def _needs_java(client: Column) -> Column:
@@ -349,7 +354,7 @@ def ip_columns(client: Column) -> tuple[Column, Column, Column]:
     ip = F.when(client.rlike(_IPV4) | _is_canonical_v6(client), client).when(
         _needs_java(client), canonical_ipv6(client)
     )
-    ip_int = _ipv4_int(ip)
+    ip_int = _ipv4_int(_ipv4_octets(ip))
     version = F.when(ip.contains(":"), F.lit(6)).when(ip.isNotNull(), F.lit(4))
     return ip.alias("ip"), ip_int.alias("ip_int"), version.alias("ip_version")
 
@@ -464,8 +469,8 @@ def classify_lines(
         .when(~F.is_valid_utf8(entity) | entity.rlike(_BINARY), F.lit("binary"))
         .otherwise(F.lit(KEPT))
     )
-    # _ip_int here: an IPv4-mapped address comes back from Java as IPv4.
-    df = df.withColumns({"outcome": outcome, "_ip_int": _ipv4_int(ip)})
+    # The octets here: an IPv4-mapped address comes back from Java as IPv4.
+    df = df.withColumns({"outcome": outcome, "_octets": F.when(F.col("outcome") == KEPT, _ipv4_octets(ip))})
     kept = F.col("outcome") == KEPT
     bad = ~F.col("outcome").isin(KEPT, FILTERED)
     return df.select(
@@ -473,7 +478,7 @@ def classify_lines(
         "source_file",
         F.when(kept, F.col("entity")).alias("entity"),
         F.when(kept, ip).alias("ip"),
-        F.when(kept, F.col("_ip_int")).alias("ip_int"),
+        _ipv4_int(F.col("_octets")).alias("ip_int"),
         F.when(kept, F.when(ip.contains(":"), F.lit(6)).otherwise(F.lit(4))).alias("ip_version"),
         F.when(kept, F.col("_ts")).alias("ts"),
         # The UTC day from the epoch, not to_date(ts): to_date would use the session time zone.
