@@ -35,7 +35,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-_OUTCOME = "outcome"  # the staging folder's first partition column
 _STAGED_SCHEMA = (
     "entity string, ip string, ip_int long, ip_version int, ts timestamp, source_file string, outcome string, dt string"
 )
@@ -205,28 +204,28 @@ def run_ingest(spark, cfg: IngestConfig) -> dict[str, Any]:
     )
     outcome = F.col("outcome")
     kept = outcome == logparse.KEPT
-    bad = ~outcome.isin(logparse.KEPT, logparse.FILTERED)
+    bad = logparse.quarantined(outcome)
     # One schema for every staged file, so that the event files move into the table as written: the
     # events' columns plus their source file; a bad line's raw text rides in ``entity`` (a filtered
     # line keeps only its file, for the counts).
     staged = classified.select(
         F.when(kept, F.col("entity")).when(bad, F.col("raw")).alias("entity"),
         *(F.col(c) for c in ("ip", "ip_int", "ip_version", "ts", "source_file")),
-        outcome.alias(_OUTCOME),
+        outcome,
         F.col("dt").cast("string").alias("dt"),
     )
     staging = f"{cfg.output.rstrip('/')}_staging/run_id={cfg.run_id}"
     try:
-        io.write_staged(staged, staging, [_OUTCOME, "dt"], cfg.files_per_day)
+        io.write_staged(staged, staging, ["outcome", "dt"], cfg.files_per_day)
         done = spark.read.schema(_STAGED_SCHEMA).parquet(io.resolve_uri(spark, staging))
         # Every count of the summary from one small aggregation over the staged file and partition columns.
-        rows = done.groupBy("source_file", F.col(_OUTCOME).alias("outcome"), "dt").count().collect()
+        rows = done.groupBy("source_file", "outcome", "dt").count().collect()
         summary = _summarise(rows, cfg)
         summary["config"] = config_to_dict(cfg)
         if summary["quarantined"]:
-            bad_rows = done.where(~F.col(_OUTCOME).isin(logparse.KEPT, logparse.FILTERED))
+            bad_rows = done.where(logparse.quarantined(F.col("outcome")))
             io.write_quarantine(
-                bad_rows.select(F.col(_OUTCOME).alias("reason"), "source_file", F.col("entity").alias("raw")),
+                bad_rows.select(F.col("outcome").alias("reason"), "source_file", F.col("entity").alias("raw")),
                 cfg.quarantine,
                 cfg.run_id,
             )
@@ -242,7 +241,7 @@ def run_ingest(spark, cfg: IngestConfig) -> dict[str, Any]:
                 summary,
             )
         if summary["kept"]:
-            events = f"{staging}/{_OUTCOME}={logparse.KEPT}"
+            events = f"{staging}/outcome={logparse.KEPT}"
             io.publish_partitions(spark, events, cfg.output, summary["kept_by_day"], f"{staging}/_replaced")
         else:
             log.warning("no events kept from %s: nothing written to %s", list(cfg.inputs), cfg.output)

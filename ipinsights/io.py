@@ -243,11 +243,10 @@ def _fs_path(spark: SparkSession, path: str):
     return p.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration()), p
 
 
-def delete_tree(spark: SparkSession, path: str) -> None:
-    """Remove ``path`` and everything under it, if it exists (any Hadoop filesystem)."""
+def delete_tree(spark: SparkSession, path: str) -> bool:
+    """Remove ``path`` and everything under it, if it exists (any Hadoop filesystem); True if removed."""
     fs, p = _fs_path(spark, path)
-    if fs.exists(p):
-        fs.delete(p, True)
+    return bool(fs.exists(p) and fs.delete(p, True))
 
 
 def publish_partitions(spark: SparkSession, staged: str, table: str, days: Iterable[str], trash: str) -> None:
@@ -316,8 +315,7 @@ def write_json(path: str, obj, spark=None) -> None:
         return
     if spark is not None:
         jvm = spark.sparkContext._jvm
-        hpath = jvm.org.apache.hadoop.fs.Path(resolve_uri(spark, path))
-        fs = hpath.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
+        fs, hpath = _fs_path(spark, path)
         tmp = jvm.org.apache.hadoop.fs.Path(hpath.getParent(), f".{hpath.getName()}.tmp")
         out = fs.create(tmp, True)
         try:
@@ -347,8 +345,7 @@ def write_pairs_csv_spark(df, path: str, single_file: bool = True) -> None:
 
     spark = df.sparkSession
     jvm = spark.sparkContext._jvm
-    final = jvm.org.apache.hadoop.fs.Path(resolve_uri(spark, path))
-    fs = final.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
+    fs, final = _fs_path(spark, path)
     tmp = jvm.org.apache.hadoop.fs.Path(final.getParent(), f".{final.getName()}.tmp-{uuid.uuid4().hex[:8]}")
     out = df.select("entity", "ip")
     if single_file:
@@ -395,9 +392,8 @@ def day_range(start: str, end: str) -> list[str]:
 
 
 def _path_exists(spark: SparkSession, path: str) -> bool:
-    jvm = spark.sparkContext._jvm
-    p = jvm.org.apache.hadoop.fs.Path(path)
-    return bool(p.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration()).exists(p))
+    fs, p = _fs_path(spark, path)
+    return bool(fs.exists(p))
 
 
 def read_table_days(spark: SparkSession, path: str, schema: str, days: Iterable[str]) -> DataFrame:
@@ -475,15 +471,7 @@ def write_partitions(df: DataFrame, path: str) -> None:
 
 def delete_partitions(spark: SparkSession, path: str, days: Iterable[str]) -> list[str]:
     """Remove the ``dt=DAY`` folders of ``days`` under ``path`` (any Hadoop file system); returns those removed."""
-    sc = spark.sparkContext
-    jvm = sc._jvm
-    removed = []
-    for day in sorted(set(days)):
-        p = jvm.org.apache.hadoop.fs.Path(f"{path.rstrip('/')}/dt={day}")
-        fs = p.getFileSystem(sc._jsc.hadoopConfiguration())
-        if fs.exists(p) and fs.delete(p, True):
-            removed.append(day)
-    return removed
+    return [day for day in sorted(set(days)) if delete_tree(spark, f"{path.rstrip('/')}/dt={day}")]
 
 
 # ---------------------------------------------------------------------------------------------

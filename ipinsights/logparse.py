@@ -40,6 +40,7 @@ __all__ = [
     "clf_timestamp",
     "ip_columns",
     "parse_lines",
+    "quarantined",
 ]
 
 #: Outcome of a line that became an event, and of a well-formed line for another resource.
@@ -393,6 +394,11 @@ def _entity(field: str, query_param: str) -> Column:
     raise ValueError(f"entity field {field!r} must be one of {ENTITY_FIELDS}")
 
 
+def quarantined(outcome: Column) -> Column:
+    """True where an ``outcome`` of :func:`classify_lines` is a reason to quarantine the line."""
+    return ~outcome.isin(KEPT, FILTERED)
+
+
 def classify_lines(
     lines: DataFrame,
     *,
@@ -472,7 +478,7 @@ def classify_lines(
     # The octets here: an IPv4-mapped address comes back from Java as IPv4.
     df = df.withColumns({"outcome": outcome, "_octets": F.when(F.col("outcome") == KEPT, _ipv4_octets(ip))})
     kept = F.col("outcome") == KEPT
-    bad = ~F.col("outcome").isin(KEPT, FILTERED)
+    bad = quarantined(F.col("outcome"))
     return df.select(
         "outcome",
         "source_file",
