@@ -8,10 +8,12 @@ directory and renamed into place, and Spark tables are written with dynamic part
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import os
 import tempfile
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -206,6 +208,226 @@ def read_log_lines(spark, paths: str | list[str] | tuple[str, ...]):
     return df.select("value", F.col("_metadata.file_path").alias("source_file"))
 
 
+# --------------------------------------------------------------------------- logs read by Python tasks
+
+#: Compressed logs by extension (none of them can be split: one task reads such a file whole).
+LOG_CODECS = {".gz": "gzip", ".bz2": "bz2", ".zst": "zstd"}
+
+
+def arrow_fs(uri: str):
+    """(``pyarrow.fs`` filesystem, path) for a local path, ``file://`` or ``s3://``/``s3a://`` URI.
+
+    S3 credentials, region and endpoint come from the AWS defaults (environment, profile, instance
+    role; ``AWS_ENDPOINT_URL`` for another S3 API), the same on the driver and on every executor.
+    """
+    import pyarrow.fs as pafs
+
+    if uri.startswith("file://"):
+        uri = uri[len("file://") :]
+    elif uri.startswith("file:"):
+        uri = uri[len("file:") :]  # Hadoop's spelling of a local file, file:/path
+    if "://" not in uri:
+        return pafs.LocalFileSystem(), str(Path(uri).absolute())
+    scheme, rest = uri.split("://", 1)
+    if scheme in ("s3", "s3a", "s3n"):
+        # The bucket alone goes through URI parsing (a key may hold glob characters URIs refuse).
+        return _s3_filesystem(rest.split("/", 1)[0]), rest.rstrip("/")
+    return pafs.FileSystem.from_uri(uri)
+
+
+@functools.lru_cache(maxsize=64)
+def _s3_filesystem(bucket: str):
+    import pyarrow.fs as pafs
+
+    return pafs.FileSystem.from_uri(f"s3://{bucket}")[0]  # resolves the bucket's region once
+
+
+def _arrow_uri(like: str, path: str) -> str:
+    """A path from ``arrow_fs(like)``'s filesystem, back in the form of ``like`` (scheme and all)."""
+    if "://" not in like:
+        return path
+    scheme = like.split("://", 1)[0]
+    return f"file://{path}" if scheme == "file" else f"{scheme}://{path}"
+
+
+ARROW_SCHEMES = ("file", "s3", "s3a", "s3n")
+
+
+def arrow_readable(uri: str) -> bool:
+    """True where :func:`arrow_fs` serves ``uri`` (local paths, ``file://``, S3)."""
+    return "://" not in uri or uri.split("://", 1)[0] in ARROW_SCHEMES
+
+
+def _glob_regex(pattern: str):
+    """A Hadoop-style glob (``*``, ``?``, ``[..]``, ``{a,b}``; none crosses a '/') as a compiled regex."""
+    import re
+
+    out, i = [], 0
+    while i < len(pattern):
+        c = pattern[i]
+        if c == "*":
+            out.append("[^/]*")
+        elif c == "?":
+            out.append("[^/]")
+        elif c == "[":
+            j = pattern.find("]", i + 1)
+            if j < 0:
+                out.append(re.escape(c))
+            else:
+                body = pattern[i + 1 : j]
+                out.append("[" + ("^" + body[1:] if body.startswith(("!", "^")) else body) + "]")
+                i = j
+        elif c == "{":
+            j = pattern.find("}", i + 1)
+            if j < 0:
+                out.append(re.escape(c))
+            else:
+                out.append("(?:" + "|".join(re.escape(a) for a in pattern[i + 1 : j].split(",")) + ")")
+                i = j
+        else:
+            out.append(re.escape(c))
+        i += 1
+    return re.compile("".join(out))
+
+
+@dataclass(frozen=True)
+class LogSplit:
+    """Bytes ``[start, end)`` of one log file: the lines that *start* in that range (a task's input)."""
+
+    uri: str
+    start: int
+    end: int
+    codec: str | None = None  # compressed files are read whole (start 0, end = the file's size)
+
+
+def list_log_files(paths: Iterable[str]) -> list[tuple[str, int]]:
+    """(URI, size) of every log file that ``paths`` names: files, folders (their files) or globs.
+
+    Local files come back as ``file:/abs/path``, other URIs in the scheme they were given in.
+
+    As Spark's text source does: names starting with '_' or '.' are skipped, and a path or glob that
+    matches nothing is an error (a typo must not make an empty, successful run).
+    """
+    import pyarrow.fs as pafs
+
+    found: dict[str, int] = {}
+    for uri in paths:
+        fs, path = arrow_fs(uri)
+        if any(c in path for c in "*?[{"):
+            cut = min(path.index(c) for c in "*?[{" if c in path)
+            base = path[: path.rfind("/", 0, cut) + 1] or "/"
+            rx = _glob_regex(path)
+            infos = fs.get_file_info(pafs.FileSelector(base.rstrip("/") or "/", recursive=True, allow_not_found=True))
+            hits = [i for i in infos if rx.fullmatch(i.path)]
+            files = [i for i in hits if i.type == pafs.FileType.File]
+            for d in (i for i in hits if i.type == pafs.FileType.Directory):
+                files += [i for i in fs.get_file_info(pafs.FileSelector(d.path)) if i.type == pafs.FileType.File]
+        else:
+            info = fs.get_file_info(path)
+            if info.type == pafs.FileType.Directory:
+                files = [i for i in fs.get_file_info(pafs.FileSelector(path)) if i.type == pafs.FileType.File]
+            else:
+                files = [info] if info.type == pafs.FileType.File else []
+        files = [f for f in files if not f.base_name.startswith(("_", "."))]
+        if not files:
+            raise FileNotFoundError(f"no log files at {uri!r}")
+        for f in files:
+            # Named as Spark's text source names them (file:/path), so that a table's source_file
+            # values do not depend on the engine that wrote them.
+            found[_arrow_uri(uri, f.path) if "://" in uri else f"file:{f.path}"] = f.size
+    return sorted(found.items())
+
+
+def plan_log_splits(files: list[tuple[str, int]], split_bytes: int) -> list[LogSplit]:
+    """Cut (URI, size) files into splits of at most ``split_bytes`` (compressed files stay whole)."""
+    splits = []
+    for uri, size in files:
+        codec = next((c for ext, c in LOG_CODECS.items() if uri.endswith(ext)), None)
+        if codec or size <= split_bytes:
+            splits.append(LogSplit(uri, 0, size, codec))
+        else:  # equal pieces: 80 MB at 64 MB splits makes two of 40, not 64 + 16
+            step = -(-size // -(-size // split_bytes))
+            splits += [LogSplit(uri, s, min(size, s + step)) for s in range(0, size, step)]
+    return splits
+
+
+def _lines_of(data: bytes) -> pa.StringArray:
+    """The ``\n``-terminated lines of ``data`` (a trailing ``\r`` dropped) as one Arrow array, no Python loop.
+
+    The bytes are not decoded: a line that is not UTF-8 stays as it is, for the parser to quarantine.
+    """
+    import numpy as np
+    import pyarrow.compute as pc
+
+    buf = np.frombuffer(data, np.uint8)
+    ends = np.flatnonzero(buf == 10)
+    if len(buf) and buf[-1] != 10:
+        ends = np.append(ends, len(buf))  # a last line with no newline
+    offsets = np.empty(len(ends) + 1, np.int64)
+    offsets[0], offsets[1:] = 0, np.minimum(ends + 1, len(buf))
+    lines = pa.LargeStringArray.from_buffers(len(ends), pa.py_buffer(offsets), pa.py_buffer(data))
+    # Each line still holds its newline: trimmed on the bytes (ascii_rtrim never decodes).
+    return pc.ascii_rtrim(lines.view(pa.large_binary()).cast(pa.binary()).view(pa.string()), "\r\n")
+
+
+def iter_split_lines(split: LogSplit, block_bytes: int = 16 << 20) -> Iterator[pa.StringArray]:
+    """The lines of ``split`` in arrays of about ``block_bytes`` each (memory stays bounded).
+
+    A split owns the lines that start in ``[start, end)``: it skips the partial line it starts in
+    (the previous split reads it) and reads on past ``end`` to the end of its last line, as Hadoop's
+    line reader does, so that every line is read exactly once whatever the split size.
+    """
+    fs, path = arrow_fs(split.uri)
+    raw = fs.open_input_file(path) if split.codec is None else fs.open_input_stream(path, compression=split.codec)
+    limit = None if split.codec else split.end
+    with raw as f:
+        carry, carry_pos = b"", 0  # bytes read but not yet yielded, and the file position of their first
+        if split.start:
+            f.seek(split.start - 1)
+            carry_pos = split.start - 1
+            while True:  # skip to just past the first newline at or after start - 1
+                block = f.read(1 << 16)
+                if not block:
+                    return
+                nl = block.find(b"\n")
+                if nl >= 0:
+                    carry, carry_pos = block[nl + 1 :], carry_pos + nl + 1
+                    break
+                carry_pos += len(block)
+        while limit is None or carry_pos < limit:  # the line starting at carry_pos is ours
+            block = f.read(block_bytes)
+            data = carry + block
+            if limit is not None and carry_pos + len(data) > limit:
+                # Our last line is the one holding byte limit - 1: it ends at the first newline from there.
+                last = data.find(b"\n", limit - 1 - carry_pos)
+                if last >= 0:
+                    yield _lines_of(data[: last + 1])
+                    return
+            if not block:  # end of file: the rest is our last line (it has no newline)
+                if data:
+                    yield _lines_of(data)
+                return
+            cut = data.rfind(b"\n") + 1
+            if cut:
+                yield _lines_of(data[:cut])
+            carry, carry_pos = data[cut:], carry_pos + cut
+
+
+def write_parquet(table: pa.Table, uri: str) -> str:
+    """Write ``table`` as one Parquet file at ``uri`` (through :func:`arrow_fs`); returns ``uri``.
+
+    As the Spark engine's staged files: LZ4, dictionary encoding only for ``source_file`` (whose
+    values repeat in long runs; for the rest it cost more CPU than it saved).
+    """
+    import pyarrow.parquet as pq
+
+    fs, path = arrow_fs(uri)
+    fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+    dictionary = [c for c in table.column_names if c == "source_file"]
+    pq.write_table(table, path, filesystem=fs, compression="lz4", use_dictionary=dictionary)
+    return uri
+
+
 #: Parquet options of the ingest's staged write. Dictionary encoding is off except where values
 #: repeat in long runs (the source file): it was half of the writer's CPU (2.7 -> 1.5 CPU-us per event
 #: row written, 2.5M events), and lz4_raw compresses the plain-encoded strings well enough, faster.
@@ -229,8 +451,10 @@ def write_staged(df: DataFrame, path: str, partition_by: list[str], files_per_da
         bucket = F.pmod(F.xxhash64(*df.columns), F.lit(files_per_day))
         df = df.repartition(*partition_by, bucket)
     # More open writers than the scores table: a task of logs holds kept rows of a day or two, filtered
-    # rows and a few kinds of bad line (past that, Spark sorts the rest of the task's rows).
-    conf = {**PARTITIONED_WRITE_CONF, "spark.sql.maxConcurrentOutputFileWriters": "8"}
+    # rows and most kinds of bad line. Past the limit Spark sorts the rest of the task's rows: at 8,
+    # with 9 reasons to quarantine, it sorted most of them (a third of the write's CPU). The writers of
+    # rare outcomes stay small: a Parquet writer's buffers grow with what it is given.
+    conf = {**PARTITIONED_WRITE_CONF, "spark.sql.maxConcurrentOutputFileWriters": "32"}
     with partitioned_write_settings(df.sparkSession, conf):
         writer = df.write.mode("overwrite").options(**STAGED_PARQUET_OPTIONS).partitionBy(*partition_by)
         writer.parquet(resolve_uri(df.sparkSession, path))
@@ -245,36 +469,123 @@ def _fs_path(spark: SparkSession, path: str):
 
 def delete_tree(spark: SparkSession, path: str) -> bool:
     """Remove ``path`` and everything under it, if it exists (any Hadoop filesystem); True if removed."""
-    fs, p = _fs_path(spark, path)
-    return bool(fs.exists(p) and fs.delete(p, True))
+    return HadoopStore(spark).delete(path)
 
 
-def publish_partitions(spark: SparkSession, staged: str, table: str, days: Iterable[str], trash: str) -> None:
+class HadoopStore:
+    """Folder and file operations on URIs through the Spark job's Hadoop filesystems (its credentials)."""
+
+    def __init__(self, spark: SparkSession):
+        self._spark = spark
+
+    def _path(self, uri: str):
+        return _fs_path(self._spark, uri)
+
+    def exists(self, uri: str) -> bool:
+        fs, p = self._path(uri)
+        return bool(fs.exists(p))
+
+    def mkdirs(self, uri: str) -> None:
+        fs, p = self._path(uri)
+        fs.mkdirs(p)
+
+    def delete(self, uri: str) -> bool:
+        fs, p = self._path(uri)
+        return bool(fs.exists(p) and fs.delete(p, True))
+
+    def rename(self, src: str, dst: str) -> None:
+        fs, s = self._path(src)
+        if not fs.rename(s, self._path(dst)[1]):
+            raise OSError(f"could not move {src} to {dst}")
+
+    def list_files(self, uri: str) -> list[str]:
+        fs, p = self._path(uri)
+        if not fs.exists(p):
+            return []
+        return [str(st.getPath().toUri()) for st in fs.listStatus(p) if st.isFile()]
+
+
+class ArrowStore:
+    """The same operations through ``pyarrow.fs`` (local disks and S3; ``s3a://`` is read as ``s3://``),
+    for jobs whose Python tasks read and write the files themselves."""
+
+    def exists(self, uri: str) -> bool:
+        import pyarrow.fs as pafs
+
+        fs, p = arrow_fs(uri)
+        return fs.get_file_info(p).type != pafs.FileType.NotFound
+
+    def mkdirs(self, uri: str) -> None:
+        fs, p = arrow_fs(uri)
+        fs.create_dir(p, recursive=True)
+
+    def delete(self, uri: str) -> bool:
+        import pyarrow.fs as pafs
+
+        fs, p = arrow_fs(uri)
+        kind = fs.get_file_info(p).type
+        if kind == pafs.FileType.Directory:
+            fs.delete_dir(p)
+        elif kind == pafs.FileType.File:
+            fs.delete_file(p)
+        return kind != pafs.FileType.NotFound
+
+    def rename(self, src: str, dst: str) -> None:
+        import pyarrow.fs as pafs
+
+        fs, s = arrow_fs(src)
+        d = arrow_fs(dst)[1]
+        if fs.type_name == "local" or fs.get_file_info(s).type == pafs.FileType.File:
+            fs.move(s, d)  # a local rename is one metadata operation
+            return
+        # Object stores have no folders to rename: move each object (a copy and a delete).
+        for info in fs.get_file_info(pafs.FileSelector(s, recursive=True)):
+            if info.type == pafs.FileType.File:
+                fs.move(info.path, d + info.path[len(s) :])
+        fs.delete_dir(s)
+
+    def list_files(self, uri: str) -> list[str]:
+        import pyarrow.fs as pafs
+
+        fs, p = arrow_fs(uri)
+        if fs.get_file_info(p).type != pafs.FileType.Directory:
+            return []
+        return [_arrow_uri(uri, i.path) for i in fs.get_file_info(pafs.FileSelector(p)) if i.type == pafs.FileType.File]
+
+
+def replace_folders(store: HadoopStore | ArrowStore, moves: Iterable[tuple[str, str]], trash: str) -> None:
+    """Move each ``src`` folder to ``dst``, replacing what was there (dynamic partition overwrite).
+
+    Per folder: the old one is renamed into ``trash``, the new one renamed into place, then the old
+    one deleted. On HDFS and local disks each rename is one metadata operation, so a reader sees the
+    old folder or the new one (and at worst, between the two renames, briefly none). On S3 a rename is
+    a copy: there a reader can briefly see a folder missing or partly copied; use a table format
+    (Delta/Iceberg) for that. ``trash`` must be on the same filesystem (a sibling is).
+    """
+    store.mkdirs(trash)
+    for i, (src, dst) in enumerate(moves):
+        old = f"{trash.rstrip('/')}/{i}"
+        if store.exists(dst):
+            store.rename(dst, old)
+        else:
+            store.mkdirs(dst.rstrip("/").rsplit("/", 1)[0])
+        try:
+            store.rename(src, dst)
+        except OSError as exc:
+            raise OSError(f"{exc} (the folder it replaces is in {old})") from None
+        store.delete(old)
+
+
+def publish_partitions(
+    store: HadoopStore | ArrowStore, staged: str, table: str, days: Iterable[str], trash: str
+) -> None:
     """Move each staged ``dt=DAY`` folder of ``staged`` into ``table``, replacing that day's folder.
 
     A rerun of a day therefore replaces it, never duplicates it, and days not in ``days`` are left
-    alone (dynamic partition overwrite, as Spark's own commit does it). Per day: the old folder is
-    renamed into ``trash``, the staged one renamed into place, then the old one deleted; on HDFS and
-    local disks each rename is one metadata operation, so a reader sees the old day or the new one
-    (and at worst, between the two renames, briefly none). On S3 a rename is a copy: there a reader
-    can briefly see a day missing or partly copied; use a table format (Delta/Iceberg) for that.
-    ``staged`` and ``trash`` must be on the same filesystem as ``table`` (siblings are).
+    alone. See :func:`replace_folders` for what a reader can see meanwhile.
     """
-    fs, root = _fs_path(spark, table)
-    _, src_root = _fs_path(spark, staged)
-    _, trash_root = _fs_path(spark, trash)
-    jvm = spark.sparkContext._jvm
-    fs.mkdirs(root)
-    fs.mkdirs(trash_root)
-    for day in sorted(set(days)):
-        name = f"dt={day}"
-        src, dst = jvm.org.apache.hadoop.fs.Path(src_root, name), jvm.org.apache.hadoop.fs.Path(root, name)
-        old = jvm.org.apache.hadoop.fs.Path(trash_root, name)
-        if fs.exists(dst) and not fs.rename(dst, old):
-            raise OSError(f"could not move the old partition {dst} aside to {old}")
-        if not fs.rename(src, dst):
-            raise OSError(f"could not move the staged partition {src} to {dst} (the old one is in {old})")
-        fs.delete(old, True)
+    moves = [(f"{staged.rstrip('/')}/dt={d}", f"{table.rstrip('/')}/dt={d}") for d in sorted(set(days))]
+    replace_folders(store, moves, trash)
 
 
 def write_quarantine(df, path: str, run_id: str) -> None:
@@ -326,9 +637,7 @@ def write_json(path: str, obj, spark=None) -> None:
         fs.delete(hpath, False)
         fs.rename(tmp, hpath)
         return
-    import pyarrow.fs as pafs
-
-    fs, p = pafs.FileSystem.from_uri(path)
+    fs, p = arrow_fs(path)
     with fs.open_output_stream(p) as out:
         out.write(text.encode("utf-8"))
 

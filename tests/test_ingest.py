@@ -56,19 +56,22 @@ def test_gzip_glob_rerun_is_idempotent(spark, tmp_path):
     assert v6[0].source_file.endswith("b.log.gz")  # provenance: the log file each event came from
     assert sorted(p.name for p in (tmp_path / "events").glob("dt=*")) == ["dt=2026-10-10", "dt=2026-10-11"]
     assert not list((tmp_path / "events_staging").glob("*"))  # the run's staging folder is gone
-    run_ingest(spark, config(tmp_path, [str(logs / "*.log*")], files_per_day=3, **{"quality.max_bad_ratio": 0.1}))
-    assert sorted(io.read_events(spark, cfg.output).collect()) == first  # shuffled into 3 files per day: same rows
+    # files_per_day shuffles, so the spark engine runs: the same rows, in at most 3 files per day
+    s3 = run_ingest(spark, config(tmp_path, [str(logs / "*.log*")], files_per_day=3, **{"quality.max_bad_ratio": 0.1}))
+    assert (s1["engine"], s3["engine"]) == ("arrow", "spark")
+    assert sorted(io.read_events(spark, cfg.output).collect()) == first
     assert max(len(list(d.glob("*.parquet"))) for d in (tmp_path / "events").glob("dt=*")) <= 3
     q = spark.read.parquet(cfg.quarantine).collect()
     assert [(r.reason, r.raw, r.run_id) for r in q] == [("field_count", "garbage line", "r1")]
     assert q[0].source_file.endswith("a.log")
 
 
-def test_bad_ratio_fails_and_writes_no_events(spark, tmp_path):
+@pytest.mark.parametrize("engine", ["arrow", "spark"])
+def test_bad_ratio_fails_and_writes_no_events(spark, tmp_path, engine):
     from ipinsights.ingest import BadInputError, run_ingest
 
     path = write(tmp_path / "bad.log", [*good(4), "\x00\x01junk", "x" * 10000, "", good(1)[0][:-10]])
-    cfg = config(tmp_path, [path], **{"quality.max_bad_ratio": 0.2})
+    cfg = config(tmp_path, [path], engine=engine, **{"quality.max_bad_ratio": 0.2})
     with pytest.raises(BadInputError) as err:
         run_ingest(spark, cfg)
     summary = err.value.summary
@@ -119,3 +122,71 @@ def test_split_and_sagemaker_csv(spark, tmp_path):
     splits.export_pairs_csv(parts["validation"], str(tmp_path / "val"), single_file=False)
     assert sum(len(p.read_text().splitlines()) for p in (tmp_path / "val").glob("part-*")) == 3
     assert not list(tmp_path.glob(".*tmp*"))
+
+
+def test_engines_write_the_same_table(spark, tmp_path):
+    """The arrow engine (Python tasks, split files) and the spark engine give the same events,
+    counts and quarantine for the same logs."""
+    from ipinsights import io
+    from ipinsights.ingest import run_ingest
+
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    junk = ["", "x" * 9000, '1.2.3.4 - u [10/Oct/2026:10:00:00 +0000] "GET /login_success HTTP/1.1" 2']
+    write(logs / "a.log", [*good(300, day=10), *junk, *good(200, day=11, hh="23")])
+    write(logs / "b.log.gz", good(50, day=12), gz=True)
+    results = {}
+    for engine in ("arrow", "spark"):
+        out = tmp_path / engine
+        cfg = config(
+            tmp_path, [str(logs)], output=str(out), engine=engine, split_mb=0, **{"quality.max_bad_ratio": 0.5}
+        )
+        summary = run_ingest(spark, cfg)
+        events = sorted(io.read_events(spark, str(out)).collect())
+        bad = sorted((r.reason, r.source_file, r.raw) for r in spark.read.parquet(cfg.quarantine).collect())
+        results[engine] = (summary, events, bad)
+    (sa, ea, qa), (ss, es, qs) = results["arrow"], results["spark"]
+    keys = ("lines_read", "kept", "filtered_out", "quarantined", "quarantined_by_reason", "kept_by_day", "per_file")
+    assert {k: sa[k] for k in keys} == {k: ss[k] for k in keys}
+    assert sa["kept_by_day"] == {"2026-10-10": 300, "2026-10-12": 250}
+    assert ea == es and qa == qs and len(qa) == 3
+
+
+def test_split_reading_reads_every_line_once(tmp_path):
+    """Any split size and read block size: each line once, in order (a line belongs to the split it starts in)."""
+    import random
+
+    import pyarrow as pa
+
+    from ipinsights import io
+
+    rnd = random.Random(3)
+    path = tmp_path / "a.log"
+    for _ in range(200):
+        lines = [b"x" * rnd.randint(0, 12) + (b"\r" if rnd.random() < 0.2 else b"") for _ in range(rnd.randint(0, 30))]
+        data = b"\n".join(lines) + (b"\n" if lines and rnd.random() < 0.5 else b"")
+        path.write_bytes(data)
+        expected = [line.rstrip(b"\r") for line in data.split(b"\n")]
+        if not data or data.endswith(b"\n"):
+            expected.pop()  # a final newline ends the last line, it starts no new one
+        for split_bytes in (1, 2, 3, 7, 100):
+            got = []
+            for split in io.plan_log_splits([(str(path), len(data))], split_bytes):
+                for arr in io.iter_split_lines(split, block_bytes=rnd.randint(1, 9)):
+                    got += arr.view(pa.binary()).to_pylist()
+            assert got == expected, (data, split_bytes)
+
+
+def test_log_files_globs_and_folders(tmp_path):
+    from ipinsights import io
+
+    for name in ("a.log", "b.log.gz", "_SUCCESS", ".hidden", "sub/c.log"):
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).write_bytes(b"x\n")
+    names = lambda paths: [u.rsplit("/", 1)[1] for u, _ in io.list_log_files(paths)]  # noqa: E731
+    assert names([str(tmp_path)]) == ["a.log", "b.log.gz"]  # a folder: its files, hidden ones skipped
+    assert names([f"{tmp_path}/*.log*", f"{tmp_path}/s?b/*"]) == ["a.log", "b.log.gz", "c.log"]
+    assert names([f"file://{tmp_path}/{{a,x}}.log"]) == ["a.log"]
+    assert io.list_log_files([str(tmp_path / "a.log")])[0][0] == f"file:{tmp_path}/a.log"  # as Spark names it
+    with pytest.raises(FileNotFoundError, match="no log files"):
+        io.list_log_files([f"{tmp_path}/*.txt"])

@@ -1,9 +1,10 @@
-"""The s3:// route against a real S3 API on loopback (moto's server), through Hadoop's S3A connector.
+"""The s3:// routes against a real S3 API on loopback (moto's server), for both ingest engines.
 
-pyspark's pip package has no S3A connector and Maven may be unreachable, so the jars come from
-``scripts/fetch_s3a_jars.sh`` (hadoop-aws 3.3.1 + its AWS SDK bundle, from the sagemaker-pyspark
-sdist on PyPI). A session's jars are fixed when it starts, so the job runs in its own process
-(``jobs/ingest.py --spark-conf spark.jars=...``) instead of the shared test session.
+``spark`` engine: Hadoop's S3A connector. pyspark's pip package has none and Maven may be
+unreachable, so the jars come from ``scripts/fetch_s3a_jars.sh`` (hadoop-aws 3.3.1 + its AWS SDK
+bundle, from the sagemaker-pyspark sdist on PyPI). ``arrow`` engine: ``pyarrow.fs``, configured by the
+AWS environment variables alone. A session's jars and its Python workers' environment are fixed when
+it starts, so each job runs in its own process (``jobs/ingest.py``) instead of the shared test session.
 """
 
 from __future__ import annotations
@@ -34,10 +35,8 @@ def s3_endpoint():
     server.stop()
 
 
-@pytest.mark.slow
-def test_ingest_reads_and_writes_s3(s3_endpoint, tmp_path):
-    if not all(j.exists() for j in JARS):
-        pytest.skip(f"S3A jars not in {JAR_DIR}: run scripts/fetch_s3a_jars.sh")
+def _buckets(s3_endpoint):
+    """Buckets ``logs`` (3 good lines and a bad one in a.log, one good line in b.log.gz) and ``lake``."""
     import boto3
 
     s3 = boto3.client(
@@ -47,6 +46,48 @@ def test_ingest_reads_and_writes_s3(s3_endpoint, tmp_path):
         s3.create_bucket(Bucket=bucket)
     s3.put_object(Bucket="logs", Key="web/a.log", Body="\n".join(LINE.format(i=i) for i in range(3)) + "\nbad\n")
     s3.put_object(Bucket="logs", Key="web/b.log.gz", Body=gzip.compress(LINE.format(i=7).encode() + b"\n"))
+    return s3
+
+
+def _check_outputs(s3, summary):
+    assert (summary["lines_read"], summary["kept"], summary["quarantined"]) == (5, 4, 1)
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket="lake")["Contents"]]
+    assert any(k.startswith("events/dt=2026-10-11/") and k.endswith(".parquet") for k in keys), keys
+    assert any(k.startswith("events_quarantine/run_id=t1/") for k in keys), keys
+    stored = json.loads(s3.get_object(Bucket="lake", Key="events_summaries/t1.json")["Body"].read())
+    assert stored["kept_by_day"] == {"2026-10-11": 4}
+    assert not [k for k in keys if "/.spark-staging" in k or "_temporary" in k or "_staging/run_id" in k]
+
+
+@pytest.mark.slow
+def test_ingest_reads_and_writes_s3_with_pyarrow(s3_endpoint, tmp_path):
+    """engine=arrow: the driver and every Python task reach S3 through pyarrow.fs (no jars)."""
+    s3 = _buckets(s3_endpoint)
+    cmd = [sys.executable, str(REPO / "jobs/ingest.py"), "--config", str(REPO / "conf/ingest.yml")]
+    cmd += ["--master", "local[2]", "--spark-conf", "spark.ui.enabled=false", "--engine=arrow"]
+    cmd += ["--inputs=s3a://logs/web/*", "--output=s3://lake/events", "--run_id=t1", "--max_bad_ratio=0.5"]
+    env = {
+        **os.environ,
+        "SPARK_LOCAL_IP": "127.0.0.1",
+        "AWS_EC2_METADATA_DISABLED": "true",
+        "AWS_ENDPOINT_URL": s3_endpoint,
+        "AWS_ACCESS_KEY_ID": "k",
+        "AWS_SECRET_ACCESS_KEY": "s",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads(proc.stdout)
+    assert summary["engine"] == "arrow"
+    _check_outputs(s3, summary)
+
+
+@pytest.mark.slow
+def test_ingest_reads_and_writes_s3(s3_endpoint, tmp_path):
+    """engine=spark (auto picks it for S3): Hadoop's S3A connector reads and writes."""
+    if not all(j.exists() for j in JARS):
+        pytest.skip(f"S3A jars not in {JAR_DIR}: run scripts/fetch_s3a_jars.sh")
+    s3 = _buckets(s3_endpoint)
 
     s3a = {
         "endpoint": s3_endpoint,
@@ -81,11 +122,5 @@ def test_ingest_reads_and_writes_s3(s3_endpoint, tmp_path):
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads(proc.stdout)
-    assert (summary["lines_read"], summary["kept"], summary["quarantined"]) == (5, 4, 1)
-
-    keys = [o["Key"] for o in s3.list_objects_v2(Bucket="lake")["Contents"]]
-    assert any(k.startswith("events/dt=2026-10-11/") and k.endswith(".parquet") for k in keys), keys
-    assert any(k.startswith("events_quarantine/run_id=t1/") for k in keys), keys
-    stored = json.loads(s3.get_object(Bucket="lake", Key="events_summaries/t1.json")["Body"].read())
-    assert stored["kept_by_day"] == {"2026-10-11": 4}
-    assert not [k for k in keys if "/.spark-staging" in k or "_temporary" in k]
+    assert summary["engine"] == "spark"
+    _check_outputs(s3, summary)
