@@ -2,7 +2,8 @@
 
     python jobs/ingest.py --config conf/ingest.yml --inputs='logs/*.gz' --output=out/events [--name=value ...]
 
-Exit status: 0 ok, 2 bad configuration, 3 too many bad lines (no events written; see the summary).
+Exit status: 0 ok, 2 bad configuration or no log files at an input, 3 too many bad lines (no events
+written; see the summary).
 """
 
 from __future__ import annotations
@@ -42,6 +43,9 @@ def main(argv: list[str] | None = None) -> int:
         log.error("%s", exc)
         print(json.dumps(exc.summary, indent=2, sort_keys=True, default=str))
         return 3
+    except FileNotFoundError as exc:  # an input glob that matches nothing: a typo, not a crash
+        log.error("%s", exc)
+        return 2
     finally:
         if owns_session:
             spark.stop()

@@ -103,6 +103,7 @@ def test_main_end_to_end(spark, tmp_path, capsys):
     assert (summary["kept"], summary["quarantined_by_reason"]) == (1, {"missing_entity": 5})
     assert spark.read.parquet(out).first().entity == "zed"
     assert ingest.main(["--config", "conf/ingest.yml", f"--output={out}"]) == 2  # no inputs: config error
+    assert ingest.main(["--config", "conf/ingest.yml", f"--inputs={tmp_path}/nope*.log", f"--output={out}"]) == 2
     assert ingest.main(["--config", "conf/ingest.yml", f"--inputs={path}", f"--output={out}"]) == 0
 
 
