@@ -294,14 +294,17 @@ def _stage_arrow(spark, cfg: IngestConfig, staging: str, store: io.ArrowStore) -
     task = _SplitTask(cfg.line_rules(), staging)
     rdd = spark.sparkContext.parallelize(list(enumerate(splits)), max(1, len(splits)))
     results = rdd.map(functools.partial(_ingest_split, task)).collect()
-    # Files of failed or speculative attempts are not in any result: remove them before anything moves.
-    written = {f for r in results for f in r["files"]}
-    folders = {f.rsplit("/", 1)[0] for f in written}
-    for folder in folders:
+    _drop_unreported(store, {f for r in results for f in r["files"]})
+    return [row for r in results for row in r["counts"]]
+
+
+def _drop_unreported(store: io.ArrowStore, written: set[str]) -> None:
+    """Delete the files beside ``written`` that no successful task reported: those of failed or
+    speculative attempts (their rows are counted by the attempt that succeeded)."""
+    for folder in {f.rsplit("/", 1)[0] for f in written}:
         for f in store.list_files(folder):
             if f not in written:
                 store.delete(f)
-    return [row for r in results for row in r["counts"]]
 
 
 def _stage_spark(spark, cfg: IngestConfig, staging: str):

@@ -191,3 +191,25 @@ def test_log_files_globs_and_folders(tmp_path):
     assert io.list_log_files([str(tmp_path / "a.log")])[0][0] == f"file:{tmp_path}/a.log"  # as Spark names it
     with pytest.raises(FileNotFoundError, match="no log files"):
         io.list_log_files([f"{tmp_path}/*.txt"])
+
+
+def test_retried_task_leaves_one_copy(tmp_path):
+    """A task attempt that failed after writing (or a speculative twin) leaves files no result reports:
+    they are removed, so each line is in the table once."""
+    from ipinsights import io, logparse
+    from ipinsights.ingest import _drop_unreported, _ingest_split, _SplitTask
+
+    path = write(tmp_path / "a.log", [*good(5, day=10), *good(3, day=11), "junk"])
+    (split,) = io.plan_log_splits(io.list_log_files([path]), 1 << 20)
+    task = _SplitTask(logparse.LineRules(), str(tmp_path / "staging"))
+    _ingest_split(task, (0, split))  # the attempt that failed: its files stay behind
+    done = _ingest_split(task, (0, split))
+    assert sorted((r["outcome"], r["dt"], r["count"]) for r in done["counts"]) == [
+        ("field_count", None, 1),
+        ("kept", "2026-10-10", 5),
+        ("kept", "2026-10-11", 3),
+    ]
+    files = sorted((tmp_path / "staging").rglob("*.parquet"))
+    assert len(files) == 6  # 2 days + quarantine, twice
+    _drop_unreported(io.ArrowStore(), set(done["files"]))
+    assert sorted(str(f) for f in (tmp_path / "staging").rglob("*.parquet")) == sorted(done["files"])
