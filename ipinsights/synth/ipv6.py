@@ -10,7 +10,7 @@ interface identifier). The generator only hands out global unicast addresses (``
 leftmost on ties) is found with 8 column operations, and the pieces are gathered from a table of the
 65,536 hextet strings into an Arrow list array, joined with ``:`` in one kernel call. It writes pure
 hex (no dotted-quad tail; the generator never makes IPv4-mapped addresses), which is what Python's
-``ipaddress`` and the ingest job (``ipinsights.logparse.canonical_ipv6``) write for such addresses.
+``ipaddress`` and the ingest job (``ipinsights.logparse.canonical_ip``) write for such addresses.
 """
 
 from __future__ import annotations
