@@ -31,13 +31,18 @@ import functools
 import ipaddress
 import re
 import urllib.parse
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from ipinsights.ip import parse_ipv4
+
+if TYPE_CHECKING:
+    from pyspark.sql import Column, DataFrame
 
 __all__ = [
     "ENTITY_FIELDS",
@@ -160,7 +165,7 @@ class LineRules:
         return f"^(?:{self.path})$"  # whole-path match: 'login' must not hit '/x/loginfo'
 
 
-def quarantined(outcome):
+def quarantined(outcome: Column) -> Column:
     """True where an ``outcome`` column (Spark) of :func:`classify_lines` is a reason to quarantine the line."""
     return ~outcome.isin(KEPT, FILTERED)
 
@@ -294,7 +299,7 @@ def _url_decode(value: str) -> str | None:
     return urllib.parse.unquote_to_bytes(value.replace("+", " ")).decode("utf-8", "replace")
 
 
-def _apply(values: pa.Array, rows: np.ndarray, fn) -> pa.Array:
+def _apply(values: pa.Array, rows: np.ndarray, fn: Callable[[str], str | None]) -> pa.Array:
     """``values`` with ``fn`` applied in Python to the non-null strings at the ``rows`` mask."""
     if not rows.any():
         return values
@@ -510,7 +515,7 @@ def classify_batch(lines: pa.Array, rules: LineRules = LineRules()) -> pa.Record
 _RESULT_TYPE = "outcome string, entity string, ip string, ip_int bigint, ip_version int, epoch_s bigint, raw string"
 
 
-def _arrow_classifier(rules: LineRules):
+def _arrow_classifier(rules: LineRules) -> Callable[[pa.Array], pa.Array]:
     """The per-batch function of :func:`classify_lines`' Arrow UDF (top level: pickled with its rules only)."""
 
     def classify(values: pa.Array) -> pa.Array:
@@ -519,7 +524,7 @@ def _arrow_classifier(rules: LineRules):
     return classify
 
 
-def classify_lines(lines, **rules):
+def classify_lines(lines: DataFrame, **rules) -> DataFrame:
     """:func:`classify_batch` over a Spark DataFrame of ``value`` and ``source_file``, in the Python workers.
 
     ``rules`` are :class:`LineRules`' fields. Returns ``outcome``, ``source_file``, ``entity``,
