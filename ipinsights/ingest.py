@@ -256,7 +256,7 @@ def _ingest_split(task: _SplitTask, item: tuple[int, io.LogSplit]) -> dict[str, 
             rows = day == d
             counts[(logparse.KEPT, name)] += int(rows.sum())
             events.setdefault(name, []).append(table.filter(pa.array(rows)))
-        quarantined = pc.invert(pc.is_in(outcome, pa.array([logparse.KEPT, logparse.FILTERED])))
+        quarantined = pc.is_valid(res.column("raw"))  # classify_batch sets raw on exactly those lines
         if pc.any(quarantined).as_py():
             q = res.filter(quarantined)
             bad.append(

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 import pyarrow as pa
 import pyarrow.csv as pacsv
+import pyarrow.fs as pafs
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -220,8 +221,6 @@ def arrow_fs(uri: str):
     S3 credentials, region and endpoint come from the AWS defaults (environment, profile, instance
     role; ``AWS_ENDPOINT_URL`` for another S3 API), the same on the driver and on every executor.
     """
-    import pyarrow.fs as pafs
-
     if uri.startswith("file://"):
         uri = uri[len("file://") :]
     elif uri.startswith("file:"):
@@ -237,8 +236,6 @@ def arrow_fs(uri: str):
 
 @functools.lru_cache(maxsize=64)
 def _s3_filesystem(bucket: str):
-    import pyarrow.fs as pafs
-
     return pafs.FileSystem.from_uri(f"s3://{bucket}")[0]  # resolves the bucket's region once
 
 
@@ -308,8 +305,6 @@ def list_log_files(paths: Iterable[str]) -> list[tuple[str, int]]:
     As Spark's text source does: names starting with '_' or '.' are skipped, and a path or glob that
     matches nothing is an error (a typo must not make an empty, successful run).
     """
-    import pyarrow.fs as pafs
-
     found: dict[str, int] = {}
     for uri in paths:
         fs, path = arrow_fs(uri)
@@ -510,8 +505,6 @@ class ArrowStore:
     for jobs whose Python tasks read and write the files themselves."""
 
     def exists(self, uri: str) -> bool:
-        import pyarrow.fs as pafs
-
         fs, p = arrow_fs(uri)
         return fs.get_file_info(p).type != pafs.FileType.NotFound
 
@@ -520,8 +513,6 @@ class ArrowStore:
         fs.create_dir(p, recursive=True)
 
     def delete(self, uri: str) -> bool:
-        import pyarrow.fs as pafs
-
         fs, p = arrow_fs(uri)
         kind = fs.get_file_info(p).type
         if kind == pafs.FileType.Directory:
@@ -531,8 +522,6 @@ class ArrowStore:
         return kind != pafs.FileType.NotFound
 
     def rename(self, src: str, dst: str) -> None:
-        import pyarrow.fs as pafs
-
         fs, s = arrow_fs(src)
         d = arrow_fs(dst)[1]
         if fs.type_name == "local" or fs.get_file_info(s).type == pafs.FileType.File:
@@ -545,8 +534,6 @@ class ArrowStore:
         fs.delete_dir(s)
 
     def list_files(self, uri: str) -> list[str]:
-        import pyarrow.fs as pafs
-
         fs, p = arrow_fs(uri)
         if fs.get_file_info(p).type != pafs.FileType.Directory:
             return []
@@ -701,8 +688,7 @@ def day_range(start: str, end: str) -> list[str]:
 
 
 def _path_exists(spark: SparkSession, path: str) -> bool:
-    fs, p = _fs_path(spark, path)
-    return bool(fs.exists(p))
+    return HadoopStore(spark).exists(path)
 
 
 def read_table_days(spark: SparkSession, path: str, schema: str, days: Iterable[str]) -> DataFrame:

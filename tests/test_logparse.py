@@ -28,6 +28,7 @@ def test_timezone_offset_is_converted_to_utc_day():
     assert row["ts"] == dt.datetime(2026, 10, 11, 4, 30)  # session time zone is UTC
     assert row["dt"] == dt.date(2026, 10, 11)
     assert (row["entity"], row["ip"], row["ip_int"], row["ip_version"]) == ("bob", "1.2.3.4", 16909060, 4)
+    assert row["raw"] is None  # raw marks quarantined lines only (the ingest task relies on it)
 
 
 def test_offsets_and_calendar():
