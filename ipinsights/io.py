@@ -329,7 +329,7 @@ def list_log_files(paths: Iterable[str]) -> list[tuple[str, int]]:
         for f in files:
             # Named as Spark's text source names them (file:/path), so that a table's source_file
             # values do not depend on the engine that wrote them.
-            found[_arrow_uri(uri, f.path) if "://" in uri else f"file:{f.path}"] = f.size
+            found[f"file:{f.path}" if fs.type_name == "local" else _arrow_uri(uri, f.path)] = f.size
     return sorted(found.items())
 
 

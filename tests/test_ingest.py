@@ -188,7 +188,8 @@ def test_log_files_globs_and_folders(tmp_path):
     assert names([str(tmp_path)]) == ["a.log", "b.log.gz"]  # a folder: its files, hidden ones skipped
     assert names([f"{tmp_path}/*.log*", f"{tmp_path}/s?b/*"]) == ["a.log", "b.log.gz", "c.log"]
     assert names([f"file://{tmp_path}/{{a,x}}.log"]) == ["a.log"]
-    assert io.list_log_files([str(tmp_path / "a.log")])[0][0] == f"file:{tmp_path}/a.log"  # as Spark names it
+    for spelling in (str(tmp_path / "a.log"), f"file://{tmp_path}/a.log", f"file:{tmp_path}/a.log"):
+        assert io.list_log_files([spelling])[0][0] == f"file:{tmp_path}/a.log"  # as Spark names it
     with pytest.raises(FileNotFoundError, match="no log files"):
         io.list_log_files([f"{tmp_path}/*.txt"])
 
