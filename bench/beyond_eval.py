@@ -36,15 +36,17 @@ sys.path.insert(0, str(REPO))
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ipinsights.config import Hyperparameters, ModelOptions, TrainOptions
-    from ipinsights.entities import ENTITY_FILE, EntityStats
-    from ipinsights.evaluate import evaluate_scores
-    from ipinsights.io import read_labelled_csv
-    from ipinsights.modelfile import save_model
-    from ipinsights.profile import build_profiles, profile_path
-    from ipinsights.scorer import CAL_LEVELS, RULE_SCORE, Scorer, Thresholds
+    from ipinsights.core.config import Hyperparameters, ModelOptions, TrainOptions
+    from ipinsights.core.entities import ENTITY_FILE, EntityStats
+    from ipinsights.score.evaluate import evaluate_scores
+    from ipinsights.score.profile_build import build_profiles
+    from ipinsights.score.scorer import Scorer
+    from ipinsights.score.verdict import CAL_LEVELS, RULE_SCORE, Thresholds
+    from ipinsights.storage.modelfile import profile_path, save_model
+    from ipinsights.storage.sagemaker_csv import read_labelled_csv
     from ipinsights.synth import SynthSpec, generate_dataset
-    from ipinsights.trainer import encode_pairs, train_model
+    from ipinsights.train.data import encode_pairs
+    from ipinsights.train.trainer import train_model
     from ipinsights_jobs._common import build_spark
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -142,8 +142,8 @@ def main() -> int:
     pandas_s, pandas_cpu = time.perf_counter() - t, time.process_time() - c
 
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
-    from ipinsights.config import load_config
-    from ipinsights.ingest import IngestConfig, run_ingest
+    from ipinsights.core.config import load_config
+    from ipinsights.ingest.job import IngestConfig, run_ingest
     from ipinsights_jobs._common import build_spark
 
     t = time.perf_counter()

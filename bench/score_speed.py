@@ -50,16 +50,16 @@ import pyarrow.parquet as pq
 import torch
 from _proc import tree_cpu_s  # bench/ is on sys.path when run as a script
 
-from ipinsights.calibration import model_fingerprint
-from ipinsights.config import Hyperparameters, ModelOptions
-from ipinsights.entities import ENTITY_FILE, EntityStats
-from ipinsights.hashing import hash_strings
-from ipinsights.ip import ipv4_to_str, key_prefix, parse_ip
-from ipinsights.modelfile import save_model
-from ipinsights.profile import QUANTILES, EntityProfiles, profile_path
-from ipinsights.scorer import BATCH_ROWS, CAL_LEVELS, Scorer, Thresholds
-from ipinsights.scoring import _SCORE_FIELDS, ScoringSetup, _scorer_fn, _scores_by_day, score_events
-from ipinsights.trainer import build_model
+from ipinsights.core.config import Hyperparameters, ModelOptions
+from ipinsights.core.entities import ENTITY_FILE, EntityStats
+from ipinsights.core.hashing import hash_strings
+from ipinsights.core.ip import ipv4_to_str, key_prefix, parse_ip
+from ipinsights.score.job import _SCORE_FIELDS, ScoringSetup, _scorer_fn, _scores_by_day, score_events
+from ipinsights.score.profiles import QUANTILES, EntityProfiles
+from ipinsights.score.scorer import BATCH_ROWS, Scorer
+from ipinsights.score.verdict import CAL_LEVELS, Thresholds
+from ipinsights.storage.modelfile import model_fingerprint, profile_path, save_model
+from ipinsights.train.trainer import build_model
 
 N_ENTITIES = 10_000
 SCORE_FIELD_NAMES = [f.split()[0] for f in _SCORE_FIELDS.split(", ")]
@@ -161,7 +161,7 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=1, help="repeat the timed parts")
     args = ap.parse_args()
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
-    from ipinsights.io import write_partitions
+    from ipinsights.storage.publish import write_partitions
     from ipinsights_jobs._common import build_spark
 
     tmp = Path(tempfile.mkdtemp(prefix="score-bench-"))

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -124,7 +125,7 @@ def inprocess_latency(model: Path, entities: list[str], ips: list[str], n: int =
     """Seconds per one-record ``Scorer.dot_product`` call in this process."""
     import torch
 
-    from ipinsights.scorer import Scorer
+    from ipinsights.score.scorer import Scorer
 
     torch.set_num_threads(1)
     scorer = Scorer.load(model)
@@ -156,7 +157,8 @@ def main() -> None:
         uvloop.install()  # the client must cost the server as little CPU as possible
     except ImportError:
         pass
-    from ipinsights.serving.testing import ServerProcess, train_toy_model
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the tests' toy model and server
+    from servers import ServerProcess, train_toy_model
 
     tmp = tempfile.TemporaryDirectory()
     model = Path(args.model) if args.model else None

@@ -1,6 +1,6 @@
 """Data-parallel scaling: the same tutorial-shape data trained by 1 rank and by 2 ranks (gloo, CPU).
 
-Runs the project's per-rank function (``ipinsights.distributed.train_worker``) directly: 1 rank in
+Runs the project's per-rank function (``ipinsights.train.distributed.train_worker``) directly: 1 rank in
 this process, 2 ranks as two spawned processes joined by torch.distributed over loopback, i.e. what
 TorchDistributor starts on executors, minus Spark's scheduling. Prints one figure per line: pairs/s
 for each, their ratio, and the communication cost per step (seconds and bytes) of the 2-rank run.
@@ -22,9 +22,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch.multiprocessing as mp
 
-from ipinsights.config import ModelOptions, TrainOptions, config_to_dict
-from ipinsights.distributed import WorkerSpec, train_worker
-from ipinsights.model import ip_level_sizes
+from ipinsights.core.config import ModelOptions, TrainOptions, config_to_dict
+from ipinsights.core.model import ip_level_sizes
+from ipinsights.train.distributed import WorkerSpec, train_worker
 
 _spec = importlib.util.spec_from_file_location("train_speed", Path(__file__).with_name("train_speed.py"))
 train_speed = importlib.util.module_from_spec(_spec)

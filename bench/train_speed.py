@@ -19,8 +19,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ipinsights.config import Hyperparameters, ModelOptions, TrainOptions
-from ipinsights.trainer import EncodedPairs, Trainer, build_model
+from ipinsights.core.config import Hyperparameters, ModelOptions, TrainOptions
+from ipinsights.train.data import EncodedPairs
+from ipinsights.train.trainer import Trainer, build_model
 
 
 def tutorial_pairs(n_pairs: int, n_entities: int = 10_000, seed: int = 0) -> EncodedPairs:

@@ -24,11 +24,14 @@ log = logging.getLogger("ipinsights")
 
 def train_main(argv: Sequence[str] | None = None) -> int:
     """``ipinsights train``: fit a model on a headerless ``entity,ip`` CSV and save it."""
-    from ipinsights.config import ConfigError, TrainConfig, config_to_dict, load_config
-    from ipinsights.entities import ENTITY_FILE, EntityStats
-    from ipinsights.io import DataFormatError, atomic_write, read_pairs_csv
-    from ipinsights.modelfile import save_model
-    from ipinsights.trainer import encode_pairs, train_model
+    from ipinsights.core.config import ConfigError, TrainConfig, config_to_dict, load_config
+    from ipinsights.core.entities import ENTITY_FILE, EntityStats
+    from ipinsights.core.errors import DataFormatError
+    from ipinsights.storage.files import atomic_write
+    from ipinsights.storage.modelfile import save_model
+    from ipinsights.storage.sagemaker_csv import read_pairs_csv
+    from ipinsights.train.data import encode_pairs
+    from ipinsights.train.trainer import train_model
     from ipinsights_jobs._common import parse_with_overrides, setup_logging
 
     parser = argparse.ArgumentParser(prog="ipinsights train", description=train_main.__doc__)
@@ -84,10 +87,12 @@ def evaluate_main(argv: Sequence[str] | None = None) -> int:
     """``ipinsights evaluate``: AUCs (overall, per kind, vs baselines) and the threshold table."""
     import numpy as np
 
-    from ipinsights.evaluate import baseline_scores, evaluate_scores, histogram_plot
-    from ipinsights.io import DataFormatError, atomic_write, read_labelled_csv, read_pairs_csv
-    from ipinsights.modelfile import ModelFileError
-    from ipinsights.scorer import Scorer
+    from ipinsights.core.errors import DataFormatError
+    from ipinsights.score.evaluate import baseline_scores, evaluate_scores, histogram_plot
+    from ipinsights.score.scorer import Scorer
+    from ipinsights.storage.files import atomic_write
+    from ipinsights.storage.modelfile import ModelFileError
+    from ipinsights.storage.sagemaker_csv import read_labelled_csv, read_pairs_csv
     from ipinsights_jobs._common import setup_logging
 
     parser = argparse.ArgumentParser(prog="ipinsights evaluate", description=evaluate_main.__doc__)

@@ -29,9 +29,8 @@ log = logging.getLogger("ipinsights.export")
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse arguments, export, print what was written."""
-    from ipinsights.modelfile import ModelFileError
-    from ipinsights.scorer import Scorer
-    from ipinsights.serving.export import (
+    from ipinsights.score.scorer import Scorer
+    from ipinsights.serve.export import (
         DEFAULT_BATCH,
         DEFAULT_MAX_ADDRESSES,
         ExportError,
@@ -40,6 +39,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parse_ranges,
         read_lines,
     )
+    from ipinsights.storage.modelfile import ModelFileError
 
     parser = argparse.ArgumentParser(
         prog="ipinsights export-embeddings", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter

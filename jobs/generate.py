@@ -19,7 +19,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from ipinsights.config import ConfigError, config_to_dict, load_config
+from ipinsights.core.config import ConfigError, config_to_dict, load_config
 from ipinsights.synth import SynthSpec, generate_dataset, generate_dataset_spark
 
 try:  # installed as ipinsights_jobs; also runnable as a file from the repository

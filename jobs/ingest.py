@@ -13,8 +13,8 @@ import json
 import logging
 import sys
 
-from ipinsights.config import ConfigError, load_config
-from ipinsights.ingest import BadInputError, IngestConfig, run_ingest
+from ipinsights.core.config import ConfigError, load_config
+from ipinsights.ingest.job import BadInputError, IngestConfig, run_ingest
 from ipinsights_jobs._common import add_spark_args, build_spark, setup_logging
 
 log = logging.getLogger("ipinsights.jobs.ingest")

@@ -20,7 +20,8 @@ log = logging.getLogger("ipinsights.pipeline")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from ipinsights.splits import day_windows, export_pairs_csv
+    from ipinsights.storage.events import day_windows
+    from ipinsights.storage.sagemaker_csv import export_pairs_csv
     from ipinsights_jobs import cli, generate, ingest, score, train
     from ipinsights_jobs._common import build_spark, setup_logging
 
@@ -66,7 +67,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                               f"--calibration_start_date={v0}", f"--calibration_end_date={v1}",
                               f"--train_start_date={t0}", f"--train_end_date={t1}"]))  # fmt: skip
     # The per-entity baselines of the evaluation need the training pairs: export them as CSV (IPv6 included).
-    from ipinsights.io import read_events
+    from ipinsights.storage.events import read_events
 
     export_pairs_csv(read_events(spark, str(events), t0, t1), str(w / "train.csv"), ipv4_only=False)
     step("evaluate", cli.evaluate_main(["--model", str(model), "--test", str(w / "synth/labels/test_labelled.csv"),

@@ -20,10 +20,10 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from ipinsights.calibration import CalibrationError
-from ipinsights.config import ConfigError, config_to_dict, load_config, parse_overrides
-from ipinsights.modelfile import ModelFileError
-from ipinsights.scoring import ScoreConfig, run_score_job
+from ipinsights.core.config import ConfigError, config_to_dict, load_config, parse_overrides
+from ipinsights.score.calibration import CalibrationError
+from ipinsights.score.job import ScoreConfig, run_score_job
+from ipinsights.storage.modelfile import ModelFileError
 
 try:  # installed as ipinsights_jobs; also runnable as a file from the repository
     from ipinsights_jobs._common import add_spark_args, build_spark, parse_with_overrides, setup_logging
@@ -51,7 +51,7 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.ArgumentParser, arg
 
 
 def _days(parser: argparse.ArgumentParser, args: argparse.Namespace) -> list[str]:
-    from ipinsights.io import day_range
+    from ipinsights.storage.events import day_range
 
     if args.date and (args.start_date or args.end_date):
         parser.error("give --date or --start-date/--end-date, not both")

@@ -17,7 +17,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from ipinsights.config import ConfigError, load_config
+from ipinsights.core.config import ConfigError, load_config
 
 try:  # installed as ipinsights_jobs; also runnable as a file from the repository
     from ipinsights_jobs._common import parse_with_overrides, setup_logging
@@ -40,9 +40,9 @@ def _env_defaults() -> dict[str, str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse arguments, check the model, serve until interrupted."""
-    from ipinsights.modelfile import ModelFileError
-    from ipinsights.serving.server import check_model, serve
-    from ipinsights.serving.settings import ServeSettings
+    from ipinsights.serve.server import check_model, serve
+    from ipinsights.serve.settings import ServeSettings
+    from ipinsights.storage.modelfile import ModelFileError
 
     parser = argparse.ArgumentParser(
         prog="ipinsights serve", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter

@@ -71,17 +71,13 @@ def _log_mlflow(cfg_dict: dict, history: list[dict], model_dir: Path) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args, overrides = parse_args(argv)
-    from ipinsights.config import ConfigError, TrainConfig, config_to_dict, load_config
-    from ipinsights.distributed import WorkerSpec, run_training
-    from ipinsights.io import (
-        atomic_write,
-        list_buckets,
-        read_events,
-        read_pairs_spark,
-        write_buckets,
-        write_parquet_single,
-    )
-    from ipinsights.prepare import add_buckets, encode_pairs_df, entity_stats
+    from ipinsights.core.config import ConfigError, TrainConfig, config_to_dict, load_config
+    from ipinsights.storage.events import read_events
+    from ipinsights.storage.files import atomic_write
+    from ipinsights.storage.parquet import list_buckets, write_buckets, write_parquet_single
+    from ipinsights.storage.sagemaker_csv import read_pairs_spark
+    from ipinsights.train.distributed import WorkerSpec, run_training
+    from ipinsights.train.prepare import add_buckets, encode_pairs_df, entity_stats
     from ipinsights_jobs._common import build_spark, setup_logging
 
     setup_logging(args.verbose)

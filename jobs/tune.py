@@ -56,8 +56,10 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str
 
 def main(argv: Sequence[str] | None = None) -> int:
     args, overrides = parse_args(argv)
-    from ipinsights.config import ConfigError, TrainConfig, load_config, parse_overrides
-    from ipinsights.tuning import TuningError, format_table, load_tune_config, tune, without_parameters
+    from ipinsights.core.config import ConfigError, TrainConfig, load_config, parse_overrides
+    from ipinsights.tune.config import TuningError, load_tune_config, without_parameters
+    from ipinsights.tune.driver import tune
+    from ipinsights.tune.results import format_table
     from ipinsights_jobs._common import build_spark, setup_logging
 
     setup_logging(args.verbose)
@@ -82,7 +84,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from pyspark.sql import SparkSession
 
-    from ipinsights.io import read_pairs_table
+    from ipinsights.storage.sagemaker_csv import read_pairs_table
 
     owns_session = SparkSession.getActiveSession() is None  # stop only a session this job created
     spark = build_spark("ipinsights-tune", args.master, args.spark_conf)

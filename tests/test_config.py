@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from ipinsights.config import ConfigError, Hyperparameters, ModelOptions, TrainConfig, config_to_dict, load_config
+from ipinsights.core.config import ConfigError, Hyperparameters, ModelOptions, TrainConfig, config_to_dict, load_config
 
 REQUIRED = {"num_entity_vectors": 100, "vector_dim": 16}
 

@@ -13,13 +13,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
+from toyworld import make_toy_world
 
-from ipinsights.config import Hyperparameters, ModelOptions, TrainOptions
-from ipinsights.distributed import data_for_epoch
-from ipinsights.metrics import roc_auc
-from ipinsights.scorer import Scorer
-from ipinsights.toyworld import make_toy_world
-from ipinsights.trainer import discriminator_auc, encode_pairs, train_model
+from ipinsights.core.config import Hyperparameters, ModelOptions, TrainOptions
+from ipinsights.core.metrics import roc_auc
+from ipinsights.score.scorer import Scorer
+from ipinsights.train.data import encode_pairs
+from ipinsights.train.distributed import data_for_epoch
+from ipinsights.train.trainer import discriminator_auc, train_model
 
 pytestmark = [pytest.mark.spark, pytest.mark.slow]
 

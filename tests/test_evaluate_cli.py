@@ -7,11 +7,12 @@ import json
 import numpy as np
 import pyarrow.csv as pacsv
 import pytest
+from toyworld import make_toy_world
 
-from ipinsights.evaluate import baseline_scores, evaluate_scores
-from ipinsights.io import DataFormatError, read_labelled_csv, read_pairs_csv
-from ipinsights.metrics import roc_auc, threshold_table
-from ipinsights.toyworld import make_toy_world
+from ipinsights.core.errors import DataFormatError
+from ipinsights.core.metrics import roc_auc, threshold_table
+from ipinsights.score.evaluate import baseline_scores, evaluate_scores
+from ipinsights.storage.sagemaker_csv import read_labelled_csv, read_pairs_csv
 from ipinsights_jobs import cli
 
 
@@ -96,7 +97,7 @@ def test_cli_train_and_evaluate(csvs, tmp_path, capsys):
     assert [x["epoch"] for x in lines] == [1, 2, 3] and lines[-1]["discriminator_auc"] > 0.9
     manifest = json.loads((model / "model.json").read_text())
     assert manifest["config"]["hyperparameters"]["epochs"] == 3  # resolved config saved with the model
-    from ipinsights.scorer import Scorer
+    from ipinsights.score.scorer import Scorer
 
     counts = Scorer.load(model).training_counts(["user_0", "user_1", "never-seen"])
     assert counts[0] > 0 and counts[1] > 0 and counts[2] == 0

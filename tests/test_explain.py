@@ -1,7 +1,7 @@
 """Cold start, levels and explanations, in process (the batch job and the endpoint share this code).
 
 The entity profiles are built here with numpy from the toy world's training pairs (an oracle written
-independently of the Spark aggregation in ``ipinsights.profile.build_profiles``, which the scoring
+independently of the Spark aggregation in ``ipinsights.score.profile_build.build_profiles``, which the scoring
 job's test covers), saved beside the model, and read back the way the endpoint reads them.
 """
 
@@ -11,20 +11,22 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from toyworld import make_toy_world
 
-from ipinsights.calibration import Calibration, calibration_path, model_fingerprint, save_calibration
-from ipinsights.config import Hyperparameters, ModelOptions, TrainOptions
-from ipinsights.entities import ENTITY_FILE, EntityStats
-from ipinsights.hashing import hash_strings
-from ipinsights.ip import key_prefix, key_prefix_text, parse_ip
-from ipinsights.modelfile import save_model
-from ipinsights.profile import QUANTILES, EntityProfiles, profile_path
-from ipinsights.scorer import RULE_LEARNING, RULE_SCORE, Scorer, Thresholds
-from ipinsights.serving import protocol
-from ipinsights.serving.app import load_policy, score_records
-from ipinsights.serving.settings import ServeSettings
-from ipinsights.toyworld import make_toy_world
-from ipinsights.trainer import encode_pairs, train_model
+from ipinsights.core.config import Hyperparameters, ModelOptions, TrainOptions
+from ipinsights.core.entities import ENTITY_FILE, EntityStats
+from ipinsights.core.hashing import hash_strings
+from ipinsights.core.ip import key_prefix, key_prefix_text, parse_ip
+from ipinsights.score.calibration import Calibration, save_calibration
+from ipinsights.score.profiles import QUANTILES, EntityProfiles
+from ipinsights.score.scorer import Scorer
+from ipinsights.score.verdict import RULE_LEARNING, RULE_SCORE, Thresholds
+from ipinsights.serve import protocol
+from ipinsights.serve.app import load_policy, score_records
+from ipinsights.serve.settings import ServeSettings
+from ipinsights.storage.modelfile import calibration_path, model_fingerprint, profile_path, save_model
+from ipinsights.train.data import encode_pairs
+from ipinsights.train.trainer import train_model
 
 
 @pytest.fixture(scope="module")

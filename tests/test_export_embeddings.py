@@ -6,10 +6,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from servers import train_toy_model
 
-from ipinsights.scorer import Scorer
-from ipinsights.serving.export import ExportError, ip_batches, parse_ranges
-from ipinsights.serving.testing import train_toy_model
+from ipinsights.score.scorer import Scorer
+from ipinsights.serve.export import ExportError, ip_batches, parse_ranges
 from ipinsights_jobs import export_embeddings
 
 

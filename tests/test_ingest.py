@@ -24,16 +24,16 @@ def write(path, lines, gz=False):
 
 
 def config(tmp_path, inputs, **kw):
-    from ipinsights.config import load_config
-    from ipinsights.ingest import IngestConfig
+    from ipinsights.core.config import load_config
+    from ipinsights.ingest.job import IngestConfig
 
     overrides = {"inputs": ",".join(inputs), "output": str(tmp_path / "events"), "run_id": "r1", **kw}
     return load_config(IngestConfig, "conf/ingest.yml", {k: str(v) for k, v in overrides.items()})
 
 
 def test_gzip_glob_rerun_is_idempotent(spark, tmp_path):
-    from ipinsights import io
-    from ipinsights.ingest import run_ingest
+    from ipinsights.ingest.job import run_ingest
+    from ipinsights.storage.events import read_events
 
     logs = tmp_path / "logs"
     logs.mkdir()
@@ -46,9 +46,9 @@ def test_gzip_glob_rerun_is_idempotent(spark, tmp_path):
     assert s1["kept_by_day"] == {"2026-10-10": 20, "2026-10-11": 11}  # 23:30 -0500 is the next UTC day
     assert len(s1["per_file"]) == 2
     assert json.loads(Path(cfg.summary).read_text())["kept"] == 31
-    first = sorted(io.read_events(spark, cfg.output).collect())
+    first = sorted(read_events(spark, cfg.output).collect())
     run_ingest(spark, cfg)  # same input again: same partitions replaced, nothing duplicated
-    again = io.read_events(spark, cfg.output)
+    again = read_events(spark, cfg.output)
     assert sorted(again.collect()) == first
     assert [f.name for f in again.schema.fields] == ["entity", "ip", "ip_int", "ip_version", "ts", "source_file", "dt"]
     v6 = again.where("ip_version = 6").collect()
@@ -59,7 +59,7 @@ def test_gzip_glob_rerun_is_idempotent(spark, tmp_path):
     # files_per_day shuffles, so the spark engine runs: the same rows, in at most 3 files per day
     s3 = run_ingest(spark, config(tmp_path, [str(logs / "*.log*")], files_per_day=3, **{"quality.max_bad_ratio": 0.1}))
     assert (s1["engine"], s3["engine"]) == ("arrow", "spark")
-    assert sorted(io.read_events(spark, cfg.output).collect()) == first
+    assert sorted(read_events(spark, cfg.output).collect()) == first
     assert max(len(list(d.glob("*.parquet"))) for d in (tmp_path / "events").glob("dt=*")) <= 3
     q = spark.read.parquet(cfg.quarantine).collect()
     assert [(r.reason, r.raw, r.run_id) for r in q] == [("field_count", "garbage line", "r1")]
@@ -68,7 +68,7 @@ def test_gzip_glob_rerun_is_idempotent(spark, tmp_path):
 
 @pytest.mark.parametrize("engine", ["arrow", "spark"])
 def test_bad_ratio_fails_and_writes_no_events(spark, tmp_path, engine):
-    from ipinsights.ingest import BadInputError, run_ingest
+    from ipinsights.ingest.job import BadInputError, run_ingest
 
     path = write(tmp_path / "bad.log", [*good(4), "\x00\x01junk", "x" * 10000, "", good(1)[0][:-10]])
     cfg = config(tmp_path, [path], engine=engine, **{"quality.max_bad_ratio": 0.2})
@@ -108,19 +108,20 @@ def test_main_end_to_end(spark, tmp_path, capsys):
 
 
 def test_split_and_sagemaker_csv(spark, tmp_path):
-    from ipinsights import splits
-    from ipinsights.ingest import run_ingest
+    from ipinsights.ingest.job import run_ingest
+    from ipinsights.storage.events import time_window_split
+    from ipinsights.storage.sagemaker_csv import export_pairs_csv
 
     lines = [ln for d in (10, 11, 12) for ln in good(3, day=d, hh="08")]
     cfg = config(tmp_path, [write(tmp_path / "a.log", lines)])
     run_ingest(spark, cfg)
-    parts = splits.time_window_split(spark, cfg.output, train_days=2, validation_days=1)
+    parts = time_window_split(spark, cfg.output, train_days=2, validation_days=1)
     assert {k: v.count() for k, v in parts.items()} == {"train": 6, "validation": 3}
     csv = tmp_path / "train.csv"
-    splits.export_pairs_csv(parts["train"], str(csv))
+    export_pairs_csv(parts["train"], str(csv))
     rows = csv.read_text().splitlines()
     assert len(rows) == 6 and rows[0].count(",") == 1 and not rows[0].startswith("entity")
-    splits.export_pairs_csv(parts["validation"], str(tmp_path / "val"), single_file=False)
+    export_pairs_csv(parts["validation"], str(tmp_path / "val"), single_file=False)
     assert sum(len(p.read_text().splitlines()) for p in (tmp_path / "val").glob("part-*")) == 3
     assert not list(tmp_path.glob(".*tmp*"))
 
@@ -128,8 +129,8 @@ def test_split_and_sagemaker_csv(spark, tmp_path):
 def test_engines_write_the_same_table(spark, tmp_path):
     """The arrow engine (Python tasks, split files) and the spark engine give the same events,
     counts and quarantine for the same logs."""
-    from ipinsights import io
-    from ipinsights.ingest import run_ingest
+    from ipinsights.ingest.job import run_ingest
+    from ipinsights.storage.events import read_events
 
     logs = tmp_path / "logs"
     logs.mkdir()
@@ -143,7 +144,7 @@ def test_engines_write_the_same_table(spark, tmp_path):
             tmp_path, [str(logs)], output=str(out), engine=engine, split_mb=0, **{"quality.max_bad_ratio": 0.5}
         )
         summary = run_ingest(spark, cfg)
-        events = sorted(io.read_events(spark, str(out)).collect())
+        events = sorted(read_events(spark, str(out)).collect())
         bad = sorted((r.reason, r.source_file, r.raw) for r in spark.read.parquet(cfg.quarantine).collect())
         results[engine] = (summary, events, bad)
     (sa, ea, qa), (ss, es, qs) = results["arrow"], results["spark"]
@@ -159,7 +160,7 @@ def test_split_reading_reads_every_line_once(tmp_path):
 
     import pyarrow as pa
 
-    from ipinsights import io
+    from ipinsights.storage.logfiles import iter_split_lines, plan_log_splits
 
     rnd = random.Random(3)
     path = tmp_path / "a.log"
@@ -172,36 +173,38 @@ def test_split_reading_reads_every_line_once(tmp_path):
             expected.pop()  # a final newline ends the last line, it starts no new one
         for split_bytes in (1, 2, 3, 7, 100):
             got = []
-            for split in io.plan_log_splits([(str(path), len(data))], split_bytes):
-                for arr in io.iter_split_lines(split, block_bytes=rnd.randint(1, 9)):
+            for split in plan_log_splits([(str(path), len(data))], split_bytes):
+                for arr in iter_split_lines(split, block_bytes=rnd.randint(1, 9)):
                     got += arr.view(pa.binary()).to_pylist()
             assert got == expected, (data, split_bytes)
 
 
 def test_log_files_globs_and_folders(tmp_path):
-    from ipinsights import io
+    from ipinsights.storage.logfiles import list_log_files
 
     for name in ("a.log", "b.log.gz", "_SUCCESS", ".hidden", "sub/c.log"):
         (tmp_path / name).parent.mkdir(exist_ok=True)
         (tmp_path / name).write_bytes(b"x\n")
-    names = lambda paths: [u.rsplit("/", 1)[1] for u, _ in io.list_log_files(paths)]  # noqa: E731
+    names = lambda paths: [u.rsplit("/", 1)[1] for u, _ in list_log_files(paths)]  # noqa: E731
     assert names([str(tmp_path)]) == ["a.log", "b.log.gz"]  # a folder: its files, hidden ones skipped
     assert names([f"{tmp_path}/*.log*", f"{tmp_path}/s?b/*"]) == ["a.log", "b.log.gz", "c.log"]
     assert names([f"file://{tmp_path}/{{a,x}}.log"]) == ["a.log"]
     for spelling in (str(tmp_path / "a.log"), f"file://{tmp_path}/a.log", f"file:{tmp_path}/a.log"):
-        assert io.list_log_files([spelling])[0][0] == f"file:{tmp_path}/a.log"  # as Spark names it
+        assert list_log_files([spelling])[0][0] == f"file:{tmp_path}/a.log"  # as Spark names it
     with pytest.raises(FileNotFoundError, match="no log files"):
-        io.list_log_files([f"{tmp_path}/*.txt"])
+        list_log_files([f"{tmp_path}/*.txt"])
 
 
 def test_retried_task_leaves_one_copy(tmp_path):
     """A task attempt that failed after writing (or a speculative twin) leaves files no result reports:
     they are removed, so each line is in the table once."""
-    from ipinsights import io, logparse
-    from ipinsights.ingest import _drop_unreported, _ingest_split, _SplitTask
+    from ipinsights.ingest import logparse
+    from ipinsights.ingest.job import _drop_unreported, _ingest_split, _SplitTask
+    from ipinsights.storage.filesystems import ArrowStore
+    from ipinsights.storage.logfiles import list_log_files, plan_log_splits
 
     path = write(tmp_path / "a.log", [*good(5, day=10), *good(3, day=11), "junk"])
-    (split,) = io.plan_log_splits(io.list_log_files([path]), 1 << 20)
+    (split,) = plan_log_splits(list_log_files([path]), 1 << 20)
     task = _SplitTask(logparse.LineRules(), str(tmp_path / "staging"))
     _ingest_split(task, (0, split))  # the attempt that failed: its files stay behind
     done = _ingest_split(task, (0, split))
@@ -212,5 +215,5 @@ def test_retried_task_leaves_one_copy(tmp_path):
     ]
     files = sorted((tmp_path / "staging").rglob("*.parquet"))
     assert len(files) == 6  # 2 days + quarantine, twice
-    _drop_unreported(io.ArrowStore(), set(done["files"]))
+    _drop_unreported(ArrowStore(), set(done["files"]))
     assert sorted(str(f) for f in (tmp_path / "staging").rglob("*.parquet")) == sorted(done["files"])

@@ -9,8 +9,8 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from ipinsights.hashing import entity_buckets, hash_strings
-from ipinsights.ip import InvalidAddressError, ipv4_to_str, parse_ipv4, prefix, require_ipv4
+from ipinsights.core.hashing import entity_buckets, hash_strings
+from ipinsights.core.ip import InvalidAddressError, ipv4_to_str, parse_ipv4, prefix, require_ipv4
 
 VALID = {"0.0.0.0": 0, "1.2.3.4": 0x01020304, "255.255.255.255": 0xFFFFFFFF, "192.168.100.200": 0xC0A864C8}
 INVALID = ["256.1.1.1", "1.2.3", "1.2.3.4.5", "01.2.3.4", "a.b.c.d", "", " 1.2.3.4", "1.2.3.4 ", "1..2.3",
@@ -99,7 +99,7 @@ def test_hash_seed_changes_buckets():
 def test_hash_identical_across_processes():
     """Python's hash() is salted per process; ours must not be."""
     code = (
-        "import sys, json; from ipinsights.hashing import hash_strings; "
+        "import sys, json; from ipinsights.core.hashing import hash_strings; "
         f"print(json.dumps([str(x) for x in hash_strings({WORDS!r}, 7)]))"
     )
     outs = {

@@ -10,9 +10,10 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from toyworld import make_toy_world
 
-from ipinsights.config import Hyperparameters, ModelOptions, TrainOptions
-from ipinsights.ip import (
+from ipinsights.core.config import Hyperparameters, ModelOptions, TrainOptions
+from ipinsights.core.ip import (
     InvalidAddressError,
     is_ipv6_key,
     key_prefix,
@@ -21,10 +22,10 @@ from ipinsights.ip import (
     parse_ipv6,
     require_ip,
 )
-from ipinsights.model import IPInsightsModel
-from ipinsights.scorer import Scorer
-from ipinsights.toyworld import make_toy_world
-from ipinsights.trainer import build_model, encode_pairs, random_ips_like, train_model
+from ipinsights.core.model import IPInsightsModel
+from ipinsights.score.scorer import Scorer
+from ipinsights.train.data import encode_pairs, random_ips_like
+from ipinsights.train.trainer import build_model, train_model
 
 EDGE = [
     "::", "::1", "1::", "2001:db8::1", "2001:DB8:0:0:8:800:200C:417A", "::ffff:1.2.3.4", "::1.2.3.4",
@@ -164,8 +165,8 @@ def test_new_address_in_own_56_scores_as_normal(world6, trained6):
 
 
 def test_ipv6_attack_kinds_separate(world6, trained6, tmp_path):
-    from ipinsights.evaluate import evaluate_scores
-    from ipinsights.modelfile import save_model
+    from ipinsights.score.evaluate import evaluate_scores
+    from ipinsights.storage.modelfile import save_model
 
     scorer = Scorer.load(save_model(trained6.model, tmp_path / "m"))
     t = world6.test

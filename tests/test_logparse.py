@@ -12,7 +12,7 @@ OK = '1.2.3.4 - bob [10/Oct/2026:23:30:00 -0500] "GET /login_success HTTP/1.1" 2
 
 def classify(lines, **kw) -> list[dict]:
     """classify_batch's rows, with the UTC time and day as datetimes (as the Spark wrapper gives them)."""
-    from ipinsights import logparse
+    from ipinsights.ingest import logparse
 
     rows = logparse.classify_batch(pa.array(lines, pa.string()), logparse.LineRules(**kw)).to_pylist()
     for r in rows:
@@ -74,7 +74,7 @@ def test_timestamp_edge_cases_match_sparks_pattern_parser(spark):
     """The byte-level parse accepts and refuses exactly what Spark's strict pattern parser does."""
     from pyspark.sql import functions as F
 
-    from ipinsights.logparse import clf_timestamp
+    from ipinsights.ingest.logparse import clf_timestamp
 
     stamps = [
         "31/Dec/2023:18:00:03 -0600", "29/Feb/2024:00:00:00 +0000", "29/Feb/2023:00:00:00 +0000",
@@ -162,7 +162,7 @@ def test_binary_and_unicode():
     assert [r["outcome"] for r in rows] == ["kept", "binary", "kept"]  # control characters in the agent are no concern
     assert rows[0]["entity"] == "b\u00f6b"
     assert classify([OK.replace("Mozilla", "Moz\x07")], entity_field="user_agent")[0]["outcome"] == "binary"
-    from ipinsights import logparse
+    from ipinsights.ingest import logparse
 
     invalid = pa.array([OK.encode(), OK.encode().replace(b"bob", b"b\xffb"), OK.encode()[:-3] + b'\xfe\xff"'])
     rows = logparse.classify_batch(invalid.view(pa.string())).to_pylist()
@@ -174,7 +174,7 @@ def test_fast_path_and_exact_grammar_agree():
     """Every line the vectorised path splits gets the same fields from the exact grammar (Python re)."""
     import random
 
-    from ipinsights import logparse
+    from ipinsights.ingest import logparse
 
     rnd = random.Random(5)
     pieces = ["1.2.3.4", "::1", "-", "bob", 'a"b', "[x]", "GET /p?q=1 HTTP/1.1", "", " ", "200", "-", '\\"', "x y"]
@@ -200,7 +200,7 @@ def test_fast_path_and_exact_grammar_agree():
 @pytest.mark.spark
 def test_classify_lines_runs_the_same_rules_in_spark(spark):
     """The Spark wrapper: one Arrow UDF over value; file name, UTC timestamp and day added in the JVM."""
-    from ipinsights import logparse
+    from ipinsights.ingest import logparse
 
     lines = [OK, OK.replace("GET", "POST"), "junk", OK.replace(" bob ", " - ")]
     df = spark.createDataFrame([(v, "f.log") for v in lines], "value string, source_file string")

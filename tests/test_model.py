@@ -5,15 +5,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from toyworld import make_toy_world
 
-from ipinsights.config import Hyperparameters, ModelOptions, TrainOptions
-from ipinsights.evaluate import baseline_scores, evaluate_scores
-from ipinsights.ip import ipv4_to_str, parse_ipv4
-from ipinsights.model import IPInsightsModel
-from ipinsights.modelfile import save_model
-from ipinsights.scorer import Scorer
-from ipinsights.toyworld import make_toy_world
-from ipinsights.trainer import RowAdam, Trainer, build_model, discriminator_auc, encode_pairs, train_model
+from ipinsights.core.config import Hyperparameters, ModelOptions, TrainOptions
+from ipinsights.core.ip import ipv4_to_str, parse_ipv4
+from ipinsights.core.model import IPInsightsModel
+from ipinsights.score.evaluate import baseline_scores, evaluate_scores
+from ipinsights.score.scorer import Scorer
+from ipinsights.storage.modelfile import save_model
+from ipinsights.train.data import encode_pairs
+from ipinsights.train.optim import RowAdam
+from ipinsights.train.trainer import Trainer, build_model, discriminator_auc, train_model
 
 HP = dict(num_entity_vectors=1000, vector_dim=32, epochs=4, learning_rate=0.01, mini_batch_size=256,
           random_negative_sampling_rate=5, shuffled_negative_sampling_rate=1)  # fmt: skip
@@ -94,7 +96,7 @@ def test_learns_toy_world(world, trained):
 
 
 def _score(model, entities, ips):
-    from ipinsights.hashing import entity_buckets
+    from ipinsights.core.hashing import entity_buckets
 
     rows = torch.as_tensor(entity_buckets(entities, model.opts.hash_seed, model.hp.num_entity_vectors))
     with torch.no_grad():
@@ -150,7 +152,7 @@ def test_metrics_published_every_interval(world, caplog):
     hp = Hyperparameters(**{**HP, "epochs": 1, "batch_metrics_publish_interval": 3, "mini_batch_size": 100})
     train = encode_pairs(world.train["entity"][:1000], world.train["ip"][:1000], hp.num_entity_vectors, 0)
     model = build_model(hp, ModelOptions(), 0)
-    with caplog.at_level("INFO", logger="ipinsights.trainer"):
+    with caplog.at_level("INFO", logger="ipinsights.train.trainer"):
         Trainer(model, hp, OPTS).fit(train)
     batches = [r.getMessage() for r in caplog.records if "batch" in r.getMessage()]
     assert [m.split()[3] for m in batches] == ["3/10:", "6/10:", "9/10:", "10/10:"]

@@ -8,10 +8,10 @@ import shutil
 import numpy as np
 import pytest
 
-from ipinsights.config import Hyperparameters, ModelOptions
-from ipinsights.modelfile import FORMAT_VERSION, ModelFileError, load_model, save_model
-from ipinsights.scorer import Scorer
-from ipinsights.trainer import build_model
+from ipinsights.core.config import Hyperparameters, ModelOptions
+from ipinsights.score.scorer import Scorer
+from ipinsights.storage.modelfile import FORMAT_VERSION, ModelFileError, load_model, save_model
+from ipinsights.train.trainer import build_model
 
 ENT = ["alice", "bob", "carol", "dave"]
 IPS = ["10.0.0.1", "192.0.2.7", "not-an-ip", "203.0.113.200"]
@@ -143,7 +143,7 @@ def test_pickle_is_never_loaded(model_dir):
     w = path / "weights.safetensors"
     torch.save(model.state_dict(), w)
     m = json.loads((path / "model.json").read_text())
-    from ipinsights.modelfile import sha256_file
+    from ipinsights.storage.modelfile import sha256_file
 
     m["files"]["weights.safetensors"] = {"sha256": sha256_file(w), "bytes": w.stat().st_size}
     (path / "model.json").write_text(json.dumps(m))

@@ -10,7 +10,8 @@ import subprocess
 import numpy as np
 import pytest
 
-from ipinsights.report import (
+from ipinsights.score.job import SCORES_SCHEMA
+from ipinsights.score.report import (
     CASE_COLUMNS,
     COUNT_NAMES,
     Histogram,
@@ -20,8 +21,7 @@ from ipinsights.report import (
     score_histograms,
     write_flagged_csv,
 )
-from ipinsights.scorer import RULE_INVALID, RULE_LEARNING, RULE_SCORE
-from ipinsights.scoring import SCORES_SCHEMA, Threshold
+from ipinsights.score.verdict import RULE_INVALID, RULE_LEARNING, RULE_SCORE, Threshold
 
 EVIL = '<script>alert("x")</script><img src=x onerror=alert(1)>'
 

@@ -17,29 +17,22 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from ipinsights.calibration import (
+from ipinsights.core.config import ConfigError, Hyperparameters, ModelOptions, TrainOptions
+from ipinsights.core.entities import ENTITY_FILE, EntityStats
+from ipinsights.score.calibrate import calibrate_levels, calibrate_threshold
+from ipinsights.score.calibration import (
     Calibration,
     CalibrationError,
-    calibrate_levels,
-    calibrate_threshold,
-    calibration_path,
     load_calibration,
-    model_fingerprint,
     save_calibration,
 )
-from ipinsights.config import ConfigError, Hyperparameters, ModelOptions, TrainOptions
-from ipinsights.entities import ENTITY_FILE, EntityStats
-from ipinsights.modelfile import load_model, save_model
-from ipinsights.scorer import RULE_INVALID, RULE_LEARNING, RULE_SCORE, Scorer, Thresholds
-from ipinsights.scoring import (
-    ScoreConfig,
-    ScoringSetup,
-    resolve_threshold,
-    run_score_job,
-    score_events,
-)
+from ipinsights.score.job import ScoreConfig, ScoringSetup, resolve_threshold, run_score_job, score_events
+from ipinsights.score.scorer import Scorer
+from ipinsights.score.verdict import RULE_INVALID, RULE_LEARNING, RULE_SCORE, Thresholds
+from ipinsights.storage.modelfile import calibration_path, load_model, model_fingerprint, save_model
 from ipinsights.synth import SynthSpec, generate_dataset
-from ipinsights.trainer import encode_pairs, train_model
+from ipinsights.train.data import encode_pairs
+from ipinsights.train.trainer import train_model
 from ipinsights_jobs import score as score_job
 
 pytestmark = pytest.mark.spark
@@ -192,8 +185,8 @@ def _day_rows(spark, path: str, day: str) -> int:
 
 def test_scores_by_day_equal_scores_of_all_days(spark, world):
     """The job scores each day apart (its dt added back in the JVM): the same rows as one pass over all days."""
-    from ipinsights.io import read_events_days
-    from ipinsights.scoring import SCORE_COLUMNS, _scores_by_day
+    from ipinsights.score.job import SCORE_COLUMNS, _scores_by_day
+    from ipinsights.storage.events import read_events_days
 
     events = read_events_days(spark, world["events"], VALID, TEST)
     setup = ScoringSetup(world["model"], thresholds=Thresholds(0.5))
@@ -214,7 +207,7 @@ def test_write_partitions_replaces_days_like_a_sorted_write(spark, tmp_path):
     """Unsorted partitioned writes (concurrent writers, and their sort fallback past the limit of open
     files) give the rows a plain sorted write gives, replace only the days written, and leave the
     session's settings as they were."""
-    from ipinsights.io import PARTITIONED_WRITE_CONF, write_partitions
+    from ipinsights.storage.publish import PARTITIONED_WRITE_CONF, write_partitions
 
     n_days = int(PARTITIONED_WRITE_CONF["spark.sql.maxConcurrentOutputFileWriters"]) + 2  # past the limit
     days = [f"2024-03-{d:02d}" for d in range(1, n_days + 1)]

@@ -10,12 +10,12 @@ import re
 
 import numpy as np
 import pytest
+from servers import Client, ServerProcess, train_toy_model
 
-from ipinsights.scorer import Scorer
-from ipinsights.serving import protocol
-from ipinsights.serving.app import Batcher, resolve_model_dir
-from ipinsights.serving.protocol import RequestError
-from ipinsights.serving.testing import Client, ServerProcess, train_toy_model
+from ipinsights.score.scorer import Scorer
+from ipinsights.serve import protocol
+from ipinsights.serve.app import Batcher, resolve_model_dir
+from ipinsights.serve.protocol import RequestError
 
 MAX_RECORDS = 50
 MAX_BODY = 4096
@@ -265,7 +265,7 @@ def test_serve_cli(monkeypatch, caplog, model_dir, tmp_path):
     """Settings precedence, SageMaker's environment, the warning for a public bind, a bad model path."""
     import uvicorn
 
-    from ipinsights.serving.settings import SETTINGS_ENV, ServeSettings
+    from ipinsights.serve.settings import SETTINGS_ENV, ServeSettings
     from ipinsights_jobs import serve
 
     calls = []

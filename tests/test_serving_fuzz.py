@@ -18,8 +18,7 @@ import string
 import threading
 
 import pytest
-
-from ipinsights.serving.testing import Client, ServerProcess, train_toy_model
+from servers import Client, ServerProcess, train_toy_model
 
 hypothesis = pytest.importorskip("hypothesis")
 from hypothesis import HealthCheck, given, settings  # noqa: E402

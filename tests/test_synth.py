@@ -16,9 +16,10 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from ipinsights.config import ConfigError
-from ipinsights.io import DataFormatError, read_labelled_csv
-from ipinsights.ip import parse_ipv4
+from ipinsights.core.config import ConfigError
+from ipinsights.core.errors import DataFormatError
+from ipinsights.core.ip import parse_ipv4
+from ipinsights.storage.sagemaker_csv import read_labelled_csv
 from ipinsights.synth import (
     ATTACK_KINDS,
     ATTACK_LABELS,
@@ -449,8 +450,8 @@ def test_a_shard_without_ipv6_users_drops_ipv6_attacks_with_a_count(tmp_path):
 
 @pytest.mark.spark
 def test_ingest_reads_back_every_login_of_the_generated_logs_ipv6_included(spark, tiny, tmp_path):
-    from ipinsights.config import load_config
-    from ipinsights.ingest import IngestConfig, run_ingest
+    from ipinsights.core.config import load_config
+    from ipinsights.ingest.job import IngestConfig, run_ingest
 
     overrides = {"inputs": str(tiny.logs_dir / "*"), "output": str(tmp_path / "events"), "run_id": "synth"}
     cfg = load_config(IngestConfig, Path(__file__).resolve().parent.parent / "conf" / "ingest.yml", overrides)

@@ -13,19 +13,10 @@ import pandas as pd
 import pyarrow.csv as pacsv
 import pytest
 
-from ipinsights.config import ConfigError, TrainConfig, config_from_dict, load_config
-from ipinsights.tuning import (
-    COMPLETED,
-    DEFAULT_SPACE,
-    FAILED,
-    PreparedData,
-    TuneConfig,
-    load_tune_config,
-    median_running_average,
-    run_trials,
-    trial_result,
-    without_parameters,
-)
+from ipinsights.core.config import ConfigError, TrainConfig, config_from_dict, load_config
+from ipinsights.tune.config import DEFAULT_SPACE, TuneConfig, load_tune_config, without_parameters
+from ipinsights.tune.driver import COMPLETED, FAILED, run_trials
+from ipinsights.tune.trials import PreparedData, median_running_average, trial_result
 
 pytest.importorskip("optuna")
 
@@ -149,7 +140,7 @@ def test_invalid_combination_fails_without_launching(tmp_path):
 
 @pytest.fixture(scope="module")
 def toy(tmp_path_factory):
-    from ipinsights.toyworld import make_toy_world
+    from toyworld import make_toy_world
 
     d = tmp_path_factory.mktemp("tune_data")
     w = make_toy_world(n_entities=150, events_per_entity=60, n_test=1000, seed=2)
@@ -162,8 +153,8 @@ def toy(tmp_path_factory):
 @pytest.mark.slow
 @pytest.mark.spark
 def test_tuning_job_on_spark(spark, toy, tmp_path, capsys):
-    from ipinsights.evaluate import evaluate_scores
-    from ipinsights.scorer import Scorer
+    from ipinsights.score.evaluate import evaluate_scores
+    from ipinsights.score.scorer import Scorer
     from ipinsights_jobs import cli
 
     data, world = toy
@@ -236,7 +227,8 @@ def test_tuning_job_on_spark(spark, toy, tmp_path, capsys):
 
 
 def test_io_helpers(tmp_path):
-    from ipinsights.io import _looks_like_csv, copy_tree_atomic, write_frame
+    from ipinsights.storage.files import copy_tree_atomic, write_frame
+    from ipinsights.storage.sagemaker_csv import _looks_like_csv
 
     frame = pd.DataFrame({"TrialNumber": [0, 1], "FinalObjectiveValue": [0.9, float("nan")], "x": ["a", ""]})
     write_frame(frame, tmp_path / "t.csv")
@@ -263,8 +255,9 @@ def test_io_helpers(tmp_path):
 @pytest.mark.slow
 @pytest.mark.spark
 def test_every_trial_failing_fails_the_job(spark, toy, tmp_path):
-    from ipinsights.io import read_pairs_table
-    from ipinsights.tuning import TuningError, tune
+    from ipinsights.storage.sagemaker_csv import read_pairs_table
+    from ipinsights.tune.config import TuningError
+    from ipinsights.tune.driver import tune
 
     data, _ = toy
     base = load_config(TrainConfig, "conf/train.yml", ["--num_entity_vectors=300", "--vector_dim=8"])

@@ -37,8 +37,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ipinsights._version import __version__
-from ipinsights.config import config_to_dict
-from ipinsights.io import atomic_write
+from ipinsights.core.config import config_to_dict
+from ipinsights.storage.files import atomic_write
 from ipinsights.synth.events import attack_slots, attacks_as_events, shard_events, shard_labelled, with_kind
 from ipinsights.synth.logs import lines_buffer, log_file_name, shard_log_pieces, time_ordered, write_pieces
 from ipinsights.synth.plan import AddressPlan

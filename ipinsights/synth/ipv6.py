@@ -10,7 +10,7 @@ interface identifier). The generator only hands out global unicast addresses (``
 leftmost on ties) is found with 8 column operations, and the pieces are gathered from a table of the
 65,536 hextet strings into an Arrow list array, joined with ``:`` in one kernel call. It writes pure
 hex (no dotted-quad tail; the generator never makes IPv4-mapped addresses), which is what Python's
-``ipaddress`` and the ingest job (``ipinsights.logparse.canonical_ip``) write for such addresses.
+``ipaddress`` and the ingest job (``ipinsights.ingest.logparse.canonical_ip``) write for such addresses.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ipinsights.ip import ipv4_to_str
+from ipinsights.core.ip import ipv4_to_str
 
 __all__ = ["address_columns", "hash64", "ipv6_to_str", "random_iid", "temporary_iid"]
 

@@ -24,7 +24,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ipinsights.ip import ipv4_to_str
+from ipinsights.core.ip import ipv4_to_str
 from ipinsights.synth.spec import STREAM_LOGS, SynthSpec, shard_bounds, shard_rng
 from ipinsights.synth.world import entity_index
 

@@ -23,8 +23,6 @@ outside the special ranges (``2001::/23``, ``2001:db8::/32``, ``2002::/16``, ``3
 
 from __future__ import annotations
 
-import gzip
-import itertools
 import re
 import zlib
 from dataclasses import dataclass
@@ -35,8 +33,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ipinsights.io import DataFormatError, atomic_write
-from ipinsights.ip import ipv4_to_str
+from ipinsights.core.asn import read_ip2asn
+from ipinsights.core.ip import ipv4_to_str
+from ipinsights.storage.files import atomic_write
 from ipinsights.synth.ipv6 import ipv6_to_str
 
 __all__ = [
@@ -120,7 +119,6 @@ _V6_LENGTHS = {"broadband": (28, 32), "mobile": (28, 32), "hosting": (32, 40), "
 _V6_MAX_LEN = 48  # every network holds at least a /48 (a business site; homes get /56s)
 # Special-purpose IPv6 blocks (first 64 bits, prefix length) that no allocation may touch.
 _RESERVED_V6 = ((0x2001 << 48, 23), (0x20010DB8 << 32, 32), (0x2002 << 48, 16), (0x3FFF << 48, 20))
-_INT_OR_DOTTED = re.compile(r"^(\d{1,10}|\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3})$")
 
 
 def kind_of_description(description: str) -> str:
@@ -244,42 +242,19 @@ class AddressPlan:
         """Load an ip2asn-v4 file (plain or ``.gz``; addresses as integers or dotted quads).
 
         Blank lines and ``#`` comments are skipped, and so are "Not routed" ranges (AS 0) unless
-        ``keep_unrouted``. Any other malformed line raises :class:`~ipinsights.io.DataFormatError`
+        ``keep_unrouted``. Any other malformed line raises :class:`~ipinsights.core.errors.DataFormatError`
         naming ``file:line``, as do overlapping ranges. The IPv6 prefixes are derived from the rows
         and ``seed`` (:func:`ipv6_allocations`), as for a synthetic plan of that seed.
         """
-        path = Path(path)
-        opener = gzip.open if path.suffix == ".gz" else open
-        rows: list[tuple[int, int, int, str, str, int]] = []
-        try:
-            with opener(path, "rt", encoding="utf-8", errors="replace") as fh:
-                for lineno, raw in enumerate(fh, 1):
-                    line = raw.rstrip("\r\n")
-                    if not line.strip() or line.lstrip().startswith("#"):
-                        continue
-                    row = _parse_ip2asn_line(line, path, lineno)
-                    if row[2] == 0 and not keep_unrouted:
-                        continue
-                    rows.append((*row, lineno))
-        except FileNotFoundError:
-            raise DataFormatError(f"{path}: no such file") from None
-        except (OSError, EOFError) as exc:  # e.g. a truncated .gz
-            raise DataFormatError(f"{path}: cannot read: {exc}") from None
-        if not rows:
-            raise DataFormatError(f"{path}: no routed ranges found (expected ip2asn-v4 TSV lines)")
-        rows.sort(key=lambda r: r[0])
-        for prev, cur in itertools.pairwise(rows):
-            if cur[0] <= prev[1]:
-                raise DataFormatError(f"{path}:{cur[5]}: range overlaps the range of line {prev[5]}")
-        descriptions = np.array([r[4] for r in rows], dtype=object)
+        rows = read_ip2asn(path, keep_unrouted)
         return cls._with_v6(
             seed,
-            start=np.array([r[0] for r in rows], np.int64),
-            end=np.array([r[1] for r in rows], np.int64),
-            asn=np.array([r[2] for r in rows], np.int64),
-            country=np.array([r[3] for r in rows], dtype=object),
-            kind=np.array([kind_of_description(d) for d in descriptions], dtype=object),
-            description=descriptions,
+            start=rows.start,
+            end=rows.end,
+            asn=rows.asn,
+            country=rows.country,
+            kind=np.array([kind_of_description(d) for d in rows.description], dtype=object),
+            description=rows.description,
         )
 
     @classmethod
@@ -334,40 +309,6 @@ def _write_tsv(path: str | Path, starts: list, ends: list, asn, country, descrip
     with atomic_write(path, "w", encoding="utf-8", newline="\n") as fh:
         fh.write(text)
     return Path(path)
-
-
-def _parse_ip2asn_line(line: str, path: Path, lineno: int) -> tuple[int, int, int, str, str]:
-    where = f"{path}:{lineno}"
-    fields = line.split("\t")
-    if len(fields) < 4:
-        fields = line.split(None, 4)  # some copies have spaces instead of tabs
-    if len(fields) < 4:
-        raise DataFormatError(
-            f"{where}: expected 5 tab-separated fields (range_start range_end AS_number country_code"
-            f" AS_description), got {len(fields)}: {line[:120]!r}"
-        )
-    start, end = (_parse_address(fields[i].strip(), where, name) for i, name in ((0, "range_start"), (1, "range_end")))
-    if end < start:
-        raise DataFormatError(f"{where}: range_end {fields[1]!r} is before range_start {fields[0]!r}")
-    asn_text = fields[2].strip().upper().removeprefix("AS")
-    if not asn_text.isdigit():
-        raise DataFormatError(f"{where}: AS_number {fields[2]!r} must be a non-negative integer")
-    description = "\t".join(fields[4:]).strip() if len(fields) > 4 else ""
-    return start, end, int(asn_text), fields[3].strip(), description
-
-
-def _parse_address(text: str, where: str, name: str) -> int:
-    if not _INT_OR_DOTTED.match(text):
-        raise DataFormatError(f"{where}: {name} {text!r} is neither an integer nor a dotted IPv4 address")
-    if "." in text:
-        octets = [int(o) for o in text.split(".")]
-        if max(octets) > 255:
-            raise DataFormatError(f"{where}: {name} {text!r} has an octet above 255")
-        return (octets[0] << 24) | (octets[1] << 16) | (octets[2] << 8) | octets[3]
-    value = int(text)
-    if value > 0xFFFFFFFF:
-        raise DataFormatError(f"{where}: {name} {text} is above 2^32-1")
-    return value
 
 
 def _isp_name(rng: np.random.Generator) -> str:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ipinsights.config import ConfigError, _check_float, _check_int
+from ipinsights.core.config import ConfigError, check_float, check_int
 
 __all__ = ["ATTACK_KINDS", "ATTACK_LABELS", "IPV6_ATTACK_KINDS", "SPLITS", "SynthSpec", "shard_bounds", "shard_rng"]
 
@@ -104,36 +104,36 @@ class SynthSpec:
     inject_attacks: bool = False
 
     def __post_init__(self) -> None:
-        _check_int("users", self.users, 1, 100_000_000)
-        _check_int("days", self.days, 1, 3660)
+        check_int("users", self.users, 1, 100_000_000)
+        check_int("days", self.days, 1, 3660)
         try:
             _dt.date.fromisoformat(self.start_date)
         except (TypeError, ValueError):
             raise ConfigError(f"start_date={self.start_date!r} must be an ISO date like 2024-01-01") from None
-        _check_int("seed", self.seed, 0, 2**63 - 1)
-        _check_int("events_min", self.events_min, 1, 1_000_000)
-        _check_float("events_mean", self.events_mean, float(self.events_min), 1e6)
-        _check_float("events_sigma", self.events_sigma, 0.0, 4.0)
-        _check_int("events_max", self.events_max, self.events_min, 10_000_000)
-        _check_int("networks", self.networks, 50, 200_000)
+        check_int("seed", self.seed, 0, 2**63 - 1)
+        check_int("events_min", self.events_min, 1, 1_000_000)
+        check_float("events_mean", self.events_mean, float(self.events_min), 1e6)
+        check_float("events_sigma", self.events_sigma, 0.0, 4.0)
+        check_int("events_max", self.events_max, self.events_min, 10_000_000)
+        check_int("networks", self.networks, 50, 200_000)
         if self.address_plan is not None and not isinstance(self.address_plan, str):
             raise ConfigError(f"address_plan={self.address_plan!r} must be a path or null")
         for name in ("mobile_rate", "mobile_share", "travel_rate", "roam_rate", "abroad_share", "ipv6_rate",
                      "ipv6_work_rate", "ipv6_mobile_rate", "ipv6_share"):  # fmt: skip
-            _check_float(name, getattr(self, name), 0.0, 1.0)
-        _check_int("n_files", self.n_files, 1, 100_000)
-        _check_int("gzip_level", self.gzip_level, 1, 9)
-        _check_float("noise_rate", self.noise_rate, 0.0, 0.95)
-        _check_float("junk_rate", self.junk_rate, 0.0, 0.5)
-        _check_int("train_days", self.train_days, 1, self.days)
-        _check_int("validation_days", self.validation_days, 0, self.days)
+            check_float(name, getattr(self, name), 0.0, 1.0)
+        check_int("n_files", self.n_files, 1, 100_000)
+        check_int("gzip_level", self.gzip_level, 1, 9)
+        check_float("noise_rate", self.noise_rate, 0.0, 0.95)
+        check_float("junk_rate", self.junk_rate, 0.0, 0.5)
+        check_int("train_days", self.train_days, 1, self.days)
+        check_int("validation_days", self.validation_days, 0, self.days)
         if self.train_days + self.validation_days >= self.days:
             raise ConfigError(
                 f"train_days + validation_days = {self.train_days} + {self.validation_days} must be < days={self.days}"
                 " so that at least one test day is left"
             )
-        _check_int("attacks", self.attacks, 0, 100_000_000)
-        _check_int("validation_attacks", self.validation_attacks, 0, 100_000_000)
+        check_int("attacks", self.attacks, 0, 100_000_000)
+        check_int("validation_attacks", self.validation_attacks, 0, 100_000_000)
         kinds = tuple(self.attack_kinds)
         unknown = [k for k in kinds if k not in ATTACK_KINDS]
         if unknown or len(set(kinds)) != len(kinds) or not kinds:

@@ -1,0 +1,3 @@
+"""The shared core: configuration, addresses, the entity hash, the model and its metrics. Imports
+nothing else of ipinsights.
+"""

@@ -1,0 +1,76 @@
+"""Calibrating thresholds on Spark: quantiles of normal traffic's scores, never collected to the driver.
+
+The file format and the thresholds it yields live in :mod:`ipinsights.score.calibration`, which needs
+no Spark (the endpoint reads calibrations too).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ipinsights.score.calibration import medium_fpr
+from ipinsights.score.verdict import CAL_LEVELS, RULE_SCORE
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame
+
+__all__ = ["calibrate_levels", "calibrate_threshold"]
+
+
+def calibrate_threshold(
+    scores: DataFrame, target_fpr: float, accuracy: int = 1_000_000, score_col: str = "anomaly_score"
+) -> tuple[float, int]:
+    """``(threshold, rows)``: the ``1 - target_fpr`` quantile of ``score_col`` over its non-null, non-NaN rows.
+
+    One Spark aggregation; ``rows`` is how many scores it was taken over. Raises ``ValueError`` when
+    there is none (nothing to calibrate on).
+    """
+    from pyspark.sql import functions as F
+
+    if not 0.0 < target_fpr < 1.0:
+        raise ValueError(f"target_fpr={target_fpr} must be in (0, 1)")
+    s = F.col(score_col)
+    row = (
+        scores.where(s.isNotNull() & ~F.isnan(s))
+        .agg(F.percentile_approx(s.cast("double"), 1.0 - target_fpr, accuracy).alias("q"), F.count(s).alias("n"))
+        .first()
+    )
+    n = int(row["n"]) if row is not None else 0
+    if not n:
+        raise ValueError("no scored rows to calibrate on (empty traffic, or every entity unseen)")
+    return float(row["q"]), n
+
+
+def calibrate_levels(
+    scores: DataFrame, target_fpr: float, accuracy: int = 1_000_000
+) -> tuple[dict[str, float | None], int]:
+    """Thresholds of the levels on normal traffic scored by ``score_events``, in one Spark aggregation.
+
+    Entity scores (rule ``model_score``) and population-prior scores (every valid row: the prior is
+    what judges any entity in its learning period) each get their ``1 - target_fpr`` (high) and
+    ``1 - medium_fpr`` (medium) quantiles. Returns the thresholds by name and the entity-score rows.
+    """
+    from pyspark.sql import functions as F
+
+    if not 0.0 < target_fpr < 1.0:
+        raise ValueError(f"target_fpr={target_fpr} must be in (0, 1)")
+    qs = [1.0 - target_fpr, 1.0 - medium_fpr(target_fpr), *CAL_LEVELS.tolist()]
+    a, p = F.col("anomaly_score").cast("double"), F.col("prior_score").cast("double")
+    entity = F.when((F.col("rule") == RULE_SCORE) & a.isNotNull() & ~F.isnan(a), a)
+    prior = F.when(p.isNotNull() & ~F.isnan(p), p)
+    row = scores.agg(
+        F.percentile_approx(entity, qs, accuracy).alias("e"),
+        F.count(entity).alias("n"),
+        F.percentile_approx(prior, qs, accuracy).alias("p"),
+        F.count(prior).alias("np"),
+    ).first()
+    n = int(row["n"]) if row is not None else 0
+    if not n:
+        raise ValueError("no scored rows to calibrate on (empty traffic, or every entity in its learning period)")
+    e, pr = row["e"], row["p"] if row["np"] else [None] * (len(qs))
+    out = {"threshold": float(e[0]), "medium_threshold": float(e[1]),
+           "prior_threshold": None if pr[0] is None else float(pr[0]),
+           "prior_medium_threshold": None if pr[1] is None else float(pr[1]),
+           "score_quantiles": [float(x) for x in e[2:]],
+           "prior_quantiles": None if pr[0] is None else [float(x) for x in pr[2:]]}  # fmt: skip
+    return out, n

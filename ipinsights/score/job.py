@@ -1,0 +1,522 @@
+"""Scoring events on Spark: scores, verdicts, flagged cases with context, and the daily run that ties them.
+
+Columns added to events by :func:`score_events` (one Arrow batch at a time, in Spark's Python workers,
+with the model loaded once per worker through :func:`ipinsights.scorer.load_scorer`):
+
+    dot_product       float   SageMaker's raw output (higher = more compatible); null for an invalid address
+    prior_score       float   anomaly score against the population prior (how unusual is this network for
+                              everyone): what an entity in its learning period is judged by
+    anomaly_score     float   the score of the row's rule (higher = more suspicious); null when there is none
+    training_count    long    the entity's events in training (0 = unseen; null if the model has no entity stats)
+    unseen_entity     boolean training_count == 0
+    rule              string  which rule produced anomaly_score: ``model_score`` (the entity's own vector),
+                              ``learning_period`` (fewer than ``learning_period_events`` training events:
+                              the population prior; never a random vector) or ``invalid_ip`` (no score)
+    entity_percentile double  0-100: where the score falls among the entity's own training scores (profile)
+    normal_percentile double  0-100: where it falls among normal traffic of its rule (calibration): one scale
+                              for both rules, so rows decided by different rules rank together
+    level             string  low / medium / high from the calibrated (or fixed) thresholds of the rule
+    flagged           boolean level == high (or an unseen entity, with ``flag_unseen``)
+
+Flagged rows get their context in :func:`flagged_with_context`: exact lookups in the training days
+(was the IP, its /24, its /16 seen for this entity; IPv4) and the explanations of
+:meth:`ipinsights.scorer.Scorer.explain` (known networks nearest by embedding and by prefix, /24 or /48,
+/16 or /32 and ASN seen, the entity's typical score range) from the entity profiles
+(:mod:`ipinsights.profile`).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pyarrow as pa
+
+from ipinsights.score.evaluate import BASELINES
+from ipinsights.score.scorer import BATCH_ROWS
+from ipinsights.score.verdict import LEVELS, RULES, Thresholds
+
+if TYPE_CHECKING:
+    from pyspark.sql import Column, DataFrame, SparkSession
+
+from ipinsights.score.verdict import Threshold
+
+log = logging.getLogger(__name__)
+
+
+_SCORE_FIELDS = (
+    "dot_product float, prior_score float, anomaly_score float, training_count long, unseen_entity boolean, "
+    "rule string, entity_percentile double, normal_percentile double, level string, flagged boolean"
+)
+
+
+_SCORE_FIELDS_NAMES = [f.strip().split()[0] for f in _SCORE_FIELDS.split(",")]
+
+
+#: Columns of the scores table, in order.
+SCORE_COLUMNS = ("entity", "ip", "ts", *_SCORE_FIELDS_NAMES, "dt")
+
+
+SCORES_SCHEMA = f"entity string, ip string, ts timestamp, {_SCORE_FIELDS}, dt string"
+
+
+#: Explanation columns of the flagged table (see Scorer.explain).
+_EXPLAIN_FIELDS = (
+    "subnet string, subnet_seen boolean, network string, network_seen boolean, asn long, asn_seen boolean, "
+    "nearest_networks string, closest_network string, shared_prefix_bits int, typical_low double, "
+    "typical_high double"
+)
+
+
+_EXPLAIN_NAMES = [f.strip().split()[0] for f in _EXPLAIN_FIELDS.split(",")]
+
+
+_ARROW = {"string": pa.string(), "boolean": pa.bool_(), "long": pa.int64(), "int": pa.int32(), "double": pa.float64()}
+
+
+_EXPLAIN_TYPES = {f.split()[0]: _ARROW[f.split()[1]] for f in _EXPLAIN_FIELDS.split(",")}
+
+
+@dataclass(frozen=True)
+class ScoreConfig:
+    """Settings of the scoring job (``conf/score.yml``); paths may be any Hadoop file system URI except ``reports``.
+
+    Exactly one of ``threshold`` (fixed) and ``target_fpr`` (calibrated) is set. Calibration traffic is
+    the events of ``calibration_start_date..calibration_end_date`` (e.g. the validation days); context of
+    flagged cases comes from ``train_start_date..train_end_date`` (the days the model was trained on).
+    """
+
+    model: str
+    scores: str
+    flagged: str
+    reports: str  # local folder: reports are written by the driver
+    events: str | None = None
+    threshold: float | None = None
+    target_fpr: float | None = None
+    calibration: str | None = None  # default: <model>.calibration.json
+    recalibrate: bool = False
+    calibration_start_date: str | None = None
+    calibration_end_date: str | None = None
+    train_start_date: str | None = None
+    train_end_date: str | None = None
+    flag_unseen: bool = False
+    learning_period_events: int = 10
+    profile: str | None = None  # default: <model>.profile.safetensors (built from the training days)
+    asn_table: str | None = None  # ip2asn TSV: ASN context of flagged cases
+    max_networks: int = 16  # known networks kept per entity in its profile
+    quantile_accuracy: int = 1_000_000
+    top_n: int = 50
+    histogram_bins: int = 60
+    arrow_batch_size: int = 50_000  # rows per Arrow batch: amortises per-batch costs (20k: ~10% slower)
+    scorer_batch_size: int = BATCH_ROWS  # rows per torch call: small batches stay in cache (faster on CPU)
+
+    def __post_init__(self) -> None:
+        from ipinsights.core.config import ConfigError, check_float, check_int
+
+        if (self.threshold is None) == (self.target_fpr is None):
+            raise ConfigError("set exactly one of threshold (fixed) and target_fpr (calibrated)")
+        if self.threshold is not None and not math.isfinite(self.threshold):
+            raise ConfigError(f"threshold={self.threshold!r} must be a finite number")
+        if self.target_fpr is not None:
+            check_float("target_fpr", self.target_fpr, 1e-6, 0.5)
+        check_int("quantile_accuracy", self.quantile_accuracy, 100, 100_000_000)
+        check_int("top_n", self.top_n, 1, 100_000)
+        check_int("learning_period_events", self.learning_period_events, 0, 1_000_000)
+        check_int("max_networks", self.max_networks, 1, 1000)
+        check_int("histogram_bins", self.histogram_bins, 5, 1000)
+        check_int("arrow_batch_size", self.arrow_batch_size, 100, 10_000_000)
+        check_int("scorer_batch_size", self.scorer_batch_size, 64, 10_000_000)
+        for a, b in (("calibration_start_date", "calibration_end_date"), ("train_start_date", "train_end_date")):
+            if (getattr(self, a) is None) != (getattr(self, b) is None):
+                raise ConfigError(f"set both {a} and {b}, or neither")
+
+
+@dataclass(frozen=True)
+class ScoringSetup:
+    """What every Python worker needs to score: the model, its profile and ASN table, rules and thresholds."""
+
+    model: str
+    batch_size: int = BATCH_ROWS
+    profile: str | None = None
+    profile_stamp: int = 0  # the profile file's mtime: a rebuilt profile is not served from a worker's cache
+    asn_table: str | None = None
+    learning_period_events: int = 10
+    thresholds: Thresholds | None = None
+    flag_unseen: bool = False
+
+    def scorer(self):
+        """The worker's cached Scorer (one model load per Python worker), with profile and ASN table."""
+        from ipinsights.score.scorer import load_scorer
+
+        scorer = load_scorer(self.model, profile=self.profile, asn_table=self.asn_table, stamp=self.profile_stamp)
+        scorer.batch_size = self.batch_size
+        return scorer
+
+
+def _scorer_fn(setup: ScoringSetup) -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
+    """The ``mapInArrow`` function: a picklable closure over the setup, loading the model once per worker."""
+
+    def score_batches(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        import torch
+
+        # Spark runs one Python worker per task slot: more torch threads per worker only oversubscribe cores.
+        torch.set_num_threads(1)
+        scorer = setup.scorer()
+        for batch in batches:
+            ent, ip = batch.column("entity"), batch.column("ip")
+            a = scorer.assess(ent, ip, setup.learning_period_events, setup.thresholds)
+            n = len(a.dot_product)
+            unseen = a.unseen_entity
+            if a.level_code is not None:
+                flagged = a.level_code == _HIGH
+                if setup.flag_unseen and unseen is not None:
+                    flagged = flagged | unseen
+                flagged_col, level_col = pa.array(flagged), _strings(a.level_code, _LEVEL_STRINGS)
+            else:
+                flagged_col, level_col = pa.nulls(n, pa.bool_()), pa.nulls(n, pa.string())
+            cols = [
+                _floats(a.dot_product),
+                _floats(a.prior_score),
+                _floats(a.anomaly_score),
+                pa.array(a.training_count, pa.int64()) if a.training_count is not None else pa.nulls(n, pa.int64()),
+                pa.array(unseen) if unseen is not None else pa.nulls(n, pa.bool_()),
+                _strings(a.rule_code, _RULE_STRINGS),
+                _floats(a.entity_percentile),
+                _floats(a.normal_percentile) if a.normal_percentile is not None else pa.nulls(n, pa.float64()),
+                level_col,
+                flagged_col,
+            ]
+            yield pa.RecordBatch.from_arrays([*batch.columns, *cols], names=[*batch.schema.names, *_SCORE_FIELDS_NAMES])
+
+    return score_batches
+
+
+_RULE_STRINGS = pa.array(RULES, pa.string())
+
+
+_LEVEL_STRINGS = pa.array(LEVELS, pa.string())
+
+
+_HIGH = LEVELS.index("high")
+
+
+def _strings(codes: np.ndarray, strings: pa.Array) -> pa.Array:
+    """String column of small codes (-1: null), taken from ``strings`` in Arrow: no Python string per row."""
+    return strings.take(pa.array(codes, mask=codes < 0))
+
+
+def _floats(values: np.ndarray) -> pa.Array:
+    """Float column, null where not finite (Spark's null, not NaN, means "no score")."""
+    return pa.array(values, mask=~np.isfinite(values))
+
+
+def score_events(df: DataFrame, setup: ScoringSetup | str, batch_size: int = BATCH_ROWS) -> DataFrame:
+    """``df`` (with string columns ``entity`` and ``ip``) plus the score columns (see the module docstring).
+
+    ``setup`` is a :class:`ScoringSetup` or just a model path (no thresholds: ``level``/``flagged`` null).
+    Every input column passes through unchanged. Arrow batch size is Spark's
+    ``spark.sql.execution.arrow.maxRecordsPerBatch``; ``batch_size`` is rows per torch call.
+    """
+    from pyspark.sql.types import StructType
+
+    if not isinstance(setup, ScoringSetup):
+        setup = ScoringSetup(model=str(setup), batch_size=batch_size)
+    setup = replace(setup, model=_resolved(setup.model), profile=_resolved(setup.profile))
+    out_schema = StructType(df.schema.fields + StructType.fromDDL(_SCORE_FIELDS).fields)
+    return df.mapInArrow(_scorer_fn(setup), out_schema)
+
+
+def _resolved(path: str | None) -> str | None:
+    """Absolute local paths (executors may run elsewhere than the driver's working directory); URIs as given."""
+    if path is None or "://" in str(path):
+        return path
+    return str(Path(path).resolve())
+
+
+def _explain_fn(setup: ScoringSetup) -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
+    """mapInArrow over flagged rows: append :meth:`Scorer.explain` columns (few rows: Python lists are fine)."""
+
+    def explain_batches(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        import torch
+
+        torch.set_num_threads(1)
+        scorer = setup.scorer()
+        for batch in batches:
+            ex = scorer.explain(batch.column("entity"), batch.column("ip"))
+            ex["nearest_networks"] = [
+                None if v is None else "; ".join(f"{x['network']} (cos {x['similarity']:.2f}, {x['events']} events)"
+                                                 for x in v)
+                for v in ex["nearest_networks"]
+            ]  # fmt: skip
+            cols = [pa.array(ex[name], _EXPLAIN_TYPES[name]) for name in _EXPLAIN_NAMES]
+            yield pa.RecordBatch.from_arrays([*batch.columns, *cols], names=[*batch.schema.names, *_EXPLAIN_NAMES])
+
+    return explain_batches
+
+
+def explain_rows(df: DataFrame, setup: ScoringSetup) -> DataFrame:
+    """``df`` (flagged rows with ``entity``, ``ip``) plus the explanation columns."""
+    from pyspark.sql.types import StructType
+
+    setup = replace(setup, model=_resolved(setup.model), profile=_resolved(setup.profile))
+    out_schema = StructType(df.schema.fields + StructType.fromDDL(_EXPLAIN_FIELDS).fields)
+    return df.mapInArrow(_explain_fn(setup), out_schema)
+
+
+def ipv4_int(ip: Column) -> Column:
+    """Unsigned value of a dotted-quad string column as long; null when it is not a plain IPv4 address."""
+    from pyspark.sql import functions as F
+
+    m = r"^(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})$"
+    octets = [F.regexp_extract(ip, m, i).cast("long") for i in (1, 2, 3, 4)]
+    value = octets[0] * (1 << 24) + octets[1] * (1 << 16) + octets[2] * (1 << 8) + octets[3]
+    ok = ip.rlike(m)
+    for o in octets:
+        ok = ok & (o <= 255)
+    return F.when(ok, value)
+
+
+def flagged_with_context(
+    flagged: DataFrame, history: DataFrame | None, threshold: float, setup: ScoringSetup | None = None
+) -> DataFrame:
+    """Flagged rows plus what training knew: ``seen_exact_ip``, ``seen_same_24``, ``seen_same_16``, the
+    explanation columns (with ``setup``; null without a profile) and ``threshold``.
+
+    ``history`` is the training days of the events table (``entity``, ``ip_int``); the lookups are the
+    evaluation baselines' (``evaluate.BASELINES``), done as left joins on (entity, ip_int >> (32 - length))
+    against distinct training (entity, network) keys. Null when there is no history or no IPv4 address.
+    """
+    from pyspark.sql import functions as F
+
+    out = flagged.withColumn("_ip_int", ipv4_int(F.col("ip")))
+    for name, length in BASELINES.items():
+        key = f"_net{length}"
+        out = out.withColumn(key, F.shiftright("_ip_int", 32 - length))
+        if history is None:
+            out = out.withColumn(name, F.lit(None).cast("boolean"))
+            continue
+        seen = (
+            history.where(F.col("ip_int").isNotNull())
+            .select("entity", F.shiftright("ip_int", 32 - length).alias(key))
+            .distinct()
+            .withColumn(f"_hit{length}", F.lit(True))
+        )
+        out = out.join(seen, on=["entity", key], how="left").withColumn(
+            name, F.when(F.col(key).isNotNull(), F.coalesce(F.col(f"_hit{length}"), F.lit(False)))
+        )
+    keep = [c for c in flagged.columns if c != "dt"]
+    out = out.select(*keep, *BASELINES, F.lit(float(threshold)).alias("threshold"), "dt")
+    if setup is None:
+        return out.select(*keep, *BASELINES, *[F.lit(None).cast(t).alias(n) for n, t in
+                          (f.split() for f in _EXPLAIN_FIELDS.split(","))], "threshold", "dt")  # fmt: skip
+    return explain_rows(out, setup).select(*keep, *BASELINES, *_EXPLAIN_NAMES, "threshold", "dt")
+
+
+def resolve_threshold(spark: SparkSession, cfg: ScoreConfig, profile: str | None = None) -> Threshold:
+    """The fixed threshold, a stored calibration for this model, or a new calibration (then stored).
+
+    ``profile`` (entity profiles, see :func:`resolve_profile`) gives the population prior its scores,
+    so that the learning period's thresholds are calibrated too.
+    """
+    from ipinsights.score.calibrate import calibrate_levels
+    from ipinsights.score.calibration import (
+        Calibration,
+        CalibrationError,
+        load_calibration,
+        medium_fpr,
+        save_calibration,
+    )
+    from ipinsights.storage.events import read_events_days as read_events
+    from ipinsights.storage.modelfile import calibration_path, model_fingerprint
+
+    if cfg.threshold is not None:
+        return Threshold(cfg.threshold, "fixed (--threshold)")
+    assert cfg.target_fpr is not None
+    path = Path(cfg.calibration) if cfg.calibration else calibration_path(cfg.model)
+    if not cfg.recalibrate and path.exists():
+        try:
+            cal = load_calibration(path, cfg.model)
+            if math.isclose(cal.target_fpr, cfg.target_fpr):
+                log.info("using calibration %s: threshold %.6g (%s)", path, cal.threshold, cal.source)
+                return Threshold(cal.threshold, _describe(cal, path), cal.target_fpr, cal.thresholds())
+            log.info("calibration %s is for target_fpr %g, not %g: recalibrating", path, cal.target_fpr, cfg.target_fpr)
+        except CalibrationError as exc:
+            log.warning("%s: recalibrating", exc)
+    if cfg.events is None or cfg.calibration_start_date is None or cfg.calibration_end_date is None:
+        raise ValueError(
+            f"target_fpr needs a calibration: none usable at {path}; set events, calibration_start_date and "
+            "calibration_end_date (normal traffic, e.g. the validation days) or give a fixed threshold"
+        )
+    events = read_events(spark, cfg.events, cfg.calibration_start_date, cfg.calibration_end_date)
+    setup = ScoringSetup(
+        cfg.model,
+        cfg.scorer_batch_size,
+        profile=profile,
+        profile_stamp=os.stat(profile).st_mtime_ns if profile else 0,
+        learning_period_events=cfg.learning_period_events,
+    )
+    levels, rows = calibrate_levels(score_events(events.select("entity", "ip"), setup), cfg.target_fpr,
+                                    cfg.quantile_accuracy)  # fmt: skip
+    cal = Calibration(
+        threshold=levels["threshold"],
+        target_fpr=cfg.target_fpr,
+        rows=rows,
+        source=f"events dt {cfg.calibration_start_date}..{cfg.calibration_end_date}",
+        model_fingerprint=model_fingerprint(cfg.model),
+        accuracy=cfg.quantile_accuracy,
+        medium_threshold=levels["medium_threshold"],
+        medium_fpr=medium_fpr(cfg.target_fpr),
+        prior_threshold=levels["prior_threshold"],
+        prior_medium_threshold=levels["prior_medium_threshold"],
+        score_quantiles=levels["score_quantiles"],
+        prior_quantiles=levels["prior_quantiles"],
+    )
+    save_calibration(cal, path)
+    log.info("calibrated threshold %.6g on %d rows (target FPR %g), saved to %s", cal.threshold, rows, cfg.target_fpr,
+             path)  # fmt: skip
+    return Threshold(cal.threshold, _describe(cal, path), cal.target_fpr, cal.thresholds())
+
+
+def _describe(cal, path: Path) -> str:
+    return f"calibrated to FPR {cal.target_fpr:g} on {cal.rows:,} rows of {cal.source} ({path.name})"
+
+
+def resolve_profile(spark: SparkSession, cfg: ScoreConfig) -> str | None:
+    """Path of usable entity profiles for the model: the stored ones, or new ones built from the training days."""
+    from ipinsights.score.profile_build import build_profiles
+    from ipinsights.score.profiles import EntityProfiles, ProfileError
+    from ipinsights.storage.events import read_events_days
+    from ipinsights.storage.modelfile import profile_path
+
+    path = Path(cfg.profile) if cfg.profile else profile_path(cfg.model)
+    if not cfg.recalibrate and path.exists():
+        try:
+            EntityProfiles.load(path, cfg.model)
+            return str(path)
+        except ProfileError as exc:
+            log.warning("%s: rebuilding", exc)
+    if cfg.events is None or cfg.train_start_date is None or cfg.train_end_date is None:
+        log.warning("no entity profiles at %s and no training days to build them from: no percentiles or "
+                    "explanations (set train_start_date and train_end_date)", path)  # fmt: skip
+        return None
+    history = read_events_days(spark, cfg.events, cfg.train_start_date, cfg.train_end_date)
+    profiles = build_profiles(history, _resolved(cfg.model), cfg.asn_table, cfg.max_networks)
+    profiles.save(path)
+    log.info("entity profiles of %d entities (dt %s..%s) saved to %s", len(profiles), cfg.train_start_date,
+             cfg.train_end_date, path)  # fmt: skip
+    return str(path)
+
+
+@dataclass
+class ScoreRun:
+    """What a run did, per day (for logs and tests)."""
+
+    threshold: Threshold
+    days: list[str]
+    counts: dict[str, dict[str, int]] = field(default_factory=dict)
+    reports: dict[str, Path] = field(default_factory=dict)
+
+
+def run_score_job(spark: SparkSession, cfg: ScoreConfig, days: list[str], input_csv: str | None = None) -> ScoreRun:
+    """Score ``days`` of the events table in one pass (or a batch-transform CSV, labelled ``days[0]``).
+
+    Each day's scores and flagged partitions are replaced (dynamic partition overwrite; a day without
+    rows has its old partitions removed), so a rerun or a backfill over already-scored days is idempotent.
+    Then each day gets its report (HTML + CSV) under ``cfg.reports/dt=DAY/``.
+    """
+    from pyspark.sql import functions as F
+
+    from ipinsights.score.report import day_counts, score_histograms, write_day_report
+    from ipinsights.storage.events import present_days, read_events_days, read_table_days
+    from ipinsights.storage.modelfile import read_manifest
+    from ipinsights.storage.publish import delete_partitions, write_partitions
+    from ipinsights.storage.sagemaker_csv import read_pairs_csv_spark
+
+    read_manifest(cfg.model)  # a missing or foreign model fails here, clearly, not inside every Spark task
+    # Arrow batches: big enough to amortise the per-batch JVM<->Python cost, small enough to stay in cache.
+    spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(cfg.arrow_batch_size))
+    profile = resolve_profile(spark, cfg)
+    threshold = resolve_threshold(spark, cfg, profile)
+    setup = ScoringSetup(
+        model=cfg.model,
+        batch_size=cfg.scorer_batch_size,
+        profile=profile,
+        profile_stamp=os.stat(profile).st_mtime_ns if profile else 0,
+        asn_table=cfg.asn_table,
+        learning_period_events=cfg.learning_period_events,
+        thresholds=threshold.thresholds,
+        flag_unseen=cfg.flag_unseen,
+    )
+    if input_csv is not None:
+        if len(days) != 1:
+            raise ValueError("a batch-transform CSV is labelled with one day")
+        events = read_pairs_csv_spark(spark, input_csv, days[0])
+        input_days = set(days)
+    else:
+        if cfg.events is None:
+            raise ValueError("no input: set events (the events table) or give a CSV")
+        events = read_events_days(spark, cfg.events, days[0], days[-1])
+        input_days = present_days(events)
+    empty = sorted(set(days) - input_days)
+    if empty:
+        log.info("no input events for %s: their outputs will be empty", ", ".join(empty))
+    scored = _scores_by_day(events, sorted(input_days), setup)
+    if scored is not None:
+        write_partitions(scored, cfg.scores)
+    delete_partitions(spark, cfg.scores, empty)
+
+    # Everything downstream reads the written table back: the UDF runs once per row, never twice.
+    scores = read_table_days(spark, cfg.scores, SCORES_SCHEMA, days)
+    counts = day_counts(scores, days)
+    history = None
+    if cfg.events is not None and cfg.train_start_date is not None and cfg.train_end_date is not None:
+        history = read_events_days(spark, cfg.events, cfg.train_start_date, cfg.train_end_date)
+    else:
+        log.warning("train_start_date/train_end_date not set: flagged cases get no /24 and /16 context")
+    flagged = flagged_with_context(scores.where(F.col("flagged")), history, threshold.value, setup)
+    write_partitions(flagged, cfg.flagged)
+    delete_partitions(spark, cfg.flagged, [d for d in days if counts[d]["flagged"] == 0])
+
+    flagged_table = read_table_days(spark, cfg.flagged, flagged_schema(), days)
+    hists = score_histograms(scores, cfg.histogram_bins)
+    run = ScoreRun(threshold=threshold, days=list(days), counts=counts)
+    for day in days:
+        run.reports[day] = write_day_report(
+            Path(cfg.reports), day, counts[day], hists.get(day), flagged_table.where(F.col("dt") == day),
+            threshold, cfg.top_n,
+        )  # fmt: skip
+        log.info("%s: %s; report %s", day, counts[day], run.reports[day])
+    return run
+
+
+def _scores_by_day(events: DataFrame, days: list[str], setup: ScoringSetup) -> DataFrame | None:
+    """The scores table's rows of ``events`` (``SCORE_COLUMNS``), one day at a time; None without days.
+
+    Each day is scored apart and gets its ``dt`` back in the JVM as a constant: the day never travels to
+    the Python workers and back with every row (~5% of the job's CPU time).
+    """
+    from functools import reduce
+
+    from pyspark.sql import DataFrame
+    from pyspark.sql import functions as F
+
+    parts = [
+        score_events(events.where(F.col("dt") == day).select("entity", "ip", "ts"), setup)
+        .withColumn("dt", F.lit(day))
+        .select(*SCORE_COLUMNS)
+        for day in days
+    ]
+    return reduce(DataFrame.unionByName, parts) if parts else None
+
+
+def flagged_schema() -> str:
+    """DDL of the flagged table: the scores columns, the context lookups, the explanations and the threshold."""
+    base = SCORES_SCHEMA.replace(", dt string", "")
+    ctx = ", ".join(f"{name} boolean" for name in BASELINES)
+    return f"{base}, {ctx}, {_EXPLAIN_FIELDS}, threshold double, dt string"

@@ -1,0 +1,106 @@
+"""Building entity profiles on Spark: the training days scored on the executors and aggregated per entity."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame
+
+from ipinsights.score.profiles import (
+    NETWORK_V4,
+    NETWORK_V6,
+    QUANTILES,
+    SUBNET_V4,
+    SUBNET_V6,
+    EntityProfiles,
+    assemble_profiles,
+)
+
+log = logging.getLogger(__name__)
+
+
+def _history_fn(model_path: str, asn_path: str | None):
+    """mapInArrow: (entity, ip) -> (entity_hash, key, its /24|/48 and /16|/32, asn, anomaly), model loaded once."""
+
+    def fn(batches):
+        import pyarrow as pa
+        import torch
+
+        from ipinsights.core.hashing import hash_strings
+        from ipinsights.core.ip import key_prefix
+        from ipinsights.score.scorer import load_scorer
+
+        torch.set_num_threads(1)
+        scorer = load_scorer(model_path)
+        table = None
+        if asn_path:
+            from ipinsights.core.asn import load_asn_table
+
+            table = load_asn_table(asn_path)
+        for batch in batches:
+            ent, ip = batch.column("entity"), batch.column("ip")
+            parsed = scorer.parse(ip)
+            dp = scorer.dot_product(ent, ip)
+            keep = parsed.valid & np.isfinite(dp)
+            keys = parsed.value[keep]
+            asn = table.lookup(keys) if table is not None else np.full(keys.size, -1, np.int64)
+            yield pa.RecordBatch.from_arrays(
+                [
+                    pa.array(hash_strings(ent, scorer.hash_seed)[keep].view(np.int64)),
+                    pa.array(keys),
+                    pa.array(key_prefix(keys, SUBNET_V4, SUBNET_V6)),
+                    pa.array(key_prefix(keys, NETWORK_V4, NETWORK_V6)),
+                    pa.array(asn),
+                    pa.array(-dp[keep].astype(np.float64)),
+                ],
+                names=["entity_hash", "key", "net", "wide", "asn", "anomaly"],
+            )
+
+    return fn
+
+
+def build_profiles(
+    history: DataFrame,
+    model_path: str,
+    asn_path: str | None = None,
+    max_networks: int = 16,
+    accuracy: int = 10_000,
+) -> EntityProfiles:
+    """Profiles of every entity of ``history`` (the training days' ``entity``, ``ip`` rows).
+
+    Scores the history with the model on the executors, then aggregates per entity there; only one
+    row per entity (its quantiles, its ``max_networks`` networks, its ASNs) reaches the driver.
+    """
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    from ipinsights.storage.modelfile import model_fingerprint
+
+    schema = "entity_hash long, key long, net long, wide long, asn long, anomaly double"
+    scored = history.select("entity", "ip").mapInArrow(_history_fn(model_path, asn_path), schema)
+    quant = scored.groupBy("entity_hash").agg(
+        F.percentile_approx("anomaly", [float(q) for q in QUANTILES], accuracy).alias("q")
+    )
+    nets = scored.groupBy("entity_hash", "net").agg(F.count("*").alias("n"), F.mode("key").alias("key"))
+    ranked = nets.withColumn(
+        "r", F.row_number().over(Window.partitionBy("entity_hash").orderBy(F.desc("n"), F.asc("key")))
+    ).where(F.col("r") <= max_networks)
+    net_lists = ranked.groupBy("entity_hash").agg(F.sort_array(F.collect_list(F.struct("r", "key", "n"))).alias("nets"))
+    asns = scored.where(F.col("asn") >= 0).groupBy("entity_hash").agg(F.sort_array(F.collect_set("asn")).alias("asns"))
+    rows = quant.join(net_lists, "entity_hash").join(asns, "entity_hash", "left").toArrow()
+    profiles = assemble_profiles(rows, model_fingerprint(model_path))
+    # Population counts: one row per network comes back (bounded by the networks, not the events).
+    subnets = scored.groupBy("net").count().orderBy("net").toArrow()
+    networks = scored.groupBy(F.col("wide").alias("net")).count().orderBy("net").toArrow()
+    return replace(
+        profiles,
+        pop_subnets=subnets["net"].to_numpy().astype(np.int64),
+        pop_subnet_counts=subnets["count"].to_numpy().astype(np.int64),
+        pop_networks=networks["net"].to_numpy().astype(np.int64),
+        pop_network_counts=networks["count"].to_numpy().astype(np.int64),
+    )

@@ -1,0 +1,264 @@
+"""The investigator's daily report: one self-contained HTML page and a CSV of the day's flagged cases.
+
+Layout under the reports folder::
+
+    dt=YYYY-MM-DD/report.html   counts, the threshold in force, the score histogram (normal vs flagged,
+                                a PNG embedded as a data: URI) and the top flagged cases with context
+    dt=YYYY-MM-DD/flagged.csv   every flagged case of the day, with context
+
+Everything shown comes from bounded Spark aggregates (per-day counts, a fixed-bin histogram, the
+top-N flagged rows); no table of scores is collected. Entities and addresses come from logs, so
+everything user-controlled is HTML-escaped, the page forbids scripts (Content-Security-Policy), and
+CSV cells that a spreadsheet would run as a formula are defused.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import io
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ipinsights.score.evaluate import BASELINES
+from ipinsights.storage.files import atomic_write
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame
+
+    from ipinsights.score.verdict import Threshold
+
+__all__ = [
+    "Histogram",
+    "COUNT_NAMES",
+    "day_counts",
+    "score_histograms",
+    "histogram_png",
+    "render_report",
+    "write_flagged_csv",
+    "write_day_report",
+]
+
+#: Per-day counts, in report order.
+COUNT_NAMES = ("rows", "scored", "unseen_entity", "learning_period", "invalid_ip", "level_medium", "flagged",
+               "flagged_by_score", "flagged_learning_period", "flagged_unseen")  # fmt: skip
+#: Columns of the flagged cases shown in the report and written to the CSV.
+CASE_COLUMNS = (
+    "entity", "ip", "ts", "anomaly_score", "level", "rule", "normal_percentile", "entity_percentile", "typical_low",
+    "typical_high", "training_count", "nearest_networks", "closest_network", "shared_prefix_bits", "subnet",
+    "subnet_seen", "network", "network_seen", "asn", "asn_seen", *BASELINES,
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Histogram:
+    """Counts of anomaly scores in fixed bins, split into normal (not flagged) and flagged rows."""
+
+    edges: np.ndarray  # (bins + 1,)
+    normal: np.ndarray  # (bins,) int64
+    flagged: np.ndarray  # (bins,) int64
+
+
+def day_counts(scores: DataFrame, days: Iterable[str]) -> dict[str, dict[str, int]]:
+    """Per-day counts (:data:`COUNT_NAMES`) in one aggregation; days without rows get zeros."""
+    from pyspark.sql import functions as F
+
+    from ipinsights.score.verdict import RULE_INVALID, RULE_LEARNING, RULE_SCORE
+
+    def n(cond):
+        return F.sum(F.when(cond, 1).otherwise(0)).cast("long")
+
+    rows = (
+        scores.groupBy("dt")
+        .agg(
+            F.count(F.lit(1)).alias("rows"),
+            F.count("anomaly_score").alias("scored"),
+            n(F.col("unseen_entity")).alias("unseen_entity"),
+            n(F.col("rule") == RULE_LEARNING).alias("learning_period"),
+            n(F.col("rule") == RULE_INVALID).alias("invalid_ip"),
+            n(F.col("level") == "medium").alias("level_medium"),
+            n(F.col("flagged")).alias("flagged"),
+            n(F.col("flagged") & (F.col("rule") == RULE_SCORE)).alias("flagged_by_score"),
+            n(F.col("flagged") & (F.col("rule") == RULE_LEARNING)).alias("flagged_learning_period"),
+            n(F.col("flagged") & F.col("unseen_entity")).alias("flagged_unseen"),
+        )
+        .collect()
+    )
+    out = {d: dict.fromkeys(COUNT_NAMES, 0) for d in days}
+    for r in rows:
+        out[r["dt"]] = {k: int(r[k] or 0) for k in COUNT_NAMES}
+    return out
+
+
+def score_histograms(scores: DataFrame, bins: int = 60) -> dict[str, Histogram]:
+    """Per-day histograms of ``anomaly_score`` over bins shared by all days (comparable across a backfill).
+
+    Two small aggregations: the range, then counts per (day, flagged, bin): at most ``days * 2 * bins`` rows.
+    """
+    from pyspark.sql import functions as F
+
+    s = F.col("anomaly_score").cast("double")
+    valid = scores.where(s.isNotNull() & ~F.isnan(s))
+    lo, hi = valid.agg(F.min(s), F.max(s)).first()
+    if lo is None:
+        return {}
+    width = (hi - lo) / bins if hi > lo else 1.0
+    b = F.least(F.greatest(F.floor((s - F.lit(lo)) / F.lit(width)), F.lit(0)), F.lit(bins - 1)).cast("int")
+    rows = valid.groupBy("dt", "flagged", b.alias("bin")).count().collect()
+    edges = lo + width * np.arange(bins + 1)
+    out: dict[str, Histogram] = {}
+    for r in rows:
+        h = out.setdefault(r["dt"], Histogram(edges, np.zeros(bins, np.int64), np.zeros(bins, np.int64)))
+        (h.flagged if r["flagged"] else h.normal)[r["bin"]] += r["count"]
+    return out
+
+
+def histogram_png(hist: Histogram, threshold: float | None = None, title: str = "") -> bytes:
+    """The tutorial's histogram (normal vs flagged) from binned counts, as PNG bytes (log-scale counts)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    widths = np.diff(hist.edges)
+    for counts, label in ((hist.normal, "normal"), (hist.flagged, "flagged")):
+        ax.bar(hist.edges[:-1], counts, width=widths, align="edge", alpha=0.6, label=f"{label} ({int(counts.sum()):,})")
+    if threshold is not None:
+        ax.axvline(threshold, color="k", linestyle="--", label=f"threshold {threshold:.3f}")
+    ax.set_yscale("log")  # flagged rows are ~1% of traffic: invisible on a linear scale
+    ax.set_xlabel("anomaly score (-dot_product)")
+    ax.set_ylabel("events")
+    if title:
+        ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def _cell(v: Any) -> str:
+    if v is None:
+        return "—"
+    if isinstance(v, float):
+        return f"{v:.4f}"
+    return str(v)
+
+
+_STYLE = """
+body{font-family:system-ui,sans-serif;margin:2em;color:#222}
+table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:.3em .6em;text-align:left}
+th{background:#f0f0f0}.num{text-align:right}.note{color:#555}img{max-width:100%}
+"""
+
+
+def render_report(
+    day: str,
+    counts: Mapping[str, int],
+    threshold: Threshold,
+    top: Sequence[Mapping[str, Any]],
+    png: bytes | None,
+) -> str:
+    """The report page as a string: self-contained (inline style, image as data: URI), every value escaped."""
+    e = html.escape
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        # No scripts, no network: the page only needs its inline style and its data: image.
+        '<meta http-equiv="Content-Security-Policy" content="default-src \'none\'; img-src data:; '
+        "style-src 'unsafe-inline'\">",
+        f"<title>IP Insights report {e(day)}</title><style>{_STYLE}</style></head><body>",
+        f"<h1>IP Insights daily report: {e(day)} (UTC)</h1>",
+        f'<p id="threshold">Threshold in force: <b>anomaly_score &gt; {threshold.value:.6g}</b> '
+        f"({e(threshold.source)})</p>",
+        '<table id="counts"><tr><th>count</th><th>events</th></tr>',
+        *(f'<tr><td>{e(k)}</td><td class="num">{int(counts.get(k, 0)):,}</td></tr>' for k in counts),
+        "</table>",
+    ]
+    if not counts.get("rows"):
+        parts.append('<p id="empty"><b>No events for this day</b>: there was no input, so nothing was scored.</p>')
+    if png is not None:
+        uri = "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+        parts.append(
+            f'<h2>Score distribution</h2><img id="histogram" alt="anomaly score histogram, normal vs flagged" '
+            f'src="{uri}">'
+        )
+    elif counts.get("rows"):
+        parts.append('<p class="note">No event could be scored (invalid addresses only).</p>')
+    parts.append(f"<h2>Top flagged cases ({len(top)} of {int(counts.get('flagged', 0)):,})</h2>")
+    if top:
+        parts.append('<table id="flagged"><tr>' + "".join(f"<th>{e(c)}</th>" for c in CASE_COLUMNS) + "</tr>")
+        for row in top:
+            parts.append("<tr>" + "".join(f"<td>{e(_cell(row.get(c)))}</td>" for c in CASE_COLUMNS) + "</tr>")
+        parts.append("</table>")
+        parts.append(
+            '<p class="note">level: high = above the threshold in force, medium = above the looser calibrated one. '
+            "normal_percentile: share of normal traffic judged by the same rule that scored lower (one scale for "
+            "both rules; cases are sorted by it). "
+            "rule: which score decided (model_score = the entity's own embedding; learning_period = too few "
+            "training events, scored against the population prior: how unusual the network is for everyone). "
+            "entity_percentile: where the score falls among the entity's own training logins (100 = more unusual "
+            "than all of them); typical_low/high: its usual score range (5th-95th percentile). nearest_networks: "
+            "the entity's known networks most similar to this address (cosine of the learned vectors); "
+            "closest_network: the known network sharing the longest prefix (shared_prefix_bits). subnet (/24 or "
+            "IPv6 /48), network (/16 or /32), asn: seen for this entity in training? training_count: the entity's "
+            "events in training. seen_*: exact IPv4 lookups in the training days (IP, /24, /16).</p>"
+        )
+    else:
+        parts.append('<p id="no-flagged">No flagged cases.</p>')
+    parts.append("</body></html>")
+    return "\n".join(parts) + "\n"
+
+
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _csv_safe(v: Any) -> Any:
+    # A log-supplied entity like "=HYPERLINK(...)" would run as a formula when the CSV is opened in a spreadsheet.
+    if isinstance(v, str) and v.startswith(_FORMULA_START):
+        return "'" + v
+    return "" if v is None else v
+
+
+def write_flagged_csv(path: Path, rows: Iterable[Mapping[str, Any]]) -> Path:
+    """All flagged cases as CSV with a header (streamed; written atomically)."""
+    with atomic_write(path, newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh)
+        w.writerow(CASE_COLUMNS)
+        for r in rows:
+            w.writerow([_csv_safe(r[c]) for c in CASE_COLUMNS])
+    return path
+
+
+def write_day_report(
+    reports_dir: Path,
+    day: str,
+    counts: Mapping[str, int],
+    hist: Histogram | None,
+    flagged: DataFrame,
+    threshold: Threshold,
+    top_n: int = 50,
+) -> Path:
+    """Write ``dt=DAY/report.html`` and ``dt=DAY/flagged.csv`` for one day; returns the HTML path."""
+    from pyspark.sql import functions as F
+
+    out = Path(reports_dir) / f"dt={day}"
+    # Rarest first on one scale across rules (normal_percentile), raw score next (fixed thresholds have no table).
+    ordered = flagged.select(*CASE_COLUMNS).orderBy(
+        F.desc_nulls_last("normal_percentile"), F.desc_nulls_last("anomaly_score"), "entity", "ip"
+    )
+    top = [r.asDict() for r in ordered.limit(top_n).collect()] if counts.get("flagged") else []
+    rows = (r.asDict() for r in ordered.toLocalIterator()) if counts.get("flagged") else iter(())
+    write_flagged_csv(out / "flagged.csv", rows)
+    png = histogram_png(hist, threshold.value, f"{day}: anomaly scores") if hist is not None else None
+    page = out / "report.html"
+    with atomic_write(page, encoding="utf-8") as fh:
+        fh.write(render_report(day, counts, threshold, top, png))
+    return page

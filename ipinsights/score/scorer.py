@@ -1,0 +1,372 @@
+"""In-process scoring with a saved model: the one implementation behind every way of scoring.
+
+The CLI, the Spark pandas UDFs (loaded once per Python worker) and the endpoint all call
+:class:`Scorer`, so a pair scores the same everywhere.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import torch
+
+from ipinsights.core.entities import ENTITY_FILE, EntityStats
+from ipinsights.core.hashing import buckets_of, hash_strings
+from ipinsights.core.ip import ParsedIPs, parse_ip, to_string_array
+from ipinsights.score.verdict import (
+    LEVEL_OBJECTS,
+    RULE_INVALID_CODE,
+    RULE_LEARNING_CODE,
+    RULE_OBJECTS,
+    RULE_SCORE_CODE,
+    Thresholds,
+)
+from ipinsights.storage.modelfile import ModelBundle, load_model
+
+log = logging.getLogger(__name__)
+
+
+ArrayLike = Iterable[str] | pa.Array | np.ndarray | pd.Series
+
+
+#: Rows per torch call on CPU. Small: the (rows, vector_dim) intermediates stay in cache, and freeing them
+#: does not hand pages back to the OS only to fault them in again on the next call (8192 rows cost up to 2x).
+BATCH_ROWS = 2048
+
+
+GPU_BATCH_ROWS = 65536  # an accelerator wants few, large calls
+
+
+#: Largest entity table folded through the last encoder layer once per model (a second table of that size).
+FOLD_MAX_BYTES = 512 << 20
+
+
+@dataclass
+class Assessment:
+    """Everything scoring says about a batch of (entity, IP) rows; arrays of one row each."""
+
+    dot_product: np.ndarray  # float32: the model's raw output (SageMaker's); NaN for an invalid IP
+    prior_score: np.ndarray  # float32: population-prior anomaly score; NaN for an invalid IP or without profiles
+    training_count: np.ndarray | None  # int64 events in training (None: the model has no entity stats)
+    rule_code: np.ndarray  # int8 per row: index into RULES
+    anomaly_score: np.ndarray  # float32: the score of the row's rule (higher = more suspicious); NaN if none
+    entity_percentile: np.ndarray  # float64 0-100 among the entity's training scores; NaN if unknown
+    level_code: np.ndarray | None = None  # int8 per row: index into LEVELS, -1 = none (with thresholds)
+    normal_percentile: np.ndarray | None = None  # float64 0-100 among normal traffic of its rule (calibration)
+
+    @property
+    def rule(self) -> np.ndarray:
+        """object: RULE_* per row."""
+        return RULE_OBJECTS[self.rule_code]
+
+    @property
+    def level(self) -> np.ndarray | None:
+        """object: LEVELS per row, None where there is no score (None without thresholds)."""
+        return None if self.level_code is None else LEVEL_OBJECTS[self.level_code]
+
+    @property
+    def unseen_entity(self) -> np.ndarray | None:
+        return None if self.training_count is None else self.training_count == 0
+
+
+class Scorer:
+    """Scores (entity, IP) pairs with a loaded model.
+
+    ``dot_product`` is SageMaker's output (higher = more compatible); ``anomaly_score`` is its
+    negation (higher = more suspicious). Rows whose IP is not a valid address score NaN.
+    """
+
+    def __init__(self, bundle: ModelBundle, batch_size: int | None = None) -> None:
+        self.bundle = bundle
+        self.model = bundle.model.eval()
+        self.device = self.model.entity_table.device
+        self.hash_seed = bundle.options.hash_seed
+        self.num_entity_vectors = bundle.hyperparameters.num_entity_vectors
+        self.vector_dim = bundle.hyperparameters.vector_dim
+        self.batch_size = batch_size or (BATCH_ROWS if self.device.type == "cpu" else GPU_BATCH_ROWS)
+        files = bundle.manifest.get("files", {})
+        # Models written before entity stats existed (or by tools that skip them) have none.
+        self.entity_stats = (
+            EntityStats.from_bytes(bundle.extra_path(ENTITY_FILE).read_bytes()) if ENTITY_FILE in files else None
+        )
+        self._folded: tuple[torch.Tensor, torch.Tensor | None] | None = None  # see _folded_table
+        self._profile_rows: tuple[Any, Any, np.ndarray] | None = None  # (stats, profiles, row of each stat)
+        self.profiles = None  # EntityProfiles, see load_profiles
+        self.asn_table = None  # AsnTable, see explain
+
+    def load_profiles(self, path: str | Path | None = None, required: bool = False) -> bool:
+        """Attach the entity profiles beside the model (``<model>.profile.safetensors``) if there are any.
+
+        A profile made for another model is refused (logged, or raised with ``required``).
+        """
+        from ipinsights.score.profiles import EntityProfiles, ProfileError
+        from ipinsights.storage.modelfile import profile_path
+
+        p = Path(path) if path else profile_path(self.bundle.path)
+        try:
+            self.profiles = EntityProfiles.load(p, self.bundle.path)
+        except ProfileError as exc:
+            if required:
+                raise
+            if p.exists():
+                log.warning("%s", exc)
+            return False
+        return True
+
+    @classmethod
+    def load(cls, path: str | Path, device: str = "cpu", batch_size: int | None = None) -> Scorer:
+        return cls(load_model(path, device=device), batch_size=batch_size)
+
+    def entity_hashes(self, entities: ArrayLike) -> np.ndarray:
+        """64-bit stable hash of each entity: its embedding row, training count and profile all derive from it."""
+        return hash_strings(to_string_array(entities), self.hash_seed)
+
+    def entity_rows(self, entities: ArrayLike) -> np.ndarray:
+        """Hashed embedding row of each entity."""
+        return buckets_of(self.entity_hashes(entities), self.num_entity_vectors)
+
+    def _run(self, fn, *arrays: np.ndarray, out_shape: tuple[int, ...]) -> np.ndarray:
+        n = arrays[0].shape[0]
+        out = np.empty((n, *out_shape), dtype=np.float32)
+        with torch.inference_mode():
+            for s in range(0, n, self.batch_size):
+                ts = [torch.as_tensor(a[s : s + self.batch_size], device=self.device) for a in arrays]
+                out[s : s + self.batch_size] = fn(*ts).float().cpu().numpy()
+        return out
+
+    def parse(self, ips: ArrayLike | ParsedIPs) -> ParsedIPs:
+        """Address keys of ``ips``; IPv6 counts as invalid for a model without IPv6 levels."""
+        if isinstance(ips, ParsedIPs):
+            return ips
+        parsed = parse_ip(ips)
+        if not self.model.supports_ipv6:
+            parsed = ParsedIPs(np.where(parsed.is_v6, 0, parsed.value), parsed.valid & ~parsed.is_v6)
+        return parsed
+
+    def dot_product(self, entities: ArrayLike, ips: ArrayLike | ParsedIPs) -> np.ndarray:
+        """``float32`` dot products, NaN where the IP is invalid."""
+        return self._dot(self.entity_rows(entities), self.parse(ips))
+
+    def _dot(self, rows: np.ndarray, parsed: ParsedIPs) -> np.ndarray:
+        """Dot products of embedding ``rows`` with parsed addresses, with the last encoder layer folded
+        into the entity side (:meth:`IPInsightsModel.folded_entities`): once per model for tables up to
+        ``FOLD_MAX_BYTES``, else per batch (as costly as the unfolded layer, no more)."""
+        if rows.shape[0] != parsed.value.shape[0]:
+            raise ValueError(f"{rows.shape[0]} entities but {parsed.value.shape[0]} IPs")
+        folded = self._folded_table()
+        model = self.model
+
+        def dot(r: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+            if folded is None:
+                return model.folded_forward(*model.folded_entities(r), keys)
+            table, bias = folded
+            b = None if bias is None else bias.index_select(0, r)
+            return model.folded_forward(table.index_select(0, r), b, keys)
+
+        out = self._run(dot, rows, parsed.value.astype(np.int64), out_shape=())
+        out[~parsed.valid] = np.nan
+        return out
+
+    def _entity_lookup(self, hashes: np.ndarray) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """Training counts (None without entity stats) and profile rows (-1: none; None without profiles).
+
+        One search of the entity stats gives both: a profile row is only ever used for an entity past its
+        learning period, so one seen in training (without stats, every row is searched in the profiles).
+        """
+        stats, prof = self.entity_stats, self.profiles
+        if stats is None:
+            return None, None if prof is None else prof.index_of(hashes)
+        counts, pos = stats.lookup(hashes)
+        if prof is None:
+            return counts, None
+        if self._profile_rows is None or self._profile_rows[0] is not stats or self._profile_rows[1] is not prof:
+            # Profile row of every stats entry, then -1: position -1 (not in stats) picks "no profile".
+            self._profile_rows = (stats, prof, np.append(prof.index_of(stats.hashes), -1))
+        return counts, self._profile_rows[2][pos]
+
+    def _folded_table(self) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+        """The whole entity table folded (cached), or None when that would cost more than FOLD_MAX_BYTES."""
+        if self._folded is None and self.num_entity_vectors * self.vector_dim * 4 <= FOLD_MAX_BYTES:
+            with torch.inference_mode():
+                self._folded = self.model.folded_entities()
+        return self._folded
+
+    def assess(
+        self,
+        entities: ArrayLike,
+        ips: ArrayLike,
+        learning_period_events: int = 0,
+        thresholds: Thresholds | None = None,
+    ) -> Assessment:
+        """Score rows, choosing the rule per row: invalid address, learning period (fewer than
+        ``learning_period_events`` training events: the population prior scores it, never a random
+        vector), or the entity's own model score; plus per-entity percentiles and, with
+        ``thresholds``, levels.
+        """
+        hashes = self.entity_hashes(entities)  # once: rows, training counts and profiles all key on it
+        parsed = self.parse(ips)
+        dp = self._dot(buckets_of(hashes, self.num_entity_vectors), parsed)
+        prior = np.full(dp.size, np.nan, dtype=np.float32)
+        if self.profiles is not None:
+            prior[parsed.valid] = self.profiles.prior_anomaly(parsed.value[parsed.valid])
+        counts, profile_rows = self._entity_lookup(hashes)
+        valid = np.isfinite(dp)
+        learning = np.zeros(dp.size, bool) if counts is None else counts < max(learning_period_events, 1)
+        code = np.where(~valid, RULE_INVALID_CODE, np.where(learning, RULE_LEARNING_CODE, RULE_SCORE_CODE)).astype(
+            np.int8
+        )
+        # Learning period: the prior's score, or none at all without a profile; never the entity's own vector.
+        anomaly = np.where(learning, prior, -dp).astype(np.float32)
+        learning, scored = code == RULE_LEARNING_CODE, code == RULE_SCORE_CODE
+        pct = np.full(dp.size, np.nan)
+        if self.profiles is not None:
+            pct = self.profiles.percentile(np.where(scored, profile_rows, -1), -dp)
+        out = Assessment(dp, prior, counts, code, anomaly, pct)
+        if thresholds is not None:
+            out.level_code = thresholds._level_codes(anomaly, learning)
+            out.normal_percentile = thresholds._normal_percentile(anomaly, scored, learning)
+        return out
+
+    def explain(self, entities: ArrayLike, ips: ArrayLike, top: int = 3) -> dict[str, list]:
+        """Why a row looks the way it does, from the entity's profile (columns of Python values).
+
+        ``subnet``/``network``: the address's /24 and /16 (IPv6: /48 and /32) and whether the entity
+        used them in training (``subnet_seen``, ``network_seen``; among its profiled networks);
+        ``asn``/``asn_seen`` with an ASN table; ``nearest_networks``: the ``top`` known networks whose
+        vectors are most similar to this address's (cosine), ``closest_network`` the known network
+        sharing the longest prefix and ``shared_prefix_bits``; ``typical_low``/``typical_high``: the
+        entity's usual anomaly-score range (5th-95th percentile of its training events). None where the
+        entity has no profile.
+        """
+        from ipinsights.core.ip import key_prefix, key_prefix_text
+
+        ent = to_string_array(entities)
+        parsed = self.parse(ips)
+        n = len(ent)
+        keys = parsed.value
+        out: dict[str, list] = {
+            "subnet": _texts(keys, parsed.valid, 24, 48),
+            "network": _texts(keys, parsed.valid, 16, 32),
+        }
+        prof = self.profiles
+        rows = prof.index_of(self.entity_hashes(ent)) if prof is not None else np.full(n, -1, np.int64)
+        rows = np.where(parsed.valid, rows, -1)
+        asn = self.asn_table.lookup(keys) if self.asn_table is not None else None
+        out["asn"] = [None if asn is None or not parsed.valid[i] or asn[i] < 0 else int(asn[i]) for i in range(n)]
+        lo, hi = prof.typical_range(rows) if prof is not None else (np.full(n, np.nan), np.full(n, np.nan))
+        out["typical_low"] = [None if not np.isfinite(x) else float(x) for x in lo]
+        out["typical_high"] = [None if not np.isfinite(x) else float(x) for x in hi]
+        for name in ("subnet_seen", "network_seen", "asn_seen", "nearest_networks", "closest_network"):
+            out[name] = [None] * n
+        out["shared_prefix_bits"] = [None] * n
+        todo = np.flatnonzero(rows >= 0)
+        if prof is None or not todo.size:
+            return out
+        known = [prof.networks(int(rows[i]))[0] for i in todo]
+        counts = [prof.networks(int(rows[i]))[1] for i in todo]
+        all_keys = np.concatenate([keys[todo], *known]).astype(np.int64)
+        vec = self._run(self.model.ip_vectors, all_keys, out_shape=(self.vector_dim,))
+        vec /= np.maximum(np.linalg.norm(vec, axis=1, keepdims=True), 1e-12)
+        start = todo.size
+        for j, i in enumerate(todo):
+            k, c = known[j], counts[j]
+            mine = vec[start : start + k.size]
+            start += k.size
+            if not k.size:
+                continue
+            key = keys[i : i + 1]
+            out["subnet_seen"][i] = bool((key_prefix(k, 24, 48) == key_prefix(key, 24, 48)[0]).any())
+            out["network_seen"][i] = bool((key_prefix(k, 16, 32) == key_prefix(key, 16, 32)[0]).any())
+            if asn is not None and asn[i] >= 0:
+                out["asn_seen"][i] = bool(asn[i] in set(prof.entity_asns(int(rows[i])).tolist()))
+            sim = mine @ vec[j]
+            order = np.argsort(-sim, kind="stable")[:top]
+            names = key_prefix_text(k[order], 24, 48)
+            out["nearest_networks"][i] = [
+                {"network": names[m], "similarity": round(float(sim[o]), 4), "events": int(c[o])}
+                for m, o in enumerate(order)
+            ]
+            bits = _shared_bits(k, int(key[0]))
+            b = int(np.argmax(bits))
+            out["closest_network"][i] = key_prefix_text(k[b : b + 1], 24, 48)[0]
+            out["shared_prefix_bits"][i] = int(bits[b])
+        return out
+
+    def anomaly_score(self, entities: ArrayLike, ips: ArrayLike) -> np.ndarray:
+        """``-dot_product``: higher means more suspicious."""
+        return -self.dot_product(entities, ips)
+
+    def entity_embedding(self, entities: ArrayLike) -> np.ndarray:
+        """``(n, vector_dim)`` entity vectors."""
+        return self._run(self.model.entity_vectors, self.entity_rows(entities), out_shape=(self.vector_dim,))
+
+    def ip_embedding(self, ips: ArrayLike) -> np.ndarray:
+        """``(n, vector_dim)`` IP vectors; rows of invalid addresses are NaN."""
+        parsed = self.parse(ips)
+        out = self._run(self.model.ip_vectors, parsed.value.astype(np.int64), out_shape=(self.vector_dim,))
+        out[~parsed.valid] = np.nan
+        return out
+
+    def training_counts(self, entities: ArrayLike) -> np.ndarray | None:
+        """Training events of each entity (0 = never seen), or None if the model holds no entity stats."""
+        if self.entity_stats is None:
+            return None
+        return self.entity_stats.counts_of(self.entity_hashes(entities))
+
+    def score_frame(self, df: pd.DataFrame, entity_col: str = "entity", ip_col: str = "ip") -> pd.DataFrame:
+        """``df`` with ``dot_product``, ``anomaly_score`` and (when known) ``unseen_entity`` added."""
+        dp = self.dot_product(df[entity_col], df[ip_col])
+        out = df.assign(dot_product=dp, anomaly_score=-dp)
+        counts = self.training_counts(df[entity_col])
+        if counts is not None:
+            out["unseen_entity"] = counts == 0
+        return out
+
+    @property
+    def manifest(self) -> dict[str, Any]:
+        return self.bundle.manifest
+
+
+def _texts(keys: np.ndarray, valid: np.ndarray, v4: int, v6: int) -> list[str | None]:
+    from ipinsights.core.ip import key_prefix_text
+
+    text = key_prefix_text(np.where(valid, keys, 0), v4, v6)
+    return [t if ok else None for t, ok in zip(text, valid.tolist(), strict=True)]
+
+
+def _shared_bits(known: np.ndarray, key: int) -> np.ndarray:
+    """Leading bits each known address key shares with ``key`` (0 across families)."""
+    from ipinsights.core.ip import is_ipv6_key
+
+    six = bool(is_ipv6_key(np.array([key]))[0])
+    width = 64 if six else 32
+    x = (known.astype(np.int64) ^ np.int64(key)).view(np.uint64)
+    bits = np.array([width - int(v).bit_length() for v in x.tolist()])
+    return np.where(is_ipv6_key(known) == six, np.maximum(bits, 0), 0)
+
+
+@functools.lru_cache(maxsize=4)
+def load_scorer(
+    path: str, device: str = "cpu", profile: str | None = None, asn_table: str | None = None, stamp: int = 0
+) -> Scorer:
+    """A :class:`Scorer` cached per process: Spark's Python workers load each model once, not per batch.
+
+    The entity profiles at ``profile`` (default: beside the model, when present) and an ip2asn
+    ``asn_table`` are attached for percentiles and explanations. ``stamp`` (e.g. the profile file's
+    mtime) is only part of the cache key, so that a rebuilt profile is loaded afresh.
+    """
+    scorer = Scorer.load(path, device=device)
+    scorer.load_profiles(profile, required=profile is not None)
+    if asn_table:
+        from ipinsights.core.asn import load_asn_table
+
+        scorer.asn_table = load_asn_table(asn_table)
+    return scorer

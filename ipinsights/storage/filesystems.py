@@ -1,0 +1,152 @@
+"""Filesystems behind URIs: pyarrow filesystems for the Python side, Hadoop's (through Spark) for the JVM side."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pyarrow.fs as pafs
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
+
+
+def resolve_uri(spark, path: str) -> str:
+    """Map ``s3://`` to ``s3a://`` when the cluster has no ``s3://`` filesystem (plain Apache Hadoop).
+
+    EMR (EMRFS) and Databricks serve ``s3://`` themselves (``fs.s3.impl`` is set there), so the URI is
+    left alone; local paths and other schemes pass through unchanged.
+    """
+    if path.startswith("s3://") and not spark.sparkContext._jsc.hadoopConfiguration().get("fs.s3.impl"):
+        return "s3a://" + path[len("s3://") :]
+    return path
+
+
+def arrow_fs(uri: str):
+    """(``pyarrow.fs`` filesystem, path) for a local path, ``file://`` or ``s3://``/``s3a://`` URI.
+
+    S3 credentials, region and endpoint come from the AWS defaults (environment, profile, instance
+    role; ``AWS_ENDPOINT_URL`` for another S3 API), the same on the driver and on every executor.
+    """
+    if uri.startswith("file://"):
+        uri = uri[len("file://") :]
+    elif uri.startswith("file:"):
+        uri = uri[len("file:") :]  # Hadoop's spelling of a local file, file:/path
+    if "://" not in uri:
+        return pafs.LocalFileSystem(), str(Path(uri).absolute())
+    scheme, rest = uri.split("://", 1)
+    if scheme in ("s3", "s3a", "s3n"):
+        # The bucket alone goes through URI parsing (a key may hold glob characters URIs refuse).
+        return _s3_filesystem(rest.split("/", 1)[0]), rest.rstrip("/")
+    return pafs.FileSystem.from_uri(uri)
+
+
+@functools.lru_cache(maxsize=64)
+def _s3_filesystem(bucket: str):
+    return pafs.FileSystem.from_uri(f"s3://{bucket}")[0]  # resolves the bucket's region once
+
+
+def arrow_uri(like: str, path: str) -> str:
+    """A path from ``arrow_fs(like)``'s filesystem, back in the form of ``like`` (scheme and all)."""
+    if "://" not in like:
+        return path
+    scheme = like.split("://", 1)[0]
+    return f"file://{path}" if scheme == "file" else f"{scheme}://{path}"
+
+
+ARROW_SCHEMES = ("file", "s3", "s3a", "s3n")
+
+
+def arrow_readable(uri: str) -> bool:
+    """True where :func:`arrow_fs` serves ``uri`` (local paths, ``file://``, S3)."""
+    return "://" not in uri or uri.split("://", 1)[0] in ARROW_SCHEMES
+
+
+def hadoop_path(spark: SparkSession, path: str):
+    """(Hadoop FileSystem, Path) for ``path``: the same filesystem and credentials as the Spark job."""
+    jvm = spark.sparkContext._jvm
+    p = jvm.org.apache.hadoop.fs.Path(resolve_uri(spark, path))
+    return p.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration()), p
+
+
+def delete_tree(spark: SparkSession, path: str) -> bool:
+    """Remove ``path`` and everything under it, if it exists (any Hadoop filesystem); True if removed."""
+    return HadoopStore(spark).delete(path)
+
+
+class HadoopStore:
+    """Folder and file operations on URIs through the Spark job's Hadoop filesystems (its credentials)."""
+
+    def __init__(self, spark: SparkSession):
+        self._spark = spark
+
+    def _path(self, uri: str):
+        return hadoop_path(self._spark, uri)
+
+    def exists(self, uri: str) -> bool:
+        fs, p = self._path(uri)
+        return bool(fs.exists(p))
+
+    def mkdirs(self, uri: str) -> None:
+        fs, p = self._path(uri)
+        fs.mkdirs(p)
+
+    def delete(self, uri: str) -> bool:
+        fs, p = self._path(uri)
+        return bool(fs.exists(p) and fs.delete(p, True))
+
+    def rename(self, src: str, dst: str) -> None:
+        fs, s = self._path(src)
+        if not fs.rename(s, self._path(dst)[1]):
+            raise OSError(f"could not move {src} to {dst}")
+
+    def list_files(self, uri: str) -> list[str]:
+        fs, p = self._path(uri)
+        if not fs.exists(p):
+            return []
+        return [str(st.getPath().toUri()) for st in fs.listStatus(p) if st.isFile()]
+
+
+class ArrowStore:
+    """The same operations through ``pyarrow.fs`` (local disks and S3; ``s3a://`` is read as ``s3://``),
+    for jobs whose Python tasks read and write the files themselves."""
+
+    def exists(self, uri: str) -> bool:
+        fs, p = arrow_fs(uri)
+        return fs.get_file_info(p).type != pafs.FileType.NotFound
+
+    def mkdirs(self, uri: str) -> None:
+        fs, p = arrow_fs(uri)
+        fs.create_dir(p, recursive=True)
+
+    def delete(self, uri: str) -> bool:
+        fs, p = arrow_fs(uri)
+        kind = fs.get_file_info(p).type
+        if kind == pafs.FileType.Directory:
+            fs.delete_dir(p)
+        elif kind == pafs.FileType.File:
+            fs.delete_file(p)
+        return kind != pafs.FileType.NotFound
+
+    def rename(self, src: str, dst: str) -> None:
+        fs, s = arrow_fs(src)
+        d = arrow_fs(dst)[1]
+        if fs.type_name == "local" or fs.get_file_info(s).type == pafs.FileType.File:
+            fs.move(s, d)  # a local rename is one metadata operation
+            return
+        # Object stores have no folders to rename: move each object (a copy and a delete).
+        for info in fs.get_file_info(pafs.FileSelector(s, recursive=True)):
+            if info.type == pafs.FileType.File:
+                fs.move(info.path, d + info.path[len(s) :])
+        fs.delete_dir(s)
+
+    def list_files(self, uri: str) -> list[str]:
+        fs, p = arrow_fs(uri)
+        if fs.get_file_info(p).type != pafs.FileType.Directory:
+            return []
+        return [arrow_uri(uri, i.path) for i in fs.get_file_info(pafs.FileSelector(p)) if i.type == pafs.FileType.File]
+
+
+def path_exists(spark: SparkSession, path: str) -> bool:
+    return HadoopStore(spark).exists(path)

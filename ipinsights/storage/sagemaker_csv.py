@@ -1,0 +1,184 @@
+"""SageMaker's CSV formats: headerless ``entity,ip`` training pairs and labelled ``entity,ip,label[,kind]``
+rows, read in one process (Arrow) or on Spark, and written for batch transform.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pyarrow as pa
+import pyarrow.csv as pacsv
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame, SparkSession
+from ipinsights.core.errors import DataFormatError
+from ipinsights.storage.events import read_events
+from ipinsights.storage.files import is_local, local_path
+from ipinsights.storage.filesystems import hadoop_path, resolve_uri
+
+
+def _line_number(path: Path, text: str) -> int | str:
+    """1-based line of ``text`` in ``path`` (Arrow's multithreaded reader does not know it); error path only."""
+    with open(path, encoding="utf-8", errors="replace") as fh:
+        for i, line in enumerate(fh, 1):
+            if line.rstrip("\r\n") == text:
+                return i
+    return "?"
+
+
+def _read_headerless_csv(path: str | Path, columns: list[str], min_columns: int) -> pa.Table:
+    """Read a headerless CSV as strings; a row with the wrong number of fields is an error naming it."""
+    path = Path(path)
+    if not path.exists():
+        raise DataFormatError(f"{path}: no such file")
+    if path.stat().st_size == 0:
+        raise DataFormatError(f"{path}: file holds no rows")
+    bad: list[str] = []
+
+    def on_invalid(row: pacsv.InvalidRow) -> str:
+        # Keep the first few for the message; line numbers from Arrow are 1-based physical lines.
+        if len(bad) < 5:
+            line = row.number if row.number is not None else _line_number(path, row.text)
+            bad.append(f"{path}:{line}: expected {row.expected_columns} fields, got {row.actual_columns}: {row.text!r}")
+        return "error"
+
+    try:
+        table = pacsv.read_csv(
+            path,
+            read_options=pacsv.ReadOptions(column_names=columns, block_size=1 << 24),
+            parse_options=pacsv.ParseOptions(invalid_row_handler=on_invalid if min_columns == len(columns) else None),
+            convert_options=pacsv.ConvertOptions(
+                column_types={c: pa.string() for c in columns},
+                strings_can_be_null=False,
+                quoted_strings_can_be_null=False,
+            ),
+        )
+    except pa.ArrowInvalid as exc:
+        detail = bad[0] if bad else f"{path}: {exc}"
+        raise DataFormatError(f"{detail} (columns: {', '.join(columns)})") from None
+    if table.num_rows == 0:
+        raise DataFormatError(f"{path}: file holds no rows")
+    return table
+
+
+def read_pairs_csv(path: str | Path) -> pa.Table:
+    """SageMaker's training format: headerless ``entity,ip`` rows -> table (entity, ip) of strings."""
+    return _read_headerless_csv(path, ["entity", "ip"], 2)
+
+
+def read_labelled_csv(path: str | Path) -> pa.Table:
+    """Labelled evaluation rows ``entity,ip,label[,kind]`` (label 1 = anomalous, 0 = normal)."""
+    path = Path(path)
+    with open(path, encoding="utf-8", errors="replace") as fh:
+        first = fh.readline()
+    n = first.count(",") + 1
+    if n not in (3, 4):
+        raise DataFormatError(f"{path}:1: expected 3 or 4 fields (entity,ip,label[,kind]), got {n}: {first!r}")
+    columns = ["entity", "ip", "label", "kind"][:n]
+    table = _read_headerless_csv(path, columns, n)
+    try:
+        labels = table["label"].cast(pa.int8())
+    except pa.ArrowInvalid:
+        raise DataFormatError(f"{path}: field 'label' (3rd) must be 0 or 1 on every line") from None
+    table = table.set_column(table.schema.get_field_index("label"), "label", labels)
+    if "kind" not in table.column_names:
+        table = table.append_column("kind", pa.array(["all"] * table.num_rows, pa.string()))
+    return table
+
+
+def read_pairs_spark(spark, path: str):
+    """SageMaker's headerless ``entity,ip`` CSV (file, directory or glob) as a DataFrame(entity, ip)."""
+    return spark.read.csv(path, schema="entity string, ip string", header=False, mode="PERMISSIVE")
+
+
+def write_pairs_csv_spark(df, path: str, single_file: bool = True) -> None:
+    """Write ``entity,ip`` rows as headerless CSV (SageMaker's training format), atomically.
+
+    Spark writes to a hidden sibling folder first; then either its single part file is renamed to
+    ``path`` (``single_file``: one task writes it, fine for training sets of millions of rows) or the
+    whole folder is swapped in as ``path`` (a directory of ``part-*.csv`` files). Readers never see a
+    partial file; with the folder swap there is a moment where ``path`` does not exist.
+    """
+    import uuid
+
+    spark = df.sparkSession
+    jvm = spark.sparkContext._jvm
+    fs, final = hadoop_path(spark, path)
+    tmp = jvm.org.apache.hadoop.fs.Path(final.getParent(), f".{final.getName()}.tmp-{uuid.uuid4().hex[:8]}")
+    out = df.select("entity", "ip")
+    if single_file:
+        out = out.coalesce(1)
+    # quote only when needed (an entity with a comma); no header, as SageMaker expects.
+    out.write.mode("overwrite").option("header", "false").option("quoteAll", "false").csv(tmp.toString())
+    try:
+        if single_file:
+            parts = [s.getPath() for s in fs.listStatus(tmp) if s.getPath().getName().startswith("part-")]
+            if len(parts) != 1:
+                raise OSError(f"expected one part file in {tmp}, found {len(parts)}")
+            fs.delete(final, True)
+            if not fs.rename(parts[0], final):
+                raise OSError(f"could not rename {parts[0]} to {final}")
+        else:
+            old = jvm.org.apache.hadoop.fs.Path(final.getParent(), f".{final.getName()}.old-{uuid.uuid4().hex[:8]}")
+            had_old = fs.exists(final) and fs.rename(final, old)
+            if not fs.rename(tmp, final):
+                raise OSError(f"could not rename {tmp} to {final}")
+            if had_old:
+                fs.delete(old, True)
+    finally:
+        if fs.exists(tmp):
+            fs.delete(tmp, True)
+
+
+def read_pairs_csv_spark(spark: SparkSession, path: str, day: str) -> DataFrame:
+    """SageMaker batch-transform input: headerless ``entity,ip`` CSV, labelled with partition ``day``.
+
+    Malformed rows stop the job (FAILFAST) rather than being scored as something else.
+    """
+    from pyspark.sql import functions as F
+
+    df = spark.read.schema("entity string, ip string").option("header", "false").option("mode", "FAILFAST").csv(path)
+    return df.select("entity", "ip", F.lit(None).cast("timestamp").alias("ts"), F.lit(day).alias("dt"))
+
+
+def _looks_like_csv(path: str) -> bool:
+    """A ``.csv``/``.txt`` name, or a local file or folder that holds no Parquet files."""
+    name = path.rstrip("/").rsplit("/", 1)[-1].lower()
+    if name.endswith((".csv", ".csv.gz", ".txt", ".txt.gz")):
+        return True
+    if not is_local(path) or any(c in path for c in "*?["):
+        return False
+    p = local_path(path)
+    if p.is_file():
+        return not name.endswith(".parquet")
+    return p.is_dir() and not any(p.rglob("*.parquet"))
+
+
+def read_pairs_table(
+    spark: SparkSession, path: str, fmt: str = "auto", start_date: str | None = None, end_date: str | None = None
+) -> DataFrame:
+    """(entity, ip) rows from the ingest job's events table or from SageMaker's headerless CSV.
+
+    ``fmt``: ``events``, ``csv`` or ``auto`` (CSV for a ``.csv`` name or a local path without Parquet
+    files, else the events table). Dates prune an events table's ``dt`` partitions; a CSV has no dates.
+    """
+    if fmt not in ("auto", "events", "csv"):
+        raise ValueError(f"format {fmt!r} must be one of auto, events, csv")
+    if fmt == "csv" or (fmt == "auto" and _looks_like_csv(path)):
+        if start_date or end_date:
+            raise ValueError(f"{path}: a CSV input has no days to select (dates apply to an events table)")
+        return read_pairs_spark(spark, resolve_uri(spark, path)).select("entity", "ip")
+    return read_events(spark, resolve_uri(spark, path), start_date, end_date).select("entity", "ip")
+
+
+def export_pairs_csv(df, path: str, single_file: bool = True, ipv4_only: bool = True) -> None:
+    """Write ``entity,ip`` as headerless CSV in SageMaker's training format (atomically).
+
+    SageMaker's IP Insights only accepts IPv4, so IPv6 events are left out unless ``ipv4_only=False``.
+    """
+    from pyspark.sql import functions as F
+
+    if ipv4_only:
+        df = df.where(F.col("ip_version") == 4)
+    write_pairs_csv_spark(df.select("entity", "ip"), path, single_file=single_file)

@@ -1,0 +1,3 @@
+"""Train stage: data, optimiser, communication backends, the trainer and distributed training. Imports
+core and storage.
+"""

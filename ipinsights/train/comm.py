@@ -1,0 +1,232 @@
+"""How ranks exchange gradients: one :class:`Comm` interface, with torch.distributed, Horovod and
+single-process backends. Dense gradients are averaged; table gradients travel as (row ids, rows).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+
+log = logging.getLogger(__name__)
+
+
+class Comm(Protocol):
+    """What the trainer needs from a distributed backend."""
+
+    rank: int
+    world_size: int
+
+    def allreduce_mean_(self, tensors: list[torch.Tensor]) -> None:
+        """Average dense tensors across ranks, in place."""
+
+    def allgather_rows(self, rows: torch.Tensor, grads: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Concatenate every rank's (row ids, row gradients)."""
+
+    def allreduce_sum(self, values: torch.Tensor) -> torch.Tensor:
+        """Sum a small tensor across ranks (metrics, step counts)."""
+
+    def min_int(self, value: int) -> int:
+        """The smallest ``value`` over ranks (so that every rank runs the same number of steps)."""
+
+
+class LocalComm:
+    """A world of one."""
+
+    rank = 0
+    world_size = 1
+
+    def allreduce_mean_(self, tensors: list[torch.Tensor]) -> None:
+        return None
+
+    def allgather_rows(self, rows: torch.Tensor, grads: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return rows, grads
+
+    def allreduce_sum(self, values: torch.Tensor) -> torch.Tensor:
+        return values
+
+    def min_int(self, value: int) -> int:
+        return value
+
+
+@dataclass
+class CommStats:
+    """Communication cost, accumulated by the comm wrappers."""
+
+    calls: int = 0
+    bytes: int = 0
+    seconds: float = 0.0
+
+
+def _flat(tensors):
+    """One buffer for all dense gradients, so a step makes one collective instead of one per tensor."""
+    import torch
+
+    return torch.cat([t.reshape(-1) for t in tensors])
+
+
+def _unflatten_into(flat, tensors) -> None:
+    offset = 0
+    for t in tensors:
+        n = t.numel()
+        t.copy_(flat[offset : offset + n].view_as(t))
+        offset += n
+
+
+class _TorchDistComm:
+    """torch.distributed (gloo or NCCL), initialised from the env TorchDistributor sets."""
+
+    def __init__(self, device) -> None:
+        import torch.distributed as dist
+
+        self.dist = dist
+        if not dist.is_initialized():
+            dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        self.rank = dist.get_rank()
+        self.world_size = dist.get_world_size()
+        self.device = device
+        self.stats = CommStats()
+
+    def _count(self, t0: float, nbytes: int) -> None:
+        self.stats.calls += 1
+        self.stats.bytes += nbytes
+        self.stats.seconds += time.perf_counter() - t0
+
+    def allreduce_mean_(self, tensors) -> None:
+        t0 = time.perf_counter()
+        flat = _flat(tensors)
+        self.dist.all_reduce(flat)
+        flat /= self.world_size
+        _unflatten_into(flat, tensors)
+        self._count(t0, flat.numel() * flat.element_size())
+
+    def allgather_rows(self, rows, grads):
+        import torch
+
+        t0 = time.perf_counter()
+        n = torch.tensor([rows.numel()], device=self.device)
+        sizes = [torch.zeros_like(n) for _ in range(self.world_size)]
+        self.dist.all_gather(sizes, n)
+        sizes_i = [int(s.item()) for s in sizes]
+        cap = max(sizes_i)
+        # all_gather needs equal shapes: pad to the largest rank's row count, then trim.
+        pr = torch.zeros(cap, dtype=rows.dtype, device=self.device)
+        pr[: rows.numel()] = rows
+        pg = torch.zeros(cap, grads.shape[1], dtype=grads.dtype, device=self.device)
+        pg[: rows.numel()] = grads
+        out_r = [torch.empty_like(pr) for _ in range(self.world_size)]
+        out_g = [torch.empty_like(pg) for _ in range(self.world_size)]
+        self.dist.all_gather(out_r, pr)
+        self.dist.all_gather(out_g, pg)
+        r = torch.cat([o[:k] for o, k in zip(out_r, sizes_i, strict=True)])
+        g = torch.cat([o[:k] for o, k in zip(out_g, sizes_i, strict=True)])
+        self._count(t0, pr.numel() * pr.element_size() + pg.numel() * pg.element_size())
+        return r, g
+
+    def allreduce_sum(self, values):
+        t = values.to(self.device)
+        self.dist.all_reduce(t)
+        return t.cpu()
+
+    def min_int(self, value: int) -> int:
+        import torch
+
+        t = torch.tensor([value], device=self.device)
+        self.dist.all_reduce(t, op=self.dist.ReduceOp.MIN)
+        return int(t.item())
+
+    def barrier(self) -> None:
+        self.dist.barrier()
+
+    def close(self) -> None:
+        # A barrier before tearing down: without it one rank can exit while another still waits in
+        # torch's exit barrier (seen to stall TorchDistributor runs on a standalone cluster).
+        self.dist.barrier()
+        self.dist.destroy_process_group()
+
+
+class _HorovodComm:
+    """Horovod collectives (allgather takes rows of different counts natively)."""
+
+    def __init__(self, device) -> None:
+        import horovod.torch as hvd
+
+        self.hvd = hvd
+        hvd.init()
+        self.rank = hvd.rank()
+        self.world_size = hvd.size()
+        self.device = device
+        self.stats = CommStats()
+        self._n = 0
+
+    def _name(self, kind: str) -> str:
+        self._n += 1
+        return f"{kind}.{self._n}"
+
+    def allreduce_mean_(self, tensors) -> None:
+        t0 = time.perf_counter()
+        flat = _flat(tensors)
+        _unflatten_into(self.hvd.allreduce(flat, op=self.hvd.Average, name=self._name("dense")), tensors)
+        self.stats.calls += 1
+        self.stats.bytes += flat.numel() * flat.element_size()
+        self.stats.seconds += time.perf_counter() - t0
+
+    def allgather_rows(self, rows, grads):
+        t0 = time.perf_counter()
+        r = self.hvd.allgather(rows, name=self._name("rows"))
+        g = self.hvd.allgather(grads, name=self._name("grads"))
+        self.stats.calls += 1
+        self.stats.bytes += rows.numel() * rows.element_size() + grads.numel() * grads.element_size()
+        self.stats.seconds += time.perf_counter() - t0
+        return r, g
+
+    def allreduce_sum(self, values):
+        return self.hvd.allreduce(values, op=self.hvd.Sum, name=self._name("sum"))
+
+    def min_int(self, value: int) -> int:
+        import torch
+
+        return int(self.hvd.allreduce(torch.tensor([value]), op=self.hvd.Min, name=self._name("min")).item())
+
+    def barrier(self) -> None:
+        import torch
+
+        self.hvd.allreduce(torch.zeros(1), name=self._name("barrier"))
+
+    def close(self) -> None:
+        self.barrier()
+        self.hvd.shutdown()
+
+
+class _LocalComm:
+    """One rank; same interface as the others."""
+
+    rank = 0
+    world_size = 1
+
+    def __init__(self, device) -> None:
+        self.stats = CommStats()
+
+    def allreduce_mean_(self, tensors) -> None:
+        return None
+
+    def allgather_rows(self, rows, grads):
+        return rows, grads
+
+    def allreduce_sum(self, values):
+        return values
+
+    def min_int(self, value: int) -> int:
+        return value
+
+    def barrier(self) -> None:
+        return None
+
+    def close(self) -> None:
+        return None
+
+
+COMMS = {"torch": _TorchDistComm, "horovod": _HorovodComm, "local": _LocalComm}

@@ -1,0 +1,83 @@
+"""Training data as tensors: encoded (entity row, address key) pairs and random negative addresses."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from ipinsights.core.config import IPV4_KEYS
+from ipinsights.core.hashing import entity_buckets
+from ipinsights.core.ip import parse_ip, to_string_array
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class EncodedPairs:
+    """(entity row, address key) pairs ready for training: two int64 arrays of equal length.
+
+    Address keys are :func:`ipinsights.core.ip.parse_ip`'s: IPv4 values, or IPv6 top 64 bits.
+    """
+
+    entity_rows: np.ndarray
+    ips: np.ndarray
+    n_invalid: int = 0
+
+    def __post_init__(self) -> None:
+        if self.entity_rows.shape != self.ips.shape or self.entity_rows.ndim != 1:
+            raise ValueError("entity_rows and ips must be 1-D arrays of the same length")
+
+    def __len__(self) -> int:
+        return int(self.entity_rows.shape[0])
+
+    def take(self, index: np.ndarray | slice) -> EncodedPairs:
+        return EncodedPairs(self.entity_rows[index], self.ips[index])
+
+
+def encode_pairs(
+    entities: Any, ips: Any, num_entity_vectors: int, hash_seed: int, what: str = "data", ipv6: bool = True
+) -> EncodedPairs:
+    """Hash entities and parse IPv4/IPv6 addresses; rows with an invalid address are dropped and reported.
+
+    A training set with a few garbage addresses should still train, but nobody should have to guess
+    that rows were lost: the count and the first offending rows are logged. ``ipv6=False`` (a model
+    without IPv6 levels) also drops IPv6 rows, with their count logged.
+    """
+    ent = to_string_array(entities)
+    parsed = parse_ip(ips)
+    rows = entity_buckets(ent, hash_seed, num_entity_vectors)
+    if parsed.n_invalid:
+        bad = parsed.invalid_rows()
+        ip_arr = to_string_array(ips)
+        examples = ", ".join(f"row {int(r) + 1}: {ip_arr[int(r)].as_py()!r}" for r in bad)
+        log.warning("%s: dropped %d row(s) with an invalid IP address (%s)", what, parsed.n_invalid, examples)
+        if parsed.n_invalid == len(parsed.valid):
+            raise ValueError(f"{what}: no row has a valid IP address (first: {examples})")
+    keep = parsed.valid
+    if not ipv6 and parsed.is_v6.any():
+        log.warning("%s: dropped %d IPv6 row(s): the model has no IPv6 levels", what, int(parsed.is_v6.sum()))
+        keep = keep & ~parsed.is_v6
+    return EncodedPairs(rows[keep], parsed.value[keep].astype(np.int64), n_invalid=parsed.n_invalid)
+
+
+_V6_UNICAST = 1 << 61  # 2000::/3, global unicast: its top halves are [2**61, 2**62)
+
+
+def random_ips_like(like: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """One uniformly random address key per key of ``like``, of the same family.
+
+    IPv4: a uniform 32-bit value (each octet uniform, SageMaker's random negatives); IPv6: a uniform
+    top half inside global unicast 2000::/3 (anything else never reaches a web server). Matching the
+    family keeps "is it IPv6" from being a shortcut the model could learn instead of networks.
+    """
+    device = like.device
+    r4 = torch.randint(0, 2**32, like.shape, generator=generator, dtype=torch.int64, device=device)
+    is6 = (like < 0) | (like >= IPV4_KEYS)
+    if not bool(is6.any()):  # pure IPv4 data draws exactly what it always did
+        return r4
+    r6 = torch.randint(0, _V6_UNICAST, like.shape, generator=generator, dtype=torch.int64, device=device)
+    return torch.where(is6, r6 + _V6_UNICAST, r4)

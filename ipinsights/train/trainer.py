@@ -1,0 +1,331 @@
+"""Single-process trainer for the IP Insights model; the distributed job runs it once per rank.
+
+No Spark here. Data arrives already encoded (:class:`EncodedPairs`: hashed entity rows and integer
+addresses), so the epoch loop touches only tensors.
+
+Why a custom optimiser for the tables: the entity and IP tables hold millions of rows, of which a
+batch touches a few thousand. ``torch.optim.Adam`` over an ``nn.Embedding`` updates (and decays) every
+row on every step, which costs time proportional to the whole table. :class:`RowAdam` is Adam applied
+to the touched rows only ("lazy" Adam, as TensorFlow's LazyAdam), with the L2 ``weight_decay`` of
+``torch.optim.Adam`` applied to those rows. The encoder's dense layers use ``torch.optim.Adam``.
+
+Distributed training plugs in through :class:`Comm`: dense gradients are averaged, and sparse table
+gradients are exchanged as (row ids, row gradients), so communication scales with the rows a step
+touched, not with the table.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ipinsights.core.config import Hyperparameters, ModelOptions, TrainOptions
+from ipinsights.core.metrics import roc_auc
+from ipinsights.core.model import IPInsightsModel
+from ipinsights.train.comm import Comm, LocalComm
+from ipinsights.train.data import EncodedPairs, random_ips_like
+from ipinsights.train.optim import RowAdam, coalesce_rows
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class EpochMetrics:
+    """What one epoch reports (the metrics file holds one of these per epoch)."""
+
+    epoch: int
+    loss: float
+    accuracy: float
+    pairs: int
+    seconds: float
+    pairs_per_second: float
+    discriminator_auc: float | None = None
+    extra: dict[str, float] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.update(d.pop("extra"))
+        return d
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> the first CUDA GPU when there is one, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device={name!r} asked for, but torch sees no CUDA GPU")
+    return dev
+
+
+@torch.no_grad()
+def discriminator_auc(model: IPInsightsModel, data: EncodedPairs, seed: int = 12345, batch_size: int = 65536) -> float:
+    """SageMaker's validation metric: AUC of real pairs vs one random-IP negative each (R=1, S=0).
+
+    The negatives come from a fixed seed so that epochs (and runs) are compared on the same set.
+    """
+    if len(data) == 0:
+        return float("nan")
+    device = model.entity_table.device
+    g = torch.Generator(device=device).manual_seed(seed)
+    pos, neg = [], []
+    for start in range(0, len(data), batch_size):
+        ent = torch.as_tensor(data.entity_rows[start : start + batch_size], device=device)
+        ips = torch.as_tensor(data.ips[start : start + batch_size], device=device)
+        pos.append(model(ent, ips).float().cpu().numpy())
+        neg.append(model(ent, random_ips_like(ips, g)).float().cpu().numpy())
+    p, n = np.concatenate(pos), np.concatenate(neg)
+    return roc_auc(np.concatenate([p, n]), np.concatenate([np.ones(p.size), np.zeros(n.size)]))
+
+
+class Trainer:
+    """Runs epochs of negative-sampled, cross-entropy training of an :class:`IPInsightsModel`.
+
+    ``batch_size`` is this process's share of the global ``mini_batch_size`` (the distributed job
+    divides it by the world size, as SageMaker splits it across GPUs).
+    """
+
+    def __init__(
+        self,
+        model: IPInsightsModel,
+        hp: Hyperparameters,
+        options: TrainOptions,
+        comm: Comm | None = None,
+        batch_size: int | None = None,
+    ) -> None:
+        self.model = model
+        self.hp = hp
+        self.options = options
+        self.comm: Comm = comm or LocalComm()
+        self.device = model.entity_table.device
+        self.batch_size = batch_size or hp.mini_batch_size
+        self.epoch = 0
+        self.dense_params = [p for n, p in model.named_parameters() if n not in model.sparse_parameter_names()]
+        self.dense_opt = (
+            torch.optim.Adam(self.dense_params, lr=hp.learning_rate, weight_decay=hp.weight_decay)
+            if self.dense_params
+            else None
+        )
+        self.entity_opt = RowAdam(model.entity_table.data, hp.learning_rate, hp.weight_decay)
+        self.ip_opt = RowAdam(model.ip_table.data, hp.learning_rate, hp.weight_decay)
+        # Negatives differ per rank; the data order is the caller's business (see fit's shuffle).
+        self.generator = torch.Generator(device=self.device).manual_seed(options.seed * 1000 + self.comm.rank)
+
+    # ---- one step --------------------------------------------------------------------------------
+    def _step(self, ent_rows: torch.Tensor, ips: torch.Tensor) -> tuple[float, float, int]:
+        model, hp = self.model, self.hp
+        B = ent_rows.numel()
+        R = hp.random_negative_sampling_rate
+        S = hp.shuffled_negative_sampling_rate if B > 1 else 0  # nothing to re-pair with in a batch of 1
+        share = self.options.share_random_ips and B > R  # R distinct rolls need R < B
+        n_rand = (B if share else R * B) if R else 0
+        if n_rand:
+            # One family-matched draw per positive (R per positive unshared): negatives mix families as the data does.
+            like = ips if share else ips.repeat(R)
+            all_ips = torch.cat([ips, random_ips_like(like, self.generator)])
+        else:
+            all_ips = ips
+
+        # Gather only the touched rows as leaf tensors, so gradients are (unique rows x d), not tables.
+        uniq_e, inv_e = torch.unique(ent_rows, return_inverse=True)
+        E = model.entity_table.detach().index_select(0, uniq_e).requires_grad_()
+        e = E[inv_e]
+        bags, weights = model.ip_bags(all_ips)
+        uniq_r, inv_r = torch.unique(bags, return_inverse=True)
+        T = model.ip_table.detach().index_select(0, uniq_r).requires_grad_()
+        v = model.encode(F.embedding_bag(inv_r, T, mode="sum", per_sample_weights=weights))  # (N, d)
+
+        v_pos = v[:B]
+        logits = [(e * v_pos).sum(-1)]
+        # Negatives re-pair entities of the batch by rolls (a roll by k != 0 never pairs a row with
+        # itself): offsets 0..R-1 for the shared random addresses, random non-zero ones for shuffled.
+        if R and share:
+            logits.extend((e.roll(k, 0) * v[B:]).sum(-1) for k in range(R))
+        elif R:
+            logits.append((v[B:].view(R, B, -1) * e).sum(-1).flatten())
+        if S:
+            # Shuffled negatives: the batch's IPs with other entities of the batch, no extra encoding.
+            shifts = torch.randint(1, B, (S,), generator=self.generator, device=self.device).tolist()
+            logits.extend((e.roll(k, 0) * v_pos).sum(-1) for k in shifts)
+        logits_t = torch.cat(logits)
+        labels = torch.zeros_like(logits_t)
+        labels[:B] = 1.0
+        loss = F.binary_cross_entropy_with_logits(logits_t, labels)
+
+        if self.dense_opt is not None:
+            self.dense_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.dense_opt is not None:
+            self.comm.allreduce_mean_([p.grad for p in self.dense_params])
+            self.dense_opt.step()
+        world = self.comm.world_size
+        for opt, rows, leaf in ((self.entity_opt, uniq_e, E), (self.ip_opt, uniq_r, T)):
+            if world > 1:
+                rows, grad = coalesce_rows(*self.comm.allgather_rows(rows, leaf.grad), world)
+                opt.step(rows, grad)  # the union of every rank's rows: gather them afresh
+            else:
+                opt.step(rows, leaf.grad, params=leaf)
+        with torch.no_grad():
+            correct = ((logits_t > 0) == (labels > 0.5)).sum().item()
+        return loss.item() * logits_t.numel(), correct, logits_t.numel()
+
+    # ---- epochs -------------------------------------------------------------------------------
+    def fit(
+        self,
+        train: EncodedPairs | Callable[[int], EncodedPairs],
+        validation: EncodedPairs | None = None,
+        epochs: int | None = None,
+        on_epoch_end: Callable[[EpochMetrics], None] | None = None,
+    ) -> list[EpochMetrics]:
+        """Train for ``epochs`` (default: the remaining ones up to ``hp.epochs``).
+
+        ``train`` is either the pairs (shuffled here each epoch with a seeded permutation) or a
+        function ``epoch -> pairs`` returning that epoch's data already in order: the distributed job
+        hands each rank a different shard every epoch, for a shuffle across the whole data set.
+        """
+        end = self.hp.epochs if epochs is None else self.epoch + epochs
+        history = []
+        bs = self.batch_size
+        while self.epoch < end:
+            epoch = self.epoch + 1
+            if callable(train):
+                data = train(epoch)
+                idx = np.arange(len(data))
+            else:
+                data = train
+                idx = self._permutation(len(data), epoch)
+            ent_all = torch.as_tensor(data.entity_rows, device=self.device)
+            ips_all = torch.as_tensor(data.ips, device=self.device)
+            idx_t = torch.as_tensor(idx, device=self.device)
+            n_steps = self.comm.min_int(math.ceil(len(idx) / bs) if len(idx) else 0)
+            self.model.train()
+            t0 = time.perf_counter()
+            tot = torch.zeros(3, dtype=torch.float64)  # loss*n, correct, n
+            win = np.zeros(3)
+            bar = self._progress(n_steps, epoch)
+            for step in range(n_steps):
+                b = idx_t[step * bs : (step + 1) * bs]
+                loss_sum, correct, n = self._step(ent_all[b], ips_all[b])
+                win += (loss_sum, correct, n)
+                if (step + 1) % self.hp.batch_metrics_publish_interval == 0 or step + 1 == n_steps:
+                    tot += torch.as_tensor(win)
+                    if self.comm.rank == 0:
+                        log.info(
+                            "epoch %d batch %d/%d: loss=%.4f accuracy=%.4f",
+                            epoch, step + 1, n_steps, win[0] / max(win[2], 1), win[1] / max(win[2], 1),
+                        )  # fmt: skip
+                    win[:] = 0
+                if bar is not None:
+                    bar.update(1)
+            if bar is not None:
+                bar.close()
+            tot = self.comm.allreduce_sum(tot)
+            seconds = time.perf_counter() - t0
+            pairs = int(self.comm.allreduce_sum(torch.tensor([float(min(len(idx), n_steps * bs))]))[0])
+            metrics = EpochMetrics(
+                epoch=epoch,
+                loss=float(tot[0] / max(tot[2], 1)),
+                accuracy=float(tot[1] / max(tot[2], 1)),
+                pairs=pairs,
+                seconds=seconds,
+                pairs_per_second=pairs / seconds if seconds > 0 else float("nan"),
+            )
+            if validation is not None and len(validation):
+                self.model.eval()
+                metrics.discriminator_auc = discriminator_auc(self.model, validation)
+            self.epoch = epoch
+            if self.comm.rank == 0:
+                log.info("epoch %d done: %s", epoch, _fmt_metrics(metrics))
+            history.append(metrics)
+            if on_epoch_end is not None:
+                on_epoch_end(metrics)
+        self.model.eval()
+        return history
+
+    def _permutation(self, n: int, epoch: int) -> np.ndarray:
+        return np.random.default_rng([self.options.seed, epoch]).permutation(n)
+
+    def _progress(self, total: int, epoch: int):
+        want = self.options.progress_bar
+        if self.comm.rank != 0 or want == "off" or (want == "auto" and not sys.stderr.isatty()):
+            return None
+        from tqdm import tqdm
+
+        return tqdm(total=total, desc=f"epoch {epoch}", unit="batch", leave=False, file=sys.stderr)
+
+    # ---- checkpoints ---------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to resume: weights, both optimisers, epoch, RNG state."""
+        return {
+            "model": self.model.state_dict(),
+            "entity_opt": self.entity_opt.state_dict(),
+            "ip_opt": self.ip_opt.state_dict(),
+            "dense_opt": self.dense_opt.state_dict() if self.dense_opt is not None else {},
+            "epoch": torch.tensor(self.epoch),
+            "generator": self.generator.get_state(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.entity_opt.load_state_dict(state["entity_opt"])
+        self.ip_opt.load_state_dict(state["ip_opt"])
+        if self.dense_opt is not None and state["dense_opt"]:
+            self.dense_opt.load_state_dict(state["dense_opt"])
+        self.epoch = int(state["epoch"])
+        self.generator.set_state(state["generator"])
+
+
+def _fmt_metrics(m: EpochMetrics) -> str:
+    auc = "" if m.discriminator_auc is None else f" discriminator_auc={m.discriminator_auc:.4f}"
+    return (
+        f"loss={m.loss:.4f} accuracy={m.accuracy:.4f}{auc} pairs={m.pairs} "
+        f"seconds={m.seconds:.1f} pairs/s={m.pairs_per_second:,.0f}"
+    )
+
+
+def build_model(
+    hp: Hyperparameters, opts: ModelOptions, seed: int, device: torch.device | str = "cpu"
+) -> IPInsightsModel:
+    """A freshly initialised model (seeded) on ``device``."""
+    g = torch.Generator().manual_seed(seed)
+    model = IPInsightsModel(hp, opts)
+    model.reset_parameters(generator=g)
+    return model.to(device)
+
+
+@dataclass
+class TrainResult:
+    """A trained model and its per-epoch metrics."""
+
+    model: IPInsightsModel
+    history: list[EpochMetrics]
+
+
+def train_model(
+    hp: Hyperparameters,
+    model_options: ModelOptions,
+    options: TrainOptions,
+    train: EncodedPairs,
+    validation: EncodedPairs | None = None,
+    on_epoch_end: Callable[[EpochMetrics], None] | None = None,
+) -> TrainResult:
+    """Train a fresh model in this process (seeded: the same inputs give the same model)."""
+    if len(train) == 0:
+        raise ValueError("no training pairs")
+    torch.manual_seed(options.seed)
+    if options.num_threads:
+        torch.set_num_threads(options.num_threads)
+    device = resolve_device(options.device)
+    model = build_model(hp, model_options, options.seed, device)
+    trainer = Trainer(model, hp, options)
+    history = trainer.fit(train, validation, on_epoch_end=on_epoch_end)
+    return TrainResult(model=model, history=history)

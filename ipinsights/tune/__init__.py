@@ -1,0 +1,1 @@
+"""Tune stage: search space, trials, results and the tuning driver. Imports core, storage and train."""

@@ -1,0 +1,283 @@
+"""Hyperparameter tuning on Spark: SageMaker's Automatic Model Tuning for IP Insights, with Optuna.
+
+A tuning job maximises ``validation:discriminator_auc`` over a search space of hyperparameters
+(:class:`TuneConfig`, ``conf/tune.yml``) in ``max_jobs`` trials, ``max_parallel_jobs`` at a time.
+Each trial is an ordinary single-process training run (:class:`ipinsights.trainer.Trainer`) of the
+base training config with the sampled values put in.
+
+Parallelism. The driver runs Optuna's ask/tell loop. Each trial is a one-task Spark job
+(``sc.parallelize([spec], 1).map(run_trial)``) issued from a driver thread, so up to
+``max_parallel_jobs`` trials train at once on executors. :func:`run_trial` is top level and picklable,
+imports torch inside and gets a plain :class:`TrialSpec` (paths and dicts, never a SparkSession or a
+DataFrame). The training pairs reach the executors by path: the driver writes them once as Parquet
+(64-bit entity hash, address key) under ``OUT/work``; each trial reads them and hashes the entities
+into its own ``num_entity_vectors`` rows, so that hyperparameter can be tuned too.
+
+Determinism. Trial ``n`` is asked only once trials ``0 .. n - P`` have been told (``P`` =
+``max_parallel_jobs``), and results are told in trial-number order, whichever trial finishes first.
+What each ask sees (the told trials, and the running ones that TPE's constant liar counts as pending)
+therefore depends on ``n`` alone, never on timing: the same seed and inputs give the same trial
+sequence. The price: a free slot may wait for an earlier, longer trial (an ordered sliding window).
+
+Early stopping. Optuna's pruners need intermediate values live, which a trial running inside a Spark
+task cannot report. So when the driver launches a trial it computes SageMaker's rule from the trials
+told so far: for each epoch ``k``, the median over completed trials of their running average of
+discriminator_auc up to ``k`` (:func:`median_running_average`). The trial gets these thresholds and,
+after any epoch ``k >= min_epochs``, stops itself (status ``Stopped``) when its AUC is below the
+threshold minus ``margin``. A stopped trial keeps its model and its last AUC as objective, as in
+SageMaker; Optuna is told PRUNED with the per-epoch values, which TPE uses.
+
+Failures. A trial that raises, or whose loss or AUC becomes NaN (a diverging learning rate), or whose
+sampled values are invalid together (``R + S = 0``), is recorded as ``Failed`` with its error, told
+to Optuna as FAIL, and the job goes on; only when every trial failed does :func:`tune` raise.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import logging
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ipinsights.core.config import (
+    ConfigError,
+    Hyperparameters,
+    TrainConfig,
+    config_from_dict,
+    config_to_dict,
+)
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from pyspark.sql import DataFrame, SparkSession
+
+from ipinsights.tune.config import COMPLETED, FAILED, STOPPED, TuneConfig, TuningError
+from ipinsights.tune.results import TrialRecord, best_record, drop_model, json_line, record_of, results_frame
+from ipinsights.tune.trials import PreparedData, SparkTrialRunner, TrialSpec, median_running_average, trial_result
+
+log = logging.getLogger(__name__)
+
+
+def _sampler(cfg: TuneConfig, parallel: int):
+    import optuna
+
+    if cfg.strategy == "random":
+        return optuna.samplers.RandomSampler(seed=cfg.seed)
+    startup = cfg.startup_trials or max(parallel, min(10, cfg.max_jobs // 3))
+    return optuna.samplers.TPESampler(seed=cfg.seed, n_startup_trials=startup)
+
+
+def run_trials(
+    cfg: TuneConfig,
+    base: TrainConfig,
+    data: PreparedData,
+    trials_dir: str | Path,
+    submit: Callable[[TrialSpec], cf.Future],
+) -> list[TrialRecord]:
+    """Ask, run and tell ``cfg.max_jobs`` trials, ``cfg.max_parallel_jobs`` at a time, in a fixed order.
+
+    See the module docstring for why the order makes the sequence reproducible. Unless
+    ``keep_trial_models``, a trial's model is deleted as soon as a better one exists.
+    """
+    import optuna
+    from optuna.trial import TrialState
+
+    from ipinsights.storage.files import atomic_write
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # each trial is logged here, with its status
+    parallel = min(cfg.max_parallel_jobs, cfg.max_jobs)
+    study = optuna.create_study(direction="maximize", sampler=_sampler(cfg, parallel))
+    dists = {r.name: r.distribution() for r in cfg.space}
+    base_hp = config_to_dict(base.hyperparameters)
+    if cfg.baseline_trial:
+        outside = [r.name for r in cfg.space if not r.contains(base_hp[r.name])]
+        if outside:
+            log.warning("baseline trial skipped: base values of %s lie outside the space", outside)
+        else:
+            study.enqueue_trial({r.name: base_hp[r.name] for r in cfg.space})
+    base_dict = config_to_dict(base)
+    trials_dir = Path(trials_dir).resolve()
+    es = cfg.early_stopping
+    in_flight: dict[int, tuple[Any, dict[str, Any], cf.Future]] = {}
+    records: list[TrialRecord] = []
+    best: TrialRecord | None = None
+
+    def launch(n: int) -> None:
+        trial = study.ask(dists)
+        assert trial.number == n, (trial.number, n)  # asks happen strictly in trial-number order
+        params = {r.name: trial.params[r.name] for r in cfg.space}
+        hp = {**base_hp, **params}
+        completed = [r.aucs for r in records if r.status == COMPLETED]
+        stop_below = median_running_average(completed, es.min_trials) if es.type == "auto" else []
+        try:
+            config_from_dict(Hyperparameters, hp)  # e.g. R = S = 0 sampled together: fail before launching
+        except ConfigError as exc:
+            fut: cf.Future = cf.Future()
+            fut.set_result(trial_result(n, FAILED, error=f"invalid hyperparameters: {exc}"))
+            in_flight[n] = (trial, params, fut)
+            return
+        train_options = {**base_dict["train"], "num_threads": cfg.threads_per_trial, "progress_bar": "off"}
+        spec = TrialSpec(
+            number=n,
+            hyperparameters=hp,
+            model_options=base_dict["model"],
+            train_options=train_options,
+            train_files=list(data.train_files),
+            validation_files=list(data.validation_files),
+            trial_dir=str(trials_dir / f"trial-{n:03d}"),
+            entity_stats_file=data.entity_stats_file,
+            stop_below=stop_below,
+            min_epochs=es.min_epochs,
+            margin=es.margin,
+            threads=cfg.threads_per_trial,
+            max_parallel_jobs=parallel,
+            config={**base_dict, "hyperparameters": hp, "tuning": {"trial": n, "params": params}},
+            poison=n in cfg.fail_trials,
+        )
+        log.info("trial %d launched: %s", n, params)
+        in_flight[n] = (trial, params, submit(spec))
+
+    next_ask = 0
+    for n in range(cfg.max_jobs):
+        while next_ask < cfg.max_jobs and next_ask < n + parallel:
+            launch(next_ask)
+            next_ask += 1
+        trial, params, fut = in_flight.pop(n)
+        rec = record_of(fut.result(), params)
+        trial.set_user_attr("status", rec.status)
+        if rec.status in (COMPLETED, STOPPED) and rec.objective is not None:
+            for k, auc in enumerate(rec.aucs, 1):
+                trial.report(auc, k)  # the learning curve: TPE values a stopped trial by its last point
+            if rec.status == COMPLETED:
+                study.tell(trial, rec.objective)
+            else:
+                study.tell(trial, state=TrialState.PRUNED)
+        else:
+            rec.status = FAILED
+            rec.objective = None
+            trial.set_user_attr("error", rec.error)
+            study.tell(trial, state=TrialState.FAIL)
+        if rec.history:
+            with atomic_write(trials_dir / f"trial-{n:03d}" / "metrics.jsonl") as fh:
+                fh.writelines(json_line(h) for h in rec.history)
+        auc = "n/a" if rec.objective is None else f"{rec.objective:.4f}"
+        log.info("trial %d %s: discriminator_auc=%s epochs=%d %.1f s%s", n, rec.status, auc, rec.epochs,
+                 rec.seconds, f" ({rec.error})" if rec.error else "")  # fmt: skip
+        if rec.model_dir and rec.objective is not None:
+            if best is None or rec.objective > best.objective:
+                if best is not None and not cfg.keep_trial_models:
+                    drop_model(best)
+                best = rec
+            elif not cfg.keep_trial_models:
+                drop_model(rec)
+        records.append(rec)
+    return records
+
+
+@dataclass
+class TuningResult:
+    """What a tuning job produced."""
+
+    records: list[TrialRecord]
+    table: pd.DataFrame
+    best: TrialRecord
+    best_model_dir: Path
+    output: Path
+
+
+def prepare_data(
+    spark: SparkSession, train_df: DataFrame, validation_df: DataFrame, base: TrainConfig, work_dir: str | Path
+) -> PreparedData:
+    """Encode both sets on the executors and write them under ``work_dir`` for the trials to read.
+
+    Entities are stored as their full 64-bit hash, not as rows, so every trial can use its own
+    ``num_entity_vectors``; entity stats go into every trial's model, as the training job does.
+    """
+    from ipinsights.storage.files import atomic_write
+    from ipinsights.storage.parquet import write_parquet_single
+    from ipinsights.train.prepare import encode_pairs_df, entity_stats
+
+    work = Path(work_dir).resolve()
+    hp, mopts = base.hyperparameters, base.model
+    v6 = bool(mopts.ipv6_prefix_lengths)
+    enc = encode_pairs_df(train_df, hp.num_entity_vectors, mopts.hash_seed, v6).select("entity_hash", "ip").cache()
+    try:
+        n_train = enc.count()
+        if n_train == 0:
+            raise TuningError("no valid training pairs in the input")
+        train_files = write_parquet_single(enc, str(work / "train"))
+        stats = entity_stats(enc)
+    finally:
+        enc.unpersist()
+    stats_file = work / "entities.safetensors"
+    with atomic_write(stats_file, "wb") as fh:
+        fh.write(stats.to_bytes())
+    val = encode_pairs_df(validation_df, hp.num_entity_vectors, mopts.hash_seed, v6).select("entity_hash", "ip")
+    val_files = write_parquet_single(val.coalesce(1), str(work / "validation"))
+    n_val = val.count()
+    if n_val == 0:
+        raise TuningError("no valid validation pairs: the objective discriminator_auc needs them")
+    log.info("tuning data: %d training pairs (%d entities), %d validation pairs", n_train, len(stats), n_val)
+    return PreparedData(train_files, val_files, str(stats_file), n_train, n_val)
+
+
+def tune(
+    spark: SparkSession,
+    train_df: DataFrame,
+    validation_df: DataFrame,
+    cfg: TuneConfig,
+    base: TrainConfig,
+    output: str | Path,
+    submit: Callable[[TrialSpec], cf.Future] | None = None,
+) -> TuningResult:
+    """Run a tuning job; writes under ``output``:
+
+    ``results.csv`` / ``results.parquet`` (one row per trial), ``best_model/`` (a normal model
+    directory), ``best.json``, ``tuning_config.json`` (the resolved tuning and base configs),
+    ``trials/trial-NNN/`` (per-epoch metrics, and models when kept) and ``work/`` (the encoded data).
+    Raises :class:`TuningError` (after writing the table) when every trial failed.
+    """
+    from ipinsights.storage.files import copy_tree_atomic, write_frame, write_json
+
+    out = Path(output).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(str(out / "tuning_config.json"), {"tuning": config_to_dict(cfg), "base": config_to_dict(base)})
+    shutil.rmtree(out / "trials", ignore_errors=True)  # a rerun starts clean: no stale trial of an older job
+    data = prepare_data(spark, train_df, validation_df, base, out / "work")
+    runner = None
+    if submit is None:
+        runner = SparkTrialRunner(spark, min(cfg.max_parallel_jobs, cfg.max_jobs))
+        submit = runner.submit
+    try:
+        records = run_trials(cfg, base, data, out / "trials", submit)
+    except BaseException:  # e.g. Ctrl-C: stop the trials still running on the executors
+        if runner is not None:
+            runner.close(cancel=True)
+        raise
+    if runner is not None:
+        runner.close()
+    table = results_frame(records, [r.name for r in cfg.space])
+    write_frame(table, out / "results.csv")
+    write_frame(table, out / "results.parquet")
+    best = best_record(records)
+    if best is None or not best.model_dir:
+        errors = "; ".join(f"trial {r.number}: {r.error}" for r in records)
+        raise TuningError(f"all {len(records)} trials failed: {errors}")
+    best_dir = copy_tree_atomic(best.model_dir, out / "best_model")
+    write_json(
+        str(out / "best.json"),
+        {
+            "trial": best.number,
+            "status": best.status,
+            "objective": {"name": cfg.objective, "value": best.objective},
+            "hyperparameters": {**config_to_dict(base.hyperparameters), **best.params},
+            "tuned": best.params,
+            "model": str(best_dir),
+            "trials": {s: sum(r.status == s for r in records) for s in (COMPLETED, STOPPED, FAILED)},
+        },
+    )
+    log.info("best: trial %d, discriminator_auc=%.4f, %s", best.number, best.objective, best.params)
+    return TuningResult(records=records, table=table, best=best, best_model_dir=best_dir, output=out)

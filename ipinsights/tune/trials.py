@@ -1,0 +1,229 @@
+"""One tuning trial: an ordinary training run of a hyperparameter set, with SageMaker's early stopping,
+run on a Spark executor or in this process.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import logging
+import math
+import os
+import socket
+import statistics
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ipinsights.core.config import (
+    Hyperparameters,
+    config_from_dict,
+)
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
+
+from ipinsights.tune.config import COMPLETED, FAILED, STOPPED
+
+log = logging.getLogger(__name__)
+
+
+def median_running_average(curves: Sequence[Sequence[float]], min_trials: int) -> list[float | None]:
+    """Per epoch k (index k-1): the median over ``curves`` of their mean AUC over epochs 1..k.
+
+    ``None`` where fewer than ``min_trials`` curves reach epoch k (no basis to stop anyone there).
+    """
+    out: list[float | None] = []
+    for k in range(1, max((len(c) for c in curves), default=0) + 1):
+        avgs = [sum(c[:k]) / k for c in curves if len(c) >= k]
+        out.append(statistics.median(avgs) if len(avgs) >= min_trials else None)
+    return out
+
+
+def _should_stop(epoch: int, auc: float, spec: TrialSpec, epochs: int) -> bool:
+    if epoch < spec.min_epochs or epoch >= epochs or epoch > len(spec.stop_below):
+        return False
+    threshold = spec.stop_below[epoch - 1]
+    return threshold is not None and auc < threshold - spec.margin
+
+
+@dataclass(frozen=True)
+class PreparedData:
+    """The encoded training and validation pairs, written once for every trial to read by path."""
+
+    train_files: list[str]
+    validation_files: list[str]
+    entity_stats_file: str | None = None
+    n_train: int = 0
+    n_validation: int = 0
+
+
+@dataclass
+class TrialSpec:
+    """Everything one trial needs, as plain picklable values."""
+
+    number: int
+    hyperparameters: dict[str, Any]
+    model_options: dict[str, Any]
+    train_options: dict[str, Any]
+    train_files: list[str]
+    validation_files: list[str]
+    trial_dir: str
+    entity_stats_file: str | None = None
+    stop_below: list[float | None] = field(default_factory=list)  # per epoch; see median_running_average
+    min_epochs: int = 1
+    margin: float = 0.0
+    threads: int = 0
+    max_parallel_jobs: int = 1
+    config: dict[str, Any] = field(default_factory=dict)
+    poison: bool = False  # test hook: start from NaN weights
+
+
+def trial_result(
+    number: int,
+    status: str,
+    history: list[dict[str, Any]] | None = None,
+    error: str | None = None,
+    seconds: float = 0.0,
+    start: float | None = None,
+    model_dir: str | None = None,
+) -> dict[str, Any]:
+    """What a trial sends back to the driver (a plain dict: it crosses the Spark boundary)."""
+    now = time.time()
+    return {
+        "number": number,
+        "status": status,
+        "history": list(history or []),
+        "error": error,
+        "seconds": seconds,
+        "start": now - seconds if start is None else start,
+        "end": now,
+        "model_dir": model_dir,
+        "worker": f"{socket.gethostname()}:{os.getpid()}",
+    }
+
+
+def _cpu_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not on Linux
+        return os.cpu_count() or 1
+
+
+def _load_pairs(files: Sequence[str], num_entity_vectors: int):
+    """Encoded pairs for this trial's ``num_entity_vectors`` (entity row = 64-bit hash mod rows)."""
+    from ipinsights.storage.parquet import read_parquet_files
+    from ipinsights.train.data import EncodedPairs
+
+    t = read_parquet_files(files, ["entity_hash", "ip"])
+    h = np.asarray(t["entity_hash"].to_numpy()).view(np.uint64)
+    rows = (h % np.uint64(num_entity_vectors)).astype(np.int64)
+    return EncodedPairs(rows, np.array(t["ip"].to_numpy(), dtype=np.int64))  # a copy: Arrow's view is read-only
+
+
+def _train_trial(spec: TrialSpec, history: list[dict[str, Any]]) -> tuple[str, str]:
+    """Train epoch by epoch, checking for divergence and the stopping rule; returns (status, model dir)."""
+    import torch
+
+    from ipinsights.core.config import ModelOptions, TrainOptions
+    from ipinsights.core.entities import ENTITY_FILE
+    from ipinsights.storage.modelfile import save_model
+    from ipinsights.train.trainer import Trainer, build_model, resolve_device
+
+    hp = config_from_dict(Hyperparameters, spec.hyperparameters)
+    mopts = config_from_dict(ModelOptions, spec.model_options)
+    topts = config_from_dict(TrainOptions, spec.train_options)
+    # Trials share the executor's cores; more threads than cores / trials only makes them spin.
+    torch.set_num_threads(spec.threads or max(1, _cpu_count() // spec.max_parallel_jobs))
+    torch.manual_seed(topts.seed)
+    train = _load_pairs(spec.train_files, hp.num_entity_vectors)
+    validation = _load_pairs(spec.validation_files, hp.num_entity_vectors)
+    model = build_model(hp, mopts, topts.seed, resolve_device(topts.device))
+    if spec.poison:
+        with torch.no_grad():
+            model.entity_table.fill_(float("nan"))
+    trainer = Trainer(model, hp, topts)
+    status = COMPLETED
+    # Epoch by epoch (fit continues where it stopped, same shuffles as one call) so a trial can stop itself.
+    while trainer.epoch < hp.epochs:
+        (m,) = trainer.fit(train, validation, epochs=1)
+        history.append(m.as_dict())
+        auc = m.discriminator_auc
+        if not math.isfinite(m.loss) or auc is None or not math.isfinite(auc):
+            raise FloatingPointError(f"diverged at epoch {m.epoch}: loss={m.loss}, discriminator_auc={auc}")
+        if _should_stop(m.epoch, auc, spec, hp.epochs):
+            status = STOPPED
+            break
+    extra = {}
+    if spec.entity_stats_file:
+        extra[ENTITY_FILE] = Path(spec.entity_stats_file).read_bytes()
+    model_dir = str(Path(spec.trial_dir) / "model")
+    save_model(
+        model,
+        model_dir,
+        training={"epochs": history, "pairs": len(train), "tuning_trial": spec.number, "status": status},
+        config=spec.config,
+        extra_files=extra,
+    )
+    return status, model_dir
+
+
+def run_trial(spec: TrialSpec) -> dict[str, Any]:
+    """Run one trial (on an executor); never raises: a failure comes back as status ``Failed``.
+
+    Catching here, not in Spark, keeps Spark from retrying a trial that fails deterministically.
+    """
+    t0 = time.perf_counter()
+    start = time.time()
+    history: list[dict[str, Any]] = []
+    try:
+        status, model_dir = _train_trial(spec, history)
+        error = None
+    except Exception as exc:
+        status, model_dir, error = FAILED, None, f"{type(exc).__name__}: {exc}"[:1000]
+    return trial_result(spec.number, status, history, error, time.perf_counter() - t0, start, model_dir)
+
+
+class SparkTrialRunner:
+    """Runs each trial as a one-task Spark job, from a pool of ``max_parallel`` driver threads.
+
+    Concurrent jobs from driver threads share the executors (Spark schedules them side by side when
+    cores are free), so ``max_parallel`` trials train at once.
+    """
+
+    def __init__(self, spark: SparkSession, max_parallel: int) -> None:
+        self.sc = spark.sparkContext
+        self.pool = cf.ThreadPoolExecutor(max_workers=max_parallel, thread_name_prefix="tune-trial")
+        self.group = f"ipinsights-tune-{os.getpid()}-{time.time_ns()}"
+
+    def submit(self, spec: TrialSpec) -> cf.Future:
+        return self.pool.submit(self._run, spec)
+
+    def _run(self, spec: TrialSpec) -> dict[str, Any]:
+        # One job group for all trials, so that an interrupted driver can cancel the ones still running.
+        self.sc.setJobGroup(self.group, f"ipinsights tuning: trial {spec.number}", interruptOnCancel=True)
+        try:
+            return self.sc.parallelize([spec], 1).map(run_trial).collect()[0]
+        except Exception as exc:  # the Spark job itself failed: a lost executor, a killed Python worker
+            first = next((ln for ln in str(exc).splitlines() if ln.strip()), type(exc).__name__)
+            return trial_result(spec.number, FAILED, error=f"Spark job failed: {first}"[:1000])
+
+    def close(self, cancel: bool = False) -> None:
+        if cancel:
+            self.sc.cancelJobGroup(self.group)
+        self.pool.shutdown(wait=True, cancel_futures=cancel)
+
+
+class LocalTrialRunner:
+    """Runs each trial in this process when submitted (no Spark; for debugging and small data)."""
+
+    def submit(self, spec: TrialSpec) -> cf.Future:
+        fut: cf.Future = cf.Future()
+        fut.set_result(run_trial(spec))
+        return fut
+
+    def close(self, cancel: bool = False) -> None:
+        return None
