@@ -1,14 +1,120 @@
-"""What every job entry point shares: logging, Spark session building, config overrides."""
+"""What every job entry point shares: one skeleton (:func:`run_job`), logging, Spark, config overrides.
+
+Every job is the same five steps, so that they all behave alike on a cluster and in a test::
+
+    parse argv -> load, log (and let the library save) the typed config -> build Spark if the job needs it
+    -> call ONE library function -> map its errors to exit codes -> stop the Spark session it created
+
+A job module keeps only its argument parser and the lines that turn parsed arguments into the library
+call; everything else (including what an error exits with) lives here, and the work in the library.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Generic, TypeVar
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+#: The project's conf/ folder: defaults are found relative to the project, never the working directory.
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+#: Exit status of a bad configuration, a bad or missing input, or a refused model file (usage errors).
+EXIT_USAGE = 2
+
+log = logging.getLogger("ipinsights.jobs")
+C = TypeVar("C")
+
+
+def default_config(name: str) -> Path | None:
+    """``conf/NAME.yml`` of the project, or None where it is not shipped (then the dataclass defaults)."""
+    path = CONF_DIR / f"{name}.yml"
+    return path if path.exists() else None
+
+
+@dataclass
+class Job(Generic[C]):
+    """One job's shape: its name, its config type and default config, and what its errors exit with.
+
+    ``errors`` maps exception types (checked in order) to exit statuses; ``ConfigError``,
+    ``DataFormatError`` and ``FileNotFoundError`` always exit ``EXIT_USAGE`` with the message, not a traceback.
+    """
+
+    name: str
+    config_type: type[C] | None = None
+    spark: bool = True
+    errors: Sequence[tuple[type[BaseException], int]] = ()
+    on_error: Callable[[BaseException], None] | None = None  # e.g. print a summary that the error carries
+    config_name: str | None = None  # default conf/<config_name or name>.yml
+    app_name: str = field(init=False, default="")
+
+    def __post_init__(self) -> None:
+        self.app_name = f"ipinsights-{self.name}"
+
+    def load(self, config: str | Path | None, overrides: Sequence[str] | Mapping[str, Any]) -> C:
+        """The typed config from ``config`` (default: the project's) and overrides, logged as resolved."""
+        from ipinsights.core.config import config_to_dict, load_config
+
+        assert self.config_type is not None
+        path = config if config is not None else default_config(self.config_name or self.name)
+        cfg = load_config(self.config_type, path, overrides)
+        log.info("%s: resolved config: %s", self.name, json.dumps(config_to_dict(cfg), sort_keys=True, default=str))
+        return cfg
+
+    def run(
+        self,
+        args: argparse.Namespace,
+        body: Callable[[Any], int | None],
+        config: str | Path | None = None,
+        overrides: Sequence[str] | Mapping[str, Any] = (),
+    ) -> int:
+        """Steps 2-5 of the skeleton: config, Spark, ``body(ctx)``, errors to exit codes, Spark stopped.
+
+        ``body`` gets a :class:`JobContext` (``ctx.cfg``, ``ctx.spark``) and returns an exit status
+        (None = 0). ``args`` must carry ``verbose`` and, for Spark jobs, ``master`` and ``spark_conf``.
+        """
+        from ipinsights.core.config import ConfigError
+        from ipinsights.core.errors import DataFormatError
+
+        setup_logging(getattr(args, "verbose", False))
+        spark = None
+        owns_session = False
+        try:
+            cfg = self.load(config, overrides) if self.config_type is not None else None
+            if self.spark:
+                from pyspark.sql import SparkSession
+
+                owns_session = SparkSession.getActiveSession() is None  # stop only a session this job created
+                spark = build_spark(self.app_name, getattr(args, "master", None), getattr(args, "spark_conf", ()))
+            return body(JobContext(cfg, spark)) or 0
+        except Exception as exc:
+            for kind, status in self.errors:
+                if isinstance(exc, kind):
+                    log.error("%s: %s", self.name, exc)
+                    if self.on_error is not None:
+                        self.on_error(exc)
+                    return status
+            if isinstance(exc, (ConfigError, DataFormatError, FileNotFoundError)):
+                log.error("%s: %s", self.name, exc)
+                print(f"error: {exc}", file=sys.stderr)
+                return EXIT_USAGE
+            raise
+        finally:
+            if spark is not None and owns_session:
+                spark.stop()
+
+
+@dataclass(frozen=True)
+class JobContext:
+    """What a job's body is handed: the resolved config and the SparkSession (None for non-Spark jobs)."""
+
+    cfg: Any
+    spark: Any
 
 
 def setup_logging(verbose: bool = False) -> None:
