@@ -66,7 +66,7 @@ class Policy:
 
 
 def score_records(
-    scorer,
+    scorer: Scorer,
     records: protocol.Records,
     options: protocol.Options,
     dot_product: np.ndarray | None = None,
@@ -110,7 +110,7 @@ class Batcher:
     behind the requests already runnable, so an idle server answers a lone request at once.
     """
 
-    def __init__(self, scorer, policy: Policy | None = None) -> None:
+    def __init__(self, scorer: Scorer, policy: Policy | None = None) -> None:
         self.scorer = scorer
         self.policy = policy
         self.pending: list[tuple[protocol.Records, protocol.Options, asyncio.Future]] = []

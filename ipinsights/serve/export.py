@@ -15,12 +15,16 @@ import os
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ipinsights.core.ip import ipv4_to_str, parse_ipv4
+
+if TYPE_CHECKING:
+    from ipinsights.score.scorer import Scorer
 
 __all__ = [
     "DEFAULT_BATCH",
@@ -167,7 +171,7 @@ def _write(out: str | Path, schema: pa.Schema, batches: Iterator[tuple[pa.Array,
 
 
 def export_embeddings(
-    scorer,
+    scorer: Scorer,
     out: str | Path,
     *,
     ips: Iterable[np.ndarray] | None = None,
@@ -204,7 +208,7 @@ def export_embeddings(
 
 
 def export_requested(
-    scorer,
+    scorer: Scorer,
     out: str | Path,
     *,
     ip_ranges: Sequence[str] = (),
