@@ -103,9 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     variants = {}
     s_before = Scorer.load(models["before"])
     variants["before"] = s_before.anomaly_score(test["entity"], test["ip"])
-    s6 = Scorer.load(models["ipv6"])
-    variants["ipv6"] = s6.anomaly_score(test["entity"], test["ip"])
-    s6.load_profiles(required=True)
+    s6 = Scorer.load(models["ipv6"], profile=profile_path(models["ipv6"]))
+    variants["ipv6"] = s6.anomaly_score(test["entity"], test["ip"])  # the model's own score: no profile used
     val = read_labelled_csv(paths.validation_labelled)
     val = val.filter(pc.equal(val["label"], 0))
     cal = s6.assess(val["entity"], val["ip"], learning_period_events=10)

@@ -22,8 +22,9 @@ Figures (one per line, ``name=value``):
   of this design however fast the model gets
 * ``inprocess_job_cpu_us_per_pair`` / ``*_ideal_pairs_per_s``: the job's whole work without Spark, in one
   process: pyarrow reads the pairs' files, the workers' function scores them, pyarrow writes the scores
-* ``inprocess_udf_pairs_per_s``: the Python workers' function (``_scorer_fn``) over the same pairs as Arrow
-  batches of ``--arrow-batch`` rows, 1 torch thread, no Spark (what one worker could do)
+* ``inprocess_udf_pairs_per_s``: the Python workers' function (``udf.batch_mapper`` over the job's
+  ``_score_batch``) over the same pairs as Arrow batches of ``--arrow-batch`` rows, 1 torch thread, no
+  Spark (what one worker could do)
 * ``inprocess_1thread_pairs_per_s`` / ``inprocess_pairs_per_s``: ``Scorer.dot_product`` alone, with 1
   torch thread and with torch's default (the machine's cores)
 * ``spark_overhead_ratio``: in-process dot products (all cores) / Spark noop (as measured since issue 6)
@@ -54,9 +55,10 @@ from ipinsights.core.config import Hyperparameters, ModelOptions
 from ipinsights.core.entities import ENTITY_FILE, EntityStats
 from ipinsights.core.hashing import hash_strings
 from ipinsights.core.ip import ipv4_to_str, key_prefix, parse_ip
-from ipinsights.score.job import _SCORE_FIELDS, ScoringSetup, _scorer_fn, _scores_by_day, score_events
+from ipinsights.score.job import _SCORE_FIELDS, ScoringSetup, _score_batch, _scores_by_day, score_events
 from ipinsights.score.profiles import QUANTILES, EntityProfiles
 from ipinsights.score.scorer import BATCH_ROWS, Scorer
+from ipinsights.score.udf import ScorerSource, batch_mapper
 from ipinsights.score.verdict import CAL_LEVELS, Thresholds
 from ipinsights.storage.modelfile import model_fingerprint, profile_path, save_model
 from ipinsights.train.trainer import build_model
@@ -169,7 +171,7 @@ def main() -> None:
         table = write_pairs(tmp / "pairs", args.pairs)
         model = write_model(tmp / "model", args.vector_dim, table)
         profile = str(profile_path(model))
-        setup = ScoringSetup(model, args.scorer_batch, profile=profile, thresholds=thresholds())
+        setup = ScoringSetup(ScorerSource.with_profile(model, profile), args.scorer_batch, thresholds=thresholds())
         print(f"pairs={args.pairs}")
         print(f"vector_dim={args.vector_dim}")
         print(f"arrow_batch={args.arrow_batch}")
@@ -187,7 +189,7 @@ def main() -> None:
 
         scorer = Scorer.load(model, batch_size=args.scorer_batch)
         batches = table.to_batches(max_chunksize=args.arrow_batch)
-        udf = _scorer_fn(setup)
+        udf = batch_mapper(setup.source, partial(_score_batch, setup), setup.batch_size)
         df = spark.read.parquet(str(tmp / "pairs"))
         # Warm up both Python workers (imports, model load) and the JVM's JIT: once per job, not per pair.
         warmup = time.perf_counter()

@@ -110,8 +110,7 @@ def evaluate_main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     setup_logging(args.verbose)
     try:
-        scorer = Scorer.load(args.model)
-        scorer.load_profiles(args.profile, required=args.profile is not None)
+        scorer = Scorer.load(args.model, profile=args.profile or True)
         test = read_labelled_csv(args.test)
         train = read_pairs_csv(args.train) if args.train else None
     except (ModelFileError, DataFormatError) as exc:

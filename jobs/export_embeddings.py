@@ -9,38 +9,25 @@
 ``--ips``: one address or CIDR range per line; ``--entities``: one entity per line (blank lines and
 ``#`` comments skipped in both). Columns: ``ip`` or ``entity``, and ``embedding`` (float32 x vector_dim).
 At most ``--max-addresses`` addresses (default 16,777,216: a /8), refused before anything is written.
+
+Exit status: 0 ok, 2 a bad range, input line or model (nothing half-written is left behind).
 """
 
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
-import time
 from collections.abc import Sequence
 
-try:  # installed as ipinsights_jobs; also runnable as a file from the repository
-    from ipinsights_jobs._common import setup_logging
-except ImportError:  # pragma: no cover
-    from _common import setup_logging
+from ipinsights.serve.export import DEFAULT_BATCH, DEFAULT_MAX_ADDRESSES, ExportError, export_requested
+from ipinsights.storage.modelfile import ModelFileError
+from ipinsights_jobs._common import EXIT_USAGE, Job, JobContext
 
-log = logging.getLogger("ipinsights.export")
+JOB = Job("export-embeddings", spark=False, errors=[(ExportError, EXIT_USAGE), (ModelFileError, EXIT_USAGE)])
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse arguments, export, print what was written."""
-    from ipinsights.score.scorer import Scorer
-    from ipinsights.serve.export import (
-        DEFAULT_BATCH,
-        DEFAULT_MAX_ADDRESSES,
-        ExportError,
-        export_embeddings,
-        ip_batches,
-        parse_ranges,
-        read_lines,
-    )
-    from ipinsights.storage.modelfile import ModelFileError
-
     parser = argparse.ArgumentParser(
         prog="ipinsights export-embeddings", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -54,7 +41,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH, help="rows per batch (bounds memory)")
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
-    setup_logging(args.verbose)
     want_ips = bool(args.ips or args.ip_range)
     if not want_ips and not args.entities:
         parser.error("nothing to export: give --ips, --ip-range and/or --entities")
@@ -62,25 +48,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("exporting IPs and entities together: give --entities-out for the entities")
     if args.batch_size < 1 or args.max_addresses < 1:
         parser.error("--batch-size and --max-addresses must be positive")
-    try:
-        ranges = parse_ranges(args.ip_range)
+
+    def body(ctx: JobContext) -> None:
+        from ipinsights.score.scorer import Scorer
+
         scorer = Scorer.load(args.model)
-        jobs = []
-        if want_ips:
-            batches = ip_batches(ranges, args.ips, batch=args.batch_size, max_addresses=args.max_addresses)
-            jobs.append(("ip", args.out, {"ips": batches}))
-        if args.entities:
-            entities = (text for _, text in read_lines(args.entities))
-            jobs.append(("entity", args.entities_out or args.out, {"entities": entities}))
-        for kind, out, source in jobs:
-            t0 = time.perf_counter()
-            rows = export_embeddings(scorer, out, batch=args.batch_size, **source)
-            log.info("%s embeddings: %d rows in %.1f s", kind, rows, time.perf_counter() - t0)
+        exported = export_requested(
+            scorer, args.out, ip_ranges=args.ip_range, ip_file=args.ips, entity_file=args.entities,
+            entities_out=args.entities_out, batch=args.batch_size, max_addresses=args.max_addresses,
+        )  # fmt: skip
+        for kind, out, rows in exported:
             print(f"{out}: {rows} {kind} embeddings (vector_dim {scorer.vector_dim})")
-    except (ExportError, ModelFileError) as exc:
-        log.error("%s", exc)
-        return 2
-    return 0
+
+    return JOB.run(args, body)
 
 
 if __name__ == "__main__":

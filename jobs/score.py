@@ -5,9 +5,11 @@
     python -m ipinsights_jobs.score --input-csv pairs.csv --date 2024-01-09    # batch transform (entity,ip)
     python -m ipinsights_jobs.score --date 2024-01-09 --threshold 1.5 --model=models/m --events=data/events
 
-Settings come from ``conf/score.yml`` (or ``--config``) with ``--name=value`` overrides; ``--threshold`` and
-``--target-fpr`` replace the config's threshold choice. Prints one line per day: counts and report path.
-Reruns replace each day's output (idempotent).
+Settings come from the project's ``conf/score.yml`` (or ``--config``) with ``--name=value`` overrides;
+``--threshold`` and ``--target-fpr`` replace the config's threshold choice. Prints the threshold in force,
+then one line per day: counts and report path. Reruns replace each day's output (idempotent).
+
+Exit status: 0 ok, 2 bad configuration, a missing or foreign model, an unusable calibration or input.
 """
 
 from __future__ import annotations
@@ -15,29 +17,32 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import logging
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
-from ipinsights.core.config import ConfigError, config_to_dict, load_config, parse_overrides
+from ipinsights.core.config import ConfigError, parse_overrides
 from ipinsights.score.calibration import CalibrationError
 from ipinsights.score.job import ScoreConfig, run_score_job
 from ipinsights.storage.modelfile import ModelFileError
+from ipinsights_jobs._common import EXIT_USAGE, Job, JobContext, add_spark_args, parse_with_overrides
 
-try:  # installed as ipinsights_jobs; also runnable as a file from the repository
-    from ipinsights_jobs._common import add_spark_args, build_spark, parse_with_overrides, setup_logging
-except ImportError:  # pragma: no cover
-    from _common import add_spark_args, build_spark, parse_with_overrides, setup_logging
 
-log = logging.getLogger("ipinsights.score")
+def _print_error(exc: BaseException) -> None:
+    print(f"error: {exc}", file=sys.stderr)
 
-DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "conf" / "score.yml"
+
+JOB = Job(
+    "score",
+    ScoreConfig,
+    errors=[(ModelFileError, EXIT_USAGE), (CalibrationError, EXIT_USAGE), (ValueError, EXIT_USAGE)],
+    on_error=_print_error,
+)
 
 
 def parse_args(argv: Sequence[str] | None) -> tuple[argparse.ArgumentParser, argparse.Namespace, list[str]]:
+    """The parser, its options and the ``--name=value`` setting overrides."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog="Other --name=value: any setting.")
-    parser.add_argument("--config", type=Path, default=None, help=f"YAML settings (default: {DEFAULT_CONFIG.name})")
+    parser.add_argument("--config", default=None, help="YAML settings (default: the project's conf/score.yml)")
     parser.add_argument("--date", help="UTC day to score, YYYY-MM-DD (with --input-csv: the output's day)")
     parser.add_argument("--start-date", help="first day of a backfill (inclusive)")
     parser.add_argument("--end-date", help="last day of a backfill (inclusive)")
@@ -51,6 +56,7 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.ArgumentParser, arg
 
 
 def _days(parser: argparse.ArgumentParser, args: argparse.Namespace) -> list[str]:
+    """The days the arguments ask for (a usage error otherwise)."""
     from ipinsights.storage.events import day_range
 
     if args.date and (args.start_date or args.end_date):
@@ -75,8 +81,8 @@ def _days(parser: argparse.ArgumentParser, args: argparse.Namespace) -> list[str
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Parse arguments, score the days, print the threshold and each day's counts and report."""
     parser, args, extra = parse_args(argv)
-    setup_logging(args.verbose)
     days = _days(parser, args)
     try:
         overrides: dict[str, object] = dict(parse_overrides(extra))
@@ -85,23 +91,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.threshold is not None or args.target_fpr is not None:
         overrides["threshold"] = args.threshold
         overrides["target_fpr"] = args.target_fpr
-    config = args.config if args.config is not None else (DEFAULT_CONFIG if DEFAULT_CONFIG.exists() else None)
-    try:
-        cfg = load_config(ScoreConfig, config, overrides)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    log.info("config: %s", json.dumps(config_to_dict(cfg), sort_keys=True))
-    spark = build_spark("ipinsights-score", args.master, args.spark_conf)
-    try:
-        run = run_score_job(spark, cfg, days, input_csv=args.input_csv)
-    except (ModelFileError, CalibrationError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(f"threshold\t{run.threshold.value:.6g}\t{run.threshold.source}")
-    for day in run.days:
-        print(f"{day}\t{json.dumps(run.counts[day])}\t{run.reports[day]}")
-    return 0
+
+    def body(ctx: JobContext) -> None:
+        run = run_score_job(ctx.spark, ctx.cfg, days, input_csv=args.input_csv)
+        print(f"threshold\t{run.threshold.value:.6g}\t{run.threshold.source}")
+        for day in run.days:
+            print(f"{day}\t{json.dumps(run.counts[day])}\t{run.reports[day]}")
+
+    return JOB.run(args, body, args.config, overrides)
 
 
 if __name__ == "__main__":

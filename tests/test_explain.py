@@ -22,7 +22,7 @@ from ipinsights.score.profiles import QUANTILES, EntityProfiles
 from ipinsights.score.scorer import Scorer
 from ipinsights.score.verdict import RULE_LEARNING, RULE_SCORE, Thresholds
 from ipinsights.serve import protocol
-from ipinsights.serve.app import load_policy, score_records
+from ipinsights.serve.app import load_policy, load_scorer, score_records
 from ipinsights.serve.settings import ServeSettings
 from ipinsights.storage.modelfile import calibration_path, model_fingerprint, profile_path, save_model
 from ipinsights.train.data import encode_pairs
@@ -80,8 +80,7 @@ def _write_profiles(scorer: Scorer, world, path) -> None:
 @given(st.lists(st.integers(0, 60), min_size=1, max_size=30), st.integers(0, 50))
 def test_cold_start_entities_never_get_an_unmarked_model_score(model_dir, counts, period):
     """Whatever the training counts and the learning period, an entity below it is scored by the prior, marked."""
-    scorer = Scorer.load(model_dir)
-    scorer.load_profiles(required=True)
+    scorer = Scorer.load(model_dir, profile=profile_path(model_dir))
     names = [f"cold_{i}" for i in range(len(counts))]
     scorer.entity_stats = EntityStats.from_hash_counts(hash_strings(names, scorer.hash_seed), np.asarray(counts))
     ips = [f"10.{i}.1.2" for i in range(len(names))]
@@ -94,9 +93,8 @@ def test_cold_start_entities_never_get_an_unmarked_model_score(model_dir, counts
 
 def test_population_prior_prefers_popular_networks(model_dir, world):
     """The prior ranks an address of networks many users log in from above a random one."""
-    scorer = Scorer.load(model_dir)
-    assert np.isnan(scorer.assess(["x"], ["10.1.2.3"]).prior_score).all()  # no profile: no prior, no score
-    scorer.load_profiles(required=True)
+    assert np.isnan(Scorer.load(model_dir).assess(["x"], ["10.1.2.3"]).prior_score).all()  # no profile: no prior
+    scorer = Scorer.load(model_dir, profile=True)  # the one beside the model
     common = world.train["ip"].to_pylist()[:300]
     rng = np.random.default_rng(0)
     randoms = [f"{a}.{b}.{c}.{d}" for a, b, c, d in rng.integers(1, 223, (300, 4))]
@@ -106,8 +104,7 @@ def test_population_prior_prefers_popular_networks(model_dir, world):
 
 
 def test_explanations_list_the_entitys_real_networks(model_dir, world):
-    scorer = Scorer.load(model_dir)
-    assert scorer.load_profiles(required=True)
+    scorer = Scorer.load(model_dir, profile=profile_path(model_dir))
     t = world.test
     attacks = t.filter(t["label"].to_numpy().astype(bool))
     ex = scorer.explain(attacks["entity"], attacks["ip"])
@@ -127,8 +124,7 @@ def test_explanations_list_the_entitys_real_networks(model_dir, world):
 
 
 def test_percentiles_and_levels(model_dir, world):
-    scorer = Scorer.load(model_dir)
-    scorer.load_profiles(required=True)
+    scorer = Scorer.load(model_dir, profile=profile_path(model_dir))
     t = world.test
     a = scorer.assess(t["entity"], t["ip"], thresholds=Thresholds(high=2.0, medium=0.0, prior_high=5.0))
     normal = t["label"].to_numpy() == 0
@@ -141,17 +137,22 @@ def test_percentiles_and_levels(model_dir, world):
 
 def test_endpoint_answers_with_levels_and_explanations(model_dir, world):
     """What the endpoint sends: the files beside the model (profile, calibration) are picked up."""
-    scorer = Scorer.load(model_dir)
     save_calibration(Calibration(1.0, 0.01, 100, "test", model_fingerprint(model_dir), medium_threshold=-1.0,
                                  medium_fpr=0.1, prior_threshold=3.0, prior_medium_threshold=2.0),
                      calibration_path(model_dir))  # fmt: skip
-    policy = load_policy(scorer, ServeSettings(model=str(model_dir)))
+    settings = ServeSettings(model=str(model_dir))
+    scorer = load_scorer(settings)
+    policy = load_policy(settings, model_dir)
     assert policy.thresholds == Thresholds(1.0, -1.0, 3.0, 2.0) and scorer.profiles is not None
     ent = [*world.test["entity"].to_pylist()[:20], "brand_new"]
     ips = [*world.test["ip"].to_pylist()[:20], "2a00:1:2::3"]
     preds = score_records(scorer, protocol.Records(ent, ips), protocol.Options(verbose=True), policy=policy)
     want = scorer.assess(ent, ips, 10, policy.thresholds)
     assert [p["level"] for p in preds] == want.level.tolist()
+    assert [p["flagged"] for p in preds] == (want.level == "high").tolist()  # flag_unseen is off by default
+    unseen = load_policy(ServeSettings(model=str(model_dir), flag_unseen=True), model_dir)
+    also = score_records(scorer, protocol.Records(ent, ips), protocol.Options(anomaly=True), policy=unseen)
+    assert also[-1]["unseen_entity"] and also[-1]["flagged"]
     assert preds[-1]["rule"] == RULE_LEARNING and "entity_percentile" not in preds[-1]
     assert all("entity_percentile" in p for p in preds[:-1])
     assert preds[0]["explanation"]["nearest_networks"] and preds[-1]["explanation"]["nearest_networks"] is None

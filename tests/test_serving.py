@@ -261,7 +261,7 @@ def test_resolve_model_dir_finds_a_nested_model(model_dir, tmp_path):
     assert resolve_model_dir(model_dir) == model_dir
 
 
-def test_serve_cli(monkeypatch, caplog, model_dir, tmp_path):
+def test_serve_cli(monkeypatch, caplog, capsys, model_dir, tmp_path):
     """Settings precedence, SageMaker's environment, the warning for a public bind, a bad model path."""
     import uvicorn
 
@@ -286,5 +286,5 @@ def test_serve_cli(monkeypatch, caplog, model_dir, tmp_path):
     settings = ServeSettings.from_env()
     assert (settings.max_records, settings.max_body_bytes) == (7, 99)
     assert serve.main(["--model", str(tmp_path / "missing")]) == 2
-    with pytest.raises(SystemExit):
-        serve.main(["--model", str(model_dir), "--workers=-1"])
+    assert serve.main(["--model", str(model_dir), "--workers=-1"]) == 2  # a bad setting: a usage error
+    assert "error: workers=-1 must be an integer" in capsys.readouterr().err

@@ -23,11 +23,10 @@ import pyarrow as pa
 from ipinsights.core.hashing import hash_strings
 from ipinsights.core.ip import key_prefix, parse_ip, to_string_array
 from ipinsights.core.metrics import roc_auc, threshold_table
+from ipinsights.score.verdict import BASELINES
 
-__all__ = ["BASELINES", "Evaluation", "evaluate_scores", "baseline_scores", "histogram_plot"]
+__all__ = ["Evaluation", "evaluate_scores", "baseline_scores", "histogram_plot"]
 
-#: name -> prefix length of the per-entity "seen before" lookups
-BASELINES = {"seen_exact_ip": 32, "seen_same_24": 24, "seen_same_16": 16}
 #: The IPv6 analogue of each IPv4 prefix length: the /64 (interface ids churn, so "exact" is the
 #: subnet), the /48 site, the /32 ISP allocation.
 V6_ANALOGUE = {32: 64, 24: 48, 16: 32}

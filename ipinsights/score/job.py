@@ -1,7 +1,7 @@
 """Scoring events on Spark: scores, verdicts, flagged cases with context, and the daily run that ties them.
 
 Columns added to events by :func:`score_events` (one Arrow batch at a time, in Spark's Python workers,
-with the model loaded once per worker through :func:`ipinsights.scorer.load_scorer`):
+with the model loaded once per worker: :mod:`ipinsights.score.udf`):
 
     dot_product       float   SageMaker's raw output (higher = more compatible); null for an invalid address
     prior_score       float   anomaly score against the population prior (how unusual is this network for
@@ -16,36 +16,33 @@ with the model loaded once per worker through :func:`ipinsights.scorer.load_scor
     normal_percentile double  0-100: where it falls among normal traffic of its rule (calibration): one scale
                               for both rules, so rows decided by different rules rank together
     level             string  low / medium / high from the calibrated (or fixed) thresholds of the rule
-    flagged           boolean level == high (or an unseen entity, with ``flag_unseen``)
+    flagged           boolean level == high (or an unseen entity, with ``flag_unseen``): ``verdict.flag_rows``
 
 Flagged rows get their context in :func:`flagged_with_context`: exact lookups in the training days
 (was the IP, its /24, its /16 seen for this entity; IPv4) and the explanations of
-:meth:`ipinsights.scorer.Scorer.explain` (known networks nearest by embedding and by prefix, /24 or /48,
-/16 or /32 and ASN seen, the entity's typical score range) from the entity profiles
-(:mod:`ipinsights.profile`).
+:meth:`ipinsights.score.scorer.Scorer.explain` (known networks nearest by embedding and by prefix, /24 or
+/48, /16 or /32 and ASN seen, the entity's typical score range) from the entity profiles
+(:mod:`ipinsights.score.profiles`).
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import os
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
 
-from ipinsights.score.evaluate import BASELINES
-from ipinsights.score.scorer import BATCH_ROWS
-from ipinsights.score.verdict import LEVELS, RULES, Thresholds
+from ipinsights.score.scorer import BATCH_ROWS, Scorer
+from ipinsights.score.udf import ScorerSource, map_in_arrow
+from ipinsights.score.verdict import BASELINES, LEVELS, RULES, Threshold, Thresholds
 
 if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame, SparkSession
-
-from ipinsights.score.verdict import Threshold
 
 log = logging.getLogger(__name__)
 
@@ -139,71 +136,45 @@ class ScoreConfig:
 
 @dataclass(frozen=True)
 class ScoringSetup:
-    """What every Python worker needs to score: the model, its profile and ASN table, rules and thresholds."""
+    """What every Python worker needs to score: what to load (model, profile, ASN table), rules and thresholds."""
 
-    model: str
-    batch_size: int = BATCH_ROWS
-    profile: str | None = None
-    profile_stamp: int = 0  # the profile file's mtime: a rebuilt profile is not served from a worker's cache
-    asn_table: str | None = None
+    source: ScorerSource
+    batch_size: int = BATCH_ROWS  # rows per torch call
     learning_period_events: int = 10
-    thresholds: Thresholds | None = None
+    thresholds: Thresholds | None = None  # None: ``level`` and ``flagged`` null
     flag_unseen: bool = False
 
-    def scorer(self):
-        """The worker's cached Scorer (one model load per Python worker), with profile and ASN table."""
-        from ipinsights.score.scorer import load_scorer
 
-        scorer = load_scorer(self.model, profile=self.profile, asn_table=self.asn_table, stamp=self.profile_stamp)
-        scorer.batch_size = self.batch_size
-        return scorer
-
-
-def _scorer_fn(setup: ScoringSetup) -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
-    """The ``mapInArrow`` function: a picklable closure over the setup, loading the model once per worker."""
-
-    def score_batches(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        import torch
-
-        # Spark runs one Python worker per task slot: more torch threads per worker only oversubscribe cores.
-        torch.set_num_threads(1)
-        scorer = setup.scorer()
-        for batch in batches:
-            ent, ip = batch.column("entity"), batch.column("ip")
-            a = scorer.assess(ent, ip, setup.learning_period_events, setup.thresholds)
-            n = len(a.dot_product)
-            unseen = a.unseen_entity
-            if a.level_code is not None:
-                flagged = a.level_code == _HIGH
-                if setup.flag_unseen and unseen is not None:
-                    flagged = flagged | unseen
-                flagged_col, level_col = pa.array(flagged), _strings(a.level_code, _LEVEL_STRINGS)
-            else:
-                flagged_col, level_col = pa.nulls(n, pa.bool_()), pa.nulls(n, pa.string())
-            cols = [
-                _floats(a.dot_product),
-                _floats(a.prior_score),
-                _floats(a.anomaly_score),
-                pa.array(a.training_count, pa.int64()) if a.training_count is not None else pa.nulls(n, pa.int64()),
-                pa.array(unseen) if unseen is not None else pa.nulls(n, pa.bool_()),
-                _strings(a.rule_code, _RULE_STRINGS),
-                _floats(a.entity_percentile),
-                _floats(a.normal_percentile) if a.normal_percentile is not None else pa.nulls(n, pa.float64()),
-                level_col,
-                flagged_col,
-            ]
-            yield pa.RecordBatch.from_arrays([*batch.columns, *cols], names=[*batch.schema.names, *_SCORE_FIELDS_NAMES])
-
-    return score_batches
+def _score_batch(setup: ScoringSetup, scorer: Scorer, batch: pa.RecordBatch) -> pa.RecordBatch:
+    """``batch`` plus the score columns (see the module docstring)."""
+    a = scorer.assess(
+        batch.column("entity"), batch.column("ip"), setup.learning_period_events, setup.thresholds, setup.flag_unseen
+    )
+    n = len(a.dot_product)
+    unseen = a.unseen_entity
+    if a.level_code is not None and a.flagged is not None:
+        flagged_col, level_col = pa.array(a.flagged), _strings(a.level_code, _LEVEL_STRINGS)
+    else:
+        flagged_col, level_col = pa.nulls(n, pa.bool_()), pa.nulls(n, pa.string())
+    cols = [
+        _floats(a.dot_product),
+        _floats(a.prior_score),
+        _floats(a.anomaly_score),
+        pa.array(a.training_count, pa.int64()) if a.training_count is not None else pa.nulls(n, pa.int64()),
+        pa.array(unseen) if unseen is not None else pa.nulls(n, pa.bool_()),
+        _strings(a.rule_code, _RULE_STRINGS),
+        _floats(a.entity_percentile),
+        _floats(a.normal_percentile) if a.normal_percentile is not None else pa.nulls(n, pa.float64()),
+        level_col,
+        flagged_col,
+    ]
+    return pa.RecordBatch.from_arrays([*batch.columns, *cols], names=[*batch.schema.names, *_SCORE_FIELDS_NAMES])
 
 
 _RULE_STRINGS = pa.array(RULES, pa.string())
 
 
 _LEVEL_STRINGS = pa.array(LEVELS, pa.string())
-
-
-_HIGH = LEVELS.index("high")
 
 
 def _strings(codes: np.ndarray, strings: pa.Array) -> pa.Array:
@@ -219,54 +190,35 @@ def _floats(values: np.ndarray) -> pa.Array:
 def score_events(df: DataFrame, setup: ScoringSetup | str, batch_size: int = BATCH_ROWS) -> DataFrame:
     """``df`` (with string columns ``entity`` and ``ip``) plus the score columns (see the module docstring).
 
-    ``setup`` is a :class:`ScoringSetup` or just a model path (no thresholds: ``level``/``flagged`` null).
-    Every input column passes through unchanged. Arrow batch size is Spark's
-    ``spark.sql.execution.arrow.maxRecordsPerBatch``; ``batch_size`` is rows per torch call.
+    ``setup`` is a :class:`ScoringSetup` or just a model path (no profile, no thresholds: ``level`` and
+    ``flagged`` null). Every input column passes through unchanged. Arrow batch size is Spark's
+    ``spark.sql.execution.arrow.maxRecordsPerBatch``; ``batch_size`` (with a model path) is rows per torch call.
     """
     from pyspark.sql.types import StructType
 
     if not isinstance(setup, ScoringSetup):
-        setup = ScoringSetup(model=str(setup), batch_size=batch_size)
-    setup = replace(setup, model=_resolved(setup.model), profile=_resolved(setup.profile))
+        setup = ScoringSetup(ScorerSource(str(setup)), batch_size)
     out_schema = StructType(df.schema.fields + StructType.fromDDL(_SCORE_FIELDS).fields)
-    return df.mapInArrow(_scorer_fn(setup), out_schema)
+    return map_in_arrow(df, setup.source, partial(_score_batch, setup), out_schema, setup.batch_size)
 
 
-def _resolved(path: str | None) -> str | None:
-    """Absolute local paths (executors may run elsewhere than the driver's working directory); URIs as given."""
-    if path is None or "://" in str(path):
-        return path
-    return str(Path(path).resolve())
-
-
-def _explain_fn(setup: ScoringSetup) -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
-    """mapInArrow over flagged rows: append :meth:`Scorer.explain` columns (few rows: Python lists are fine)."""
-
-    def explain_batches(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        import torch
-
-        torch.set_num_threads(1)
-        scorer = setup.scorer()
-        for batch in batches:
-            ex = scorer.explain(batch.column("entity"), batch.column("ip"))
-            ex["nearest_networks"] = [
-                None if v is None else "; ".join(f"{x['network']} (cos {x['similarity']:.2f}, {x['events']} events)"
-                                                 for x in v)
-                for v in ex["nearest_networks"]
-            ]  # fmt: skip
-            cols = [pa.array(ex[name], _EXPLAIN_TYPES[name]) for name in _EXPLAIN_NAMES]
-            yield pa.RecordBatch.from_arrays([*batch.columns, *cols], names=[*batch.schema.names, *_EXPLAIN_NAMES])
-
-    return explain_batches
+def _explain_batch(scorer: Scorer, batch: pa.RecordBatch) -> pa.RecordBatch:
+    """``batch`` plus the :meth:`Scorer.explain` columns (flagged rows are few: Python lists are fine)."""
+    ex = scorer.explain(batch.column("entity"), batch.column("ip"))
+    ex["nearest_networks"] = [
+        None if v is None else "; ".join(f"{x['network']} (cos {x['similarity']:.2f}, {x['events']} events)" for x in v)
+        for v in ex["nearest_networks"]
+    ]
+    cols = [pa.array(ex[name], _EXPLAIN_TYPES[name]) for name in _EXPLAIN_NAMES]
+    return pa.RecordBatch.from_arrays([*batch.columns, *cols], names=[*batch.schema.names, *_EXPLAIN_NAMES])
 
 
 def explain_rows(df: DataFrame, setup: ScoringSetup) -> DataFrame:
     """``df`` (flagged rows with ``entity``, ``ip``) plus the explanation columns."""
     from pyspark.sql.types import StructType
 
-    setup = replace(setup, model=_resolved(setup.model), profile=_resolved(setup.profile))
     out_schema = StructType(df.schema.fields + StructType.fromDDL(_EXPLAIN_FIELDS).fields)
-    return df.mapInArrow(_explain_fn(setup), out_schema)
+    return map_in_arrow(df, setup.source, _explain_batch, out_schema, setup.batch_size)
 
 
 def ipv4_int(ip: Column) -> Column:
@@ -289,7 +241,7 @@ def flagged_with_context(
     explanation columns (with ``setup``; null without a profile) and ``threshold``.
 
     ``history`` is the training days of the events table (``entity``, ``ip_int``); the lookups are the
-    evaluation baselines' (``evaluate.BASELINES``), done as left joins on (entity, ip_int >> (32 - length))
+    evaluation baselines' (``verdict.BASELINES``), done as left joins on (entity, ip_int >> (32 - length))
     against distinct training (entity, network) keys. Null when there is no history or no IPv4 address.
     """
     from pyspark.sql import functions as F
@@ -355,11 +307,7 @@ def resolve_threshold(spark: SparkSession, cfg: ScoreConfig, profile: str | None
         )
     events = read_events(spark, cfg.events, cfg.calibration_start_date, cfg.calibration_end_date)
     setup = ScoringSetup(
-        cfg.model,
-        cfg.scorer_batch_size,
-        profile=profile,
-        profile_stamp=os.stat(profile).st_mtime_ns if profile else 0,
-        learning_period_events=cfg.learning_period_events,
+        ScorerSource.with_profile(cfg.model, profile), cfg.scorer_batch_size, cfg.learning_period_events
     )
     levels, rows = calibrate_levels(score_events(events.select("entity", "ip"), setup), cfg.target_fpr,
                                     cfg.quantile_accuracy)  # fmt: skip
@@ -406,7 +354,7 @@ def resolve_profile(spark: SparkSession, cfg: ScoreConfig) -> str | None:
                     "explanations (set train_start_date and train_end_date)", path)  # fmt: skip
         return None
     history = read_events_days(spark, cfg.events, cfg.train_start_date, cfg.train_end_date)
-    profiles = build_profiles(history, _resolved(cfg.model), cfg.asn_table, cfg.max_networks)
+    profiles = build_profiles(history, cfg.model, cfg.asn_table, cfg.max_networks)
     profiles.save(path)
     log.info("entity profiles of %d entities (dt %s..%s) saved to %s", len(profiles), cfg.train_start_date,
              cfg.train_end_date, path)  # fmt: skip
@@ -444,11 +392,8 @@ def run_score_job(spark: SparkSession, cfg: ScoreConfig, days: list[str], input_
     profile = resolve_profile(spark, cfg)
     threshold = resolve_threshold(spark, cfg, profile)
     setup = ScoringSetup(
-        model=cfg.model,
+        ScorerSource.with_profile(cfg.model, profile, cfg.asn_table),
         batch_size=cfg.scorer_batch_size,
-        profile=profile,
-        profile_stamp=os.stat(profile).st_mtime_ns if profile else 0,
-        asn_table=cfg.asn_table,
         learning_period_events=cfg.learning_period_events,
         thresholds=threshold.thresholds,
         flag_unseen=cfg.flag_unseen,

@@ -7,10 +7,9 @@ from dataclasses import replace
 from typing import TYPE_CHECKING
 
 import numpy as np
+import pyarrow as pa
 
-if TYPE_CHECKING:
-    from pyspark.sql import DataFrame
-
+from ipinsights.core.ip import key_prefix
 from ipinsights.score.profiles import (
     NETWORK_V4,
     NETWORK_V6,
@@ -20,48 +19,34 @@ from ipinsights.score.profiles import (
     EntityProfiles,
     assemble_profiles,
 )
+from ipinsights.score.scorer import Scorer
+from ipinsights.score.udf import ScorerSource, map_in_arrow
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame
 
 log = logging.getLogger(__name__)
 
 
-def _history_fn(model_path: str, asn_path: str | None):
-    """mapInArrow: (entity, ip) -> (entity_hash, key, its /24|/48 and /16|/32, asn, anomaly), model loaded once."""
-
-    def fn(batches):
-        import pyarrow as pa
-        import torch
-
-        from ipinsights.core.hashing import hash_strings
-        from ipinsights.core.ip import key_prefix
-        from ipinsights.score.scorer import load_scorer
-
-        torch.set_num_threads(1)
-        scorer = load_scorer(model_path)
-        table = None
-        if asn_path:
-            from ipinsights.core.asn import load_asn_table
-
-            table = load_asn_table(asn_path)
-        for batch in batches:
-            ent, ip = batch.column("entity"), batch.column("ip")
-            parsed = scorer.parse(ip)
-            dp = scorer.dot_product(ent, ip)
-            keep = parsed.valid & np.isfinite(dp)
-            keys = parsed.value[keep]
-            asn = table.lookup(keys) if table is not None else np.full(keys.size, -1, np.int64)
-            yield pa.RecordBatch.from_arrays(
-                [
-                    pa.array(hash_strings(ent, scorer.hash_seed)[keep].view(np.int64)),
-                    pa.array(keys),
-                    pa.array(key_prefix(keys, SUBNET_V4, SUBNET_V6)),
-                    pa.array(key_prefix(keys, NETWORK_V4, NETWORK_V6)),
-                    pa.array(asn),
-                    pa.array(-dp[keep].astype(np.float64)),
-                ],
-                names=["entity_hash", "key", "net", "wide", "asn", "anomaly"],
-            )
-
-    return fn
+def _history_batch(scorer: Scorer, batch: pa.RecordBatch) -> pa.RecordBatch:
+    """(entity, ip) -> (entity_hash, key, its /24|/48 and /16|/32, asn, anomaly) of the rows with a score."""
+    ent, ip = batch.column("entity"), batch.column("ip")
+    parsed = scorer.parse(ip)
+    dp = scorer.dot_product(ent, ip)
+    keep = parsed.valid & np.isfinite(dp)
+    keys = parsed.value[keep]
+    asn = scorer.asn_table.lookup(keys) if scorer.asn_table is not None else np.full(keys.size, -1, np.int64)
+    return pa.RecordBatch.from_arrays(
+        [
+            pa.array(scorer.entity_hashes(ent)[keep].view(np.int64)),
+            pa.array(keys),
+            pa.array(key_prefix(keys, SUBNET_V4, SUBNET_V6)),
+            pa.array(key_prefix(keys, NETWORK_V4, NETWORK_V6)),
+            pa.array(asn),
+            pa.array(-dp[keep].astype(np.float64)),
+        ],
+        names=["entity_hash", "key", "net", "wide", "asn", "anomaly"],
+    )
 
 
 def build_profiles(
@@ -82,7 +67,8 @@ def build_profiles(
     from ipinsights.storage.modelfile import model_fingerprint
 
     schema = "entity_hash long, key long, net long, wide long, asn long, anomaly double"
-    scored = history.select("entity", "ip").mapInArrow(_history_fn(model_path, asn_path), schema)
+    scored = map_in_arrow(history.select("entity", "ip"), ScorerSource(model_path, asn_table=asn_path), _history_batch,
+                          schema)  # fmt: skip
     quant = scored.groupBy("entity_hash").agg(
         F.percentile_approx("anomaly", [float(q) for q in QUANTILES], accuracy).alias("q")
     )

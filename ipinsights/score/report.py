@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ipinsights.score.evaluate import BASELINES
+from ipinsights.score.verdict import BASELINES
 from ipinsights.storage.files import atomic_write
 
 if TYPE_CHECKING:

@@ -1,12 +1,12 @@
 """In-process scoring with a saved model: the one implementation behind every way of scoring.
 
-The CLI, the Spark pandas UDFs (loaded once per Python worker) and the endpoint all call
-:class:`Scorer`, so a pair scores the same everywhere.
+The CLI, the Spark jobs' Arrow functions (:mod:`ipinsights.score.udf`: one load per Python worker) and
+the endpoint all call :class:`Scorer`, built complete by :meth:`Scorer.load`, so a pair scores the same
+everywhere.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -28,6 +28,7 @@ from ipinsights.score.verdict import (
     RULE_OBJECTS,
     RULE_SCORE_CODE,
     Thresholds,
+    flag_rows,
 )
 from ipinsights.storage.modelfile import ModelBundle, load_model
 
@@ -61,6 +62,7 @@ class Assessment:
     entity_percentile: np.ndarray  # float64 0-100 among the entity's training scores; NaN if unknown
     level_code: np.ndarray | None = None  # int8 per row: index into LEVELS, -1 = none (with thresholds)
     normal_percentile: np.ndarray | None = None  # float64 0-100 among normal traffic of its rule (calibration)
+    flagged: np.ndarray | None = None  # bool per row: the alert rule (with thresholds)
 
     @property
     def rule(self) -> np.ndarray:
@@ -74,6 +76,7 @@ class Assessment:
 
     @property
     def unseen_entity(self) -> np.ndarray | None:
+        """bool per row: the entity has no training events (None without entity stats)."""
         return None if self.training_count is None else self.training_count == 0
 
 
@@ -99,31 +102,32 @@ class Scorer:
         )
         self._folded: tuple[torch.Tensor, torch.Tensor | None] | None = None  # see _folded_table
         self._profile_rows: tuple[Any, Any, np.ndarray] | None = None  # (stats, profiles, row of each stat)
-        self.profiles = None  # EntityProfiles, see load_profiles
-        self.asn_table = None  # AsnTable, see explain
-
-    def load_profiles(self, path: str | Path | None = None, required: bool = False) -> bool:
-        """Attach the entity profiles beside the model (``<model>.profile.safetensors``) if there are any.
-
-        A profile made for another model is refused (logged, or raised with ``required``).
-        """
-        from ipinsights.score.profiles import EntityProfiles, ProfileError
-        from ipinsights.storage.modelfile import profile_path
-
-        p = Path(path) if path else profile_path(self.bundle.path)
-        try:
-            self.profiles = EntityProfiles.load(p, self.bundle.path)
-        except ProfileError as exc:
-            if required:
-                raise
-            if p.exists():
-                log.warning("%s", exc)
-            return False
-        return True
+        self.profiles = None  # EntityProfiles (see load): percentiles, the population prior, explanations
+        self.asn_table = None  # AsnTable (see load): ASNs in explanations
 
     @classmethod
-    def load(cls, path: str | Path, device: str = "cpu", batch_size: int | None = None) -> Scorer:
-        return cls(load_model(path, device=device), batch_size=batch_size)
+    def load(
+        cls,
+        path: str | Path,
+        device: str = "cpu",
+        batch_size: int | None = None,
+        profile: str | Path | bool = False,
+        asn_table: str | Path | None = None,
+    ) -> Scorer:
+        """The model at ``path`` with its context: entity profiles and an ip2asn ``asn_table`` (explanations).
+
+        ``profile``: ``False`` for none; ``True`` for the profile beside the model
+        (``<model>.profile.safetensors``) when there is one made for this model (another model's is logged
+        and left out); a path for that profile, which must be this model's (``ProfileError`` otherwise).
+        """
+        scorer = cls(load_model(path, device=device), batch_size=batch_size)
+        if profile is not False:
+            scorer.profiles = _read_profiles(scorer.bundle.path, None if profile is True else Path(profile))
+        if asn_table:
+            from ipinsights.core.asn import load_asn_table
+
+            scorer.asn_table = load_asn_table(asn_table)
+        return scorer
 
     def entity_hashes(self, entities: ArrayLike) -> np.ndarray:
         """64-bit stable hash of each entity: its embedding row, training count and profile all derive from it."""
@@ -205,11 +209,12 @@ class Scorer:
         ips: ArrayLike,
         learning_period_events: int = 0,
         thresholds: Thresholds | None = None,
+        flag_unseen: bool = False,
     ) -> Assessment:
         """Score rows, choosing the rule per row: invalid address, learning period (fewer than
         ``learning_period_events`` training events: the population prior scores it, never a random
         vector), or the entity's own model score; plus per-entity percentiles and, with
-        ``thresholds``, levels.
+        ``thresholds``, levels and flags (:func:`~ipinsights.score.verdict.flag_rows`).
         """
         hashes = self.entity_hashes(entities)  # once: rows, training counts and profiles all key on it
         parsed = self.parse(ips)
@@ -232,6 +237,7 @@ class Scorer:
         out = Assessment(dp, prior, counts, code, anomaly, pct)
         if thresholds is not None:
             out.level_code = thresholds._level_codes(anomaly, learning)
+            out.flagged = flag_rows(out.level_code, out.unseen_entity, flag_unseen)
             out.normal_percentile = thresholds._normal_percentile(anomaly, scored, learning)
         return out
 
@@ -335,6 +341,21 @@ class Scorer:
         return self.bundle.manifest
 
 
+def _read_profiles(model: Path, path: Path | None):
+    """The model's entity profiles at ``path`` (must be usable), or beside the model (None when unusable)."""
+    from ipinsights.score.profiles import EntityProfiles, ProfileError
+    from ipinsights.storage.modelfile import profile_path
+
+    try:
+        return EntityProfiles.load(path or profile_path(model), model)
+    except ProfileError as exc:
+        if path is not None:
+            raise
+        if profile_path(model).exists():
+            log.warning("%s", exc)
+        return None
+
+
 def _texts(keys: np.ndarray, valid: np.ndarray, v4: int, v6: int) -> list[str | None]:
     from ipinsights.core.ip import key_prefix_text
 
@@ -351,22 +372,3 @@ def _shared_bits(known: np.ndarray, key: int) -> np.ndarray:
     x = (known.astype(np.int64) ^ np.int64(key)).view(np.uint64)
     bits = np.array([width - int(v).bit_length() for v in x.tolist()])
     return np.where(is_ipv6_key(known) == six, np.maximum(bits, 0), 0)
-
-
-@functools.lru_cache(maxsize=4)
-def load_scorer(
-    path: str, device: str = "cpu", profile: str | None = None, asn_table: str | None = None, stamp: int = 0
-) -> Scorer:
-    """A :class:`Scorer` cached per process: Spark's Python workers load each model once, not per batch.
-
-    The entity profiles at ``profile`` (default: beside the model, when present) and an ip2asn
-    ``asn_table`` are attached for percentiles and explanations. ``stamp`` (e.g. the profile file's
-    mtime) is only part of the cache key, so that a rebuilt profile is loaded afresh.
-    """
-    scorer = Scorer.load(path, device=device)
-    scorer.load_profiles(profile, required=profile is not None)
-    if asn_table:
-        from ipinsights.core.asn import load_asn_table
-
-        scorer.asn_table = load_asn_table(asn_table)
-    return scorer

@@ -1,5 +1,6 @@
-"""The verdict on a scored row: which rule decided it, its level against calibrated thresholds, and whether
-it is flagged. Imports nothing else of the score stage, so the endpoint and the batch job share it.
+"""The verdict on a scored row: which rule decided it, its level against calibrated thresholds, whether
+it is flagged, and the training lookups that give a flagged row its context. Imports nothing else of the
+score stage, so the endpoint and the batch job share it.
 """
 
 from __future__ import annotations
@@ -30,6 +31,14 @@ RULE_INVALID_CODE, RULE_LEARNING_CODE, RULE_SCORE_CODE = range(len(RULES))
 
 
 LEVELS = ("low", "medium", "high")  # ``Assessment.level_code`` indexes it; -1 = no level
+
+
+HIGH_CODE = LEVELS.index("high")
+
+
+#: The "seen before" lookups in the training days, name -> IPv4 prefix length: the context of a flagged
+#: row in the scoring job, and the baselines that evaluations compare the model with.
+BASELINES = {"seen_exact_ip": 32, "seen_same_24": 24, "seen_same_16": 16}
 
 
 #: Probability levels of the calibration's quantile tables: dense in the tail, where alerts live.
@@ -83,6 +92,15 @@ class Thresholds:
             code = np.where(anomaly > hi, 2, np.where((anomaly > med) & np.isfinite(med), 1, 0)).astype(np.int8)
         code[~np.isfinite(anomaly)] = -1
         return code
+
+
+def flag_rows(level_code: np.ndarray, unseen_entity: np.ndarray | None, flag_unseen: bool = False) -> np.ndarray:
+    """The alert rule: a row is flagged when its level is high, or (with ``flag_unseen``) when its entity
+    was never seen in training (``unseen_entity`` None: the model cannot tell, so only the level counts)."""
+    flagged = level_code == HIGH_CODE
+    if flag_unseen and unseen_entity is not None:
+        flagged = flagged | unseen_entity
+    return flagged
 
 
 # Object arrays indexed by codes: rows get shared str objects, no per-row string building.

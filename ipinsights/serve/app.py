@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from starlette.applications import Starlette
@@ -29,7 +30,19 @@ from ipinsights.serve.protocol import RequestError
 from ipinsights.serve.settings import ServeSettings
 from ipinsights.storage.modelfile import MANIFEST
 
-__all__ = ["Batcher", "Policy", "create_app", "app_from_env", "load_policy", "resolve_model_dir", "score_records"]
+if TYPE_CHECKING:
+    from ipinsights.score.scorer import Scorer
+
+__all__ = [
+    "Batcher",
+    "Policy",
+    "create_app",
+    "app_from_env",
+    "load_policy",
+    "load_scorer",
+    "resolve_model_dir",
+    "score_records",
+]
 
 log = logging.getLogger("ipinsights.serve")
 
@@ -45,14 +58,15 @@ def resolve_model_dir(path: str | Path) -> Path:
 
 @dataclass(frozen=True)
 class Policy:
-    """The scoring rules of the batch job, for the endpoint: learning period and level thresholds."""
+    """The scoring rules of the batch job, for the endpoint: learning period, level thresholds, alert rule."""
 
     learning_period_events: int = 10
     thresholds: Thresholds | None = None
+    flag_unseen: bool = False
 
 
 def score_records(
-    scorer,
+    scorer: Scorer,
     records: protocol.Records,
     options: protocol.Options,
     dot_product: np.ndarray | None = None,
@@ -63,7 +77,8 @@ def score_records(
     ``dot_product`` may be given when it was computed for these records already (see :class:`Batcher`).
     With ``anomaly`` or ``verbose`` the answer carries the batch job's verdict: the rule that produced
     ``anomaly_score`` (learning-period entities are judged by the population prior), the per-entity
-    percentile and the level; ``verbose`` adds the explanation and the embeddings.
+    percentile, and the level and ``flagged`` when thresholds are known; ``verbose`` adds the explanation
+    and the embeddings.
     """
     policy = policy or Policy()
     dp = scorer.dot_product(records.entities, records.ips) if dot_product is None else dot_product
@@ -72,7 +87,9 @@ def score_records(
         raise protocol.invalid_ip_error(records, bad.tolist())
     verdict = None
     if options.anomaly or options.verbose:
-        verdict = scorer.assess(records.entities, records.ips, policy.learning_period_events, policy.thresholds)
+        verdict = scorer.assess(
+            records.entities, records.ips, policy.learning_period_events, policy.thresholds, policy.flag_unseen
+        )
     ent_emb = ip_emb = explanation = None
     if options.verbose:
         ent_emb = scorer.entity_embedding(records.entities)
@@ -93,7 +110,7 @@ class Batcher:
     behind the requests already runnable, so an idle server answers a lone request at once.
     """
 
-    def __init__(self, scorer, policy: Policy | None = None) -> None:
+    def __init__(self, scorer: Scorer, policy: Policy | None = None) -> None:
         self.scorer = scorer
         self.policy = policy
         self.pending: list[tuple[protocol.Records, protocol.Options, asyncio.Future]] = []
@@ -131,21 +148,25 @@ class Batcher:
                 fut.set_exception(exc)
 
 
-def load_policy(scorer, settings: ServeSettings) -> Policy:
-    """Attach the model's profiles and ASN table to ``scorer``; the learning period and the calibrated levels.
+def load_scorer(settings: ServeSettings) -> Scorer:
+    """The settings' model with its context: the entity profile (default: the one beside the model, when
+    made for it) and the ASN table. An explicit profile must be usable."""
+    from ipinsights.score.scorer import Scorer
 
-    The profile and calibration beside the model (written by the scoring job) are used when present and
-    made for this model; explicit paths in the settings must be usable.
+    return Scorer.load(
+        resolve_model_dir(settings.model), profile=settings.profile or True, asn_table=settings.asn_table
+    )
+
+
+def load_policy(settings: ServeSettings, model_dir: str | Path) -> Policy:
+    """The batch job's rules for the model at ``model_dir``: learning period, alert rule and calibrated levels.
+
+    The calibration beside the model (written by the scoring job) is used when present and made for this
+    model; an explicit ``settings.calibration`` must be usable.
     """
     from ipinsights.score.calibration import CalibrationError, load_calibration
     from ipinsights.storage.modelfile import calibration_path
 
-    model_dir = scorer.bundle.path
-    scorer.load_profiles(settings.profile, required=settings.profile is not None)
-    if settings.asn_table:
-        from ipinsights.core.asn import load_asn_table
-
-        scorer.asn_table = load_asn_table(settings.asn_table)
     path = settings.calibration or calibration_path(model_dir)
     thresholds = None
     try:
@@ -154,7 +175,7 @@ def load_policy(scorer, settings: ServeSettings) -> Policy:
         if settings.calibration:
             raise
         log.info("no levels: %s", exc)
-    return Policy(settings.learning_period_events, thresholds)
+    return Policy(settings.learning_period_events, thresholds, settings.flag_unseen)
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
@@ -177,24 +198,23 @@ def _error(exc: RequestError) -> Response:
 
 
 def create_app(settings: ServeSettings, scorer=None) -> Starlette:
-    """The endpoint app. ``scorer`` may be given (tests); otherwise it loads ``settings.model`` at startup."""
+    """The endpoint app. ``scorer`` (complete, see :func:`load_scorer`) may be given (tests); otherwise it
+    loads ``settings.model`` with its context at startup."""
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         if scorer is None:
             import torch
 
-            from ipinsights.score.scorer import Scorer
-
             # One torch thread per worker: the workers are the parallelism, and idle intra-op threads
             # spinning on a 2-core machine would steal the cores from the other workers.
             torch.set_num_threads(1)
             t0 = time.perf_counter()
-            app.state.scorer = Scorer.load(resolve_model_dir(settings.model))
+            app.state.scorer = load_scorer(settings)
             log.info("model %s loaded in %.2f s", settings.model, time.perf_counter() - t0)
         else:
             app.state.scorer = scorer
-        app.state.batcher = Batcher(app.state.scorer, load_policy(app.state.scorer, settings))
+        app.state.batcher = Batcher(app.state.scorer, load_policy(settings, app.state.scorer.bundle.path))
         yield
 
     async def ping(request: Request) -> Response:

@@ -10,9 +10,12 @@ limit) leaves no half-written output.
 from __future__ import annotations
 
 import ipaddress
+import logging
 import os
-from collections.abc import Iterable, Iterator
+import time
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
@@ -20,14 +23,21 @@ import pyarrow.parquet as pq
 
 from ipinsights.core.ip import ipv4_to_str, parse_ipv4
 
+if TYPE_CHECKING:
+    from ipinsights.score.scorer import Scorer
+
 __all__ = [
+    "DEFAULT_BATCH",
     "DEFAULT_MAX_ADDRESSES",
     "ExportError",
     "export_embeddings",
+    "export_requested",
     "ip_batches",
     "parse_ranges",
     "read_lines",
 ]
+
+log = logging.getLogger(__name__)
 
 #: A /8: large enough for any one network, small enough that a typo (0.0.0.0/0) is refused, not run.
 DEFAULT_MAX_ADDRESSES = 1 << 24
@@ -161,7 +171,7 @@ def _write(out: str | Path, schema: pa.Schema, batches: Iterator[tuple[pa.Array,
 
 
 def export_embeddings(
-    scorer,
+    scorer: Scorer,
     out: str | Path,
     *,
     ips: Iterable[np.ndarray] | None = None,
@@ -195,3 +205,37 @@ def export_embeddings(
             yield pa.array(chunk, pa.string()), scorer.entity_embedding(chunk)
 
     return _write(out, _schema("entity", scorer.vector_dim, model), entity_rows())
+
+
+def export_requested(
+    scorer: Scorer,
+    out: str | Path,
+    *,
+    ip_ranges: Sequence[str] = (),
+    ip_file: str | Path | None = None,
+    entity_file: str | Path | None = None,
+    entities_out: str | Path | None = None,
+    batch: int = DEFAULT_BATCH,
+    max_addresses: int = DEFAULT_MAX_ADDRESSES,
+) -> Iterator[tuple[str, str | Path, int]]:
+    """Export what was asked, one file at a time, yielding ``(kind, file, rows)`` after each is written.
+
+    IP embeddings (``ip_ranges`` as CIDR text and the lines of ``ip_file``) go to ``out``; entity
+    embeddings (the lines of ``entity_file``) to ``entities_out``, or to ``out`` when no IPs are asked.
+    Ranges are checked before anything is written.
+    """
+    ranges = parse_ranges(ip_ranges)
+    want_ips = bool(ranges or ip_file)
+    if want_ips and entity_file is not None and entities_out is None:
+        raise ExportError("exporting IPs and entities together: give a second output for the entities")
+    todo: list[tuple[str, str | Path, dict[str, Iterable]]] = []
+    if want_ips:
+        todo.append(("ip", out, {"ips": ip_batches(ranges, ip_file, batch=batch, max_addresses=max_addresses)}))
+    if entity_file is not None:
+        entities = (text for _, text in read_lines(entity_file))
+        todo.append(("entity", entities_out or out, {"entities": entities}))
+    for kind, path, source in todo:
+        t0 = time.perf_counter()
+        rows = export_embeddings(scorer, path, batch=batch, **source)
+        log.info("%s embeddings: %d rows in %.1f s", kind, rows, time.perf_counter() - t0)
+        yield kind, path, rows

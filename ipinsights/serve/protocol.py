@@ -9,8 +9,9 @@ Inputs (``Content-Type``), as SageMaker documents them:
 
 Outputs (``Accept``, default ``application/json``): ``{"predictions": [{"dot_product": 1.23}, ...]}`` or
 ``application/jsonlines`` (one ``{"dot_product": 1.23}`` per line). ``verbose=True`` as an Accept
-parameter adds ``entity_embedding`` and ``ip_embedding``. Beyond SageMaker: ``anomaly`` adds
-``anomaly_score`` (= -dot_product) and ``unseen_entity``; both flags can also be given as query
+parameter adds ``entity_embedding`` and ``ip_embedding``. Beyond SageMaker: ``anomaly`` adds the batch
+job's verdict (``anomaly_score`` of the record's ``rule``, ``unseen_entity``; ``entity_percentile``,
+``level`` and ``flagged`` when the profile and calibration are known); both flags can also be given as query
 parameters (``?anomaly=true&verbose=true``) or in SageMaker's ``X-Amzn-SageMaker-Custom-Attributes``
 header (``anomaly=true``), which ``invoke_endpoint(CustomAttributes=...)`` forwards to the container.
 
@@ -332,8 +333,8 @@ def build_predictions(
     """One dict per record in SageMaker's field names, plus the verdict and explanation when asked.
 
     ``verdict`` (a :class:`~ipinsights.score.scorer.Assessment`) adds ``anomaly_score`` (from the record's
-    rule), ``rule``, ``unseen_entity`` (when the model knows), ``entity_percentile`` and ``level``
-    (when known); ``explanation`` (``Scorer.explain``'s columns) one ``explanation`` object per record.
+    rule), ``rule``, ``unseen_entity`` (when the model knows), ``entity_percentile``, ``level`` and
+    ``flagged`` (when known); ``explanation`` (``Scorer.explain``'s columns) one ``explanation`` object per record.
     """
     dp = dot_product.tolist()
     preds: list[dict[str, Any]] = [{"dot_product": v} for v in dp]
@@ -349,6 +350,8 @@ def build_predictions(
                 p["entity_percentile"] = round(pct[i], 2)
             if verdict.level is not None:
                 p["level"] = verdict.level[i]
+            if verdict.flagged is not None:
+                p["flagged"] = bool(verdict.flagged[i])
     if entity_embedding is not None and ip_embedding is not None:
         for p, e, v in zip(preds, entity_embedding.tolist(), ip_embedding.tolist(), strict=True):
             p["entity_embedding"] = e

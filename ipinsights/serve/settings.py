@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass
 
 from ipinsights.core.config import ConfigError
 
-__all__ = ["SETTINGS_ENV", "DEFAULT_MODEL_DIR", "ServeSettings", "is_loopback"]
+__all__ = ["SETTINGS_ENV", "DEFAULT_MODEL_DIR", "ServeSettings", "environment_settings", "is_loopback"]
 
 #: How the ``serve`` command hands the settings to its worker processes (they import the app by name).
 SETTINGS_ENV = "IPINSIGHTS_SERVE_SETTINGS"
@@ -35,8 +35,9 @@ class ServeSettings:
     keep_alive_seconds: int = 5
     access_log: bool = False
     log_level: str = "info"
-    # The batch job's rules (anomaly/verbose answers): learning period, and the files beside the model.
+    # The batch job's rules (anomaly/verbose answers): learning period, alert rule, the files beside the model.
     learning_period_events: int = 10
+    flag_unseen: bool = False  # also flag every entity never seen in training (as the scoring job's setting)
     calibration: str | None = None  # default: <model>.calibration.json when present (levels)
     profile: str | None = None  # default: <model>.profile.safetensors when present (percentiles, explanations)
     asn_table: str | None = None  # ip2asn TSV (ASN in explanations)
@@ -55,6 +56,8 @@ class ServeSettings:
                 raise ConfigError(f"{name}={value!r} must be an integer in [{lo}, {hi}]")
         if self.log_level not in _LOG_LEVELS:
             raise ConfigError(f"log_level={self.log_level!r} must be one of {', '.join(_LOG_LEVELS)}")
+        if not isinstance(self.flag_unseen, bool):
+            raise ConfigError(f"flag_unseen={self.flag_unseen!r} must be true or false")
         if not self.host:
             raise ConfigError("host must not be empty")
 
@@ -71,6 +74,17 @@ class ServeSettings:
         if not raw:
             raise RuntimeError(f"{SETTINGS_ENV} is not set: start the endpoint with `ipinsights serve`")
         return cls(**json.loads(raw))
+
+
+def environment_settings() -> dict[str, str]:
+    """Settings that SageMaker (or the container image) passes through the environment."""
+    env = {
+        "model": os.environ.get("IPINSIGHTS_MODEL"),
+        "host": os.environ.get("IPINSIGHTS_SERVE_HOST"),
+        "port": os.environ.get("SAGEMAKER_BIND_TO_PORT"),
+        "workers": os.environ.get("SAGEMAKER_MODEL_SERVER_WORKERS"),
+    }
+    return {k: v for k, v in env.items() if v}
 
 
 def is_loopback(host: str) -> bool:

@@ -1,0 +1,89 @@
+"""Load once per Python worker, then map Arrow batches: the shape of every ``mapInArrow`` of the score stage.
+
+Spark hands a Python worker one partition after another, and the model takes far longer to load than a
+batch takes to score: each worker loads its :class:`~ipinsights.score.scorer.Scorer` once (cached per
+process, keyed by :class:`ScorerSource`) and runs a per-batch function over every batch it is given.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pyarrow as pa
+
+from ipinsights.score.scorer import BATCH_ROWS, Scorer
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame
+    from pyspark.sql.types import StructType
+
+#: What a worker does with each batch: the worker's scorer and the batch in, the output batch out.
+BatchFn = Callable[[Scorer, pa.RecordBatch], pa.RecordBatch]
+
+
+@dataclass(frozen=True)
+class ScorerSource:
+    """What a worker loads: the model and the files that give its scorer context (the per-worker cache key).
+
+    ``profile_stamp`` (the profile file's mtime, see :meth:`with_profile`) is only part of the key, so
+    that a profile rebuilt on the driver is not served from a worker's cache.
+    """
+
+    model: str
+    profile: str | None = None
+    profile_stamp: int = 0
+    asn_table: str | None = None
+
+    @classmethod
+    def with_profile(cls, model: str, profile: str | None = None, asn_table: str | None = None) -> ScorerSource:
+        """The source of ``model`` with the stamp of the ``profile`` file as it is now."""
+        return cls(model, profile, os.stat(profile).st_mtime_ns if profile else 0, asn_table)
+
+    def resolved(self) -> ScorerSource:
+        """Absolute local paths: executors may run in another working directory than the driver."""
+        return replace(self, model=_resolved(self.model), profile=_resolved(self.profile))
+
+
+@functools.lru_cache(maxsize=4)
+def worker_scorer(source: ScorerSource) -> Scorer:
+    """The process's :class:`Scorer` of ``source``: loaded on first use, then reused for every batch."""
+    return Scorer.load(source.model, profile=source.profile or False, asn_table=source.asn_table)
+
+
+def batch_mapper(
+    source: ScorerSource, fn: BatchFn, batch_size: int = BATCH_ROWS
+) -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
+    """The ``mapInArrow`` function: a picklable closure that loads the worker's scorer once and maps ``fn``.
+
+    ``batch_size`` is rows per torch call (the Arrow batch size is Spark's ``maxRecordsPerBatch``).
+    """
+
+    def map_batches(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        import torch
+
+        # Spark runs one Python worker per task slot: more torch threads per worker only oversubscribe cores.
+        torch.set_num_threads(1)
+        scorer = worker_scorer(source)
+        scorer.batch_size = batch_size  # not part of the cache key: the same model serves any batch size
+        for batch in batches:
+            yield fn(scorer, batch)
+
+    return map_batches
+
+
+def map_in_arrow(
+    df: DataFrame, source: ScorerSource, fn: BatchFn, schema: StructType | str, batch_size: int = BATCH_ROWS
+) -> DataFrame:
+    """``df.mapInArrow`` with ``fn`` run on every batch by the worker's scorer of ``source``."""
+    return df.mapInArrow(batch_mapper(source.resolved(), fn, batch_size), schema)
+
+
+def _resolved(path: str | None) -> str | None:
+    if path is None or "://" in str(path):
+        return path
+    return str(Path(path).resolve())
