@@ -76,7 +76,8 @@ def main() -> None:
         for b in range(16):
             f = Path(tmp) / f"bucket-{b}.parquet"
             sel = bucket == b
-            pq.write_table(pa.table({"entity_row": data.entity_rows[sel], "ip": data.ips[sel]}), f)
+            # Work files hold entity hashes; rows < num_entity_vectors are their own rows.
+            pq.write_table(pa.table({"entity_hash": data.entity_rows[sel], "ip": data.ips[sel]}), f)
             buckets.append([str(f)])
         results = {}
         for world in (1, 2):
@@ -84,8 +85,8 @@ def main() -> None:
                 hyperparameters=config_to_dict(hp),
                 model_options=config_to_dict(ModelOptions()),
                 train_options=config_to_dict(TrainOptions(num_threads=args.threads_per_rank, progress_bar="off")),
-                buckets=buckets,
                 model_dir=str(Path(tmp) / f"model-{world}"),
+                buckets=buckets,
                 checkpoint_dir=str(Path(tmp) / f"ckpt-{world}"),
             )
             results[world] = run(world, spec)

@@ -24,63 +24,28 @@ log = logging.getLogger("ipinsights")
 
 def train_main(argv: Sequence[str] | None = None) -> int:
     """``ipinsights train``: fit a model on a headerless ``entity,ip`` CSV and save it."""
-    from ipinsights.core.config import ConfigError, TrainConfig, config_to_dict, load_config
-    from ipinsights.core.entities import ENTITY_FILE, EntityStats
-    from ipinsights.core.errors import DataFormatError
-    from ipinsights.storage.files import atomic_write
-    from ipinsights.storage.modelfile import save_model
-    from ipinsights.storage.sagemaker_csv import read_pairs_csv
-    from ipinsights.train.data import encode_pairs
-    from ipinsights.train.trainer import train_model
-    from ipinsights_jobs._common import parse_with_overrides, setup_logging
+    from ipinsights.core.config import ConfigError, TrainConfig
+    from ipinsights.train.job import SUMMARY_KEYS, train_from_csv
+    from ipinsights_jobs._common import EXIT_USAGE, Job, JobContext, parse_with_overrides
 
     parser = argparse.ArgumentParser(prog="ipinsights train", description=train_main.__doc__)
     parser.add_argument("--train", required=True, help="headerless CSV: entity,ip")
     parser.add_argument("--validation", help="headerless CSV: entity,ip (gives discriminator_auc per epoch)")
     parser.add_argument("--model-dir", required=True, help="directory to write the model to (replaced)")
-    parser.add_argument("--config", help="YAML config (e.g. conf/train.yml)")
+    parser.add_argument("--config", help="YAML config (default: the project's conf/train.yml)")
     parser.add_argument("--metrics", help="write per-epoch metrics here as JSON lines")
     parser.add_argument("-v", "--verbose", action="store_true")
     args, overrides = parse_with_overrides(parser, argv)
-    setup_logging(args.verbose)
-    try:
-        cfg = load_config(TrainConfig, args.config, overrides)
-    except ConfigError as exc:
-        parser.error(str(exc))
-    log.info("resolved config: %s", json.dumps(config_to_dict(cfg), sort_keys=True))
-    hp, mopts = cfg.hyperparameters, cfg.model
-    try:
-        table = read_pairs_csv(args.train)
-        val = read_pairs_csv(args.validation) if args.validation else None
-    except DataFormatError as exc:
-        log.error("%s", exc)
-        return 2
-    v6 = bool(mopts.ipv6_prefix_lengths)
-    train = encode_pairs(table["entity"], table["ip"], hp.num_entity_vectors, mopts.hash_seed, what=args.train, ipv6=v6)
-    validation = (
-        encode_pairs(val["entity"], val["ip"], hp.num_entity_vectors, mopts.hash_seed, what=args.validation, ipv6=v6)
-        if val is not None
-        else None
-    )
-    log.info("training on %d pairs (%d dropped)%s", len(train), train.n_invalid,
-             f", validating on {len(validation)}" if validation is not None else "")  # fmt: skip
-    result = train_model(hp, mopts, cfg.train, train, validation)
-    history = [m.as_dict() for m in result.history]
-    stats = EntityStats.from_entities(table["entity"], mopts.hash_seed)
-    save_model(
-        result.model,
-        args.model_dir,
-        training={"epochs": history, "pairs": len(train), "entities": len(stats)},
-        config=config_to_dict(cfg),
-        extra_files={ENTITY_FILE: stats.to_bytes()},
-    )
-    if args.metrics:
-        with atomic_write(args.metrics) as fh:
-            fh.writelines(json.dumps(h) + "\n" for h in history)
-    final = history[-1]
-    print(f"model written to {args.model_dir}")
-    print(json.dumps({k: final[k] for k in ("epoch", "loss", "accuracy", "discriminator_auc", "pairs_per_second")}))
-    return 0
+
+    def body(ctx: JobContext) -> None:
+        history = train_from_csv(ctx.cfg, args.train, args.model_dir, args.validation, args.metrics)
+        print(f"model written to {args.model_dir}")
+        print(json.dumps({k: history[-1][k] for k in ("epoch", *SUMMARY_KEYS)}))
+
+    # A bad setting is a usage error, reported as argparse reports one (usage line, exit status 2).
+    job = Job("train", TrainConfig, spark=False, errors=[(ConfigError, EXIT_USAGE)],
+              on_error=lambda exc: parser.error(str(exc)))  # fmt: skip
+    return job.run(args, body, args.config, overrides)
 
 
 def evaluate_main(argv: Sequence[str] | None = None) -> int:

@@ -18,21 +18,20 @@ Exit status: 0 done, 1 every trial failed, 2 bad configuration or input.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
-import logging
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
-log = logging.getLogger("ipinsights.tune")
+from ipinsights.tune.config import TuneConfig, TuningError, resolve_tuning
+from ipinsights.tune.driver import TuneInputs, run_tune_job
+from ipinsights.tune.results import format_table
+from ipinsights_jobs._common import Job, JobContext, add_spark_args, default_config, parse_with_overrides
 
-DEFAULT_CONFIG = Path("conf/tune.yml")
+JOB = Job("tune", TuneConfig, errors=[(TuningError, 1)])
 
 
 def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str]]:
-    from ipinsights_jobs._common import add_spark_args, parse_with_overrides
-
+    """The job's options, and the ``--name=value`` overrides of the base training config."""
     # No abbreviations: --name=value settings must never be taken for a prefix of a job option.
     p = argparse.ArgumentParser(prog="tune", description=__doc__.splitlines()[0], allow_abbrev=False)
     p.add_argument("--train", required=True, help="events table (Parquet, by dt) or headerless entity,ip CSV")
@@ -43,7 +42,7 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str
     p.add_argument("--validation-start-date", help="first validation day (events table)")
     p.add_argument("--validation-end-date", help="last validation day, inclusive")
     p.add_argument("--out", required=True, help="output directory: results.csv/.parquet, best_model/, trials/")
-    p.add_argument("--config", default=None, help=f"tuning YAML (default {DEFAULT_CONFIG} when present)")
+    p.add_argument("--config", default=None, help="tuning YAML (default: the project's conf/tune.yml)")
     p.add_argument("--train-config", help="base training YAML (overrides base_config of the tuning config)")
     p.add_argument("--max-jobs", type=int, help="overrides max_jobs")
     p.add_argument("--max-parallel-jobs", type=int, help="overrides max_parallel_jobs")
@@ -56,60 +55,27 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str
 
 def main(argv: Sequence[str] | None = None) -> int:
     args, overrides = parse_args(argv)
-    from ipinsights.core.config import ConfigError, TrainConfig, load_config, parse_overrides
-    from ipinsights.tune.config import TuningError, load_tune_config, without_parameters
-    from ipinsights.tune.driver import tune
-    from ipinsights.tune.results import format_table
-    from ipinsights_jobs._common import build_spark, setup_logging
-
-    setup_logging(args.verbose)
-    config_path = args.config or (str(DEFAULT_CONFIG) if DEFAULT_CONFIG.exists() else None)
     chosen = {"max_jobs": args.max_jobs, "max_parallel_jobs": args.max_parallel_jobs, "strategy": args.strategy,
               "seed": args.seed}  # fmt: skip
-    try:
-        cfg = load_tune_config(config_path, {k: v for k, v in chosen.items() if v is not None})
-        if args.train_config:  # relative to the working directory, unlike base_config in the YAML
-            cfg = dataclasses.replace(cfg, base_config=args.train_config)
-        fixed = [k.rsplit(".", 1)[-1] for k in parse_overrides(overrides)]
-        fixed = [name for name in fixed if name in {r.name for r in cfg.space}]
-        if fixed:
-            log.warning("fixed on the command line, so not tuned: %s", ", ".join(sorted(fixed)))
-            cfg = without_parameters(cfg, fixed)
-        base = load_config(TrainConfig, cfg.base_config, overrides)
-    except ConfigError as exc:
-        log.error("%s", exc)
-        return 2
-    log.info("tuning %d trials (%d in parallel, %s, seed %d) over %s", cfg.max_jobs, cfg.max_parallel_jobs,
-             cfg.strategy, cfg.seed, ", ".join(r.name for r in cfg.space))  # fmt: skip
+    # The skeleton loads the tuning config; the base training config is named inside it (relative to it).
+    config_path = args.config if args.config is not None else default_config("tune")
+    inputs = TuneInputs(
+        train=args.train,
+        validation=args.validation,
+        format=args.format,
+        start_date=args.start_date,
+        end_date=args.end_date,
+        validation_start_date=args.validation_start_date,
+        validation_end_date=args.validation_end_date,
+    )
 
-    from pyspark.sql import SparkSession
+    def body(ctx: JobContext) -> None:
+        cfg, base = resolve_tuning(ctx.cfg, config_path, args.train_config, overrides)
+        result = run_tune_job(ctx.spark, cfg, base, inputs, args.out)
+        print(format_table(result.table))
+        print(json.dumps(result.summary()))
 
-    from ipinsights.storage.sagemaker_csv import read_pairs_table
-
-    owns_session = SparkSession.getActiveSession() is None  # stop only a session this job created
-    spark = build_spark("ipinsights-tune", args.master, args.spark_conf)
-    try:
-        try:
-            train_df = read_pairs_table(spark, args.train, args.format, args.start_date, args.end_date)
-            val_df = read_pairs_table(spark, args.validation, args.format, args.validation_start_date,
-                                      args.validation_end_date or args.validation_start_date)  # fmt: skip
-        except ValueError as exc:
-            log.error("%s", exc)
-            return 2
-        try:
-            result = tune(spark, train_df, val_df, cfg, base, args.out)
-        except TuningError as exc:
-            log.error("%s", exc)
-            return 1
-    finally:
-        if owns_session:
-            spark.stop()
-    print(format_table(result.table))
-    best = result.best
-    summary = {"best_trial": best.number, "discriminator_auc": best.objective, "tuned": best.params,
-               "best_model": str(result.best_model_dir), "results": str(result.output / "results.csv")}  # fmt: skip
-    print(json.dumps(summary))
-    return 0
+    return JOB.run(args, body, config_path, {k: v for k, v in chosen.items() if v is not None})
 
 
 if __name__ == "__main__":

@@ -33,8 +33,7 @@ def train_toy_model(
     from toyworld import make_toy_world
 
     from ipinsights.core.config import Hyperparameters, ModelOptions, TrainOptions
-    from ipinsights.core.entities import ENTITY_FILE, EntityStats
-    from ipinsights.storage.modelfile import save_model
+    from ipinsights.core.entities import EntityStats
     from ipinsights.train.data import encode_pairs
     from ipinsights.train.trainer import train_model
 
@@ -48,9 +47,10 @@ def train_toy_model(
     )
     opts = ModelOptions()
     train = encode_pairs(world.train["entity"], world.train["ip"], hp.num_entity_vectors, opts.hash_seed)
-    result = train_model(hp, opts, TrainOptions(seed=seed, num_threads=1, progress_bar="off"), train)
     stats = EntityStats.from_entities(world.train["entity"], opts.hash_seed)
-    return save_model(result.model, path, training={"pairs": len(train)}, extra_files={ENTITY_FILE: stats.to_bytes()})
+    topts = TrainOptions(seed=seed, num_threads=1, progress_bar="off")
+    train_model(hp, opts, topts, train, model_dir=path, entity_stats=stats, manifest={"entities": len(stats)})
+    return Path(path)
 
 
 def free_port() -> int:

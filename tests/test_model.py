@@ -185,3 +185,41 @@ def test_invalid_training_ips_dropped_and_reported(caplog):
     assert "t.csv: dropped 1 row" in caplog.text and "row 2: '999.1.1.1'" in caplog.text
     with pytest.raises(ValueError, match="no row has a valid"):
         encode_pairs(["a"], ["x"], 10, 0)
+
+
+def test_work_files_give_the_same_rows_as_in_memory_encoding(tmp_path):
+    """Work files hold 64-bit entity hashes; reading them gives the rows encode_pairs gives."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from ipinsights.core.hashing import hash_strings
+    from ipinsights.train.spec import read_pairs
+
+    entities = [f"user_{i}" for i in range(500)] + ["", "ü-ñ"]
+    ips = ["10.0.0.1"] * len(entities)
+    pq.write_table(pa.table({"entity_hash": hash_strings(entities, 7).view(np.int64), "ip": np.zeros(len(ips))}),
+                   tmp_path / "w.parquet")  # fmt: skip
+    from_files = read_pairs([str(tmp_path / "w.parquet")], 97)
+    assert np.array_equal(from_files.entity_rows, encode_pairs(entities, ips, 97, 7).entity_rows)
+
+
+def test_train_model_stops_when_asked_and_saves_what_it_trained(world, tmp_path):
+    from ipinsights.train.trainer import EpochMetrics
+
+    hp = Hyperparameters(**{**HP, "epochs": 3})
+    train = encode_pairs(world.train["entity"][:2000], world.train["ip"][:2000], hp.num_entity_vectors, 0)
+    seen = []
+
+    def stop_after_2(trainer, history):
+        seen.append(trainer.epoch)
+        return len(history) == 2
+
+    res = train_model(hp, ModelOptions(), OPTS, train, on_epoch_end=stop_after_2, model_dir=tmp_path / "m",
+                      config={"note": "x"}, manifest={"why": "test"})  # fmt: skip
+    assert res.stopped and seen == [1, 2] and [m.epoch for m in res.history] == [1, 2]
+    training = Scorer.load(tmp_path / "m").bundle.manifest["training"]
+    assert [e["epoch"] for e in training["epochs"]] == [1, 2]
+    assert training["pairs"] == 2000 and training["why"] == "test"
+    m = res.history[0]
+    m.extra["comm_bytes"] = 5.0
+    assert EpochMetrics.from_dict(m.as_dict()) == m

@@ -1,11 +1,12 @@
-"""Hyperparameter tuning: config validation, the stopping rule, a reproducible trial sequence, and a
-6-trial, 2-parallel tuning job on local[2] with an injected failing trial."""
+"""Hyperparameter tuning: config validation, the stopping rule, a reproducible trial sequence, a trial
+that diverges, and a 6-trial, 2-parallel tuning job on local[2]."""
 
 from __future__ import annotations
 
 import concurrent.futures as cf
 import json
 import random
+import threading
 import time
 
 import numpy as np
@@ -150,6 +151,35 @@ def toy(tmp_path_factory):
     return d, w
 
 
+class RunningTaskCounter:
+    """The most one-task stages (tuning trials) Spark's status tracker shows running at the same moment.
+
+    A trial is a one-task Spark job; the data preparation before the trials runs its jobs one after the
+    other from one thread, so two one-task stages running at once can only be two trials.
+    """
+
+    def __init__(self, spark) -> None:
+        self.tracker = spark.sparkContext.statusTracker()
+        self.most_at_once = 0
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+
+    def _watch(self) -> None:
+        while not self._done.is_set():
+            stages = [self.tracker.getStageInfo(s) for s in self.tracker.getActiveStageIds()]
+            running = sum(1 for st in stages if st is not None and st.numTasks == 1 and st.numActiveTasks == 1)
+            self.most_at_once = max(self.most_at_once, running)
+            self._done.wait(0.02)
+
+    def __enter__(self) -> RunningTaskCounter:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._done.set()
+        self._thread.join()
+
+
 @pytest.mark.slow
 @pytest.mark.spark
 def test_tuning_job_on_spark(spark, toy, tmp_path, capsys):
@@ -173,15 +203,15 @@ def test_tuning_job_on_spark(spark, toy, tmp_path, capsys):
         "startup_trials": 3,
         "baseline_trial": True,
         "threads_per_trial": 1,
-        "fail_trials": [2],  # test hook: NaN weights, so the trial really diverges
         "early_stopping": {"type": "auto", "min_trials": 2},
         "space": SMALL_SPACE,
     }
     (conf / "tune.yml").write_text(json.dumps(tune_yml))  # JSON is YAML
     out = tmp_path / "out"
     t0 = time.perf_counter()
-    rc = cli.main(["tune", "--train", str(data / "train.csv"), "--validation", str(data / "validation.csv"),
-                   "--config", str(conf / "tune.yml"), "--out", str(out)])  # fmt: skip
+    with RunningTaskCounter(spark) as tasks:
+        rc = cli.main(["tune", "--train", str(data / "train.csv"), "--validation", str(data / "validation.csv"),
+                       "--config", str(conf / "tune.yml"), "--out", str(out)])  # fmt: skip
     elapsed = time.perf_counter() - t0
     assert rc == 0
     printed = capsys.readouterr().out
@@ -193,10 +223,8 @@ def test_tuning_job_on_spark(spark, toy, tmp_path, capsys):
     assert list(table["TrialNumber"]) == list(range(6))
     assert {"learning_rate", "vector_dim", "mini_batch_size", "TrainingElapsedTimeSeconds"} <= set(table.columns)
     statuses = dict(zip(table["TrialNumber"], table["TrainingJobStatus"], strict=True))
-    assert statuses[2] == "Failed" and "diverged" in table.loc[2, "FailureReason"]
-    assert np.isnan(table.loc[2, "FinalObjectiveValue"])
-    assert set(statuses.values()) <= {"Completed", "Stopped", "Failed"}
-    assert list(statuses.values()).count("Failed") == 1
+    assert set(statuses.values()) <= {"Completed", "Stopped"}, table["FailureReason"]
+    assert np.isfinite(table["FinalObjectiveValue"]).all()
     # trial 0 is the base config's own values (the baseline)
     assert table.loc[0, "learning_rate"] == pytest.approx(0.01) and table.loc[0, "vector_dim"] == 16
 
@@ -205,13 +233,8 @@ def test_tuning_job_on_spark(spark, toy, tmp_path, capsys):
     assert table.loc[best["trial"], "FinalObjectiveValue"] == pytest.approx(table["FinalObjectiveValue"].max())
     assert json.loads((out / "tuning_config.json").read_text())["tuning"]["max_jobs"] == 6
 
-    # Trials ran side by side (two one-task Spark jobs at once), not one after the other.
-    starts = pd.to_datetime(table["TrainingStartTime"])
-    ends = pd.to_datetime(table["TrainingEndTime"])
-    ran = table["TrainingJobStatus"] != "Failed"
-    assert any(
-        starts[i] < ends[j] and starts[j] < ends[i] for i in table.index[ran] for j in table.index[ran] if i < j
-    ), table[["TrialNumber", "TrainingStartTime", "TrainingEndTime"]]
+    # Trials ran side by side: Spark's scheduler was seen running two one-task trial jobs at once.
+    assert tasks.most_at_once >= 2, tasks.most_at_once
 
     # The best model is a normal model directory: it loads and scores.
     scorer = Scorer.load(out / "best_model")
@@ -224,6 +247,59 @@ def test_tuning_job_on_spark(spark, toy, tmp_path, capsys):
     assert [p.parent.name for p in (out / "trials").glob("*/model")] == [f"trial-{best['trial']:03d}"]
     assert len(list((out / "trials").glob("*/metrics.jsonl"))) == 6
     print(f"6-trial tuning job: {elapsed:.1f} s")
+
+
+@pytest.mark.slow
+def test_diverging_trial_fails_and_the_job_goes_on(toy, tmp_path, monkeypatch):
+    """A trial whose weights become NaN is Failed ("diverged"), with its metrics; the others still run.
+
+    The trials run in this process (the local runner), so trial 1 can be made to diverge from the
+    outside: its model starts from NaN weights, and the real divergence check catches it.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from ipinsights.core.hashing import hash_strings
+    from ipinsights.core.ip import parse_ip
+    from ipinsights.train import trainer
+    from ipinsights.tune.trials import LocalTrialRunner
+
+    _, world = toy
+    base = load_config(TrainConfig, "conf/train.yml", ["--num_entity_vectors=300", "--vector_dim=8", "--epochs=1",
+                                                       "--mini_batch_size=500"])  # fmt: skip
+    files = []
+    for name in ("train", "validation"):  # the work files prepare_data writes: (entity_hash, ip)
+        t = getattr(world, name)
+        hashes = hash_strings(t["entity"], base.model.hash_seed).view(np.int64)
+        pq.write_table(pa.table({"entity_hash": hashes, "ip": parse_ip(t["ip"]).value.astype(np.int64)}),
+                       tmp_path / f"{name}.parquet")  # fmt: skip
+        files.append(str(tmp_path / f"{name}.parquet"))
+    data = PreparedData([files[0]], [files[1]])
+    build_model = trainer.build_model
+
+    def nan_model(*args, **kwargs):
+        model = build_model(*args, **kwargs)
+        model.entity_table.data.fill_(float("nan"))
+        return model
+
+    runner = LocalTrialRunner()
+
+    def submit(spec):
+        if spec.number != 1:
+            return runner.submit(spec)
+        with monkeypatch.context() as patch:
+            patch.setattr(trainer, "build_model", nan_model)
+            return runner.submit(spec)
+
+    cfg = _cfg(max_jobs=3, max_parallel_jobs=1, strategy="random", threads_per_trial=1)
+    records = run_trials(cfg, base, data, tmp_path / "trials", submit)
+    assert [r.status for r in records] == [COMPLETED, FAILED, COMPLETED]
+    failed = records[1]
+    assert failed.error.startswith("FloatingPointError: diverged at epoch 1") and failed.objective is None
+    assert failed.model_dir is None and not (tmp_path / "trials" / "trial-001" / "model").exists()
+    assert [h["epoch"] for h in failed.history] == [1]  # the epoch it diverged in is recorded
+    assert (tmp_path / "trials" / "trial-001" / "metrics.jsonl").exists()
+    assert all(r.objective > 0.5 for r in records if r.status == COMPLETED)
 
 
 def test_io_helpers(tmp_path):

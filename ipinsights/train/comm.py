@@ -14,11 +14,27 @@ import torch
 log = logging.getLogger(__name__)
 
 
+@dataclass
+class CommStats:
+    """Communication cost, accumulated by the comm wrappers."""
+
+    calls: int = 0
+    bytes: int = 0
+    seconds: float = 0.0
+
+    def add(self, t0: float, nbytes: int) -> None:
+        """Count one collective that started at ``t0`` (``time.perf_counter``) and moved ``nbytes``."""
+        self.calls += 1
+        self.bytes += nbytes
+        self.seconds += time.perf_counter() - t0
+
+
 class Comm(Protocol):
-    """What the trainer needs from a distributed backend."""
+    """What the trainer needs from a distributed backend; every backend below implements it."""
 
     rank: int
     world_size: int
+    stats: CommStats
 
     def allreduce_mean_(self, tensors: list[torch.Tensor]) -> None:
         """Average dense tensors across ranks, in place."""
@@ -32,12 +48,20 @@ class Comm(Protocol):
     def min_int(self, value: int) -> int:
         """The smallest ``value`` over ranks (so that every rank runs the same number of steps)."""
 
+    def barrier(self) -> None:
+        """Wait until every rank gets here."""
 
-class LocalComm:
-    """A world of one."""
+    def close(self) -> None:
+        """Leave the group (after a barrier, so that no rank is left waiting)."""
 
-    rank = 0
-    world_size = 1
+
+class LocalComm(Comm):
+    """A world of one: every collective is the identity."""
+
+    def __init__(self, device: torch.device | None = None) -> None:
+        self.rank = 0
+        self.world_size = 1
+        self.stats = CommStats()
 
     def allreduce_mean_(self, tensors: list[torch.Tensor]) -> None:
         return None
@@ -51,24 +75,19 @@ class LocalComm:
     def min_int(self, value: int) -> int:
         return value
 
+    def barrier(self) -> None:
+        return None
 
-@dataclass
-class CommStats:
-    """Communication cost, accumulated by the comm wrappers."""
-
-    calls: int = 0
-    bytes: int = 0
-    seconds: float = 0.0
+    def close(self) -> None:
+        return None
 
 
-def _flat(tensors):
+def _flat(tensors: list[torch.Tensor]) -> torch.Tensor:
     """One buffer for all dense gradients, so a step makes one collective instead of one per tensor."""
-    import torch
-
     return torch.cat([t.reshape(-1) for t in tensors])
 
 
-def _unflatten_into(flat, tensors) -> None:
+def _unflatten_into(flat: torch.Tensor, tensors: list[torch.Tensor]) -> None:
     offset = 0
     for t in tensors:
         n = t.numel()
@@ -76,10 +95,10 @@ def _unflatten_into(flat, tensors) -> None:
         offset += n
 
 
-class _TorchDistComm:
+class TorchDistComm(Comm):
     """torch.distributed (gloo or NCCL), initialised from the env TorchDistributor sets."""
 
-    def __init__(self, device) -> None:
+    def __init__(self, device: torch.device) -> None:
         import torch.distributed as dist
 
         self.dist = dist
@@ -90,22 +109,15 @@ class _TorchDistComm:
         self.device = device
         self.stats = CommStats()
 
-    def _count(self, t0: float, nbytes: int) -> None:
-        self.stats.calls += 1
-        self.stats.bytes += nbytes
-        self.stats.seconds += time.perf_counter() - t0
-
-    def allreduce_mean_(self, tensors) -> None:
+    def allreduce_mean_(self, tensors: list[torch.Tensor]) -> None:
         t0 = time.perf_counter()
         flat = _flat(tensors)
         self.dist.all_reduce(flat)
         flat /= self.world_size
         _unflatten_into(flat, tensors)
-        self._count(t0, flat.numel() * flat.element_size())
+        self.stats.add(t0, flat.numel() * flat.element_size())
 
-    def allgather_rows(self, rows, grads):
-        import torch
-
+    def allgather_rows(self, rows: torch.Tensor, grads: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         t0 = time.perf_counter()
         n = torch.tensor([rows.numel()], device=self.device)
         sizes = [torch.zeros_like(n) for _ in range(self.world_size)]
@@ -123,17 +135,15 @@ class _TorchDistComm:
         self.dist.all_gather(out_g, pg)
         r = torch.cat([o[:k] for o, k in zip(out_r, sizes_i, strict=True)])
         g = torch.cat([o[:k] for o, k in zip(out_g, sizes_i, strict=True)])
-        self._count(t0, pr.numel() * pr.element_size() + pg.numel() * pg.element_size())
+        self.stats.add(t0, pr.numel() * pr.element_size() + pg.numel() * pg.element_size())
         return r, g
 
-    def allreduce_sum(self, values):
+    def allreduce_sum(self, values: torch.Tensor) -> torch.Tensor:
         t = values.to(self.device)
         self.dist.all_reduce(t)
         return t.cpu()
 
     def min_int(self, value: int) -> int:
-        import torch
-
         t = torch.tensor([value], device=self.device)
         self.dist.all_reduce(t, op=self.dist.ReduceOp.MIN)
         return int(t.item())
@@ -148,10 +158,10 @@ class _TorchDistComm:
         self.dist.destroy_process_group()
 
 
-class _HorovodComm:
+class HorovodComm(Comm):
     """Horovod collectives (allgather takes rows of different counts natively)."""
 
-    def __init__(self, device) -> None:
+    def __init__(self, device: torch.device) -> None:
         import horovod.torch as hvd
 
         self.hvd = hvd
@@ -166,34 +176,26 @@ class _HorovodComm:
         self._n += 1
         return f"{kind}.{self._n}"
 
-    def allreduce_mean_(self, tensors) -> None:
+    def allreduce_mean_(self, tensors: list[torch.Tensor]) -> None:
         t0 = time.perf_counter()
         flat = _flat(tensors)
         _unflatten_into(self.hvd.allreduce(flat, op=self.hvd.Average, name=self._name("dense")), tensors)
-        self.stats.calls += 1
-        self.stats.bytes += flat.numel() * flat.element_size()
-        self.stats.seconds += time.perf_counter() - t0
+        self.stats.add(t0, flat.numel() * flat.element_size())
 
-    def allgather_rows(self, rows, grads):
+    def allgather_rows(self, rows: torch.Tensor, grads: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         t0 = time.perf_counter()
         r = self.hvd.allgather(rows, name=self._name("rows"))
         g = self.hvd.allgather(grads, name=self._name("grads"))
-        self.stats.calls += 1
-        self.stats.bytes += rows.numel() * rows.element_size() + grads.numel() * grads.element_size()
-        self.stats.seconds += time.perf_counter() - t0
+        self.stats.add(t0, rows.numel() * rows.element_size() + grads.numel() * grads.element_size())
         return r, g
 
-    def allreduce_sum(self, values):
+    def allreduce_sum(self, values: torch.Tensor) -> torch.Tensor:
         return self.hvd.allreduce(values, op=self.hvd.Sum, name=self._name("sum"))
 
     def min_int(self, value: int) -> int:
-        import torch
-
         return int(self.hvd.allreduce(torch.tensor([value]), op=self.hvd.Min, name=self._name("min")).item())
 
     def barrier(self) -> None:
-        import torch
-
         self.hvd.allreduce(torch.zeros(1), name=self._name("barrier"))
 
     def close(self) -> None:
@@ -201,32 +203,5 @@ class _HorovodComm:
         self.hvd.shutdown()
 
 
-class _LocalComm:
-    """One rank; same interface as the others."""
-
-    rank = 0
-    world_size = 1
-
-    def __init__(self, device) -> None:
-        self.stats = CommStats()
-
-    def allreduce_mean_(self, tensors) -> None:
-        return None
-
-    def allgather_rows(self, rows, grads):
-        return rows, grads
-
-    def allreduce_sum(self, values):
-        return values
-
-    def min_int(self, value: int) -> int:
-        return value
-
-    def barrier(self) -> None:
-        return None
-
-    def close(self) -> None:
-        return None
-
-
-COMMS = {"torch": _TorchDistComm, "horovod": _HorovodComm, "local": _LocalComm}
+#: Backend name -> its :class:`Comm`, built from the rank's device.
+COMMS: dict[str, type[Comm]] = {"torch": TorchDistComm, "horovod": HorovodComm, "local": LocalComm}

@@ -20,8 +20,9 @@ import logging
 import math
 import sys
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -29,8 +30,10 @@ import torch
 import torch.nn.functional as F
 
 from ipinsights.core.config import Hyperparameters, ModelOptions, TrainOptions
+from ipinsights.core.entities import ENTITY_FILE, EntityStats
 from ipinsights.core.metrics import roc_auc
 from ipinsights.core.model import IPInsightsModel
+from ipinsights.storage.modelfile import load_model, save_model
 from ipinsights.train.comm import Comm, LocalComm
 from ipinsights.train.data import EncodedPairs, random_ips_like
 from ipinsights.train.optim import RowAdam, coalesce_rows
@@ -52,9 +55,19 @@ class EpochMetrics:
     extra: dict[str, float] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
+        """One flat record (``extra`` merged in), as the metrics files and model manifests hold it."""
         d = asdict(self)
         d.update(d.pop("extra"))
         return d
+
+    @classmethod
+    def from_dict(cls, record: Mapping[str, Any]) -> EpochMetrics:
+        """The inverse of :meth:`as_dict` (e.g. the history of a checkpoint)."""
+        known = {f.name for f in fields(cls)} - {"extra"}
+        return cls(
+            **{k: v for k, v in record.items() if k in known},
+            extra={k: v for k, v in record.items() if k not in known},
+        )
 
 
 def resolve_device(name: str) -> torch.device:
@@ -184,9 +197,11 @@ class Trainer:
         train: EncodedPairs | Callable[[int], EncodedPairs],
         validation: EncodedPairs | None = None,
         epochs: int | None = None,
-        on_epoch_end: Callable[[EpochMetrics], None] | None = None,
+        on_epoch_end: Callable[[EpochMetrics], bool | None] | None = None,
     ) -> list[EpochMetrics]:
         """Train for ``epochs`` (default: the remaining ones up to ``hp.epochs``).
+
+        ``on_epoch_end`` sees each epoch's metrics; when it returns True, training stops after that epoch.
 
         ``train`` is either the pairs (shuffled here each epoch with a seeded permutation) or a
         function ``epoch -> pairs`` returning that epoch's data already in order: the distributed job
@@ -246,8 +261,8 @@ class Trainer:
             if self.comm.rank == 0:
                 log.info("epoch %d done: %s", epoch, _fmt_metrics(metrics))
             history.append(metrics)
-            if on_epoch_end is not None:
-                on_epoch_end(metrics)
+            if on_epoch_end is not None and on_epoch_end(metrics):
+                break
         self.model.eval()
         return history
 
@@ -302,30 +317,101 @@ def build_model(
     return model.to(device)
 
 
+def warm_start_from(model: IPInsightsModel, path: str | Path) -> None:
+    """Load an earlier model's weights into ``model``: the same shape and hash space are required."""
+    old = load_model(path)
+    keys = ("num_entity_vectors", "vector_dim", "num_ip_encoder_layers")
+    mine = {k: getattr(model.hp, k) for k in keys}
+    theirs = {k: getattr(old.hyperparameters, k) for k in keys}
+    if mine != theirs or old.options != model.opts:
+        raise ValueError(
+            f"--warm-start {path}: the model's shape or hash space differs "
+            f"({theirs}, {old.options}) from this run's ({mine}, {model.opts})"
+        )
+    model.load_state_dict(old.model.state_dict())
+
+
 @dataclass
 class TrainResult:
-    """A trained model and its per-epoch metrics."""
+    """A trained model, its per-epoch metrics (a resumed run's earlier epochs first) and whether a
+    callback stopped it before ``hp.epochs``."""
 
     model: IPInsightsModel
     history: list[EpochMetrics]
+    stopped: bool = False
+
+
+#: After every epoch: the trainer and the history so far (this epoch last); returning True stops training.
+EpochCallback = Callable[[Trainer, list[EpochMetrics]], bool | None]
 
 
 def train_model(
     hp: Hyperparameters,
     model_options: ModelOptions,
     options: TrainOptions,
-    train: EncodedPairs,
+    train: EncodedPairs | Callable[[int], EncodedPairs],
     validation: EncodedPairs | None = None,
-    on_epoch_end: Callable[[EpochMetrics], None] | None = None,
+    *,
+    comm: Comm | None = None,
+    warm_start: str | Path | None = None,
+    restore: Callable[[Trainer], list[EpochMetrics]] | None = None,
+    on_epoch_end: EpochCallback | None = None,
+    history: list[EpochMetrics] | None = None,
+    model_dir: str | Path | None = None,
+    entity_stats: EntityStats | bytes | None = None,
+    config: Mapping[str, Any] | None = None,
+    manifest: Mapping[str, Any] | None = None,
 ) -> TrainResult:
-    """Train a fresh model in this process (seeded: the same inputs give the same model)."""
-    if len(train) == 0:
+    """The one way a model is trained and saved: the CLI, each distributed rank and each tuning trial.
+
+    Builds a fresh model (seeded: the same inputs give the same model), optionally loads the weights
+    of ``warm_start``, lets ``restore`` load a checkpoint into the trainer (it returns the epochs
+    already trained), trains the remaining epochs of ``hp.epochs`` (``train``: the pairs, or
+    ``epoch -> that epoch's pairs`` for a rank's shard; see :meth:`Trainer.fit`) with
+    ``discriminator_auc`` on ``validation``, and calls ``on_epoch_end`` after every epoch.
+
+    ``history`` (default: a new list) receives every epoch as it ends, so a caller still has them when
+    training raises. With a ``comm``, each epoch also records the communication cost so far and the
+    global ``mini_batch_size`` is split across the ranks. Rank 0 saves the model to ``model_dir``
+    (when given) with the entity stats, the resolved ``config`` and a training record: the epochs,
+    the pair count (for in-memory pairs) and ``manifest``, read at save time so that a callback may
+    still change it.
+    """
+    if not callable(train) and len(train) == 0:
         raise ValueError("no training pairs")
     torch.manual_seed(options.seed)
     if options.num_threads:
         torch.set_num_threads(options.num_threads)
-    device = resolve_device(options.device)
-    model = build_model(hp, model_options, options.seed, device)
-    trainer = Trainer(model, hp, options)
-    history = trainer.fit(train, validation, on_epoch_end=on_epoch_end)
-    return TrainResult(model=model, history=history)
+    record_comm = comm is not None
+    comm = comm or LocalComm()
+    if hp.mini_batch_size % comm.world_size:
+        log.warning("mini_batch_size=%d is not a multiple of %d ranks", hp.mini_batch_size, comm.world_size)
+    model = build_model(hp, model_options, options.seed, resolve_device(options.device))  # same start on every rank
+    if warm_start is not None:
+        warm_start_from(model, warm_start)
+    trainer = Trainer(model, hp, options, comm=comm, batch_size=max(1, hp.mini_batch_size // comm.world_size))
+    history = [] if history is None else history
+    if restore is not None:
+        history.extend(restore(trainer))
+    stopped = False
+
+    def epoch_end(m: EpochMetrics) -> bool:
+        nonlocal stopped
+        if record_comm:
+            m.extra["comm_seconds"] = comm.stats.seconds
+            m.extra["comm_bytes"] = float(comm.stats.bytes)
+        history.append(m)
+        stopped = bool(on_epoch_end(trainer, history)) if on_epoch_end is not None else False
+        return stopped
+
+    trainer.fit(train, validation, on_epoch_end=epoch_end)
+    if model_dir is not None and comm.rank == 0:
+        training: dict[str, Any] = {"epochs": [m.as_dict() for m in history]}
+        if not callable(train):
+            training["pairs"] = len(train)
+        training.update(manifest or {})
+        if isinstance(entity_stats, EntityStats):
+            entity_stats = entity_stats.to_bytes()
+        extra = {ENTITY_FILE: entity_stats} if entity_stats is not None else None
+        save_model(model, model_dir, training=training, config=config, extra_files=extra)
+    return TrainResult(model=model, history=history, stopped=stopped)

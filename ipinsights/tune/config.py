@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import typing
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -13,10 +13,12 @@ from typing import Any
 from ipinsights.core.config import (
     ConfigError,
     Hyperparameters,
+    TrainConfig,
     check_float,
     check_int,
     config_from_dict,
     load_config,
+    parse_overrides,
 )
 
 log = logging.getLogger(__name__)
@@ -190,8 +192,7 @@ class TuneConfig:
     ``space`` is given in YAML as a mapping ``name: {type, min, max, scaling}`` (or a list of ranges
     with a ``name``) and held as a tuple of :class:`ParameterRange`. ``baseline_trial`` makes trial 0
     train the base config's own values (when they lie in the space), so the table shows what tuning
-    gained. ``fail_trials`` is a test hook: those trial numbers start from NaN weights, so they
-    diverge and take the real failure path.
+    gained.
     """
 
     space: Mapping[str, Any] | tuple[ParameterRange, ...] = DEFAULT_SPACE
@@ -206,7 +207,6 @@ class TuneConfig:
     threads_per_trial: int = 0  # 0 = the executor's cores / max_parallel_jobs
     keep_trial_models: bool = False
     base_config: str | None = None  # the training config every trial starts from
-    fail_trials: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "space", _parse_space(self.space))
@@ -221,8 +221,6 @@ class TuneConfig:
         object.__setattr__(self, "strategy", strategy)
         if self.objective not in OBJECTIVES:
             raise ConfigError(f"objective={self.objective!r}: only {OBJECTIVES[0]} (maximised) is reported by trials")
-        for n in self.fail_trials:
-            check_int("fail_trials[]", n, 0, None)
 
 
 def _parse_space(space: Any) -> tuple[ParameterRange, ...]:
@@ -251,10 +249,34 @@ def _parse_space(space: Any) -> tuple[ParameterRange, ...]:
 
 def load_tune_config(path: str | Path | None = None, overrides: Iterable[str] | Mapping[str, Any] = ()) -> TuneConfig:
     """Load ``conf/tune.yml`` (unknown keys refused); a relative ``base_config`` is relative to that file."""
-    cfg = load_config(TuneConfig, path, overrides)
+    return base_relative_to(load_config(TuneConfig, path, overrides), path)
+
+
+def base_relative_to(cfg: TuneConfig, path: str | Path | None) -> TuneConfig:
+    """``cfg`` with a relative ``base_config`` taken relative to ``path``'s folder (the tuning config file)."""
     if cfg.base_config and path is not None and not Path(cfg.base_config).is_absolute():
         cfg = dataclasses.replace(cfg, base_config=str(Path(path).parent / cfg.base_config))
     return cfg
+
+
+def resolve_tuning(
+    cfg: TuneConfig, path: str | Path | None, train_config: str | None = None, overrides: Sequence[str] = ()
+) -> tuple[TuneConfig, TrainConfig]:
+    """The tuning job's two configs from the tuning config ``cfg`` loaded from ``path``.
+
+    The base training config is ``train_config`` (relative to the working directory) or else
+    ``cfg.base_config`` (relative to ``path``), with the ``--name=value`` ``overrides`` applied; a tuned
+    hyperparameter given that way is fixed, so it is taken out of the search space.
+    """
+    cfg = base_relative_to(cfg, path)
+    if train_config:
+        cfg = dataclasses.replace(cfg, base_config=train_config)
+    fixed = [k.rsplit(".", 1)[-1] for k in parse_overrides(overrides)]
+    fixed = [name for name in fixed if name in {r.name for r in cfg.space}]
+    if fixed:
+        log.warning("fixed on the command line, so not tuned: %s", ", ".join(sorted(fixed)))
+        cfg = without_parameters(cfg, fixed)
+    return cfg, load_config(TrainConfig, cfg.base_config, overrides)
 
 
 def without_parameters(cfg: TuneConfig, names: Iterable[str]) -> TuneConfig:

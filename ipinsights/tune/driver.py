@@ -8,7 +8,7 @@ base training config with the sampled values put in.
 Parallelism. The driver runs Optuna's ask/tell loop. Each trial is a one-task Spark job
 (``sc.parallelize([spec], 1).map(run_trial)``) issued from a driver thread, so up to
 ``max_parallel_jobs`` trials train at once on executors. :func:`run_trial` is top level and picklable,
-imports torch inside and gets a plain :class:`TrialSpec` (paths and dicts, never a SparkSession or a
+gets a plain :class:`TrialSpec` (paths and dicts, never a SparkSession or a
 DataFrame). The training pairs reach the executors by path: the driver writes them once as Parquet
 (64-bit entity hash, address key) under ``OUT/work``; each trial reads them and hashes the entities
 into its own ``num_entity_vectors`` rows, so that hyperparameter can be tuned too.
@@ -49,14 +49,15 @@ from ipinsights.core.config import (
     config_from_dict,
     config_to_dict,
 )
+from ipinsights.core.errors import DataFormatError
+from ipinsights.train.spec import write_metrics
+from ipinsights.tune.config import COMPLETED, FAILED, STOPPED, TuneConfig, TuningError
+from ipinsights.tune.results import TrialRecord, best_record, drop_model, record_of, results_frame
+from ipinsights.tune.trials import PreparedData, SparkTrialRunner, TrialSpec, median_running_average, trial_result
 
 if TYPE_CHECKING:
     import pandas as pd
     from pyspark.sql import DataFrame, SparkSession
-
-from ipinsights.tune.config import COMPLETED, FAILED, STOPPED, TuneConfig, TuningError
-from ipinsights.tune.results import TrialRecord, best_record, drop_model, json_line, record_of, results_frame
-from ipinsights.tune.trials import PreparedData, SparkTrialRunner, TrialSpec, median_running_average, trial_result
 
 log = logging.getLogger(__name__)
 
@@ -84,8 +85,6 @@ def run_trials(
     """
     import optuna
     from optuna.trial import TrialState
-
-    from ipinsights.storage.files import atomic_write
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # each trial is logged here, with its status
     parallel = min(cfg.max_parallel_jobs, cfg.max_jobs)
@@ -121,21 +120,19 @@ def run_trials(
             return
         train_options = {**base_dict["train"], "num_threads": cfg.threads_per_trial, "progress_bar": "off"}
         spec = TrialSpec(
-            number=n,
             hyperparameters=hp,
             model_options=base_dict["model"],
             train_options=train_options,
-            train_files=list(data.train_files),
+            model_dir=str(trials_dir / f"trial-{n:03d}" / "model"),
             validation_files=list(data.validation_files),
-            trial_dir=str(trials_dir / f"trial-{n:03d}"),
             entity_stats_file=data.entity_stats_file,
+            config={**base_dict, "hyperparameters": hp, "tuning": {"trial": n, "params": params}},
+            number=n,
+            train_files=list(data.train_files),
             stop_below=stop_below,
             min_epochs=es.min_epochs,
             margin=es.margin,
-            threads=cfg.threads_per_trial,
             max_parallel_jobs=parallel,
-            config={**base_dict, "hyperparameters": hp, "tuning": {"trial": n, "params": params}},
-            poison=n in cfg.fail_trials,
         )
         log.info("trial %d launched: %s", n, params)
         in_flight[n] = (trial, params, submit(spec))
@@ -161,8 +158,7 @@ def run_trials(
             trial.set_user_attr("error", rec.error)
             study.tell(trial, state=TrialState.FAIL)
         if rec.history:
-            with atomic_write(trials_dir / f"trial-{n:03d}" / "metrics.jsonl") as fh:
-                fh.writelines(json_line(h) for h in rec.history)
+            write_metrics(trials_dir / f"trial-{n:03d}" / "metrics.jsonl", rec.history)
         auc = "n/a" if rec.objective is None else f"{rec.objective:.4f}"
         log.info("trial %d %s: discriminator_auc=%s epochs=%d %.1f s%s", n, rec.status, auc, rec.epochs,
                  rec.seconds, f" ({rec.error})" if rec.error else "")  # fmt: skip
@@ -187,6 +183,12 @@ class TuningResult:
     best_model_dir: Path
     output: Path
 
+    def summary(self) -> dict[str, Any]:
+        """The job's one-line result: the best trial, its objective and values, and where things are."""
+        best = self.best
+        return {"best_trial": best.number, "discriminator_auc": best.objective, "tuned": best.params,
+                "best_model": str(self.best_model_dir), "results": str(self.output / "results.csv")}  # fmt: skip
+
 
 def prepare_data(
     spark: SparkSession, train_df: DataFrame, validation_df: DataFrame, base: TrainConfig, work_dir: str | Path
@@ -201,9 +203,9 @@ def prepare_data(
     from ipinsights.train.prepare import encode_pairs_df, entity_stats
 
     work = Path(work_dir).resolve()
-    hp, mopts = base.hyperparameters, base.model
+    mopts = base.model
     v6 = bool(mopts.ipv6_prefix_lengths)
-    enc = encode_pairs_df(train_df, hp.num_entity_vectors, mopts.hash_seed, v6).select("entity_hash", "ip").cache()
+    enc = encode_pairs_df(train_df, mopts.hash_seed, v6).cache()
     try:
         n_train = enc.count()
         if n_train == 0:
@@ -215,7 +217,7 @@ def prepare_data(
     stats_file = work / "entities.safetensors"
     with atomic_write(stats_file, "wb") as fh:
         fh.write(stats.to_bytes())
-    val = encode_pairs_df(validation_df, hp.num_entity_vectors, mopts.hash_seed, v6).select("entity_hash", "ip")
+    val = encode_pairs_df(validation_df, mopts.hash_seed, v6)
     val_files = write_parquet_single(val.coalesce(1), str(work / "validation"))
     n_val = val.count()
     if n_val == 0:
@@ -281,3 +283,33 @@ def tune(
     )
     log.info("best: trial %d, discriminator_auc=%.4f, %s", best.number, best.objective, best.params)
     return TuningResult(records=records, table=table, best=best, best_model_dir=best_dir, output=out)
+
+
+@dataclass(frozen=True)
+class TuneInputs:
+    """Where the tuning job's pairs come from: events tables (with day windows) or headerless CSV files."""
+
+    train: str
+    validation: str
+    format: str = "auto"  # auto | events | csv (both inputs)
+    start_date: str | None = None
+    end_date: str | None = None
+    validation_start_date: str | None = None
+    validation_end_date: str | None = None
+
+
+def run_tune_job(
+    spark: SparkSession, cfg: TuneConfig, base: TrainConfig, inputs: TuneInputs, output: str | Path
+) -> TuningResult:
+    """Read the inputs and :func:`tune`; an input that cannot be read raises :class:`DataFormatError`."""
+    from ipinsights.storage.sagemaker_csv import read_pairs_table
+
+    log.info("tuning %d trials (%d in parallel, %s, seed %d) over %s", cfg.max_jobs, cfg.max_parallel_jobs,
+             cfg.strategy, cfg.seed, ", ".join(r.name for r in cfg.space))  # fmt: skip
+    try:
+        train_df = read_pairs_table(spark, inputs.train, inputs.format, inputs.start_date, inputs.end_date)
+        val_df = read_pairs_table(spark, inputs.validation, inputs.format, inputs.validation_start_date,
+                                  inputs.validation_end_date or inputs.validation_start_date)  # fmt: skip
+    except ValueError as exc:  # a bad format or dates for a CSV: a usage error, like a bad config
+        raise DataFormatError(str(exc)) from exc
+    return tune(spark, train_df, val_df, cfg, base, output)

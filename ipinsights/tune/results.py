@@ -59,12 +59,6 @@ def record_of(result: Mapping[str, Any], params: dict[str, Any]) -> TrialRecord:
     )
 
 
-def json_line(obj: Any) -> str:
-    import json
-
-    return json.dumps(obj, default=str) + "\n"
-
-
 def drop_model(rec: TrialRecord) -> None:
     if rec.model_dir:
         shutil.rmtree(rec.model_dir, ignore_errors=True)

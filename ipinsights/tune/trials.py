@@ -5,6 +5,7 @@ run on a Spark executor or in this process.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import dataclasses
 import logging
 import math
 import os
@@ -13,20 +14,14 @@ import statistics
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
-from ipinsights.core.config import (
-    Hyperparameters,
-    config_from_dict,
-)
+from ipinsights.train.spec import RunSpec, read_pairs
+from ipinsights.train.trainer import EpochMetrics, Trainer, train_model
+from ipinsights.tune.config import COMPLETED, FAILED, STOPPED
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
-
-from ipinsights.tune.config import COMPLETED, FAILED, STOPPED
 
 log = logging.getLogger(__name__)
 
@@ -61,25 +56,16 @@ class PreparedData:
     n_validation: int = 0
 
 
-@dataclass
-class TrialSpec:
-    """Everything one trial needs, as plain picklable values."""
+@dataclass(kw_only=True)
+class TrialSpec(RunSpec):
+    """What one trial needs besides a :class:`RunSpec`: its number, training files and stopping rule."""
 
     number: int
-    hyperparameters: dict[str, Any]
-    model_options: dict[str, Any]
-    train_options: dict[str, Any]
     train_files: list[str]
-    validation_files: list[str]
-    trial_dir: str
-    entity_stats_file: str | None = None
     stop_below: list[float | None] = field(default_factory=list)  # per epoch; see median_running_average
     min_epochs: int = 1
     margin: float = 0.0
-    threads: int = 0
     max_parallel_jobs: int = 1
-    config: dict[str, Any] = field(default_factory=dict)
-    poison: bool = False  # test hook: start from NaN weights
 
 
 def trial_result(
@@ -113,62 +99,39 @@ def _cpu_count() -> int:
         return os.cpu_count() or 1
 
 
-def _load_pairs(files: Sequence[str], num_entity_vectors: int):
-    """Encoded pairs for this trial's ``num_entity_vectors`` (entity row = 64-bit hash mod rows)."""
-    from ipinsights.storage.parquet import read_parquet_files
-    from ipinsights.train.data import EncodedPairs
-
-    t = read_parquet_files(files, ["entity_hash", "ip"])
-    h = np.asarray(t["entity_hash"].to_numpy()).view(np.uint64)
-    rows = (h % np.uint64(num_entity_vectors)).astype(np.int64)
-    return EncodedPairs(rows, np.array(t["ip"].to_numpy(), dtype=np.int64))  # a copy: Arrow's view is read-only
-
-
-def _train_trial(spec: TrialSpec, history: list[dict[str, Any]]) -> tuple[str, str]:
-    """Train epoch by epoch, checking for divergence and the stopping rule; returns (status, model dir)."""
-    import torch
-
-    from ipinsights.core.config import ModelOptions, TrainOptions
-    from ipinsights.core.entities import ENTITY_FILE
-    from ipinsights.storage.modelfile import save_model
-    from ipinsights.train.trainer import Trainer, build_model, resolve_device
-
-    hp = config_from_dict(Hyperparameters, spec.hyperparameters)
-    mopts = config_from_dict(ModelOptions, spec.model_options)
-    topts = config_from_dict(TrainOptions, spec.train_options)
+def _train_trial(spec: TrialSpec, history: list[EpochMetrics]) -> tuple[str, str]:
+    """Train, checking for divergence and the stopping rule after every epoch; returns (status, model dir)."""
+    hp, mopts, topts = spec.options()
     # Trials share the executor's cores; more threads than cores / trials only makes them spin.
-    torch.set_num_threads(spec.threads or max(1, _cpu_count() // spec.max_parallel_jobs))
-    torch.manual_seed(topts.seed)
-    train = _load_pairs(spec.train_files, hp.num_entity_vectors)
-    validation = _load_pairs(spec.validation_files, hp.num_entity_vectors)
-    model = build_model(hp, mopts, topts.seed, resolve_device(topts.device))
-    if spec.poison:
-        with torch.no_grad():
-            model.entity_table.fill_(float("nan"))
-    trainer = Trainer(model, hp, topts)
-    status = COMPLETED
-    # Epoch by epoch (fit continues where it stopped, same shuffles as one call) so a trial can stop itself.
-    while trainer.epoch < hp.epochs:
-        (m,) = trainer.fit(train, validation, epochs=1)
-        history.append(m.as_dict())
+    topts = dataclasses.replace(topts, num_threads=topts.num_threads or max(1, _cpu_count() // spec.max_parallel_jobs))
+    train = read_pairs(spec.train_files, hp.num_entity_vectors)
+    validation = read_pairs(spec.validation_files, hp.num_entity_vectors)
+    manifest = {"tuning_trial": spec.number, "status": COMPLETED}
+
+    def check(trainer: Trainer, history: list[EpochMetrics]) -> bool:
+        m = history[-1]
         auc = m.discriminator_auc
         if not math.isfinite(m.loss) or auc is None or not math.isfinite(auc):
             raise FloatingPointError(f"diverged at epoch {m.epoch}: loss={m.loss}, discriminator_auc={auc}")
         if _should_stop(m.epoch, auc, spec, hp.epochs):
-            status = STOPPED
-            break
-    extra = {}
-    if spec.entity_stats_file:
-        extra[ENTITY_FILE] = Path(spec.entity_stats_file).read_bytes()
-    model_dir = str(Path(spec.trial_dir) / "model")
-    save_model(
-        model,
-        model_dir,
-        training={"epochs": history, "pairs": len(train), "tuning_trial": spec.number, "status": status},
+            manifest["status"] = STOPPED  # the manifest is read when the model is saved, after this epoch
+            return True
+        return False
+
+    train_model(
+        hp,
+        mopts,
+        topts,
+        train,
+        validation,
+        on_epoch_end=check,
+        history=history,
+        model_dir=spec.model_dir,
+        entity_stats=spec.entity_stats(),
         config=spec.config,
-        extra_files=extra,
+        manifest=manifest,
     )
-    return status, model_dir
+    return manifest["status"], spec.model_dir
 
 
 def run_trial(spec: TrialSpec) -> dict[str, Any]:
@@ -178,13 +141,14 @@ def run_trial(spec: TrialSpec) -> dict[str, Any]:
     """
     t0 = time.perf_counter()
     start = time.time()
-    history: list[dict[str, Any]] = []
+    history: list[EpochMetrics] = []
     try:
         status, model_dir = _train_trial(spec, history)
         error = None
     except Exception as exc:
         status, model_dir, error = FAILED, None, f"{type(exc).__name__}: {exc}"[:1000]
-    return trial_result(spec.number, status, history, error, time.perf_counter() - t0, start, model_dir)
+    records = [m.as_dict() for m in history]
+    return trial_result(spec.number, status, records, error, time.perf_counter() - t0, start, model_dir)
 
 
 class SparkTrialRunner:

@@ -1,0 +1,70 @@
+"""A training run as plain values (:class:`RunSpec`) and the files it reads and writes on an executor:
+encoded-pair Parquet work files and per-epoch metrics.
+
+A run that crosses to a Spark executor (a distributed rank, a tuning trial) gets only a spec of
+paths and dicts, never a SparkSession or a DataFrame, and reads its data itself.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ipinsights.core.config import Hyperparameters, ModelOptions, TrainOptions, config_from_dict
+from ipinsights.core.hashing import buckets_of
+from ipinsights.storage.files import atomic_write
+from ipinsights.storage.parquet import read_parquet_files
+from ipinsights.train.data import EncodedPairs
+
+__all__ = ["RunSpec", "read_pairs", "write_metrics"]
+
+
+@dataclass(kw_only=True)
+class RunSpec:
+    """What every training run on an executor needs: its configs (as dicts), where the model goes,
+    the validation pairs and the entity stats (paths), and the resolved config saved with the model."""
+
+    hyperparameters: dict[str, Any]
+    model_options: dict[str, Any]
+    train_options: dict[str, Any]
+    model_dir: str
+    validation_files: list[str] = field(default_factory=list)
+    entity_stats_file: str | None = None
+    config: dict[str, Any] = field(default_factory=dict)
+
+    def options(self) -> tuple[Hyperparameters, ModelOptions, TrainOptions]:
+        """The typed (and validated) hyperparameters, model options and train options."""
+        return (
+            config_from_dict(Hyperparameters, self.hyperparameters),
+            config_from_dict(ModelOptions, self.model_options),
+            config_from_dict(TrainOptions, self.train_options),
+        )
+
+    def entity_stats(self) -> bytes | None:
+        """The entity stats file's contents, to be saved with the model."""
+        return Path(self.entity_stats_file).read_bytes() if self.entity_stats_file else None
+
+
+def read_pairs(files: Sequence[str], num_entity_vectors: int) -> EncodedPairs:
+    """Encoded pairs from work files of (64-bit ``entity_hash``, ``ip``) rows: local paths, file: or s3 URIs.
+
+    The files hold the entities' full hashes, so that a run chooses its ``num_entity_vectors`` (a
+    tuning trial may tune it); the row is :func:`ipinsights.core.hashing.buckets_of` the hash, as for
+    every other entity row.
+    """
+    if not files:  # a rank may be dealt no bucket in an epoch
+        return EncodedPairs(np.zeros(0, np.int64), np.zeros(0, np.int64))
+    t = read_parquet_files(files, ["entity_hash", "ip"])
+    rows = buckets_of(np.asarray(t["entity_hash"].to_numpy()).view(np.uint64), num_entity_vectors)
+    return EncodedPairs(rows, np.array(t["ip"].to_numpy(), dtype=np.int64))  # a copy: Arrow's view is read-only
+
+
+def write_metrics(path: str | Path, history: Iterable[Mapping[str, Any]]) -> None:
+    """Per-epoch metrics as JSON lines (one epoch a line), written atomically."""
+    with atomic_write(path) as fh:
+        fh.writelines(json.dumps(dict(h), default=str) + "\n" for h in history)
