@@ -1,9 +1,12 @@
-"""Shared fixtures: one session-scoped local[2] SparkSession, created only if a test asks for it."""
+"""Shared fixtures: one session-scoped local[2] SparkSession (created only if a test asks for it) and the
+toy model the endpoint and export tests score with (trained once per session, copied per module)."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -34,3 +37,19 @@ def spark():
     assert pyspark is not None
     yield session
     session.stop()
+
+
+@pytest.fixture(scope="session")
+def _toy_model_once(tmp_path_factory) -> Path:
+    from servers import train_toy_model
+
+    return train_toy_model(tmp_path_factory.mktemp("toy-model") / "model")
+
+
+@pytest.fixture(scope="module")
+def toy_model(_toy_model_once, tmp_path_factory) -> Path:
+    """A small trained model (``tests/servers.train_toy_model``'s defaults) in a folder of this module's own:
+    tests write calibrations and profiles beside it, which must not leak into other modules."""
+    dst = tmp_path_factory.mktemp("model-copy") / "model"
+    shutil.copytree(_toy_model_once, dst)
+    return dst

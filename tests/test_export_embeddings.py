@@ -6,7 +6,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from servers import train_toy_model
 
 from ipinsights.score.scorer import Scorer
 from ipinsights.serve.export import ExportError, ip_batches, parse_ranges
@@ -14,8 +13,8 @@ from ipinsights_jobs import export_embeddings
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    return train_toy_model(tmp_path_factory.mktemp("export") / "model")
+def model_dir(toy_model):
+    return toy_model
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ import re
 
 import numpy as np
 import pytest
-from servers import Client, ServerProcess, train_toy_model
+from servers import Client, ServerProcess
 
 from ipinsights.score.scorer import Scorer
 from ipinsights.serve import protocol
@@ -25,8 +25,8 @@ IPS = [f"{10 + i}.{(7 * i) % 256}.{(13 * i) % 256}.{i + 1}" for i in range(len(E
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    return train_toy_model(tmp_path_factory.mktemp("serving") / "model")
+def model_dir(toy_model):
+    return toy_model
 
 
 @pytest.fixture(scope="module")

@@ -66,6 +66,7 @@ def serve(settings: ServeSettings) -> None:
         access_log=settings.access_log,
         log_level=settings.log_level,
         timeout_keep_alive=settings.keep_alive_seconds,
+        timeout_worker_healthcheck=settings.worker_healthcheck_seconds,
         server_header=False,
         proxy_headers=False,
     )

@@ -33,6 +33,10 @@ class ServeSettings:
     max_body_bytes: int = 6 * 1024 * 1024
     max_records: int = 10_000
     keep_alive_seconds: int = 5
+    # How long a worker may take to answer the supervisor's health check before it is killed and replaced.
+    # Uvicorn's 5 s default kills workers that are still importing torch and loading a large model, or
+    # that share a busy machine, so they are restarted over and over.
+    worker_healthcheck_seconds: int = 60
     access_log: bool = False
     log_level: str = "info"
     # The batch job's rules (anomaly/verbose answers): learning period, alert rule, the files beside the model.
@@ -49,6 +53,7 @@ class ServeSettings:
             ("max_body_bytes", 1, 2**31 - 1),
             ("max_records", 1, 10_000_000),
             ("keep_alive_seconds", 0, 3600),
+            ("worker_healthcheck_seconds", 1, 3600),
             ("learning_period_events", 0, 1_000_000),
         ):
             value = getattr(self, name)
