@@ -8,8 +8,6 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.spark
-
 LINE = '{ip} - {user} [{day}/Oct/2026:{hh}:30:00 -0500] "GET /login_success HTTP/1.1" 200 476 "-" "Mozilla/5.0"'
 
 
@@ -31,6 +29,7 @@ def config(tmp_path, inputs, **kw):
     return load_config(IngestConfig, "conf/ingest.yml", {k: str(v) for k, v in overrides.items()})
 
 
+@pytest.mark.spark
 def test_gzip_glob_rerun_is_idempotent(spark, tmp_path):
     from ipinsights.ingest.job import run_ingest
     from ipinsights.storage.events import read_events
@@ -66,6 +65,7 @@ def test_gzip_glob_rerun_is_idempotent(spark, tmp_path):
     assert q[0].source_file.endswith("a.log")
 
 
+@pytest.mark.spark
 @pytest.mark.parametrize("engine", ["arrow", "spark"])
 def test_bad_ratio_fails_and_writes_no_events(spark, tmp_path, engine):
     from ipinsights.ingest.job import BadInputError, run_ingest
@@ -82,6 +82,7 @@ def test_bad_ratio_fails_and_writes_no_events(spark, tmp_path, engine):
     assert spark.read.parquet(cfg.quarantine).count() == 4
 
 
+@pytest.mark.spark
 def test_main_end_to_end(spark, tmp_path, capsys):
     from ipinsights_jobs import ingest
 
@@ -107,6 +108,7 @@ def test_main_end_to_end(spark, tmp_path, capsys):
     assert ingest.main(["--config", "conf/ingest.yml", f"--inputs={path}", f"--output={out}"]) == 0
 
 
+@pytest.mark.spark
 def test_split_and_sagemaker_csv(spark, tmp_path):
     from ipinsights.ingest.job import run_ingest
     from ipinsights.storage.events import time_window_split
@@ -126,6 +128,7 @@ def test_split_and_sagemaker_csv(spark, tmp_path):
     assert not list(tmp_path.glob(".*tmp*"))
 
 
+@pytest.mark.spark
 def test_engines_write_the_same_table(spark, tmp_path):
     """The arrow engine (Python tasks, split files) and the spark engine give the same events,
     counts and quarantine for the same logs."""
@@ -217,3 +220,52 @@ def test_retried_task_leaves_one_copy(tmp_path):
     assert len(files) == 6  # 2 days + quarantine, twice
     _drop_unreported(ArrowStore(), set(done["files"]))
     assert sorted(str(f) for f in (tmp_path / "staging").rglob("*.parquet")) == sorted(done["files"])
+
+
+@pytest.mark.spark
+def test_events_reader_missing_table_is_an_error_absent_day_is_empty(spark, tmp_path):
+    """The one missing-table rule: no such table is an error naming it; a day the table lacks is no rows."""
+    from ipinsights.storage.events import EVENTS_SCHEMA, read_events
+    from ipinsights.storage.sagemaker_csv import read_pairs_table
+
+    table = str(tmp_path / "events")
+    rows = [("u1", "10.0.0.1", 167772161, 4, None, "file:/a.log", "2026-10-10")]
+    spark.createDataFrame(rows, EVENTS_SCHEMA).write.partitionBy("dt").parquet(table)
+    typo = str(tmp_path / "evnets")
+    for read in (lambda: read_events(spark, typo, "2026-10-10", "2026-10-10"), lambda: read_pairs_table(spark, typo)):
+        with pytest.raises(FileNotFoundError, match=f"events table {typo} does not exist"):
+            read()
+    assert read_events(spark, table, "2026-10-11", "2026-10-12").count() == 0  # no such day: empty
+    assert [(r.entity, r.dt) for r in read_events(spark, table, end="2026-10-10").collect()] == [("u1", "2026-10-10")]
+    assert read_pairs_table(spark, table, start_date="2026-10-10").collect() == [("u1", "10.0.0.1")]
+    with pytest.raises(ValueError, match="before start date"):
+        read_events(spark, table, "2026-10-12", "2026-10-10")
+
+
+@pytest.mark.spark
+def test_every_csv_reader_refuses_a_bad_row_naming_file_and_line(spark, tmp_path):
+    """One CSV policy: the Arrow reader and the Spark readers refuse the same row with the same message."""
+    from ipinsights.core.errors import DataFormatError
+    from ipinsights.storage.sagemaker_csv import (
+        read_pairs_csv,
+        read_pairs_csv_spark,
+        read_pairs_spark,
+        read_pairs_table,
+    )
+
+    good = write(tmp_path / "good.csv", ["u1,10.0.0.1", '"u,2",10.0.0.2', "", "u3,::1"])
+    expected = sorted([("u1", "10.0.0.1"), ("u,2", "10.0.0.2"), ("u3", "::1")])
+    assert sorted(zip(*read_pairs_csv(good).to_pydict().values(), strict=True)) == expected
+    assert sorted(read_pairs_spark(spark, good).collect()) == expected
+    assert read_pairs_csv_spark(spark, good, "2026-10-10").columns == ["entity", "ip", "ts", "dt"]
+    bad = write(tmp_path / "bad.csv", ["u1,10.0.0.1", "u2,10.0.0.2", "u3,10.0.0.3,extra", "u4"])
+    readers = {
+        "arrow": lambda: read_pairs_csv(bad),
+        "spark": lambda: read_pairs_spark(spark, bad),
+        "batch transform": lambda: read_pairs_csv_spark(spark, bad, "2026-10-10"),
+        "pairs table": lambda: read_pairs_table(spark, bad),
+    }
+    for name, read in readers.items():
+        with pytest.raises(DataFormatError, match=r"bad.csv:3: expected 2 fields, got 3: 'u3,10.0.0.3,extra'"):
+            read()
+            pytest.fail(f"the {name} reader accepted a bad row")

@@ -7,14 +7,19 @@ import datetime as dt
 import pyarrow as pa
 import pytest
 
+from ipinsights.ingest.logparse import EntityOptions, LineLimits, LineRules, ResourceFilter
+
 OK = '1.2.3.4 - bob [10/Oct/2026:23:30:00 -0500] "GET /login_success HTTP/1.1" 200 476 "-" "Mozilla/5.0"'
 
 
-def classify(lines, **kw) -> list[dict]:
+DEFAULT_RULES = LineRules()
+
+
+def classify(lines, rules: LineRules = DEFAULT_RULES) -> list[dict]:
     """classify_batch's rows, with the UTC time and day as datetimes (as the Spark wrapper gives them)."""
     from ipinsights.ingest import logparse
 
-    rows = logparse.classify_batch(pa.array(lines, pa.string()), logparse.LineRules(**kw)).to_pylist()
+    rows = logparse.classify_batch(pa.array(lines, pa.string()), rules).to_pylist()
     for r in rows:
         s = r.pop("epoch_s")
         r["ts"] = None if s is None else dt.datetime(1970, 1, 1) + dt.timedelta(seconds=s)
@@ -48,7 +53,7 @@ def test_escaped_quotes_and_common_format():
     ]
     rows = classify(lines)
     assert [r["outcome"] for r in rows] == ["kept", "kept"]
-    rows = classify(lines[:1], entity_field="user_agent")
+    rows = classify(lines[:1], LineRules(entity=EntityOptions("user_agent")))
     assert rows[0]["entity"] == 'UA "q" \\'
 
 
@@ -127,7 +132,7 @@ JUNK = [
 
 
 def test_junk_is_quarantined_with_reason():
-    rows = classify([line for line, _ in JUNK], max_line_length=8192, raw_max_chars=100)
+    rows = classify([line for line, _ in JUNK], LineRules(limits=LineLimits(max_line_length=8192, raw_max_chars=100)))
     assert [r["outcome"] for r in rows] == [reason for _, reason in JUNK]
     for row in rows:
         assert row["entity"] is None and row["dt"] is None
@@ -143,15 +148,18 @@ def test_filters_method_path_status():
         OK.replace(" bob ", " - ").replace("/login_success", "/static/app.js"),  # no user, not selected: fine
     ]
     assert [r["outcome"] for r in classify(lines)] == ["kept"] + ["filtered"] * 4
-    rows = classify(lines, methods=(), path="/(login_success|index\\.html)", path_match="regex", statuses=())
+    rows = classify(
+        lines,
+        LineRules(ResourceFilter(methods=(), path="/(login_success|index\\.html)", path_match="regex", statuses=())),
+    )
     assert [r["outcome"] for r in rows] == ["kept", "kept", "kept", "kept", "filtered"]
 
 
 def test_entity_from_query_parameter():
     line = OK.replace("/login_success", "/login_success?session=abc&acct=J%C3%BCrgen+X")
-    (row,) = classify([line], entity_field="query", query_param="acct")
+    (row,) = classify([line], LineRules(entity=EntityOptions("query", "acct")))
     assert row["entity"] == "Jürgen X"
-    (row,) = classify([line], entity_field="query", query_param="missing")
+    (row,) = classify([line], LineRules(entity=EntityOptions("query", "missing")))
     assert row["outcome"] == "missing_entity"
 
 
@@ -161,7 +169,10 @@ def test_binary_and_unicode():
     )
     assert [r["outcome"] for r in rows] == ["kept", "binary", "kept"]  # control characters in the agent are no concern
     assert rows[0]["entity"] == "b\u00f6b"
-    assert classify([OK.replace("Mozilla", "Moz\x07")], entity_field="user_agent")[0]["outcome"] == "binary"
+    assert (
+        classify([OK.replace("Mozilla", "Moz\x07")], LineRules(entity=EntityOptions("user_agent")))[0]["outcome"]
+        == "binary"
+    )
     from ipinsights.ingest import logparse
 
     invalid = pa.array([OK.encode(), OK.encode().replace(b"bob", b"b\xffb"), OK.encode()[:-3] + b'\xfe\xff"'])
@@ -188,7 +199,7 @@ def test_fast_path_and_exact_grammar_agree():
         )
     arr = pa.array(lines)
     for field in ("user", "user_agent", "ident", "referer"):
-        rules = logparse.LineRules(entity_field=field)
+        rules = LineRules(entity=EntityOptions(field))
         fast, fields = logparse._fast_fields(arr, rules)
         parsed, exact, _, _ = logparse._exact_fields([line.encode() for line in lines], rules)
         assert fast.sum() > 100 and (parsed[fast]).all()  # the fast path is a subset of the grammar
@@ -204,10 +215,32 @@ def test_classify_lines_runs_the_same_rules_in_spark(spark):
 
     lines = [OK, OK.replace("GET", "POST"), "junk", OK.replace(" bob ", " - ")]
     df = spark.createDataFrame([(v, "f.log") for v in lines], "value string, source_file string")
-    rows = [r.asDict() for r in logparse.classify_lines(df, raw_max_chars=100).collect()]
+    rows = [r.asDict() for r in logparse.classify_lines(df, LineRules(limits=LineLimits(raw_max_chars=100))).collect()]
     assert [r["outcome"] for r in rows] == ["kept", "filtered", "field_count", "missing_entity"]
     assert rows[0]["ts"] == dt.datetime(2026, 10, 11, 4, 30) and rows[0]["dt"] == dt.date(2026, 10, 11)
     assert (rows[0]["entity"], rows[0]["ip_int"], rows[0]["source_file"]) == ("bob", 16909060, "f.log")
     assert rows[2]["raw"] == "junk" and rows[1]["raw"] is None
     with pytest.raises(ValueError, match="RE2"):
-        logparse.classify_lines(df, path="(?<=x)y", path_match="regex")
+        logparse.classify_lines(df, LineRules(ResourceFilter(path="(?<=x)y", path_match="regex")))
+
+
+def test_ingest_config_sections_are_the_classifiers_options():
+    """One definition of the options: the config's sections are LineRules' parts, checked where defined."""
+    from ipinsights.core.config import ConfigError, load_config
+    from ipinsights.ingest.job import IngestConfig
+
+    def config(**kw: str) -> IngestConfig:
+        return load_config(IngestConfig, "conf/ingest.yml", {"inputs": "a.log", "output": "ev", **kw})
+
+    rules = config(**{"entity.field": "query", "query_param": "u", "methods": "get,post"}).line_rules()
+    assert rules.entity == EntityOptions("query", "u") and rules.resource.methods == ("GET", "POST")
+    assert rules.limits.max_line_length == 8192
+    for bad, message in [
+        ({"path_match": "regex", "path": "(?<=x)y"}, "not a valid RE2 regex"),
+        ({"entity.field": "query"}, "needs a query_param"),
+        ({"statuses": "99"}, "not an HTTP status"),
+        ({"max_line_length": "10"}, "max_line_length=10 is out of range"),
+        ({"max_bad_ratio": "2"}, "max_bad_ratio=2.0 is out of range"),
+    ]:
+        with pytest.raises(ConfigError, match=message):
+            config(**bad)

@@ -192,9 +192,9 @@ def _day_rows(spark, path: str, day: str) -> int:
 def test_scores_by_day_equal_scores_of_all_days(spark, world):
     """The job scores each day apart (its dt added back in the JVM): the same rows as one pass over all days."""
     from ipinsights.score.job import SCORE_COLUMNS, _scores_by_day
-    from ipinsights.storage.events import read_events_days
+    from ipinsights.storage.events import read_events
 
-    events = read_events_days(spark, world["events"], VALID, TEST)
+    events = read_events(spark, world["events"], VALID, TEST)
     setup = ScoringSetup(ScorerSource(world["model"]), thresholds=Thresholds(0.5))
     by_day = _scores_by_day(events, [VALID, TEST], setup)
     whole = score_events(events.select("entity", "ip", "ts", "dt"), setup).select(*SCORE_COLUMNS)

@@ -30,6 +30,7 @@ from typing import Any
 
 from ipinsights.core.config import ConfigError, check_float, check_int, config_to_dict
 from ipinsights.ingest import logparse
+from ipinsights.ingest.logparse import EntityOptions, LineLimits, LineRules, ResourceFilter
 from ipinsights.storage.files import write_json
 from ipinsights.storage.filesystems import ArrowStore, HadoopStore, arrow_readable, resolve_uri
 from ipinsights.storage.logfiles import LogSplit, iter_split_lines, list_log_files, plan_log_splits, read_log_lines
@@ -61,41 +62,15 @@ class BadInputError(RuntimeError):
 
 
 @dataclass(frozen=True)
-class ResourceFilter:
-    """Which requests are the events to learn from (default: successful ``GET /login_success``).
-
-    ``methods``/``statuses`` empty means any. ``path_match``: ``exact``, ``prefix`` or ``regex`` (an RE2
-    regex that must match the whole path). The path is compared without its query string. Checked
-    by :class:`ipinsights.ingest.logparse.LineRules` when the :class:`IngestConfig` is built.
-    """
-
-    methods: tuple[str, ...] = ("GET",)
-    path: str = "/login_success"
-    path_match: str = "exact"
-    statuses: tuple[int, ...] = (200,)
-
-
-@dataclass(frozen=True)
-class EntityOptions:
-    """Where the entity comes from: ``user`` (authenticated user, default), ``ident``, ``user_agent``,
-    ``referer``, or ``query`` (the URL query parameter ``query_param``, URL-decoded)."""
-
-    field: str = "user"
-    query_param: str = ""
-
-
-@dataclass(frozen=True)
-class QualityOptions:
-    """Bad-line handling. The run fails (writing no events) when quarantined/read > ``max_bad_ratio``."""
+class QualityOptions(LineLimits):
+    """Bad-line handling: the classifier's line limits, and the run fails (writing no events) when
+    quarantined/read > ``max_bad_ratio``."""
 
     max_bad_ratio: float = 0.05
-    max_line_length: int = 8192
-    raw_max_chars: int = 2048
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         check_float("max_bad_ratio", self.max_bad_ratio, 0.0, 1.0)
-        check_int("max_line_length", self.max_line_length, 64, 1 << 24)
-        check_int("raw_max_chars", self.raw_max_chars, 16, 1 << 20)
 
 
 ENGINES = ("auto", "arrow", "spark")
@@ -104,6 +79,9 @@ ENGINES = ("auto", "arrow", "spark")
 @dataclass(frozen=True)
 class IngestConfig:
     """Everything an ingest run needs, as loaded from ``conf/ingest.yml`` plus overrides.
+
+    The sections ``resource``, ``entity`` and ``quality`` are the classifier's own option classes
+    (:mod:`ipinsights.ingest.logparse`), so that what a valid filter is is defined once, there.
 
     ``quarantine`` defaults to ``<output>_quarantine`` and ``summary`` to
     ``<output>_summaries/<run_id>.json``; ``run_id`` defaults to the UTC start time. ``engine``:
@@ -139,29 +117,15 @@ class IngestConfig:
                 raise ConfigError(f"engine=arrow reads local paths, file:// and s3:// only, not {odd}")
         if self.run_id and not re.fullmatch(r"[A-Za-z0-9_.:-]+", self.run_id):
             raise ConfigError(f"run_id={self.run_id!r} may only hold letters, digits and _.:-")
-        try:
-            self.line_rules()
-        except ValueError as exc:
-            raise ConfigError(str(exc)) from None
         run_id = self.run_id or datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
         out = self.output.rstrip("/")
         object.__setattr__(self, "run_id", run_id)
         object.__setattr__(self, "quarantine", self.quarantine or f"{out}_quarantine")
         object.__setattr__(self, "summary", self.summary or f"{out}_summaries/{run_id}.json")
 
-    def line_rules(self) -> logparse.LineRules:
-        """The classifier's settings (checked there: one definition of what a valid filter is)."""
-        r, e, q = self.resource, self.entity, self.quality
-        return logparse.LineRules(
-            methods=tuple(r.methods),
-            path=r.path,
-            path_match=r.path_match,
-            statuses=tuple(r.statuses),
-            entity_field=e.field,
-            query_param=e.query_param,
-            max_line_length=q.max_line_length,
-            raw_max_chars=q.raw_max_chars,
-        )
+    def line_rules(self) -> LineRules:
+        """The classifier's settings: the config's own sections (each checked itself when it was built)."""
+        return LineRules(self.resource, self.entity, self.quality)
 
     def resolved_engine(self) -> str:
         """``auto`` -> ``arrow`` for local inputs and output (no shuffle asked for), else ``spark``."""
@@ -214,7 +178,7 @@ def _summarise(rows: list, cfg: IngestConfig) -> dict[str, Any]:
 class _SplitTask:
     """What an ``arrow`` engine task needs (picklable: no Spark in it)."""
 
-    rules: logparse.LineRules
+    rules: LineRules
     staging: str
 
 
@@ -318,7 +282,7 @@ def _stage_spark(spark, cfg: IngestConfig, staging: str):
     from pyspark.sql import functions as F
 
     lines = read_log_lines(spark, list(cfg.inputs))
-    classified = logparse.classify_lines(lines, **vars(cfg.line_rules()))
+    classified = logparse.classify_lines(lines, cfg.line_rules())
     outcome = F.col("outcome")
     kept = outcome == logparse.KEPT
     bad = logparse.quarantined(outcome)

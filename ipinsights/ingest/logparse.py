@@ -32,13 +32,14 @@ import ipaddress
 import re
 import urllib.parse
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from ipinsights.core.config import ConfigError, check_int
 from ipinsights.core.ip import parse_ipv4
 
 if TYPE_CHECKING:
@@ -51,7 +52,10 @@ __all__ = [
     "OUTCOMES",
     "PATH_MATCH_MODES",
     "REASONS",
+    "EntityOptions",
+    "LineLimits",
     "LineRules",
+    "ResourceFilter",
     "canonical_ip",
     "classify_batch",
     "classify_lines",
@@ -117,52 +121,83 @@ _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct",
 
 
 @dataclass(frozen=True)
-class LineRules:
-    """Which lines become events, and from which field the entity comes.
+class ResourceFilter:
+    """Which requests are the events to learn from (default: successful ``GET /login_success``).
 
-    ``methods``/``statuses`` empty means any. ``path_match``: ``exact``, ``prefix`` or ``regex`` (an
-    RE2 regex that must match the whole path, which is compared without its query string). Entity
-    ``field``: ``user`` (authenticated user), ``ident``, ``user_agent``, ``referer`` or ``query`` (the
-    URL query parameter ``query_param``, URL-decoded).
+    ``methods``/``statuses`` empty means any. ``path_match``: ``exact``, ``prefix`` or ``regex`` (an RE2
+    regex that must match the whole path). The path is compared without its query string.
     """
 
     methods: tuple[str, ...] = ("GET",)
     path: str = "/login_success"
     path_match: str = "exact"
     statuses: tuple[int, ...] = (200,)
-    entity_field: str = "user"
-    query_param: str = ""
-    max_line_length: int = 8192
-    raw_max_chars: int = 2048
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "methods", tuple(str(m).upper() for m in self.methods))
         object.__setattr__(self, "statuses", tuple(int(s) for s in self.statuses))
         for m in self.methods:
             if not re.fullmatch(r"[A-Z]+", m):
-                raise ValueError(f"methods: {m!r} is not an HTTP method")
+                raise ConfigError(f"methods: {m!r} is not an HTTP method")
         for st in self.statuses:
             if not 100 <= st <= 999:
-                raise ValueError(f"statuses: {st} is not an HTTP status (100-999)")
+                raise ConfigError(f"statuses: {st} is not an HTTP status (100-999)")
         if self.path_match not in PATH_MATCH_MODES:
-            raise ValueError(f"path_match={self.path_match!r} must be one of {', '.join(PATH_MATCH_MODES)}")
+            raise ConfigError(f"path_match={self.path_match!r} must be one of {', '.join(PATH_MATCH_MODES)}")
         if not self.path:
-            raise ValueError("path must not be empty (use path_match=regex and path=.* for any path)")
+            raise ConfigError("path must not be empty (use path_match=regex and path=.* for any path)")
         if self.path_match == "regex":
             try:  # RE2 is what runs; refuse what it cannot compile now, not in the middle of a job
-                pc.match_substring_regex(pa.array([""]), self._path_regex)
+                pc.match_substring_regex(pa.array([""]), self.path_regex)
             except pa.ArrowInvalid as exc:
-                raise ValueError(f"path={self.path!r} is not a valid RE2 regex: {exc}") from None
-        if self.entity_field not in ENTITY_FIELDS:
-            raise ValueError(f"entity field {self.entity_field!r} must be one of {', '.join(ENTITY_FIELDS)}")
-        if self.entity_field == "query" and not self.query_param:
-            raise ValueError("entity field 'query' needs a query_param (the parameter's name)")
-        if self.max_line_length < 1 or self.raw_max_chars < 1:
-            raise ValueError("max_line_length and raw_max_chars must be positive")
+                raise ConfigError(f"path={self.path!r} is not a valid RE2 regex: {exc}") from None
 
     @property
-    def _path_regex(self) -> str:
-        return f"^(?:{self.path})$"  # whole-path match: 'login' must not hit '/x/loginfo'
+    def path_regex(self) -> str:
+        """The RE2 regex of ``path_match=regex``: whole-path match ('login' must not hit '/x/loginfo')."""
+        return f"^(?:{self.path})$"
+
+
+@dataclass(frozen=True)
+class EntityOptions:
+    """Where the entity comes from: ``user`` (authenticated user, default), ``ident``, ``user_agent``,
+    ``referer``, or ``query`` (the URL query parameter ``query_param``, URL-decoded)."""
+
+    field: str = "user"
+    query_param: str = ""
+
+    def __post_init__(self) -> None:
+        if self.field not in ENTITY_FIELDS:
+            raise ConfigError(f"entity field {self.field!r} must be one of {', '.join(ENTITY_FIELDS)}")
+        if self.field == "query" and not self.query_param:
+            raise ConfigError("entity field 'query' needs a query_param (the parameter's name)")
+
+
+@dataclass(frozen=True)
+class LineLimits:
+    """Lines longer than ``max_line_length`` bytes are quarantined unparsed (as ``overlong``); a
+    quarantined line keeps at most ``raw_max_chars`` characters."""
+
+    max_line_length: int = 8192
+    raw_max_chars: int = 2048
+
+    def __post_init__(self) -> None:
+        check_int("max_line_length", self.max_line_length, 64, 1 << 24)
+        check_int("raw_max_chars", self.raw_max_chars, 16, 1 << 20)
+
+
+@dataclass(frozen=True)
+class LineRules:
+    """Everything the classifier is told: which lines become events, where the entity comes from, and
+    the line limits.
+
+    Each part checks its values when it is built (a bad one raises :class:`ConfigError`): the ingest
+    job's config sections are these same classes (:class:`ipinsights.ingest.job.IngestConfig`).
+    """
+
+    resource: ResourceFilter = field(default_factory=ResourceFilter)
+    entity: EntityOptions = field(default_factory=EntityOptions)
+    limits: LineLimits = field(default_factory=LineLimits)
 
 
 def quarantined(outcome: Column) -> Column:
@@ -363,9 +398,9 @@ def _structure_reason(raw: bytes, text: str, valid_utf8: bool, max_line_length: 
 def _fast_fields(lines: pa.StringArray, rules: LineRules) -> tuple[np.ndarray, dict[str, pa.Array]]:
     """(rows split here, their fields) for the usual line; other rows hold junk to be replaced."""
     ascii_ = pc.string_is_ascii(lines)
-    ok = pc.fill_null(pc.and_(ascii_, pc.less_equal(pc.binary_length(lines), rules.max_line_length)), False)
+    ok = pc.fill_null(pc.and_(ascii_, pc.less_equal(pc.binary_length(lines), rules.limits.max_line_length)), False)
     v = pc.if_else(ok, lines, _TEMPLATE)  # the kernels below see ASCII only (RE2 and bad UTF-8: no)
-    tail = rules.entity_field in ("referer", "user_agent")
+    tail = rules.entity.field in ("referer", "user_agent")
     ok = _np(ok) & _np(pc.match_substring_regex(v, _FAST_TAIL_RE2 if tail else _FAST_RE2))
     v = pc.if_else(_mask(ok), v, _TEMPLATE)
     # By _FAST*, the quotes split the line into [head, request, " sss bbb ", referer, " ", agent, ""]
@@ -378,7 +413,7 @@ def _fast_fields(lines: pa.StringArray, rules: LineRules) -> tuple[np.ndarray, d
     )
     fields["status"] = pc.utf8_slice_codeunits(q.piece(2), 1, 4)
     for name, split, i in (("ident", head, 1), ("user", head, 2), ("referer", q, 3), ("user_agent", q, 5)):
-        if name == rules.entity_field:
+        if name == rules.entity.field:
             fields[name] = split.piece(i)
     return ok, fields
 
@@ -397,9 +432,9 @@ def _exact_fields(raw: list[bytes | None], rules: LineRules):
         except UnicodeDecodeError:
             text, valid = b.decode("utf-8", "replace"), False
         texts.append(text)
-        m = _GRAMMAR_PY.fullmatch(text) if len(b) <= rules.max_line_length else None
+        m = _GRAMMAR_PY.fullmatch(text) if len(b) <= rules.limits.max_line_length else None
         parsed.append(m is not None)
-        reasons.append(None if m else _structure_reason(b, text, valid, rules.max_line_length))
+        reasons.append(None if m else _structure_reason(b, text, valid, rules.limits.max_line_length))
         for f in _FIELDS:
             value = m.group(f) if m else None
             if value is not None and f in ("referer", "user_agent") and "\\" in value:
@@ -417,24 +452,26 @@ def _selected(fields: dict[str, pa.Array], rules: LineRules) -> tuple[np.ndarray
     url = _Split(pc.fill_null(request.piece(1), ""), "?", max_splits=1)
     method, path = request.piece(0), url.piece(0)
     cond = pa.scalar(True)
-    if rules.methods:
-        cond = pc.and_(cond, pc.is_in(method, value_set=pa.array(rules.methods)))
-    if rules.path_match == "exact":
-        cond = pc.and_(cond, pc.equal(path, rules.path))
-    elif rules.path_match == "prefix":
-        cond = pc.and_(cond, pc.starts_with(path, rules.path))
+    if rules.resource.methods:
+        cond = pc.and_(cond, pc.is_in(method, value_set=pa.array(rules.resource.methods)))
+    if rules.resource.path_match == "exact":
+        cond = pc.and_(cond, pc.equal(path, rules.resource.path))
+    elif rules.resource.path_match == "prefix":
+        cond = pc.and_(cond, pc.starts_with(path, rules.resource.path))
     else:
-        cond = pc.and_(cond, pc.match_substring_regex(path, rules._path_regex))
-    if rules.statuses:
-        cond = pc.and_(cond, pc.is_in(fields["status"], value_set=pa.array([f"{s:03d}" for s in rules.statuses])))
+        cond = pc.and_(cond, pc.match_substring_regex(path, rules.resource.path_regex))
+    if rules.resource.statuses:
+        cond = pc.and_(
+            cond, pc.is_in(fields["status"], value_set=pa.array([f"{s:03d}" for s in rules.resource.statuses]))
+        )
     return _np(pc.fill_null(cond, False)), url
 
 
 def _entity(fields: dict[str, pa.Array], url: _Split, rules: LineRules) -> pa.Array:
-    if rules.entity_field != "query":
-        return fields[rules.entity_field]
+    if rules.entity.field != "query":
+        return fields[rules.entity.field]
     query = _Split(url.piece(1), "#", max_splits=1).piece(0)
-    value = pc.struct_field(pc.extract_regex(query, f"(?:^|&){re.escape(rules.query_param)}=(?P<v>[^&]*)"), "v")
+    value = pc.struct_field(pc.extract_regex(query, f"(?:^|&){re.escape(rules.entity.query_param)}=(?P<v>[^&]*)"), "v")
     encoded = _np(pc.fill_null(pc.or_(pc.match_substring(value, "%"), pc.match_substring(value, "+")), False))
     return _apply(value, encoded, _url_decode)
 
@@ -463,7 +500,7 @@ def classify_batch(lines: pa.Array, rules: LineRules = LineRules()) -> pa.Record
         code[np.flatnonzero(slow)[~ok]] = [_CODE[r] for r in reasons if r is not None]
         for f in fields:
             fields[f] = pc.replace_with_mask(fields[f], _mask(slow), pa.array(columns[f], pa.string()))
-        raw_slow = [t[: rules.raw_max_chars] for t in texts]
+        raw_slow = [t[: rules.limits.raw_max_chars] for t in texts]
     sel, url = _selected(fields, rules)
     sel &= parsed
     code[parsed & ~sel] = _CODE[FILTERED]
@@ -494,7 +531,7 @@ def classify_batch(lines: pa.Array, rules: LineRules = LineRules()) -> pa.Record
     if (quarantine & fast).any():  # ASCII lines: characters are bytes
         rows = quarantine & fast
         raw_text = pc.replace_with_mask(
-            raw_text, _mask(rows), pc.utf8_slice_codeunits(lines.filter(_mask(rows)), 0, rules.raw_max_chars)
+            raw_text, _mask(rows), pc.utf8_slice_codeunits(lines.filter(_mask(rows)), 0, rules.limits.raw_max_chars)
         )
     if slow.any():
         raw_text = pc.replace_with_mask(raw_text, _mask(slow), pa.array(raw_slow, pa.string()))
@@ -524,17 +561,16 @@ def _arrow_classifier(rules: LineRules) -> Callable[[pa.Array], pa.Array]:
     return classify
 
 
-def classify_lines(lines: DataFrame, **rules) -> DataFrame:
+def classify_lines(lines: DataFrame, rules: LineRules = LineRules()) -> DataFrame:
     """:func:`classify_batch` over a Spark DataFrame of ``value`` and ``source_file``, in the Python workers.
 
-    ``rules`` are :class:`LineRules`' fields. Returns ``outcome``, ``source_file``, ``entity``,
+    Returns ``outcome``, ``source_file``, ``entity``,
     ``ip``, ``ip_int``, ``ip_version``, ``ts`` (UTC timestamp), ``dt`` (its UTC day) and ``raw``.
     Only ``value`` travels to Python (the file name stays in the JVM, attached to each result row).
     """
     from pyspark.sql import functions as F
 
-    spec = LineRules(**rules)  # checks the options before any work
-    udf = F.arrow_udf(_arrow_classifier(spec), _RESULT_TYPE)
+    udf = F.arrow_udf(_arrow_classifier(rules), _RESULT_TYPE)
     r = lines.select("source_file", udf(F.col("value")).alias("_r"))
     epoch = F.col("_r.epoch_s")
     return r.select(

@@ -284,7 +284,7 @@ def resolve_threshold(spark: SparkSession, cfg: ScoreConfig, profile: str | None
         medium_fpr,
         save_calibration,
     )
-    from ipinsights.storage.events import read_events_days as read_events
+    from ipinsights.storage.events import read_events
     from ipinsights.storage.modelfile import calibration_path, model_fingerprint
 
     if cfg.threshold is not None:
@@ -339,7 +339,7 @@ def resolve_profile(spark: SparkSession, cfg: ScoreConfig) -> str | None:
     """Path of usable entity profiles for the model: the stored ones, or new ones built from the training days."""
     from ipinsights.score.profile_build import build_profiles
     from ipinsights.score.profiles import EntityProfiles, ProfileError
-    from ipinsights.storage.events import read_events_days
+    from ipinsights.storage.events import read_events
     from ipinsights.storage.modelfile import profile_path
 
     path = Path(cfg.profile) if cfg.profile else profile_path(cfg.model)
@@ -353,7 +353,7 @@ def resolve_profile(spark: SparkSession, cfg: ScoreConfig) -> str | None:
         log.warning("no entity profiles at %s and no training days to build them from: no percentiles or "
                     "explanations (set train_start_date and train_end_date)", path)  # fmt: skip
         return None
-    history = read_events_days(spark, cfg.events, cfg.train_start_date, cfg.train_end_date)
+    history = read_events(spark, cfg.events, cfg.train_start_date, cfg.train_end_date)
     profiles = build_profiles(history, cfg.model, cfg.asn_table, cfg.max_networks)
     profiles.save(path)
     log.info("entity profiles of %d entities (dt %s..%s) saved to %s", len(profiles), cfg.train_start_date,
@@ -381,7 +381,7 @@ def run_score_job(spark: SparkSession, cfg: ScoreConfig, days: list[str], input_
     from pyspark.sql import functions as F
 
     from ipinsights.score.report import day_counts, score_histograms, write_day_report
-    from ipinsights.storage.events import present_days, read_events_days, read_table_days
+    from ipinsights.storage.events import present_days, read_events, read_table_days
     from ipinsights.storage.modelfile import read_manifest
     from ipinsights.storage.publish import delete_partitions, write_partitions
     from ipinsights.storage.sagemaker_csv import read_pairs_csv_spark
@@ -406,7 +406,7 @@ def run_score_job(spark: SparkSession, cfg: ScoreConfig, days: list[str], input_
     else:
         if cfg.events is None:
             raise ValueError("no input: set events (the events table) or give a CSV")
-        events = read_events_days(spark, cfg.events, days[0], days[-1])
+        events = read_events(spark, cfg.events, days[0], days[-1])
         input_days = present_days(events)
     empty = sorted(set(days) - input_days)
     if empty:
@@ -421,7 +421,7 @@ def run_score_job(spark: SparkSession, cfg: ScoreConfig, days: list[str], input_
     counts = day_counts(scores, days)
     history = None
     if cfg.events is not None and cfg.train_start_date is not None and cfg.train_end_date is not None:
-        history = read_events_days(spark, cfg.events, cfg.train_start_date, cfg.train_end_date)
+        history = read_events(spark, cfg.events, cfg.train_start_date, cfg.train_end_date)
     else:
         log.warning("train_start_date/train_end_date not set: flagged cases get no /24 and /16 context")
     flagged = flagged_with_context(scores.where(F.col("flagged")), history, threshold.value, setup)

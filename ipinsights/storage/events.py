@@ -1,4 +1,4 @@
-"""The events table (``dt=YYYY-MM-DD`` partitions of entity, ip, ts, source file): readers and day windows.
+"""The events table (``dt=YYYY-MM-DD`` partitions of entity, ip, ts, source file): its reader and day windows.
 
 The tutorial trains on the first days, validates on the next one and tests on the rest; here the
 split is by whole UTC days (``dt`` partitions), so that each split reads only its own partitions.
@@ -6,67 +6,83 @@ split is by whole UTC days (``dt`` partitions), so that each split reads only it
 
 from __future__ import annotations
 
-import datetime as dt
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from pyspark.sql import DataFrame, SparkSession
 from datetime import date, timedelta
+from typing import TYPE_CHECKING
 
 from ipinsights.storage.filesystems import path_exists
 
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame, SparkSession
 
-def read_events(spark, path: str, start_date: str | None = None, end_date: str | None = None):
-    """The ingest job's events table, pruned to the ``dt`` partitions in [start_date, end_date]."""
-    from pyspark.sql import functions as F
-
-    df = spark.read.parquet(path)
-    if start_date:
-        df = df.where(F.col("dt") >= F.lit(start_date))
-    if end_date:
-        df = df.where(F.col("dt") <= F.lit(end_date))
-    return df
+#: The ingest job's events table. ``dt`` is read as a string (not inferred as a date), so that days
+#: compare and print the same in every reader.
+EVENTS_SCHEMA = "entity string, ip string, ip_int long, ip_version int, ts timestamp, source_file string, dt string"
 
 
-#: The ingest job's events table (partition column ``dt`` read as a string, not inferred as a date).
-EVENTS_SCHEMA = "entity string, ip string, ip_int long, ip_version int, ts timestamp, dt string"
+def _parse_day(text: str, what: str) -> date:
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise ValueError(f"{what} {text!r} must look like 2024-01-31") from None
 
 
 def day_range(start: str, end: str) -> list[str]:
     """``YYYY-MM-DD`` days from ``start`` to ``end`` inclusive (refuses a reversed or malformed range)."""
-    try:
-        a, b = dt.date.fromisoformat(start), dt.date.fromisoformat(end)
-    except ValueError as exc:
-        raise ValueError(f"dates must look like 2024-01-31: {exc}") from None
+    a, b = _parse_day(start, "start date"), _parse_day(end, "end date")
     if b < a:
         raise ValueError(f"end date {end} is before start date {start}")
-    return [(a + dt.timedelta(days=i)).isoformat() for i in range((b - a).days + 1)]
+    return [(a + timedelta(days=i)).isoformat() for i in range((b - a).days + 1)]
 
 
-def read_table_days(spark: SparkSession, path: str, schema: str, days: Iterable[str]) -> DataFrame:
-    """Rows of the ``dt``-partitioned Parquet table at ``path`` for ``days`` (partition-pruned).
+def _partitioned(spark: SparkSession, path: str, schema: str) -> DataFrame:
+    # basePath: ``dt`` stays a column even where ``path`` is one partition's folder.
+    return spark.read.schema(schema).option("basePath", path).parquet(path)
 
-    A table that does not exist yet reads as empty (a first run, or a day nobody ingested), not an error.
+
+def read_events(spark: SparkSession, path: str, start: str | None = None, end: str | None = None) -> DataFrame:
+    """The events table's rows of days ``start``..``end`` (UTC, inclusive; either bound may be left
+    open), partition-pruned: entity, ip, ip_int, ip_version, ts, source_file, dt.
+
+    The missing-table rule: a ``path`` that does not exist is an error (:class:`FileNotFoundError`
+    naming it), because a typo must never read as "no events"; a day that the table does not hold
+    reads as no rows (a day nobody ingested, or a quiet one).
     """
     from pyspark.sql import functions as F
 
-    days = sorted(set(days))
+    if start is not None and end is not None:
+        day_range(start, end)  # checks both dates and their order
+    else:
+        for text, what in ((start, "start date"), (end, "end date")):
+            if text is not None:
+                _parse_day(text, what)
+    if not path_exists(spark, path):
+        raise FileNotFoundError(f"events table {path} does not exist (run the ingest job first, or check the path)")
+    df = _partitioned(spark, path, EVENTS_SCHEMA)
+    if start is not None:
+        df = df.where(F.col("dt") >= F.lit(start))  # ISO days order as strings
+    if end is not None:
+        df = df.where(F.col("dt") <= F.lit(end))
+    return df
+
+
+def read_table_days(spark: SparkSession, path: str, schema: str, days: Iterable[str]) -> DataFrame:
+    """Rows of ``days`` from a ``dt``-partitioned table a job writes (scores, flagged), partition-pruned.
+
+    Unlike the events table (:func:`read_events`), such an output table is read back by the job that
+    writes it: where no day had rows it was never created, and it reads as empty.
+    """
+    from pyspark.sql import functions as F
+
     if not path_exists(spark, path):
         return spark.createDataFrame([], schema)
-    df = spark.read.schema(schema).option("basePath", path).parquet(path)
-    return df.where(F.col("dt").isin(days))
-
-
-def read_events_days(spark: SparkSession, path: str, start: str, end: str) -> DataFrame:
-    """The events table's rows for days ``start``..``end`` (UTC, inclusive): entity, ip, ip_int, ip_version, ts, dt."""
-    return read_table_days(spark, path, EVENTS_SCHEMA, day_range(start, end))
+    return _partitioned(spark, path, schema).where(F.col("dt").isin(sorted(set(days))))
 
 
 def present_days(df: DataFrame) -> set[str]:
     """Distinct ``dt`` values of ``df`` (on a partitioned table this reads only file metadata)."""
-    return {r["dt"] for r in df.select("dt").distinct().collect()}
+    return {str(r["dt"]) for r in df.select("dt").distinct().collect()}
 
 
 @dataclass(frozen=True)
@@ -84,21 +100,26 @@ def day_windows(start: date | str, train_days: int, validation_days: int = 1, te
         raise ValueError(
             f"need train_days >= 1 and non-negative others, got {train_days}/{validation_days}/{test_days}"
         )
-    first = date.fromisoformat(start) if isinstance(start, str) else start
+    first = _parse_day(start, "start date") if isinstance(start, str) else start
 
-    def window(offset: int, n: int) -> tuple[date, date] | None:
-        return (first + timedelta(days=offset), first + timedelta(days=offset + n - 1)) if n else None
+    def window(offset: int, n: int) -> tuple[date, date]:
+        return first + timedelta(days=offset), first + timedelta(days=offset + n - 1)
 
     return DayWindows(
-        train=window(0, train_days),  # type: ignore[arg-type]
-        validation=window(train_days, validation_days),
-        test=window(train_days + validation_days, test_days),
+        train=window(0, train_days),
+        validation=window(train_days, validation_days) if validation_days else None,
+        test=window(train_days + validation_days, test_days) if test_days else None,
     )
 
 
 def time_window_split(
-    spark, events_path: str, train_days: int, validation_days: int = 1, test_days: int = 0, start: str | None = None
-) -> dict:
+    spark: SparkSession,
+    events_path: str,
+    train_days: int,
+    validation_days: int = 1,
+    test_days: int = 0,
+    start: str | None = None,
+) -> dict[str, DataFrame]:
     """``{"train": df, "validation": df, "test": df}`` (splits with 0 days left out) from the events table.
 
     ``start`` defaults to the table's first ``dt``, found from the partition column alone (a metadata
@@ -107,10 +128,10 @@ def time_window_split(
     from pyspark.sql import functions as F
 
     if start is None:
-        first = read_events(spark, events_path).agg(F.min("dt")).first()[0]
-        if first is None:
+        row = read_events(spark, events_path).agg(F.min("dt")).first()
+        if row is None or row[0] is None:
             raise ValueError(f"{events_path}: the events table holds no rows")
-        start = str(first)
+        start = str(row[0])
     windows = day_windows(start, train_days, validation_days, test_days)
     out = {}
     for name in ("train", "validation", "test"):

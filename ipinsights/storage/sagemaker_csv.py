@@ -1,53 +1,81 @@
 """SageMaker's CSV formats: headerless ``entity,ip`` training pairs and labelled ``entity,ip,label[,kind]``
 rows, read in one process (Arrow) or on Spark, and written for batch transform.
+
+One policy for every reader: a row with the wrong number of fields is an error
+(:class:`~ipinsights.core.errors.DataFormatError` naming the file, the line and the row), raised before
+any work uses the rows. Nothing is dropped or null-filled silently: a broken export must not train or
+score as something else. Blank lines are no rows (both Arrow and Spark skip them).
 """
 
 from __future__ import annotations
 
+import csv
+import io
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
-if TYPE_CHECKING:
-    from pyspark.sql import DataFrame, SparkSession
 from ipinsights.core.errors import DataFormatError
 from ipinsights.storage.events import read_events
 from ipinsights.storage.files import is_local, local_path
-from ipinsights.storage.filesystems import hadoop_path, resolve_uri
+from ipinsights.storage.filesystems import arrow_fs, hadoop_path, resolve_uri
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame, SparkSession
+
+#: SageMaker's training format: headerless rows of these fields.
+PAIRS_COLUMNS = ("entity", "ip")
+_CORRUPT = "_corrupt_record"  # Spark's column for the raw text of a row that did not parse
 
 
-def _line_number(path: Path, text: str) -> int | str:
-    """1-based line of ``text`` in ``path`` (Arrow's multithreaded reader does not know it); error path only."""
-    with open(path, encoding="utf-8", errors="replace") as fh:
-        for i, line in enumerate(fh, 1):
-            if line.rstrip("\r\n") == text:
-                return i
-    return "?"
+def _line_number(uri: str, text: str) -> int | None:
+    """1-based line of ``text`` in the file at ``uri`` (local, ``file:`` or S3; compressed by extension),
+    or None where it cannot be found. Error path only: the readers do not know it (Arrow's multithreaded
+    reader, Spark)."""
+    try:
+        fs, path = arrow_fs(uri)
+        with fs.open_input_stream(path, compression="detect") as raw:
+            for i, line in enumerate(io.TextIOWrapper(raw, encoding="utf-8", errors="replace"), 1):
+                if line.rstrip("\r\n") == text:
+                    return i
+    except (OSError, ValueError):  # a filesystem pyarrow cannot open: the message goes without a line
+        pass
+    return None
 
 
-def _read_headerless_csv(path: str | Path, columns: list[str], min_columns: int) -> pa.Table:
+def _bad_row(uri: str, line: int | None, columns: Sequence[str], text: str) -> DataFormatError:
+    """The one message of a CSV row with the wrong number of fields, whichever reader found it."""
+    got = len(next(csv.reader([text]), []))
+    where = f"{uri}:{line if line is not None else '?'}"
+    return DataFormatError(
+        f"{where}: expected {len(columns)} fields, got {got}: {text!r} (columns: {', '.join(columns)})"
+    )
+
+
+def _read_headerless_csv(path: str | Path, columns: list[str]) -> pa.Table:
     """Read a headerless CSV as strings; a row with the wrong number of fields is an error naming it."""
     path = Path(path)
     if not path.exists():
         raise DataFormatError(f"{path}: no such file")
     if path.stat().st_size == 0:
         raise DataFormatError(f"{path}: file holds no rows")
-    bad: list[str] = []
+    bad: list[DataFormatError] = []
 
     def on_invalid(row: pacsv.InvalidRow) -> str:
-        # Keep the first few for the message; line numbers from Arrow are 1-based physical lines.
-        if len(bad) < 5:
-            line = row.number if row.number is not None else _line_number(path, row.text)
-            bad.append(f"{path}:{line}: expected {row.expected_columns} fields, got {row.actual_columns}: {row.text!r}")
+        # Keep the first for the message; line numbers from Arrow are 1-based physical lines.
+        if not bad:
+            line = row.number if row.number is not None else _line_number(str(path), row.text)
+            bad.append(_bad_row(str(path), line, columns, row.text))
         return "error"
 
     try:
         table = pacsv.read_csv(
             path,
             read_options=pacsv.ReadOptions(column_names=columns, block_size=1 << 24),
-            parse_options=pacsv.ParseOptions(invalid_row_handler=on_invalid if min_columns == len(columns) else None),
+            parse_options=pacsv.ParseOptions(invalid_row_handler=on_invalid),
             convert_options=pacsv.ConvertOptions(
                 column_types={c: pa.string() for c in columns},
                 strings_can_be_null=False,
@@ -55,8 +83,7 @@ def _read_headerless_csv(path: str | Path, columns: list[str], min_columns: int)
             ),
         )
     except pa.ArrowInvalid as exc:
-        detail = bad[0] if bad else f"{path}: {exc}"
-        raise DataFormatError(f"{detail} (columns: {', '.join(columns)})") from None
+        raise (bad[0] if bad else DataFormatError(f"{path}: {exc} (columns: {', '.join(columns)})")) from None
     if table.num_rows == 0:
         raise DataFormatError(f"{path}: file holds no rows")
     return table
@@ -64,7 +91,7 @@ def _read_headerless_csv(path: str | Path, columns: list[str], min_columns: int)
 
 def read_pairs_csv(path: str | Path) -> pa.Table:
     """SageMaker's training format: headerless ``entity,ip`` rows -> table (entity, ip) of strings."""
-    return _read_headerless_csv(path, ["entity", "ip"], 2)
+    return _read_headerless_csv(path, list(PAIRS_COLUMNS))
 
 
 def read_labelled_csv(path: str | Path) -> pa.Table:
@@ -76,7 +103,7 @@ def read_labelled_csv(path: str | Path) -> pa.Table:
     if n not in (3, 4):
         raise DataFormatError(f"{path}:1: expected 3 or 4 fields (entity,ip,label[,kind]), got {n}: {first!r}")
     columns = ["entity", "ip", "label", "kind"][:n]
-    table = _read_headerless_csv(path, columns, n)
+    table = _read_headerless_csv(path, columns)
     try:
         labels = table["label"].cast(pa.int8())
     except pa.ArrowInvalid:
@@ -87,9 +114,32 @@ def read_labelled_csv(path: str | Path) -> pa.Table:
     return table
 
 
-def read_pairs_spark(spark, path: str):
-    """SageMaker's headerless ``entity,ip`` CSV (file, directory or glob) as a DataFrame(entity, ip)."""
-    return spark.read.csv(path, schema="entity string, ip string", header=False, mode="PERMISSIVE")
+def read_pairs_spark(spark: SparkSession, path: str) -> DataFrame:
+    """SageMaker's headerless ``entity,ip`` CSV (file, directory or glob) as a DataFrame(entity, ip).
+
+    Checked by one pass over the rows first (the module's policy): the first bad rows raise
+    :class:`DataFormatError` naming their file, line and text.
+    """
+    from pyspark.sql import functions as F
+
+    schema = ", ".join(f"{c} string" for c in (*PAIRS_COLUMNS, _CORRUPT))
+    df = (
+        spark.read.schema(schema)
+        .options(header="false", mode="PERMISSIVE", columnNameOfCorruptRecord=_CORRUPT)
+        .csv(path)
+    )
+    # Every data column is selected with the corrupt one: Spark refuses a query of that column alone,
+    # and with fewer columns its pruned parser would not see a row's extra fields.
+    bad = (
+        df.where(F.col(_CORRUPT).isNotNull())
+        .select(*PAIRS_COLUMNS, F.col("_metadata.file_path").alias("file"), _CORRUPT)
+        .limit(1)
+        .collect()
+    )
+    if bad:
+        row = bad[0]
+        raise _bad_row(row["file"], _line_number(row["file"], row[_CORRUPT]), PAIRS_COLUMNS, row[_CORRUPT])
+    return df.select(*PAIRS_COLUMNS)
 
 
 def write_pairs_csv_spark(df, path: str, single_file: bool = True) -> None:
@@ -132,14 +182,12 @@ def write_pairs_csv_spark(df, path: str, single_file: bool = True) -> None:
 
 
 def read_pairs_csv_spark(spark: SparkSession, path: str, day: str) -> DataFrame:
-    """SageMaker batch-transform input: headerless ``entity,ip`` CSV, labelled with partition ``day``.
-
-    Malformed rows stop the job (FAILFAST) rather than being scored as something else.
-    """
+    """SageMaker batch-transform input: headerless ``entity,ip`` CSV (:func:`read_pairs_spark`), labelled
+    with partition ``day`` and no timestamp."""
     from pyspark.sql import functions as F
 
-    df = spark.read.schema("entity string, ip string").option("header", "false").option("mode", "FAILFAST").csv(path)
-    return df.select("entity", "ip", F.lit(None).cast("timestamp").alias("ts"), F.lit(day).alias("dt"))
+    df = read_pairs_spark(spark, path)
+    return df.select(*PAIRS_COLUMNS, F.lit(None).cast("timestamp").alias("ts"), F.lit(day).alias("dt"))
 
 
 def _looks_like_csv(path: str) -> bool:
@@ -168,8 +216,8 @@ def read_pairs_table(
     if fmt == "csv" or (fmt == "auto" and _looks_like_csv(path)):
         if start_date or end_date:
             raise ValueError(f"{path}: a CSV input has no days to select (dates apply to an events table)")
-        return read_pairs_spark(spark, resolve_uri(spark, path)).select("entity", "ip")
-    return read_events(spark, resolve_uri(spark, path), start_date, end_date).select("entity", "ip")
+        return read_pairs_spark(spark, resolve_uri(spark, path))
+    return read_events(spark, resolve_uri(spark, path), start_date, end_date).select(*PAIRS_COLUMNS)
 
 
 def export_pairs_csv(df, path: str, single_file: bool = True, ipv4_only: bool = True) -> None:
