@@ -31,6 +31,13 @@ log = logging.getLogger("ipinsights.jobs")
 C = TypeVar("C")
 
 
+def from_args(cls: type[C], args: argparse.Namespace) -> C:
+    """A dataclass of a job's inputs filled from the parsed options of the same names."""
+    import dataclasses
+
+    return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls)})  # type: ignore[arg-type]
+
+
 def default_config(name: str) -> Path | None:
     """``conf/NAME.yml`` of the project, or None where it is not shipped (then the dataclass defaults)."""
     path = CONF_DIR / f"{name}.yml"

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 
 from ipinsights.core.config import TrainConfig
 from ipinsights.train.job import TrainInputs, run_train_job
-from ipinsights_jobs._common import Job, JobContext, add_spark_args, parse_with_overrides
+from ipinsights_jobs._common import Job, JobContext, add_spark_args, from_args, parse_with_overrides
 
 JOB = Job("train", TrainConfig)
 
@@ -56,15 +56,7 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str
 
 def main(argv: Sequence[str] | None = None) -> int:
     args, overrides = parse_args(argv)
-    inputs = TrainInputs(
-        events=args.events,
-        start_date=args.start_date,
-        end_date=args.end_date,
-        train_csv=args.train_csv,
-        validation_start_date=args.validation_start_date,
-        validation_end_date=args.validation_end_date,
-        validation_csv=args.validation_csv,
-    )
+    inputs = from_args(TrainInputs, args)
 
     def body(ctx: JobContext) -> None:
         summary = run_train_job(ctx.spark, ctx.cfg, inputs, args.output, args.resume, args.warm_start)

@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from ipinsights.tune.config import TuneConfig, TuningError, resolve_tuning
 from ipinsights.tune.driver import TuneInputs, run_tune_job
 from ipinsights.tune.results import format_table
-from ipinsights_jobs._common import Job, JobContext, add_spark_args, default_config, parse_with_overrides
+from ipinsights_jobs._common import Job, JobContext, add_spark_args, default_config, from_args, parse_with_overrides
 
 JOB = Job("tune", TuneConfig, errors=[(TuningError, 1)])
 
@@ -59,15 +59,7 @@ def main(argv: Sequence[str] | None = None) -> int:
               "seed": args.seed}  # fmt: skip
     # The skeleton loads the tuning config; the base training config is named inside it (relative to it).
     config_path = args.config if args.config is not None else default_config("tune")
-    inputs = TuneInputs(
-        train=args.train,
-        validation=args.validation,
-        format=args.format,
-        start_date=args.start_date,
-        end_date=args.end_date,
-        validation_start_date=args.validation_start_date,
-        validation_end_date=args.validation_end_date,
-    )
+    inputs = from_args(TuneInputs, args)
 
     def body(ctx: JobContext) -> None:
         cfg, base = resolve_tuning(ctx.cfg, config_path, args.train_config, overrides)
