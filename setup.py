@@ -37,7 +37,16 @@ setup(
             "uvloop>=0.23; sys_platform != 'win32'",
             "httptools>=0.9",
         ],
-        "dev": ["pytest>=8", "pytest-timeout>=2.2", "ruff>=0.6", "hypothesis>=6.100", "moto[server]>=5"],
+        "dev": [
+            "pytest>=8",
+            "pytest-timeout>=2.2",
+            "ruff>=0.6",
+            "hypothesis>=6.100",
+            "moto[server]>=5",
+            "mypy>=1.10",  # strict on ipinsights.core and ipinsights.storage (pyproject.toml)
+            "pandas-stubs",
+            "types-PyYAML",
+        ],
         "tune": ["optuna>=4"],  # jobs/tune.py: TPE and random search, ask/tell
     },
     entry_points={"console_scripts": ["ipinsights=ipinsights_jobs.cli:main"]},

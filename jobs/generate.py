@@ -5,8 +5,9 @@
     python -m ipinsights_jobs.generate --out data/v4only --ipv6_rate=0 --ipv6_work_rate=0 --ipv6_mobile_rate=0
     python -m ipinsights_jobs.generate --out data/big --users=1000000 --n_files=200 --spark
 
-Settings come from ``conf/generate.yml`` (or ``--config``) with ``--name=value`` overrides; a bare
-``--flag`` sets a boolean setting (``--gzip``, ``--inject-attacks``). Prints the output paths.
+Settings come from the project's ``conf/generate.yml`` (or ``--config``) with ``--name=value`` overrides;
+a bare ``--flag`` sets a boolean setting (``--gzip``, ``--inject-attacks``). Prints the output paths.
+Exit status: 0 ok, 2 a bad setting or a data set already in ``--out`` (without ``--overwrite``).
 """
 
 from __future__ import annotations
@@ -19,71 +20,49 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from ipinsights.core.config import ConfigError, config_to_dict, load_config
 from ipinsights.synth import SynthSpec, generate_dataset, generate_dataset_spark
-
-try:  # installed as ipinsights_jobs; also runnable as a file from the repository
-    from ipinsights_jobs._common import add_spark_args, build_spark, setup_logging
-except ImportError:  # pragma: no cover
-    from _common import add_spark_args, build_spark, setup_logging
+from ipinsights_jobs._common import EXIT_USAGE, Job, JobContext, add_spark_args, parse_with_overrides
 
 log = logging.getLogger("ipinsights.generate")
 
-DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "conf" / "generate.yml"
 _BOOL_SETTINGS = {f.name for f in dataclasses.fields(SynthSpec) if f.type in (bool, "bool")}
 
 
-def _overrides(extra: Sequence[str]) -> list[str]:
-    """``--gzip`` -> ``--gzip=true`` for boolean settings; everything else must be ``--name=value``."""
-    out = []
-    for arg in extra:
-        name = arg[2:].replace("-", "_") if arg.startswith("--") else ""
-        out.append(f"{arg}=true" if "=" not in arg and name in _BOOL_SETTINGS else arg)
-    return out
+def _print_error(exc: BaseException) -> None:
+    print(f"error: {exc}", file=sys.stderr)
 
 
-def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str]]:
+JOB = Job("generate", SynthSpec, spark=False, errors=[(FileExistsError, EXIT_USAGE)], on_error=_print_error)
+
+
+def _flags_as_settings(argv: Sequence[str]) -> list[str]:
+    """``--gzip`` -> ``--gzip=true`` for the boolean settings, so that they parse as overrides."""
+    return [f"{a}=true" if "=" not in a and a[2:].replace("-", "_") in _BOOL_SETTINGS else a for a in argv]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        description=__doc__.splitlines()[0], epilog="Other --name=value: any SynthSpec setting."
+        prog="generate", description=__doc__.splitlines()[0], epilog="Other --name=value: any SynthSpec setting."
     )
     parser.add_argument("--out", required=True, type=Path, help="output folder")
-    parser.add_argument(
-        "--config", type=Path, default=None, help=f"YAML settings (default: {DEFAULT_CONFIG.name} if present)"
-    )
+    parser.add_argument("--config", type=Path, default=None, help="YAML settings (default: the project's)")
     parser.add_argument("--spark", action="store_true", help="generate shards in Spark tasks (for large scales)")
     parser.add_argument("--overwrite", action="store_true", help="replace a data set already in --out")
     parser.add_argument("-v", "--verbose", action="store_true")
     add_spark_args(parser)
-    args, extra = parser.parse_known_args(argv)
-    return args, _overrides(extra)
+    args, overrides = parse_with_overrides(parser, _flags_as_settings(sys.argv[1:] if argv is None else argv))
 
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args, overrides = parse_args(argv)
-    setup_logging(args.verbose)
-    config = args.config if args.config is not None else (DEFAULT_CONFIG if DEFAULT_CONFIG.exists() else None)
-    try:
-        spec = load_config(SynthSpec, config, overrides)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    log.info("spec: %s", config_to_dict(spec))
-    started = time.perf_counter()
-    try:
-        if args.spark:
-            spark = build_spark("ipinsights-generate", args.master, args.spark_conf)
-            paths = generate_dataset_spark(spark, args.out, spec, overwrite=args.overwrite)
+    def body(ctx: JobContext) -> None:
+        started = time.perf_counter()
+        if ctx.spark is not None:
+            paths = generate_dataset_spark(ctx.spark, args.out, ctx.cfg, overwrite=args.overwrite)
         else:
-            paths = generate_dataset(args.out, spec, overwrite=args.overwrite)
-    except FileExistsError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    log.info("done in %.1f s", time.perf_counter() - started)
-    for name in ("manifest", "test_labelled", "validation_labelled", "events", "networks", "networks_v6", "users"):
-        if getattr(paths, name) is not None:
-            print(f"{name}\t{getattr(paths, name)}")
-    print(f"logs\t{paths.logs_dir} ({len(paths.logs)} files)")
-    return 0
+            paths = generate_dataset(args.out, ctx.cfg, overwrite=args.overwrite)
+        log.info("done in %.1f s", time.perf_counter() - started)
+        print("\n".join(paths.listing()))
+
+    job = dataclasses.replace(JOB, spark=True) if args.spark else JOB  # Spark only for --spark
+    return job.run(args, body, args.config, overrides)
 
 
 if __name__ == "__main__":

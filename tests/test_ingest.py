@@ -29,6 +29,7 @@ def config(tmp_path, inputs, **kw):
     return load_config(IngestConfig, "conf/ingest.yml", {k: str(v) for k, v in overrides.items()})
 
 
+@pytest.mark.slow
 @pytest.mark.spark
 def test_gzip_glob_rerun_is_idempotent(spark, tmp_path):
     from ipinsights.ingest.job import run_ingest
@@ -65,6 +66,7 @@ def test_gzip_glob_rerun_is_idempotent(spark, tmp_path):
     assert q[0].source_file.endswith("a.log")
 
 
+@pytest.mark.slow
 @pytest.mark.spark
 @pytest.mark.parametrize("engine", ["arrow", "spark"])
 def test_bad_ratio_fails_and_writes_no_events(spark, tmp_path, engine):
@@ -108,6 +110,7 @@ def test_main_end_to_end(spark, tmp_path, capsys):
     assert ingest.main(["--config", "conf/ingest.yml", f"--inputs={path}", f"--output={out}"]) == 0
 
 
+@pytest.mark.slow
 @pytest.mark.spark
 def test_split_and_sagemaker_csv(spark, tmp_path):
     from ipinsights.ingest.job import run_ingest
@@ -128,6 +131,7 @@ def test_split_and_sagemaker_csv(spark, tmp_path):
     assert not list(tmp_path.glob(".*tmp*"))
 
 
+@pytest.mark.slow
 @pytest.mark.spark
 def test_engines_write_the_same_table(spark, tmp_path):
     """The arrow engine (Python tasks, split files) and the spark engine give the same events,

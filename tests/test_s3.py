@@ -60,6 +60,7 @@ def _check_outputs(s3, summary):
 
 
 @pytest.mark.slow
+@pytest.mark.spark
 def test_ingest_reads_and_writes_s3_with_pyarrow(s3_endpoint, tmp_path):
     """engine=arrow: the driver and every Python task reach S3 through pyarrow.fs (no jars)."""
     s3 = _buckets(s3_endpoint)
@@ -83,6 +84,7 @@ def test_ingest_reads_and_writes_s3_with_pyarrow(s3_endpoint, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.spark
 def test_ingest_reads_and_writes_s3(s3_endpoint, tmp_path):
     """engine=spark (auto picks it for S3): Hadoop's S3A connector reads and writes."""
     if not all(j.exists() for j in JARS):

@@ -35,6 +35,7 @@ from ipinsights.synth import (
     generate_events,
     generate_world,
     ipv6_to_str,
+    read_spec,
 )
 
 TINY = SynthSpec(users=60, days=10, n_files=2, networks=300, attacks=80, validation_attacks=40, junk_rate=0.01, seed=7)
@@ -275,6 +276,20 @@ def test_spark_path_writes_identical_files(spark, tiny, tmp_path):
     assert _files(paths.root) == _files(tiny.root)
 
 
+def test_spec_read_back_and_split_dates(tiny):
+    """The pipeline's day windows: the manifest's spec, and each split's first and last UTC day."""
+    spec = read_spec(tiny.root)
+    assert spec == TINY
+    dates = {split: spec.split_dates(split) for split in ("train", "validation", "test")}
+    assert dates == {
+        "train": ("2024-01-01", "2024-01-07"),
+        "validation": ("2024-01-08", "2024-01-08"),
+        "test": ("2024-01-09", "2024-01-10"),
+    }
+    with pytest.raises(ValueError, match="no days"):
+        SynthSpec(users=60, days=10, validation_days=0).split_dates("validation")
+
+
 def test_cli_end_to_end(tmp_path, capsys):
     from ipinsights_jobs import generate
 
@@ -448,6 +463,7 @@ def test_a_shard_without_ipv6_users_drops_ipv6_attacks_with_a_count(tmp_path):
     assert not set(labelled["kind"].to_pylist()) & set(IPV6_ATTACK_KINDS)
 
 
+@pytest.mark.slow
 @pytest.mark.spark
 def test_ingest_reads_back_every_login_of_the_generated_logs_ipv6_included(spark, tiny, tmp_path):
     from ipinsights.core.config import load_config

@@ -38,11 +38,6 @@ class AsnTable:
         ok = (i >= 0) & (k <= self.end[np.maximum(i, 0)])
         return np.where(ok, self.asn[np.maximum(i, 0)], -1).astype(np.int64)
 
-    @classmethod
-    def from_plan(cls, plan) -> AsnTable:
-        """The IPv4 ranges of an :class:`~ipinsights.synth.AddressPlan` (sorted and disjoint already)."""
-        return cls(plan.start.astype(np.int64), plan.end.astype(np.int64), plan.asn.astype(np.int64))
-
 
 @functools.lru_cache(maxsize=4)
 def load_asn_table(path: str) -> AsnTable:

@@ -15,9 +15,12 @@ import typing
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import yaml
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
 
 __all__ = [
     "ConfigError",
@@ -40,7 +43,7 @@ MAX_MODEL_BYTES = 8 * 1024**3
 #: defined here, torch- and Arrow-free, because both the model and the parser need it.
 IPV4_KEYS = 1 << 32
 
-C = TypeVar("C")
+C = TypeVar("C", bound="DataclassInstance")  # a config is a (frozen) dataclass
 
 
 class ConfigError(ValueError):
@@ -226,7 +229,7 @@ def _coerce(name: str, tp: Any, value: Any) -> Any:
         if value is None or (isinstance(value, str) and value.lower() in ("none", "null", "")):
             return None
         return _coerce(name, args[0], value)
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         if not isinstance(value, Mapping):
             raise ConfigError(f"{name} must be a mapping, got {value!r}")
         return config_from_dict(tp, value, _prefix=f"{name}.")
@@ -269,14 +272,14 @@ def _coerce(name: str, tp: Any, value: Any) -> Any:
 def config_from_dict(cls: type[C], data: Mapping[str, Any], _prefix: str = "") -> C:
     """Build dataclass ``cls`` from a (nested) mapping; unknown keys are refused, not ignored."""
     hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)
     if unknown:
         raise ConfigError(f"unknown setting(s) {', '.join(_prefix + u for u in unknown)}; known: {sorted(names)}")
     kwargs = {k: _coerce(_prefix + k, hints[k], v) for k, v in data.items()}
     missing = [
         f.name
-        for f in dataclasses.fields(cls)  # type: ignore[arg-type]
+        for f in dataclasses.fields(cls)
         if f.name not in kwargs and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
     ]
     if missing:
@@ -287,20 +290,20 @@ def config_from_dict(cls: type[C], data: Mapping[str, Any], _prefix: str = "") -
         raise ConfigError(f"{_prefix or cls.__name__}: {exc}") from None
 
 
-def config_to_dict(cfg: Any) -> dict[str, Any]:
+def config_to_dict(cfg: DataclassInstance) -> dict[str, Any]:
     """Plain, YAML/JSON-serialisable dict of a (nested) config dataclass (tuples become lists)."""
-
-    def conv(v: Any) -> Any:
-        if dataclasses.is_dataclass(v):
-            return {f.name: conv(getattr(v, f.name)) for f in dataclasses.fields(v)}
-        if isinstance(v, (tuple, list)):
-            return [conv(x) for x in v]
-        return v
-
-    return conv(cfg)
+    return {f.name: _plain(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)}
 
 
-def _apply_override(cls: type, data: dict[str, Any], key: str, value: str) -> None:
+def _plain(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return config_to_dict(value)
+    if isinstance(value, (tuple, list)):
+        return [_plain(x) for x in value]
+    return value
+
+
+def _apply_override(cls: type[DataclassInstance], data: dict[str, Any], key: str, value: str) -> None:
     """Set ``key`` (dotted, or a bare field name unique among the sections) in nested ``data``."""
     path = key.split(".")
     if len(path) == 1:

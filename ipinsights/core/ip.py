@@ -17,10 +17,11 @@ IPv4-mapped addresses (``::ffff:a.b.c.d``) are keyed as the IPv4 address they ca
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -53,10 +54,10 @@ class ParsedIPs:
     """Result of parsing a batch: integer addresses plus a validity mask (invalid rows hold 0)."""
 
     value: np.ndarray  # uint32 from parse_ipv4; int64 address keys from parse_ip; shape (n,)
-    valid: np.ndarray  # bool, shape (n,)
+    valid: npt.NDArray[np.bool_]  # shape (n,)
 
     @property
-    def is_v6(self) -> np.ndarray:
+    def is_v6(self) -> npt.NDArray[np.bool_]:
         """IPv6 rows (only meaningful for :func:`parse_ip` keys)."""
         return is_ipv6_key(self.value) & self.valid
 
@@ -79,7 +80,7 @@ def to_string_array(values: Iterable[str] | pa.Array | pa.ChunkedArray | np.ndar
         if not pa.types.is_string(values.type):
             return values.cast(pa.string())
         return values
-    if hasattr(values, "to_numpy") and not isinstance(values, np.ndarray):  # pandas Series / Index
+    if not isinstance(values, np.ndarray) and hasattr(values, "to_numpy"):  # pandas Series / Index
         values = values.to_numpy(dtype=object)
     return pa.array(values, type=pa.string(), from_pandas=True)
 
@@ -89,7 +90,7 @@ _OCTET = r"(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
 _IPV4_RE = re.compile(rf"{_OCTET}\.{_OCTET}\.{_OCTET}\.{_OCTET}")
 
 
-def _parse_ipv4_small(values: Sequence) -> ParsedIPs:
+def _parse_ipv4_small(values: Sequence[object]) -> ParsedIPs:
     """The same strict grammar as :func:`parse_ipv4`, for the endpoint's one-record requests."""
     value = np.zeros(len(values), dtype=np.uint32)
     valid = np.zeros(len(values), dtype=bool)
@@ -144,7 +145,13 @@ def require_ipv4(values: Iterable[str] | pa.Array | np.ndarray, what: str = "ip"
     return _required(values, parse_ipv4, what, "IPv4", "dotted quads like 192.0.2.1")
 
 
-def _required(values, parse, what: str, family: str, expected: str) -> np.ndarray:
+def _required(
+    values: Iterable[str] | pa.Array | np.ndarray,
+    parse: Callable[[pa.StringArray], ParsedIPs],
+    what: str,
+    family: str,
+    expected: str,
+) -> np.ndarray:
     arr = to_string_array(values)
     parsed = parse(arr)
     if parsed.n_invalid:
@@ -177,7 +184,7 @@ _V6_TEXT = r"^[0-9A-Fa-f:]*$"
 _V6_SMALL: dict[str, int | None] = {}
 
 
-def is_ipv6_key(keys: np.ndarray) -> np.ndarray:
+def is_ipv6_key(keys: np.ndarray) -> npt.NDArray[np.bool_]:
     """Which address keys (see :func:`parse_ip`) are IPv6."""
     k = np.asarray(keys, dtype=np.int64)
     return (k < 0) | (k >= IPV4_KEYS)
@@ -284,7 +291,7 @@ def _keys_of_v6(hi: np.ndarray, lo: np.ndarray, ok: np.ndarray) -> tuple[np.ndar
     return np.where(valid, key, 0), valid
 
 
-def _parse_ip_small(values: Sequence) -> ParsedIPs:
+def _parse_ip_small(values: Sequence[object]) -> ParsedIPs:
     """:func:`parse_ip` for a few rows (the endpoint's single records): same grammar, no Arrow calls."""
     import ipaddress
 

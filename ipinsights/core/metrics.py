@@ -33,7 +33,9 @@ def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float:
     return float(u / (n_pos * n_neg))
 
 
-def threshold_table(anomaly_scores: np.ndarray, labels: np.ndarray, thresholds: np.ndarray) -> list[dict]:
+def threshold_table(
+    anomaly_scores: np.ndarray, labels: np.ndarray, thresholds: np.ndarray
+) -> list[dict[str, int | float]]:
     """Flag counts, true positives, precision and recall when flagging ``anomaly_score > threshold``.
 
     Mirrors the SageMaker tutorial's threshold table. ``labels``: 1 = attack, 0 = normal.

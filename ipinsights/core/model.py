@@ -52,6 +52,14 @@ def estimated_model_bytes(hp: Hyperparameters, opts: ModelOptions) -> int:
 class _Levels(nn.Module):
     """Prefix levels of one address family: how an address key becomes its rows of ``ip_table``."""
 
+    # The buffers registered in __init__, declared for the type checker (nn.Module resolves them).
+    shifts: torch.Tensor
+    masks: torch.Tensor
+    sizes: torch.Tensor
+    offsets: torch.Tensor
+    hashed: torch.Tensor
+    ids: torch.Tensor
+
     def __init__(self, lengths: Sequence[int], bits: int, sizes: Sequence[int], first_row: int, first_level: int):
         super().__init__()
         self.n = len(lengths)
@@ -167,7 +175,8 @@ class IPInsightsModel(nn.Module):
 
     def encode(self, prefix_sum: torch.Tensor) -> torch.Tensor:
         """The fully connected layers over the summed prefix embeddings ``(n, d) -> (n, d)``."""
-        return self.encoder(prefix_sum)
+        encoded: torch.Tensor = self.encoder(prefix_sum)  # nn.Module calls are untyped
+        return encoded
 
     def prefix_sums(self, ips: torch.Tensor) -> torch.Tensor:
         """Summed prefix-level rows ``(n, d)`` of address keys ``(n,)``: the encoder's input."""
@@ -200,6 +209,7 @@ class IPInsightsModel(nn.Module):
         if not len(self.encoder):
             return e, None
         last = self.encoder[-1]
+        assert isinstance(last, nn.Linear)  # __init__ builds the encoder to end with a Linear layer
         return e @ last.weight, e @ last.bias
 
     def folded_forward(self, folded: torch.Tensor, bias: torch.Tensor | None, ips: torch.Tensor) -> torch.Tensor:
@@ -207,7 +217,7 @@ class IPInsightsModel(nn.Module):
         h = self.prefix_sums(ips)
         for layer in list(self.encoder)[:-1]:
             h = layer(h)
-        dp = torch.linalg.vecdot(folded, h)
+        dp: torch.Tensor = torch.linalg.vecdot(folded, h)  # untyped in torch's stubs
         return dp if bias is None else dp + bias
 
     def sparse_parameter_names(self) -> Sequence[str]:

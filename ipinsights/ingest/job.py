@@ -324,7 +324,7 @@ def run_ingest(spark, cfg: IngestConfig) -> dict[str, Any]:
     json_via = None if engine == "arrow" else spark  # the summary goes where the engine's files go
     store.delete(staging)  # what a crashed run with this id left
     try:
-        if engine == "arrow":
+        if isinstance(store, ArrowStore):
             rows = _stage_arrow(spark, cfg, staging, store)
             events = f"{staging}/events"
             moves = [(f"{staging}/quarantine", f"{cfg.quarantine.rstrip('/')}/run_id={cfg.run_id}")]

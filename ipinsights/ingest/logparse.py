@@ -564,13 +564,15 @@ def _arrow_classifier(rules: LineRules) -> Callable[[pa.Array], pa.Array]:
 def classify_lines(lines: DataFrame, rules: LineRules = LineRules()) -> DataFrame:
     """:func:`classify_batch` over a Spark DataFrame of ``value`` and ``source_file``, in the Python workers.
 
-    Returns ``outcome``, ``source_file``, ``entity``,
-    ``ip``, ``ip_int``, ``ip_version``, ``ts`` (UTC timestamp), ``dt`` (its UTC day) and ``raw``.
+    Returns ``outcome``, ``source_file``, ``entity``, ``ip``, ``ip_int``, ``ip_version``, ``ts`` (UTC
+    timestamp), ``dt`` (its UTC day) and ``raw``.
     Only ``value`` travels to Python (the file name stays in the JVM, attached to each result row).
     """
     from pyspark.sql import functions as F
 
-    udf = F.arrow_udf(_arrow_classifier(rules), _RESULT_TYPE)
+    # The UDF's kind comes from the function's type hints (pa.Array -> pa.Array: scalar), the form pyspark
+    # prefers (it warns when the kind is passed); its stubs only describe the form with the kind.
+    udf = F.arrow_udf(_arrow_classifier(rules), _RESULT_TYPE)  # type: ignore[call-overload]
     r = lines.select("source_file", udf(F.col("value")).alias("_r"))
     epoch = F.col("_r.epoch_s")
     return r.select(

@@ -7,14 +7,19 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any
 
 import pyarrow as pa
 
-from ipinsights.storage.filesystems import arrow_fs, hadoop_path
+from ipinsights.storage.filesystems import arrow_fs, hadoop_path, jvm
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from pyspark.sql import SparkSession
 
 
 @contextmanager
-def atomic_write(path: str | Path, mode: str = "w", **kwargs) -> Iterator:
+def atomic_write(path: str | Path, mode: str = "w", **kwargs: Any) -> Iterator[IO[Any]]:
     """Open a temporary file beside ``path`` and rename it over ``path`` only if the block succeeds."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -33,14 +38,16 @@ def atomic_write(path: str | Path, mode: str = "w", **kwargs) -> Iterator:
 
 
 def is_local(path: str) -> bool:
+    """A local path or ``file://`` URI (Python can open it directly)."""
     return "://" not in path or path.startswith("file://")
 
 
 def local_path(path: str) -> Path:
+    """The local path of a local path or ``file://`` URI."""
     return Path(path[len("file://") :] if path.startswith("file://") else path)
 
 
-def write_json(path: str, obj, spark=None) -> None:
+def write_json(path: str, obj: object, spark: SparkSession | None = None) -> None:
     """Write ``obj`` as indented JSON, atomically: a reader sees the old file or the whole new one.
 
     Local paths use :func:`atomic_write`. Other URIs go through Hadoop's filesystem of ``spark`` when
@@ -55,9 +62,8 @@ def write_json(path: str, obj, spark=None) -> None:
             fh.write(text)
         return
     if spark is not None:
-        jvm = spark.sparkContext._jvm
         fs, hpath = hadoop_path(spark, path)
-        tmp = jvm.org.apache.hadoop.fs.Path(hpath.getParent(), f".{hpath.getName()}.tmp")
+        tmp = jvm(spark).org.apache.hadoop.fs.Path(hpath.getParent(), f".{hpath.getName()}.tmp")
         out = fs.create(tmp, True)
         try:
             out.write(bytearray(text.encode("utf-8")))
@@ -72,7 +78,7 @@ def write_json(path: str, obj, spark=None) -> None:
         out.write(text.encode("utf-8"))
 
 
-def write_frame(frame, path: str | Path) -> Path:
+def write_frame(frame: pd.DataFrame, path: str | Path) -> Path:
     """Write a small pandas DataFrame as CSV (with header) or Parquet, by suffix, atomically."""
     path = Path(path)
     if path.suffix == ".csv":

@@ -4,15 +4,27 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import pyarrow.fs as pafs
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
+#: A py4j handle on a JVM object (a Hadoop FileSystem, Path, ...). py4j has no type information, so
+#: such handles are opaque to the type checker.
+JavaObject: TypeAlias = Any
 
-def resolve_uri(spark, path: str) -> str:
+
+def jvm(spark: SparkSession) -> JavaObject:
+    """The py4j view of the driver's JVM (``jvm.org.apache.hadoop...``)."""
+    view = spark.sparkContext._jvm
+    if view is None:  # only before a SparkContext has started, which a session implies
+        raise RuntimeError("the SparkContext has no JVM gateway")
+    return view
+
+
+def resolve_uri(spark: SparkSession, path: str) -> str:
     """Map ``s3://`` to ``s3a://`` when the cluster has no ``s3://`` filesystem (plain Apache Hadoop).
 
     EMR (EMRFS) and Databricks serve ``s3://`` themselves (``fs.s3.impl`` is set there), so the URI is
@@ -23,7 +35,7 @@ def resolve_uri(spark, path: str) -> str:
     return path
 
 
-def arrow_fs(uri: str):
+def arrow_fs(uri: str) -> tuple[pafs.FileSystem, str]:
     """(``pyarrow.fs`` filesystem, path) for a local path, ``file://`` or ``s3://``/``s3a://`` URI.
 
     S3 credentials, region and endpoint come from the AWS defaults (environment, profile, instance
@@ -39,11 +51,12 @@ def arrow_fs(uri: str):
     if scheme in ("s3", "s3a", "s3n"):
         # The bucket alone goes through URI parsing (a key may hold glob characters URIs refuse).
         return _s3_filesystem(rest.split("/", 1)[0]), rest.rstrip("/")
-    return pafs.FileSystem.from_uri(uri)
+    fs, path = pafs.FileSystem.from_uri(uri)
+    return fs, path
 
 
 @functools.lru_cache(maxsize=64)
-def _s3_filesystem(bucket: str):
+def _s3_filesystem(bucket: str) -> pafs.FileSystem:
     return pafs.FileSystem.from_uri(f"s3://{bucket}")[0]  # resolves the bucket's region once
 
 
@@ -63,10 +76,9 @@ def arrow_readable(uri: str) -> bool:
     return "://" not in uri or uri.split("://", 1)[0] in ARROW_SCHEMES
 
 
-def hadoop_path(spark: SparkSession, path: str):
+def hadoop_path(spark: SparkSession, path: str) -> tuple[JavaObject, JavaObject]:
     """(Hadoop FileSystem, Path) for ``path``: the same filesystem and credentials as the Spark job."""
-    jvm = spark.sparkContext._jvm
-    p = jvm.org.apache.hadoop.fs.Path(resolve_uri(spark, path))
+    p = jvm(spark).org.apache.hadoop.fs.Path(resolve_uri(spark, path))
     return p.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration()), p
 
 
@@ -81,7 +93,7 @@ class HadoopStore:
     def __init__(self, spark: SparkSession):
         self._spark = spark
 
-    def _path(self, uri: str):
+    def _path(self, uri: str) -> tuple[JavaObject, JavaObject]:
         return hadoop_path(self._spark, uri)
 
     def exists(self, uri: str) -> bool:
@@ -114,7 +126,7 @@ class ArrowStore:
 
     def exists(self, uri: str) -> bool:
         fs, p = arrow_fs(uri)
-        return fs.get_file_info(p).type != pafs.FileType.NotFound
+        return bool(fs.get_file_info(p).type != pafs.FileType.NotFound)
 
     def mkdirs(self, uri: str) -> None:
         fs, p = arrow_fs(uri)
@@ -127,7 +139,7 @@ class ArrowStore:
             fs.delete_dir(p)
         elif kind == pafs.FileType.File:
             fs.delete_file(p)
-        return kind != pafs.FileType.NotFound
+        return bool(kind != pafs.FileType.NotFound)
 
     def rename(self, src: str, dst: str) -> None:
         fs, s = arrow_fs(src)
@@ -149,4 +161,5 @@ class ArrowStore:
 
 
 def path_exists(spark: SparkSession, path: str) -> bool:
+    """Whether ``path`` exists on its Hadoop filesystem (as the Spark job sees it)."""
     return HadoopStore(spark).exists(path)

@@ -4,16 +4,21 @@ line-ownership rule in bounded blocks.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import pyarrow as pa
 import pyarrow.fs as pafs
 
 from ipinsights.storage.filesystems import arrow_fs, arrow_uri, resolve_uri
 
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame, SparkSession
 
-def read_log_lines(spark, paths: str | list[str] | tuple[str, ...]):
+
+def read_log_lines(spark: SparkSession, paths: str | Iterable[str]) -> DataFrame:
     """Text or gzip logs -> DataFrame(``value`` string, ``source_file`` string), one row per line.
 
     ``paths`` are files, directories or globs: local, ``file://``, ``s3://``/``s3a://`` or anything
@@ -22,9 +27,7 @@ def read_log_lines(spark, paths: str | list[str] | tuple[str, ...]):
     """
     from pyspark.sql import functions as F
 
-    if isinstance(paths, str):
-        paths = [paths]
-    uris = [resolve_uri(spark, str(p)) for p in paths]
+    uris = [resolve_uri(spark, p) for p in ([paths] if isinstance(paths, str) else paths)]
     if not uris:
         raise ValueError("read_log_lines: no input paths given")
     # wholetext=False: one row per line; Hadoop's reader handles \n, \r\n and \r endings.
@@ -36,11 +39,10 @@ def read_log_lines(spark, paths: str | list[str] | tuple[str, ...]):
 LOG_CODECS = {".gz": "gzip", ".bz2": "bz2", ".zst": "zstd"}
 
 
-def _glob_regex(pattern: str):
+def _glob_regex(pattern: str) -> re.Pattern[str]:
     """A Hadoop-style glob (``*``, ``?``, ``[..]``, ``{a,b}``; none crosses a '/') as a compiled regex."""
-    import re
-
-    out, i = [], 0
+    out: list[str] = []
+    i = 0
     while i < len(pattern):
         c = pattern[i]
         if c == "*":

@@ -3,19 +3,23 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 import pyarrow as pa
 
 from ipinsights.core.errors import DataFormatError
 from ipinsights.storage.filesystems import arrow_fs
 
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame, SparkSession
 
-def write_buckets(df, path: str) -> None:
+
+def write_buckets(df: DataFrame, path: str) -> None:
     """Write a bucketed training set (``bucket`` column) as ``path/bucket=K/*.parquet``, replacing it."""
     df.write.mode("overwrite").partitionBy("bucket").parquet(path)
 
 
-def list_buckets(spark, path: str, n_buckets: int) -> list[list[str]]:
+def list_buckets(spark: SparkSession, path: str, n_buckets: int) -> list[list[str]]:
     """Files of each bucket (URIs as Spark lists them; works for any Hadoop file system)."""
     files = spark.read.parquet(path).inputFiles()
     out: list[list[str]] = [[] for _ in range(n_buckets)]
@@ -27,7 +31,7 @@ def list_buckets(spark, path: str, n_buckets: int) -> list[list[str]]:
     return out
 
 
-def write_parquet_single(df, path: str) -> list[str]:
+def write_parquet_single(df: DataFrame, path: str) -> list[str]:
     """Write a small DataFrame as Parquet under ``path`` (replacing it) and return its file URIs."""
     df.write.mode("overwrite").parquet(path)
     return sorted(df.sparkSession.read.parquet(path).inputFiles())

@@ -77,7 +77,7 @@ def publish_partitions(
     replace_folders(store, moves, trash)
 
 
-def write_quarantine(df, path: str, run_id: str) -> None:
+def write_quarantine(df: DataFrame, path: str, run_id: str) -> None:
     """Append this run's bad lines under ``<path>/run_id=<run_id>/`` (replacing only that run's folder)."""
     from pyspark.sql import functions as F
 
@@ -116,11 +116,11 @@ def partitioned_write_settings(spark: SparkSession, conf: dict[str, str] | None 
     try:
         yield
     finally:
-        for key, value in old.items():
-            if value is None:
+        for key, before in old.items():
+            if before is None:
                 spark.conf.unset(key)
             else:
-                spark.conf.set(key, value)
+                spark.conf.set(key, before)
 
 
 def write_partitions(df: DataFrame, path: str) -> None:

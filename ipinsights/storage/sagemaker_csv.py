@@ -21,7 +21,7 @@ import pyarrow.csv as pacsv
 from ipinsights.core.errors import DataFormatError
 from ipinsights.storage.events import read_events
 from ipinsights.storage.files import is_local, local_path
-from ipinsights.storage.filesystems import arrow_fs, hadoop_path, resolve_uri
+from ipinsights.storage.filesystems import arrow_fs, hadoop_path, jvm, resolve_uri
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -117,8 +117,8 @@ def read_labelled_csv(path: str | Path) -> pa.Table:
 def read_pairs_spark(spark: SparkSession, path: str) -> DataFrame:
     """SageMaker's headerless ``entity,ip`` CSV (file, directory or glob) as a DataFrame(entity, ip).
 
-    Checked by one pass over the rows first (the module's policy): the first bad rows raise
-    :class:`DataFormatError` naming their file, line and text.
+    Checked by one pass over the rows first (the module's policy): the first bad row raises
+    :class:`DataFormatError` naming its file, line and text.
     """
     from pyspark.sql import functions as F
 
@@ -142,7 +142,7 @@ def read_pairs_spark(spark: SparkSession, path: str) -> DataFrame:
     return df.select(*PAIRS_COLUMNS)
 
 
-def write_pairs_csv_spark(df, path: str, single_file: bool = True) -> None:
+def write_pairs_csv_spark(df: DataFrame, path: str, single_file: bool = True) -> None:
     """Write ``entity,ip`` rows as headerless CSV (SageMaker's training format), atomically.
 
     Spark writes to a hidden sibling folder first; then either its single part file is renamed to
@@ -153,9 +153,9 @@ def write_pairs_csv_spark(df, path: str, single_file: bool = True) -> None:
     import uuid
 
     spark = df.sparkSession
-    jvm = spark.sparkContext._jvm
+    hadoop_fs = jvm(spark).org.apache.hadoop.fs
     fs, final = hadoop_path(spark, path)
-    tmp = jvm.org.apache.hadoop.fs.Path(final.getParent(), f".{final.getName()}.tmp-{uuid.uuid4().hex[:8]}")
+    tmp = hadoop_fs.Path(final.getParent(), f".{final.getName()}.tmp-{uuid.uuid4().hex[:8]}")
     out = df.select("entity", "ip")
     if single_file:
         out = out.coalesce(1)
@@ -170,7 +170,7 @@ def write_pairs_csv_spark(df, path: str, single_file: bool = True) -> None:
             if not fs.rename(parts[0], final):
                 raise OSError(f"could not rename {parts[0]} to {final}")
         else:
-            old = jvm.org.apache.hadoop.fs.Path(final.getParent(), f".{final.getName()}.old-{uuid.uuid4().hex[:8]}")
+            old = hadoop_fs.Path(final.getParent(), f".{final.getName()}.old-{uuid.uuid4().hex[:8]}")
             had_old = fs.exists(final) and fs.rename(final, old)
             if not fs.rename(tmp, final):
                 raise OSError(f"could not rename {tmp} to {final}")
@@ -220,7 +220,7 @@ def read_pairs_table(
     return read_events(spark, resolve_uri(spark, path), start_date, end_date).select(*PAIRS_COLUMNS)
 
 
-def export_pairs_csv(df, path: str, single_file: bool = True, ipv4_only: bool = True) -> None:
+def export_pairs_csv(df: DataFrame, path: str, single_file: bool = True, ipv4_only: bool = True) -> None:
     """Write ``entity,ip`` as headerless CSV in SageMaker's training format (atomically).
 
     SageMaker's IP Insights only accepts IPv4, so IPv6 events are left out unless ``ipv4_only=False``.

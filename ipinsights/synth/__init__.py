@@ -15,7 +15,7 @@ Typical use::
     paths = generate_dataset("data/synth", SynthSpec(users=10_000, days=10, seed=0))
 """
 
-from ipinsights.synth.dataset import DatasetPaths, generate_dataset, generate_dataset_spark
+from ipinsights.synth.dataset import DatasetPaths, generate_dataset, generate_dataset_spark, read_spec
 from ipinsights.synth.events import EVENT_SCHEMA, LABELLED_SCHEMA, generate_attacks, generate_events
 from ipinsights.synth.ipv6 import ipv6_to_str
 from ipinsights.synth.logs import COMBINED_LOG_RE, JUNK_KINDS, LOGIN_REQUEST, MAX_LINE_BYTES, write_access_logs
@@ -44,5 +44,6 @@ __all__ = [
     "generate_events",
     "generate_world",
     "ipv6_to_str",
+    "read_spec",
     "write_access_logs",
 ]

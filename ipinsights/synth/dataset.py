@@ -37,7 +37,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ipinsights._version import __version__
-from ipinsights.core.config import config_to_dict
+from ipinsights.core.config import config_from_dict, config_to_dict
 from ipinsights.storage.files import atomic_write
 from ipinsights.synth.events import attack_slots, attacks_as_events, shard_events, shard_labelled, with_kind
 from ipinsights.synth.logs import lines_buffer, log_file_name, shard_log_pieces, time_ordered, write_pieces
@@ -45,11 +45,19 @@ from ipinsights.synth.plan import AddressPlan
 from ipinsights.synth.spec import SynthSpec
 from ipinsights.synth.world import generate_users, load_plan
 
-__all__ = ["DatasetPaths", "generate_dataset", "generate_dataset_spark", "labelled_csv_bytes", "run_shard"]
+__all__ = [
+    "DatasetPaths",
+    "generate_dataset",
+    "generate_dataset_spark",
+    "labelled_csv_bytes",
+    "read_spec",
+    "run_shard",
+]
 
 log = logging.getLogger(__name__)
 
 _EVAL_SPLITS = ("validation", "test")
+MANIFEST = "manifest.json"
 _PARTS = ".parts"  # staging folder of the per-shard labelled rows, removed when they are concatenated
 
 
@@ -71,6 +79,12 @@ class DatasetPaths:
     def logs_dir(self) -> Path:
         return self.root / "logs"
 
+    def listing(self) -> list[str]:
+        """One ``name<TAB>path`` line per output (as the generate job prints them), the logs last."""
+        names = ("manifest", "test_labelled", "validation_labelled", "events", "networks", "networks_v6", "users")
+        lines = [f"{name}\t{getattr(self, name)}" for name in names if getattr(self, name) is not None]
+        return [*lines, f"logs\t{self.logs_dir} ({len(self.logs)} files)"]
+
     @classmethod
     def under(cls, root: str | Path, spec: SynthSpec) -> DatasetPaths:
         root = Path(root)
@@ -83,8 +97,14 @@ class DatasetPaths:
             networks=root / "world" / "networks.tsv",
             networks_v6=root / "world" / "networks-v6.tsv",
             users=root / "world" / "users.parquet",
-            manifest=root / "manifest.json",
+            manifest=root / MANIFEST,
         )
+
+
+def read_spec(root: str | Path) -> SynthSpec:
+    """The spec that the data set under ``root`` was generated with (from its manifest)."""
+    manifest = json.loads((Path(root) / MANIFEST).read_text(encoding="utf-8"))
+    return config_from_dict(SynthSpec, manifest["spec"])
 
 
 def labelled_csv_bytes(table: pa.Table) -> bytes:

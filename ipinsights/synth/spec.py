@@ -163,6 +163,16 @@ class SynthSpec:
             raise ValueError(f"split={split!r} must be one of {SPLITS}")
         return bounds[split]
 
+    def split_dates(self, split: str) -> tuple[str, str]:
+        """First and last ``YYYY-MM-DD`` UTC day (inclusive) of ``train|validation|test``: the ``dt``
+        days that an ingest of the generated logs holds them under."""
+        first, end = self.split_days(split)
+        if end <= first:
+            raise ValueError(f"the {split} split has no days (train_days={self.train_days}, "
+                             f"validation_days={self.validation_days}, days={self.days})")  # fmt: skip
+        start = _dt.date.fromisoformat(self.start_date)
+        return (start + _dt.timedelta(days=first)).isoformat(), (start + _dt.timedelta(days=end - 1)).isoformat()
+
     def attack_count(self, split: str) -> int:
         return {"validation": self.validation_attacks, "test": self.attacks}.get(split, 0)
 
