@@ -55,8 +55,9 @@ class Job(Generic[C]):
     name: str
     config_type: type[C] | None = None
     spark: bool = True
-    errors: Sequence[tuple[type[BaseException], int]] = ()
-    on_error: Callable[[BaseException], None] | None = None  # e.g. print a summary that the error carries
+    errors: Sequence[tuple[type[BaseException] | tuple[type[BaseException], ...], int]] = ()
+    # What to print for a mapped error instead of ``error: <message>`` (e.g. a summary that the error carries).
+    on_error: Callable[[BaseException], None] | None = None
     config_name: str | None = None  # default conf/<config_name or name>.yml
     app_name: str = field(init=False, default="")
 
@@ -100,16 +101,15 @@ class Job(Generic[C]):
                 spark = build_spark(self.app_name, getattr(args, "master", None), getattr(args, "spark_conf", ()))
             return body(JobContext(cfg, spark)) or 0
         except Exception as exc:
-            for kind, status in self.errors:
+            known = [*self.errors, ((ConfigError, DataFormatError, FileNotFoundError), EXIT_USAGE)]
+            for kind, status in known:
                 if isinstance(exc, kind):
                     log.error("%s: %s", self.name, exc)
                     if self.on_error is not None:
                         self.on_error(exc)
+                    else:  # the message alone, on stderr: a bad input is not a crash
+                        print(f"error: {exc}", file=sys.stderr)
                     return status
-            if isinstance(exc, (ConfigError, DataFormatError, FileNotFoundError)):
-                log.error("%s: %s", self.name, exc)
-                print(f"error: {exc}", file=sys.stderr)
-                return EXIT_USAGE
             raise
         finally:
             if spark is not None and owns_session:

@@ -28,11 +28,7 @@ log = logging.getLogger("ipinsights.generate")
 _BOOL_SETTINGS = {f.name for f in dataclasses.fields(SynthSpec) if f.type in (bool, "bool")}
 
 
-def _print_error(exc: BaseException) -> None:
-    print(f"error: {exc}", file=sys.stderr)
-
-
-JOB = Job("generate", SynthSpec, spark=False, errors=[(FileExistsError, EXIT_USAGE)], on_error=_print_error)
+JOB = Job("generate", SynthSpec, spark=False, errors=[(FileExistsError, EXIT_USAGE)])
 
 
 def _flags_as_settings(argv: Sequence[str]) -> list[str]:

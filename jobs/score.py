@@ -26,16 +26,10 @@ from ipinsights.score.job import ScoreConfig, run_score_job
 from ipinsights.storage.modelfile import ModelFileError
 from ipinsights_jobs._common import EXIT_USAGE, Job, JobContext, add_spark_args, parse_with_overrides
 
-
-def _print_error(exc: BaseException) -> None:
-    print(f"error: {exc}", file=sys.stderr)
-
-
 JOB = Job(
     "score",
     ScoreConfig,
     errors=[(ModelFileError, EXIT_USAGE), (CalibrationError, EXIT_USAGE), (ValueError, EXIT_USAGE)],
-    on_error=_print_error,
 )
 
 
