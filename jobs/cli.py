@@ -50,15 +50,12 @@ def train_main(argv: Sequence[str] | None = None) -> int:
 
 def evaluate_main(argv: Sequence[str] | None = None) -> int:
     """``ipinsights evaluate``: AUCs (overall, per kind, vs baselines) and the threshold table."""
-    import numpy as np
-
-    from ipinsights.core.errors import DataFormatError
-    from ipinsights.score.evaluate import baseline_scores, evaluate_scores, histogram_plot
+    from ipinsights.score.evaluate import evaluate_model, histogram_plot
     from ipinsights.score.scorer import Scorer
     from ipinsights.storage.files import atomic_write
     from ipinsights.storage.modelfile import ModelFileError
     from ipinsights.storage.sagemaker_csv import read_labelled_csv, read_pairs_csv
-    from ipinsights_jobs._common import setup_logging
+    from ipinsights_jobs._common import EXIT_USAGE, Job, JobContext
 
     parser = argparse.ArgumentParser(prog="ipinsights evaluate", description=evaluate_main.__doc__)
     parser.add_argument("--model", required=True, help="model directory")
@@ -73,38 +70,25 @@ def evaluate_main(argv: Sequence[str] | None = None) -> int:
                              "scoring job does); 0 with no profile = raw model scores (SageMaker)")  # fmt: skip
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
-    setup_logging(args.verbose)
-    try:
+
+    def body(ctx: JobContext) -> None:
         scorer = Scorer.load(args.model, profile=args.profile or True)
         test = read_labelled_csv(args.test)
         train = read_pairs_csv(args.train) if args.train else None
-    except (ModelFileError, DataFormatError) as exc:
-        log.error("%s", exc)
-        return 2
-    thresholds = [float(t) for t in args.thresholds.split(",")] if args.thresholds else None
-    # The production rule: the entity's own score, or the population prior in its learning period.
-    verdict = scorer.assess(test["entity"], test["ip"], args.learning_period_events)
-    scores = verdict.anomaly_score if scorer.profiles is not None else scorer.anomaly_score(test["entity"], test["ip"])
-    rules = {str(r): int(n) for r, n in zip(*np.unique(verdict.rule.astype(str), return_counts=True), strict=True)}
-    log.info("rows by rule: %s%s", rules, "" if scorer.profiles is not None else " (no profile: raw model scores)")
-    labels = test["label"].to_numpy()
-    kinds = test["kind"].to_numpy(zero_copy_only=False)
-    baselines = baseline_scores(train["entity"], train["ip"], test["entity"], test["ip"]) if train is not None else None
-    ev = evaluate_scores(scores, labels, kinds, baselines, thresholds)
-    n_bad = int(np.isnan(scores).sum())
-    if n_bad:
-        log.warning("%d test row(s) have an invalid IP and were scored NaN (ranked as least suspicious)", n_bad)
-    print("ROC AUC (anomaly score; per kind: that kind vs normal rows)")
-    print(ev.auc_table())
-    print()
-    print(ev.threshold_text())
-    if args.plot:
-        histogram_plot(scores, labels, args.plot)
-        print(f"\nhistogram written to {args.plot}")
-    if args.output:
-        with atomic_write(args.output) as fh:
-            json.dump(ev.as_dict(), fh, indent=2)
-    return 0
+        thresholds = [float(t) for t in args.thresholds.split(",")] if args.thresholds else None
+        ev, scores = evaluate_model(scorer, test, train, thresholds, args.learning_period_events)
+        print("ROC AUC (anomaly score; per kind: that kind vs normal rows)")
+        print(ev.auc_table())
+        print()
+        print(ev.threshold_text())
+        if args.plot:
+            histogram_plot(scores, test["label"].to_numpy(), args.plot)
+            print(f"\nhistogram written to {args.plot}")
+        if args.output:
+            with atomic_write(args.output) as fh:
+                json.dump(ev.as_dict(), fh, indent=2)
+
+    return Job("evaluate", spark=False, errors=[(ModelFileError, EXIT_USAGE)]).run(args, body)
 
 
 def _serve(argv: Sequence[str]) -> int:

@@ -13,6 +13,7 @@ exact IP, its /24 and its /16 (unseen = suspicious).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,14 +24,17 @@ import pyarrow as pa
 from ipinsights.core.hashing import hash_strings
 from ipinsights.core.ip import key_prefix, parse_ip, to_string_array
 from ipinsights.core.metrics import roc_auc, threshold_table
+from ipinsights.score.scorer import Scorer
 from ipinsights.score.verdict import BASELINES
 
-__all__ = ["Evaluation", "evaluate_scores", "baseline_scores", "histogram_plot"]
+__all__ = ["Evaluation", "evaluate_scores", "evaluate_model", "baseline_scores", "histogram_plot"]
 
 #: The IPv6 analogue of each IPv4 prefix length: the /64 (interface ids churn, so "exact" is the
 #: subnet), the /48 site, the /32 ISP allocation.
 V6_ANALOGUE = {32: 64, 24: 48, 16: 32}
 _BASELINE_SEED = 0x5EED
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -125,6 +129,33 @@ def evaluate_scores(
     for kind in sorted(set(k.tolist())):
         counts[f"kind:{kind}"] = int((k == kind).sum())
     return Evaluation(auc=auc, thresholds=threshold_table(s, y, np.asarray(thresholds)), counts=counts)
+
+
+def evaluate_model(
+    scorer: Scorer,
+    test: pa.Table,
+    train: pa.Table | None = None,
+    thresholds: Sequence[float] | None = None,
+    learning_period_events: int = 10,
+) -> tuple[Evaluation, np.ndarray]:
+    """Evaluate a model on labelled rows (``entity, ip, label, kind``) with the scoring job's rules.
+
+    Rows are scored as production scores them: the entity's own score, or the population prior in its
+    learning period (with the scorer's profiles; without them, the raw model score, as SageMaker).
+    ``train`` (``entity, ip``) adds the per-entity lookup baselines. Returns the evaluation and the
+    anomaly scores (NaN for an invalid address: ranked least suspicious).
+    """
+    verdict = scorer.assess(test["entity"], test["ip"], learning_period_events)
+    scores = verdict.anomaly_score if scorer.profiles is not None else scorer.anomaly_score(test["entity"], test["ip"])
+    rules = {str(r): int(n) for r, n in zip(*np.unique(verdict.rule.astype(str), return_counts=True), strict=True)}
+    log.info("rows by rule: %s%s", rules, "" if scorer.profiles is not None else " (no profile: raw model scores)")
+    n_bad = int(np.isnan(scores).sum())
+    if n_bad:
+        log.warning("%d test row(s) have an invalid IP and were scored NaN (ranked as least suspicious)", n_bad)
+    labels = test["label"].to_numpy()
+    kinds = test["kind"].to_numpy(zero_copy_only=False)
+    baselines = baseline_scores(train["entity"], train["ip"], test["entity"], test["ip"]) if train is not None else None
+    return evaluate_scores(scores, labels, kinds, baselines, thresholds), scores
 
 
 def histogram_plot(anomaly_scores: np.ndarray, labels: np.ndarray, path: str, threshold: float | None = None) -> str:
