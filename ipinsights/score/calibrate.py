@@ -6,7 +6,7 @@ no Spark (the endpoint reads calibrations too).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypedDict
 
 from ipinsights.score.calibration import medium_fpr
 from ipinsights.score.verdict import CAL_LEVELS, RULE_SCORE
@@ -14,7 +14,18 @@ from ipinsights.score.verdict import CAL_LEVELS, RULE_SCORE
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame
 
-__all__ = ["calibrate_levels", "calibrate_threshold"]
+__all__ = ["LevelThresholds", "calibrate_levels", "calibrate_threshold"]
+
+
+class LevelThresholds(TypedDict):
+    """What :func:`calibrate_levels` measures (the :class:`~ipinsights.score.calibration.Calibration` fields)."""
+
+    threshold: float
+    medium_threshold: float
+    prior_threshold: float | None  # None: no population-prior scores (no entity profiles)
+    prior_medium_threshold: float | None
+    score_quantiles: list[float]  # at CAL_LEVELS
+    prior_quantiles: list[float] | None
 
 
 def calibrate_threshold(
@@ -35,15 +46,12 @@ def calibrate_threshold(
         .agg(F.percentile_approx(s.cast("double"), 1.0 - target_fpr, accuracy).alias("q"), F.count(s).alias("n"))
         .first()
     )
-    n = int(row["n"]) if row is not None else 0
-    if not n:
+    if row is None or not row["n"]:
         raise ValueError("no scored rows to calibrate on (empty traffic, or every entity unseen)")
-    return float(row["q"]), n
+    return float(row["q"]), int(row["n"])
 
 
-def calibrate_levels(
-    scores: DataFrame, target_fpr: float, accuracy: int = 1_000_000
-) -> tuple[dict[str, float | None], int]:
+def calibrate_levels(scores: DataFrame, target_fpr: float, accuracy: int = 1_000_000) -> tuple[LevelThresholds, int]:
     """Thresholds of the levels on normal traffic scored by ``score_events``, in one Spark aggregation.
 
     Entity scores (rule ``model_score``) and population-prior scores (every valid row: the prior is
@@ -64,13 +72,13 @@ def calibrate_levels(
         F.percentile_approx(prior, qs, accuracy).alias("p"),
         F.count(prior).alias("np"),
     ).first()
-    n = int(row["n"]) if row is not None else 0
-    if not n:
+    if row is None or not row["n"]:
         raise ValueError("no scored rows to calibrate on (empty traffic, or every entity in its learning period)")
-    e, pr = row["e"], row["p"] if row["np"] else [None] * (len(qs))
-    out = {"threshold": float(e[0]), "medium_threshold": float(e[1]),
-           "prior_threshold": None if pr[0] is None else float(pr[0]),
-           "prior_medium_threshold": None if pr[1] is None else float(pr[1]),
-           "score_quantiles": [float(x) for x in e[2:]],
-           "prior_quantiles": None if pr[0] is None else [float(x) for x in pr[2:]]}  # fmt: skip
-    return out, n
+    e: list[float] = row["e"]
+    pr: list[float] | None = row["p"] if row["np"] else None  # no prior scores: no entity profiles
+    out: LevelThresholds = {"threshold": float(e[0]), "medium_threshold": float(e[1]),
+                            "prior_threshold": None if pr is None else float(pr[0]),
+                            "prior_medium_threshold": None if pr is None else float(pr[1]),
+                            "score_quantiles": [float(x) for x in e[2:]],
+                            "prior_quantiles": None if pr is None else [float(x) for x in pr[2:]]}  # fmt: skip
+    return out, int(row["n"])

@@ -171,7 +171,8 @@ def histogram_plot(anomaly_scores: np.ndarray, labels: np.ndarray, path: str, th
     y = np.asarray(labels).astype(bool)
     ok = ~np.isnan(s)
     fig, ax = plt.subplots(figsize=(8, 4.5))
-    bins = np.histogram_bin_edges(s[ok], bins=60) if ok.any() else 10
+    # hist's stubs take a Sequence[float] of edges, not an array: the same edges as a list.
+    bins: list[float] | int = np.histogram_bin_edges(s[ok], bins=60).tolist() if ok.any() else 10
     ax.hist(s[ok & ~y], bins=bins, alpha=0.6, density=True, label=f"normal ({int((ok & ~y).sum())})")
     ax.hist(s[ok & y], bins=bins, alpha=0.6, density=True, label=f"attack ({int((ok & y).sum())})")
     if threshold is not None:

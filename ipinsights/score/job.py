@@ -32,7 +32,7 @@ import math
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 import pyarrow as pa
@@ -43,6 +43,7 @@ from ipinsights.score.verdict import BASELINES, LEVELS, RULES, Threshold, Thresh
 
 if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame, SparkSession
+    from pyspark.sql.types import StructType
 
 log = logging.getLogger(__name__)
 
@@ -187,6 +188,13 @@ def _floats(values: np.ndarray) -> pa.Array:
     return pa.array(values, mask=~np.isfinite(values))
 
 
+def _struct_of(ddl: str) -> StructType:
+    """The struct of a DDL field list (``fromDDL`` is typed as returning any ``DataType``)."""
+    from pyspark.sql.types import StructType
+
+    return cast(StructType, StructType.fromDDL(ddl))
+
+
 def score_events(df: DataFrame, setup: ScoringSetup | str, batch_size: int = BATCH_ROWS) -> DataFrame:
     """``df`` (with string columns ``entity`` and ``ip``) plus the score columns (see the module docstring).
 
@@ -198,7 +206,7 @@ def score_events(df: DataFrame, setup: ScoringSetup | str, batch_size: int = BAT
 
     if not isinstance(setup, ScoringSetup):
         setup = ScoringSetup(ScorerSource(str(setup)), batch_size)
-    out_schema = StructType(df.schema.fields + StructType.fromDDL(_SCORE_FIELDS).fields)
+    out_schema = StructType(df.schema.fields + _struct_of(_SCORE_FIELDS).fields)
     return map_in_arrow(df, setup.source, partial(_score_batch, setup), out_schema, setup.batch_size)
 
 
@@ -217,7 +225,7 @@ def explain_rows(df: DataFrame, setup: ScoringSetup) -> DataFrame:
     """``df`` (flagged rows with ``entity``, ``ip``) plus the explanation columns."""
     from pyspark.sql.types import StructType
 
-    out_schema = StructType(df.schema.fields + StructType.fromDDL(_EXPLAIN_FIELDS).fields)
+    out_schema = StructType(df.schema.fields + _struct_of(_EXPLAIN_FIELDS).fields)
     return map_in_arrow(df, setup.source, _explain_batch, out_schema, setup.batch_size)
 
 

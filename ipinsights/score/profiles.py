@@ -154,7 +154,7 @@ class EntityProfiles:
         """Write atomically as safetensors (no pickle), the fingerprint in the metadata."""
         from safetensors.numpy import save
 
-        tensors = {
+        tensors: dict[str, np.ndarray] = {
             "hashes": self.hashes.view(np.int64),
             "score_quantiles": self.score_quantiles.astype(np.float32),
             "net_offsets": self.net_offsets.astype(np.int64),

@@ -104,7 +104,9 @@ def score_histograms(scores: DataFrame, bins: int = 60) -> dict[str, Histogram]:
 
     s = F.col("anomaly_score").cast("double")
     valid = scores.where(s.isNotNull() & ~F.isnan(s))
-    lo, hi = valid.agg(F.min(s), F.max(s)).first()
+    row = valid.agg(F.min(s), F.max(s)).first()
+    assert row is not None  # an aggregation without grouping has exactly one row
+    lo, hi = row
     if lo is None:
         return {}
     width = (hi - lo) / bins if hi > lo else 1.0

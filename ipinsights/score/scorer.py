@@ -8,10 +8,10 @@ everywhere.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import numpy as np
 import pandas as pd
@@ -32,10 +32,14 @@ from ipinsights.score.verdict import (
 )
 from ipinsights.storage.modelfile import ModelBundle, load_model
 
+if TYPE_CHECKING:
+    from ipinsights.core.asn import AsnTable
+    from ipinsights.score.profiles import EntityProfiles
+
 log = logging.getLogger(__name__)
 
 
-ArrayLike = Iterable[str] | pa.Array | np.ndarray | pd.Series
+ArrayLike: TypeAlias = Iterable[str] | pa.Array | np.ndarray | pd.Series
 
 
 #: Rows per torch call on CPU. Small: the (rows, vector_dim) intermediates stay in cache, and freeing them
@@ -101,9 +105,10 @@ class Scorer:
             EntityStats.from_bytes(bundle.extra_path(ENTITY_FILE).read_bytes()) if ENTITY_FILE in files else None
         )
         self._folded: tuple[torch.Tensor, torch.Tensor | None] | None = None  # see _folded_table
-        self._profile_rows: tuple[Any, Any, np.ndarray] | None = None  # (stats, profiles, row of each stat)
-        self.profiles = None  # EntityProfiles (see load): percentiles, the population prior, explanations
-        self.asn_table = None  # AsnTable (see load): ASNs in explanations
+        # (stats, profiles, row of each stat)
+        self._profile_rows: tuple[EntityStats, EntityProfiles, np.ndarray] | None = None
+        self.profiles: EntityProfiles | None = None  # see load: percentiles, the population prior, explanations
+        self.asn_table: AsnTable | None = None  # see load: ASNs in explanations
 
     @classmethod
     def load(
@@ -137,7 +142,7 @@ class Scorer:
         """Hashed embedding row of each entity."""
         return buckets_of(self.entity_hashes(entities), self.num_entity_vectors)
 
-    def _run(self, fn, *arrays: np.ndarray, out_shape: tuple[int, ...]) -> np.ndarray:
+    def _run(self, fn: Callable[..., torch.Tensor], *arrays: np.ndarray, out_shape: tuple[int, ...]) -> np.ndarray:
         n = arrays[0].shape[0]
         out = np.empty((n, *out_shape), dtype=np.float32)
         with torch.inference_mode():
@@ -233,6 +238,7 @@ class Scorer:
         learning, scored = code == RULE_LEARNING_CODE, code == RULE_SCORE_CODE
         pct = np.full(dp.size, np.nan)
         if self.profiles is not None:
+            assert profile_rows is not None  # _entity_lookup finds profile rows whenever there are profiles
             pct = self.profiles.percentile(np.where(scored, profile_rows, -1), -dp)
         out = Assessment(dp, prior, counts, code, anomaly, pct)
         if thresholds is not None:
@@ -341,7 +347,7 @@ class Scorer:
         return self.bundle.manifest
 
 
-def _read_profiles(model: Path, path: Path | None):
+def _read_profiles(model: Path, path: Path | None) -> EntityProfiles | None:
     """The model's entity profiles at ``path`` (must be usable), or beside the model (None when unusable)."""
     from ipinsights.score.profiles import EntityProfiles, ProfileError
     from ipinsights.storage.modelfile import profile_path

@@ -12,7 +12,7 @@ import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, overload
 
 import pyarrow as pa
 
@@ -83,6 +83,10 @@ def map_in_arrow(
     return df.mapInArrow(batch_mapper(source.resolved(), fn, batch_size), schema)
 
 
+@overload
+def _resolved(path: str) -> str: ...
+@overload
+def _resolved(path: None) -> None: ...
 def _resolved(path: str | None) -> str | None:
     if path is None or "://" in str(path):
         return path

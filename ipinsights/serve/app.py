@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -126,7 +126,7 @@ class Batcher:
 
     def _flush(self) -> None:
         batch, self.pending = self.pending, []
-        dps: list[np.ndarray | None] = [None] * len(batch)
+        dps: Sequence[np.ndarray | None] = [None] * len(batch)
         if len(batch) > 1:
             try:
                 dp = self.scorer.dot_product(

@@ -194,6 +194,8 @@ def export_embeddings(
 
         return _write(out, _schema("ip", scorer.vector_dim, model), ip_rows())
 
+    assert entities is not None  # exactly one of ips and entities is given (checked above)
+
     def entity_rows() -> Iterator[tuple[pa.Array, np.ndarray]]:
         chunk: list[str] = []
         for e in entities:
