@@ -119,7 +119,7 @@ def hash64(*parts: np.ndarray | int) -> np.ndarray:
     return h
 
 
-def temporary_iid(seed: int, user: np.ndarray, day: np.ndarray, subnet: np.ndarray, path: int) -> np.ndarray:
+def temporary_iid(seed: int, user: np.ndarray, day: np.ndarray, subnet: np.ndarray | int, path: int) -> np.ndarray:
     """The privacy-extension interface id (RFC 8981) a user's device has on ``day`` in ``subnet`` (uint64).
 
     A keyed hash, so it is the same for every login of that device that day and changes daily; the

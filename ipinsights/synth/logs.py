@@ -315,14 +315,15 @@ def _noise_rows(
     }
 
 
-def _splice(lines: pa.Array, after: np.ndarray, junk: list[bytes]) -> list:
+def _splice(lines: pa.Array, after: np.ndarray, junk: list[bytes]) -> list[pa.Buffer | bytes]:
     """The lines' bytes with each junk line inserted after line ``after[i]`` (``after`` sorted)."""
     data = lines_buffer(lines)
     if not junk:
         return [data]
     offsets = _offsets(lines)
     ends = (offsets[after + 1] - offsets[0]).tolist()
-    pieces, start = [], 0
+    pieces: list[pa.Buffer | bytes] = []
+    start = 0
     for end, extra in zip(ends, junk, strict=True):
         pieces.extend((data.slice(start, end - start), extra))
         start = end

@@ -94,6 +94,11 @@ _KIND_SHARE = {"broadband": 0.45, "mobile": 0.15, "business": 0.3, "hosting": 0.
 _KIND_WORD = {"broadband": "Broadband", "mobile": "Mobile", "business": "Business", "hosting": "Hosting"}
 _SYLLABLES = ("ka", "lo", "net", "tel", "vo", "ra", "com", "sky", "li", "no", "ve", "tri", "max", "on", "zen", "ar")
 
+# A synthetic range before layout: (country, kind, AS number, AS description, IPv4 prefix length);
+# and a plan row after it: (start, end, AS number, country, kind, AS description).
+_Range = tuple[str, str, int, str, int]
+_PlanRow = tuple[int, int, int, str, str, str]
+
 # Keywords that classify a real AS description (first match wins, in this order; default broadband).
 _KIND_KEYWORDS = (
     ("hosting", re.compile(r"hosting|cloud|amazon|google|microsoft|digitalocean|ovh|hetzner|linode|data ?cent", re.I)),
@@ -136,8 +141,8 @@ class AddressPlan:
     ``start``/``end`` are inclusive ``int64`` addresses; ``country``, ``kind`` and ``description`` are
     numpy arrays of Python strings (a few thousand to a few hundred thousand rows). ``v6_start`` is
     the first 64 bits of the row's IPv6 prefix (``int64``: every prefix is in ``2000::/3``) and
-    ``v6_len`` its length (``int8``, at most 48); left out, they are derived with
-    :func:`ipv6_allocations` and seed 0.
+    ``v6_len`` its length (``int8``, at most 48); :meth:`with_ipv6` derives them from the other columns
+    with :func:`ipv6_allocations`, as :meth:`synthetic` and :meth:`from_ip2asn_tsv` do.
     """
 
     start: np.ndarray
@@ -146,8 +151,8 @@ class AddressPlan:
     country: np.ndarray
     kind: np.ndarray
     description: np.ndarray
-    v6_start: np.ndarray | None = None
-    v6_len: np.ndarray | None = None
+    v6_start: np.ndarray
+    v6_len: np.ndarray
 
     def __post_init__(self) -> None:
         n = len(self.start)
@@ -157,10 +162,6 @@ class AddressPlan:
             raise ValueError("address plan columns must all have the same length")
         if np.any(self.end < self.start) or np.any(self.start[1:] <= self.end[:-1]):
             raise ValueError("address plan ranges must be sorted, non-empty and non-overlapping")
-        if self.v6_start is None or self.v6_len is None:
-            v6_start, v6_len = ipv6_allocations(self.size, self.asn, self.country, self.kind, seed=0)
-            object.__setattr__(self, "v6_start", v6_start)
-            object.__setattr__(self, "v6_len", v6_len)
         _check_v6(self.v6_start, self.v6_len, n)
 
     def __len__(self) -> int:
@@ -247,7 +248,7 @@ class AddressPlan:
         and ``seed`` (:func:`ipv6_allocations`), as for a synthetic plan of that seed.
         """
         rows = read_ip2asn(path, keep_unrouted)
-        return cls._with_v6(
+        return cls.with_ipv6(
             seed,
             start=rows.start,
             end=rows.end,
@@ -258,10 +259,20 @@ class AddressPlan:
         )
 
     @classmethod
-    def _with_v6(cls, seed: int, **columns: np.ndarray) -> AddressPlan:
-        size = columns["end"] - columns["start"] + 1
-        v6_start, v6_len = ipv6_allocations(size, columns["asn"], columns["country"], columns["kind"], seed)
-        return cls(**columns, v6_start=v6_start, v6_len=v6_len)
+    def with_ipv6(
+        cls,
+        seed: int,
+        *,
+        start: np.ndarray,
+        end: np.ndarray,
+        asn: np.ndarray,
+        country: np.ndarray,
+        kind: np.ndarray,
+        description: np.ndarray,
+    ) -> AddressPlan:
+        """A plan of these IPv4 columns, its IPv6 prefixes derived from them and ``seed`` (:func:`ipv6_allocations`)."""
+        v6_start, v6_len = ipv6_allocations(end - start + 1, asn, country, kind, seed)
+        return cls(start, end, asn, country, kind, description, v6_start, v6_len)
 
     # Synthetic plan -----------------------------------------------------------------------------
 
@@ -286,20 +297,20 @@ class AddressPlan:
         asns = 1000 + rng.choice(63_000 if len(isps) <= 63_000 else 4 * len(isps), size=len(isps), replace=False)
         names = [_isp_name(rng) for _ in isps]
         # One row per range: (country, kind, asn, description, prefix length).
-        ranges = []
+        ranges: list[_Range] = []
         for (code, kind, k), asn, name in zip(isps, asns.tolist(), names, strict=True):
             lo, hi = _PREFIXES[kind]
             for plen in rng.integers(lo, hi + 1, size=k).tolist():
                 ranges.append((code, kind, asn, f"{name.upper()}-AS - {name} {_KIND_WORD[kind]} {code}", plen))
-        ranges = _lay_out(ranges, codes, rng)
-        return cls._with_v6(
+        rows = _lay_out(ranges, codes, rng)
+        return cls.with_ipv6(
             seed,
-            start=np.array([r[0] for r in ranges], np.int64),
-            end=np.array([r[1] for r in ranges], np.int64),
-            asn=np.array([r[2] for r in ranges], np.int64),
-            country=np.array([r[3] for r in ranges], dtype=object),
-            kind=np.array([r[4] for r in ranges], dtype=object),
-            description=np.array([r[5] for r in ranges], dtype=object),
+            start=np.array([r[0] for r in rows], np.int64),
+            end=np.array([r[1] for r in rows], np.int64),
+            asn=np.array([r[2] for r in rows], np.int64),
+            country=np.array([r[3] for r in rows], dtype=object),
+            kind=np.array([r[4] for r in rows], dtype=object),
+            description=np.array([r[5] for r in rows], dtype=object),
         )
 
 
@@ -316,7 +327,7 @@ def _isp_name(rng: np.random.Generator) -> str:
     return "".join(_SYLLABLES[i] for i in parts).capitalize()
 
 
-def _lay_out(ranges: list, codes: list[str], rng: np.random.Generator) -> list[tuple]:
+def _lay_out(ranges: list[_Range], codes: list[str], rng: np.random.Generator) -> list[_PlanRow]:
     """Place ranges CIDR-aligned in address order: each country in a few blocks, random gaps, no reserved space.
 
     A loop over ranges (thousands), not over events; it also shrinks every range if the plan would not fit.
@@ -348,16 +359,18 @@ def _lay_out(ranges: list, codes: list[str], rng: np.random.Generator) -> list[t
             break
     else:
         raise ValueError("synthetic address plan does not fit below 224.0.0.0; lower networks")
-    out = []
+    out: list[_PlanRow] = []
     for i, start in placed:
         code, kind, asn, description, _ = ranges[i]
         out.append((start, start + (1 << (32 - int(plens[i]))) - 1, asn, code, kind, description))
     return out
 
 
-def _place(sequence: list[int], plens: np.ndarray, gaps: list[int], reserved: list) -> list | None:
+def _place(
+    sequence: list[int], plens: np.ndarray, gaps: list[int], reserved: list[tuple[int, int]]
+) -> list[tuple[int, int]] | None:
     """``(range, start)`` in address order, CIDR-aligned, past reserved blocks; None if it overflows."""
-    out = []
+    out: list[tuple[int, int]] = []
     cursor = 1 << 24  # 1.0.0.0
     for i, gap in zip(sequence, gaps, strict=True):
         size = 1 << (32 - int(plens[i]))

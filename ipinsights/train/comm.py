@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -204,4 +205,4 @@ class HorovodComm(Comm):
 
 
 #: Backend name -> its :class:`Comm`, built from the rank's device.
-COMMS: dict[str, type[Comm]] = {"torch": TorchDistComm, "horovod": HorovodComm, "local": LocalComm}
+COMMS: dict[str, Callable[[torch.device], Comm]] = {"torch": TorchDistComm, "horovod": HorovodComm, "local": LocalComm}

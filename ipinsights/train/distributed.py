@@ -176,7 +176,9 @@ def run_training(spark, spec: WorkerSpec, backend: str, num_workers: int, use_gp
         from pyspark.ml.torch.distributor import TorchDistributor
 
         distributor = TorchDistributor(num_processes=num_workers, local_mode=False, use_gpu=spec.use_gpu)
-        return distributor.run(train_worker, spec)
+        summary: dict[str, Any] | None = distributor.run(train_worker, spec)
+        assert summary is not None  # run() returns None only for a script path; a function's result comes back
+        return summary
     if backend == "horovod":
         try:
             import horovod.spark

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ipinsights.core.config import TrainConfig, config_to_dict
+from ipinsights.core.config import ConfigError, TrainConfig, config_to_dict
 from ipinsights.core.entities import EntityStats
 from ipinsights.core.errors import DataFormatError
 from ipinsights.storage.events import read_events
@@ -69,11 +69,15 @@ def run_train_job(
 
     if inputs.events:
         train_df = read_events(spark, inputs.events, inputs.start_date, inputs.end_date)
-    else:
+    elif inputs.train_csv:
         train_df = read_pairs_spark(spark, inputs.train_csv)
+    else:
+        raise ConfigError("the training job needs events or train_csv")
     if inputs.validation_csv:
         val_df = read_pairs_spark(spark, inputs.validation_csv)
     elif inputs.validation_start_date:
+        if not inputs.events:
+            raise ConfigError("validation days (validation_start_date) come from the events table: give events")
         last = inputs.validation_end_date or inputs.validation_start_date
         val_df = read_events(spark, inputs.events, inputs.validation_start_date, last)
     else:

@@ -178,15 +178,15 @@ class Trainer:
             self.dense_opt.zero_grad(set_to_none=True)
         loss.backward()
         if self.dense_opt is not None:
-            self.comm.allreduce_mean_([p.grad for p in self.dense_params])
+            self.comm.allreduce_mean_([_grad(p) for p in self.dense_params])
             self.dense_opt.step()
         world = self.comm.world_size
         for opt, rows, leaf in ((self.entity_opt, uniq_e, E), (self.ip_opt, uniq_r, T)):
             if world > 1:
-                rows, grad = coalesce_rows(*self.comm.allgather_rows(rows, leaf.grad), world)
+                rows, grad = coalesce_rows(*self.comm.allgather_rows(rows, _grad(leaf)), world)
                 opt.step(rows, grad)  # the union of every rank's rows: gather them afresh
             else:
-                opt.step(rows, leaf.grad, params=leaf)
+                opt.step(rows, _grad(leaf), params=leaf)
         with torch.no_grad():
             correct = ((logits_t > 0) == (labels > 0.5)).sum().item()
         return loss.item() * logits_t.numel(), correct, logits_t.numel()
@@ -243,13 +243,13 @@ class Trainer:
                     bar.update(1)
             if bar is not None:
                 bar.close()
-            tot = self.comm.allreduce_sum(tot)
+            tot_loss, tot_correct, tot_n = self.comm.allreduce_sum(tot).tolist()
             seconds = time.perf_counter() - t0
             pairs = int(self.comm.allreduce_sum(torch.tensor([float(min(len(idx), n_steps * bs))]))[0])
             metrics = EpochMetrics(
                 epoch=epoch,
-                loss=float(tot[0] / max(tot[2], 1)),
-                accuracy=float(tot[1] / max(tot[2], 1)),
+                loss=tot_loss / max(tot_n, 1),
+                accuracy=tot_correct / max(tot_n, 1),
                 pairs=pairs,
                 seconds=seconds,
                 pairs_per_second=pairs / seconds if seconds > 0 else float("nan"),
@@ -297,6 +297,13 @@ class Trainer:
             self.dense_opt.load_state_dict(state["dense_opt"])
         self.epoch = int(state["epoch"])
         self.generator.set_state(state["generator"])
+
+
+def _grad(t: torch.Tensor) -> torch.Tensor:
+    """``t``'s gradient after ``loss.backward()``: every tensor asked about here took part in the loss."""
+    grad = t.grad
+    assert grad is not None, "a trained tensor took no part in the loss"
+    return grad
 
 
 def _fmt_metrics(m: EpochMetrics) -> str:

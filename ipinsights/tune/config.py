@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import dataclasses
 import logging
 import typing
@@ -116,7 +117,7 @@ class ParameterRange:
         object.__setattr__(self, "max", hi)
         object.__setattr__(self, "scaling", scaling)
 
-    def _cast(self, tp: type, value: Any, what: str) -> Any:
+    def _cast(self, tp: builtins.type, value: Any, what: str) -> Any:  # `type` is the field here
         if isinstance(value, str):
             try:
                 value = float(value)
@@ -190,9 +191,9 @@ class TuneConfig:
     """A tuning job, as loaded from ``conf/tune.yml``.
 
     ``space`` is given in YAML as a mapping ``name: {type, min, max, scaling}`` (or a list of ranges
-    with a ``name``) and held as a tuple of :class:`ParameterRange`. ``baseline_trial`` makes trial 0
-    train the base config's own values (when they lie in the space), so the table shows what tuning
-    gained.
+    with a ``name``) and held as a tuple of :class:`ParameterRange` (typed as such: :attr:`ranges`).
+    ``baseline_trial`` makes trial 0 train the base config's own values (when they lie in the space),
+    so the table shows what tuning gained.
     """
 
     space: Mapping[str, Any] | tuple[ParameterRange, ...] = DEFAULT_SPACE
@@ -221,6 +222,12 @@ class TuneConfig:
         object.__setattr__(self, "strategy", strategy)
         if self.objective not in OBJECTIVES:
             raise ConfigError(f"objective={self.objective!r}: only {OBJECTIVES[0]} (maximised) is reported by trials")
+
+    @property
+    def ranges(self) -> tuple[ParameterRange, ...]:
+        """The search space: ``space`` as :meth:`__post_init__` parsed it (the field also takes the YAML form)."""
+        assert isinstance(self.space, tuple)  # __post_init__ always replaces space with the parsed tuple
+        return self.space
 
 
 def _parse_space(space: Any) -> tuple[ParameterRange, ...]:
@@ -272,7 +279,7 @@ def resolve_tuning(
     if train_config:
         cfg = dataclasses.replace(cfg, base_config=train_config)
     fixed = [k.rsplit(".", 1)[-1] for k in parse_overrides(overrides)]
-    fixed = [name for name in fixed if name in {r.name for r in cfg.space}]
+    fixed = [name for name in fixed if name in {r.name for r in cfg.ranges}]
     if fixed:
         log.warning("fixed on the command line, so not tuned: %s", ", ".join(sorted(fixed)))
         cfg = without_parameters(cfg, fixed)
@@ -282,7 +289,7 @@ def resolve_tuning(
 def without_parameters(cfg: TuneConfig, names: Iterable[str]) -> TuneConfig:
     """``cfg`` with these hyperparameters taken out of the space (fixed by the caller instead)."""
     names = set(names)
-    kept = tuple(r for r in cfg.space if r.name not in names)
+    kept = tuple(r for r in cfg.ranges if r.name not in names)
     if not kept:
         raise ConfigError(f"every tuned hyperparameter ({sorted(names)}) was fixed: nothing left to tune")
     return dataclasses.replace(cfg, space=kept)

@@ -89,25 +89,25 @@ def run_trials(
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # each trial is logged here, with its status
     parallel = min(cfg.max_parallel_jobs, cfg.max_jobs)
     study = optuna.create_study(direction="maximize", sampler=_sampler(cfg, parallel))
-    dists = {r.name: r.distribution() for r in cfg.space}
+    dists = {r.name: r.distribution() for r in cfg.ranges}
     base_hp = config_to_dict(base.hyperparameters)
     if cfg.baseline_trial:
-        outside = [r.name for r in cfg.space if not r.contains(base_hp[r.name])]
+        outside = [r.name for r in cfg.ranges if not r.contains(base_hp[r.name])]
         if outside:
             log.warning("baseline trial skipped: base values of %s lie outside the space", outside)
         else:
-            study.enqueue_trial({r.name: base_hp[r.name] for r in cfg.space})
+            study.enqueue_trial({r.name: base_hp[r.name] for r in cfg.ranges})
     base_dict = config_to_dict(base)
     trials_dir = Path(trials_dir).resolve()
     es = cfg.early_stopping
     in_flight: dict[int, tuple[Any, dict[str, Any], cf.Future]] = {}
     records: list[TrialRecord] = []
-    best: TrialRecord | None = None
+    best: tuple[TrialRecord, float] | None = None  # the trial holding the best model so far, and its objective
 
     def launch(n: int) -> None:
         trial = study.ask(dists)
         assert trial.number == n, (trial.number, n)  # asks happen strictly in trial-number order
-        params = {r.name: trial.params[r.name] for r in cfg.space}
+        params = {r.name: trial.params[r.name] for r in cfg.ranges}
         hp = {**base_hp, **params}
         completed = [r.aucs for r in records if r.status == COMPLETED]
         stop_below = median_running_average(completed, es.min_trials) if es.type == "auto" else []
@@ -159,14 +159,14 @@ def run_trials(
             study.tell(trial, state=TrialState.FAIL)
         if rec.history:
             write_metrics(trials_dir / f"trial-{n:03d}" / "metrics.jsonl", rec.history)
-        auc = "n/a" if rec.objective is None else f"{rec.objective:.4f}"
-        log.info("trial %d %s: discriminator_auc=%s epochs=%d %.1f s%s", n, rec.status, auc, rec.epochs,
+        auc_text = "n/a" if rec.objective is None else f"{rec.objective:.4f}"
+        log.info("trial %d %s: discriminator_auc=%s epochs=%d %.1f s%s", n, rec.status, auc_text, rec.epochs,
                  rec.seconds, f" ({rec.error})" if rec.error else "")  # fmt: skip
         if rec.model_dir and rec.objective is not None:
-            if best is None or rec.objective > best.objective:
+            if best is None or rec.objective > best[1]:
                 if best is not None and not cfg.keep_trial_models:
-                    drop_model(best)
-                best = rec
+                    drop_model(best[0])
+                best = rec, rec.objective
             elif not cfg.keep_trial_models:
                 drop_model(rec)
         records.append(rec)
@@ -261,7 +261,7 @@ def tune(
         raise
     if runner is not None:
         runner.close()
-    table = results_frame(records, [r.name for r in cfg.space])
+    table = results_frame(records, [r.name for r in cfg.ranges])
     write_frame(table, out / "results.csv")
     write_frame(table, out / "results.parquet")
     best = best_record(records)
@@ -305,7 +305,7 @@ def run_tune_job(
     from ipinsights.storage.sagemaker_csv import read_pairs_table
 
     log.info("tuning %d trials (%d in parallel, %s, seed %d) over %s", cfg.max_jobs, cfg.max_parallel_jobs,
-             cfg.strategy, cfg.seed, ", ".join(r.name for r in cfg.space))  # fmt: skip
+             cfg.strategy, cfg.seed, ", ".join(r.name for r in cfg.ranges))  # fmt: skip
     try:
         train_df = read_pairs_table(spark, inputs.train, inputs.format, inputs.start_date, inputs.end_date)
         val_df = read_pairs_table(spark, inputs.validation, inputs.format, inputs.validation_start_date,

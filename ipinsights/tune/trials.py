@@ -14,7 +14,7 @@ import statistics
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 from ipinsights.train.spec import RunSpec, read_pairs
 from ipinsights.train.trainer import EpochMetrics, Trainer, train_model
@@ -99,6 +99,13 @@ def _cpu_count() -> int:
         return os.cpu_count() or 1
 
 
+class _TrialManifest(TypedDict):
+    """What a trial adds to its model's manifest (``status`` may change after an epoch)."""
+
+    tuning_trial: int
+    status: str
+
+
 def _train_trial(spec: TrialSpec, history: list[EpochMetrics]) -> tuple[str, str]:
     """Train, checking for divergence and the stopping rule after every epoch; returns (status, model dir)."""
     hp, mopts, topts = spec.options()
@@ -106,7 +113,7 @@ def _train_trial(spec: TrialSpec, history: list[EpochMetrics]) -> tuple[str, str
     topts = dataclasses.replace(topts, num_threads=topts.num_threads or max(1, _cpu_count() // spec.max_parallel_jobs))
     train = read_pairs(spec.train_files, hp.num_entity_vectors)
     validation = read_pairs(spec.validation_files, hp.num_entity_vectors)
-    manifest = {"tuning_trial": spec.number, "status": COMPLETED}
+    manifest: _TrialManifest = {"tuning_trial": spec.number, "status": COMPLETED}
 
     def check(trainer: Trainer, history: list[EpochMetrics]) -> bool:
         m = history[-1]
