@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# The project's test command (README, CI): set up .venv if needed, lint, run every test (slow ones too).
+# The project's test command (README, CI): set up .venv if needed, lint, format check, type check, then
+# every test (slow ones too).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 export SPARK_LOCAL_IP=127.0.0.1
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
+.venv/bin/python -m mypy  # [tool.mypy] in pyproject.toml: strict on core/ and storage/
 .venv/bin/python -m pytest "$@"
