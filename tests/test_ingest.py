@@ -273,3 +273,35 @@ def test_every_csv_reader_refuses_a_bad_row_naming_file_and_line(spark, tmp_path
         with pytest.raises(DataFormatError, match=r"bad.csv:3: expected 2 fields, got 3: 'u3,10.0.0.3,extra'"):
             read()
             pytest.fail(f"the {name} reader accepted a bad row")
+
+
+@pytest.mark.spark
+@pytest.mark.slow
+def test_a_failed_publish_keeps_the_old_day(spark, tmp_path, monkeypatch):
+    """The ingest's publish fails (an injected S3 copy error on the new day's move): the day it was to
+    replace is back in the table, the run fails, and a rerun publishes."""
+    from ipinsights.ingest.job import run_ingest
+    from ipinsights.storage.events import read_events
+    from ipinsights.storage.filesystems import ArrowStore
+
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    write(logs / "a.log", good(12))
+    cfg = config(tmp_path, [str(logs / "a.log")])
+    run_ingest(spark, cfg)
+    before = sorted(read_events(spark, cfg.output).collect())
+    write(logs / "a.log", good(5))  # the file changed: a rerun would replace the day with 5 rows
+    real_rename = ArrowStore.rename
+
+    def failing_rename(self, src, dst):
+        if "/staging/" not in dst and "_staging/" in src and "/events/dt=" in src:
+            raise OSError("injected: copy failed")
+        real_rename(self, src, dst)
+
+    monkeypatch.setattr(ArrowStore, "rename", failing_rename)
+    with pytest.raises(OSError, match="injected"):
+        run_ingest(spark, config(tmp_path, [str(logs / "a.log")], run_id="r2"))
+    assert sorted(read_events(spark, cfg.output).collect()) == before
+    monkeypatch.setattr(ArrowStore, "rename", real_rename)
+    run_ingest(spark, config(tmp_path, [str(logs / "a.log")], run_id="r3"))
+    assert read_events(spark, cfg.output).count() == 5

@@ -35,7 +35,7 @@ from ipinsights.storage.files import write_json
 from ipinsights.storage.filesystems import ArrowStore, HadoopStore, arrow_readable, resolve_uri
 from ipinsights.storage.logfiles import LogSplit, iter_split_lines, list_log_files, plan_log_splits, read_log_lines
 from ipinsights.storage.parquet import write_parquet
-from ipinsights.storage.publish import publish_partitions, replace_folders, write_quarantine, write_staged
+from ipinsights.storage.publish import PublishError, publish_partitions, replace_folders, write_quarantine, write_staged
 
 __all__ = [
     "BadInputError",
@@ -323,6 +323,7 @@ def run_ingest(spark, cfg: IngestConfig) -> dict[str, Any]:
     store = ArrowStore() if engine == "arrow" else HadoopStore(spark)
     json_via = None if engine == "arrow" else spark  # the summary goes where the engine's files go
     store.delete(staging)  # what a crashed run with this id left
+    keep_staging = False
     try:
         if isinstance(store, ArrowStore):
             rows = _stage_arrow(spark, cfg, staging, store)
@@ -361,8 +362,13 @@ def run_ingest(spark, cfg: IngestConfig) -> dict[str, Any]:
         write_json(cfg.summary, summary, json_via)
         log.info("ingest summary: %s", _brief(summary))
         return summary
+    except PublishError as exc:
+        keep_staging = True  # it holds an old day that could not be put back: never delete it
+        log.error("%s; staging kept at %s", exc, staging)
+        raise
     finally:
-        store.delete(staging)
+        if not keep_staging:
+            store.delete(staging)
 
 
 def _brief(summary: dict[str, Any]) -> str:

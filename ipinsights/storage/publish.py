@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
@@ -9,6 +10,8 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
 from ipinsights.storage.filesystems import ArrowStore, HadoopStore, delete_tree, resolve_uri
+
+log = logging.getLogger(__name__)
 
 #: Parquet options of the ingest's staged write. Dictionary encoding is off except where values
 #: repeat in long runs (the source file): it was half of the writer's CPU (2.7 -> 1.5 CPU-us per event
@@ -42,27 +45,66 @@ def write_staged(df: DataFrame, path: str, partition_by: list[str], files_per_da
         writer.parquet(resolve_uri(df.sparkSession, path))
 
 
-def replace_folders(store: HadoopStore | ArrowStore, moves: Iterable[tuple[str, str]], trash: str) -> None:
-    """Move each ``src`` folder to ``dst``, replacing what was there (dynamic partition overwrite).
+class PublishError(OSError):
+    """A publish failed and could not be rolled back: ``kept`` lists folders holding data that must not
+    be deleted (an old folder that could not be put back), so the caller keeps its staging area."""
 
-    Per folder: the old one is renamed into ``trash``, the new one renamed into place, then the old
-    one deleted. On HDFS and local disks each rename is one metadata operation, so a reader sees the
-    old folder or the new one (and at worst, between the two renames, briefly none). On S3 a rename is
-    a copy: there a reader can briefly see a folder missing or partly copied; use a table format
-    (Delta/Iceberg) for that. ``trash`` must be on the same filesystem (a sibling is).
+    def __init__(self, message: str, kept: list[str]) -> None:
+        super().__init__(message)
+        self.kept = kept
+
+
+def replace_folders(store: HadoopStore | ArrowStore, moves: Iterable[tuple[str, str]], trash: str) -> None:
+    """Move each ``src`` folder to ``dst``, replacing what was there (dynamic partition overwrite): all or none.
+
+    Per folder the old one is renamed into ``trash`` and the new one into place. Only when every
+    folder is in place are the old ones deleted. If a rename fails (an S3 copy error, a full disk),
+    everything is put back as it was: what reached a ``dst`` returns to its ``src`` (a partial copy at
+    ``dst`` is removed) and every old folder returns to its ``dst``; then the error is raised. If even
+    that fails, :class:`PublishError` names the folders still holding data and nothing is deleted.
+
+    On HDFS and local disks each rename is one metadata operation, so a reader sees the old folder or
+    the new one (and at worst, between the two renames, briefly none). On S3 a rename is a copy: there a
+    reader can briefly see a folder missing or partly copied; use a table format (Delta/Iceberg) for
+    that. ``trash`` must be on the same filesystem (a sibling is).
     """
     store.mkdirs(trash)
-    for i, (src, dst) in enumerate(moves):
-        old = f"{trash.rstrip('/')}/{i}"
-        if store.exists(dst):
-            store.rename(dst, old)
-        else:
-            store.mkdirs(dst.rstrip("/").rsplit("/", 1)[0])
-        try:
+    done: list[tuple[str, str, str | None]] = []  # (src, dst, old folder in trash or None)
+    try:
+        for i, (src, dst) in enumerate(moves):
+            old = f"{trash.rstrip('/')}/{i}"
+            if store.exists(dst):
+                store.rename(dst, old)
+                done.append((src, dst, old))
+            else:
+                store.mkdirs(dst.rstrip("/").rsplit("/", 1)[0])
+                done.append((src, dst, None))
             store.rename(src, dst)
-        except OSError as exc:
-            raise OSError(f"{exc} (the folder it replaces is in {old})") from None
-        store.delete(old)
+    except BaseException as exc:
+        _roll_back(store, done, exc)
+        raise
+    for _, _, replaced in done:
+        if replaced is not None:
+            store.delete(replaced)
+
+
+def _roll_back(store: HadoopStore | ArrowStore, done: list[tuple[str, str, str | None]], exc: BaseException) -> None:
+    """Undo the renames of a failed :func:`replace_folders`, newest first; PublishError if that fails too."""
+    kept: list[str] = []
+    for src, dst, old in reversed(done):
+        try:
+            if store.exists(dst):
+                if store.exists(src):  # the failed rename copied part of src: the copy goes
+                    store.delete(dst)
+                else:
+                    store.rename(dst, src)
+            if old is not None:
+                store.rename(old, dst)
+        except Exception as undo:
+            kept += [p for p in (old, src) if p is not None]
+            log.error("publish rollback of %s failed: %s", dst, undo)
+    if kept:
+        raise PublishError(f"publish failed ({exc}) and could not be rolled back; data kept in {kept}", kept) from exc
 
 
 def publish_partitions(
