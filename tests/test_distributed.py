@@ -125,6 +125,28 @@ def test_resume_continues_from_the_checkpoint(spark, events, tmp_path):
 @pytest.mark.spark
 @pytest.mark.slow
 @pytest.mark.timeout(600)
+def test_checkpoints_belong_to_their_run(spark, events, tmp_path):
+    """An earlier run's higher-numbered checkpoints in the folder are neither pruned nor allowed to make
+    this run prune its own: latest.json always points at a file, and --resume continues from it."""
+    ckpt = tmp_path / "run" / "checkpoints"
+    ckpt.mkdir(parents=True)
+    for old in ("epoch-0009.pt", "epoch-0010.pt"):  # what a longer run, long ago, left behind
+        (ckpt / old).write_bytes(b"an earlier run's checkpoint")
+    _train(events, tmp_path / "run", "local", "--epochs=2", workers=1)
+    latest = json.loads((ckpt / "latest.json").read_text())
+    assert latest["epoch"] == 2 and (ckpt / latest["file"]).exists()
+    assert sorted(latest["files"]) == sorted(p.name for p in ckpt.glob(f"epoch-*-{latest['run_id']}.pt"))
+    assert len(latest["files"]) == 2  # checkpoint_keep of this run's own
+    assert (ckpt / "epoch-0009.pt").exists() and (ckpt / "epoch-0010.pt").exists()
+    metrics = _train(events, tmp_path / "run", "local", "--epochs=3", "--resume", workers=1)
+    assert [m["epoch"] for m in metrics] == [1, 2, 3]
+    resumed = json.loads((ckpt / "latest.json").read_text())
+    assert resumed["run_id"] == latest["run_id"] and not (ckpt / latest["files"][0]).exists()
+
+
+@pytest.mark.spark
+@pytest.mark.slow
+@pytest.mark.timeout(600)
 def test_warm_start_keeps_known_pairs(spark, world, events, tmp_path):
     """Yesterday's model + a day of new data: old pairs still score as normal."""
     _train(events, tmp_path / "day1", "local", workers=1)

@@ -25,6 +25,7 @@ import dataclasses
 import json
 import logging
 import os
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -79,18 +80,28 @@ def latest_checkpoint(checkpoint_dir: str | Path) -> dict[str, Any] | None:
     return json.loads(p.read_text())
 
 
-def _save_checkpoint(trainer: Trainer, spec: WorkerSpec, history: list[EpochMetrics]) -> None:
+def _save_checkpoint(trainer: Trainer, spec: WorkerSpec, history: list[EpochMetrics], run_id: str) -> None:
+    """Write this epoch's checkpoint, point ``latest.json`` at it, prune this run's older ones.
+
+    Checkpoints belong to a run: files are named by run, and only files this run wrote (listed in
+    ``latest.json`` while it is this run's) are pruned. An earlier run's files in the same folder, say
+    ``epoch-0010`` of a longer run, are never touched, so they cannot make this run prune its own.
+    """
     d = Path(spec.checkpoint_dir)
     d.mkdir(parents=True, exist_ok=True)
-    name = f"epoch-{trainer.epoch:04d}.pt"
+    previous = latest_checkpoint(d)
+    mine = list(previous.get("files", [])) if previous and previous.get("run_id") == run_id else []
+    name = f"epoch-{trainer.epoch:04d}-{run_id}.pt"
     with atomic_write(d / name, "wb") as fh:
         torch.save(trainer.state_dict(), fh)
-    record = {"epoch": trainer.epoch, "file": name, "sha256": sha256_file(d / name),
-              "history": [m.as_dict() for m in history]}  # fmt: skip
+    mine = [*(f for f in mine if f != name), name]
+    keep = mine[-spec.checkpoint_keep :]
+    record = {"epoch": trainer.epoch, "file": name, "sha256": sha256_file(d / name), "run_id": run_id,
+              "files": keep, "history": [m.as_dict() for m in history]}  # fmt: skip
     with atomic_write(d / "latest.json") as fh:
         json.dump(record, fh, indent=2)
-    for old in sorted(d.glob("epoch-*.pt"))[: -spec.checkpoint_keep]:
-        old.unlink(missing_ok=True)
+    for old in mine[: -spec.checkpoint_keep]:  # only after latest.json points past them
+        (d / old).unlink(missing_ok=True)
 
 
 def _load_checkpoint(trainer: Trainer, spec: WorkerSpec) -> list[EpochMetrics]:
@@ -99,6 +110,8 @@ def _load_checkpoint(trainer: Trainer, spec: WorkerSpec) -> list[EpochMetrics]:
         log.warning("--resume: no checkpoint in %s; starting from scratch", spec.checkpoint_dir)
         return []
     path = Path(spec.checkpoint_dir) / record["file"]
+    if not path.exists():
+        raise RuntimeError(f"--resume: {path}, the checkpoint latest.json points at, is missing")
     if sha256_file(path) != record["sha256"]:
         raise RuntimeError(f"{path}: checksum mismatch; the checkpoint is corrupt")
     state = torch.load(path, map_location=trainer.device, weights_only=True)
@@ -119,6 +132,9 @@ def train_worker(spec: WorkerSpec) -> dict[str, Any]:
         # Ranks share the executor's cores; one thread each avoids oversubscription (OpenMP spinning).
         topts = dataclasses.replace(topts, device="cpu", num_threads=topts.num_threads or 1)
     comm = COMMS[spec.backend](device)
+    # The run that owns the checkpoints rank 0 writes: a resumed run continues the one it resumes.
+    resumed = latest_checkpoint(spec.checkpoint_dir) if spec.resume else None
+    run_id = str((resumed or {}).get("run_id") or uuid.uuid4().hex[:12])
     try:
         rank, world = comm.rank, comm.world_size
         validation = read_pairs(spec.validation_files, hp.num_entity_vectors) if rank == 0 else None
@@ -128,7 +144,7 @@ def train_worker(spec: WorkerSpec) -> dict[str, Any]:
 
         def checkpoint(trainer: Trainer, history: list[EpochMetrics]) -> None:
             if rank == 0:
-                _save_checkpoint(trainer, spec, history)
+                _save_checkpoint(trainer, spec, history, run_id)
             comm.barrier()  # no rank runs ahead of a checkpoint that may yet fail
 
         result = train_model(
