@@ -24,6 +24,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -61,7 +62,14 @@ _FALSE = {"false", "0", "no", "off"}
 _FLAGS = ("verbose", "anomaly")
 _SHOWN_ERRORS = 3  # how many bad records an error message names
 # One compact encoder for every response: json.dumps(separators=...) builds a new encoder per call (~0.1 ms).
-_ENCODE = json.JSONEncoder(separators=(",", ":")).encode
+# Strict JSON: NaN and Infinity are not JSON and strict parsers reject the whole body, so every float that
+# can be undefined goes out as null (_finite); a stray one is a server error, never an invalid body.
+_ENCODE = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
+
+
+def _finite(values: list[float]) -> list[float | None]:
+    """``values`` with NaN and infinities as None (JSON null)."""
+    return [v if math.isfinite(v) else None for v in values]
 
 
 class RequestError(Exception):
@@ -336,12 +344,14 @@ def build_predictions(
     rule), ``rule``, ``unseen_entity`` (when the model knows), ``entity_percentile``, ``level`` and
     ``flagged`` (when known); ``explanation`` (``Scorer.explain``'s columns) one ``explanation`` object per record.
     """
-    dp = dot_product.tolist()
+    dp = _finite(dot_product.tolist())
     preds: list[dict[str, Any]] = [{"dot_product": v} for v in dp]
     if verdict is not None:
         unseen = verdict.unseen_entity
         pct = verdict.entity_percentile.tolist()
-        for i, (p, a, r) in enumerate(zip(preds, verdict.anomaly_score.tolist(), verdict.rule.tolist(), strict=True)):
+        for i, (p, a, r) in enumerate(
+            zip(preds, _finite(verdict.anomaly_score.tolist()), verdict.rule.tolist(), strict=True)
+        ):
             p["anomaly_score"] = a
             p["rule"] = r
             if unseen is not None:  # models without entity stats cannot tell
@@ -354,8 +364,8 @@ def build_predictions(
                 p["flagged"] = bool(verdict.flagged[i])
     if entity_embedding is not None and ip_embedding is not None:
         for p, e, v in zip(preds, entity_embedding.tolist(), ip_embedding.tolist(), strict=True):
-            p["entity_embedding"] = e
-            p["ip_embedding"] = v
+            p["entity_embedding"] = _finite(e)
+            p["ip_embedding"] = _finite(v)
     if explanation is not None:
         for i, p in enumerate(preds):
             p["explanation"] = {k: v[i] for k, v in explanation.items()}
