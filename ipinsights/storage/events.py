@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from datetime import date, timedelta
 from typing import TYPE_CHECKING
 
+from ipinsights.core.config import ConfigError
 from ipinsights.storage.filesystems import path_exists
 
 if TYPE_CHECKING:
@@ -25,14 +26,18 @@ def _parse_day(text: str, what: str) -> date:
     try:
         return date.fromisoformat(text)
     except ValueError:
-        raise ValueError(f"{what} {text!r} must look like 2024-01-31") from None
+        raise ConfigError(f"{what} {text!r} must look like 2024-01-31") from None
 
 
 def day_range(start: str, end: str) -> list[str]:
-    """``YYYY-MM-DD`` days from ``start`` to ``end`` inclusive (refuses a reversed or malformed range)."""
+    """``YYYY-MM-DD`` days from ``start`` to ``end`` inclusive.
+
+    A reversed or malformed range is a bad setting (:class:`ConfigError`, a ``ValueError``): every job
+    maps it to a usage error.
+    """
     a, b = _parse_day(start, "start date"), _parse_day(end, "end date")
     if b < a:
-        raise ValueError(f"end date {end} is before start date {start}")
+        raise ConfigError(f"end date {end} is before start date {start}")
     return [(a + timedelta(days=i)).isoformat() for i in range((b - a).days + 1)]
 
 

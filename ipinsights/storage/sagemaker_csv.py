@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
+from ipinsights.core.config import ConfigError
 from ipinsights.core.errors import DataFormatError
 from ipinsights.storage.events import read_events
 from ipinsights.storage.files import is_local, local_path
@@ -212,10 +213,10 @@ def read_pairs_table(
     files, else the events table). Dates prune an events table's ``dt`` partitions; a CSV has no dates.
     """
     if fmt not in ("auto", "events", "csv"):
-        raise ValueError(f"format {fmt!r} must be one of auto, events, csv")
+        raise ConfigError(f"format {fmt!r} must be one of auto, events, csv")
     if fmt == "csv" or (fmt == "auto" and _looks_like_csv(path)):
         if start_date or end_date:
-            raise ValueError(f"{path}: a CSV input has no days to select (dates apply to an events table)")
+            raise ConfigError(f"{path}: a CSV input has no days to select (dates apply to an events table)")
         return read_pairs_spark(spark, resolve_uri(spark, path))
     return read_events(spark, resolve_uri(spark, path), start_date, end_date).select(*PAIRS_COLUMNS)
 

@@ -49,7 +49,6 @@ from ipinsights.core.config import (
     config_from_dict,
     config_to_dict,
 )
-from ipinsights.core.errors import DataFormatError
 from ipinsights.train.spec import write_metrics
 from ipinsights.tune.config import COMPLETED, FAILED, STOPPED, TuneConfig, TuningError
 from ipinsights.tune.results import TrialRecord, best_record, drop_model, record_of, results_frame
@@ -301,15 +300,12 @@ class TuneInputs:
 def run_tune_job(
     spark: SparkSession, cfg: TuneConfig, base: TrainConfig, inputs: TuneInputs, output: str | Path
 ) -> TuningResult:
-    """Read the inputs and :func:`tune`; an input that cannot be read raises :class:`DataFormatError`."""
+    """Read the inputs and :func:`tune` (a bad format or date range raises :class:`ConfigError`)."""
     from ipinsights.storage.sagemaker_csv import read_pairs_table
 
     log.info("tuning %d trials (%d in parallel, %s, seed %d) over %s", cfg.max_jobs, cfg.max_parallel_jobs,
              cfg.strategy, cfg.seed, ", ".join(r.name for r in cfg.ranges))  # fmt: skip
-    try:
-        train_df = read_pairs_table(spark, inputs.train, inputs.format, inputs.start_date, inputs.end_date)
-        val_df = read_pairs_table(spark, inputs.validation, inputs.format, inputs.validation_start_date,
-                                  inputs.validation_end_date or inputs.validation_start_date)  # fmt: skip
-    except ValueError as exc:  # a bad format or dates for a CSV: a usage error, like a bad config
-        raise DataFormatError(str(exc)) from exc
+    train_df = read_pairs_table(spark, inputs.train, inputs.format, inputs.start_date, inputs.end_date)
+    val_df = read_pairs_table(spark, inputs.validation, inputs.format, inputs.validation_start_date,
+                              inputs.validation_end_date or inputs.validation_start_date)  # fmt: skip
     return tune(spark, train_df, val_df, cfg, base, output)
