@@ -1,8 +1,9 @@
 """The whole pipeline on the embedded default: generate -> ingest -> train -> score -> report -> evaluate.
 
-    python jobs/pipeline.py [--workdir output/demo] [--users 10000] [--epochs 3] [--backend torch]
+    python jobs/pipeline.py [--workdir output/demo] [--users 10000] [--epochs 3] [--backend auto]
 
-Runs every job in one local[2] Spark session on local files: a generated tutorial-like data set
+Runs every job in one local[2] Spark session on local files (training in one process with both cores:
+``--backend auto`` on a local master): a generated tutorial-like data set
 (10 days of login logs; 7 training days, 1 validation day, 2 test days with labelled attacks), then
 the same jobs a scheduled deployment runs. Ends by printing where the reports are and the AUCs.
 Exit status: 0 ok, 1 a step failed (its own exit status is logged).
@@ -18,6 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ipinsights.core.config import BACKENDS
 from ipinsights.storage.events import read_events
 from ipinsights.storage.sagemaker_csv import export_pairs_csv
 from ipinsights.synth import read_spec
@@ -90,8 +92,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--users", type=int, default=10_000, help="simulated users (tutorial: 10,000)")
     p.add_argument("--days", type=int, default=10)
     p.add_argument("--epochs", type=int, default=3)
-    p.add_argument("--backend", choices=["torch", "horovod", "local"], default="torch")
-    p.add_argument("--num-workers", type=int, default=2)
+    p.add_argument("--backend", choices=BACKENDS, default="auto")
+    p.add_argument("--num-workers", type=int, default=0, help="training ranks (0: chosen by the backend)")
     p.add_argument("--target-fpr", type=float, default=0.01)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("-v", "--verbose", action="store_true")

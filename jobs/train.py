@@ -2,7 +2,7 @@
 
     spark-submit jobs/train.py --events data/events --start-date 2026-01-01 --end-date 2026-01-07 \\
         [--validation-start-date 2026-01-08 --validation-end-date 2026-01-08] --output runs/model-2026-01-08 \\
-        [--config conf/train.yml] [--backend torch|horovod|local] [--num-workers 2] [--use-gpu auto] \\
+        [--config conf/train.yml] [--backend auto|torch|horovod|local] [--num-workers N] [--use-gpu auto] \\
         [--resume] [--warm-start runs/model-2026-01-07/model] [--name=value ...]
 
 or ``--train-csv FILE`` (SageMaker's headerless entity,ip format) instead of ``--events``.
@@ -20,7 +20,7 @@ import json
 import sys
 from collections.abc import Sequence
 
-from ipinsights.core.config import TrainConfig
+from ipinsights.core.config import BACKENDS, TrainConfig
 from ipinsights.train.job import TrainInputs, run_train_job
 from ipinsights_jobs._common import Job, JobContext, add_spark_args, from_args, parse_with_overrides
 
@@ -40,8 +40,8 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str
     p.add_argument("--validation-csv", help="headerless entity,ip CSV for discriminator_auc")
     p.add_argument("--output", required=True, help="run directory: model/, metrics.jsonl, config.json, ...")
     p.add_argument("--config", default=None, help="YAML config (default: the project's conf/train.yml)")
-    p.add_argument("--backend", choices=["torch", "horovod", "local"], help="overrides distributed.backend")
-    p.add_argument("--num-workers", type=int, help="overrides distributed.num_workers")
+    p.add_argument("--backend", choices=BACKENDS, help="overrides distributed.backend")
+    p.add_argument("--num-workers", type=int, help="overrides distributed.num_workers (0: one per executor)")
     p.add_argument("--use-gpu", choices=["auto", "true", "false"], help="overrides distributed.use_gpu")
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in OUTPUT")
     p.add_argument("--warm-start", metavar="MODEL", help="start from an earlier model (daily retraining)")
@@ -51,7 +51,7 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str
     if args.events and not (args.start_date and args.end_date):
         p.error("--events needs --start-date and --end-date")
     chosen = {"backend": args.backend, "num_workers": args.num_workers, "use_gpu": args.use_gpu}
-    return args, [*overrides, *(f"--distributed.{k}={v}" for k, v in chosen.items() if v)]
+    return args, [*overrides, *(f"--distributed.{k}={v}" for k, v in chosen.items() if v is not None)]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import logging
+import os
 import subprocess
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pyarrow as pa
@@ -13,11 +16,11 @@ import pytest
 import torch
 from toyworld import make_toy_world
 
-from ipinsights.core.config import Hyperparameters, ModelOptions, TrainOptions
+from ipinsights.core.config import DistributedOptions, Hyperparameters, ModelOptions, TrainOptions
 from ipinsights.core.metrics import roc_auc
 from ipinsights.score.scorer import Scorer
 from ipinsights.train.data import encode_pairs
-from ipinsights.train.distributed import data_for_epoch
+from ipinsights.train.distributed import data_for_epoch, local_master_cores, resolve_distributed
 from ipinsights.train.trainer import discriminator_auc, train_model
 
 HP = {"num_entity_vectors": 600, "vector_dim": 32, "epochs": 2, "mini_batch_size": 256, "learning_rate": 0.01,
@@ -199,3 +202,66 @@ def test_gpu_training_step(world):
 
 def test_spark_submit_script_is_valid_bash():
     assert subprocess.run(["bash", "-n", str(Path("spark-submit.sh"))]).returncode == 0
+
+
+@pytest.mark.spark
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_two_rank_progress_reaches_the_driver_while_training(spark, events, tmp_path, caplog):
+    """Rank 0 of a TorchDistributor run is another process: its progress lines reach the driver's log
+    while training runs, not all at the end (logged before the line saying the ranks have finished)."""
+    caplog.set_level(logging.INFO, logger="ipinsights")
+    _train(events, tmp_path / "run", "torch", "--epochs=5", "--batch_metrics_publish_interval=5")
+    messages = [r.getMessage() for r in caplog.records]
+    finished = messages.index("training finished: torch backend, 2 ranks")
+    progress = [(i, m) for i, m in enumerate(messages) if m.startswith("rank 0: epoch ")]
+    assert any(i < finished for i, _ in progress)  # streamed during training, not collected afterwards
+    batches = [m for _, m in progress if " batch " in m]
+    assert batches and all("pairs/s=" in m and " ETA " in m and "loss=" in m for m in batches)
+    assert [int(m.split()[3]) for _, m in progress if " done: " in m] == [1, 2, 3, 4, 5]  # every line, in order
+    assert not list((tmp_path / "run" / "checkpoints").glob("progress-*"))  # the driver cleaned up
+
+
+def test_local_master_cores():
+    assert local_master_cores("local[2]") == 2 and local_master_cores("local[3, 2]") == 3
+    assert local_master_cores("local") == 1 and local_master_cores("local[*]") == os.cpu_count()
+    for cluster in ("yarn", "spark://host:7077", "k8s://https://api:6443", "local-cluster[2,1,1024]", "mesos://m"):
+        assert local_master_cores(cluster) is None
+
+
+def test_auto_backend_is_one_process_locally_and_torch_on_a_cluster(spark, caplog):
+    caplog.set_level(logging.INFO, logger="ipinsights")
+    auto = DistributedOptions()
+    assert (auto.backend, auto.num_workers) == ("auto", 0)  # the default
+    local = resolve_distributed(spark, auto)  # the test session's master is local[2]
+    assert (local.backend, local.num_workers) == ("local", 1)
+    assert "backend=auto chose local: the Spark master local[2] is this machine" in caplog.text
+    torch_local = resolve_distributed(spark, DistributedOptions(backend="torch"))
+    assert (torch_local.backend, torch_local.num_workers) == ("torch", 2)  # one rank per local core
+    assert resolve_distributed(spark, DistributedOptions(backend="torch", num_workers=3)).num_workers == 3
+
+    def cluster(master: str, **conf: str):  # a cluster's driver as resolve_distributed sees it
+        return SimpleNamespace(sparkContext=SimpleNamespace(master=master, getConf=lambda: conf))
+
+    on_yarn = resolve_distributed(cluster("yarn", **{"spark.executor.instances": "3"}), auto)
+    assert (on_yarn.backend, on_yarn.num_workers) == ("torch", 3)
+    assert "backend=auto chose torch: the Spark master yarn is a cluster; 3 ranks: 3 executors" in caplog.text
+    gpus = cluster("k8s://https://api:6443", **{"spark.executor.instances": "2",
+                                                "spark.executor.resource.gpu.amount": "4"})  # fmt: skip
+    assert resolve_distributed(gpus, auto).num_workers == 8  # one rank per GPU
+    assert resolve_distributed(gpus, DistributedOptions(use_gpu="false")).num_workers == 2
+
+
+@pytest.mark.spark
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_default_backend_trains_in_one_process_with_every_core(spark, events, tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="ipinsights")
+    from ipinsights_jobs import train
+
+    argv = ["--events", str(events), "--start-date", "2026-03-01", "--end-date", "2026-03-03",
+            "--output", str(tmp_path / "run"), *ARGS, "--epochs=1"]  # fmt: skip
+    assert train.main(argv) == 0  # the project's conf/train.yml: backend auto, num_workers 0
+    manifest = Scorer.load(tmp_path / "run" / "model").bundle.manifest["training"]
+    assert (manifest["backend"], manifest["world_size"]) == ("local", 1)
+    assert "training finished: local backend, 1 process, 2 threads" in caplog.text

@@ -29,6 +29,7 @@ __all__ = [
     "TrainOptions",
     "TrainConfig",
     "DistributedOptions",
+    "BACKENDS",
     "MAX_MODEL_BYTES",
     "IPV4_KEYS",
     "load_config",
@@ -42,6 +43,9 @@ MAX_MODEL_BYTES = 8 * 1024**3
 #: Address keys (``ipinsights.core.ip.parse_ip``) below this are IPv4 values, the rest IPv6 top halves;
 #: defined here, torch- and Arrow-free, because both the model and the parser need it.
 IPV4_KEYS = 1 << 32
+
+#: The distributed training backends (``distributed.backend``); ``auto`` picks one from the Spark master.
+BACKENDS = ("auto", "torch", "horovod", "local")
 
 C = TypeVar("C", bound="DataclassInstance")  # a config is a (frozen) dataclass
 
@@ -175,8 +179,12 @@ class TrainOptions:
 class DistributedOptions:
     """How the Spark training job spreads training over executors."""
 
-    backend: str = "torch"  # torch (Spark's TorchDistributor) | horovod (horovod.spark.run) | local
-    num_workers: int = 2  # ranks; each takes mini_batch_size / num_workers of every global batch
+    #: auto: ``local`` (one process, all the driver's cores) on a ``local[N]`` master, ``torch`` on a
+    #: cluster; torch (Spark's TorchDistributor) | horovod (horovod.spark.run) | local
+    backend: str = "auto"
+    #: Ranks; each takes mini_batch_size / num_workers of every global batch. 0: one per executor (per
+    #: GPU where executors have GPUs), or one per core of a ``local[N]`` master.
+    num_workers: int = 0
     use_gpu: str = "auto"  # auto | true | false
     #: The training data is written as this many random buckets; every epoch each rank is dealt a
     #: different set of them (then shuffles rows locally), so data is shuffled across all ranks.
@@ -184,9 +192,9 @@ class DistributedOptions:
     checkpoint_keep: int = 2
 
     def __post_init__(self) -> None:
-        if self.backend not in ("torch", "horovod", "local"):
-            raise ConfigError(f"backend={self.backend!r} must be one of torch, horovod, local")
-        check_int("num_workers", self.num_workers, 1, 4096)
+        if self.backend not in BACKENDS:
+            raise ConfigError(f"backend={self.backend!r} must be one of {', '.join(BACKENDS)}")
+        check_int("num_workers", self.num_workers, 0, 4096)
         if self.use_gpu not in ("auto", "true", "false"):
             raise ConfigError(f"use_gpu={self.use_gpu!r} must be one of auto, true, false")
         check_int("buckets_per_worker", self.buckets_per_worker, 1, 1024)

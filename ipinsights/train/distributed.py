@@ -2,7 +2,13 @@
 
 * ``torch``: Spark's ``TorchDistributor`` (torch.distributed; gloo on CPU, NCCL on GPU).
 * ``horovod``: ``horovod.spark.run`` (Horovod built with Gloo; see ``scripts/build_horovod.sh``).
-* ``local``: one process in the driver, no Spark (debugging, and the 1-rank baseline).
+* ``local``: one process in the driver, no Spark, with all the driver's cores.
+* ``auto`` (the default): ``local`` on a ``local[N]`` master (one process with N threads trains faster
+  than N single-threaded ranks exchanging gradients), ``torch`` with one rank per executor (or GPU) on
+  a cluster; :func:`resolve_distributed` decides and logs why.
+
+Rank 0 of ``torch`` and ``horovod`` runs elsewhere; the driver logs its progress lines as they come
+(:mod:`ipinsights.train.progress`).
 
 Every backend runs the same per-rank function, :func:`train_worker`: top level and picklable, it
 receives only a plain :class:`WorkerSpec` (paths and dicts, never a
@@ -25,6 +31,7 @@ import dataclasses
 import json
 import logging
 import os
+import re
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -34,10 +41,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from ipinsights.core.config import DistributedOptions
 from ipinsights.storage.files import atomic_write
 from ipinsights.storage.modelfile import sha256_file
 from ipinsights.train.comm import COMMS
 from ipinsights.train.data import EncodedPairs
+from ipinsights.train.progress import ProgressTail, ProgressWriter
 from ipinsights.train.spec import RunSpec, read_pairs
 from ipinsights.train.trainer import EpochMetrics, Trainer, train_model
 
@@ -55,6 +64,7 @@ class WorkerSpec(RunSpec):
     resume: bool = False
     warm_start: str | None = None
     checkpoint_keep: int = 2
+    progress_dir: str | None = None  # where rank 0 writes its progress lines for the driver (None: log only)
 
 
 def data_for_epoch(
@@ -147,6 +157,7 @@ def train_worker(spec: WorkerSpec) -> dict[str, Any]:
                 _save_checkpoint(trainer, spec, history, run_id)
             comm.barrier()  # no rank runs ahead of a checkpoint that may yet fail
 
+        progress = ProgressWriter(spec.progress_dir).write if rank == 0 and spec.progress_dir else None
         result = train_model(
             hp,
             mopts,
@@ -157,6 +168,7 @@ def train_worker(spec: WorkerSpec) -> dict[str, Any]:
             warm_start=spec.warm_start,
             restore=(lambda trainer: _load_checkpoint(trainer, spec)) if spec.resume else None,
             on_epoch_end=checkpoint,
+            progress=progress,
             model_dir=spec.model_dir,
             entity_stats=spec.entity_stats() if rank == 0 else None,
             config=spec.config,
@@ -173,21 +185,106 @@ def train_worker(spec: WorkerSpec) -> dict[str, Any]:
         comm.close()
 
 
-def _resolve_gpu(use_gpu: str) -> bool:
+#: ``local``, ``local[4]``, ``local[*]``, ``local[4,2]`` (with task retries): Spark in this one process.
+_LOCAL_MASTER = re.compile(r"local(?:\[(\*|\d+)(?:,\s*\d+)?\])?")
+
+
+def local_master_cores(master: str) -> int | None:
+    """The cores of a ``local[N]`` Spark master (``local`` is 1, ``local[*]`` all); None for a cluster.
+
+    ``local-cluster[...]`` is a cluster (separate executor processes), as are ``spark://``, ``yarn``
+    and ``k8s://`` masters.
+    """
+    m = _LOCAL_MASTER.fullmatch(master.strip())
+    if m is None:
+        return None
+    if m.group(1) is None:
+        return 1
+    return (os.cpu_count() or 1) if m.group(1) == "*" else int(m.group(1))
+
+
+def _conf_int(spark, key: str) -> int:
+    value = spark.sparkContext.getConf().get(key, "0") or "0"
+    try:
+        return int(float(value))
+    except ValueError:
+        return 0
+
+
+def _cluster_ranks(spark, use_gpu: str) -> tuple[int, str]:
+    """One rank per executor, or per GPU where executors have them; with the reason, for the log."""
+    executors = _conf_int(spark, "spark.executor.instances")
+    how = "spark.executor.instances"
+    if executors <= 0:  # dynamic allocation: the executors there now (the driver is listed too)
+        executors = max(len(spark.sparkContext._jsc.sc().statusTracker().getExecutorInfos()) - 1, 1)
+        how = "executors registered now; set distributed.num_workers for more"
+    gpus = _conf_int(spark, "spark.executor.resource.gpu.amount")
+    if gpus > 0 and use_gpu != "false":
+        return executors * gpus, f"{executors} executors ({how}) x {gpus} GPUs"
+    return executors, f"{executors} executors ({how})"
+
+
+def resolve_distributed(spark, dist: DistributedOptions) -> DistributedOptions:
+    """``dist`` with a concrete backend and rank count for this Spark master, the choice logged.
+
+    ``auto``: ``local`` on a ``local[N]`` master, else ``torch``. ``num_workers=0``: one rank per core
+    of a local master, per executor (or GPU) of a cluster; the ``local`` backend is always one rank.
+    """
+    master = spark.sparkContext.master
+    cores = local_master_cores(master)
+    backend, why = dist.backend, f"distributed.backend={dist.backend}"
+    if backend == "auto":
+        backend = "local" if cores is not None else "torch"
+        why = (f"backend=auto chose local: the Spark master {master} is this machine, where one process "
+               f"with {cores} threads trains faster than {cores} ranks exchanging gradients" if cores is not None
+               else f"backend=auto chose torch: the Spark master {master} is a cluster")  # fmt: skip
+    workers = dist.num_workers
+    if backend == "local":
+        workers = 1
+    elif workers == 0:
+        workers, counted = (cores, f"{cores} local cores") if cores is not None else _cluster_ranks(spark, dist.use_gpu)
+        why += f"; {workers} ranks: {counted}"
+    log.info("%s (%d rank%s)", why, workers, "" if workers == 1 else "s")
+    return dataclasses.replace(dist, backend=backend, num_workers=workers)
+
+
+def _resolve_gpu(spark, use_gpu: str) -> bool:
     if use_gpu == "true":
         return True
     if use_gpu == "false":
         return False
+    if local_master_cores(spark.sparkContext.master) is None:  # the executors' GPUs, not the driver's
+        return _conf_int(spark, "spark.executor.resource.gpu.amount") > 0
     return torch.cuda.is_available()
 
 
 def run_training(spark, spec: WorkerSpec, backend: str, num_workers: int, use_gpu: str = "auto") -> dict[str, Any]:
-    """Run :func:`train_worker` on ``num_workers`` ranks with ``backend``; returns rank 0's summary."""
+    """Run :func:`train_worker` on ``num_workers`` ranks with ``backend``; returns rank 0's summary.
+
+    ``backend`` and ``num_workers`` are concrete (see :func:`resolve_distributed`). The ``local`` backend
+    trains in this process with all the driver's cores (unless ``train.num_threads`` says otherwise); the
+    others log rank 0's progress lines here while they train.
+    """
     spec.backend = backend
-    spec.use_gpu = _resolve_gpu(use_gpu)
+    spec.use_gpu = _resolve_gpu(spark, use_gpu)
     if backend == "local" or (num_workers == 1 and backend != "horovod"):
         spec.backend = "local"
-        return train_worker(spec)
+        if not spec.train_options.get("num_threads"):
+            threads = local_master_cores(spark.sparkContext.master) or os.cpu_count() or 1
+            spec.train_options = {**spec.train_options, "num_threads": threads}
+        summary = train_worker(spec)
+        log.info("training finished: local backend, 1 process, %d threads", spec.train_options["num_threads"])
+        return summary
+    if backend not in ("torch", "horovod"):
+        raise ValueError(f"unknown backend {backend!r}")
+    with ProgressTail(spec.checkpoint_dir) as tail:
+        spec.progress_dir = tail.folder
+        summary = _run_ranks(spec, backend, num_workers)
+        log.info("training finished: %s backend, %d ranks", backend, num_workers)
+    return summary
+
+
+def _run_ranks(spec: WorkerSpec, backend: str, num_workers: int) -> dict[str, Any]:
     if backend == "torch":
         from pyspark.ml.torch.distributor import TorchDistributor
 
@@ -195,11 +292,9 @@ def run_training(spark, spec: WorkerSpec, backend: str, num_workers: int, use_gp
         summary: dict[str, Any] | None = distributor.run(train_worker, spec)
         assert summary is not None  # run() returns None only for a script path; a function's result comes back
         return summary
-    if backend == "horovod":
-        try:
-            import horovod.spark
-        except ImportError as exc:
-            raise RuntimeError("backend=horovod needs Horovod: run scripts/build_horovod.sh") from exc
-        results = horovod.spark.run(train_worker, args=(spec,), num_proc=num_workers, use_gloo=True)
-        return next(r for r in results if r["rank"] == 0)
-    raise ValueError(f"unknown backend {backend!r}")
+    try:
+        import horovod.spark
+    except ImportError as exc:
+        raise RuntimeError("backend=horovod needs Horovod: run scripts/build_horovod.sh") from exc
+    results = horovod.spark.run(train_worker, args=(spec,), num_proc=num_workers, use_gloo=True)
+    return next(r for r in results if r["rank"] == 0)

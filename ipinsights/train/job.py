@@ -20,7 +20,7 @@ from ipinsights.storage.files import atomic_write
 from ipinsights.storage.parquet import list_buckets, write_buckets, write_parquet_single
 from ipinsights.storage.sagemaker_csv import read_pairs_csv, read_pairs_spark
 from ipinsights.train.data import encode_pairs
-from ipinsights.train.distributed import WorkerSpec, run_training
+from ipinsights.train.distributed import WorkerSpec, resolve_distributed, run_training
 from ipinsights.train.prepare import add_buckets, encode_pairs_df, entity_stats
 from ipinsights.train.spec import write_metrics
 from ipinsights.train.trainer import train_model
@@ -60,7 +60,7 @@ def run_train_job(
     OUTPUT/checkpoints/, OUTPUT/model/ and OUTPUT/metrics.jsonl; returns the run's one-line summary.
     Raises :class:`DataFormatError` when no input row is a valid pair.
     """
-    mopts, dist = cfg.model, cfg.distributed
+    mopts, dist = cfg.model, resolve_distributed(spark, cfg.distributed)  # concrete backend and ranks
     cfg_dict = config_to_dict(cfg)
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)

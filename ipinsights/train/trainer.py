@@ -40,6 +40,9 @@ from ipinsights.train.optim import RowAdam, coalesce_rows
 
 log = logging.getLogger(__name__)
 
+#: Besides every ``batch_metrics_publish_interval`` batches, rank 0 reports progress at least this often.
+PROGRESS_SECONDS = 15.0
+
 
 @dataclass
 class EpochMetrics:
@@ -198,10 +201,13 @@ class Trainer:
         validation: EncodedPairs | None = None,
         epochs: int | None = None,
         on_epoch_end: Callable[[EpochMetrics], bool | None] | None = None,
+        progress: Callable[[str], None] | None = None,
     ) -> list[EpochMetrics]:
         """Train for ``epochs`` (default: the remaining ones up to ``hp.epochs``).
 
         ``on_epoch_end`` sees each epoch's metrics; when it returns True, training stops after that epoch.
+        Rank 0 logs progress lines (epoch, batch, loss, pairs/s, ETA) and hands each to ``progress``
+        too: a rank on an executor sends them to the driver that way (:mod:`ipinsights.train.progress`).
 
         ``train`` is either the pairs (shuffled here each epoch with a seeded permutation) or a
         function ``epoch -> pairs`` returning that epoch's data already in order: the distributed job
@@ -227,17 +233,22 @@ class Trainer:
             tot = torch.zeros(3, dtype=torch.float64)  # loss*n, correct, n
             win = np.zeros(3)
             bar = self._progress(n_steps, epoch)
+            last_report = t0
             for step in range(n_steps):
                 b = idx_t[step * bs : (step + 1) * bs]
                 loss_sum, correct, n = self._step(ent_all[b], ips_all[b])
                 win += (loss_sum, correct, n)
-                if (step + 1) % self.hp.batch_metrics_publish_interval == 0 or step + 1 == n_steps:
-                    tot += torch.as_tensor(win)
-                    if self.comm.rank == 0:
-                        log.info(
-                            "epoch %d batch %d/%d: loss=%.4f accuracy=%.4f",
+                publish = (step + 1) % self.hp.batch_metrics_publish_interval == 0 or step + 1 == n_steps
+                if self.comm.rank == 0 and (publish or time.perf_counter() - last_report >= PROGRESS_SECONDS):
+                    last_report = time.perf_counter()
+                    # Steps are in lockstep across ranks: this rank's rate times the world is the job's.
+                    done, elapsed = (step + 1) * bs * self.comm.world_size, last_report - t0
+                    left = (n_steps - step - 1 + (end - epoch) * n_steps) * elapsed / (step + 1)
+                    _report(progress, "epoch %d batch %d/%d: loss=%.4f accuracy=%.4f pairs/s=%.0f ETA %s",
                             epoch, step + 1, n_steps, win[0] / max(win[2], 1), win[1] / max(win[2], 1),
-                        )  # fmt: skip
+                            done / max(elapsed, 1e-9), _duration(left))  # fmt: skip
+                if publish:
+                    tot += torch.as_tensor(win)
                     win[:] = 0
                 if bar is not None:
                     bar.update(1)
@@ -259,7 +270,7 @@ class Trainer:
                 metrics.discriminator_auc = discriminator_auc(self.model, validation)
             self.epoch = epoch
             if self.comm.rank == 0:
-                log.info("epoch %d done: %s", epoch, _fmt_metrics(metrics))
+                _report(progress, "epoch %d done: %s", epoch, _fmt_metrics(metrics))
             history.append(metrics)
             if on_epoch_end is not None and on_epoch_end(metrics):
                 break
@@ -304,6 +315,20 @@ def _grad(t: torch.Tensor) -> torch.Tensor:
     grad = t.grad
     assert grad is not None, "a trained tensor took no part in the loss"
     return grad
+
+
+def _report(progress: Callable[[str], None] | None, msg: str, *args: Any) -> None:
+    """Log a progress line and hand it to ``progress`` (rank 0's link to the driver), if any."""
+    log.info(msg, *args)
+    if progress is not None:
+        progress(msg % args)
+
+
+def _duration(seconds: float) -> str:
+    """``3725`` -> ``1h02m05s``: an ETA a person reads at a glance."""
+    s = round(seconds)
+    h, m = divmod(s // 60, 60)
+    return f"{h}h{m:02d}m{s % 60:02d}s" if h else f"{m}m{s % 60:02d}s"
 
 
 def _fmt_metrics(m: EpochMetrics) -> str:
@@ -363,6 +388,7 @@ def train_model(
     warm_start: str | Path | None = None,
     restore: Callable[[Trainer], list[EpochMetrics]] | None = None,
     on_epoch_end: EpochCallback | None = None,
+    progress: Callable[[str], None] | None = None,
     history: list[EpochMetrics] | None = None,
     model_dir: str | Path | None = None,
     entity_stats: EntityStats | bytes | None = None,
@@ -375,7 +401,8 @@ def train_model(
     of ``warm_start``, lets ``restore`` load a checkpoint into the trainer (it returns the epochs
     already trained), trains the remaining epochs of ``hp.epochs`` (``train``: the pairs, or
     ``epoch -> that epoch's pairs`` for a rank's shard; see :meth:`Trainer.fit`) with
-    ``discriminator_auc`` on ``validation``, and calls ``on_epoch_end`` after every epoch.
+    ``discriminator_auc`` on ``validation``, and calls ``on_epoch_end`` after every epoch (and
+    ``progress`` with each of rank 0's progress lines).
 
     ``history`` (default: a new list) receives every epoch as it ends, so a caller still has them when
     training raises. With a ``comm``, each epoch also records the communication cost so far and the
@@ -411,7 +438,7 @@ def train_model(
         stopped = bool(on_epoch_end(trainer, history)) if on_epoch_end is not None else False
         return stopped
 
-    trainer.fit(train, validation, on_epoch_end=epoch_end)
+    trainer.fit(train, validation, on_epoch_end=epoch_end, progress=progress)
     if model_dir is not None and comm.rank == 0:
         training: dict[str, Any] = {"epochs": [m.as_dict() for m in history]}
         if not callable(train):
