@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# The project's test command (README, CI): set up .venv if needed, lint, format check, type check, then
+# The project's test command (README, CI): set up .venv if needed (test tools and Horovod included),
+# lint, format check, type check, then
 # every test (slow ones too).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh
+bash scripts/setup.sh test horovod  # the dev tools, and Horovod for its backend's tests
 export SPARK_LOCAL_IP=127.0.0.1
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .

@@ -65,3 +65,51 @@ def test_tune_ships_its_base_training_config(tmp_path):
     assert option(cmd, "--config") == "tune.yml" and option(cmd, "--train-config") == "base.yml"
     _, cmd = dry_run("--master", "yarn", "--deploy-mode", "cluster", "tune", cwd=tmp_path)  # the project's
     assert option(cmd, "--files").split(",") == [str(ROOT / "conf" / "tune.yml"), str(ROOT / "conf" / "train.yml")]
+
+
+def _project_copy(tmp_path: Path) -> tuple[Path, Path]:
+    """The project's scripts and setup.py in ``tmp_path``, with a stand-in .venv whose ``python`` only logs
+    what it is asked (pip installs included) and stand-ins for the Horovod build and the jar download:
+    what setup.sh decides to install is recorded without installing anything."""
+    root, log = tmp_path / "project", tmp_path / "calls.log"
+    (root / "scripts").mkdir(parents=True)
+    for name in ("setup.py", "scripts/setup.sh", "scripts/demo.sh"):
+        (root / name).write_bytes((ROOT / name).read_bytes())
+    for name, what in (("build_horovod.sh", "horovod build"), ("fetch_s3a_jars.sh", "s3a jars")):
+        (root / "scripts" / name).write_text(f'echo "{what}" >> "{log}"\n')
+    bin_dir = root / ".venv" / "bin"
+    bin_dir.mkdir(parents=True)
+    for name in ("python", "chromium"):  # python -c (a check, a message) is not worth logging
+        (bin_dir / name).write_text(f'#!/bin/sh\n[ "$1" = -c ] || echo "{name} $*" >> "{log}"\n')
+        (bin_dir / name).chmod(0o755)
+    (bin_dir / "activate").write_text(f'PATH="{bin_dir}:$PATH"\n')
+    return root, log
+
+
+def _run(root: Path, log: Path, *cmd: str, **env: str) -> str:
+    log.write_text("")
+    subprocess.run(cmd, cwd=root, env={**os.environ, **env}, check=True, capture_output=True)
+    return log.read_text()
+
+
+def test_setup_installs_only_the_parts_asked_for(tmp_path):
+    root, log = _project_copy(tmp_path)
+    calls = _run(root, log, "bash", "scripts/demo.sh", "--users=100")  # the demo: no Horovod, no test tools
+    assert "torch==2.13.0" in calls and "-e .[spark,serving,tune]" in calls and "jobs/pipeline.py --users=100" in calls
+    assert "horovod build" not in calls and "[spark,serving,tune,dev]" not in calls and "s3a jars" not in calls
+    # The tests after the demo install what is missing, and only that.
+    calls = _run(root, log, "bash", "scripts/setup.sh", "test", "horovod")
+    assert "torch" not in calls and "[spark,serving,tune,dev]" in calls and "s3a jars" in calls
+    assert "horovod build" in calls
+    assert _run(root, log, "bash", "scripts/setup.sh", "test", "horovod") == ""  # all in place: nothing to do
+    stamp = (root / ".venv" / ".ipinsights-setup").read_text().split()
+    assert stamp[::2] == ["base", "horovod", "test"]
+    # A changed Horovod build redoes Horovod alone; a new torch pin (setup.py) redoes every part asked for.
+    with (root / "scripts" / "build_horovod.sh").open("a") as fh:
+        fh.write("# changed\n")
+    assert _run(root, log, "bash", "scripts/setup.sh", "test", "horovod") == "horovod build\n"
+    (root / "setup.py").write_text((root / "setup.py").read_text() + "# changed\n")
+    calls = _run(root, log, "bash", "scripts/setup.sh")
+    assert "torch==2.13.0" in calls and "horovod build" not in calls
+    calls = _run(root, log, "bash", "scripts/demo.sh", IPINSIGHTS_BACKEND="horovod")  # asked for: built
+    assert "torch" not in calls and "horovod build" in calls and "pipeline.py --backend horovod" in calls
