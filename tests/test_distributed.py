@@ -265,3 +265,19 @@ def test_default_backend_trains_in_one_process_with_every_core(spark, events, tm
     manifest = Scorer.load(tmp_path / "run" / "model").bundle.manifest["training"]
     assert (manifest["backend"], manifest["world_size"]) == ("local", 1)
     assert "training finished: local backend, 1 process, 2 threads" in caplog.text
+
+
+def test_progress_lines_go_to_the_hook_in_order(world):
+    """What a rank hands to the driver: every progress line of rank 0, batches and epoch ends, in order."""
+    hp = Hyperparameters(**{**HP, "batch_metrics_publish_interval": 10})
+    train = encode_pairs(world.train["entity"], world.train["ip"], hp.num_entity_vectors, 0)
+    lines: list[str] = []
+    train_model(hp, ModelOptions(), TrainOptions(num_threads=1, progress_bar="off"), train, progress=lines.append)
+    steps = -(-len(train) // hp.mini_batch_size)
+    seen = [(int(x.split()[1]), int(x.split()[3].split("/")[0])) for x in lines if " batch " in x]
+    assert seen == sorted(set(seen))  # in order, none twice (a slow machine adds lines every 15 s)
+    assert {(e, b) for e in (1, 2) for b in [*range(10, steps + 1, 10), steps]} <= set(seen)
+    assert {x.split()[3].split("/")[1] for x in lines if " batch " in x} == {f"{steps}:"}
+    assert [x.split(":")[0] for x in lines if " done: " in x] == ["epoch 1 done", "epoch 2 done"]
+    assert all(" pairs/s=" in x and " ETA " in x for x in lines if " batch " in x)
+    assert lines[-2].endswith("ETA 0m00s")  # the last batch: nothing left
