@@ -27,7 +27,7 @@ while [ $# -gt 0 ]; do
         --deploy-mode) deploy="$2"; shift 2 ;;
         --spark-opt) spark_opts+=("$2"); shift 2 ;;
         --dry-run) dry_run=1; shift ;;
-        -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
         *) break ;;
     esac
 done
