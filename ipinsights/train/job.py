@@ -116,6 +116,7 @@ def run_train_job(
         resume=resume,
         warm_start=warm_start,
         checkpoint_keep=dist.checkpoint_keep,
+        timeout_seconds=dist.timeout_seconds,
     )
     history = run_training(spark, spec, dist.backend, dist.num_workers, dist.use_gpu)["history"]
     write_metrics(out / "metrics.jsonl", history)
