@@ -144,7 +144,7 @@ def test_checkpoints_belong_to_their_run(spark, events, tmp_path):
     assert resumed["run_id"] == latest["run_id"] and not (ckpt / latest["files"][0]).exists()
 
 
-class _ExecutorLost(Exception):
+class _ExecutorLostError(Exception):
     """Stands for the executor dying after a checkpoint (the test's fault injection)."""
 
 
@@ -163,11 +163,11 @@ def test_a_retried_attempt_resumes_its_own_run(spark, events, tmp_path, monkeypa
     def dies_after_first_checkpoint(trainer, spec, history, run_id):
         real_save(trainer, spec, history, run_id)
         first_attempt.extend(json.loads((Path(spec.checkpoint_dir) / "latest.json").read_text())["history"])
-        raise _ExecutorLost
+        raise _ExecutorLostError
 
     def attempt_twice(spec):
         attempts.append(spec.run_id)
-        with monkeypatch.context() as patch, pytest.raises(_ExecutorLost):
+        with monkeypatch.context() as patch, pytest.raises(_ExecutorLostError):
             patch.setattr(distributed, "_save_checkpoint", dies_after_first_checkpoint)
             real_worker(spec)
         attempts.append(spec.run_id)
