@@ -26,9 +26,12 @@ import pyarrow as pa
 
 from ipinsights.core.ip import to_string_array
 
-__all__ = ["HASH_VERSION", "buckets_of", "hash_strings", "entity_buckets"]
+__all__ = ["HASH_VERSION", "MAX_ENTITY_BYTES", "buckets_of", "hash_strings", "entity_buckets"]
 
 HASH_VERSION = 1
+#: Default cap on an entity's UTF-8 length, for ingest and the endpoint: real user names, ids and agents are
+#: far shorter, and hashing (and storing) megabytes of one entity is work an attacker would choose.
+MAX_ENTITY_BYTES = 1024
 _FNV_PRIME = np.uint64(0x100000001B3)
 _M1 = np.uint64(0xBF58476D1CE4E5B9)
 _M2 = np.uint64(0x94D049BB133111EB)
