@@ -305,6 +305,12 @@ def config_from_dict(cls: type[C], data: Mapping[str, Any], _prefix: str = "") -
     """Build dataclass ``cls`` from a (nested) mapping; unknown keys are refused, not ignored."""
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
+    for key in data:
+        if not isinstance(key, str):  # YAML reads unquoted 1, true, on, null as numbers, booleans, None
+            raise ConfigError(
+                f"setting name {_prefix}{key!r} ({type(key).__name__}) is not a string (quote it); "
+                f"known: {sorted(names)}"
+            )
     unknown = sorted(set(data) - names)
     if unknown:
         raise ConfigError(f"unknown setting(s) {', '.join(_prefix + u for u in unknown)}; known: {sorted(names)}")
