@@ -94,8 +94,8 @@ def test_a_publish_killed_at_any_step_is_finished_or_undone_by_the_next_run(tmp_
 def test_an_interrupted_half_copied_rename_is_merged_back(tmp_path):
     """An object store's rename stopped half way (some files moved, the rest not): the undo puts each
     file back, and a file both sides hold (copied, not yet deleted) is kept once."""
-    from ipinsights.storage.publish import recover_publish
     from ipinsights.storage.files import write_json
+    from ipinsights.storage.publish import recover_publish
 
     table, staged, trash, staging = _setup(tmp_path)
     before = _tree(table)
@@ -110,3 +110,94 @@ def test_an_interrupted_half_copied_rename_is_merged_back(tmp_path):
     write_json(str(journal), {"renames": renames, "replaced": [str(old)], "next": 0})
     assert recover_publish(ArrowStore(), str(journal)) == "rolled back"
     assert _tree(table) == before and not old.exists()
+
+
+LINE = '{ip} - {user} [{day}/Nov/2018:{hh}:15:00 +0000] "GET /login_success HTTP/1.1" 200 476 "-" "curl/8"'
+
+
+def _log(path: Path, users: list[str], day: int = 10, hh: str = "09") -> str:
+    path.write_text(
+        "".join(LINE.format(ip=f"10.0.0.{i + 1}", user=u, day=day, hh=hh) + "\n" for i, u in enumerate(users))
+    )
+    return str(path)
+
+
+def _ingest(spark, logs: list[str], output: Path, engine: str, run_id: str) -> dict:
+    from ipinsights.core.config import load_config
+    from ipinsights.ingest.job import IngestConfig, run_ingest
+
+    cfg = {"inputs": ",".join(logs), "output": str(output), "engine": engine, "run_id": run_id}
+    return run_ingest(spark, load_config(IngestConfig, "conf/ingest.yml", cfg))
+
+
+def _per_file(spark, output: Path) -> dict[tuple[str, str], list[str]]:
+    """(log file name, day) -> sorted entities: the table as the logs it came from."""
+    from ipinsights.storage.events import read_events
+
+    out: dict[tuple[str, str], list[str]] = {}
+    for r in read_events(spark, str(output)).collect():
+        out.setdefault((r.source_file.rsplit("/", 1)[1], r.dt), []).append(r.entity)
+    return {k: sorted(v) for k, v in sorted(out.items())}
+
+
+@pytest.mark.spark
+@pytest.mark.slow
+@pytest.mark.parametrize("engine", ["arrow", "spark"])
+def test_runs_over_parts_of_a_day_keep_each_others_rows(spark, tmp_path, engine):
+    """A day split across three runs, a rerun of one of them, then a late file: the table holds what one
+    clean run over all the files writes."""
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    host1 = _log(logs / "host1.log", ["alice", "bob"])
+    host2 = _log(logs / "host2.log", ["carol"])
+    host3 = _log(logs / "host3.log", ["dave", "erin"], hh="23")
+    (logs / "host3.log").write_text(
+        (logs / "host3.log").read_text() + LINE.format(ip="::1", user="v6", day=11, hh="01") + "\n"
+    )
+    table = tmp_path / "events"
+    for i, host in enumerate((host1, host2, host3)):
+        _ingest(spark, [host], table, engine, f"part{i}")
+    assert _per_file(spark, table)[("host1.log", "2018-11-10")] == ["alice", "bob"]  # not replaced by host2's run
+    three = _per_file(spark, table)
+    again = _ingest(spark, [host2], table, engine, "rerun")  # the same file again: nothing changes
+    assert _per_file(spark, table) == three
+    assert again["days_merged"] == ["2018-11-10"]
+    late = _log(logs / "host4.log", ["frank"])
+    _ingest(spark, [late], table, engine, "late")
+    clean = tmp_path / "clean"
+    _ingest(spark, [host1, host2, host3, late], clean, engine, "clean")
+    assert _per_file(spark, table) == _per_file(spark, clean)
+    assert len(_per_file(spark, table)) == 5  # 4 files on the 10th, host3's on the 11th too
+    # host3 rewritten without its line of the 11th: that day loses host3's rows, the 10th gets its new ones.
+    _log(logs / "host3.log", ["dave"], hh="23")
+    redo = _ingest(spark, [host3], table, engine, "redo")
+    assert redo["days_emptied"] == ["2018-11-11"]
+    got = _per_file(spark, table)
+    assert ("host3.log", "2018-11-11") not in got and got[("host3.log", "2018-11-10")] == ["dave"]
+    assert got[("host1.log", "2018-11-10")] == ["alice", "bob"] and got[("host4.log", "2018-11-10")] == ["frank"]
+    assert not (table / "dt=2018-11-11").exists()
+    assert sorted(p.name for p in (tmp_path / "events_staging").iterdir()) == []  # no journal, no staging left
+
+
+@pytest.mark.spark
+def test_a_run_first_recovers_a_publish_killed_before_it(spark, tmp_path):
+    """The state a kill between the renames leaves (the old day in the dead run's trash, the new one still
+    staged, the journal): the next ingest puts the old day back before it runs, and nothing is lost."""
+    from ipinsights.storage.files import write_json
+
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    table = tmp_path / "events"
+    _ingest(spark, [_log(logs / "host1.log", ["alice", "bob"])], table, "arrow", "first")
+    before = _per_file(spark, table)
+    dead = tmp_path / "events_staging" / "run_id=dead"
+    (dead / "events" / "dt=2018-11-10").mkdir(parents=True)
+    (dead / "events" / "dt=2018-11-10" / "part-x.parquet").write_bytes(b"never published")
+    (dead / "_replaced").mkdir()
+    (table / "dt=2018-11-10").rename(dead / "_replaced" / "0")  # rename #0 done, then the kill
+    renames = [[str(table / "dt=2018-11-10"), str(dead / "_replaced" / "0")],
+               [str(dead / "events" / "dt=2018-11-10"), str(table / "dt=2018-11-10")]]  # fmt: skip
+    write_json(str(tmp_path / "events_staging" / "_publish-dead-events.json"),
+               {"renames": renames, "replaced": [str(dead / "_replaced" / "0")], "next": 1})  # fmt: skip
+    _ingest(spark, [_log(logs / "host2.log", ["carol"])], table, "arrow", "next")
+    assert _per_file(spark, table) == {**before, ("host2.log", "2018-11-10"): ["carol"]}

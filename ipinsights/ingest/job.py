@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 import re
 import time
+import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -31,11 +32,19 @@ from typing import Any
 from ipinsights.core.config import ConfigError, check_float, check_int, config_to_dict
 from ipinsights.ingest import logparse
 from ipinsights.ingest.logparse import EntityOptions, LineLimits, LineRules, ResourceFilter
+from ipinsights.storage.events import present_days, read_events
 from ipinsights.storage.files import write_json
 from ipinsights.storage.filesystems import ArrowStore, HadoopStore, arrow_readable, resolve_uri
 from ipinsights.storage.logfiles import LogSplit, iter_split_lines, list_log_files, plan_log_splits, read_log_lines
 from ipinsights.storage.parquet import write_parquet
-from ipinsights.storage.publish import PublishError, publish_partitions, replace_folders, write_quarantine, write_staged
+from ipinsights.storage.publish import (
+    JOURNAL_PREFIX,
+    PublishError,
+    recover_publishes,
+    replace_folders,
+    write_quarantine,
+    write_staged,
+)
 
 __all__ = [
     "BadInputError",
@@ -84,7 +93,7 @@ class IngestConfig:
     (:mod:`ipinsights.ingest.logparse`), so that what a valid filter is is defined once, there.
 
     ``quarantine`` defaults to ``<output>_quarantine`` and ``summary`` to
-    ``<output>_summaries/<run_id>.json``; ``run_id`` defaults to the UTC start time. ``engine``:
+    ``<output>_summaries/<run_id>.json``; ``run_id`` defaults to the UTC start time and a random part. ``engine``:
     ``arrow``, ``spark`` or ``auto`` (``arrow`` where inputs and output are local, see the module doc).
     """
 
@@ -117,7 +126,9 @@ class IngestConfig:
                 raise ConfigError(f"engine=arrow reads local paths, file:// and s3:// only, not {odd}")
         if self.run_id and not re.fullmatch(r"[A-Za-z0-9_.:-]+", self.run_id):
             raise ConfigError(f"run_id={self.run_id!r} may only hold letters, digits and _.:-")
-        run_id = self.run_id or datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+        # The start time names the run; the random part keeps apart runs started in the same second
+        # (each has its own staging folder, summary and quarantine).
+        run_id = self.run_id or f"{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}"
         out = self.output.rstrip("/")
         object.__setattr__(self, "run_id", run_id)
         object.__setattr__(self, "quarantine", self.quarantine or f"{out}_quarantine")
@@ -192,7 +203,6 @@ def _ingest_split(task: _SplitTask, item: tuple[int, LogSplit]) -> dict[str, Any
     File names carry a random part, so a retried task never overwrites the files of the attempt
     before it: the driver keeps only the files that successful attempts report.
     """
-    import uuid
     from collections import Counter
 
     import numpy as np
@@ -249,8 +259,8 @@ def _ingest_split(task: _SplitTask, item: tuple[int, LogSplit]) -> dict[str, Any
     }
 
 
-def _stage_arrow(spark, cfg: IngestConfig, staging: str, store: ArrowStore) -> list[dict[str, Any]]:
-    """The ``arrow`` engine's pass: one Spark task per split; returns the count rows."""
+def _stage_arrow(spark, cfg: IngestConfig, staging: str, store: ArrowStore) -> tuple[list[dict[str, Any]], list[str]]:
+    """The ``arrow`` engine's pass: one Spark task per split; returns the count rows and the files read."""
     import functools
 
     files = list_log_files(cfg.inputs)
@@ -264,7 +274,7 @@ def _stage_arrow(spark, cfg: IngestConfig, staging: str, store: ArrowStore) -> l
     rdd = spark.sparkContext.parallelize(list(enumerate(splits)), max(1, len(splits)))
     results = rdd.map(functools.partial(_ingest_split, task)).collect()
     _drop_unreported(store, {f for r in results for f in r["files"]})
-    return [row for r in results for row in r["counts"]]
+    return [row for r in results for row in r["counts"]], [uri for uri, _ in files]
 
 
 def _drop_unreported(store: ArrowStore, written: set[str]) -> None:
@@ -278,10 +288,12 @@ def _drop_unreported(store: ArrowStore, written: set[str]) -> None:
 
 def _stage_spark(spark, cfg: IngestConfig, staging: str):
     """The ``spark`` engine's pass: classified lines staged by outcome and day; returns (count rows,
-    a function that writes the quarantine from the staged bad lines)."""
+    a function that writes the quarantine from the staged bad lines, the files read)."""
     from pyspark.sql import functions as F
 
     lines = read_log_lines(spark, list(cfg.inputs))
+    # The listing names empty files too; Hadoop spells a local file file:///x there, file:/x in the rows.
+    files = sorted(re.sub("^file:///", "file:/", f) for f in lines.inputFiles())
     classified = logparse.classify_lines(lines, cfg.line_rules())
     outcome = F.col("outcome")
     kept = outcome == logparse.KEPT
@@ -308,7 +320,54 @@ def _stage_spark(spark, cfg: IngestConfig, staging: str):
             cfg.run_id,
         )
 
-    return rows, quarantine_rows
+    return rows, quarantine_rows, files
+
+
+def _publish_events(spark, store: ArrowStore | HadoopStore, cfg: IngestConfig, staging: str, events: str,
+                    files: list[str], kept_days: set[str]) -> dict[str, list[str]]:  # fmt: skip
+    """Put this run's events into the table: per day, the rows of the files it read are replaced by
+    what it found in them, and every other file's rows stay.
+
+    A day that only this run's files fill gets the staged folder as it is; a day that other files share
+    is rewritten by Spark (the other files' rows read back, the new ones added) into staging first; a
+    day where this run's files had rows but now have none loses them. Then one all-or-nothing publish
+    (journalled). Returns the days by what happened to them (for the summary).
+    """
+    from pyspark.sql import functions as F
+
+    out = cfg.output.rstrip("/")
+    days, others = set(kept_days), {}
+    if store.exists(out):
+        table = read_events(spark, out)
+        ours = F.col("source_file").isin(files)
+        # The days earlier runs wrote these files' rows to: a scan of the source_file column, where
+        # Parquet's statistics skip the files written from other logs (each file holds one log's rows).
+        days |= present_days(table.where(ours))
+        if days:
+            rest = table.where(F.col("dt").isin(sorted(days)) & ~ours)
+            others = {str(r["dt"]): int(r["count"]) for r in rest.groupBy("dt").count().collect()}
+    merged = sorted(d for d in days if others.get(d))
+    if merged:
+        rest = table.where(F.col("dt").isin(merged) & ~ours)
+        new = read_events(spark, events).where(F.col("dt").isin(merged)) if kept_days & set(merged) else None
+        write_staged(rest if new is None else rest.unionByName(new), f"{staging}/merged", ["dt"], cfg.files_per_day)
+    moves: list[tuple[str | None, str]] = []
+    for d in sorted(days):
+        src = f"{staging}/merged/dt={d}" if d in others else f"{events}/dt={d}" if d in kept_days else None
+        moves.append((src, f"{out}/dt={d}"))
+    if moves:
+        replace_folders(store, moves, f"{staging}/_replaced", _journal(cfg, "events"))
+    return {
+        "days_replaced": sorted(d for d in days if d in kept_days and d not in others),
+        "days_merged": merged,
+        "days_emptied": sorted(d for d in days if d not in kept_days and d not in others),
+    }
+
+
+def _journal(cfg: IngestConfig, what: str) -> str:
+    """Where a publish of this run keeps its journal: beside the runs' staging folders, where the next
+    run looks for interrupted publishes before anything else."""
+    return f"{cfg.output.rstrip('/')}_staging/{JOURNAL_PREFIX}{cfg.run_id}-{what}.json"
 
 
 def run_ingest(spark, cfg: IngestConfig) -> dict[str, Any]:
@@ -322,19 +381,21 @@ def run_ingest(spark, cfg: IngestConfig) -> dict[str, Any]:
     staging = f"{cfg.output.rstrip('/')}_staging/run_id={cfg.run_id}"
     store = ArrowStore() if engine == "arrow" else HadoopStore(spark)
     json_via = None if engine == "arrow" else spark  # the summary goes where the engine's files go
+    # Before anything else: a run killed in the middle of its publish left a journal; finish or undo it.
+    recover_publishes(store, f"{cfg.output.rstrip('/')}_staging")
     store.delete(staging)  # what a crashed run with this id left
     keep_staging = False
     try:
         if isinstance(store, ArrowStore):
-            rows = _stage_arrow(spark, cfg, staging, store)
+            rows, files = _stage_arrow(spark, cfg, staging, store)
             events = f"{staging}/events"
             moves = [(f"{staging}/quarantine", f"{cfg.quarantine.rstrip('/')}/run_id={cfg.run_id}")]
 
             def quarantine_rows() -> None:
-                replace_folders(store, moves, f"{staging}/_replaced_quarantine")
+                replace_folders(store, moves, f"{staging}/_replaced_quarantine", _journal(cfg, "quarantine"))
 
         else:
-            rows, quarantine_rows = _stage_spark(spark, cfg, staging)
+            rows, quarantine_rows, files = _stage_spark(spark, cfg, staging)
             events = f"{staging}/outcome={logparse.KEPT}"
         summary = _summarise(rows, cfg)
         summary["engine"] = engine
@@ -353,10 +414,10 @@ def run_ingest(spark, cfg: IngestConfig) -> dict[str, Any]:
                 f"By reason: {summary['quarantined_by_reason']}; quarantine: {cfg.quarantine}/run_id={cfg.run_id}",
                 summary,
             )
-        if summary["kept"]:
-            publish_partitions(store, events, cfg.output, summary["kept_by_day"], f"{staging}/_replaced")
-        else:
-            log.warning("no events kept from %s: nothing written to %s", list(cfg.inputs), cfg.output)
+        if not summary["kept"]:
+            log.warning("no events kept from %s", list(cfg.inputs))
+        files = sorted(set(files) | set(summary["per_file"]))  # the rows' own spelling of each file
+        summary.update(_publish_events(spark, store, cfg, staging, events, files, set(summary["kept_by_day"])))
         summary["status"] = "ok"
         summary["seconds"] = round(time.perf_counter() - started, 3)
         write_json(cfg.summary, summary, json_via)
