@@ -305,3 +305,25 @@ def test_a_failed_publish_keeps_the_old_day(spark, tmp_path, monkeypatch):
     monkeypatch.setattr(ArrowStore, "rename", real_rename)
     run_ingest(spark, config(tmp_path, [str(logs / "a.log")], run_id="r3"))
     assert read_events(spark, cfg.output).count() == 5
+
+
+def test_runs_started_together_get_their_own_run_ids(tmp_path):
+    """The default run id is the start time plus a random part: runs started in the same second must not
+    share a staging folder, summary and quarantine (50 configs are made well within a few seconds)."""
+    cfgs = [config(tmp_path, [str(tmp_path / "a.log")], run_id="") for _ in range(50)]
+    assert len({c.run_id for c in cfgs}) == 50
+    assert len({c.summary for c in cfgs}) == 50
+
+
+@pytest.mark.spark
+def test_inputs_on_the_command_line_keep_their_globs(spark, tmp_path, capsys):
+    """``--inputs`` is split on the commas between paths only: ``{a,b}`` and ``[0-9]`` stay globs."""
+    from ipinsights_jobs import ingest
+
+    for name in ("a.log", "b.log", "c.log", "host1.log", "host2.log", "hostx.log"):
+        write(tmp_path / name, good(1))
+    out = str(tmp_path / "ev")
+    inputs = f"{tmp_path}/{{a,b}}.log,{tmp_path}/host[0-9].log"
+    assert ingest.main(["--config", "conf/ingest.yml", f"--inputs={inputs}", f"--output={out}", "--engine=arrow"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert sorted(f.rsplit("/", 1)[1] for f in summary["per_file"]) == ["a.log", "b.log", "host1.log", "host2.log"]

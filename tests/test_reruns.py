@@ -15,9 +15,6 @@ from pathlib import Path
 
 import pytest
 
-from ipinsights.storage.filesystems import ArrowStore
-from ipinsights.storage.publish import recover_publishes
-
 DAYS_OLD = ("2024-01-01", "2024-01-02")
 DAYS_NEW = ("2024-01-02", "2024-01-03")  # renames: #0 old 01-02 to trash, #1 new 01-02 in, #2 new 01-03 in
 
@@ -68,6 +65,9 @@ def _setup(tmp_path: Path) -> tuple[Path, Path, Path, Path]:
 
 @pytest.mark.parametrize("kill_at", [0, 1, 2, 3])
 def test_a_publish_killed_at_any_step_is_finished_or_undone_by_the_next_run(tmp_path, kill_at):
+    from ipinsights.storage.filesystems import ArrowStore
+    from ipinsights.storage.publish import recover_publishes
+
     table, staged, trash, staging = _setup(tmp_path)
     before, new = _tree(table), _tree(staged)
     journal = staging / "_publish-r1.json"
@@ -95,6 +95,7 @@ def test_an_interrupted_half_copied_rename_is_merged_back(tmp_path):
     """An object store's rename stopped half way (some files moved, the rest not): the undo puts each
     file back, and a file both sides hold (copied, not yet deleted) is kept once."""
     from ipinsights.storage.files import write_json
+    from ipinsights.storage.filesystems import ArrowStore
     from ipinsights.storage.publish import recover_publish
 
     table, staged, trash, staging = _setup(tmp_path)
@@ -201,3 +202,25 @@ def test_a_run_first_recovers_a_publish_killed_before_it(spark, tmp_path):
                {"renames": renames, "replaced": [str(dead / "_replaced" / "0")], "next": 1})  # fmt: skip
     _ingest(spark, [_log(logs / "host2.log", ["carol"])], table, "arrow", "next")
     assert _per_file(spark, table) == {**before, ("host2.log", "2018-11-10"): ["carol"]}
+
+
+@pytest.mark.spark
+def test_a_batch_transform_never_writes_the_daily_tables(spark, toy_model, tmp_path, capsys):
+    """``score --input-csv`` without ``--date`` labelled the CSV as today and replaced today's production
+    scores, flagged rows and report: now it writes under its own ``--output`` only, and needs one."""
+    from ipinsights_jobs import score as score_job
+
+    csv = tmp_path / "pairs.csv"
+    csv.write_text("user_1,10.1.2.3\nnobody,8.8.8.8\n")
+    prod = tmp_path / "prod"
+    daily = [f"--scores={prod / 'scores'}", f"--flagged={prod / 'flagged'}", f"--reports={prod / 'reports'}"]
+    common = ["--input-csv", str(csv), "--threshold", "0.5", f"--model={toy_model}", "--events=null", *daily]
+    with pytest.raises(SystemExit) as exit_:
+        score_job.main(common)  # no --output: refused before anything runs
+    assert exit_.value.code == 2 and "--output" in capsys.readouterr().err
+    assert score_job.main([*common, "--output", str(tmp_path / "batch"), "--flag_unseen=true"]) == 0
+    assert not prod.exists()
+    rows = spark.read.parquet(str(tmp_path / "batch" / "scores")).collect()
+    assert sorted(r.entity for r in rows) == ["nobody", "user_1"]
+    assert list((tmp_path / "batch" / "reports").glob("dt=*/report.html"))
+    assert spark.read.parquet(str(tmp_path / "batch" / "flagged")).where("entity = 'nobody'").count() == 1

@@ -70,6 +70,22 @@ def _glob_regex(pattern: str) -> re.Pattern[str]:
     return re.compile("".join(out))
 
 
+def split_inputs(text: str) -> list[str]:
+    """A command line's comma-separated inputs -> the paths: a comma inside a glob's ``{a,b}`` belongs
+    to the glob, and ``[...]`` is a character class, not list brackets."""
+    out, depth, start = [], 0, 0
+    for i, c in enumerate(text):
+        if c == "{":
+            depth += 1
+        elif c == "}":
+            depth = max(0, depth - 1)
+        elif c == "," and depth == 0:
+            out.append(text[start:i])
+            start = i + 1
+    out.append(text[start:])
+    return [p.strip() for p in out if p.strip()]
+
+
 @dataclass(frozen=True)
 class LogSplit:
     """Bytes ``[start, end)`` of one log file: the lines that *start* in that range (a task's input)."""
