@@ -36,7 +36,7 @@ from ipinsights.storage.events import present_days, read_events
 from ipinsights.storage.files import write_json
 from ipinsights.storage.filesystems import ArrowStore, HadoopStore, arrow_readable, resolve_uri
 from ipinsights.storage.logfiles import LogSplit, iter_split_lines, list_log_files, plan_log_splits, read_log_lines
-from ipinsights.storage.parquet import write_parquet
+from ipinsights.storage.parquet import parquet_writer
 from ipinsights.storage.publish import (
     JOURNAL_PREFIX,
     PublishError,
@@ -56,6 +56,9 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+#: The outcome of a compressed log that could not be read to its end (a quarantine reason of its own).
+UNREADABLE = "unreadable"
 
 _STAGED_SCHEMA = (
     "entity string, ip string, ip_int long, ip_version int, ts timestamp, source_file string, outcome string, dt string"
@@ -181,6 +184,7 @@ def _summarise(rows: list, cfg: IngestConfig) -> dict[str, Any]:
         "bad_ratio": round(ratio, 6),
         "max_bad_ratio": cfg.quality.max_bad_ratio,
         "kept_by_day": dict(sorted(days.items())),
+        "unreadable_files": sorted(f for f, c in per_file.items() if UNREADABLE in c["by_reason"]),
         "per_file": dict(sorted(per_file.items())),
     }
 
@@ -200,6 +204,11 @@ def _ingest_split(task: _SplitTask, item: tuple[int, LogSplit]) -> dict[str, Any
     """One ``arrow`` engine task: classify a split's lines; write its events (a file per day) and bad
     lines under the staging folder; return the counts per (outcome, day) and the files written.
 
+    Each block of lines is written as it is classified (a row group), so a task holds one block,
+    however long a compressed file is. A compressed file that cannot be read to its end (truncated,
+    corrupt) keeps what was read before the error and counts once as an ``unreadable`` bad line, with
+    the error in the quarantine: failing the task would fail the whole job, on every retry.
+
     File names carry a random part, so a retried task never overwrites the files of the attempt
     before it: the driver keeps only the files that successful attempts report.
     """
@@ -210,49 +219,69 @@ def _ingest_split(task: _SplitTask, item: tuple[int, LogSplit]) -> dict[str, Any
     import pyarrow.compute as pc
 
     n, split = item
-    counts: Counter = Counter()
-    events: dict[str, list[pa.Table]] = {}
-    bad: list[pa.Table] = []
-    for lines in iter_split_lines(split):
-        res = logparse.classify_batch(lines, task.rules)
-        outcome = res.column("outcome")
-        kept = pc.equal(outcome, logparse.KEPT)
-        counts.update(
-            {(k["values"], None): k["counts"] for k in pc.value_counts(outcome.filter(pc.invert(kept))).to_pylist()}
-        )
-        ev = res.filter(kept)
-        seconds = ev.column("epoch_s").to_numpy(zero_copy_only=False)
-        day = seconds // 86400  # the UTC day (floor: right for the years before 1970 an offset allows)
-        table = pa.table(
-            {
-                **{f: ev.column(f) for f in _EVENT_FIELDS},
-                "ts": pa.array(seconds * 1_000_000, pa.timestamp("us", tz="UTC")),
-                "source_file": pa.DictionaryArray.from_arrays(np.zeros(len(ev), np.int32), [split.uri]),
-            }
-        )
-        for d in np.unique(day):
-            name = str(np.datetime64(int(d), "D"))
-            rows = day == d
-            counts[(logparse.KEPT, name)] += int(rows.sum())
-            events.setdefault(name, []).append(table.filter(pa.array(rows)))
-        quarantined = pc.is_valid(res.column("raw"))  # classify_batch sets raw on exactly those lines
-        if pc.any(quarantined).as_py():
-            q = res.filter(quarantined)
-            bad.append(
-                pa.table(
-                    {
-                        "reason": q.column("outcome"),
-                        "source_file": pa.array([split.uri] * len(q), pa.string()),
-                        "raw": q.column("raw"),
-                    }
-                )
-            )
     tag = f"part-{n:05d}-{uuid.uuid4().hex[:12]}"
-    files = [
-        write_parquet(pa.concat_tables(t), f"{task.staging}/events/dt={d}/{tag}.parquet") for d, t in events.items()
-    ]
-    if bad:
-        files.append(write_parquet(pa.concat_tables(bad), f"{task.staging}/quarantine/{tag}.parquet"))
+    counts: Counter = Counter()
+    writers: dict[str, Any] = {}  # day or "quarantine" -> open Parquet writer
+
+    def write(key: str, uri: str, table: pa.Table) -> None:
+        if key not in writers:
+            writers[key] = parquet_writer(uri, table.schema)
+        writers[key].write_table(table)
+
+    def quarantine(reason: pa.Array, raw: pa.Array) -> None:
+        source = pa.array([split.uri] * len(raw), pa.string())
+        table = pa.table({"reason": reason, "source_file": source, "raw": raw})
+        write("quarantine", f"{task.staging}/quarantine/{tag}.parquet", table)
+
+    limits = task.rules.limits
+    blocks = iter_split_lines(split, max_line_bytes=max(limits.max_line_length, 4 * limits.raw_max_chars) + 1)
+    read = 0
+    try:
+        while True:
+            try:
+                lines = next(blocks)
+            except StopIteration:
+                break
+            except (OSError, pa.ArrowInvalid) as exc:
+                if split.codec is None:
+                    raise  # a plain file's read error may pass (a retry reads it again)
+                counts[(UNREADABLE, None)] += 1
+                message = f"{split.codec} stream unreadable after {read} lines: {exc}"[: limits.raw_max_chars]
+                quarantine(pa.array([UNREADABLE]), pa.array([message]))
+                log.warning("%s: %s", split.uri, message)
+                break
+            read += len(lines)
+            res = logparse.classify_batch(lines, task.rules)
+            outcome = res.column("outcome")
+            kept = pc.equal(outcome, logparse.KEPT)
+            counts.update(
+                {(k["values"], None): k["counts"] for k in pc.value_counts(outcome.filter(pc.invert(kept))).to_pylist()}
+            )
+            ev = res.filter(kept)
+            seconds = ev.column("epoch_s").to_numpy(zero_copy_only=False)
+            day = seconds // 86400  # the UTC day (floor: right for the years before 1970 an offset allows)
+            table = pa.table(
+                {
+                    **{f: ev.column(f) for f in _EVENT_FIELDS},
+                    "ts": pa.array(seconds * 1_000_000, pa.timestamp("us", tz="UTC")),
+                    "source_file": pa.DictionaryArray.from_arrays(np.zeros(len(ev), np.int32), [split.uri]),
+                }
+            )
+            for d in np.unique(day):
+                name = str(np.datetime64(int(d), "D"))
+                rows = day == d
+                counts[(logparse.KEPT, name)] += int(rows.sum())
+                write(name, f"{task.staging}/events/dt={name}/{tag}.parquet", table.filter(pa.array(rows)))
+            bad = pc.is_valid(res.column("raw"))  # classify_batch sets raw on exactly those lines
+            if pc.any(bad).as_py():
+                q = res.filter(bad)
+                quarantine(q.column("outcome"), q.column("raw"))
+    finally:
+        for w in writers.values():
+            w.close()
+    files = [f"{task.staging}/events/dt={d}/{tag}.parquet" for d in writers if d != "quarantine"]
+    if "quarantine" in writers:
+        files.append(f"{task.staging}/quarantine/{tag}.parquet")
     return {
         "counts": [{"source_file": split.uri, "outcome": o, "dt": d, "count": c} for (o, d), c in counts.items()],
         "files": files,
