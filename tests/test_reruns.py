@@ -224,3 +224,31 @@ def test_a_batch_transform_never_writes_the_daily_tables(spark, toy_model, tmp_p
     assert sorted(r.entity for r in rows) == ["nobody", "user_1"]
     assert list((tmp_path / "batch" / "reports").glob("dt=*/report.html"))
     assert spark.read.parquet(str(tmp_path / "batch" / "flagged")).where("entity = 'nobody'").count() == 1
+
+
+@pytest.mark.spark
+@pytest.mark.slow
+def test_a_day_written_by_one_engine_is_merged_by_the_other(spark, tmp_path):
+    """Files of mixed logs (the spark engine's files_per_day shuffle) and Spark's own Parquet types: an
+    arrow-engine run of one of the logs replaces only its rows; then the spark engine does the same."""
+    from ipinsights.core.config import load_config
+    from ipinsights.ingest.job import IngestConfig, run_ingest
+
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    host1 = _log(logs / "host1.log", ["alice", "bob"])
+    host2 = _log(logs / "host2.log", ["carol"])
+    table = tmp_path / "events"
+    shuffled = {"inputs": f"{host1},{host2}", "output": str(table), "files_per_day": "1", "run_id": "mixed"}
+    run_ingest(spark, load_config(IngestConfig, "conf/ingest.yml", shuffled))
+    assert len(list((table / "dt=2018-11-10").glob("*.parquet"))) == 1  # both logs in one file
+    clean = _per_file(spark, table)
+    _log(logs / "host2.log", ["carol", "dan"])
+    _ingest(spark, [host2], table, "arrow", "arrow-rerun")
+    assert _per_file(spark, table) == {**clean, ("host2.log", "2018-11-10"): ["carol", "dan"]}
+    _log(logs / "host1.log", ["alice"])
+    _ingest(spark, [host1], table, "spark", "spark-rerun")
+    assert _per_file(spark, table) == {
+        ("host1.log", "2018-11-10"): ["alice"],
+        ("host2.log", "2018-11-10"): ["carol", "dan"],
+    }

@@ -21,6 +21,7 @@ the summary saved. A run that fails the ratio check has replaced no partition of
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import time
@@ -34,7 +35,7 @@ from ipinsights.ingest import logparse
 from ipinsights.ingest.logparse import EntityOptions, LineLimits, LineRules, ResourceFilter
 from ipinsights.storage.events import present_days, read_events
 from ipinsights.storage.files import write_json
-from ipinsights.storage.filesystems import ArrowStore, HadoopStore, arrow_readable, resolve_uri
+from ipinsights.storage.filesystems import ArrowStore, HadoopStore, arrow_fs, arrow_readable, resolve_uri
 from ipinsights.storage.logfiles import LogSplit, iter_split_lines, list_log_files, plan_log_splits, read_log_lines
 from ipinsights.storage.parquet import parquet_writer
 from ipinsights.storage.publish import (
@@ -290,8 +291,6 @@ def _ingest_split(task: _SplitTask, item: tuple[int, LogSplit]) -> dict[str, Any
 
 def _stage_arrow(spark, cfg: IngestConfig, staging: str, store: ArrowStore) -> tuple[list[dict[str, Any]], list[str]]:
     """The ``arrow`` engine's pass: one Spark task per split; returns the count rows and the files read."""
-    import functools
-
     files = list_log_files(cfg.inputs)
     total = sum(size for _, size in files)
     # About 3 splits per core, 4-64 MB each: enough to even out the cores' work, few enough files.
@@ -362,24 +361,39 @@ def _publish_events(spark, store: ArrowStore | HadoopStore, cfg: IngestConfig, s
     day where this run's files had rows but now have none loses them. Then one all-or-nothing publish
     (journalled). Returns the days by what happened to them (for the summary).
     """
-    from pyspark.sql import functions as F
-
     out = cfg.output.rstrip("/")
     days, others = set(kept_days), {}
-    if store.exists(out):
-        table = read_events(spark, out)
-        ours = F.col("source_file").isin(files)
-        # The days earlier runs wrote these files' rows to: a scan of the source_file column, where
-        # Parquet's statistics skip the files written from other logs (each file holds one log's rows).
-        days |= present_days(table.where(ours))
-        if days:
-            rest = table.where(F.col("dt").isin(sorted(days)) & ~ours)
-            others = {str(r["dt"]): int(r["count"]) for r in rest.groupBy("dt").count().collect()}
-    merged = sorted(d for d in days if others.get(d))
-    if merged:
-        rest = table.where(F.col("dt").isin(merged) & ~ours)
-        new = read_events(spark, events).where(F.col("dt").isin(merged)) if kept_days & set(merged) else None
-        write_staged(rest if new is None else rest.unionByName(new), f"{staging}/merged", ["dt"], cfg.files_per_day)
+    if isinstance(store, ArrowStore):  # Python tasks read the table with pyarrow (S3 needs no Hadoop jars)
+        if store.exists(out):
+            found = _day_folders(out)
+            tasks = spark.sparkContext.parallelize(found, max(1, min(len(found), 64)))
+            counts = tasks.map(functools.partial(_count_day, out, frozenset(files))).collect()
+            days |= {d for d, n_ours, _ in counts if n_ours}
+            others = {d: n for d, _, n in counts if n and d in days}
+        merged = sorted(d for d in days if others.get(d))
+        if merged:
+            task = functools.partial(
+                _merge_day, out, events, f"{staging}/merged", frozenset(files), frozenset(kept_days)
+            )
+            spark.sparkContext.parallelize(merged, len(merged)).foreach(task)
+    else:
+        from pyspark.sql import functions as F
+
+        if store.exists(out):
+            table = read_events(spark, out)
+            ours = F.col("source_file").isin(files)
+            # The days earlier runs wrote these files' rows to: a scan of the source_file column, where
+            # Parquet's statistics skip the files written from other logs (each file holds one log's rows).
+            days |= present_days(table.where(ours))
+            if days:
+                rest = table.where(F.col("dt").isin(sorted(days)) & ~ours)
+                others = {str(r["dt"]): int(r["count"]) for r in rest.groupBy("dt").count().collect()}
+        merged = sorted(d for d in days if others.get(d))
+        if merged:
+            rest = table.where(F.col("dt").isin(merged) & ~ours)
+            new = read_events(spark, events).where(F.col("dt").isin(merged)) if kept_days & set(merged) else None
+            staged = rest if new is None else rest.unionByName(new)
+            write_staged(staged, f"{staging}/merged", ["dt"], cfg.files_per_day)
     moves: list[tuple[str | None, str]] = []
     for d in sorted(days):
         src = f"{staging}/merged/dt={d}" if d in others else f"{events}/dt={d}" if d in kept_days else None
@@ -391,6 +405,94 @@ def _publish_events(spark, store: ArrowStore | HadoopStore, cfg: IngestConfig, s
         "days_merged": merged,
         "days_emptied": sorted(d for d in days if d not in kept_days and d not in others),
     }
+
+
+def _event_schema():
+    """The events table's file schema, as the ``arrow`` engine writes it (other writers' files are cast to it)."""
+    import pyarrow as pa
+
+    return pa.schema(
+        [("entity", pa.string()), ("ip", pa.string()), ("ip_int", pa.int64()), ("ip_version", pa.int32()),
+         ("ts", pa.timestamp("us", tz="UTC")), ("source_file", pa.dictionary(pa.int32(), pa.string()))]
+    )  # fmt: skip
+
+
+def _day_folders(table: str) -> list[str]:
+    """The days (``dt=`` folders) of an events table, by listing (pyarrow)."""
+    import pyarrow.fs as pafs
+
+    fs, path = arrow_fs(table)
+    infos = fs.get_file_info(pafs.FileSelector(path))
+    return sorted(i.base_name[3:] for i in infos if i.type == pafs.FileType.Directory and i.base_name.startswith("dt="))
+
+
+def _parquet_files(folder: str) -> list[tuple[Any, str]]:
+    """(filesystem, path) of the Parquet files of one flat folder (as Spark reads it: no _ or . names)."""
+    import pyarrow.fs as pafs
+
+    fs, path = arrow_fs(folder)
+    if fs.get_file_info(path).type != pafs.FileType.Directory:
+        return []
+    infos = fs.get_file_info(pafs.FileSelector(path))
+    return [(fs, i.path) for i in infos if i.type == pafs.FileType.File and not i.base_name.startswith(("_", "."))]
+
+
+def _count_day(table: str, files: frozenset[str], day: str) -> tuple[str, int, int]:
+    """A task: (day, rows of ``files``, rows of other files) in the table's folder of ``day``. A row group
+    whose source_file statistics hold one file is counted from the footer; others read that column only."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    ours = rest = 0
+    value_set = _strings(sorted(files))
+    for fs, path in _parquet_files(f"{table}/dt={day}"):
+        with fs.open_input_file(path) as fh:
+            pf = pq.ParquetFile(fh)
+            col = pf.schema_arrow.get_field_index("source_file")  # flat schema: the Parquet column too
+            for g in range(pf.metadata.num_row_groups):
+                meta = pf.metadata.row_group(g)
+                stats = meta.column(col).statistics
+                exact = (
+                    stats is not None and getattr(stats, "is_min_exact", True) and getattr(stats, "is_max_exact", True)
+                )
+                if exact and stats.has_min_max and stats.min == stats.max:
+                    mine = str(stats.min) in files
+                    ours, rest = ours + meta.num_rows * mine, rest + meta.num_rows * (not mine)
+                    continue
+                values = pf.read_row_group(g, columns=["source_file"]).column(0).cast("string")
+                n = pc.sum(pc.is_in(values, value_set=value_set)).as_py() or 0
+                ours, rest = ours + n, rest + meta.num_rows - n
+    return day, ours, rest
+
+
+def _strings(values: list[str]) -> Any:
+    import pyarrow as pa
+
+    return pa.array(values, pa.string())
+
+
+def _merge_day(table: str, events: str, merged: str, files: frozenset[str], kept: frozenset[str], day: str) -> None:
+    """A task: the table's rows of ``day`` from files other than ``files``, then this run's staged rows
+    of it, into ``merged/dt=DAY/``: one Parquet file, written a row group at a time."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    schema = _event_schema()
+    value_set = _strings(sorted(files))
+    with parquet_writer(f"{merged}/dt={day}/part-00000.parquet", schema) as writer:
+        sources = [(f, True) for f in _parquet_files(f"{table}/dt={day}")]
+        if day in kept:
+            sources += [(f, False) for f in _parquet_files(f"{events}/dt={day}")]
+        for (fs, path), old in sources:
+            with fs.open_input_file(path) as fh:
+                for batch in pq.ParquetFile(fh).iter_batches(columns=list(schema.names)):
+                    t = pa.Table.from_batches([batch])
+                    if old:
+                        t = t.filter(pc.invert(pc.is_in(t.column("source_file").cast("string"), value_set=value_set)))
+                    if len(t):
+                        cols = [t.column(f.name).cast(f.type) for f in schema]
+                        writer.write_table(pa.Table.from_arrays(cols, schema=schema))
 
 
 def _journal(cfg: IngestConfig, what: str) -> str:
