@@ -15,8 +15,14 @@ or quarantined with a reason), by one of two engines:
   aggregation over the staged partition columns.
 
 Either way the staging folder is ``<output>_staging/run_id=<run>``; then the bad-line ratio is
-checked, and only then are the staged day folders moved into the table (replacing those days) and
-the summary saved. A run that fails the ratio check has replaced no partition of the main table.
+checked, and only then are the days published and the summary saved. A run that fails the ratio
+check has replaced no partition of the main table.
+
+A run replaces, per day, the rows of the log files it read and keeps the other files' rows
+(``source_file``), so runs over parts of a day add up and a rerun is idempotent: a day shared with
+other files is rewritten (their rows read back, by pyarrow in Python tasks for ``arrow``, by Spark for
+``spark``) into staging, then every day is published at once, all or nothing, with a journal that the
+next run uses to finish or undo a publish that a killed process left half done.
 """
 
 from __future__ import annotations
