@@ -13,7 +13,9 @@ import json
 import sys
 from collections.abc import Sequence
 
+from ipinsights.core.config import parse_overrides
 from ipinsights.ingest.job import BadInputError, IngestConfig, run_ingest
+from ipinsights.storage.logfiles import split_inputs
 from ipinsights_jobs._common import Job, JobContext, add_spark_args, parse_with_overrides
 
 
@@ -34,7 +36,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     def body(ctx: JobContext) -> None:
         print(json.dumps(run_ingest(ctx.spark, ctx.cfg), indent=2, sort_keys=True, default=str))
 
-    return JOB.run(args, body, args.config, overrides)
+    try:
+        settings: dict[str, object] = dict(parse_overrides(overrides))
+    except ValueError as exc:
+        parser.error(str(exc))
+    if "inputs" in settings:  # a list here: the generic comma split would cut {a,b} globs and strip [0-9]
+        settings["inputs"] = split_inputs(str(settings["inputs"]))
+    return JOB.run(args, body, args.config, settings)
 
 
 if __name__ == "__main__":

@@ -2,12 +2,13 @@
 
     python -m ipinsights_jobs.score --date 2024-01-09                          # one UTC day
     python -m ipinsights_jobs.score --start-date 2024-01-09 --end-date 2024-01-10   # backfill, one pass
-    python -m ipinsights_jobs.score --input-csv pairs.csv --date 2024-01-09    # batch transform (entity,ip)
+    python -m ipinsights_jobs.score --input-csv pairs.csv --output out/batch   # batch transform (entity,ip)
     python -m ipinsights_jobs.score --date 2024-01-09 --threshold 1.5 --model=models/m --events=data/events
 
 Settings come from the project's ``conf/score.yml`` (or ``--config``) with ``--name=value`` overrides;
 ``--threshold`` and ``--target-fpr`` replace the config's threshold choice. Prints the threshold in force,
-then one line per day: counts and report path. Reruns replace each day's output (idempotent).
+then one line per day: counts and report path. Reruns replace each day's output (idempotent). A batch
+transform writes ``scores/``, ``flagged/`` and ``reports/`` under its ``--output``, never the daily tables.
 
 Exit status: 0 ok, 2 bad configuration, a missing or foreign model, an unusable calibration or input.
 """
@@ -37,10 +38,11 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.ArgumentParser, arg
     """The parser, its options and the ``--name=value`` setting overrides."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog="Other --name=value: any setting.")
     parser.add_argument("--config", default=None, help="YAML settings (default: the project's conf/score.yml)")
-    parser.add_argument("--date", help="UTC day to score, YYYY-MM-DD (with --input-csv: the output's day)")
+    parser.add_argument("--date", help="UTC day to score, YYYY-MM-DD (with --input-csv: its rows' dt, default today)")
     parser.add_argument("--start-date", help="first day of a backfill (inclusive)")
     parser.add_argument("--end-date", help="last day of a backfill (inclusive)")
     parser.add_argument("--input-csv", help="score a headerless entity,ip CSV instead of the events table")
+    parser.add_argument("--output", help="with --input-csv (required): folder of its scores, flagged and reports")
     parser.add_argument("--threshold", type=float, help="fixed threshold on anomaly_score (instead of target_fpr)")
     parser.add_argument("--target-fpr", type=float, help="calibrate the threshold to this false-positive rate")
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -59,6 +61,8 @@ def _days(parser: argparse.ArgumentParser, args: argparse.Namespace) -> list[str
         parser.error("a backfill needs both --start-date and --end-date")
     if args.input_csv and args.start_date:
         parser.error("--input-csv is scored as one day: use --date")
+    if bool(args.input_csv) != bool(args.output):
+        parser.error("--input-csv and --output go together: a batch transform never writes the daily tables")
     if args.date:
         start = end = args.date
     elif args.start_date:
@@ -87,7 +91,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         overrides["target_fpr"] = args.target_fpr
 
     def body(ctx: JobContext) -> None:
-        run = run_score_job(ctx.spark, ctx.cfg, days, input_csv=args.input_csv)
+        run = run_score_job(ctx.spark, ctx.cfg, days, input_csv=args.input_csv, output=args.output)
         print(f"threshold\t{run.threshold.value:.6g}\t{run.threshold.source}")
         for day in run.days:
             print(f"{day}\t{json.dumps(run.counts[day])}\t{run.reports[day]}")

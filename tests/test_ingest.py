@@ -179,11 +179,59 @@ def test_split_reading_reads_every_line_once(tmp_path):
         if not data or data.endswith(b"\n"):
             expected.pop()  # a final newline ends the last line, it starts no new one
         for split_bytes in (1, 2, 3, 7, 100):
-            got = []
-            for split in plan_log_splits([(str(path), len(data))], split_bytes):
-                for arr in iter_split_lines(split, block_bytes=rnd.randint(1, 9)):
-                    got += arr.view(pa.binary()).to_pylist()
-            assert got == expected, (data, split_bytes)
+            for cap in (None, 5):
+                got = []
+                for split in plan_log_splits([(str(path), len(data))], split_bytes):
+                    for arr in iter_split_lines(split, block_bytes=rnd.randint(1, 9), max_line_bytes=cap):
+                        got += arr.view(pa.binary()).to_pylist()
+                # A line longer than the cap may come out cut, but never below the cap (still too long).
+                assert len(got) == len(expected), (data, split_bytes, cap)
+                for g, e in zip(got, expected, strict=True):
+                    assert g == e or (cap is not None and len(e) > cap and e.startswith(g) and len(g) >= cap)
+
+
+def test_a_line_without_newlines_is_held_only_up_to_the_cap(tmp_path):
+    """A 'log' of 20 MB without a newline (then two lines): read block by block, the endless line keeps
+    only its first max_line_bytes (it was gathered whole, copied once per block); the lines after it are intact."""
+    import pyarrow as pa
+
+    from ipinsights.storage.logfiles import iter_split_lines, plan_log_splits
+
+    path = tmp_path / "a.log"
+    path.write_bytes(b"y" * (20 << 20) + b"\nsecond\nthird")
+    (split,) = plan_log_splits([(str(path), path.stat().st_size)], 64 << 20)
+    blocks = list(iter_split_lines(split, block_bytes=1 << 16, max_line_bytes=9000))
+    lines = [line for b in blocks for line in b.view(pa.binary()).to_pylist()]
+    assert lines == [b"y" * 9000, b"second", b"third"]  # the newline starts a block: nothing after the cut
+    assert max(b.nbytes for b in blocks) < 1 << 20  # never the whole 20 MB in memory
+
+
+@pytest.mark.spark
+def test_a_corrupt_compressed_file_is_recorded_and_the_run_goes_on(spark, tmp_path):
+    """A truncated .gz (and a corrupt .bz2) failed its task and so the whole job: now each counts as one
+    bad line ('unreadable', in the summary and the quarantine), the lines read before the error are kept."""
+
+    from ipinsights.ingest.job import run_ingest
+    from ipinsights.storage.events import read_events
+
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    write(logs / "ok.log", good(50))
+    whole = gzip.compress(("\n".join(good(20000, day=11)) + "\n").encode())
+    (logs / "cut.log.gz").write_bytes(whole[: len(whole) // 2])  # the upload stopped half way
+    (logs / "junk.log.bz2").write_bytes(b"BZh9" + bytes(range(256)) * 4)
+    cfg = config(tmp_path, [str(logs)], engine="arrow", **{"quality.max_bad_ratio": 0.01})
+    summary = run_ingest(spark, cfg)
+    names = {f.rsplit("/", 1)[1]: v for f, v in summary["per_file"].items()}
+    assert names["cut.log.gz"]["by_reason"] == {"unreadable": 1}
+    assert names["junk.log.bz2"]["by_reason"] == {"unreadable": 1}
+    assert [f.rsplit("/", 1)[1] for f in summary["unreadable_files"]] == ["cut.log.gz", "junk.log.bz2"]
+    assert 0 < names["cut.log.gz"]["kept"] < 20000  # what was read before the error
+    assert summary["kept_by_day"] == {"2026-10-10": 50, "2026-10-11": names["cut.log.gz"]["kept"]}
+    assert read_events(spark, cfg.output).count() == 50 + names["cut.log.gz"]["kept"]
+    bad = spark.read.parquet(cfg.quarantine).where("reason = 'unreadable'").collect()
+    assert sorted(r.source_file.rsplit("/", 1)[1] for r in bad) == ["cut.log.gz", "junk.log.bz2"]
+    assert "unreadable after" in bad[0].raw
 
 
 def test_log_files_globs_and_folders(tmp_path):
@@ -305,3 +353,25 @@ def test_a_failed_publish_keeps_the_old_day(spark, tmp_path, monkeypatch):
     monkeypatch.setattr(ArrowStore, "rename", real_rename)
     run_ingest(spark, config(tmp_path, [str(logs / "a.log")], run_id="r3"))
     assert read_events(spark, cfg.output).count() == 5
+
+
+def test_runs_started_together_get_their_own_run_ids(tmp_path):
+    """The default run id is the start time plus a random part: runs started in the same second must not
+    share a staging folder, summary and quarantine (50 configs are made well within a few seconds)."""
+    cfgs = [config(tmp_path, [str(tmp_path / "a.log")], run_id="") for _ in range(50)]
+    assert len({c.run_id for c in cfgs}) == 50
+    assert len({c.summary for c in cfgs}) == 50
+
+
+@pytest.mark.spark
+def test_inputs_on_the_command_line_keep_their_globs(spark, tmp_path, capsys):
+    """``--inputs`` is split on the commas between paths only: ``{a,b}`` and ``[0-9]`` stay globs."""
+    from ipinsights_jobs import ingest
+
+    for name in ("a.log", "b.log", "c.log", "host1.log", "host2.log", "hostx.log"):
+        write(tmp_path / name, good(1))
+    out = str(tmp_path / "ev")
+    inputs = f"{tmp_path}/{{a,b}}.log,{tmp_path}/host[0-9].log"
+    assert ingest.main(["--config", "conf/ingest.yml", f"--inputs={inputs}", f"--output={out}", "--engine=arrow"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert sorted(f.rsplit("/", 1)[1] for f in summary["per_file"]) == ["a.log", "b.log", "host1.log", "host2.log"]

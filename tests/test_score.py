@@ -250,8 +250,8 @@ def test_endpoint_and_batch_job_flag_the_same_rows(spark, world, tmp_path):
     csv.write_text("".join(f"{e},{ip}\n" for e, ip in zip(entities, ips, strict=True)))
     out = tmp_path / "out"
     assert score_job.main(["--input-csv", str(csv), "--date", TEST, "--threshold", repr(threshold),
-                           f"--model={model}", f"--scores={out / 'scores'}", f"--flagged={out / 'flagged'}",
-                           f"--reports={out / 'reports'}", "--events=null", "--flag_unseen=true"]) == 0  # fmt: skip
+                           f"--model={model}", f"--output={out}", "--events=null",
+                           "--flag_unseen=true"]) == 0  # fmt: skip
     batch = {(r["entity"], r["ip"]): r for r in spark.read.parquet(str(out / "scores")).collect()}
     # The endpoint takes its thresholds from the calibration beside the model: the same threshold.
     save_calibration(Calibration(threshold, 0.01, 1, "test", model_fingerprint(model)), calibration_path(model))
@@ -351,8 +351,7 @@ def test_job_batch_transform_csv_and_stale_day_removed(spark, world, tmp_path):
     csv = tmp_path / "pairs.csv"
     csv.write_text("user_1,10.1.2.3\nnobody,8.8.8.8\nuser_2,not-an-ip\n")
     args = ["--input-csv", str(csv), "--date", "2024-02-01", "--threshold", "0.5", f"--model={world['model']}",
-            f"--scores={out / 'scores'}", f"--flagged={out / 'flagged'}", f"--reports={out / 'reports'}",
-            "--events=null", "--flag_unseen=true"]  # fmt: skip
+            f"--output={out}", "--events=null", "--flag_unseen=true"]  # fmt: skip
     assert score_job.main(args) == 0
     got = {r["entity"]: r for r in spark.read.parquet(str(out / "scores")).collect()}
     assert got["nobody"]["rule"] == RULE_LEARNING and got["nobody"]["flagged"]

@@ -15,15 +15,23 @@ or quarantined with a reason), by one of two engines:
   aggregation over the staged partition columns.
 
 Either way the staging folder is ``<output>_staging/run_id=<run>``; then the bad-line ratio is
-checked, and only then are the staged day folders moved into the table (replacing those days) and
-the summary saved. A run that fails the ratio check has replaced no partition of the main table.
+checked, and only then are the days published and the summary saved. A run that fails the ratio
+check has replaced no partition of the main table.
+
+A run replaces, per day, the rows of the log files it read and keeps the other files' rows
+(``source_file``), so runs over parts of a day add up and a rerun is idempotent: a day shared with
+other files is rewritten (their rows read back, by pyarrow in Python tasks for ``arrow``, by Spark for
+``spark``) into staging, then every day is published at once, all or nothing, with a journal that the
+next run uses to finish or undo a publish that a killed process left half done.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import time
+import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -31,11 +39,19 @@ from typing import Any
 from ipinsights.core.config import ConfigError, check_float, check_int, config_to_dict
 from ipinsights.ingest import logparse
 from ipinsights.ingest.logparse import EntityOptions, LineLimits, LineRules, ResourceFilter
+from ipinsights.storage.events import present_days, read_events
 from ipinsights.storage.files import write_json
-from ipinsights.storage.filesystems import ArrowStore, HadoopStore, arrow_readable, resolve_uri
+from ipinsights.storage.filesystems import ArrowStore, HadoopStore, arrow_fs, arrow_readable, resolve_uri
 from ipinsights.storage.logfiles import LogSplit, iter_split_lines, list_log_files, plan_log_splits, read_log_lines
-from ipinsights.storage.parquet import write_parquet
-from ipinsights.storage.publish import PublishError, publish_partitions, replace_folders, write_quarantine, write_staged
+from ipinsights.storage.parquet import parquet_writer
+from ipinsights.storage.publish import (
+    JOURNAL_PREFIX,
+    PublishError,
+    recover_publishes,
+    replace_folders,
+    write_quarantine,
+    write_staged,
+)
 
 __all__ = [
     "BadInputError",
@@ -47,6 +63,9 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+#: The outcome of a compressed log that could not be read to its end (a quarantine reason of its own).
+UNREADABLE = "unreadable"
 
 _STAGED_SCHEMA = (
     "entity string, ip string, ip_int long, ip_version int, ts timestamp, source_file string, outcome string, dt string"
@@ -84,7 +103,7 @@ class IngestConfig:
     (:mod:`ipinsights.ingest.logparse`), so that what a valid filter is is defined once, there.
 
     ``quarantine`` defaults to ``<output>_quarantine`` and ``summary`` to
-    ``<output>_summaries/<run_id>.json``; ``run_id`` defaults to the UTC start time. ``engine``:
+    ``<output>_summaries/<run_id>.json``; ``run_id`` defaults to the UTC start time and a random part. ``engine``:
     ``arrow``, ``spark`` or ``auto`` (``arrow`` where inputs and output are local, see the module doc).
     """
 
@@ -117,7 +136,9 @@ class IngestConfig:
                 raise ConfigError(f"engine=arrow reads local paths, file:// and s3:// only, not {odd}")
         if self.run_id and not re.fullmatch(r"[A-Za-z0-9_.:-]+", self.run_id):
             raise ConfigError(f"run_id={self.run_id!r} may only hold letters, digits and _.:-")
-        run_id = self.run_id or datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+        # The start time names the run; the random part keeps apart runs started in the same second
+        # (each has its own staging folder, summary and quarantine).
+        run_id = self.run_id or f"{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}"
         out = self.output.rstrip("/")
         object.__setattr__(self, "run_id", run_id)
         object.__setattr__(self, "quarantine", self.quarantine or f"{out}_quarantine")
@@ -170,6 +191,7 @@ def _summarise(rows: list, cfg: IngestConfig) -> dict[str, Any]:
         "bad_ratio": round(ratio, 6),
         "max_bad_ratio": cfg.quality.max_bad_ratio,
         "kept_by_day": dict(sorted(days.items())),
+        "unreadable_files": sorted(f for f, c in per_file.items() if UNREADABLE in c["by_reason"]),
         "per_file": dict(sorted(per_file.items())),
     }
 
@@ -189,10 +211,14 @@ def _ingest_split(task: _SplitTask, item: tuple[int, LogSplit]) -> dict[str, Any
     """One ``arrow`` engine task: classify a split's lines; write its events (a file per day) and bad
     lines under the staging folder; return the counts per (outcome, day) and the files written.
 
+    Each block of lines is written as it is classified (a row group), so a task holds one block,
+    however long a compressed file is. A compressed file that cannot be read to its end (truncated,
+    corrupt) keeps what was read before the error and counts once as an ``unreadable`` bad line, with
+    the error in the quarantine: failing the task would fail the whole job, on every retry.
+
     File names carry a random part, so a retried task never overwrites the files of the attempt
     before it: the driver keeps only the files that successful attempts report.
     """
-    import uuid
     from collections import Counter
 
     import numpy as np
@@ -200,59 +226,77 @@ def _ingest_split(task: _SplitTask, item: tuple[int, LogSplit]) -> dict[str, Any
     import pyarrow.compute as pc
 
     n, split = item
-    counts: Counter = Counter()
-    events: dict[str, list[pa.Table]] = {}
-    bad: list[pa.Table] = []
-    for lines in iter_split_lines(split):
-        res = logparse.classify_batch(lines, task.rules)
-        outcome = res.column("outcome")
-        kept = pc.equal(outcome, logparse.KEPT)
-        counts.update(
-            {(k["values"], None): k["counts"] for k in pc.value_counts(outcome.filter(pc.invert(kept))).to_pylist()}
-        )
-        ev = res.filter(kept)
-        seconds = ev.column("epoch_s").to_numpy(zero_copy_only=False)
-        day = seconds // 86400  # the UTC day (floor: right for the years before 1970 an offset allows)
-        table = pa.table(
-            {
-                **{f: ev.column(f) for f in _EVENT_FIELDS},
-                "ts": pa.array(seconds * 1_000_000, pa.timestamp("us", tz="UTC")),
-                "source_file": pa.DictionaryArray.from_arrays(np.zeros(len(ev), np.int32), [split.uri]),
-            }
-        )
-        for d in np.unique(day):
-            name = str(np.datetime64(int(d), "D"))
-            rows = day == d
-            counts[(logparse.KEPT, name)] += int(rows.sum())
-            events.setdefault(name, []).append(table.filter(pa.array(rows)))
-        quarantined = pc.is_valid(res.column("raw"))  # classify_batch sets raw on exactly those lines
-        if pc.any(quarantined).as_py():
-            q = res.filter(quarantined)
-            bad.append(
-                pa.table(
-                    {
-                        "reason": q.column("outcome"),
-                        "source_file": pa.array([split.uri] * len(q), pa.string()),
-                        "raw": q.column("raw"),
-                    }
-                )
-            )
     tag = f"part-{n:05d}-{uuid.uuid4().hex[:12]}"
-    files = [
-        write_parquet(pa.concat_tables(t), f"{task.staging}/events/dt={d}/{tag}.parquet") for d, t in events.items()
-    ]
-    if bad:
-        files.append(write_parquet(pa.concat_tables(bad), f"{task.staging}/quarantine/{tag}.parquet"))
+    counts: Counter = Counter()
+    writers: dict[str, Any] = {}  # day or "quarantine" -> open Parquet writer
+
+    def write(key: str, uri: str, table: pa.Table) -> None:
+        if key not in writers:
+            writers[key] = parquet_writer(uri, table.schema)
+        writers[key].write_table(table)
+
+    def quarantine(reason: pa.Array, raw: pa.Array) -> None:
+        source = pa.array([split.uri] * len(raw), pa.string())
+        table = pa.table({"reason": reason, "source_file": source, "raw": raw})
+        write("quarantine", f"{task.staging}/quarantine/{tag}.parquet", table)
+
+    limits = task.rules.limits
+    blocks = iter_split_lines(split, max_line_bytes=max(limits.max_line_length, 4 * limits.raw_max_chars) + 1)
+    read = 0
+    try:
+        while True:
+            try:
+                lines = next(blocks)
+            except StopIteration:
+                break
+            except (OSError, pa.ArrowInvalid) as exc:
+                if split.codec is None:
+                    raise  # a plain file's read error may pass (a retry reads it again)
+                counts[(UNREADABLE, None)] += 1
+                message = f"{split.codec} stream unreadable after {read} lines: {exc}"[: limits.raw_max_chars]
+                quarantine(pa.array([UNREADABLE]), pa.array([message]))
+                log.warning("%s: %s", split.uri, message)
+                break
+            read += len(lines)
+            res = logparse.classify_batch(lines, task.rules)
+            outcome = res.column("outcome")
+            kept = pc.equal(outcome, logparse.KEPT)
+            counts.update(
+                {(k["values"], None): k["counts"] for k in pc.value_counts(outcome.filter(pc.invert(kept))).to_pylist()}
+            )
+            ev = res.filter(kept)
+            seconds = ev.column("epoch_s").to_numpy(zero_copy_only=False)
+            day = seconds // 86400  # the UTC day (floor: right for the years before 1970 an offset allows)
+            table = pa.table(
+                {
+                    **{f: ev.column(f) for f in _EVENT_FIELDS},
+                    "ts": pa.array(seconds * 1_000_000, pa.timestamp("us", tz="UTC")),
+                    "source_file": pa.DictionaryArray.from_arrays(np.zeros(len(ev), np.int32), [split.uri]),
+                }
+            )
+            for d in np.unique(day):
+                name = str(np.datetime64(int(d), "D"))
+                rows = day == d
+                counts[(logparse.KEPT, name)] += int(rows.sum())
+                write(name, f"{task.staging}/events/dt={name}/{tag}.parquet", table.filter(pa.array(rows)))
+            bad = pc.is_valid(res.column("raw"))  # classify_batch sets raw on exactly those lines
+            if pc.any(bad).as_py():
+                q = res.filter(bad)
+                quarantine(q.column("outcome"), q.column("raw"))
+    finally:
+        for w in writers.values():
+            w.close()
+    files = [f"{task.staging}/events/dt={d}/{tag}.parquet" for d in writers if d != "quarantine"]
+    if "quarantine" in writers:
+        files.append(f"{task.staging}/quarantine/{tag}.parquet")
     return {
         "counts": [{"source_file": split.uri, "outcome": o, "dt": d, "count": c} for (o, d), c in counts.items()],
         "files": files,
     }
 
 
-def _stage_arrow(spark, cfg: IngestConfig, staging: str, store: ArrowStore) -> list[dict[str, Any]]:
-    """The ``arrow`` engine's pass: one Spark task per split; returns the count rows."""
-    import functools
-
+def _stage_arrow(spark, cfg: IngestConfig, staging: str, store: ArrowStore) -> tuple[list[dict[str, Any]], list[str]]:
+    """The ``arrow`` engine's pass: one Spark task per split; returns the count rows and the files read."""
     files = list_log_files(cfg.inputs)
     total = sum(size for _, size in files)
     # About 3 splits per core, 4-64 MB each: enough to even out the cores' work, few enough files.
@@ -264,7 +308,7 @@ def _stage_arrow(spark, cfg: IngestConfig, staging: str, store: ArrowStore) -> l
     rdd = spark.sparkContext.parallelize(list(enumerate(splits)), max(1, len(splits)))
     results = rdd.map(functools.partial(_ingest_split, task)).collect()
     _drop_unreported(store, {f for r in results for f in r["files"]})
-    return [row for r in results for row in r["counts"]]
+    return [row for r in results for row in r["counts"]], [uri for uri, _ in files]
 
 
 def _drop_unreported(store: ArrowStore, written: set[str]) -> None:
@@ -278,10 +322,12 @@ def _drop_unreported(store: ArrowStore, written: set[str]) -> None:
 
 def _stage_spark(spark, cfg: IngestConfig, staging: str):
     """The ``spark`` engine's pass: classified lines staged by outcome and day; returns (count rows,
-    a function that writes the quarantine from the staged bad lines)."""
+    a function that writes the quarantine from the staged bad lines, the files read)."""
     from pyspark.sql import functions as F
 
     lines = read_log_lines(spark, list(cfg.inputs))
+    # The listing names empty files too; Hadoop spells a local file file:///x there, file:/x in the rows.
+    files = sorted(re.sub("^file:///", "file:/", f) for f in lines.inputFiles())
     classified = logparse.classify_lines(lines, cfg.line_rules())
     outcome = F.col("outcome")
     kept = outcome == logparse.KEPT
@@ -308,7 +354,157 @@ def _stage_spark(spark, cfg: IngestConfig, staging: str):
             cfg.run_id,
         )
 
-    return rows, quarantine_rows
+    return rows, quarantine_rows, files
+
+
+def _publish_events(spark, store: ArrowStore | HadoopStore, cfg: IngestConfig, staging: str, events: str,
+                    files: list[str], kept_days: set[str]) -> dict[str, list[str]]:  # fmt: skip
+    """Put this run's events into the table: per day, the rows of the files it read are replaced by
+    what it found in them, and every other file's rows stay.
+
+    A day that only this run's files fill gets the staged folder as it is; a day that other files share
+    is rewritten by Spark (the other files' rows read back, the new ones added) into staging first; a
+    day where this run's files had rows but now have none loses them. Then one all-or-nothing publish
+    (journalled). Returns the days by what happened to them (for the summary).
+    """
+    out = cfg.output.rstrip("/")
+    days, others = set(kept_days), {}
+    if isinstance(store, ArrowStore):  # Python tasks read the table with pyarrow (S3 needs no Hadoop jars)
+        if store.exists(out):
+            found = _day_folders(out)
+            tasks = spark.sparkContext.parallelize(found, max(1, min(len(found), 64)))
+            counts = tasks.map(functools.partial(_count_day, out, frozenset(files))).collect()
+            days |= {d for d, n_ours, _ in counts if n_ours}
+            others = {d: n for d, _, n in counts if n and d in days}
+        merged = sorted(d for d in days if others.get(d))
+        if merged:
+            task = functools.partial(
+                _merge_day, out, events, f"{staging}/merged", frozenset(files), frozenset(kept_days)
+            )
+            spark.sparkContext.parallelize(merged, len(merged)).foreach(task)
+    else:
+        from pyspark.sql import functions as F
+
+        if store.exists(out):
+            table = read_events(spark, out)
+            ours = F.col("source_file").isin(files)
+            # The days earlier runs wrote these files' rows to: a scan of the source_file column, where
+            # Parquet's statistics skip the files written from other logs (each file holds one log's rows).
+            days |= present_days(table.where(ours))
+            if days:
+                rest = table.where(F.col("dt").isin(sorted(days)) & ~ours)
+                others = {str(r["dt"]): int(r["count"]) for r in rest.groupBy("dt").count().collect()}
+        merged = sorted(d for d in days if others.get(d))
+        if merged:
+            rest = table.where(F.col("dt").isin(merged) & ~ours)
+            new = read_events(spark, events).where(F.col("dt").isin(merged)) if kept_days & set(merged) else None
+            staged = rest if new is None else rest.unionByName(new)
+            write_staged(staged, f"{staging}/merged", ["dt"], cfg.files_per_day)
+    moves: list[tuple[str | None, str]] = []
+    for d in sorted(days):
+        src = f"{staging}/merged/dt={d}" if d in others else f"{events}/dt={d}" if d in kept_days else None
+        moves.append((src, f"{out}/dt={d}"))
+    if moves:
+        replace_folders(store, moves, f"{staging}/_replaced", _journal(cfg, "events"))
+    return {
+        "days_replaced": sorted(d for d in days if d in kept_days and d not in others),
+        "days_merged": merged,
+        "days_emptied": sorted(d for d in days if d not in kept_days and d not in others),
+    }
+
+
+def _event_schema():
+    """The events table's file schema, as the ``arrow`` engine writes it (other writers' files are cast to it)."""
+    import pyarrow as pa
+
+    return pa.schema(
+        [("entity", pa.string()), ("ip", pa.string()), ("ip_int", pa.int64()), ("ip_version", pa.int32()),
+         ("ts", pa.timestamp("us", tz="UTC")), ("source_file", pa.dictionary(pa.int32(), pa.string()))]
+    )  # fmt: skip
+
+
+def _day_folders(table: str) -> list[str]:
+    """The days (``dt=`` folders) of an events table, by listing (pyarrow)."""
+    import pyarrow.fs as pafs
+
+    fs, path = arrow_fs(table)
+    infos = fs.get_file_info(pafs.FileSelector(path))
+    return sorted(i.base_name[3:] for i in infos if i.type == pafs.FileType.Directory and i.base_name.startswith("dt="))
+
+
+def _parquet_files(folder: str) -> list[tuple[Any, str]]:
+    """(filesystem, path) of the Parquet files of one flat folder (as Spark reads it: no _ or . names)."""
+    import pyarrow.fs as pafs
+
+    fs, path = arrow_fs(folder)
+    if fs.get_file_info(path).type != pafs.FileType.Directory:
+        return []
+    infos = fs.get_file_info(pafs.FileSelector(path))
+    return [(fs, i.path) for i in infos if i.type == pafs.FileType.File and not i.base_name.startswith(("_", "."))]
+
+
+def _count_day(table: str, files: frozenset[str], day: str) -> tuple[str, int, int]:
+    """A task: (day, rows of ``files``, rows of other files) in the table's folder of ``day``. A row group
+    whose source_file statistics hold one file is counted from the footer; others read that column only."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    ours = rest = 0
+    value_set = _strings(sorted(files))
+    for fs, path in _parquet_files(f"{table}/dt={day}"):
+        with fs.open_input_file(path) as fh:
+            pf = pq.ParquetFile(fh)
+            col = pf.schema_arrow.get_field_index("source_file")  # flat schema: the Parquet column too
+            for g in range(pf.metadata.num_row_groups):
+                meta = pf.metadata.row_group(g)
+                stats = meta.column(col).statistics
+                exact = (
+                    stats is not None and getattr(stats, "is_min_exact", True) and getattr(stats, "is_max_exact", True)
+                )
+                if exact and stats.has_min_max and stats.min == stats.max:
+                    mine = str(stats.min) in files
+                    ours, rest = ours + meta.num_rows * mine, rest + meta.num_rows * (not mine)
+                    continue
+                values = pf.read_row_group(g, columns=["source_file"]).column(0).cast("string")
+                n = pc.sum(pc.is_in(values, value_set=value_set)).as_py() or 0
+                ours, rest = ours + n, rest + meta.num_rows - n
+    return day, ours, rest
+
+
+def _strings(values: list[str]) -> Any:
+    import pyarrow as pa
+
+    return pa.array(values, pa.string())
+
+
+def _merge_day(table: str, events: str, merged: str, files: frozenset[str], kept: frozenset[str], day: str) -> None:
+    """A task: the table's rows of ``day`` from files other than ``files``, then this run's staged rows
+    of it, into ``merged/dt=DAY/``: one Parquet file, written a row group at a time."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    schema = _event_schema()
+    value_set = _strings(sorted(files))
+    with parquet_writer(f"{merged}/dt={day}/part-00000.parquet", schema) as writer:
+        sources = [(f, True) for f in _parquet_files(f"{table}/dt={day}")]
+        if day in kept:
+            sources += [(f, False) for f in _parquet_files(f"{events}/dt={day}")]
+        for (fs, path), old in sources:
+            with fs.open_input_file(path) as fh:
+                for batch in pq.ParquetFile(fh).iter_batches(columns=list(schema.names)):
+                    t = pa.Table.from_batches([batch])
+                    if old:
+                        t = t.filter(pc.invert(pc.is_in(t.column("source_file").cast("string"), value_set=value_set)))
+                    if len(t):
+                        cols = [t.column(f.name).cast(f.type) for f in schema]
+                        writer.write_table(pa.Table.from_arrays(cols, schema=schema))
+
+
+def _journal(cfg: IngestConfig, what: str) -> str:
+    """Where a publish of this run keeps its journal: beside the runs' staging folders, where the next
+    run looks for interrupted publishes before anything else."""
+    return f"{cfg.output.rstrip('/')}_staging/{JOURNAL_PREFIX}{cfg.run_id}-{what}.json"
 
 
 def run_ingest(spark, cfg: IngestConfig) -> dict[str, Any]:
@@ -322,19 +518,21 @@ def run_ingest(spark, cfg: IngestConfig) -> dict[str, Any]:
     staging = f"{cfg.output.rstrip('/')}_staging/run_id={cfg.run_id}"
     store = ArrowStore() if engine == "arrow" else HadoopStore(spark)
     json_via = None if engine == "arrow" else spark  # the summary goes where the engine's files go
+    # Before anything else: a run killed in the middle of its publish left a journal; finish or undo it.
+    recover_publishes(store, f"{cfg.output.rstrip('/')}_staging")
     store.delete(staging)  # what a crashed run with this id left
     keep_staging = False
     try:
         if isinstance(store, ArrowStore):
-            rows = _stage_arrow(spark, cfg, staging, store)
+            rows, files = _stage_arrow(spark, cfg, staging, store)
             events = f"{staging}/events"
             moves = [(f"{staging}/quarantine", f"{cfg.quarantine.rstrip('/')}/run_id={cfg.run_id}")]
 
             def quarantine_rows() -> None:
-                replace_folders(store, moves, f"{staging}/_replaced_quarantine")
+                replace_folders(store, moves, f"{staging}/_replaced_quarantine", _journal(cfg, "quarantine"))
 
         else:
-            rows, quarantine_rows = _stage_spark(spark, cfg, staging)
+            rows, quarantine_rows, files = _stage_spark(spark, cfg, staging)
             events = f"{staging}/outcome={logparse.KEPT}"
         summary = _summarise(rows, cfg)
         summary["engine"] = engine
@@ -353,10 +551,10 @@ def run_ingest(spark, cfg: IngestConfig) -> dict[str, Any]:
                 f"By reason: {summary['quarantined_by_reason']}; quarantine: {cfg.quarantine}/run_id={cfg.run_id}",
                 summary,
             )
-        if summary["kept"]:
-            publish_partitions(store, events, cfg.output, summary["kept_by_day"], f"{staging}/_replaced")
-        else:
-            log.warning("no events kept from %s: nothing written to %s", list(cfg.inputs), cfg.output)
+        if not summary["kept"]:
+            log.warning("no events kept from %s", list(cfg.inputs))
+        files = sorted(set(files) | set(summary["per_file"]))  # the rows' own spelling of each file
+        summary.update(_publish_events(spark, store, cfg, staging, events, files, set(summary["kept_by_day"])))
         summary["status"] = "ok"
         summary["seconds"] = round(time.perf_counter() - started, 3)
         write_json(cfg.summary, summary, json_via)

@@ -379,13 +379,27 @@ class ScoreRun:
     reports: dict[str, Path] = field(default_factory=dict)
 
 
-def run_score_job(spark: SparkSession, cfg: ScoreConfig, days: list[str], input_csv: str | None = None) -> ScoreRun:
+def run_score_job(
+    spark: SparkSession, cfg: ScoreConfig, days: list[str], input_csv: str | None = None, output: str | None = None
+) -> ScoreRun:
     """Score ``days`` of the events table in one pass (or a batch-transform CSV, labelled ``days[0]``).
 
     Each day's scores and flagged partitions are replaced (dynamic partition overwrite; a day without
     rows has its old partitions removed), so a rerun or a backfill over already-scored days is idempotent.
     Then each day gets its report (HTML + CSV) under ``cfg.reports/dt=DAY/``.
+
+    A batch-transform CSV is no day of production traffic: its scores, flagged rows and report go under
+    ``output`` (``scores/``, ``flagged/``, ``reports/``), never into the daily tables of ``cfg``.
     """
+    if input_csv is not None:
+        from dataclasses import replace
+
+        if not output:
+            raise ValueError("a batch-transform CSV needs its own output folder (--output), not the daily tables")
+        out = output.rstrip("/")
+        cfg = replace(cfg, scores=f"{out}/scores", flagged=f"{out}/flagged", reports=f"{out}/reports")
+    elif output is not None:
+        raise ValueError("output is for a batch-transform CSV; the events table is scored into cfg's tables")
     from pyspark.sql import functions as F
 
     from ipinsights.score.report import day_counts, score_histograms, write_day_report

@@ -91,10 +91,10 @@ class HadoopStore:
     """Folder and file operations on URIs through the Spark job's Hadoop filesystems (its credentials)."""
 
     def __init__(self, spark: SparkSession):
-        self._spark = spark
+        self.spark = spark  # whose Hadoop filesystems and credentials it uses
 
     def _path(self, uri: str) -> tuple[JavaObject, JavaObject]:
-        return hadoop_path(self._spark, uri)
+        return hadoop_path(self.spark, uri)
 
     def exists(self, uri: str) -> bool:
         fs, p = self._path(uri)

@@ -70,6 +70,22 @@ def _glob_regex(pattern: str) -> re.Pattern[str]:
     return re.compile("".join(out))
 
 
+def split_inputs(text: str) -> list[str]:
+    """A command line's comma-separated inputs -> the paths: a comma inside a glob's ``{a,b}`` belongs
+    to the glob, and ``[...]`` is a character class, not list brackets."""
+    out, depth, start = [], 0, 0
+    for i, c in enumerate(text):
+        if c == "{":
+            depth += 1
+        elif c == "}":
+            depth = max(0, depth - 1)
+        elif c == "," and depth == 0:
+            out.append(text[start:i])
+            start = i + 1
+    out.append(text[start:])
+    return [p.strip() for p in out if p.strip()]
+
+
 @dataclass(frozen=True)
 class LogSplit:
     """Bytes ``[start, end)`` of one log file: the lines that *start* in that range (a task's input)."""
@@ -148,44 +164,85 @@ def _lines_of(data: bytes) -> pa.StringArray:
     return pc.ascii_rtrim(lines.view(pa.large_binary()).cast(pa.binary()).view(pa.string()), "\r\n")
 
 
-def iter_split_lines(split: LogSplit, block_bytes: int = 16 << 20) -> Iterator[pa.StringArray]:
+def iter_split_lines(
+    split: LogSplit, block_bytes: int = 16 << 20, max_line_bytes: int | None = None
+) -> Iterator[pa.StringArray]:
     """The lines of ``split`` in arrays of about ``block_bytes`` each (memory stays bounded).
 
     A split owns the lines that start in ``[start, end)``: it skips the partial line it starts in
     (the previous split reads it) and reads on past ``end`` to the end of its last line, as Hadoop's
     line reader does, so that every line is read exactly once whatever the split size.
+
+    A line that runs on past a block keeps at most its first ``max_line_bytes`` bytes while the rest
+    is read (unbounded if None): a file without newlines is not gathered whole, and a line longer
+    than that is cut where it stays too long for the parser, which quarantines it as overlong.
+
+    A compressed file that cannot be read to its end yields the whole lines before the damage, then
+    raises the read error (``OSError`` or ``pyarrow.ArrowInvalid``).
     """
     fs, path = arrow_fs(split.uri)
     raw = fs.open_input_file(path) if split.codec is None else fs.open_input_stream(path, compression=split.codec)
     limit = None if split.codec else split.end
+    error: Exception | None = None  # a compressed stream's read error, raised once the lines before it are out
+
+    def read(n: int) -> bytes:
+        nonlocal error
+        if split.codec is None:
+            return bytes(f.read(n))  # (bytes already: no copy)
+        if error is not None:
+            return b""
+        # In pieces: a read that fails (a truncated or corrupt stream) loses only its own piece.
+        parts: list[bytes] = []
+        size = 0
+        while size < n:
+            try:
+                piece = f.read(min(1 << 20, n - size))
+            except (OSError, pa.ArrowInvalid) as exc:
+                error = exc
+                break
+            if not piece:
+                break
+            parts.append(piece)
+            size += len(piece)
+        return b"".join(parts)
+
     with raw as f:
-        carry, carry_pos = b"", 0  # bytes read but not yet yielded, and the file position of their first
-        if split.start:
+        carry = b""  # the start of the line not yet ended (at most max_line_bytes of it)
+        pos = line_start = split.start  # where the next read starts; where the current line starts
+        skip = split.start > 0  # skip to just past the first newline at or after start - 1
+        if skip:
             f.seek(split.start - 1)
-            carry_pos = split.start - 1
-            while True:  # skip to just past the first newline at or after start - 1
-                block = f.read(1 << 16)
-                if not block:
-                    return
-                nl = block.find(b"\n")
-                if nl >= 0:
-                    carry, carry_pos = block[nl + 1 :], carry_pos + nl + 1
-                    break
-                carry_pos += len(block)
-        while limit is None or carry_pos < limit:  # the line starting at carry_pos is ours
-            block = f.read(block_bytes)
-            data = carry + block
-            if limit is not None and carry_pos + len(data) > limit:
-                # Our last line is the one holding byte limit - 1: it ends at the first newline from there.
-                last = data.find(b"\n", limit - 1 - carry_pos)
-                if last >= 0:
-                    yield _lines_of(data[: last + 1])
-                    return
+            pos = split.start - 1
+        while limit is None or line_start < limit:  # the line starting at line_start is ours
+            block = read(1 << 16 if skip else block_bytes)
             if not block:  # end of file: the rest is our last line (it has no newline)
-                if data:
-                    yield _lines_of(data)
+                if error is not None:
+                    raise error  # the line it cut off is lost with it
+                if carry and not skip:
+                    yield _lines_of(carry)
                 return
-            cut = data.rfind(b"\n") + 1
+            if skip:
+                nl = block.find(b"\n")
+                pos += len(block) if nl < 0 else nl + 1
+                if nl < 0:
+                    continue
+                block, line_start, skip = block[nl + 1 :], pos, False
+                if not block or (limit is not None and line_start >= limit):
+                    continue
+            if limit is not None and pos + len(block) > limit - 1:
+                # Our last line is the one holding byte limit - 1: it ends at the first newline from there.
+                last = block.find(b"\n", max(0, limit - 1 - pos))
+                if last >= 0:
+                    yield _lines_of(carry + block[: last + 1])
+                    return
+            cut = block.rfind(b"\n") + 1
             if cut:
-                yield _lines_of(data[:cut])
-            carry, carry_pos = data[cut:], carry_pos + cut
+                yield _lines_of(carry + block[:cut])
+                carry, line_start = block[cut:], pos + cut
+                if error is not None:
+                    raise error
+            elif max_line_bytes is None or len(carry) < max_line_bytes:
+                carry += block  # the line goes on (once cut, it is no longer copied)
+            pos += len(block)
+            if max_line_bytes is not None and len(carry) > max_line_bytes:
+                carry = carry[:max_line_bytes]

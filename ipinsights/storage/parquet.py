@@ -11,6 +11,7 @@ from ipinsights.core.errors import DataFormatError
 from ipinsights.storage.filesystems import arrow_fs
 
 if TYPE_CHECKING:
+    import pyarrow.parquet as pq
     from pyspark.sql import DataFrame, SparkSession
 
 
@@ -37,8 +38,8 @@ def write_parquet_single(df: DataFrame, path: str) -> list[str]:
     return sorted(df.sparkSession.read.parquet(path).inputFiles())
 
 
-def write_parquet(table: pa.Table, uri: str) -> str:
-    """Write ``table`` as one Parquet file at ``uri`` (through :func:`arrow_fs`); returns ``uri``.
+def parquet_writer(uri: str, schema: pa.Schema) -> pq.ParquetWriter:
+    """An open Parquet file at ``uri`` (through :func:`arrow_fs`): each table written is a row group.
 
     As the Spark engine's staged files: LZ4, dictionary encoding only for ``source_file`` (whose
     values repeat in long runs; for the rest it cost more CPU than it saved).
@@ -47,8 +48,14 @@ def write_parquet(table: pa.Table, uri: str) -> str:
 
     fs, path = arrow_fs(uri)
     fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
-    dictionary = [c for c in table.column_names if c == "source_file"]
-    pq.write_table(table, path, filesystem=fs, compression="lz4", use_dictionary=dictionary)
+    dictionary = [c for c in schema.names if c == "source_file"]
+    return pq.ParquetWriter(path, schema, filesystem=fs, compression="lz4", use_dictionary=dictionary)
+
+
+def write_parquet(table: pa.Table, uri: str) -> str:
+    """Write ``table`` as one Parquet file at ``uri`` (see :func:`parquet_writer`); returns ``uri``."""
+    with parquet_writer(uri, table.schema) as writer:
+        writer.write_table(table)
     return uri
 
 

@@ -9,7 +9,8 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
-from ipinsights.storage.filesystems import ArrowStore, HadoopStore, delete_tree, resolve_uri
+from ipinsights.storage.files import write_json
+from ipinsights.storage.filesystems import ArrowStore, HadoopStore, arrow_fs, delete_tree, hadoop_path, jvm, resolve_uri
 
 log = logging.getLogger(__name__)
 
@@ -54,14 +55,24 @@ class PublishError(OSError):
         self.kept = kept
 
 
-def replace_folders(store: HadoopStore | ArrowStore, moves: Iterable[tuple[str, str]], trash: str) -> None:
+def replace_folders(
+    store: HadoopStore | ArrowStore,
+    moves: Iterable[tuple[str | None, str]],
+    trash: str,
+    journal: str | None = None,
+) -> None:
     """Move each ``src`` folder to ``dst``, replacing what was there (dynamic partition overwrite): all or none.
 
-    Per folder the old one is renamed into ``trash`` and the new one into place. Only when every
-    folder is in place are the old ones deleted. If a rename fails (an S3 copy error, a full disk),
-    everything is put back as it was: what reached a ``dst`` returns to its ``src`` (a partial copy at
-    ``dst`` is removed) and every old folder returns to its ``dst``; then the error is raised. If even
-    that fails, :class:`PublishError` names the folders still holding data and nothing is deleted.
+    A ``src`` of None removes ``dst`` (a day that no longer has rows). Per folder the old one is renamed
+    into ``trash`` and the new one into place. Only when every folder is in place are the old ones
+    deleted. If a rename fails (an S3 copy error, a full disk), everything is put back as it was: what
+    reached a ``dst`` returns to its ``src`` and every old folder returns to its ``dst``; then the error
+    is raised. If even that fails, :class:`PublishError` names the folders still holding data and
+    nothing is deleted.
+
+    ``journal`` (a JSON file) survives a process killed between the renames: it lists the renames and
+    the one about to start, and :func:`recover_publish` finishes or undoes the publish from it. It is
+    rewritten before each rename and removed at the end.
 
     On HDFS and local disks each rename is one metadata operation, so a reader sees the old folder or
     the new one (and at worst, between the two renames, briefly none). On S3 a rename is a copy: there a
@@ -69,46 +80,131 @@ def replace_folders(store: HadoopStore | ArrowStore, moves: Iterable[tuple[str, 
     that. ``trash`` must be on the same filesystem (a sibling is).
     """
     store.mkdirs(trash)
-    done: list[tuple[str, str, str | None]] = []  # (src, dst, old folder in trash or None)
+    ops: list[tuple[str, str]] = []  # the renames, in order; before each, its destination does not exist
+    olds: list[str] = []
+    for i, (src, dst) in enumerate(moves):
+        if store.exists(dst):
+            olds.append(f"{trash.rstrip('/')}/{i}")
+            ops.append((dst, olds[-1]))
+        if src is not None:
+            store.mkdirs(dst.rstrip("/").rsplit("/", 1)[0])
+            ops.append((src, dst))
+    step = 0
     try:
-        for i, (src, dst) in enumerate(moves):
-            old = f"{trash.rstrip('/')}/{i}"
-            if store.exists(dst):
-                store.rename(dst, old)
-                done.append((src, dst, old))
-            else:
-                store.mkdirs(dst.rstrip("/").rsplit("/", 1)[0])
-                done.append((src, dst, None))
-            store.rename(src, dst)
+        for step, (a, b) in enumerate(ops):
+            _write_journal(store, journal, ops, olds, step)
+            store.rename(a, b)
+        _write_journal(store, journal, ops, olds, len(ops))  # committed: a recovery completes it
     except BaseException as exc:
-        _roll_back(store, done, exc)
+        _undo(store, ops, step, exc)
+        if journal is not None:
+            store.delete(journal)
         raise
-    for _, _, replaced in done:
-        if replaced is not None:
-            store.delete(replaced)
+    _finish(store, olds, journal)
 
 
-def _roll_back(store: HadoopStore | ArrowStore, done: list[tuple[str, str, str | None]], exc: BaseException) -> None:
-    """Undo the renames of a failed :func:`replace_folders`, newest first; PublishError if that fails too."""
+def _write_journal(
+    store: HadoopStore | ArrowStore, journal: str | None, ops: list[tuple[str, str]], olds: list[str], step: int
+) -> None:
+    if journal is not None:
+        state = {"renames": [list(op) for op in ops], "replaced": olds, "next": step}
+        write_json(journal, state, store.spark if isinstance(store, HadoopStore) else None)
+
+
+def _finish(store: HadoopStore | ArrowStore, olds: list[str], journal: str | None) -> None:
+    """A publish whose renames all succeeded: delete the replaced folders, then the journal."""
+    for old in olds:
+        store.delete(old)
+    if journal is not None:
+        store.delete(journal)
+
+
+def _move_back(store: HadoopStore | ArrowStore, moved: str, home: str) -> None:
+    """Put what a rename moved to ``moved`` back at ``home``. Both exist after a rename that stopped
+    half way (an object store copies file by file): then each file goes back, one still at ``home`` is
+    the original of a copy. Published folders are flat (``dt=DAY/part-*.parquet``)."""
+    if not store.exists(home):
+        store.rename(moved, home)
+        return
+    there = {f.rsplit("/", 1)[1] for f in store.list_files(home)}
+    for f in store.list_files(moved):
+        name = f.rsplit("/", 1)[1]
+        if name in there:
+            store.delete(f)
+        else:
+            store.rename(f, f"{home.rstrip('/')}/{name}")
+    store.delete(moved)
+
+
+def _undo(store: HadoopStore | ArrowStore, ops: list[tuple[str, str]], step: int, exc: BaseException) -> None:
+    """Undo renames ``ops[:step + 1]`` (the last one may not have started, or stopped half way), newest
+    first; PublishError naming the folders that hold data if that fails too."""
     kept: list[str] = []
-    for src, dst, old in reversed(done):
+    for src, dst in reversed(ops[: step + 1]):
         try:
             if store.exists(dst):
-                if store.exists(src):  # the failed rename copied part of src: the copy goes
-                    store.delete(dst)
-                else:
-                    store.rename(dst, src)
-            if old is not None:
-                store.rename(old, dst)
+                _move_back(store, dst, src)
         except Exception as undo:
-            kept += [p for p in (old, src) if p is not None]
-            log.error("publish rollback of %s failed: %s", dst, undo)
+            kept += [src, dst]
+            log.error("publish rollback of %s -> %s failed: %s", src, dst, undo)
     if kept:
         raise PublishError(f"publish failed ({exc}) and could not be rolled back; data kept in {kept}", kept) from exc
 
 
+JOURNAL_PREFIX = "_publish-"
+
+
+def recover_publish(store: HadoopStore | ArrowStore, journal: str) -> str:
+    """Finish or undo the publish that ``journal`` describes (its process died between the renames).
+
+    A publish that had moved every folder is completed (the replaced folders deleted); any other is
+    rolled back: the new folders return to staging and the old ones to the table, so no folder that the
+    dead run replaced is lost. Returns ``"completed"`` or ``"rolled back"``; PublishError if the rollback
+    fails (the journal stays, for the next try).
+    """
+    import json
+
+    if isinstance(store, HadoopStore):  # (Spark's readers skip a file named _*: Hadoop's API reads it)
+        fs, path = hadoop_path(store.spark, journal)
+        stream = fs.open(path)
+        try:
+            text = str(jvm(store.spark).org.apache.commons.io.IOUtils.toString(stream, "UTF-8"))
+        finally:
+            stream.close()
+    else:
+        fs, path = arrow_fs(journal)
+        with fs.open_input_stream(path) as fh:
+            text = fh.read().decode("utf-8")
+    state = json.loads(text)
+    ops = [(str(a), str(b)) for a, b in state["renames"]]
+    olds = [str(o) for o in state["replaced"]]
+    step = int(state["next"])
+    if step >= len(ops):
+        _finish(store, olds, journal)
+        return "completed"
+    _undo(store, ops, step, RuntimeError(f"interrupted publish {journal}"))
+    store.delete(journal)
+    return "rolled back"
+
+
+def recover_publishes(store: HadoopStore | ArrowStore, folder: str) -> dict[str, str]:
+    """:func:`recover_publish` every journal (``_publish-*.json``) in ``folder``; returns journal -> outcome."""
+    done = {}
+    for f in sorted(store.list_files(folder)):
+        name = f.rsplit("/", 1)[1]
+        if name.startswith(JOURNAL_PREFIX) and name.endswith(".json"):
+            done[f] = recover_publish(store, f)
+            log.warning("an interrupted publish (%s) was %s", f, done[f])
+    return done
+
+
 def publish_partitions(
-    store: HadoopStore | ArrowStore, staged: str, table: str, days: Iterable[str], trash: str
+    store: HadoopStore | ArrowStore,
+    staged: str,
+    table: str,
+    days: Iterable[str],
+    trash: str,
+    journal: str | None = None,
 ) -> None:
     """Move each staged ``dt=DAY`` folder of ``staged`` into ``table``, replacing that day's folder.
 
@@ -116,7 +212,7 @@ def publish_partitions(
     alone. See :func:`replace_folders` for what a reader can see meanwhile.
     """
     moves = [(f"{staged.rstrip('/')}/dt={d}", f"{table.rstrip('/')}/dt={d}") for d in sorted(set(days))]
-    replace_folders(store, moves, trash)
+    replace_folders(store, moves, trash, journal)
 
 
 def write_quarantine(df: DataFrame, path: str, run_id: str) -> None:
