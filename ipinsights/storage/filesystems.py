@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeAlias
 
@@ -163,3 +164,38 @@ class ArrowStore:
 def path_exists(spark: SparkSession, path: str) -> bool:
     """Whether ``path`` exists on its Hadoop filesystem (as the Spark job sees it)."""
     return HadoopStore(spark).exists(path)
+
+
+def check_reachable(uri: str, what: str = "output") -> None:
+    """Raise :class:`ConfigError` naming ``uri`` unless the Python side can write under it.
+
+    Called before any Spark or training work: an unknown scheme, a missing bucket or an S3 endpoint
+    that does not answer is reported at once, not after hours of training. Local paths need their
+    nearest existing ancestor to be a writable directory.
+    """
+    from ipinsights.core.config import ConfigError
+
+    if "://" not in uri or uri.startswith("file:"):
+        from ipinsights.storage.files import local_path
+
+        try:
+            p = local_path(uri).absolute()
+        except ValueError as exc:
+            raise ConfigError(f"{what} {uri}: {exc}") from None
+        while not p.exists() and p != p.parent:
+            p = p.parent
+        if not p.is_dir() or not os.access(p, os.W_OK | os.X_OK):
+            raise ConfigError(f"{what} {uri}: {p} is not a writable directory")
+        return
+    try:
+        fs, path = arrow_fs(uri)
+        if fs.type_name == "s3":
+            bucket = path.split("/", 1)[0]
+            if fs.get_file_info(bucket).type == pafs.FileType.NotFound:
+                raise ConfigError(f"{what} {uri}: bucket {bucket!r} does not exist (or is not visible)")
+        else:
+            fs.get_file_info(path)
+    except ConfigError:
+        raise
+    except (OSError, ValueError) as exc:  # pyarrow: ArrowInvalid (a ValueError), ArrowIOError (an OSError)
+        raise ConfigError(f"{what} {uri}: the filesystem cannot be reached ({exc})") from None
