@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 import shutil
 import tempfile
 import time
@@ -23,14 +22,13 @@ from typing import IO, TYPE_CHECKING, Any
 import pyarrow as pa
 import pyarrow.fs as pafs
 
-from ipinsights.storage.filesystems import arrow_fs, hadoop_path, jvm
+from ipinsights.storage.filesystems import ArrowStore, arrow_fs, hadoop_path, jvm
+from ipinsights.storage.filesystems import local_path as local_path  # re-exported: files is its home for callers
 
 if TYPE_CHECKING:
     import pandas as pd
     from pyspark.sql import SparkSession
 
-#: A path component that is a URI scheme ("s3:"): what ``Path("s3://bucket/key")`` turns a URI into.
-_SCHEME_PART = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:$")
 #: Upload and download chunk size.
 _CHUNK = 8 << 20
 
@@ -39,23 +37,6 @@ def is_local(path: str | Path) -> bool:
     """A local path, ``file://`` or ``file:/`` URI (Python can open it directly)."""
     text = str(path)
     return isinstance(path, Path) or "://" not in text or text.startswith("file://")
-
-
-def local_path(path: str | Path) -> Path:
-    """The local path of a local path or ``file:`` URI; refuses a URI that was turned into a path.
-
-    ``Path("s3://bucket/run")`` is ``s3:/bucket/run``: written to, it would create a local folder
-    ``./s3:`` instead of reaching the bucket.
-    """
-    text = str(path)
-    if text.startswith("file://"):
-        text = text[len("file://") :]
-    elif text.startswith("file:"):
-        text = text[len("file:") :]
-    p = Path(text)
-    if any(_SCHEME_PART.match(part) for part in p.parts):
-        raise ValueError(f"{path}: a URI turned into a local path (keep URIs as strings, not pathlib.Path)")
-    return p
 
 
 def join_uri(base: str | Path, *parts: str) -> str:
@@ -130,8 +111,6 @@ def delete_uri(uri: str | Path) -> bool:
             p.unlink(missing_ok=True)
             return True
         return False
-    from ipinsights.storage.filesystems import ArrowStore
-
     return ArrowStore().delete(str(uri))
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeAlias
 
@@ -23,6 +24,27 @@ def jvm(spark: SparkSession) -> JavaObject:
     if view is None:  # only before a SparkContext has started, which a session implies
         raise RuntimeError("the SparkContext has no JVM gateway")
     return view
+
+
+#: A path component that is a URI scheme ("s3:"): what ``Path("s3://bucket/key")`` turns a URI into.
+_SCHEME_PART = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:$")
+
+
+def local_path(path: str | Path) -> Path:
+    """The local path of a local path or ``file:`` URI; refuses a URI that was turned into a path.
+
+    ``Path("s3://bucket/run")`` is ``s3:/bucket/run``: written to, it would create a local folder
+    ``./s3:`` instead of reaching the bucket.
+    """
+    text = str(path)
+    if text.startswith("file://"):
+        text = text[len("file://") :]
+    elif text.startswith("file:"):
+        text = text[len("file:") :]
+    p = Path(text)
+    if any(_SCHEME_PART.match(part) for part in p.parts):
+        raise ValueError(f"{path}: a URI turned into a local path (keep URIs as strings, not pathlib.Path)")
+    return p
 
 
 def resolve_uri(spark: SparkSession, path: str) -> str:
@@ -176,8 +198,6 @@ def check_reachable(uri: str, what: str = "output") -> None:
     from ipinsights.core.config import ConfigError
 
     if "://" not in uri or uri.startswith("file:"):
-        from ipinsights.storage.files import local_path
-
         try:
             p = local_path(uri).absolute()
         except ValueError as exc:
