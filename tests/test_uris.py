@@ -76,7 +76,7 @@ def _s3a_conf(endpoint: str) -> list[str]:
     return [a for c in conf for a in ("--spark-conf", c)]
 
 
-def _run_job(job: str, args: list[str], cwd: Path, timeout: int = 400) -> subprocess.CompletedProcess:
+def _run_job(job: str, args: list[str], cwd: Path, timeout: int = 1200) -> subprocess.CompletedProcess:
     """``jobs/<job>.py`` in its own process (env: this process's, the AWS settings included), in ``cwd``."""
     cmd = [sys.executable, str(REPO / "jobs" / f"{job}.py"), "--master", "local[2]", *args]
     env = {**os.environ, "SPARK_LOCAL_IP": "127.0.0.1"}
@@ -201,7 +201,7 @@ def test_models_load_from_s3_through_a_bounded_cache(s3, tmp_path, monkeypatch):
 
 @pytest.mark.slow
 @pytest.mark.spark
-@pytest.mark.timeout(900)
+@pytest.mark.timeout(2700)
 def test_train_job_writes_the_run_to_s3_and_resumes_from_it(s3, pairs, tmp_path):
     """--output s3://...: model, metrics, config, checkpoints and work files land in the bucket and nothing
     under the working directory; --resume continues from the checkpoint in the bucket."""
@@ -240,7 +240,7 @@ def test_train_job_writes_the_run_to_s3_and_resumes_from_it(s3, pairs, tmp_path)
 
 @pytest.mark.slow
 @pytest.mark.spark
-@pytest.mark.timeout(600)
+@pytest.mark.timeout(1500)
 def test_score_job_reads_the_model_from_s3_and_writes_sidecars_and_reports_there(s3, tmp_path):
     from toyworld import make_toy_world
 
@@ -281,7 +281,7 @@ def test_score_job_reads_the_model_from_s3_and_writes_sidecars_and_reports_there
 
 @pytest.mark.slow
 @pytest.mark.spark
-@pytest.mark.timeout(900)
+@pytest.mark.timeout(2700)
 def test_tune_job_writes_its_results_to_s3(s3, pairs, tmp_path):
     _need_jars()
     bucket = _bucket(s3, "uris-tune")
