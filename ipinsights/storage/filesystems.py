@@ -202,6 +202,8 @@ def check_reachable(uri: str, what: str = "output") -> None:
             p = local_path(uri).absolute()
         except ValueError as exc:
             raise ConfigError(f"{what} {uri}: {exc}") from None
+        if p.is_file():  # an existing file, to be replaced: its folder must take the new one
+            p = p.parent
         while not p.exists() and p != p.parent:
             p = p.parent
         if not p.is_dir() or not os.access(p, os.W_OK | os.X_OK):
