@@ -12,7 +12,8 @@ discriminator_auc, pairs/s, communication cost), OUTPUT/config.json (the resolve
 OUTPUT/checkpoints/ (one per epoch, for --resume) and OUTPUT/work/ (the prepared buckets). OUTPUT and
 MODEL may be local paths or URIs (s3://bucket/run): every rank reads and writes there, so a cluster needs
 no shared disk; an OUTPUT that cannot be reached is an error before any work.
-Exit status: 0 ok, 2 bad configuration or no valid training pair.
+Exit status: 0 ok, 1 training diverged (the last good checkpoint is kept), 2 bad configuration or no valid
+training pair.
 """
 
 from __future__ import annotations
@@ -24,9 +25,10 @@ from collections.abc import Sequence
 
 from ipinsights.core.config import TrainConfig
 from ipinsights.train.job import TrainInputs, run_train_job
+from ipinsights.train.trainer import DivergedError
 from ipinsights_jobs._common import Job, JobContext, add_spark_args, from_args, parse_with_overrides
 
-JOB = Job("train", TrainConfig)
+JOB = Job("train", TrainConfig, errors=[(DivergedError, 1)])  # a message, not a traceback
 
 
 def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str]]:

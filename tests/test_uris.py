@@ -110,9 +110,8 @@ def test_a_uri_never_becomes_a_local_path(tmp_path, monkeypatch):
 
     monkeypatch.chdir(tmp_path)
     for mangled in (Path("s3://bkt/run/x.json"), "s3:/bkt/run/x.json", Path("hdfs://nn/run") / "model"):
-        with pytest.raises(ValueError, match="a URI turned into a local path"):
-            with atomic_write(mangled) as fh:
-                fh.write("never")
+        with pytest.raises(ValueError, match="a URI turned into a local path"), atomic_write(mangled) as fh:
+            fh.write("never")
         with pytest.raises(ValueError, match="a URI turned into a local path"):
             write_bytes(mangled, b"never")
     assert list(tmp_path.iterdir()) == []
@@ -178,7 +177,8 @@ def test_models_load_from_s3_through_a_bounded_cache(s3, tmp_path, monkeypatch):
     for seed in range(3, 3 + MODEL_CACHE_ENTRIES + 2):
         save_model(model(seed), f"s3://{bucket}/m")
         load_model(f"s3://{bucket}/m")
-    assert len([p for p in (tmp_path / "cache" / "models").iterdir() if not p.name.startswith(".")]) == MODEL_CACHE_ENTRIES
+    entries = [p for p in (tmp_path / "cache" / "models").iterdir() if not p.name.startswith(".")]
+    assert len(entries) == MODEL_CACHE_ENTRIES
 
     # A replacement that fails half way leaves no model (no manifest), never a mix of two models.
     real_upload = files._upload
@@ -242,9 +242,8 @@ def test_train_job_writes_the_run_to_s3_and_resumes_from_it(s3, pairs, tmp_path)
 @pytest.mark.spark
 @pytest.mark.timeout(1500)
 def test_score_job_reads_the_model_from_s3_and_writes_sidecars_and_reports_there(s3, tmp_path):
-    from toyworld import make_toy_world
-
     from servers import train_toy_model
+    from toyworld import make_toy_world
 
     bucket = _bucket(s3, "uris-score")
     model = f"s3://{bucket}/models/m"
@@ -252,9 +251,10 @@ def test_score_job_reads_the_model_from_s3_and_writes_sidecars_and_reports_there
     # The toy model's world, as an events table: two training days, a calibration day, a day to score.
     w = make_toy_world(n_entities=100, events_per_entity=60, n_test=200, seed=0)
     days = np.array(["2026-05-01", "2026-05-02"], dtype=object)[np.arange(w.train.num_rows) % 2]
+    test = w.test.select(["entity", "ip"])
     parts = [w.train.append_column("dt", pa.array(days, pa.string())),
              w.validation.append_column("dt", pa.array(["2026-05-03"] * w.validation.num_rows, pa.string())),
-             w.test.select(["entity", "ip"]).append_column("dt", pa.array(["2026-05-04"] * w.test.num_rows))]  # fmt: skip
+             test.append_column("dt", pa.array(["2026-05-04"] * test.num_rows, pa.string()))]  # fmt: skip
     events = pa.concat_tables(parts)
     events = events.append_column("ts", pa.array(np.full(events.num_rows, 1_778_000_000_000_000), pa.timestamp("us")))
     pq.write_to_dataset(events, tmp_path / "events", partition_cols=["dt"])
@@ -291,8 +291,15 @@ def test_tune_job_writes_its_results_to_s3(s3, pairs, tmp_path):
         "hyperparameters: {num_entity_vectors: 300, vector_dim: 16, epochs: 1, learning_rate: 0.01,"
         " mini_batch_size: 500}\nmodel: {ip_hash_buckets: 4096}\n"
     )
-    tune = {"base_config": "train.yml", "max_jobs": 2, "max_parallel_jobs": 1, "strategy": "random", "seed": 1,
-            "threads_per_trial": 1, "space": {"learning_rate": {"type": "continuous", "min": 0.005, "max": 0.05}}}
+    tune = {
+        "base_config": "train.yml",
+        "max_jobs": 2,
+        "max_parallel_jobs": 1,
+        "strategy": "random",
+        "seed": 1,
+        "threads_per_trial": 1,
+        "space": {"learning_rate": {"type": "continuous", "min": 0.005, "max": 0.05}},
+    }
     (conf / "tune.yml").write_text(json.dumps(tune))
     cwd = tmp_path / "cwd"
     cwd.mkdir()

@@ -22,7 +22,7 @@ from ipinsights.storage.parquet import list_buckets, write_buckets, write_parque
 from ipinsights.storage.sagemaker_csv import read_pairs_csv, read_pairs_spark
 from ipinsights.train.data import encode_pairs
 from ipinsights.train.distributed import WorkerSpec, run_training
-from ipinsights.train.prepare import add_buckets, encode_pairs_df, entity_stats
+from ipinsights.train.prepare import add_buckets, count_entities, encode_pairs_df, valid_pairs
 from ipinsights.train.spec import write_metrics
 from ipinsights.train.trainer import train_model
 
@@ -94,15 +94,17 @@ def run_train_job(
 
     work = join_uri(out, "work")
     v6 = bool(mopts.ipv6_prefix_lengths)
-    encoded = encode_pairs_df(train_df, mopts.hash_seed, v6).cache()
+    encoded = encode_pairs_df(train_df, mopts.hash_seed, v6, keep_invalid=True).cache()
     n_buckets = dist.num_workers * dist.buckets_per_worker
     train_dir = resolve_uri(spark, join_uri(work, "train"))  # s3:// is s3a:// to plain Hadoop
-    write_buckets(add_buckets(encoded, n_buckets, cfg.train.seed), train_dir)
+    write_buckets(add_buckets(valid_pairs(encoded), n_buckets, cfg.train.seed), train_dir)
     buckets = list_buckets(spark, train_dir, n_buckets)
-    stats = entity_stats(encoded)
+    stats, n_invalid = count_entities(encoded)  # the unusable rows are counted in the same aggregation
     encoded.unpersist()
+    if n_invalid:
+        log.warning("dropped %d training row(s) whose IP address is invalid (or IPv6, with IPv6 levels off)", n_invalid)
     if not len(stats):
-        raise DataFormatError("no valid training pairs in the input")
+        raise DataFormatError(f"no valid training pairs in the input ({n_invalid} row(s) with an unusable IP address)")
     stats_file = join_uri(work, "entities.safetensors")
     write_bytes(stats_file, stats.to_bytes())
     val_files = []
@@ -125,6 +127,7 @@ def run_train_job(
         resume=resume,
         warm_start=warm_start,
         checkpoint_keep=dist.checkpoint_keep,
+        timeout_seconds=dist.timeout_seconds,
     )
     history = run_training(spark, spec, dist.backend, dist.num_workers, dist.use_gpu)["history"]
     write_metrics(join_uri(out, "metrics.jsonl"), history)
@@ -133,7 +136,8 @@ def run_train_job(
         log.info("epoch %d: loss=%.4f accuracy=%.4f discriminator_auc=%s pairs/s=%.0f", h["epoch"], h["loss"],
                  h["accuracy"], "n/a" if auc is None else f"{auc:.4f}", h["pairs_per_second"])  # fmt: skip
     _log_mlflow(cfg_dict, history, join_uri(out, "model"))
-    return {"model": join_uri(out, "model"), "epochs": len(history), **{k: history[-1].get(k) for k in SUMMARY_KEYS}}
+    summary = {k: history[-1].get(k) for k in SUMMARY_KEYS}
+    return {"model": join_uri(out, "model"), "epochs": len(history), "invalid_ip_rows": n_invalid, **summary}
 
 
 def _log_mlflow(cfg_dict: dict[str, Any], history: list[dict[str, Any]], model_dir: str) -> None:
