@@ -9,6 +9,8 @@ Settings come from the project's ``conf/score.yml`` (or ``--config``) with ``--n
 ``--threshold`` and ``--target-fpr`` replace the config's threshold choice. Prints the threshold in force,
 then one line per day: counts and report path. Reruns replace each day's output (idempotent). A batch
 transform writes ``scores/``, ``flagged/`` and ``reports/`` under its ``--output``, never the daily tables.
+Every path may be a URI (s3://...): the model is read through a local cache, and its calibration and
+profile sidecars and the reports are written beside it / under ``reports`` there.
 
 Exit status: 0 ok, 2 bad configuration, a missing or foreign model, an unusable calibration or input.
 """

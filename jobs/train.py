@@ -9,7 +9,9 @@ or ``--train-csv FILE`` (SageMaker's headerless entity,ip format) instead of ``-
 
 Writes OUTPUT/model/ (the model file), OUTPUT/metrics.jsonl (one line per epoch: loss, accuracy,
 discriminator_auc, pairs/s, communication cost), OUTPUT/config.json (the resolved config),
-OUTPUT/checkpoints/ (one per epoch, for --resume) and OUTPUT/work/ (the prepared buckets).
+OUTPUT/checkpoints/ (one per epoch, for --resume) and OUTPUT/work/ (the prepared buckets). OUTPUT and
+MODEL may be local paths or URIs (s3://bucket/run): every rank reads and writes there, so a cluster needs
+no shared disk; an OUTPUT that cannot be reached is an error before any work.
 Exit status: 0 ok, 1 training diverged (the last good checkpoint is kept), 2 bad configuration or no valid
 training pair.
 """
@@ -40,7 +42,7 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str
     p.add_argument("--validation-start-date", help="first validation day (with --events)")
     p.add_argument("--validation-end-date", help="last validation day (inclusive)")
     p.add_argument("--validation-csv", help="headerless entity,ip CSV for discriminator_auc")
-    p.add_argument("--output", required=True, help="run directory: model/, metrics.jsonl, config.json, ...")
+    p.add_argument("--output", required=True, help="run directory or URI: model/, metrics.jsonl, config.json, ...")
     p.add_argument("--config", default=None, help="YAML config (default: the project's conf/train.yml)")
     p.add_argument("--backend", choices=BACKENDS, help="overrides distributed.backend")
     p.add_argument("--num-workers", type=int, help="overrides distributed.num_workers (0: one per executor)")

@@ -11,7 +11,8 @@ overrides the base training config (``base_config`` of the tuning config, defaul
 a tuned hyperparameter given that way is fixed and taken out of the search space.
 
 Writes OUT/results.csv and OUT/results.parquet (one row per trial, like SageMaker's tuner analytics),
-OUT/best_model/ (a normal model directory), OUT/best.json, OUT/tuning_config.json and OUT/trials/.
+OUT/best_model/ (a normal model directory), OUT/best.json, OUT/tuning_config.json and OUT/trials/;
+OUT may be a local path or a URI (s3://bucket/tune), checked before any work.
 Exit status: 0 done, 1 every trial failed, 2 bad configuration or input.
 """
 
@@ -41,7 +42,7 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str
     p.add_argument("--end-date", help="last training day, inclusive")
     p.add_argument("--validation-start-date", help="first validation day (events table)")
     p.add_argument("--validation-end-date", help="last validation day, inclusive")
-    p.add_argument("--out", required=True, help="output directory: results.csv/.parquet, best_model/, trials/")
+    p.add_argument("--out", required=True, help="output directory or URI: results.csv/.parquet, best_model/, trials/")
     p.add_argument("--config", default=None, help="tuning YAML (default: the project's conf/tune.yml)")
     p.add_argument("--train-config", help="base training YAML (overrides base_config of the tuning config)")
     p.add_argument("--max-jobs", type=int, help="overrides max_jobs")

@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ipinsights.storage.files import atomic_write
+from ipinsights.storage.files import atomic_write, read_text
 
 if TYPE_CHECKING:
     pass
@@ -76,20 +76,19 @@ def medium_fpr(target_fpr: float) -> float:
     return min(0.5, 10.0 * target_fpr)
 
 
-def save_calibration(cal: Calibration, path: str | Path) -> Path:
+def save_calibration(cal: Calibration, path: str | Path) -> str | Path:
     """Write ``cal`` as JSON atomically (a reader sees the old file or the new one, never half of one)."""
     if not cal.created_at:
         cal = Calibration(**{**asdict(cal), "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
-    with atomic_write(path) as fh:
+    with atomic_write(path) as fh:  # a path or URI
         fh.write(cal.to_json())
-    return Path(path)
+    return path
 
 
 def load_calibration(path: str | Path, model_dir: str | Path | None = None) -> Calibration:
     """Read a calibration file; with ``model_dir``, refuse it unless it was made for that model."""
-    path = Path(path)
     try:
-        data: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+        data: dict[str, Any] = json.loads(read_text(path))
     except FileNotFoundError:
         raise CalibrationError(f"{path}: no calibration file") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:

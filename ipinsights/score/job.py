@@ -83,7 +83,10 @@ _EXPLAIN_TYPES = {f.split()[0]: _ARROW[f.split()[1]] for f in _EXPLAIN_FIELDS.sp
 
 @dataclass(frozen=True)
 class ScoreConfig:
-    """Settings of the scoring job (``conf/score.yml``); paths may be any Hadoop file system URI except ``reports``.
+    """Settings of the scoring job (``conf/score.yml``); paths may be URIs (``s3://`` ...).
+
+    Tables (``events``, ``scores``, ``flagged``) are read and written by Spark (any Hadoop file system);
+    the model, its calibration and profile sidecars and the ``reports`` by Python (``pyarrow.fs``).
 
     Exactly one of ``threshold`` (fixed) and ``target_fpr`` (calibrated) is set. Calibration traffic is
     the events of ``calibration_start_date..calibration_end_date`` (e.g. the validation days); context of
@@ -93,7 +96,7 @@ class ScoreConfig:
     model: str
     scores: str
     flagged: str
-    reports: str  # local folder: reports are written by the driver
+    reports: str  # folder or URI: reports are written by the driver
     events: str | None = None
     threshold: float | None = None
     target_fpr: float | None = None
@@ -293,13 +296,14 @@ def resolve_threshold(spark: SparkSession, cfg: ScoreConfig, profile: str | None
         save_calibration,
     )
     from ipinsights.storage.events import read_events
-    from ipinsights.storage.modelfile import calibration_path, model_fingerprint
+    from ipinsights.storage.files import uri_exists
+    from ipinsights.storage.modelfile import calibration_uri, model_fingerprint
 
     if cfg.threshold is not None:
         return Threshold(cfg.threshold, "fixed (--threshold)")
     assert cfg.target_fpr is not None
-    path = Path(cfg.calibration) if cfg.calibration else calibration_path(cfg.model)
-    if not cfg.recalibrate and path.exists():
+    path = cfg.calibration or calibration_uri(cfg.model)
+    if not cfg.recalibrate and uri_exists(path):
         try:
             cal = load_calibration(path, cfg.model)
             if math.isclose(cal.target_fpr, cfg.target_fpr):
@@ -339,8 +343,10 @@ def resolve_threshold(spark: SparkSession, cfg: ScoreConfig, profile: str | None
     return Threshold(cal.threshold, _describe(cal, path), cal.target_fpr, cal.thresholds())
 
 
-def _describe(cal, path: Path) -> str:
-    return f"calibrated to FPR {cal.target_fpr:g} on {cal.rows:,} rows of {cal.source} ({path.name})"
+def _describe(cal, path: str) -> str:
+    from ipinsights.storage.files import uri_name
+
+    return f"calibrated to FPR {cal.target_fpr:g} on {cal.rows:,} rows of {cal.source} ({uri_name(path)})"
 
 
 def resolve_profile(spark: SparkSession, cfg: ScoreConfig) -> str | None:
@@ -348,13 +354,14 @@ def resolve_profile(spark: SparkSession, cfg: ScoreConfig) -> str | None:
     from ipinsights.score.profile_build import build_profiles
     from ipinsights.score.profiles import EntityProfiles, ProfileError
     from ipinsights.storage.events import read_events
-    from ipinsights.storage.modelfile import profile_path
+    from ipinsights.storage.files import uri_exists
+    from ipinsights.storage.modelfile import profile_uri
 
-    path = Path(cfg.profile) if cfg.profile else profile_path(cfg.model)
-    if not cfg.recalibrate and path.exists():
+    path = cfg.profile or profile_uri(cfg.model)
+    if not cfg.recalibrate and uri_exists(path):
         try:
             EntityProfiles.load(path, cfg.model)
-            return str(path)
+            return path
         except ProfileError as exc:
             log.warning("%s: rebuilding", exc)
     if cfg.events is None or cfg.train_start_date is None or cfg.train_end_date is None:
@@ -366,7 +373,7 @@ def resolve_profile(spark: SparkSession, cfg: ScoreConfig) -> str | None:
     profiles.save(path)
     log.info("entity profiles of %d entities (dt %s..%s) saved to %s", len(profiles), cfg.train_start_date,
              cfg.train_end_date, path)  # fmt: skip
-    return str(path)
+    return path
 
 
 @dataclass
@@ -376,7 +383,7 @@ class ScoreRun:
     threshold: Threshold
     days: list[str]
     counts: dict[str, dict[str, int]] = field(default_factory=dict)
-    reports: dict[str, Path] = field(default_factory=dict)
+    reports: dict[str, str | Path] = field(default_factory=dict)  # a Path for local reports
 
 
 def run_score_job(
@@ -404,11 +411,16 @@ def run_score_job(
 
     from ipinsights.score.report import day_counts, score_histograms, write_day_report
     from ipinsights.storage.events import present_days, read_events, read_table_days
+    from ipinsights.storage.filesystems import check_reachable
     from ipinsights.storage.modelfile import read_manifest
     from ipinsights.storage.publish import delete_partitions, write_partitions
     from ipinsights.storage.sagemaker_csv import read_pairs_csv_spark
 
     read_manifest(cfg.model)  # a missing or foreign model fails here, clearly, not inside every Spark task
+    check_reachable(cfg.reports, "reports")
+    for sidecar in (cfg.calibration, cfg.profile):
+        if sidecar:
+            check_reachable(sidecar, "sidecar")
     # Arrow batches: big enough to amortise the per-batch JVM<->Python cost, small enough to stay in cache.
     spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(cfg.arrow_batch_size))
     profile = resolve_profile(spark, cfg)
@@ -455,7 +467,7 @@ def run_score_job(
     run = ScoreRun(threshold=threshold, days=list(days), counts=counts)
     for day in days:
         run.reports[day] = write_day_report(
-            Path(cfg.reports), day, counts[day], hists.get(day), flagged_table.where(F.col("dt") == day),
+            cfg.reports, day, counts[day], hists.get(day), flagged_table.where(F.col("dt") == day),
             threshold, cfg.top_n,
         )  # fmt: skip
         log.info("%s: %s; report %s", day, counts[day], run.reports[day])

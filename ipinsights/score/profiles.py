@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from ipinsights.core.entities import find_sorted
-from ipinsights.storage.files import atomic_write
+from ipinsights.storage.files import atomic_write, is_file, local_copy
 
 log = logging.getLogger(__name__)
 
@@ -150,7 +150,7 @@ class EntityProfiles:
         return self.asns[s:e]
 
     # ---- storage --------------------------------------------------------------------------------
-    def save(self, path: str | Path) -> Path:
+    def save(self, path: str | Path) -> str | Path:
         """Write atomically as safetensors (no pickle), the fingerprint in the metadata."""
         from safetensors.numpy import save
 
@@ -168,9 +168,9 @@ class EntityProfiles:
             "pop_network_counts": self.pop_network_counts.astype(np.int64),
         }
         meta = {"format": FORMAT, "model_fingerprint": self.fingerprint, "quantiles": json.dumps(QUANTILES.tolist())}
-        with atomic_write(path, mode="wb") as fh:
+        with atomic_write(path, mode="wb") as fh:  # a path or URI
             fh.write(save(tensors, metadata=meta))
-        return Path(path)
+        return path
 
     @classmethod
     def load(cls, path: str | Path, model_dir: str | Path | None = None) -> EntityProfiles:
@@ -179,11 +179,10 @@ class EntityProfiles:
 
         from ipinsights.storage.modelfile import model_fingerprint
 
-        path = Path(path)
-        if not path.is_file():
+        if not is_file(path):
             raise ProfileError(f"{path}: no profile file")
         try:
-            with safe_open(str(path), framework="numpy") as f:
+            with safe_open(str(local_copy(path)), framework="numpy") as f:  # a URI: a cached download
                 meta = f.metadata() or {}
                 t = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is not a dict)
         except (SafetensorError, OSError, ValueError) as exc:

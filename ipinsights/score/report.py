@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ipinsights.score.verdict import BASELINES
-from ipinsights.storage.files import atomic_write
+from ipinsights.storage.files import atomic_write, is_local, join_uri, local_path
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame
@@ -260,7 +260,7 @@ def _csv_safe(v: Any) -> Any:
     return "" if v is None else v
 
 
-def write_flagged_csv(path: Path, rows: Iterable[Mapping[str, Any]]) -> Path:
+def write_flagged_csv(path: str | Path, rows: Iterable[Mapping[str, Any]]) -> str | Path:
     """All flagged cases as CSV with a header (streamed; written atomically)."""
     with atomic_write(path, newline="", encoding="utf-8") as fh:
         w = csv.writer(fh)
@@ -271,27 +271,28 @@ def write_flagged_csv(path: Path, rows: Iterable[Mapping[str, Any]]) -> Path:
 
 
 def write_day_report(
-    reports_dir: Path,
+    reports_dir: str | Path,
     day: str,
     counts: Mapping[str, int],
     hist: Histogram | None,
     flagged: DataFrame,
     threshold: Threshold,
     top_n: int = 50,
-) -> Path:
-    """Write ``dt=DAY/report.html`` and ``dt=DAY/flagged.csv`` for one day; returns the HTML path."""
+) -> str | Path:
+    """Write ``dt=DAY/report.html`` and ``dt=DAY/flagged.csv`` for one day (a folder or URI); returns the
+    HTML page (a ``Path`` when local)."""
     from pyspark.sql import functions as F
 
-    out = Path(reports_dir) / f"dt={day}"
+    out = join_uri(reports_dir, f"dt={day}")
     # Rarest first on one scale across rules (normal_percentile), raw score next (fixed thresholds have no table).
     ordered = flagged.select(*CASE_COLUMNS).orderBy(
         F.desc_nulls_last("normal_percentile"), F.desc_nulls_last("anomaly_score"), "entity", "ip"
     )
     top = [r.asDict() for r in ordered.limit(top_n).collect()] if counts.get("flagged") else []
     rows = (r.asDict() for r in ordered.toLocalIterator()) if counts.get("flagged") else iter(())
-    write_flagged_csv(out / "flagged.csv", rows)
+    write_flagged_csv(join_uri(out, "flagged.csv"), rows)
     png = histogram_png(hist, threshold.value, f"{day}: anomaly scores") if hist is not None else None
-    page = out / "report.html"
+    page = join_uri(out, "report.html")
     with atomic_write(page, encoding="utf-8") as fh:
         fh.write(render_report(day, counts, threshold, top, png))
-    return page
+    return local_path(page) if is_local(page) else page

@@ -122,10 +122,11 @@ class Scorer:
         ``profile``: ``False`` for none; ``True`` for the profile beside the model
         (``<model>.profile.safetensors``) when there is one made for this model (another model's is logged
         and left out); a path for that profile, which must be this model's (``ProfileError`` otherwise).
+        ``path`` and ``profile`` may be URIs (``s3://``): they are read through a local cache.
         """
         scorer = cls(load_model(path, device=device), batch_size=batch_size)
         if profile is not False:
-            scorer.profiles = _read_profiles(scorer.bundle.path, None if profile is True else Path(profile))
+            scorer.profiles = _read_profiles(scorer.bundle.uri, None if profile is True else str(profile))
         if asn_table:
             from ipinsights.core.asn import load_asn_table
 
@@ -345,17 +346,18 @@ class Scorer:
         return self.bundle.manifest
 
 
-def _read_profiles(model: Path, path: Path | None) -> EntityProfiles | None:
+def _read_profiles(model: str, path: str | None) -> EntityProfiles | None:
     """The model's entity profiles at ``path`` (must be usable), or beside the model (None when unusable)."""
     from ipinsights.score.profiles import EntityProfiles, ProfileError
-    from ipinsights.storage.modelfile import profile_path
+    from ipinsights.storage.files import uri_exists
+    from ipinsights.storage.modelfile import profile_uri
 
     try:
-        return EntityProfiles.load(path or profile_path(model), model)
+        return EntityProfiles.load(path or profile_uri(model), model)
     except ProfileError as exc:
         if path is not None:
             raise
-        if profile_path(model).exists():
+        if uri_exists(profile_uri(model)):
             log.warning("%s", exc)
         return None
 

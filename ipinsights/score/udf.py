@@ -8,7 +8,6 @@ process, keyed by :class:`ScorerSource`) and runs a per-batch function over ever
 from __future__ import annotations
 
 import functools
-import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -17,6 +16,7 @@ from typing import TYPE_CHECKING, overload
 import pyarrow as pa
 
 from ipinsights.score.scorer import BATCH_ROWS, Scorer
+from ipinsights.storage.files import file_stamp
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame
@@ -42,7 +42,7 @@ class ScorerSource:
     @classmethod
     def with_profile(cls, model: str, profile: str | None = None, asn_table: str | None = None) -> ScorerSource:
         """The source of ``model`` with the stamp of the ``profile`` file as it is now."""
-        return cls(model, profile, os.stat(profile).st_mtime_ns if profile else 0, asn_table)
+        return cls(model, profile, file_stamp(profile) if profile else 0, asn_table)
 
     def resolved(self) -> ScorerSource:
         """Absolute local paths: executors may run in another working directory than the driver."""

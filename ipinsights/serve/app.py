@@ -47,8 +47,14 @@ __all__ = [
 log = logging.getLogger("ipinsights.serve")
 
 
-def resolve_model_dir(path: str | Path) -> Path:
-    """``path``, or its only subdirectory holding a model (``tar czf model.tar.gz model/`` nests one level)."""
+def resolve_model_dir(path: str | Path) -> str | Path:
+    """``path``, or its only subdirectory holding a model (``tar czf model.tar.gz model/`` nests one level).
+
+    A URI (``s3://``) is taken as the model itself (loaded through the local model cache)."""
+    from ipinsights.storage.files import is_local
+
+    if not is_local(path):
+        return str(path)
     p = Path(path)
     if (p / MANIFEST).is_file() or not p.is_dir():
         return p
@@ -165,9 +171,9 @@ def load_policy(settings: ServeSettings, model_dir: str | Path) -> Policy:
     model; an explicit ``settings.calibration`` must be usable.
     """
     from ipinsights.score.calibration import CalibrationError, load_calibration
-    from ipinsights.storage.modelfile import calibration_path
+    from ipinsights.storage.modelfile import calibration_uri
 
-    path = settings.calibration or calibration_path(model_dir)
+    path = settings.calibration or calibration_uri(model_dir)
     thresholds = None
     try:
         thresholds = load_calibration(path, model_dir).thresholds()
@@ -214,7 +220,7 @@ def create_app(settings: ServeSettings, scorer=None) -> Starlette:
             log.info("model %s loaded in %.2f s", settings.model, time.perf_counter() - t0)
         else:
             app.state.scorer = scorer
-        app.state.batcher = Batcher(app.state.scorer, load_policy(settings, app.state.scorer.bundle.path))
+        app.state.batcher = Batcher(app.state.scorer, load_policy(settings, app.state.scorer.bundle.uri))
         yield
 
     async def ping(request: Request) -> Response:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import functools
+import os
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeAlias
 
@@ -22,6 +24,27 @@ def jvm(spark: SparkSession) -> JavaObject:
     if view is None:  # only before a SparkContext has started, which a session implies
         raise RuntimeError("the SparkContext has no JVM gateway")
     return view
+
+
+#: A path component that is a URI scheme ("s3:"): what ``Path("s3://bucket/key")`` turns a URI into.
+_SCHEME_PART = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:$")
+
+
+def local_path(path: str | Path) -> Path:
+    """The local path of a local path or ``file:`` URI; refuses a URI that was turned into a path.
+
+    ``Path("s3://bucket/run")`` is ``s3:/bucket/run``: written to, it would create a local folder
+    ``./s3:`` instead of reaching the bucket.
+    """
+    text = str(path)
+    if text.startswith("file://"):
+        text = text[len("file://") :]
+    elif text.startswith("file:"):
+        text = text[len("file:") :]
+    p = Path(text)
+    if any(_SCHEME_PART.match(part) for part in p.parts):
+        raise ValueError(f"{path}: a URI turned into a local path (keep URIs as strings, not pathlib.Path)")
+    return p
 
 
 def resolve_uri(spark: SparkSession, path: str) -> str:
@@ -163,3 +186,38 @@ class ArrowStore:
 def path_exists(spark: SparkSession, path: str) -> bool:
     """Whether ``path`` exists on its Hadoop filesystem (as the Spark job sees it)."""
     return HadoopStore(spark).exists(path)
+
+
+def check_reachable(uri: str, what: str = "output") -> None:
+    """Raise :class:`ConfigError` naming ``uri`` unless the Python side can write under it.
+
+    Called before any Spark or training work: an unknown scheme, a missing bucket or an S3 endpoint
+    that does not answer is reported at once, not after hours of training. Local paths need their
+    nearest existing ancestor to be a writable directory.
+    """
+    from ipinsights.core.config import ConfigError
+
+    if "://" not in uri or uri.startswith("file:"):
+        try:
+            p = local_path(uri).absolute()
+        except ValueError as exc:
+            raise ConfigError(f"{what} {uri}: {exc}") from None
+        if p.is_file():  # an existing file, to be replaced: its folder must take the new one
+            p = p.parent
+        while not p.exists() and p != p.parent:
+            p = p.parent
+        if not p.is_dir() or not os.access(p, os.W_OK | os.X_OK):
+            raise ConfigError(f"{what} {uri}: {p} is not a writable directory")
+        return
+    try:
+        fs, path = arrow_fs(uri)
+        if fs.type_name == "s3":
+            bucket = path.split("/", 1)[0]
+            if fs.get_file_info(bucket).type == pafs.FileType.NotFound:
+                raise ConfigError(f"{what} {uri}: bucket {bucket!r} does not exist (or is not visible)")
+        else:
+            fs.get_file_info(path)
+    except ConfigError:
+        raise
+    except (OSError, ValueError) as exc:  # pyarrow: ArrowInvalid (a ValueError), ArrowIOError (an OSError)
+        raise ConfigError(f"{what} {uri}: the filesystem cannot be reached ({exc})") from None

@@ -9,6 +9,10 @@ Layout (format version 1)::
       weights.safetensors   tensors only: loading never executes code (no pickle)
       <extra files>         e.g. calibration written by later jobs, listed with their sha256
 
+A model may live at any URI (:mod:`ipinsights.storage.files`): written locally then published with
+``model.json`` last (a directory without its manifest is not a model), and loaded from a local copy
+(:func:`local_model`, cached by the manifest's checksum).
+
 Loading checks, in order: the manifest parses and says it is an ipinsights model of a known format
 version; every listed file exists with the recorded size and sha256 (so truncation or corruption is
 caught before any bytes are interpreted); tensor names and shapes match the hyperparameters. Each
@@ -34,11 +38,28 @@ from ipinsights._version import __version__
 from ipinsights.core.config import ConfigError, Hyperparameters, ModelOptions, config_from_dict, config_to_dict
 from ipinsights.core.hashing import HASH_VERSION
 from ipinsights.core.model import IPInsightsModel
-from ipinsights.storage.files import swap_dir_into_place
+from ipinsights.storage.files import (
+    cached,
+    download_dir,
+    is_local,
+    join_uri,
+    local_path,
+    publish_dir,
+    read_bytes,
+)
 
 log = logging.getLogger(__name__)
 
-__all__ = ["FORMAT", "FORMAT_VERSION", "ModelFileError", "ModelBundle", "save_model", "load_model", "sha256_file"]
+__all__ = [
+    "FORMAT",
+    "FORMAT_VERSION",
+    "ModelFileError",
+    "ModelBundle",
+    "save_model",
+    "load_model",
+    "local_model",
+    "sha256_file",
+]
 
 FORMAT = "ipinsights-model"
 FORMAT_VERSION = 2
@@ -60,8 +81,12 @@ class ModelBundle:
     hyperparameters: Hyperparameters
     options: ModelOptions
     manifest: dict[str, Any]
-    path: Path
+    path: Path  # local: the model itself or its cached copy
     extras: dict[str, Any] = field(default_factory=dict)
+    uri: str = ""  # where the model was loaded from (its sidecar files are beside it there)
+
+    def __post_init__(self) -> None:
+        self.uri = self.uri or str(self.path)
 
     def extra_path(self, name: str) -> Path:
         """Path of an extra file stored with the model (checked at load time)."""
@@ -94,17 +119,21 @@ def save_model(
     training: Mapping[str, Any] | None = None,
     config: Mapping[str, Any] | None = None,
     extra_files: Mapping[str, bytes] | None = None,
-) -> Path:
-    """Write ``model`` to directory ``path``, replacing any model already there, atomically.
+) -> str | Path:
+    """Write ``model`` to directory ``path`` (a path or URI), replacing any model already there, atomically.
 
-    Written into a temporary sibling directory first and renamed into place, so a reader (or a crash)
-    never sees a half-written model.
+    Written into a temporary directory first (a sibling, for a local path) and then published
+    (:func:`ipinsights.storage.files.publish_dir`, the manifest last), so a reader (or a crash) never
+    sees a half-written model.
     """
     from safetensors.torch import save_file
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    if is_local(path):
+        target = local_path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    else:
+        tmp = Path(tempfile.mkdtemp(prefix="ipinsights-model-"))
     try:
         tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
         if bad := _non_finite(tensors):
@@ -131,23 +160,31 @@ def save_model(
             "config": dict(config or {}),
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str) + "\n")
-        swap_dir_into_place(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return path
+        publish_dir(tmp, path, last=MANIFEST)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # already gone when renamed into place
+    return local_path(path) if is_local(path) else str(path)
 
 
 def read_manifest(path: str | Path) -> dict[str, Any]:
-    """Parse and check ``model.json`` of a model directory (no weights are read)."""
-    path = Path(path)
-    if not path.is_dir():
-        raise ModelFileError(f"{path}: not a model directory (expected a directory holding {MANIFEST})")
-    mpath = path / MANIFEST
+    """Parse and check ``model.json`` of a model directory (a path or URI; no weights are read)."""
+    return _parse_manifest(_manifest_bytes(path), join_uri(path, MANIFEST))
+
+
+def _manifest_bytes(path: str | Path) -> bytes:
+    if is_local(path):
+        local = local_path(path)
+        if not local.is_dir():
+            raise ModelFileError(f"{path}: not a model directory (expected a directory holding {MANIFEST})")
     try:
-        manifest = json.loads(mpath.read_text(encoding="utf-8"))
+        return read_bytes(join_uri(path, MANIFEST))
     except FileNotFoundError:
-        raise ModelFileError(f"{mpath}: missing; {path} is not an ipinsights model") from None
+        raise ModelFileError(f"{join_uri(path, MANIFEST)}: missing; {path} is not an ipinsights model") from None
+
+
+def _parse_manifest(data: bytes, mpath: str) -> dict[str, Any]:
+    try:
+        manifest = json.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ModelFileError(f"{mpath}: not valid JSON ({exc}); the model file is corrupt or foreign") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
@@ -165,7 +202,36 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
     # Names come from a file anyone may have written: never let one reach outside the directory.
     if bad := [n for n in manifest["files"] if not _is_plain_name(n)]:
         raise ModelFileError(f"{mpath}: lists {bad[0]!r}, which is not a file name inside the model directory")
+    if MANIFEST in manifest["files"]:
+        raise ModelFileError(f"{mpath}: lists {MANIFEST} itself as a file")
     return manifest
+
+
+#: Models kept in the local cache of remote models (see :func:`local_model`).
+MODEL_CACHE_ENTRIES = 4
+
+
+def local_model(path: str | Path) -> Path:
+    """A local directory holding the model at ``path``: the directory itself when local, else a copy.
+
+    A remote model is downloaded (the manifest first read, then the files it lists) into the local
+    cache, keyed by the manifest's sha256: a new model at the same URI gets a new entry, the same
+    model is downloaded once per machine, and only the last few models are kept. The copy is checked
+    like any model when loaded.
+    """
+    if is_local(path):
+        return local_path(path)
+    data = _manifest_bytes(path)
+    manifest = _parse_manifest(data, join_uri(path, MANIFEST))
+
+    def fill(tmp: Path) -> None:
+        try:
+            download_dir(str(path), tmp, sorted(manifest["files"]))
+        except FileNotFoundError as exc:
+            raise ModelFileError(f"{exc} (listed in {join_uri(path, MANIFEST)})") from None
+        (tmp / MANIFEST).write_bytes(data)
+
+    return cached("models", hashlib.sha256(data).hexdigest(), fill, keep=MODEL_CACHE_ENTRIES)
 
 
 def _verify_files(path: Path, manifest: Mapping[str, Any]) -> None:
@@ -184,11 +250,12 @@ def _verify_files(path: Path, manifest: Mapping[str, Any]) -> None:
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> ModelBundle:
-    """Load and verify a model directory written by :func:`save_model`."""
+    """Load and verify a model directory written by :func:`save_model` (a path or URI)."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    path = Path(path)
+    uri = str(path)
+    path = local_model(path)
     manifest = read_manifest(path)
     _verify_files(path, manifest)
     try:
@@ -215,16 +282,28 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> ModelBun
         raise ModelFileError(f"{path / WEIGHTS}: NaN or infinite weights in {', '.join(bad)}: a diverged run's model")
     model.load_state_dict(tensors)
     model.to(device).eval()
-    return ModelBundle(model=model, hyperparameters=hp, options=opts, manifest=manifest, path=path)
+    return ModelBundle(model=model, hyperparameters=hp, options=opts, manifest=manifest, path=path, uri=uri)
 
 
 CALIBRATION_SUFFIX = ".calibration.json"
 
 
+def sidecar_uri(model_dir: str | Path, suffix: str) -> str:
+    """``<model_dir><suffix>``: a file beside the model directory (a path or URI, kept in its form)."""
+    if is_local(model_dir) and "://" not in str(model_dir):
+        p = local_path(model_dir)
+        return str(p.with_name(p.name + suffix))
+    return str(model_dir).rstrip("/") + suffix
+
+
 def calibration_path(model_dir: str | Path) -> Path:
-    """Default calibration file of a model: ``<model_dir>.calibration.json`` (a sibling of the directory)."""
-    p = Path(model_dir)
-    return p.with_name(p.name + CALIBRATION_SUFFIX)
+    """Default calibration file of a local model: ``<model_dir>.calibration.json`` (a sibling of the directory)."""
+    return local_path(sidecar_uri(model_dir, CALIBRATION_SUFFIX))
+
+
+def calibration_uri(model_dir: str | Path) -> str:
+    """Default calibration file of a model at a path or URI (see :func:`calibration_path`)."""
+    return sidecar_uri(model_dir, CALIBRATION_SUFFIX)
 
 
 def model_fingerprint(model_dir: str | Path) -> str:
@@ -237,6 +316,10 @@ PROFILE_SUFFIX = ".profile.safetensors"
 
 
 def profile_path(model_dir: str | Path) -> Path:
-    """Default profile file of a model: ``<model_dir>.profile.safetensors`` (a sibling of the directory)."""
-    p = Path(model_dir)
-    return p.with_name(p.name + PROFILE_SUFFIX)
+    """Default profile file of a local model: ``<model_dir>.profile.safetensors`` (a sibling of the directory)."""
+    return local_path(sidecar_uri(model_dir, PROFILE_SUFFIX))
+
+
+def profile_uri(model_dir: str | Path) -> str:
+    """Default profile file of a model at a path or URI (see :func:`profile_path`)."""
+    return sidecar_uri(model_dir, PROFILE_SUFFIX)

@@ -28,6 +28,8 @@ the rows touched, not with the table (20,000 x 128 entity rows alone would be 10
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import io
 import json
 import logging
 import os
@@ -42,8 +44,7 @@ import numpy as np
 import torch
 
 from ipinsights.core.config import DistributedOptions
-from ipinsights.storage.files import atomic_write
-from ipinsights.storage.modelfile import sha256_file
+from ipinsights.storage.files import delete_uri, join_uri, read_bytes, write_bytes, write_json
 from ipinsights.train.comm import COMMS
 from ipinsights.train.data import EncodedPairs
 from ipinsights.train.progress import ProgressTail, ProgressWriter
@@ -87,11 +88,12 @@ def data_for_epoch(
 
 
 def latest_checkpoint(checkpoint_dir: str | Path) -> dict[str, Any] | None:
-    """The ``latest.json`` record of a checkpoint directory, or None if it holds none."""
-    p = Path(checkpoint_dir) / "latest.json"
-    if not p.exists():
+    """The ``latest.json`` record of a checkpoint directory (a path or URI), or None if it holds none."""
+    try:
+        record: dict[str, Any] = json.loads(read_bytes(join_uri(checkpoint_dir, "latest.json")))
+    except FileNotFoundError:
         return None
-    return json.loads(p.read_text())
+    return record
 
 
 def _save_checkpoint(trainer: Trainer, spec: WorkerSpec, history: list[EpochMetrics], run_id: str) -> None:
@@ -100,35 +102,40 @@ def _save_checkpoint(trainer: Trainer, spec: WorkerSpec, history: list[EpochMetr
     Checkpoints belong to a run: files are named by run, and only files this run wrote (listed in
     ``latest.json`` while it is this run's) are pruned. An earlier run's files in the same folder, say
     ``epoch-0010`` of a longer run, are never touched, so they cannot make this run prune its own.
+    The folder may be a URI (shared storage, so that every rank of a resumed run finds it): the
+    checkpoint is written whole first, ``latest.json`` (one atomic write) after it.
     """
-    d = Path(spec.checkpoint_dir)
-    d.mkdir(parents=True, exist_ok=True)
+    d = spec.checkpoint_dir
     previous = latest_checkpoint(d)
     mine = list(previous.get("files", [])) if previous and previous.get("run_id") == run_id else []
     name = f"epoch-{trainer.epoch:04d}-{run_id}.pt"
-    with atomic_write(d / name, "wb") as fh:
-        torch.save(trainer.state_dict(), fh)
+    buf = io.BytesIO()  # the size of the model and optimizer state, which the trainer holds anyway
+    torch.save(trainer.state_dict(), buf)
+    data = buf.getvalue()
+    write_bytes(join_uri(d, name), data)
     mine = [*(f for f in mine if f != name), name]
     keep = mine[-spec.checkpoint_keep :]
-    record = {"epoch": trainer.epoch, "file": name, "sha256": sha256_file(d / name), "run_id": run_id,
+    record = {"epoch": trainer.epoch, "file": name, "sha256": hashlib.sha256(data).hexdigest(), "run_id": run_id,
               "files": keep, "history": [m.as_dict() for m in history]}  # fmt: skip
-    with atomic_write(d / "latest.json") as fh:
-        json.dump(record, fh, indent=2)
+    write_json(join_uri(d, "latest.json"), record)
     for old in mine[: -spec.checkpoint_keep]:  # only after latest.json points past them
-        (d / old).unlink(missing_ok=True)
+        delete_uri(join_uri(d, old))
 
 
 def _load_checkpoint(trainer: Trainer, spec: WorkerSpec) -> list[EpochMetrics]:
+    """Load the checkpoint ``latest.json`` names (every rank reads it from the shared folder)."""
     record = latest_checkpoint(spec.checkpoint_dir)
     if record is None:
         log.warning("--resume: no checkpoint in %s; starting from scratch", spec.checkpoint_dir)
         return []
-    path = Path(spec.checkpoint_dir) / record["file"]
-    if not path.exists():
-        raise RuntimeError(f"--resume: {path}, the checkpoint latest.json points at, is missing")
-    if sha256_file(path) != record["sha256"]:
+    path = join_uri(spec.checkpoint_dir, record["file"])
+    try:
+        data = read_bytes(path)
+    except FileNotFoundError:
+        raise RuntimeError(f"--resume: {path}, the checkpoint latest.json points at, is missing") from None
+    if hashlib.sha256(data).hexdigest() != record["sha256"]:
         raise RuntimeError(f"{path}: checksum mismatch; the checkpoint is corrupt")
-    state = torch.load(path, map_location=trainer.device, weights_only=True)
+    state = torch.load(io.BytesIO(data), map_location=trainer.device, weights_only=True)
     trainer.load_state_dict(state)
     log.info("resuming after epoch %d from %s", trainer.epoch, path)
     return [EpochMetrics.from_dict(h) for h in record["history"]]

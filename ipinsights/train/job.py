@@ -5,7 +5,6 @@ CSV training of ``ipinsights train`` (:func:`train_from_csv`). Both end in
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from dataclasses import dataclass
@@ -16,7 +15,9 @@ from ipinsights.core.config import ConfigError, TrainConfig, config_to_dict
 from ipinsights.core.entities import EntityStats
 from ipinsights.core.errors import DataFormatError
 from ipinsights.storage.events import read_events
-from ipinsights.storage.files import atomic_write
+from ipinsights.storage.files import absolute_uri, join_uri, uri_name, write_bytes, write_json
+from ipinsights.storage.filesystems import check_reachable, resolve_uri
+from ipinsights.storage.modelfile import ModelFileError, local_model, read_manifest
 from ipinsights.storage.parquet import list_buckets, write_buckets, write_parquet_single
 from ipinsights.storage.sagemaker_csv import read_pairs_csv, read_pairs_spark
 from ipinsights.train.data import encode_pairs
@@ -56,16 +57,24 @@ def run_train_job(
 ) -> dict[str, Any]:
     """Prepare the data on Spark, train on ``cfg.distributed``'s ranks and write the run directory.
 
+    ``output`` (and ``warm_start``) may be any path or URI the Python side reaches (local, ``file:``,
+    ``s3://``): every rank reads and writes the run's files there, so a cluster needs no shared disk.
     Writes OUTPUT/config.json, OUTPUT/work/ (the encoded buckets, validation pairs and entity stats),
     OUTPUT/checkpoints/, OUTPUT/model/ and OUTPUT/metrics.jsonl; returns the run's one-line summary.
-    Raises :class:`DataFormatError` when no input row is a valid pair.
+    Raises :class:`ConfigError` before any work when ``output`` cannot be reached or ``warm_start`` is
+    not a model, :class:`DataFormatError` when no input row is a valid pair.
     """
     mopts, dist = cfg.model, resolve_distributed(spark, cfg.distributed)  # concrete backend and ranks
     cfg_dict = config_to_dict(cfg)
-    out = Path(output)
-    out.mkdir(parents=True, exist_ok=True)
-    with atomic_write(out / "config.json") as fh:
-        json.dump(cfg_dict, fh, indent=2)
+    out = absolute_uri(output)
+    check_reachable(out, "--output")
+    if warm_start is not None:
+        warm_start = absolute_uri(warm_start)
+        try:
+            read_manifest(warm_start)
+        except ModelFileError as exc:
+            raise ConfigError(f"--warm-start: {exc}") from None
+    write_json(join_uri(out, "config.json"), cfg_dict)
 
     if inputs.events:
         train_df = read_events(spark, inputs.events, inputs.start_date, inputs.end_date)
@@ -83,25 +92,25 @@ def run_train_job(
     else:
         val_df = None
 
-    work = out / "work"
+    work = join_uri(out, "work")
     v6 = bool(mopts.ipv6_prefix_lengths)
     encoded = encode_pairs_df(train_df, mopts.hash_seed, v6, keep_invalid=True).cache()
     n_buckets = dist.num_workers * dist.buckets_per_worker
-    write_buckets(add_buckets(valid_pairs(encoded), n_buckets, cfg.train.seed), str(work / "train"))
-    buckets = list_buckets(spark, str(work / "train"), n_buckets)
+    train_dir = resolve_uri(spark, join_uri(work, "train"))  # s3:// is s3a:// to plain Hadoop
+    write_buckets(add_buckets(valid_pairs(encoded), n_buckets, cfg.train.seed), train_dir)
+    buckets = list_buckets(spark, train_dir, n_buckets)
     stats, n_invalid = count_entities(encoded)  # the unusable rows are counted in the same aggregation
     encoded.unpersist()
     if n_invalid:
         log.warning("dropped %d training row(s) whose IP address is invalid (or IPv6, with IPv6 levels off)", n_invalid)
     if not len(stats):
         raise DataFormatError(f"no valid training pairs in the input ({n_invalid} row(s) with an unusable IP address)")
-    stats_file = work / "entities.safetensors"
-    with atomic_write(stats_file, "wb") as fh:
-        fh.write(stats.to_bytes())
+    stats_file = join_uri(work, "entities.safetensors")
+    write_bytes(stats_file, stats.to_bytes())
     val_files = []
     if val_df is not None:
         val_enc = encode_pairs_df(val_df, mopts.hash_seed, v6)
-        val_files = write_parquet_single(val_enc.coalesce(1), str(work / "validation"))
+        val_files = write_parquet_single(val_enc.coalesce(1), resolve_uri(spark, join_uri(work, "validation")))
     log.info("training set: %d entities, %d buckets; backend=%s workers=%d", len(stats), n_buckets, dist.backend,
              dist.num_workers)  # fmt: skip
 
@@ -109,29 +118,29 @@ def run_train_job(
         hyperparameters=cfg_dict["hyperparameters"],
         model_options=cfg_dict["model"],
         train_options=cfg_dict["train"],
-        model_dir=str((out / "model").resolve()),
+        model_dir=join_uri(out, "model"),
         validation_files=val_files,
-        entity_stats_file=str(stats_file.resolve()),
+        entity_stats_file=stats_file,
         config=cfg_dict,
         buckets=buckets,
-        checkpoint_dir=str((out / "checkpoints").resolve()),
+        checkpoint_dir=join_uri(out, "checkpoints"),
         resume=resume,
         warm_start=warm_start,
         checkpoint_keep=dist.checkpoint_keep,
         timeout_seconds=dist.timeout_seconds,
     )
     history = run_training(spark, spec, dist.backend, dist.num_workers, dist.use_gpu)["history"]
-    write_metrics(out / "metrics.jsonl", history)
+    write_metrics(join_uri(out, "metrics.jsonl"), history)
     for h in history:
         auc = h.get("discriminator_auc")
         log.info("epoch %d: loss=%.4f accuracy=%.4f discriminator_auc=%s pairs/s=%.0f", h["epoch"], h["loss"],
                  h["accuracy"], "n/a" if auc is None else f"{auc:.4f}", h["pairs_per_second"])  # fmt: skip
-    _log_mlflow(cfg_dict, history, out / "model")
+    _log_mlflow(cfg_dict, history, join_uri(out, "model"))
     summary = {k: history[-1].get(k) for k in SUMMARY_KEYS}
-    return {"model": str(out / "model"), "epochs": len(history), "invalid_ip_rows": n_invalid, **summary}
+    return {"model": join_uri(out, "model"), "epochs": len(history), "invalid_ip_rows": n_invalid, **summary}
 
 
-def _log_mlflow(cfg_dict: dict[str, Any], history: list[dict[str, Any]], model_dir: Path) -> None:
+def _log_mlflow(cfg_dict: dict[str, Any], history: list[dict[str, Any]], model_dir: str) -> None:
     """Log to MLflow when it is installed and a tracking URI is set (as Databricks users expect)."""
     if not os.environ.get("MLFLOW_TRACKING_URI"):
         return
@@ -139,12 +148,12 @@ def _log_mlflow(cfg_dict: dict[str, Any], history: list[dict[str, Any]], model_d
         import mlflow
     except ImportError:
         return
-    with mlflow.start_run(run_name=f"ipinsights-{model_dir.parent.name}"):
+    with mlflow.start_run(run_name=f"ipinsights-{uri_name(model_dir.rstrip('/').rsplit('/', 1)[0])}"):
         mlflow.log_params({f"{s}.{k}": v for s, d in cfg_dict.items() for k, v in d.items()})
         for h in history:
             metrics = {k: v for k, v in h.items() if isinstance(v, (int, float)) and v is not None and k != "epoch"}
             mlflow.log_metrics(metrics, step=int(h["epoch"]))
-        mlflow.log_artifacts(str(model_dir), artifact_path="model")
+        mlflow.log_artifacts(str(local_model(model_dir)), artifact_path="model")
 
 
 def train_from_csv(

@@ -17,7 +17,7 @@ import numpy as np
 
 from ipinsights.core.config import Hyperparameters, ModelOptions, TrainOptions, config_from_dict
 from ipinsights.core.hashing import buckets_of
-from ipinsights.storage.files import atomic_write
+from ipinsights.storage.files import atomic_write, read_bytes
 from ipinsights.storage.parquet import read_parquet_files
 from ipinsights.train.data import EncodedPairs
 
@@ -27,7 +27,7 @@ __all__ = ["RunSpec", "read_pairs", "write_metrics"]
 @dataclass(kw_only=True)
 class RunSpec:
     """What every training run on an executor needs: its configs (as dicts), where the model goes,
-    the validation pairs and the entity stats (paths), and the resolved config saved with the model."""
+    the validation pairs and the entity stats (paths or URIs), and the resolved config saved with the model."""
 
     hyperparameters: dict[str, Any]
     model_options: dict[str, Any]
@@ -47,7 +47,7 @@ class RunSpec:
 
     def entity_stats(self) -> bytes | None:
         """The entity stats file's contents, to be saved with the model."""
-        return Path(self.entity_stats_file).read_bytes() if self.entity_stats_file else None
+        return read_bytes(self.entity_stats_file) if self.entity_stats_file else None
 
 
 def read_pairs(files: Sequence[str], num_entity_vectors: int) -> EncodedPairs:
@@ -65,6 +65,6 @@ def read_pairs(files: Sequence[str], num_entity_vectors: int) -> EncodedPairs:
 
 
 def write_metrics(path: str | Path, history: Iterable[Mapping[str, Any]]) -> None:
-    """Per-epoch metrics as JSON lines (one epoch a line), written atomically."""
+    """Per-epoch metrics as JSON lines (one epoch a line), written atomically to a path or URI."""
     with atomic_write(path) as fh:
         fh.writelines(json.dumps(dict(h), default=str) + "\n" for h in history)

@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import logging
-import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +48,7 @@ from ipinsights.core.config import (
     config_from_dict,
     config_to_dict,
 )
+from ipinsights.storage.files import absolute_uri, join_uri
 from ipinsights.train.spec import write_metrics
 from ipinsights.tune.config import COMPLETED, FAILED, STOPPED, TuneConfig, TuningError
 from ipinsights.tune.results import TrialRecord, best_record, drop_model, record_of, results_frame
@@ -74,7 +74,7 @@ def run_trials(
     cfg: TuneConfig,
     base: TrainConfig,
     data: PreparedData,
-    trials_dir: str | Path,
+    trials_dir: str,
     submit: Callable[[TrialSpec], cf.Future],
 ) -> list[TrialRecord]:
     """Ask, run and tell ``cfg.max_jobs`` trials, ``cfg.max_parallel_jobs`` at a time, in a fixed order.
@@ -97,7 +97,7 @@ def run_trials(
         else:
             study.enqueue_trial({r.name: base_hp[r.name] for r in cfg.ranges})
     base_dict = config_to_dict(base)
-    trials_dir = Path(trials_dir).resolve()
+    trials_dir = absolute_uri(trials_dir)
     es = cfg.early_stopping
     in_flight: dict[int, tuple[Any, dict[str, Any], cf.Future]] = {}
     records: list[TrialRecord] = []
@@ -122,7 +122,7 @@ def run_trials(
             hyperparameters=hp,
             model_options=base_dict["model"],
             train_options=train_options,
-            model_dir=str(trials_dir / f"trial-{n:03d}" / "model"),
+            model_dir=join_uri(trials_dir, f"trial-{n:03d}", "model"),
             validation_files=list(data.validation_files),
             entity_stats_file=data.entity_stats_file,
             config={**base_dict, "hyperparameters": hp, "tuning": {"trial": n, "params": params}},
@@ -157,7 +157,7 @@ def run_trials(
             trial.set_user_attr("error", rec.error)
             study.tell(trial, state=TrialState.FAIL)
         if rec.history:
-            write_metrics(trials_dir / f"trial-{n:03d}" / "metrics.jsonl", rec.history)
+            write_metrics(join_uri(trials_dir, f"trial-{n:03d}", "metrics.jsonl"), rec.history)
         auc_text = "n/a" if rec.objective is None else f"{rec.objective:.4f}"
         log.info("trial %d %s: discriminator_auc=%s epochs=%d %.1f s%s", n, rec.status, auc_text, rec.epochs,
                  rec.seconds, f" ({rec.error})" if rec.error else "")  # fmt: skip
@@ -179,29 +179,30 @@ class TuningResult:
     records: list[TrialRecord]
     table: pd.DataFrame
     best: TrialRecord
-    best_model_dir: Path
-    output: Path
+    best_model_dir: str  # paths or URIs, as the output was given (local paths made absolute)
+    output: str
 
     def summary(self) -> dict[str, Any]:
         """The job's one-line result: the best trial, its objective and values, and where things are."""
         best = self.best
         return {"best_trial": best.number, "discriminator_auc": best.objective, "tuned": best.params,
-                "best_model": str(self.best_model_dir), "results": str(self.output / "results.csv")}  # fmt: skip
+                "best_model": self.best_model_dir, "results": join_uri(self.output, "results.csv")}  # fmt: skip
 
 
 def prepare_data(
-    spark: SparkSession, train_df: DataFrame, validation_df: DataFrame, base: TrainConfig, work_dir: str | Path
+    spark: SparkSession, train_df: DataFrame, validation_df: DataFrame, base: TrainConfig, work_dir: str
 ) -> PreparedData:
     """Encode both sets on the executors and write them under ``work_dir`` for the trials to read.
 
     Entities are stored as their full 64-bit hash, not as rows, so every trial can use its own
     ``num_entity_vectors``; entity stats go into every trial's model, as the training job does.
     """
-    from ipinsights.storage.files import atomic_write
+    from ipinsights.storage.files import write_bytes
+    from ipinsights.storage.filesystems import resolve_uri
     from ipinsights.storage.parquet import write_parquet_single
     from ipinsights.train.prepare import encode_pairs_df, entity_stats
 
-    work = Path(work_dir).resolve()
+    work = absolute_uri(work_dir)
     mopts = base.model
     v6 = bool(mopts.ipv6_prefix_lengths)
     enc = encode_pairs_df(train_df, mopts.hash_seed, v6).cache()
@@ -209,20 +210,19 @@ def prepare_data(
         n_train = enc.count()
         if n_train == 0:
             raise TuningError("no valid training pairs in the input")
-        train_files = write_parquet_single(enc, str(work / "train"))
+        train_files = write_parquet_single(enc, resolve_uri(spark, join_uri(work, "train")))
         stats = entity_stats(enc)
     finally:
         enc.unpersist()
-    stats_file = work / "entities.safetensors"
-    with atomic_write(stats_file, "wb") as fh:
-        fh.write(stats.to_bytes())
+    stats_file = join_uri(work, "entities.safetensors")
+    write_bytes(stats_file, stats.to_bytes())
     val = encode_pairs_df(validation_df, mopts.hash_seed, v6)
-    val_files = write_parquet_single(val.coalesce(1), str(work / "validation"))
+    val_files = write_parquet_single(val.coalesce(1), resolve_uri(spark, join_uri(work, "validation")))
     n_val = val.count()
     if n_val == 0:
         raise TuningError("no valid validation pairs: the objective discriminator_auc needs them")
     log.info("tuning data: %d training pairs (%d entities), %d validation pairs", n_train, len(stats), n_val)
-    return PreparedData(train_files, val_files, str(stats_file), n_train, n_val)
+    return PreparedData(train_files, val_files, stats_file, n_train, n_val)
 
 
 def tune(
@@ -239,21 +239,25 @@ def tune(
     ``results.csv`` / ``results.parquet`` (one row per trial), ``best_model/`` (a normal model
     directory), ``best.json``, ``tuning_config.json`` (the resolved tuning and base configs),
     ``trials/trial-NNN/`` (per-epoch metrics, and models when kept) and ``work/`` (the encoded data).
-    Raises :class:`TuningError` (after writing the table) when every trial failed.
+    ``output`` may be a path or a URI (``s3://``): trials on executors write their models there.
+    Raises :class:`ConfigError` before any work when ``output`` cannot be reached, :class:`TuningError`
+    (after writing the table) when every trial failed.
     """
-    from ipinsights.storage.files import copy_tree_atomic, write_frame, write_json
+    from ipinsights.storage.files import copy_tree_atomic, delete_uri, write_frame, write_json
+    from ipinsights.storage.filesystems import check_reachable
+    from ipinsights.storage.modelfile import MANIFEST
 
-    out = Path(output).resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(str(out / "tuning_config.json"), {"tuning": config_to_dict(cfg), "base": config_to_dict(base)})
-    shutil.rmtree(out / "trials", ignore_errors=True)  # a rerun starts clean: no stale trial of an older job
-    data = prepare_data(spark, train_df, validation_df, base, out / "work")
+    out = absolute_uri(output)
+    check_reachable(out, "tuning output")
+    write_json(join_uri(out, "tuning_config.json"), {"tuning": config_to_dict(cfg), "base": config_to_dict(base)})
+    delete_uri(join_uri(out, "trials"))  # a rerun starts clean: no stale trial of an older job
+    data = prepare_data(spark, train_df, validation_df, base, join_uri(out, "work"))
     runner = None
     if submit is None:
         runner = SparkTrialRunner(spark, min(cfg.max_parallel_jobs, cfg.max_jobs))
         submit = runner.submit
     try:
-        records = run_trials(cfg, base, data, out / "trials", submit)
+        records = run_trials(cfg, base, data, join_uri(out, "trials"), submit)
     except BaseException:  # e.g. Ctrl-C: stop the trials still running on the executors
         if runner is not None:
             runner.close(cancel=True)
@@ -261,22 +265,23 @@ def tune(
     if runner is not None:
         runner.close()
     table = results_frame(records, [r.name for r in cfg.ranges])
-    write_frame(table, out / "results.csv")
-    write_frame(table, out / "results.parquet")
+    write_frame(table, join_uri(out, "results.csv"))
+    write_frame(table, join_uri(out, "results.parquet"))
     best = best_record(records)
     if best is None or not best.model_dir:
         errors = "; ".join(f"trial {r.number}: {r.error}" for r in records)
         raise TuningError(f"all {len(records)} trials failed: {errors}")
-    best_dir = copy_tree_atomic(best.model_dir, out / "best_model")
+    best_dir = join_uri(out, "best_model")
+    copy_tree_atomic(best.model_dir, best_dir, last=MANIFEST)
     write_json(
-        str(out / "best.json"),
+        join_uri(out, "best.json"),
         {
             "trial": best.number,
             "status": best.status,
             "objective": {"name": cfg.objective, "value": best.objective},
             "hyperparameters": {**config_to_dict(base.hyperparameters), **best.params},
             "tuned": best.params,
-            "model": str(best_dir),
+            "model": best_dir,
             "trials": {s: sum(r.status == s for r in records) for s in (COMPLETED, STOPPED, FAILED)},
         },
     )

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -11,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import pandas as pd
 
+from ipinsights.storage.files import delete_uri
 from ipinsights.tune.config import FAILED
 
 log = logging.getLogger(__name__)
@@ -61,7 +61,7 @@ def record_of(result: Mapping[str, Any], params: dict[str, Any]) -> TrialRecord:
 
 def drop_model(rec: TrialRecord) -> None:
     if rec.model_dir:
-        shutil.rmtree(rec.model_dir, ignore_errors=True)
+        delete_uri(rec.model_dir)
         rec.model_dir = None
 
 
