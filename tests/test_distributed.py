@@ -135,12 +135,15 @@ def test_checkpoints_belong_to_their_run(spark, events, tmp_path):
     ckpt.mkdir(parents=True)
     for old in ("epoch-0009.pt", "epoch-0010.pt"):  # what a longer run, long ago, left behind
         (ckpt / old).write_bytes(b"an earlier run's checkpoint")
+    half_written = ckpt / ".epoch-0003-0123456789ab.pt.k3j2h1.tmp"  # a killed process's temporary file
+    half_written.write_bytes(b"half a checkpoint")
     _train(events, tmp_path / "run", "local", "--epochs=2", workers=1)
     latest = json.loads((ckpt / "latest.json").read_text())
     assert latest["epoch"] == 2 and (ckpt / latest["file"]).exists()
     assert sorted(latest["files"]) == sorted(p.name for p in ckpt.glob(f"epoch-*-{latest['run_id']}.pt"))
     assert len(latest["files"]) == 2  # checkpoint_keep of this run's own
     assert (ckpt / "epoch-0009.pt").exists() and (ckpt / "epoch-0010.pt").exists()
+    assert not half_written.exists()
     metrics = _train(events, tmp_path / "run", "local", "--epochs=3", "--resume", workers=1)
     assert [m["epoch"] for m in metrics] == [1, 2, 3]
     resumed = json.loads((ckpt / "latest.json").read_text())

@@ -164,6 +164,14 @@ def atomic_write(path: str | Path, mode: str = "w", **kwargs: Any) -> Iterator[I
         raise
 
 
+def atomic_leftovers(folder: str | Path) -> list[Path]:
+    """Temporary files that :func:`atomic_write` left in a local ``folder`` when its process was killed
+    (a URI's temporaries live in the local temp directory and go with the process)."""
+    if not is_local(folder) or not local_path(folder).is_dir():
+        return []
+    return sorted(local_path(folder).glob(".*.tmp"))
+
+
 def write_bytes(uri: str | Path, data: bytes) -> None:
     """Write ``data`` to ``uri`` atomically."""
     with atomic_write(uri, "wb") as fh:

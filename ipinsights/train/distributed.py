@@ -44,7 +44,7 @@ import numpy as np
 import torch
 
 from ipinsights.core.config import DistributedOptions
-from ipinsights.storage.files import delete_uri, join_uri, read_bytes, write_bytes, write_json
+from ipinsights.storage.files import atomic_leftovers, delete_uri, join_uri, read_bytes, write_bytes, write_json
 from ipinsights.train.comm import COMMS
 from ipinsights.train.data import EncodedPairs
 from ipinsights.train.progress import ProgressTail, ProgressWriter
@@ -106,6 +106,8 @@ def _save_checkpoint(trainer: Trainer, spec: WorkerSpec, history: list[EpochMetr
     checkpoint is written whole first, ``latest.json`` (one atomic write) after it.
     """
     d = spec.checkpoint_dir
+    for leftover in atomic_leftovers(d):  # half-written files of a killed earlier attempt: never valid
+        leftover.unlink(missing_ok=True)
     previous = latest_checkpoint(d)
     mine = list(previous.get("files", [])) if previous and previous.get("run_id") == run_id else []
     name = f"epoch-{trainer.epoch:04d}-{run_id}.pt"
