@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the cluster and S3 helpers
 
-from cluster import (  # noqa: E402
+from cluster import (
     BUCKET,
     GENERATE,
     Bucket,

@@ -30,8 +30,8 @@ from pathlib import Path
 import pytest
 from servers import free_port
 
-__all__ = ["BUCKET", "Bucket", "StandaloneCluster", "Submitter", "ingest_args", "kill_group", "prepare_lake",
-           "s3_server", "score_args", "spark_cluster", "spark_home", "tail", "train_args"]  # fmt: skip
+__all__ = ["BUCKET", "Bucket", "StandaloneCluster", "Submitter", "ingest_args", "kill_group", "last_json",
+           "prepare_lake", "s3_server", "score_args", "spark_cluster", "spark_home", "tail", "train_args"]  # fmt: skip
 
 REPO = Path(__file__).resolve().parents[1]
 #: Hadoop's S3A connector for Spark's side (``scripts/fetch_s3a_jars.sh``): pyspark's package has none.
@@ -287,7 +287,8 @@ class Submitter:
 
     def start(self, job: str, args: list[str], name: str) -> tuple[subprocess.Popen, Path]:
         """Start a job in its own process group (so that it can be killed whole). Its stdout goes to
-        ``LOG_DIR/NAME.out`` and its stderr (the log) to ``LOG_DIR/NAME.log``, the path returned."""
+        ``LOG_DIR/NAME.out`` and its stderr to ``LOG_DIR/NAME.log``, the path returned. Under spark-submit
+        the Python driver's stderr (our log, a traceback) joins its stdout; the JVM's log is on stderr."""
         log_path = self.log_dir / f"{name}.log"
         with open(log_path.with_suffix(".out"), "wb") as out, open(log_path, "wb") as log:
             proc = subprocess.Popen(
@@ -305,11 +306,29 @@ class Submitter:
             kill_group(proc)
             raise AssertionError(f"{name or job} ran over {self.timeout} s:\n{tail(log_path)}") from None
         assert rc == 0, f"{name or job} exited with {rc}:\n{tail(log_path)}"
-        return log_path.with_suffix(".out").read_text()
+        return log_path.with_suffix(".out").read_text(errors="replace")
 
 
-def tail(path: Path, n: int = 6000) -> str:
-    return path.read_text(errors="replace")[-n:]
+def tail(log_path: Path, n: int = 4000) -> str:
+    """The end of a job's stdout (the Python driver: our log, a traceback) and of its stderr (the JVM)."""
+    out = log_path.with_suffix(".out")
+    return "\n".join(
+        f"--- {p.name} (last {n} characters) ---\n{p.read_text(errors='replace')[-n:]}"
+        for p in (out, log_path)
+        if p.exists()
+    )
+
+
+def last_json(out: str) -> dict:
+    """The last JSON object a job printed (on a line of its own start), among the log lines around it."""
+    decoder = json.JSONDecoder()
+    starts = [i for i in range(len(out)) if out[i] == "{" and (i == 0 or out[i - 1] == "\n")]
+    for i in reversed(starts):
+        try:
+            return decoder.raw_decode(out, i)[0]
+        except ValueError:
+            continue
+    raise AssertionError(f"no JSON object in the job's output:\n{out[-3000:]}")
 
 
 def kill_group(proc: subprocess.Popen) -> None:
@@ -353,7 +372,7 @@ def prepare_lake(submit: Submitter, bucket: Bucket, scratch: Path, events: str) 
     submit.run("generate", ["--out", str(synth), "--spark", *GENERATE])
     bucket.upload_tree(synth / "logs", "logs")
     out = submit.run("ingest", [*ingest_args(f"s3a://{bucket.name}/logs", events), "--run_id=c1"])
-    summary = json.loads(out)
+    summary = last_json(out)
     assert summary["kept"] > 5_000 and summary["quarantined"] > 0, summary
     spec = read_spec(synth)
     return {split: spec.split_dates(split) for split in ("train", "validation", "test")}

@@ -5,7 +5,8 @@ resumed) -> score + report, each one ``./spark-submit.sh --master spark://...`` 
 its working directory an empty folder that must stay empty: every input and output lives in a moto S3
 bucket, reached by Spark through Hadoop's S3A connector (jars from ``scripts/fetch_s3a_jars.sh``) and by
 the Python side (driver and executors) through pyarrow with the AWS environment. The horovod backend is
-trained too where Horovod is importable. ``run_pipeline`` is shared with ``bench/cluster_vs_local.py``.
+trained too where Horovod is importable. The cluster, the S3 helpers and the command lines are in
+``tests/cluster.py`` (shared with ``bench/cluster_vs_local.py``; ``tests/test_deploy.py`` holds deploy/ to them).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from cluster import (
     Dates,
     Submitter,
     kill_group,
+    last_json,
     prepare_lake,
     s3_server,
     score_args,
@@ -90,7 +92,7 @@ def metrics(lake: Lake, run: str) -> list[dict]:
 @pytest.mark.cluster
 @pytest.mark.slow
 @pytest.mark.spark
-@pytest.mark.timeout(1800)  # the module's cluster, data set and S3 server start within the first test
+@pytest.mark.timeout(2400)  # the session's cluster and the module's data set are made within the first test
 def test_pipeline_on_cluster_with_s3(lake, spark_cluster):
     """ingest -> train (torch; killed after epoch 1's checkpoint, resumed from S3) -> score -> report."""
     bucket, submit = lake.bucket, lake.submit
@@ -103,6 +105,7 @@ def test_pipeline_on_cluster_with_s3(lake, spark_cluster):
         assert time.monotonic() < deadline, f"no checkpoint after {STEP_TIMEOUT} s:\n{tail(log_path)}"
         first = [k for k in bucket.keys("run/checkpoints/") if k.endswith(".pt")]
         time.sleep(0.2)
+    assert proc.poll() is None, f"train ended ({proc.returncode}) before it could be killed:\n{tail(log_path)}"
     kill_group(proc)
     assert not bucket.keys("run/model/"), "the killed run must not have finished"
     latest = json.loads(bucket.read("run/checkpoints/latest.json"))
@@ -110,7 +113,7 @@ def test_pipeline_on_cluster_with_s3(lake, spark_cluster):
     _wait_apps_finished(spark_cluster)
 
     out = submit.run("train", [*train(lake, "run", "torch"), "--resume"], "train-resumed")
-    summary = json.loads(out.strip().splitlines()[-1])
+    summary = last_json(out)
     assert summary["epochs"] == EPOCHS, summary
     assert [m["epoch"] for m in metrics(lake, "run")] == list(range(1, EPOCHS + 1))
     resumed = json.loads(bucket.read("run/checkpoints/latest.json"))
@@ -134,7 +137,7 @@ def test_pipeline_on_cluster_with_s3(lake, spark_cluster):
 @pytest.mark.cluster
 @pytest.mark.slow
 @pytest.mark.spark
-@pytest.mark.timeout(1800)  # the module's cluster, data set and S3 server start within the first test
+@pytest.mark.timeout(1800)  # the module's data set is made within the first test that runs
 def test_train_horovod_on_cluster_with_s3(lake, spark_cluster):
     """The horovod backend's 2 ranks (separate processes on the executors) write the same run to S3."""
     pytest.importorskip("horovod.spark", reason="Horovod is not installed (scripts/build_horovod.sh)")
