@@ -45,7 +45,7 @@ def pipeline(master: str, root: Path, epochs: int, backend: str) -> dict[str, fl
         logs.mkdir()
         submit = Submitter(master, endpoint, cwd, logs)
         bucket = Bucket(endpoint)
-        events, run = f"s3a://{BUCKET}/events", f"s3://{BUCKET}/run"
+        events, run = f"s3://{BUCKET}/events", f"s3://{BUCKET}/run"
 
         def step(name: str, job: str, args: list[str]) -> None:
             started = time.perf_counter()
@@ -56,7 +56,7 @@ def pipeline(master: str, root: Path, epochs: int, backend: str) -> dict[str, fl
         bucket.upload_tree(root / "synth" / "logs", "logs")
         spec = read_spec(root / "synth")
         dates = {split: spec.split_dates(split) for split in ("train", "validation", "test")}
-        step("ingest", "ingest", ingest_args(f"s3a://{BUCKET}/logs", events))
+        step("ingest", "ingest", ingest_args(f"s3://{BUCKET}/logs", events))
         step("train", "train", [*train_args(events, run, dates, backend, epochs), *MODEL])
         step("score", "score", score_args(events, run, f"s3://{BUCKET}", dates))
     times["total"] = sum(times.values())

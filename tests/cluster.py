@@ -371,7 +371,7 @@ def prepare_lake(submit: Submitter, bucket: Bucket, scratch: Path, events: str) 
     synth = scratch / "synth"
     submit.run("generate", ["--out", str(synth), "--spark", *GENERATE])
     bucket.upload_tree(synth / "logs", "logs")
-    out = submit.run("ingest", [*ingest_args(f"s3a://{bucket.name}/logs", events), "--run_id=c1"])
+    out = submit.run("ingest", [*ingest_args(f"s3://{bucket.name}/logs", events), "--run_id=c1"])
     summary = last_json(out)
     assert summary["kept"] > 5_000 and summary["quarantined"] > 0, summary
     spec = read_spec(synth)

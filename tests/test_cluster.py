@@ -36,7 +36,7 @@ from cluster import (
     train_args,
 )
 
-EVENTS = f"s3a://{BUCKET}/events"
+EVENTS = f"s3://{BUCKET}/events"  # s3://: Spark maps it to s3a:// (no fs.s3.impl), the Python side to pyarrow
 #: A small model, with small batches so that an epoch lasts long enough to be interrupted after a checkpoint.
 MODEL = [
     "--num_entity_vectors=1000",
@@ -71,7 +71,7 @@ class Lake:
 
 @pytest.fixture(scope="module")
 def lake(spark_cluster, s3_endpoint, tmp_path_factory) -> Lake:
-    """The generated logs in s3://lake/logs/, ingested on the cluster into s3a://lake/events."""
+    """The generated logs in s3://lake/logs/, ingested on the cluster into s3://lake/events."""
     if not all(j.exists() for j in JARS):
         pytest.skip(f"S3A jars not in {JAR_DIR}: run scripts/fetch_s3a_jars.sh")
     cwd = tmp_path_factory.mktemp("cwd")
