@@ -177,10 +177,14 @@ class StandaloneCluster:
         return "\n".join(parts)
 
     def stop(self) -> None:
-        """Kill every daemon's process group (workers first, so their executors go with them)."""
+        """Kill every daemon's process group (workers first, so their executors go with them), then delete
+        the jars each executor fetched (the S3A bundle: about 200 MB per application and executor); the
+        executors' logs stay for a failure's post-mortem."""
         for _, proc in reversed(self.procs):
             _stop_daemon(proc)
         self.procs.clear()
+        for jar in self.root.glob("worker-*/app-*/*/*.jar"):
+            jar.unlink()
 
 
 def _stop_daemon(proc: subprocess.Popen, grace: float = 10.0) -> None:
