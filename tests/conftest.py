@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from cluster import spark_cluster  # noqa: F401  (the session's standalone Spark cluster, for tests marked cluster)
 
 os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")  # otherwise Spark binds to the external address
 # Spark's Python workers must run the interpreter the tests run in (the project's virtualenv).

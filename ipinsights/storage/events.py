@@ -12,7 +12,7 @@ from datetime import date, timedelta
 from typing import TYPE_CHECKING
 
 from ipinsights.core.config import ConfigError
-from ipinsights.storage.filesystems import path_exists
+from ipinsights.storage.filesystems import path_exists, resolve_uri
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -43,6 +43,7 @@ def day_range(start: str, end: str) -> list[str]:
 
 def _partitioned(spark: SparkSession, path: str, schema: str) -> DataFrame:
     # basePath: ``dt`` stays a column even where ``path`` is one partition's folder.
+    path = resolve_uri(spark, path)  # s3:// is s3a:// to plain Hadoop
     return spark.read.schema(schema).option("basePath", path).parquet(path)
 
 

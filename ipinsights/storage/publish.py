@@ -264,7 +264,8 @@ def partitioned_write_settings(spark: SparkSession, conf: dict[str, str] | None 
 def write_partitions(df: DataFrame, path: str) -> None:
     """Write ``df`` partitioned by ``dt``, replacing only the days it holds (dynamic partition overwrite)."""
     with partitioned_write_settings(df.sparkSession):
-        df.write.mode("overwrite").option("partitionOverwriteMode", "dynamic").partitionBy("dt").parquet(path)
+        writer = df.write.mode("overwrite").option("partitionOverwriteMode", "dynamic").partitionBy("dt")
+        writer.parquet(resolve_uri(df.sparkSession, path))
 
 
 def delete_partitions(spark: SparkSession, path: str, days: Iterable[str]) -> list[str]:
