@@ -20,7 +20,7 @@ from ipinsights.core.config import DistributedOptions, Hyperparameters, ModelOpt
 from ipinsights.core.metrics import roc_auc
 from ipinsights.score.scorer import Scorer
 from ipinsights.train.data import encode_pairs
-from ipinsights.train.distributed import data_for_epoch, local_master_cores, resolve_distributed
+from ipinsights.train.distributed import local_master_cores, resolve_distributed
 from ipinsights.train.trainer import discriminator_auc, train_model
 
 HP = {"num_entity_vectors": 600, "vector_dim": 32, "epochs": 2, "mini_batch_size": 256, "learning_rate": 0.01,
@@ -88,20 +88,6 @@ def test_two_ranks_match_single_process(spark, world, events, tmp_path, backend)
     counts = scorer.training_counts(["user_1", "nobody"])
     assert counts[0] > 0 and counts[1] == 0
     assert json.loads((tmp_path / "run" / "config.json").read_text())["distributed"]["backend"] == backend
-
-
-def test_epoch_shards_cover_the_data_once_and_change(tmp_path):
-    buckets = []
-    for b in range(8):
-        f = tmp_path / f"b{b}.parquet"
-        pq.write_table(pa.table({"entity_hash": np.arange(b * 10, b * 10 + 10), "ip": np.arange(10)}), f)
-        buckets.append([str(f)])
-    # 1000 entity rows: each small hash is its own row
-    e1 = [data_for_epoch(buckets, r, 2, 1, 0, 1000).entity_rows for r in range(2)]
-    e2 = [data_for_epoch(buckets, r, 2, 2, 0, 1000).entity_rows for r in range(2)]
-    assert sorted(np.concatenate(e1).tolist()) == list(range(80))  # every row exactly once per epoch
-    assert set(e1[0].tolist()) != set(e2[0].tolist())  # a rank's shard changes between epochs
-    assert not np.array_equal(np.sort(e1[0]), e1[0])  # rows are shuffled within the shard
 
 
 @pytest.mark.spark

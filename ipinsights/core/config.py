@@ -168,10 +168,14 @@ class TrainOptions:
     #: rolls) instead of R addresses with one entity each: the same number of random-negative pairs
     #: with the same distribution (uniform address x entity of the data), for 1/R of the encoder work.
     share_random_ips: bool = True
+    #: A distributed rank streams its shard through a shuffle buffer of this many rows (16 bytes each):
+    #: its memory is bounded by this, not by the shard's size.
+    shuffle_buffer_rows: int = 1_000_000
 
     def __post_init__(self) -> None:
         check_int("seed", self.seed, 0, 2**63 - 1)
         check_int("num_threads", self.num_threads, 0, 1024)
+        check_int("shuffle_buffer_rows", self.shuffle_buffer_rows, 1, 2**40)
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
             raise ConfigError(f"device={self.device!r} must be one of auto, cpu, cuda, cuda:N")
         if self.progress_bar not in ("auto", "on", "off"):

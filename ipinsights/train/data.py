@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Generator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -36,6 +37,31 @@ class EncodedPairs:
 
     def take(self, index: np.ndarray | slice) -> EncodedPairs:
         return EncodedPairs(self.entity_rows[index], self.ips[index])
+
+    def batches(
+        self, batch_size: int, device: torch.device | str = "cpu", order: np.ndarray | None = None
+    ) -> Generator[tuple[torch.Tensor, torch.Tensor], None, None]:
+        """(entity rows, address keys) batches of ``batch_size`` in ``order`` (default: as stored).
+
+        All pairs go to ``device`` once, and batches are gathered there (cheaper than a copy per batch).
+        """
+        ent = torch.as_tensor(self.entity_rows, device=device)
+        ips = torch.as_tensor(self.ips, device=device)
+        idx = torch.as_tensor(order if order is not None else np.arange(len(self)), device=device)
+        for start in range(0, len(self), batch_size):
+            b = idx[start : start + batch_size]
+            yield ent[b], ips[b]
+
+
+class BatchSource(Protocol):
+    """Training data of one epoch (:meth:`ipinsights.train.trainer.Trainer.fit`): pairs in memory
+    (:class:`EncodedPairs`) or a rank's shard streamed from files (:mod:`ipinsights.train.stream`)."""
+
+    def __len__(self) -> int: ...
+
+    def batches(
+        self, batch_size: int, device: torch.device | str = "cpu"
+    ) -> Generator[tuple[torch.Tensor, torch.Tensor], None, None]: ...
 
 
 def encode_pairs(

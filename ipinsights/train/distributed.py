@@ -16,7 +16,8 @@ SparkSession or DataFrame) and reads its own shard of the prepared Parquet bucke
 
 Data and shuffling: the Spark side (``ipinsights.train.prepare``) writes the encoded training pairs as
 ``B = num_workers * buckets_per_worker`` buckets, each row in a uniformly random bucket. Every epoch
-a seeded permutation deals the buckets out to the ranks, and each rank shuffles the rows it got.
+a seeded permutation deals the buckets out to the ranks, and each rank streams the rows it got through
+a seeded shuffle buffer (:mod:`ipinsights.train.stream`: its memory does not grow with the data).
 A rank's shard is therefore a different random part of the whole data set every epoch.
 
 Gradients: the encoder's dense gradients are averaged with one allreduce. The entity and IP tables
@@ -46,9 +47,9 @@ import torch
 from ipinsights.core.config import DistributedOptions
 from ipinsights.storage.files import atomic_leftovers, delete_uri, join_uri, read_bytes, write_bytes, write_json
 from ipinsights.train.comm import COMMS
-from ipinsights.train.data import EncodedPairs
 from ipinsights.train.progress import ProgressTail, ProgressWriter
 from ipinsights.train.spec import RunSpec, read_pairs
+from ipinsights.train.stream import ShardStream
 from ipinsights.train.trainer import EpochMetrics, Trainer, train_model
 
 log = logging.getLogger(__name__)
@@ -73,18 +74,22 @@ class WorkerSpec(RunSpec):
 
 
 def data_for_epoch(
-    buckets: Sequence[Sequence[str]], rank: int, world_size: int, epoch: int, seed: int, num_entity_vectors: int
-) -> EncodedPairs:
-    """This rank's pairs for ``epoch``: a seeded deal of the buckets, then a seeded row shuffle.
+    buckets: Sequence[Sequence[str]],
+    rank: int,
+    world_size: int,
+    epoch: int,
+    seed: int,
+    num_entity_vectors: int,
+    buffer_rows: int,
+) -> ShardStream:
+    """This rank's pairs for ``epoch``: a seeded deal of the buckets, streamed through a seeded shuffle buffer.
 
     Every rank computes the same deal (same seed and epoch), so the ranks' shards never overlap and
-    together cover the whole data set.
+    together cover the whole data set. Nothing but the files' footers is read until training asks.
     """
     deal = np.random.default_rng([seed, epoch, 0xB0C]).permutation(len(buckets))
     mine = [f for b in deal[rank::world_size] for f in buckets[b]]
-    pairs = read_pairs(mine, num_entity_vectors)
-    order = np.random.default_rng([seed, epoch, rank]).permutation(len(pairs))
-    return pairs.take(order)
+    return ShardStream(mine, num_entity_vectors, buffer_rows, seed=[seed, epoch, rank])
 
 
 def latest_checkpoint(checkpoint_dir: str | Path) -> dict[str, Any] | None:
@@ -168,8 +173,10 @@ def train_worker(spec: WorkerSpec) -> dict[str, Any]:
         rank, world = comm.rank, comm.world_size
         validation = read_pairs(spec.validation_files, hp.num_entity_vectors) if rank == 0 else None
 
-        def shard(epoch: int) -> EncodedPairs:
-            return data_for_epoch(spec.buckets, rank, world, epoch, topts.seed, hp.num_entity_vectors)
+        def shard(epoch: int) -> ShardStream:
+            return data_for_epoch(
+                spec.buckets, rank, world, epoch, topts.seed, hp.num_entity_vectors, topts.shuffle_buffer_rows
+            )
 
         def checkpoint(trainer: Trainer, history: list[EpochMetrics]) -> None:
             if rank == 0:

@@ -14,14 +14,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 
 from ipinsights.core.config import Hyperparameters, ModelOptions, TrainOptions, config_from_dict
+from ipinsights.core.errors import DataFormatError
 from ipinsights.core.hashing import buckets_of
 from ipinsights.storage.files import atomic_write, read_bytes
 from ipinsights.storage.parquet import read_parquet_files
 from ipinsights.train.data import EncodedPairs
 
-__all__ = ["RunSpec", "read_pairs", "write_metrics"]
+__all__ = ["PAIR_COLUMNS", "RunSpec", "encoded_pairs", "read_pairs", "write_metrics"]
 
 
 @dataclass(kw_only=True)
@@ -50,18 +52,32 @@ class RunSpec:
         return read_bytes(self.entity_stats_file) if self.entity_stats_file else None
 
 
+#: The columns of an encoded-pair work file (:mod:`ipinsights.train.prepare` writes them).
+PAIR_COLUMNS = ["entity_hash", "ip"]
+
+
 def read_pairs(files: Sequence[str], num_entity_vectors: int) -> EncodedPairs:
     """Encoded pairs from work files of (64-bit ``entity_hash``, ``ip``) rows: local paths, file: or s3 URIs.
 
     The files hold the entities' full hashes, so that a run chooses its ``num_entity_vectors`` (a
     tuning trial may tune it); the row is :func:`ipinsights.core.hashing.buckets_of` the hash, as for
-    every other entity row.
+    every other entity row. All of it is read into memory: a training rank streams its shard instead
+    (:mod:`ipinsights.train.stream`).
     """
     if not files:  # a rank may be dealt no bucket in an epoch
         return EncodedPairs(np.zeros(0, np.int64), np.zeros(0, np.int64))
-    t = read_parquet_files(files, ["entity_hash", "ip"])
-    rows = buckets_of(np.asarray(t["entity_hash"].to_numpy()).view(np.uint64), num_entity_vectors)
-    return EncodedPairs(rows, np.array(t["ip"].to_numpy(), dtype=np.int64))  # a copy: Arrow's view is read-only
+    what = files[0] if len(files) == 1 else f"{files[0]} (and {len(files) - 1} more files)"
+    return encoded_pairs(read_parquet_files(files, PAIR_COLUMNS), num_entity_vectors, what)
+
+
+def encoded_pairs(table: pa.Table, num_entity_vectors: int, what: str) -> EncodedPairs:
+    """The pairs of a table of work-file rows (``what``: where it was read, for errors)."""
+    try:
+        hashes = np.asarray(table["entity_hash"].to_numpy(), dtype=np.int64)
+        ips = np.array(table["ip"].to_numpy(), dtype=np.int64)  # a copy: Arrow's view is read-only
+    except (KeyError, TypeError, ValueError, pa.ArrowException) as exc:
+        raise DataFormatError(f"{what}: not encoded (entity_hash, ip) pairs: {exc}") from exc
+    return EncodedPairs(buckets_of(hashes.view(np.uint64), num_entity_vectors), ips)
 
 
 def write_metrics(path: str | Path, history: Iterable[Mapping[str, Any]]) -> None:

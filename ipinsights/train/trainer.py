@@ -35,7 +35,7 @@ from ipinsights.core.metrics import roc_auc
 from ipinsights.core.model import IPInsightsModel
 from ipinsights.storage.modelfile import load_model, save_model
 from ipinsights.train.comm import Comm, LocalComm
-from ipinsights.train.data import EncodedPairs, random_ips_like
+from ipinsights.train.data import BatchSource, EncodedPairs, random_ips_like
 from ipinsights.train.optim import RowAdam, coalesce_rows
 
 log = logging.getLogger(__name__)
@@ -211,7 +211,7 @@ class Trainer:
     # ---- epochs -------------------------------------------------------------------------------
     def fit(
         self,
-        train: EncodedPairs | Callable[[int], EncodedPairs],
+        train: EncodedPairs | Callable[[int], BatchSource],
         validation: EncodedPairs | None = None,
         epochs: int | None = None,
         on_epoch_end: Callable[[EpochMetrics], bool | None] | None = None,
@@ -224,8 +224,9 @@ class Trainer:
         too: a rank on an executor sends them to the driver that way (:mod:`ipinsights.train.progress`).
 
         ``train`` is either the pairs (shuffled here each epoch with a seeded permutation) or a
-        function ``epoch -> pairs`` returning that epoch's data already in order: the distributed job
-        hands each rank a different shard every epoch, for a shuffle across the whole data set.
+        function ``epoch -> batch source`` returning that epoch's data already in order: the distributed
+        job hands each rank a different shard every epoch, for a shuffle across the whole data set, and
+        streams it from its files (:class:`ipinsights.train.stream.ShardStream`).
         """
         end = self.hp.epochs if epochs is None else self.epoch + epochs
         history = []
@@ -233,16 +234,14 @@ class Trainer:
         while self.epoch < end:
             epoch = self.epoch + 1
             if callable(train):
-                data = train(epoch)
-                idx = np.arange(len(data))
+                data: BatchSource = train(epoch)
+                batches = data.batches(bs, self.device)
             else:
                 data = train
-                idx = self._permutation(len(data), epoch)
+                batches = train.batches(bs, self.device, self._permutation(len(data), epoch))
             self._seed_negatives(epoch)
-            ent_all = torch.as_tensor(data.entity_rows, device=self.device)
-            ips_all = torch.as_tensor(data.ips, device=self.device)
-            idx_t = torch.as_tensor(idx, device=self.device)
-            n_steps = self.comm.min_int(math.ceil(len(idx) / bs) if len(idx) else 0)
+            # Every rank takes the same number of steps; a stream knows its length before it is read.
+            n_steps = self.comm.min_int(math.ceil(len(data) / bs))
             self.model.train()
             t0 = time.perf_counter()
             tot = torch.zeros(3, dtype=torch.float64)  # loss*n, correct, n
@@ -250,8 +249,7 @@ class Trainer:
             bar = self._progress(n_steps, epoch)
             last_report = t0
             for step in range(n_steps):
-                b = idx_t[step * bs : (step + 1) * bs]
-                loss_sum, correct, n = self._step(ent_all[b], ips_all[b])
+                loss_sum, correct, n = self._step(*next(batches))
                 win += (loss_sum, correct, n)
                 publish = (step + 1) % self.hp.batch_metrics_publish_interval == 0 or step + 1 == n_steps
                 if self.comm.rank == 0 and (publish or time.perf_counter() - last_report >= PROGRESS_SECONDS):
@@ -269,9 +267,10 @@ class Trainer:
                     bar.update(1)
             if bar is not None:
                 bar.close()
+            batches.close()  # a rank with more data than the others stops reading its stream
             tot_loss, tot_correct, tot_n = self.comm.allreduce_sum(tot).tolist()
             seconds = time.perf_counter() - t0
-            pairs = int(self.comm.allreduce_sum(torch.tensor([float(min(len(idx), n_steps * bs))]))[0])
+            pairs = int(self.comm.allreduce_sum(torch.tensor([float(min(len(data), n_steps * bs))]))[0])
             metrics = EpochMetrics(
                 epoch=epoch,
                 loss=tot_loss / max(tot_n, 1),
@@ -409,7 +408,7 @@ def train_model(
     hp: Hyperparameters,
     model_options: ModelOptions,
     options: TrainOptions,
-    train: EncodedPairs | Callable[[int], EncodedPairs],
+    train: EncodedPairs | Callable[[int], BatchSource],
     validation: EncodedPairs | None = None,
     *,
     comm: Comm | None = None,
