@@ -10,7 +10,8 @@ or ``--train-csv FILE`` (SageMaker's headerless entity,ip format) instead of ``-
 Writes OUTPUT/model/ (the model file), OUTPUT/metrics.jsonl (one line per epoch: loss, accuracy,
 discriminator_auc, pairs/s, communication cost), OUTPUT/config.json (the resolved config),
 OUTPUT/checkpoints/ (one per epoch, for --resume) and OUTPUT/work/ (the prepared buckets).
-Exit status: 0 ok, 2 bad configuration or no valid training pair.
+Exit status: 0 ok, 1 training diverged (the last good checkpoint is kept), 2 bad configuration or no valid
+training pair.
 """
 
 from __future__ import annotations
@@ -22,9 +23,10 @@ from collections.abc import Sequence
 
 from ipinsights.core.config import TrainConfig
 from ipinsights.train.job import TrainInputs, run_train_job
+from ipinsights.train.trainer import DivergedError
 from ipinsights_jobs._common import Job, JobContext, add_spark_args, from_args, parse_with_overrides
 
-JOB = Job("train", TrainConfig)
+JOB = Job("train", TrainConfig, errors=[(DivergedError, 1)])  # a message, not a traceback
 
 
 def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str]]:

@@ -112,3 +112,9 @@ def test_model_options_validated():
         ModelOptions(ip_prefix_lengths=(16, 8))
     with pytest.raises(ConfigError, match=r"ip_prefix_lengths\[\]=33"):
         ModelOptions(ip_prefix_lengths=(8, 33))
+
+
+def test_model_size_checked_when_the_config_loads():
+    """The 8 GiB cap is a config error at load time (before any Spark work), not when the model is built."""
+    with pytest.raises(ConfigError, match=r"model of 38.2 GiB exceeds the 8 GiB limit"):
+        load_config(TrainConfig, "conf/train.yml", ["--num_entity_vectors=2000000", "--vector_dim=4096"])

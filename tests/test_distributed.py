@@ -144,6 +144,46 @@ def test_checkpoints_belong_to_their_run(spark, events, tmp_path):
     assert resumed["run_id"] == latest["run_id"] and not (ckpt / latest["files"][0]).exists()
 
 
+class _ExecutorLostError(Exception):
+    """Stands for the executor dying after a checkpoint (the test's fault injection)."""
+
+
+@pytest.mark.spark
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_a_retried_attempt_resumes_its_own_run(spark, events, tmp_path, monkeypatch, caplog):
+    """Spark retries a failed training stage by running the same spec again: the retry finds its own run's
+    checkpoint and continues it (epoch 1 is not trained again) instead of starting over into the folder."""
+    from ipinsights.train import distributed
+
+    real_worker, real_save = distributed.train_worker, distributed._save_checkpoint
+    attempts: list[str] = []
+    first_attempt: list[dict] = []  # its epoch-1 record, as checkpointed before it died
+
+    def dies_after_first_checkpoint(trainer, spec, history, run_id):
+        real_save(trainer, spec, history, run_id)
+        first_attempt.extend(json.loads((Path(spec.checkpoint_dir) / "latest.json").read_text())["history"])
+        raise _ExecutorLostError
+
+    def attempt_twice(spec):
+        attempts.append(spec.run_id)
+        with monkeypatch.context() as patch, pytest.raises(_ExecutorLostError):
+            patch.setattr(distributed, "_save_checkpoint", dies_after_first_checkpoint)
+            real_worker(spec)
+        attempts.append(spec.run_id)
+        return real_worker(spec)  # the retry: the very same spec
+
+    monkeypatch.setattr(distributed, "train_worker", attempt_twice)
+    ckpt = tmp_path / "run" / "checkpoints"
+    with caplog.at_level("WARNING", logger="ipinsights.train.distributed"):
+        metrics = _train(events, tmp_path / "run", "local", "--epochs=2", workers=1)
+    assert len(attempts) == 2 and attempts[0] == attempts[1]
+    assert any("this retried attempt resumes it" in r.getMessage() for r in caplog.records)
+    assert [m["epoch"] for m in first_attempt] == [1]
+    assert [m["epoch"] for m in metrics] == [1, 2] and metrics[0] == first_attempt[0]  # not trained again
+    assert json.loads((ckpt / "latest.json").read_text())["run_id"] == attempts[0]
+
+
 @pytest.mark.spark
 @pytest.mark.slow
 @pytest.mark.timeout(600)

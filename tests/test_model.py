@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -223,3 +225,45 @@ def test_train_model_stops_when_asked_and_saves_what_it_trained(world, tmp_path)
     m = res.history[0]
     m.extra["comm_bytes"] = 5.0
     assert EpochMetrics.from_dict(m.as_dict()) == m
+
+
+def test_a_diverging_run_stops_before_its_checkpoint_and_model(world, tmp_path):
+    """Weights that turn non-finite stop training with DivergedError: the diverged epoch is in the history,
+    but it is never checkpointed (the last good checkpoint stays the latest) and no model is saved."""
+    from ipinsights.train.trainer import DivergedError
+
+    hp = Hyperparameters(**{**HP, "epochs": 3})
+    train = encode_pairs(world.train["entity"][:2000], world.train["ip"][:2000], hp.num_entity_vectors, 0)
+    checkpointed = []
+
+    def checkpoint_then_blow_up(trainer, history):
+        checkpointed.append(trainer.epoch)
+        trainer.model.ip_table.data[:50] = float("inf")  # what a too-large learning rate does, made certain
+
+    history = []
+    with pytest.raises(DivergedError, match=r"diverged at epoch 2: loss=nan, non-finite weights in entity_table"):
+        train_model(hp, ModelOptions(), OPTS, train, on_epoch_end=checkpoint_then_blow_up, history=history,
+                    model_dir=tmp_path / "m")  # fmt: skip
+    assert checkpointed == [1] and [m.epoch for m in history] == [1, 2]
+    assert not (tmp_path / "m").exists()
+
+
+def test_resumed_ranks_draw_their_own_negatives(world):
+    """After a resume from rank 0's checkpoint, rank 1 still samples its own negatives: two ranks given the
+    same state and data train apart (before, both restored rank 0's sampler and drew identical negatives)."""
+    from ipinsights.train.comm import LocalComm
+
+    hp = Hyperparameters(**{**HP, "epochs": 2})
+    train = encode_pairs(world.train["entity"][:2000], world.train["ip"][:2000], hp.num_entity_vectors, 0)
+    first = Trainer(build_model(hp, ModelOptions(), 0), hp, OPTS)
+    first.fit(train, epochs=1)
+    state = first.state_dict()
+    models = []  # (each rank loads its own copy of the state, as each would from the checkpoint file)
+    for rank in (0, 1):
+        comm = LocalComm()
+        comm.rank = rank  # a world whose collectives are identities: only the rank id differs
+        trainer = Trainer(build_model(hp, ModelOptions(), 0), hp, OPTS, comm=comm)
+        trainer.load_state_dict(copy.deepcopy(state))
+        trainer.fit(train)
+        models.append(trainer.model.entity_table.detach().clone())
+    assert not torch.equal(models[0], models[1])

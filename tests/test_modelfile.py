@@ -107,6 +107,38 @@ def _bad_hyperparameter(path):
     (path / "model.json").write_text(json.dumps(m))
 
 
+def _replace_file(path, name, data: bytes):
+    """Replace a model file and record it in the manifest, as a tool (or an attacker) could."""
+    import hashlib
+
+    (path / name).write_bytes(data)
+    m = json.loads((path / "model.json").read_text())
+    m["files"][name] = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+    (path / "model.json").write_text(json.dumps(m))
+
+
+def _escaping_name(path):
+    m = json.loads((path / "model.json").read_text())
+    m["files"]["../../etc/hostname"] = {"sha256": "0" * 64, "bytes": 1}
+    (path / "model.json").write_text(json.dumps(m))
+
+
+def _nan_weights(path):
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(str(path / "weights.safetensors"))
+    tensors["entity_table"][3, 0] = float("nan")
+    save_file(tensors, str(path / "weights.safetensors"))
+    _replace_file(path, "weights.safetensors", (path / "weights.safetensors").read_bytes())
+
+
+def _oversized(path):
+    m = json.loads((path / "model.json").read_text())
+    m["hyperparameters"]["num_entity_vectors"] = 250_000_000
+    m["hyperparameters"]["vector_dim"] = 4096
+    (path / "model.json").write_text(json.dumps(m))
+
+
 @pytest.mark.parametrize(
     ("damage", "text"),
     [
@@ -118,6 +150,9 @@ def _bad_hyperparameter(path):
         (_no_weights, "missing"),
         (_bad_shape, "do not match"),
         (_bad_hyperparameter, "epochs=0 is out of range"),
+        (_escaping_name, "'../../etc/hostname', which is not a file name inside the model directory"),
+        (_nan_weights, "NaN or infinite weights in entity_table"),
+        (_oversized, "exceeds the 8 GiB limit"),
     ],
 )
 def test_damaged_model_refused(model_dir, damage, text):
@@ -150,3 +185,21 @@ def test_pickle_is_never_loaded(model_dir):
     with pytest.raises(ModelFileError, match="not a readable safetensors file"):
         load_model(path)
     shutil.rmtree(path)
+
+
+def test_a_model_with_non_finite_weights_is_never_saved(tmp_path):
+    hp = Hyperparameters(num_entity_vectors=64, vector_dim=8)
+    model = build_model(hp, ModelOptions(ip_hash_buckets=512), seed=1)
+    model.ip_table.data[5, 2] = float("inf")
+    with pytest.raises(ValueError, match="NaN or infinite weights in ip_table"):
+        save_model(model, tmp_path / "model")
+    assert list(tmp_path.iterdir()) == []  # nothing half-written either
+
+
+def test_unreadable_entity_stats_is_a_model_file_error(model_dir):
+    """A bad entities.safetensors (checksums updated to match) is a ModelFileError naming it, not a raw
+    SafetensorError that a job or the endpoint would show as a traceback."""
+    path, _ = model_dir
+    _replace_file(path, "entities.safetensors", b"definitely not safetensors")
+    with pytest.raises(ModelFileError, match=r"entities\.safetensors: not a readable entity stats file"):
+        Scorer.load(path)

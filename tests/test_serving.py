@@ -179,6 +179,8 @@ BAD_REQUESTS = [
     ("surrogate", INV, JSON_H, b'{"instances": [{"features": ["\\ud800", "1.2.3.4"]}]}', 400, "lone surrogate"),
     ("jsonlines", INV, {"Content-Type": "application/jsonlines"},
      b'{"features": ["u", "1.2.3.4"]}\n{"features": ["u", "1.2.3.4"\n', 400, r"record 2 \(line 2\)"),
+    ("long entity", INV, CSV_H, b"u,1.2.3.4\n" + b"x" * 1025 + b",1.2.3.4\n", 400,
+     r"record 2 \(line 2\): the entity is 1025 bytes; entities are at most 1024 bytes"),
     ("too big", INV, CSV_H, b"u,1.2.3.4\n" * 500, 413, f"exceeds the limit of {MAX_BODY} bytes"),
     ("too many", INV, CSV_H, b"u,1.2.3.4\n" * (MAX_RECORDS + 1), 413, f"more than {MAX_RECORDS} records"),
     ("flag", INV + "?anomaly=maybe", CSV_H, ONE, 400, "anomaly='maybe' must be true or false"),

@@ -268,7 +268,7 @@ def test_diverging_trial_fails_and_the_job_goes_on(toy, tmp_path, monkeypatch):
     records = run_trials(cfg, base, data, tmp_path / "trials", submit)
     assert [r.status for r in records] == [COMPLETED, FAILED, COMPLETED]
     failed = records[1]
-    assert failed.error.startswith("FloatingPointError: diverged at epoch 1") and failed.objective is None
+    assert failed.error.startswith("DivergedError: diverged at epoch 1") and failed.objective is None
     assert failed.model_dir is None and not (tmp_path / "trials" / "trial-001" / "model").exists()
     assert [h["epoch"] for h in failed.history] == [1]  # the epoch it diverged in is recorded
     assert (tmp_path / "trials" / "trial-001" / "metrics.jsonl").exists()

@@ -23,6 +23,9 @@ if TYPE_CHECKING:
     from _typeshed import DataclassInstance
 
 __all__ = [
+    "check_model_size",
+    "estimated_model_bytes",
+    "ip_level_sizes",
     "ConfigError",
     "Hyperparameters",
     "ModelOptions",
@@ -182,6 +185,8 @@ class DistributedOptions:
     #: different set of them (then shuffles rows locally), so data is shuffled across all ranks.
     buckets_per_worker: int = 8
     checkpoint_keep: int = 2
+    #: A rank waits this long for the others in a collective, then the job fails naming the missing rank.
+    timeout_seconds: int = 300
 
     def __post_init__(self) -> None:
         if self.backend not in ("torch", "horovod", "local"):
@@ -191,6 +196,7 @@ class DistributedOptions:
             raise ConfigError(f"use_gpu={self.use_gpu!r} must be one of auto, true, false")
         check_int("buckets_per_worker", self.buckets_per_worker, 1, 1024)
         check_int("checkpoint_keep", self.checkpoint_keep, 1, 1000)
+        check_int("timeout_seconds", self.timeout_seconds, 1, 86400)
 
 
 @dataclass(frozen=True)
@@ -201,6 +207,32 @@ class TrainConfig:
     model: ModelOptions = field(default_factory=ModelOptions)
     train: TrainOptions = field(default_factory=TrainOptions)
     distributed: DistributedOptions = field(default_factory=DistributedOptions)
+
+    def __post_init__(self) -> None:
+        check_model_size(self.hyperparameters, self.model)  # when the config loads, before any Spark work
+
+
+def ip_level_sizes(opts: ModelOptions) -> list[int]:
+    """Rows of ``ip_table`` per prefix level, IPv4 levels then IPv6 ones: exact when small, else hashed."""
+    v4 = [min(2**p, opts.ip_hash_buckets) for p in opts.ip_prefix_lengths]
+    return v4 + [min(2**p, opts.ipv6_hash_buckets) for p in opts.ipv6_prefix_lengths]
+
+
+def estimated_model_bytes(hp: Hyperparameters, opts: ModelOptions) -> int:
+    """Size of the float32 weights (what a model file holds)."""
+    rows = hp.num_entity_vectors + sum(ip_level_sizes(opts))
+    dense = hp.num_ip_encoder_layers * (hp.vector_dim * hp.vector_dim + hp.vector_dim)
+    return 4 * (rows * hp.vector_dim + dense)
+
+
+def check_model_size(hp: Hyperparameters, opts: ModelOptions) -> None:
+    """Refuse a model over ``MAX_MODEL_BYTES`` (SageMaker's documented 8 GB limit)."""
+    size = estimated_model_bytes(hp, opts)
+    if size > MAX_MODEL_BYTES:
+        raise ConfigError(
+            f"model of {size / 1024**3:.1f} GiB exceeds the {MAX_MODEL_BYTES / 1024**3:.0f} GiB limit: "
+            f"lower num_entity_vectors={hp.num_entity_vectors}, vector_dim={hp.vector_dim} or ip_hash_buckets"
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -273,6 +305,12 @@ def config_from_dict(cls: type[C], data: Mapping[str, Any], _prefix: str = "") -
     """Build dataclass ``cls`` from a (nested) mapping; unknown keys are refused, not ignored."""
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
+    for key in data:
+        if not isinstance(key, str):  # YAML reads unquoted 1, true, on, null as numbers, booleans, None
+            raise ConfigError(
+                f"setting name {_prefix}{key!r} ({type(key).__name__}) is not a string (quote it); "
+                f"known: {sorted(names)}"
+            )
     unknown = sorted(set(data) - names)
     if unknown:
         raise ConfigError(f"unknown setting(s) {', '.join(_prefix + u for u in unknown)}; known: {sorted(names)}")

@@ -9,8 +9,11 @@ on any machine and any Python version, for as long as a model file lives, so Pyt
     h = splitmix64(h XOR byte_length)
     bucket = h mod num_buckets
 
-It runs vectorized over the Arrow string buffer: the Python loop is over byte positions, with the rows
-sorted by length so that each step touches only the strings that are still that long.
+It runs vectorized over the Arrow string buffer. Many strings: the Python loop is over byte positions,
+with the rows sorted by length so that each step touches only the strings that are still that long.
+Few long strings (the tail of that loop, or one huge entity): one loop step per byte would cost
+microseconds a byte, so their remaining bytes go through :func:`_fnv_segments`, which computes the same
+FNV-1a chain for all bytes at once (a fixed number of array passes, whatever the length).
 """
 
 from __future__ import annotations
@@ -23,9 +26,12 @@ import pyarrow as pa
 
 from ipinsights.core.ip import to_string_array
 
-__all__ = ["HASH_VERSION", "buckets_of", "hash_strings", "entity_buckets"]
+__all__ = ["HASH_VERSION", "MAX_ENTITY_BYTES", "buckets_of", "hash_strings", "entity_buckets"]
 
 HASH_VERSION = 1
+#: Default cap on an entity's UTF-8 length, for ingest and the endpoint: real user names, ids and agents are
+#: far shorter, and hashing (and storing) megabytes of one entity is work an attacker would choose.
+MAX_ENTITY_BYTES = 1024
 _FNV_PRIME = np.uint64(0x100000001B3)
 _M1 = np.uint64(0xBF58476D1CE4E5B9)
 _M2 = np.uint64(0x94D049BB133111EB)
@@ -37,6 +43,92 @@ def _splitmix64(x: npt.NDArray[np.uint64]) -> npt.NDArray[np.uint64]:
     x = (x ^ (x >> np.uint64(30))) * _M1
     x = (x ^ (x >> np.uint64(27))) * _M2
     return x ^ (x >> np.uint64(31))
+
+
+# The position loop hands the rest of the rows to _fnv_segments once fewer than this many are still active
+# and at least _SCAN_MIN_BYTES positions remain: a loop step costs a few numpy calls (microseconds) whatever
+# the row count, _fnv_segments about a hundred calls once plus tens of nanoseconds a byte.
+_SCAN_ROWS = 64
+_SCAN_MIN_BYTES = 128
+# Bytes given to one _fnv_segments call (it needs ~50 bytes of scratch memory a byte); a longer row goes alone.
+_SCAN_CHUNK_BYTES = 1 << 20
+
+
+def _prefix_xor(bits: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint8]:
+    """Inclusive running XOR of a 0/1 array, 64 bits a word (numpy's accumulate goes one element a step)."""
+    n = len(bits)
+    words = np.packbits(np.concatenate([bits, np.zeros(-n % 64, np.uint8)]), bitorder="little").view("<u8")
+    for shift in (1, 2, 4, 8, 16, 32):  # running XOR inside each word
+        words ^= words << np.uint64(shift)
+    parity = (words >> np.uint64(63)).astype(np.uint8)
+    carry = np.zeros(len(words), np.uint64)
+    carry[1:] = np.bitwise_xor.accumulate(parity)[:-1]
+    words ^= np.uint64(0) - carry  # flip a word whose preceding bits XOR to 1
+    return np.unpackbits(words.view(np.uint8), bitorder="little")[:n]
+
+
+def _fnv_segments(data: npt.NDArray[np.uint8], lengths: npt.NDArray[np.int64], h: npt.NDArray[np.uint64]) -> np.ndarray:
+    """The FNV-1a steps of every byte: row ``i`` starts from ``h[i]`` and eats the next ``lengths[i]`` bytes of
+    ``data`` (the rows' bytes, back to back). Vectorised over bytes as well as rows, so one long row is fast.
+
+    Why it can be: ``(h ^ b) * P`` equals ``(h + d) * P`` with ``d = (low8(h) ^ b) - low8(h)``, so once the low
+    byte of every state is known the result is a sum, ``h * P**n + sum_i d_i * P**(n - i)`` (mod 2**64). The
+    low bytes form a chain of their own (low bits of a product depend only on low bits), and bit ``k`` of
+    ``(x * P)`` is ``x_k`` XOR a function of bits ``0..k-1`` of ``x`` (P is odd), so with the lower bits of
+    every state known, bit ``k`` of every state is a running XOR: eight passes give the whole low byte.
+    """
+    out = h.copy()
+    nz = np.flatnonzero(lengths > 0)
+    if not nz.size:
+        return out
+    ln = lengths[nz]
+    start = np.cumsum(ln) - ln
+    s0 = (h[nz] & np.uint64(0xFF)).astype(np.uint8)  # low byte of each row's state before its first byte
+    n = len(data)
+    low = np.zeros(n, np.uint8)  # low byte of the state after each byte, built a bit per pass
+    prev = np.empty(n, np.uint8)  # ... and before it
+    x = np.empty(n, np.uint8)
+    low_p = np.uint8(_FNV_PRIME & np.uint64(0xFF))
+    for k in range(8):
+        prev[1:] = low[:-1]
+        prev[start] = s0
+        np.bitwise_xor(prev, data, out=x)
+        np.bitwise_and(x, np.uint8((1 << k) - 1), out=x)
+        np.multiply(x, low_p, out=x)  # bit k of (lower bits of x) * P: what the lower bits carry into bit k
+        np.right_shift(x, np.uint8(k), out=x)
+        np.bitwise_xor(x, np.right_shift(data, np.uint8(k)), out=x)
+        np.bitwise_and(x, np.uint8(1), out=x)  # how bit k of the state changes at each byte
+        run = _prefix_xor(x)
+        # restart the running XOR at each row, from bit k of the row's initial state
+        base = np.zeros(len(nz), np.uint8)
+        base[1:] = run[start[1:] - 1]
+        base ^= (s0 >> np.uint8(k)) & np.uint8(1)
+        run ^= np.repeat(base, ln)
+        low |= run << np.uint8(k)
+    prev[1:] = low[:-1]
+    prev[start] = s0
+    d = (prev ^ data).astype(np.int64) - prev.astype(np.int64)  # (h ^ b) - h, in [-255, 255]
+    powers = np.cumprod(np.full(int(ln.max()) + 1, _FNV_PRIME, np.uint64))  # P**1 .. P**(max + 1)
+    # byte at position p of a row ending at e (exclusive) is multiplied by P**(e - p)
+    exponent = np.repeat(start + ln, ln) - np.arange(n)
+    terms = d.view(np.uint64) * powers[exponent - 1]
+    out[nz] = h[nz] * powers[ln - 1] + np.add.reduceat(terms, start)
+    return out
+
+
+def _fnv_rows(data: np.ndarray, begin: np.ndarray, lengths: np.ndarray, h: np.ndarray) -> np.ndarray:
+    """:func:`_fnv_segments` of the rows ``data[begin[i] : begin[i] + lengths[i]]``, in bounded chunks."""
+    out = np.empty_like(h)
+    ends = np.cumsum(lengths)
+    i = 0
+    while i < len(h):
+        # the rows up to _SCAN_CHUNK_BYTES past this one's start (at least one row)
+        j = max(i + 1, int(np.searchsorted(ends, ends[i] - lengths[i] + _SCAN_CHUNK_BYTES, side="right")))
+        ln = lengths[i:j]
+        idx = np.repeat(begin[i:j] - (np.cumsum(ln) - ln), ln) + np.arange(int(ln.sum()))
+        out[i:j] = _fnv_segments(data[idx], ln, h[i:j])
+        i = j
+    return out
 
 
 def hash_strings(values: Iterable[str] | pa.Array | np.ndarray, seed: int) -> np.ndarray:
@@ -60,13 +152,18 @@ def hash_strings(values: Iterable[str] | pa.Array | np.ndarray, seed: int) -> np
         max_len = int(sorted_len[0]) if n else 0
         # count of rows whose length exceeds position j, for every j, via one searchsorted
         active = np.searchsorted(-sorted_len, -np.arange(max_len), side="left")
-        for j in range(max_len):
+        few = np.flatnonzero(active < _SCAN_ROWS)
+        stop = int(few[0]) if few.size and max_len - int(few[0]) >= _SCAN_MIN_BYTES else max_len
+        for j in range(stop):
             k = int(active[j])
             hk, pk = h[:k], pos[:k]
             # In place: this loop runs once per byte position over every row, temporaries cost more than the math.
             np.bitwise_xor(hk, data.take(pk), out=hk)
             np.multiply(hk, _FNV_PRIME, out=hk)
             pk += 1
+        if stop < max_len:
+            k = int(active[stop])
+            h[:k] = _fnv_rows(data, pos[:k], sorted_len[:k] - stop, h[:k])
         h = _splitmix64(h ^ sorted_len.astype(np.uint64))
     out = np.empty(n, dtype=np.uint64)
     out[order] = h

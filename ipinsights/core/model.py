@@ -28,25 +28,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ipinsights.core.config import IPV4_KEYS, MAX_MODEL_BYTES, ConfigError, Hyperparameters, ModelOptions
+from ipinsights.core.config import (
+    IPV4_KEYS,
+    Hyperparameters,
+    ModelOptions,
+    check_model_size,
+    estimated_model_bytes,
+    ip_level_sizes,
+)
 
 __all__ = ["IPInsightsModel", "ip_level_sizes", "estimated_model_bytes"]
 
 _MIX = -7046029254386353131  # 0x9E3779B97F4A7C15 as a signed 64-bit integer (torch has no uint64 math)
 _MIX2 = -4658895280553007687  # 0xBF58476D1CE4E5B9 likewise
-
-
-def ip_level_sizes(opts: ModelOptions) -> list[int]:
-    """Rows of ``ip_table`` per prefix level, IPv4 levels then IPv6 ones: exact when small, else hashed."""
-    v4 = [min(2**p, opts.ip_hash_buckets) for p in opts.ip_prefix_lengths]
-    return v4 + [min(2**p, opts.ipv6_hash_buckets) for p in opts.ipv6_prefix_lengths]
-
-
-def estimated_model_bytes(hp: Hyperparameters, opts: ModelOptions) -> int:
-    """Size of the float32 weights (what a model file holds)."""
-    rows = hp.num_entity_vectors + sum(ip_level_sizes(opts))
-    dense = hp.num_ip_encoder_layers * (hp.vector_dim * hp.vector_dim + hp.vector_dim)
-    return 4 * (rows * hp.vector_dim + dense)
 
 
 class _Levels(nn.Module):
@@ -94,12 +88,7 @@ class IPInsightsModel(nn.Module):
 
     def __init__(self, hp: Hyperparameters, opts: ModelOptions) -> None:
         super().__init__()
-        size = estimated_model_bytes(hp, opts)
-        if size > MAX_MODEL_BYTES:
-            raise ConfigError(
-                f"model of {size / 1024**3:.1f} GiB exceeds the {MAX_MODEL_BYTES / 1024**3:.0f} GiB limit: "
-                f"lower num_entity_vectors={hp.num_entity_vectors}, vector_dim={hp.vector_dim} or ip_hash_buckets"
-            )
+        check_model_size(hp, opts)
         self.hp = hp
         self.opts = opts
         d = hp.vector_dim

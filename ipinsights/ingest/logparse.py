@@ -40,6 +40,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ipinsights.core.config import ConfigError, check_int
+from ipinsights.core.hashing import MAX_ENTITY_BYTES
 from ipinsights.core.ip import parse_ipv4
 
 if TYPE_CHECKING:
@@ -70,13 +71,14 @@ FILTERED = "filtered"
 REASONS = (
     "empty",  # blank line (nothing but spaces and tabs)
     "overlong",  # longer than max_line_length bytes (not parsed at all)
-    "binary",  # invalid UTF-8 or control characters (in the head of the line, or in the entity)
+    "binary",  # invalid UTF-8 or control characters (in the head of the line; in the entity also tab, CR, LF, C1)
     "truncated",  # ends inside a quoted or bracketed field, or with a dangling backslash
     "field_count",  # not 7 (common) or 9 (combined) fields
     "malformed",  # right number of fields, wrong shape (e.g. status not 3 digits, request not quoted)
     "bad_timestamp",  # not dd/Mon/yyyy:HH:mm:ss +zzzz, or no such date/time
     "bad_ip",  # client address is not a valid IPv4 or IPv6 literal
     "missing_entity",  # the entity field is '-' or empty (e.g. no authenticated user)
+    "entity_too_long",  # the entity is longer than max_entity_bytes (UTF-8)
 )
 #: Every outcome, indexed by the codes :func:`classify_batch` computes with.
 OUTCOMES = (KEPT, FILTERED, *REASONS)
@@ -109,8 +111,11 @@ _FAST_HEAD = (
 _FAST_RE2 = _FAST_HEAD + f'(?: "{_TBODY}" "{_TBODY}")?$'
 _FAST_TAIL_RE2 = _FAST_HEAD + r'(?: "[^"\\]*" "[^"\\]*")?$'
 _FIELDS = ("client", "ident", "user", "time", "request", "status", "referer", "user_agent")
-_BINARY = "[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ufffd]"  # as characters: valid in both engines
+_BINARY = "[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ufffd]"  # binary, in a whole line (_structure_reason)
 _BINARY_PY = re.compile(_BINARY)
+# In an entity every control character is refused: tab, CR and LF too (a query parameter's %0A decodes to
+# one) and C1 controls (U+0085 is a line break to many readers); reports and CSVs must not be split by them.
+_ENTITY_BINARY = "[\x00-\x1f\x7f-\x9f\ufffd]"
 _UNESCAPE = re.compile(r"\\(.)")
 _BAD_PERCENT = re.compile(r"%(?![0-9A-Fa-f]{2})")
 _IPV6_CHARS = re.compile(r"[0-9A-Fa-f:.]{2,45}")
@@ -176,14 +181,17 @@ class EntityOptions:
 @dataclass(frozen=True)
 class LineLimits:
     """Lines longer than ``max_line_length`` bytes are quarantined unparsed (as ``overlong``); a
-    quarantined line keeps at most ``raw_max_chars`` characters."""
+    quarantined line keeps at most ``raw_max_chars`` characters; entities longer than ``max_entity_bytes``
+    (UTF-8) are quarantined as ``entity_too_long``."""
 
     max_line_length: int = 8192
     raw_max_chars: int = 2048
+    max_entity_bytes: int = MAX_ENTITY_BYTES
 
     def __post_init__(self) -> None:
         check_int("max_line_length", self.max_line_length, 64, 1 << 24)
         check_int("raw_max_chars", self.raw_max_chars, 16, 1 << 20)
+        check_int("max_entity_bytes", self.max_entity_bytes, 1, 1 << 24)
 
 
 @dataclass(frozen=True)
@@ -522,9 +530,12 @@ def classify_batch(lines: pa.Array, rules: LineRules = LineRules()) -> pa.Record
     missing = _np(pc.is_null(entity)) | _np(pc.is_in(entity, value_set=pa.array(["-", ""])))
     code[todo & missing] = _CODE["missing_entity"]
     todo &= ~missing
-    binary = _np(pc.fill_null(pc.match_substring_regex(pc.if_else(_mask(todo), entity, ""), _BINARY), False))
+    binary = _np(pc.fill_null(pc.match_substring_regex(pc.if_else(_mask(todo), entity, ""), _ENTITY_BINARY), False))
     code[todo & binary] = _CODE["binary"]
-    kept = todo & ~binary  # code 0: kept
+    todo &= ~binary
+    too_long = _np(pc.fill_null(pc.greater(pc.binary_length(entity), rules.limits.max_entity_bytes), False))
+    code[todo & too_long] = _CODE["entity_too_long"]
+    kept = todo & ~too_long  # code 0: kept
 
     quarantine = ~kept & (code != _CODE[FILTERED])
     raw_text = pa.nulls(n, pa.string())

@@ -9,7 +9,9 @@ Layout under the reports folder::
 Everything shown comes from bounded Spark aggregates (per-day counts, a fixed-bin histogram, the
 top-N flagged rows); no table of scores is collected. Entities and addresses come from logs, so
 everything user-controlled is HTML-escaped, the page forbids scripts (Content-Security-Policy), and
-CSV cells that a spreadsheet would run as a formula are defused.
+CSV cells that a spreadsheet would run as a formula are defused. In both, characters that do not show
+(bidi overrides like U+202E that reorder a name, zero-width and other format characters, controls, odd
+spaces) are written as escapes (:func:`visible_text`), so ``admin\u202e`` cannot pass for another name.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ __all__ = [
     "render_report",
     "write_flagged_csv",
     "write_day_report",
+    "visible_text",
 ]
 
 #: Per-day counts, in report order.
@@ -146,12 +149,38 @@ def histogram_png(hist: Histogram, threshold: float | None = None, title: str = 
     return buf.getvalue()
 
 
+# Letters that render as nothing (Hangul fillers, the braille blank): str.isprintable() lets them pass.
+_BLANK_LETTERS = frozenset("\u115f\u1160\u3164\uffa0\u2800")
+_SHORT_ESCAPES = {"\t": "\\t", "\n": "\\n", "\r": "\\r"}
+
+
+def _escape_char(c: str) -> str:
+    if c.isprintable() and c not in _BLANK_LETTERS:
+        return c
+    if c in _SHORT_ESCAPES:
+        return _SHORT_ESCAPES[c]
+    return f"\\u{ord(c):04x}" if ord(c) <= 0xFFFF else f"\\U{ord(c):08x}"
+
+
+def visible_text(text: str) -> str:
+    """``text`` with every character that does not show as itself written as an escape (``\\u202e``, ``\\t``).
+
+    Escaped: controls, format characters (bidi overrides and isolates, zero-width ones), line and paragraph
+    separators, spaces other than U+0020, private-use, unassigned and surrogate code points (all that
+    ``str.isprintable`` refuses) and letters that render blank. A string that needs an escape also gets its
+    backslashes doubled, so the escaped text reads back one way; other strings are returned unchanged.
+    """
+    if text.isprintable() and _BLANK_LETTERS.isdisjoint(text):
+        return text
+    return "".join(_escape_char(c) for c in text.replace("\\", "\\\\"))
+
+
 def _cell(v: Any) -> str:
     if v is None:
         return "—"
     if isinstance(v, float):
         return f"{v:.4f}"
-    return str(v)
+    return visible_text(str(v))
 
 
 _STYLE = """
@@ -223,9 +252,11 @@ _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
 
 def _csv_safe(v: Any) -> Any:
-    # A log-supplied entity like "=HYPERLINK(...)" would run as a formula when the CSV is opened in a spreadsheet.
-    if isinstance(v, str) and v.startswith(_FORMULA_START):
-        return "'" + v
+    if isinstance(v, str):
+        v = visible_text(v)
+        # A log-supplied entity like "=HYPERLINK(...)" would run as a formula when the CSV is opened in a spreadsheet.
+        if v.startswith(_FORMULA_START):
+            return "'" + v
     return "" if v is None else v
 
 

@@ -30,7 +30,7 @@ from ipinsights.score.verdict import (
     Thresholds,
     flag_rows,
 )
-from ipinsights.storage.modelfile import ModelBundle, load_model
+from ipinsights.storage.modelfile import ModelBundle, ModelFileError, load_model
 
 if TYPE_CHECKING:
     from ipinsights.core.asn import AsnTable
@@ -101,9 +101,7 @@ class Scorer:
         self.batch_size = batch_size or (BATCH_ROWS if self.device.type == "cpu" else GPU_BATCH_ROWS)
         files = bundle.manifest.get("files", {})
         # Models written before entity stats existed (or by tools that skip them) have none.
-        self.entity_stats = (
-            EntityStats.from_bytes(bundle.extra_path(ENTITY_FILE).read_bytes()) if ENTITY_FILE in files else None
-        )
+        self.entity_stats = _entity_stats(bundle) if ENTITY_FILE in files else None
         self._folded: tuple[torch.Tensor, torch.Tensor | None] | None = None  # see _folded_table
         # (stats, profiles, row of each stat)
         self._profile_rows: tuple[EntityStats, EntityProfiles, np.ndarray] | None = None
@@ -378,3 +376,14 @@ def _shared_bits(known: np.ndarray, key: int) -> np.ndarray:
     x = (known.astype(np.int64) ^ np.int64(key)).view(np.uint64)
     bits = np.array([width - int(v).bit_length() for v in x.tolist()])
     return np.where(is_ipv6_key(known) == six, np.maximum(bits, 0), 0)
+
+
+def _entity_stats(bundle: ModelBundle) -> EntityStats:
+    """The model's training entity counts; an unreadable file is a model-file error like any other."""
+    from safetensors import SafetensorError
+
+    path = bundle.extra_path(ENTITY_FILE)
+    try:
+        return EntityStats.from_bytes(path.read_bytes())
+    except (SafetensorError, KeyError, ValueError, OSError) as exc:  # KeyError: a tensor missing
+        raise ModelFileError(f"{path}: not a readable entity stats file: {type(exc).__name__}: {exc}") from None

@@ -240,7 +240,7 @@ def create_app(settings: ServeSettings, scorer=None) -> Starlette:
             )
             options = protocol.Options(media_type, verbose or flags.get("verbose", False), flags.get("anomaly", False))
             body = await _read_body(request, settings.max_body_bytes)
-            records = protocol.parse_records(body, content_type, settings.max_records)
+            records = protocol.parse_records(body, content_type, settings.max_records, settings.max_entity_bytes)
             predictions = await request.app.state.batcher.score(records, options)
             return Response(protocol.format_predictions(predictions, media_type), media_type=media_type)
         except RequestError as exc:

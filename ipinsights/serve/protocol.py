@@ -5,7 +5,11 @@ Inputs (``Content-Type``), as SageMaker documents them:
 - ``text/csv``: headerless rows ``entity,ip`` (RFC 4180 quoting allowed; blank lines skipped);
 - ``application/json``: ``{"instances": [{"data": {"features": {"values": ["user1", "1.2.3.4"]}}},
   {"features": ["user2", "5.6.7.8"]}]}`` (either instance form, mixed freely);
-- ``application/jsonlines``: one such instance per line.
+- ``application/jsonlines``: one such instance per line (lines end at ``\n`` only: JSON strings may hold
+  U+2028 or U+0085, which Python's ``str.splitlines`` would also split on).
+
+A UTF-8 byte order mark at the start of a body is ignored (spreadsheet exports write one). Entities longer than
+``max_entity_bytes`` (UTF-8) are refused naming the record: hashing one costs time linear in its length.
 
 Outputs (``Accept``, default ``application/json``): ``{"predictions": [{"dot_product": 1.23}, ...]}`` or
 ``application/jsonlines`` (one ``{"dot_product": 1.23}`` per line). ``verbose=True`` as an Accept
@@ -30,6 +34,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+from ipinsights.core.hashing import MAX_ENTITY_BYTES
 
 __all__ = [
     "CSV",
@@ -199,9 +205,10 @@ def parse_flags(query: Mapping[str, str], custom_attributes: str | None) -> dict
 
 def _decode(body: bytes) -> str:
     try:
-        return body.decode("utf-8")
+        text = body.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise RequestError(400, f"body is not valid UTF-8 (byte {exc.start}: {exc.reason})") from None
+    return text.removeprefix("\ufeff")  # a byte order mark is no part of the first record
 
 
 def _too_many(max_records: int) -> RequestError:
@@ -289,8 +296,8 @@ def _parse_jsonlines(text: str, max_records: int) -> Records:
     entities: list[str] = []
     ips: list[str] = []
     lines: list[int] = []
-    for lineno, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
+    for lineno, line in enumerate(text.split("\n"), start=1):
+        if not line.strip(" \t\r"):  # JSON's whitespace; a line of other spaces is malformed JSON
             continue
         n = len(entities) + 1
         if n > max_records:
@@ -306,13 +313,30 @@ def _parse_jsonlines(text: str, max_records: int) -> Records:
 _PARSERS = {CSV: _parse_csv, JSON: _parse_json, JSONLINES: _parse_jsonlines}
 
 
-def parse_records(body: bytes, content_type: str, max_records: int) -> Records:
-    """Parse a request body of a supported ``content_type`` (see :func:`read_content_type`) into records."""
+def parse_records(
+    body: bytes, content_type: str, max_records: int, max_entity_bytes: int = MAX_ENTITY_BYTES
+) -> Records:
+    """Parse a request body of a supported ``content_type`` (see :func:`read_content_type`) into records.
+
+    400 naming the first records whose entity is longer than ``max_entity_bytes`` (UTF-8).
+    """
     if not body:
         raise RequestError(400, "empty request body; send at least one entity,ip record")
     records = _PARSERS[content_type](_decode(body), max_records)
     if not len(records):
         raise RequestError(400, "no records in the request body")
+    # A character is 1 to 4 UTF-8 bytes: only entities in between need encoding to be measured.
+    long = [
+        i
+        for i, e in enumerate(records.entities)
+        if len(e) > max_entity_bytes or (4 * len(e) > max_entity_bytes and len(e.encode()) > max_entity_bytes)
+    ]
+    if long:
+        shown = "; ".join(
+            f"{records.where(i)}: the entity is {len(records.entities[i].encode())} bytes" for i in long[:_SHOWN_ERRORS]
+        )
+        more = f" ({len(long)} too long in all)" if len(long) > _SHOWN_ERRORS else ""
+        raise RequestError(400, f"{shown}{more}; entities are at most {max_entity_bytes} bytes (UTF-8)")
     return records
 
 

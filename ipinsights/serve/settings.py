@@ -8,6 +8,7 @@ import os
 from dataclasses import asdict, dataclass
 
 from ipinsights.core.config import ConfigError
+from ipinsights.core.hashing import MAX_ENTITY_BYTES
 
 __all__ = ["SETTINGS_ENV", "DEFAULT_MODEL_DIR", "ServeSettings", "environment_settings", "is_loopback"]
 
@@ -23,7 +24,8 @@ class ServeSettings:
     """How the endpoint runs. ``workers=0`` means one per CPU core.
 
     ``max_body_bytes`` defaults to 6 MiB, SageMaker's real-time payload limit, so a client that works
-    against SageMaker works here; ``max_records`` bounds the work (and the blocking time) of one request.
+    against SageMaker works here; ``max_records`` bounds the work (and the blocking time) of one request,
+    ``max_entity_bytes`` the length (UTF-8) of one entity.
     """
 
     model: str = DEFAULT_MODEL_DIR
@@ -32,6 +34,7 @@ class ServeSettings:
     workers: int = 0
     max_body_bytes: int = 6 * 1024 * 1024
     max_records: int = 10_000
+    max_entity_bytes: int = MAX_ENTITY_BYTES
     keep_alive_seconds: int = 5
     # How long a worker may take to answer the supervisor's health check before it is killed and replaced.
     # Uvicorn's 5 s default kills workers that are still importing torch and loading a large model, or
@@ -52,6 +55,7 @@ class ServeSettings:
             ("workers", 0, 256),
             ("max_body_bytes", 1, 2**31 - 1),
             ("max_records", 1, 10_000_000),
+            ("max_entity_bytes", 1, 2**31 - 1),
             ("keep_alive_seconds", 0, 3600),
             ("worker_healthcheck_seconds", 1, 3600),
             ("learning_period_events", 0, 1_000_000),

@@ -70,6 +70,15 @@ class ModelBundle:
         return self.path / name
 
 
+def _is_plain_name(name: object) -> bool:
+    """A file name that stays inside the model directory: no separators, no ``..``, not hidden."""
+    return isinstance(name, str) and bool(name) and not name.startswith(".") and "/" not in name and "\\" not in name
+
+
+def _non_finite(tensors: Mapping[str, torch.Tensor]) -> list[str]:
+    return [k for k, v in tensors.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+
+
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as fh:
@@ -98,9 +107,11 @@ def save_model(
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
         tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+        if bad := _non_finite(tensors):
+            raise ValueError(f"refusing to save a model with NaN or infinite weights in {', '.join(bad)} (diverged)")
         save_file(tensors, str(tmp / WEIGHTS), metadata={"format": FORMAT, "format_version": str(FORMAT_VERSION)})
         for name, data in (extra_files or {}).items():
-            if "/" in name or name in (MANIFEST, WEIGHTS) or name.startswith("."):
+            if not _is_plain_name(name) or name in (MANIFEST, WEIGHTS):
                 raise ValueError(f"invalid extra file name {name!r}")
             (tmp / name).write_bytes(data)
         files = {
@@ -151,6 +162,9 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
         raise ModelFileError(f"{mpath}: entity hash version {manifest.get('hash_version')!r} is not {HASH_VERSION}")
     if not isinstance(manifest.get("files"), dict) or WEIGHTS not in manifest["files"]:
         raise ModelFileError(f"{mpath}: lists no {WEIGHTS}")
+    # Names come from a file anyone may have written: never let one reach outside the directory.
+    if bad := [n for n in manifest["files"] if not _is_plain_name(n)]:
+        raise ModelFileError(f"{mpath}: lists {bad[0]!r}, which is not a file name inside the model directory")
     return manifest
 
 
@@ -189,11 +203,16 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> ModelBun
         tensors = load_file(str(path / WEIGHTS), device="cpu")
     except (SafetensorError, OSError, ValueError) as exc:
         raise ModelFileError(f"{path / WEIGHTS}: not a readable safetensors file: {exc}") from None
-    model = IPInsightsModel(hp, opts)
+    try:
+        model = IPInsightsModel(hp, opts)
+    except ConfigError as exc:  # e.g. over the size limit
+        raise ModelFileError(f"{path / MANIFEST}: {exc}") from None
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     got = {k: tuple(v.shape) for k, v in tensors.items()}
     if expected != got:
         raise ModelFileError(f"{path / WEIGHTS}: tensors {got} do not match the hyperparameters' shapes {expected}")
+    if bad := _non_finite(tensors):
+        raise ModelFileError(f"{path / WEIGHTS}: NaN or infinite weights in {', '.join(bad)}: a diverged run's model")
     model.load_state_dict(tensors)
     model.to(device).eval()
     return ModelBundle(model=model, hyperparameters=hp, options=opts, manifest=manifest, path=path)

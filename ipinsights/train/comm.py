@@ -5,6 +5,7 @@ single-process backends. Dense gradients are averaged; table gradients travel as
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -13,6 +14,9 @@ from typing import Protocol
 import torch
 
 log = logging.getLogger(__name__)
+
+#: How long a rank waits for the others in any collective (``distributed.timeout_seconds``).
+DEFAULT_TIMEOUT_SECONDS = 300.0
 
 
 @dataclass
@@ -59,7 +63,7 @@ class Comm(Protocol):
 class LocalComm(Comm):
     """A world of one: every collective is the identity."""
 
-    def __init__(self, device: torch.device | None = None) -> None:
+    def __init__(self, device: torch.device | None = None, timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS) -> None:
         self.rank = 0
         self.world_size = 1
         self.stats = CommStats()
@@ -96,15 +100,33 @@ def _unflatten_into(flat: torch.Tensor, tensors: list[torch.Tensor]) -> None:
         offset += n
 
 
-class TorchDistComm(Comm):
-    """torch.distributed (gloo or NCCL), initialised from the env TorchDistributor sets."""
+class RankTimeoutError(RuntimeError):
+    """Another rank did not answer a collective in time: it died, hangs, or never started."""
 
-    def __init__(self, device: torch.device) -> None:
+
+class TorchDistComm(Comm):
+    """torch.distributed (gloo or NCCL), initialised from the env TorchDistributor sets.
+
+    Every collective waits at most ``timeout_seconds`` (torch's default is 30 minutes, so one dead
+    rank stalled the others that long); the per-epoch barrier is gloo's monitored barrier, which
+    names the rank that did not arrive.
+    """
+
+    def __init__(self, device: torch.device, timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS) -> None:
+        import datetime
+
         import torch.distributed as dist
 
         self.dist = dist
+        self.timeout = datetime.timedelta(seconds=timeout_seconds)
         if not dist.is_initialized():
-            dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+            try:
+                dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=self.timeout)
+            except RuntimeError as exc:  # torch's DistStoreError is one
+                raise RankTimeoutError(
+                    f"rank {os.environ.get('RANK', '?')} of {os.environ.get('WORLD_SIZE', '?')}: the other ranks"
+                    f" did not join within {timeout_seconds:g} s ({exc}); see their executors' logs"
+                ) from exc
         self.rank = dist.get_rank()
         self.world_size = dist.get_world_size()
         self.device = device
@@ -150,7 +172,16 @@ class TorchDistComm(Comm):
         return int(t.item())
 
     def barrier(self) -> None:
-        self.dist.barrier()
+        if self.dist.get_backend() != "gloo":
+            self.dist.barrier()
+            return
+        try:
+            self.dist.monitored_barrier(timeout=self.timeout)
+        except RuntimeError as exc:  # its message names the rank(s) that did not arrive
+            raise RankTimeoutError(
+                f"rank {self.rank} of {self.world_size}: a rank did not reach the barrier within"
+                f" {self.timeout.total_seconds():g} s (distributed.timeout_seconds): {exc}"
+            ) from exc
 
     def close(self) -> None:
         # A barrier before tearing down: without it one rank can exit while another still waits in
@@ -162,10 +193,12 @@ class TorchDistComm(Comm):
 class HorovodComm(Comm):
     """Horovod collectives (allgather takes rows of different counts natively)."""
 
-    def __init__(self, device: torch.device) -> None:
+    def __init__(self, device: torch.device, timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS) -> None:
         import horovod.torch as hvd
 
         self.hvd = hvd
+        # Horovod reads its Gloo timeout from the environment only (default 30 s to start up).
+        os.environ.setdefault("HOROVOD_GLOO_TIMEOUT_SECONDS", str(int(timeout_seconds)))
         hvd.init()
         self.rank = hvd.rank()
         self.world_size = hvd.size()
@@ -204,5 +237,9 @@ class HorovodComm(Comm):
         self.hvd.shutdown()
 
 
-#: Backend name -> its :class:`Comm`, built from the rank's device.
-COMMS: dict[str, Callable[[torch.device], Comm]] = {"torch": TorchDistComm, "horovod": HorovodComm, "local": LocalComm}
+#: Backend name -> its :class:`Comm`, built from the rank's device and the collectives' timeout.
+COMMS: dict[str, Callable[[torch.device, float], Comm]] = {
+    "torch": TorchDistComm,
+    "horovod": HorovodComm,
+    "local": LocalComm,
+}

@@ -27,7 +27,7 @@ import logging
 import os
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +55,10 @@ class WorkerSpec(RunSpec):
     resume: bool = False
     warm_start: str | None = None
     checkpoint_keep: int = 2
+    timeout_seconds: float = 300.0
+    #: This job's run id. A retried Spark stage runs the same spec again: it finds its own run's
+    #: checkpoint and resumes it, instead of starting over into the same folder.
+    run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
 
 
 def data_for_epoch(
@@ -131,10 +135,16 @@ def train_worker(spec: WorkerSpec) -> dict[str, Any]:
         device = torch.device("cpu")
         # Ranks share the executor's cores; one thread each avoids oversubscription (OpenMP spinning).
         topts = dataclasses.replace(topts, device="cpu", num_threads=topts.num_threads or 1)
-    comm = COMMS[spec.backend](device)
-    # The run that owns the checkpoints rank 0 writes: a resumed run continues the one it resumes.
-    resumed = latest_checkpoint(spec.checkpoint_dir) if spec.resume else None
-    run_id = str((resumed or {}).get("run_id") or uuid.uuid4().hex[:12])
+    comm = COMMS[spec.backend](device, spec.timeout_seconds)
+    # The run that owns the checkpoints rank 0 writes: a resumed run continues the one it resumes,
+    # and a retried attempt of this job (same spec, same run id) continues its own checkpoints.
+    latest = latest_checkpoint(spec.checkpoint_dir) or {}
+    retried = latest.get("run_id") == spec.run_id
+    resume = spec.resume or retried
+    if retried and not spec.resume:
+        log.warning("run %s checkpointed epoch %s here already: this retried attempt resumes it",
+                    spec.run_id, latest.get("epoch"))  # fmt: skip
+    run_id = str((latest.get("run_id") if spec.resume else None) or spec.run_id)
     try:
         rank, world = comm.rank, comm.world_size
         validation = read_pairs(spec.validation_files, hp.num_entity_vectors) if rank == 0 else None
@@ -155,7 +165,7 @@ def train_worker(spec: WorkerSpec) -> dict[str, Any]:
             validation,
             comm=comm,
             warm_start=spec.warm_start,
-            restore=(lambda trainer: _load_checkpoint(trainer, spec)) if spec.resume else None,
+            restore=(lambda trainer: _load_checkpoint(trainer, spec)) if resume else None,
             on_epoch_end=checkpoint,
             model_dir=spec.model_dir,
             entity_stats=spec.entity_stats() if rank == 0 else None,

@@ -21,7 +21,7 @@ from ipinsights.storage.parquet import list_buckets, write_buckets, write_parque
 from ipinsights.storage.sagemaker_csv import read_pairs_csv, read_pairs_spark
 from ipinsights.train.data import encode_pairs
 from ipinsights.train.distributed import WorkerSpec, run_training
-from ipinsights.train.prepare import add_buckets, encode_pairs_df, entity_stats
+from ipinsights.train.prepare import add_buckets, count_entities, encode_pairs_df, valid_pairs
 from ipinsights.train.spec import write_metrics
 from ipinsights.train.trainer import train_model
 
@@ -85,14 +85,16 @@ def run_train_job(
 
     work = out / "work"
     v6 = bool(mopts.ipv6_prefix_lengths)
-    encoded = encode_pairs_df(train_df, mopts.hash_seed, v6).cache()
+    encoded = encode_pairs_df(train_df, mopts.hash_seed, v6, keep_invalid=True).cache()
     n_buckets = dist.num_workers * dist.buckets_per_worker
-    write_buckets(add_buckets(encoded, n_buckets, cfg.train.seed), str(work / "train"))
+    write_buckets(add_buckets(valid_pairs(encoded), n_buckets, cfg.train.seed), str(work / "train"))
     buckets = list_buckets(spark, str(work / "train"), n_buckets)
-    stats = entity_stats(encoded)
+    stats, n_invalid = count_entities(encoded)  # the unusable rows are counted in the same aggregation
     encoded.unpersist()
+    if n_invalid:
+        log.warning("dropped %d training row(s) whose IP address is invalid (or IPv6, with IPv6 levels off)", n_invalid)
     if not len(stats):
-        raise DataFormatError("no valid training pairs in the input")
+        raise DataFormatError(f"no valid training pairs in the input ({n_invalid} row(s) with an unusable IP address)")
     stats_file = work / "entities.safetensors"
     with atomic_write(stats_file, "wb") as fh:
         fh.write(stats.to_bytes())
@@ -116,6 +118,7 @@ def run_train_job(
         resume=resume,
         warm_start=warm_start,
         checkpoint_keep=dist.checkpoint_keep,
+        timeout_seconds=dist.timeout_seconds,
     )
     history = run_training(spark, spec, dist.backend, dist.num_workers, dist.use_gpu)["history"]
     write_metrics(out / "metrics.jsonl", history)
@@ -124,7 +127,8 @@ def run_train_job(
         log.info("epoch %d: loss=%.4f accuracy=%.4f discriminator_auc=%s pairs/s=%.0f", h["epoch"], h["loss"],
                  h["accuracy"], "n/a" if auc is None else f"{auc:.4f}", h["pairs_per_second"])  # fmt: skip
     _log_mlflow(cfg_dict, history, out / "model")
-    return {"model": str(out / "model"), "epochs": len(history), **{k: history[-1].get(k) for k in SUMMARY_KEYS}}
+    summary = {k: history[-1].get(k) for k in SUMMARY_KEYS}
+    return {"model": str(out / "model"), "epochs": len(history), "invalid_ip_rows": n_invalid, **summary}
 
 
 def _log_mlflow(cfg_dict: dict[str, Any], history: list[dict[str, Any]], model_dir: Path) -> None:

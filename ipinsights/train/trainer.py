@@ -41,6 +41,10 @@ from ipinsights.train.optim import RowAdam, coalesce_rows
 log = logging.getLogger(__name__)
 
 
+class DivergedError(FloatingPointError):
+    """The loss or the weights became NaN or infinite (typically a learning rate too large)."""
+
+
 @dataclass
 class EpochMetrics:
     """What one epoch reports (the metrics file holds one of these per epoch)."""
@@ -131,7 +135,17 @@ class Trainer:
         self.entity_opt = RowAdam(model.entity_table.data, hp.learning_rate, hp.weight_decay)
         self.ip_opt = RowAdam(model.ip_table.data, hp.learning_rate, hp.weight_decay)
         # Negatives differ per rank; the data order is the caller's business (see fit's shuffle).
-        self.generator = torch.Generator(device=self.device).manual_seed(options.seed * 1000 + self.comm.rank)
+        self.generator = torch.Generator(device=self.device)
+        self._seed_negatives(0)
+
+    def _seed_negatives(self, epoch: int) -> None:
+        """Seed this rank's negative sampler from (seed, epoch, rank).
+
+        Derived afresh every epoch rather than carried in checkpoints: rank 0 writes the checkpoint, so
+        a restored sampler state would make every rank draw rank 0's negatives after a resume.
+        """
+        seed = np.random.SeedSequence([self.options.seed, epoch, self.comm.rank]).generate_state(1, np.uint64)[0]
+        self.generator.manual_seed(int(seed))
 
     # ---- one step --------------------------------------------------------------------------------
     def _step(self, ent_rows: torch.Tensor, ips: torch.Tensor) -> tuple[float, float, int]:
@@ -218,6 +232,7 @@ class Trainer:
             else:
                 data = train
                 idx = self._permutation(len(data), epoch)
+            self._seed_negatives(epoch)
             ent_all = torch.as_tensor(data.entity_rows, device=self.device)
             ips_all = torch.as_tensor(data.ips, device=self.device)
             idx_t = torch.as_tensor(idx, device=self.device)
@@ -266,6 +281,21 @@ class Trainer:
         self.model.eval()
         return history
 
+    def check_finite(self, m: EpochMetrics) -> None:
+        """Stop on a non-finite loss or weights, before the epoch is checkpointed or the model saved.
+
+        Every rank reaches the same verdict without another collective: the loss is the all-reduced
+        epoch total and the weights are replicas, so no rank is left waiting in a collective.
+        """
+        bad = [name for name, p in self.model.named_parameters() if not bool(torch.isfinite(p).all())]
+        if math.isfinite(m.loss) and not bad:
+            return
+        what = f"loss={m.loss}" + (f", non-finite weights in {', '.join(bad)}" if bad else "")
+        raise DivergedError(
+            f"diverged at epoch {m.epoch}: {what} (learning_rate={self.hp.learning_rate}); nothing of this epoch"
+            " was checkpointed or saved: resume from the last checkpoint with a lower learning_rate"
+        )
+
     def _permutation(self, n: int, epoch: int) -> np.ndarray:
         return np.random.default_rng([self.options.seed, epoch]).permutation(n)
 
@@ -279,14 +309,13 @@ class Trainer:
 
     # ---- checkpoints ---------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        """Everything needed to resume: weights, both optimisers, epoch, RNG state."""
+        """Everything needed to resume: weights, the optimisers and the epoch (samplers are reseeded per epoch)."""
         return {
             "model": self.model.state_dict(),
             "entity_opt": self.entity_opt.state_dict(),
             "ip_opt": self.ip_opt.state_dict(),
             "dense_opt": self.dense_opt.state_dict() if self.dense_opt is not None else {},
             "epoch": torch.tensor(self.epoch),
-            "generator": self.generator.get_state(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -295,8 +324,7 @@ class Trainer:
         self.ip_opt.load_state_dict(state["ip_opt"])
         if self.dense_opt is not None and state["dense_opt"]:
             self.dense_opt.load_state_dict(state["dense_opt"])
-        self.epoch = int(state["epoch"])
-        self.generator.set_state(state["generator"])
+        self.epoch = int(state["epoch"])  # (a "generator" entry of older checkpoints is ignored: see _seed_negatives)
 
 
 def _grad(t: torch.Tensor) -> torch.Tensor:
@@ -407,7 +435,8 @@ def train_model(
         if record_comm:
             m.extra["comm_seconds"] = comm.stats.seconds
             m.extra["comm_bytes"] = float(comm.stats.bytes)
-        history.append(m)
+        history.append(m)  # the diverged epoch too: a caller keeps its record
+        trainer.check_finite(m)
         stopped = bool(on_epoch_end(trainer, history)) if on_epoch_end is not None else False
         return stopped
 
