@@ -91,12 +91,16 @@ def test_a_publish_killed_at_any_step_is_finished_or_undone_by_the_next_run(tmp_
     assert recover_publishes(ArrowStore(), str(staging)) == {}  # nothing left to recover
 
 
-def test_an_interrupted_half_copied_rename_is_merged_back(tmp_path):
+@pytest.mark.parametrize("kind", ["arrow", "hadoop"])
+def test_an_interrupted_half_copied_rename_is_merged_back(tmp_path, kind, request):
     """An object store's rename stopped half way (some files moved, the rest not): the undo puts each
-    file back, and a file both sides hold (copied, not yet deleted) is kept once."""
+    file back, and a file both sides hold (copied, not yet deleted) is kept once. Through pyarrow and
+    through Hadoop's filesystem (the spark engine's)."""
     from ipinsights.storage.files import write_json
-    from ipinsights.storage.filesystems import ArrowStore
+    from ipinsights.storage.filesystems import ArrowStore, HadoopStore
     from ipinsights.storage.publish import recover_publish
+
+    store = ArrowStore() if kind == "arrow" else HadoopStore(request.getfixturevalue("spark"))
 
     table, staged, trash, staging = _setup(tmp_path)
     before = _tree(table)
@@ -109,8 +113,8 @@ def test_an_interrupted_half_copied_rename_is_merged_back(tmp_path):
     renames = [[str(day), str(old)], [str(staged / "dt=2024-01-02"), str(day)]]
     journal = staging / "_publish-r1.json"
     write_json(str(journal), {"renames": renames, "replaced": [str(old)], "next": 0})
-    assert recover_publish(ArrowStore(), str(journal)) == "rolled back"
-    assert _tree(table) == before and not old.exists()
+    assert recover_publish(store, str(journal)) == "rolled back"
+    assert _tree(table) == before and not old.exists() and not journal.exists()
 
 
 LINE = '{ip} - {user} [{day}/Nov/2018:{hh}:15:00 +0000] "GET /login_success HTTP/1.1" 200 476 "-" "curl/8"'

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
 from ipinsights.storage.files import write_json
-from ipinsights.storage.filesystems import ArrowStore, HadoopStore, arrow_fs, delete_tree, resolve_uri
+from ipinsights.storage.filesystems import ArrowStore, HadoopStore, arrow_fs, delete_tree, hadoop_path, jvm, resolve_uri
 
 log = logging.getLogger(__name__)
 
@@ -164,9 +164,13 @@ def recover_publish(store: HadoopStore | ArrowStore, journal: str) -> str:
     """
     import json
 
-    if isinstance(store, HadoopStore):
-        row = store.spark.read.text(resolve_uri(store.spark, journal), wholetext=True).first()
-        text = "" if row is None else str(row[0])
+    if isinstance(store, HadoopStore):  # (Spark's readers skip a file named _*: Hadoop's API reads it)
+        fs, path = hadoop_path(store.spark, journal)
+        stream = fs.open(path)
+        try:
+            text = str(jvm(store.spark).org.apache.commons.io.IOUtils.toString(stream, "UTF-8"))
+        finally:
+            stream.close()
     else:
         fs, path = arrow_fs(journal)
         with fs.open_input_stream(path) as fh:
