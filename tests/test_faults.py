@@ -195,6 +195,8 @@ def test_score_killed_at_each_step_of_a_day_write(spark, events, tmp_path):
     def rows(root: Path) -> collections.Counter:
         out: collections.Counter = collections.Counter()
         for table in ("scores", "flagged"):
+            if not any((root / table).glob("dt=*")):
+                continue  # no day has rows (a table is created by its first rows)
             t = ds.dataset(root / table, format="parquet", partitioning="hive").to_table()
             cols = [t[c].to_pylist() for c in ("dt", "entity", "ip")]
             out.update((table, *row) for row in zip(*cols, strict=True))

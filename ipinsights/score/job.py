@@ -29,6 +29,8 @@ from __future__ import annotations
 
 import logging
 import math
+import time
+import uuid
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -411,12 +413,24 @@ def run_score_job(
 
     from ipinsights.score.report import day_counts, score_histograms, write_day_report
     from ipinsights.storage.events import present_days, read_events, read_table_days
-    from ipinsights.storage.filesystems import check_reachable
+    from ipinsights.storage.filesystems import HadoopStore, check_reachable
     from ipinsights.storage.modelfile import read_manifest
-    from ipinsights.storage.publish import delete_partitions, write_partitions
+    from ipinsights.storage.publish import (
+        JOURNAL_PREFIX,
+        PublishError,
+        recover_publishes,
+        replace_folders,
+        write_partitions,
+    )
     from ipinsights.storage.sagemaker_csv import read_pairs_csv_spark
 
     read_manifest(cfg.model)  # a missing or foreign model fails here, clearly, not inside every Spark task
+    store = HadoopStore(spark)
+    staging_root = f"{cfg.scores.rstrip('/')}_staging"
+    # Before anything else: a run killed in the middle of its publish left a journal; finish or undo it.
+    recover_publishes(store, staging_root)
+    run_id = f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{uuid.uuid4().hex[:8]}"
+    staging = f"{staging_root}/run_id={run_id}"
     check_reachable(cfg.reports, "reports")
     for sidecar in (cfg.calibration, cfg.profile):
         if sidecar:
@@ -446,12 +460,13 @@ def run_score_job(
     if empty:
         log.info("no input events for %s: their outputs will be empty", ", ".join(empty))
     scored = _scores_by_day(events, sorted(input_days), setup)
+    # Both tables are written to this run's staging folder first, then their days are published together
+    # (journalled, all or nothing): a run killed at any point leaves every day as it was or as it is now.
     if scored is not None:
-        write_partitions(scored, cfg.scores)
-    delete_partitions(spark, cfg.scores, empty)
+        write_partitions(scored, f"{staging}/scores")
 
     # Everything downstream reads the written table back: the UDF runs once per row, never twice.
-    scores = read_table_days(spark, cfg.scores, SCORES_SCHEMA, days)
+    scores = read_table_days(spark, f"{staging}/scores", SCORES_SCHEMA, days)
     counts = day_counts(scores, days)
     history = None
     if cfg.events is not None and cfg.train_start_date is not None and cfg.train_end_date is not None:
@@ -459,8 +474,20 @@ def run_score_job(
     else:
         log.warning("train_start_date/train_end_date not set: flagged cases get no /24 and /16 context")
     flagged = flagged_with_context(scores.where(F.col("flagged")), history, threshold.value, setup)
-    write_partitions(flagged, cfg.flagged)
-    delete_partitions(spark, cfg.flagged, [d for d in days if counts[d]["flagged"] == 0])
+    write_partitions(flagged, f"{staging}/flagged")
+    moves: list[tuple[str | None, str]] = []
+    for name, table in (("scores", cfg.scores), ("flagged", cfg.flagged)):
+        for d in days:  # a day without rows in this run loses its old ones (src None): days are replaced whole
+            staged = f"{staging}/{name}/dt={d}"
+            moves.append((staged if store.exists(staged) else None, f"{table.rstrip('/')}/dt={d}"))
+    try:
+        replace_folders(store, moves, f"{staging}/_replaced", f"{staging_root}/{JOURNAL_PREFIX}{run_id}.json")
+    except PublishError:
+        raise  # folders that could not be put back are in staging: keep it
+    except BaseException:
+        store.delete(staging)  # rolled back: nothing of this run is needed
+        raise
+    store.delete(staging)
 
     flagged_table = read_table_days(spark, cfg.flagged, flagged_schema(), days)
     hists = score_histograms(scores, cfg.histogram_bins)

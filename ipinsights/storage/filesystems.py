@@ -105,11 +105,6 @@ def hadoop_path(spark: SparkSession, path: str) -> tuple[JavaObject, JavaObject]
     return p.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration()), p
 
 
-def delete_tree(spark: SparkSession, path: str) -> bool:
-    """Remove ``path`` and everything under it, if it exists (any Hadoop filesystem); True if removed."""
-    return HadoopStore(spark).delete(path)
-
-
 class HadoopStore:
     """Folder and file operations on URIs through the Spark job's Hadoop filesystems (its credentials)."""
 

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
 from ipinsights.storage.files import write_json
-from ipinsights.storage.filesystems import ArrowStore, HadoopStore, arrow_fs, delete_tree, hadoop_path, jvm, resolve_uri
+from ipinsights.storage.filesystems import ArrowStore, HadoopStore, arrow_fs, hadoop_path, jvm, resolve_uri
 
 log = logging.getLogger(__name__)
 
@@ -266,8 +266,3 @@ def write_partitions(df: DataFrame, path: str) -> None:
     with partitioned_write_settings(df.sparkSession):
         writer = df.write.mode("overwrite").option("partitionOverwriteMode", "dynamic").partitionBy("dt")
         writer.parquet(resolve_uri(df.sparkSession, path))
-
-
-def delete_partitions(spark: SparkSession, path: str, days: Iterable[str]) -> list[str]:
-    """Remove the ``dt=DAY`` folders of ``days`` under ``path`` (any Hadoop file system); returns those removed."""
-    return [day for day in sorted(set(days)) if delete_tree(spark, f"{path.rstrip('/')}/dt={day}")]
