@@ -468,6 +468,7 @@ def run_score_job(
     # Everything downstream reads the written table back: the UDF runs once per row, never twice.
     scores = read_table_days(spark, f"{staging}/scores", SCORES_SCHEMA, days)
     counts = day_counts(scores, days)
+    hists = score_histograms(scores, cfg.histogram_bins)  # (collected now: the staged files move at publish)
     history = None
     if cfg.events is not None and cfg.train_start_date is not None and cfg.train_end_date is not None:
         history = read_events(spark, cfg.events, cfg.train_start_date, cfg.train_end_date)
@@ -490,7 +491,6 @@ def run_score_job(
     store.delete(staging)
 
     flagged_table = read_table_days(spark, cfg.flagged, flagged_schema(), days)
-    hists = score_histograms(scores, cfg.histogram_bins)
     run = ScoreRun(threshold=threshold, days=list(days), counts=counts)
     for day in days:
         run.reports[day] = write_day_report(
