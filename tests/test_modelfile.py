@@ -203,3 +203,33 @@ def test_unreadable_entity_stats_is_a_model_file_error(model_dir):
     _replace_file(path, "entities.safetensors", b"definitely not safetensors")
     with pytest.raises(ModelFileError, match=r"entities\.safetensors: not a readable entity stats file"):
         Scorer.load(path)
+
+
+def test_loading_assigns_the_saved_weights_without_building_a_second_copy(model_dir, monkeypatch):
+    """The saved tensors become the parameters: the model's own tables are never allocated nor initialised
+    (which held the weights twice at peak; ``bench/model_load.py`` measures it)."""
+    from ipinsights.core.model import IPInsightsModel
+
+    path, model = model_dir
+    placeholder = IPInsightsModel(model.hp, model.opts, init_weights=False)
+    assert placeholder.entity_table.is_meta and placeholder.ip_table.is_meta  # no memory behind them
+
+    def initialised(self, generator=None):
+        raise AssertionError("load_model initialised a model it then overwrote")
+
+    monkeypatch.setattr(IPInsightsModel, "reset_parameters", initialised)
+    loaded = load_model(path).model
+    for name, param in loaded.named_parameters():
+        assert not param.is_meta and param.requires_grad, name  # real weights, trainable (a warm start)
+        assert np.array_equal(param.detach().numpy(), model.state_dict()[name].numpy()), name
+
+
+def test_non_finite_weights_are_found_in_any_chunk():
+    import torch
+
+    from ipinsights.storage.modelfile import _non_finite
+
+    t = torch.zeros(10, 3)
+    assert _non_finite({"t": t}, chunk=4) == []
+    t[9, 2] = float("inf")  # in the last, short chunk
+    assert _non_finite({"t": t, "ok": torch.ones(5)}, chunk=4) == ["t"]

@@ -372,3 +372,22 @@ def test_cli_errors(spark, world, tmp_path, capsys):
     missing = [f"--model={tmp_path / 'none'}", f"--events={world['events']}", f"--scores={tmp_path / 's'}"]
     assert score_job.main(["--date", TEST, "--threshold", "1", *missing]) == 2
     assert "not a model directory" in capsys.readouterr().err
+
+
+def test_a_worker_holds_one_scorer_at_a_time(toy_model, tmp_path):
+    """A long-lived Python worker serves the profile build, the calibration and the scoring in turn: it
+    drops each scorer before loading the next, and reuses the one it has for the same source."""
+    import gc
+    import weakref
+
+    from ipinsights.score import udf
+
+    other = tmp_path / "other-model"
+    shutil.copytree(toy_model, other)
+    first = udf.worker_scorer(ScorerSource(str(toy_model)))
+    assert udf.worker_scorer(ScorerSource(str(toy_model))) is first
+    gone = weakref.ref(first)
+    del first
+    second = udf.worker_scorer(ScorerSource(str(other)))
+    gc.collect()
+    assert gone() is None and udf.worker_scorer(ScorerSource(str(other))) is second

@@ -86,7 +86,10 @@ class IPInsightsModel(nn.Module):
     IPv6 top halves otherwise; each family has its own prefix levels (and blocks of ``ip_table``).
     """
 
-    def __init__(self, hp: Hyperparameters, opts: ModelOptions) -> None:
+    def __init__(self, hp: Hyperparameters, opts: ModelOptions, *, init_weights: bool = True) -> None:
+        """``init_weights=False``: the two tables are placeholders on the ``meta`` device (no memory) for
+        weights assigned afterwards (:func:`ipinsights.storage.modelfile.load_model`): allocating and
+        initialising them first, then copying the saved weights in, would hold the weights twice at peak."""
         super().__init__()
         check_model_size(hp, opts)
         self.hp = hp
@@ -94,8 +97,9 @@ class IPInsightsModel(nn.Module):
         d = hp.vector_dim
         sizes = ip_level_sizes(opts)
         n4 = len(opts.ip_prefix_lengths)
-        self.entity_table = nn.Parameter(torch.empty(hp.num_entity_vectors, d))
-        self.ip_table = nn.Parameter(torch.empty(sum(sizes), d))
+        tables = None if init_weights else torch.device("meta")
+        self.entity_table = nn.Parameter(torch.empty(hp.num_entity_vectors, d, device=tables))
+        self.ip_table = nn.Parameter(torch.empty(sum(sizes), d, device=tables))
         self.v4 = _Levels(opts.ip_prefix_lengths, 32, sizes[:n4], 0, 0)
         self.v6 = _Levels(opts.ipv6_prefix_lengths, 64, sizes[n4:], sum(sizes[:n4]), n4)
         layers: list[nn.Module] = []
@@ -104,7 +108,8 @@ class IPInsightsModel(nn.Module):
                 layers.append(nn.ReLU())
             layers.append(nn.Linear(d, d))
         self.encoder = nn.Sequential(*layers)
-        self.reset_parameters()
+        if init_weights:
+            self.reset_parameters()
 
     @property
     def supports_ipv6(self) -> bool:

@@ -7,7 +7,7 @@ process, keyed by :class:`ScorerSource`) and runs a per-batch function over ever
 
 from __future__ import annotations
 
-import functools
+import gc
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -49,10 +49,22 @@ class ScorerSource:
         return replace(self, model=_resolved(self.model), profile=_resolved(self.profile))
 
 
-@functools.lru_cache(maxsize=4)
+#: The process's one loaded scorer and its source (see :func:`worker_scorer`).
+_loaded: tuple[ScorerSource, Scorer] | None = None
+
+
 def worker_scorer(source: ScorerSource) -> Scorer:
-    """The process's :class:`Scorer` of ``source``: loaded on first use, then reused for every batch."""
-    return Scorer.load(source.model, profile=source.profile or False, asn_table=source.asn_table)
+    """The process's :class:`Scorer` of ``source``: loaded on first use, then reused for every batch.
+
+    One scorer per process at a time: a long-lived worker that serves the profile build, then the
+    calibration, then the scoring drops each before loading the next, so it never holds two models.
+    """
+    global _loaded
+    if _loaded is None or _loaded[0] != source:
+        _loaded = None  # released before the next one loads, not after
+        gc.collect()
+        _loaded = (source, Scorer.load(source.model, profile=source.profile or False, asn_table=source.asn_table))
+    return _loaded[1]
 
 
 def batch_mapper(

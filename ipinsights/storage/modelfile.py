@@ -100,8 +100,14 @@ def _is_plain_name(name: object) -> bool:
     return isinstance(name, str) and bool(name) and not name.startswith(".") and "/" not in name and "\\" not in name
 
 
-def _non_finite(tensors: Mapping[str, torch.Tensor]) -> list[str]:
-    return [k for k, v in tensors.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+def _non_finite(tensors: Mapping[str, torch.Tensor], chunk: int = 1 << 22) -> list[str]:
+    """Names of the floating-point tensors holding a NaN or infinity. Checked a chunk at a time: the mask
+    of a whole 48 GiB table would add a quarter of its size to the peak."""
+
+    def finite(v: torch.Tensor) -> bool:
+        return all(bool(torch.isfinite(part).all()) for part in v.reshape(-1).split(chunk))
+
+    return [k for k, v in tensors.items() if v.is_floating_point() and not finite(v)]
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
@@ -271,7 +277,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> ModelBun
     except (SafetensorError, OSError, ValueError) as exc:
         raise ModelFileError(f"{path / WEIGHTS}: not a readable safetensors file: {exc}") from None
     try:
-        model = IPInsightsModel(hp, opts)
+        model = IPInsightsModel(hp, opts, init_weights=False)  # the weights below become its tables
     except ConfigError as exc:  # e.g. over the size limit
         raise ModelFileError(f"{path / MANIFEST}: {exc}") from None
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
@@ -280,7 +286,8 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> ModelBun
         raise ModelFileError(f"{path / WEIGHTS}: tensors {got} do not match the hyperparameters' shapes {expected}")
     if bad := _non_finite(tensors):
         raise ModelFileError(f"{path / WEIGHTS}: NaN or infinite weights in {', '.join(bad)}: a diverged run's model")
-    model.load_state_dict(tensors)
+    # assign: the loaded tensors become the parameters (no second copy of the weights at any point).
+    model.load_state_dict(tensors, assign=True)
     model.to(device).eval()
     return ModelBundle(model=model, hyperparameters=hp, options=opts, manifest=manifest, path=path, uri=uri)
 
