@@ -105,7 +105,8 @@ def _non_finite(tensors: Mapping[str, torch.Tensor], chunk: int = 1 << 22) -> li
     of a whole 48 GiB table would add a quarter of its size to the peak."""
 
     def finite(v: torch.Tensor) -> bool:
-        return all(bool(torch.isfinite(part).all()) for part in v.reshape(-1).split(chunk))
+        flat = v.reshape(-1)
+        return all(bool(torch.isfinite(flat[i : i + chunk]).all()) for i in range(0, flat.numel(), chunk))
 
     return [k for k, v in tensors.items() if v.is_floating_point() and not finite(v)]
 
