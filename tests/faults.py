@@ -6,19 +6,27 @@ replace, every delete of replaced data. Each step is appended to STEPS_FILE befo
 KILL_AT-th step (1-based; 0 = never) is replaced by SIGKILL, so no ``finally`` and no cleanup runs, as
 when an executor host dies or the scheduler kills the driver. Only this test harness patches anything:
 the library has no fault hooks.
+
+With ``FAULTS_SNAPSHOT=ROOT:DEST`` set, the run also copies the folder ROOT (everything the job reads
+and writes) to ``DEST/<k>`` right before its k-th step. A SIGKILL at step k leaves on disk exactly
+that copy: the step and everything after it never run, no cleanup runs, and the driver writes nothing
+in between (its Spark tasks have finished by the time it commits). So one run records the state a kill
+at every step leaves; the suite restores each into ROOT (absolute paths in journals and checkpoints stay
+valid) and reruns the job on it, and kills one run for real to hold the two to the same outcome.
 """
 
 from __future__ import annotations
 
 import importlib
 import os
+import shutil
 import signal
 import sys
 from collections.abc import Callable
 from typing import Any
 
 
-def install(kill_at: int, steps_file: str) -> None:
+def install(kill_at: int, steps_file: str, snapshot: tuple[str, str] | None = None) -> None:
     """Wrap the commit steps of this process (the driver; executors commit nothing on their own)."""
     from ipinsights.storage import filesystems
 
@@ -29,6 +37,9 @@ def install(kill_at: int, steps_file: str) -> None:
         count += 1
         with open(steps_file, "a") as fh:
             fh.write(f"{count}\t{name}\t{detail}\n")
+        if snapshot is not None:
+            # symlinks=True: a link is state too; copied as such, never followed out of ROOT.
+            shutil.copytree(snapshot[0], os.path.join(snapshot[1], str(count)), symlinks=True)
         if count == kill_at:
             os.kill(os.getpid(), signal.SIGKILL)
 
@@ -52,7 +63,8 @@ def install(kill_at: int, steps_file: str) -> None:
 
 def main() -> None:
     kill_at, steps_file, module, *argv = sys.argv[1:]
-    install(int(kill_at), steps_file)
+    snapshot = os.environ.get("FAULTS_SNAPSHOT")
+    install(int(kill_at), steps_file, tuple(snapshot.split(":", 1)) if snapshot else None)  # type: ignore[arg-type]
     sys.exit(importlib.import_module(module).main(argv))
 
 
