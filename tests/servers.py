@@ -120,7 +120,9 @@ class ServerProcess:
                 raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log()[-3000:]}")
             if self.ping():
                 # With several workers, the first one up answers: give the others until they are up too.
-                while time.monotonic() < deadline and len(self.worker_pids()) < self.workers:
+                # (One worker serves in the supervisor's own process: no children to wait for; waiting
+                # for them spent the whole start_timeout.)
+                while self.workers > 1 and time.monotonic() < deadline and len(self.worker_pids()) < self.workers:
                     time.sleep(0.1)
                 return
             time.sleep(0.2)
