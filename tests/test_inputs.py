@@ -186,15 +186,17 @@ BAD_PAIRS = [("user_1", "300.1.1.1"), ("user_2", "not an ip"), ("user_3", ""), (
 
 
 @pytest.mark.spark
-def test_training_preparation_counts_the_rows_it_drops(spark):
+def test_training_preparation_counts_the_rows_it_drops(spark, tmp_path):
     """Rows with an unusable address are counted in the entity-count aggregation (no pass of their own)."""
-    from ipinsights.train.prepare import count_entities, encode_pairs_df, valid_pairs
+    from ipinsights.core.entities import EntityStats
+    from ipinsights.train.prepare import encode_pairs_df, valid_pairs, write_entity_stats
 
     v6 = [("user_4", "2001:db8::1")]
     df = spark.createDataFrame(GOOD_PAIRS + BAD_PAIRS + v6, "entity string, ip string").repartition(3)
     enc = encode_pairs_df(df, 0, ipv6=False, keep_invalid=True)
-    stats, n_invalid = count_entities(enc)
-    assert n_invalid == len(BAD_PAIRS) + len(v6)
+    n_entities, n_invalid = write_entity_stats(enc, str(tmp_path / "entities.safetensors"))
+    stats = EntityStats.open(tmp_path / "entities.safetensors")
+    assert n_invalid == len(BAD_PAIRS) + len(v6) and n_entities == len(stats) == 7
     assert int(stats.counts.sum()) == len(GOOD_PAIRS) == valid_pairs(enc).count()
     assert encode_pairs_df(df, 0).count() == len(GOOD_PAIRS) + len(v6)  # the default drops them, as before
 

@@ -9,14 +9,18 @@ Size: 16 bytes per entity (16 MB for a million entities).
 
 from __future__ import annotations
 
+import json
+import struct
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import IO, Any
 
 import numpy as np
 
 from ipinsights.core.hashing import hash_strings
 
-__all__ = ["ENTITY_FILE", "EntityStats", "find_sorted"]
+__all__ = ["ENTITY_FILE", "EntityStats", "find_sorted", "write_entity_file"]
 
 ENTITY_FILE = "entities.safetensors"
 
@@ -75,8 +79,63 @@ class EntityStats:
         return save({"hashes": self.hashes.view(np.int64), "counts": self.counts})
 
     @classmethod
+    def open(cls, path: str | Path) -> EntityStats:
+        """The stats of a local ``entities.safetensors``, memory-mapped rather than read: a lookup touches a
+        few pages, and every process on the host shares them through the page cache, so a scoring worker's
+        own memory does not grow with the number of entities. ``ValueError``/``KeyError`` if malformed."""
+        file_size = Path(path).stat().st_size
+        with open(path, "rb") as fh:
+            (size,) = struct.unpack("<Q", fh.read(8).ljust(8, b"\0"))
+            if not 2 <= size <= min(file_size - 8, 1 << 20):  # a header is a small JSON object
+                raise ValueError(f"not a safetensors file (header size {size} of a {file_size}-byte file)")
+            header = json.loads(fh.read(size))
+        start = 8 + size
+
+        def column(name: str) -> np.ndarray:
+            info = header[name]
+            begin, end = info["data_offsets"]
+            if info["dtype"] != "I64" or list(info["shape"]) != [(end - begin) // 8] or start + end > file_size:
+                raise ValueError(f"{name}: expected a 1-D I64 tensor within the file, got {info}")
+            if end == begin:
+                return np.zeros(0, np.int64)
+            return np.memmap(path, dtype="<i8", mode="r", offset=start + begin, shape=((end - begin) // 8,))
+
+        hashes, counts = column("hashes"), column("counts")
+        if hashes.shape != counts.shape:
+            raise ValueError(f"hashes {hashes.shape} and counts {counts.shape} differ in length")
+        return cls(hashes.view(np.uint64), counts)
+
+    @classmethod
     def from_bytes(cls, data: bytes) -> EntityStats:
         from safetensors.numpy import load
 
         t = load(data)
         return cls(t["hashes"].view(np.uint64), t["counts"])
+
+
+def write_entity_file(out: IO[bytes], n: int, hashes: Iterable[np.ndarray], counts: Iterable[np.ndarray]) -> None:
+    """Write ``entities.safetensors`` (what :meth:`EntityStats.to_bytes` holds) to ``out`` from chunks: ``n``
+    entities, ``hashes`` their 64-bit hashes in unsigned ascending order and ``counts`` theirs in the same
+    order, each as int64 chunks. The training job streams them from a sorted Parquet folder, so no process
+    ever holds every entity (``ValueError`` if the chunks do not add up to ``n`` or are out of order)."""
+    header = {
+        "counts": {"dtype": "I64", "shape": [n], "data_offsets": [0, 8 * n]},
+        "hashes": {"dtype": "I64", "shape": [n], "data_offsets": [8 * n, 16 * n]},
+    }
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)  # safetensors aligns the data that follows to 8 bytes
+    out.write(struct.pack("<Q", len(text)) + text)
+    written = 0
+    for chunk in counts:
+        out.write(np.ascontiguousarray(chunk, dtype="<i8").tobytes())
+        written += len(chunk)
+    last: np.uint64 | None = None
+    for chunk in hashes:
+        h = np.asarray(chunk).astype(np.int64).view(np.uint64)
+        if h.size and ((last is not None and h[0] <= last) or bool((h[1:] <= h[:-1]).any())):
+            raise ValueError("entity hashes are not unique and in ascending unsigned order")
+        last = h[-1] if h.size else last
+        out.write(h.view("<i8").tobytes())
+        written += len(h)
+    if written != 2 * n:
+        raise ValueError(f"expected {n} hashes and counts, got {written} values in all")

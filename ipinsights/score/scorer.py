@@ -382,10 +382,8 @@ def _shared_bits(known: np.ndarray, key: int) -> np.ndarray:
 
 def _entity_stats(bundle: ModelBundle) -> EntityStats:
     """The model's training entity counts; an unreadable file is a model-file error like any other."""
-    from safetensors import SafetensorError
-
     path = bundle.extra_path(ENTITY_FILE)
     try:
-        return EntityStats.from_bytes(path.read_bytes())
-    except (SafetensorError, KeyError, ValueError, OSError) as exc:  # KeyError: a tensor missing
+        return EntityStats.open(path)
+    except (KeyError, TypeError, ValueError, OSError) as exc:  # KeyError: a tensor missing
         raise ModelFileError(f"{path}: not a readable entity stats file: {type(exc).__name__}: {exc}") from None

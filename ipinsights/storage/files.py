@@ -134,6 +134,14 @@ def _download(uri: str, local: Path) -> None:
         raise FileNotFoundError(f"{uri}: no such file") from None
 
 
+def fetch(uri: str | Path, dst: Path) -> None:
+    """Copy the file at ``uri`` (a path or URI) to the local path ``dst``, a block at a time."""
+    if is_local(uri):
+        shutil.copyfile(local_path(uri), dst)
+    else:
+        _download(str(uri), dst)
+
+
 @contextmanager
 def atomic_write(path: str | Path, mode: str = "w", **kwargs: Any) -> Iterator[IO[Any]]:
     """Open a temporary file for ``path`` and put it in place only if the block succeeds.

@@ -41,6 +41,7 @@ from ipinsights.core.model import IPInsightsModel
 from ipinsights.storage.files import (
     cached,
     download_dir,
+    fetch,
     is_local,
     join_uri,
     local_path,
@@ -125,9 +126,12 @@ def save_model(
     *,
     training: Mapping[str, Any] | None = None,
     config: Mapping[str, Any] | None = None,
-    extra_files: Mapping[str, bytes] | None = None,
+    extra_files: Mapping[str, bytes | str] | None = None,
 ) -> str | Path:
     """Write ``model`` to directory ``path`` (a path or URI), replacing any model already there, atomically.
+
+    ``extra_files``: name -> contents, or the path or URI of a file to copy in (streamed: the entity stats
+    of millions of entities are never held whole).
 
     Written into a temporary directory first (a sibling, for a local path) and then published
     (:func:`ipinsights.storage.files.publish_dir`, the manifest last), so a reader (or a crash) never
@@ -149,7 +153,10 @@ def save_model(
         for name, data in (extra_files or {}).items():
             if not _is_plain_name(name) or name in (MANIFEST, WEIGHTS):
                 raise ValueError(f"invalid extra file name {name!r}")
-            (tmp / name).write_bytes(data)
+            if isinstance(data, bytes):
+                (tmp / name).write_bytes(data)
+            else:
+                fetch(data, tmp / name)
         files = {
             p.name: {"sha256": sha256_file(p), "bytes": p.stat().st_size} for p in sorted(tmp.iterdir()) if p.is_file()
         }

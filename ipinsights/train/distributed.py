@@ -196,7 +196,7 @@ def train_worker(spec: WorkerSpec) -> dict[str, Any]:
             on_epoch_end=checkpoint,
             progress=progress,
             model_dir=spec.model_dir,
-            entity_stats=spec.entity_stats() if rank == 0 else None,
+            entity_stats=spec.entity_stats_file if rank == 0 else None,
             config=spec.config,
             manifest={"world_size": world, "backend": spec.backend},
         )

@@ -15,14 +15,14 @@ from ipinsights.core.config import ConfigError, TrainConfig, config_to_dict
 from ipinsights.core.entities import EntityStats
 from ipinsights.core.errors import DataFormatError
 from ipinsights.storage.events import read_events
-from ipinsights.storage.files import absolute_uri, join_uri, uri_name, write_bytes, write_json
+from ipinsights.storage.files import absolute_uri, join_uri, uri_name, write_json
 from ipinsights.storage.filesystems import check_reachable, resolve_uri
 from ipinsights.storage.modelfile import ModelFileError, local_model, read_manifest
 from ipinsights.storage.parquet import list_buckets, write_buckets, write_parquet_single
 from ipinsights.storage.sagemaker_csv import read_pairs_csv, read_pairs_spark
 from ipinsights.train.data import encode_pairs
 from ipinsights.train.distributed import WorkerSpec, resolve_distributed, run_training
-from ipinsights.train.prepare import add_buckets, count_entities, encode_pairs_df, valid_pairs
+from ipinsights.train.prepare import add_buckets, encode_pairs_df, valid_pairs, write_entity_stats
 from ipinsights.train.spec import write_metrics
 from ipinsights.train.trainer import train_model
 
@@ -99,19 +99,19 @@ def run_train_job(
     train_dir = resolve_uri(spark, join_uri(work, "train"))  # s3:// is s3a:// to plain Hadoop
     write_buckets(add_buckets(valid_pairs(encoded), n_buckets, cfg.train.seed), train_dir)
     buckets = list_buckets(spark, train_dir, n_buckets)
-    stats, n_invalid = count_entities(encoded)  # the unusable rows are counted in the same aggregation
+    stats_file = join_uri(work, "entities.safetensors")
+    # The unusable rows are counted in the same aggregation.
+    n_entities, n_invalid = write_entity_stats(encoded, stats_file)
     encoded.unpersist()
     if n_invalid:
         log.warning("dropped %d training row(s) whose IP address is invalid (or IPv6, with IPv6 levels off)", n_invalid)
-    if not len(stats):
+    if not n_entities:
         raise DataFormatError(f"no valid training pairs in the input ({n_invalid} row(s) with an unusable IP address)")
-    stats_file = join_uri(work, "entities.safetensors")
-    write_bytes(stats_file, stats.to_bytes())
     val_files = []
     if val_df is not None:
         val_enc = encode_pairs_df(val_df, mopts.hash_seed, v6)
         val_files = write_parquet_single(val_enc.coalesce(1), resolve_uri(spark, join_uri(work, "validation")))
-    log.info("training set: %d entities, %d buckets; backend=%s workers=%d", len(stats), n_buckets, dist.backend,
+    log.info("training set: %d entities, %d buckets; backend=%s workers=%d", n_entities, n_buckets, dist.backend,
              dist.num_workers)  # fmt: skip
 
     spec = WorkerSpec(

@@ -13,11 +13,10 @@ from collections.abc import Iterator
 import numpy as np
 import pyarrow as pa
 
-from ipinsights.core.entities import EntityStats
 from ipinsights.core.hashing import hash_strings
 from ipinsights.core.ip import parse_ip
 
-__all__ = ["ENCODED_SCHEMA", "encode_pairs_df", "valid_pairs", "add_buckets", "entity_stats", "count_entities"]
+__all__ = ["ENCODED_SCHEMA", "encode_pairs_df", "valid_pairs", "add_buckets", "write_entity_stats"]
 
 log = logging.getLogger(__name__)
 
@@ -72,19 +71,49 @@ def add_buckets(df, n_buckets: int, seed: int):
     return df.withColumn("bucket", bucket).repartition(n_buckets, "bucket")
 
 
-def count_entities(encoded_df) -> tuple[EntityStats, int]:
-    """(training event count per entity, rows with a null ``ip``) of :func:`encode_pairs_df`'s output, in one
-    aggregation on the executors (one row per entity comes back, and one for the unusable rows)."""
+def write_entity_stats(encoded_df, uri: str) -> tuple[int, int]:
+    """Training event count per entity of :func:`encode_pairs_df`'s output (``keep_invalid=True``) as the
+    model's ``entities.safetensors`` at ``uri``; returns (entities, rows with a null ``ip``).
+
+    The executors aggregate and sort the counts into Parquet (``<uri>.parts``), which is then streamed into
+    the file one row group at a time: nothing per entity comes back to the driver, and it holds one row
+    group (the old way collected a row per entity: past a few million entities more than
+    ``spark.driver.maxResultSize``).
+    """
+    import pyarrow.parquet as pq
     from pyspark.sql import functions as F
 
+    from ipinsights.core.entities import write_entity_file
+    from ipinsights.storage.files import atomic_write, delete_uri
+    from ipinsights.storage.filesystems import ArrowStore, arrow_fs, resolve_uri
+
+    spark = encoded_df.sparkSession
     key = F.when(F.col("ip").isNotNull(), F.col("entity_hash")).alias("entity_hash")
-    rows = encoded_df.groupBy(key).count().toArrow()
-    valid = rows["entity_hash"].is_valid().to_numpy(zero_copy_only=False)
-    counts = rows["count"].to_numpy().astype(np.int64)
-    hashes = rows["entity_hash"].fill_null(0).to_numpy().view(np.uint64)
-    return EntityStats.from_hash_counts(hashes[valid], counts[valid]), int(counts[~valid].sum())
+    counts = encoded_df.groupBy(key).count().persist()
+    try:
+        n_invalid = sum(r["count"] for r in counts.where(F.col("entity_hash").isNull()).collect())  # 0 or 1 row
+        parts = uri + ".parts"
+        h = F.col("entity_hash")
+        # Unsigned order (the hashes are unsigned 64-bit, Spark's longs signed): the negative ones last.
+        (counts.where(h.isNotNull()).orderBy(h < 0, h)
+         .write.mode("overwrite").parquet(resolve_uri(spark, parts)))  # fmt: skip
+    finally:
+        counts.unpersist()
+    # An ordered write's part files hold consecutive ranges, in the order of their task numbers (names).
+    files = sorted(f for f in ArrowStore().list_files(parts) if f.endswith(".parquet"))
+    fs = arrow_fs(parts)[0]
 
+    def column(name: str) -> Iterator[np.ndarray]:
+        for f in files:
+            with fs.open_input_file(arrow_fs(f)[1]) as fh:
+                for batch in pq.ParquetFile(fh).iter_batches(columns=[name]):
+                    yield batch.column(0).to_numpy()
 
-def entity_stats(encoded_df) -> EntityStats:
-    """Training event count per entity, aggregated on the executors (one row per entity comes back)."""
-    return count_entities(encoded_df)[0]
+    n = 0
+    for f in files:
+        with fs.open_input_file(arrow_fs(f)[1]) as fh:
+            n += pq.ParquetFile(fh).metadata.num_rows
+    with atomic_write(uri, "wb") as out:
+        write_entity_file(out, n, column("entity_hash"), column("count"))
+    delete_uri(parts)
+    return n, int(n_invalid)

@@ -19,7 +19,7 @@ import pyarrow as pa
 from ipinsights.core.config import Hyperparameters, ModelOptions, TrainOptions, config_from_dict
 from ipinsights.core.errors import DataFormatError
 from ipinsights.core.hashing import buckets_of
-from ipinsights.storage.files import atomic_write, read_bytes
+from ipinsights.storage.files import atomic_write
 from ipinsights.storage.parquet import read_parquet_files
 from ipinsights.train.data import EncodedPairs
 
@@ -46,10 +46,6 @@ class RunSpec:
             config_from_dict(ModelOptions, self.model_options),
             config_from_dict(TrainOptions, self.train_options),
         )
-
-    def entity_stats(self) -> bytes | None:
-        """The entity stats file's contents, to be saved with the model."""
-        return read_bytes(self.entity_stats_file) if self.entity_stats_file else None
 
 
 #: The columns of an encoded-pair work file (:mod:`ipinsights.train.prepare` writes them).

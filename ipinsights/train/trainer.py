@@ -418,7 +418,7 @@ def train_model(
     progress: Callable[[str], None] | None = None,
     history: list[EpochMetrics] | None = None,
     model_dir: str | Path | None = None,
-    entity_stats: EntityStats | bytes | None = None,
+    entity_stats: EntityStats | bytes | str | None = None,
     config: Mapping[str, Any] | None = None,
     manifest: Mapping[str, Any] | None = None,
 ) -> TrainResult:
@@ -434,7 +434,8 @@ def train_model(
     ``history`` (default: a new list) receives every epoch as it ends, so a caller still has them when
     training raises. With a ``comm``, each epoch also records the communication cost so far and the
     global ``mini_batch_size`` is split across the ranks. Rank 0 saves the model to ``model_dir``
-    (when given) with the entity stats, the resolved ``config`` and a training record: the epochs,
+    (when given) with the entity stats (or the path or URI of their file), the resolved ``config`` and a
+    training record: the epochs,
     the pair count (for in-memory pairs) and ``manifest``, read at save time so that a callback may
     still change it.
     """

@@ -197,10 +197,9 @@ def prepare_data(
     Entities are stored as their full 64-bit hash, not as rows, so every trial can use its own
     ``num_entity_vectors``; entity stats go into every trial's model, as the training job does.
     """
-    from ipinsights.storage.files import write_bytes
     from ipinsights.storage.filesystems import resolve_uri
     from ipinsights.storage.parquet import write_parquet_single
-    from ipinsights.train.prepare import encode_pairs_df, entity_stats
+    from ipinsights.train.prepare import encode_pairs_df, write_entity_stats
 
     work = absolute_uri(work_dir)
     mopts = base.model
@@ -211,17 +210,16 @@ def prepare_data(
         if n_train == 0:
             raise TuningError("no valid training pairs in the input")
         train_files = write_parquet_single(enc, resolve_uri(spark, join_uri(work, "train")))
-        stats = entity_stats(enc)
+        stats_file = join_uri(work, "entities.safetensors")
+        n_entities = write_entity_stats(enc, stats_file)[0]
     finally:
         enc.unpersist()
-    stats_file = join_uri(work, "entities.safetensors")
-    write_bytes(stats_file, stats.to_bytes())
     val = encode_pairs_df(validation_df, mopts.hash_seed, v6)
     val_files = write_parquet_single(val.coalesce(1), resolve_uri(spark, join_uri(work, "validation")))
     n_val = val.count()
     if n_val == 0:
         raise TuningError("no valid validation pairs: the objective discriminator_auc needs them")
-    log.info("tuning data: %d training pairs (%d entities), %d validation pairs", n_train, len(stats), n_val)
+    log.info("tuning data: %d training pairs (%d entities), %d validation pairs", n_train, n_entities, n_val)
     return PreparedData(train_files, val_files, stats_file, n_train, n_val)
 
 

@@ -134,7 +134,7 @@ def _train_trial(spec: TrialSpec, history: list[EpochMetrics]) -> tuple[str, str
         on_epoch_end=check,
         history=history,
         model_dir=spec.model_dir,
-        entity_stats=spec.entity_stats(),
+        entity_stats=spec.entity_stats_file,
         config=spec.config,
         manifest=manifest,
     )
