@@ -1,4 +1,4 @@
-"""Process CPU accounting shared by the bench scripts (Linux ``/proc``)."""
+"""Process CPU and memory accounting shared by the bench scripts (Linux ``/proc``)."""
 
 from __future__ import annotations
 
@@ -27,3 +27,17 @@ def tree_cpu_s(pid: int) -> float:
             ticks += stats[p][1]
             todo += children.get(p, [])
     return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def status_mb(key: str = "VmHWM") -> float:
+    """A memory figure of this process from ``/proc/self/status`` in MiB: ``VmHWM`` (peak RSS), ``VmRSS``..."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no {key} in /proc/self/status (not Linux?)")
+
+
+def child_env() -> dict[str, str]:
+    """The environment of a bench's child process: this folder on ``PYTHONPATH``, so it imports this module too."""
+    path = [os.path.dirname(os.path.abspath(__file__)), os.environ.get("PYTHONPATH", "")]
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, path))}

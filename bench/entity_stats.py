@@ -16,15 +16,13 @@ import argparse
 import subprocess
 import sys
 
+from _proc import child_env  # bench/ is on sys.path when run as a script
+
 CHILD = r"""
 import sys, tempfile
 from pathlib import Path
 
-def status(key):
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(key + ":"):
-            return int(line.split()[1]) / 1024
-    raise KeyError(key)
+from _proc import status_mb as status  # bench/ is on PYTHONPATH (see main)
 
 n, per, mode = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
 from pyspark.sql import SparkSession, functions as F
@@ -57,7 +55,7 @@ def main() -> None:
         peaks = {}
         for mode in ("before", "today"):
             child = [sys.executable, "-c", CHILD, str(n), str(args.events_per_entity), mode]
-            out = subprocess.run(child, check=True, capture_output=True, text=True)
+            out = subprocess.run(child, check=True, capture_output=True, text=True, env=child_env())
             peaks[mode] = float(out.stdout.split()[-1])
             print(f"entities={n} {mode}_driver_peak_growth_mb={peaks[mode]:.0f}")
         print(f"entities={n} today_vs_before={peaks['today'] / max(peaks['before'], 1.0):.2f}")

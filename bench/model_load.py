@@ -17,15 +17,12 @@ import sys
 import tempfile
 from pathlib import Path
 
+from _proc import child_env  # bench/ is on sys.path when run as a script
+
 CHILD = r"""
 import sys
 from pathlib import Path
-
-def status(key):
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(key + ":"):
-            return int(line.split()[1]) / 1024
-    raise KeyError(key)
+from _proc import status_mb as status  # bench/ is on PYTHONPATH (see main)
 
 import torch
 from safetensors.torch import load_file
@@ -69,7 +66,7 @@ def main() -> None:
         peaks = {}
         for mode in ("before", "today"):
             child = [sys.executable, "-c", CHILD, str(path), mode]
-            out = subprocess.run(child, check=True, capture_output=True, text=True)
+            out = subprocess.run(child, check=True, capture_output=True, text=True, env=child_env())
             peaks[mode] = float(out.stdout.split()[-1])
     print(f"weights_mb={weights_mb:.0f}")
     for mode in ("before", "today"):

@@ -30,15 +30,9 @@ _spec = importlib.util.spec_from_file_location("train_speed", Path(__file__).wit
 train_speed = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(train_speed)
 
+from _proc import status_mb  # noqa: E402  (bench/ is on sys.path when run as a script)
+
 N_BUCKETS = 16
-
-
-def peak_rss_mb() -> float:
-    """This process's peak resident set size (Linux ``VmHWM``), in MiB."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmHWM in /proc/self/status (not Linux?)")
 
 
 def write_buckets(folder: Path, n_pairs: int, row_group: int) -> list[list[str]]:
@@ -83,7 +77,7 @@ def child(args: argparse.Namespace) -> None:
         trainer._step(ent, ips)
     t2 = time.perf_counter()
     batches.close()
-    print(json.dumps({"peak_rss_mb": peak_rss_mb(), "first_step_seconds": t1 - t0,
+    print(json.dumps({"peak_rss_mb": status_mb("VmHWM"), "first_step_seconds": t1 - t0,
                       "steps_per_second": (args.steps - 1) / (t2 - t1)}))  # fmt: skip
 
 
