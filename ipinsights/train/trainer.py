@@ -434,10 +434,9 @@ def train_model(
     ``history`` (default: a new list) receives every epoch as it ends, so a caller still has them when
     training raises. With a ``comm``, each epoch also records the communication cost so far and the
     global ``mini_batch_size`` is split across the ranks. Rank 0 saves the model to ``model_dir``
-    (when given) with the entity stats (or the path or URI of their file), the resolved ``config`` and a
-    training record: the epochs,
-    the pair count (for in-memory pairs) and ``manifest``, read at save time so that a callback may
-    still change it.
+    (when given) with the entity stats (or the path or URI of their file), the resolved ``config`` and
+    a training record: the epochs, the pair count (for in-memory pairs) and ``manifest``, read at save
+    time so that a callback may still change it.
     """
     if not callable(train) and len(train) == 0:
         raise ValueError("no training pairs")
