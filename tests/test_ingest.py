@@ -207,9 +207,11 @@ def test_a_line_without_newlines_is_held_only_up_to_the_cap(tmp_path):
 
 
 @pytest.mark.spark
-def test_a_corrupt_compressed_file_is_recorded_and_the_run_goes_on(spark, tmp_path):
+@pytest.mark.parametrize("engine", ["arrow", "spark"])
+def test_a_corrupt_compressed_file_is_recorded_and_the_run_goes_on(spark, tmp_path, engine):
     """A truncated .gz (and a corrupt .bz2) failed its task and so the whole job: now each counts as one
-    bad line ('unreadable', in the summary and the quarantine), the lines read before the error are kept."""
+    bad line ('unreadable', in the summary and the quarantine), the lines read before the error are kept.
+    With either engine (the spark engine reads compressed files with the arrow engine's reader)."""
 
     from ipinsights.ingest.job import run_ingest
     from ipinsights.storage.events import read_events
@@ -220,7 +222,7 @@ def test_a_corrupt_compressed_file_is_recorded_and_the_run_goes_on(spark, tmp_pa
     whole = gzip.compress(("\n".join(good(20000, day=11)) + "\n").encode())
     (logs / "cut.log.gz").write_bytes(whole[: len(whole) // 2])  # the upload stopped half way
     (logs / "junk.log.bz2").write_bytes(b"BZh9" + bytes(range(256)) * 4)
-    cfg = config(tmp_path, [str(logs)], engine="arrow", **{"quality.max_bad_ratio": 0.01})
+    cfg = config(tmp_path, [str(logs)], engine=engine, **{"quality.max_bad_ratio": 0.01})
     summary = run_ingest(spark, cfg)
     names = {f.rsplit("/", 1)[1]: v for f, v in summary["per_file"].items()}
     assert names["cut.log.gz"]["by_reason"] == {"unreadable": 1}

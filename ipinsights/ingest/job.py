@@ -42,7 +42,17 @@ from ipinsights.ingest.logparse import EntityOptions, LineLimits, LineRules, Res
 from ipinsights.storage.events import present_days, read_events
 from ipinsights.storage.files import write_json
 from ipinsights.storage.filesystems import ArrowStore, HadoopStore, arrow_fs, arrow_readable, resolve_uri
-from ipinsights.storage.logfiles import LogSplit, iter_split_lines, list_log_files, plan_log_splits, read_log_lines
+from ipinsights.storage.logfiles import (
+    LogSplit,
+    StreamDamage,
+    codec_of,
+    iter_split_blocks,
+    list_log_files,
+    plan_log_splits,
+    python_reader_uri,
+    read_compressed_lines,
+    read_log_lines,
+)
 from ipinsights.storage.parquet import parquet_writer
 from ipinsights.storage.publish import (
     JOURNAL_PREFIX,
@@ -241,23 +251,13 @@ def _ingest_split(task: _SplitTask, item: tuple[int, LogSplit]) -> dict[str, Any
         write("quarantine", f"{task.staging}/quarantine/{tag}.parquet", table)
 
     limits = task.rules.limits
-    blocks = iter_split_lines(split, max_line_bytes=max(limits.max_line_length, 4 * limits.raw_max_chars) + 1)
-    read = 0
     try:
-        while True:
-            try:
-                lines = next(blocks)
-            except StopIteration:
-                break
-            except (OSError, pa.ArrowInvalid) as exc:
-                if split.codec is None:
-                    raise  # a plain file's read error may pass (a retry reads it again)
+        for lines in iter_split_blocks(split, max_line_bytes=limits.read_cap):
+            if isinstance(lines, StreamDamage):
                 counts[(UNREADABLE, None)] += 1
-                message = f"{split.codec} stream unreadable after {read} lines: {exc}"[: limits.raw_max_chars]
-                quarantine(pa.array([UNREADABLE]), pa.array([message]))
-                log.warning("%s: %s", split.uri, message)
+                quarantine(pa.array([UNREADABLE]), pa.array([lines.message[: limits.raw_max_chars]]))
+                log.warning("%s: %s", split.uri, lines.message)
                 break
-            read += len(lines)
             res = logparse.classify_batch(lines, task.rules)
             outcome = res.column("outcome")
             kept = pc.equal(outcome, logparse.KEPT)
@@ -328,7 +328,27 @@ def _stage_spark(spark, cfg: IngestConfig, staging: str):
     lines = read_log_lines(spark, list(cfg.inputs))
     # The listing names empty files too; Hadoop spells a local file file:///x there, file:/x in the rows.
     files = sorted(re.sub("^file:///", "file:/", f) for f in lines.inputFiles())
+    # Compressed files go through the arrow engine's reader wherever Python reaches them: Hadoop's
+    # codecs fail the task, and so the job, on a damaged stream (ignoreCorruptFiles would drop the rest
+    # of the file without telling anyone which). Elsewhere Spark's error names the file.
+    streamed = {f: r for f in files if codec_of(f) and (r := python_reader_uri(f)) is not None}
+    lines = lines.withColumn("damage", F.lit(None).cast("string"))
+    if streamed:
+        plain = [f for f in files if f not in streamed]
+        compressed = read_compressed_lines(spark, streamed, cfg.line_rules().limits.read_cap)
+        if plain:
+            lines = read_log_lines(spark, plain).withColumn("damage", F.lit(None).cast("string"))
+        lines = lines.unionByName(compressed) if plain else compressed
     classified = logparse.classify_lines(lines, cfg.line_rules())
+    damaged = F.col("damage").isNotNull()
+    classified = classified.withColumns(
+        {
+            "outcome": F.when(damaged, F.lit(UNREADABLE)).otherwise(F.col("outcome")),
+            "raw": F.when(damaged, F.substring("damage", 1, cfg.line_rules().limits.raw_max_chars)).otherwise(
+                F.col("raw")
+            ),
+        }
+    )
     outcome = F.col("outcome")
     kept = outcome == logparse.KEPT
     bad = logparse.quarantined(outcome)

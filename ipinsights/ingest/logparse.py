@@ -193,6 +193,12 @@ class LineLimits:
         check_int("raw_max_chars", self.raw_max_chars, 16, 1 << 20)
         check_int("max_entity_bytes", self.max_entity_bytes, 1, 1 << 24)
 
+    @property
+    def read_cap(self) -> int:
+        """Bytes of one line a reader keeps (:func:`~ipinsights.storage.logfiles.iter_split_lines`): enough to
+        tell it is overlong and to keep its quarantined text, never a whole file without newlines."""
+        return max(self.max_line_length, 4 * self.raw_max_chars) + 1
+
 
 @dataclass(frozen=True)
 class LineRules:
@@ -578,13 +584,15 @@ def classify_lines(lines: DataFrame, rules: LineRules = LineRules()) -> DataFram
     Returns ``outcome``, ``source_file``, ``entity``, ``ip``, ``ip_int``, ``ip_version``, ``ts`` (UTC
     timestamp), ``dt`` (its UTC day) and ``raw``.
     Only ``value`` travels to Python (the file name stays in the JVM, attached to each result row).
+    Any other column of ``lines`` is carried along unchanged.
     """
     from pyspark.sql import functions as F
 
     # The UDF's kind comes from the function's type hints (pa.Array -> pa.Array: scalar), the form pyspark
     # prefers (it warns when the kind is passed); its stubs only describe the form with the kind.
     udf = F.arrow_udf(_arrow_classifier(rules), _RESULT_TYPE)  # type: ignore[call-overload]
-    r = lines.select("source_file", udf(F.col("value")).alias("_r"))
+    extra = [c for c in lines.columns if c not in ("value", "source_file")]
+    r = lines.select("source_file", *extra, udf(F.col("value")).alias("_r"))
     epoch = F.col("_r.epoch_s")
     return r.select(
         "_r.outcome",
@@ -597,4 +605,5 @@ def classify_lines(lines: DataFrame, rules: LineRules = LineRules()) -> DataFram
         # The UTC day from the epoch, not to_date(ts): to_date would use the session time zone.
         F.date_from_unix_date(F.floor(epoch / 86400).cast("int")).alias("dt"),
         "_r.raw",
+        *extra,
     )

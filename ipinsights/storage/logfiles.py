@@ -7,12 +7,13 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pyarrow as pa
 import pyarrow.fs as pafs
 
-from ipinsights.storage.filesystems import arrow_fs, arrow_uri, resolve_uri
+from ipinsights.storage.filesystems import arrow_fs, arrow_readable, arrow_uri, resolve_uri
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -136,7 +137,7 @@ def plan_log_splits(files: list[tuple[str, int]], split_bytes: int) -> list[LogS
     """Cut (URI, size) files into splits of at most ``split_bytes`` (compressed files stay whole)."""
     splits = []
     for uri, size in files:
-        codec = next((c for ext, c in LOG_CODECS.items() if uri.endswith(ext)), None)
+        codec = codec_of(uri)
         if codec or size <= split_bytes:
             splits.append(LogSplit(uri, 0, size, codec))
         else:  # equal pieces: 80 MB at 64 MB splits makes two of 40, not 64 + 16
@@ -246,3 +247,97 @@ def iter_split_lines(
             pos += len(block)
             if max_line_bytes is not None and len(carry) > max_line_bytes:
                 carry = carry[:max_line_bytes]
+
+
+@dataclass(frozen=True)
+class StreamDamage:
+    """The point where a compressed file stopped being readable; the lines before it were yielded."""
+
+    message: str
+
+
+def iter_split_blocks(
+    split: LogSplit, block_bytes: int = 16 << 20, max_line_bytes: int | None = None
+) -> Iterator[pa.StringArray | StreamDamage]:
+    """:func:`iter_split_lines`, with a compressed file's read error yielded last as a :class:`StreamDamage`.
+
+    A damaged compressed file (truncated, corrupt) is read as far as it goes and reported, not raised:
+    raising would fail the task, every retry of it, and so the whole job. A plain file's read error
+    is still raised, since a retry may read it.
+    """
+    blocks = iter_split_lines(split, block_bytes, max_line_bytes)
+    read = 0
+    while True:
+        try:
+            lines = next(blocks)
+        except StopIteration:
+            return
+        except (OSError, pa.ArrowInvalid) as exc:
+            if split.codec is None:
+                raise
+            yield StreamDamage(f"{split.codec} stream unreadable after {read} lines: {exc}")
+            return
+        read += len(lines)
+        yield lines
+
+
+def codec_of(uri: str) -> str | None:
+    """The compression codec of a log file by its extension (:data:`LOG_CODECS`), None for plain text."""
+    return next((c for ext, c in LOG_CODECS.items() if uri.endswith(ext)), None)
+
+
+def python_reader_uri(uri: str) -> str | None:
+    """Where a Python task can open ``uri`` (a Hadoop URI as Spark lists it), or None where it cannot.
+
+    Local files and S3 through ``pyarrow.fs``; ``dbfs:/`` through Databricks' ``/dbfs`` mount; ``hdfs://``
+    through libhdfs when this host has it (as EMR's nodes do). Checked on the driver: the executors are
+    taken to be set up like it.
+    """
+    if arrow_readable(uri):
+        return uri
+    if uri.startswith("dbfs:/"):
+        mount = Path("/dbfs")
+        return str(mount / uri[len("dbfs:/") :].lstrip("/")) if mount.is_dir() else None
+    if uri.startswith("hdfs://"):
+        try:
+            pafs.FileSystem.from_uri(uri)  # loads libhdfs, connects to the name node
+        except (OSError, pa.ArrowException):
+            return None
+        return uri
+    return None
+
+
+def _stream_files(max_line_bytes: int | None, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+    """``mapInArrow`` body of :func:`read_compressed_lines`: each (source_file, read_uri) row's lines."""
+    names = ["value", "source_file", "damage"]
+    for batch in batches:
+        for source, uri in zip(*(batch.column(i).to_pylist() for i in (0, 1)), strict=True):
+            for block in iter_split_blocks(LogSplit(uri, 0, 0, codec_of(uri)), max_line_bytes=max_line_bytes):
+                n = 1 if isinstance(block, StreamDamage) else len(block)
+                value = pa.array([b""], pa.binary()) if isinstance(block, StreamDamage) else block.view(pa.binary())
+                damage = block.message if isinstance(block, StreamDamage) else None
+                yield pa.RecordBatch.from_arrays(
+                    [value, pa.array([source] * n, pa.string()), pa.array([damage] * n, pa.string())], names=names
+                )
+
+
+def read_compressed_lines(spark: SparkSession, files: dict[str, str], max_line_bytes: int | None) -> DataFrame:
+    """Compressed logs read by Python tasks, one per file -> (``value``, ``source_file``, ``damage``).
+
+    ``files`` maps each file's name as Spark lists it (the ``source_file`` of its rows) to where Python
+    opens it (:func:`python_reader_uri`). Unlike Hadoop's codecs, which fail the task on a truncated or
+    corrupt stream, a damaged file keeps the lines before the damage and adds one row whose ``damage``
+    says what went wrong (``value`` empty); every other row's ``damage`` is null.
+    """
+    import functools
+
+    from pyspark.sql import functions as F
+
+    rows = spark.sparkContext.parallelize(sorted(files.items()), max(1, len(files)))
+    df = spark.createDataFrame(rows, "source_file string, read_uri string")
+    out = df.mapInArrow(
+        functools.partial(_stream_files, max_line_bytes), "value binary, source_file string, damage string"
+    )
+    # Bytes into the JVM, then a string as Spark's text source makes it: a line that is not UTF-8 is
+    # left for the classifier to quarantine, never rejected in transit.
+    return out.select(F.col("value").cast("string").alias("value"), "source_file", "damage")
