@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
 
     spark = build_spark("beyond-eval", "local[2]", {"spark.ui.enabled": "false"})
     history = spark.createDataFrame(train.select(["entity", "ip"]).to_pandas())
-    build_profiles(history, str(models["ipv6"])).save(profile_path(models["ipv6"]))
+    build_profiles(history, str(models["ipv6"]), str(profile_path(models["ipv6"])))
     spark.stop()
 
     test = read_labelled_csv(paths.test_labelled)

@@ -56,7 +56,7 @@ from ipinsights.core.entities import ENTITY_FILE, EntityStats
 from ipinsights.core.hashing import hash_strings
 from ipinsights.core.ip import ipv4_to_str, key_prefix, parse_ip
 from ipinsights.score.job import _SCORE_FIELDS, ScoringSetup, _score_batch, _scores_by_day, score_events
-from ipinsights.score.profiles import QUANTILES, EntityProfiles
+from ipinsights.score.profiles import QUANTILES, EntityProfiles, PopulationPrior
 from ipinsights.score.scorer import BATCH_ROWS, Scorer
 from ipinsights.score.udf import ScorerSource, batch_mapper
 from ipinsights.score.verdict import CAL_LEVELS, Thresholds
@@ -107,8 +107,8 @@ def write_model(out: Path, vector_dim: int, pairs: pa.Table | None = None, seed:
             hashes=stats.hashes,
             score_quantiles=np.sort(rng.normal(0.0, 0.3, (N_ENTITIES, QUANTILES.size)), axis=1).astype(np.float32),
             net_offsets=none, net_keys=none[:0], net_counts=none[:0], asn_offsets=none, asns=none[:0],
-            fingerprint=model_fingerprint(out),
-            pop_subnets=subnets, pop_subnet_counts=sub_n, pop_networks=networks, pop_network_counts=net_n,
+            fingerprint=model_fingerprint(out), population=PopulationPrior(subnets, sub_n, networks, net_n),
+            entities=np.asarray(names.to_pylist(), dtype=object)[np.argsort(hashes, kind="stable")],
         ).save(profile_path(out))  # fmt: skip
     return str(out)
 

@@ -18,7 +18,7 @@ from ipinsights.core.entities import ENTITY_FILE, EntityStats
 from ipinsights.core.hashing import hash_strings
 from ipinsights.core.ip import key_prefix, key_prefix_text, parse_ip
 from ipinsights.score.calibration import Calibration, save_calibration
-from ipinsights.score.profiles import QUANTILES, EntityProfiles
+from ipinsights.score.profiles import QUANTILES, EntityProfiles, PopulationPrior
 from ipinsights.score.scorer import Scorer
 from ipinsights.score.verdict import RULE_LEARNING, RULE_SCORE, Thresholds
 from ipinsights.serve import protocol
@@ -68,11 +68,13 @@ def _write_profiles(scorer: Scorer, world, path) -> None:
     pop = {}
     for name, (v4, v6) in (("subnets", (24, 48)), ("networks", (16, 32))):
         ids, n = np.unique(key_prefix(keys, v4, v6), return_counts=True)
-        pop[f"pop_{name}"], pop[f"pop_{name[:-1]}_counts"] = ids, n
+        pop[name], pop[f"{name[:-1]}_counts"] = ids, n
+    names = {int(v): e for v, e in zip(h.tolist(), ent.tolist(), strict=True)}
     EntityProfiles(
         hashes=uniq, score_quantiles=np.asarray(q, np.float32), net_offsets=np.asarray(offsets),
         net_keys=np.asarray(net_keys, np.int64), net_counts=np.asarray(net_counts), asn_offsets=np.zeros(uniq.size + 1,
-        np.int64), asns=np.zeros(0, np.int64), fingerprint=model_fingerprint(path), **pop,
+        np.int64), asns=np.zeros(0, np.int64), fingerprint=model_fingerprint(path), population=PopulationPrior(**pop),
+        entities=np.asarray([names[int(u)] for u in uniq.tolist()], dtype=object),
     ).save(profile_path(path))  # fmt: skip
 
 

@@ -327,6 +327,32 @@ def test_job_end_to_end_backfill_rerun_and_empty_day(spark, world, backfill):
 
 
 @pytest.mark.spark
+def test_joined_profiles_score_and_explain_as_the_whole_profile_does(spark, world, backfill):
+    """The job joins each batch with its own entities' profile rows (a worker never loads the profiles
+    whole): its scores, levels, percentiles and explanations equal the in-process scorer's with the
+    whole profile loaded, row for row, on the test day."""
+    out, _ = backfill
+    scorer = Scorer.load(world["model"], profile=True)  # every row of the rows table, as the endpoint loads it
+    assert scorer.profiles is not None and len(scorer.profiles) > 100
+    rows = spark.read.parquet(str(out / "scores")).where(f"dt = '{TEST}'").toArrow()
+    a = scorer.assess(rows["entity"], rows["ip"], 10, load_calibration(out / "cal.json").thresholds())
+    np.testing.assert_allclose(rows["anomaly_score"].to_numpy(zero_copy_only=False), a.anomaly_score, rtol=1e-6)
+    pct = rows["entity_percentile"].to_numpy(zero_copy_only=False)
+    assert np.isfinite(pct).sum() > 100
+    np.testing.assert_allclose(pct, a.entity_percentile, rtol=1e-9, atol=1e-9)
+    assert rows["rule"].to_pylist() == a.rule.tolist()
+    assert rows["level"].to_pylist() == a.level.tolist()
+    flagged = spark.read.parquet(str(out / "flagged")).where(f"dt = '{TEST}'").toArrow()
+    ex = scorer.explain(flagged["entity"], flagged["ip"])
+    assert flagged.num_rows > 10 and sum(v is not None for v in ex["closest_network"]) > 10
+    for name in ("subnet_seen", "network_seen", "closest_network", "shared_prefix_bits", "typical_low", "typical_high"):
+        assert flagged[name].to_pylist() == ex[name], name
+    shown = [None if v is None else [n["network"] for n in v] for v in ex["nearest_networks"]]
+    listed = flagged["nearest_networks"].to_pylist()
+    assert [None if v is None else re.findall(r"(\S+) \(cos", v) for v in listed] == shown
+
+
+@pytest.mark.spark
 def test_job_report_renders_in_chromium(spark, backfill, tmp_path):
     """Open the day's page in headless Chromium: the DOM has the data: image and the table rows; not blank."""
     out, _ = backfill

@@ -146,9 +146,11 @@ def evaluate_model(
     anomaly scores (NaN for an invalid address: ranked least suspicious).
     """
     verdict = scorer.assess(test["entity"], test["ip"], learning_period_events)
-    scores = verdict.anomaly_score if scorer.profiles is not None else scorer.anomaly_score(test["entity"], test["ip"])
+    scores = (
+        verdict.anomaly_score if scorer.population is not None else scorer.anomaly_score(test["entity"], test["ip"])
+    )
     rules = {str(r): int(n) for r, n in zip(*np.unique(verdict.rule.astype(str), return_counts=True), strict=True)}
-    log.info("rows by rule: %s%s", rules, "" if scorer.profiles is not None else " (no profile: raw model scores)")
+    log.info("rows by rule: %s%s", rules, "" if scorer.population is not None else " (no profile: raw model scores)")
     n_bad = int(np.isnan(scores).sum())
     if n_bad:
         log.warning("%d test row(s) have an invalid IP and were scored NaN (ranked as least suspicious)", n_bad)

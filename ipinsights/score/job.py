@@ -39,7 +39,8 @@ from typing import TYPE_CHECKING, cast
 import numpy as np
 import pyarrow as pa
 
-from ipinsights.score.scorer import BATCH_ROWS, Scorer
+from ipinsights.score.profiles import JOINED, PopulationPrior, ProfileHeader, join_profile_rows, joined_profiles
+from ipinsights.score.scorer import BATCH_ROWS, Joined, Scorer
 from ipinsights.score.udf import ScorerSource, map_in_arrow
 from ipinsights.score.verdict import BASELINES, LEVELS, RULES, Threshold, Thresholds
 
@@ -149,13 +150,32 @@ class ScoringSetup:
     learning_period_events: int = 10
     thresholds: Thresholds | None = None  # None: ``level`` and ``flagged`` null
     flag_unseen: bool = False
+    profile_rows: str | None = None  # the profile's rows table, joined onto the rows (percentiles, explanations)
+
+
+def _with_profiles(df: DataFrame, setup: ScoringSetup) -> DataFrame:
+    """``df`` with its entities' profile columns joined on (:func:`join_profile_rows`), when ``setup`` has rows."""
+    if setup.profile_rows is None:
+        return df
+    return join_profile_rows(df, setup.profile_rows).select(*df.columns, *JOINED.values())
+
+
+def _split_joined(scorer: Scorer, batch: pa.RecordBatch) -> tuple[pa.RecordBatch, Joined | None]:
+    """A batch without its joined profile columns, and those profiles (None when it has none)."""
+    names = batch.schema.names
+    if JOINED["q"] not in names:
+        return batch, None
+    joined = joined_profiles(batch, scorer.population or PopulationPrior())
+    return batch.select([n for n in names if n not in JOINED.values()]), joined
 
 
 def _score_batch(setup: ScoringSetup, scorer: Scorer, batch: pa.RecordBatch) -> pa.RecordBatch:
     """``batch`` plus the score columns (see the module docstring)."""
+    batch, joined = _split_joined(scorer, batch)
     a = scorer.assess(
-        batch.column("entity"), batch.column("ip"), setup.learning_period_events, setup.thresholds, setup.flag_unseen
-    )
+        batch.column("entity"), batch.column("ip"), setup.learning_period_events, setup.thresholds, setup.flag_unseen,
+        joined,
+    )  # fmt: skip
     n = len(a.dot_product)
     unseen = a.unseen_entity
     if a.level_code is not None and a.flagged is not None:
@@ -212,12 +232,14 @@ def score_events(df: DataFrame, setup: ScoringSetup | str, batch_size: int = BAT
     if not isinstance(setup, ScoringSetup):
         setup = ScoringSetup(ScorerSource(str(setup)), batch_size)
     out_schema = StructType(df.schema.fields + _struct_of(_SCORE_FIELDS).fields)
-    return map_in_arrow(df, setup.source, partial(_score_batch, setup), out_schema, setup.batch_size)
+    return map_in_arrow(_with_profiles(df, setup), setup.source, partial(_score_batch, setup), out_schema,
+                        setup.batch_size)  # fmt: skip
 
 
 def _explain_batch(scorer: Scorer, batch: pa.RecordBatch) -> pa.RecordBatch:
     """``batch`` plus the :meth:`Scorer.explain` columns (flagged rows are few: Python lists are fine)."""
-    ex = scorer.explain(batch.column("entity"), batch.column("ip"))
+    batch, joined = _split_joined(scorer, batch)
+    ex = scorer.explain(batch.column("entity"), batch.column("ip"), joined=joined)
     ex["nearest_networks"] = [
         None if v is None else "; ".join(f"{x['network']} (cos {x['similarity']:.2f}, {x['events']} events)" for x in v)
         for v in ex["nearest_networks"]
@@ -231,7 +253,7 @@ def explain_rows(df: DataFrame, setup: ScoringSetup) -> DataFrame:
     from pyspark.sql.types import StructType
 
     out_schema = StructType(df.schema.fields + _struct_of(_EXPLAIN_FIELDS).fields)
-    return map_in_arrow(df, setup.source, _explain_batch, out_schema, setup.batch_size)
+    return map_in_arrow(_with_profiles(df, setup), setup.source, _explain_batch, out_schema, setup.batch_size)
 
 
 def ipv4_int(ip: Column) -> Column:
@@ -351,10 +373,13 @@ def _describe(cal, path: str) -> str:
     return f"calibrated to FPR {cal.target_fpr:g} on {cal.rows:,} rows of {cal.source} ({uri_name(path)})"
 
 
-def resolve_profile(spark: SparkSession, cfg: ScoreConfig) -> str | None:
-    """Path of usable entity profiles for the model: the stored ones, or new ones built from the training days."""
+def resolve_profile(spark: SparkSession, cfg: ScoreConfig) -> ProfileHeader | None:
+    """Usable entity profiles for the model: the stored ones, or new ones built from the training days.
+
+    Only the header is read here; the rows stay a table that scoring joins onto its batches.
+    """
     from ipinsights.score.profile_build import build_profiles
-    from ipinsights.score.profiles import EntityProfiles, ProfileError
+    from ipinsights.score.profiles import ProfileError
     from ipinsights.storage.events import read_events
     from ipinsights.storage.files import uri_exists
     from ipinsights.storage.modelfile import profile_uri
@@ -362,8 +387,7 @@ def resolve_profile(spark: SparkSession, cfg: ScoreConfig) -> str | None:
     path = cfg.profile or profile_uri(cfg.model)
     if not cfg.recalibrate and uri_exists(path):
         try:
-            EntityProfiles.load(path, cfg.model)
-            return path
+            return ProfileHeader.load(path, cfg.model)
         except ProfileError as exc:
             log.warning("%s: rebuilding", exc)
     if cfg.events is None or cfg.train_start_date is None or cfg.train_end_date is None:
@@ -371,11 +395,10 @@ def resolve_profile(spark: SparkSession, cfg: ScoreConfig) -> str | None:
                     "explanations (set train_start_date and train_end_date)", path)  # fmt: skip
         return None
     history = read_events(spark, cfg.events, cfg.train_start_date, cfg.train_end_date)
-    profiles = build_profiles(history, cfg.model, cfg.asn_table, cfg.max_networks)
-    profiles.save(path)
-    log.info("entity profiles of %d entities (dt %s..%s) saved to %s", len(profiles), cfg.train_start_date,
+    header = build_profiles(history, cfg.model, path, cfg.asn_table, cfg.max_networks)
+    log.info("entity profiles of %d entities (dt %s..%s) saved to %s", header.entities, cfg.train_start_date,
              cfg.train_end_date, path)  # fmt: skip
-    return path
+    return header
 
 
 @dataclass
@@ -437,7 +460,8 @@ def run_score_job(
             check_reachable(sidecar, "sidecar")
     # Arrow batches: big enough to amortise the per-batch JVM<->Python cost, small enough to stay in cache.
     spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(cfg.arrow_batch_size))
-    profile = resolve_profile(spark, cfg)
+    header = resolve_profile(spark, cfg)
+    profile = header.path if header is not None else None
     threshold = resolve_threshold(spark, cfg, profile)
     setup = ScoringSetup(
         ScorerSource.with_profile(cfg.model, profile, cfg.asn_table),
@@ -445,6 +469,7 @@ def run_score_job(
         learning_period_events=cfg.learning_period_events,
         thresholds=threshold.thresholds,
         flag_unseen=cfg.flag_unseen,
+        profile_rows=header.rows if header is not None else None,
     )
     if input_csv is not None:
         if len(days) != 1:

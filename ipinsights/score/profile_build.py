@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import replace
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -14,10 +13,13 @@ from ipinsights.score.profiles import (
     NETWORK_V4,
     NETWORK_V6,
     QUANTILES,
+    ROW_SCHEMA,
     SUBNET_V4,
     SUBNET_V6,
-    EntityProfiles,
-    assemble_profiles,
+    PopulationPrior,
+    ProfileHeader,
+    new_rows_uri,
+    save_header,
 )
 from ipinsights.score.scorer import Scorer
 from ipinsights.score.udf import ScorerSource, map_in_arrow
@@ -29,7 +31,7 @@ log = logging.getLogger(__name__)
 
 
 def _history_batch(scorer: Scorer, batch: pa.RecordBatch) -> pa.RecordBatch:
-    """(entity, ip) -> (entity_hash, key, its /24|/48 and /16|/32, asn, anomaly) of the rows with a score."""
+    """(entity, ip) -> (entity, entity_hash, key, its /24|/48 and /16|/32, asn, anomaly) of the rows with a score."""
     ent, ip = batch.column("entity"), batch.column("ip")
     parsed = scorer.parse(ip)
     dp = scorer.dot_product(ent, ip)
@@ -38,6 +40,7 @@ def _history_batch(scorer: Scorer, batch: pa.RecordBatch) -> pa.RecordBatch:
     asn = scorer.asn_table.lookup(keys) if scorer.asn_table is not None else np.full(keys.size, -1, np.int64)
     return pa.RecordBatch.from_arrays(
         [
+            ent.filter(pa.array(keep)),
             pa.array(scorer.entity_hashes(ent)[keep].view(np.int64)),
             pa.array(keys),
             pa.array(key_prefix(keys, SUBNET_V4, SUBNET_V6)),
@@ -45,48 +48,70 @@ def _history_batch(scorer: Scorer, batch: pa.RecordBatch) -> pa.RecordBatch:
             pa.array(asn),
             pa.array(-dp[keep].astype(np.float64)),
         ],
-        names=["entity_hash", "key", "net", "wide", "asn", "anomaly"],
+        names=["entity", "entity_hash", "key", "net", "wide", "asn", "anomaly"],
     )
 
 
 def build_profiles(
     history: DataFrame,
     model_path: str,
+    path: str,
     asn_path: str | None = None,
     max_networks: int = 16,
     accuracy: int = 10_000,
-) -> EntityProfiles:
-    """Profiles of every entity of ``history`` (the training days' ``entity``, ``ip`` rows).
+) -> ProfileHeader:
+    """Profiles of every entity of ``history`` (the training days' ``entity``, ``ip`` rows), saved at ``path``.
 
-    Scores the history with the model on the executors, then aggregates per entity there; only one
-    row per entity (its quantiles, its ``max_networks`` networks, its ASNs) reaches the driver.
+    Scores the history with the model on the executors, aggregates per entity there and writes the rows
+    table from there too (:mod:`ipinsights.score.profiles`); the driver gets the population counts only
+    (one row per network, bounded by the networks, not the entities or events) and writes the header.
     """
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
+    from ipinsights.storage.filesystems import resolve_uri
     from ipinsights.storage.modelfile import model_fingerprint
 
-    schema = "entity_hash long, key long, net long, wide long, asn long, anomaly double"
+    schema = "entity string, entity_hash long, key long, net long, wide long, asn long, anomaly double"
     scored = map_in_arrow(history.select("entity", "ip"), ScorerSource(model_path, asn_table=asn_path), _history_batch,
-                          schema)  # fmt: skip
-    quant = scored.groupBy("entity_hash").agg(
-        F.percentile_approx("anomaly", [float(q) for q in QUANTILES], accuracy).alias("q")
+                          schema).persist()  # fmt: skip
+    try:
+        keys = ["entity", "entity_hash"]
+        quant = scored.groupBy(*keys).agg(
+            F.percentile_approx("anomaly", [float(q) for q in QUANTILES], accuracy).alias("q")
+        )
+        nets = scored.groupBy(*keys, "net").agg(F.count("*").alias("n"), F.mode("key").alias("key"))
+        ranked = nets.withColumn(
+            "r", F.row_number().over(Window.partitionBy(*keys).orderBy(F.desc("n"), F.asc("key")))
+        ).where(F.col("r") <= max_networks)
+        net_lists = ranked.groupBy(*keys).agg(F.sort_array(F.collect_list(F.struct("r", "key", "n"))).alias("nets"))
+        asns = scored.where(F.col("asn") >= 0).groupBy(*keys).agg(F.sort_array(F.collect_set("asn")).alias("asns"))
+        rows = (
+            quant.join(net_lists, keys)
+            .join(asns, keys, "left")
+            .select(
+                *keys,
+                F.array_sort(F.transform("q", lambda x: x.cast("float"))).alias("q"),
+                F.transform("nets", lambda x: x["key"]).alias("net_keys"),
+                F.transform("nets", lambda x: x["n"]).alias("net_counts"),
+                "asns",
+            )
+        )
+        assert rows.columns == ROW_SCHEMA.names
+        rows_uri = new_rows_uri(path)
+        # Sorted by entity within each file: a reader that wants one entity skips by row-group statistics.
+        rows.sortWithinPartitions("entity").write.parquet(resolve_uri(history.sparkSession, rows_uri))
+        # Population counts: one row per network comes back (bounded by the networks, not the events).
+        subnets = scored.groupBy("net").count().orderBy("net").toArrow()
+        networks = scored.groupBy(F.col("wide").alias("net")).count().orderBy("net").toArrow()
+    finally:
+        scored.unpersist()
+    population = PopulationPrior(
+        subnets["net"].to_numpy().astype(np.int64),
+        subnets["count"].to_numpy().astype(np.int64),
+        networks["net"].to_numpy().astype(np.int64),
+        networks["count"].to_numpy().astype(np.int64),
     )
-    nets = scored.groupBy("entity_hash", "net").agg(F.count("*").alias("n"), F.mode("key").alias("key"))
-    ranked = nets.withColumn(
-        "r", F.row_number().over(Window.partitionBy("entity_hash").orderBy(F.desc("n"), F.asc("key")))
-    ).where(F.col("r") <= max_networks)
-    net_lists = ranked.groupBy("entity_hash").agg(F.sort_array(F.collect_list(F.struct("r", "key", "n"))).alias("nets"))
-    asns = scored.where(F.col("asn") >= 0).groupBy("entity_hash").agg(F.sort_array(F.collect_set("asn")).alias("asns"))
-    rows = quant.join(net_lists, "entity_hash").join(asns, "entity_hash", "left").toArrow()
-    profiles = assemble_profiles(rows, model_fingerprint(model_path))
-    # Population counts: one row per network comes back (bounded by the networks, not the events).
-    subnets = scored.groupBy("net").count().orderBy("net").toArrow()
-    networks = scored.groupBy(F.col("wide").alias("net")).count().orderBy("net").toArrow()
-    return replace(
-        profiles,
-        pop_subnets=subnets["net"].to_numpy().astype(np.int64),
-        pop_subnet_counts=subnets["count"].to_numpy().astype(np.int64),
-        pop_networks=networks["net"].to_numpy().astype(np.int64),
-        pop_network_counts=networks["count"].to_numpy().astype(np.int64),
-    )
+    entities = history.sparkSession.read.parquet(resolve_uri(history.sparkSession, rows_uri)).count()
+    save_header(path, population, model_fingerprint(model_path), rows_uri, entities)
+    return ProfileHeader.load(path, model_path)

@@ -34,7 +34,11 @@ from ipinsights.storage.modelfile import ModelBundle, ModelFileError, load_model
 
 if TYPE_CHECKING:
     from ipinsights.core.asn import AsnTable
-    from ipinsights.score.profiles import EntityProfiles
+    from ipinsights.score.profiles import EntityProfiles, PopulationPrior
+
+#: Profiles joined onto a batch (:func:`ipinsights.score.profiles.joined_profiles`): the batch's profiles and
+#: the profile row of each batch row (-1: none).
+Joined: TypeAlias = "tuple[EntityProfiles, np.ndarray]"
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +109,8 @@ class Scorer:
         self._folded: tuple[torch.Tensor, torch.Tensor | None] | None = None  # see _folded_table
         # (stats, profiles, row of each stat)
         self._profile_rows: tuple[EntityStats, EntityProfiles, np.ndarray] | None = None
-        self.profiles: EntityProfiles | None = None  # see load: percentiles, the population prior, explanations
+        self.profiles: EntityProfiles | None = None  # see load: percentiles and explanations, every entity
+        self.population: PopulationPrior | None = None  # see load: the population prior (learning period)
         self.asn_table: AsnTable | None = None  # see load: ASNs in explanations
 
     @classmethod
@@ -116,22 +121,44 @@ class Scorer:
         batch_size: int | None = None,
         profile: str | Path | bool = False,
         asn_table: str | Path | None = None,
+        profile_rows: bool = True,
     ) -> Scorer:
         """The model at ``path`` with its context: entity profiles and an ip2asn ``asn_table`` (explanations).
 
         ``profile``: ``False`` for none; ``True`` for the profile beside the model
         (``<model>.profile.safetensors``) when there is one made for this model (another model's is logged
         and left out); a path for that profile, which must be this model's (``ProfileError`` otherwise).
+        ``profile_rows=False`` loads only its header (the population prior): a Spark scoring worker's
+        batches bring their own entities' rows (``joined`` in :meth:`assess` and :meth:`explain`).
         ``path`` and ``profile`` may be URIs (``s3://``): they are read through a local cache.
         """
         scorer = cls(load_model(path, device=device), batch_size=batch_size)
         if profile is not False:
-            scorer.profiles = _read_profiles(scorer.bundle.uri, None if profile is True else str(profile))
+            scorer._set_profiles(None if profile is True else str(profile), profile_rows)
         if asn_table:
             from ipinsights.core.asn import load_asn_table
 
             scorer.asn_table = load_asn_table(asn_table)
         return scorer
+
+    def _set_profiles(self, path: str | None, rows: bool) -> None:
+        """The model's profile at ``path`` (must be usable), or beside the model (left out when unusable)."""
+        from ipinsights.score.profiles import EntityProfiles, ProfileError, ProfileHeader
+        from ipinsights.storage.files import uri_exists
+        from ipinsights.storage.modelfile import profile_uri
+
+        where = path or profile_uri(self.bundle.uri)
+        try:
+            if rows:
+                self.profiles = EntityProfiles.load(where, self.bundle.uri)
+                self.population = self.profiles.population
+            else:
+                self.population = ProfileHeader.load(where, self.bundle.uri).population
+        except ProfileError as exc:
+            if path is not None:
+                raise
+            if uri_exists(where):
+                log.warning("%s", exc)
 
     def entity_hashes(self, entities: ArrayLike) -> np.ndarray:
         """64-bit stable hash of each entity: its embedding row, training count and profile all derive from it."""
@@ -214,19 +241,24 @@ class Scorer:
         learning_period_events: int = 0,
         thresholds: Thresholds | None = None,
         flag_unseen: bool = False,
+        joined: Joined | None = None,
     ) -> Assessment:
         """Score rows, choosing the rule per row: invalid address, learning period (fewer than
         ``learning_period_events`` training events: the population prior scores it, never a random
         vector), or the entity's own model score; plus per-entity percentiles and, with
-        ``thresholds``, levels and flags (:func:`~ipinsights.score.verdict.flag_rows`).
+        ``thresholds``, levels and flags (:func:`~ipinsights.score.verdict.flag_rows`). ``joined``: the rows'
+        profiles, joined onto them (the Spark jobs); default, looked up in the scorer's own profiles.
         """
         hashes = self.entity_hashes(entities)  # once: rows, training counts and profiles all key on it
         parsed = self.parse(ips)
         dp = self._dot(buckets_of(hashes, self.num_entity_vectors), parsed)
         prior = np.full(dp.size, np.nan, dtype=np.float32)
-        if self.profiles is not None:
-            prior[parsed.valid] = self.profiles.prior_anomaly(parsed.value[parsed.valid])
+        if self.population is not None:
+            prior[parsed.valid] = self.population.prior_anomaly(parsed.value[parsed.valid])
         counts, profile_rows = self._entity_lookup(hashes)
+        profiles = self.profiles
+        if joined is not None:
+            profiles, profile_rows = joined
         valid = np.isfinite(dp)
         learning = np.zeros(dp.size, bool) if counts is None else counts < max(learning_period_events, 1)
         code = np.where(~valid, RULE_INVALID_CODE, np.where(learning, RULE_LEARNING_CODE, RULE_SCORE_CODE)).astype(
@@ -236,9 +268,9 @@ class Scorer:
         anomaly = np.where(learning, prior, -dp).astype(np.float32)
         learning, scored = code == RULE_LEARNING_CODE, code == RULE_SCORE_CODE
         pct = np.full(dp.size, np.nan)
-        if self.profiles is not None:
+        if profiles is not None:
             assert profile_rows is not None  # _entity_lookup finds profile rows whenever there are profiles
-            pct = self.profiles.percentile(np.where(scored, profile_rows, -1), -dp)
+            pct = profiles.percentile(np.where(scored, profile_rows, -1), -dp)
         out = Assessment(dp, prior, counts, code, anomaly, pct)
         if thresholds is not None:
             out.level_code = thresholds._level_codes(anomaly, learning)
@@ -246,7 +278,9 @@ class Scorer:
             out.normal_percentile = thresholds._normal_percentile(anomaly, scored, learning)
         return out
 
-    def explain(self, entities: ArrayLike, ips: ArrayLike, top: int = 3) -> dict[str, list]:
+    def explain(
+        self, entities: ArrayLike, ips: ArrayLike, top: int = 3, joined: Joined | None = None
+    ) -> dict[str, list]:
         """Why a row looks the way it does, from the entity's profile (columns of Python values).
 
         ``subnet``/``network``: the address's /24 and /16 (IPv6: /48 and /32) and whether the entity
@@ -255,7 +289,7 @@ class Scorer:
         vectors are most similar to this address's (cosine), ``closest_network`` the known network
         sharing the longest prefix and ``shared_prefix_bits``; ``typical_low``/``typical_high``: the
         entity's usual anomaly-score range (5th-95th percentile of its training events). None where the
-        entity has no profile.
+        entity has no profile. ``joined`` as in :meth:`assess`.
         """
         from ipinsights.core.ip import key_prefix, key_prefix_text
 
@@ -267,8 +301,11 @@ class Scorer:
             "subnet": _texts(keys, parsed.valid, 24, 48),
             "network": _texts(keys, parsed.valid, 16, 32),
         }
-        prof = self.profiles
-        rows = prof.index_of(self.entity_hashes(ent)) if prof is not None else np.full(n, -1, np.int64)
+        prof = self.profiles if joined is None else joined[0]
+        if joined is not None:
+            rows = joined[1]
+        else:
+            rows = prof.index_of(self.entity_hashes(ent)) if prof is not None else np.full(n, -1, np.int64)
         rows = np.where(parsed.valid, rows, -1)
         asn = self.asn_table.lookup(keys) if self.asn_table is not None else None
         out["asn"] = [None if asn is None or not parsed.valid[i] or asn[i] < 0 else int(asn[i]) for i in range(n)]
@@ -344,22 +381,6 @@ class Scorer:
     @property
     def manifest(self) -> dict[str, Any]:
         return self.bundle.manifest
-
-
-def _read_profiles(model: str, path: str | None) -> EntityProfiles | None:
-    """The model's entity profiles at ``path`` (must be usable), or beside the model (None when unusable)."""
-    from ipinsights.score.profiles import EntityProfiles, ProfileError
-    from ipinsights.storage.files import uri_exists
-    from ipinsights.storage.modelfile import profile_uri
-
-    try:
-        return EntityProfiles.load(path or profile_uri(model), model)
-    except ProfileError as exc:
-        if path is not None:
-            raise
-        if uri_exists(profile_uri(model)):
-            log.warning("%s", exc)
-        return None
 
 
 def _texts(keys: np.ndarray, valid: np.ndarray, v4: int, v6: int) -> list[str | None]:

@@ -63,7 +63,10 @@ def worker_scorer(source: ScorerSource) -> Scorer:
     if _loaded is None or _loaded[0] != source:
         _loaded = None  # released before the next one loads, not after
         gc.collect()
-        _loaded = (source, Scorer.load(source.model, profile=source.profile or False, asn_table=source.asn_table))
+        # A profile's header only (the population prior): each batch brings its own entities' rows.
+        scorer = Scorer.load(source.model, profile=source.profile or False, asn_table=source.asn_table,
+                             profile_rows=False)  # fmt: skip
+        _loaded = (source, scorer)
     return _loaded[1]
 
 
