@@ -113,11 +113,17 @@ class EntityStats:
         return cls(t["hashes"].view(np.uint64), t["counts"])
 
 
-def write_entity_file(out: IO[bytes], n: int, hashes: Iterable[np.ndarray], counts: Iterable[np.ndarray]) -> None:
+def write_entity_file(out: IO[bytes], n: int, chunks: Iterable[tuple[np.ndarray, np.ndarray]]) -> None:
     """Write ``entities.safetensors`` (what :meth:`EntityStats.to_bytes` holds) to ``out`` from chunks: ``n``
-    entities, ``hashes`` their 64-bit hashes in unsigned ascending order and ``counts`` theirs in the same
-    order, each as int64 chunks. The training job streams them from a sorted Parquet folder, so no process
-    ever holds every entity (``ValueError`` if the chunks do not add up to ``n`` or are out of order)."""
+    entities as (hashes, counts) int64 chunks, the 64-bit hashes in unsigned ascending order. The training
+    job streams them from a sorted Parquet folder in one pass, so no process ever holds every entity
+    (``ValueError`` if the chunks do not add up to ``n`` or are out of order).
+
+    The file holds every count before the first hash: the hashes wait in a temporary file meanwhile
+    (on disk, not in memory), then follow the counts."""
+    import shutil
+    import tempfile
+
     header = {
         "counts": {"dtype": "I64", "shape": [n], "data_offsets": [0, 8 * n]},
         "hashes": {"dtype": "I64", "shape": [n], "data_offsets": [8 * n, 16 * n]},
@@ -126,16 +132,19 @@ def write_entity_file(out: IO[bytes], n: int, hashes: Iterable[np.ndarray], coun
     text += b" " * (-len(text) % 8)  # safetensors aligns the data that follows to 8 bytes
     out.write(struct.pack("<Q", len(text)) + text)
     written = 0
-    for chunk in counts:
-        out.write(np.ascontiguousarray(chunk, dtype="<i8").tobytes())
-        written += len(chunk)
     last: np.uint64 | None = None
-    for chunk in hashes:
-        h = np.asarray(chunk).astype(np.int64).view(np.uint64)
-        if h.size and ((last is not None and h[0] <= last) or bool((h[1:] <= h[:-1]).any())):
-            raise ValueError("entity hashes are not unique and in ascending unsigned order")
-        last = h[-1] if h.size else last
-        out.write(h.view("<i8").tobytes())
-        written += len(h)
-    if written != 2 * n:
-        raise ValueError(f"expected {n} hashes and counts, got {written} values in all")
+    with tempfile.TemporaryFile() as spill:
+        for hashes, counts in chunks:
+            h = np.asarray(hashes).astype(np.int64).view(np.uint64)
+            if h.size != len(counts):
+                raise ValueError(f"a chunk of {h.size} hashes came with {len(counts)} counts")
+            if h.size and ((last is not None and h[0] <= last) or bool((h[1:] <= h[:-1]).any())):
+                raise ValueError("entity hashes are not unique and in ascending unsigned order")
+            last = h[-1] if h.size else last
+            out.write(np.ascontiguousarray(counts, dtype="<i8").tobytes())
+            spill.write(h.view("<i8").tobytes())
+            written += h.size
+        if written != n:
+            raise ValueError(f"expected {n} entities, got {written}")
+        spill.seek(0)
+        shutil.copyfileobj(spill, out, 1 << 20)

@@ -7,8 +7,10 @@ kept as their full 64-bit hash: the embedding row is taken from it where the pai
 
 from __future__ import annotations
 
+import itertools
 import logging
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -88,32 +90,34 @@ def write_entity_stats(encoded_df, uri: str) -> tuple[int, int]:
     from ipinsights.storage.filesystems import ArrowStore, arrow_fs, resolve_uri
 
     spark = encoded_df.sparkSession
-    key = F.when(F.col("ip").isNotNull(), F.col("entity_hash")).alias("entity_hash")
-    counts = encoded_df.groupBy(key).count().persist()
-    try:
-        n_invalid = sum(r["count"] for r in counts.where(F.col("entity_hash").isNull()).collect())  # 0 or 1 row
-        parts = uri + ".parts"
-        h = F.col("entity_hash")
-        # Unsigned order (the hashes are unsigned 64-bit, Spark's longs signed): the negative ones last.
-        (counts.where(h.isNotNull()).orderBy(h < 0, h)
-         .write.mode("overwrite").parquet(resolve_uri(spark, parts)))  # fmt: skip
-    finally:
-        counts.unpersist()
+    h = F.col("entity_hash")
+    # One row per entity, and one (null hash) counting the rows without a usable ip. Written in one
+    # ordered pass: the null row first, then the hashes in unsigned order (they are unsigned 64-bit,
+    # Spark's longs signed: the negative ones last).
+    counts = encoded_df.groupBy(F.when(F.col("ip").isNotNull(), h).alias("entity_hash")).count()
+    parts = uri + ".parts"
+    counts.orderBy(h.isNotNull(), h < 0, h).write.mode("overwrite").parquet(resolve_uri(spark, parts))
     # An ordered write's part files hold consecutive ranges, in the order of their task numbers (names).
     files = sorted(f for f in ArrowStore().list_files(parts) if f.endswith(".parquet"))
     fs = arrow_fs(parts)[0]
 
-    def column(name: str) -> Iterator[np.ndarray]:
+    def batches() -> Iterator[tuple[np.ndarray, np.ndarray]]:
         for f in files:
             with fs.open_input_file(arrow_fs(f)[1]) as fh:
-                for batch in pq.ParquetFile(fh).iter_batches(columns=[name]):
-                    yield batch.column(0).to_numpy()
+                for batch in pq.ParquetFile(fh).iter_batches(columns=["entity_hash", "count"]):
+                    yield batch.column(0), batch.column(1).to_numpy()
 
-    n = 0
+    n_invalid, n = 0, 0
     for f in files:
         with fs.open_input_file(arrow_fs(f)[1]) as fh:
             n += pq.ParquetFile(fh).metadata.num_rows
+    stream = batches()
+    first = next(stream, None)
+    chunks: list[tuple[Any, np.ndarray]] = [] if first is None else [first]
+    if first is not None and len(first[0]) and not first[0][0].is_valid:  # the null row leads, if there is one
+        n_invalid, n = int(first[1][0]), n - 1
+        chunks = [(first[0][1:], first[1][1:])]
     with atomic_write(uri, "wb") as out:
-        write_entity_file(out, n, column("entity_hash"), column("count"))
+        write_entity_file(out, n, ((h.to_numpy(zero_copy_only=False), c) for h, c in itertools.chain(chunks, stream)))
     delete_uri(parts)
-    return n, int(n_invalid)
+    return n, n_invalid
