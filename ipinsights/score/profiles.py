@@ -285,7 +285,7 @@ class EntityProfiles:
         """Read a whole profile (header and every row); with ``model_dir``, refuse it unless it is that model's."""
         header = ProfileHeader.load(path, model_dir)
         try:
-            table = _read_rows(header.rows)
+            table = _read_rows(header.rows, [n for n in ROW_SCHEMA.names if n != "entity"])
         except (OSError, pa.ArrowException) as exc:
             raise ProfileError(f"{path}: its rows table {header.rows} is not readable ({exc})") from None
         return rows_to_profiles(table, header.fingerprint, header.population)
@@ -351,14 +351,14 @@ def _metadata(data: bytes) -> dict[str, str]:
     return dict(json.loads(data[8 : 8 + n]).get("__metadata__") or {})
 
 
-def _read_rows(rows: str) -> pa.Table:
-    """Every row of a rows table (Parquet files under ``rows``, however many the build wrote)."""
+def _read_rows(rows: str, columns: list[str]) -> pa.Table:
+    """``columns`` of every row of a rows table (Parquet files under ``rows``, however many the build wrote)."""
     import pyarrow.dataset as ds
 
     from ipinsights.storage.filesystems import arrow_fs
 
     fs, folder = arrow_fs(rows)
-    return ds.dataset(folder, filesystem=fs, format="parquet", schema=ROW_SCHEMA).to_table()
+    return ds.dataset(folder, filesystem=fs, format="parquet", schema=ROW_SCHEMA).to_table(columns=columns)
 
 
 def _list_parts(col: pa.ChunkedArray | pa.Array, n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -395,13 +395,16 @@ def _profiles_of(columns: dict[str, Any], hashes: np.ndarray, fingerprint: str, 
 
 
 def rows_to_profiles(table: pa.Table, fingerprint: str, population: PopulationPrior) -> EntityProfiles:
-    """EntityProfiles of a rows table (:data:`ROW_SCHEMA`), sorted by entity hash."""
+    """EntityProfiles of a rows table (:data:`ROW_SCHEMA`; ``entity`` may be left out), sorted by entity hash.
+
+    Looked up by hash, they need no entity strings: those are kept only when the table has them.
+    """
     h = table["entity_hash"].to_numpy().view(np.uint64)
     order = np.argsort(h, kind="stable")
     table = table.take(pa.array(order))
     cols = {name: table[name] for name in ("q", "net_keys", "net_counts", "asns")}
-    entities = np.asarray(table["entity"].to_pylist(), dtype=object)
-    return _profiles_of(cols, h[order], fingerprint, population, entities)
+    names = table["entity"].to_numpy(zero_copy_only=False) if "entity" in table.column_names else None
+    return _profiles_of(cols, h[order], fingerprint, population, names)
 
 
 def joined_profiles(batch: pa.RecordBatch, population: PopulationPrior) -> tuple[EntityProfiles, np.ndarray]:
