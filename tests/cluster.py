@@ -30,8 +30,9 @@ from pathlib import Path
 import pytest
 from servers import free_port
 
-__all__ = ["BUCKET", "Bucket", "StandaloneCluster", "Submitter", "ingest_args", "kill_group", "last_json",
-           "prepare_lake", "s3_server", "score_args", "spark_cluster", "spark_home", "tail", "train_args"]  # fmt: skip
+__all__ = ["BUCKET", "JARS", "JAR_DIR", "Bucket", "StandaloneCluster", "Submitter", "ingest_args", "kill_group",
+           "last_json", "prepare_lake", "s3_server", "s3a_spark_conf", "score_args", "spark_cluster", "spark_home",
+           "tail", "train_args"]  # fmt: skip
 
 REPO = Path(__file__).resolve().parents[1]
 #: Hadoop's S3A connector for Spark's side (``scripts/fetch_s3a_jars.sh``): pyspark's package has none.
@@ -252,6 +253,19 @@ def s3a_settings(endpoint: str) -> dict[str, str]:
     return {f"spark.hadoop.fs.s3a.{k}": v for k, v in settings.items()}
 
 
+def s3a_spark_conf(endpoint: str) -> dict[str, str]:
+    """Every Spark setting a test job needs to reach the local S3 API through S3A: :func:`s3a_settings`, and the
+    jars on the driver's and the executors' class path, as a cluster with S3A installed has them (EMR,
+    Databricks). Not ``spark.jars``: that ships the 200 MB SDK bundle to every executor of every application."""
+    classpath = ":".join(map(str, JARS))
+    return {
+        **s3a_settings(endpoint),
+        "spark.driver.extraClassPath": classpath,
+        "spark.executor.extraClassPath": classpath,
+        "spark.ui.enabled": "false",
+    }
+
+
 def aws_env(endpoint: str) -> dict[str, str]:
     """What pyarrow (and boto3) read: the endpoint of the local S3 API and its static credentials."""
     return {
@@ -275,13 +289,12 @@ class Submitter:
 
     def command(self, job: str, args: list[str]) -> list[str]:
         conf = {
-            **s3a_settings(self.endpoint),
+            **s3a_spark_conf(self.endpoint),
             # The executors' Python (ingest's tasks, the training ranks) reads S3 with pyarrow as the driver does.
             **{f"spark.executorEnv.{k}": v for k, v in aws_env(self.endpoint).items()},
-            "spark.ui.enabled": "false",
             "spark.sql.shuffle.partitions": "4",
         }
-        opts = [f"--jars={','.join(map(str, JARS))}", *(f"--conf={k}={v}" for k, v in conf.items())]
+        opts = [f"--conf={k}={v}" for k, v in conf.items()]
         return [str(REPO / "spark-submit.sh"), "--master", self.master,
                 *(a for o in opts for a in ("--spark-opt", o)), job, *args]  # fmt: skip
 

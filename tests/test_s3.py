@@ -17,10 +17,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from cluster import JAR_DIR, JARS, s3a_spark_conf
 
 REPO = Path(__file__).resolve().parents[1]
-JAR_DIR = Path(os.environ.get("IPINSIGHTS_S3A_JARS", Path.home() / ".cache/ipinsights/s3a-jars"))
-JARS = [JAR_DIR / "hadoop-aws-3.3.1.jar", JAR_DIR / "aws-java-sdk-bundle-1.11.901.jar"]
 LINE = '10.1.{i}.9 - user_{i} [10/Oct/2026:23:30:00 -0500] "GET /login_success HTTP/1.1" 200 476 "-" "UA"'
 
 
@@ -91,24 +90,7 @@ def test_ingest_reads_and_writes_s3(s3_endpoint, tmp_path):
         pytest.skip(f"S3A jars not in {JAR_DIR}: run scripts/fetch_s3a_jars.sh")
     s3 = _buckets(s3_endpoint)
 
-    s3a = {
-        "endpoint": s3_endpoint,
-        "access.key": "k",
-        "secret.key": "s",
-        "path.style.access": "true",
-        "connection.ssl.enabled": "false",
-        # Hadoop 3.5's defaults name SDK v2 credential providers, which hadoop-aws 3.3.1 does not have.
-        "aws.credentials.provider": "org.apache.hadoop.fs.s3a.SimpleAWSCredentialsProvider",
-        # Hadoop 3.5 writes these defaults with units ("60s"); hadoop-aws 3.3.1 parses plain numbers.
-        "threads.keepalivetime": "60",
-        "multipart.purge.age": "86400",
-        "connection.establish.timeout": "5000",
-        "connection.timeout": "200000",
-        "attempts.maximum": "2",
-        "retry.limit": "2",
-    }
-    conf = [f"spark.hadoop.fs.s3a.{k}={v}" for k, v in s3a.items()]
-    conf += [f"spark.jars={','.join(map(str, JARS))}", "spark.ui.enabled=false", "spark.sql.shuffle.partitions=2"]
+    conf = [f"{k}={v}" for k, v in {**s3a_spark_conf(s3_endpoint), "spark.sql.shuffle.partitions": "2"}.items()]
     cmd = [
         sys.executable,
         str(REPO / "jobs/ingest.py"),

@@ -20,12 +20,11 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
+from cluster import JAR_DIR, JARS, s3a_spark_conf
 
 from ipinsights.core.config import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
-JAR_DIR = Path(os.environ.get("IPINSIGHTS_S3A_JARS", Path.home() / ".cache/ipinsights/s3a-jars"))
-JARS = [JAR_DIR / "hadoop-aws-3.3.1.jar", JAR_DIR / "aws-java-sdk-bundle-1.11.901.jar"]
 HP = ["--num_entity_vectors=300", "--vector_dim=16", "--mini_batch_size=256", "--learning_rate=0.01"]
 
 
@@ -66,13 +65,7 @@ def _keys(s3, bucket: str, prefix: str = "") -> list[str]:
 
 def _s3a_conf(endpoint: str) -> list[str]:
     """Spark settings for S3A against moto (as tests/test_s3.py explains, for hadoop-aws 3.3.1 on Hadoop 3.5)."""
-    s3a = {"endpoint": endpoint, "access.key": "k", "secret.key": "s", "path.style.access": "true",
-           "connection.ssl.enabled": "false",
-           "aws.credentials.provider": "org.apache.hadoop.fs.s3a.SimpleAWSCredentialsProvider",
-           "threads.keepalivetime": "60", "multipart.purge.age": "86400", "connection.establish.timeout": "5000",
-           "connection.timeout": "200000", "attempts.maximum": "2", "retry.limit": "2"}  # fmt: skip
-    conf = [f"spark.hadoop.fs.s3a.{k}={v}" for k, v in s3a.items()]
-    conf += [f"spark.jars={','.join(map(str, JARS))}", "spark.ui.enabled=false", "spark.sql.shuffle.partitions=2"]
+    conf = [f"{k}={v}" for k, v in {**s3a_spark_conf(endpoint), "spark.sql.shuffle.partitions": "2"}.items()]
     return [a for c in conf for a in ("--spark-conf", c)]
 
 

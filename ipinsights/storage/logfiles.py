@@ -8,7 +8,7 @@ import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -167,7 +167,7 @@ def _lines_of(data: bytes) -> pa.StringArray:
 
 def iter_split_lines(
     split: LogSplit, block_bytes: int = 16 << 20, max_line_bytes: int | None = None
-) -> Iterator[pa.StringArray]:
+) -> Iterator[pa.StringArray]:  # not a generator itself: it opens the file when called
     """The lines of ``split`` in arrays of about ``block_bytes`` each (memory stays bounded).
 
     A split owns the lines that start in ``[start, end)``: it skips the partial line it starts in
@@ -179,10 +179,17 @@ def iter_split_lines(
     than that is cut where it stays too long for the parser, which quarantines it as overlong.
 
     A compressed file that cannot be read to its end yields the whole lines before the damage, then
-    raises the read error (``OSError`` or ``pyarrow.ArrowInvalid``).
+    raises the read error (``OSError`` or ``pyarrow.ArrowInvalid``). A file that cannot be opened
+    raises at the call.
     """
     fs, path = arrow_fs(split.uri)
     raw = fs.open_input_file(path) if split.codec is None else fs.open_input_stream(path, compression=split.codec)
+    return _split_lines(split, raw, block_bytes, max_line_bytes)
+
+
+def _split_lines(split: LogSplit, raw: Any, block_bytes: int, max_line_bytes: int | None) -> Iterator[pa.StringArray]:
+    """The generator of :func:`iter_split_lines`, over the file it opened (an error opening it is raised
+    by the call, not as a read error of the stream)."""
     limit = None if split.codec else split.end
     error: Exception | None = None  # a compressed stream's read error, raised once the lines before it are out
 
@@ -262,10 +269,11 @@ def iter_split_blocks(
     """:func:`iter_split_lines`, with a compressed file's read error yielded last as a :class:`StreamDamage`.
 
     A damaged compressed file (truncated, corrupt) is read as far as it goes and reported, not raised:
-    raising would fail the task, every retry of it, and so the whole job. A plain file's read error
-    is still raised, since a retry may read it.
+    raising would fail the task, every retry of it, and so the whole job. A file that cannot be opened
+    (missing, no access) and a plain file's read error are still raised: a retry may read them, and
+    they are no damage of the file's own.
     """
-    blocks = iter_split_lines(split, block_bytes, max_line_bytes)
+    blocks = iter_split_lines(split, block_bytes, max_line_bytes)  # opens the file: errors raise here
     read = 0
     while True:
         try:
@@ -294,7 +302,7 @@ def python_reader_uri(uri: str) -> str | None:
     taken to be set up like it.
     """
     if arrow_readable(uri):
-        return uri
+        return uri if _python_reaches(uri) else None
     if uri.startswith("dbfs:/"):
         mount = Path("/dbfs")
         return str(mount / uri[len("dbfs:/") :].lstrip("/")) if mount.is_dir() else None
@@ -305,6 +313,25 @@ def python_reader_uri(uri: str) -> str | None:
             return None
         return uri
     return None
+
+
+_REACHED: dict[str, bool] = {}  # bucket -> whether pyarrow reached it (see _python_reaches)
+
+
+def _python_reaches(uri: str) -> bool:
+    """Whether ``pyarrow.fs`` sees ``uri`` as a file: Spark may reach a bucket through Hadoop's settings
+    (endpoint, credential providers) where pyarrow, with only the AWS defaults, cannot. Asked once per
+    bucket (the first file of it), not once per file; local paths are not asked."""
+    if "://" not in uri or uri.startswith("file:"):
+        return True
+    bucket = uri.split("://", 1)[1].split("/", 1)[0]
+    if bucket not in _REACHED:
+        try:
+            fs, path = arrow_fs(uri)
+            _REACHED[bucket] = bool(fs.get_file_info(path).type == pafs.FileType.File)
+        except (OSError, pa.ArrowException):
+            _REACHED[bucket] = False
+    return _REACHED[bucket]
 
 
 def _stream_files(max_line_bytes: int | None, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
