@@ -73,7 +73,7 @@ pick = (F.xxhash64("id") % n + n) % n
 events = spark.range(day).select(F.format_string("user_%d", pick).alias("entity"), ips(pick).alias("ip"))
 source = ScorerSource.with_profile(model, profile)
 if mode == "today":
-    scored = score_events(events, ScoringSetup(source, profile_rows=header.rows))
+    scored = score_events(events, ScoringSetup(source, profile_rows=header.files))
 else:
     def whole(batches):
         from ipinsights.score.scorer import Scorer

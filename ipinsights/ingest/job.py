@@ -57,6 +57,7 @@ from ipinsights.storage.parquet import parquet_writer
 from ipinsights.storage.publish import (
     JOURNAL_PREFIX,
     PublishError,
+    drop_unreported,
     recover_publishes,
     replace_folders,
     write_quarantine,
@@ -307,17 +308,8 @@ def _stage_arrow(spark, cfg: IngestConfig, staging: str, store: ArrowStore) -> t
     task = _SplitTask(cfg.line_rules(), staging)
     rdd = spark.sparkContext.parallelize(list(enumerate(splits)), max(1, len(splits)))
     results = rdd.map(functools.partial(_ingest_split, task)).collect()
-    _drop_unreported(store, {f for r in results for f in r["files"]})
+    drop_unreported(store, {f for r in results for f in r["files"]})
     return [row for r in results for row in r["counts"]], [uri for uri, _ in files]
-
-
-def _drop_unreported(store: ArrowStore, written: set[str]) -> None:
-    """Delete the files beside ``written`` that no successful task reported: those of failed or
-    speculative attempts (their rows are counted by the attempt that succeeded)."""
-    for folder in {f.rsplit("/", 1)[0] for f in written}:
-        for f in store.list_files(folder):
-            if f not in written:
-                store.delete(f)
 
 
 def _stage_spark(spark, cfg: IngestConfig, staging: str):

@@ -150,7 +150,7 @@ class ScoringSetup:
     learning_period_events: int = 10
     thresholds: Thresholds | None = None  # None: ``level`` and ``flagged`` null
     flag_unseen: bool = False
-    profile_rows: str | None = None  # the profile's rows table, joined onto the rows (percentiles, explanations)
+    profile_rows: tuple[str, ...] | None = None  # the profile's rows files, joined on (percentiles, explanations)
 
 
 def _with_profiles(df: DataFrame, setup: ScoringSetup) -> DataFrame:
@@ -469,7 +469,7 @@ def run_score_job(
         learning_period_events=cfg.learning_period_events,
         thresholds=threshold.thresholds,
         flag_unseen=cfg.flag_unseen,
-        profile_rows=header.rows if header is not None else None,
+        profile_rows=header.files if header is not None else None,
     )
     if input_csv is not None:
         if len(days) != 1:

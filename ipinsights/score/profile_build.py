@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import logging
+import uuid
+from collections.abc import Iterator
+from functools import partial
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -23,6 +26,7 @@ from ipinsights.score.profiles import (
 )
 from ipinsights.score.scorer import Scorer
 from ipinsights.score.udf import ScorerSource, map_in_arrow
+from ipinsights.storage.parquet import parquet_writer
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame
@@ -52,6 +56,23 @@ def _history_batch(scorer: Scorer, batch: pa.RecordBatch) -> pa.RecordBatch:
     )
 
 
+def _write_rows(rows_uri: str, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+    """One task's profile rows as one Parquet file under ``rows_uri`` (random name: a retried attempt never
+    overwrites the one before it; the driver keeps only the reported files); yields (file, rows)."""
+    writer, uri, n = None, f"{rows_uri}/part-{uuid.uuid4().hex}.parquet", 0
+    try:
+        for batch in batches:
+            table = pa.Table.from_batches([batch]).cast(ROW_SCHEMA)  # Spark's list fields are named "element"
+            writer = writer or parquet_writer(uri, ROW_SCHEMA)
+            writer.write_table(table)
+            n += table.num_rows
+    finally:
+        if writer is not None:
+            writer.close()
+    if writer is not None:
+        yield pa.RecordBatch.from_arrays([pa.array([uri]), pa.array([n], pa.int64())], names=["file", "n"])
+
+
 def build_profiles(
     history: DataFrame,
     model_path: str,
@@ -69,8 +90,9 @@ def build_profiles(
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
-    from ipinsights.storage.filesystems import resolve_uri
+    from ipinsights.storage.filesystems import ArrowStore
     from ipinsights.storage.modelfile import model_fingerprint
+    from ipinsights.storage.publish import drop_unreported
 
     schema = "entity string, entity_hash long, key long, net long, wide long, asn long, anomaly double"
     scored = map_in_arrow(history.select("entity", "ip"), ScorerSource(model_path, asn_table=asn_path), _history_batch,
@@ -99,8 +121,13 @@ def build_profiles(
         )
         assert rows.columns == ROW_SCHEMA.names
         rows_uri = new_rows_uri(path)
-        # Sorted by entity within each file: a reader that wants one entity skips by row-group statistics.
-        rows.sortWithinPartitions("entity").write.parquet(resolve_uri(history.sparkSession, rows_uri))
+        # Written by the Python tasks with pyarrow, as every file beside a model is: a model on S3 needs no
+        # Hadoop connector. Sorted by entity within each file (a reader of one entity skips row groups).
+        done = rows.sortWithinPartitions("entity").mapInArrow(partial(_write_rows, rows_uri), "file string, n long")
+        written = done.collect()  # a row per task, not per entity
+        drop_unreported(ArrowStore(), {r["file"] for r in written})
+        files = sorted(r["file"] for r in written)
+        entities = sum(r["n"] for r in written)
         # Population counts: one row per network comes back (bounded by the networks, not the events).
         subnets = scored.groupBy("net").count().orderBy("net").toArrow()
         networks = scored.groupBy(F.col("wide").alias("net")).count().orderBy("net").toArrow()
@@ -112,6 +139,5 @@ def build_profiles(
         networks["net"].to_numpy().astype(np.int64),
         networks["count"].to_numpy().astype(np.int64),
     )
-    entities = history.sparkSession.read.parquet(resolve_uri(history.sparkSession, rows_uri)).count()
-    save_header(path, population, model_fingerprint(model_path), rows_uri, entities)
+    save_header(path, population, model_fingerprint(model_path), rows_uri, files, entities)
     return ProfileHeader.load(path, model_path)

@@ -19,9 +19,12 @@ Stored beside the model in two parts, each sized by what it describes:
 * ``<model_dir>.profile.safetensors``, the **header**: the population counts (bounded by the number of
   networks, not of entities), the model's fingerprint (like a calibration, a profile is a property of
   (model, traffic) and is refused for any other model) and the name of its rows table;
-* ``<model_dir>.profile.rows-<build>/``, the **rows**: a Parquet table of one row per entity (``entity``,
+* ``<model_dir>.profile.rows-<build>/``, the **rows**: Parquet files of one row per entity (``entity``,
   ``entity_hash``, ``q``, ``net_keys``, ``net_counts``, ``asns``; about ``8 * (4 + 21/2 + 2 *
-  max_networks)`` bytes each), written by the executors that built it.
+  max_networks)`` bytes each), written by the executors that built it, named in the header.
+
+Both are read and written by Python (``pyarrow.fs``), like every file beside a model: a model on S3 needs
+no Hadoop S3 connector for them.
 
 The Spark jobs never load the rows whole: each scoring batch is joined with its own entities' rows
 (:func:`joined_profiles`), so a scoring worker holds the header and one batch. In-process scoring (the
@@ -135,7 +138,8 @@ class ProfileHeader:
     path: str
     population: PopulationPrior
     fingerprint: str
-    rows: str  # the rows table's URI
+    rows: str  # the rows table's URI (a folder)
+    files: tuple[str, ...]  # its Parquet files' URIs
     entities: int
 
     @classmethod
@@ -163,7 +167,8 @@ class ProfileHeader:
         if model_dir is not None and meta.get("model_fingerprint") != model_fingerprint(model_dir):
             raise ProfileError(f"{path}: made for another model than {model_dir} (rebuild it)")
         rows = _sibling(str(path), meta.get("rows", ""))
-        if not meta.get("rows") or not _has_rows(rows):
+        files = tuple(f"{rows}/{name}" for name in json.loads(meta.get("rows_files", "[]")))
+        if not meta.get("rows") or not all(is_file(f) for f in files[:1]):
             raise ProfileError(f"{path}: its rows table {rows} is missing (rebuild it)")
         try:
             population = PopulationPrior(
@@ -171,7 +176,8 @@ class ProfileHeader:
             )
         except KeyError as exc:
             raise ProfileError(f"{path}: missing tensor {exc}") from None
-        return cls(str(path), population, meta.get("model_fingerprint", ""), rows, int(meta.get("entities", 0)))
+        fingerprint = meta.get("model_fingerprint", "")
+        return cls(str(path), population, fingerprint, rows, files, int(meta.get("entities", 0)))
 
 
 @dataclass(frozen=True)
@@ -276,8 +282,8 @@ class EntityProfiles:
         from ipinsights.storage.parquet import write_parquet
 
         rows = new_rows_uri(path)
-        write_parquet(self.rows_table(), f"{rows}/part-00000.parquet")
-        save_header(path, self.population, self.fingerprint, rows, len(self))
+        part = write_parquet(self.rows_table(), f"{rows}/part-00000.parquet")
+        save_header(path, self.population, self.fingerprint, rows, [part], len(self))
         return path
 
     @classmethod
@@ -285,7 +291,7 @@ class EntityProfiles:
         """Read a whole profile (header and every row); with ``model_dir``, refuse it unless it is that model's."""
         header = ProfileHeader.load(path, model_dir)
         try:
-            table = _read_rows(header.rows, [n for n in ROW_SCHEMA.names if n != "entity"])
+            table = _read_rows(header.files, [n for n in ROW_SCHEMA.names if n != "entity"])
         except (OSError, pa.ArrowException) as exc:
             raise ProfileError(f"{path}: its rows table {header.rows} is not readable ({exc})") from None
         return rows_to_profiles(table, header.fingerprint, header.population)
@@ -297,9 +303,10 @@ def new_rows_uri(path: str | Path) -> str:
     return f"{stem}.rows-{uuid.uuid4().hex[:12]}"
 
 
-def save_header(path: str | Path, population: PopulationPrior, fingerprint: str, rows: str, entities: int) -> None:
-    """Write the header atomically (safetensors: no pickle) once ``rows`` is complete, then remove the rows
-    tables of the builds it replaces (beside it, with its name)."""
+def save_header(path: str | Path, population: PopulationPrior, fingerprint: str, rows: str, files: list[str],
+                entities: int) -> None:  # fmt: skip
+    """Write the header atomically (safetensors: no pickle) once the rows table ``rows`` (its Parquet
+    ``files``) is complete, then remove the rows tables of the builds it replaces (beside it, with its name)."""
     from safetensors.numpy import save
 
     meta = {
@@ -308,6 +315,7 @@ def save_header(path: str | Path, population: PopulationPrior, fingerprint: str,
         "model_fingerprint": fingerprint,
         "quantiles": json.dumps(QUANTILES.tolist()),
         "rows": rows.rstrip("/").rsplit("/", 1)[-1],
+        "rows_files": json.dumps(sorted(f.rsplit("/", 1)[-1] for f in files)),
         "entities": str(int(entities)),
     }
     with atomic_write(path, mode="wb") as fh:
@@ -339,26 +347,39 @@ def _sibling(path: str, name: str) -> str:
     return f"{path.rsplit('/', 1)[0]}/{name}" if "/" in path else name
 
 
-def _has_rows(rows: str) -> bool:
-    from ipinsights.storage.files import uri_exists
-
-    return uri_exists(rows)
-
-
 def _metadata(data: bytes) -> dict[str, str]:
     """A safetensors file's ``__metadata__`` (its JSON header says it; safetensors.numpy.load drops it)."""
     n = int.from_bytes(data[:8], "little")
     return dict(json.loads(data[8 : 8 + n]).get("__metadata__") or {})
 
 
-def _read_rows(rows: str, columns: list[str]) -> pa.Table:
-    """``columns`` of every row of a rows table (Parquet files under ``rows``, however many the build wrote)."""
+def _read_rows(files: tuple[str, ...], columns: list[str]) -> pa.Table:
+    """``columns`` of every row of a rows table (its Parquet ``files``)."""
     import pyarrow.dataset as ds
 
     from ipinsights.storage.filesystems import arrow_fs
 
-    fs, folder = arrow_fs(rows)
-    return ds.dataset(folder, filesystem=fs, format="parquet", schema=ROW_SCHEMA).to_table(columns=columns)
+    if not files:
+        return ROW_SCHEMA.empty_table().select(columns)
+    fs = arrow_fs(files[0])[0]
+    paths = [arrow_fs(f)[1] for f in files]
+    return ds.dataset(paths, filesystem=fs, format="parquet", schema=ROW_SCHEMA).to_table(columns=columns)
+
+
+def _joined_batches(batches: Any) -> Any:
+    """``mapInArrow`` body of :func:`join_profile_rows`: the rows of each listed Parquet file, a row group at
+    a time, under the joined columns' names."""
+    import pyarrow.parquet as pq
+
+    from ipinsights.storage.filesystems import arrow_fs
+
+    names = ["entity", *JOINED.values()]
+    for batch in batches:
+        for uri in batch.column(0).to_pylist():
+            fs, path = arrow_fs(uri)
+            with fs.open_input_file(path) as fh:
+                for part in pq.ParquetFile(fh).iter_batches(batch_size=8192, columns=["entity", *JOINED]):
+                    yield pa.RecordBatch.from_arrays(part.columns, names=names)
 
 
 def _list_parts(col: pa.ChunkedArray | pa.Array, n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -419,15 +440,12 @@ def joined_profiles(batch: pa.RecordBatch, population: PopulationPrior) -> tuple
     return _profiles_of(cols, np.zeros(idx.size, np.uint64), "", population), rows
 
 
-def join_profile_rows(df: Any, rows: str) -> Any:
+def join_profile_rows(df: Any, files: tuple[str, ...]) -> Any:
     """``df`` (Spark, with ``entity``) with its entities' profile columns (:data:`JOINED`; null without one):
-    a left join on the entity with the rows table, so that each scoring batch brings its own profiles."""
-    from pyspark.sql import functions as F
-
-    from ipinsights.storage.filesystems import resolve_uri
-
+    a left join on the entity with the rows table (its Parquet ``files``, read by Python tasks, one per
+    file), so that each scoring batch brings its own profiles."""
     spark = df.sparkSession
-    table = spark.read.parquet(resolve_uri(spark, rows)).select(
-        "entity", *(F.col(c).alias(j) for c, j in JOINED.items())
-    )
-    return df.join(table, on="entity", how="left")
+    listing = spark.createDataFrame(spark.sparkContext.parallelize([(f,) for f in files], max(1, len(files))),
+                                    "file string")  # fmt: skip
+    ddl = "entity string, " + ", ".join(f"{j} array<{'float' if c == 'q' else 'bigint'}>" for c, j in JOINED.items())
+    return df.join(listing.mapInArrow(_joined_batches, ddl), on="entity", how="left")

@@ -266,3 +266,12 @@ def write_partitions(df: DataFrame, path: str) -> None:
     with partitioned_write_settings(df.sparkSession):
         writer = df.write.mode("overwrite").option("partitionOverwriteMode", "dynamic").partitionBy("dt")
         writer.parquet(resolve_uri(df.sparkSession, path))
+
+
+def drop_unreported(store: ArrowStore | HadoopStore, written: set[str]) -> None:
+    """Delete the files beside ``written`` that no successful task reported: those of failed or
+    speculative attempts of the Python tasks that wrote them (their rows are in the attempt that succeeded)."""
+    for folder in {f.rsplit("/", 1)[0] for f in written}:
+        for f in store.list_files(folder):
+            if f not in written:
+                store.delete(f)
