@@ -263,6 +263,9 @@ def s3a_spark_conf(endpoint: str) -> dict[str, str]:
         "spark.driver.extraClassPath": classpath,
         "spark.executor.extraClassPath": classpath,
         "spark.ui.enabled": "false",
+        # S3 has no rename: Hadoop's committer copies each file at task commit and again at job commit
+        # (algorithm 1); 2 copies it once, at task commit. (EMR's and Databricks' S3 committers copy none.)
+        "spark.hadoop.mapreduce.fileoutputcommitter.algorithm.version": "2",
     }
 
 

@@ -195,9 +195,9 @@ def test_models_load_from_s3_through_a_bounded_cache(s3, tmp_path, monkeypatch):
 @pytest.mark.slow
 @pytest.mark.spark
 @pytest.mark.timeout(2700)
-def test_train_job_writes_the_run_to_s3_and_resumes_from_it(s3, pairs, tmp_path):
+def test_train_job_writes_the_run_to_s3(s3, pairs, tmp_path):
     """--output s3://...: model, metrics, config, checkpoints and work files land in the bucket and nothing
-    under the working directory; --resume continues from the checkpoint in the bucket."""
+    under the working directory (resuming from the bucket's checkpoint: tests/test_cluster.py)."""
     _need_jars()
     bucket = _bucket(s3, "uris-train")
     cwd = tmp_path / "cwd"
@@ -215,20 +215,12 @@ def test_train_job_writes_the_run_to_s3_and_resumes_from_it(s3, pairs, tmp_path)
     assert list(cwd.iterdir()) == []
     latest = json.loads(s3.get_object(Bucket=bucket, Key="run/checkpoints/latest.json")["Body"].read())
     assert latest["epoch"] == 1 and f"run/checkpoints/{latest['file']}" in keys
-    first = [json.loads(x) for x in s3.get_object(Bucket=bucket, Key="run/metrics.jsonl")["Body"].read().splitlines()]
-
-    proc = _run_job("train", [*args, "--epochs=2", "--resume"], cwd)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    metrics = [json.loads(x) for x in s3.get_object(Bucket=bucket, Key="run/metrics.jsonl")["Body"].read().splitlines()]
-    assert [m["epoch"] for m in metrics] == [1, 2]
-    assert metrics[0] == first[0]  # epoch 1 restored from the bucket's checkpoint, not trained again
     assert json.loads(proc.stdout.splitlines()[-1])["model"] == f"s3://{bucket}/run/model"
-    assert list(cwd.iterdir()) == []
 
     from ipinsights.score.scorer import Scorer
 
     scorer = Scorer.load(f"s3://{bucket}/run/model")  # the Scorer takes the URI
-    assert [e["epoch"] for e in scorer.manifest["training"]["epochs"]] == [1, 2]
+    assert [e["epoch"] for e in scorer.manifest["training"]["epochs"]] == [1]
 
 
 @pytest.mark.slow
