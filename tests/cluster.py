@@ -384,12 +384,14 @@ class Bucket:
 
 
 def prepare_lake(submit: Submitter, bucket: Bucket, scratch: Path, events: str) -> Dates:
-    """generate (into ``scratch``: the generator writes local files only), upload the logs to
-    s3://BUCKET/logs/, ingest them into ``events``; the data set's training, validation and test days."""
+    """generate (into ``scratch``, in this process: the small set needs no Spark, and the generator writes
+    local files only), upload the logs to s3://BUCKET/logs/, ingest them on the cluster into ``events``; the
+    data set's training, validation and test days."""
     from ipinsights.synth import read_spec
+    from ipinsights_jobs import generate
 
     synth = scratch / "synth"
-    submit.run("generate", ["--out", str(synth), "--spark", *GENERATE])
+    assert generate.main(["--out", str(synth), *GENERATE]) == 0
     bucket.upload_tree(synth / "logs", "logs")
     out = submit.run("ingest", [*ingest_args(f"s3://{bucket.name}/logs", events), "--run_id=c1"])
     summary = last_json(out)

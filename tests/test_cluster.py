@@ -1,11 +1,12 @@
 """The pipeline on a Spark standalone cluster (master + 2 workers on loopback), every path on S3.
 
-generate -> ingest -> train (torch, 2 ranks on the 2 executors; killed after its first checkpoint and
+generate (in the test) -> ingest -> train (torch, 2 ranks on the 2 executors; killed after its first checkpoint and
 resumed) -> score + report, each one ``./spark-submit.sh --master spark://...`` in its own process, with
 its working directory an empty folder that must stay empty: every input and output lives in a moto S3
 bucket, reached by Spark through Hadoop's S3A connector (jars from ``scripts/fetch_s3a_jars.sh``) and by
-the Python side (driver and executors) through pyarrow with the AWS environment. The horovod backend is
-trained too where Horovod is importable. The cluster, the S3 helpers and the command lines are in
+the Python side (driver and executors) through pyarrow with the AWS environment. The horovod backend's
+two ranks run through Spark in ``tests/test_distributed.py`` (on ``local[2]``: a cluster run of it cost
+CI two more minutes for the same launch code). The cluster, the S3 helpers and the command lines are in
 ``tests/cluster.py`` (shared with ``bench/cluster_vs_local.py``; ``tests/test_deploy.py`` holds deploy/ to them).
 """
 
@@ -123,28 +124,18 @@ def test_pipeline_on_cluster_with_s3(lake, spark_cluster):
     keys = bucket.keys("run/")
     assert "run/model/model.json" in keys and "run/config.json" in keys, keys
 
-    out = submit.run("score", score_args(EVENTS, f"s3://{BUCKET}/run", f"s3://{BUCKET}", lake.dates))
+    # A fixed threshold: calibrating on S3 is tests/test_uris.py's (one Spark stage fewer on the cluster).
+    args = [a for a in score_args(EVENTS, f"s3://{BUCKET}/run", f"s3://{BUCKET}", lake.dates) if "calibration" not in a]
+    args[args.index("--target-fpr") : args.index("--target-fpr") + 2] = ["--threshold", "0.0"]
+    out = submit.run("score", args)
     assert out.count("\t") >= 2, out[-3000:]
     keys = bucket.keys()
     for day in lake.dates["test"]:
         for table in ("scores", "flagged"):
             assert any(k.startswith(f"{table}/dt={day}/") and k.endswith(".parquet") for k in keys), (table, day)
         assert f"reports/dt={day}/report.html" in keys, keys
-    assert any(k.startswith("run/model.calibration") for k in keys), keys
+    assert any(k.startswith("run/model.profile.rows-") for k in keys), keys  # the executors wrote it to S3
     _assert_nothing_local(submit, spark_cluster)
-
-
-@pytest.mark.cluster
-@pytest.mark.slow
-@pytest.mark.spark
-@pytest.mark.timeout(1800)  # the module's data set is made within the first test that runs
-def test_train_horovod_on_cluster_with_s3(lake, spark_cluster):
-    """The horovod backend's 2 ranks (separate processes on the executors) write the same run to S3."""
-    pytest.importorskip("horovod.spark", reason="Horovod is not installed (scripts/build_horovod.sh)")
-    lake.submit.run("train", train(lake, "run-horovod", "horovod", epochs=1), "train-horovod")
-    assert [m["epoch"] for m in metrics(lake, "run-horovod")] == [1]
-    assert "run-horovod/model/model.json" in lake.bucket.keys("run-horovod/")
-    _assert_nothing_local(lake.submit, spark_cluster)
 
 
 def _wait_apps_finished(cluster, timeout: float = 120.0) -> None:

@@ -93,14 +93,29 @@ def test_two_ranks_match_single_process(spark, world, events, tmp_path, backend)
 @pytest.mark.spark
 @pytest.mark.slow
 @pytest.mark.timeout(900)
-def test_resume_continues_from_the_checkpoint(spark, events, tmp_path):
-    """A run stopped after epoch 1 (its checkpoints kept) is continued by --resume, not started over."""
+def test_resume_continues_from_the_checkpoint(spark, events, tmp_path, caplog):
+    """A run stopped after epoch 1 (its checkpoints kept) is continued by --resume, not started over.
+
+    And rank 0 of a TorchDistributor run is another process: its progress lines reach the driver's log
+    while training runs, not all at the end (logged before the line saying the ranks have finished).
+    """
     out = tmp_path / "run"
     first = _train(events, out, "torch", "--epochs=1")
     latest = json.loads((out / "checkpoints" / "latest.json").read_text())
     assert latest["epoch"] == 1 and latest["history"] == first
-    metrics = _train(events, out, "torch", "--epochs=3", "--resume")
+    caplog.set_level(logging.INFO, logger="ipinsights")
+    caplog.clear()  # the resumed run's lines only
+    metrics = _train(events, out, "torch", "--epochs=3", "--resume", "--batch_metrics_publish_interval=5")
     assert [m["epoch"] for m in metrics] == [1, 2, 3]
+    messages = [r.getMessage() for r in caplog.records]
+    finished = messages.index("training finished: torch backend, 2 ranks")
+    progress = [(i, m) for i, m in enumerate(messages) if m.startswith("rank 0: epoch ")]
+    assert any(i < finished for i, _ in progress)  # streamed during training, not collected afterwards
+    batches = [m for _, m in progress if " batch " in m]
+    assert batches and all("pairs/s=" in m and " ETA " in m and "loss=" in m for m in batches)
+    # every line of the epochs it trained, in order (epoch 1 was restored from the checkpoint)
+    assert [int(m.split()[3]) for _, m in progress if " done: " in m] == [2, 3]
+    assert not list((out / "checkpoints").glob("progress-*"))  # the driver cleaned up
     # Epoch 1 is the first run's own record (its timing included): it was restored, not trained again.
     assert metrics[0] == first[0]
     assert len(Scorer.load(out / "model").bundle.manifest["training"]["epochs"]) == 3
@@ -231,24 +246,6 @@ def test_gpu_training_step(world):
 
 def test_spark_submit_script_is_valid_bash():
     assert subprocess.run(["bash", "-n", str(Path("spark-submit.sh"))]).returncode == 0
-
-
-@pytest.mark.spark
-@pytest.mark.slow
-@pytest.mark.timeout(600)
-def test_two_rank_progress_reaches_the_driver_while_training(spark, events, tmp_path, caplog):
-    """Rank 0 of a TorchDistributor run is another process: its progress lines reach the driver's log
-    while training runs, not all at the end (logged before the line saying the ranks have finished)."""
-    caplog.set_level(logging.INFO, logger="ipinsights")
-    _train(events, tmp_path / "run", "torch", "--epochs=5", "--batch_metrics_publish_interval=5")
-    messages = [r.getMessage() for r in caplog.records]
-    finished = messages.index("training finished: torch backend, 2 ranks")
-    progress = [(i, m) for i, m in enumerate(messages) if m.startswith("rank 0: epoch ")]
-    assert any(i < finished for i, _ in progress)  # streamed during training, not collected afterwards
-    batches = [m for _, m in progress if " batch " in m]
-    assert batches and all("pairs/s=" in m and " ETA " in m and "loss=" in m for m in batches)
-    assert [int(m.split()[3]) for _, m in progress if " done: " in m] == [1, 2, 3, 4, 5]  # every line, in order
-    assert not list((tmp_path / "run" / "checkpoints").glob("progress-*"))  # the driver cleaned up
 
 
 def test_local_master_cores():
