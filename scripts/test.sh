@@ -14,4 +14,5 @@ export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-PASSIVE}"
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 .venv/bin/python -m mypy  # [tool.mypy] in pyproject.toml: strict on core/ and storage/
-.venv/bin/python -m pytest "$@"
+# The slowest tests are listed at the end: CI time is a budget (30 minutes), and this is where it goes.
+.venv/bin/python -m pytest --durations=30 "$@"

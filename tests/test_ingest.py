@@ -256,9 +256,10 @@ def test_retried_task_leaves_one_copy(tmp_path):
     """A task attempt that failed after writing (or a speculative twin) leaves files no result reports:
     they are removed, so each line is in the table once."""
     from ipinsights.ingest import logparse
-    from ipinsights.ingest.job import _drop_unreported, _ingest_split, _SplitTask
+    from ipinsights.ingest.job import _ingest_split, _SplitTask
     from ipinsights.storage.filesystems import ArrowStore
     from ipinsights.storage.logfiles import list_log_files, plan_log_splits
+    from ipinsights.storage.publish import drop_unreported
 
     path = write(tmp_path / "a.log", [*good(5, day=10), *good(3, day=11), "junk"])
     (split,) = plan_log_splits(list_log_files([path]), 1 << 20)
@@ -272,7 +273,7 @@ def test_retried_task_leaves_one_copy(tmp_path):
     ]
     files = sorted((tmp_path / "staging").rglob("*.parquet"))
     assert len(files) == 6  # 2 days + quarantine, twice
-    _drop_unreported(ArrowStore(), set(done["files"]))
+    drop_unreported(ArrowStore(), set(done["files"]))
     assert sorted(str(f) for f in (tmp_path / "staging").rglob("*.parquet")) == sorted(done["files"])
 
 
