@@ -139,5 +139,6 @@ def build_profiles(
         networks["net"].to_numpy().astype(np.int64),
         networks["count"].to_numpy().astype(np.int64),
     )
-    save_header(path, population, model_fingerprint(model_path), rows_uri, files, entities)
-    return ProfileHeader.load(path, model_path)
+    fingerprint = model_fingerprint(model_path)
+    save_header(path, population, fingerprint, rows_uri, files, entities)
+    return ProfileHeader(path, population, fingerprint, rows_uri, tuple(files), entities)  # as written, not reread

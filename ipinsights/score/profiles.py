@@ -199,10 +199,6 @@ class EntityProfiles:
     population: PopulationPrior = field(default_factory=PopulationPrior)
     entities: np.ndarray | None = None  # object (n,): the entity strings, when known (needed to save)
 
-    def prior_anomaly(self, keys: np.ndarray) -> np.ndarray:
-        """The population prior's anomaly score of address keys (:meth:`PopulationPrior.prior_anomaly`)."""
-        return self.population.prior_anomaly(keys)
-
     def __len__(self) -> int:
         return int(self.hashes.size)
 
@@ -382,7 +378,7 @@ def _joined_batches(batches: Any) -> Any:
                     yield pa.RecordBatch.from_arrays(part.columns, names=names)
 
 
-def _list_parts(col: pa.ChunkedArray | pa.Array, n: int) -> tuple[np.ndarray, np.ndarray]:
+def _list_parts(col: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, np.ndarray]:
     """(offsets (n + 1,), flat int64 values) of a list column; a null list counts as empty."""
     import pyarrow.compute as pc
 
@@ -390,17 +386,17 @@ def _list_parts(col: pa.ChunkedArray | pa.Array, n: int) -> tuple[np.ndarray, np
         col = col.combine_chunks() if col.num_chunks else pa.array([], col.type)
     lengths = pc.fill_null(pc.list_value_length(col), 0).to_numpy(zero_copy_only=False).astype(np.int64)
     flat = pc.list_flatten(col).to_numpy(zero_copy_only=False)
-    return np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)[: n + 1], flat
+    return np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64), flat
 
 
 def _profiles_of(columns: dict[str, Any], hashes: np.ndarray, fingerprint: str, population: PopulationPrior,
                  entities: np.ndarray | None = None) -> EntityProfiles:  # fmt: skip
     """EntityProfiles of rows whose list columns ``q``, ``net_keys``, ``net_counts``, ``asns`` are given."""
     n = hashes.size
-    _, q = _list_parts(columns["q"], n)
-    net_offsets, net_keys = _list_parts(columns["net_keys"], n)
-    _, net_counts = _list_parts(columns["net_counts"], n)
-    asn_offsets, asns = _list_parts(columns["asns"], n)
+    _, q = _list_parts(columns["q"])
+    net_offsets, net_keys = _list_parts(columns["net_keys"])
+    _, net_counts = _list_parts(columns["net_counts"])
+    asn_offsets, asns = _list_parts(columns["asns"])
     return EntityProfiles(
         hashes=hashes,
         score_quantiles=np.asarray(q, np.float32).reshape(n, QUANTILES.size),

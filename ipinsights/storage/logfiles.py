@@ -340,12 +340,12 @@ def _stream_files(max_line_bytes: int | None, batches: Iterator[pa.RecordBatch])
     for batch in batches:
         for source, uri in zip(*(batch.column(i).to_pylist() for i in (0, 1)), strict=True):
             for block in iter_split_blocks(LogSplit(uri, 0, 0, codec_of(uri)), max_line_bytes=max_line_bytes):
-                n = 1 if isinstance(block, StreamDamage) else len(block)
-                value = pa.array([b""], pa.binary()) if isinstance(block, StreamDamage) else block.view(pa.binary())
-                damage = block.message if isinstance(block, StreamDamage) else None
-                yield pa.RecordBatch.from_arrays(
-                    [value, pa.array([source] * n, pa.string()), pa.array([damage] * n, pa.string())], names=names
-                )
+                if isinstance(block, StreamDamage):  # one row saying what went wrong
+                    value, damage = pa.array([b""], pa.binary()), pa.array([block.message], pa.string())
+                else:  # a block of lines (no Python object per line)
+                    value, damage = block.view(pa.binary()), pa.nulls(len(block), pa.string())
+                file = pa.repeat(pa.scalar(source, pa.string()), len(value))
+                yield pa.RecordBatch.from_arrays([value, file, damage], names=names)
 
 
 def read_compressed_lines(spark: SparkSession, files: dict[str, str], max_line_bytes: int | None) -> DataFrame:
