@@ -186,6 +186,7 @@ def test_attack_addresses_relate_to_the_users_networks_as_their_kind_says(in_mem
         used[entity].add(net)
         used_asn[entity].add(int(plan.asn[net]))
     country = dict(zip(world.users["entity"].to_pylist(), world.users["country"].to_pylist(), strict=True))
+    home = dict(zip(world.users["entity"].to_pylist(), world.users["home_net"].to_pylist(), strict=True))
     inside = collections.defaultdict(list)
     attacks = _v4(attacks)
     assert set(attacks["kind"].to_pylist()) == set(ATTACK_KINDS) - set(IPV6_ATTACK_KINDS)
@@ -198,9 +199,38 @@ def test_attack_addresses_relate_to_the_users_networks_as_their_kind_says(in_mem
         inside[kind].append(net in used[entity])
         if kind == "same_country_other_isp":
             assert plan.country[net] == country[entity] and int(plan.asn[net]) not in used_asn[entity]
+        if kind == "hosting_provider":
+            assert plan.kind[net] == "hosting" and int(plan.asn[net]) not in used_asn[entity]
+        if kind == "own_isp_other_prefix":  # a range of the home ISP that the user never used
+            assert plan.asn[net] == plan.asn[home[entity]] and net not in used[entity]
     assert all(inside["own_network"]) and inside["own_network"]
+    assert inside["own_isp_other_prefix"] and inside["hosting_provider"]
     assert np.mean(inside["random_ip"]) < 0.1
     assert not any(inside["popular_isp"])
+
+
+def test_a_scattered_plan_spreads_isps_over_the_address_space_and_renumbers_homes():
+    plan = AddressPlan.synthetic(seed=3, networks=1500, shape="scattered")
+    _, inverse, count = np.unique(plan.asn, return_inverse=True, return_counts=True)
+    assert count.max() >= 20 and np.median(count) <= 3  # a heavy tail: a few ISPs with tens of prefixes
+    big = inverse == np.argmax(count)
+    assert len(set((plan.start[big] >> 24).tolist())) >= 10  # its prefixes share no /8 to speak of
+    lengths = 32 - np.log2(plan.size).astype(int)
+    assert lengths.min() >= 14 and lengths.max() <= 24
+    # Before issue 19's default, the same plan as ever; blocks keep countries together.
+    blocks = AddressPlan.synthetic(seed=3, networks=1500, shape="blocks")
+    assert np.array_equal(blocks.start, AddressPlan.synthetic(seed=3, networks=1500).start)
+    # Renumbering moves a home to another range of its ISP, from one day on.
+    spec = SynthSpec(users=400, n_files=1, networks=1500, seed=3, renumber_rate=1.0)
+    world = generate_world(spec)
+    users = world.users
+    moved = users["renumber_day"].to_numpy() >= 0
+    assert moved.mean() > 0.5
+    home, new = users["home_net"].to_numpy()[moved], users["renumber_net"].to_numpy()[moved]
+    assert np.all(world.plan.asn[home] == world.plan.asn[new]) and np.all(home != new)
+    events = generate_events(world, spec)
+    nets = world.plan.lookup(pc.fill_null(events["ip_int"], 0).to_numpy())
+    assert np.isin(new, nets).mean() > 0.9  # the new ranges are logged from
 
 
 def test_ip2asn_round_trip_dotted_integer_and_gzip(tmp_path):
@@ -452,7 +482,8 @@ def test_ipv6_attacks_relate_to_the_users_prefixes_as_their_kind_says(in_memory)
 
 
 def test_a_shard_without_ipv6_users_drops_ipv6_attacks_with_a_count(tmp_path):
-    spec = SynthSpec(**{**TINY.__dict__, "ipv6_rate": 0.0, "attacks": 14, "validation_attacks": 7})
+    n = len(ATTACK_KINDS)
+    spec = SynthSpec(**{**TINY.__dict__, "ipv6_rate": 0.0, "attacks": 2 * n, "validation_attacks": n})
     paths = generate_dataset(tmp_path / "v4", spec)
     counts = json.loads(paths.manifest.read_text())["counts"]
     assert counts["ipv6_home_users"] == 0

@@ -133,6 +133,13 @@ class ModelOptions:
     network meaning). The default levels: /12 (regional registry block, exact), /32 (an ISP's
     allocation), /40, /48 (a site), /56 (a customer's delegated prefix), /64 (a subnet); hashed levels
     get ``ipv6_hash_buckets`` rows each. ``()`` turns IPv6 off (its events then score as invalid).
+
+    ``asn_table``: ip2asn TSVs (iptoasn.com's ``ip2asn-v4``/``-v6``/``-combined`` format; several
+    comma-separated; paths or URIs). When given, every address also gets the row of its AS (hashed
+    into ``asn_hash_buckets``) and of its country (exact), learned with the prefix rows: an ISP's
+    prefixes scattered over the address space then share a row. Addresses outside the table share an
+    "unknown network" row. The table's fingerprint is saved in the model, and the model refuses to
+    score without the same table.
     """
 
     hash_seed: int = 0
@@ -140,9 +147,14 @@ class ModelOptions:
     ip_hash_buckets: int = 131_072
     ipv6_prefix_lengths: tuple[int, ...] = (12, 32, 40, 48, 56, 64)
     ipv6_hash_buckets: int = 32_768
+    asn_table: str | None = None
+    asn_hash_buckets: int = 65_536
 
     def __post_init__(self) -> None:
         check_int("hash_seed", self.hash_seed, 0, 2**63 - 1)
+        check_int("asn_hash_buckets", self.asn_hash_buckets, 1, 2**31 - 1)
+        if self.asn_table is not None and (not isinstance(self.asn_table, str) or not self.asn_table.strip()):
+            raise ConfigError(f"asn_table={self.asn_table!r} must be the path or URI of ip2asn TSV file(s), or null")
         check_int("ip_hash_buckets", self.ip_hash_buckets, 1, 2**31 - 1)
         check_int("ipv6_hash_buckets", self.ipv6_hash_buckets, 1, 2**31 - 1)
         for name, top, required in (("ip_prefix_lengths", 32, True), ("ipv6_prefix_lengths", 64, False)):
@@ -171,9 +183,14 @@ class TrainOptions:
     #: A distributed rank streams its shard through a shuffle buffer of this many rows (16 bytes each):
     #: its memory is bounded by this, not by the shard's size.
     shuffle_buffer_rows: int = 1_000_000
+    #: With an ip2asn table (``model.asn_table``): the share of random negatives drawn from the table's
+    #: announced ranges of the positive address's country instead of the whole address space, so the model
+    #: learns "not this entity's ISP", not "not routed" or "another country".
+    table_negatives: float = 0.5
 
     def __post_init__(self) -> None:
         check_int("seed", self.seed, 0, 2**63 - 1)
+        check_float("table_negatives", self.table_negatives, 0.0, 1.0)
         check_int("num_threads", self.num_threads, 0, 1024)
         check_int("shuffle_buffer_rows", self.shuffle_buffer_rows, 1, 2**40)
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
@@ -224,10 +241,16 @@ class TrainConfig:
         check_model_size(self.hyperparameters, self.model)  # when the config loads, before any Spark work
 
 
+#: Rows of the country level: two-letter codes (``26 * 26``, see ``ipinsights.core.asn.country_index``).
+COUNTRY_ROWS = 26 * 26
+
+
 def ip_level_sizes(opts: ModelOptions) -> list[int]:
-    """Rows of ``ip_table`` per prefix level, IPv4 levels then IPv6 ones: exact when small, else hashed."""
+    """Rows of ``ip_table`` per level: IPv4 prefix levels, IPv6 ones (exact when small, else hashed), then
+    with an ``asn_table`` the AS level and the country level (each with one more row: unknown)."""
     v4 = [min(2**p, opts.ip_hash_buckets) for p in opts.ip_prefix_lengths]
-    return v4 + [min(2**p, opts.ipv6_hash_buckets) for p in opts.ipv6_prefix_lengths]
+    networks = [opts.asn_hash_buckets + 1, COUNTRY_ROWS + 1] if opts.asn_table else []
+    return v4 + [min(2**p, opts.ipv6_hash_buckets) for p in opts.ipv6_prefix_lengths] + networks
 
 
 def estimated_model_bytes(hp: Hyperparameters, opts: ModelOptions) -> int:

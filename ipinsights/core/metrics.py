@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["roc_auc", "threshold_table"]
+__all__ = ["recall_at_fpr", "roc_auc", "threshold_table"]
 
 
 def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float:
@@ -31,6 +31,27 @@ def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float:
     ranks[order] = np.repeat(avg, ends - starts)
     u = ranks[y].sum() - n_pos * (n_pos + 1) / 2.0
     return float(u / (n_pos * n_neg))
+
+
+def recall_at_fpr(scores: np.ndarray, labels: np.ndarray, fpr: float) -> float:
+    """Share of ``label == 1`` rows caught at a false-positive rate of ``fpr`` on the ROC curve.
+
+    Between two thresholds the curve is interpolated linearly (flagging a random share of a tied group),
+    so a yes/no score such as a lookup baseline gets a fair figure: its recall, scaled down when its own
+    false-positive rate is above ``fpr``. NaN scores rank lowest; NaN when a class is absent.
+    """
+    s = np.asarray(scores, dtype=np.float64)
+    y = np.asarray(labels).astype(bool)
+    n_pos, n_neg = int(y.sum()), int((~y).sum())
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    s = np.where(np.isnan(s), -np.inf, s)
+    order = np.argsort(-s, kind="mergesort")
+    sorted_s, sorted_y = s[order], y[order]
+    last = np.r_[np.flatnonzero(np.diff(sorted_s)), s.size - 1]  # end of each tie group, highest scores first
+    tpr = np.r_[0.0, np.cumsum(sorted_y)[last] / n_pos]
+    fprs = np.r_[0.0, np.cumsum(~sorted_y)[last] / n_neg]
+    return float(np.interp(fpr, fprs, tpr))
 
 
 def threshold_table(

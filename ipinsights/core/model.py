@@ -16,6 +16,12 @@ Shapes: ``n`` pairs, ``d = vector_dim``, ``L = len(ip_prefix_lengths)``.
   an address never seen in training but inside networks an entity uses lands next to that entity's
   known addresses: this is how the encoder "exploits the prefix structure" of the address space.
   Deeper levels start at zero, so an untrained network adds nothing and defers to its parents.
+* Networks (with ``ModelOptions.asn_table``): the address's AS (hashed into ``asn_hash_buckets``) and
+  its country (exact) add two more rows to the sum, found in the ip2asn table by a binary search over
+  its sorted range starts (:class:`_Networks`); addresses outside the table get the "unknown" rows.
+  An ISP's prefixes are scattered over the address space, so no prefix level groups them: the AS row
+  does. The table is not stored in the model (its fingerprint is): :meth:`IPInsightsModel.attach_networks`
+  gives it to a built or loaded model, and a model that needs one refuses to encode without it.
 * Score: ``dot_product = <entity_vector, ip_vector>``; higher means more compatible (normal).
 """
 
@@ -24,11 +30,14 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ipinsights.core.asn import AsnTable
 from ipinsights.core.config import (
+    COUNTRY_ROWS,
     IPV4_KEYS,
     Hyperparameters,
     ModelOptions,
@@ -37,7 +46,7 @@ from ipinsights.core.config import (
     ip_level_sizes,
 )
 
-__all__ = ["IPInsightsModel", "ip_level_sizes", "estimated_model_bytes"]
+__all__ = ["IPInsightsModel", "NetworkTableError", "ip_level_sizes", "estimated_model_bytes"]
 
 _MIX = -7046029254386353131  # 0x9E3779B97F4A7C15 as a signed 64-bit integer (torch has no uint64 math)
 _MIX2 = -4658895280553007687  # 0xBF58476D1CE4E5B9 likewise
@@ -79,6 +88,111 @@ class _Levels(nn.Module):
         return torch.where(self.hashed, hashed, net) + self.offsets
 
 
+class NetworkTableError(ValueError):
+    """A model trained with an ip2asn table is used without it, or with another one."""
+
+
+class _Networks(nn.Module):
+    """The AS and country levels: address keys -> their two rows of ``ip_table`` via an attached ip2asn table."""
+
+    starts: torch.Tensor
+    ends: torch.Tensor
+    asn_rows: torch.Tensor
+    country_rows: torch.Tensor
+    countries: torch.Tensor
+
+    def __init__(self, asn_buckets: int, first_row: int, seed: int) -> None:
+        super().__init__()
+        self.asn_buckets = asn_buckets
+        self.unknown_asn = first_row + asn_buckets
+        self.country_base = self.unknown_asn + 1
+        self.unknown_country = self.country_base + COUNTRY_ROWS
+        self.first_row = first_row
+        self.seed = seed
+        self.fingerprint: str | None = None
+        for name in ("starts", "ends", "asn_rows", "country_rows", "countries"):  # not saved: the table lives outside
+            self.register_buffer(name, torch.zeros(0, dtype=torch.int64), persistent=False)
+
+    def attach(self, table: AsnTable) -> None:
+        """Rows of each range of ``table``: its AS hashed (seeded, like the prefix levels), its country exact."""
+        asn = np.asarray(table.asn, np.int64)
+        with np.errstate(over="ignore"):
+            h = (asn.astype(np.uint64) ^ np.uint64(self.seed)) * np.uint64(0x9E3779B97F4A7C15)
+            h ^= h >> np.uint64(31)
+            h *= np.uint64(0xBF58476D1CE4E5B9)
+            h ^= h >> np.uint64(29)
+        asn_rows = self.first_row + (h % np.uint64(self.asn_buckets)).astype(np.int64)
+        country = np.asarray(table.country, np.int64)
+        country_rows = np.where(country >= 0, self.country_base + country, self.unknown_country)
+        device = self.starts.device
+        for name, values in (("starts", table.start), ("ends", table.end), ("asn_rows", asn_rows),
+                             ("country_rows", country_rows), ("countries", country)):  # fmt: skip
+            setattr(self, name, torch.as_tensor(np.asarray(values, np.int64), device=device))
+        self.fingerprint = table.fingerprint
+
+    def random_keys(self, like: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """A random announced address per key of ``like``, in the same family and country as that address
+        (the whole family's ranges for an address outside the table; IPv6: a random /64 of the range), or
+        ``like`` itself where the table has no range of the family.
+
+        The range is drawn uniformly among the country's ranges, not by size: negatives from real
+        networks of the same country teach "not this entity's ISP" (with uniform random addresses only,
+        the country row alone separates most negatives, and another ISP of the entity's own country looks
+        normal), and drawn by size they would hardly ever reach a small ISP, whose row then stays
+        untrained and neutral, so that a login from it looked unremarkable.
+        """
+        order, first, last = self._segments()
+        if not order.numel():
+            return like
+        is6 = ((like < 0) | (like >= IPV4_KEYS)).long()
+        i = torch.searchsorted(self.starts, like, right=True) - 1
+        j = i.clamp(min=0)
+        inside = (i >= 0) & (like <= self.ends[j])
+        width = COUNTRY_ROWS + 1
+        seg = is6 * width + torch.where(inside, self.countries[j], -1) + 1
+        lo, hi = first[seg], last[seg]
+        empty = lo == hi
+        lo = torch.where(empty, first[is6 * width], lo)
+        hi = torch.where(empty, last[is6 * width + COUNTRY_ROWS], hi)
+        u = torch.rand((2, *like.shape), generator=generator, dtype=torch.float64, device=like.device)
+        pick = (lo + (u[0] * (hi - lo)).long()).clamp(max=order.numel() - 1)
+        r = order[pick]
+        size = (self.ends[r] - self.starts[r] + 1).to(torch.float64)
+        address = self.starts[r] + (u[1] * size).long().clamp(min=0)
+        return torch.where(hi > lo, torch.minimum(address, self.ends[r]), like)
+
+    def _segments(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Ranges ordered by (family, country), and each (family, country) key's first and end position in
+        that order (cached per attached table)."""
+        cache = getattr(self, "_segment_cache", None)
+        if cache is None or cache[3] is not self.starts:
+            width = COUNTRY_ROWS + 1
+            key = (self.starts >= IPV4_KEYS).long() * width + self.countries + 1
+            key_sorted, order = torch.sort(key, stable=True)
+            keys = torch.arange(2 * width, device=key.device)
+            cache = (order, torch.searchsorted(key_sorted, keys), torch.searchsorted(key_sorted, keys, right=True),
+                     self.starts)  # fmt: skip
+            self._segment_cache = cache
+        return cache[0], cache[1], cache[2]
+
+    def rows(self, keys: torch.Tensor) -> torch.Tensor:
+        """``(n,)`` address keys -> ``(n, 2)`` rows: the AS's and the country's (unknown outside the table)."""
+        if self.fingerprint is None:
+            raise NetworkTableError(
+                "this model was trained with an ip2asn table (model.asn_table) and cannot encode addresses "
+                "without it: load it with the same table (asn_table)"
+            )
+        if not self.starts.numel():
+            unknown = torch.tensor([self.unknown_asn, self.unknown_country], device=keys.device)
+            return unknown.expand(keys.numel(), 2)
+        i = torch.searchsorted(self.starts, keys, right=True) - 1
+        j = i.clamp(min=0)
+        inside = (i >= 0) & (keys <= self.ends[j])
+        asn = torch.where(inside, self.asn_rows[j], self.unknown_asn)
+        country = torch.where(inside, self.country_rows[j], self.unknown_country)
+        return torch.stack([asn, country], dim=1)
+
+
 class IPInsightsModel(nn.Module):
     """Entity embeddings + prefix-sum IP encoder; ``forward(entity_rows, ips)`` gives dot products.
 
@@ -96,12 +210,17 @@ class IPInsightsModel(nn.Module):
         self.opts = opts
         d = hp.vector_dim
         sizes = ip_level_sizes(opts)
-        n4 = len(opts.ip_prefix_lengths)
+        n4, n6 = len(opts.ip_prefix_lengths), len(opts.ipv6_prefix_lengths)
         tables = None if init_weights else torch.device("meta")
         self.entity_table = nn.Parameter(torch.empty(hp.num_entity_vectors, d, device=tables))
         self.ip_table = nn.Parameter(torch.empty(sum(sizes), d, device=tables))
         self.v4 = _Levels(opts.ip_prefix_lengths, 32, sizes[:n4], 0, 0)
-        self.v6 = _Levels(opts.ipv6_prefix_lengths, 64, sizes[n4:], sum(sizes[:n4]), n4)
+        self.v6 = _Levels(opts.ipv6_prefix_lengths, 64, sizes[n4 : n4 + n6], sum(sizes[:n4]), n4)
+        self.networks = (
+            _Networks(opts.asn_hash_buckets, sum(sizes[: n4 + n6]), opts.hash_seed & 0x7FFFFFFF)
+            if opts.asn_table
+            else None
+        )
         layers: list[nn.Module] = []
         for i in range(hp.num_ip_encoder_layers):
             if i:
@@ -114,6 +233,24 @@ class IPInsightsModel(nn.Module):
     @property
     def supports_ipv6(self) -> bool:
         return self.v6.n > 0
+
+    @property
+    def network_fingerprint(self) -> str | None:
+        """Fingerprint of the ip2asn table this model's AS and country levels need (None: it has none)."""
+        return None if self.networks is None else self.networks.fingerprint
+
+    def attach_networks(self, table: AsnTable, expected_fingerprint: str | None = None) -> None:
+        """Give the model its ip2asn table; ``expected_fingerprint`` (the one a saved model was trained
+        with) must match the table's. A model without network levels ignores the table."""
+        if self.networks is None:
+            return
+        if expected_fingerprint is not None and table.fingerprint != expected_fingerprint:
+            raise NetworkTableError(
+                f"ip2asn table {table.source or '?'} (fingerprint {table.fingerprint[:12]}…) is not the one this "
+                f"model was trained with (fingerprint {expected_fingerprint[:12]}…): a model's AS and country rows "
+                "only mean something with its own table; score with that table or retrain"
+            )
+        self.networks.attach(table)
 
     @torch.no_grad()
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:
@@ -141,7 +278,20 @@ class IPInsightsModel(nn.Module):
         are padded with their own first row at weight 0 (no gradient, no extra touched row);
         otherwise the weights are ``None`` (all ones, the fast path).
         """
-        keys = ips.to(torch.int64)
+        rows, weights = self._prefix_bags(ips.to(torch.int64))
+        if self.networks is None:
+            return rows, weights
+        net = self.networks.rows(ips.to(torch.int64))
+        # An address the table knows is its network: its prefix rows get weight 0 (no sum, no gradient). With
+        # them in the sum, an entity's known /24s and /16s outweigh its AS, and a new prefix of its own ISP
+        # (renumbering, a carrier's other pool) scores as foreign (bench/network_eval.py: AUC 0.92-0.96
+        # against normal logins with the prefix rows kept, 0.53 without).
+        known = (net[:, 0] != self.networks.unknown_asn).unsqueeze(1)
+        base = torch.ones(rows.shape, dtype=self.ip_table.dtype, device=rows.device) if weights is None else weights
+        weights = torch.cat([base.masked_fill(known, 0.0), torch.ones_like(base[:, :2])], dim=1)
+        return torch.cat([rows, net], dim=1), weights
+
+    def _prefix_bags(self, keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         seed = self.opts.hash_seed & 0x7FFFFFFF
         is6 = (keys < 0) | (keys >= IPV4_KEYS)
         n6 = int(is6.sum()) if self.v6.n else 0

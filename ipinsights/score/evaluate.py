@@ -8,7 +8,10 @@ data has it, else every label-0 row). For a negative-control kind (label 0, e.g.
 network the entity already uses) an AUC near 0.5 is the right answer: it looks like normal traffic.
 
 Baselines answer "was a learned model worth it?": per-entity lookups in the training data of the
-exact IP, its /24 and its /16 (unseen = suspicious).
+exact IP, its /24 and its /16 (unseen = suspicious), and with an ip2asn table its AS (``seen_asn``).
+
+Besides the AUC, each method's recall at fixed false-positive rates (:data:`RECALL_FPRS`, on the ROC
+curve: what an analyst gets with a threshold that flags that share of normal traffic).
 """
 
 from __future__ import annotations
@@ -21,18 +24,29 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from ipinsights.core.asn import AsnTable
 from ipinsights.core.hashing import hash_strings
 from ipinsights.core.ip import key_prefix, parse_ip, to_string_array
-from ipinsights.core.metrics import roc_auc, threshold_table
+from ipinsights.core.metrics import recall_at_fpr, roc_auc, threshold_table
 from ipinsights.score.scorer import Scorer
 from ipinsights.score.verdict import BASELINES
 
-__all__ = ["Evaluation", "evaluate_scores", "evaluate_model", "baseline_scores", "histogram_plot"]
+__all__ = [
+    "RECALL_FPRS",
+    "Evaluation",
+    "asn_baseline_scores",
+    "baseline_scores",
+    "evaluate_model",
+    "evaluate_scores",
+    "histogram_plot",
+]
 
 #: The IPv6 analogue of each IPv4 prefix length: the /64 (interface ids churn, so "exact" is the
 #: subnet), the /48 site, the /32 ISP allocation.
 V6_ANALOGUE = {32: 64, 24: 48, 16: 32}
 _BASELINE_SEED = 0x5EED
+#: False-positive rates at which evaluations report each method's recall.
+RECALL_FPRS = (0.01, 0.02)
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +58,7 @@ class Evaluation:
     auc: dict[str, dict[str, float]]  # method -> {"overall": x, kind: y, ...}
     thresholds: list[dict[str, Any]]
     counts: dict[str, int] = field(default_factory=dict)
+    recall: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)  # method -> fpr -> kind -> recall
 
     def auc_table(self) -> str:
         """Human-readable AUC table: one row per method, one column per kind."""
@@ -54,6 +69,21 @@ class Evaluation:
         lines = [head]
         for m in methods:
             lines.append(m.ljust(16) + "".join(f"{self.auc[m][k]:.4f}".rjust(width) for k in kinds))
+        return "\n".join(lines)
+
+    def recall_table(self) -> str:
+        """Recall of each attack kind at each of :data:`RECALL_FPRS`: one row per method and rate."""
+        methods = list(self.recall)
+        if not methods:
+            return ""
+        fprs = list(self.recall[methods[0]])
+        kinds = list(self.recall[methods[0]][fprs[0]])
+        width = max(len(k) for k in kinds) + 2
+        lines = ["recall".ljust(24) + "".join(k.rjust(width) for k in kinds)]
+        for m in methods:
+            for f in fprs:
+                row = self.recall[m][f]
+                lines.append(f"{m} @{f}".ljust(24) + "".join(f"{row[k]:.3f}".rjust(width) for k in kinds))
         return "\n".join(lines)
 
     def threshold_text(self) -> str:
@@ -67,7 +97,7 @@ class Evaluation:
         return "\n".join(lines)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"auc": self.auc, "thresholds": self.thresholds, "counts": self.counts}
+        return {"auc": self.auc, "recall": self.recall, "thresholds": self.thresholds, "counts": self.counts}
 
 
 def _keys(entities: Any, keys: np.ndarray, length: int) -> np.ndarray:
@@ -94,14 +124,45 @@ def baseline_scores(train_entities: Any, train_ips: Any, entities: Any, ips: Any
     return out
 
 
-def _aucs(scores: np.ndarray, labels: np.ndarray, kinds: np.ndarray) -> dict[str, float]:
-    res = {"overall": roc_auc(scores, labels)}
+def asn_baseline_scores(
+    table: AsnTable, train_entities: Any, train_ips: Any, entities: Any, ips: Any
+) -> dict[str, np.ndarray]:
+    """``seen_asn``: 1 where the entity never used the address's AS in training (or it is outside the table)."""
+    tr = parse_ip(train_ips)
+    te = parse_ip(ips)
+    tr_ent = to_string_array(train_entities).filter(pa.array(tr.valid))
+
+    def keys(ents: Any, addr: np.ndarray) -> np.ndarray:
+        with np.errstate(over="ignore"):
+            asn = table.lookup(addr).astype(np.uint64)
+            return hash_strings(ents, _BASELINE_SEED) * np.uint64(0x9E3779B97F4A7C15) ^ (asn + np.uint64(1 << 40))
+
+    known = np.unique(keys(tr_ent, tr.value[tr.valid]))
+    seen = np.isin(keys(entities, te.value), known) & (table.lookup(te.value) >= 0)
+    return {"seen_asn": np.where(te.valid, 1.0 - seen, np.nan)}
+
+
+def _per_kind(
+    scores: np.ndarray, labels: np.ndarray, kinds: np.ndarray, metric: Any = roc_auc, overall: bool = True
+) -> dict[str, float]:
+    res = {"overall": metric(scores, labels)} if overall else {}
     normal = (kinds == "normal") if (kinds == "normal").any() else (labels == 0)
     for kind in sorted(set(kinds.tolist()) - {"normal"}):
         mine = kinds == kind
         sel = mine | (normal & ~mine)
-        res[kind] = roc_auc(scores[sel], mine[sel].astype(int))
+        res[kind] = metric(scores[sel], mine[sel].astype(int))
     return res
+
+
+def _aucs(scores: np.ndarray, labels: np.ndarray, kinds: np.ndarray) -> dict[str, float]:
+    return _per_kind(scores, labels, kinds)
+
+
+def _recalls(scores: np.ndarray, labels: np.ndarray, kinds: np.ndarray) -> dict[str, dict[str, float]]:
+    return {
+        str(f): _per_kind(scores, labels, kinds, lambda s, y, f=f: recall_at_fpr(s, y, f), overall=False)
+        for f in RECALL_FPRS
+    }
 
 
 def evaluate_scores(
@@ -120,15 +181,17 @@ def evaluate_scores(
     y = np.asarray(labels).astype(int)
     k = np.asarray(kinds if kinds is not None else ["all"] * len(y), dtype=object)
     auc = {"model": _aucs(s, y, k)}
+    recall = {"model": _recalls(s, y, k)}
     for name, b in (baselines or {}).items():
         auc[name] = _aucs(np.asarray(b, dtype=np.float64), y, k)
+        recall[name] = _recalls(np.asarray(b, dtype=np.float64), y, k)
     if thresholds is None:
         normal = s[(y == 0) & ~np.isnan(s)]
         thresholds = np.quantile(normal, [0.9, 0.95, 0.98, 0.99, 0.995, 0.999]) if normal.size else [0.0]
     counts = {"rows": int(y.size), "attacks": int(y.sum()), "normal": int((y == 0).sum())}
     for kind in sorted(set(k.tolist())):
         counts[f"kind:{kind}"] = int((k == kind).sum())
-    return Evaluation(auc=auc, thresholds=threshold_table(s, y, np.asarray(thresholds)), counts=counts)
+    return Evaluation(auc=auc, thresholds=threshold_table(s, y, np.asarray(thresholds)), counts=counts, recall=recall)
 
 
 def evaluate_model(
@@ -142,7 +205,8 @@ def evaluate_model(
 
     Rows are scored as production scores them: the entity's own score, or the population prior in its
     learning period (with the scorer's profiles; without them, the raw model score, as SageMaker).
-    ``train`` (``entity, ip``) adds the per-entity lookup baselines. Returns the evaluation and the
+    ``train`` (``entity, ip``) adds the per-entity lookup baselines (``seen_asn`` too when the scorer has an
+    ip2asn table). Returns the evaluation and the
     anomaly scores (NaN for an invalid address: ranked least suspicious).
     """
     verdict = scorer.assess(test["entity"], test["ip"], learning_period_events)
@@ -156,7 +220,13 @@ def evaluate_model(
         log.warning("%d test row(s) have an invalid IP and were scored NaN (ranked as least suspicious)", n_bad)
     labels = test["label"].to_numpy()
     kinds = test["kind"].to_numpy(zero_copy_only=False)
-    baselines = baseline_scores(train["entity"], train["ip"], test["entity"], test["ip"]) if train is not None else None
+    baselines = None
+    if train is not None:
+        baselines = baseline_scores(train["entity"], train["ip"], test["entity"], test["ip"])
+        if scorer.asn_table is not None:
+            baselines.update(
+                asn_baseline_scores(scorer.asn_table, train["entity"], train["ip"], test["entity"], test["ip"])
+            )
     return evaluate_scores(scores, labels, kinds, baselines, thresholds), scores
 
 

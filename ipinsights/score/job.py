@@ -70,6 +70,7 @@ SCORES_SCHEMA = f"entity string, ip string, ts timestamp, {_SCORE_FIELDS}, dt st
 #: Explanation columns of the flagged table (see Scorer.explain).
 _EXPLAIN_FIELDS = (
     "subnet string, subnet_seen boolean, network string, network_seen boolean, asn long, asn_seen boolean, "
+    "as_name string, usual_ases string, "
     "nearest_networks string, closest_network string, shared_prefix_bits int, typical_low double, "
     "typical_high double"
 )

@@ -54,7 +54,7 @@ COUNT_NAMES = ("rows", "scored", "unseen_entity", "learning_period", "invalid_ip
 CASE_COLUMNS = (
     "entity", "ip", "ts", "anomaly_score", "level", "rule", "normal_percentile", "entity_percentile", "typical_low",
     "typical_high", "training_count", "nearest_networks", "closest_network", "shared_prefix_bits", "subnet",
-    "subnet_seen", "network", "network_seen", "asn", "asn_seen", *BASELINES,
+    "subnet_seen", "network", "network_seen", "asn", "asn_seen", "as_name", "usual_ases", *BASELINES,
 )  # fmt: skip
 
 
@@ -239,7 +239,8 @@ def render_report(
             "than all of them); typical_low/high: its usual score range (5th-95th percentile). nearest_networks: "
             "the entity's known networks most similar to this address (cosine of the learned vectors); "
             "closest_network: the known network sharing the longest prefix (shared_prefix_bits). subnet (/24 or "
-            "IPv6 /48), network (/16 or /32), asn: seen for this entity in training? training_count: the entity's "
+            "IPv6 /48), network (/16 or /32), asn: seen for this entity in training? as_name: the address's AS and "
+            "country; usual_ases: the entity's ASes in training. training_count: the entity's "
             "events in training. seen_*: exact IPv4 lookups in the training days (IP, /24, /16).</p>"
         )
     else:

@@ -123,7 +123,8 @@ class Scorer:
         asn_table: str | Path | None = None,
         profile_rows: bool = True,
     ) -> Scorer:
-        """The model at ``path`` with its context: entity profiles and an ip2asn ``asn_table`` (explanations).
+        """The model at ``path`` with its context: entity profiles and an ip2asn ``asn_table`` (explanations;
+        for a model trained with a table, its AS and country levels: by default the table it was trained with).
 
         ``profile``: ``False`` for none; ``True`` for the profile beside the model
         (``<model>.profile.safetensors``) when there is one made for this model (another model's is logged
@@ -132,13 +133,16 @@ class Scorer:
         batches bring their own entities' rows (``joined`` in :meth:`assess` and :meth:`explain`).
         ``path`` and ``profile`` may be URIs (``s3://``): they are read through a local cache.
         """
-        scorer = cls(load_model(path, device=device), batch_size=batch_size)
+        table = str(asn_table) if asn_table else None
+        scorer = cls(load_model(path, device=device, asn_table=table), batch_size=batch_size)
         if profile is not False:
             scorer._set_profiles(None if profile is True else str(profile), profile_rows)
-        if asn_table:
-            from ipinsights.core.asn import load_asn_table
+        # A model trained with a table explains with it too; another table may be given for explanations only.
+        table = table or scorer.bundle.options.asn_table
+        if table:
+            from ipinsights.storage.modelfile import network_table
 
-            scorer.asn_table = load_asn_table(asn_table)
+            scorer.asn_table = network_table(table)
         return scorer
 
     def _set_profiles(self, path: str | None, rows: bool) -> None:
@@ -285,8 +289,9 @@ class Scorer:
 
         ``subnet``/``network``: the address's /24 and /16 (IPv6: /48 and /32) and whether the entity
         used them in training (``subnet_seen``, ``network_seen``; among its profiled networks);
-        ``asn``/``asn_seen`` with an ASN table; ``nearest_networks``: the ``top`` known networks whose
-        vectors are most similar to this address's (cosine), ``closest_network`` the known network
+        ``asn``/``asn_seen`` with an ASN table, ``as_name`` its AS as people know it (``AS64512 Kalonet Mobile
+        (BR)``) and ``usual_ases`` the entity's ASes in training, named so; ``nearest_networks``: the ``top``
+        known networks whose vectors are most similar to this address's (cosine), ``closest_network`` the known network
         sharing the longest prefix and ``shared_prefix_bits``; ``typical_low``/``typical_high``: the
         entity's usual anomaly-score range (5th-95th percentile of its training events). None where the
         entity has no profile. ``joined`` as in :meth:`assess`.
@@ -309,6 +314,9 @@ class Scorer:
         rows = np.where(parsed.valid, rows, -1)
         asn = self.asn_table.lookup(keys) if self.asn_table is not None else None
         out["asn"] = [None if asn is None or not parsed.valid[i] or asn[i] < 0 else int(asn[i]) for i in range(n)]
+        as_names: list[str | None] = self.asn_table.describe(keys) if self.asn_table is not None else [None] * n
+        out["as_name"] = [name if parsed.valid[i] else None for i, name in enumerate(as_names)]
+        out["usual_ases"] = [None] * n
         lo, hi = prof.typical_range(rows) if prof is not None else (np.full(n, np.nan), np.full(n, np.nan))
         out["typical_low"] = [None if not np.isfinite(x) else float(x) for x in lo]
         out["typical_high"] = [None if not np.isfinite(x) else float(x) for x in hi]
@@ -333,8 +341,11 @@ class Scorer:
             key = keys[i : i + 1]
             out["subnet_seen"][i] = bool((key_prefix(k, 24, 48) == key_prefix(key, 24, 48)[0]).any())
             out["network_seen"][i] = bool((key_prefix(k, 16, 32) == key_prefix(key, 16, 32)[0]).any())
-            if asn is not None and asn[i] >= 0:
-                out["asn_seen"][i] = bool(asn[i] in set(prof.entity_asns(int(rows[i])).tolist()))
+            if asn is not None and self.asn_table is not None:
+                usual = prof.entity_asns(int(rows[i]))
+                out["usual_ases"][i] = "; ".join(self.asn_table.describe_asns(usual)) if usual.size else None
+                if asn[i] >= 0:
+                    out["asn_seen"][i] = bool(asn[i] in set(usual.tolist()))
             sim = mine @ vec[j]
             order = np.argsort(-sim, kind="stable")[:top]
             names = key_prefix_text(k[order], 24, 48)

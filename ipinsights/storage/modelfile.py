@@ -35,15 +35,17 @@ from typing import Any
 import torch
 
 from ipinsights._version import __version__
+from ipinsights.core.asn import AsnTable, load_asn_table
 from ipinsights.core.config import ConfigError, Hyperparameters, ModelOptions, config_from_dict, config_to_dict
 from ipinsights.core.hashing import HASH_VERSION
-from ipinsights.core.model import IPInsightsModel
+from ipinsights.core.model import IPInsightsModel, NetworkTableError
 from ipinsights.storage.files import (
     cached,
     download_dir,
     fetch,
     is_local,
     join_uri,
+    local_copy,
     local_path,
     publish_dir,
     read_bytes,
@@ -60,6 +62,7 @@ __all__ = [
     "load_model",
     "local_model",
     "sha256_file",
+    "network_table",
 ]
 
 FORMAT = "ipinsights-model"
@@ -94,6 +97,22 @@ class ModelBundle:
         if name not in self.manifest.get("files", {}):
             raise ModelFileError(f"{self.path}: the model holds no file {name!r}")
         return self.path / name
+
+
+def network_table(uris: str) -> AsnTable:
+    """The ip2asn table of ``uris`` (one or several comma-separated paths or URIs: local copies, read once
+    per process)."""
+    local = [str(local_copy(u.strip())) for u in str(uris).split(",") if u.strip()]
+    if not local:
+        raise NetworkTableError(f"asn_table={uris!r} names no file")
+    table = load_asn_table(",".join(local))
+    return table if table.source == uris else _renamed(table, uris)
+
+
+def _renamed(table: AsnTable, source: str) -> AsnTable:
+    from dataclasses import replace
+
+    return replace(table, source=source)
 
 
 def _is_plain_name(name: object) -> bool:
@@ -169,6 +188,7 @@ def save_model(
             "hyperparameters": config_to_dict(model.hp),
             "model_options": config_to_dict(model.opts),
             "tensors": {k: list(v.shape) for k, v in tensors.items()},
+            "asn_table_fingerprint": model.network_fingerprint,
             "files": files,
             "training": dict(training or {}),
             "config": dict(config or {}),
@@ -263,8 +283,13 @@ def _verify_files(path: Path, manifest: Mapping[str, Any]) -> None:
             )
 
 
-def load_model(path: str | Path, device: str | torch.device = "cpu") -> ModelBundle:
-    """Load and verify a model directory written by :func:`save_model` (a path or URI)."""
+def load_model(path: str | Path, device: str | torch.device = "cpu", asn_table: str | None = None) -> ModelBundle:
+    """Load and verify a model directory written by :func:`save_model` (a path or URI).
+
+    A model trained with an ip2asn table (``model_options.asn_table``) gets its table attached:
+    ``asn_table`` when given, else the one it was trained with; either must have the fingerprint
+    the model recorded, and a table that cannot be read is an error (:class:`NetworkTableError`).
+    """
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -297,7 +322,24 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> ModelBun
     # assign: the loaded tensors become the parameters (no second copy of the weights at any point).
     model.load_state_dict(tensors, assign=True)
     model.to(device).eval()
+    if model.networks is not None:
+        _attach_table(model, manifest, asn_table or opts.asn_table or "", path)
     return ModelBundle(model=model, hyperparameters=hp, options=opts, manifest=manifest, path=path, uri=uri)
+
+
+def _attach_table(model: IPInsightsModel, manifest: Mapping[str, Any], uris: str, path: Path) -> None:
+    expected = manifest.get("asn_table_fingerprint")
+    if not isinstance(expected, str):
+        raise ModelFileError(f"{path / MANIFEST}: the model has AS and country levels but no asn_table_fingerprint")
+    try:
+        table = network_table(uris)
+    except (OSError, ValueError) as exc:  # missing file, unreadable URI, malformed table
+        raise NetworkTableError(
+            f"{path}: this model was trained with the ip2asn table {model.opts.asn_table} "
+            f"(fingerprint {expected[:12]}…) and cannot score without it; reading {uris or 'it'} failed: {exc}. "
+            "Give its location with asn_table"
+        ) from None
+    model.attach_networks(table, expected)
 
 
 CALIBRATION_SUFFIX = ".calibration.json"

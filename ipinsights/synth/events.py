@@ -19,9 +19,12 @@ address against the user's IPv4 history (``own_network`` a new host in a /24 the
 ``random_ipv6`` is an address in a random network's IPv6 prefix that the user never used,
 ``other_isp_ipv6`` a home-like address (a /56's subnet) of one of the shard's most popular ISPs that is
 not one of the user's, and ``own_prefix_ipv6`` (label 0) a new address in the user's own /56: a fresh
-interface id, maybe in another of its /64s. IPv6 kinds only go to users with IPv6 at home who logged
-in over IPv6 on a training day; a shard without any drops its IPv6 attacks (``run_shard`` counts
-them as ``<split>_dropped_<kind>``).
+interface id, maybe in another of its /64s. On the network level: ``hosting_provider`` is an address of
+a hosting AS (a VPN exit, a rented server) the user never used; the controls ``own_isp_other_prefix`` and
+``own_isp_other_prefix_ipv6`` (label 0) are a new address (IPv6: a home /56) in a range of the user's home
+ISP that the user never used, as renumbering or a new pool would give them. IPv6 kinds only go to users
+with IPv6 at home who logged in over IPv6 on a training day; a shard without any drops its IPv6 attacks
+(``run_shard`` counts them as ``<split>_dropped_<kind>``).
 """
 
 from __future__ import annotations
@@ -52,6 +55,7 @@ from ipinsights.synth.world import (
     World,
     entity_index,
     home_subnets,
+    mobile_prefix,
     random_address_in,
     random_prefix_in,
     sample_networks,
@@ -120,7 +124,7 @@ def shard_events(plan: AddressPlan, spec: SynthSpec, users: pa.Table, shard: int
     rel_s %= spec.days * DAY_S
 
     category = _pick_categories(rng, spec, users, uid, local_day, hour)
-    ip = _addresses(plan, rng, spec, users, uid, category)
+    ip = _addresses(plan, rng, spec, users, uid, category, local_day)
     is6, hi, lo = _ipv6_addresses(plan, rng, spec, users, uid, category, local_day)
 
     order = np.argsort(rel_s, kind="stable")
@@ -176,7 +180,13 @@ def _pick_categories(
 
 
 def _addresses(
-    plan: AddressPlan, rng: np.random.Generator, spec: SynthSpec, users: pa.Table, uid: np.ndarray, category: np.ndarray
+    plan: AddressPlan,
+    rng: np.random.Generator,
+    spec: SynthSpec,
+    users: pa.Table,
+    uid: np.ndarray,
+    category: np.ndarray,
+    local_day: np.ndarray,
 ) -> np.ndarray:
     """An int64 address per event, by category (see the module docstring)."""
     ip = np.zeros(len(uid), np.int64)
@@ -187,11 +197,23 @@ def _addresses(
     ):
         rows = np.flatnonzero(category == cat)
         nets, base = _columns(users, net_col, ip_col)
-        ip[rows] = _jitter(plan, rng, nets[uid[rows]], base[uid[rows]], sticky)
+        nets, base = nets[uid[rows]], base[uid[rows]]
+        if cat == _HOME:  # a renumbered home: its new address from the renumbering day on
+            day, new_net, new_ip = _columns(users, "renumber_day", "renumber_net", "renumber_ip")
+            moved = (day[uid[rows]] >= 0) & (local_day[rows] >= day[uid[rows]])
+            nets, base = np.where(moved, new_net[uid[rows]], nets), np.where(moved, new_ip[uid[rows]], base)
+        ip[rows] = _jitter(plan, rng, nets, base, sticky)
     rows = np.flatnonzero(category == _MOBILE)
-    mobile_net, pool = _columns(users, "mobile_net", "mobile_pool")
+    mobile_net, pool, user_index = _columns(users, "mobile_net", "mobile_pool", "user_index")
     net = mobile_net[uid[rows]]
-    ip[rows] = np.minimum(pool[uid[rows]] + rng.integers(0, 1 << MOBILE_POOL_BITS, size=len(rows)), plan.end[net])
+    if spec.mobile_prefixes > 1:
+        # The carrier hands out addresses from pools in several of its prefixes: each session one of the
+        # user's mobile_prefixes ranges of the carrier (fixed per user by a hash), anywhere in it.
+        choice = rng.integers(0, spec.mobile_prefixes, size=len(rows))
+        net = mobile_prefix(plan, spec, net, user_index[uid[rows]], choice)
+        ip[rows] = random_address_in(plan, rng, net)
+    else:
+        ip[rows] = np.minimum(pool[uid[rows]] + rng.integers(0, 1 << MOBILE_POOL_BITS, size=len(rows)), plan.end[net])
     rows = np.flatnonzero(category == _ROAM)
     if len(rows):
         (country,) = _columns(users, "country")
@@ -446,6 +468,20 @@ def _attacks(
         net = new_isp(rows, lambda r: sample_networks(plan, rng, countries[r], KINDS))
         ip[rows] = np.where(net >= 0, random_address_in(plan, rng, np.maximum(net, 0)), -1)
 
+    rows = rows_of("hosting_provider")  # a VPN exit or a rented server: a hosting AS the user never used
+    if len(rows):
+        codes = np.array(sorted(set(plan.country[plan.kind == "hosting"].tolist())), dtype=object)
+        if len(codes):
+            net = new_isp(rows, lambda r: sample_networks(plan, rng, codes[rng.integers(0, len(codes), len(r))],
+                                                          ("hosting",)))  # fmt: skip
+            ip[rows] = np.where(net >= 0, random_address_in(plan, rng, np.maximum(net, 0)), -1)
+
+    home_net = users["home_net"].to_numpy().astype(np.int64)
+    rows = rows_of("own_isp_other_prefix")  # label 0: a range of the user's home ISP the user never used
+    if len(rows):
+        net = new_net(rows, lambda r: plan.sibling_networks(rng, home_net[user[rows[r]]]))
+        ip[rows] = np.where(net >= 0, random_address_in(plan, rng, np.maximum(net, 0)), -1)
+
     rows = rows_of("own_network")
     if len(rows):
         # A training address of the user, then a new host in its /24, kept inside its network.
@@ -483,6 +519,13 @@ def _attacks(
         )  # fmt: skip
         lo6[rows] = iid
         hi6[rows[~ok]] = -1
+
+    rows = rows_of("own_isp_other_prefix_ipv6")  # label 0: a home /56 in another prefix of the user's ISP
+    if len(rows):
+        net = new_net(rows, lambda r: plan.sibling_networks(rng, home_net[user[rows[r]]]))
+        home = random_prefix_in(plan, rng, np.maximum(net, 0), HOME_V6_LEN) + home_subnets(rng, len(rows))
+        hi6[rows] = np.where(net >= 0, home, -1)
+        lo6[rows] = random_iid(rng, len(rows))
 
     keep = np.flatnonzero((user >= 0) & np.where(is6, hi6 >= 0, ip >= 0))
     labels = np.array([ATTACK_LABELS[k] for k in spec.attack_kinds], np.int8)

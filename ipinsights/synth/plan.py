@@ -87,9 +87,13 @@ _RESERVED = (
     (0xC6336400, 24), (0xCB007100, 24), (0xE0000000, 3),
 )  # fmt: skip
 
-# Synthetic range sizes (prefix lengths) and ranges per ISP, by kind.
+# Synthetic range sizes (prefix lengths) and ranges per ISP, by kind: "blocks", a few large ranges per ISP
+# (the plan before issue 19) and "scattered", the real routing table's shape: broadband and mobile ISPs
+# announce tens of prefixes of mixed sizes (/14-/24), business and hosting networks a few.
 _PREFIXES = {"broadband": (13, 18), "mobile": (12, 16), "business": (22, 26), "hosting": (16, 22)}
 _RANGES_PER_ISP = {"broadband": (1, 6), "mobile": (1, 4), "business": (1, 1), "hosting": (1, 3)}
+_SCATTERED_PREFIXES = {"broadband": (14, 22), "mobile": (14, 20), "business": (20, 24), "hosting": (16, 24)}
+_SCATTERED_RANGES_PER_ISP = {"broadband": (4, 40), "mobile": (4, 30), "business": (1, 3), "hosting": (1, 8)}
 _KIND_SHARE = {"broadband": 0.45, "mobile": 0.15, "business": 0.3, "hosting": 0.1}
 _KIND_WORD = {"broadband": "Broadband", "mobile": "Mobile", "business": "Business", "hosting": "Hosting"}
 _SYLLABLES = ("ka", "lo", "net", "tel", "vo", "ra", "com", "sky", "li", "no", "ve", "tri", "max", "on", "zen", "ar")
@@ -277,32 +281,48 @@ class AddressPlan:
     # Synthetic plan -----------------------------------------------------------------------------
 
     @classmethod
-    def synthetic(cls, seed: int = 0, networks: int = 3000) -> AddressPlan:
-        """A deterministic plan of about ``networks`` ranges over the countries of :data:`COUNTRY_UTC_OFFSETS`."""
+    def synthetic(cls, seed: int = 0, networks: int = 3000, shape: str = "blocks") -> AddressPlan:
+        """A deterministic plan of about ``networks`` ranges over the countries of :data:`COUNTRY_UTC_OFFSETS`.
+
+        ``shape``: ``blocks`` lays each country out in a few blocks of the address space and gives an ISP
+        a few large ranges in them; ``scattered`` gives broadband and mobile ISPs tens of prefixes of
+        mixed sizes (a heavy tail: most have a few, some 30-40) placed anywhere in the address space,
+        as ASes announce them in the real routing table, so an ISP's prefixes share no short prefix.
+        """
         from ipinsights.synth.spec import plan_rng
 
+        scattered = shape == "scattered"
+        if shape not in ("scattered", "blocks"):
+            raise ValueError(f"shape={shape!r} must be scattered or blocks")
+        prefixes = _SCATTERED_PREFIXES if scattered else _PREFIXES
+        ranges_per_isp = _SCATTERED_RANGES_PER_ISP if scattered else _RANGES_PER_ISP
         rng = plan_rng(seed)
         codes = [c for c, _, _ in _COUNTRIES]
         shares = np.array([s for _, s, _ in _COUNTRIES])
         shares /= shares.sum()
         # ISPs: (country, kind) with range counts; each country gets some of every kind.
         isps: list[tuple[str, str, int]] = []
-        per_range = {k: np.mean(v) for k, v in _RANGES_PER_ISP.items()}
+        # Scattered counts are skewed towards the low end (u**2): many small ASes, a few large ones.
+        per_range = {k: (lo + (hi - lo) / 3 if scattered else (lo + hi) / 2) for k, (lo, hi) in ranges_per_isp.items()}
         for code, share in zip(codes, shares, strict=True):
             for kind, kshare in _KIND_SHARE.items():
                 n_isp = max(2 if kind != "hosting" else 1, round(networks * share * kshare / per_range[kind]))
-                lo, hi = _RANGES_PER_ISP[kind]
-                isps.extend((code, kind, int(k)) for k in rng.integers(lo, hi + 1, size=n_isp))
+                lo, hi = ranges_per_isp[kind]
+                if scattered:
+                    counts = lo + np.floor(rng.random(n_isp) ** 2 * (hi - lo + 1)).astype(np.int64)
+                else:
+                    counts = rng.integers(lo, hi + 1, size=n_isp)
+                isps.extend((code, kind, int(k)) for k in counts)
         # Distinct public-looking AS numbers (4-byte ones too when there are more ISPs than 2-byte numbers).
         asns = 1000 + rng.choice(63_000 if len(isps) <= 63_000 else 4 * len(isps), size=len(isps), replace=False)
         names = [_isp_name(rng) for _ in isps]
         # One row per range: (country, kind, asn, description, prefix length).
         ranges: list[_Range] = []
         for (code, kind, k), asn, name in zip(isps, asns.tolist(), names, strict=True):
-            lo, hi = _PREFIXES[kind]
+            lo, hi = prefixes[kind]
             for plen in rng.integers(lo, hi + 1, size=k).tolist():
                 ranges.append((code, kind, asn, f"{name.upper()}-AS - {name} {_KIND_WORD[kind]} {code}", plen))
-        rows = _lay_out(ranges, codes, rng)
+        rows = _lay_out(ranges, codes, rng, scattered)
         return cls.with_ipv6(
             seed,
             start=np.array([r[0] for r in rows], np.int64),
@@ -312,6 +332,42 @@ class AddressPlan:
             kind=np.array([r[4] for r in rows], dtype=object),
             description=np.array([r[5] for r in rows], dtype=object),
         )
+
+    @cached_property
+    def asn_groups(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Rows sorted by AS number; each row's position in that order, and its AS's first position and count."""
+        order = np.argsort(self.asn, kind="stable")
+        position = np.empty(len(order), np.int64)
+        position[order] = np.arange(len(order))
+        sorted_asn = self.asn[order]
+        first = np.searchsorted(sorted_asn, self.asn, side="left")
+        count = np.searchsorted(sorted_asn, self.asn, side="right") - first
+        return order, position, first, count
+
+    def sibling_networks(self, rng: np.random.Generator, networks: np.ndarray) -> np.ndarray:
+        """Another range of the same AS as each given one (the range itself where the AS has one), bigger
+        ranges likelier (in proportion to their size: where an ISP has more addresses, it puts more customers)."""
+        networks = np.asarray(networks, np.int64)
+        rows, owner = self.networks_of_as(networks)
+        weight = np.where(rows == networks[owner], 0.0, self.size[rows].astype(np.float64))
+        cum = np.cumsum(weight)
+        n = np.bincount(owner, minlength=len(networks))
+        end = np.cumsum(n)
+        begin = end - n
+        base = np.where(begin > 0, cum[np.maximum(begin - 1, 0)], 0.0)
+        total = cum[np.maximum(end - 1, 0)] - base
+        u = base + rng.random(len(networks)) * total
+        pick = np.minimum(np.searchsorted(cum, u, side="right"), np.maximum(end - 1, 0))
+        return np.where(total > 0, rows[np.minimum(pick, len(rows) - 1)], networks)
+
+    def networks_of_as(self, networks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(rows, owner)``: every range of the AS of each given range, and the index of the range asked about."""
+        order, _, first, count = self.asn_groups
+        networks = np.asarray(networks, np.int64)
+        n = count[networks]
+        owner = np.repeat(np.arange(len(networks)), n)
+        offset = np.arange(int(n.sum())) - np.repeat(np.cumsum(n) - n, n)
+        return order[np.repeat(first[networks], n) + offset], owner
 
 
 def _write_tsv(path: str | Path, starts: list, ends: list, asn, country, description) -> Path:
@@ -327,8 +383,11 @@ def _isp_name(rng: np.random.Generator) -> str:
     return "".join(_SYLLABLES[i] for i in parts).capitalize()
 
 
-def _lay_out(ranges: list[_Range], codes: list[str], rng: np.random.Generator) -> list[_PlanRow]:
-    """Place ranges CIDR-aligned in address order: each country in a few blocks, random gaps, no reserved space.
+def _lay_out(
+    ranges: list[_Range], codes: list[str], rng: np.random.Generator, scattered: bool = False
+) -> list[_PlanRow]:
+    """Place ranges CIDR-aligned in address order, random gaps, no reserved space: each country in a few
+    blocks, or (``scattered``) every range anywhere.
 
     A loop over ranges (thousands), not over events; it also shrinks every range if the plan would not fit.
     """
@@ -348,6 +407,8 @@ def _lay_out(ranges: list[_Range], codes: list[str], rng: np.random.Generator) -
         cuts = sorted(rng.choice(np.arange(1, len(members)), size=min(2, len(members) - 1), replace=False).tolist())
         blocks.extend(np.split(np.array(members), cuts))
     sequence = np.concatenate([blocks[i] for i in rng.permutation(len(blocks))])
+    if scattered:  # drawn after the blocks, so a blocks plan's random stream is unchanged
+        sequence = rng.permutation(len(ranges))
     total = float(np.sum(2.0 ** (32 - plens)))
     # Spread the plan over the whole space with random gaps; alignment wastes space too, so if the
     # plan overflows, the gaps shrink (halved, then none) until it fits.

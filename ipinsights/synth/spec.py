@@ -15,31 +15,55 @@ import numpy as np
 
 from ipinsights.core.config import ConfigError, check_float, check_int
 
-__all__ = ["ATTACK_KINDS", "ATTACK_LABELS", "IPV6_ATTACK_KINDS", "SPLITS", "SynthSpec", "shard_bounds", "shard_rng"]
+__all__ = [
+    "ATTACK_KINDS",
+    "ATTACK_LABELS",
+    "BLOCKS_ATTACK_KINDS",
+    "IPV6_ATTACK_KINDS",
+    "PLAN_SHAPES",
+    "SPLITS",
+    "SynthSpec",
+    "shard_bounds",
+    "shard_rng",
+]
 
-#: Attack kinds, in the order they are dealt out; ``own_network`` and ``own_prefix_ipv6`` are the
-#: negative controls (label 0). The IPv6 kinds (:data:`IPV6_ATTACK_KINDS`) only go to users with IPv6
-#: at home; the others pair a user with an IPv4 address, against the user's IPv4 history.
+#: Attack kinds, in the order they are dealt out; ``own_network``, ``own_isp_other_prefix``,
+#: ``own_prefix_ipv6`` and ``own_isp_other_prefix_ipv6`` are the negative controls (label 0). The IPv6
+#: kinds (:data:`IPV6_ATTACK_KINDS`) only go to users with IPv6 at home; the others pair a user with an
+#: IPv4 address, against the user's IPv4 history.
 ATTACK_KINDS: tuple[str, ...] = (
     "random_ip",
     "popular_isp",
     "same_country_other_isp",
+    "hosting_provider",
     "own_network",
+    "own_isp_other_prefix",
     "random_ipv6",
     "other_isp_ipv6",
     "own_prefix_ipv6",
+    "own_isp_other_prefix_ipv6",
 )
-IPV6_ATTACK_KINDS: tuple[str, ...] = ("random_ipv6", "other_isp_ipv6", "own_prefix_ipv6")
+IPV6_ATTACK_KINDS: tuple[str, ...] = ("random_ipv6", "other_isp_ipv6", "own_prefix_ipv6", "own_isp_other_prefix_ipv6")
 #: Label of each attack kind (1 = anomalous).
 ATTACK_LABELS: dict[str, int] = {
     "random_ip": 1,
     "popular_isp": 1,
     "same_country_other_isp": 1,
+    "hosting_provider": 1,
     "own_network": 0,
+    "own_isp_other_prefix": 0,
     "random_ipv6": 1,
     "other_isp_ipv6": 1,
     "own_prefix_ipv6": 0,
+    "own_isp_other_prefix_ipv6": 0,
 }
+#: The attack kinds of the generator before issue 19 (``plan_shape: blocks`` reproduces its data with these).
+BLOCKS_ATTACK_KINDS: tuple[str, ...] = (
+    "random_ip", "popular_isp", "same_country_other_isp", "own_network", "random_ipv6", "other_isp_ipv6",
+    "own_prefix_ipv6",
+)  # fmt: skip
+#: Shapes of the synthetic address plan (see :meth:`ipinsights.synth.plan.AddressPlan.synthetic`).
+PLAN_SHAPES: tuple[str, ...] = ("scattered", "blocks")
 SPLITS: tuple[str, ...] = ("train", "validation", "test")
 
 # Independent random streams of one shard (never reuse a number: that would correlate two streams).
@@ -78,6 +102,11 @@ class SynthSpec:
     # Where users log in from.
     networks: int = 3000  # size of the synthetic address plan (ranges), ignored with address_plan
     address_plan: str | None = None  # path of an ip2asn-v4 TSV to use instead of a synthetic plan
+    #: scattered: ISPs announce many prefixes of mixed sizes spread over the address space (the real
+    #: routing table's shape); blocks: a few large ranges per ISP inside its country's blocks (before issue 19).
+    plan_shape: str = "scattered"
+    renumber_rate: float = 0.3  # share of users whose ISP moves their home address to another of its prefixes once
+    mobile_prefixes: int = 3  # carrier prefixes a mobile user's addresses come from (1: one regional pool)
     mobile_rate: float = 0.5  # share of users who also log in through a mobile carrier
     mobile_share: float = 0.25  # share of such a user's events that come through the carrier
     travel_rate: float = 0.15  # share of users who take one trip (1-3 days) during the period
@@ -116,6 +145,10 @@ class SynthSpec:
         check_float("events_sigma", self.events_sigma, 0.0, 4.0)
         check_int("events_max", self.events_max, self.events_min, 10_000_000)
         check_int("networks", self.networks, 50, 200_000)
+        if self.plan_shape not in PLAN_SHAPES:
+            raise ConfigError(f"plan_shape={self.plan_shape!r} must be one of {', '.join(PLAN_SHAPES)}")
+        check_float("renumber_rate", self.renumber_rate, 0.0, 1.0)
+        check_int("mobile_prefixes", self.mobile_prefixes, 1, 64)
         if self.address_plan is not None and not isinstance(self.address_plan, str):
             raise ConfigError(f"address_plan={self.address_plan!r} must be a path or null")
         for name in ("mobile_rate", "mobile_share", "travel_rate", "roam_rate", "abroad_share", "ipv6_rate",

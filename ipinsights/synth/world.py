@@ -1,9 +1,12 @@
 """The simulated population: who the users are, where they live and which networks they use.
 
 Each user has a country and UTC offset, a home network and a work network next to it in address order
-(as in the SageMaker tutorial, where both come from nearby rows of a sorted ASN list), a fixed address
-in each, optionally a mobile carrier with a regional address pool, and optionally one trip (1-3 days)
-to a network in the same or another country. Users are generated shard by shard (see
+(as in the SageMaker tutorial, where both come from nearby rows of a sorted ASN list; on a
+``scattered`` plan, where neighbouring rows belong to anyone, a business network of the same country),
+a fixed address in each, optionally a mobile carrier with a regional address pool, and optionally one
+trip (1-3 days) to a network in the same or another country. A share ``renumber_rate`` of homes are
+renumbered once: from a day of the period on, their address is in another range of the same ISP (DHCP
+renumbering across the ISP's prefixes). Users are generated shard by shard (see
 :func:`~ipinsights.synth.spec.shard_rng`), all with vectorized numpy.
 
 IPv6 (dual stack, on top of the IPv4 paths): a share ``ipv6_rate`` of users have it at home, where the
@@ -30,6 +33,7 @@ __all__ = [
     "generate_users",
     "generate_world",
     "home_subnets",
+    "mobile_prefix",
     "load_plan",
     "random_prefix_in",
     "sample_networks",
@@ -64,7 +68,7 @@ def load_plan(spec: SynthSpec) -> AddressPlan:
     """
     if spec.address_plan:
         return AddressPlan.from_ip2asn_tsv(spec.address_plan, seed=spec.seed)
-    return AddressPlan.synthetic(spec.seed, spec.networks)
+    return AddressPlan.synthetic(spec.seed, spec.networks, spec.plan_shape)
 
 
 def generate_world(spec: SynthSpec, plan: AddressPlan | None = None) -> World:
@@ -133,6 +137,16 @@ def random_prefix_in(plan: AddressPlan, rng: np.random.Generator, networks: np.n
     return plan.v6_start[networks] + (rng.integers(0, count) << (64 - np.maximum(plen, length)))
 
 
+def mobile_prefix(
+    plan: AddressPlan, spec: SynthSpec, carrier: np.ndarray, user_index: np.ndarray, choice: np.ndarray
+) -> np.ndarray:
+    """Range ``choice`` (of ``spec.mobile_prefixes``) of each user's carrier: one of the carrier AS's ranges,
+    fixed per (user, choice) by a hash, so a user keeps drawing from the same few pools."""
+    order, _, first, count = plan.asn_groups
+    h = hash64(spec.seed, user_index * 64 + choice, np.asarray(carrier, np.int64))
+    return order[first[carrier] + (h % count[carrier].astype(np.uint64)).astype(np.int64)]
+
+
 def home_subnets(rng: np.random.Generator, n: int) -> np.ndarray:
     """Subnet ids (0..3, :data:`HOME_SUBNET_WEIGHTS`) of ``n`` logins from a delegated /56."""
     cdf = np.cumsum(HOME_SUBNET_WEIGHTS) / HOME_SUBNET_WEIGHTS.sum()
@@ -143,7 +157,9 @@ def generate_users(plan: AddressPlan, spec: SynthSpec, shard: int) -> pa.Table:
     """The users of one shard, as a table.
 
     Columns: ``entity``, ``user_index``, ``shard``, ``country``, ``utc_offset_minutes``, ``n_events``,
-    ``home_net``/``home_ip``, ``work_net``/``work_ip``, ``mobile_net``/``mobile_pool`` (-1: none),
+    ``home_net``/``home_ip``, ``renumber_day``/``renumber_net``/``renumber_ip`` (from that day on the home
+    address is in another range of the same ISP; -1: never), ``work_net``/``work_ip``,
+    ``mobile_net``/``mobile_pool`` (-1: none),
     ``trip_net``/``trip_ip``/``trip_start_day``/``trip_days`` (-1 / 0: no trip), ``ua`` (user-agent id),
     and IPv6: ``home_v6`` (the delegated /56), ``work_v6`` (the user's /64 at work), ``mobile_v6_pool``
     (the carrier's regional /40), each -1 where the user has no IPv6 there. Networks are row numbers
@@ -167,6 +183,9 @@ def generate_users(plan: AddressPlan, spec: SynthSpec, shard: int) -> pa.Table:
     # Work: a nearby row of the sorted plan (as in the tutorial), which is usually the same country block.
     step = rng.integers(1, 4, size=n) * rng.choice(np.array([-1, 1]), size=n)
     work_net = np.clip(home_net + step, 0, len(plan) - 1)
+    if spec.plan_shape == "scattered":  # neighbouring rows are anyone's: a business network of the country
+        business = sample_networks(plan, rng, country, ("business",))
+        work_net = np.where(business >= 0, business, work_net)
     work_ip = random_address_in(plan, rng, work_net)
     # Mobile carrier: a per-user regional pool inside the carrier's range.
     has_mobile = rng.random(n) < spec.mobile_rate
@@ -204,6 +223,16 @@ def generate_users(plan: AddressPlan, spec: SynthSpec, shard: int) -> pa.Table:
     pool_v6 = random_prefix_in(plan, rng, np.maximum(mobile_net, 0), MOBILE_POOL_V6_LEN)
     mobile_v6_pool = np.where(mobile_v6, pool_v6, -1)
 
+    # Renumbering (drawn after everything else, so a world without it is the world before it): from a day
+    # of the period on, the ISP hands the home another of its prefixes.
+    renumber = (rng.random(n) < spec.renumber_rate) & (spec.renumber_rate > 0)
+    renumber_net = (
+        np.where(renumber, plan.sibling_networks(rng, home_net), home_net) if spec.renumber_rate else home_net
+    )
+    renumber = renumber & (renumber_net != home_net)
+    renumber_ip = random_address_in(plan, rng, renumber_net) if spec.renumber_rate else home_ip
+    renumber_day = np.where(renumber, rng.integers(1, spec.days, size=n) if spec.renumber_rate else 0, -1)
+
     index = np.arange(lo, hi, dtype=np.int64)
     return pa.table(
         {
@@ -215,6 +244,9 @@ def generate_users(plan: AddressPlan, spec: SynthSpec, shard: int) -> pa.Table:
             "n_events": pa.array(n_events, pa.int32()),
             "home_net": pa.array(home_net, pa.int32()),
             "home_ip": pa.array(home_ip, pa.int64()),
+            "renumber_day": pa.array(renumber_day, pa.int16()),
+            "renumber_net": pa.array(np.where(renumber, renumber_net, -1), pa.int32()),
+            "renumber_ip": pa.array(np.where(renumber, renumber_ip, -1), pa.int64()),
             "work_net": pa.array(work_net, pa.int32()),
             "work_ip": pa.array(work_ip, pa.int64()),
             "mobile_net": pa.array(mobile_net, pa.int32()),

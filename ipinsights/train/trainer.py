@@ -33,7 +33,7 @@ from ipinsights.core.config import Hyperparameters, ModelOptions, TrainOptions
 from ipinsights.core.entities import ENTITY_FILE, EntityStats
 from ipinsights.core.metrics import roc_auc
 from ipinsights.core.model import IPInsightsModel
-from ipinsights.storage.modelfile import load_model, save_model
+from ipinsights.storage.modelfile import load_model, network_table, save_model
 from ipinsights.train.comm import Comm, LocalComm
 from ipinsights.train.data import BatchSource, EncodedPairs, random_ips_like
 from ipinsights.train.optim import RowAdam, coalesce_rows
@@ -161,7 +161,12 @@ class Trainer:
         if n_rand:
             # One family-matched draw per positive (R per positive unshared): negatives mix families as the data does.
             like = ips if share else ips.repeat(R)
-            all_ips = torch.cat([ips, random_ips_like(like, self.generator)])
+            rand = random_ips_like(like, self.generator)
+            if model.networks is not None and self.options.table_negatives > 0:
+                from_table = torch.rand(rand.shape, generator=self.generator, device=self.device)
+                from_table = from_table < self.options.table_negatives
+                rand = torch.where(from_table, model.networks.random_keys(like, self.generator), rand)
+            all_ips = torch.cat([ips, rand])
         else:
             all_ips = ips
 
@@ -373,7 +378,10 @@ def build_model(
     g = torch.Generator().manual_seed(seed)
     model = IPInsightsModel(hp, opts)
     model.reset_parameters(generator=g)
-    return model.to(device)
+    model = model.to(device)
+    if opts.asn_table:
+        model.attach_networks(network_table(opts.asn_table))
+    return model
 
 
 def warm_start_from(model: IPInsightsModel, path: str | Path) -> None:
