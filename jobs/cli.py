@@ -60,11 +60,16 @@ def evaluate_main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="ipinsights evaluate", description=evaluate_main.__doc__)
     parser.add_argument("--model", required=True, help="model directory")
     parser.add_argument("--test", required=True, help="headerless CSV: entity,ip,label[,kind] (label 1 = attack)")
-    parser.add_argument("--train", help="the training CSV, for the seen-IP//24//16 baselines")
+    parser.add_argument("--train", help="the training CSV, for the seen-IP//24//16 (and seen_asn) baselines")
     parser.add_argument("--thresholds", help="comma-separated anomaly-score thresholds (default: normal quantiles)")
     parser.add_argument("--plot", help="save the score histogram (normal vs attack) as PNG here")
     parser.add_argument("--output", help="write the evaluation as JSON here")
     parser.add_argument("--profile", help="entity profiles (default: <model>.profile.safetensors when present)")
+    parser.add_argument(
+        "--asn-table",
+        help="ip2asn TSV(s), comma-separated: the seen_asn baseline and AS names "
+        "(default: the table the model was trained with, if any)",
+    )
     parser.add_argument("--learning-period-events", type=int, default=10,
                         help="entities with fewer training events are scored by the population prior (as the "
                              "scoring job does); 0 with no profile = raw model scores (SageMaker)")  # fmt: skip
@@ -72,13 +77,16 @@ def evaluate_main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     def body(ctx: JobContext) -> None:
-        scorer = Scorer.load(args.model, profile=args.profile or True)
+        scorer = Scorer.load(args.model, profile=args.profile or True, asn_table=args.asn_table)
         test = read_labelled_csv(args.test)
         train = read_pairs_csv(args.train) if args.train else None
         thresholds = [float(t) for t in args.thresholds.split(",")] if args.thresholds else None
         ev, scores = evaluate_model(scorer, test, train, thresholds, args.learning_period_events)
         print("ROC AUC (anomaly score; per kind: that kind vs normal rows)")
         print(ev.auc_table())
+        print()
+        print("Recall at a fixed false-positive rate (on normal rows), per kind")
+        print(ev.recall_table())
         print()
         print(ev.threshold_text())
         if args.plot:

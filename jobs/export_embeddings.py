@@ -37,6 +37,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--ip-range", nargs="+", default=[], metavar="CIDR", help="IPv4 ranges, e.g. 10.0.0.0/24")
     parser.add_argument("--entities", help="file: one entity per line")
     parser.add_argument("--entities-out", help="Parquet file for the entity embeddings when IPs are exported too")
+    parser.add_argument("--asn-table", help="ip2asn TSV(s) of a model trained with one (default: where it was then)")
     parser.add_argument("--max-addresses", type=int, default=DEFAULT_MAX_ADDRESSES, help="refuse more addresses")
     parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH, help="rows per batch (bounds memory)")
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -52,7 +53,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     def body(ctx: JobContext) -> None:
         from ipinsights.score.scorer import Scorer
 
-        scorer = Scorer.load(args.model)
+        scorer = Scorer.load(args.model, asn_table=args.asn_table)
         exported = export_requested(
             scorer, args.out, ip_ranges=args.ip_range, ip_file=args.ips, entity_file=args.entities,
             entities_out=args.entities_out, batch=args.batch_size, max_addresses=args.max_addresses,

@@ -56,10 +56,13 @@ def run(w: Path, args: argparse.Namespace, spark: SparkSession) -> None:
     events = w / "events"
     step("ingest", ingest.main([f"--inputs={w / 'synth' / 'logs'}/*", f"--output={events}"]))
     num_vectors = max(1000, 2 * args.users)  # SageMaker's advice: about twice the unique entities
+    # The generator writes its address plan as ip2asn tables: the model learns ASes and countries from them.
+    world = w / "synth" / "world"
+    table = [f"--model.asn_table={world / 'networks.tsv'},{world / 'networks-v6.tsv'}"] if args.asn_table else []
     step("train", train.main(["--events", str(events), "--start-date", t0, "--end-date", t1,
                               "--validation-start-date", v0, "--validation-end-date", v1, "--output", str(w / "run"),
                               "--backend", args.backend, "--num-workers", str(args.num_workers),
-                              f"--epochs={args.epochs}", f"--num_entity_vectors={num_vectors}"]))  # fmt: skip
+                              f"--epochs={args.epochs}", f"--num_entity_vectors={num_vectors}", *table]))  # fmt: skip
     model = w / "run" / "model"
     step("score", score.main(["--start-date", s0, "--end-date", s1, "--target-fpr", str(args.target_fpr),
                               f"--model={model}", f"--events={events}", f"--scores={w / 'scores'}",
@@ -80,8 +83,11 @@ def print_results(w: Path) -> None:
     print()
     print(f"validation discriminator_auc: {metrics[-1]['discriminator_auc']:.4f}")
     print("test AUC per attack kind (model):", json.dumps({k: round(v, 4) for k, v in ev["auc"]["model"].items()}))
-    for name in ("seen_exact_ip", "seen_same_24", "seen_same_16"):
-        print(f"  baseline {name}: overall {ev['auc'][name]['overall']:.4f}")
+    for fpr, row in ev["recall"]["model"].items():
+        print(f"recall at {float(fpr):.0%} FPR (model):", json.dumps({k: round(v, 3) for k, v in row.items()}))
+    for name in ("seen_exact_ip", "seen_same_24", "seen_same_16", "seen_asn"):
+        if name in ev["auc"]:
+            print(f"  baseline {name}: overall {ev['auc'][name]['overall']:.4f}")
     for r in sorted((w / "reports").glob("dt=*/report.html")):
         print(f"report: {r}")
 
@@ -96,6 +102,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--num-workers", type=int, default=0, help="training ranks (0: chosen by the backend)")
     p.add_argument("--target-fpr", type=float, default=0.01)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-asn-table", dest="asn_table", action="store_false",
+                   help="train on prefixes alone, without the generated ip2asn tables (model.asn_table)")  # fmt: skip
     p.add_argument("-v", "--verbose", action="store_true")
     args = p.parse_args(argv)
 

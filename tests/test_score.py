@@ -130,6 +130,13 @@ def test_verdict_rules(spark, world):
     assert run(Thresholds(1e9), learning_period_events=10**6)["10.1.2.3"]["rule"] == RULE_LEARNING
 
 
+def _assert_brackets(scores: np.ndarray, threshold: float, target: float, tolerance: float) -> None:
+    """The share of held-out rows above the threshold, and of those at or above it, bracket the target: a
+    group of tied scores at the threshold (one user's many logins from one trip address) cannot be split."""
+    above, at_or_above = float((scores > threshold).mean()), float((scores >= threshold).mean())
+    assert above < target + tolerance and at_or_above > target - tolerance, (target, above, at_or_above)
+
+
 @pytest.mark.spark
 def test_target_fpr_calibration_holds_on_held_out_normal_traffic(spark, world):
     # Calibrate on a random half of the validation day's (normal) traffic, check on the other half.
@@ -143,14 +150,13 @@ def test_target_fpr_calibration_holds_on_held_out_normal_traffic(spark, world):
     for target in (0.01, 0.05):
         threshold, n = calibrate_threshold(scored, target)
         assert n > 5000
-        fpr = float((normal > threshold).mean())
-        assert abs(fpr - target) < 0.005, (target, fpr)
+        _assert_brackets(normal, threshold, target, 0.005)
     # The levels: entity scores at the target and at 10x it, population-prior scores likewise.
     levels, n = calibrate_levels(scored, 0.01)
     a = Scorer.load(world["model"]).assess(held_out["entity"], held_out["ip"], learning_period_events=1)
     model_rows = a.rule == RULE_SCORE
-    assert abs(float((a.anomaly_score[model_rows] > levels["threshold"]).mean()) - 0.01) < 0.005
-    assert abs(float((a.anomaly_score[model_rows] > levels["medium_threshold"]).mean()) - 0.10) < 0.02
+    _assert_brackets(a.anomaly_score[model_rows], levels["threshold"], 0.01, 0.005)
+    _assert_brackets(a.anomaly_score[model_rows], levels["medium_threshold"], 0.10, 0.02)
     assert levels["prior_threshold"] is None  # no entity profiles, no population prior (the job test has one)
 
 

@@ -459,7 +459,9 @@ def _attacks(
 
     rows = rows_of("popular_isp")
     if len(rows) and len(popular):
-        net = new_net(rows, draw_popular)
+        # Another popular ISP: on a scattered plan a popular range may be one of the user's own ISP's many
+        # ranges, so the AS must be new too (a blocks plan keeps its "network never used" rule, and its data).
+        net = (new_isp if spec.plan_shape == "scattered" else new_net)(rows, draw_popular)
         ip[rows] = np.where(net >= 0, random_address_in(plan, rng, np.maximum(net, 0)), -1)
 
     rows = rows_of("same_country_other_isp")
