@@ -7,7 +7,11 @@ slower, so it is timed on ``--reference-batches`` batches and its epoch time ext
 
 Prints one figure per line (``name=value``); compare ratios, not absolute times (machines are noisy).
 
-    python bench/train_speed.py [--pairs 2200000] [--threads 0] [--reference-batches 40]
+    python bench/train_speed.py [--pairs 2200000] [--threads 0] [--reference-batches 40] [--asn-table FILES]
+
+``--asn-table``: ip2asn TSVs (``generated``: the generator's default plan, written to a temporary
+folder) for a second epoch with AS and country levels (``model.asn_table``) in the same process:
+``epoch_seconds_with_table`` and ``table_vs_plain_epoch_ratio`` (issue 19: within 1.15).
 """
 
 from __future__ import annotations
@@ -75,6 +79,7 @@ def main() -> None:
     ap.add_argument("--pairs", type=int, default=2_200_000)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--reference-batches", type=int, default=30)
+    ap.add_argument("--asn-table", default=None, help="ip2asn TSVs, or 'generated', for an epoch with the table")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -94,6 +99,28 @@ def main() -> None:
     print(f"reference_epoch_seconds_extrapolated={ref_epoch:.2f}")
     print(f"reference_pairs_per_second={args.pairs / ref_epoch:.0f}")
     print(f"speedup_vs_reference={ref_epoch / m.seconds:.2f}")
+    if args.asn_table:
+        table = args.asn_table if args.asn_table != "generated" else _generated_tables()
+        model = build_model(hp, ModelOptions(asn_table=table), seed=0)
+        keys = torch.as_tensor(data.ips[:100_000])
+        known = (model.networks.rows(keys)[:, 0] != model.networks.unknown_asn).float().mean().item()
+        t = Trainer(model, hp, TrainOptions(progress_bar="off")).fit(data, epochs=1)[0]
+        print(f"addresses_in_table_share={known:.3f}")
+        print(f"epoch_seconds_with_table={t.seconds:.2f}")
+        print(f"table_vs_plain_epoch_ratio={t.seconds / m.seconds:.3f}")
+
+
+def _generated_tables() -> str:
+    """The generator's default address plan as ip2asn-v4 and -v6 files in a temporary folder."""
+    import tempfile
+    from pathlib import Path
+
+    from ipinsights.synth import SynthSpec
+    from ipinsights.synth.world import load_plan
+
+    folder = Path(tempfile.mkdtemp(prefix="train-speed-"))
+    plan = load_plan(SynthSpec())
+    return f"{plan.to_ip2asn_tsv(folder / 'v4.tsv')},{plan.to_ip2asn_v6_tsv(folder / 'v6.tsv')}"
 
 
 if __name__ == "__main__":

@@ -44,6 +44,9 @@ MODEL = [
     "--vector_dim=16",
     "--mini_batch_size=200",
     "--batch_metrics_publish_interval=100000",
+    # AS and country levels from the generated ip2asn tables, read from the bucket by every rank and scorer.
+    f"--model.asn_table=s3://{BUCKET}/world/networks.tsv,s3://{BUCKET}/world/networks-v6.tsv",
+    "--model.asn_hash_buckets=4096",
 ]
 EPOCHS = 3
 
@@ -95,7 +98,8 @@ def metrics(lake: Lake, run: str) -> list[dict]:
 @pytest.mark.spark
 @pytest.mark.timeout(2400)  # the session's cluster and the module's data set are made within the first test
 def test_pipeline_on_cluster_with_s3(lake, spark_cluster):
-    """ingest -> train (torch; killed after epoch 1's checkpoint, resumed from S3) -> score -> report."""
+    """ingest -> train (torch, with the ip2asn tables on S3; killed after epoch 1's checkpoint, resumed from S3)
+    -> score (the model reads its tables from S3) -> report."""
     bucket, submit = lake.bucket, lake.submit
     # Train, and kill the job (its whole process group) as soon as the first checkpoint is in the bucket.
     proc, log_path = submit.start("train", train(lake, "run", "torch"), "train-killed")
@@ -123,6 +127,7 @@ def test_pipeline_on_cluster_with_s3(lake, spark_cluster):
     assert resumed["epoch"] == EPOCHS, resumed
     keys = bucket.keys("run/")
     assert "run/model/model.json" in keys and "run/config.json" in keys, keys
+    assert json.loads(bucket.read("run/model/model.json"))["asn_table_fingerprint"]
 
     # A fixed threshold: calibrating on S3 is tests/test_uris.py's (one Spark stage fewer on the cluster).
     args = [a for a in score_args(EVENTS, f"s3://{BUCKET}/run", f"s3://{BUCKET}", lake.dates) if "calibration" not in a]
