@@ -286,9 +286,11 @@ class IPInsightsModel(nn.Module):
         # them in the sum, an entity's known /24s and /16s outweigh its AS, and a new prefix of its own ISP
         # (renumbering, a carrier's other pool) scores as foreign (bench/network_eval.py: AUC 0.92-0.96
         # against normal logins with the prefix rows kept, 0.53 without).
+        # An address outside the table: its prefix rows and one shared "unknown network" row (the unknown
+        # country row at weight 0: it would only ever be summed with the unknown AS row).
         known = (net[:, 0] != self.networks.unknown_asn).unsqueeze(1)
         base = torch.ones(rows.shape, dtype=self.ip_table.dtype, device=rows.device) if weights is None else weights
-        weights = torch.cat([base.masked_fill(known, 0.0), torch.ones_like(base[:, :2])], dim=1)
+        weights = torch.cat([base.masked_fill(known, 0.0), torch.ones_like(base[:, :1]), known.to(base.dtype)], dim=1)
         return torch.cat([rows, net], dim=1), weights
 
     def _prefix_bags(self, keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -322,11 +324,26 @@ class IPInsightsModel(nn.Module):
         encoded: torch.Tensor = self.encoder(prefix_sum)  # nn.Module calls are untyped
         return encoded
 
+    def packed_bags(self, ips: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """:meth:`ip_bags` in the cheapest form for ``embedding_bag``: ``(rows, offsets, weights)``.
+
+        With network levels, bags differ in length (2 rows for an address the table knows, its prefix
+        rows plus 2 for one it does not): the rows with weight 0 are dropped and the rest packed flat
+        with ``offsets``, so they are never gathered, summed or updated (``weights`` is then None).
+        Without them, the 2D bags and weights of :meth:`ip_bags` (``offsets`` None).
+        """
+        rows, weights = self.ip_bags(ips)
+        if self.networks is None or weights is None:
+            return rows, None, weights
+        keep = weights > 0
+        counts = keep.sum(dim=1)
+        return rows[keep], torch.cumsum(counts, 0) - counts, None
+
     def prefix_sums(self, ips: torch.Tensor) -> torch.Tensor:
         """Summed prefix-level rows ``(n, d)`` of address keys ``(n,)``: the encoder's input."""
-        rows, weights = self.ip_bags(ips)
+        rows, offsets, weights = self.packed_bags(ips)
         # embedding_bag sums the L rows without materialising an (n, L, d) tensor: ~3x faster on CPU.
-        return F.embedding_bag(rows, self.ip_table, mode="sum", per_sample_weights=weights)
+        return F.embedding_bag(rows, self.ip_table, offsets, mode="sum", per_sample_weights=weights)
 
     def ip_vectors(self, ips: torch.Tensor) -> torch.Tensor:
         """IP embeddings ``(n, d)`` for address keys given as int64 ``(n,)``."""

@@ -174,10 +174,10 @@ class Trainer:
         uniq_e, inv_e = torch.unique(ent_rows, return_inverse=True)
         E = model.entity_table.detach().index_select(0, uniq_e).requires_grad_()
         e = E[inv_e]
-        bags, weights = model.ip_bags(all_ips)
+        bags, offsets, weights = model.packed_bags(all_ips)
         uniq_r, inv_r = torch.unique(bags, return_inverse=True)
         T = model.ip_table.detach().index_select(0, uniq_r).requires_grad_()
-        v = model.encode(F.embedding_bag(inv_r, T, mode="sum", per_sample_weights=weights))  # (N, d)
+        v = model.encode(F.embedding_bag(inv_r, T, offsets, mode="sum", per_sample_weights=weights))  # (N, d)
 
         v_pos = v[:B]
         logits = [(e * v_pos).sum(-1)]
