@@ -267,3 +267,23 @@ def test_resumed_ranks_draw_their_own_negatives(world):
         trainer.fit(train)
         models.append(trainer.model.entity_table.detach().clone())
     assert not torch.equal(models[0], models[1])
+
+
+def test_shuffled_auc_is_harder_than_discriminator_auc_where_entities_share_isps():
+    """Entities on 8 shared ISPs: another entity's address is often a network of the same ISP, which a
+    random address almost never is; both metrics are reported every epoch."""
+    rng = np.random.default_rng(0)
+    n = 300
+    isp = rng.integers(0, 8, n)  # each entity's ISP: a /16
+    ent = np.repeat(np.arange(n), 40)
+    ips = ((isp[ent] + 20) << 24) | (rng.integers(0, 4, ent.size) << 16) | rng.integers(0, 1 << 16, ent.size)
+    names = [f"e{i}" for i in ent]
+    text = ipv4_to_str(ips.astype(np.uint32)).to_pylist()
+    hp = Hyperparameters(**{**HP, "num_entity_vectors": 2 * n, "epochs": 3})
+    train = encode_pairs(names[::2], text[::2], hp.num_entity_vectors, 0)
+    val = encode_pairs(names[1::2], text[1::2], hp.num_entity_vectors, 0)
+    result = train_model(hp, ModelOptions(ip_hash_buckets=4096), OPTS, train, val)
+    last = result.history[-1]
+    assert last.discriminator_auc > 0.95
+    assert 0.5 < last.extra["shuffled_auc"] < last.discriminator_auc - 0.05, last.as_dict()
+    assert "shuffled_auc" in last.as_dict()

@@ -14,7 +14,14 @@ import pyarrow.csv as pacsv
 import pytest
 
 from ipinsights.core.config import ConfigError, TrainConfig, config_from_dict, load_config
-from ipinsights.tune.config import DEFAULT_SPACE, TuneConfig, load_tune_config, without_parameters
+from ipinsights.tune.config import (
+    CPU_SPACE,
+    DEFAULT_SPACE,
+    SAGEMAKER_SPACE,
+    TuneConfig,
+    load_tune_config,
+    without_parameters,
+)
 from ipinsights.tune.driver import COMPLETED, FAILED, run_trials
 from ipinsights.tune.trials import PreparedData, median_running_average, trial_result
 
@@ -31,12 +38,19 @@ def _cfg(**kw) -> TuneConfig:
     return config_from_dict(TuneConfig, {"space": SMALL_SPACE, **kw})
 
 
-def test_conf_tune_yml_is_sagemakers_recommended_space():
+def test_conf_tune_yml_is_the_cpu_space_and_sagemakers_is_named():
     cfg = load_tune_config("conf/tune.yml")
-    assert cfg.space == DEFAULT_SPACE
-    assert {r.name: (r.min, r.max) for r in cfg.space}["learning_rate"] == (1e-4, 0.1)
+    assert cfg.space == DEFAULT_SPACE == CPU_SPACE and cfg.metric == "shuffled_auc"
+    assert "num_entity_vectors" not in {r.name for r in cfg.ranges} and cfg.entity_vectors_per_entity == 2.0
+    decay = {r.name: r for r in cfg.ranges}["weight_decay"]
+    assert 0.0 in decay.values and max(decay.values) <= 1e-4  # zero can be drawn, a collapsing decay cannot
+    sagemaker = load_tune_config("conf/tune.yml", ["--space=sagemaker"])
+    assert sagemaker.ranges == SAGEMAKER_SPACE
+    assert {r.name: (r.min, r.max) for r in sagemaker.ranges}["learning_rate"] == (1e-4, 0.1)
     assert cfg.base_config == "conf/train.yml"  # relative to the tuning config's folder
     load_config(TrainConfig, cfg.base_config)
+    with pytest.raises(ConfigError, match="objective='validation:recall'"):
+        _cfg(objective="validation:recall")
 
 
 @pytest.mark.parametrize(
@@ -324,3 +338,50 @@ def test_every_trial_failing_fails_the_job(spark, toy, tmp_path):
     table = pd.read_csv(tmp_path / "out" / "results.csv")  # the table is written all the same
     assert list(table["TrainingJobStatus"]) == ["Failed"] * 3
     assert not (tmp_path / "out" / "best_model").exists()
+
+
+@pytest.mark.slow
+def test_no_trial_of_the_default_space_collapses(tmp_path):
+    """Random trials of the shipped space, trained for real on a toy world (in this process, no Spark): every
+    one separates real pairs from random addresses (before, SageMaker's weight_decay range collapsed 3 trials
+    of 4 to a coin flip), and each reports both metrics, the objective being shuffled_auc."""
+    import dataclasses
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from toyworld import make_toy_world
+
+    from ipinsights.core.hashing import hash_strings
+    from ipinsights.core.ip import parse_ip
+    from ipinsights.tune.config import ParameterRange
+    from ipinsights.tune.trials import run_trial
+
+    world = make_toy_world(n_entities=400, events_per_entity=80, n_test=100, seed=2)
+    files = {}
+    for name in ("train", "validation"):
+        t = getattr(world, name)
+        table = pa.table({"entity_hash": hash_strings(t["entity"], 0).view(np.int64), "ip": parse_ip(t["ip"]).value})
+        pq.write_table(table, tmp_path / f"{name}.parquet")
+        files[name] = [str(tmp_path / f"{name}.parquet")]
+    data = PreparedData(files["train"], files["validation"], n_train=world.train.num_rows,
+                        n_validation=world.validation.num_rows, n_entities=400)  # fmt: skip
+    cfg = config_from_dict(TuneConfig, {"strategy": "random", "seed": 3, "max_jobs": 6, "max_parallel_jobs": 1,
+                                        "objective": "validation:shuffled_auc", "threads_per_trial": 1,
+                                        "early_stopping": {"type": "off"}})  # fmt: skip
+    base = load_config(TrainConfig, "conf/train.yml", ["--model.ip_hash_buckets=4096", "--ipv6_hash_buckets=64"])
+    with cf.ThreadPoolExecutor(1) as pool:
+        records = run_trials(cfg, base, data, str(tmp_path / "trials"), lambda spec: pool.submit(run_trial, spec))
+    assert [r.status for r in records] == [COMPLETED] * 6, [r.error for r in records]
+    for r in records:
+        last = r.history[-1]
+        assert last["discriminator_auc"] >= 0.9, (r.params, last)  # no collapsed trial
+        assert r.objective == last["shuffled_auc"] and r.metric == "shuffled_auc"
+    # What the default space keeps out: a decay SageMaker's range draws most of the time collapses the model.
+    heavy = dataclasses.replace(cfg, space=(ParameterRange("weight_decay", "categorical", values=(0.3,)),), max_jobs=1)
+    with cf.ThreadPoolExecutor(1) as pool:
+        (collapsed,) = run_trials(heavy, base, data, str(tmp_path / "heavy"), lambda spec: pool.submit(run_trial, spec))
+    assert collapsed.history[-1]["discriminator_auc"] < 0.7, collapsed.history[-1]
+    # Every trial's entity vectors: 2 per training entity, derived from the data (the space leaves them out).
+    assert {r.history[-1].get("epoch") for r in records} and all(
+        json.loads((tmp_path / "trials" / f"trial-{r.number:03d}" / "model" / "model.json").read_text())[
+            "hyperparameters"]["num_entity_vectors"] == 800 for r in records if r.model_dir)  # fmt: skip

@@ -107,6 +107,33 @@ def discriminator_auc(model: IPInsightsModel, data: EncodedPairs, seed: int = 12
     return roc_auc(np.concatenate([p, n]), np.concatenate([np.ones(p.size), np.zeros(n.size)]))
 
 
+@torch.no_grad()
+def shuffled_auc(model: IPInsightsModel, data: EncodedPairs, seed: int = 54321, batch_size: int = 65536) -> float:
+    """AUC of real pairs vs the same rows' addresses re-paired with other entities: "someone else's normal
+    network". Harder than :func:`discriminator_auc` (a random address is rarely anyone's network), so it
+    tells models apart where that one is near 1. Pairs that re-pair an address with its own entity row
+    are left out; the permutation comes from a fixed seed, the same for every epoch and run.
+    """
+    n = len(data)
+    if n < 2:
+        return float("nan")
+    perm = np.random.default_rng(seed).permutation(n)
+    ent = np.asarray(data.entity_rows)
+    other = ent[perm]
+    keep = other != ent
+    if not keep.any():
+        return float("nan")
+    device = model.entity_table.device
+    pos, neg = [], []
+    for start in range(0, n, batch_size):
+        sl = slice(start, start + batch_size)
+        ips = torch.as_tensor(data.ips[sl], device=device)
+        pos.append(model(torch.as_tensor(ent[sl], device=device), ips).float().cpu().numpy())
+        neg.append(model(torch.as_tensor(other[sl], device=device), ips).float().cpu().numpy()[keep[sl]])
+    p, q = np.concatenate(pos), np.concatenate(neg)
+    return roc_auc(np.concatenate([p, q]), np.concatenate([np.ones(p.size), np.zeros(q.size)]))
+
+
 class Trainer:
     """Runs epochs of negative-sampled, cross-entropy training of an :class:`IPInsightsModel`.
 
@@ -287,6 +314,7 @@ class Trainer:
             if validation is not None and len(validation):
                 self.model.eval()
                 metrics.discriminator_auc = discriminator_auc(self.model, validation)
+                metrics.extra["shuffled_auc"] = shuffled_auc(self.model, validation)
             self.epoch = epoch
             if self.comm.rank == 0:
                 _report(progress, "epoch %d done: %s", epoch, _fmt_metrics(metrics))
@@ -365,6 +393,8 @@ def _duration(seconds: float) -> str:
 
 def _fmt_metrics(m: EpochMetrics) -> str:
     auc = "" if m.discriminator_auc is None else f" discriminator_auc={m.discriminator_auc:.4f}"
+    if "shuffled_auc" in m.extra:
+        auc += f" shuffled_auc={m.extra['shuffled_auc']:.4f}"
     return (
         f"loss={m.loss:.4f} accuracy={m.accuracy:.4f}{auc} pairs={m.pairs} "
         f"seconds={m.seconds:.1f} pairs/s={m.pairs_per_second:,.0f}"

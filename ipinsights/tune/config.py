@@ -27,7 +27,11 @@ log = logging.getLogger(__name__)
 
 #: SageMaker's training job statuses, as its tuner analytics table shows them.
 COMPLETED, FAILED, STOPPED = "Completed", "Failed", "Stopped"
-OBJECTIVES = ("validation:discriminator_auc", "discriminator_auc")
+#: Validation metrics a trial reports every epoch (maximised): SageMaker's ``discriminator_auc`` (real pairs vs
+#: random addresses) and ``shuffled_auc`` (real pairs vs the same addresses with other entities: harder).
+METRICS = ("discriminator_auc", "shuffled_auc")
+#: The ``objective`` names: a metric, with or without SageMaker's ``validation:`` prefix.
+OBJECTIVES = tuple(f"validation:{m}" for m in METRICS) + METRICS
 
 
 _KINDS = ("integer", "continuous", "categorical")
@@ -152,8 +156,10 @@ def _r(name: str, kind: str, lo: float, hi: float, scaling: str) -> ParameterRan
     return ParameterRange(name=name, type=kind, min=lo, max=hi, scaling=scaling)
 
 
-#: SageMaker's recommended tuning ranges for IP Insights (the default search space).
-DEFAULT_SPACE: tuple[ParameterRange, ...] = (
+#: SageMaker's recommended ranges for IP Insights (``space: sagemaker``). On CPUs most of its trials are
+#: wasted: weight_decay linear in 0-1 puts most of them above 0.02, where the row-wise decay of the embedding
+#: tables collapses the model to a coin flip, and 100 epochs of 256-dim vectors take days.
+SAGEMAKER_SPACE: tuple[ParameterRange, ...] = (
     _r("epochs", "integer", 1, 100, "linear"),
     _r("learning_rate", "continuous", 1e-4, 0.1, "logarithmic"),
     _r("mini_batch_size", "integer", 100, 50_000, "logarithmic"),
@@ -164,6 +170,22 @@ DEFAULT_SPACE: tuple[ParameterRange, ...] = (
     _r("vector_dim", "integer", 8, 256, "logarithmic"),
     _r("weight_decay", "continuous", 0.0, 1.0, "linear"),
 )
+#: The default space (``space: cpu``), that a CPU user can run as shipped: weight_decay on a log scale that
+#: can still be zero, epochs and vector_dim bounded, and ``num_entity_vectors`` left out (each trial gets
+#: ``entity_vectors_per_entity`` x the training entities, unless the space or the command line names it).
+CPU_SPACE: tuple[ParameterRange, ...] = (
+    _r("epochs", "integer", 1, 8, "linear"),
+    _r("learning_rate", "continuous", 1e-3, 0.05, "logarithmic"),
+    _r("mini_batch_size", "integer", 256, 4096, "logarithmic"),
+    _r("num_ip_encoder_layers", "integer", 1, 2, "linear"),
+    _r("random_negative_sampling_rate", "integer", 1, 8, "linear"),
+    _r("shuffled_negative_sampling_rate", "integer", 0, 4, "linear"),
+    _r("vector_dim", "integer", 16, 128, "logarithmic"),
+    ParameterRange("weight_decay", "categorical", values=(0.0, 1e-7, 1e-6, 1e-5, 1e-4)),
+)
+#: Named spaces (``space: <name>`` in conf/tune.yml).
+NAMED_SPACES = {"cpu": CPU_SPACE, "sagemaker": SAGEMAKER_SPACE}
+DEFAULT_SPACE = CPU_SPACE
 
 
 @dataclass(frozen=True)
@@ -196,7 +218,7 @@ class TuneConfig:
     so the table shows what tuning gained.
     """
 
-    space: Mapping[str, Any] | tuple[ParameterRange, ...] = DEFAULT_SPACE
+    space: Mapping[str, Any] | tuple[ParameterRange, ...] | str = DEFAULT_SPACE
     max_jobs: int = 20
     max_parallel_jobs: int = 2
     strategy: str = "bayesian"  # bayesian (TPE) | random
@@ -208,6 +230,9 @@ class TuneConfig:
     threads_per_trial: int = 0  # 0 = the executor's cores / max_parallel_jobs
     keep_trial_models: bool = False
     base_config: str | None = None  # the training config every trial starts from
+    #: num_entity_vectors of every trial when the space leaves it out: this many per training entity
+    #: (SageMaker's advice: about 2); 0 keeps the base config's value.
+    entity_vectors_per_entity: float = 2.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "space", _parse_space(self.space))
@@ -216,12 +241,18 @@ class TuneConfig:
         check_int("seed", self.seed, 0, 2**32 - 1)
         check_int("startup_trials", self.startup_trials, 0, None)
         check_int("threads_per_trial", self.threads_per_trial, 0, 1024)
+        check_float("entity_vectors_per_entity", self.entity_vectors_per_entity, 0.0, 1000.0)
         strategy = str(self.strategy).lower()
         if strategy not in ("bayesian", "random"):
             raise ConfigError(f"strategy={self.strategy!r} must be bayesian or random (grid, hyperband: not offered)")
         object.__setattr__(self, "strategy", strategy)
         if self.objective not in OBJECTIVES:
-            raise ConfigError(f"objective={self.objective!r}: only {OBJECTIVES[0]} (maximised) is reported by trials")
+            raise ConfigError(f"objective={self.objective!r} must be one of {', '.join(OBJECTIVES)} (maximised)")
+
+    @property
+    def metric(self) -> str:
+        """The validation metric the objective names, as trials report it (``shuffled_auc``)."""
+        return self.objective.removeprefix("validation:")
 
     @property
     def ranges(self) -> tuple[ParameterRange, ...]:
@@ -231,6 +262,10 @@ class TuneConfig:
 
 
 def _parse_space(space: Any) -> tuple[ParameterRange, ...]:
+    if isinstance(space, str):
+        if space not in NAMED_SPACES:
+            raise ConfigError(f"space={space!r} must be one of {', '.join(NAMED_SPACES)} or a mapping of ranges")
+        return NAMED_SPACES[space]
     if isinstance(space, Mapping):
         items = list(space.items())
     elif isinstance(space, (list, tuple)):
@@ -279,6 +314,8 @@ def resolve_tuning(
     if train_config:
         cfg = dataclasses.replace(cfg, base_config=train_config)
     fixed = [k.rsplit(".", 1)[-1] for k in parse_overrides(overrides)]
+    if "num_entity_vectors" in fixed:  # given: not derived from the number of entities either
+        cfg = dataclasses.replace(cfg, entity_vectors_per_entity=0.0)
     fixed = [name for name in fixed if name in {r.name for r in cfg.ranges}]
     if fixed:
         log.warning("fixed on the command line, so not tuned: %s", ", ".join(sorted(fixed)))

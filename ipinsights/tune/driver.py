@@ -1,6 +1,7 @@
 """Hyperparameter tuning on Spark: SageMaker's Automatic Model Tuning for IP Insights, with Optuna.
 
-A tuning job maximises ``validation:discriminator_auc`` over a search space of hyperparameters
+A tuning job maximises a validation metric (``objective``: SageMaker's ``validation:discriminator_auc``, or
+``validation:shuffled_auc``, which tells models apart where the first is near 1) over a search space of hyperparameters
 (:class:`TuneConfig`, ``conf/tune.yml``) in ``max_jobs`` trials, ``max_parallel_jobs`` at a time.
 Each trial is an ordinary single-process training run (:class:`ipinsights.trainer.Trainer`) of the
 base training config with the sampled values put in.
@@ -36,6 +37,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import logging
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -90,6 +92,11 @@ def run_trials(
     study = optuna.create_study(direction="maximize", sampler=_sampler(cfg, parallel))
     dists = {r.name: r.distribution() for r in cfg.ranges}
     base_hp = config_to_dict(base.hyperparameters)
+    if cfg.entity_vectors_per_entity and data.n_entities and "num_entity_vectors" not in dists:
+        # SageMaker's advice, from the data: the base config's value was written for some other data set.
+        base_hp["num_entity_vectors"] = max(1, math.ceil(cfg.entity_vectors_per_entity * data.n_entities))
+        log.info("num_entity_vectors=%d for every trial (%s x %d training entities)", base_hp["num_entity_vectors"],
+                 cfg.entity_vectors_per_entity, data.n_entities)  # fmt: skip
     if cfg.baseline_trial:
         outside = [r.name for r in cfg.ranges if not r.contains(base_hp[r.name])]
         if outside:
@@ -132,6 +139,7 @@ def run_trials(
             min_epochs=es.min_epochs,
             margin=es.margin,
             max_parallel_jobs=parallel,
+            metric=cfg.metric,
         )
         log.info("trial %d launched: %s", n, params)
         in_flight[n] = (trial, params, submit(spec))
@@ -142,7 +150,7 @@ def run_trials(
             launch(next_ask)
             next_ask += 1
         trial, params, fut = in_flight.pop(n)
-        rec = record_of(fut.result(), params)
+        rec = record_of(fut.result(), params, cfg.metric)
         trial.set_user_attr("status", rec.status)
         if rec.status in (COMPLETED, STOPPED) and rec.objective is not None:
             for k, auc in enumerate(rec.aucs, 1):
@@ -159,7 +167,7 @@ def run_trials(
         if rec.history:
             write_metrics(join_uri(trials_dir, f"trial-{n:03d}", "metrics.jsonl"), rec.history)
         auc_text = "n/a" if rec.objective is None else f"{rec.objective:.4f}"
-        log.info("trial %d %s: discriminator_auc=%s epochs=%d %.1f s%s", n, rec.status, auc_text, rec.epochs,
+        log.info("trial %d %s: %s=%s epochs=%d %.1f s%s", n, rec.status, cfg.metric, auc_text, rec.epochs,
                  rec.seconds, f" ({rec.error})" if rec.error else "")  # fmt: skip
         if rec.model_dir and rec.objective is not None:
             if best is None or rec.objective > best[1]:
@@ -185,7 +193,7 @@ class TuningResult:
     def summary(self) -> dict[str, Any]:
         """The job's one-line result: the best trial, its objective and values, and where things are."""
         best = self.best
-        return {"best_trial": best.number, "discriminator_auc": best.objective, "tuned": best.params,
+        return {"best_trial": best.number, best.metric: best.objective, "tuned": best.params,
                 "best_model": self.best_model_dir, "results": join_uri(self.output, "results.csv")}  # fmt: skip
 
 
@@ -218,9 +226,9 @@ def prepare_data(
     val_files = write_parquet_single(val.coalesce(1), resolve_uri(spark, join_uri(work, "validation")))
     n_val = val.count()
     if n_val == 0:
-        raise TuningError("no valid validation pairs: the objective discriminator_auc needs them")
+        raise TuningError("no valid validation pairs: the objective's validation metric needs them")
     log.info("tuning data: %d training pairs (%d entities), %d validation pairs", n_train, n_entities, n_val)
-    return PreparedData(train_files, val_files, stats_file, n_train, n_val)
+    return PreparedData(train_files, val_files, stats_file, n_train, n_val, n_entities)
 
 
 def tune(
@@ -283,7 +291,7 @@ def tune(
             "trials": {s: sum(r.status == s for r in records) for s in (COMPLETED, STOPPED, FAILED)},
         },
     )
-    log.info("best: trial %d, discriminator_auc=%.4f, %s", best.number, best.objective, best.params)
+    log.info("best: trial %d, %s=%.4f, %s", best.number, best.metric, best.objective, best.params)
     return TuningResult(records=records, table=table, best=best, best_model_dir=best_dir, output=out)
 
 

@@ -11,7 +11,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
 from ipinsights.storage.files import delete_uri
-from ipinsights.tune.config import FAILED
+from ipinsights.tune.config import FAILED, METRICS
 
 log = logging.getLogger(__name__)
 
@@ -32,16 +32,18 @@ class TrialRecord:
     start: float | None = None
     end: float | None = None
     worker: str | None = None
+    metric: str = "discriminator_auc"  # the objective's validation metric
 
     @property
     def aucs(self) -> list[float]:
-        return [h["discriminator_auc"] for h in self.history if h.get("discriminator_auc") is not None]
+        """The objective metric of each epoch (every metric is an AUC)."""
+        return [h[self.metric] for h in self.history if h.get(self.metric) is not None]
 
 
-def record_of(result: Mapping[str, Any], params: dict[str, Any]) -> TrialRecord:
+def record_of(result: Mapping[str, Any], params: dict[str, Any], metric: str = "discriminator_auc") -> TrialRecord:
     history = list(result.get("history") or [])
     status = result["status"]
-    aucs = [h.get("discriminator_auc") for h in history]
+    aucs = [h.get(metric) for h in history]
     objective = aucs[-1] if status != FAILED and aucs and aucs[-1] is not None else None
     return TrialRecord(
         number=int(result["number"]),
@@ -56,6 +58,7 @@ def record_of(result: Mapping[str, Any], params: dict[str, Any]) -> TrialRecord:
         start=result.get("start"),
         end=result.get("end"),
         worker=result.get("worker"),
+        metric=metric,
     )
 
 
@@ -84,6 +87,8 @@ def results_frame(records: Sequence[TrialRecord], param_names: Sequence[str]) ->
         row.update({name: r.params.get(name) for name in param_names})
         row.update(
             FinalObjectiveValue=r.objective if r.objective is not None else float("nan"),
+            # Every metric of the last epoch, so the table shows why the best trial won (and where it did not).
+            **{m: (r.history[-1].get(m) if r.history else None) for m in METRICS},
             TrainingJobStatus=r.status,
             TrainingElapsedTimeSeconds=round(r.seconds, 3),
             EpochsRun=r.epochs,

@@ -54,6 +54,7 @@ class PreparedData:
     entity_stats_file: str | None = None
     n_train: int = 0
     n_validation: int = 0
+    n_entities: int = 0
 
 
 @dataclass(kw_only=True)
@@ -66,6 +67,7 @@ class TrialSpec(RunSpec):
     min_epochs: int = 1
     margin: float = 0.0
     max_parallel_jobs: int = 1
+    metric: str = "discriminator_auc"  # the validation metric that is the objective (and stops a trial)
 
 
 def trial_result(
@@ -117,9 +119,9 @@ def _train_trial(spec: TrialSpec, history: list[EpochMetrics]) -> tuple[str, str
 
     def check(trainer: Trainer, history: list[EpochMetrics]) -> bool:
         m = history[-1]  # train_model has already refused a non-finite loss or weights
-        auc = m.discriminator_auc
+        auc = m.as_dict().get(spec.metric)
         if auc is None or not math.isfinite(auc):
-            raise FloatingPointError(f"epoch {m.epoch} has no discriminator_auc ({auc}): empty validation data?")
+            raise FloatingPointError(f"epoch {m.epoch} has no {spec.metric} ({auc}): empty validation data?")
         if _should_stop(m.epoch, auc, spec, hp.epochs):
             manifest["status"] = STOPPED  # the manifest is read when the model is saved, after this epoch
             return True
