@@ -30,7 +30,14 @@ def train_main(argv: Sequence[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(prog="ipinsights train", description=train_main.__doc__)
     parser.add_argument("--train", required=True, help="headerless CSV: entity,ip")
-    parser.add_argument("--validation", help="headerless CSV: entity,ip (gives discriminator_auc per epoch)")
+    parser.add_argument(
+        "--validation", help="headerless CSV: entity,ip (gives discriminator_auc and shuffled_auc per epoch)"
+    )
+    parser.add_argument(
+        "--validation-labelled",
+        help="headerless CSV: entity,ip,label,kind (gives per-kind "
+        "auc_<kind>, recall1_<kind> at 1%% FPR and labelled_recall per epoch)",
+    )
     parser.add_argument("--model-dir", required=True, help="directory to write the model to (replaced)")
     parser.add_argument("--config", help="YAML config (default: the project's conf/train.yml)")
     parser.add_argument("--metrics", help="write per-epoch metrics here as JSON lines")
@@ -38,7 +45,8 @@ def train_main(argv: Sequence[str] | None = None) -> int:
     args, overrides = parse_with_overrides(parser, argv)
 
     def body(ctx: JobContext) -> None:
-        history = train_from_csv(ctx.cfg, args.train, args.model_dir, args.validation, args.metrics)
+        history = train_from_csv(ctx.cfg, args.train, args.model_dir, args.validation, args.metrics,
+                                 args.validation_labelled)  # fmt: skip
         print(f"model written to {args.model_dir}")
         print(json.dumps({k: history[-1][k] for k in ("epoch", *SUMMARY_KEYS)}))
 

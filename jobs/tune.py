@@ -37,6 +37,11 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str
     p = argparse.ArgumentParser(prog="tune", description=__doc__.splitlines()[0], allow_abbrev=False)
     p.add_argument("--train", required=True, help="events table (Parquet, by dt) or headerless entity,ip CSV")
     p.add_argument("--validation", required=True, help="the same for validation (gives discriminator_auc)")
+    p.add_argument(
+        "--validation-labelled",
+        help="headerless entity,ip,label,kind CSV: per-kind AUC and recall at "
+        "1%% FPR for every trial, and the objective validation:labelled_recall",
+    )
     p.add_argument("--format", choices=["auto", "events", "csv"], default="auto", help="input format (both inputs)")
     p.add_argument("--start-date", help="first training day (events table)")
     p.add_argument("--end-date", help="last training day, inclusive")

@@ -87,6 +87,7 @@ def csvs(tmp_path_factory):
 def test_cli_train_and_evaluate(csvs, tmp_path, capsys):
     model = tmp_path / "model"
     rc = cli.main(["train", "--train", str(csvs / "train.csv"), "--validation", str(csvs / "validation.csv"),
+                   "--validation-labelled", str(csvs / "test.csv"),
                    "--model-dir", str(model), "--config", "conf/train.yml", "--metrics", str(tmp_path / "m.jsonl"),
                    "--epochs=3", "--num_entity_vectors=300", "--vector_dim=32", "--mini_batch_size=200",
                    "--train.num_threads=1"])  # fmt: skip
@@ -95,6 +96,10 @@ def test_cli_train_and_evaluate(csvs, tmp_path, capsys):
     assert "model written to" in out
     lines = [json.loads(x) for x in (tmp_path / "m.jsonl").read_text().splitlines()]
     assert [x["epoch"] for x in lines] == [1, 2, 3] and lines[-1]["discriminator_auc"] > 0.9
+    # Every epoch: shuffled_auc, and per labelled kind its AUC and recall at 1% FPR.
+    assert 0.5 < lines[-1]["shuffled_auc"] <= 1.0
+    assert lines[-1]["auc_random_ip"] > 0.9 and 0.0 <= lines[-1]["recall1_random_ip"] <= 1.0
+    assert "auc_same_16_other_pool" in lines[-1] and 0.0 < lines[-1]["labelled_recall"] <= 1.0
     manifest = json.loads((model / "model.json").read_text())
     assert manifest["config"]["hyperparameters"]["epochs"] == 3  # resolved config saved with the model
     from ipinsights.score.scorer import Scorer

@@ -90,6 +90,32 @@ def encode_pairs(
     return EncodedPairs(rows[keep], parsed.value[keep].astype(np.int64), n_invalid=parsed.n_invalid)
 
 
+@dataclass(frozen=True)
+class LabelledPairs:
+    """Labelled validation rows (``entity,ip,label,kind``; label 1 = attack), encoded like the training pairs."""
+
+    pairs: EncodedPairs
+    labels: np.ndarray  # int8
+    kinds: np.ndarray  # object (str); the normal rows' kind is "normal"
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+
+def encode_labelled(table: Any, num_entity_vectors: int, hash_seed: int, what: str = "labelled") -> LabelledPairs:
+    """Encode labelled rows (columns ``entity``, ``ip``, ``label``, ``kind``), dropping and reporting invalid
+    addresses as :func:`encode_pairs` does (the labels and kinds stay with their rows)."""
+    parsed = parse_ip(table["ip"])
+    keep = parsed.valid
+    if parsed.n_invalid:
+        log.warning("%s: dropped %d labelled row(s) with an invalid IP address", what, parsed.n_invalid)
+    rows = entity_buckets(to_string_array(table["entity"]), hash_seed, num_entity_vectors)
+    labels = np.asarray(table["label"].to_numpy(zero_copy_only=False), np.int8)
+    kinds = np.asarray(table["kind"].to_numpy(zero_copy_only=False), dtype=object)
+    pairs = EncodedPairs(rows[keep], parsed.value[keep].astype(np.int64), n_invalid=parsed.n_invalid)
+    return LabelledPairs(pairs, labels[keep], kinds[keep])
+
+
 _V6_UNICAST = 1 << 61  # 2000::/3, global unicast: its top halves are [2**61, 2**62)
 
 

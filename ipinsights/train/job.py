@@ -19,8 +19,8 @@ from ipinsights.storage.files import absolute_uri, join_uri, uri_name, write_jso
 from ipinsights.storage.filesystems import check_reachable, resolve_uri
 from ipinsights.storage.modelfile import ModelFileError, local_model, read_manifest
 from ipinsights.storage.parquet import list_buckets, write_buckets, write_parquet_single
-from ipinsights.storage.sagemaker_csv import read_pairs_csv, read_pairs_spark
-from ipinsights.train.data import encode_pairs
+from ipinsights.storage.sagemaker_csv import read_labelled_csv, read_pairs_csv, read_pairs_spark
+from ipinsights.train.data import encode_labelled, encode_pairs
 from ipinsights.train.distributed import WorkerSpec, resolve_distributed, run_training
 from ipinsights.train.prepare import add_buckets, encode_pairs_df, valid_pairs, write_entity_stats
 from ipinsights.train.spec import write_metrics
@@ -162,8 +162,12 @@ def train_from_csv(
     model_dir: str | Path,
     validation_csv: str | Path | None = None,
     metrics_file: str | Path | None = None,
+    labelled_csv: str | Path | None = None,
 ) -> list[dict[str, Any]]:
     """Train in this process on headerless ``entity,ip`` CSV files and save the model; returns the epochs.
+
+    ``labelled_csv`` (headerless ``entity,ip,label,kind``) adds per-kind AUC and recall at 1% FPR to every
+    epoch's metrics (:func:`ipinsights.train.trainer.labelled_metrics`).
 
     Rows with an invalid address are dropped and reported (:func:`ipinsights.train.data.encode_pairs`).
     """
@@ -179,6 +183,11 @@ def train_from_csv(
     )
     log.info("training on %d pairs (%d dropped)%s", len(train), train.n_invalid,
              f", validating on {len(validation)}" if validation is not None else "")  # fmt: skip
+    labelled = (
+        encode_labelled(read_labelled_csv(labelled_csv), hp.num_entity_vectors, mopts.hash_seed, str(labelled_csv))
+        if labelled_csv
+        else None
+    )
     stats = EntityStats.from_entities(table["entity"], mopts.hash_seed)
     result = train_model(
         hp,
@@ -189,6 +198,7 @@ def train_from_csv(
         model_dir=model_dir,
         entity_stats=stats,
         config=config_to_dict(cfg),
+        labelled=labelled,
         manifest={"entities": len(stats)},
     )
     history = [m.as_dict() for m in result.history]

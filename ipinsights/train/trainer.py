@@ -31,11 +31,11 @@ import torch.nn.functional as F
 
 from ipinsights.core.config import Hyperparameters, ModelOptions, TrainOptions
 from ipinsights.core.entities import ENTITY_FILE, EntityStats
-from ipinsights.core.metrics import roc_auc
+from ipinsights.core.metrics import recall_at_fpr, roc_auc
 from ipinsights.core.model import IPInsightsModel
 from ipinsights.storage.modelfile import load_model, network_table, save_model
 from ipinsights.train.comm import Comm, LocalComm
-from ipinsights.train.data import BatchSource, EncodedPairs, random_ips_like
+from ipinsights.train.data import BatchSource, EncodedPairs, LabelledPairs, random_ips_like
 from ipinsights.train.optim import RowAdam, coalesce_rows
 
 log = logging.getLogger(__name__)
@@ -132,6 +132,39 @@ def shuffled_auc(model: IPInsightsModel, data: EncodedPairs, seed: int = 54321, 
         neg.append(model(torch.as_tensor(other[sl], device=device), ips).float().cpu().numpy()[keep[sl]])
     p, q = np.concatenate(pos), np.concatenate(neg)
     return roc_auc(np.concatenate([p, q]), np.concatenate([np.ones(p.size), np.zeros(q.size)]))
+
+
+#: False-positive rate of the labelled recall metrics (``recall1_<kind>``, ``labelled_recall``).
+LABELLED_FPR = 0.01
+
+
+@torch.no_grad()
+def labelled_metrics(model: IPInsightsModel, data: LabelledPairs, batch_size: int = 65536) -> dict[str, float]:
+    """Per attack kind of labelled rows (that kind vs the normal rows, on the raw model score): ``auc_<kind>``
+    and ``recall1_<kind>`` (recall at 1% FPR), and ``labelled_recall``, the mean of the latter over the
+    attack kinds (label 1): what an analyst catches with a threshold that flags 1% of normal traffic."""
+    pairs = data.pairs
+    if len(pairs) == 0:
+        return {}
+    device = model.entity_table.device
+    anomaly = np.concatenate([
+        -model(torch.as_tensor(pairs.entity_rows[s : s + batch_size], device=device),
+               torch.as_tensor(pairs.ips[s : s + batch_size], device=device)).float().cpu().numpy()
+        for s in range(0, len(pairs), batch_size)
+    ])  # fmt: skip
+    normal = (data.kinds == "normal") if (data.kinds == "normal").any() else (data.labels == 0)
+    out: dict[str, float] = {}
+    recalls = []
+    for kind in sorted(set(data.kinds[~normal].tolist())):
+        mine = data.kinds == kind
+        sel = mine | normal
+        out[f"auc_{kind}"] = roc_auc(anomaly[sel], mine[sel])
+        out[f"recall1_{kind}"] = recall_at_fpr(anomaly[sel], mine[sel], LABELLED_FPR)
+        if (data.labels[mine] == 1).all():
+            recalls.append(out[f"recall1_{kind}"])
+    if recalls:
+        out["labelled_recall"] = float(np.mean(recalls))
+    return out
 
 
 class Trainer:
@@ -248,8 +281,12 @@ class Trainer:
         epochs: int | None = None,
         on_epoch_end: Callable[[EpochMetrics], bool | None] | None = None,
         progress: Callable[[str], None] | None = None,
+        labelled: LabelledPairs | None = None,
     ) -> list[EpochMetrics]:
         """Train for ``epochs`` (default: the remaining ones up to ``hp.epochs``).
+
+        After each epoch: ``discriminator_auc`` and ``shuffled_auc`` on ``validation``, and
+        :func:`labelled_metrics` on ``labelled`` rows (in ``extra``).
 
         ``on_epoch_end`` sees each epoch's metrics; when it returns True, training stops after that epoch.
         Rank 0 logs progress lines (epoch, batch, loss, pairs/s, ETA) and hands each to ``progress``
@@ -315,6 +352,9 @@ class Trainer:
                 self.model.eval()
                 metrics.discriminator_auc = discriminator_auc(self.model, validation)
                 metrics.extra["shuffled_auc"] = shuffled_auc(self.model, validation)
+            if labelled is not None and len(labelled):
+                self.model.eval()
+                metrics.extra.update(labelled_metrics(self.model, labelled))
             self.epoch = epoch
             if self.comm.rank == 0:
                 _report(progress, "epoch %d done: %s", epoch, _fmt_metrics(metrics))
@@ -459,6 +499,7 @@ def train_model(
     entity_stats: EntityStats | bytes | str | None = None,
     config: Mapping[str, Any] | None = None,
     manifest: Mapping[str, Any] | None = None,
+    labelled: LabelledPairs | None = None,
 ) -> TrainResult:
     """The one way a model is trained and saved: the CLI, each distributed rank and each tuning trial.
 
@@ -466,7 +507,8 @@ def train_model(
     of ``warm_start``, lets ``restore`` load a checkpoint into the trainer (it returns the epochs
     already trained), trains the remaining epochs of ``hp.epochs`` (``train``: the pairs, or
     ``epoch -> that epoch's pairs`` for a rank's shard; see :meth:`Trainer.fit`) with
-    ``discriminator_auc`` on ``validation``, and calls ``on_epoch_end`` after every epoch (and
+    ``discriminator_auc`` and ``shuffled_auc`` on ``validation`` (and the per-kind metrics on ``labelled``
+    validation rows), and calls ``on_epoch_end`` after every epoch (and
     ``progress`` with each of rank 0's progress lines).
 
     ``history`` (default: a new list) receives every epoch as it ends, so a caller still has them when
@@ -504,7 +546,7 @@ def train_model(
         stopped = bool(on_epoch_end(trainer, history)) if on_epoch_end is not None else False
         return stopped
 
-    trainer.fit(train, validation, on_epoch_end=epoch_end, progress=progress)
+    trainer.fit(train, validation, on_epoch_end=epoch_end, progress=progress, labelled=labelled)
     if model_dir is not None and comm.rank == 0:
         training: dict[str, Any] = {"epochs": [m.as_dict() for m in history]}
         if not callable(train):

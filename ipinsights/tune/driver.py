@@ -36,6 +36,7 @@ to Optuna as FAIL, and the job goes on; only when every trial failed does :func:
 from __future__ import annotations
 
 import concurrent.futures as cf
+import dataclasses
 import logging
 import math
 from collections.abc import Callable
@@ -140,6 +141,7 @@ def run_trials(
             margin=es.margin,
             max_parallel_jobs=parallel,
             metric=cfg.metric,
+            labelled_file=data.labelled_file,
         )
         log.info("trial %d launched: %s", n, params)
         in_flight[n] = (trial, params, submit(spec))
@@ -239,8 +241,13 @@ def tune(
     base: TrainConfig,
     output: str | Path,
     submit: Callable[[TrialSpec], cf.Future] | None = None,
+    labelled: str | None = None,
 ) -> TuningResult:
     """Run a tuning job; writes under ``output``:
+
+    ``labelled``: a headerless ``entity,ip,label,kind`` CSV of labelled validation rows, copied under
+    ``output`` for the trials: each epoch then reports per-kind AUC and recall at 1% FPR, and the objective
+    may be ``labelled_recall``.
 
     ``results.csv`` / ``results.parquet`` (one row per trial), ``best_model/`` (a normal model
     directory), ``best.json``, ``tuning_config.json`` (the resolved tuning and base configs),
@@ -257,7 +264,15 @@ def tune(
     check_reachable(out, "tuning output")
     write_json(join_uri(out, "tuning_config.json"), {"tuning": config_to_dict(cfg), "base": config_to_dict(base)})
     delete_uri(join_uri(out, "trials"))  # a rerun starts clean: no stale trial of an older job
+    if cfg.metric == "labelled_recall" and not labelled:
+        raise ConfigError("objective labelled_recall needs labelled validation rows (--validation-labelled)")
     data = prepare_data(spark, train_df, validation_df, base, join_uri(out, "work"))
+    if labelled:
+        from ipinsights.storage.files import read_bytes, write_bytes
+
+        labelled_file = join_uri(out, "work", "labelled.csv")
+        write_bytes(labelled_file, read_bytes(labelled))  # small; where every executor reads the output
+        data = dataclasses.replace(data, labelled_file=labelled_file)
     runner = None
     if submit is None:
         runner = SparkTrialRunner(spark, min(cfg.max_parallel_jobs, cfg.max_jobs))
@@ -306,6 +321,7 @@ class TuneInputs:
     end_date: str | None = None
     validation_start_date: str | None = None
     validation_end_date: str | None = None
+    validation_labelled: str | None = None  # headerless entity,ip,label,kind CSV
 
 
 def run_tune_job(
@@ -319,4 +335,4 @@ def run_tune_job(
     train_df = read_pairs_table(spark, inputs.train, inputs.format, inputs.start_date, inputs.end_date)
     val_df = read_pairs_table(spark, inputs.validation, inputs.format, inputs.validation_start_date,
                               inputs.validation_end_date or inputs.validation_start_date)  # fmt: skip
-    return tune(spark, train_df, val_df, cfg, base, output)
+    return tune(spark, train_df, val_df, cfg, base, output, labelled=inputs.validation_labelled)

@@ -16,6 +16,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypedDict
 
+from ipinsights.storage.files import local_copy
+from ipinsights.storage.sagemaker_csv import read_labelled_csv
+from ipinsights.train.data import encode_labelled
 from ipinsights.train.spec import RunSpec, read_pairs
 from ipinsights.train.trainer import EpochMetrics, Trainer, train_model
 from ipinsights.tune.config import COMPLETED, FAILED, STOPPED
@@ -55,6 +58,7 @@ class PreparedData:
     n_train: int = 0
     n_validation: int = 0
     n_entities: int = 0
+    labelled_file: str | None = None  # labelled validation rows (CSV) where every trial can read them
 
 
 @dataclass(kw_only=True)
@@ -68,6 +72,7 @@ class TrialSpec(RunSpec):
     margin: float = 0.0
     max_parallel_jobs: int = 1
     metric: str = "discriminator_auc"  # the validation metric that is the objective (and stops a trial)
+    labelled_file: str | None = None  # labelled validation rows: per-kind metrics every epoch
 
 
 def trial_result(
@@ -115,6 +120,10 @@ def _train_trial(spec: TrialSpec, history: list[EpochMetrics]) -> tuple[str, str
     topts = dataclasses.replace(topts, num_threads=topts.num_threads or max(1, _cpu_count() // spec.max_parallel_jobs))
     train = read_pairs(spec.train_files, hp.num_entity_vectors)
     validation = read_pairs(spec.validation_files, hp.num_entity_vectors)
+    labelled = None
+    if spec.labelled_file:
+        rows = read_labelled_csv(local_copy(spec.labelled_file))
+        labelled = encode_labelled(rows, hp.num_entity_vectors, mopts.hash_seed, spec.labelled_file)
     manifest: _TrialManifest = {"tuning_trial": spec.number, "status": COMPLETED}
 
     def check(trainer: Trainer, history: list[EpochMetrics]) -> bool:
@@ -139,6 +148,7 @@ def _train_trial(spec: TrialSpec, history: list[EpochMetrics]) -> tuple[str, str
         entity_stats=spec.entity_stats_file,
         config=spec.config,
         manifest=manifest,
+        labelled=labelled,
     )
     return manifest["status"], spec.model_dir
 
