@@ -390,3 +390,14 @@ def test_no_trial_of_the_default_space_collapses(tmp_path):
     assert {r.history[-1].get("epoch") for r in records} and all(
         json.loads((tmp_path / "trials" / f"trial-{r.number:03d}" / "model" / "model.json").read_text())[
             "hyperparameters"]["num_entity_vectors"] == 800 for r in records if r.model_dir)  # fmt: skip
+
+
+def test_labelled_objective_without_labels_is_refused_before_any_write(tmp_path):
+    from ipinsights.tune.driver import tune
+
+    base = load_config(TrainConfig, "conf/train.yml")
+    out = tmp_path / "out"
+    (out / "trials").mkdir(parents=True)  # an earlier job's trials: not deleted by a refused rerun
+    with pytest.raises(ConfigError, match="labelled_recall needs labelled validation rows"):
+        tune(None, None, None, _cfg(objective="validation:labelled_recall"), base, out)  # type: ignore[arg-type]
+    assert sorted(p.name for p in out.iterdir()) == ["trials"]

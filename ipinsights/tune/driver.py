@@ -253,19 +253,20 @@ def tune(
     directory), ``best.json``, ``tuning_config.json`` (the resolved tuning and base configs),
     ``trials/trial-NNN/`` (per-epoch metrics, and models when kept) and ``work/`` (the encoded data).
     ``output`` may be a path or a URI (``s3://``): trials on executors write their models there.
-    Raises :class:`ConfigError` before any work when ``output`` cannot be reached, :class:`TuningError`
+    Raises :class:`ConfigError` before any work when ``output`` cannot be reached (or the objective needs
+    labelled rows that were not given), :class:`TuningError`
     (after writing the table) when every trial failed.
     """
     from ipinsights.storage.files import copy_tree_atomic, delete_uri, write_frame, write_json
     from ipinsights.storage.filesystems import check_reachable
     from ipinsights.storage.modelfile import MANIFEST
 
+    if cfg.metric == "labelled_recall" and not labelled:  # before anything is written or deleted
+        raise ConfigError("objective labelled_recall needs labelled validation rows (--validation-labelled)")
     out = absolute_uri(output)
     check_reachable(out, "tuning output")
     write_json(join_uri(out, "tuning_config.json"), {"tuning": config_to_dict(cfg), "base": config_to_dict(base)})
     delete_uri(join_uri(out, "trials"))  # a rerun starts clean: no stale trial of an older job
-    if cfg.metric == "labelled_recall" and not labelled:
-        raise ConfigError("objective labelled_recall needs labelled validation rows (--validation-labelled)")
     data = prepare_data(spark, train_df, validation_df, base, join_uri(out, "work"))
     if labelled:
         from ipinsights.storage.files import read_bytes, write_bytes
