@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
-__all__ = ["recall_at_fpr", "roc_auc", "threshold_table"]
+__all__ = ["per_kind", "recall_at_fpr", "roc_auc", "threshold_table"]
 
 
 def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float:
@@ -52,6 +54,20 @@ def recall_at_fpr(scores: np.ndarray, labels: np.ndarray, fpr: float) -> float:
     tpr = np.r_[0.0, np.cumsum(sorted_y)[last] / n_pos]
     fprs = np.r_[0.0, np.cumsum(~sorted_y)[last] / n_neg]
     return float(np.interp(fpr, fprs, tpr))
+
+
+def per_kind(
+    scores: np.ndarray, labels: np.ndarray, kinds: np.ndarray, metric: Callable[[np.ndarray, np.ndarray], float]
+) -> dict[str, float]:
+    """``metric(scores, is_kind)`` of each kind's rows against the normal rows (kind ``normal`` when the data
+    has it, else every label-0 row), for every kind but ``normal``."""
+    normal = (kinds == "normal") if (kinds == "normal").any() else (labels == 0)
+    out = {}
+    for kind in sorted(set(kinds.tolist()) - {"normal"}):
+        mine = kinds == kind
+        sel = mine | normal
+        out[kind] = metric(scores[sel], mine[sel].astype(int))
+    return out
 
 
 def threshold_table(

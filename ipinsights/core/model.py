@@ -145,9 +145,7 @@ class _Networks(nn.Module):
         if not order.numel():
             return like
         is6 = ((like < 0) | (like >= IPV4_KEYS)).long()
-        i = torch.searchsorted(self.starts, like, right=True) - 1
-        j = i.clamp(min=0)
-        inside = (i >= 0) & (like <= self.ends[j])
+        j, inside = self._find(like)
         width = COUNTRY_ROWS + 1
         seg = is6 * width + torch.where(inside, self.countries[j], -1) + 1
         lo, hi = first[seg], last[seg]
@@ -175,6 +173,12 @@ class _Networks(nn.Module):
             self._segment_cache = cache
         return cache[0], cache[1], cache[2]
 
+    def _find(self, keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The range that may hold each key (clamped to a valid row), and whether it does."""
+        i = torch.searchsorted(self.starts, keys, right=True) - 1
+        j = i.clamp(min=0)
+        return j, (i >= 0) & (keys <= self.ends[j])
+
     def rows(self, keys: torch.Tensor) -> torch.Tensor:
         """``(n,)`` address keys -> ``(n, 2)`` rows: the AS's and the country's (unknown outside the table)."""
         if self.fingerprint is None:
@@ -185,9 +189,7 @@ class _Networks(nn.Module):
         if not self.starts.numel():
             unknown = torch.tensor([self.unknown_asn, self.unknown_country], device=keys.device)
             return unknown.expand(keys.numel(), 2)
-        i = torch.searchsorted(self.starts, keys, right=True) - 1
-        j = i.clamp(min=0)
-        inside = (i >= 0) & (keys <= self.ends[j])
+        j, inside = self._find(keys)
         asn = torch.where(inside, self.asn_rows[j], self.unknown_asn)
         country = torch.where(inside, self.country_rows[j], self.unknown_country)
         return torch.stack([asn, country], dim=1)
@@ -278,10 +280,11 @@ class IPInsightsModel(nn.Module):
         are padded with their own first row at weight 0 (no gradient, no extra touched row);
         otherwise the weights are ``None`` (all ones, the fast path).
         """
-        rows, weights = self._prefix_bags(ips.to(torch.int64))
+        keys = ips.to(torch.int64)
+        rows, weights = self._prefix_bags(keys)
         if self.networks is None:
             return rows, weights
-        net = self.networks.rows(ips.to(torch.int64))
+        net = self.networks.rows(keys)
         # An address the table knows is its network: its prefix rows get weight 0 (no sum, no gradient). With
         # them in the sum, an entity's known /24s and /16s outweigh its AS, and a new prefix of its own ISP
         # (renumbering, a carrier's other pool) scores as foreign (bench/network_eval.py: AUC 0.92-0.96

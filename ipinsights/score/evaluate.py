@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -27,7 +28,7 @@ import pyarrow as pa
 from ipinsights.core.asn import AsnTable
 from ipinsights.core.hashing import hash_strings
 from ipinsights.core.ip import key_prefix, parse_ip, to_string_array
-from ipinsights.core.metrics import recall_at_fpr, roc_auc, threshold_table
+from ipinsights.core.metrics import per_kind, recall_at_fpr, roc_auc, threshold_table
 from ipinsights.score.scorer import Scorer
 from ipinsights.score.verdict import BASELINES
 
@@ -100,12 +101,27 @@ class Evaluation:
         return {"auc": self.auc, "recall": self.recall, "thresholds": self.thresholds, "counts": self.counts}
 
 
-def _keys(entities: Any, keys: np.ndarray, length: int) -> np.ndarray:
-    """64-bit keys of (entity, network) so that membership is one vectorized ``np.isin``."""
+class _Lookups:
+    """Training and scored pairs parsed and their entities hashed once, for every "seen in training" lookup."""
+
+    def __init__(self, train_entities: Any, train_ips: Any, entities: Any, ips: Any) -> None:
+        tr = parse_ip(train_ips)
+        self.train_keys = tr.value[tr.valid]
+        self.train_hashes = hash_strings(to_string_array(train_entities).filter(pa.array(tr.valid)), _BASELINE_SEED)
+        self.test = parse_ip(ips)
+        self.test_hashes = hash_strings(entities, _BASELINE_SEED)
+
+    def unseen(self, train_net: np.ndarray, test_net: np.ndarray) -> np.ndarray:
+        """1.0 where the entity never had the scored row's network (int64 ids) in training, else 0.0; NaN for an
+        invalid address. One vectorized ``np.isin`` over 64-bit (entity, network) keys."""
+        known = np.unique(_pair_keys(self.train_hashes, train_net))
+        seen = np.isin(_pair_keys(self.test_hashes, test_net), known)
+        return np.where(self.test.valid, 1.0 - seen, np.nan)
+
+
+def _pair_keys(entity_hashes: np.ndarray, networks: np.ndarray) -> np.ndarray:
     with np.errstate(over="ignore"):
-        h = hash_strings(entities, _BASELINE_SEED)
-        net = key_prefix(keys, length, V6_ANALOGUE[length]).view(np.uint64)
-        return h * np.uint64(0x9E3779B97F4A7C15) ^ (net + np.uint64(length << 40))
+        return entity_hashes * np.uint64(0x9E3779B97F4A7C15) ^ np.asarray(networks, np.int64).view(np.uint64)
 
 
 def baseline_scores(train_entities: Any, train_ips: Any, entities: Any, ips: Any) -> dict[str, np.ndarray]:
@@ -113,56 +129,31 @@ def baseline_scores(train_entities: Any, train_ips: Any, entities: Any, ips: Any
 
     IPv6 addresses are looked up by their :data:`V6_ANALOGUE` prefixes (/64, /48, /32).
     """
-    tr = parse_ip(train_ips)
-    te = parse_ip(ips)
-    tr_ent = to_string_array(train_entities).filter(pa.array(tr.valid))
-    out = {}
-    for name, length in BASELINES.items():
-        known = np.unique(_keys(tr_ent, tr.value[tr.valid], length))
-        seen = np.isin(_keys(entities, te.value, length), known)
-        out[name] = np.where(te.valid, 1.0 - seen, np.nan)
-    return out
+    look = _Lookups(train_entities, train_ips, entities, ips)
+    return {
+        name: look.unseen(
+            key_prefix(look.train_keys, n, V6_ANALOGUE[n]), key_prefix(look.test.value, n, V6_ANALOGUE[n])
+        )
+        for name, n in BASELINES.items()
+    }
 
 
 def asn_baseline_scores(
     table: AsnTable, train_entities: Any, train_ips: Any, entities: Any, ips: Any
 ) -> dict[str, np.ndarray]:
     """``seen_asn``: 1 where the entity never used the address's AS in training (or it is outside the table)."""
-    tr = parse_ip(train_ips)
-    te = parse_ip(ips)
-    tr_ent = to_string_array(train_entities).filter(pa.array(tr.valid))
-
-    def keys(ents: Any, addr: np.ndarray) -> np.ndarray:
-        with np.errstate(over="ignore"):
-            asn = table.lookup(addr).astype(np.uint64)
-            return hash_strings(ents, _BASELINE_SEED) * np.uint64(0x9E3779B97F4A7C15) ^ (asn + np.uint64(1 << 40))
-
-    known = np.unique(keys(tr_ent, tr.value[tr.valid]))
-    seen = np.isin(keys(entities, te.value), known) & (table.lookup(te.value) >= 0)
-    return {"seen_asn": np.where(te.valid, 1.0 - seen, np.nan)}
-
-
-def _per_kind(
-    scores: np.ndarray, labels: np.ndarray, kinds: np.ndarray, metric: Any = roc_auc, overall: bool = True
-) -> dict[str, float]:
-    res = {"overall": metric(scores, labels)} if overall else {}
-    normal = (kinds == "normal") if (kinds == "normal").any() else (labels == 0)
-    for kind in sorted(set(kinds.tolist()) - {"normal"}):
-        mine = kinds == kind
-        sel = mine | (normal & ~mine)
-        res[kind] = metric(scores[sel], mine[sel].astype(int))
-    return res
+    look = _Lookups(train_entities, train_ips, entities, ips)
+    asn = table.lookup(look.test.value)
+    unseen = look.unseen(table.lookup(look.train_keys), asn)
+    return {"seen_asn": np.where(look.test.valid & (asn < 0), 1.0, unseen)}
 
 
 def _aucs(scores: np.ndarray, labels: np.ndarray, kinds: np.ndarray) -> dict[str, float]:
-    return _per_kind(scores, labels, kinds)
+    return {"overall": roc_auc(scores, labels), **per_kind(scores, labels, kinds, roc_auc)}
 
 
 def _recalls(scores: np.ndarray, labels: np.ndarray, kinds: np.ndarray) -> dict[str, dict[str, float]]:
-    return {
-        str(f): _per_kind(scores, labels, kinds, lambda s, y, f=f: recall_at_fpr(s, y, f), overall=False)
-        for f in RECALL_FPRS
-    }
+    return {str(f): per_kind(scores, labels, kinds, partial(recall_at_fpr, fpr=f)) for f in RECALL_FPRS}
 
 
 def evaluate_scores(

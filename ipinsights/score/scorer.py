@@ -137,9 +137,10 @@ class Scorer:
         scorer = cls(load_model(path, device=device, asn_table=table), batch_size=batch_size)
         if profile is not False:
             scorer._set_profiles(None if profile is True else str(profile), profile_rows)
-        # A model trained with a table explains with it too; another table may be given for explanations only.
-        table = table or scorer.bundle.options.asn_table
-        if table:
+        # A model trained with a table explains with it too (as loaded); another model may be given one for
+        # explanations only.
+        scorer.asn_table = scorer.bundle.asn_table
+        if scorer.asn_table is None and table:
             from ipinsights.storage.modelfile import network_table
 
             scorer.asn_table = network_table(table)

@@ -28,7 +28,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -88,6 +88,7 @@ class ModelBundle:
     path: Path  # local: the model itself or its cached copy
     extras: dict[str, Any] = field(default_factory=dict)
     uri: str = ""  # where the model was loaded from (its sidecar files are beside it there)
+    asn_table: AsnTable | None = None  # the ip2asn table attached to the model's AS and country levels
 
     def __post_init__(self) -> None:
         self.uri = self.uri or str(self.path)
@@ -106,13 +107,7 @@ def network_table(uris: str) -> AsnTable:
     if not local:
         raise NetworkTableError(f"asn_table={uris!r} names no file")
     table = load_asn_table(",".join(local))
-    return table if table.source == uris else _renamed(table, uris)
-
-
-def _renamed(table: AsnTable, source: str) -> AsnTable:
-    from dataclasses import replace
-
-    return replace(table, source=source)
+    return table if table.source == uris else replace(table, source=uris)
 
 
 def _is_plain_name(name: object) -> bool:
@@ -322,12 +317,13 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", asn_table: 
     # assign: the loaded tensors become the parameters (no second copy of the weights at any point).
     model.load_state_dict(tensors, assign=True)
     model.to(device).eval()
-    if model.networks is not None:
-        _attach_table(model, manifest, asn_table or opts.asn_table or "", path)
-    return ModelBundle(model=model, hyperparameters=hp, options=opts, manifest=manifest, path=path, uri=uri)
+    table = _attach_table(model, manifest, asn_table or opts.asn_table or "", path) if model.networks else None
+    return ModelBundle(
+        model=model, hyperparameters=hp, options=opts, manifest=manifest, path=path, uri=uri, asn_table=table
+    )
 
 
-def _attach_table(model: IPInsightsModel, manifest: Mapping[str, Any], uris: str, path: Path) -> None:
+def _attach_table(model: IPInsightsModel, manifest: Mapping[str, Any], uris: str, path: Path) -> AsnTable:
     expected = manifest.get("asn_table_fingerprint")
     if not isinstance(expected, str):
         raise ModelFileError(f"{path / MANIFEST}: the model has AS and country levels but no asn_table_fingerprint")
@@ -340,6 +336,7 @@ def _attach_table(model: IPInsightsModel, manifest: Mapping[str, Any], uris: str
             "Give its location with asn_table"
         ) from None
     model.attach_networks(table, expected)
+    return table
 
 
 CALIBRATION_SUFFIX = ".calibration.json"

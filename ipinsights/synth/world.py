@@ -225,13 +225,14 @@ def generate_users(plan: AddressPlan, spec: SynthSpec, shard: int) -> pa.Table:
 
     # Renumbering (drawn after everything else, so a world without it is the world before it): from a day
     # of the period on, the ISP hands the home another of its prefixes.
-    renumber = (rng.random(n) < spec.renumber_rate) & (spec.renumber_rate > 0)
-    renumber_net = (
-        np.where(renumber, plan.sibling_networks(rng, home_net), home_net) if spec.renumber_rate else home_net
-    )
-    renumber = renumber & (renumber_net != home_net)
-    renumber_ip = random_address_in(plan, rng, renumber_net) if spec.renumber_rate else home_ip
-    renumber_day = np.where(renumber, rng.integers(1, spec.days, size=n) if spec.renumber_rate else 0, -1)
+    renumber = np.zeros(n, bool)
+    renumber_net, renumber_ip, renumber_day = home_net, home_ip, np.full(n, -1)
+    if spec.renumber_rate:
+        asked = rng.random(n) < spec.renumber_rate
+        renumber_net = np.where(asked, plan.sibling_networks(rng, home_net), home_net)
+        renumber = asked & (renumber_net != home_net)  # an ISP with one range cannot move a home
+        renumber_ip = random_address_in(plan, rng, renumber_net)
+        renumber_day = np.where(renumber, rng.integers(1, spec.days, size=n), -1)
 
     index = np.arange(lo, hi, dtype=np.int64)
     return pa.table(

@@ -22,6 +22,7 @@ import sys
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, fields
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,7 @@ import torch.nn.functional as F
 
 from ipinsights.core.config import Hyperparameters, ModelOptions, TrainOptions
 from ipinsights.core.entities import ENTITY_FILE, EntityStats
-from ipinsights.core.metrics import recall_at_fpr, roc_auc
+from ipinsights.core.metrics import per_kind, recall_at_fpr, roc_auc
 from ipinsights.core.model import IPInsightsModel
 from ipinsights.storage.modelfile import load_model, network_table, save_model
 from ipinsights.train.comm import Comm, LocalComm
@@ -117,21 +118,25 @@ def shuffled_auc(model: IPInsightsModel, data: EncodedPairs, seed: int = 54321, 
     n = len(data)
     if n < 2:
         return float("nan")
-    perm = np.random.default_rng(seed).permutation(n)
     ent = np.asarray(data.entity_rows)
-    other = ent[perm]
+    other = ent[np.random.default_rng(seed).permutation(n)]
     keep = other != ent
     if not keep.any():
         return float("nan")
-    device = model.entity_table.device
-    pos, neg = [], []
-    for start in range(0, n, batch_size):
-        sl = slice(start, start + batch_size)
-        ips = torch.as_tensor(data.ips[sl], device=device)
-        pos.append(model(torch.as_tensor(ent[sl], device=device), ips).float().cpu().numpy())
-        neg.append(model(torch.as_tensor(other[sl], device=device), ips).float().cpu().numpy()[keep[sl]])
-    p, q = np.concatenate(pos), np.concatenate(neg)
+    p = _dot_products(model, ent, data.ips, batch_size)
+    q = _dot_products(model, other[keep], np.asarray(data.ips)[keep], batch_size)
     return roc_auc(np.concatenate([p, q]), np.concatenate([np.ones(p.size), np.zeros(q.size)]))
+
+
+def _dot_products(model: IPInsightsModel, entity_rows: np.ndarray, ips: np.ndarray, batch_size: int) -> np.ndarray:
+    """The model's dot products of (entity row, address key) pairs, ``batch_size`` at a time (float32)."""
+    device = model.entity_table.device
+    out = [
+        model(torch.as_tensor(entity_rows[s : s + batch_size], device=device),
+              torch.as_tensor(ips[s : s + batch_size], device=device)).float().cpu().numpy()
+        for s in range(0, len(entity_rows), batch_size)
+    ]  # fmt: skip
+    return np.concatenate(out) if out else np.zeros(0, np.float32)
 
 
 #: False-positive rate of the labelled recall metrics (``recall1_<kind>``, ``labelled_recall``).
@@ -143,27 +148,15 @@ def labelled_metrics(model: IPInsightsModel, data: LabelledPairs, batch_size: in
     """Per attack kind of labelled rows (that kind vs the normal rows, on the raw model score): ``auc_<kind>``
     and ``recall1_<kind>`` (recall at 1% FPR), and ``labelled_recall``, the mean of the latter over the
     attack kinds (label 1): what an analyst catches with a threshold that flags 1% of normal traffic."""
-    pairs = data.pairs
-    if len(pairs) == 0:
+    if len(data) == 0:
         return {}
-    device = model.entity_table.device
-    anomaly = np.concatenate([
-        -model(torch.as_tensor(pairs.entity_rows[s : s + batch_size], device=device),
-               torch.as_tensor(pairs.ips[s : s + batch_size], device=device)).float().cpu().numpy()
-        for s in range(0, len(pairs), batch_size)
-    ])  # fmt: skip
-    normal = (data.kinds == "normal") if (data.kinds == "normal").any() else (data.labels == 0)
-    out: dict[str, float] = {}
-    recalls = []
-    for kind in sorted(set(data.kinds[~normal].tolist())):
-        mine = data.kinds == kind
-        sel = mine | normal
-        out[f"auc_{kind}"] = roc_auc(anomaly[sel], mine[sel])
-        out[f"recall1_{kind}"] = recall_at_fpr(anomaly[sel], mine[sel], LABELLED_FPR)
-        if (data.labels[mine] == 1).all():
-            recalls.append(out[f"recall1_{kind}"])
-    if recalls:
-        out["labelled_recall"] = float(np.mean(recalls))
+    anomaly = -_dot_products(model, data.pairs.entity_rows, data.pairs.ips, batch_size)
+    aucs = per_kind(anomaly, data.labels, data.kinds, roc_auc)
+    recalls = per_kind(anomaly, data.labels, data.kinds, partial(recall_at_fpr, fpr=LABELLED_FPR))
+    out = {**{f"auc_{k}": v for k, v in aucs.items()}, **{f"recall1_{k}": v for k, v in recalls.items()}}
+    attacks = [r for k, r in recalls.items() if (data.labels[data.kinds == k] == 1).all()]
+    if attacks:
+        out["labelled_recall"] = float(np.mean(attacks))
     return out
 
 
@@ -348,12 +341,11 @@ class Trainer:
                 seconds=seconds,
                 pairs_per_second=pairs / seconds if seconds > 0 else float("nan"),
             )
+            self.model.eval()
             if validation is not None and len(validation):
-                self.model.eval()
                 metrics.discriminator_auc = discriminator_auc(self.model, validation)
                 metrics.extra["shuffled_auc"] = shuffled_auc(self.model, validation)
             if labelled is not None and len(labelled):
-                self.model.eval()
                 metrics.extra.update(labelled_metrics(self.model, labelled))
             self.epoch = epoch
             if self.comm.rank == 0:
