@@ -324,9 +324,10 @@ def test_job_end_to_end_backfill_rerun_and_empty_day(spark, world, backfill):
     empty = (out / "reports" / "dt=2024-01-05" / "report.html").read_text()
     assert 'id="empty"' in empty and "No events for this day" in empty
 
-    # The day's report: self-contained, with the plot and the flagged table.
+    # The day's report: self-contained, with the plot and the cases, the first case first.
     text = (out / "reports" / f"dt={TEST}" / "report.html").read_text()
-    assert "data:image/png;base64," in text and 'id="flagged"' in text
+    assert "data:image/png;base64," in text and 'id="cases"' in text
+    assert text.index('id="cases"') < text.index('id="counts"') < text.index('id="histogram"')
     assert "calibrated to FPR 0.01" in text
     csv_lines = (out / "reports" / f"dt={TEST}" / "flagged.csv").read_text().splitlines()
     assert len(csv_lines) == n_flag + 1 and csv_lines[0].startswith("entity,ip,ts,anomaly_score,level,rule")
@@ -366,7 +367,11 @@ def test_job_report_renders_in_chromium(spark, backfill, tmp_path):
     n_flag = len((out / "reports" / f"dt={TEST}" / "flagged.csv").read_text().splitlines()) - 1
     dom = dump_dom(page, tmp_path / "chrome-profile")
     assert re.search(r'<img id="histogram"[^>]*src="data:image/png;base64,', dom)
-    assert len(re.findall(r"<tr>", dom.split('id="flagged"', 1)[1].split("</table>", 1)[0])) == min(50, n_flag) + 1
+    cases = spark.read.parquet(str(out / "cases")).where(f"dt = '{TEST}' and open")
+    n_cases = cases.count()
+    assert 0 < n_cases < n_flag  # events grouped into fewer cases
+    assert len(re.findall(r'<tr class="case"', dom)) == min(50, n_cases)
+    assert dom.count("<details>") == min(50, n_cases) and '<svg id="trend"' in dom
     import matplotlib.image as mpimg
 
     img = mpimg.imread(str(screenshot(page, tmp_path / "chrome-profile", tmp_path / "shot.png")))

@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, cast
 import numpy as np
 import pyarrow as pa
 
+from ipinsights.score.cases import CaseSettings
 from ipinsights.score.profiles import JOINED, PopulationPrior, ProfileHeader, join_profile_rows, joined_profiles
 from ipinsights.score.scorer import BATCH_ROWS, Joined, Scorer
 from ipinsights.score.udf import ScorerSource, map_in_arrow
@@ -72,7 +73,7 @@ _EXPLAIN_FIELDS = (
     "subnet string, subnet_seen boolean, network string, network_seen boolean, asn long, asn_seen boolean, "
     "as_name string, usual_ases string, "
     "nearest_networks string, closest_network string, shared_prefix_bits int, typical_low double, "
-    "typical_high double"
+    "typical_high double, known_networks int, usual_events long"
 )
 
 
@@ -116,10 +117,17 @@ class ScoreConfig:
     asn_table: str | None = None  # ip2asn TSV: ASN context of flagged cases
     max_networks: int = 16  # known networks kept per entity in its profile
     quantile_accuracy: int = 1_000_000
-    top_n: int = 50
     histogram_bins: int = 60
     arrow_batch_size: int = 50_000  # rows per Arrow batch: amortises per-batch costs (20k: ~10% slower)
     scorer_batch_size: int = BATCH_ROWS  # rows per torch call: small batches stay in cache (faster on CPU)
+    # Cases (ipinsights.score.cases): the table, the daily budget and the investigators' verdicts.
+    cases: str | None = None  # default: "cases" beside the flagged table
+    verdicts: str | None = None  # CSV of investigators' verdicts (ipinsights.score.feedback); none by default
+    max_cases: int = 50  # cases the report leads with per day
+    normal_cases_per_day: int = 25  # the case floor is calibrated so normal traffic opens about this many a day
+    network_case_entities: int = 5  # entities one source must touch in a day to make a network case
+    case_events: int = 50  # events kept per case (the report's details; counts stay exact)
+    case_floor: str | None = None  # default: <model>.cases.json
 
     def __post_init__(self) -> None:
         from ipinsights.core.config import ConfigError, check_float, check_int
@@ -131,15 +139,30 @@ class ScoreConfig:
         if self.target_fpr is not None:
             check_float("target_fpr", self.target_fpr, 1e-6, 0.5)
         check_int("quantile_accuracy", self.quantile_accuracy, 100, 100_000_000)
-        check_int("top_n", self.top_n, 1, 100_000)
         check_int("learning_period_events", self.learning_period_events, 0, 1_000_000)
         check_int("max_networks", self.max_networks, 1, 1000)
         check_int("histogram_bins", self.histogram_bins, 5, 1000)
         check_int("arrow_batch_size", self.arrow_batch_size, 100, 10_000_000)
         check_int("scorer_batch_size", self.scorer_batch_size, 64, 10_000_000)
+        check_int("max_cases", self.max_cases, 1, 100_000)
+        check_int("normal_cases_per_day", self.normal_cases_per_day, 1, 1_000_000)
+        check_int("network_case_entities", self.network_case_entities, 2, 1_000_000)
+        check_int("case_events", self.case_events, 1, 10_000)
         for a, b in (("calibration_start_date", "calibration_end_date"), ("train_start_date", "train_end_date")):
             if (getattr(self, a) is None) != (getattr(self, b) is None):
                 raise ConfigError(f"set both {a} and {b}, or neither")
+
+    @property
+    def cases_table(self) -> str:
+        """The cases table: ``cases``, or ``cases`` beside the flagged table."""
+        if self.cases:
+            return self.cases
+        flagged = self.flagged.rstrip("/")
+        return f"{flagged.rsplit('/', 1)[0]}/cases" if "/" in flagged else "cases"
+
+    def case_settings(self, floor: float | None = None) -> CaseSettings:
+        return CaseSettings(self.max_cases, self.normal_cases_per_day, self.network_case_entities, self.case_events,
+                            floor)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -402,6 +425,47 @@ def resolve_profile(spark: SparkSession, cfg: ScoreConfig) -> ProfileHeader | No
     return header
 
 
+def resolve_case_floor(
+    spark: SparkSession, cfg: ScoreConfig, setup: ScoringSetup, threshold: Threshold
+) -> float | None:
+    """The case floor (:mod:`ipinsights.score.cases`): stored for this model, threshold and budget, or
+    calibrated on the calibration days (scored with the threshold in force, grouped like a real day) and
+    stored as ``<model>.cases.json``. None (every case open) when neither is possible."""
+    from pyspark.sql import functions as F
+
+    from ipinsights.score.cases import CaseFloor, calibrate_floor, group_cases
+    from ipinsights.storage.events import read_events
+    from ipinsights.storage.files import read_text, uri_exists, write_bytes
+    from ipinsights.storage.modelfile import model_fingerprint, sidecar_uri
+
+    path = cfg.case_floor or sidecar_uri(cfg.model, ".cases.json")
+    fingerprint = model_fingerprint(cfg.model)
+    if not cfg.recalibrate and uri_exists(path):
+        try:
+            stored = CaseFloor.from_json(read_text(path))
+            if stored.matches(fingerprint, threshold.value, cfg.normal_cases_per_day):
+                log.info("using case floor %s: %s (%s)", path, stored.floor, stored.source)
+                return stored.floor
+            log.info("case floor %s is for another model, threshold or budget: recalibrating", path)
+        except (ValueError, TypeError) as exc:
+            log.warning("%s: %s: recalibrating", path, exc)
+    if cfg.events is None or cfg.calibration_start_date is None or cfg.calibration_end_date is None:
+        log.warning("no case floor at %s and no calibration days to calibrate one: every case is open (the "
+                    "report still shows at most max_cases)", path)  # fmt: skip
+        return None
+    events = read_events(spark, cfg.events, cfg.calibration_start_date, cfg.calibration_end_date)
+    scored = score_events(events.select("entity", "ip", "ts", "dt"), setup)
+    flagged = flagged_with_context(scored.where(F.col("flagged")), None, threshold.value, setup)
+    cases = group_cases(flagged, cfg.case_settings()).cases
+    floor = calibrate_floor(cases, cfg.normal_cases_per_day)
+    source = f"events dt {cfg.calibration_start_date}..{cfg.calibration_end_date}"
+    stored = CaseFloor(floor, cfg.normal_cases_per_day, threshold.value, fingerprint, source)
+    write_bytes(path, stored.to_json().encode())
+    log.info("case floor %s (%d normal cases a day on %s), saved to %s", floor, cfg.normal_cases_per_day, source,
+             path)  # fmt: skip
+    return floor
+
+
 @dataclass
 class ScoreRun:
     """What a run did, per day (for logs and tests)."""
@@ -410,6 +474,8 @@ class ScoreRun:
     days: list[str]
     counts: dict[str, dict[str, int]] = field(default_factory=dict)
     reports: dict[str, str | Path] = field(default_factory=dict)  # a Path for local reports
+    cases: dict[str, dict[str, int]] = field(default_factory=dict)  # per day: cases, open, network, suppressed...
+    case_floor: float | None = None
 
 
 def run_score_job(
@@ -435,6 +501,8 @@ def run_score_job(
         raise ValueError("output is for a batch-transform CSV; the events table is scored into cfg's tables")
     from pyspark.sql import functions as F
 
+    from ipinsights.score.cases import case_rules, case_views, group_cases, ranked
+    from ipinsights.score.feedback import VerdictSet, read_verdicts
     from ipinsights.score.report import day_counts, score_histograms, write_day_report
     from ipinsights.storage.events import present_days, read_events, read_table_days
     from ipinsights.storage.filesystems import HadoopStore, check_reachable
@@ -502,8 +570,17 @@ def run_score_job(
         log.warning("train_start_date/train_end_date not set: flagged cases get no /24 and /16 context")
     flagged = flagged_with_context(scores.where(F.col("flagged")), history, threshold.value, setup)
     write_partitions(flagged, f"{staging}/flagged")
+    # Cases are grouped from the staged flagged rows (read back: the explanations run once per row).
+    cases_table = cfg.cases_table
+    verdicts = read_verdicts(cfg.verdicts) if cfg.verdicts else VerdictSet()
+    rules = case_rules(spark, verdicts, cases_table)
+    floor = resolve_case_floor(spark, cfg, setup, threshold)
+    grouped = group_cases(read_table_days(spark, f"{staging}/flagged", flagged_schema(), days),
+                          cfg.case_settings(floor), rules)  # fmt: skip
+    write_partitions(ranked(grouped.cases), f"{staging}/cases")
+    suppressed = {r["dt"]: r.asDict() for r in grouped.suppressed.collect()}  # one row per day
     moves: list[tuple[str | None, str]] = []
-    for name, table in (("scores", cfg.scores), ("flagged", cfg.flagged)):
+    for name, table in (("scores", cfg.scores), ("flagged", cfg.flagged), ("cases", cases_table)):
         for d in days:  # a day without rows in this run loses its old ones (src None): days are replaced whole
             staged = f"{staging}/{name}/dt={d}"
             moves.append((staged if store.exists(staged) else None, f"{table.rstrip('/')}/dt={d}"))
@@ -517,13 +594,15 @@ def run_score_job(
     store.delete(staging)
 
     flagged_table = read_table_days(spark, cfg.flagged, flagged_schema(), days)
-    run = ScoreRun(threshold=threshold, days=list(days), counts=counts)
+    run = ScoreRun(threshold=threshold, days=list(days), counts=counts, case_floor=floor)
+    views = case_views(spark, cases_table, cfg.scores, days, suppressed, verdicts, rules, cfg.case_settings(floor))
     for day in days:
+        run.cases[day] = views[day].counts
         run.reports[day] = write_day_report(
-            cfg.reports, day, counts[day], hists.get(day), flagged_table.where(F.col("dt") == day),
-            threshold, cfg.top_n,
+            cfg.reports, day, counts[day], hists.get(day), flagged_table.where(F.col("dt") == day), threshold,
+            views[day],
         )  # fmt: skip
-        log.info("%s: %s; report %s", day, counts[day], run.reports[day])
+        log.info("%s: %s; cases %s; report %s", day, counts[day], run.cases[day], run.reports[day])
     return run
 
 

@@ -1,13 +1,16 @@
-"""The investigator's daily report: one self-contained HTML page and a CSV of the day's flagged cases.
+"""The investigator's daily report: one self-contained HTML page and a CSV of the day's flagged events.
 
 Layout under the reports folder::
 
-    dt=YYYY-MM-DD/report.html   counts, the threshold in force, the score histogram (normal vs flagged,
-                                a PNG embedded as a data: URI) and the top flagged cases with context
-    dt=YYYY-MM-DD/flagged.csv   every flagged case of the day, with context
+    dt=YYYY-MM-DD/report.html   the day's cases first (:mod:`ipinsights.score.cases`: the top open ones, one
+                                row each with a one-line summary, the events behind <details>, a 7-day bar
+                                chart of open cases, entities with a malicious verdict seen again), then the
+                                event counts, the threshold in force and the score histogram (normal vs
+                                flagged, a PNG embedded as a data: URI)
+    dt=YYYY-MM-DD/flagged.csv   every flagged event of the day, with context (for tooling)
 
 Everything shown comes from bounded Spark aggregates (per-day counts, a fixed-bin histogram, the
-top-N flagged rows); no table of scores is collected. Entities and addresses come from logs, so
+top cases); no table of scores is collected. Entities and addresses come from logs, so
 everything user-controlled is HTML-escaped, the page forbids scripts (Content-Security-Policy), and
 CSV cells that a spreadsheet would run as a formula are defused. In both, characters that do not show
 (bidi overrides like U+202E that reorder a name, zero-width and other format characters, controls, odd
@@ -33,6 +36,7 @@ from ipinsights.storage.files import atomic_write, is_local, join_uri, local_pat
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame
 
+    from ipinsights.score.cases import CaseView
     from ipinsights.score.verdict import Threshold
 
 __all__ = [
@@ -184,20 +188,130 @@ def _cell(v: Any) -> str:
 
 
 _STYLE = """
-body{font-family:system-ui,sans-serif;margin:2em;color:#222}
-table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:.3em .6em;text-align:left}
-th{background:#f0f0f0}.num{text-align:right}.note{color:#555}img{max-width:100%}
+body{font-family:system-ui,sans-serif;margin:2em;color:#222;max-width:75em}
+table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:.3em .6em;text-align:left;
+vertical-align:top}th{background:#f0f0f0}.num{text-align:right}.note{color:#555}img{max-width:100%}
+#cases{width:100%;table-layout:fixed}#cases td{overflow-wrap:anywhere}#cases .rank{width:3em}
+#cases .sev{width:4.5em}#cases .who{width:16em}details table{font-size:90%;width:100%}
+.malicious{color:#a00;font-weight:bold}summary{cursor:pointer;color:#036}
 """
+
+
+def _trend_svg(trend: Sequence[tuple[str, int]], budget: int) -> str:
+    """Open cases of the last days as small bars (inline SVG: no script, no request; the CSP allows it)."""
+    e = html.escape
+    if not trend:
+        return ""
+    top = max(max(n for _, n in trend), 1)
+    w, h, gap = 26, 40, 4
+    bars = []
+    for i, (day, n) in enumerate(trend):
+        bh = max(1, round(h * n / top)) if n else 0
+        last = i == len(trend) - 1
+        fill = "#c33" if n > budget else ("#36c" if last else "#9ab")
+        bars.append(
+            f'<rect x="{i * (w + gap)}" y="{h - bh}" width="{w}" height="{bh}" fill="{fill}">'
+            f"<title>{e(day)}: {n} open cases</title></rect>"
+            f'<text x="{i * (w + gap) + w / 2}" y="{h + 12}" font-size="10" text-anchor="middle">{n}</text>'
+        )
+    width = len(trend) * (w + gap)
+    label = ", ".join(f"{d}: {n}" for d, n in trend)
+    return (
+        f'<svg id="trend" role="img" aria-label="open cases per day: {e(label)}" width="{width}" height="{h + 16}" '
+        f'viewBox="0 0 {width} {h + 16}" xmlns="http://www.w3.org/2000/svg">{"".join(bars)}</svg>'
+    )
+
+
+def _when(t: Any) -> str:
+    return "—" if t is None else t.strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _case_rows(cases: Sequence[Mapping[str, Any]]) -> list[str]:
+    """One table row per case: rank, severity, who, the one-line summary and its events behind <details>."""
+    e = html.escape
+    out = []
+    for c in cases:
+        if c["kind"] == "network":
+            who = f"<b>{e(_cell(c['source']))}</b><br>{int(c['entities'])} entities"
+        else:
+            who = f"<b>{e(_cell(c['entity']))}</b>"
+        flag = ' <span class="malicious">known malicious</span>' if c.get("prior_verdict") == "malicious" else ""
+        events = sorted(c.get("events_detail") or [], key=lambda x: (x["ts"] is None, x["ts"]))
+        shown = len(events)
+        detail_rows = "".join(
+            f"<tr><td>{e(_when(x['ts']))}</td><td>{e(_cell(x['entity']))}</td><td>{e(_cell(x['ip']))}</td>"
+            f'<td>{e(_cell(x["network_name"]))}</td><td class="num">{e(_cell(x["anomaly_score"]))}</td>'
+            f'<td class="num">{e(_cell(x["normal_percentile"]))}</td></tr>'
+            for x in events
+        )
+        more = f" ({shown} of {int(c['events'])} shown)" if shown < int(c["events"]) else ""
+        details = (
+            f"<details><summary>{int(c['events'])} event{'s' if int(c['events']) != 1 else ''}{more}</summary>"
+            "<table><tr><th>time (UTC)</th><th>entity</th><th>ip</th><th>network</th><th>score</th>"
+            f"<th>normal %</th></tr>{detail_rows}</table></details>"
+        )
+        out.append(
+            f'<tr class="case" id="{e(c["case_id"])}"><td class="rank num">{int(c["rank"])}</td>'
+            f'<td class="sev num">{float(c["severity"]):.2f}</td><td class="who">{who}<br><small>{e(c["case_id"])}'
+            f"</small></td><td>{e(visible_text(c['summary'] or ''))}{flag}{details}</td></tr>"
+        )
+    return out
+
+
+def _cases_section(view: CaseView) -> list[str]:
+    e = html.escape
+    c = view.counts
+    floor = "none (every case open)" if view.floor is None else f"{view.floor:.2f}"
+    parts = [
+        "<h2>Cases</h2>",
+        f'<p id="case-counts"><b>{c["open"]:,}</b> open cases (severity &ge; case floor {e(floor)}) of '
+        f"{c['cases']:,} grouped from the flagged events; {c['network_cases']:,} network cases. Showing the top "
+        f"{len(view.top)} (budget {view.max_cases}); the cases table has them all. Suppressed by benign verdicts: "
+        f"{c['suppressed_events']:,} events of {c['suppressed_entities']:,} entities.</p>",
+    ]
+    if view.trend:
+        parts.append(f"<p>Open cases, last {len(view.trend)} days: {_trend_svg(view.trend, view.max_cases)}</p>")
+    if view.rejected:
+        items = "".join(f"<li>{e(visible_text(r))}</li>" for r in view.rejected[:20])
+        parts.append(f'<p id="verdicts-rejected">{len(view.rejected)} verdict row(s) could not be read and were left '
+                     f"out:</p><ul>{items}</ul>")  # fmt: skip
+    if view.returning:
+        parts.append('<h3 class="malicious">Entities with a malicious verdict seen today</h3>'
+                     '<table id="returning"><tr><th>entity</th><th>events</th><th>first-last (UTC)</th>'
+                     "<th>addresses</th></tr>")  # fmt: skip
+        for r in view.returning:
+            parts.append(
+                f'<tr><td>{e(_cell(r["entity"]))}</td><td class="num">{int(r["events"])}</td>'
+                f"<td>{e(_when(r['first_ts']))} - {e(_when(r['last_ts']))}</td>"
+                f"<td>{e(', '.join(visible_text(str(x)) for x in r['ips']))}</td></tr>"
+            )
+        parts.append("</table>")
+    if view.top:
+        parts.append('<table id="cases"><tr><th class="rank">#</th><th class="sev">severity</th>'
+                     '<th class="who">entity / source</th><th>what happened</th></tr>')  # fmt: skip
+        parts.extend(_case_rows(view.top))
+        parts.append("</table>")
+        parts.append(
+            '<p class="note">Severity is in decades of rarity: the score\'s (2 at the 1% threshold, 3 at 99.9%, '
+            "at most 5), plus up to 1 for an entity whose logins come from one or two networks, plus half a point "
+            "per tenfold events and a point per tenfold new networks; a network case (one source, many entities "
+            "never seen on it) adds 2 points per tenfold entities. Mark a case benign or malicious in the verdicts "
+            "file with its id.</p>"
+        )
+    else:
+        parts.append('<p id="no-cases">No open cases.</p>')
+    return parts
 
 
 def render_report(
     day: str,
     counts: Mapping[str, int],
     threshold: Threshold,
-    top: Sequence[Mapping[str, Any]],
+    view: CaseView | None,
     png: bytes | None,
 ) -> str:
-    """The report page as a string: self-contained (inline style, image as data: URI), every value escaped."""
+    """The report page as a string: self-contained (inline style, image as data: URI, inline SVG chart),
+    cases first, every value escaped."""
     e = html.escape
     parts = [
         "<!DOCTYPE html>",
@@ -207,14 +321,21 @@ def render_report(
         "style-src 'unsafe-inline'\">",
         f"<title>IP Insights report {e(day)}</title><style>{_STYLE}</style></head><body>",
         f"<h1>IP Insights daily report: {e(day)} (UTC)</h1>",
+    ]
+    if not counts.get("rows"):
+        parts.append('<p id="empty"><b>No events for this day</b>: there was no input, so nothing was scored.</p>')
+    if view is not None:
+        parts.extend(_cases_section(view))
+    parts += [
+        "<h2>Events</h2>",
         f'<p id="threshold">Threshold in force: <b>anomaly_score &gt; {threshold.value:.6g}</b> '
         f"({e(threshold.source)})</p>",
         '<table id="counts"><tr><th>count</th><th>events</th></tr>',
         *(f'<tr><td>{e(k)}</td><td class="num">{int(counts.get(k, 0)):,}</td></tr>' for k in counts),
         "</table>",
     ]
-    if not counts.get("rows"):
-        parts.append('<p id="empty"><b>No events for this day</b>: there was no input, so nothing was scored.</p>')
+    if not counts.get("flagged"):
+        parts.append('<p id="no-flagged">No flagged events.</p>')
     if png is not None:
         uri = "data:image/png;base64," + base64.b64encode(png).decode("ascii")
         parts.append(
@@ -223,28 +344,7 @@ def render_report(
         )
     elif counts.get("rows"):
         parts.append('<p class="note">No event could be scored (invalid addresses only).</p>')
-    parts.append(f"<h2>Top flagged cases ({len(top)} of {int(counts.get('flagged', 0)):,})</h2>")
-    if top:
-        parts.append('<table id="flagged"><tr>' + "".join(f"<th>{e(c)}</th>" for c in CASE_COLUMNS) + "</tr>")
-        for row in top:
-            parts.append("<tr>" + "".join(f"<td>{e(_cell(row.get(c)))}</td>" for c in CASE_COLUMNS) + "</tr>")
-        parts.append("</table>")
-        parts.append(
-            '<p class="note">level: high = above the threshold in force, medium = above the looser calibrated one. '
-            "normal_percentile: share of normal traffic judged by the same rule that scored lower (one scale for "
-            "both rules; cases are sorted by it). "
-            "rule: which score decided (model_score = the entity's own embedding; learning_period = too few "
-            "training events, scored against the population prior: how unusual the network is for everyone). "
-            "entity_percentile: where the score falls among the entity's own training logins (100 = more unusual "
-            "than all of them); typical_low/high: its usual score range (5th-95th percentile). nearest_networks: "
-            "the entity's known networks most similar to this address (cosine of the learned vectors); "
-            "closest_network: the known network sharing the longest prefix (shared_prefix_bits). subnet (/24 or "
-            "IPv6 /48), network (/16 or /32), asn: seen for this entity in training? as_name: the address's AS and "
-            "country; usual_ases: the entity's ASes in training. training_count: the entity's "
-            "events in training. seen_*: exact IPv4 lookups in the training days (IP, /24, /16).</p>"
-        )
-    else:
-        parts.append('<p id="no-flagged">No flagged cases.</p>')
+    parts.append('<p class="note">Every flagged event, with its context, is in flagged.csv beside this page.</p>')
     parts.append("</body></html>")
     return "\n".join(parts) + "\n"
 
@@ -278,7 +378,7 @@ def write_day_report(
     hist: Histogram | None,
     flagged: DataFrame,
     threshold: Threshold,
-    top_n: int = 50,
+    view: CaseView | None = None,
 ) -> str | Path:
     """Write ``dt=DAY/report.html`` and ``dt=DAY/flagged.csv`` for one day (a folder or URI); returns the
     HTML page (a ``Path`` when local)."""
@@ -289,11 +389,10 @@ def write_day_report(
     ordered = flagged.select(*CASE_COLUMNS).orderBy(
         F.desc_nulls_last("normal_percentile"), F.desc_nulls_last("anomaly_score"), "entity", "ip"
     )
-    top = [r.asDict() for r in ordered.limit(top_n).collect()] if counts.get("flagged") else []
     rows = (r.asDict() for r in ordered.toLocalIterator()) if counts.get("flagged") else iter(())
     write_flagged_csv(join_uri(out, "flagged.csv"), rows)
     png = histogram_png(hist, threshold.value, f"{day}: anomaly scores") if hist is not None else None
     page = join_uri(out, "report.html")
     with atomic_write(page, encoding="utf-8") as fh:
-        fh.write(render_report(day, counts, threshold, top, png))
+        fh.write(render_report(day, counts, threshold, view, png))
     return local_path(page) if is_local(page) else page

@@ -293,9 +293,10 @@ class Scorer:
         ``asn``/``asn_seen`` with an ASN table, ``as_name`` its AS as people know it (``AS64512 Kalonet Mobile
         (BR)``) and ``usual_ases`` the entity's ASes in training, named so; ``nearest_networks``: the ``top``
         known networks whose vectors are most similar to this address's (cosine), ``closest_network`` the known network
-        sharing the longest prefix and ``shared_prefix_bits``; ``typical_low``/``typical_high``: the
-        entity's usual anomaly-score range (5th-95th percentile of its training events). None where the
-        entity has no profile. ``joined`` as in :meth:`assess`.
+        sharing the longest prefix and ``shared_prefix_bits``; ``known_networks`` how many networks the profile
+        keeps for the entity and ``usual_events`` its training events in the two most used;
+        ``typical_low``/``typical_high``: the entity's usual anomaly-score range (5th-95th percentile of its
+        training events). None where the entity has no profile. ``joined`` as in :meth:`assess`.
         """
         from ipinsights.core.ip import key_prefix, key_prefix_text
 
@@ -321,7 +322,8 @@ class Scorer:
         lo, hi = prof.typical_range(rows) if prof is not None else (np.full(n, np.nan), np.full(n, np.nan))
         out["typical_low"] = [None if not np.isfinite(x) else float(x) for x in lo]
         out["typical_high"] = [None if not np.isfinite(x) else float(x) for x in hi]
-        for name in ("subnet_seen", "network_seen", "asn_seen", "nearest_networks", "closest_network"):
+        for name in ("subnet_seen", "network_seen", "asn_seen", "nearest_networks", "closest_network",
+                     "known_networks", "usual_events"):  # fmt: skip
             out[name] = [None] * n
         out["shared_prefix_bits"] = [None] * n
         todo = np.flatnonzero(rows >= 0)
@@ -337,6 +339,9 @@ class Scorer:
             k, c = known[j], counts[j]
             mine = vec[start : start + k.size]
             start += k.size
+            out["known_networks"][i] = int(k.size)
+            # How settled the entity is: its logins in its two most used networks (the cases' severity).
+            out["usual_events"][i] = int(c[:2].sum())
             if not k.size:
                 continue
             key = keys[i : i + 1]
