@@ -4,8 +4,10 @@
 
 Runs every job in one local[2] Spark session on local files (training in one process with both cores:
 ``--backend auto`` on a local master): a generated tutorial-like data set
-(10 days of login logs; 7 training days, 1 validation day, 2 test days with labelled attacks), then
-the same jobs a scheduled deployment runs. Ends by printing where the reports are and the AUCs.
+(10 days of login logs; 7 training days, 1 validation day, 2 test days with labelled attacks written
+into their logs, one source spraying 2% of the accounts among them), then the same jobs a scheduled
+deployment runs. Ends by printing the AUCs, the precision of each test day's top cases and where the
+reports are.
 Exit status: 0 ok, 1 a step failed (its own exit status is logged).
 """
 
@@ -20,7 +22,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ipinsights.core.config import BACKENDS
-from ipinsights.storage.events import read_events
+from ipinsights.score.cases import case_metrics
+from ipinsights.storage.events import day_range, read_events
+from ipinsights.storage.files import write_json
 from ipinsights.storage.sagemaker_csv import export_pairs_csv
 from ipinsights.synth import read_spec
 from ipinsights_jobs import cli, generate, ingest, score, train
@@ -50,8 +54,11 @@ def step(name: str, rc: int) -> None:
 
 def run(w: Path, args: argparse.Namespace, spark: SparkSession) -> None:
     """Every step, with its outputs under ``w``."""
+    # The test days' labelled attacks, and one source spraying many accounts, go into the logs: the
+    # report then has real cases to find among the normal traffic's.
+    inject = ["--inject-attacks", f"--spraying_accounts={args.spraying_accounts}"] if args.inject else []
     step("generate", generate.main(["--out", str(w / "synth"), "--overwrite", f"--users={args.users}",
-                                     f"--days={args.days}", f"--seed={args.seed}"]))  # fmt: skip
+                                     f"--days={args.days}", f"--seed={args.seed}", *inject]))  # fmt: skip
     (t0, t1), (v0, v1), (s0, s1) = (read_spec(w / "synth").split_dates(s) for s in ("train", "validation", "test"))
     events = w / "events"
     step("ingest", ingest.main([f"--inputs={w / 'synth' / 'logs'}/*", f"--output={events}"]))
@@ -68,7 +75,13 @@ def run(w: Path, args: argparse.Namespace, spark: SparkSession) -> None:
                               f"--model={model}", f"--events={events}", f"--scores={w / 'scores'}",
                               f"--flagged={w / 'flagged'}", f"--reports={w / 'reports'}",
                               f"--calibration_start_date={v0}", f"--calibration_end_date={v1}",
-                              f"--train_start_date={t0}", f"--train_end_date={t1}"]))  # fmt: skip
+                              f"--train_start_date={t0}", f"--train_end_date={t1}", f"--cases={w / 'cases'}",
+                              f"--max_cases={args.max_cases}"]))  # fmt: skip
+    if args.inject:
+        labelled = str(w / "synth/labels/test_labelled.csv")
+        metrics = case_metrics(spark, str(w / "cases"), str(w / "scores"), labelled, day_range(s0, s1),
+                               budget=args.max_cases)  # fmt: skip
+        write_json(str(w / "cases.json"), metrics)
     # The per-entity baselines of the evaluation need the training pairs: export them as CSV (IPv6 included).
     export_pairs_csv(read_events(spark, str(events), t0, t1), str(w / "train.csv"), ipv4_only=False)
     step("evaluate", cli.evaluate_main(["--model", str(model), "--test", str(w / "synth/labels/test_labelled.csv"),
@@ -77,7 +90,8 @@ def run(w: Path, args: argparse.Namespace, spark: SparkSession) -> None:
 
 
 def print_results(w: Path) -> None:
-    """The validation AUC of the last epoch, the test AUCs (model and baselines) and the report paths."""
+    """The validation AUC of the last epoch, the test AUCs (model and baselines), the cases' precision
+    and the report paths."""
     ev = json.loads((w / "evaluation.json").read_text())
     metrics = [json.loads(x) for x in (w / "run" / "metrics.jsonl").read_text().splitlines()]
     print()
@@ -88,8 +102,18 @@ def print_results(w: Path) -> None:
     for name in ("seen_exact_ip", "seen_same_24", "seen_same_16", "seen_asn"):
         if name in ev["auc"]:
             print(f"  baseline {name}: overall {ev['auc'][name]['overall']:.4f}")
+    if (w / "cases.json").exists():
+        for day, m in json.loads((w / "cases.json").read_text()).items():
+            p10, p50 = (m[f"precision_at_{k}"] for k in (10, 50))
+            print(f"cases {day}: precision of the top 10 {_fmt(p10)} ({m['cases_at_10']} cases), top 50 {_fmt(p50)} "
+                  f"({m['cases_at_50']}); attacked entities found within the budget {m['found_in_budget']} of "
+                  f"{m['attacked_entities']}; network cases {json.dumps(m['network_cases'])}")  # fmt: skip
     for r in sorted((w / "reports").glob("dt=*/report.html")):
         print(f"report: {r}")
+
+
+def _fmt(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.3f}"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -104,8 +128,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-asn-table", dest="asn_table", action="store_false",
                    help="train on prefixes alone, without the generated ip2asn tables (model.asn_table)")  # fmt: skip
+    p.add_argument(
+        "--no-inject",
+        dest="inject",
+        action="store_false",
+        help="leave the test days' attacks out of the logs (the report then has normal traffic only)",
+    )
+    p.add_argument(
+        "--spraying-accounts",
+        type=int,
+        default=None,
+        help="accounts the spraying source hits on the first test day (default: 2%% of the users)",
+    )
+    p.add_argument("--max-cases", type=int, default=50, help="cases a day's report leads with")
     p.add_argument("-v", "--verbose", action="store_true")
     args = p.parse_args(argv)
+    if args.spraying_accounts is None:
+        args.spraying_accounts = max(5, args.users // 50)  # fmt: skip
 
     def body(ctx: JobContext) -> None:
         w = Path(args.workdir).resolve()

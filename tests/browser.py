@@ -41,9 +41,9 @@ def dump_dom(page: Path, profile_dir: Path) -> str:
                           timeout=60).stdout  # fmt: skip
 
 
-def screenshot(page: Path, profile_dir: Path, shot: Path) -> Path:
-    """A 1200x2000 PNG of the rendered page."""
+def screenshot(page: Path, profile_dir: Path, shot: Path, height: int = 2000) -> Path:
+    """A 1200 x ``height`` PNG of the rendered page."""
     flags = _flags(chromium(), profile_dir)
-    subprocess.run([*flags, f"--screenshot={shot}", "--window-size=1200,2000", page.resolve().as_uri()],
+    subprocess.run([*flags, f"--screenshot={shot}", f"--window-size=1200,{height}", page.resolve().as_uri()],
                    capture_output=True, timeout=60, check=True)  # fmt: skip
     return shot

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from browser import dump_dom
 
+from ipinsights.score.cases import CaseView
 from ipinsights.score.job import SCORES_SCHEMA
 from ipinsights.score.report import (
     CASE_COLUMNS,
@@ -41,12 +42,37 @@ def _case(entity: str, score: float | None, rule: str = RULE_SCORE) -> dict:
     return case
 
 
+BIDI = "admin\u202egnp.exe"  # renders as "adminexe.png" unless escaped
+
+
+def _view_case(rank: int, entity: str | None, kind: str = "entity", source: str | None = None) -> dict:
+    import datetime as dt
+
+    ts = dt.datetime(2024, 1, 9, 2, 10, tzinfo=dt.timezone.utc)
+    events = [{"anomaly_score": 3.5, "ts": ts, "entity": entity or f"user_{i}", "ip": "203.0.113.9",
+               "normal_percentile": 99.97, "network_name": "AS64512 Kalonet Mobile (BR)", "new_network": True}
+              for i in range(3 if kind == "entity" else 12)]  # fmt: skip
+    return {"case_id": f"E-20240109-00000000000{rank}", "rank": rank, "severity": 6.0 - rank / 10, "kind": kind,
+            "entity": entity, "source": source, "entities": 1 if kind == "entity" else 12, "events": len(events) + 1,
+            "summary": f"first login from AS64512 Kalonet Mobile (BR), 3 events 02:10-02:40 UTC; {EVIL}",
+            "prior_verdict": "malicious" if rank == 2 else None, "events_detail": events}  # fmt: skip
+
+
+def _view(cases: list[dict]) -> CaseView:
+    counts = {"cases": 40, "open": len(cases), "network_cases": 1, "suppressed_events": 3, "suppressed_entities": 2,
+              "verdicts_rejected": 1}  # fmt: skip
+    trend = [("2024-01-03", None), *((f"2024-01-0{d}", d) for d in range(4, 9)), ("2024-01-09", 60)]
+    returning = [{"entity": BIDI, "events": 2, "first_ts": None, "last_ts": None, "ips": ["192.0.2.1"]}]
+    return CaseView(cases, counts, trend, 3.9, 50, returning, (f"v.csv:3: {EVIL}",))
+
+
 def test_render_escapes_log_supplied_strings():
     page = render_report(
         "2024-01-09", {"rows": 10, "flagged": 2}, Threshold(1.25, f"fixed {EVIL}"),
-        [_case(EVIL, 3.5), _case("bob", None, RULE_LEARNING)], histogram_png(_hist(), 1.25),
+        _view([_view_case(1, EVIL), _view_case(2, BIDI)]), histogram_png(_hist(), 1.25),
     )  # fmt: skip
     assert "<script>" not in page and "onerror=alert" not in page.replace("onerror=alert(1)&gt;", "")
+    assert "\u202e" not in page and "admin\\u202egnp.exe" in page  # the bidi override shows as an escape
     assert "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;" in page
     assert "Content-Security-Policy" in page and "default-src 'none'" in page
     assert page.count("<img ") == 1 and 'src="data:image/png;base64,' in page
@@ -56,8 +82,9 @@ def test_render_escapes_log_supplied_strings():
 
 
 def test_render_empty_day_says_so():
-    page = render_report("2024-01-09", dict.fromkeys(COUNT_NAMES, 0), Threshold(1.0, "fixed"), [], None)
-    assert "No events for this day" in page and "No flagged cases" in page and "<img" not in page
+    page = render_report("2024-01-09", dict.fromkeys(COUNT_NAMES, 0), Threshold(1.0, "fixed"), _view([]), None)
+    assert "No events for this day" in page and "No open cases" in page and "No flagged events" in page
+    assert "<img" not in page
 
 
 def test_csv_defuses_formulas(tmp_path):
@@ -87,17 +114,26 @@ def test_counts_and_histogram_are_aggregates(spark):
 
 
 def test_injected_page_renders_without_running_script(tmp_path):
-    """Headless Chromium: the hostile entity shows as text, no script element exists, the image decodes."""
+    """Headless Chromium: cases first with their details and the 7-day chart; hostile and bidi entity
+    names show as escaped text, no script element exists, the image decodes."""
     page = tmp_path / "report.html"
+    cases = [_view_case(1, EVIL), _view_case(2, BIDI), _view_case(3, None, "network", "45.33.32.0/24")]
     page.write_text(
         render_report(
             "2024-01-09",
             {"rows": 10, "flagged": 1},
             Threshold(1.0, "fixed"),
-            [_case(EVIL, 3.5)],
+            _view(cases),
             histogram_png(_hist(), 1.0),
         )
     )
     dom = dump_dom(page, tmp_path / "profile")
     assert "<script" not in dom and "&lt;script&gt;" in dom
     assert len(re.findall(r"<img ", dom)) == 1
+    assert "\u202e" not in dom and "admin\\u202egnp.exe" in dom
+    assert len(re.findall(r'<tr class="case"', dom)) == 3 and dom.count("<details>") == 3
+    assert dom.index('id="cases"') < dom.index('id="counts"')  # cases first
+    assert "4 events" in dom and "13 events (12 of 13 shown)" in dom and "known malicious" in dom
+    chart = dom.split('<svg id="trend"', 1)[1].split("</svg>", 1)[0]
+    assert chart.count("<rect") == 6 and "not scored" in chart and 'fill="#c33"' in chart  # 60 > the budget
+    assert 'id="returning"' in dom and 'id="verdicts-rejected"' in dom

@@ -315,10 +315,20 @@ def test_job_end_to_end_backfill_rerun_and_empty_day(spark, world, backfill):
     )
     assert (Path(world["model"] + ".profile.safetensors")).exists()
 
-    # Rerun the test day: same rows, not doubled (dynamic partition overwrite).
+    # Cases: beside the flagged table, every flagged event in exactly one case.
+    def case_rows():
+        return sorted((r["case_id"], r["rank"], r["events"], r["severity"])
+                      for r in spark.read.parquet(str(out / "cases")).where(f"dt = '{TEST}'").collect())  # fmt: skip
+
+    cases = case_rows()
+    assert 0 < len(cases) < n_flag and sum(c[2] for c in cases) == n_flag
+    assert sorted(c[1] for c in cases) == list(range(1, len(cases) + 1))
+
+    # Rerun the test day: same rows, not doubled (dynamic partition overwrite); the same cases, same ids.
     assert score_job.main(["--date", TEST, *args]) == 0
     assert _day_rows(spark, str(out / "scores"), TEST) == n_test
     assert _day_rows(spark, str(out / "flagged"), TEST) == n_flag
+    assert case_rows() == cases
 
     # Empty day: empty output and a report that says so.
     empty = (out / "reports" / "dt=2024-01-05" / "report.html").read_text()
@@ -331,6 +341,31 @@ def test_job_end_to_end_backfill_rerun_and_empty_day(spark, world, backfill):
     assert "calibrated to FPR 0.01" in text
     csv_lines = (out / "reports" / f"dt={TEST}" / "flagged.csv").read_text().splitlines()
     assert len(csv_lines) == n_flag + 1 and csv_lines[0].startswith("entity,ip,ts,anomaly_score,level,rule")
+
+
+@pytest.mark.spark
+def test_job_verdicts_suppress_and_mark_cases(spark, world, backfill, tmp_path):
+    """A benign verdict (entity + network) from the test day on removes that entity's events there from
+    the cases, and the report counts them; a malicious one marks the entity's case and lists it; a bad
+    row is named in the report and the rest still apply."""
+    out, args = backfill
+    flagged = spark.read.parquet(str(out / "flagged")).where(f"dt = '{TEST}'")
+    ent = {r["entity"]: r["n"] for r in flagged.groupBy("entity").count().withColumnRenamed("count", "n").collect()}
+    benign, bad = sorted(ent)[:2]
+    subnets = [r["subnet"] for r in flagged.where(f"entity = '{benign}'").select("subnet").distinct().collect()]
+    verdicts = tmp_path / "verdicts.csv"
+    verdicts.write_text("case_id,entity,network,verdict,who,when,expires,note\n"
+                        + "".join(f",{benign},{s},benign,ana,{TEST},,\n" for s in subnets)
+                        + f",{bad},,malicious,ana,{TEST},,\n,{bad},AS1,benign,,{TEST},,\n")  # fmt: skip
+    cases = tmp_path / "cases"
+    run_args = [a for a in args if not a.startswith("--reports=")] + [f"--reports={tmp_path / 'reports'}"]
+    assert score_job.main(["--date", TEST, *run_args, f"--verdicts={verdicts}", f"--cases={cases}"]) == 0
+    got = {r["entity"]: r for r in spark.read.parquet(str(cases)).where("kind = 'entity'").collect()}
+    assert benign not in got and got[bad]["prior_verdict"] == "malicious"
+    page = (tmp_path / "reports" / f"dt={TEST}" / "report.html").read_text()
+    assert f"Suppressed by benign verdicts: {ent[benign]:,} events of 1 entities" in page
+    assert 'id="returning"' in page and "known malicious" in page
+    assert f"verdicts.csv:{len(subnets) + 3}: who is empty" in page
 
 
 @pytest.mark.spark
@@ -374,12 +409,13 @@ def test_job_report_renders_in_chromium(spark, backfill, tmp_path):
     assert dom.count("<details>") == min(50, n_cases) and '<svg id="trend"' in dom
     import matplotlib.image as mpimg
 
-    img = mpimg.imread(str(screenshot(page, tmp_path / "chrome-profile", tmp_path / "shot.png")))
+    # Tall enough for the cases and the plot below them.
+    img = mpimg.imread(str(screenshot(page, tmp_path / "chrome-profile", tmp_path / "shot.png", height=8000)))
     assert img.std() > 0.05  # text, table borders and the plot: not a blank page
-    # The plot itself rendered: a decoded image shows plenty of the bars' non-grey colour.
+    # The plot itself rendered: a decoded image shows plenty of the bars' non-grey colour (pixels).
     rgb = img[..., :3]
-    coloured = (np.abs(rgb[..., 0] - rgb[..., 2]) > 0.2).mean()
-    assert coloured > 0.005, coloured
+    coloured = int((np.abs(rgb[..., 0] - rgb[..., 2]) > 0.2).sum())
+    assert coloured > 12_000, coloured
 
 
 @pytest.mark.spark

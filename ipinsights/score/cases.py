@@ -16,7 +16,8 @@ Severity (:func:`severity`), in decades of rarity (each point ~ ten times less l
 * entity cases: ``+ settled`` (0-1, the share of the entity's training logins from its two most used
   networks: a sudden new network means more for someone with one ISP than for a traveller), ``+ 0.5 *
   log10(events)`` and ``+ log10(new networks)``; an entity never seen in training gets no settled point;
-* network cases: ``+ 2 * log10(entities)`` (10 accounts: +2, 100: +4).
+* network cases: ``+ 3 * log10(entities)`` (5 accounts: +2.1, 10: +3, 100: +6): one source into many
+  accounts in a day is a campaign, not a traveller.
 
 Budget: a case is ``open`` when its severity reaches the **case floor**, calibrated on normal traffic
 (the calibration days, with the threshold in force) so that a normal day opens about
@@ -119,7 +120,7 @@ def severity(
     ents = np.maximum(np.asarray(entities, np.float64), 1.0)
     settled = np.nan_to_num(np.clip(np.asarray(settled, np.float64), 0.0, 1.0))
     entity_sev = pts + settled + 0.5 * np.log10(ev) + np.log10(nets)
-    network_sev = pts + 2.0 * np.log10(ents)
+    network_sev = pts + 3.0 * np.log10(ents)
     return np.round(np.where(np.asarray(kind) == NETWORK, network_sev, entity_sev), 6)
 
 
@@ -132,7 +133,8 @@ def _percent(p: float | None) -> str:
         return "score above the threshold"
     if p >= 100.0:
         return "score above all normal traffic"
-    return f"score above {min(p, 99.999):.3g}% of normal"
+    # Rounded down, so 99.996 never reads as 100.
+    return f"score above {math.floor(p * 100) / 100:g}% of normal"
 
 
 def summary(case: Mapping[str, Any]) -> str:
@@ -441,7 +443,7 @@ class CaseView:
 
     top: list[dict[str, Any]]  # the open cases the report leads with, by rank
     counts: dict[str, int]  # cases, open, network_cases, suppressed_events, suppressed_entities, verdicts_rejected
-    trend: list[tuple[str, int]]  # (day, open cases) for the 7 days ending with this one (no table: 0)
+    trend: list[tuple[str, int | None]]  # (day, open cases) for the 7 days ending with this one (None: not scored)
     floor: float | None = None
     max_cases: int = 50
     returning: list[dict[str, Any]] = field(default_factory=list)  # malicious-verdict entities seen this day
@@ -464,11 +466,12 @@ def case_views(
     """Each day's :class:`CaseView`, from the published tables: three small queries for all days."""
     from pyspark.sql import functions as F
 
-    from ipinsights.storage.events import day_range, read_table_days
+    from ipinsights.storage.events import day_range, present_days, read_table_days
 
     first = (dt.date.fromisoformat(min(days)) - dt.timedelta(days=TREND_DAYS - 1)).isoformat()
     window = day_range(first, max(days))
     table = read_table_days(spark, cases_table, CASES_SCHEMA, window)
+    scored = present_days(read_table_days(spark, scores_table, "entity string, dt string", window)) | set(days)
     per_day = {
         r["dt"]: r.asDict()
         for r in table.groupBy("dt")
@@ -522,6 +525,75 @@ def case_views(
             "suppressed_entities": int(s.get("suppressed_entities") or 0),
             "verdicts_rejected": len(verdicts.rejected),
         }
-        trend = [(t, int(per_day.get(t, {}).get("open") or 0)) for t in window if t <= d][-TREND_DAYS:]
+        trend = [(t, int(per_day.get(t, {}).get("open") or 0) if t in scored else None) for t in window if t <= d]
+        trend = trend[-TREND_DAYS:]
         out[d] = CaseView(top[d], counts, trend, settings.floor, settings.max_cases, returning[d], verdicts.rejected)
+    return out
+
+
+def case_metrics(
+    spark: SparkSession,
+    cases_table: str,
+    scores_table: str,
+    labelled_csv: str,
+    days: Sequence[str],
+    ks: Sequence[int] = (10, 50),
+    budget: int = 50,
+) -> dict[str, dict[str, Any]]:
+    """How the cases of labelled days serve an investigator, per day.
+
+    ``labelled_csv`` is headerless ``entity,ip,label,kind`` (the generator's ``test_labelled.csv``); an
+    attack is a label-1 pair seen that day in the scores table. A case is **true** when one of its listed
+    events is an attack (a network case: at least half of them). Per day: ``precision_at_K`` over the top
+    K open cases (fewer when fewer are open; ``cases_at_K`` says how many), ``attacked_entities``,
+    ``found_in_budget`` (attacked entities that are in one of the top ``budget`` open cases, a network
+    case's members included) and their share, and the true cases' attack kinds. All joins run on Spark;
+    only the top cases (at most ``max(ks, budget)`` a day) reach the driver.
+    """
+    from pyspark.sql import functions as F
+
+    from ipinsights.storage.events import read_table_days
+
+    top_k = max([*ks, budget])
+    labelled = spark.read.csv(labelled_csv, schema="entity string, ip string, label int, kind string")
+    attacks = labelled.where(F.col("label") == 1).groupBy("entity", "ip").agg(F.first("kind").alias("kind"))
+    scores = read_table_days(spark, scores_table, "entity string, ip string, dt string", days)
+    attacked = scores.join(attacks, ["entity", "ip"]).select("dt", "entity").distinct()
+    cases = read_table_days(spark, cases_table, CASES_SCHEMA, days).where(F.col("open") & (F.col("rank") <= top_k))
+    listed = cases.select("dt", "case_id", F.explode("events_detail").alias("e")).select(
+        "dt", "case_id", F.col("e.entity").alias("entity"), F.col("e.ip").alias("ip")
+    )
+    truth = (
+        listed.join(attacks, ["entity", "ip"], "left")
+        .groupBy("dt", "case_id")
+        .agg(
+            F.count(F.lit(1)).alias("listed"),
+            F.count("kind").alias("hits"),
+            F.sort_array(F.collect_set("kind")).alias("kinds"),
+        )
+    )
+    top = cases.select("dt", "case_id", "rank", "kind").join(truth, ["dt", "case_id"], "left").collect()
+    members = cases.where(F.col("rank") <= budget).select("dt", F.explode("members").alias("entity")).distinct()
+    found = {r["dt"]: r["n"] for r in members.join(attacked, ["dt", "entity"]).groupBy("dt").agg(
+        F.count(F.lit(1)).alias("n")).collect()}  # fmt: skip
+    n_attacked = {r["dt"]: r["n"] for r in attacked.groupBy("dt").agg(F.count(F.lit(1)).alias("n")).collect()}
+    out: dict[str, dict[str, Any]] = {}
+    for d in days:
+        rows = sorted((r for r in top if r["dt"] == d), key=lambda r: r["rank"])
+        true = [bool(r["hits"]) and (r["kind"] == ENTITY or 2 * int(r["hits"]) >= int(r["listed"] or 0)) for r in rows]
+        m: dict[str, Any] = {}
+        for k in ks:
+            shown = true[:k]
+            m[f"cases_at_{k}"] = len(shown)
+            m[f"precision_at_{k}"] = sum(shown) / len(shown) if shown else None
+        a = int(n_attacked.get(d, 0))
+        m["attacked_entities"] = a
+        m["found_in_budget"] = int(found.get(d, 0))
+        m["share_found_in_budget"] = m["found_in_budget"] / a if a else None
+        m["network_cases"] = [
+            {"case_id": r["case_id"], "rank": int(r["rank"]), "attack_kinds": list(r["kinds"] or [])}
+            for r in rows
+            if r["kind"] == NETWORK and r["rank"] <= budget
+        ]
+        out[d] = m
     return out

@@ -197,15 +197,21 @@ vertical-align:top}th{background:#f0f0f0}.num{text-align:right}.note{color:#555}
 """
 
 
-def _trend_svg(trend: Sequence[tuple[str, int]], budget: int) -> str:
-    """Open cases of the last days as small bars (inline SVG: no script, no request; the CSP allows it)."""
+def _trend_svg(trend: Sequence[tuple[str, int | None]], budget: int) -> str:
+    """Open cases of the last days as small bars (inline SVG: no script, no request; the CSP allows it).
+    A day that was not scored shows a dash, not a zero."""
     e = html.escape
     if not trend:
         return ""
-    top = max(max(n for _, n in trend), 1)
+    top = max(max(n or 0 for _, n in trend), 1)
     w, h, gap = 26, 40, 4
     bars = []
-    for i, (day, n) in enumerate(trend):
+    for i, (day, count) in enumerate(trend):
+        if count is None:
+            bars.append(f'<text x="{i * (w + gap) + w / 2}" y="{h + 12}" font-size="10" text-anchor="middle">'
+                        f"–<title>{e(day)}: not scored</title></text>")  # fmt: skip
+            continue
+        n = count
         bh = max(1, round(h * n / top)) if n else 0
         last = i == len(trend) - 1
         fill = "#c33" if n > budget else ("#36c" if last else "#9ab")
@@ -215,7 +221,7 @@ def _trend_svg(trend: Sequence[tuple[str, int]], budget: int) -> str:
             f'<text x="{i * (w + gap) + w / 2}" y="{h + 12}" font-size="10" text-anchor="middle">{n}</text>'
         )
     width = len(trend) * (w + gap)
-    label = ", ".join(f"{d}: {n}" for d, n in trend)
+    label = ", ".join(f"{d}: {'not scored' if n is None else n}" for d, n in trend)
     return (
         f'<svg id="trend" role="img" aria-label="open cases per day: {e(label)}" width="{width}" height="{h + 16}" '
         f'viewBox="0 0 {width} {h + 16}" xmlns="http://www.w3.org/2000/svg">{"".join(bars)}</svg>'
@@ -295,7 +301,7 @@ def _cases_section(view: CaseView) -> list[str]:
             '<p class="note">Severity is in decades of rarity: the score\'s (2 at the 1% threshold, 3 at 99.9%, '
             "at most 5), plus up to 1 for an entity whose logins come from one or two networks, plus half a point "
             "per tenfold events and a point per tenfold new networks; a network case (one source, many entities "
-            "never seen on it) adds 2 points per tenfold entities. Mark a case benign or malicious in the verdicts "
+            "never seen on it) adds 3 points per tenfold entities. Mark a case benign or malicious in the verdicts "
             "file with its id.</p>"
         )
     else:

@@ -122,10 +122,9 @@ def run_shard(out_dir: str | Path, spec: SynthSpec, plan: AddressPlan, shard: in
     labelled = shard_labelled(plan, spec, users, events, shard, _EVAL_SPLITS)
     truth = with_kind(events)
     if spec.inject_attacks:
-        attacks = pa.concat_tables(
-            [t.filter(pc.not_equal(t["kind"], "normal")) for t in (labelled["validation"], labelled["test"])]
-        )
-        truth = pa.concat_tables([truth, attacks_as_events(spec, attacks)])
+        # The test days' only: the validation days stay normal traffic, which calibration takes them for.
+        test = labelled["test"]
+        truth = pa.concat_tables([truth, attacks_as_events(spec, test.filter(pc.not_equal(test["kind"], "normal")))])
     truth = truth.take(pc.sort_indices(truth, [("ts", "ascending")]))
     pieces, counts = shard_log_pieces(spec, time_ordered(truth), shard)
     write_pieces(out.logs[shard], pieces, spec)

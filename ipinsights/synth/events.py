@@ -42,9 +42,12 @@ from ipinsights.synth.plan import KINDS, AddressPlan
 from ipinsights.synth.spec import (
     ATTACK_LABELS,
     IPV6_ATTACK_KINDS,
+    SPRAYING,
     STREAM_ATTACKS,
     STREAM_EVENTS,
+    STREAM_SPRAYING,
     SynthSpec,
+    plan_rng,
     shard_bounds,
     shard_rng,
 )
@@ -386,6 +389,8 @@ def shard_labelled(
             attacks = LABELLED_SCHEMA.empty_table()
         else:
             attacks = _attacks(plan, spec, rng, users, history, slots, split)
+        if split == "test" and spec.spraying_accounts:
+            attacks = pa.concat_tables([attacks, _spraying(plan, spec, users, history, shard)])
         lo, hi = spec.split_days(split)
         held_out = np.flatnonzero((history.rel_s >= lo * DAY_S) & (history.rel_s < hi * DAY_S))
         pick = np.sort(rng.choice(held_out, size=min(len(slots), len(held_out)), replace=False))
@@ -533,6 +538,32 @@ def _attacks(
     labels = np.array([ATTACK_LABELS[k] for k in spec.attack_kinds], np.int8)
     address = address_columns(ip[keep], hi6[keep], lo6[keep], is6[keep])
     return _labelled(spec, users, user[keep], address, rel[keep], labels[slots[keep]], kinds[keep])
+
+
+def spraying_source(plan: AddressPlan, spec: SynthSpec) -> tuple[int, int]:
+    """The spraying source's IPv4 address (in a hosting network; the same for every shard) and the
+    second (since the period's start) its 45-minute window opens, on the first test day."""
+    rng = plan_rng(spec.seed, STREAM_SPRAYING)
+    hosting = np.flatnonzero(plan.kind == "hosting")
+    net = hosting[rng.integers(0, len(hosting))] if len(hosting) else rng.integers(0, len(plan))
+    address = int(random_address_in(plan, rng, np.array([net]))[0])
+    first_test_day = spec.split_days("test")[0]
+    return address, first_test_day * DAY_S + int(rng.integers(0, DAY_S - 2700))
+
+
+def _spraying(plan: AddressPlan, spec: SynthSpec, users: pa.Table, history: _History, shard: int) -> pa.Table:
+    """This shard's share of the spraying source's logins: accounts with IPv4 training logins, one each."""
+    bounds = spec.spraying_accounts * shard_bounds(spec.users, spec.n_files) // spec.users
+    n = min(int(bounds[shard + 1] - bounds[shard]), len(history.users4))
+    if n == 0:
+        return LABELLED_SCHEMA.empty_table()
+    rng = shard_rng(spec.seed, shard, STREAM_SPRAYING)
+    uid = np.sort(rng.choice(history.users4, size=n, replace=False))
+    address, start = spraying_source(plan, spec)
+    rel = start + rng.integers(0, 2700, size=n)
+    ip = np.full(n, address, np.int64)
+    columns = address_columns(ip, np.full(n, -1, np.int64), np.zeros(n, np.uint64), np.zeros(n, bool))
+    return _labelled(spec, users, uid, columns, rel, np.ones(n, np.int8), np.full(n, SPRAYING, dtype=object))
 
 
 def _sorted_unique(values: np.ndarray) -> np.ndarray:

@@ -22,6 +22,7 @@ __all__ = [
     "IPV6_ATTACK_KINDS",
     "PLAN_SHAPES",
     "SPLITS",
+    "SPRAYING",
     "SynthSpec",
     "shard_bounds",
     "shard_rng",
@@ -69,6 +70,8 @@ SPLITS: tuple[str, ...] = ("train", "validation", "test")
 # Independent random streams of one shard (never reuse a number: that would correlate two streams).
 STREAM_USERS, STREAM_EVENTS, STREAM_LOGS = 1, 2, 3
 STREAM_ATTACKS = {"validation": 4, "test": 5}
+STREAM_SPRAYING = 6
+SPRAYING = "spraying"  # the kind of the spraying source's labelled rows (label 1)
 _PLAN_SHARD = 2**31 - 1  # "shard" number of the address plan's stream: no real shard gets it
 
 
@@ -130,7 +133,10 @@ class SynthSpec:
     attacks: int = 10_000
     validation_attacks: int = 2_000
     attack_kinds: tuple[str, ...] = ATTACK_KINDS
-    inject_attacks: bool = False
+    #: Accounts one password-spraying source (one address of a hosting network) logs into on the first test
+    #: day, within 45 minutes: labelled rows of kind ``spraying`` (label 1) in the test split.
+    spraying_accounts: int = 0
+    inject_attacks: bool = False  # write the test days' labelled attacks (spraying included) into the logs
 
     def __post_init__(self) -> None:
         check_int("users", self.users, 1, 100_000_000)
@@ -167,6 +173,7 @@ class SynthSpec:
             )
         check_int("attacks", self.attacks, 0, 100_000_000)
         check_int("validation_attacks", self.validation_attacks, 0, 100_000_000)
+        check_int("spraying_accounts", self.spraying_accounts, 0, self.users)
         kinds = tuple(self.attack_kinds)
         unknown = [k for k in kinds if k not in ATTACK_KINDS]
         if unknown or len(set(kinds)) != len(kinds) or not kinds:
