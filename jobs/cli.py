@@ -81,10 +81,18 @@ def evaluate_main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--learning-period-events", type=int, default=10,
                         help="entities with fewer training events are scored by the population prior (as the "
                              "scoring job does); 0 with no profile = raw model scores (SageMaker)")  # fmt: skip
+    parser.add_argument("--cases", help="the scoring job's cases table: precision of each labelled day's top cases")
+    parser.add_argument("--scores", help="the scoring job's scores table (with --cases: which attacks each day had)")
+    parser.add_argument("--start-date", help="first labelled day of --cases (YYYY-MM-DD)")
+    parser.add_argument("--end-date", help="last labelled day of --cases (inclusive)")
+    parser.add_argument("--max-cases", type=int, default=50, help="the daily case budget (default 50)")
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
+    if args.cases and not (args.scores and args.start_date and args.end_date):
+        parser.error("--cases needs --scores, --start-date and --end-date")
 
     def body(ctx: JobContext) -> None:
+        cases = _case_metrics(ctx, args) if args.cases else None
         scorer = Scorer.load(args.model, profile=args.profile or True, asn_table=args.asn_table)
         test = read_labelled_csv(args.test)
         train = read_pairs_csv(args.train) if args.train else None
@@ -102,9 +110,36 @@ def evaluate_main(argv: Sequence[str] | None = None) -> int:
             print(f"\nhistogram written to {args.plot}")
         if args.output:
             with atomic_write(args.output) as fh:
-                json.dump(ev.as_dict(), fh, indent=2)
+                json.dump({**ev.as_dict(), **({"cases": cases} if cases is not None else {})}, fh, indent=2)
 
-    return Job("evaluate", spark=False, errors=[(ModelFileError, EXIT_USAGE)]).run(args, body)
+    # Spark only for the cases: the tables are read where they are, joined with the labelled rows there.
+    return Job("evaluate", spark=bool(args.cases), errors=[(ModelFileError, EXIT_USAGE)]).run(args, body)
+
+
+def _case_metrics(ctx, args: argparse.Namespace) -> dict:
+    """Print and return the precision of each labelled day's top cases (``score.cases.case_metrics``)."""
+    from ipinsights.score.cases import case_metrics
+    from ipinsights.storage.events import day_range
+
+    metrics = case_metrics(ctx.spark, args.cases, args.scores, args.test, day_range(args.start_date, args.end_date),
+                           budget=args.max_cases)  # fmt: skip
+    print("Cases per labelled day: precision of the top 10 and 50 open cases, attacked entities found within "
+          f"the budget ({args.max_cases})")  # fmt: skip
+    for day, m in metrics.items():
+        print(f"  {day}: {case_line(m)}")
+    print()
+    return metrics
+
+
+def case_line(m: dict) -> str:
+    """One day's case metrics in words."""
+
+    def f(x: float | None) -> str:
+        return "n/a" if x is None else f"{x:.3f}"
+
+    return (f"top 10 {f(m['precision_at_10'])} ({m['cases_at_10']} cases), top 50 {f(m['precision_at_50'])} "
+            f"({m['cases_at_50']}); found {m['found_in_budget']} of {m['attacked_entities']} attacked entities; "
+            f"network cases {json.dumps(m['network_cases'])}")  # fmt: skip
 
 
 def _serve(argv: Sequence[str]) -> int:

@@ -22,9 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ipinsights.core.config import BACKENDS
-from ipinsights.score.cases import case_metrics
-from ipinsights.storage.events import day_range, read_events
-from ipinsights.storage.files import write_json
+from ipinsights.storage.events import read_events
 from ipinsights.storage.sagemaker_csv import export_pairs_csv
 from ipinsights.synth import read_spec
 from ipinsights_jobs import cli, generate, ingest, score, train
@@ -77,16 +75,15 @@ def run(w: Path, args: argparse.Namespace, spark: SparkSession) -> None:
                               f"--calibration_start_date={v0}", f"--calibration_end_date={v1}",
                               f"--train_start_date={t0}", f"--train_end_date={t1}", f"--cases={w / 'cases'}",
                               f"--max_cases={args.max_cases}"]))  # fmt: skip
-    if args.inject:
-        labelled = str(w / "synth/labels/test_labelled.csv")
-        metrics = case_metrics(spark, str(w / "cases"), str(w / "scores"), labelled, day_range(s0, s1),
-                               budget=args.max_cases)  # fmt: skip
-        write_json(str(w / "cases.json"), metrics)
+
     # The per-entity baselines of the evaluation need the training pairs: export them as CSV (IPv6 included).
     export_pairs_csv(read_events(spark, str(events), t0, t1), str(w / "train.csv"), ipv4_only=False)
+    # With the attacks in the logs, the evaluation also measures the cases an investigator gets each test day.
+    cases = [f"--cases={w / 'cases'}", f"--scores={w / 'scores'}", f"--start-date={s0}", f"--end-date={s1}",
+             f"--max-cases={args.max_cases}"] if args.inject else []  # fmt: skip
     step("evaluate", cli.evaluate_main(["--model", str(model), "--test", str(w / "synth/labels/test_labelled.csv"),
                                         "--train", str(w / "train.csv"), "--plot", str(w / "evaluation.png"),
-                                        "--output", str(w / "evaluation.json")]))  # fmt: skip
+                                        "--output", str(w / "evaluation.json"), *cases]))  # fmt: skip
 
 
 def print_results(w: Path) -> None:
@@ -102,18 +99,10 @@ def print_results(w: Path) -> None:
     for name in ("seen_exact_ip", "seen_same_24", "seen_same_16", "seen_asn"):
         if name in ev["auc"]:
             print(f"  baseline {name}: overall {ev['auc'][name]['overall']:.4f}")
-    if (w / "cases.json").exists():
-        for day, m in json.loads((w / "cases.json").read_text()).items():
-            p10, p50 = (m[f"precision_at_{k}"] for k in (10, 50))
-            print(f"cases {day}: precision of the top 10 {_fmt(p10)} ({m['cases_at_10']} cases), top 50 {_fmt(p50)} "
-                  f"({m['cases_at_50']}); attacked entities found within the budget {m['found_in_budget']} of "
-                  f"{m['attacked_entities']}; network cases {json.dumps(m['network_cases'])}")  # fmt: skip
+    for day, m in ev.get("cases", {}).items():
+        print(f"cases {day}: precision {cli.case_line(m)}")
     for r in sorted((w / "reports").glob("dt=*/report.html")):
         print(f"report: {r}")
-
-
-def _fmt(x: float | None) -> str:
-    return "n/a" if x is None else f"{x:.3f}"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -6,6 +6,8 @@
         [--resume] [--warm-start runs/model-2026-01-07/model] [--name=value ...]
 
 or ``--train-csv FILE`` (SageMaker's headerless entity,ip format) instead of ``--events``.
+``--include-verdicts VERDICTS --cases CASES`` adds the events of cases investigators confirmed benign
+(see ``ipinsights.score.feedback``) as extra positives, so a confirmed new ISP stops scoring as anomalous.
 
 Writes OUTPUT/model/ (the model file), OUTPUT/metrics.jsonl (one line per epoch: loss, accuracy,
 discriminator_auc, pairs/s, communication cost), OUTPUT/config.json (the resolved config),
@@ -22,6 +24,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from dataclasses import replace
 
 from ipinsights.core.config import BACKENDS, TrainConfig
 from ipinsights.train.job import TrainInputs, run_train_job
@@ -42,6 +45,11 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str
     p.add_argument("--validation-start-date", help="first validation day (with --events)")
     p.add_argument("--validation-end-date", help="last validation day (inclusive)")
     p.add_argument("--validation-csv", help="headerless entity,ip CSV for discriminator_auc")
+    p.add_argument("--extra-pairs-csv", help="headerless entity,ip CSV of extra positive pairs")
+    p.add_argument("--include-verdicts", metavar="VERDICTS",
+                   help="investigators' verdicts CSV: the events of cases confirmed benign are extra positives "
+                        "(needs --cases)")  # fmt: skip
+    p.add_argument("--cases", help="the scoring job's cases table (with --include-verdicts)")
     p.add_argument("--output", required=True, help="run directory or URI: model/, metrics.jsonl, config.json, ...")
     p.add_argument("--config", default=None, help="YAML config (default: the project's conf/train.yml)")
     p.add_argument("--backend", choices=BACKENDS, help="overrides distributed.backend")
@@ -54,6 +62,10 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str
     args, overrides = parse_with_overrides(p, argv)
     if args.events and not (args.start_date and args.end_date):
         p.error("--events needs --start-date and --end-date")
+    if bool(args.include_verdicts) != bool(args.cases):
+        p.error("--include-verdicts and --cases go together")
+    if args.include_verdicts and args.extra_pairs_csv:
+        p.error("give --include-verdicts or --extra-pairs-csv, not both")
     chosen = {"backend": args.backend, "num_workers": args.num_workers, "use_gpu": args.use_gpu}
     return args, [*overrides, *(f"--distributed.{k}={v}" for k, v in chosen.items() if v is not None)]
 
@@ -63,10 +75,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     inputs = from_args(TrainInputs, args)
 
     def body(ctx: JobContext) -> None:
-        summary = run_train_job(ctx.spark, ctx.cfg, inputs, args.output, args.resume, args.warm_start)
+        run_inputs = inputs
+        if args.include_verdicts:
+            run_inputs = replace(inputs, extra_pairs_csv=_verdict_pairs_csv(ctx, args))
+        summary = run_train_job(ctx.spark, ctx.cfg, run_inputs, args.output, args.resume, args.warm_start)
         print(json.dumps(summary))
 
     return JOB.run(args, body, args.config, overrides)
+
+
+def _verdict_pairs_csv(ctx: JobContext, args: argparse.Namespace) -> str:
+    """The confirmed benign pairs of ``--include-verdicts``, written under OUTPUT/work as a CSV."""
+    import datetime as dt
+
+    from ipinsights.score.cases import verdict_pairs
+    from ipinsights.score.feedback import read_verdicts
+    from ipinsights.storage.files import absolute_uri, join_uri
+    from ipinsights.storage.filesystems import resolve_uri
+
+    until = args.end_date or dt.datetime.now(dt.timezone.utc).date().isoformat()
+    pairs = verdict_pairs(ctx.spark, read_verdicts(args.include_verdicts), args.cases, until)
+    path = resolve_uri(ctx.spark, join_uri(absolute_uri(args.output), "work", "verdict_pairs"))
+    pairs.coalesce(1).write.mode("overwrite").csv(path)
+    return path
 
 
 if __name__ == "__main__":

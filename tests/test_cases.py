@@ -21,6 +21,7 @@ from ipinsights.score.cases import (
     group_cases,
     ranked,
     severity,
+    verdict_pairs,
 )
 from ipinsights.score.feedback import VerdictSet, network_key, read_verdicts, rules
 from ipinsights.score.job import flagged_schema
@@ -207,3 +208,40 @@ def test_case_floor_and_case_metrics_on_a_labelled_day(spark, tmp_path):
     assert m["attacked_entities"] == 13 and m["found_in_budget"] == 13 and m["share_found_in_budget"] == 1.0
     assert m["network_cases"] == [{"case_id": case_id(DAY, NETWORK, "45.33.32.0/24"), "rank": 1,
                                    "attack_kinds": ["spraying"]}]  # fmt: skip
+
+
+@pytest.mark.spark
+@pytest.mark.slow
+def test_training_with_verdicts_learns_the_confirmed_network(spark, tmp_path):
+    """alice moved to a new ISP (203.0.113.0/24); an investigator marked her case benign. Trained with
+    ``--include-verdicts``, the model scores her new network as hers; without, it stays anomalous."""
+    from ipinsights.score.scorer import Scorer
+    from ipinsights_jobs import train
+
+    rng = np.random.default_rng(0)
+    entities = [f"user_{i}" for i in range(40)] + ["alice"]
+    lines = [f"{e},10.{i}.{rng.integers(0, 4)}.{rng.integers(1, 255)}\n" for i, e in enumerate(entities)
+             for _ in range(60)]  # fmt: skip
+    (tmp_path / "train.csv").write_text("".join(lines))
+    moved = [_row("alice", f"203.0.113.{i}", 2 + i, asn=None, as_name=None) for i in range(8)]
+    other = [_row("user_1", "198.51.100.7", 3, asn=None, as_name=None)]
+    table = str(tmp_path / "cases")
+    write_partitions(ranked(group_cases(_df(spark, moved + other), CaseSettings()).cases), table)
+    verdicts = tmp_path / "verdicts.csv"
+    verdicts.write_text("case_id,entity,network,verdict,who,when,expires,note\n"
+                        f",alice,203.0.113.0/24,benign,ana,{NEXT},,moved\n")  # fmt: skip
+    pairs = verdict_pairs(spark, read_verdicts(str(verdicts)), table, LATER).collect()
+    assert sorted(r["ip"] for r in pairs) == sorted(r["ip"] for r in moved)
+    assert {r["entity"] for r in pairs} == {"alice"}
+    hp = ["--num_entity_vectors=100", "--vector_dim=16", "--epochs=4", "--mini_batch_size=200", "--learning_rate=0.05",
+          "--train.progress_bar=off", "--backend", "local", "--num-workers", "1"]  # fmt: skip
+    base = ["--train-csv", str(tmp_path / "train.csv"), *hp]
+    assert train.main([*base, "--output", str(tmp_path / "plain")]) == 0
+    assert train.main([*base, "--output", str(tmp_path / "fed"), "--include-verdicts", str(verdicts),
+                       "--cases", table]) == 0  # fmt: skip
+    new = [f"203.0.113.{i}" for i in range(100, 120)]  # new hosts of the confirmed /24
+    home = [f"10.40.{i % 4}.{i + 1}" for i in range(20)]
+    for name, expect_new_normal in (("plain", False), ("fed", True)):
+        s = Scorer.load(tmp_path / name / "model")
+        gap = float(np.median(s.dot_product(["alice"] * 20, home)) - np.median(s.dot_product(["alice"] * 20, new)))
+        assert (gap < 2.0) == expect_new_normal, (name, gap)

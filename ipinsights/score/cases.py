@@ -55,7 +55,7 @@ ENTITY, NETWORK = "entity", "network"
 
 _EVENT = (
     "struct<anomaly_score:float,ts:timestamp,entity:string,ip:string,normal_percentile:double,"
-    "network_name:string,new_network:boolean>"
+    "network_name:string,new_network:boolean,network_key:string,subnet:string,network:string>"
 )
 #: The aggregated columns (before :func:`finish_batch`), shared by both kinds.
 _GROUPED = (
@@ -282,7 +282,7 @@ def group_cases(flagged: DataFrame, settings: CaseSettings, verdict_rules: Seque
     )
     event = F.struct(
         F.col("anomaly_score").cast("float").alias("anomaly_score"), "ts", "entity", "ip", "normal_percentile",
-        "network_name", "new_network",
+        "network_name", "new_network", "network_key", "subnet", "network",
     )  # fmt: skip
     common = [
         F.count(F.lit(1)).alias("events"),
@@ -597,3 +597,29 @@ def case_metrics(
         ]
         out[d] = m
     return out
+
+
+VERDICT_LOOKBACK_DAYS = 366  # how far before its verdict a confirmed pair's events are looked for
+
+
+def verdict_pairs(spark: SparkSession, verdicts: VerdictSet, cases_table: str, until: str) -> DataFrame:
+    """The (entity, ip) pairs investigators confirmed benign: the listed events of the cases (from a year
+    before the earliest verdict up to day ``until``) that a benign verdict unexpired on ``until`` matches,
+    whatever day the verdict was made (the events it is about came before it). Training takes them as
+    extra positives (``train --include-verdicts``), so a confirmed new ISP stops scoring as anomalous."""
+    from pyspark.sql import functions as F
+
+    from ipinsights.storage.events import day_range, read_table_days
+
+    benign = [(e, k, "0000-01-01", end) for v, e, k, _, end in case_rules(spark, verdicts, cases_table)
+              if v == "benign" and until < end]  # fmt: skip
+    rule_df = F.broadcast(spark.createDataFrame(benign, "v_entity string, v_key string, v_first string, v_end string"))
+    first = min((v.when for v in verdicts.verdicts), default=dt.date.fromisoformat(until))
+    days = day_range((first - dt.timedelta(days=VERDICT_LOOKBACK_DAYS)).isoformat(), until)
+    events = (
+        read_table_days(spark, cases_table, CASES_SCHEMA, days)
+        .select("dt", F.explode("events_detail").alias("e"))
+        .select("dt", *(F.col(f"e.{c}").alias(c) for c in ("entity", "ip", "network_key", "subnet", "network")))
+    )
+    # Every listed event, not distinct pairs: a network used all day weighs more than one login.
+    return events.join(rule_df, _rule_match(events, rule_df), "left_semi").select("entity", "ip")

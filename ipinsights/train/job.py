@@ -45,6 +45,8 @@ class TrainInputs:
     validation_start_date: str | None = None
     validation_end_date: str | None = None
     validation_csv: str | None = None
+    #: Headerless entity,ip CSV of extra positive pairs (``--include-verdicts`` writes the confirmed benign ones).
+    extra_pairs_csv: str | None = None
 
 
 def run_train_job(
@@ -82,6 +84,10 @@ def run_train_job(
         train_df = read_pairs_spark(spark, inputs.train_csv)
     else:
         raise ConfigError("the training job needs events or train_csv")
+    if inputs.extra_pairs_csv:
+        extra = read_pairs_spark(spark, inputs.extra_pairs_csv)
+        log.info("training on %d extra pair(s) from %s", extra.count(), inputs.extra_pairs_csv)
+        train_df = train_df.select("entity", "ip").unionByName(extra.select("entity", "ip"))
     if inputs.validation_csv:
         val_df = read_pairs_spark(spark, inputs.validation_csv)
     elif inputs.validation_start_date:
