@@ -84,6 +84,22 @@ def test_one_entity_with_several_events_and_networks_is_one_case(spark):
 
 
 @pytest.mark.spark
+def test_usual_logins_the_same_day_raise_the_case(spark):
+    """alice logged in 10 times that day, 3 of them flagged: 7 from her usual places (two people on one
+    account); bob's 2 logins were both flagged (a traveller's day). Same scores, alice's case ranks higher."""
+    rows = [_row("alice", "203.0.113.5", h) for h in (2, 3, 4)] + [_row("bob", "198.51.100.7", h) for h in (5, 6)]
+    day_events = spark.createDataFrame([(DAY, "alice", 10), (DAY, "bob", 2)], "dt string, entity string, events long")
+    g = group_cases(_df(spark, rows), CaseSettings(), day_events=day_events)
+    got = {r["entity"]: r for r in ranked(g.cases).collect()}
+    assert got["alice"]["usual_today"] == 7 and got["bob"]["usual_today"] == 0
+    assert "also 7 logins that day from places not flagged" in got["alice"]["summary"]
+    assert "places not flagged" not in got["bob"]["summary"]
+    base = severity(np.array([ENTITY]), np.array([99.9]), np.array([3]), np.array([1]), np.array([1]),
+                    np.array([170 / 180]))[0]  # fmt: skip
+    assert got["alice"]["severity"] == pytest.approx(base + 1.0) and got["alice"]["rank"] == 1
+
+
+@pytest.mark.spark
 def test_one_source_into_many_entities_is_one_network_case(spark):
     spray = [_row(f"user_{i}", f"45.33.32.{i % 3 + 1}", 2, pct=99.8, asn=63949, as_name="AS63949 Linode (US)")
              for i in range(12)]  # fmt: skip

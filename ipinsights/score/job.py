@@ -456,7 +456,7 @@ def resolve_case_floor(
     events = read_events(spark, cfg.events, cfg.calibration_start_date, cfg.calibration_end_date)
     scored = score_events(events.select("entity", "ip", "ts", "dt"), setup)
     flagged = flagged_with_context(scored.where(F.col("flagged")), None, threshold.value, setup)
-    cases = group_cases(flagged, cfg.case_settings()).cases
+    cases = group_cases(flagged, cfg.case_settings(), day_events=entity_day_events(events)).cases
     floor = calibrate_floor(cases, cfg.normal_cases_per_day)
     source = f"events dt {cfg.calibration_start_date}..{cfg.calibration_end_date}"
     stored = CaseFloor(floor, cfg.normal_cases_per_day, threshold.value, fingerprint, source)
@@ -464,6 +464,13 @@ def resolve_case_floor(
     log.info("case floor %s (%d normal cases a day on %s), saved to %s", floor, cfg.normal_cases_per_day, source,
              path)  # fmt: skip
     return floor
+
+
+def entity_day_events(events: DataFrame) -> DataFrame:
+    """Every entity's events per day (``dt``, ``entity``, ``events``): the cases' ``usual_today`` comes from it."""
+    from pyspark.sql import functions as F
+
+    return events.groupBy("dt", "entity").agg(F.count(F.lit(1)).alias("events"))
 
 
 @dataclass
@@ -576,7 +583,7 @@ def run_score_job(
     rules = case_rules(spark, verdicts, cases_table)
     floor = resolve_case_floor(spark, cfg, setup, threshold)
     grouped = group_cases(read_table_days(spark, f"{staging}/flagged", flagged_schema(), days),
-                          cfg.case_settings(floor), rules)  # fmt: skip
+                          cfg.case_settings(floor), rules, entity_day_events(scores))  # fmt: skip
     write_partitions(ranked(grouped.cases), f"{staging}/cases")
     suppressed = {r["dt"]: r.asDict() for r in grouped.suppressed.collect()}  # one row per day
     moves: list[tuple[str | None, str]] = []
