@@ -4,10 +4,12 @@
     python -m ipinsights_jobs.score --start-date 2024-01-09 --end-date 2024-01-10   # backfill, one pass
     python -m ipinsights_jobs.score --input-csv pairs.csv --output out/batch   # batch transform (entity,ip)
     python -m ipinsights_jobs.score --date 2024-01-09 --threshold 1.5 --model=models/m --events=data/events
+    python -m ipinsights_jobs.score --date 2024-01-09 --max-cases 30 --verdicts verdicts.csv
 
 Settings come from the project's ``conf/score.yml`` (or ``--config``) with ``--name=value`` overrides;
-``--threshold`` and ``--target-fpr`` replace the config's threshold choice. Prints the threshold in force,
-then one line per day: counts and report path. Reruns replace each day's output (idempotent). A batch
+``--threshold`` and ``--target-fpr`` replace the config's threshold choice, ``--max-cases`` and
+``--verdicts`` the case budget and the verdicts file. Prints the threshold in force, then one line per
+day: counts, cases and report path. Reruns replace each day's output (idempotent). A batch
 transform writes ``scores/``, ``flagged/`` and ``reports/`` under its ``--output``, never the daily tables.
 Every path may be a URI (s3://...): the model is read through a local cache, and its calibration and
 profile sidecars and the reports are written beside it / under ``reports`` there.
@@ -47,6 +49,8 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.ArgumentParser, arg
     parser.add_argument("--output", help="with --input-csv (required): folder of its scores, flagged and reports")
     parser.add_argument("--threshold", type=float, help="fixed threshold on anomaly_score (instead of target_fpr)")
     parser.add_argument("--target-fpr", type=float, help="calibrate the threshold to this false-positive rate")
+    parser.add_argument("--max-cases", type=int, help="cases a day's report leads with (max_cases, default 50)")
+    parser.add_argument("--verdicts", help="investigators' verdicts CSV (verdicts): suppress and mark cases")
     parser.add_argument("-v", "--verbose", action="store_true")
     add_spark_args(parser)
     args, extra = parse_with_overrides(parser, argv)
@@ -91,12 +95,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.threshold is not None or args.target_fpr is not None:
         overrides["threshold"] = args.threshold
         overrides["target_fpr"] = args.target_fpr
+    for name in ("max_cases", "verdicts"):
+        if getattr(args, name) is not None:
+            overrides[name] = getattr(args, name)
 
     def body(ctx: JobContext) -> None:
         run = run_score_job(ctx.spark, ctx.cfg, days, input_csv=args.input_csv, output=args.output)
         print(f"threshold\t{run.threshold.value:.6g}\t{run.threshold.source}")
         for day in run.days:
-            print(f"{day}\t{json.dumps(run.counts[day])}\t{run.reports[day]}")
+            print(f"{day}\t{json.dumps(run.counts[day])}\t{json.dumps(run.cases[day])}\t{run.reports[day]}")
 
     return JOB.run(args, body, args.config, overrides)
 

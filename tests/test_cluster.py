@@ -136,7 +136,7 @@ def test_pipeline_on_cluster_with_s3(lake, spark_cluster):
     assert out.count("\t") >= 2, out[-3000:]
     keys = bucket.keys()
     for day in lake.dates["test"]:
-        for table in ("scores", "flagged"):
+        for table in ("scores", "flagged", "cases"):
             assert any(k.startswith(f"{table}/dt={day}/") and k.endswith(".parquet") for k in keys), (table, day)
         assert f"reports/dt={day}/report.html" in keys, keys
     assert any(k.startswith("run/model.profile.rows-") for k in keys), keys  # the executors wrote it to S3
