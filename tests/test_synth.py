@@ -19,6 +19,7 @@ import pytest
 from ipinsights.core.config import ConfigError
 from ipinsights.core.errors import DataFormatError
 from ipinsights.core.ip import parse_ipv4
+from ipinsights.storage.events import day_range
 from ipinsights.storage.sagemaker_csv import read_labelled_csv
 from ipinsights.synth import (
     ATTACK_KINDS,
@@ -272,12 +273,23 @@ def test_a_user_supplied_plan_drives_the_world(tiny, tmp_path):
 
 
 def test_inject_attacks_puts_them_in_the_logs_and_the_truth(tmp_path):
-    spec = SynthSpec(**{**TINY.__dict__, "inject_attacks": True, "junk_rate": 0.0})
+    """The test days' attacks and the spraying source go into the logs; the validation days (what the
+    scoring job calibrates on) stay normal traffic."""
+    spec = SynthSpec(**{**TINY.__dict__, "inject_attacks": True, "junk_rate": 0.0, "spraying_accounts": 12})
     paths = generate_dataset(tmp_path / "inj", spec)
     truth = pq.read_table(paths.events)
     kinds = collections.Counter(truth["kind"].to_pylist())
     assert kinds["normal"] == json.loads(paths.manifest.read_text())["counts"]["events"]
-    assert set(kinds) == {*ATTACK_KINDS, "normal"}
+    assert set(kinds) == {*ATTACK_KINDS, "spraying", "normal"} and kinds["spraying"] == 12
+    test_days = set(day_range(*spec.split_dates("test")))
+    injected = truth.filter(pc.not_equal(truth["kind"], "normal"))
+    assert set(injected["dt"].to_pylist()) <= test_days
+    spray = truth.filter(pc.equal(truth["kind"], "spraying"))
+    assert len(set(spray["ip"].to_pylist())) == 1 and len(set(spray["entity"].to_pylist())) == 12
+    ts = pc.cast(spray["ts"], pa.int64()).to_numpy()
+    assert ts.max() - ts.min() < 45 * 60 * 1_000_000 and spray["dt"][0].as_py() == spec.split_dates("test")[0]
+    labelled = paths.test_labelled.read_text()
+    assert labelled.count(",1,spraying\n") == 12
     logins = [
         line for line in _log_lines(paths.logs) if f'"{LOGIN_REQUEST}" 200 '.encode() in line and b" - - [" not in line
     ]
