@@ -363,7 +363,8 @@ def test_job_verdicts_suppress_and_mark_cases(spark, world, backfill, tmp_path):
     got = {r["entity"]: r for r in spark.read.parquet(str(cases)).where("kind = 'entity'").collect()}
     assert benign not in got and got[bad]["prior_verdict"] == "malicious"
     page = (tmp_path / "reports" / f"dt={TEST}" / "report.html").read_text()
-    assert f"Suppressed by benign verdicts: {ent[benign]:,} events of 1 entities" in page
+    n = ent[benign]
+    assert f"Suppressed by benign verdicts: {n:,} event{'s' if n != 1 else ''} of 1 entity" in page
     assert 'id="returning"' in page and "known malicious" in page
     assert f"verdicts.csv:{len(subnets) + 3}: who is empty" in page
 

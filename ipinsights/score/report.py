@@ -264,16 +264,23 @@ def _case_rows(cases: Sequence[Mapping[str, Any]]) -> list[str]:
     return out
 
 
+def _count(n: int, word: str) -> str:
+    """``1 entity``, ``2 entities``, ``0 events``."""
+    if n == 1:
+        return f"1 {word}"
+    return f"{n:,} {word[:-1] + 'ies' if word.endswith('y') else word + 's'}"
+
+
 def _cases_section(view: CaseView) -> list[str]:
     e = html.escape
     c = view.counts
     floor = "none (every case open)" if view.floor is None else f"{view.floor:.2f}"
     parts = [
         "<h2>Cases</h2>",
-        f'<p id="case-counts"><b>{c["open"]:,}</b> open cases (severity &ge; case floor {e(floor)}) of '
-        f"{c['cases']:,} grouped from the flagged events; {c['network_cases']:,} network cases. Showing the top "
-        f"{len(view.top)} (budget {view.max_cases}); the cases table has them all. Suppressed by benign verdicts: "
-        f"{c['suppressed_events']:,} events of {c['suppressed_entities']:,} entities.</p>",
+        f'<p id="case-counts"><b>{_count(c["open"], "open case")}</b> (severity &ge; case floor {e(floor)}) of '
+        f"{c['cases']:,} grouped from the flagged events; {_count(c['network_cases'], 'network case')}. Showing "
+        f"the top {len(view.top)} (budget {view.max_cases}); the cases table has them all. Suppressed by benign "
+        f"verdicts: {_count(c['suppressed_events'], 'event')} of {_count(c['suppressed_entities'], 'entity')}.</p>",
     ]
     if view.trend:
         parts.append(f"<p>Open cases, last {len(view.trend)} days: {_trend_svg(view.trend, view.max_cases)}</p>")
