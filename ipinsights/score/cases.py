@@ -191,7 +191,8 @@ def finish_batch(batch: pa.RecordBatch, floor: float | None) -> pa.RecordBatch:
         settled,
         col["usual_today"].to_numpy(zero_copy_only=False),
     )
-    rows = batch.to_pylist()
+    # Only what the summary reads: the events' structs stay in Arrow.
+    rows = batch.select(_SUMMARY_COLUMNS).to_pylist()
     days, entities, sources = col["dt"].to_pylist(), col["entity"].to_pylist(), col["source"].to_pylist()
     ids = [case_id(days[i], kind[i], entities[i] if kind[i] == ENTITY else sources[i]) for i in range(n)]
     opened = np.ones(n, bool) if floor is None else sev >= floor
@@ -202,13 +203,16 @@ def finish_batch(batch: pa.RecordBatch, floor: float | None) -> pa.RecordBatch:
         pa.array([summary(r) for r in rows], pa.string()),
     ]
     # The table's order: the grouped columns, the new ones, then ``dt`` (Spark matches Arrow columns by position).
-    keep = [n for n in batch.schema.names if n != "dt"]
+    keep = [name for name in batch.schema.names if name != "dt"]
     return pa.RecordBatch.from_arrays(
-        [*(batch.column(n) for n in keep), *cols, batch.column("dt")], names=[*keep, *_FINISHED_NAMES, "dt"]
+        [*(batch.column(name) for name in keep), *cols, batch.column("dt")], names=[*keep, *_FINISHED_NAMES, "dt"]
     )
 
 
 _FINISHED_NAMES = [f.split()[0] for f in _FINISHED.split(", ")]
+_SUMMARY_COLUMNS = ["kind", "entities", "source", "events", "first_ts", "last_ts", "network_names", "top_network",
+                    "top_ip", "top_new", "score_percentile", "training_count", "usual_ases", "known_networks",
+                    "usual_today"]  # fmt: skip
 
 
 def _finish(floor: float | None):
