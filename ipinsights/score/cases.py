@@ -80,7 +80,6 @@ class CaseSettings:
     """How a day's flagged events become cases (``ScoreConfig`` carries them)."""
 
     max_cases: int = 50
-    normal_cases_per_day: int = 25
     network_case_entities: int = 5
     case_events: int = 50  # events kept per case for the report's details (counts stay exact)
     floor: float | None = None  # the case floor (None: every case is open)
@@ -239,7 +238,7 @@ def _network_columns(ev: DataFrame) -> DataFrame:
     )
 
 
-def _rule_match(ev: DataFrame, rule_df: DataFrame) -> Any:
+def _rule_match() -> Any:
     """The join condition of a verdict rule (``v_*`` columns) and a flagged row (see :mod:`.feedback`)."""
     from pyspark.sql import functions as F
 
@@ -288,12 +287,12 @@ def group_cases(
     ev = _network_columns(flagged)
     benign = F.broadcast(_rules_df(spark, verdict_rules, "benign"))
     malicious = F.broadcast(_rules_df(spark, verdict_rules, "malicious"))
-    hit = ev.join(benign, _rule_match(ev, benign), "left_semi")
+    hit = ev.join(benign, _rule_match(), "left_semi")
     suppressed = hit.groupBy("dt").agg(
         F.count(F.lit(1)).alias("suppressed_events"), F.countDistinct("entity").alias("suppressed_entities")
     )
-    ev = ev.join(benign, _rule_match(ev, benign), "left_anti")
-    bad = ev.join(malicious, _rule_match(ev, malicious), "left_semi").select("dt", "entity", "source").distinct()
+    ev = ev.join(benign, _rule_match(), "left_anti")
+    bad = ev.join(malicious, _rule_match(), "left_semi").select("dt", "entity", "source").distinct()
 
     sources = (
         ev.groupBy("dt", "source")
@@ -378,22 +377,10 @@ def group_cases(
 
 
 def _names(ddl: str) -> list[str]:
-    """Column names of a DDL field list."""
-    return [f.split(" ")[0] for f in _split_ddl(ddl)]
+    """Column names of a DDL field list (parsed by Spark: commas inside ``struct<...>`` are its business)."""
+    from pyspark.sql.types import StructType
 
-
-def _split_ddl(ddl: str) -> list[str]:
-    """Top-level fields of a DDL list (commas inside ``<...>`` are not separators)."""
-    out, depth, cur = [], 0, ""
-    for c in ddl:
-        depth += c == "<"
-        depth -= c == ">"
-        if c == "," and depth == 0:
-            out.append(cur.strip())
-            cur = ""
-        else:
-            cur += c
-    return [*out, cur.strip()] if cur.strip() else out
+    return StructType.fromDDL(ddl).fieldNames()  # type: ignore[attr-defined]
 
 
 def ranked(cases: DataFrame) -> DataFrame:
@@ -426,9 +413,14 @@ def calibrate_floor(cases: DataFrame, per_day: int) -> float | None:
     """The severity that ``per_day`` cases a day reach on ``cases`` (normal traffic); None when fewer do."""
     from pyspark.sql import functions as F
 
-    days = cases.select("dt").distinct().count()
-    k = per_day * max(days, 1)
-    rows = cases.select("severity").orderBy(F.desc("severity")).limit(k).collect()
+    # Two queries over one grouping: kept, so the calibration days are scored once, not once per query.
+    small = cases.select("dt", "severity").persist()
+    try:
+        days = small.select("dt").distinct().count()
+        k = per_day * max(days, 1)
+        rows = small.select("severity").orderBy(F.desc("severity")).limit(k).collect()
+    finally:
+        small.unpersist()
     if len(rows) < k:
         return None
     return float(rows[-1]["severity"])
@@ -640,9 +632,10 @@ def verdict_pairs(spark: SparkSession, verdicts: VerdictSet, cases_table: str, u
 
     from ipinsights.storage.events import day_range, read_table_days
 
-    benign = [(e, k, "0000-01-01", end) for v, e, k, _, end in case_rules(spark, verdicts, cases_table)
+    # Whatever day a rule starts on: the events it confirms came before the verdict.
+    benign = [(v, e, k, "0000-01-01", end) for v, e, k, _, end in case_rules(spark, verdicts, cases_table)
               if v == "benign" and until < end]  # fmt: skip
-    rule_df = F.broadcast(spark.createDataFrame(benign, "v_entity string, v_key string, v_first string, v_end string"))
+    rule_df = F.broadcast(_rules_df(spark, benign, "benign"))
     first = min((v.when for v in verdicts.verdicts), default=dt.date.fromisoformat(until))
     days = day_range((first - dt.timedelta(days=VERDICT_LOOKBACK_DAYS)).isoformat(), until)
     events = (
@@ -651,4 +644,4 @@ def verdict_pairs(spark: SparkSession, verdicts: VerdictSet, cases_table: str, u
         .select("dt", *(F.col(f"e.{c}").alias(c) for c in ("entity", "ip", "network_key", "subnet", "network")))
     )
     # Every listed event, not distinct pairs: a network used all day weighs more than one login.
-    return events.join(rule_df, _rule_match(events, rule_df), "left_semi").select("entity", "ip")
+    return events.join(rule_df, _rule_match(), "left_semi").select("entity", "ip")

@@ -161,8 +161,7 @@ class ScoreConfig:
         return f"{flagged.rsplit('/', 1)[0]}/cases" if "/" in flagged else "cases"
 
     def case_settings(self, floor: float | None = None) -> CaseSettings:
-        return CaseSettings(self.max_cases, self.normal_cases_per_day, self.network_case_entities, self.case_events,
-                            floor)  # fmt: skip
+        return CaseSettings(self.max_cases, self.network_case_entities, self.case_events, floor)
 
 
 @dataclass(frozen=True)
@@ -482,7 +481,6 @@ class ScoreRun:
     counts: dict[str, dict[str, int]] = field(default_factory=dict)
     reports: dict[str, str | Path] = field(default_factory=dict)  # a Path for local reports
     cases: dict[str, dict[str, int]] = field(default_factory=dict)  # per day: cases, open, network, suppressed...
-    case_floor: float | None = None
 
 
 def run_score_job(
@@ -601,7 +599,7 @@ def run_score_job(
     store.delete(staging)
 
     flagged_table = read_table_days(spark, cfg.flagged, flagged_schema(), days)
-    run = ScoreRun(threshold=threshold, days=list(days), counts=counts, case_floor=floor)
+    run = ScoreRun(threshold=threshold, days=list(days), counts=counts)
     views = case_views(spark, cases_table, cfg.scores, days, suppressed, verdicts, rules, cfg.case_settings(floor))
     for day in days:
         run.cases[day] = views[day].counts

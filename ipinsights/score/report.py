@@ -211,14 +211,13 @@ def _trend_svg(trend: Sequence[tuple[str, int | None]], budget: int) -> str:
             bars.append(f'<text x="{i * (w + gap) + w / 2}" y="{h + 12}" font-size="10" text-anchor="middle">'
                         f"–<title>{e(day)}: not scored</title></text>")  # fmt: skip
             continue
-        n = count
-        bh = max(1, round(h * n / top)) if n else 0
+        bh = max(1, round(h * count / top)) if count else 0
         last = i == len(trend) - 1
-        fill = "#c33" if n > budget else ("#36c" if last else "#9ab")
+        fill = "#c33" if count > budget else ("#36c" if last else "#9ab")
         bars.append(
             f'<rect x="{i * (w + gap)}" y="{h - bh}" width="{w}" height="{bh}" fill="{fill}">'
-            f"<title>{e(day)}: {n} open cases</title></rect>"
-            f'<text x="{i * (w + gap) + w / 2}" y="{h + 12}" font-size="10" text-anchor="middle">{n}</text>'
+            f"<title>{e(day)}: {count} open cases</title></rect>"
+            f'<text x="{i * (w + gap) + w / 2}" y="{h + 12}" font-size="10" text-anchor="middle">{count}</text>'
         )
     width = len(trend) * (w + gap)
     label = ", ".join(f"{d}: {'not scored' if n is None else n}" for d, n in trend)
