@@ -261,3 +261,19 @@ def test_training_with_verdicts_learns_the_confirmed_network(spark, tmp_path):
         s = Scorer.load(tmp_path / name / "model")
         gap = float(np.median(s.dot_product(["alice"] * 20, home)) - np.median(s.dot_product(["alice"] * 20, new)))
         assert (gap < 2.0) == expect_new_normal, (name, gap)
+
+
+def test_the_cases_table_defaults_beside_the_flagged_table(tmp_path):
+    from ipinsights.core.config import ConfigError
+    from ipinsights.score.job import ScoreConfig
+
+    def table(flagged: str, **kw) -> str:
+        return ScoreConfig(model="m", scores="s", flagged=flagged, reports="r", threshold=1.0, **kw).cases_table
+
+    assert table("data/flagged") == "data/cases" and table("flagged") == "cases"
+    assert (
+        table("s3://bucket/lake/flagged/") == "s3://bucket/lake/cases" and table("dbfs:/x/flagged") == "dbfs:/x/cases"
+    )
+    assert table("s3://bucket", cases="s3://bucket/cases") == "s3://bucket/cases"
+    with pytest.raises(ConfigError, match="bucket's root"):
+        table("s3://bucket")

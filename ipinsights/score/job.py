@@ -155,9 +155,14 @@ class ScoreConfig:
     @property
     def cases_table(self) -> str:
         """The cases table: ``cases``, or ``cases`` beside the flagged table."""
+        from ipinsights.core.config import ConfigError
+
         if self.cases:
             return self.cases
         flagged = self.flagged.rstrip("/")
+        _, scheme, rest = flagged.rpartition("://")
+        if scheme and "/" not in rest:  # s3://bucket: "beside" it would be another bucket
+            raise ConfigError(f"flagged={self.flagged!r} is a bucket's root: set cases (where the cases table goes)")
         return f"{flagged.rsplit('/', 1)[0]}/cases" if "/" in flagged else "cases"
 
     def case_settings(self, floor: float | None = None) -> CaseSettings:
@@ -522,6 +527,7 @@ def run_score_job(
     from ipinsights.storage.sagemaker_csv import read_pairs_csv_spark
 
     read_manifest(cfg.model)  # a missing or foreign model fails here, clearly, not inside every Spark task
+    cases_table = cfg.cases_table  # an unusable location fails here, before any work
     store = HadoopStore(spark)
     staging_root = f"{cfg.scores.rstrip('/')}_staging"
     # Before anything else: a run killed in the middle of its publish left a journal; finish or undo it.
@@ -576,7 +582,6 @@ def run_score_job(
     flagged = flagged_with_context(scores.where(F.col("flagged")), history, threshold.value, setup)
     write_partitions(flagged, f"{staging}/flagged")
     # Cases are grouped from the staged flagged rows (read back: the explanations run once per row).
-    cases_table = cfg.cases_table
     verdicts = read_verdicts(cfg.verdicts) if cfg.verdicts else VerdictSet()
     rules = case_rules(spark, verdicts, cases_table)
     floor = resolve_case_floor(spark, cfg, setup, threshold)
