@@ -26,23 +26,56 @@ import pyarrow as pa
 
 from ipinsights.core.ip import to_string_array
 
-__all__ = ["HASH_VERSION", "MAX_ENTITY_BYTES", "buckets_of", "hash_strings", "entity_buckets"]
+__all__ = [
+    "GOLDEN",
+    "GOLDEN_I64",
+    "HASH_VERSION",
+    "MAX_ENTITY_BYTES",
+    "MIX1",
+    "MIX1_I64",
+    "MIX2",
+    "buckets_of",
+    "entity_buckets",
+    "hash_strings",
+    "mix64",
+]
 
 HASH_VERSION = 1
 #: Default cap on an entity's UTF-8 length, for ingest and the endpoint: real user names, ids and agents are
 #: far shorter, and hashing (and storing) megabytes of one entity is work an attacker would choose.
 MAX_ENTITY_BYTES = 1024
 _FNV_PRIME = np.uint64(0x100000001B3)
-_M1 = np.uint64(0xBF58476D1CE4E5B9)
-_M2 = np.uint64(0x94D049BB133111EB)
-_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+
+# SplitMix64's constants, the package's only copy: the entity hash here, the model's prefix, AS and country
+# hashes and the generator's keyed hashes all mix with them (changing one changes every saved model's rows).
+#: The golden-ratio increment ``2**64 / phi`` (SplitMix64's state step).
+GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+#: SplitMix64's first finalizer multiplier.
+MIX1 = np.uint64(0xBF58476D1CE4E5B9)
+#: SplitMix64's second finalizer multiplier.
+MIX2 = np.uint64(0x94D049BB133111EB)
+
+
+def _signed(value: np.uint64) -> int:
+    """The two's-complement int64 value of a 64-bit constant (torch has no uint64 arithmetic)."""
+    return int(value) - (1 << 64) if int(value) >= 1 << 63 else int(value)
+
+
+#: :data:`GOLDEN` as a signed 64-bit integer, for int64 tensors (multiplication wraps the same way).
+GOLDEN_I64 = _signed(GOLDEN)
+#: :data:`MIX1` as a signed 64-bit integer.
+MIX1_I64 = _signed(MIX1)
+
+
+def mix64(x: npt.NDArray[np.uint64]) -> npt.NDArray[np.uint64]:
+    """SplitMix64's finalizer: a bijective scramble of ``uint64`` values (wrapping arithmetic)."""
+    x = (x ^ (x >> np.uint64(30))) * MIX1
+    x = (x ^ (x >> np.uint64(27))) * MIX2
+    return x ^ (x >> np.uint64(31))
 
 
 def _splitmix64(x: npt.NDArray[np.uint64]) -> npt.NDArray[np.uint64]:
-    x = x + _GOLDEN
-    x = (x ^ (x >> np.uint64(30))) * _M1
-    x = (x ^ (x >> np.uint64(27))) * _M2
-    return x ^ (x >> np.uint64(31))
+    return mix64(x + GOLDEN)
 
 
 # The position loop hands the rest of the rows to _fnv_segments once fewer than this many are still active

@@ -45,11 +45,9 @@ from ipinsights.core.config import (
     estimated_model_bytes,
     ip_level_sizes,
 )
+from ipinsights.core.hashing import GOLDEN, GOLDEN_I64, MIX1, MIX1_I64
 
 __all__ = ["IPInsightsModel", "NetworkTableError", "ip_level_sizes", "estimated_model_bytes"]
-
-_MIX = -7046029254386353131  # 0x9E3779B97F4A7C15 as a signed 64-bit integer (torch has no uint64 math)
-_MIX2 = -4658895280553007687  # 0xBF58476D1CE4E5B9 likewise
 
 
 class _Levels(nn.Module):
@@ -82,8 +80,8 @@ class _Levels(nn.Module):
     def rows(self, keys: torch.Tensor, seed: int) -> torch.Tensor:
         """``(n,)`` int64 keys -> ``(n, L)`` rows of ``ip_table``."""
         net = (keys.unsqueeze(1) >> self.shifts) & self.masks  # (n, L) network ids
-        mixed = (net ^ (self.ids * 0x1000193 + seed)) * _MIX
-        mixed = (mixed ^ (mixed >> 29)) * _MIX2
+        mixed = (net ^ (self.ids * 0x1000193 + seed)) * GOLDEN_I64
+        mixed = (mixed ^ (mixed >> 29)) * MIX1_I64
         hashed = torch.remainder(mixed ^ (mixed >> 32), self.sizes)
         return torch.where(self.hashed, hashed, net) + self.offsets
 
@@ -117,9 +115,9 @@ class _Networks(nn.Module):
         """Rows of each range of ``table``: its AS hashed (seeded, like the prefix levels), its country exact."""
         asn = np.asarray(table.asn, np.int64)
         with np.errstate(over="ignore"):
-            h = (asn.astype(np.uint64) ^ np.uint64(self.seed)) * np.uint64(0x9E3779B97F4A7C15)
+            h = (asn.astype(np.uint64) ^ np.uint64(self.seed)) * GOLDEN
             h ^= h >> np.uint64(31)
-            h *= np.uint64(0xBF58476D1CE4E5B9)
+            h *= MIX1
             h ^= h >> np.uint64(29)
         asn_rows = self.first_row + (h % np.uint64(self.asn_buckets)).astype(np.int64)
         country = np.asarray(table.country, np.int64)

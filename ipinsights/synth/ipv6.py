@@ -19,6 +19,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from ipinsights.core.hashing import GOLDEN, mix64
 from ipinsights.core.ip import ipv4_to_str
 
 __all__ = ["address_columns", "hash64", "ipv6_to_str", "random_iid", "temporary_iid"]
@@ -104,18 +105,11 @@ def address_columns(v4: np.ndarray, hi: np.ndarray, lo: np.ndarray, is6: np.ndar
 # ---------------------------------------------------------------------------------------------
 
 
-def _mix64(x: np.ndarray) -> np.ndarray:
-    """SplitMix64's finalizer: a bijective scramble of ``uint64`` values (wrapping arithmetic)."""
-    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    return x ^ (x >> np.uint64(31))
-
-
 def hash64(*parts: np.ndarray | int) -> np.ndarray:
     """A well-mixed ``uint64`` hash of integer columns (broadcast together), the same on every machine."""
-    h = np.array([0x9E3779B97F4A7C15], np.uint64)
+    h = np.array([GOLDEN], np.uint64)
     for part in parts:
-        h = _mix64(h ^ (np.asarray(part).astype(np.uint64) + np.uint64(0x9E3779B97F4A7C15)))
+        h = mix64(h ^ (np.asarray(part).astype(np.uint64) + GOLDEN))
     return h
 
 
