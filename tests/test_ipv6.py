@@ -24,7 +24,8 @@ from ipinsights.core.ip import (
 )
 from ipinsights.core.model import IPInsightsModel
 from ipinsights.score.scorer import Scorer
-from ipinsights.train.data import encode_pairs, random_ips_like
+from ipinsights.train.data import encode_pairs
+from ipinsights.train.negatives import random_ips_like
 from ipinsights.train.trainer import build_model, train_model
 
 EDGE = [

@@ -1,6 +1,7 @@
 """The IP Insights model: hashed entity embeddings, a prefix-structured IP encoder, dot-product score.
 
-This module knows nothing of data loading, Spark or training loops (see ``trainer.py``).
+This module knows nothing of data loading, Spark, negative sampling or training loops (``ipinsights.train``):
+it scores, and :meth:`IPInsightsModel.batch_vectors` is the forward pass of a row-sparse training step.
 
 Shapes: ``n`` pairs, ``d = vector_dim``, ``L = len(ip_prefix_lengths)``.
 
@@ -29,6 +30,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -47,7 +50,15 @@ from ipinsights.core.config import (
 )
 from ipinsights.core.hashing import GOLDEN, GOLDEN_I64, MIX1, MIX1_I64
 
-__all__ = ["IPInsightsModel", "NetworkTableError", "ip_level_sizes", "estimated_model_bytes"]
+__all__ = [
+    "BatchVectors",
+    "IPInsightsModel",
+    "NetworkRanges",
+    "NetworkTableError",
+    "TouchedRows",
+    "estimated_model_bytes",
+    "ip_level_sizes",
+]
 
 
 class _Levels(nn.Module):
@@ -90,6 +101,23 @@ class NetworkTableError(ValueError):
     """A model trained with an ip2asn table is used without it, or with another one."""
 
 
+class NetworkRanges(NamedTuple):
+    """An attached ip2asn table's ranges as the model holds them (its own buffers: read them, never write).
+
+    Sorted, non-overlapping ``[starts, ends]`` address-key ranges and each one's country slot (-1: unknown).
+    """
+
+    starts: torch.Tensor
+    ends: torch.Tensor
+    countries: torch.Tensor
+
+    def find(self, keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The range that may hold each key (clamped to a valid row), and whether it does."""
+        i = torch.searchsorted(self.starts, keys, right=True) - 1
+        j = i.clamp(min=0)
+        return j, (i >= 0) & (keys <= self.ends[j])
+
+
 class _Networks(nn.Module):
     """The AS and country levels: address keys -> their two rows of ``ip_table`` via an attached ip2asn table."""
 
@@ -123,59 +151,20 @@ class _Networks(nn.Module):
         country = np.asarray(table.country, np.int64)
         country_rows = np.where(country >= 0, self.country_base + country, self.unknown_country)
         device = self.starts.device
-        for name, values in (("starts", table.start), ("ends", table.end), ("asn_rows", asn_rows),
-                             ("country_rows", country_rows), ("countries", country)):  # fmt: skip
+        columns = {
+            "starts": table.start,
+            "ends": table.end,
+            "asn_rows": asn_rows,
+            "country_rows": country_rows,
+            "countries": country,
+        }
+        for name, values in columns.items():
             setattr(self, name, torch.as_tensor(np.asarray(values, np.int64), device=device))
         self.fingerprint = table.fingerprint
 
-    def random_keys(self, like: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        """A random announced address per key of ``like``, in the same family and country as that address
-        (the whole family's ranges for an address outside the table; IPv6: a random /64 of the range), or
-        ``like`` itself where the table has no range of the family.
-
-        The range is drawn uniformly among the country's ranges, not by size: negatives from real
-        networks of the same country teach "not this entity's ISP" (with uniform random addresses only,
-        the country row alone separates most negatives, and another ISP of the entity's own country looks
-        normal), and drawn by size they would hardly ever reach a small ISP, whose row then stays
-        untrained and neutral, so that a login from it looked unremarkable.
-        """
-        order, first, last = self._segments()
-        if not order.numel():
-            return like
-        is6 = ((like < 0) | (like >= IPV4_KEYS)).long()
-        j, inside = self._find(like)
-        width = COUNTRY_ROWS + 1
-        seg = is6 * width + torch.where(inside, self.countries[j], -1) + 1
-        lo, hi = first[seg], last[seg]
-        empty = lo == hi
-        lo = torch.where(empty, first[is6 * width], lo)
-        hi = torch.where(empty, last[is6 * width + COUNTRY_ROWS], hi)
-        u = torch.rand((2, *like.shape), generator=generator, dtype=torch.float64, device=like.device)
-        pick = (lo + (u[0] * (hi - lo)).long()).clamp(max=order.numel() - 1)
-        r = order[pick]
-        size = (self.ends[r] - self.starts[r] + 1).to(torch.float64)
-        address = self.starts[r] + (u[1] * size).long().clamp(min=0)
-        return torch.where(hi > lo, torch.minimum(address, self.ends[r]), like)
-
-    def _segments(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Ranges ordered by (family, country), and each (family, country) key's first and end position in
-        that order (cached per attached table)."""
-        cache = getattr(self, "_segment_cache", None)
-        if cache is None or cache[3] is not self.starts:
-            width = COUNTRY_ROWS + 1
-            key = (self.starts >= IPV4_KEYS).long() * width + self.countries + 1
-            key_sorted, order = torch.sort(key, stable=True)
-            keys = torch.arange(2 * width, device=key.device)
-            cache = (order, torch.searchsorted(key_sorted, keys), torch.searchsorted(key_sorted, keys, right=True),
-                     self.starts)  # fmt: skip
-            self._segment_cache = cache
-        return cache[0], cache[1], cache[2]
-
-    def _find(self, keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The range that may hold each key (clamped to a valid row), and whether it does."""
-        i = torch.searchsorted(self.starts, keys, right=True) - 1
-        j = i.clamp(min=0)
-        return j, (i >= 0) & (keys <= self.ends[j])
+    def ranges(self) -> NetworkRanges:
+        """The attached table's ranges (empty before :meth:`attach`)."""
+        return NetworkRanges(self.starts, self.ends, self.countries)
 
     def rows(self, keys: torch.Tensor) -> torch.Tensor:
         """``(n,)`` address keys -> ``(n, 2)`` rows: the AS's and the country's (unknown outside the table)."""
@@ -187,10 +176,30 @@ class _Networks(nn.Module):
         if not self.starts.numel():
             unknown = torch.tensor([self.unknown_asn, self.unknown_country], device=keys.device)
             return unknown.expand(keys.numel(), 2)
-        j, inside = self._find(keys)
+        j, inside = self.ranges().find(keys)
         asn = torch.where(inside, self.asn_rows[j], self.unknown_asn)
         country = torch.where(inside, self.country_rows[j], self.unknown_country)
         return torch.stack([asn, country], dim=1)
+
+
+@dataclass(frozen=True)
+class TouchedRows:
+    """Rows ``ids`` of a table, copied out as the leaf tensor ``values`` a batch's vectors are computed from:
+    after ``backward()``, ``values.grad`` holds the gradient of exactly these rows."""
+
+    ids: torch.Tensor  # (u,) int64, sorted and unique
+    values: torch.Tensor  # (u, d), requires grad
+
+
+@dataclass(frozen=True)
+class BatchVectors:
+    """Entity and IP vectors of a training batch (:meth:`IPInsightsModel.batch_vectors`) and the table rows
+    they were computed from."""
+
+    entities: torch.Tensor  # (n, d), one per entity row asked for
+    ips: torch.Tensor  # (m, d), one per address key asked for
+    entity_rows: TouchedRows
+    ip_rows: TouchedRows
 
 
 class IPInsightsModel(nn.Module):
@@ -238,6 +247,11 @@ class IPInsightsModel(nn.Module):
     def network_fingerprint(self) -> str | None:
         """Fingerprint of the ip2asn table this model's AS and country levels need (None: it has none)."""
         return None if self.networks is None else self.networks.fingerprint
+
+    @property
+    def network_ranges(self) -> NetworkRanges | None:
+        """The attached ip2asn table's ranges (None: no network levels), for samplers of announced addresses."""
+        return None if self.networks is None else self.networks.ranges()
 
     def attach_networks(self, table: AsnTable, expected_fingerprint: str | None = None) -> None:
         """Give the model its ip2asn table; ``expected_fingerprint`` (the one a saved model was trained
@@ -358,6 +372,23 @@ class IPInsightsModel(nn.Module):
     def forward(self, entity_rows: torch.Tensor, ips: torch.Tensor) -> torch.Tensor:
         """Dot products ``(n,)`` of entity and IP vectors."""
         return (self.entity_vectors(entity_rows) * self.ip_vectors(ips)).sum(dim=-1)
+
+    # ---- training: vectors from the touched rows only --------------------------------------------
+    def batch_vectors(self, entity_rows: torch.Tensor, ips: torch.Tensor) -> BatchVectors:
+        """Entity vectors of ``entity_rows`` ``(n,)`` and IP vectors of address keys ``ips`` ``(m,)``, computed
+        from leaf copies of only the table rows they touch (:class:`TouchedRows`).
+
+        The same vectors as :meth:`entity_vectors` and :meth:`ip_vectors`, but ``backward()`` leaves
+        gradients of (touched rows x d) instead of whole tables, which a row-sparse optimiser applies to
+        those rows: a batch touches thousands of the tables' millions of rows.
+        """
+        uniq_e, inv_e = torch.unique(entity_rows, return_inverse=True)
+        E = self.entity_table.detach().index_select(0, uniq_e).requires_grad_()
+        bags, offsets, weights = self.packed_bags(ips)
+        uniq_r, inv_r = torch.unique(bags, return_inverse=True)
+        T = self.ip_table.detach().index_select(0, uniq_r).requires_grad_()
+        summed = F.embedding_bag(inv_r, T, offsets, mode="sum", per_sample_weights=weights)
+        return BatchVectors(E[inv_e], self.encode(summed), TouchedRows(uniq_e, E), TouchedRows(uniq_r, T))
 
     # ---- scoring: the last encoder layer folded into the entity side ---------------------------
     # <e, W h + b> = <W^T e, h> + <e, b>: the (n, d) x (d, d) product of the last layer moves from every

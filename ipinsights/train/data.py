@@ -1,4 +1,4 @@
-"""Training data as tensors: encoded (entity row, address key) pairs and random negative addresses."""
+"""Training data as tensors: encoded (entity row, address key) pairs, in memory or as an epoch's batch source."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from ipinsights.core.config import IPV4_KEYS
 from ipinsights.core.hashing import entity_buckets
 from ipinsights.core.ip import parse_ip, to_string_array
 
@@ -114,22 +113,3 @@ def encode_labelled(table: Any, num_entity_vectors: int, hash_seed: int, what: s
     kinds = np.asarray(table["kind"].to_numpy(zero_copy_only=False), dtype=object)
     pairs = EncodedPairs(rows[keep], parsed.value[keep].astype(np.int64), n_invalid=parsed.n_invalid)
     return LabelledPairs(pairs, labels[keep], kinds[keep])
-
-
-_V6_UNICAST = 1 << 61  # 2000::/3, global unicast: its top halves are [2**61, 2**62)
-
-
-def random_ips_like(like: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """One uniformly random address key per key of ``like``, of the same family.
-
-    IPv4: a uniform 32-bit value (each octet uniform, SageMaker's random negatives); IPv6: a uniform
-    top half inside global unicast 2000::/3 (anything else never reaches a web server). Matching the
-    family keeps "is it IPv6" from being a shortcut the model could learn instead of networks.
-    """
-    device = like.device
-    r4 = torch.randint(0, 2**32, like.shape, generator=generator, dtype=torch.int64, device=device)
-    is6 = (like < 0) | (like >= IPV4_KEYS)
-    if not bool(is6.any()):  # pure IPv4 data draws exactly what it always did
-        return r4
-    r6 = torch.randint(0, _V6_UNICAST, like.shape, generator=generator, dtype=torch.int64, device=device)
-    return torch.where(is6, r6 + _V6_UNICAST, r4)

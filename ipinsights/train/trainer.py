@@ -28,7 +28,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from ipinsights.core.config import Hyperparameters, ModelOptions, TrainOptions
 from ipinsights.core.entities import ENTITY_FILE, EntityStats
@@ -36,8 +35,10 @@ from ipinsights.core.metrics import per_kind, recall_at_fpr, roc_auc
 from ipinsights.core.model import IPInsightsModel
 from ipinsights.storage.modelfile import load_model, network_table, save_model
 from ipinsights.train.comm import Comm, LocalComm
-from ipinsights.train.data import BatchSource, EncodedPairs, LabelledPairs, random_ips_like
+from ipinsights.train.data import BatchSource, EncodedPairs, LabelledPairs
+from ipinsights.train.negatives import NegativeSampler, random_ips_like
 from ipinsights.train.optim import RowAdam, coalesce_rows
+from ipinsights.train.task import batch_loss
 
 log = logging.getLogger(__name__)
 
@@ -131,11 +132,10 @@ def shuffled_auc(model: IPInsightsModel, data: EncodedPairs, seed: int = 54321, 
 def _dot_products(model: IPInsightsModel, entity_rows: np.ndarray, ips: np.ndarray, batch_size: int) -> np.ndarray:
     """The model's dot products of (entity row, address key) pairs, ``batch_size`` at a time (float32)."""
     device = model.entity_table.device
-    out = [
-        model(torch.as_tensor(entity_rows[s : s + batch_size], device=device),
-              torch.as_tensor(ips[s : s + batch_size], device=device)).float().cpu().numpy()
-        for s in range(0, len(entity_rows), batch_size)
-    ]  # fmt: skip
+    out = []
+    for s in range(0, len(entity_rows), batch_size):
+        ent = torch.as_tensor(entity_rows[s : s + batch_size], device=device)
+        out.append(model(ent, torch.as_tensor(ips[s : s + batch_size], device=device)).float().cpu().numpy())
     return np.concatenate(out) if out else np.zeros(0, np.float32)
 
 
@@ -191,80 +191,30 @@ class Trainer:
         self.entity_opt = RowAdam(model.entity_table.data, hp.learning_rate, hp.weight_decay)
         self.ip_opt = RowAdam(model.ip_table.data, hp.learning_rate, hp.weight_decay)
         # Negatives differ per rank; the data order is the caller's business (see fit's shuffle).
-        self.generator = torch.Generator(device=self.device)
-        self._seed_negatives(0)
-
-    def _seed_negatives(self, epoch: int) -> None:
-        """Seed this rank's negative sampler from (seed, epoch, rank).
-
-        Derived afresh every epoch rather than carried in checkpoints: rank 0 writes the checkpoint, so
-        a restored sampler state would make every rank draw rank 0's negatives after a resume.
-        """
-        seed = np.random.SeedSequence([self.options.seed, epoch, self.comm.rank]).generate_state(1, np.uint64)[0]
-        self.generator.manual_seed(int(seed))
+        self.negatives = NegativeSampler(
+            hp.random_negative_sampling_rate, hp.shuffled_negative_sampling_rate, options, self.device, self.comm.rank
+        )
 
     # ---- one step --------------------------------------------------------------------------------
     def _step(self, ent_rows: torch.Tensor, ips: torch.Tensor) -> tuple[float, float, int]:
-        model, hp = self.model, self.hp
-        B = ent_rows.numel()
-        R = hp.random_negative_sampling_rate
-        S = hp.shuffled_negative_sampling_rate if B > 1 else 0  # nothing to re-pair with in a batch of 1
-        share = self.options.share_random_ips and B > R  # R distinct rolls need R < B
-        n_rand = (B if share else R * B) if R else 0
-        if n_rand:
-            # One family-matched draw per positive (R per positive unshared): negatives mix families as the data does.
-            like = ips if share else ips.repeat(R)
-            rand = random_ips_like(like, self.generator)
-            if model.networks is not None and self.options.table_negatives > 0:
-                from_table = torch.rand(rand.shape, generator=self.generator, device=self.device)
-                from_table = from_table < self.options.table_negatives
-                rand = torch.where(from_table, model.networks.random_keys(like, self.generator), rand)
-            all_ips = torch.cat([ips, rand])
-        else:
-            all_ips = ips
-
-        # Gather only the touched rows as leaf tensors, so gradients are (unique rows x d), not tables.
-        uniq_e, inv_e = torch.unique(ent_rows, return_inverse=True)
-        E = model.entity_table.detach().index_select(0, uniq_e).requires_grad_()
-        e = E[inv_e]
-        bags, offsets, weights = model.packed_bags(all_ips)
-        uniq_r, inv_r = torch.unique(bags, return_inverse=True)
-        T = model.ip_table.detach().index_select(0, uniq_r).requires_grad_()
-        v = model.encode(F.embedding_bag(inv_r, T, offsets, mode="sum", per_sample_weights=weights))  # (N, d)
-
-        v_pos = v[:B]
-        logits = [(e * v_pos).sum(-1)]
-        # Negatives re-pair entities of the batch by rolls (a roll by k != 0 never pairs a row with
-        # itself): offsets 0..R-1 for the shared random addresses, random non-zero ones for shuffled.
-        if R and share:
-            logits.extend((e.roll(k, 0) * v[B:]).sum(-1) for k in range(R))
-        elif R:
-            logits.append((v[B:].view(R, B, -1) * e).sum(-1).flatten())
-        if S:
-            # Shuffled negatives: the batch's IPs with other entities of the batch, no extra encoding.
-            shifts = torch.randint(1, B, (S,), generator=self.generator, device=self.device).tolist()
-            logits.extend((e.roll(k, 0) * v_pos).sum(-1) for k in shifts)
-        logits_t = torch.cat(logits)
-        labels = torch.zeros_like(logits_t)
-        labels[:B] = 1.0
-        loss = F.binary_cross_entropy_with_logits(logits_t, labels)
-
+        """One optimisation step on a batch; returns (loss x logits, correct logits, logits)."""
+        out = batch_loss(self.model, self.negatives, ent_rows, ips)
         if self.dense_opt is not None:
             self.dense_opt.zero_grad(set_to_none=True)
-        loss.backward()
+        out.loss.backward()
         if self.dense_opt is not None:
             self.comm.allreduce_mean_([_grad(p) for p in self.dense_params])
             self.dense_opt.step()
         world = self.comm.world_size
-        for opt, rows, leaf in ((self.entity_opt, uniq_e, E), (self.ip_opt, uniq_r, T)):
+        for opt, touched in ((self.entity_opt, out.vectors.entity_rows), (self.ip_opt, out.vectors.ip_rows)):
             if world > 1:
-                rows, grad = coalesce_rows(*self.comm.allgather_rows(rows, _grad(leaf)), world)
+                rows, grad = coalesce_rows(*self.comm.allgather_rows(touched.ids, _grad(touched.values)), world)
                 opt.step(rows, grad)  # the union of every rank's rows: gather them afresh
             else:
-                opt.step(rows, _grad(leaf), params=leaf)
+                opt.step(touched.ids, _grad(touched.values), params=touched.values)
         with torch.no_grad():
-            correct = ((logits_t > 0) == (labels > 0.5)).sum().item()
-        return loss.item() * logits_t.numel(), correct, logits_t.numel()
+            correct = ((out.logits > 0) == (out.labels > 0.5)).sum().item()
+        return out.loss.item() * out.logits.numel(), correct, out.logits.numel()
 
     # ---- epochs -------------------------------------------------------------------------------
     def fit(
@@ -301,7 +251,7 @@ class Trainer:
             else:
                 data = train
                 batches = train.batches(bs, self.device, self._permutation(len(data), epoch))
-            self._seed_negatives(epoch)
+            self.negatives.reseed(epoch)
             # Every rank takes the same number of steps; a stream knows its length before it is read.
             n_steps = self.comm.min_int(math.ceil(len(data) / bs))
             self.model.train()
@@ -384,7 +334,8 @@ class Trainer:
 
     # ---- checkpoints ---------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        """Everything needed to resume: weights, the optimisers and the epoch (samplers are reseeded per epoch)."""
+        """Everything needed to resume: weights, the optimisers and the epoch (the negatives' sampler is
+        reseeded per epoch)."""
         return {
             "model": self.model.state_dict(),
             "entity_opt": self.entity_opt.state_dict(),
@@ -399,7 +350,8 @@ class Trainer:
         self.ip_opt.load_state_dict(state["ip_opt"])
         if self.dense_opt is not None and state["dense_opt"]:
             self.dense_opt.load_state_dict(state["dense_opt"])
-        self.epoch = int(state["epoch"])  # (a "generator" entry of older checkpoints is ignored: see _seed_negatives)
+        # An older checkpoint's "generator" entry is ignored: negatives are reseeded per epoch (NegativeSampler).
+        self.epoch = int(state["epoch"])
 
 
 def _grad(t: torch.Tensor) -> torch.Tensor:
