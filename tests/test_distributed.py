@@ -21,7 +21,8 @@ from ipinsights.core.metrics import roc_auc
 from ipinsights.score.scorer import Scorer
 from ipinsights.train.data import encode_pairs
 from ipinsights.train.distributed import local_master_cores, resolve_distributed
-from ipinsights.train.trainer import discriminator_auc, train_model
+from ipinsights.train.trainer import train_model
+from ipinsights.train.validation import discriminator_auc
 
 HP = {"num_entity_vectors": 600, "vector_dim": 32, "epochs": 2, "mini_batch_size": 256, "learning_rate": 0.01,
       "random_negative_sampling_rate": 5}  # fmt: skip

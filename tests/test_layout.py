@@ -30,7 +30,16 @@ ALLOWED = {
     "serve": {"core", "storage", "score"},
 }
 #: Modules that must import no Spark at all (they run inside training ranks, the endpoint, notebooks).
-SPARK_FREE = ("core", "train.trainer", "train.task", "train.negatives", "train.data", "train.optim", "train.comm")
+SPARK_FREE = (
+    "core",
+    "train.trainer",
+    "train.task",
+    "train.negatives",
+    "train.validation",
+    "train.data",
+    "train.optim",
+    "train.comm",
+)
 
 
 def module_imports(root: Path, package: str) -> dict[str, set[str]]:

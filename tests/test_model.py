@@ -17,7 +17,8 @@ from ipinsights.score.scorer import Scorer
 from ipinsights.storage.modelfile import save_model
 from ipinsights.train.data import encode_pairs
 from ipinsights.train.optim import RowAdam
-from ipinsights.train.trainer import Trainer, build_model, discriminator_auc, train_model
+from ipinsights.train.trainer import Trainer, build_model, train_model
+from ipinsights.train.validation import discriminator_auc
 
 HP = dict(num_entity_vectors=1000, vector_dim=32, epochs=4, learning_rate=0.01, mini_batch_size=256,
           random_negative_sampling_rate=5, shuffled_negative_sampling_rate=1)  # fmt: skip

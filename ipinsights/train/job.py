@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ipinsights.core.config import ConfigError, TrainConfig, config_to_dict
+from ipinsights.core.config import ConfigError, DistributedOptions, TrainConfig, config_to_dict
 from ipinsights.core.entities import EntityStats
 from ipinsights.core.errors import DataFormatError
 from ipinsights.storage.events import read_events
@@ -66,7 +66,7 @@ def run_train_job(
     Raises :class:`ConfigError` before any work when ``output`` cannot be reached or ``warm_start`` is
     not a model, :class:`DataFormatError` when no input row is a valid pair.
     """
-    mopts, dist = cfg.model, resolve_distributed(spark, cfg.distributed)  # concrete backend and ranks
+    dist = resolve_distributed(spark, cfg.distributed)  # concrete backend and ranks
     cfg_dict = config_to_dict(cfg)
     out = absolute_uri(output)
     check_reachable(out, "--output")
@@ -77,7 +77,37 @@ def run_train_job(
         except ModelFileError as exc:
             raise ConfigError(f"--warm-start: {exc}") from None
     write_json(join_uri(out, "config.json"), cfg_dict)
+    train_df, val_df = _read_inputs(spark, inputs)
+    work = _prepare_work(spark, cfg, dist, train_df, val_df, join_uri(out, "work"))
+    spec = WorkerSpec(
+        hyperparameters=cfg_dict["hyperparameters"],
+        model_options=cfg_dict["model"],
+        train_options=cfg_dict["train"],
+        model_dir=join_uri(out, "model"),
+        validation_files=work.validation_files,
+        entity_stats_file=work.entity_stats_file,
+        config=cfg_dict,
+        buckets=work.buckets,
+        checkpoint_dir=join_uri(out, "checkpoints"),
+        resume=resume,
+        warm_start=warm_start,
+        checkpoint_keep=dist.checkpoint_keep,
+        timeout_seconds=dist.timeout_seconds,
+    )
+    history = run_training(spark, spec, dist.backend, dist.num_workers, dist.use_gpu)["history"]
+    write_metrics(join_uri(out, "metrics.jsonl"), history)
+    for h in history:
+        auc = h.get("discriminator_auc")
+        auc_text = "n/a" if auc is None else f"{auc:.4f}"
+        line = "epoch %d: loss=%.4f accuracy=%.4f discriminator_auc=%s pairs/s=%.0f"
+        log.info(line, h["epoch"], h["loss"], h["accuracy"], auc_text, h["pairs_per_second"])
+    _log_mlflow(cfg_dict, history, join_uri(out, "model"))
+    summary = {k: history[-1].get(k) for k in SUMMARY_KEYS}
+    return {"model": join_uri(out, "model"), "epochs": len(history), "invalid_ip_rows": work.invalid_rows, **summary}
 
+
+def _read_inputs(spark, inputs: TrainInputs) -> tuple[Any, Any]:
+    """The training pairs (with the extra pairs) and the validation pairs (None without) as DataFrames."""
     if inputs.events:
         train_df = read_events(spark, inputs.events, inputs.start_date, inputs.end_date)
     elif inputs.train_csv:
@@ -97,8 +127,24 @@ def run_train_job(
         val_df = read_events(spark, inputs.events, inputs.validation_start_date, last)
     else:
         val_df = None
+    return train_df, val_df
 
-    work = join_uri(out, "work")
+
+@dataclass(frozen=True)
+class _Work:
+    """What :func:`_prepare_work` wrote for the ranks."""
+
+    buckets: list[list[str]]
+    entity_stats_file: str
+    validation_files: list[str]
+    invalid_rows: int
+
+
+def _prepare_work(spark, cfg: TrainConfig, dist: DistributedOptions, train_df, val_df, work: str) -> _Work:
+    """Encode the pairs on Spark and write the ranks' inputs under ``work``: the training pairs in random
+    buckets, the entity stats and the validation pairs. Raises :class:`DataFormatError` when no training
+    row is a valid pair."""
+    mopts = cfg.model
     v6 = bool(mopts.ipv6_prefix_lengths)
     encoded = encode_pairs_df(train_df, mopts.hash_seed, v6, keep_invalid=True).cache()
     n_buckets = dist.num_workers * dist.buckets_per_worker
@@ -117,33 +163,9 @@ def run_train_job(
     if val_df is not None:
         val_enc = encode_pairs_df(val_df, mopts.hash_seed, v6)
         val_files = write_parquet_single(val_enc.coalesce(1), resolve_uri(spark, join_uri(work, "validation")))
-    log.info("training set: %d entities, %d buckets; backend=%s workers=%d", n_entities, n_buckets, dist.backend,
-             dist.num_workers)  # fmt: skip
-
-    spec = WorkerSpec(
-        hyperparameters=cfg_dict["hyperparameters"],
-        model_options=cfg_dict["model"],
-        train_options=cfg_dict["train"],
-        model_dir=join_uri(out, "model"),
-        validation_files=val_files,
-        entity_stats_file=stats_file,
-        config=cfg_dict,
-        buckets=buckets,
-        checkpoint_dir=join_uri(out, "checkpoints"),
-        resume=resume,
-        warm_start=warm_start,
-        checkpoint_keep=dist.checkpoint_keep,
-        timeout_seconds=dist.timeout_seconds,
-    )
-    history = run_training(spark, spec, dist.backend, dist.num_workers, dist.use_gpu)["history"]
-    write_metrics(join_uri(out, "metrics.jsonl"), history)
-    for h in history:
-        auc = h.get("discriminator_auc")
-        log.info("epoch %d: loss=%.4f accuracy=%.4f discriminator_auc=%s pairs/s=%.0f", h["epoch"], h["loss"],
-                 h["accuracy"], "n/a" if auc is None else f"{auc:.4f}", h["pairs_per_second"])  # fmt: skip
-    _log_mlflow(cfg_dict, history, join_uri(out, "model"))
-    summary = {k: history[-1].get(k) for k in SUMMARY_KEYS}
-    return {"model": join_uri(out, "model"), "epochs": len(history), "invalid_ip_rows": n_invalid, **summary}
+    workers = f"backend={dist.backend} workers={dist.num_workers}"
+    log.info("training set: %d entities, %d buckets; %s", n_entities, n_buckets, workers)
+    return _Work(buckets, stats_file, val_files, n_invalid)
 
 
 def _log_mlflow(cfg_dict: dict[str, Any], history: list[dict[str, Any]], model_dir: str) -> None:
@@ -173,7 +195,7 @@ def train_from_csv(
     """Train in this process on headerless ``entity,ip`` CSV files and save the model; returns the epochs.
 
     ``labelled_csv`` (headerless ``entity,ip,label,kind``) adds per-kind AUC and recall at 1% FPR to every
-    epoch's metrics (:func:`ipinsights.train.trainer.labelled_metrics`).
+    epoch's metrics (:func:`ipinsights.train.validation.labelled_metrics`).
 
     Rows with an invalid address are dropped and reported (:func:`ipinsights.train.data.encode_pairs`).
     """
@@ -187,8 +209,8 @@ def train_from_csv(
         if val is not None
         else None
     )
-    log.info("training on %d pairs (%d dropped)%s", len(train), train.n_invalid,
-             f", validating on {len(validation)}" if validation is not None else "")  # fmt: skip
+    validating = f", validating on {len(validation)}" if validation is not None else ""
+    log.info("training on %d pairs (%d dropped)%s", len(train), train.n_invalid, validating)
     labelled = (
         encode_labelled(read_labelled_csv(labelled_csv), hp.num_entity_vectors, mopts.hash_seed, str(labelled_csv))
         if labelled_csv

@@ -1,7 +1,9 @@
 """Single-process trainer for the IP Insights model; the distributed job runs it once per rank.
 
 No Spark here. Data arrives already encoded (:class:`EncodedPairs`: hashed entity rows and integer
-addresses), so the epoch loop touches only tensors.
+addresses), so the epoch loop touches only tensors. What a step minimises, the loss over each batch's
+real pairs and negatives, is :mod:`ipinsights.train.task`'s; the trainer runs the optimisers, the
+epochs and their metrics (:mod:`ipinsights.train.validation`).
 
 Why a custom optimiser for the tables: the entity and IP tables hold millions of rows, of which a
 batch touches a few thousand. ``torch.optim.Adam`` over an ``nn.Embedding`` updates (and decays) every
@@ -20,9 +22,8 @@ import logging
 import math
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Generator, Iterator, Mapping
 from dataclasses import asdict, dataclass, field, fields
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -31,14 +32,14 @@ import torch
 
 from ipinsights.core.config import Hyperparameters, ModelOptions, TrainOptions
 from ipinsights.core.entities import ENTITY_FILE, EntityStats
-from ipinsights.core.metrics import per_kind, recall_at_fpr, roc_auc
 from ipinsights.core.model import IPInsightsModel
 from ipinsights.storage.modelfile import load_model, network_table, save_model
 from ipinsights.train.comm import Comm, LocalComm
 from ipinsights.train.data import BatchSource, EncodedPairs, LabelledPairs
-from ipinsights.train.negatives import NegativeSampler, random_ips_like
+from ipinsights.train.negatives import NegativeSampler
 from ipinsights.train.optim import RowAdam, coalesce_rows
 from ipinsights.train.task import batch_loss
+from ipinsights.train.validation import discriminator_auc, labelled_metrics, shuffled_auc
 
 log = logging.getLogger(__name__)
 
@@ -87,77 +88,6 @@ def resolve_device(name: str) -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError(f"device={name!r} asked for, but torch sees no CUDA GPU")
     return dev
-
-
-@torch.no_grad()
-def discriminator_auc(model: IPInsightsModel, data: EncodedPairs, seed: int = 12345, batch_size: int = 65536) -> float:
-    """SageMaker's validation metric: AUC of real pairs vs one random-IP negative each (R=1, S=0).
-
-    The negatives come from a fixed seed so that epochs (and runs) are compared on the same set.
-    """
-    if len(data) == 0:
-        return float("nan")
-    device = model.entity_table.device
-    g = torch.Generator(device=device).manual_seed(seed)
-    pos, neg = [], []
-    for start in range(0, len(data), batch_size):
-        ent = torch.as_tensor(data.entity_rows[start : start + batch_size], device=device)
-        ips = torch.as_tensor(data.ips[start : start + batch_size], device=device)
-        pos.append(model(ent, ips).float().cpu().numpy())
-        neg.append(model(ent, random_ips_like(ips, g)).float().cpu().numpy())
-    p, n = np.concatenate(pos), np.concatenate(neg)
-    return roc_auc(np.concatenate([p, n]), np.concatenate([np.ones(p.size), np.zeros(n.size)]))
-
-
-@torch.no_grad()
-def shuffled_auc(model: IPInsightsModel, data: EncodedPairs, seed: int = 54321, batch_size: int = 65536) -> float:
-    """AUC of real pairs vs the same rows' addresses re-paired with other entities: "someone else's normal
-    network". Harder than :func:`discriminator_auc` (a random address is rarely anyone's network), so it
-    tells models apart where that one is near 1. Pairs that re-pair an address with its own entity row
-    are left out; the permutation comes from a fixed seed, the same for every epoch and run.
-    """
-    n = len(data)
-    if n < 2:
-        return float("nan")
-    ent = np.asarray(data.entity_rows)
-    other = ent[np.random.default_rng(seed).permutation(n)]
-    keep = other != ent
-    if not keep.any():
-        return float("nan")
-    p = _dot_products(model, ent, data.ips, batch_size)
-    q = _dot_products(model, other[keep], np.asarray(data.ips)[keep], batch_size)
-    return roc_auc(np.concatenate([p, q]), np.concatenate([np.ones(p.size), np.zeros(q.size)]))
-
-
-def _dot_products(model: IPInsightsModel, entity_rows: np.ndarray, ips: np.ndarray, batch_size: int) -> np.ndarray:
-    """The model's dot products of (entity row, address key) pairs, ``batch_size`` at a time (float32)."""
-    device = model.entity_table.device
-    out = []
-    for s in range(0, len(entity_rows), batch_size):
-        ent = torch.as_tensor(entity_rows[s : s + batch_size], device=device)
-        out.append(model(ent, torch.as_tensor(ips[s : s + batch_size], device=device)).float().cpu().numpy())
-    return np.concatenate(out) if out else np.zeros(0, np.float32)
-
-
-#: False-positive rate of the labelled recall metrics (``recall1_<kind>``, ``labelled_recall``).
-LABELLED_FPR = 0.01
-
-
-@torch.no_grad()
-def labelled_metrics(model: IPInsightsModel, data: LabelledPairs, batch_size: int = 65536) -> dict[str, float]:
-    """Per attack kind of labelled rows (that kind vs the normal rows, on the raw model score): ``auc_<kind>``
-    and ``recall1_<kind>`` (recall at 1% FPR), and ``labelled_recall``, the mean of the latter over the
-    attack kinds (label 1): what an analyst catches with a threshold that flags 1% of normal traffic."""
-    if len(data) == 0:
-        return {}
-    anomaly = -_dot_products(model, data.pairs.entity_rows, data.pairs.ips, batch_size)
-    aucs = per_kind(anomaly, data.labels, data.kinds, roc_auc)
-    recalls = per_kind(anomaly, data.labels, data.kinds, partial(recall_at_fpr, fpr=LABELLED_FPR))
-    out = {**{f"auc_{k}": v for k, v in aucs.items()}, **{f"recall1_{k}": v for k, v in recalls.items()}}
-    attacks = [r for k, r in recalls.items() if (data.labels[data.kinds == k] == 1).all()]
-    if attacks:
-        out["labelled_recall"] = float(np.mean(attacks))
-    return out
 
 
 class Trainer:
@@ -228,8 +158,8 @@ class Trainer:
     ) -> list[EpochMetrics]:
         """Train for ``epochs`` (default: the remaining ones up to ``hp.epochs``).
 
-        After each epoch: ``discriminator_auc`` and ``shuffled_auc`` on ``validation``, and
-        :func:`labelled_metrics` on ``labelled`` rows (in ``extra``).
+        After each epoch: :func:`~ipinsights.train.validation.discriminator_auc` and ``shuffled_auc`` on
+        ``validation``, and ``labelled_metrics`` on ``labelled`` rows (in ``extra``).
 
         ``on_epoch_end`` sees each epoch's metrics; when it returns True, training stops after that epoch.
         Rank 0 logs progress lines (epoch, batch, loss, pairs/s, ETA) and hands each to ``progress``
@@ -242,61 +172,11 @@ class Trainer:
         """
         end = self.hp.epochs if epochs is None else self.epoch + epochs
         history = []
-        bs = self.batch_size
         while self.epoch < end:
             epoch = self.epoch + 1
-            if callable(train):
-                data: BatchSource = train(epoch)
-                batches = data.batches(bs, self.device)
-            else:
-                data = train
-                batches = train.batches(bs, self.device, self._permutation(len(data), epoch))
-            self.negatives.reseed(epoch)
-            # Every rank takes the same number of steps; a stream knows its length before it is read.
-            n_steps = self.comm.min_int(math.ceil(len(data) / bs))
-            self.model.train()
-            t0 = time.perf_counter()
-            tot = torch.zeros(3, dtype=torch.float64)  # loss*n, correct, n
-            win = np.zeros(3)
-            bar = self._progress(n_steps, epoch)
-            last_report = t0
-            for step in range(n_steps):
-                loss_sum, correct, n = self._step(*next(batches))
-                win += (loss_sum, correct, n)
-                publish = (step + 1) % self.hp.batch_metrics_publish_interval == 0 or step + 1 == n_steps
-                if self.comm.rank == 0 and (publish or time.perf_counter() - last_report >= PROGRESS_SECONDS):
-                    last_report = time.perf_counter()
-                    # Steps are in lockstep across ranks: this rank's rate times the world is the job's.
-                    done, elapsed = (step + 1) * bs * self.comm.world_size, last_report - t0
-                    left = (n_steps - step - 1 + (end - epoch) * n_steps) * elapsed / (step + 1)
-                    _report(progress, "epoch %d batch %d/%d: loss=%.4f accuracy=%.4f pairs/s=%.0f ETA %s",
-                            epoch, step + 1, n_steps, win[0] / max(win[2], 1), win[1] / max(win[2], 1),
-                            done / max(elapsed, 1e-9), _duration(left))  # fmt: skip
-                if publish:
-                    tot += torch.as_tensor(win)
-                    win[:] = 0
-                if bar is not None:
-                    bar.update(1)
-            if bar is not None:
-                bar.close()
-            batches.close()  # a rank with more data than the others stops reading its stream
-            tot_loss, tot_correct, tot_n = self.comm.allreduce_sum(tot).tolist()
-            seconds = time.perf_counter() - t0
-            pairs = int(self.comm.allreduce_sum(torch.tensor([float(min(len(data), n_steps * bs))]))[0])
-            metrics = EpochMetrics(
-                epoch=epoch,
-                loss=tot_loss / max(tot_n, 1),
-                accuracy=tot_correct / max(tot_n, 1),
-                pairs=pairs,
-                seconds=seconds,
-                pairs_per_second=pairs / seconds if seconds > 0 else float("nan"),
-            )
+            metrics = self._train_epoch(train, epoch, end, progress)
             self.model.eval()
-            if validation is not None and len(validation):
-                metrics.discriminator_auc = discriminator_auc(self.model, validation)
-                metrics.extra["shuffled_auc"] = shuffled_auc(self.model, validation)
-            if labelled is not None and len(labelled):
-                metrics.extra.update(labelled_metrics(self.model, labelled))
+            self._validate(metrics, validation, labelled)
             self.epoch = epoch
             if self.comm.rank == 0:
                 _report(progress, "epoch %d done: %s", epoch, _fmt_metrics(metrics))
@@ -305,6 +185,102 @@ class Trainer:
                 break
         self.model.eval()
         return history
+
+    def _epoch_data(
+        self, train: EncodedPairs | Callable[[int], BatchSource], epoch: int
+    ) -> tuple[BatchSource, Generator[tuple[torch.Tensor, torch.Tensor], None, None]]:
+        """This epoch's data and its batches: the source's, in its order, or the pairs in a seeded shuffle."""
+        if callable(train):
+            data = train(epoch)
+            return data, data.batches(self.batch_size, self.device)
+        return train, train.batches(self.batch_size, self.device, self._permutation(len(train), epoch))
+
+    def _train_epoch(
+        self,
+        train: EncodedPairs | Callable[[int], BatchSource],
+        epoch: int,
+        end: int,
+        progress: Callable[[str], None] | None,
+    ) -> EpochMetrics:
+        """Train one epoch (of ``end``); its metrics, totalled over the ranks (no validation yet)."""
+        bs = self.batch_size
+        data, batches = self._epoch_data(train, epoch)
+        self.negatives.reseed(epoch)
+        # Every rank takes the same number of steps; a stream knows its length before it is read.
+        n_steps = self.comm.min_int(math.ceil(len(data) / bs))
+        self.model.train()
+        t0 = time.perf_counter()
+        tot = self._run_steps(batches, n_steps, epoch, end, t0, progress)
+        batches.close()  # a rank with more data than the others stops reading its stream
+        tot_loss, tot_correct, tot_n = self.comm.allreduce_sum(tot).tolist()
+        seconds = time.perf_counter() - t0
+        pairs = int(self.comm.allreduce_sum(torch.tensor([float(min(len(data), n_steps * bs))]))[0])
+        return EpochMetrics(
+            epoch=epoch,
+            loss=tot_loss / max(tot_n, 1),
+            accuracy=tot_correct / max(tot_n, 1),
+            pairs=pairs,
+            seconds=seconds,
+            pairs_per_second=pairs / seconds if seconds > 0 else float("nan"),
+        )
+
+    def _run_steps(
+        self,
+        batches: Iterator[tuple[torch.Tensor, torch.Tensor]],
+        n_steps: int,
+        epoch: int,
+        end: int,
+        t0: float,
+        progress: Callable[[str], None] | None,
+    ) -> torch.Tensor:
+        """``n_steps`` steps; this rank's (loss x logits, correct, logits) totals. Rank 0 reports progress every
+        ``batch_metrics_publish_interval`` steps and at least every :data:`PROGRESS_SECONDS`."""
+        tot = torch.zeros(3, dtype=torch.float64)  # loss*n, correct, n
+        win = np.zeros(3)
+        bar = self._progress(n_steps, epoch)
+        last_report = t0
+        for step in range(n_steps):
+            loss_sum, correct, n = self._step(*next(batches))
+            win += (loss_sum, correct, n)
+            publish = (step + 1) % self.hp.batch_metrics_publish_interval == 0 or step + 1 == n_steps
+            if self.comm.rank == 0 and (publish or time.perf_counter() - last_report >= PROGRESS_SECONDS):
+                last_report = time.perf_counter()
+                self._report_steps(progress, epoch, end, step + 1, n_steps, win, last_report - t0)
+            if publish:
+                tot += torch.as_tensor(win)
+                win[:] = 0
+            if bar is not None:
+                bar.update(1)
+        if bar is not None:
+            bar.close()
+        return tot
+
+    def _report_steps(
+        self,
+        progress: Callable[[str], None] | None,
+        epoch: int,
+        end: int,
+        done_steps: int,
+        n_steps: int,
+        window: np.ndarray,
+        elapsed: float,
+    ) -> None:
+        """A progress line: the loss and accuracy of the steps since the last published window, rate, ETA."""
+        # Steps are in lockstep across ranks: this rank's rate times the world is the job's.
+        done = done_steps * self.batch_size * self.comm.world_size
+        left = (n_steps - done_steps + (end - epoch) * n_steps) * elapsed / done_steps
+        n = max(window[2], 1)
+        line = "epoch %d batch %d/%d: loss=%.4f accuracy=%.4f pairs/s=%.0f ETA %s"
+        rate = done / max(elapsed, 1e-9)
+        _report(progress, line, epoch, done_steps, n_steps, window[0] / n, window[1] / n, rate, _duration(left))
+
+    def _validate(self, metrics: EpochMetrics, validation: EncodedPairs | None, labelled: LabelledPairs | None) -> None:
+        """Add the validation metrics of the model as it is now to ``metrics``."""
+        if validation is not None and len(validation):
+            metrics.discriminator_auc = discriminator_auc(self.model, validation)
+            metrics.extra["shuffled_auc"] = shuffled_auc(self.model, validation)
+        if labelled is not None and len(labelled):
+            metrics.extra.update(labelled_metrics(self.model, labelled))
 
     def check_finite(self, m: EpochMetrics) -> None:
         """Stop on a non-finite loss or weights, before the epoch is checkpointed or the model saved.

@@ -30,7 +30,7 @@ COMPLETED, FAILED, STOPPED = "Completed", "Failed", "Stopped"
 #: Validation metrics a trial reports every epoch (maximised): SageMaker's ``discriminator_auc`` (real pairs vs
 #: random addresses) and ``shuffled_auc`` (real pairs vs the same addresses with other entities: harder).
 #: ``labelled_recall``: with labelled validation rows (``--validation-labelled``), the mean over attack kinds
-#: of the recall at 1% FPR (:func:`ipinsights.train.trainer.labelled_metrics`).
+#: of the recall at 1% FPR (:func:`ipinsights.train.validation.labelled_metrics`).
 METRICS = ("discriminator_auc", "shuffled_auc", "labelled_recall")
 #: The ``objective`` names: a metric, with or without SageMaker's ``validation:`` prefix.
 OBJECTIVES = tuple(f"validation:{m}" for m in METRICS) + METRICS
