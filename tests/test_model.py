@@ -10,7 +10,7 @@ import torch
 from toyworld import make_toy_world
 
 from ipinsights.core.config import Hyperparameters, ModelOptions, TrainOptions
-from ipinsights.core.ip import ipv4_to_str, parse_ipv4
+from ipinsights.core.ip import ipv4_to_str, parse_ip, parse_ipv4
 from ipinsights.core.model import IPInsightsModel
 from ipinsights.score.evaluate import baseline_scores, evaluate_scores
 from ipinsights.score.scorer import Scorer
@@ -62,6 +62,26 @@ def test_unseen_network_defers_to_its_parents():
     m = build_model(Hyperparameters(num_entity_vectors=10, vector_dim=8), ModelOptions(), seed=0)
     v = m.ip_vectors(torch.tensor([0x0A0B0C0D, 0x0A0BFF01]))
     assert torch.allclose(v[0], v[1])
+
+
+def test_batch_vectors_are_the_models_vectors_through_the_touched_rows():
+    """The training forward pass: the same vectors as scoring, gradients only on the rows a batch touches."""
+    hp = Hyperparameters(num_entity_vectors=50, vector_dim=8, num_ip_encoder_layers=2)
+    m = build_model(hp, ModelOptions(ip_hash_buckets=1000, ipv6_hash_buckets=500), seed=0)
+    with torch.no_grad():
+        m.ip_table.normal_()
+    ent = torch.tensor([3, 1, 3, 7])
+    keys = torch.tensor(parse_ip(["192.0.2.1", "2001:db8:1:200::1", "198.51.100.3", "192.0.2.9"]).value)
+    vec = m.batch_vectors(ent, keys)
+    torch.testing.assert_close(vec.entities, m.entity_vectors(ent))
+    torch.testing.assert_close(vec.ips, m.ip_vectors(keys))
+    (vec.entities * vec.ips).sum().backward()
+    m(ent, keys).sum().backward()
+    assert vec.entity_rows.ids.tolist() == [1, 3, 7]
+    torch.testing.assert_close(vec.entity_rows.values.grad, m.entity_table.grad[vec.entity_rows.ids])
+    torch.testing.assert_close(vec.ip_rows.values.grad, m.ip_table.grad[vec.ip_rows.ids])
+    touched = m.ip_table.grad.abs().sum(1).nonzero().squeeze(1)
+    assert set(touched.tolist()) <= set(vec.ip_rows.ids.tolist())
 
 
 def test_row_adam_equals_torch_adam_when_every_row_is_touched():

@@ -19,6 +19,7 @@ from ipinsights.core.model import NetworkTableError
 from ipinsights.score.scorer import Scorer
 from ipinsights.storage.modelfile import load_model, network_table, save_model
 from ipinsights.train.data import encode_pairs
+from ipinsights.train.negatives import TableNegatives
 from ipinsights.train.trainer import build_model, train_model
 
 
@@ -166,3 +167,30 @@ def test_a_model_trained_with_a_table_refuses_to_score_without_it(tmp_path):
     unattached.networks.fingerprint = None
     with pytest.raises(NetworkTableError, match="cannot encode addresses without it"):
         unattached.ip_vectors(torch.tensor([1 << 24]))
+
+
+def test_table_negatives_keep_the_family_and_the_country(tmp_path):
+    """Announced addresses drawn for a positive: its family and country, uniformly among the country's ranges;
+    an address outside the table counts as of unknown country (the whole family where none is unknown)."""
+    table = _write_table(tmp_path / "t.tsv", [
+        ("10.0.0.0", "10.0.0.255", 1, "DE", "A"),
+        ("20.0.0.0", "20.255.255.255", 2, "DE", "B"),
+        ("30.0.0.0", "30.0.0.3", 3, "FR", "C"),
+        ("40.0.0.0", "40.0.255.255", 4, "None", "D"),
+        ("2a00::", "2a00:ffff:ffff:ffff:ffff:ffff:ffff:ffff", 5, "BR", "E"),
+        ("2a01::", "2a01:ffff:ffff:ffff:ffff:ffff:ffff:ffff", 6, "US", "F"),
+    ])  # fmt: skip
+    opts = ModelOptions(asn_table=table, ip_hash_buckets=64, ipv6_hash_buckets=64, asn_hash_buckets=64)
+    model = build_model(Hyperparameters(num_entity_vectors=10, vector_dim=8), opts, seed=0)
+    asn = network_table(table)
+    like = torch.tensor(parse_ip(["10.0.0.7", "30.0.0.1", "99.1.2.3", "2a00::1", "2c00::1"] * 2000).value)
+    drawn = TableNegatives().keys_like(model.network_ranges, like, torch.Generator().manual_seed(0)).numpy()
+    rows = asn.find(drawn)
+    assert (rows >= 0).all()
+    got = asn.asn[rows].reshape(-1, 5)
+    assert set(got[:, 0].tolist()) == {1, 2}  # DE: both ranges, by count, not by size
+    assert 0.4 < (got[:, 0] == 1).mean() < 0.6
+    assert set(got[:, 1].tolist()) == {3}  # FR's only range
+    assert set(got[:, 2].tolist()) == {4}  # outside the table: the IPv4 range of unknown country
+    assert set(got[:, 3].tolist()) == {5}  # BR, IPv6
+    assert set(got[:, 4].tolist()) == {5, 6}  # outside the table, no IPv6 range of unknown country: any

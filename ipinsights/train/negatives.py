@@ -54,8 +54,9 @@ class TableNegatives:
 
     def keys_like(self, ranges: NetworkRanges, like: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """A random announced address per key of ``like``, in the same family and country as that address
-        (the whole family's ranges for an address outside the table; IPv6: a random /64 of the range), or
-        ``like`` itself where the table has no range of the family.
+        (IPv6: a random /64 of the range), or ``like`` itself where the table has no range of the family.
+        An address outside the table counts as of unknown country; where the family has no range of the
+        address's country, any of its ranges.
 
         The range is drawn uniformly among the country's ranges, not by size: negatives from real
         networks of the same country teach "not this entity's ISP" (with uniform random addresses only,
