@@ -371,7 +371,7 @@ def resolve_threshold(spark: SparkSession, cfg: ScoreConfig, profile: str | None
         )
     events = read_events(spark, cfg.events, cfg.calibration_start_date, cfg.calibration_end_date)
     setup = ScoringSetup(
-        ScorerSource.with_profile(cfg.model, profile), cfg.scorer_batch_size, cfg.learning_period_events
+        ScorerSource.with_profile(cfg.model, profile, cfg.asn_table), cfg.scorer_batch_size, cfg.learning_period_events
     )
     levels, rows = calibrate_levels(score_events(events.select("entity", "ip"), setup), cfg.target_fpr,
                                     cfg.quantile_accuracy)  # fmt: skip
