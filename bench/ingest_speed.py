@@ -59,8 +59,24 @@ def make_lines(n: int, seed: int = 0, users: int = 10_000, days: int = 10) -> pa
     )
     status = pa.array(np.where(rng.random(n) < 0.97, "200", "404"))
     size = pa.array(rng.integers(200, 5000, n).astype(str))
-    cols = [ips, " - ", user, " [", ts, " ", pa.array(off), '] "', pa.array(req), '" ', status, " ", size,
-            ' "-" "', pa.array(rng.choice(agents, n)), '"']  # fmt: skip
+    cols = [
+        ips,
+        " - ",
+        user,
+        " [",
+        ts,
+        " ",
+        pa.array(off),
+        '] "',
+        pa.array(req),
+        '" ',
+        status,
+        " ",
+        size,
+        ' "-" "',
+        pa.array(rng.choice(agents, n)),
+        '"',
+    ]
     return pc.binary_join_element_wise(*[pa.scalar(c) if isinstance(c, str) else c for c in cols], "")
 
 

@@ -66,9 +66,14 @@ def main(argv: list[str] | None = None) -> int:
     print(f"train_rows={train.num_rows}")
 
     hp = Hyperparameters(
-        num_entity_vectors=2 * args.users, vector_dim=128, epochs=args.epochs, learning_rate=0.01,
-        mini_batch_size=1000, random_negative_sampling_rate=5, shuffled_negative_sampling_rate=1,
-    )  # fmt: skip
+        num_entity_vectors=2 * args.users,
+        vector_dim=128,
+        epochs=args.epochs,
+        learning_rate=0.01,
+        mini_batch_size=1000,
+        random_negative_sampling_rate=5,
+        shuffled_negative_sampling_rate=1,
+    )
     labels = test["label"].to_numpy()
     kinds = test["kind"].to_numpy(zero_copy_only=False)
     methods: dict[str, np.ndarray] = {}

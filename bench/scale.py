@@ -44,8 +44,9 @@ def write_buckets(folder: Path, n_pairs: int, row_group: int) -> list[list[str]]
         sel = bucket == b
         f = folder / f"bucket-{b}.parquet"
         # Work files hold entity hashes; hashes below num_entity_vectors are their own rows.
-        pq.write_table(pa.table({"entity_hash": data.entity_rows[sel], "ip": data.ips[sel]}), f,
-                       row_group_size=row_group)  # fmt: skip
+        pq.write_table(
+            pa.table({"entity_hash": data.entity_rows[sel], "ip": data.ips[sel]}), f, row_group_size=row_group
+        )
         files.append([str(f)])
     return files
 
@@ -77,8 +78,15 @@ def child(args: argparse.Namespace) -> None:
         trainer._step(ent, ips)
     t2 = time.perf_counter()
     batches.close()
-    print(json.dumps({"peak_rss_mb": status_mb("VmHWM"), "first_step_seconds": t1 - t0,
-                      "steps_per_second": (args.steps - 1) / (t2 - t1)}))  # fmt: skip
+    print(
+        json.dumps(
+            {
+                "peak_rss_mb": status_mb("VmHWM"),
+                "first_step_seconds": t1 - t0,
+                "steps_per_second": (args.steps - 1) / (t2 - t1),
+            }
+        )
+    )
 
 
 def main() -> None:
@@ -102,14 +110,29 @@ def main() -> None:
             spec = Path(tmp) / "buckets.json"
             spec.write_text(json.dumps(write_buckets(Path(tmp), n, args.row_group)))
             for mode in args.modes:
-                cmd = [sys.executable, __file__, "--child", str(spec), "--mode", mode, "--steps", str(args.steps),
-                       "--buffer-rows", str(args.buffer_rows), "--threads", str(args.threads)]  # fmt: skip
+                cmd = [
+                    sys.executable,
+                    __file__,
+                    "--child",
+                    str(spec),
+                    "--mode",
+                    mode,
+                    "--steps",
+                    str(args.steps),
+                    "--buffer-rows",
+                    str(args.buffer_rows),
+                    "--threads",
+                    str(args.threads),
+                ]
                 out = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
                 rss = out["peak_rss_mb"]
                 first.setdefault(mode, rss)
-                print(f"pairs={n} mode={mode} peak_rss_mb={rss:.0f} growth_vs_first={rss / first[mode]:.2f}",
-                      f"first_step_seconds={out['first_step_seconds']:.1f}",
-                      f"steps_per_second={out['steps_per_second']:.1f}", flush=True)  # fmt: skip
+                print(
+                    f"pairs={n} mode={mode} peak_rss_mb={rss:.0f} growth_vs_first={rss / first[mode]:.2f}",
+                    f"first_step_seconds={out['first_step_seconds']:.1f}",
+                    f"steps_per_second={out['steps_per_second']:.1f}",
+                    flush=True,
+                )
 
 
 if __name__ == "__main__":

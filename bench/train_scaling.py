@@ -32,8 +32,9 @@ _spec.loader.exec_module(train_speed)
 
 
 def _rank_main(rank: int, world: int, port: int, spec: WorkerSpec, queue) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
-                      LOCAL_RANK=str(rank))  # fmt: skip
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank)
+    )
     result = train_worker(spec)
     if rank == 0:
         queue.put(result)

@@ -43,9 +43,16 @@ def tutorial_pairs(n_pairs: int, n_entities: int = 10_000, seed: int = 0) -> Enc
 
 def tutorial_hyperparameters() -> Hyperparameters:
     """The SageMaker tutorial's settings (R=5, batch 1000, dim 128, lr 0.01), one epoch."""
-    return Hyperparameters(num_entity_vectors=20_000, vector_dim=128, epochs=1, learning_rate=0.01,
-                           mini_batch_size=1000, random_negative_sampling_rate=5, shuffled_negative_sampling_rate=1,
-                           batch_metrics_publish_interval=10**9)  # fmt: skip
+    return Hyperparameters(
+        num_entity_vectors=20_000,
+        vector_dim=128,
+        epochs=1,
+        learning_rate=0.01,
+        mini_batch_size=1000,
+        random_negative_sampling_rate=5,
+        shuffled_negative_sampling_rate=1,
+        batch_metrics_publish_interval=10**9,
+    )
 
 
 def reference_seconds_per_batch(hp: Hyperparameters, data: EncodedPairs, batches: int) -> float:
@@ -62,8 +69,9 @@ def reference_seconds_per_batch(hp: Hyperparameters, data: EncodedPairs, batches
         rand = torch.randint(0, 2**32, (R * B,), generator=g)
         e = F.embedding(ent, model.entity_table)
         v = model.encode(F.embedding(model.ip_rows(torch.cat([ips, rand])), model.ip_table).sum(1))
-        logits = torch.cat([(e * v[:B]).sum(-1), (v[B:].view(R, B, -1) * e).sum(-1).flatten(),
-                            (e.roll(1, 0) * v[:B]).sum(-1)])  # fmt: skip
+        logits = torch.cat(
+            [(e * v[:B]).sum(-1), (v[B:].view(R, B, -1) * e).sum(-1).flatten(), (e.roll(1, 0) * v[:B]).sum(-1)]
+        )
         labels = torch.zeros_like(logits)
         labels[:B] = 1
         loss = F.binary_cross_entropy_with_logits(logits, labels)

@@ -62,8 +62,13 @@ def main(argv: list[str] | None = None) -> int:
     pacsv.write_csv(labelled.select(["entity", "ip", "label", "kind"]), work / "labelled.csv", options)
 
     cfg = yaml.safe_load((REPO / "conf" / "tune.yml").read_text())
-    cfg.update(base_config=str(REPO / "conf" / "train.yml"), keep_trial_models=True, max_jobs=args.trials,
-               max_parallel_jobs=1, early_stopping={"type": "off"})  # fmt: skip
+    cfg.update(
+        base_config=str(REPO / "conf" / "train.yml"),
+        keep_trial_models=True,
+        max_jobs=args.trials,
+        max_parallel_jobs=1,
+        early_stopping={"type": "off"},
+    )
     if args.space != "cpu":
         cfg["space"] = args.space
     if args.objective:

@@ -55,9 +55,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         scorer = Scorer.load(args.model, asn_table=args.asn_table)
         exported = export_requested(
-            scorer, args.out, ip_ranges=args.ip_range, ip_file=args.ips, entity_file=args.entities,
-            entities_out=args.entities_out, batch=args.batch_size, max_addresses=args.max_addresses,
-        )  # fmt: skip
+            scorer,
+            args.out,
+            ip_ranges=args.ip_range,
+            ip_file=args.ips,
+            entity_file=args.entities,
+            entities_out=args.entities_out,
+            batch=args.batch_size,
+            max_addresses=args.max_addresses,
+        )
         for kind, out, rows in exported:
             print(f"{out}: {rows} {kind} embeddings (vector_dim {scorer.vector_dim})")
 

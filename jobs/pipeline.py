@@ -55,8 +55,20 @@ def run(w: Path, args: argparse.Namespace, spark: SparkSession) -> None:
     # The test days' labelled attacks, and one source spraying many accounts, go into the logs: the
     # report then has real cases to find among the normal traffic's.
     inject = ["--inject-attacks", f"--spraying_accounts={args.spraying_accounts}"] if args.inject else []
-    step("generate", generate.main(["--out", str(w / "synth"), "--overwrite", f"--users={args.users}",
-                                     f"--days={args.days}", f"--seed={args.seed}", *inject]))  # fmt: skip
+    step(
+        "generate",
+        generate.main(
+            [
+                "--out",
+                str(w / "synth"),
+                "--overwrite",
+                f"--users={args.users}",
+                f"--days={args.days}",
+                f"--seed={args.seed}",
+                *inject,
+            ]
+        ),
+    )
     (t0, t1), (v0, v1), (s0, s1) = (read_spec(w / "synth").split_dates(s) for s in ("train", "validation", "test"))
     events = w / "events"
     step("ingest", ingest.main([f"--inputs={w / 'synth' / 'logs'}/*", f"--output={events}"]))
@@ -64,26 +76,90 @@ def run(w: Path, args: argparse.Namespace, spark: SparkSession) -> None:
     # The generator writes its address plan as ip2asn tables: the model learns ASes and countries from them.
     world = w / "synth" / "world"
     table = [f"--model.asn_table={world / 'networks.tsv'},{world / 'networks-v6.tsv'}"] if args.asn_table else []
-    step("train", train.main(["--events", str(events), "--start-date", t0, "--end-date", t1,
-                              "--validation-start-date", v0, "--validation-end-date", v1, "--output", str(w / "run"),
-                              "--backend", args.backend, "--num-workers", str(args.num_workers),
-                              f"--epochs={args.epochs}", f"--num_entity_vectors={num_vectors}", *table]))  # fmt: skip
+    step(
+        "train",
+        train.main(
+            [
+                "--events",
+                str(events),
+                "--start-date",
+                t0,
+                "--end-date",
+                t1,
+                "--validation-start-date",
+                v0,
+                "--validation-end-date",
+                v1,
+                "--output",
+                str(w / "run"),
+                "--backend",
+                args.backend,
+                "--num-workers",
+                str(args.num_workers),
+                f"--epochs={args.epochs}",
+                f"--num_entity_vectors={num_vectors}",
+                *table,
+            ]
+        ),
+    )
     model = w / "run" / "model"
-    step("score", score.main(["--start-date", s0, "--end-date", s1, "--target-fpr", str(args.target_fpr),
-                              f"--model={model}", f"--events={events}", f"--scores={w / 'scores'}",
-                              f"--flagged={w / 'flagged'}", f"--reports={w / 'reports'}",
-                              f"--calibration_start_date={v0}", f"--calibration_end_date={v1}",
-                              f"--train_start_date={t0}", f"--train_end_date={t1}", f"--cases={w / 'cases'}",
-                              f"--max_cases={args.max_cases}"]))  # fmt: skip
+    step(
+        "score",
+        score.main(
+            [
+                "--start-date",
+                s0,
+                "--end-date",
+                s1,
+                "--target-fpr",
+                str(args.target_fpr),
+                f"--model={model}",
+                f"--events={events}",
+                f"--scores={w / 'scores'}",
+                f"--flagged={w / 'flagged'}",
+                f"--reports={w / 'reports'}",
+                f"--calibration_start_date={v0}",
+                f"--calibration_end_date={v1}",
+                f"--train_start_date={t0}",
+                f"--train_end_date={t1}",
+                f"--cases={w / 'cases'}",
+                f"--max_cases={args.max_cases}",
+            ]
+        ),
+    )
 
     # The per-entity baselines of the evaluation need the training pairs: export them as CSV (IPv6 included).
     export_pairs_csv(read_events(spark, str(events), t0, t1), str(w / "train.csv"), ipv4_only=False)
     # With the attacks in the logs, the evaluation also measures the cases an investigator gets each test day.
-    cases = [f"--cases={w / 'cases'}", f"--scores={w / 'scores'}", f"--start-date={s0}", f"--end-date={s1}",
-             f"--max-cases={args.max_cases}"] if args.inject else []  # fmt: skip
-    step("evaluate", cli.evaluate_main(["--model", str(model), "--test", str(w / "synth/labels/test_labelled.csv"),
-                                        "--train", str(w / "train.csv"), "--plot", str(w / "evaluation.png"),
-                                        "--output", str(w / "evaluation.json"), *cases]))  # fmt: skip
+    cases = (
+        [
+            f"--cases={w / 'cases'}",
+            f"--scores={w / 'scores'}",
+            f"--start-date={s0}",
+            f"--end-date={s1}",
+            f"--max-cases={args.max_cases}",
+        ]
+        if args.inject
+        else []
+    )
+    step(
+        "evaluate",
+        cli.evaluate_main(
+            [
+                "--model",
+                str(model),
+                "--test",
+                str(w / "synth/labels/test_labelled.csv"),
+                "--train",
+                str(w / "train.csv"),
+                "--plot",
+                str(w / "evaluation.png"),
+                "--output",
+                str(w / "evaluation.json"),
+                *cases,
+            ]
+        ),
+    )
 
 
 def print_results(w: Path) -> None:
@@ -115,8 +191,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--num-workers", type=int, default=0, help="training ranks (0: chosen by the backend)")
     p.add_argument("--target-fpr", type=float, default=0.01)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--no-asn-table", dest="asn_table", action="store_false",
-                   help="train on prefixes alone, without the generated ip2asn tables (model.asn_table)")  # fmt: skip
+    p.add_argument(
+        "--no-asn-table",
+        dest="asn_table",
+        action="store_false",
+        help="train on prefixes alone, without the generated ip2asn tables (model.asn_table)",
+    )
     p.add_argument(
         "--no-inject",
         dest="inject",
@@ -133,7 +213,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("-v", "--verbose", action="store_true")
     args = p.parse_args(argv)
     if args.spraying_accounts is None:
-        args.spraying_accounts = max(5, args.users // 50)  # fmt: skip
+        args.spraying_accounts = max(5, args.users // 50)
 
     def body(ctx: JobContext) -> None:
         w = Path(args.workdir).resolve()

@@ -61,8 +61,12 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str
 
 def main(argv: Sequence[str] | None = None) -> int:
     args, overrides = parse_args(argv)
-    chosen = {"max_jobs": args.max_jobs, "max_parallel_jobs": args.max_parallel_jobs, "strategy": args.strategy,
-              "seed": args.seed}  # fmt: skip
+    chosen = {
+        "max_jobs": args.max_jobs,
+        "max_parallel_jobs": args.max_parallel_jobs,
+        "strategy": args.strategy,
+        "seed": args.seed,
+    }
     # The skeleton loads the tuning config; the base training config is named inside it (relative to it).
     config_path = args.config if args.config is not None else default_config("tune")
     inputs = from_args(TuneInputs, args)

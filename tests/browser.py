@@ -29,21 +29,35 @@ def chromium() -> str:
 
 
 def _flags(exe: str, profile_dir: Path) -> list[str]:
-    return [exe, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-            "--disable-background-networking", "--disable-component-update", "--disable-sync",
-            f"--user-data-dir={profile_dir}"]  # fmt: skip
+    return [
+        exe,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={profile_dir}",
+    ]
 
 
 def dump_dom(page: Path, profile_dir: Path) -> str:
     """The page's DOM after Chromium loaded it (what a reader's browser would show)."""
     flags = _flags(chromium(), profile_dir)
-    return subprocess.run([*flags, "--dump-dom", page.resolve().as_uri()], capture_output=True, text=True,
-                          timeout=60).stdout  # fmt: skip
+    return subprocess.run(
+        [*flags, "--dump-dom", page.resolve().as_uri()], capture_output=True, text=True, timeout=60
+    ).stdout
 
 
 def screenshot(page: Path, profile_dir: Path, shot: Path, height: int = 2000) -> Path:
     """A 1200 x ``height`` PNG of the rendered page."""
     flags = _flags(chromium(), profile_dir)
-    subprocess.run([*flags, f"--screenshot={shot}", f"--window-size=1200,{height}", page.resolve().as_uri()],
-                   capture_output=True, timeout=60, check=True)  # fmt: skip
+    subprocess.run(
+        [*flags, f"--screenshot={shot}", f"--window-size=1200,{height}", page.resolve().as_uri()],
+        capture_output=True,
+        timeout=60,
+        check=True,
+    )
     return shot

@@ -30,9 +30,25 @@ from pathlib import Path
 import pytest
 from servers import free_port
 
-__all__ = ["BUCKET", "JARS", "JAR_DIR", "Bucket", "StandaloneCluster", "Submitter", "ingest_args", "kill_group",
-           "last_json", "prepare_lake", "s3_server", "s3a_spark_conf", "score_args", "spark_cluster", "spark_home",
-           "tail", "train_args"]  # fmt: skip
+__all__ = [
+    "BUCKET",
+    "JARS",
+    "JAR_DIR",
+    "Bucket",
+    "StandaloneCluster",
+    "Submitter",
+    "ingest_args",
+    "kill_group",
+    "last_json",
+    "prepare_lake",
+    "s3_server",
+    "s3a_spark_conf",
+    "score_args",
+    "spark_cluster",
+    "spark_home",
+    "tail",
+    "train_args",
+]
 
 REPO = Path(__file__).resolve().parents[1]
 #: Hadoop's S3A connector for Spark's side (``scripts/fetch_s3a_jars.sh``): pyspark's package has none.
@@ -40,8 +56,16 @@ JAR_DIR = Path(os.environ.get("IPINSIGHTS_S3A_JARS", Path.home() / ".cache/ipins
 JARS = [JAR_DIR / "hadoop-aws-3.3.1.jar", JAR_DIR / "aws-java-sdk-bundle-1.11.901.jar"]
 BUCKET = "lake"
 #: A small data set: 200 users over 4 days (about 30k log lines): 2 training days, 1 validation, 1 test.
-GENERATE = ["--users=200", "--days=4", "--train_days=2", "--validation_days=1", "--n_files=2", "--attacks=200",
-            "--validation_attacks=100", "--seed=0"]  # fmt: skip
+GENERATE = [
+    "--users=200",
+    "--days=4",
+    "--train_days=2",
+    "--validation_days=1",
+    "--n_files=2",
+    "--attacks=200",
+    "--validation_attacks=100",
+    "--seed=0",
+]
 STEP_TIMEOUT = 600  # seconds for any one job
 #: The first and last day of the training, validation and test days, as ``SynthSpec.split_dates`` gives them.
 Dates = dict[str, tuple[str, str]]
@@ -121,19 +145,36 @@ class StandaloneCluster:
         (self.root / "conf").mkdir(parents=True, exist_ok=True)
         self._start(
             "master",
-            ["org.apache.spark.deploy.master.Master", "--host", "127.0.0.1", "--port", str(self.port),
-             "--webui-port", str(self.webui_port)],
-        )  # fmt: skip
+            [
+                "org.apache.spark.deploy.master.Master",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--webui-port",
+                str(self.webui_port),
+            ],
+        )
         self._wait(lambda: self._listening(self.port), "the master to listen")
         for i in range(self.n_workers):
             work_dir = self.root / f"worker-{i}"
             work_dir.mkdir(parents=True, exist_ok=True)
             self._start(
                 f"worker-{i}",
-                ["org.apache.spark.deploy.worker.Worker", "--host", "127.0.0.1", "--cores", str(self.cores),
-                 "--memory", self.memory, "--webui-port", str(free_port()), self.master_url],
+                [
+                    "org.apache.spark.deploy.worker.Worker",
+                    "--host",
+                    "127.0.0.1",
+                    "--cores",
+                    str(self.cores),
+                    "--memory",
+                    self.memory,
+                    "--webui-port",
+                    str(free_port()),
+                    self.master_url,
+                ],
                 {"SPARK_WORKER_DIR": str(work_dir)},
-            )  # fmt: skip
+            )
         self._wait(lambda: len(self.alive_workers()) >= self.n_workers, f"{self.n_workers} workers to register")
 
     def _wait(self, ready, what: str) -> None:
@@ -214,19 +255,48 @@ def ingest_args(logs: str, events: str) -> list[str]:
 def train_args(events: str, run: str, dates: Dates, backend: str, epochs: int) -> list[str]:
     """``train``: the training days, validated on the validation days, into the run folder ``run``."""
     (t0, t1), (v0, v1) = dates["train"], dates["validation"]
-    return ["--events", events, "--start-date", t0, "--end-date", t1, "--validation-start-date", v0,
-            "--validation-end-date", v1, "--output", run, "--backend", backend, "--num-workers", "2",
-            f"--epochs={epochs}"]  # fmt: skip
+    return [
+        "--events",
+        events,
+        "--start-date",
+        t0,
+        "--end-date",
+        t1,
+        "--validation-start-date",
+        v0,
+        "--validation-end-date",
+        v1,
+        "--output",
+        run,
+        "--backend",
+        backend,
+        "--num-workers",
+        "2",
+        f"--epochs={epochs}",
+    ]
 
 
 def score_args(events: str, run: str, out: str, dates: Dates) -> list[str]:
     """``score``: the test days with ``run``'s model, calibrated on the validation days; tables and reports
     under ``out``."""
     (t0, t1), (v0, v1), (s0, s1) = dates["train"], dates["validation"], dates["test"]
-    return ["--start-date", s0, "--end-date", s1, "--target-fpr", "0.01", f"--model={run}/model",
-            f"--events={events}", f"--scores={out}/scores", f"--flagged={out}/flagged", f"--reports={out}/reports",
-            f"--calibration_start_date={v0}", f"--calibration_end_date={v1}", f"--train_start_date={t0}",
-            f"--train_end_date={t1}"]  # fmt: skip
+    return [
+        "--start-date",
+        s0,
+        "--end-date",
+        s1,
+        "--target-fpr",
+        "0.01",
+        f"--model={run}/model",
+        f"--events={events}",
+        f"--scores={out}/scores",
+        f"--flagged={out}/flagged",
+        f"--reports={out}/reports",
+        f"--calibration_start_date={v0}",
+        f"--calibration_end_date={v1}",
+        f"--train_start_date={t0}",
+        f"--train_end_date={t1}",
+    ]
 
 
 # Jobs against S3: ./spark-submit.sh in its own process, Spark through S3A, Python through pyarrow.
@@ -298,8 +368,14 @@ class Submitter:
             "spark.sql.shuffle.partitions": "4",
         }
         opts = [f"--conf={k}={v}" for k, v in conf.items()]
-        return [str(REPO / "spark-submit.sh"), "--master", self.master,
-                *(a for o in opts for a in ("--spark-opt", o)), job, *args]  # fmt: skip
+        return [
+            str(REPO / "spark-submit.sh"),
+            "--master",
+            self.master,
+            *(a for o in opts for a in ("--spark-opt", o)),
+            job,
+            *args,
+        ]
 
     def env(self) -> dict[str, str]:
         # SPARK_LOCAL_IP explicitly: spark-submit.sh's default is not this test's business.
@@ -312,9 +388,13 @@ class Submitter:
         log_path = self.log_dir / f"{name}.log"
         with open(log_path.with_suffix(".out"), "wb") as out, open(log_path, "wb") as log:
             proc = subprocess.Popen(
-                self.command(job, args), cwd=self.cwd, env=self.env(), stdout=out, stderr=log,
+                self.command(job, args),
+                cwd=self.cwd,
+                env=self.env(),
+                stdout=out,
+                stderr=log,
                 start_new_session=True,
-            )  # fmt: skip
+            )
         return proc, log_path
 
     def run(self, job: str, args: list[str], name: str | None = None) -> str:

@@ -59,11 +59,26 @@ def test_sum_of_negative_rates_refused(r, s):
 
 
 def test_edges_accepted():
-    Hyperparameters(num_entity_vectors=1, vector_dim=4, learning_rate=1e-6, mini_batch_size=1, num_ip_encoder_layers=0,
-                    random_negative_sampling_rate=0, shuffled_negative_sampling_rate=1, weight_decay=0.0)  # fmt: skip
-    Hyperparameters(num_entity_vectors=250_000_000, vector_dim=4096, learning_rate=10.0, mini_batch_size=500_000,
-                    num_ip_encoder_layers=100, random_negative_sampling_rate=250, shuffled_negative_sampling_rate=250,
-                    weight_decay=10.0)  # fmt: skip
+    Hyperparameters(
+        num_entity_vectors=1,
+        vector_dim=4,
+        learning_rate=1e-6,
+        mini_batch_size=1,
+        num_ip_encoder_layers=0,
+        random_negative_sampling_rate=0,
+        shuffled_negative_sampling_rate=1,
+        weight_decay=0.0,
+    )
+    Hyperparameters(
+        num_entity_vectors=250_000_000,
+        vector_dim=4096,
+        learning_rate=10.0,
+        mini_batch_size=500_000,
+        num_ip_encoder_layers=100,
+        random_negative_sampling_rate=250,
+        shuffled_negative_sampling_rate=250,
+        weight_decay=10.0,
+    )
 
 
 def test_required_parameters_named():

@@ -21,8 +21,11 @@ from ipinsights_jobs import _common
 
 REPO = Path(__file__).resolve().parents[1]
 DEPLOY = REPO / "deploy"
-DATES = {"train": ("2026-01-01", "2026-01-07"), "validation": ("2026-01-08", "2026-01-08"),
-         "test": ("2026-01-09", "2026-01-09")}  # fmt: skip
+DATES = {
+    "train": ("2026-01-01", "2026-01-07"),
+    "validation": ("2026-01-08", "2026-01-08"),
+    "test": ("2026-01-09", "2026-01-09"),
+}
 #: What the cluster test passes to each job (the reference for a deployment's options).
 TESTED = {
     "ingest": ingest_args("s3://b/logs", "s3://b/events"),

@@ -24,8 +24,14 @@ from ipinsights.train.distributed import local_master_cores, resolve_distributed
 from ipinsights.train.trainer import train_model
 from ipinsights.train.validation import discriminator_auc
 
-HP = {"num_entity_vectors": 600, "vector_dim": 32, "epochs": 2, "mini_batch_size": 256, "learning_rate": 0.01,
-      "random_negative_sampling_rate": 5}  # fmt: skip
+HP = {
+    "num_entity_vectors": 600,
+    "vector_dim": 32,
+    "epochs": 2,
+    "mini_batch_size": 256,
+    "learning_rate": 0.01,
+    "random_negative_sampling_rate": 5,
+}
 ARGS = [f"--{k}={v}" for k, v in HP.items()]
 
 
@@ -65,15 +71,38 @@ def _single_process_auc(world) -> float:
 def _train(events, out, backend, *extra, workers=2):
     from ipinsights_jobs import train
 
-    argv = ["--events", str(events), "--start-date", "2026-03-01", "--end-date", "2026-03-03",
-            "--validation-start-date", "2026-03-04", "--output", str(out), "--backend", backend,
-            "--num-workers", str(workers), *ARGS, *extra]  # fmt: skip
+    argv = [
+        "--events",
+        str(events),
+        "--start-date",
+        "2026-03-01",
+        "--end-date",
+        "2026-03-03",
+        "--validation-start-date",
+        "2026-03-04",
+        "--output",
+        str(out),
+        "--backend",
+        backend,
+        "--num-workers",
+        str(workers),
+        *ARGS,
+        *extra,
+    ]
     assert train.main(argv) == 0
     return [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
 
 
-@pytest.mark.parametrize("backend", ["torch", pytest.param("horovod", marks=pytest.mark.skipif(
-    not _has_horovod(), reason="Horovod not installed: run scripts/build_horovod.sh"))])  # fmt: skip
+@pytest.mark.parametrize(
+    "backend",
+    [
+        "torch",
+        pytest.param(
+            "horovod",
+            marks=pytest.mark.skipif(not _has_horovod(), reason="Horovod not installed: run scripts/build_horovod.sh"),
+        ),
+    ],
+)
 @pytest.mark.spark
 @pytest.mark.slow
 @pytest.mark.timeout(600)
@@ -207,9 +236,29 @@ def test_warm_start_keeps_known_pairs(spark, world, events, tmp_path):
     pq.write_to_dataset(t, new_events, partition_cols=["dt"])
     from ipinsights_jobs import train
 
-    assert train.main(["--events", str(new_events), "--start-date", "2026-03-05", "--end-date", "2026-03-05",
-                       "--output", str(tmp_path / "day2"), "--backend", "local", "--num-workers", "1", *ARGS,
-                       "--epochs=1", "--warm-start", str(tmp_path / "day1" / "model")]) == 0  # fmt: skip
+    assert (
+        train.main(
+            [
+                "--events",
+                str(new_events),
+                "--start-date",
+                "2026-03-05",
+                "--end-date",
+                "2026-03-05",
+                "--output",
+                str(tmp_path / "day2"),
+                "--backend",
+                "local",
+                "--num-workers",
+                "1",
+                *ARGS,
+                "--epochs=1",
+                "--warm-start",
+                str(tmp_path / "day1" / "model"),
+            ]
+        )
+        == 0
+    )
     new = Scorer.load(tmp_path / "day2" / "model")
     old_pairs = world.validation  # held-out pairs of every entity, including those absent on day 2
     rng = np.random.default_rng(0)
@@ -221,9 +270,24 @@ def test_warm_start_keeps_known_pairs(spark, world, events, tmp_path):
         assert auc >= 0.95
     # a mismatched warm start is refused with a clear error
     with pytest.raises(ValueError, match="shape or hash space differs"):
-        train.main(["--events", str(new_events), "--start-date", "2026-03-05", "--end-date", "2026-03-05",
-                    "--output", str(tmp_path / "bad"), "--backend", "local", *ARGS, "--vector_dim=16",
-                    "--warm-start", str(tmp_path / "day1" / "model")])  # fmt: skip
+        train.main(
+            [
+                "--events",
+                str(new_events),
+                "--start-date",
+                "2026-03-05",
+                "--end-date",
+                "2026-03-05",
+                "--output",
+                str(tmp_path / "bad"),
+                "--backend",
+                "local",
+                *ARGS,
+                "--vector_dim=16",
+                "--warm-start",
+                str(tmp_path / "day1" / "model"),
+            ]
+        )
 
 
 @pytest.mark.slow
@@ -273,8 +337,9 @@ def test_auto_backend_is_one_process_locally_and_torch_on_a_cluster(spark, caplo
     on_yarn = resolve_distributed(cluster("yarn", **{"spark.executor.instances": "3"}), auto)
     assert (on_yarn.backend, on_yarn.num_workers) == ("torch", 3)
     assert "backend=auto chose torch: the Spark master yarn is a cluster; 3 ranks: 3 executors" in caplog.text
-    gpus = cluster("k8s://https://api:6443", **{"spark.executor.instances": "2",
-                                                "spark.executor.resource.gpu.amount": "4"})  # fmt: skip
+    gpus = cluster(
+        "k8s://https://api:6443", **{"spark.executor.instances": "2", "spark.executor.resource.gpu.amount": "4"}
+    )
     assert resolve_distributed(gpus, auto).num_workers == 8  # one rank per GPU
     assert resolve_distributed(gpus, DistributedOptions(use_gpu="false")).num_workers == 2
 
@@ -286,8 +351,18 @@ def test_default_backend_trains_in_one_process_with_every_core(spark, events, tm
     caplog.set_level(logging.INFO, logger="ipinsights")
     from ipinsights_jobs import train
 
-    argv = ["--events", str(events), "--start-date", "2026-03-01", "--end-date", "2026-03-03",
-            "--output", str(tmp_path / "run"), *ARGS, "--epochs=1"]  # fmt: skip
+    argv = [
+        "--events",
+        str(events),
+        "--start-date",
+        "2026-03-01",
+        "--end-date",
+        "2026-03-03",
+        "--output",
+        str(tmp_path / "run"),
+        *ARGS,
+        "--epochs=1",
+    ]
     assert train.main(argv) == 0  # the project's conf/train.yml: backend auto, num_workers 0
     manifest = Scorer.load(tmp_path / "run" / "model").bundle.manifest["training"]
     assert (manifest["backend"], manifest["world_size"]) == ("local", 1)

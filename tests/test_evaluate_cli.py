@@ -38,8 +38,12 @@ def test_threshold_table():
 
 
 def test_baselines():
-    b = baseline_scores(["a", "a"], ["10.0.0.1", "10.1.0.1"], ["a", "a", "a", "a", "b"],
-                        ["10.0.0.1", "10.0.0.9", "10.1.7.1", "11.0.0.1", "10.0.0.1"])  # fmt: skip
+    b = baseline_scores(
+        ["a", "a"],
+        ["10.0.0.1", "10.1.0.1"],
+        ["a", "a", "a", "a", "b"],
+        ["10.0.0.1", "10.0.0.9", "10.1.7.1", "11.0.0.1", "10.0.0.1"],
+    )
     assert b["seen_exact_ip"].tolist() == [0, 1, 1, 1, 1]
     assert b["seen_same_24"].tolist() == [0, 0, 1, 1, 1]
     assert b["seen_same_16"].tolist() == [0, 0, 0, 1, 1]
@@ -86,11 +90,28 @@ def csvs(tmp_path_factory):
 
 def test_cli_train_and_evaluate(csvs, tmp_path, capsys):
     model = tmp_path / "model"
-    rc = cli.main(["train", "--train", str(csvs / "train.csv"), "--validation", str(csvs / "validation.csv"),
-                   "--validation-labelled", str(csvs / "test.csv"),
-                   "--model-dir", str(model), "--config", "conf/train.yml", "--metrics", str(tmp_path / "m.jsonl"),
-                   "--epochs=3", "--num_entity_vectors=300", "--vector_dim=32", "--mini_batch_size=200",
-                   "--train.num_threads=1"])  # fmt: skip
+    rc = cli.main(
+        [
+            "train",
+            "--train",
+            str(csvs / "train.csv"),
+            "--validation",
+            str(csvs / "validation.csv"),
+            "--validation-labelled",
+            str(csvs / "test.csv"),
+            "--model-dir",
+            str(model),
+            "--config",
+            "conf/train.yml",
+            "--metrics",
+            str(tmp_path / "m.jsonl"),
+            "--epochs=3",
+            "--num_entity_vectors=300",
+            "--vector_dim=32",
+            "--mini_batch_size=200",
+            "--train.num_threads=1",
+        ]
+    )
     assert rc == 0
     out = capsys.readouterr().out
     assert "model written to" in out
@@ -106,9 +127,21 @@ def test_cli_train_and_evaluate(csvs, tmp_path, capsys):
 
     counts = Scorer.load(model).training_counts(["user_0", "user_1", "never-seen"])
     assert counts[0] > 0 and counts[1] > 0 and counts[2] == 0
-    rc = cli.main(["evaluate", "--model", str(model), "--test", str(csvs / "test.csv"), "--train",
-                   str(csvs / "train.csv"), "--plot", str(tmp_path / "h.png"),
-                   "--output", str(tmp_path / "e.json")])  # fmt: skip
+    rc = cli.main(
+        [
+            "evaluate",
+            "--model",
+            str(model),
+            "--test",
+            str(csvs / "test.csv"),
+            "--train",
+            str(csvs / "train.csv"),
+            "--plot",
+            str(tmp_path / "h.png"),
+            "--output",
+            str(tmp_path / "e.json"),
+        ]
+    )
     assert rc == 0
     out = capsys.readouterr().out
     assert "seen_same_24" in out and "precision" in out
@@ -119,8 +152,18 @@ def test_cli_train_and_evaluate(csvs, tmp_path, capsys):
 
 def test_cli_refuses_bad_hyperparameter_before_reading(tmp_path, capsys):
     with pytest.raises(SystemExit) as err:
-        cli.main(["train", "--train", str(tmp_path / "nope.csv"), "--model-dir", str(tmp_path / "m"),
-                  "--config", "conf/train.yml", "--learning_rate=50"])  # fmt: skip
+        cli.main(
+            [
+                "train",
+                "--train",
+                str(tmp_path / "nope.csv"),
+                "--model-dir",
+                str(tmp_path / "m"),
+                "--config",
+                "conf/train.yml",
+                "--learning_rate=50",
+            ]
+        )
     assert err.value.code == 2
     assert "learning_rate=50.0 is out of range: allowed in [1e-06, 10.0]" in capsys.readouterr().err
 

@@ -35,8 +35,15 @@ def test_ip_range_and_file(model_dir, scorer, tmp_path):
     assert t.schema.field("embedding").type == pa.list_(pa.float32(), scorer.vector_dim)
     col = t["ip"].to_pylist()
     assert col[:2] == ["10.1.0.0", "10.1.0.1"] and col[65535] == "10.1.255.255"
-    assert col[65536:] == ["10.2.3.4", "192.0.2.7", "198.51.100.0", "198.51.100.1", "198.51.100.2", "198.51.100.3",
-                           "203.0.113.9"]  # fmt: skip
+    assert col[65536:] == [
+        "10.2.3.4",
+        "192.0.2.7",
+        "198.51.100.0",
+        "198.51.100.1",
+        "198.51.100.2",
+        "198.51.100.3",
+        "203.0.113.9",
+    ]
     sample = [0, 4097, 65535, 65540, len(col) - 1]
     emb = np.stack(t["embedding"].to_numpy(zero_copy_only=False)[sample])
     np.testing.assert_allclose(emb, scorer.ip_embedding([col[i] for i in sample]), atol=1e-6)
@@ -56,8 +63,18 @@ def test_entities_alone_and_together(model_dir, scorer, tmp_path):
         export_embeddings.main(
             ["--model", str(model_dir), "--out", str(out), "--entities", str(ents), "--ip-range", "10.0.0.0/30"]
         )
-    both = ["--model", str(model_dir), "--out", str(tmp_path / "i.parquet"), "--ip-range", "10.0.0.0/30",
-            "--entities", str(ents), "--entities-out", str(tmp_path / "e.parquet")]  # fmt: skip
+    both = [
+        "--model",
+        str(model_dir),
+        "--out",
+        str(tmp_path / "i.parquet"),
+        "--ip-range",
+        "10.0.0.0/30",
+        "--entities",
+        str(ents),
+        "--entities-out",
+        str(tmp_path / "e.parquet"),
+    ]
     assert export_embeddings.main(both) == 0
     assert pq.read_table(tmp_path / "i.parquet").num_rows == 4 and pq.read_table(tmp_path / "e.parquet").num_rows == 3
 

@@ -31,8 +31,12 @@ LINE = '{ip} - {user} [{day}/Oct/2026:{hh}:30:00 +0000] "GET /login_success HTTP
 
 
 def _log(path: Path, day_hours: Sequence[tuple[int, str]], users: int) -> Path:
-    lines = [LINE.format(ip=f"10.{day}.{u}.{h}", user=f"user_{u}", day=day, hh=hh)
-             for day, hh in day_hours for u in range(users) for h in (1, 2)]  # fmt: skip
+    lines = [
+        LINE.format(ip=f"10.{day}.{u}.{h}", user=f"user_{u}", day=day, hh=hh)
+        for day, hh in day_hours
+        for u in range(users)
+        for h in (1, 2)
+    ]
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines) + "\n")
     return path
@@ -47,8 +51,15 @@ def _run_killed(
     }
     if snapshot is not None:
         env["FAULTS_SNAPSHOT"] = f"{snapshot[0]}:{snapshot[1]}"
-    return subprocess.run([sys.executable, str(HERE / "faults.py"), str(kill_at), str(steps), module, *argv],
-                          cwd=cwd, env=env, capture_output=True, text=True, timeout=600, check=False)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, str(HERE / "faults.py"), str(kill_at), str(steps), module, *argv],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
 
 
 def _compare(got: collections.Counter, want: collections.Counter) -> tuple[int, int]:
@@ -97,8 +108,10 @@ def _kill_everywhere(
     proc = _run_killed(k, tmp_path / "killed-steps.tsv", module, argv(killed), killed)
     assert proc.returncode == -9, (k, proc.returncode, proc.stderr[-3000:])  # it died at step k
     check(k, killed)
-    print(f"{module}: faults injected {injected} ({n_steps} recorded states, 1 SIGKILL), runs recovered "
-          f"{recovered}, rows lost {lost}, rows duplicated {duplicated}")  # fmt: skip
+    print(
+        f"{module}: faults injected {injected} ({n_steps} recorded states, 1 SIGKILL), runs recovered "
+        f"{recovered}, rows lost {lost}, rows duplicated {duplicated}"
+    )
 
 
 @pytest.mark.spark
@@ -131,8 +144,18 @@ def test_ingest_killed_at_each_commit_step(spark, tmp_path):
 
 
 TRAIN_DAYS, VALIDATION_DAY, SCORE_DAY = ("2026-10-10", "2026-10-11"), "2026-10-12", "2026-10-13"
-TRAIN_ARGS = ["--backend", "local", "--num-workers", "1", "--epochs=2", "--num_entity_vectors=128", "--vector_dim=8",
-              "--mini_batch_size=64", "--num_ip_encoder_layers=0", "--progress_bar=off"]  # fmt: skip
+TRAIN_ARGS = [
+    "--backend",
+    "local",
+    "--num-workers",
+    "1",
+    "--epochs=2",
+    "--num_entity_vectors=128",
+    "--vector_dim=8",
+    "--mini_batch_size=64",
+    "--num_ip_encoder_layers=0",
+    "--progress_bar=off",
+]
 
 
 @pytest.fixture(scope="module")
@@ -154,9 +177,22 @@ def test_train_killed_at_each_checkpoint_and_model_write(spark, events, tmp_path
     from ipinsights_jobs import train
 
     def args(root: Path, *extra: str) -> list[str]:
-        return ["--events", str(events), "--start-date", TRAIN_DAYS[0], "--end-date", TRAIN_DAYS[1],
-                "--validation-start-date", VALIDATION_DAY, "--validation-end-date", VALIDATION_DAY,
-                "--output", str(root / "run"), *TRAIN_ARGS, *extra]  # fmt: skip
+        return [
+            "--events",
+            str(events),
+            "--start-date",
+            TRAIN_DAYS[0],
+            "--end-date",
+            TRAIN_DAYS[1],
+            "--validation-start-date",
+            VALIDATION_DAY,
+            "--validation-end-date",
+            VALIDATION_DAY,
+            "--output",
+            str(root / "run"),
+            *TRAIN_ARGS,
+            *extra,
+        ]
 
     def prepare(root: Path) -> None:
         root.mkdir(parents=True)
@@ -183,8 +219,22 @@ def test_score_killed_at_each_step_of_a_day_write(spark, events, tmp_path):
     from ipinsights_jobs import score, train
 
     model_run = tmp_path / "model-run"
-    assert train.main(["--events", str(events), "--start-date", TRAIN_DAYS[0], "--end-date", TRAIN_DAYS[1],
-                       "--output", str(model_run), *TRAIN_ARGS]) == 0  # fmt: skip
+    assert (
+        train.main(
+            [
+                "--events",
+                str(events),
+                "--start-date",
+                TRAIN_DAYS[0],
+                "--end-date",
+                TRAIN_DAYS[1],
+                "--output",
+                str(model_run),
+                *TRAIN_ARGS,
+            ]
+        )
+        == 0
+    )
     prepared = tmp_path / "prepared"
 
     def args(root: Path, threshold: str = "0.0", day: str = SCORE_DAY) -> list[str]:

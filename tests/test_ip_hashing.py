@@ -13,8 +13,23 @@ from ipinsights.core.hashing import entity_buckets, hash_strings
 from ipinsights.core.ip import InvalidAddressError, ipv4_to_str, parse_ipv4, prefix, require_ipv4
 
 VALID = {"0.0.0.0": 0, "1.2.3.4": 0x01020304, "255.255.255.255": 0xFFFFFFFF, "192.168.100.200": 0xC0A864C8}
-INVALID = ["256.1.1.1", "1.2.3", "1.2.3.4.5", "01.2.3.4", "a.b.c.d", "", " 1.2.3.4", "1.2.3.4 ", "1..2.3",
-           "1.2.3.-4", "+1.2.3.4", "١.2.3.4", "1.2.3.4/24", "::1", "1.2.3.1000"]  # fmt: skip
+INVALID = [
+    "256.1.1.1",
+    "1.2.3",
+    "1.2.3.4.5",
+    "01.2.3.4",
+    "a.b.c.d",
+    "",
+    " 1.2.3.4",
+    "1.2.3.4 ",
+    "1..2.3",
+    "1.2.3.-4",
+    "+1.2.3.4",
+    "١.2.3.4",
+    "1.2.3.4/24",
+    "::1",
+    "1.2.3.1000",
+]
 
 
 def test_parse_valid_and_invalid():

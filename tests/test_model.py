@@ -20,8 +20,15 @@ from ipinsights.train.optim import RowAdam
 from ipinsights.train.trainer import Trainer, build_model, train_model
 from ipinsights.train.validation import discriminator_auc
 
-HP = dict(num_entity_vectors=1000, vector_dim=32, epochs=4, learning_rate=0.01, mini_batch_size=256,
-          random_negative_sampling_rate=5, shuffled_negative_sampling_rate=1)  # fmt: skip
+HP = dict(
+    num_entity_vectors=1000,
+    vector_dim=32,
+    epochs=4,
+    learning_rate=0.01,
+    mini_batch_size=256,
+    random_negative_sampling_rate=5,
+    shuffled_negative_sampling_rate=1,
+)
 OPTS = TrainOptions(seed=3, num_threads=1, progress_bar="off")
 
 
@@ -220,8 +227,10 @@ def test_work_files_give_the_same_rows_as_in_memory_encoding(tmp_path):
 
     entities = [f"user_{i}" for i in range(500)] + ["", "ü-ñ"]
     ips = ["10.0.0.1"] * len(entities)
-    pq.write_table(pa.table({"entity_hash": hash_strings(entities, 7).view(np.int64), "ip": np.zeros(len(ips))}),
-                   tmp_path / "w.parquet")  # fmt: skip
+    pq.write_table(
+        pa.table({"entity_hash": hash_strings(entities, 7).view(np.int64), "ip": np.zeros(len(ips))}),
+        tmp_path / "w.parquet",
+    )
     from_files = read_pairs([str(tmp_path / "w.parquet")], 97)
     assert np.array_equal(from_files.entity_rows, encode_pairs(entities, ips, 97, 7).entity_rows)
 
@@ -237,8 +246,16 @@ def test_train_model_stops_when_asked_and_saves_what_it_trained(world, tmp_path)
         seen.append(trainer.epoch)
         return len(history) == 2
 
-    res = train_model(hp, ModelOptions(), OPTS, train, on_epoch_end=stop_after_2, model_dir=tmp_path / "m",
-                      config={"note": "x"}, manifest={"why": "test"})  # fmt: skip
+    res = train_model(
+        hp,
+        ModelOptions(),
+        OPTS,
+        train,
+        on_epoch_end=stop_after_2,
+        model_dir=tmp_path / "m",
+        config={"note": "x"},
+        manifest={"why": "test"},
+    )
     assert res.stopped and seen == [1, 2] and [m.epoch for m in res.history] == [1, 2]
     training = Scorer.load(tmp_path / "m").bundle.manifest["training"]
     assert [e["epoch"] for e in training["epochs"]] == [1, 2]
@@ -263,8 +280,15 @@ def test_a_diverging_run_stops_before_its_checkpoint_and_model(world, tmp_path):
 
     history = []
     with pytest.raises(DivergedError, match=r"diverged at epoch 2: loss=nan, non-finite weights in entity_table"):
-        train_model(hp, ModelOptions(), OPTS, train, on_epoch_end=checkpoint_then_blow_up, history=history,
-                    model_dir=tmp_path / "m")  # fmt: skip
+        train_model(
+            hp,
+            ModelOptions(),
+            OPTS,
+            train,
+            on_epoch_end=checkpoint_then_blow_up,
+            history=history,
+            model_dir=tmp_path / "m",
+        )
     assert checkpointed == [1] and [m.epoch for m in history] == [1, 2]
     assert not (tmp_path / "m").exists()
 

@@ -61,16 +61,23 @@ def test_the_lookup_agrees_with_a_brute_force_scan(tmp_path):
     paths, truth = _random_tables(tmp_path, rng)
     table = load_asn_table(paths)
     edges = [k for first, last, _ in truth for k in (first - 1, first, last, last + 1)]
-    keys = np.array(edges + rng.integers(0, 1 << 32, 2000).tolist()
-                    + rng.integers(0x2A00 << 48, (0x2A00 << 48) + (1 << 40), 2000).tolist(), np.int64)  # fmt: skip
+    keys = np.array(
+        edges
+        + rng.integers(0, 1 << 32, 2000).tolist()
+        + rng.integers(0x2A00 << 48, (0x2A00 << 48) + (1 << 40), 2000).tolist(),
+        np.int64,
+    )
     brute = np.full(len(keys), -1, np.int64)
     for first, last, asn in truth:
         brute[(keys >= first) & (keys <= last)] = asn
     assert np.array_equal(table.lookup(keys), brute)
     assert (brute >= 0).sum() > len(truth)  # edges and random keys inside ranges, and gaps, were all checked
     # The model's torch lookup gives every address its AS's row, and the shared unknown row outside the table.
-    model = build_model(Hyperparameters(num_entity_vectors=10, vector_dim=8),
-                        ModelOptions(asn_table=paths, ip_hash_buckets=64, ipv6_hash_buckets=64), seed=0)  # fmt: skip
+    model = build_model(
+        Hyperparameters(num_entity_vectors=10, vector_dim=8),
+        ModelOptions(asn_table=paths, ip_hash_buckets=64, ipv6_hash_buckets=64),
+        seed=0,
+    )
     rows = model.networks.rows(torch.tensor(keys)).numpy()
     assert np.array_equal(rows[:, 0] == model.networks.unknown_asn, brute < 0)
     by_as = {}
@@ -113,15 +120,25 @@ def _isp_world(seed: int = 0) -> tuple[dict[str, list[str]], dict[str, np.ndarra
 
 
 def test_a_new_prefix_of_the_users_isp_is_normal_with_the_table(tmp_path):
-    table = _write_table(tmp_path / "isps.tsv", [
-        ("11.0.0.0", "11.0.255.255", 64500, "XX", "AAA - Alpha Broadband"),
-        ("50.0.0.0", "50.0.255.255", 64501, "XX", "BBB - Beta Broadband"),
-        ("90.0.0.0", "90.0.255.255", 64502, "XX", "CCC - Gamma Broadband"),
-        ("200.7.0.0", "200.7.255.255", 64500, "XX", "AAA - Alpha Broadband"),
-    ])  # fmt: skip
+    table = _write_table(
+        tmp_path / "isps.tsv",
+        [
+            ("11.0.0.0", "11.0.255.255", 64500, "XX", "AAA - Alpha Broadband"),
+            ("50.0.0.0", "50.0.255.255", 64501, "XX", "BBB - Beta Broadband"),
+            ("90.0.0.0", "90.0.255.255", 64502, "XX", "CCC - Gamma Broadband"),
+            ("200.7.0.0", "200.7.255.255", 64500, "XX", "AAA - Alpha Broadband"),
+        ],
+    )
     data, test = _isp_world()
-    hp = Hyperparameters(num_entity_vectors=200, vector_dim=16, epochs=6, learning_rate=0.02, mini_batch_size=64,
-                         random_negative_sampling_rate=3, shuffled_negative_sampling_rate=1)  # fmt: skip
+    hp = Hyperparameters(
+        num_entity_vectors=200,
+        vector_dim=16,
+        epochs=6,
+        learning_rate=0.02,
+        mini_batch_size=64,
+        random_negative_sampling_rate=3,
+        shuffled_negative_sampling_rate=1,
+    )
     aucs = {}
     for name, asn_table in (("table", table), ("prefixes", None)):
         opts = ModelOptions(ip_hash_buckets=4096, ipv6_prefix_lengths=(), asn_table=asn_table, asn_hash_buckets=64)
@@ -133,8 +150,10 @@ def test_a_new_prefix_of_the_users_isp_is_normal_with_the_table(tmp_path):
             return scorer.anomaly_score(test["user"], [str(ipaddress.IPv4Address(int(k))) for k in keys])
 
         normal = anomaly(test["normal"])
-        aucs[name] = {kind: roc_auc(np.r_[normal, anomaly(test[kind])], np.r_[np.zeros(200), np.ones(200)])
-                      for kind in ("second_prefix", "other_isp")}  # fmt: skip
+        aucs[name] = {
+            kind: roc_auc(np.r_[normal, anomaly(test[kind])], np.r_[np.zeros(200), np.ones(200)])
+            for kind in ("second_prefix", "other_isp")
+        }
     # With the table, A's far-away second /16 is A's network: as normal as A's first one; other ISPs are not.
     assert aucs["table"]["second_prefix"] < 0.65, aucs
     assert aucs["table"]["other_isp"] > 0.95, aucs
@@ -172,14 +191,17 @@ def test_a_model_trained_with_a_table_refuses_to_score_without_it(tmp_path):
 def test_table_negatives_keep_the_family_and_the_country(tmp_path):
     """Announced addresses drawn for a positive: its family and country, uniformly among the country's ranges;
     an address outside the table counts as of unknown country (the whole family where none is unknown)."""
-    table = _write_table(tmp_path / "t.tsv", [
-        ("10.0.0.0", "10.0.0.255", 1, "DE", "A"),
-        ("20.0.0.0", "20.255.255.255", 2, "DE", "B"),
-        ("30.0.0.0", "30.0.0.3", 3, "FR", "C"),
-        ("40.0.0.0", "40.0.255.255", 4, "None", "D"),
-        ("2a00::", "2a00:ffff:ffff:ffff:ffff:ffff:ffff:ffff", 5, "BR", "E"),
-        ("2a01::", "2a01:ffff:ffff:ffff:ffff:ffff:ffff:ffff", 6, "US", "F"),
-    ])  # fmt: skip
+    table = _write_table(
+        tmp_path / "t.tsv",
+        [
+            ("10.0.0.0", "10.0.0.255", 1, "DE", "A"),
+            ("20.0.0.0", "20.255.255.255", 2, "DE", "B"),
+            ("30.0.0.0", "30.0.0.3", 3, "FR", "C"),
+            ("40.0.0.0", "40.0.255.255", 4, "None", "D"),
+            ("2a00::", "2a00:ffff:ffff:ffff:ffff:ffff:ffff:ffff", 5, "BR", "E"),
+            ("2a01::", "2a01:ffff:ffff:ffff:ffff:ffff:ffff:ffff", 6, "US", "F"),
+        ],
+    )
     opts = ModelOptions(asn_table=table, ip_hash_buckets=64, ipv6_hash_buckets=64, asn_hash_buckets=64)
     model = build_model(Hyperparameters(num_entity_vectors=10, vector_dim=8), opts, seed=0)
     asn = network_table(table)

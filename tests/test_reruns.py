@@ -72,10 +72,20 @@ def test_a_publish_killed_at_any_step_is_finished_or_undone_by_the_next_run(tmp_
     before, new = _tree(table), _tree(staged)
     journal = staging / "_publish-r1.json"
     proc = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(_KILLED_PUBLISH), str(kill_at), str(staged), str(table), str(trash),
-         str(journal)],
-        capture_output=True, text=True, check=False,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent(_KILLED_PUBLISH),
+            str(kill_at),
+            str(staged),
+            str(table),
+            str(trash),
+            str(journal),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert proc.returncode == -9, proc.stderr  # it died in the middle, as a kill leaves it
     assert journal.exists()
     outcome = recover_publishes(ArrowStore(), str(staging))
@@ -200,10 +210,14 @@ def test_a_run_first_recovers_a_publish_killed_before_it(spark, tmp_path):
     (dead / "events" / "dt=2018-11-10" / "part-x.parquet").write_bytes(b"never published")
     (dead / "_replaced").mkdir()
     (table / "dt=2018-11-10").rename(dead / "_replaced" / "0")  # rename #0 done, then the kill
-    renames = [[str(table / "dt=2018-11-10"), str(dead / "_replaced" / "0")],
-               [str(dead / "events" / "dt=2018-11-10"), str(table / "dt=2018-11-10")]]  # fmt: skip
-    write_json(str(tmp_path / "events_staging" / "_publish-dead-events.json"),
-               {"renames": renames, "replaced": [str(dead / "_replaced" / "0")], "next": 1})  # fmt: skip
+    renames = [
+        [str(table / "dt=2018-11-10"), str(dead / "_replaced" / "0")],
+        [str(dead / "events" / "dt=2018-11-10"), str(table / "dt=2018-11-10")],
+    ]
+    write_json(
+        str(tmp_path / "events_staging" / "_publish-dead-events.json"),
+        {"renames": renames, "replaced": [str(dead / "_replaced" / "0")], "next": 1},
+    )
     _ingest(spark, [_log(logs / "host2.log", ["carol"])], table, "arrow", "next")
     assert _per_file(spark, table) == {**before, ("host2.log", "2018-11-10"): ["carol"]}
 

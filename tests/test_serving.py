@@ -170,26 +170,50 @@ BAD_REQUESTS = [
     ("utf8", INV, CSV_H, b"u\xff,1.2.3.4", 400, "not valid UTF-8"),
     ("json syntax", INV, JSON_H, b'{"instances": [', 400, "malformed JSON"),
     ("json shape", INV, JSON_H, b'{"rows": []}', 400, "instances"),
-    ("json values", INV, JSON_H, b'{"instances": [{"features": ["u", "1.2.3.4"]}, {"features": ["u"]}]}', 400,
-     r"record 2 \(instances\[1\]\): expected 2 values"),
+    (
+        "json values",
+        INV,
+        JSON_H,
+        b'{"instances": [{"features": ["u", "1.2.3.4"]}, {"features": ["u"]}]}',
+        400,
+        r"record 2 \(instances\[1\]\): expected 2 values",
+    ),
     ("json ip type", INV, JSON_H, b'{"instances": [{"features": ["u", 16909060]}]}', 400, "IP address must be"),
-    ("json bad ip", INV, JSON_H,
-     b'{"instances": [{"features": ["u", "1.2.3.4"]}, {"data": {"features": {"values": ["v", "1.2.3"]}}}]}', 400,
-     r"record 2 \(instances\[1\]\): invalid IP address '1.2.3'"),
+    (
+        "json bad ip",
+        INV,
+        JSON_H,
+        b'{"instances": [{"features": ["u", "1.2.3.4"]}, {"data": {"features": {"values": ["v", "1.2.3"]}}}]}',
+        400,
+        r"record 2 \(instances\[1\]\): invalid IP address '1.2.3'",
+    ),
     ("surrogate", INV, JSON_H, b'{"instances": [{"features": ["\\ud800", "1.2.3.4"]}]}', 400, "lone surrogate"),
-    ("jsonlines", INV, {"Content-Type": "application/jsonlines"},
-     b'{"features": ["u", "1.2.3.4"]}\n{"features": ["u", "1.2.3.4"\n', 400, r"record 2 \(line 2\)"),
-    ("long entity", INV, CSV_H, b"u,1.2.3.4\n" + b"x" * 1025 + b",1.2.3.4\n", 400,
-     r"record 2 \(line 2\): the entity is 1025 bytes; entities are at most 1024 bytes"),
+    (
+        "jsonlines",
+        INV,
+        {"Content-Type": "application/jsonlines"},
+        b'{"features": ["u", "1.2.3.4"]}\n{"features": ["u", "1.2.3.4"\n',
+        400,
+        r"record 2 \(line 2\)",
+    ),
+    (
+        "long entity",
+        INV,
+        CSV_H,
+        b"u,1.2.3.4\n" + b"x" * 1025 + b",1.2.3.4\n",
+        400,
+        r"record 2 \(line 2\): the entity is 1025 bytes; entities are at most 1024 bytes",
+    ),
     ("too big", INV, CSV_H, b"u,1.2.3.4\n" * 500, 413, f"exceeds the limit of {MAX_BODY} bytes"),
     ("too many", INV, CSV_H, b"u,1.2.3.4\n" * (MAX_RECORDS + 1), 413, f"more than {MAX_RECORDS} records"),
     ("flag", INV + "?anomaly=maybe", CSV_H, ONE, 400, "anomaly='maybe' must be true or false"),
     ("verbose", INV, {**CSV_H, "Accept": "application/json; verbose=lots"}, ONE, 400, "verbose"),
-]  # fmt: skip
+]
 
 
-@pytest.mark.parametrize(("name", "path", "headers", "body", "status", "reason"), BAD_REQUESTS,
-                         ids=[b[0] for b in BAD_REQUESTS])  # fmt: skip
+@pytest.mark.parametrize(
+    ("name", "path", "headers", "body", "status", "reason"), BAD_REQUESTS, ids=[b[0] for b in BAD_REQUESTS]
+)
 def test_bad_requests_answer_4xx_with_reason(client, name, path, headers, body, status, reason):
     got, rh, data = client.request("POST", path, body, headers)
     assert got == status, data

@@ -29,18 +29,73 @@ HYPOTHESIS_EXAMPLES = 400
 ALLOWED = {200, 400, 405, 406, 413, 415}
 MAX_RECORDS, MAX_BODY = 20, 2000
 
-CONTENT_TYPES = ["text/csv", "application/json", "application/jsonlines", "application/x-jsonlines",
-                 "TEXT/CSV; charset=UTF-8", "application/json; charset=latin-1", "text/plain", "", ";", "text/csv;;=",
-                 'application/json; charset="utf-8"', "*/*"]  # fmt: skip
-ACCEPTS = [None, None, "application/json", "application/jsonlines", "application/json; verbose=True", "*/*",
-           "application/jsonlines;verbose=true;q=0.5, application/json;q=0.9", "text/html", "application/*",
-           "application/json;q=0", "application/json; verbose=maybe", "application/json;q=nan", ",,,", ""]  # fmt: skip
-PATHS = ["/invocations"] * 4 + ["/invocations?anomaly=true", "/invocations?verbose=1&anomaly=0",
-                                "/invocations?anomaly=perhaps", "/invocations?%ff=%00", "/ping"]  # fmt: skip
+CONTENT_TYPES = [
+    "text/csv",
+    "application/json",
+    "application/jsonlines",
+    "application/x-jsonlines",
+    "TEXT/CSV; charset=UTF-8",
+    "application/json; charset=latin-1",
+    "text/plain",
+    "",
+    ";",
+    "text/csv;;=",
+    'application/json; charset="utf-8"',
+    "*/*",
+]
+ACCEPTS = [
+    None,
+    None,
+    "application/json",
+    "application/jsonlines",
+    "application/json; verbose=True",
+    "*/*",
+    "application/jsonlines;verbose=true;q=0.5, application/json;q=0.9",
+    "text/html",
+    "application/*",
+    "application/json;q=0",
+    "application/json; verbose=maybe",
+    "application/json;q=nan",
+    ",,,",
+    "",
+]
+PATHS = ["/invocations"] * 4 + [
+    "/invocations?anomaly=true",
+    "/invocations?verbose=1&anomaly=0",
+    "/invocations?anomaly=perhaps",
+    "/invocations?%ff=%00",
+    "/ping",
+]
 ATTRIBUTES = [None, None, "anomaly=true", "verbose=true;anomaly=no", "anomaly=x", "a=b,,=,anomaly"]
-TOKENS = [b'"', b",", b"\n", b"\r", b"{", b"}", b"[", b"]", b":", b"\\ud800", b"\xff", b"\xc3", b"\x00", b"NaN",
-          b"1e999", b"9" * 5000, b"-", b".", b"256", b"01", b" ", b'"features"', b'"data"', b'"values"', b"null",
-          b"\xe2\x80\xae", b"[" * 3000]  # fmt: skip
+TOKENS = [
+    b'"',
+    b",",
+    b"\n",
+    b"\r",
+    b"{",
+    b"}",
+    b"[",
+    b"]",
+    b":",
+    b"\\ud800",
+    b"\xff",
+    b"\xc3",
+    b"\x00",
+    b"NaN",
+    b"1e999",
+    b"9" * 5000,
+    b"-",
+    b".",
+    b"256",
+    b"01",
+    b" ",
+    b'"features"',
+    b'"data"',
+    b'"values"',
+    b"null",
+    b"\xe2\x80\xae",
+    b"[" * 3000,
+]
 PRINTABLE = string.printable.strip("\r\n\t\x0b\x0c")
 
 
@@ -208,8 +263,13 @@ def test_hypothesis_fuzz_never_5xx(server):
     pids = server.worker_pids()
     client = Client(server.port)
 
-    @settings(max_examples=HYPOTHESIS_EXAMPLES, deadline=None, database=None, derandomize=True,
-              suppress_health_check=list(HealthCheck))  # fmt: skip
+    @settings(
+        max_examples=HYPOTHESIS_EXAMPLES,
+        deadline=None,
+        database=None,
+        derandomize=True,
+        suppress_health_check=list(HealthCheck),
+    )
     @given(
         path=st.sampled_from(PATHS),
         content_type=st.sampled_from(CONTENT_TYPES) | header_text,

@@ -14,8 +14,9 @@ SCRIPT = ROOT / "spark-submit.sh"
 def dry_run(*args: str, cwd: Path) -> tuple[dict[str, str | None], list[str]]:
     """(environment it would set, spark-submit command) of ``spark-submit.sh --dry-run ARGS`` run in ``cwd``."""
     env = {k: v for k, v in os.environ.items() if k not in ("SPARK_LOCAL_IP", "SPARK_MASTER", "PYSPARK_PYTHON")}
-    out = subprocess.run(["bash", str(SCRIPT), "--dry-run", *args], cwd=cwd, env=env, capture_output=True,
-                         text=True, check=True).stdout.splitlines()  # fmt: skip
+    out = subprocess.run(
+        ["bash", str(SCRIPT), "--dry-run", *args], cwd=cwd, env=env, capture_output=True, text=True, check=True
+    ).stdout.splitlines()
     settings: dict[str, str | None] = {}
     for line in out[:-1]:
         name, _, value = line.partition("=")
@@ -48,8 +49,12 @@ def test_configs_are_found_from_any_working_directory(tmp_path):
     (tmp_path / "conf" / "train.yml").write_text("hyperparameters: {}\n")
     _, cmd = dry_run("train", "--config=conf/train.yml", cwd=tmp_path)
     assert f"--config={tmp_path / 'conf' / 'train.yml'}" in cmd
-    missing = subprocess.run(["bash", str(SCRIPT), "--dry-run", "train", "--config", "nope.yml"], cwd=tmp_path,
-                             capture_output=True, text=True)  # fmt: skip
+    missing = subprocess.run(
+        ["bash", str(SCRIPT), "--dry-run", "train", "--config", "nope.yml"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
     assert missing.returncode == 2 and "config file 'nope.yml' not found" in missing.stderr
 
 

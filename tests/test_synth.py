@@ -362,11 +362,25 @@ def _halves(addresses: list[int]) -> tuple[np.ndarray, np.ndarray]:
 
 def test_ipv6_text_is_rfc5952_as_ipaddress_writes_it():
     edge = [
-        "::", "::1", "1::", "2001:db8::1", "2001:db8:0:1:1:1:1:1",  # a single zero group is not compressed
-        "1:2:3:4:5:6:7:0", "0:2:3:4:5:6:7:8", "1:2:3:4:5:6::", "::3:4:5:6:7:8", "1:2:3:4:5:6:7:8",
-        "2001:0:0:1::1", "2001:db8::1:0:0:1", "1::2:0:0:3:4", "1:0:0:2::3",  # equal runs: the first; else the longest
-        "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff", "2a01:4f8:1c1c:abcd::1", "fe80::a:0:0:0",
-    ]  # fmt: skip
+        "::",
+        "::1",
+        "1::",
+        "2001:db8::1",
+        "2001:db8:0:1:1:1:1:1",  # a single zero group is not compressed
+        "1:2:3:4:5:6:7:0",
+        "0:2:3:4:5:6:7:8",
+        "1:2:3:4:5:6::",
+        "::3:4:5:6:7:8",
+        "1:2:3:4:5:6:7:8",
+        # equal runs: the first; else the longest
+        "2001:0:0:1::1",
+        "2001:db8::1:0:0:1",
+        "1::2:0:0:3:4",
+        "1:0:0:2::3",
+        "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
+        "2a01:4f8:1c1c:abcd::1",
+        "fe80::a:0:0:0",
+    ]
     rng = np.random.default_rng(0)
     groups = rng.integers(0, 65536, size=(3000, 8))
     groups[rng.random((3000, 8)) < 0.45] = 0  # plenty of zero runs, ties included
@@ -415,8 +429,18 @@ def test_ipv6_shares_are_near_the_spec():
     mobile = users["mobile_net"].to_numpy() >= 0
     assert np.mean(users["mobile_v6_pool"].to_numpy()[mobile] >= 0) == pytest.approx(spec.ipv6_mobile_rate, abs=0.04)
     # Where every path but travel has IPv6, ipv6_share of the logins use it.
-    everywhere = SynthSpec(users=200, n_files=2, networks=300, seed=3, ipv6_rate=1.0, ipv6_work_rate=1.0,
-                           ipv6_mobile_rate=1.0, mobile_rate=1.0, travel_rate=0.0, roam_rate=0.0)  # fmt: skip
+    everywhere = SynthSpec(
+        users=200,
+        n_files=2,
+        networks=300,
+        seed=3,
+        ipv6_rate=1.0,
+        ipv6_work_rate=1.0,
+        ipv6_mobile_rate=1.0,
+        mobile_rate=1.0,
+        travel_rate=0.0,
+        roam_rate=0.0,
+    )
     events = generate_events(generate_world(everywhere), everywhere)
     assert np.mean(events["ip_version"].to_numpy() == 6) == pytest.approx(everywhere.ipv6_share, abs=0.01)
     none = SynthSpec(**{**TINY.__dict__, "ipv6_rate": 0.0, "ipv6_work_rate": 0.0, "ipv6_mobile_rate": 0.0})

@@ -57,20 +57,26 @@ def test_conf_tune_yml_is_the_cpu_space_and_sagemakers_is_named():
     ("data", "message"),
     [
         ({"max_job": 3}, "unknown setting(s) max_job"),
-        ({"space": {"learning_rate": {"type": "continuous", "min": 1e-4, "max": 0.1, "step": 2}}},
-         "unknown setting(s) space.learning_rate.step"),
-        ({"space": {"learning_rate": {"type": "continuous", "min": 1e-4, "max": 50}}},
-         "space.learning_rate: max 50.0 is not a valid value: learning_rate=50.0 is out of range"),
+        (
+            {"space": {"learning_rate": {"type": "continuous", "min": 1e-4, "max": 0.1, "step": 2}}},
+            "unknown setting(s) space.learning_rate.step",
+        ),
+        (
+            {"space": {"learning_rate": {"type": "continuous", "min": 1e-4, "max": 50}}},
+            "space.learning_rate: max 50.0 is not a valid value: learning_rate=50.0 is out of range",
+        ),
         ({"space": {"vector_dim": {"type": "integer", "min": 2, "max": 64}}}, "vector_dim=2 is out of range"),
         ({"space": {"epochs": {"type": "continuous", "min": 1, "max": 3}}}, "integer hyperparameter"),
-        ({"space": {"weight_decay": {"type": "continuous", "min": 0.0, "max": 1.0, "scaling": "logarithmic"}}},
-         "logarithmic scaling needs min > 0"),
+        (
+            {"space": {"weight_decay": {"type": "continuous", "min": 0.0, "max": 1.0, "scaling": "logarithmic"}}},
+            "logarithmic scaling needs min > 0",
+        ),
         ({"space": {"nonsense": {"type": "integer", "min": 1, "max": 2}}}, "not a hyperparameter"),
         ({"space": {"epochs": {"type": "integer", "min": 5, "max": 2}}}, "greater than max"),
         ({"strategy": "grid"}, "must be bayesian or random"),
         ({"max_parallel_jobs": 0}, "max_parallel_jobs=0 is out of range"),
     ],
-)  # fmt: skip
+)
 def test_config_errors_name_the_setting(data, message):
     with pytest.raises(ConfigError) as err:
         config_from_dict(TuneConfig, data)
@@ -137,8 +143,10 @@ def test_same_seed_same_trial_sequence(strategy, tmp_path):
 
 def test_invalid_combination_fails_without_launching(tmp_path):
     base = load_config(TrainConfig, "conf/train.yml")
-    space = {"random_negative_sampling_rate": {"type": "categorical", "values": [0]},
-             "shuffled_negative_sampling_rate": {"type": "categorical", "values": [0]}}  # fmt: skip
+    space = {
+        "random_negative_sampling_rate": {"type": "categorical", "values": [0]},
+        "shuffled_negative_sampling_rate": {"type": "categorical", "values": [0]},
+    }
     cfg = config_from_dict(TuneConfig, {"space": space, "max_jobs": 2, "strategy": "random"})
     launched: list = []
     records = run_trials(cfg, base, PreparedData([], []), tmp_path, launched.append)
@@ -195,9 +203,21 @@ def test_tuning_job_on_spark(spark, toy, tmp_path, capsys, caplog):
     out = tmp_path / "out"
     t0 = time.perf_counter()
     with caplog.at_level("INFO", logger="ipinsights.tune.driver"):
-        rc = cli.main(["tune", "--train", str(data / "train.csv"), "--validation", str(data / "validation.csv"),
-                       "--validation-labelled", str(data / "test.csv"),
-                       "--config", str(conf / "tune.yml"), "--out", str(out)])  # fmt: skip
+        rc = cli.main(
+            [
+                "tune",
+                "--train",
+                str(data / "train.csv"),
+                "--validation",
+                str(data / "validation.csv"),
+                "--validation-labelled",
+                str(data / "test.csv"),
+                "--config",
+                str(conf / "tune.yml"),
+                "--out",
+                str(out),
+            ]
+        )
     elapsed = time.perf_counter() - t0
     assert rc == 0
     printed = capsys.readouterr().out
@@ -257,14 +277,19 @@ def test_diverging_trial_fails_and_the_job_goes_on(toy, tmp_path, monkeypatch):
     from ipinsights.tune.trials import LocalTrialRunner
 
     _, world = toy
-    base = load_config(TrainConfig, "conf/train.yml", ["--num_entity_vectors=300", "--vector_dim=8", "--epochs=1",
-                                                       "--mini_batch_size=500"])  # fmt: skip
+    base = load_config(
+        TrainConfig,
+        "conf/train.yml",
+        ["--num_entity_vectors=300", "--vector_dim=8", "--epochs=1", "--mini_batch_size=500"],
+    )
     files = []
     for name in ("train", "validation"):  # the work files prepare_data writes: (entity_hash, ip)
         t = getattr(world, name)
         hashes = hash_strings(t["entity"], base.model.hash_seed).view(np.int64)
-        pq.write_table(pa.table({"entity_hash": hashes, "ip": parse_ip(t["ip"]).value.astype(np.int64)}),
-                       tmp_path / f"{name}.parquet")  # fmt: skip
+        pq.write_table(
+            pa.table({"entity_hash": hashes, "ip": parse_ip(t["ip"]).value.astype(np.int64)}),
+            tmp_path / f"{name}.parquet",
+        )
         files.append(str(tmp_path / f"{name}.parquet"))
     data = PreparedData([files[0]], [files[1]])
     build_model = trainer.build_model
@@ -368,11 +393,25 @@ def test_no_trial_of_the_default_space_collapses(tmp_path):
         table = pa.table({"entity_hash": hash_strings(t["entity"], 0).view(np.int64), "ip": parse_ip(t["ip"]).value})
         pq.write_table(table, tmp_path / f"{name}.parquet")
         files[name] = [str(tmp_path / f"{name}.parquet")]
-    data = PreparedData(files["train"], files["validation"], n_train=world.train.num_rows,
-                        n_validation=world.validation.num_rows, n_entities=400)  # fmt: skip
-    cfg = config_from_dict(TuneConfig, {"strategy": "random", "seed": 3, "max_jobs": 6, "max_parallel_jobs": 1,
-                                        "objective": "validation:shuffled_auc", "threads_per_trial": 1,
-                                        "early_stopping": {"type": "off"}})  # fmt: skip
+    data = PreparedData(
+        files["train"],
+        files["validation"],
+        n_train=world.train.num_rows,
+        n_validation=world.validation.num_rows,
+        n_entities=400,
+    )
+    cfg = config_from_dict(
+        TuneConfig,
+        {
+            "strategy": "random",
+            "seed": 3,
+            "max_jobs": 6,
+            "max_parallel_jobs": 1,
+            "objective": "validation:shuffled_auc",
+            "threads_per_trial": 1,
+            "early_stopping": {"type": "off"},
+        },
+    )
     base = load_config(TrainConfig, "conf/train.yml", ["--model.ip_hash_buckets=4096", "--ipv6_hash_buckets=64"])
     with cf.ThreadPoolExecutor(1) as pool:
         records = run_trials(cfg, base, data, str(tmp_path / "trials"), lambda spec: pool.submit(run_trial, spec))
@@ -389,7 +428,12 @@ def test_no_trial_of_the_default_space_collapses(tmp_path):
     # Every trial's entity vectors: 2 per training entity, derived from the data (the space leaves them out).
     assert {r.history[-1].get("epoch") for r in records} and all(
         json.loads((tmp_path / "trials" / f"trial-{r.number:03d}" / "model" / "model.json").read_text())[
-            "hyperparameters"]["num_entity_vectors"] == 800 for r in records if r.model_dir)  # fmt: skip
+            "hyperparameters"
+        ]["num_entity_vectors"]
+        == 800
+        for r in records
+        if r.model_dir
+    )
 
 
 def test_labelled_objective_without_labels_is_refused_before_any_write(tmp_path):

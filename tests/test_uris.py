@@ -41,8 +41,13 @@ def s3():
     server.start()
     host, port = server.get_host_and_port()
     endpoint = f"http://{host}:{port}"
-    env = {"AWS_EC2_METADATA_DISABLED": "true", "AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "k",
-           "AWS_SECRET_ACCESS_KEY": "s", "AWS_DEFAULT_REGION": "us-east-1"}  # fmt: skip
+    env = {
+        "AWS_EC2_METADATA_DISABLED": "true",
+        "AWS_ENDPOINT_URL": endpoint,
+        "AWS_ACCESS_KEY_ID": "k",
+        "AWS_SECRET_ACCESS_KEY": "s",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
     with pytest.MonkeyPatch.context() as mp:
         for k, v in env.items():
             mp.setenv(k, v)
@@ -202,14 +207,31 @@ def test_train_job_writes_the_run_to_s3(s3, pairs, tmp_path):
     bucket = _bucket(s3, "uris-train")
     cwd = tmp_path / "cwd"
     cwd.mkdir()
-    args = ["--train-csv", str(pairs / "train.csv"), "--validation-csv", str(pairs / "validation.csv"),
-            "--output", f"s3://{bucket}/run", "--backend", "local", "--num-workers", "1", *HP,
-            *_s3a_conf(s3.endpoint)]  # fmt: skip
+    args = [
+        "--train-csv",
+        str(pairs / "train.csv"),
+        "--validation-csv",
+        str(pairs / "validation.csv"),
+        "--output",
+        f"s3://{bucket}/run",
+        "--backend",
+        "local",
+        "--num-workers",
+        "1",
+        *HP,
+        *_s3a_conf(s3.endpoint),
+    ]
     proc = _run_job("train", [*args, "--epochs=1"], cwd)
     assert proc.returncode == 0, proc.stderr[-3000:]
     keys = _keys(s3, bucket)
-    for key in ("run/config.json", "run/metrics.jsonl", "run/model/model.json", "run/model/weights.safetensors",
-                "run/checkpoints/latest.json", "run/work/entities.safetensors"):  # fmt: skip
+    for key in (
+        "run/config.json",
+        "run/metrics.jsonl",
+        "run/model/model.json",
+        "run/model/weights.safetensors",
+        "run/checkpoints/latest.json",
+        "run/work/entities.safetensors",
+    ):
         assert key in keys, keys
     assert any(k.startswith("run/work/train/bucket=") for k in keys), keys
     assert list(cwd.iterdir()) == []
@@ -237,24 +259,45 @@ def test_score_job_reads_the_model_from_s3_and_writes_sidecars_and_reports_there
     w = make_toy_world(n_entities=100, events_per_entity=60, n_test=200, seed=0)
     days = np.array(["2026-05-01", "2026-05-02"], dtype=object)[np.arange(w.train.num_rows) % 2]
     test = w.test.select(["entity", "ip"])
-    parts = [w.train.append_column("dt", pa.array(days, pa.string())),
-             w.validation.append_column("dt", pa.array(["2026-05-03"] * w.validation.num_rows, pa.string())),
-             test.append_column("dt", pa.array(["2026-05-04"] * test.num_rows, pa.string()))]  # fmt: skip
+    parts = [
+        w.train.append_column("dt", pa.array(days, pa.string())),
+        w.validation.append_column("dt", pa.array(["2026-05-03"] * w.validation.num_rows, pa.string())),
+        test.append_column("dt", pa.array(["2026-05-04"] * test.num_rows, pa.string())),
+    ]
     events = pa.concat_tables(parts)
     events = events.append_column("ts", pa.array(np.full(events.num_rows, 1_778_000_000_000_000), pa.timestamp("us")))
     pq.write_to_dataset(events, tmp_path / "events", partition_cols=["dt"])
     cwd = tmp_path / "cwd"
     cwd.mkdir()
-    proc = _run_job("score", ["--date", "2026-05-04", "--target-fpr", "0.05", f"--model={model}",
-                              f"--events={tmp_path / 'events'}", f"--scores={tmp_path / 'scores'}",
-                              f"--flagged={tmp_path / 'flagged'}", f"--reports=s3://{bucket}/reports",
-                              "--calibration_start_date=2026-05-03", "--calibration_end_date=2026-05-03",
-                              "--train_start_date=2026-05-01", "--train_end_date=2026-05-02",
-                              "--spark-conf", "spark.ui.enabled=false"], cwd)  # fmt: skip
+    proc = _run_job(
+        "score",
+        [
+            "--date",
+            "2026-05-04",
+            "--target-fpr",
+            "0.05",
+            f"--model={model}",
+            f"--events={tmp_path / 'events'}",
+            f"--scores={tmp_path / 'scores'}",
+            f"--flagged={tmp_path / 'flagged'}",
+            f"--reports=s3://{bucket}/reports",
+            "--calibration_start_date=2026-05-03",
+            "--calibration_end_date=2026-05-03",
+            "--train_start_date=2026-05-01",
+            "--train_end_date=2026-05-02",
+            "--spark-conf",
+            "spark.ui.enabled=false",
+        ],
+        cwd,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     keys = _keys(s3, bucket)
-    for key in ("models/m.calibration.json", "models/m.profile.safetensors", "reports/dt=2026-05-04/report.html",
-                "reports/dt=2026-05-04/flagged.csv"):  # fmt: skip
+    for key in (
+        "models/m.calibration.json",
+        "models/m.profile.safetensors",
+        "reports/dt=2026-05-04/report.html",
+        "reports/dt=2026-05-04/flagged.csv",
+    ):
         assert key in keys, keys
     assert f"s3://{bucket}/reports/dt=2026-05-04/report.html" in proc.stdout
     assert list(cwd.iterdir()) == []
@@ -288,13 +331,31 @@ def test_tune_job_writes_its_results_to_s3(s3, pairs, tmp_path):
     (conf / "tune.yml").write_text(json.dumps(tune))
     cwd = tmp_path / "cwd"
     cwd.mkdir()
-    proc = _run_job("tune", ["--train", str(pairs / "train.csv"), "--validation", str(pairs / "validation.csv"),
-                             "--config", str(conf / "tune.yml"), "--out", f"s3://{bucket}/tune",
-                             *_s3a_conf(s3.endpoint)], cwd)  # fmt: skip
+    proc = _run_job(
+        "tune",
+        [
+            "--train",
+            str(pairs / "train.csv"),
+            "--validation",
+            str(pairs / "validation.csv"),
+            "--config",
+            str(conf / "tune.yml"),
+            "--out",
+            f"s3://{bucket}/tune",
+            *_s3a_conf(s3.endpoint),
+        ],
+        cwd,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     keys = _keys(s3, bucket)
-    for key in ("tune/results.csv", "tune/results.parquet", "tune/best.json", "tune/tuning_config.json",
-                "tune/best_model/model.json", "tune/best_model/weights.safetensors"):  # fmt: skip
+    for key in (
+        "tune/results.csv",
+        "tune/results.parquet",
+        "tune/best.json",
+        "tune/tuning_config.json",
+        "tune/best_model/model.json",
+        "tune/best_model/weights.safetensors",
+    ):
         assert key in keys, keys
     assert any(k.startswith("tune/trials/trial-000/") for k in keys), keys
     best = json.loads(s3.get_object(Bucket=bucket, Key="tune/best.json")["Body"].read())
@@ -309,8 +370,10 @@ def test_unreachable_output_fails_before_any_work(spark, s3, tmp_path, monkeypat
 
     monkeypatch.chdir(tmp_path)
     missing_input = str(tmp_path / "no-such.csv")
-    for output, message in (("foo://x/run", "foo://x/run"),
-                            ("s3://uris-missing/run", "bucket 'uris-missing' does not exist")):  # fmt: skip
+    for output, message in (
+        ("foo://x/run", "foo://x/run"),
+        ("s3://uris-missing/run", "bucket 'uris-missing' does not exist"),
+    ):
         assert train.main(["--train-csv", missing_input, "--output", output, "--backend", "local", *HP]) == 2
         assert message in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []

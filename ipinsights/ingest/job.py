@@ -369,8 +369,15 @@ def _stage_spark(spark, cfg: IngestConfig, staging: str):
     return rows, quarantine_rows, files
 
 
-def _publish_events(spark, store: ArrowStore | HadoopStore, cfg: IngestConfig, staging: str, events: str,
-                    files: list[str], kept_days: set[str]) -> dict[str, list[str]]:  # fmt: skip
+def _publish_events(
+    spark,
+    store: ArrowStore | HadoopStore,
+    cfg: IngestConfig,
+    staging: str,
+    events: str,
+    files: list[str],
+    kept_days: set[str],
+) -> dict[str, list[str]]:
     """Put this run's events into the table: per day, the rows of the files it read are replaced by
     what it found in them, and every other file's rows stay.
 
@@ -430,9 +437,15 @@ def _event_schema():
     import pyarrow as pa
 
     return pa.schema(
-        [("entity", pa.string()), ("ip", pa.string()), ("ip_int", pa.int64()), ("ip_version", pa.int32()),
-         ("ts", pa.timestamp("us", tz="UTC")), ("source_file", pa.dictionary(pa.int32(), pa.string()))]
-    )  # fmt: skip
+        [
+            ("entity", pa.string()),
+            ("ip", pa.string()),
+            ("ip_int", pa.int64()),
+            ("ip_version", pa.int32()),
+            ("ts", pa.timestamp("us", tz="UTC")),
+            ("source_file", pa.dictionary(pa.int32(), pa.string())),
+        ]
+    )
 
 
 def _day_folders(table: str) -> list[str]:

@@ -227,6 +227,11 @@ def _finish(out_dir: str | Path, spec: SynthSpec, plan: AddressPlan, stats: list
     with atomic_write(out.manifest, "w", encoding="utf-8") as fh:
         json.dump(manifest, fh, indent=2)
         fh.write("\n")
-    log.info("generated %d lines (%d login events) for %d users in %s", totals["lines"], totals.get("events", 0),
-             spec.users, out.root)  # fmt: skip
+    log.info(
+        "generated %d lines (%d login events) for %d users in %s",
+        totals["lines"],
+        totals.get("events", 0),
+        spec.users,
+        out.root,
+    )
     return out

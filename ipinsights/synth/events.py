@@ -479,8 +479,9 @@ def _attacks(
     if len(rows):
         codes = np.array(sorted(set(plan.country[plan.kind == "hosting"].tolist())), dtype=object)
         if len(codes):
-            net = new_isp(rows, lambda r: sample_networks(plan, rng, codes[rng.integers(0, len(codes), len(r))],
-                                                          ("hosting",)))  # fmt: skip
+            net = new_isp(
+                rows, lambda r: sample_networks(plan, rng, codes[rng.integers(0, len(codes), len(r))], ("hosting",))
+            )
             ip[rows] = np.where(net >= 0, random_address_in(plan, rng, np.maximum(net, 0)), -1)
 
     home_net = users["home_net"].to_numpy().astype(np.int64)
@@ -521,9 +522,8 @@ def _attacks(
         iid, ok = _redraw(
             len(rows),
             lambda r: random_iid(rng, len(r)),
-            lambda r, v: _is_in(_user_address(entity.take(pa.array(r)), ipv6_to_str(hi6[rows[r]], v)),
-                                history.used_v6),
-        )  # fmt: skip
+            lambda r, v: _is_in(_user_address(entity.take(pa.array(r)), ipv6_to_str(hi6[rows[r]], v)), history.used_v6),
+        )
         lo6[rows] = iid
         hi6[rows[~ok]] = -1
 

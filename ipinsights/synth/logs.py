@@ -131,13 +131,27 @@ _NOISE_KINDS = (
     _Noise("not_found", 0.07, ("GET /favicon.ico HTTP/1.1", "GET /robots.txt HTTP/1.1"), "404", True, (150, 300), 0.0),
 )
 _BAD_TIMESTAMPS = (
-    "32/Jan/2024:10:00:00 +0000", "01/Foo/2024:10:00:00 +0000", "01/Jan/2024:25:61:00 +0000",
-    "2024-01-01T10:00:00Z", "01/Jan/2024:10:00:00", "-", "01/Jan/2024:10:00:00 +99999",
-)  # fmt: skip
+    "32/Jan/2024:10:00:00 +0000",
+    "01/Foo/2024:10:00:00 +0000",
+    "01/Jan/2024:25:61:00 +0000",
+    "2024-01-01T10:00:00Z",
+    "01/Jan/2024:10:00:00",
+    "-",
+    "01/Jan/2024:10:00:00 +99999",
+)
 _BAD_IPS = (
-    "300.1.2.3", "1.2.3", "1.2.3.4.5", "256.256.256.256", "10.0.0.-1", "a.b.c.d", "01.02.03.004",
-    "2001:db8::1::2", "12345::1", "2a00:1:2:3:4:5:6:7:8", "2a0g::1",
-)  # fmt: skip
+    "300.1.2.3",
+    "1.2.3",
+    "1.2.3.4.5",
+    "256.256.256.256",
+    "10.0.0.-1",
+    "a.b.c.d",
+    "01.02.03.004",
+    "2001:db8::1::2",
+    "12345::1",
+    "2a00:1:2:3:4:5:6:7:8",
+    "2a0g::1",
+)
 
 
 def log_file_name(shard: int, spec: SynthSpec) -> str:
@@ -197,9 +211,28 @@ def format_lines(
     tod = _time_of_day_table().take(pa.array(local - day * _DAY_S))
     zone = _lookup(offset_min.astype(np.int64), _offset_text)
     lines = pc.binary_join_element_wise(
-        ip, " - ", user, " [", date, ":", tod, " ", zone, '] "', request, '" ', status, " ", size,
-        ' "', referer, '" "', user_agent, '"\n', "",
-    )  # fmt: skip
+        ip,
+        " - ",
+        user,
+        " [",
+        date,
+        ":",
+        tod,
+        " ",
+        zone,
+        '] "',
+        request,
+        '" ',
+        status,
+        " ",
+        size,
+        ' "',
+        referer,
+        '" "',
+        user_agent,
+        '"\n',
+        "",
+    )
     return lines.combine_chunks() if isinstance(lines, pa.ChunkedArray) else lines
 
 

@@ -82,10 +82,20 @@ COUNTRY_USER_SHARES: dict[str, float] = {c: share for c, share, _ in _COUNTRIES}
 
 # Reserved IPv4 blocks (start, prefix length) that no plan may use.
 _RESERVED = (
-    (0x00000000, 8), (0x0A000000, 8), (0x64400000, 10), (0x7F000000, 8), (0xA9FE0000, 16),
-    (0xAC100000, 12), (0xC0000000, 24), (0xC0000200, 24), (0xC0A80000, 16), (0xC6120000, 15),
-    (0xC6336400, 24), (0xCB007100, 24), (0xE0000000, 3),
-)  # fmt: skip
+    (0x00000000, 8),
+    (0x0A000000, 8),
+    (0x64400000, 10),
+    (0x7F000000, 8),
+    (0xA9FE0000, 16),
+    (0xAC100000, 12),
+    (0xC0000000, 24),
+    (0xC0000200, 24),
+    (0xC0A80000, 16),
+    (0xC6120000, 15),
+    (0xC6336400, 24),
+    (0xCB007100, 24),
+    (0xE0000000, 3),
+)
 
 # Synthetic range sizes (prefix lengths) and ranges per ISP, by kind: "blocks", a few large ranges per ISP
 # (the plan before issue 19) and "scattered", the real routing table's shape: broadband and mobile ISPs
@@ -108,7 +118,7 @@ _KIND_KEYWORDS = (
     ("hosting", re.compile(r"hosting|cloud|amazon|google|microsoft|digitalocean|ovh|hetzner|linode|data ?cent", re.I)),
     ("mobile", re.compile(r"mobile|wireless|cellular|\blte\b|\bgsm\b|\b[345]g\b", re.I)),
     ("business", re.compile(r"business|enterprise|universit|bank|corp|government|ministry|school", re.I)),
-)  # fmt: skip
+)
 # IPv6: the /12 each regional registry allocates from (first 12 bits), and the countries it serves
 # (countries missing here, e.g. of a real plan, go to a registry chosen by a hash of their code).
 _RIR_V6_BLOCKS = {"AFRINIC": 0x2C0, "APNIC": 0x240, "ARIN": 0x260, "LACNIC": 0x280, "RIPE": 0x2A0}
@@ -492,8 +502,9 @@ def ipv6_allocations(
     for region in sorted(_RIR_V6_BLOCKS):
         members = np.flatnonzero(group_region == region)
         if len(members):
-            group_len[members], group_start[members] = _place_v6(rng, region, members, group_len, slot_bits,
-                                                                 group_country)  # fmt: skip
+            group_len[members], group_start[members] = _place_v6(
+                rng, region, members, group_len, slot_bits, group_country
+            )
     length = group_len[group]
     start = group_start[group] + (rank << (64 - length))
     return start, length.astype(np.int8)
@@ -523,9 +534,11 @@ def _place_v6(
     countries = group_country[members]
     codes = sorted(set(countries.tolist()))
     sequence = np.concatenate(
-        [members[np.flatnonzero(countries == codes[c])][rng.permutation(int(np.sum(countries == codes[c])))]
-         for c in rng.permutation(len(codes)).tolist()]
-    )  # fmt: skip
+        [
+            members[np.flatnonzero(countries == codes[c])][rng.permutation(int(np.sum(countries == codes[c])))]
+            for c in rng.permutation(len(codes)).tolist()
+        ]
+    )
     position = {int(g): i for i, g in enumerate(members.tolist())}
     sizes = [1 << int(block_bits[position[g]]) for g in sequence.tolist()]
     unit_gaps = rng.exponential(1.0, size=len(sequence))

@@ -60,9 +60,14 @@ ATTACK_LABELS: dict[str, int] = {
 }
 #: The attack kinds of the generator before issue 19 (``plan_shape: blocks`` reproduces its data with these).
 BLOCKS_ATTACK_KINDS: tuple[str, ...] = (
-    "random_ip", "popular_isp", "same_country_other_isp", "own_network", "random_ipv6", "other_isp_ipv6",
+    "random_ip",
+    "popular_isp",
+    "same_country_other_isp",
+    "own_network",
+    "random_ipv6",
+    "other_isp_ipv6",
     "own_prefix_ipv6",
-)  # fmt: skip
+)
 #: Shapes of the synthetic address plan (see :meth:`ipinsights.synth.plan.AddressPlan.synthetic`).
 PLAN_SHAPES: tuple[str, ...] = ("scattered", "blocks")
 SPLITS: tuple[str, ...] = ("train", "validation", "test")
@@ -157,8 +162,17 @@ class SynthSpec:
         check_int("mobile_prefixes", self.mobile_prefixes, 1, 64)
         if self.address_plan is not None and not isinstance(self.address_plan, str):
             raise ConfigError(f"address_plan={self.address_plan!r} must be a path or null")
-        for name in ("mobile_rate", "mobile_share", "travel_rate", "roam_rate", "abroad_share", "ipv6_rate",
-                     "ipv6_work_rate", "ipv6_mobile_rate", "ipv6_share"):  # fmt: skip
+        for name in (
+            "mobile_rate",
+            "mobile_share",
+            "travel_rate",
+            "roam_rate",
+            "abroad_share",
+            "ipv6_rate",
+            "ipv6_work_rate",
+            "ipv6_mobile_rate",
+            "ipv6_share",
+        ):
             check_float(name, getattr(self, name), 0.0, 1.0)
         check_int("n_files", self.n_files, 1, 100_000)
         check_int("gzip_level", self.gzip_level, 1, 9)
@@ -208,8 +222,10 @@ class SynthSpec:
         days that an ingest of the generated logs holds them under."""
         first, end = self.split_days(split)
         if end <= first:
-            raise ValueError(f"the {split} split has no days (train_days={self.train_days}, "
-                             f"validation_days={self.validation_days}, days={self.days})")  # fmt: skip
+            raise ValueError(
+                f"the {split} split has no days (train_days={self.train_days}, "
+                f"validation_days={self.validation_days}, days={self.days})"
+            )
         start = _dt.date.fromisoformat(self.start_date)
         return (start + _dt.timedelta(days=first)).isoformat(), (start + _dt.timedelta(days=end - 1)).isoformat()
 

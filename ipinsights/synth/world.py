@@ -173,8 +173,9 @@ def generate_users(plan: AddressPlan, spec: SynthSpec, shard: int) -> pa.Table:
     # Home: a broadband network in a country drawn by population share (only countries that have one).
     home_country_pool = _home_countries(plan)
     codes, shares = home_country_pool
-    country = codes[np.minimum(np.searchsorted(np.cumsum(shares), rng.random(n) * shares.sum(), side="right"),
-                               len(codes) - 1)]  # fmt: skip
+    country = codes[
+        np.minimum(np.searchsorted(np.cumsum(shares), rng.random(n) * shares.sum(), side="right"), len(codes) - 1)
+    ]
     home_net = sample_networks(plan, rng, country, ("broadband",), power=0.7)
     home_net = np.where(
         home_net < 0, sample_networks(plan, rng, country, ("broadband", "business", "mobile")), home_net

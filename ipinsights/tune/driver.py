@@ -96,8 +96,12 @@ def run_trials(
     if cfg.entity_vectors_per_entity and data.n_entities and "num_entity_vectors" not in dists:
         # SageMaker's advice, from the data: the base config's value was written for some other data set.
         base_hp["num_entity_vectors"] = max(1, math.ceil(cfg.entity_vectors_per_entity * data.n_entities))
-        log.info("num_entity_vectors=%d for every trial (%s x %d training entities)", base_hp["num_entity_vectors"],
-                 cfg.entity_vectors_per_entity, data.n_entities)  # fmt: skip
+        log.info(
+            "num_entity_vectors=%d for every trial (%s x %d training entities)",
+            base_hp["num_entity_vectors"],
+            cfg.entity_vectors_per_entity,
+            data.n_entities,
+        )
     if cfg.baseline_trial:
         outside = [r.name for r in cfg.ranges if not r.contains(base_hp[r.name])]
         if outside:
@@ -169,8 +173,16 @@ def run_trials(
         if rec.history:
             write_metrics(join_uri(trials_dir, f"trial-{n:03d}", "metrics.jsonl"), rec.history)
         auc_text = "n/a" if rec.objective is None else f"{rec.objective:.4f}"
-        log.info("trial %d %s: %s=%s epochs=%d %.1f s%s", n, rec.status, cfg.metric, auc_text, rec.epochs,
-                 rec.seconds, f" ({rec.error})" if rec.error else "")  # fmt: skip
+        log.info(
+            "trial %d %s: %s=%s epochs=%d %.1f s%s",
+            n,
+            rec.status,
+            cfg.metric,
+            auc_text,
+            rec.epochs,
+            rec.seconds,
+            f" ({rec.error})" if rec.error else "",
+        )
         if rec.model_dir and rec.objective is not None:
             if best is None or rec.objective > best[1]:
                 if best is not None and not cfg.keep_trial_models:
@@ -195,8 +207,13 @@ class TuningResult:
     def summary(self) -> dict[str, Any]:
         """The job's one-line result: the best trial, its objective and values, and where things are."""
         best = self.best
-        return {"best_trial": best.number, best.metric: best.objective, "tuned": best.params,
-                "best_model": self.best_model_dir, "results": join_uri(self.output, "results.csv")}  # fmt: skip
+        return {
+            "best_trial": best.number,
+            best.metric: best.objective,
+            "tuned": best.params,
+            "best_model": self.best_model_dir,
+            "results": join_uri(self.output, "results.csv"),
+        }
 
 
 def prepare_data(
@@ -331,9 +348,20 @@ def run_tune_job(
     """Read the inputs and :func:`tune` (a bad format or date range raises :class:`ConfigError`)."""
     from ipinsights.storage.sagemaker_csv import read_pairs_table
 
-    log.info("tuning %d trials (%d in parallel, %s, seed %d) over %s", cfg.max_jobs, cfg.max_parallel_jobs,
-             cfg.strategy, cfg.seed, ", ".join(r.name for r in cfg.ranges))  # fmt: skip
+    log.info(
+        "tuning %d trials (%d in parallel, %s, seed %d) over %s",
+        cfg.max_jobs,
+        cfg.max_parallel_jobs,
+        cfg.strategy,
+        cfg.seed,
+        ", ".join(r.name for r in cfg.ranges),
+    )
     train_df = read_pairs_table(spark, inputs.train, inputs.format, inputs.start_date, inputs.end_date)
-    val_df = read_pairs_table(spark, inputs.validation, inputs.format, inputs.validation_start_date,
-                              inputs.validation_end_date or inputs.validation_start_date)  # fmt: skip
+    val_df = read_pairs_table(
+        spark,
+        inputs.validation,
+        inputs.format,
+        inputs.validation_start_date,
+        inputs.validation_end_date or inputs.validation_start_date,
+    )
     return tune(spark, train_df, val_df, cfg, base, output, labelled=inputs.validation_labelled)
