@@ -3,7 +3,7 @@
 A tuning job maximises a validation metric (``objective``: SageMaker's ``validation:discriminator_auc``, or
 ``validation:shuffled_auc``, which tells models apart where the first is near 1) over a search space of hyperparameters
 (:class:`TuneConfig`, ``conf/tune.yml``) in ``max_jobs`` trials, ``max_parallel_jobs`` at a time.
-Each trial is an ordinary single-process training run (:class:`ipinsights.trainer.Trainer`) of the
+Each trial is an ordinary single-process training run (:class:`ipinsights.train.trainer.Trainer`) of the
 base training config with the sampled values put in.
 
 Parallelism. The driver runs Optuna's ask/tell loop. Each trial is a one-task Spark job
