@@ -39,9 +39,9 @@ def main(argv: list[str] | None = None) -> int:
     from ipinsights.core.config import Hyperparameters, ModelOptions, TrainOptions
     from ipinsights.core.entities import ENTITY_FILE, EntityStats
     from ipinsights.score.evaluate import evaluate_scores
-    from ipinsights.score.profile_build import build_profiles
+    from ipinsights.score.rules import CAL_LEVELS, RULE_SCORE, Thresholds
     from ipinsights.score.scorer import Scorer
-    from ipinsights.score.verdict import CAL_LEVELS, RULE_SCORE, Thresholds
+    from ipinsights.score.spark_profiles import build_profiles
     from ipinsights.storage.modelfile import profile_path, save_model
     from ipinsights.storage.sagemaker_csv import read_labelled_csv
     from ipinsights.synth import SynthSpec, generate_dataset

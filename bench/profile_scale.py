@@ -4,7 +4,7 @@ scoring Python workers, with profiles joined per batch (today) vs loaded whole (
 For each entity count a fresh process on ``local[2]`` saves a small random model (fixed size: its
 ``num_entity_vectors`` does not grow with the entities, so what grows is the entities' own data), builds
 the entity profiles of ``--events-per-entity`` training events per entity
-(:func:`ipinsights.score.profile_build.build_profiles`), then scores one day of ``--day-events`` events
+(:func:`ipinsights.score.spark_profiles.build_profiles`), then scores one day of ``--day-events`` events
 of random known entities:
 
 * ``today``: the job's path, each batch joined with its own entities' profile rows;
@@ -41,7 +41,7 @@ from pyspark.sql import SparkSession, functions as F
 
 from ipinsights.core.config import Hyperparameters, ModelOptions
 from ipinsights.score.job import ScoringSetup, score_events
-from ipinsights.score.profile_build import build_profiles
+from ipinsights.score.spark_profiles import build_profiles
 from ipinsights.score.profiles import EntityProfiles
 from ipinsights.score.udf import ScorerSource
 from ipinsights.storage.modelfile import profile_path, save_model

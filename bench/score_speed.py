@@ -57,9 +57,9 @@ from ipinsights.core.hashing import hash_strings
 from ipinsights.core.ip import ipv4_to_str, key_prefix, parse_ip
 from ipinsights.score.job import _SCORE_FIELDS, ScoringSetup, _score_batch, _scores_by_day, score_events
 from ipinsights.score.profiles import QUANTILES, EntityProfiles, PopulationPrior
+from ipinsights.score.rules import CAL_LEVELS, Thresholds
 from ipinsights.score.scorer import BATCH_ROWS, Scorer
 from ipinsights.score.udf import ScorerSource, batch_mapper
-from ipinsights.score.verdict import CAL_LEVELS, Thresholds
 from ipinsights.storage.modelfile import model_fingerprint, profile_path, save_model
 from ipinsights.train.trainer import build_model
 

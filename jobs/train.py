@@ -7,7 +7,7 @@
 
 or ``--train-csv FILE`` (SageMaker's headerless entity,ip format) instead of ``--events``.
 ``--include-verdicts VERDICTS --cases CASES`` adds the events of cases investigators confirmed benign
-(see ``ipinsights.score.feedback``) as extra positives, so a confirmed new ISP stops scoring as anomalous.
+(see ``ipinsights.score.verdicts``) as extra positives, so a confirmed new ISP stops scoring as anomalous.
 
 Writes OUTPUT/model/ (the model file), OUTPUT/metrics.jsonl (one line per epoch: loss, accuracy,
 discriminator_auc, pairs/s, communication cost), OUTPUT/config.json (the resolved config),
@@ -89,7 +89,7 @@ def _verdict_pairs_csv(ctx: JobContext, args: argparse.Namespace) -> str:
     import datetime as dt
 
     from ipinsights.score.cases import verdict_pairs
-    from ipinsights.score.feedback import read_verdicts
+    from ipinsights.score.verdicts import read_verdicts
     from ipinsights.storage.files import absolute_uri, join_uri
     from ipinsights.storage.filesystems import resolve_uri
 

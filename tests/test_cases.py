@@ -23,8 +23,8 @@ from ipinsights.score.cases import (
     severity,
     verdict_pairs,
 )
-from ipinsights.score.feedback import VerdictSet, network_key, read_verdicts, rules
 from ipinsights.score.job import flagged_schema
+from ipinsights.score.verdicts import VerdictSet, network_key, read_verdicts, rules
 from ipinsights.storage.publish import write_partitions
 
 DAY, NEXT, LATER = "2024-01-09", "2024-01-10", "2024-01-11"

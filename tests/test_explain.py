@@ -1,7 +1,7 @@
 """Cold start, levels and explanations, in process (the batch job and the endpoint share this code).
 
 The entity profiles are built here with numpy from the toy world's training pairs (an oracle written
-independently of the Spark aggregation in ``ipinsights.score.profile_build.build_profiles``, which the scoring
+independently of the Spark aggregation in ``ipinsights.score.spark_profiles.build_profiles``, which the scoring
 job's test covers), saved beside the model, and read back the way the endpoint reads them.
 """
 
@@ -19,8 +19,8 @@ from ipinsights.core.hashing import hash_strings
 from ipinsights.core.ip import key_prefix, key_prefix_text, parse_ip
 from ipinsights.score.calibration import Calibration, save_calibration
 from ipinsights.score.profiles import QUANTILES, EntityProfiles, PopulationPrior
+from ipinsights.score.rules import RULE_LEARNING, RULE_SCORE, Thresholds
 from ipinsights.score.scorer import Scorer
-from ipinsights.score.verdict import RULE_LEARNING, RULE_SCORE, Thresholds
 from ipinsights.serve import protocol
 from ipinsights.serve.app import load_policy, load_scorer, score_records
 from ipinsights.serve.settings import ServeSettings

@@ -18,7 +18,7 @@ from ipinsights.core.hashing import MAX_ENTITY_BYTES, hash_strings
 from ipinsights.ingest.logparse import EntityOptions, LineLimits, LineRules, classify_batch
 from ipinsights.score.cases import CaseView
 from ipinsights.score.report import CASE_COLUMNS, render_report, visible_text, write_flagged_csv
-from ipinsights.score.verdict import Threshold
+from ipinsights.score.rules import Threshold
 from ipinsights.serve import protocol
 from ipinsights.serve.protocol import RequestError
 from ipinsights.serve.settings import ServeSettings

@@ -154,7 +154,7 @@ def _tree(tmp_path: Path, files: dict[str, str]) -> Path:
             "core/ may import only",
         ),
         ({"storage/x.py": "import pkg.train.trainer\n", "train/trainer.py": ""}, "storage/ may import only"),
-        ({"train/a.py": "from pkg.score.verdict import X\n", "score/verdict.py": "X = 1\n"}, "train/ may import only"),
+        ({"train/a.py": "from pkg.score.rules import X\n", "score/rules.py": "X = 1\n"}, "train/ may import only"),
         # a circle inside one folder
         ({"score/a.py": "from pkg.score import b\n", "score/b.py": "from pkg.score.a import x\n"}, "import circle"),
         # the endpoint reaching a Spark module of the score stage
@@ -177,8 +177,8 @@ def test_an_allowed_tree_passes(tmp_path):
         {
             "core/ip.py": "import numpy\n",
             "storage/files.py": "from pkg.core import ip\n",
-            "score/scorer.py": "from pkg.storage.files import x\nfrom pkg.score import verdict\n",
-            "score/verdict.py": "",
+            "score/scorer.py": "from pkg.storage.files import x\nfrom pkg.score import rules\n",
+            "score/rules.py": "",
             "serve/app.py": "from pkg.score.scorer import Scorer\n",
             "tune/driver.py": "from pkg.train.trainer import Trainer\n",
             "train/trainer.py": "import torch\n",

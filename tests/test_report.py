@@ -21,7 +21,7 @@ from ipinsights.score.report import (
     score_histograms,
     write_flagged_csv,
 )
-from ipinsights.score.verdict import RULE_INVALID, RULE_LEARNING, RULE_SCORE, Threshold
+from ipinsights.score.rules import RULE_INVALID, RULE_LEARNING, RULE_SCORE, Threshold
 
 EVIL = '<script>alert("x")</script><img src=x onerror=alert(1)>'
 

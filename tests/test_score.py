@@ -21,7 +21,6 @@ from servers import Client, ServerProcess
 
 from ipinsights.core.config import ConfigError, Hyperparameters, ModelOptions, TrainOptions
 from ipinsights.core.entities import ENTITY_FILE, EntityStats
-from ipinsights.score.calibrate import calibrate_levels, calibrate_threshold
 from ipinsights.score.calibration import (
     Calibration,
     CalibrationError,
@@ -29,9 +28,10 @@ from ipinsights.score.calibration import (
     save_calibration,
 )
 from ipinsights.score.job import ScoreConfig, ScoringSetup, resolve_threshold, run_score_job, score_events
+from ipinsights.score.rules import RULE_INVALID, RULE_LEARNING, RULE_SCORE, Thresholds
 from ipinsights.score.scorer import Scorer
+from ipinsights.score.spark_calibration import calibrate_levels, calibrate_threshold
 from ipinsights.score.udf import ScorerSource
-from ipinsights.score.verdict import RULE_INVALID, RULE_LEARNING, RULE_SCORE, Thresholds
 from ipinsights.storage.modelfile import calibration_path, load_model, model_fingerprint, save_model
 from ipinsights.synth import SynthSpec, generate_dataset
 from ipinsights.train.data import encode_pairs

@@ -58,8 +58,8 @@ class Calibration:
     prior_quantiles: list[float] | None = None
 
     def thresholds(self):
-        """The :class:`~ipinsights.score.verdict.Thresholds` of the levels and the normal percentile."""
-        from ipinsights.score.verdict import Thresholds
+        """The :class:`~ipinsights.score.rules.Thresholds` of the levels and the normal percentile."""
+        from ipinsights.score.rules import Thresholds
 
         def table(q):
             return None if q is None else tuple(q)

@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pyarrow as pa
 
-from ipinsights.score.feedback import ANY_ENTITY, Rule, VerdictSet, rules
+from ipinsights.score.verdicts import ANY_ENTITY, Rule, VerdictSet, rules
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -239,7 +239,7 @@ def _network_columns(ev: DataFrame) -> DataFrame:
 
 
 def _rule_match() -> Any:
-    """The join condition of a verdict rule (``v_*`` columns) and a flagged row (see :mod:`.feedback`)."""
+    """The join condition of a verdict rule (``v_*`` columns) and a flagged row (see :mod:`.verdicts`)."""
     from pyspark.sql import functions as F
 
     key = F.col("v_key")

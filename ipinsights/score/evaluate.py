@@ -29,8 +29,8 @@ from ipinsights.core.asn import AsnTable
 from ipinsights.core.hashing import hash_strings
 from ipinsights.core.ip import key_prefix, parse_ip, to_string_array
 from ipinsights.core.metrics import per_kind, recall_at_fpr, roc_auc, threshold_table
+from ipinsights.score.rules import BASELINES
 from ipinsights.score.scorer import Scorer
-from ipinsights.score.verdict import BASELINES
 
 __all__ = [
     "RECALL_FPRS",

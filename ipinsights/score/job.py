@@ -41,9 +41,9 @@ import pyarrow as pa
 
 from ipinsights.score.cases import CaseSettings
 from ipinsights.score.profiles import JOINED, PopulationPrior, ProfileHeader, join_profile_rows, joined_profiles
+from ipinsights.score.rules import BASELINES, LEVELS, RULES, Threshold, Thresholds
 from ipinsights.score.scorer import BATCH_ROWS, Joined, Scorer
 from ipinsights.score.udf import ScorerSource, map_in_arrow
-from ipinsights.score.verdict import BASELINES, LEVELS, RULES, Threshold, Thresholds
 
 if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame, SparkSession
@@ -122,7 +122,7 @@ class ScoreConfig:
     scorer_batch_size: int = BATCH_ROWS  # rows per torch call: small batches stay in cache (faster on CPU)
     # Cases (ipinsights.score.cases): the table, the daily budget and the investigators' verdicts.
     cases: str | None = None  # default: "cases" beside the flagged table
-    verdicts: str | None = None  # CSV of investigators' verdicts (ipinsights.score.feedback); none by default
+    verdicts: str | None = None  # CSV of investigators' verdicts (ipinsights.score.verdicts); none by default
     max_cases: int = 50  # cases the report leads with per day
     normal_cases_per_day: int = 25  # the case floor is calibrated so normal traffic opens about this many a day
     network_case_entities: int = 5  # entities one source must touch in a day to make a network case
@@ -339,7 +339,6 @@ def resolve_threshold(spark: SparkSession, cfg: ScoreConfig, profile: str | None
     ``profile`` (entity profiles, see :func:`resolve_profile`) gives the population prior its scores,
     so that the learning period's thresholds are calibrated too.
     """
-    from ipinsights.score.calibrate import calibrate_levels
     from ipinsights.score.calibration import (
         Calibration,
         CalibrationError,
@@ -347,6 +346,7 @@ def resolve_threshold(spark: SparkSession, cfg: ScoreConfig, profile: str | None
         medium_fpr,
         save_calibration,
     )
+    from ipinsights.score.spark_calibration import calibrate_levels
     from ipinsights.storage.events import read_events
     from ipinsights.storage.files import uri_exists
     from ipinsights.storage.modelfile import calibration_uri, model_fingerprint
@@ -406,8 +406,8 @@ def resolve_profile(spark: SparkSession, cfg: ScoreConfig) -> ProfileHeader | No
 
     Only the header is read here; the rows stay a table that scoring joins onto its batches.
     """
-    from ipinsights.score.profile_build import build_profiles
     from ipinsights.score.profiles import ProfileError
+    from ipinsights.score.spark_profiles import build_profiles
     from ipinsights.storage.events import read_events
     from ipinsights.storage.files import uri_exists
     from ipinsights.storage.modelfile import profile_uri
@@ -512,8 +512,8 @@ def run_score_job(
     from pyspark.sql import functions as F
 
     from ipinsights.score.cases import case_rules, case_views, group_cases, ranked
-    from ipinsights.score.feedback import VerdictSet, read_verdicts
     from ipinsights.score.report import day_counts, score_histograms, write_day_report
+    from ipinsights.score.verdicts import VerdictSet, read_verdicts
     from ipinsights.storage.events import present_days, read_events, read_table_days
     from ipinsights.storage.filesystems import HadoopStore, check_reachable
     from ipinsights.storage.modelfile import read_manifest

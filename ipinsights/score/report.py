@@ -30,14 +30,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ipinsights.score.verdict import BASELINES
+from ipinsights.score.rules import BASELINES
 from ipinsights.storage.files import atomic_write, is_local, join_uri, local_path
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame
 
     from ipinsights.score.cases import CaseView
-    from ipinsights.score.verdict import Threshold
+    from ipinsights.score.rules import Threshold
 
 __all__ = [
     "Histogram",
@@ -75,7 +75,7 @@ def day_counts(scores: DataFrame, days: Iterable[str]) -> dict[str, dict[str, in
     """Per-day counts (:data:`COUNT_NAMES`) in one aggregation; days without rows get zeros."""
     from pyspark.sql import functions as F
 
-    from ipinsights.score.verdict import RULE_INVALID, RULE_LEARNING, RULE_SCORE
+    from ipinsights.score.rules import RULE_INVALID, RULE_LEARNING, RULE_SCORE
 
     def n(cond):
         return F.sum(F.when(cond, 1).otherwise(0)).cast("long")

@@ -21,7 +21,7 @@ import torch
 from ipinsights.core.entities import ENTITY_FILE, EntityStats
 from ipinsights.core.hashing import buckets_of, hash_strings
 from ipinsights.core.ip import ParsedIPs, parse_ip, to_string_array
-from ipinsights.score.verdict import (
+from ipinsights.score.rules import (
     LEVEL_OBJECTS,
     RULE_INVALID_CODE,
     RULE_LEARNING_CODE,
@@ -251,7 +251,7 @@ class Scorer:
         """Score rows, choosing the rule per row: invalid address, learning period (fewer than
         ``learning_period_events`` training events: the population prior scores it, never a random
         vector), or the entity's own model score; plus per-entity percentiles and, with
-        ``thresholds``, levels and flags (:func:`~ipinsights.score.verdict.flag_rows`). ``joined``: the rows'
+        ``thresholds``, levels and flags (:func:`~ipinsights.score.rules.flag_rows`). ``joined``: the rows'
         profiles, joined onto them (the Spark jobs); default, looked up in the scorer's own profiles.
         """
         hashes = self.entity_hashes(entities)  # once: rows, training counts and profiles all key on it

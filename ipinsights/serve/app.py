@@ -24,7 +24,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from ipinsights.score.verdict import Thresholds
+from ipinsights.score.rules import Thresholds
 from ipinsights.serve import protocol
 from ipinsights.serve.protocol import RequestError
 from ipinsights.serve.settings import ServeSettings

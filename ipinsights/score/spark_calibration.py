@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, TypedDict
 
 from ipinsights.score.calibration import medium_fpr
-from ipinsights.score.verdict import CAL_LEVELS, RULE_SCORE
+from ipinsights.score.rules import CAL_LEVELS, RULE_SCORE
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame
