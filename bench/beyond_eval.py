@@ -85,8 +85,9 @@ def main(argv: list[str] | None = None) -> int:
     topts = TrainOptions(seed=args.seed, progress_bar="off")
     models = {}
     for name, opts in (("before", ModelOptions(ipv6_prefix_lengths=())), ("ipv6", ModelOptions())):
-        enc = encode_pairs(train["entity"], train["ip"], hp.num_entity_vectors, opts.hash_seed,
-                           ipv6=bool(opts.ipv6_prefix_lengths))  # fmt: skip
+        enc = encode_pairs(
+            train["entity"], train["ip"], hp.num_entity_vectors, opts.hash_seed, ipv6=bool(opts.ipv6_prefix_lengths)
+        )
         result = train_model(hp, opts, topts, enc)
         stats = EntityStats.from_entities(train["entity"], opts.hash_seed)
         models[name] = save_model(result.model, work / name, extra_files={ENTITY_FILE: stats.to_bytes()})

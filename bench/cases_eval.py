@@ -34,8 +34,9 @@ sys.path.insert(0, str(REPO))
 def main(argv: list[str] | None = None) -> int:
     from pyspark.sql import functions as F
 
-    from ipinsights.score.cases import case_metrics
-    from ipinsights.score.job import ScoreConfig, run_score_job
+    from ipinsights.score.config import ScoreConfig
+    from ipinsights.score.spark_case_metrics import case_metrics
+    from ipinsights.score.spark_job import run_score_job
     from ipinsights.storage.events import day_range, read_events
     from ipinsights.storage.publish import write_partitions
     from ipinsights.synth import read_spec
@@ -66,18 +67,29 @@ def main(argv: list[str] | None = None) -> int:
             truth = spark.read.parquet(str(w / "synth" / "truth" / "events.parquet"))
             injected = truth.where(F.col("kind") != "normal").select("entity", "ip", F.col("ts").alias("_ts"))
             events = read_events(spark, str(w / "events"), s0, s1)
-            normal = events.join(injected, (events.entity == injected.entity) & (events.ip == injected.ip)
-                                 & (events.ts == injected._ts), "left_anti")  # fmt: skip
+            normal = events.join(
+                injected,
+                (events.entity == injected.entity) & (events.ip == injected.ip) & (events.ts == injected._ts),
+                "left_anti",
+            )
             write_partitions(normal, str(out / "events"))
             n_removed = events.count() - spark.read.parquet(str(out / "events")).count()
             print(f"injected_logins_removed={n_removed}")
             # The demo's validation day stays the calibration: the stored threshold and case floor are reused.
             cfg = ScoreConfig(
-                model=str(w / "run" / "model"), events=str(out / "events"), scores=str(out / "scores"),
-                flagged=str(out / "flagged"), reports=str(out / "reports"), cases=str(out / "cases"),
-                target_fpr=0.01, calibration_start_date=v0, calibration_end_date=v1, train_start_date=t0,
-                train_end_date=t1, max_cases=args.max_cases,
-            )  # fmt: skip
+                model=str(w / "run" / "model"),
+                events=str(out / "events"),
+                scores=str(out / "scores"),
+                flagged=str(out / "flagged"),
+                reports=str(out / "reports"),
+                cases=str(out / "cases"),
+                target_fpr=0.01,
+                calibration_start_date=v0,
+                calibration_end_date=v1,
+                train_start_date=t0,
+                train_end_date=t1,
+                max_cases=args.max_cases,
+            )
             run = run_score_job(spark, cfg, days)
             for day in days:
                 c = run.cases[day]
@@ -94,8 +106,11 @@ def main(argv: list[str] | None = None) -> int:
             chosen = single.sample(fraction=fraction, seed=0).unionByName(hits.where(F.col("kind") == SPRAYING))
             chosen = chosen.select("entity", "ip", "ts", "dt", "kind").cache()
             picked = chosen.select(F.col("entity").alias("_e"), F.col("ip").alias("_ip"), F.col("ts").alias("_ts"))
-            sparse = events.join(picked, (events.entity == picked._e) & (events.ip == picked._ip)
-                                 & (events.ts == picked._ts), "left_semi").unionByName(normal)  # fmt: skip
+            sparse = events.join(
+                picked,
+                (events.entity == picked._e) & (events.ip == picked._ip) & (events.ts == picked._ts),
+                "left_semi",
+            ).unionByName(normal)
             write_partitions(sparse, str(out / "sparse_events"))
             labelled = str(out / "sparse_labelled")
             chosen.select("entity", "ip", F.lit(1).alias("label"), "kind").coalesce(1).write.csv(labelled)

@@ -40,10 +40,11 @@ n, per, day, mode = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.ar
 from pyspark.sql import SparkSession, functions as F
 
 from ipinsights.core.config import Hyperparameters, ModelOptions
-from ipinsights.score.job import ScoringSetup, score_events
+from ipinsights.score.batches import ScoringSetup
+from ipinsights.score.profile_rows import load_profiles
 from ipinsights.score.spark_profiles import build_profiles
-from ipinsights.score.profiles import EntityProfiles
-from ipinsights.score.udf import ScorerSource
+from ipinsights.score.spark_scoring import score_events
+from ipinsights.score.worker import ScorerSource
 from ipinsights.storage.modelfile import profile_path, save_model
 from ipinsights.train.trainer import build_model
 
@@ -66,7 +67,7 @@ base = status("VmRSS")
 header = build_profiles(history, model, profile)
 assert header.entities == n, (header.entities, n)
 if mode == "before":
-    EntityProfiles.load(profile)  # the old build's one row per entity, gathered on the driver
+    load_profiles(profile)  # the old build's one row per entity, gathered on the driver
 driver = status("VmHWM") - base
 
 pick = (F.xxhash64("id") % n + n) % n

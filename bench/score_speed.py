@@ -22,8 +22,8 @@ Figures (one per line, ``name=value``):
   of this design however fast the model gets
 * ``inprocess_job_cpu_us_per_pair`` / ``*_ideal_pairs_per_s``: the job's whole work without Spark, in one
   process: pyarrow reads the pairs' files, the workers' function scores them, pyarrow writes the scores
-* ``inprocess_udf_pairs_per_s``: the Python workers' function (``udf.batch_mapper`` over the job's
-  ``_score_batch``) over the same pairs as Arrow batches of ``--arrow-batch`` rows, 1 torch thread, no
+* ``inprocess_udf_pairs_per_s``: the Python workers' function (``worker.batch_mapper`` over the job's
+  ``batches.score_batch``) over the same pairs as Arrow batches of ``--arrow-batch`` rows, 1 torch thread, no
   Spark (what one worker could do)
 * ``inprocess_1thread_pairs_per_s`` / ``inprocess_pairs_per_s``: ``Scorer.dot_product`` alone, with 1
   torch thread and with torch's default (the machine's cores)
@@ -55,16 +55,20 @@ from ipinsights.core.config import Hyperparameters, ModelOptions
 from ipinsights.core.entities import ENTITY_FILE, EntityStats
 from ipinsights.core.hashing import hash_strings
 from ipinsights.core.ip import ipv4_to_str, key_prefix, parse_ip
-from ipinsights.score.job import _SCORE_FIELDS, ScoringSetup, _score_batch, _scores_by_day, score_events
+from ipinsights.score.batches import ScoringSetup, score_batch
+from ipinsights.score.profile_rows import save_profiles
 from ipinsights.score.profiles import QUANTILES, EntityProfiles, PopulationPrior
 from ipinsights.score.rules import CAL_LEVELS, Thresholds
+from ipinsights.score.schemas import SCORE_FIELDS
 from ipinsights.score.scorer import BATCH_ROWS, Scorer
-from ipinsights.score.udf import ScorerSource, batch_mapper
+from ipinsights.score.spark_arrow import struct_type
+from ipinsights.score.spark_scoring import score_events, scores_by_day
+from ipinsights.score.worker import ScorerSource, batch_mapper
 from ipinsights.storage.modelfile import model_fingerprint, profile_path, save_model
 from ipinsights.train.trainer import build_model
 
 N_ENTITIES = 10_000
-SCORE_FIELD_NAMES = [f.split()[0] for f in _SCORE_FIELDS.split(", ")]
+SCORE_FIELD_NAMES = SCORE_FIELDS.names
 DAY = "2024-01-09"
 DAY_START = 1_704_758_400  # 2024-01-09T00:00:00Z
 SPARK_CORES = 2
@@ -103,23 +107,32 @@ def write_model(out: Path, vector_dim: int, pairs: pa.Table | None = None, seed:
         subnets, sub_n = np.unique(key_prefix(keys, 24, 48), return_counts=True)
         networks, net_n = np.unique(key_prefix(keys, 16, 32), return_counts=True)
         none = np.zeros(N_ENTITIES + 1, np.int64)
-        EntityProfiles(
+        profiles = EntityProfiles(
             hashes=stats.hashes,
             score_quantiles=np.sort(rng.normal(0.0, 0.3, (N_ENTITIES, QUANTILES.size)), axis=1).astype(np.float32),
-            net_offsets=none, net_keys=none[:0], net_counts=none[:0], asn_offsets=none, asns=none[:0],
-            fingerprint=model_fingerprint(out), population=PopulationPrior(subnets, sub_n, networks, net_n),
+            net_offsets=none,
+            net_keys=none[:0],
+            net_counts=none[:0],
+            asn_offsets=none,
+            asns=none[:0],
+            fingerprint=model_fingerprint(out),
+            population=PopulationPrior(subnets, sub_n, networks, net_n),
             entities=np.asarray(names.to_pylist(), dtype=object)[np.argsort(hashes, kind="stable")],
-        ).save(profile_path(out))  # fmt: skip
+        )
+        save_profiles(profiles, profile_path(out))
     return str(out)
 
 
 def thresholds() -> Thresholds:
     """Levels and normal-percentile tables shaped like a calibration's (values do not matter for speed)."""
     return Thresholds(
-        high=0.5, medium=0.2, prior_high=12.0, prior_medium=10.0,
+        high=0.5,
+        medium=0.2,
+        prior_high=12.0,
+        prior_medium=10.0,
         score_table=tuple(np.linspace(-1.0, 1.0, CAL_LEVELS.size)),
         prior_table=tuple(np.linspace(5.0, 14.0, CAL_LEVELS.size)),
-    )  # fmt: skip
+    )
 
 
 def unscored(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
@@ -128,8 +141,18 @@ def unscored(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         n = batch.num_rows
         f32, f64, zero = pa.array(np.zeros(n, np.float32)), pa.array(np.zeros(n)), pa.array(np.zeros(n, np.int8))
         no = pa.array(np.zeros(n, bool))
-        cols = [f32, f32, f32, pa.array(np.ones(n, np.int64)), no, pa.array(["model_score"]).take(zero), f64, f64,
-                pa.array(["low"]).take(zero), no]  # fmt: skip
+        cols = [
+            f32,
+            f32,
+            f32,
+            pa.array(np.ones(n, np.int64)),
+            no,
+            pa.array(["model_score"]).take(zero),
+            f64,
+            f64,
+            pa.array(["low"]).take(zero),
+            no,
+        ]
         yield pa.RecordBatch.from_arrays([*batch.columns, *cols], names=[*batch.schema.names, *SCORE_FIELD_NAMES])
 
 
@@ -178,10 +201,14 @@ def main() -> None:
         print(f"scorer_batch={args.scorer_batch}")
         print(f"loadavg_before={os.getloadavg()[0]:.2f}")
         spark = build_spark(
-            "score-bench", f"local[{SPARK_CORES}]",
-            {"spark.ui.enabled": "false", "spark.sql.execution.arrow.maxRecordsPerBatch": str(args.arrow_batch),
-             "spark.driver.memory": "2g"},
-        )  # fmt: skip
+            "score-bench",
+            f"local[{SPARK_CORES}]",
+            {
+                "spark.ui.enabled": "false",
+                "spark.sql.execution.arrow.maxRecordsPerBatch": str(args.arrow_batch),
+                "spark.driver.memory": "2g",
+            },
+        )
         jvm = spark.sparkContext._gateway.proc.pid
 
         def spark_cpu() -> float:
@@ -189,7 +216,7 @@ def main() -> None:
 
         scorer = Scorer.load(model, batch_size=args.scorer_batch)
         batches = table.to_batches(max_chunksize=args.arrow_batch)
-        udf = batch_mapper(setup.source, partial(_score_batch, setup), setup.batch_size)
+        udf = batch_mapper(setup.source, partial(score_batch, setup), setup.batch_size)
         df = spark.read.parquet(str(tmp / "pairs"))
         # Warm up both Python workers (imports, model load) and the JVM's JIT: once per job, not per pair.
         warmup = time.perf_counter()
@@ -200,12 +227,12 @@ def main() -> None:
         from pyspark.sql import functions as F
         from pyspark.sql.types import StructType
 
-        day = df.where(F.col("dt") == DAY).select("entity", "ip", "ts")  # as the job scores a day (see _scores_by_day)
-        bare_schema = StructType(day.schema.fields + StructType.fromDDL(_SCORE_FIELDS).fields)
+        day = df.where(F.col("dt") == DAY).select("entity", "ip", "ts")  # as the job scores a day (see scores_by_day)
+        bare_schema = StructType(day.schema.fields + struct_type(SCORE_FIELDS).fields)
         bare = day.mapInArrow(unscored, bare_schema).withColumn("dt", F.lit(DAY))
         files = sorted((tmp / "pairs").glob("*.parquet"))
         for run in range(1, args.runs + 1):
-            scored = _scores_by_day(df, [DAY], setup)  # the job's scores table rows
+            scored = scores_by_day(df, [DAY], setup)  # the job's scores table rows
             noop, noop_cpu = timed(args.pairs, scored.write.format("noop").mode("overwrite").save, spark_cpu)
             parquet, parquet_cpu = timed(args.pairs, partial(write_partitions, scored, str(tmp / "scores")), spark_cpu)
             bare_cpu = timed(args.pairs, partial(write_partitions, bare, str(tmp / "bare")), spark_cpu)[1]

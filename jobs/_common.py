@@ -48,8 +48,9 @@ def default_config(name: str) -> Path | None:
 class Job(Generic[C]):
     """One job's shape: its name, its config type and default config, and what its errors exit with.
 
-    ``errors`` maps exception types (checked in order) to exit statuses; ``ConfigError``,
-    ``DataFormatError`` and ``FileNotFoundError`` always exit ``EXIT_USAGE`` with the message, not a traceback.
+    ``errors`` maps exception types (checked in order) to exit statuses; a ``UsageError`` (``ConfigError``,
+    ``DataFormatError``, a model file or table that cannot be used...) and ``FileNotFoundError`` always exit
+    ``EXIT_USAGE`` with the message, not a traceback. Any other exception is a bug: exit 1 with its traceback.
     """
 
     name: str
@@ -86,8 +87,7 @@ class Job(Generic[C]):
         ``body`` gets a :class:`JobContext` (``ctx.cfg``, ``ctx.spark``) and returns an exit status
         (None = 0). ``args`` must carry ``verbose`` and, for Spark jobs, ``master`` and ``spark_conf``.
         """
-        from ipinsights.core.config import ConfigError
-        from ipinsights.core.errors import DataFormatError
+        from ipinsights.core.errors import UsageError
 
         setup_logging(getattr(args, "verbose", False))
         spark = None
@@ -101,7 +101,7 @@ class Job(Generic[C]):
                 spark = build_spark(self.app_name, getattr(args, "master", None), getattr(args, "spark_conf", ()))
             return body(JobContext(cfg, spark)) or 0
         except Exception as exc:
-            known = [*self.errors, ((ConfigError, DataFormatError, FileNotFoundError), EXIT_USAGE)]
+            known = [*self.errors, ((UsageError, FileNotFoundError), EXIT_USAGE)]
             for kind, status in known:
                 if isinstance(exc, kind):
                     log.error("%s: %s", self.name, exc)

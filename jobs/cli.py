@@ -45,14 +45,20 @@ def train_main(argv: Sequence[str] | None = None) -> int:
     args, overrides = parse_with_overrides(parser, argv)
 
     def body(ctx: JobContext) -> None:
-        history = train_from_csv(ctx.cfg, args.train, args.model_dir, args.validation, args.metrics,
-                                 args.validation_labelled)  # fmt: skip
+        history = train_from_csv(
+            ctx.cfg, args.train, args.model_dir, args.validation, args.metrics, args.validation_labelled
+        )
         print(f"model written to {args.model_dir}")
         print(json.dumps({k: history[-1][k] for k in ("epoch", *SUMMARY_KEYS)}))
 
     # A bad setting is a usage error, reported as argparse reports one (usage line, exit status 2).
-    job = Job("train", TrainConfig, spark=False, errors=[(ConfigError, EXIT_USAGE)],
-              on_error=lambda exc: parser.error(str(exc)))  # fmt: skip
+    job = Job(
+        "train",
+        TrainConfig,
+        spark=False,
+        errors=[(ConfigError, EXIT_USAGE)],
+        on_error=lambda exc: parser.error(str(exc)),
+    )
     return job.run(args, body, args.config, overrides)
 
 
@@ -78,9 +84,13 @@ def evaluate_main(argv: Sequence[str] | None = None) -> int:
         help="ip2asn TSV(s), comma-separated: the seen_asn baseline and AS names "
         "(default: the table the model was trained with, if any)",
     )
-    parser.add_argument("--learning-period-events", type=int, default=10,
-                        help="entities with fewer training events are scored by the population prior (as the "
-                             "scoring job does); 0 with no profile = raw model scores (SageMaker)")  # fmt: skip
+    parser.add_argument(
+        "--learning-period-events",
+        type=int,
+        default=10,
+        help="entities with fewer training events are scored by the population prior (as the "
+        "scoring job does); 0 with no profile = raw model scores (SageMaker)",
+    )
     parser.add_argument("--cases", help="the scoring job's cases table: precision of each labelled day's top cases")
     parser.add_argument("--scores", help="the scoring job's scores table (with --cases: which attacks each day had)")
     parser.add_argument("--start-date", help="first labelled day of --cases (YYYY-MM-DD)")
@@ -117,14 +127,17 @@ def evaluate_main(argv: Sequence[str] | None = None) -> int:
 
 
 def _case_metrics(ctx, args: argparse.Namespace) -> dict:
-    """Print and return the precision of each labelled day's top cases (``score.cases.case_metrics``)."""
-    from ipinsights.score.cases import case_metrics
+    """Print and return the precision of each labelled day's top cases (``score.spark_case_metrics.case_metrics``)."""
+    from ipinsights.score.spark_case_metrics import case_metrics
     from ipinsights.storage.events import day_range
 
-    metrics = case_metrics(ctx.spark, args.cases, args.scores, args.test, day_range(args.start_date, args.end_date),
-                           budget=args.max_cases)  # fmt: skip
-    print("Cases per labelled day: precision of the top 10 and 50 open cases, attacked entities found within "
-          f"the budget ({args.max_cases})")  # fmt: skip
+    metrics = case_metrics(
+        ctx.spark, args.cases, args.scores, args.test, day_range(args.start_date, args.end_date), budget=args.max_cases
+    )
+    print(
+        "Cases per labelled day: precision of the top 10 and 50 open cases, attacked entities found within "
+        f"the budget ({args.max_cases})"
+    )
     for day, m in metrics.items():
         print(f"  {day}: {case_line(m)}")
     print()
@@ -137,9 +150,11 @@ def case_line(m: dict) -> str:
     def f(x: float | None) -> str:
         return "n/a" if x is None else f"{x:.3f}"
 
-    return (f"top 10 {f(m['precision_at_10'])} ({m['cases_at_10']} cases), top 50 {f(m['precision_at_50'])} "
-            f"({m['cases_at_50']}); found {m['found_in_budget']} of {m['attacked_entities']} attacked entities; "
-            f"network cases {json.dumps(m['network_cases'])}")  # fmt: skip
+    return (
+        f"top 10 {f(m['precision_at_10'])} ({m['cases_at_10']} cases), top 50 {f(m['precision_at_50'])} "
+        f"({m['cases_at_50']}); found {m['found_in_budget']} of {m['attacked_entities']} attacked entities; "
+        f"network cases {json.dumps(m['network_cases'])}"
+    )
 
 
 def _serve(argv: Sequence[str]) -> int:

@@ -14,7 +14,8 @@ transform writes ``scores/``, ``flagged/`` and ``reports/`` under its ``--output
 Every path may be a URI (s3://...): the model is read through a local cache, and its calibration and
 profile sidecars and the reports are written beside it / under ``reports`` there.
 
-Exit status: 0 ok, 2 bad configuration, a missing or foreign model, an unusable calibration or input.
+Exit status: 0 ok, 2 a usage error (bad configuration, a missing or foreign model, an unusable calibration
+or input: the message says what to change), 1 anything else (a bug: with its traceback).
 """
 
 from __future__ import annotations
@@ -26,16 +27,13 @@ import sys
 from collections.abc import Sequence
 
 from ipinsights.core.config import ConfigError, parse_overrides
-from ipinsights.score.calibration import CalibrationError
-from ipinsights.score.job import ScoreConfig, run_score_job
-from ipinsights.storage.modelfile import ModelFileError
-from ipinsights_jobs._common import EXIT_USAGE, Job, JobContext, add_spark_args, parse_with_overrides
+from ipinsights.score.config import ScoreConfig
+from ipinsights.score.spark_job import run_score_job
+from ipinsights_jobs._common import Job, JobContext, add_spark_args, parse_with_overrides
 
-JOB = Job(
-    "score",
-    ScoreConfig,
-    errors=[(ModelFileError, EXIT_USAGE), (CalibrationError, EXIT_USAGE), (ValueError, EXIT_USAGE)],
-)
+# Every usage error (a setting, a missing or foreign model, an unusable calibration or input) is a
+# UsageError, which every job exits 2 with; anything else is a bug (exit 1, with its traceback).
+JOB = Job("score", ScoreConfig)
 
 
 def parse_args(argv: Sequence[str] | None) -> tuple[argparse.ArgumentParser, argparse.Namespace, list[str]]:
@@ -79,7 +77,7 @@ def _days(parser: argparse.ArgumentParser, args: argparse.Namespace) -> list[str
         parser.error("nothing to score: give --date, --start-date/--end-date or --input-csv")
     try:
         return day_range(start, end)
-    except ValueError as exc:
+    except ConfigError as exc:
         parser.error(str(exc))
     raise AssertionError  # unreachable: parser.error exits
 

@@ -46,9 +46,11 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str
     p.add_argument("--validation-end-date", help="last validation day (inclusive)")
     p.add_argument("--validation-csv", help="headerless entity,ip CSV for discriminator_auc")
     p.add_argument("--extra-pairs-csv", help="headerless entity,ip CSV of extra positive pairs")
-    p.add_argument("--include-verdicts", metavar="VERDICTS",
-                   help="investigators' verdicts CSV: the events of cases confirmed benign are extra positives "
-                        "(needs --cases)")  # fmt: skip
+    p.add_argument(
+        "--include-verdicts",
+        metavar="VERDICTS",
+        help="investigators' verdicts CSV: the events of cases confirmed benign are extra positives (needs --cases)",
+    )
     p.add_argument("--cases", help="the scoring job's cases table (with --include-verdicts)")
     p.add_argument("--output", required=True, help="run directory or URI: model/, metrics.jsonl, config.json, ...")
     p.add_argument("--config", default=None, help="YAML config (default: the project's conf/train.yml)")
@@ -88,7 +90,7 @@ def _verdict_pairs_csv(ctx: JobContext, args: argparse.Namespace) -> str:
     """The confirmed benign pairs of ``--include-verdicts``, written under OUTPUT/work as a CSV."""
     import datetime as dt
 
-    from ipinsights.score.cases import verdict_pairs
+    from ipinsights.score.spark_verdicts import verdict_pairs
     from ipinsights.score.verdicts import read_verdicts
     from ipinsights.storage.files import absolute_uri, join_uri
     from ipinsights.storage.filesystems import resolve_uri

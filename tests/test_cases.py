@@ -9,21 +9,12 @@ import datetime as dt
 import numpy as np
 import pytest
 
-from ipinsights.score.cases import (
-    ENTITY,
-    NETWORK,
-    CaseSettings,
-    calibrate_floor,
-    case_id,
-    case_metrics,
-    case_rules,
-    day_of_case,
-    group_cases,
-    ranked,
-    severity,
-    verdict_pairs,
-)
-from ipinsights.score.job import flagged_schema
+from ipinsights.score.cases import ENTITY, NETWORK, CaseSettings, case_id, day_of_case, severity
+from ipinsights.score.schemas import FLAGGED
+from ipinsights.score.spark_arrow import struct_type
+from ipinsights.score.spark_case_metrics import case_metrics
+from ipinsights.score.spark_cases import calibrate_floor, group_cases, ranked
+from ipinsights.score.spark_verdicts import case_rules, verdict_pairs
 from ipinsights.score.verdicts import VerdictSet, network_key, read_verdicts, rules
 from ipinsights.storage.publish import write_partitions
 
@@ -33,39 +24,64 @@ DAY, NEXT, LATER = "2024-01-09", "2024-01-10", "2024-01-11"
 KALONET = "AS64512 Kalonet Mobile (BR)"
 
 
-def _row(entity: str, ip: str, hour: int, day: str = DAY, pct: float = 99.9, asn: int | None = 64512,
-         as_name: str | None = KALONET, training: int = 180, usual: int = 170) -> dict:  # fmt: skip
+def _row(
+    entity: str,
+    ip: str,
+    hour: int,
+    day: str = DAY,
+    pct: float = 99.9,
+    asn: int | None = 64512,
+    as_name: str | None = KALONET,
+    training: int = 180,
+    usual: int = 170,
+) -> dict:
     """One flagged row (the flagged table's columns; the rest null)."""
-    names = [f.strip().split(" ")[0] for f in flagged_schema().split(",")]
-    row = dict.fromkeys(names)
+    row = dict.fromkeys(FLAGGED.names)
     parts = ip.split(".")
     row.update(
-        entity=entity, ip=ip, dt=day, ts=dt.datetime.fromisoformat(f"{day}T{hour:02d}:10:00+00:00"),
-        anomaly_score=float(pct) / 10, normal_percentile=pct, rule="model_score", level="high", flagged=True,
-        training_count=training, known_networks=2, usual_events=usual, usual_ases="AS7922 Comcast (US)",
-        subnet=f"{'.'.join(parts[:3])}.0/24", network=f"{'.'.join(parts[:2])}.0.0/16", asn=asn, as_name=as_name,
-        asn_seen=False, subnet_seen=False,
-    )  # fmt: skip
+        entity=entity,
+        ip=ip,
+        dt=day,
+        ts=dt.datetime.fromisoformat(f"{day}T{hour:02d}:10:00+00:00"),
+        anomaly_score=float(pct) / 10,
+        normal_percentile=pct,
+        rule="model_score",
+        level="high",
+        flagged=True,
+        training_count=training,
+        known_networks=2,
+        usual_events=usual,
+        usual_ases="AS7922 Comcast (US)",
+        subnet=f"{'.'.join(parts[:3])}.0/24",
+        network=f"{'.'.join(parts[:2])}.0.0/16",
+        asn=asn,
+        as_name=as_name,
+        asn_seen=False,
+        subnet_seen=False,
+    )
     return row
 
 
 def _df(spark, rows: list[dict]):
-    names = [f.strip().split(" ")[0] for f in flagged_schema().split(",")]
-    return spark.createDataFrame([tuple(r[n] for n in names) for r in rows], flagged_schema())
+    return spark.createDataFrame([tuple(r[n] for n in FLAGGED.names) for r in rows], struct_type(FLAGGED))
 
 
 def _cases(spark, rows, settings=None, verdict_rules=()):
     g = group_cases(_df(spark, rows), settings or CaseSettings(), verdict_rules)
-    cases = {(r["kind"], r["entity"] or r["source"], r["dt"]): r.asDict(recursive=True)
-             for r in ranked(g.cases).collect()}  # fmt: skip
+    cases = {
+        (r["kind"], r["entity"] or r["source"], r["dt"]): r.asDict(recursive=True) for r in ranked(g.cases).collect()
+    }
     return cases, {r["dt"]: r.asDict() for r in g.suppressed.collect()}
 
 
 @pytest.mark.spark
 def test_one_entity_with_several_events_and_networks_is_one_case(spark):
-    rows = [_row("alice", "203.0.113.5", 2), _row("alice", "203.0.113.9", 3, pct=99.99),
-            _row("alice", "198.51.100.7", 4, asn=64513, as_name="AS64513 Other Net (US)"),
-            _row("bob", "192.0.2.1", 5, pct=99.0)]  # fmt: skip
+    rows = [
+        _row("alice", "203.0.113.5", 2),
+        _row("alice", "203.0.113.9", 3, pct=99.99),
+        _row("alice", "198.51.100.7", 4, asn=64513, as_name="AS64513 Other Net (US)"),
+        _row("bob", "192.0.2.1", 5, pct=99.0),
+    ]
     cases, _ = _cases(spark, rows)
     assert set(cases) == {(ENTITY, "alice", DAY), (ENTITY, "bob", DAY)}
     a = cases[(ENTITY, "alice", DAY)]
@@ -94,15 +110,18 @@ def test_usual_logins_the_same_day_raise_the_case(spark):
     assert got["alice"]["usual_today"] == 7 and got["bob"]["usual_today"] == 0
     assert "also 7 logins that day from places not flagged" in got["alice"]["summary"]
     assert "places not flagged" not in got["bob"]["summary"]
-    base = severity(np.array([ENTITY]), np.array([99.9]), np.array([3]), np.array([1]), np.array([1]),
-                    np.array([170 / 180]))[0]  # fmt: skip
+    base = severity(
+        np.array([ENTITY]), np.array([99.9]), np.array([3]), np.array([1]), np.array([1]), np.array([170 / 180])
+    )[0]
     assert got["alice"]["severity"] == pytest.approx(base + 1.0) and got["alice"]["rank"] == 1
 
 
 @pytest.mark.spark
 def test_one_source_into_many_entities_is_one_network_case(spark):
-    spray = [_row(f"user_{i}", f"45.33.32.{i % 3 + 1}", 2, pct=99.8, asn=63949, as_name="AS63949 Linode (US)")
-             for i in range(12)]  # fmt: skip
+    spray = [
+        _row(f"user_{i}", f"45.33.32.{i % 3 + 1}", 2, pct=99.8, asn=63949, as_name="AS63949 Linode (US)")
+        for i in range(12)
+    ]
     # Four entities from one /24 stay entity cases (the threshold is five); a sprayed account's other event too.
     few = [_row(f"other_{i}", "100.64.0.9", 8) for i in range(4)]
     rows = [*spray, *few, _row("user_0", "198.51.100.7", 9, asn=64513, as_name="AS64513 Other Net (US)")]
@@ -120,13 +139,15 @@ def test_one_source_into_many_entities_is_one_network_case(spark):
 def test_severity_orders_what_an_investigator_would():
     kind = np.array([ENTITY] * 4 + [NETWORK])
     pct, events = np.array([99.0, 99.99, 99.99, 99.99, 99.0]), np.array([1, 1, 1, 5, 20])
-    s = severity(kind, pct, events, np.array([1, 1, 1, 3, 1]), np.array([1, 1, 1, 1, 20]),
-                 np.array([0.5, 0.0, 1.0, 1.0, 0.0]))  # fmt: skip
+    s = severity(
+        kind, pct, events, np.array([1, 1, 1, 3, 1]), np.array([1, 1, 1, 1, 20]), np.array([0.5, 0.0, 1.0, 1.0, 0.0])
+    )
     assert s[0] == pytest.approx(2.5)  # at the 1% threshold, half-settled
     assert s[1] < s[2] < s[3]  # settled beats a traveller; more events and networks beat one
     assert s[4] == pytest.approx(2 + 3 * np.log10(20))
-    assert severity(np.array([ENTITY]), np.array([100.0]), np.array([1]), np.array([1]), np.array([1]),
-                    np.array([0.0]))[0] == pytest.approx(5.0)  # capped  # fmt: skip
+    assert severity(
+        np.array([ENTITY]), np.array([100.0]), np.array([1]), np.array([1]), np.array([1]), np.array([0.0])
+    )[0] == pytest.approx(5.0)  # capped
 
 
 def test_case_ids_are_stable_and_name_their_day():
@@ -142,16 +163,20 @@ def _verdicts(tmp_path, text: str) -> VerdictSet:
 
 
 def test_verdicts_file_names_bad_rows_and_keeps_the_rest(tmp_path):
-    v = _verdicts(tmp_path, ",alice,AS64512,benign,ana,2024-01-10,,new ISP\n"
-                            ",bob,10.1.2.0/20,benign,ana,2024-01-10,,\n"
-                            ",carol,AS1,maybe,ana,2024-01-10,,\n"
-                            ",dave,AS1,benign,,2024-01-10,,\n"
-                            ",erin,AS1,benign,ana,2024-01-10,2024-01-09,\n"
-                            ",mallory,,malicious,ana,2024-01-10T09:12:00Z,,ticket 4711\n")  # fmt: skip
+    v = _verdicts(
+        tmp_path,
+        ",alice,AS64512,benign,ana,2024-01-10,,new ISP\n"
+        ",bob,10.1.2.0/20,benign,ana,2024-01-10,,\n"
+        ",carol,AS1,maybe,ana,2024-01-10,,\n"
+        ",dave,AS1,benign,,2024-01-10,,\n"
+        ",erin,AS1,benign,ana,2024-01-10,2024-01-09,\n"
+        ",mallory,,malicious,ana,2024-01-10T09:12:00Z,,ticket 4711\n",
+    )
     assert [x.entity for x in v.verdicts] == ["alice", "mallory"]
     assert len(v.rejected) == 4
-    assert v.rejected[0].endswith("verdicts.csv:3: '10.1.2.0/20': a network is a /24 or /16 (as the cases show it), "
-                                  "an AS or one address")  # fmt: skip
+    assert v.rejected[0].endswith(
+        "verdicts.csv:3: '10.1.2.0/20': a network is a /24 or /16 (as the cases show it), an AS or one address"
+    )
     assert "verdicts.csv:4: verdict='maybe'" in v.rejected[1] and "verdicts.csv:5: who is empty" in v.rejected[2]
     assert "expires=2024-01-09 is not after" in v.rejected[3]
     assert network_key("as64512") == "AS64512" and network_key("2001:db8:0:0::/48") == "2001:db8::/48"
@@ -163,12 +188,14 @@ def test_verdicts_file_names_bad_rows_and_keeps_the_rest(tmp_path):
 @pytest.mark.spark
 def test_a_benign_verdict_suppresses_later_days_until_it_expires(spark, tmp_path):
     def day_rows(day):
-        return [_row("alice", "203.0.113.5", 2, day=day), _row("alice", "198.51.100.7", 3, day=day, asn=64513),
-                _row("bob", "203.0.113.77", 4, day=day)]  # fmt: skip
+        return [
+            _row("alice", "203.0.113.5", 2, day=day),
+            _row("alice", "198.51.100.7", 3, day=day, asn=64513),
+            _row("bob", "203.0.113.77", 4, day=day),
+        ]
 
     rows = day_rows(DAY) + day_rows(NEXT) + day_rows(LATER)
-    v = _verdicts(tmp_path, f",alice,AS64512,benign,ana,{NEXT},{LATER},new ISP\n"
-                            f",bob,,malicious,ana,{NEXT},,\n")  # fmt: skip
+    v = _verdicts(tmp_path, f",alice,AS64512,benign,ana,{NEXT},{LATER},new ISP\n,bob,,malicious,ana,{NEXT},,\n")
     cases, suppressed = _cases(spark, rows, verdict_rules=rules(v, {}))
     # The day before the verdict: untouched. From its day: alice's AS64512 event is suppressed (her other
     # network stays a case), until it expires.
@@ -214,16 +241,19 @@ def test_case_floor_and_case_metrics_on_a_labelled_day(spark, tmp_path):
     write_partitions(ranked(group_cases(_df(spark, rows), CaseSettings(floor=floor)).cases), table)
     write_partitions(_df(spark, rows).select("entity", "ip", "ts", "dt"), scores)
     labelled = tmp_path / "labelled.csv"
-    labelled.write_text("".join(f"{r['entity']},{r['ip']},1,x\n" for r in attacks)
-                        + "".join(f"{r['entity']},{r['ip']},1,spraying\n" for r in spray)
-                        + "".join(f"{r['entity']},{r['ip']},0,normal\n" for r in normal))  # fmt: skip
+    labelled.write_text(
+        "".join(f"{r['entity']},{r['ip']},1,x\n" for r in attacks)
+        + "".join(f"{r['entity']},{r['ip']},1,spraying\n" for r in spray)
+        + "".join(f"{r['entity']},{r['ip']},0,normal\n" for r in normal)
+    )
     m = case_metrics(spark, table, scores, str(labelled), [DAY], ks=(3, 10), budget=10)[DAY]
     # The spray (one network case) and the five attacks lead; the rest of the top 10 is normal.
     assert m["cases_at_3"] == 3 and m["precision_at_3"] == 1.0
     assert m["cases_at_10"] == 10 and m["precision_at_10"] == pytest.approx(0.6)
     assert m["attacked_entities"] == 13 and m["found_in_budget"] == 13 and m["share_found_in_budget"] == 1.0
-    assert m["network_cases"] == [{"case_id": case_id(DAY, NETWORK, "45.33.32.0/24"), "rank": 1,
-                                   "attack_kinds": ["spraying"]}]  # fmt: skip
+    assert m["network_cases"] == [
+        {"case_id": case_id(DAY, NETWORK, "45.33.32.0/24"), "rank": 1, "attack_kinds": ["spraying"]}
+    ]
 
 
 @pytest.mark.spark
@@ -236,25 +266,39 @@ def test_training_with_verdicts_learns_the_confirmed_network(spark, tmp_path):
 
     rng = np.random.default_rng(0)
     entities = [f"user_{i}" for i in range(40)] + ["alice"]
-    lines = [f"{e},10.{i}.{rng.integers(0, 4)}.{rng.integers(1, 255)}\n" for i, e in enumerate(entities)
-             for _ in range(60)]  # fmt: skip
+    lines = [
+        f"{e},10.{i}.{rng.integers(0, 4)}.{rng.integers(1, 255)}\n" for i, e in enumerate(entities) for _ in range(60)
+    ]
     (tmp_path / "train.csv").write_text("".join(lines))
     moved = [_row("alice", f"203.0.113.{i}", 2 + i, asn=None, as_name=None) for i in range(8)]
     other = [_row("user_1", "198.51.100.7", 3, asn=None, as_name=None)]
     table = str(tmp_path / "cases")
     write_partitions(ranked(group_cases(_df(spark, moved + other), CaseSettings()).cases), table)
     verdicts = tmp_path / "verdicts.csv"
-    verdicts.write_text("case_id,entity,network,verdict,who,when,expires,note\n"
-                        f",alice,203.0.113.0/24,benign,ana,{NEXT},,moved\n")  # fmt: skip
+    verdicts.write_text(
+        f"case_id,entity,network,verdict,who,when,expires,note\n,alice,203.0.113.0/24,benign,ana,{NEXT},,moved\n"
+    )
     pairs = verdict_pairs(spark, read_verdicts(str(verdicts)), table, LATER).collect()
     assert sorted(r["ip"] for r in pairs) == sorted(r["ip"] for r in moved)
     assert {r["entity"] for r in pairs} == {"alice"}
-    hp = ["--num_entity_vectors=100", "--vector_dim=16", "--epochs=4", "--mini_batch_size=200", "--learning_rate=0.05",
-          "--train.progress_bar=off", "--backend", "local", "--num-workers", "1"]  # fmt: skip
+    hp = [
+        "--num_entity_vectors=100",
+        "--vector_dim=16",
+        "--epochs=4",
+        "--mini_batch_size=200",
+        "--learning_rate=0.05",
+        "--train.progress_bar=off",
+        "--backend",
+        "local",
+        "--num-workers",
+        "1",
+    ]
     base = ["--train-csv", str(tmp_path / "train.csv"), *hp]
     assert train.main([*base, "--output", str(tmp_path / "plain")]) == 0
-    assert train.main([*base, "--output", str(tmp_path / "fed"), "--include-verdicts", str(verdicts),
-                       "--cases", table]) == 0  # fmt: skip
+    assert (
+        train.main([*base, "--output", str(tmp_path / "fed"), "--include-verdicts", str(verdicts), "--cases", table])
+        == 0
+    )
     new = [f"203.0.113.{i}" for i in range(100, 120)]  # new hosts of the confirmed /24
     home = [f"10.40.{i % 4}.{i + 1}" for i in range(20)]
     for name, expect_new_normal in (("plain", False), ("fed", True)):
@@ -265,7 +309,7 @@ def test_training_with_verdicts_learns_the_confirmed_network(spark, tmp_path):
 
 def test_the_cases_table_defaults_beside_the_flagged_table(tmp_path):
     from ipinsights.core.config import ConfigError
-    from ipinsights.score.job import ScoreConfig
+    from ipinsights.score.config import ScoreConfig
 
     def table(flagged: str, **kw) -> str:
         return ScoreConfig(model="m", scores="s", flagged=flagged, reports="r", threshold=1.0, **kw).cases_table

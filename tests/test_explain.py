@@ -18,6 +18,7 @@ from ipinsights.core.entities import ENTITY_FILE, EntityStats
 from ipinsights.core.hashing import hash_strings
 from ipinsights.core.ip import key_prefix, key_prefix_text, parse_ip
 from ipinsights.score.calibration import Calibration, save_calibration
+from ipinsights.score.profile_rows import save_profiles
 from ipinsights.score.profiles import QUANTILES, EntityProfiles, PopulationPrior
 from ipinsights.score.rules import RULE_LEARNING, RULE_SCORE, Thresholds
 from ipinsights.score.scorer import Scorer
@@ -70,12 +71,19 @@ def _write_profiles(scorer: Scorer, world, path) -> None:
         ids, n = np.unique(key_prefix(keys, v4, v6), return_counts=True)
         pop[name], pop[f"{name[:-1]}_counts"] = ids, n
     names = {int(v): e for v, e in zip(h.tolist(), ent.tolist(), strict=True)}
-    EntityProfiles(
-        hashes=uniq, score_quantiles=np.asarray(q, np.float32), net_offsets=np.asarray(offsets),
-        net_keys=np.asarray(net_keys, np.int64), net_counts=np.asarray(net_counts), asn_offsets=np.zeros(uniq.size + 1,
-        np.int64), asns=np.zeros(0, np.int64), fingerprint=model_fingerprint(path), population=PopulationPrior(**pop),
+    profiles = EntityProfiles(
+        hashes=uniq,
+        score_quantiles=np.asarray(q, np.float32),
+        net_offsets=np.asarray(offsets),
+        net_keys=np.asarray(net_keys, np.int64),
+        net_counts=np.asarray(net_counts),
+        asn_offsets=np.zeros(uniq.size + 1, np.int64),
+        asns=np.zeros(0, np.int64),
+        fingerprint=model_fingerprint(path),
+        population=PopulationPrior(**pop),
         entities=np.asarray([names[int(u)] for u in uniq.tolist()], dtype=object),
-    ).save(profile_path(path))  # fmt: skip
+    )
+    save_profiles(profiles, profile_path(path))
 
 
 @settings(max_examples=25, deadline=None)
@@ -115,12 +123,12 @@ def test_explanations_list_the_entitys_real_networks(model_dir, world):
     checked = 0
     for i, e in enumerate(attacks["entity"].to_pylist()):
         real = set(key_prefix_text(train_keys[train_ent == e], 24, 48))
-        listed = [n["network"] for n in ex["nearest_networks"][i]]
+        listed = [n["network"] for n in ex.nearest_networks[i]]
         assert listed and set(listed) <= real, (e, listed)
-        assert ex["closest_network"][i] in real
-        assert ex["typical_low"][i] <= ex["typical_high"][i]
+        assert ex.closest_network[i] in real
+        assert ex.typical_low[i] <= ex.typical_high[i]
         if attacks["kind"][i].as_py() == "random_ip":
-            assert ex["subnet_seen"][i] is False  # a random address: its /24 was never this entity's
+            assert ex.subnet_seen[i] is False  # a random address: its /24 was never this entity's
         checked += 1
     assert checked == attacks.num_rows > 100
 
@@ -139,9 +147,18 @@ def test_percentiles_and_levels(model_dir, world):
 
 def test_endpoint_answers_with_levels_and_explanations(model_dir, world):
     """What the endpoint sends: the files beside the model (profile, calibration) are picked up."""
-    save_calibration(Calibration(1.0, 0.01, 100, "test", model_fingerprint(model_dir), medium_threshold=-1.0,
-                                 medium_fpr=0.1, prior_threshold=3.0, prior_medium_threshold=2.0),
-                     calibration_path(model_dir))  # fmt: skip
+    calibration = Calibration(
+        1.0,
+        0.01,
+        100,
+        "test",
+        model_fingerprint(model_dir),
+        medium_threshold=-1.0,
+        medium_fpr=0.1,
+        prior_threshold=3.0,
+        prior_medium_threshold=2.0,
+    )
+    save_calibration(calibration, calibration_path(model_dir))
     settings = ServeSettings(model=str(model_dir))
     scorer = load_scorer(settings)
     policy = load_policy(settings, model_dir)

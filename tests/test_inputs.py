@@ -16,8 +16,7 @@ from test_ip_hashing import _reference_hash
 from ipinsights.core.config import ConfigError, TrainConfig, load_config
 from ipinsights.core.hashing import MAX_ENTITY_BYTES, hash_strings
 from ipinsights.ingest.logparse import EntityOptions, LineLimits, LineRules, classify_batch
-from ipinsights.score.cases import CaseView
-from ipinsights.score.report import CASE_COLUMNS, render_report, visible_text, write_flagged_csv
+from ipinsights.score.report import CASE_COLUMNS, CaseView, render_report, visible_text, write_flagged_csv
 from ipinsights.score.rules import Threshold
 from ipinsights.serve import protocol
 from ipinsights.serve.protocol import RequestError
@@ -132,11 +131,25 @@ def test_report_and_csv_show_invisible_characters_escaped(tmp_path):
         rows.append(row)
     # The report shows each entity twice: as its case's entity and in the case's events.
     event = {"anomaly_score": 2.0, "ts": None, "ip": "203.0.113.9", "normal_percentile": 99.9, "network_name": None}
-    top = [{"case_id": f"E-20261011-{i:012x}", "rank": i + 1, "severity": 4.0, "kind": "entity", "entity": e,
-            "source": None, "entities": 1, "events": 1, "summary": "first login", "prior_verdict": None,
-            "events_detail": [{**event, "entity": e}]} for i, e in enumerate(cases)]  # fmt: skip
-    view = CaseView(top, {"cases": 7, "open": 7, "network_cases": 0, "suppressed_events": 0, "suppressed_entities": 0},
-                    [])  # fmt: skip
+    top = [
+        {
+            "case_id": f"E-20261011-{i:012x}",
+            "rank": i + 1,
+            "severity": 4.0,
+            "kind": "entity",
+            "entity": e,
+            "source": None,
+            "entities": 1,
+            "events": 1,
+            "summary": "first login",
+            "prior_verdict": None,
+            "events_detail": [{**event, "entity": e}],
+        }
+        for i, e in enumerate(cases)
+    ]
+    view = CaseView(
+        top, {"cases": 7, "open": 7, "network_cases": 0, "suppressed_events": 0, "suppressed_entities": 0}, []
+    )
     page = render_report("2026-10-11", {"rows": 7, "flagged": 7}, Threshold(1.0, "fixed"), view, None)
     csv_path = write_flagged_csv(tmp_path / "flagged.csv", rows)
     with open(csv_path, newline="", encoding="utf-8") as fh:

@@ -158,7 +158,10 @@ def _tree(tmp_path: Path, files: dict[str, str]) -> Path:
         # a circle inside one folder
         ({"score/a.py": "from pkg.score import b\n", "score/b.py": "from pkg.score.a import x\n"}, "import circle"),
         # the endpoint reaching a Spark module of the score stage
-        ({"serve/app.py": "from pkg.score.job import run\n", "score/job.py": "import pyspark\n"}, "needs Spark"),
+        (
+            {"serve/app.py": "from pkg.score.spark_job import run\n", "score/spark_job.py": "import pyspark\n"},
+            "needs Spark",
+        ),
         # Spark inside the trainer
         ({"train/trainer.py": "def f():\n    import pyspark.sql\n"}, "must run without Spark"),
         # the library importing a job
@@ -185,3 +188,74 @@ def test_an_allowed_tree_passes(tmp_path):
         },
     )
     assert layout_violations(root, "pkg") == []
+
+
+#: Size limits (issue 28): a module a newcomer can read, functions whose steps have names.
+MAX_MODULE_LINES = 400
+MAX_FUNCTION_LINES = 80
+#: Where the size limits hold.
+SIZED = {"score": (MAX_MODULE_LINES, MAX_FUNCTION_LINES), "train": (None, MAX_FUNCTION_LINES)}
+
+
+def size_violations(root: Path, package: str = PACKAGE) -> list[str]:
+    """Modules of ``SIZED`` folders over their line limit, functions (``def`` to last line, docstring
+    included) over theirs."""
+    problems = []
+    for folder, (max_lines, max_fn) in SIZED.items():
+        for path in sorted((root / package / folder).glob("*.py")):
+            text = path.read_text(encoding="utf-8")
+            name = f"{folder}/{path.name}"
+            if max_lines is not None and len(text.splitlines()) > max_lines:
+                problems.append(f"{name}: {len(text.splitlines())} lines (at most {max_lines})")
+            for node in ast.walk(ast.parse(text, str(path))):
+                if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                    assert node.end_lineno is not None
+                    length = node.end_lineno - node.lineno + 1
+                    if length > max_fn:
+                        problems.append(f"{name}:{node.lineno} {node.name}: {length} lines (at most {max_fn})")
+    return problems
+
+
+def spark_naming_violations(root: Path, package: str = PACKAGE) -> list[str]:
+    """In ``score/``, exactly the ``spark_``-named modules import pyspark (any import statement counts)."""
+    imports = module_imports(root, package)
+    problems = []
+    for mod, deps in sorted(imports.items()):
+        parts = mod.split(".")
+        if len(parts) != 3 or parts[1] != "score" or parts[2] == "__init__":
+            continue
+        spark = any(d.split(".")[0] == "pyspark" for d in deps)
+        named = parts[2].startswith("spark_")
+        if spark and not named:
+            problems.append(f"{mod} imports pyspark: name it spark_{parts[2]} (or move its Spark part to one)")
+        elif named and not spark:
+            problems.append(f"{mod} imports no pyspark: drop its spark_ prefix")
+    return problems
+
+
+def test_score_and_train_stay_readable():
+    assert size_violations(ROOT) == []
+
+
+def test_exactly_the_spark_modules_of_score_import_pyspark():
+    assert spark_naming_violations(ROOT) == []
+
+
+def test_the_size_and_naming_checks_catch_a_planted_violation(tmp_path):
+    long_fn = "def f():\n" + "    x = 1\n" * MAX_FUNCTION_LINES
+    root = _tree(
+        tmp_path,
+        {
+            "score/big.py": "\n" * (MAX_MODULE_LINES + 1),
+            "train/long.py": long_fn,
+            "score/report.py": "def f():\n    from pyspark.sql import functions\n",
+            "score/spark_plain.py": "import numpy\n",
+            "score/spark_ok.py": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import pyspark\n",
+        },
+    )
+    sizes = size_violations(root, "pkg")
+    assert any("score/big.py" in p for p in sizes) and any("train/long.py:1 f" in p for p in sizes), sizes
+    naming = spark_naming_violations(root, "pkg")
+    assert any("pkg.score.report imports pyspark" in p for p in naming), naming
+    assert any("pkg.score.spark_plain imports no pyspark" in p for p in naming), naming
+    assert not any("spark_ok" in p for p in naming), naming

@@ -9,19 +9,19 @@ import numpy as np
 import pytest
 from browser import dump_dom
 
-from ipinsights.score.cases import CaseView
-from ipinsights.score.job import SCORES_SCHEMA
 from ipinsights.score.report import (
     CASE_COLUMNS,
     COUNT_NAMES,
+    CaseView,
     Histogram,
-    day_counts,
     histogram_png,
     render_report,
-    score_histograms,
     write_flagged_csv,
 )
 from ipinsights.score.rules import RULE_INVALID, RULE_LEARNING, RULE_SCORE, Threshold
+from ipinsights.score.schemas import SCORES
+from ipinsights.score.spark_arrow import struct_type
+from ipinsights.score.spark_report import day_counts, score_histograms
 
 EVIL = '<script>alert("x")</script><img src=x onerror=alert(1)>'
 
@@ -36,9 +36,20 @@ def _hist() -> Histogram:
 
 def _case(entity: str, score: float | None, rule: str = RULE_SCORE) -> dict:
     case = dict.fromkeys(CASE_COLUMNS)
-    case.update({"entity": entity, "ip": "203.0.113.9", "anomaly_score": score, "rule": rule, "level": "high",
-                 "training_count": 12, "seen_exact_ip": False, "seen_same_24": False, "seen_same_16": True,
-                 "nearest_networks": "203.0.112.0/24 (cos 0.80, 9 events)"})  # fmt: skip
+    case.update(
+        {
+            "entity": entity,
+            "ip": "203.0.113.9",
+            "anomaly_score": score,
+            "rule": rule,
+            "level": "high",
+            "training_count": 12,
+            "seen_exact_ip": False,
+            "seen_same_24": False,
+            "seen_same_16": True,
+            "nearest_networks": "203.0.112.0/24 (cos 0.80, 9 events)",
+        }
+    )
     return case
 
 
@@ -49,18 +60,42 @@ def _view_case(rank: int, entity: str | None, kind: str = "entity", source: str 
     import datetime as dt
 
     ts = dt.datetime(2024, 1, 9, 2, 10, tzinfo=dt.timezone.utc)
-    events = [{"anomaly_score": 3.5, "ts": ts, "entity": entity or f"user_{i}", "ip": "203.0.113.9",
-               "normal_percentile": 99.97, "network_name": "AS64512 Kalonet Mobile (BR)", "new_network": True}
-              for i in range(3 if kind == "entity" else 12)]  # fmt: skip
-    return {"case_id": f"E-20240109-00000000000{rank}", "rank": rank, "severity": 6.0 - rank / 10, "kind": kind,
-            "entity": entity, "source": source, "entities": 1 if kind == "entity" else 12, "events": len(events) + 1,
-            "summary": f"first login from AS64512 Kalonet Mobile (BR), 3 events 02:10-02:40 UTC; {EVIL}",
-            "prior_verdict": "malicious" if rank == 2 else None, "events_detail": events}  # fmt: skip
+    events = [
+        {
+            "anomaly_score": 3.5,
+            "ts": ts,
+            "entity": entity or f"user_{i}",
+            "ip": "203.0.113.9",
+            "normal_percentile": 99.97,
+            "network_name": "AS64512 Kalonet Mobile (BR)",
+            "new_network": True,
+        }
+        for i in range(3 if kind == "entity" else 12)
+    ]
+    return {
+        "case_id": f"E-20240109-00000000000{rank}",
+        "rank": rank,
+        "severity": 6.0 - rank / 10,
+        "kind": kind,
+        "entity": entity,
+        "source": source,
+        "entities": 1 if kind == "entity" else 12,
+        "events": len(events) + 1,
+        "summary": f"first login from AS64512 Kalonet Mobile (BR), 3 events 02:10-02:40 UTC; {EVIL}",
+        "prior_verdict": "malicious" if rank == 2 else None,
+        "events_detail": events,
+    }
 
 
 def _view(cases: list[dict]) -> CaseView:
-    counts = {"cases": 40, "open": len(cases), "network_cases": 1, "suppressed_events": 3, "suppressed_entities": 2,
-              "verdicts_rejected": 1}  # fmt: skip
+    counts = {
+        "cases": 40,
+        "open": len(cases),
+        "network_cases": 1,
+        "suppressed_events": 3,
+        "suppressed_entities": 2,
+        "verdicts_rejected": 1,
+    }
     trend = [("2024-01-03", None), *((f"2024-01-0{d}", d) for d in range(4, 9)), ("2024-01-09", 60)]
     returning = [{"entity": BIDI, "events": 2, "first_ts": None, "last_ts": None, "ips": ["192.0.2.1"]}]
     return CaseView(cases, counts, trend, 3.9, 50, returning, (f"v.csv:3: {EVIL}",))
@@ -68,9 +103,12 @@ def _view(cases: list[dict]) -> CaseView:
 
 def test_render_escapes_log_supplied_strings():
     page = render_report(
-        "2024-01-09", {"rows": 10, "flagged": 2}, Threshold(1.25, f"fixed {EVIL}"),
-        _view([_view_case(1, EVIL), _view_case(2, BIDI)]), histogram_png(_hist(), 1.25),
-    )  # fmt: skip
+        "2024-01-09",
+        {"rows": 10, "flagged": 2},
+        Threshold(1.25, f"fixed {EVIL}"),
+        _view([_view_case(1, EVIL), _view_case(2, BIDI)]),
+        histogram_png(_hist(), 1.25),
+    )
     assert "<script>" not in page and "onerror=alert" not in page.replace("onerror=alert(1)&gt;", "")
     assert "\u202e" not in page and "admin\\u202egnp.exe" in page  # the bidi override shows as an escape
     assert "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;" in page
@@ -97,15 +135,26 @@ def test_csv_defuses_formulas(tmp_path):
 @pytest.mark.spark
 def test_counts_and_histogram_are_aggregates(spark):
     level = {0: "low", 1: "low", 2: "medium", 3: "high", 4: "high"}
-    rows = [("a", "1.2.3.4", None, -1.0, 0.5, float(s), 5, False, RULE_SCORE, 50.0, 90.0, level[s], s > 2.5,
-             "2024-01-09") for s in range(5)]  # fmt: skip
+    rows = [
+        ("a", "1.2.3.4", None, -1.0, 0.5, float(s), 5, False, RULE_SCORE, 50.0, 90.0, level[s], s > 2.5, "2024-01-09")
+        for s in range(5)
+    ]
     rows += [("u", "1.2.3.4", None, 1.0, 3.0, 3.0, 0, True, RULE_LEARNING, None, 99.0, "high", True, "2024-01-09")]
     rows += [("a", "::1", None, None, None, None, 5, False, RULE_INVALID, None, None, None, False, "2024-01-10")]
-    df = spark.createDataFrame(rows, SCORES_SCHEMA)
+    df = spark.createDataFrame(rows, struct_type(SCORES))
     c = day_counts(df, ["2024-01-09", "2024-01-10", "2024-01-11"])
-    assert c["2024-01-09"] == {"rows": 6, "scored": 6, "unseen_entity": 1, "learning_period": 1, "invalid_ip": 0,
-                               "level_medium": 1, "flagged": 3, "flagged_by_score": 2, "flagged_learning_period": 1,
-                               "flagged_unseen": 1}  # fmt: skip
+    assert c["2024-01-09"] == {
+        "rows": 6,
+        "scored": 6,
+        "unseen_entity": 1,
+        "learning_period": 1,
+        "invalid_ip": 0,
+        "level_medium": 1,
+        "flagged": 3,
+        "flagged_by_score": 2,
+        "flagged_learning_period": 1,
+        "flagged_unseen": 1,
+    }
     assert c["2024-01-10"]["invalid_ip"] == 1 and c["2024-01-11"]["rows"] == 0
     h = score_histograms(df, bins=4)
     assert set(h) == {"2024-01-09"}

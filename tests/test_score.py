@@ -21,17 +21,22 @@ from servers import Client, ServerProcess
 
 from ipinsights.core.config import ConfigError, Hyperparameters, ModelOptions, TrainOptions
 from ipinsights.core.entities import ENTITY_FILE, EntityStats
+from ipinsights.score.batches import ScoringSetup
 from ipinsights.score.calibration import (
     Calibration,
     CalibrationError,
     load_calibration,
     save_calibration,
 )
-from ipinsights.score.job import ScoreConfig, ScoringSetup, resolve_threshold, run_score_job, score_events
+from ipinsights.score.config import ScoreConfig
 from ipinsights.score.rules import RULE_INVALID, RULE_LEARNING, RULE_SCORE, Thresholds
 from ipinsights.score.scorer import Scorer
-from ipinsights.score.spark_calibration import calibrate_levels, calibrate_threshold
-from ipinsights.score.udf import ScorerSource
+from ipinsights.score.spark_calibration import calibrate_levels
+from ipinsights.score.spark_job import run_score_job
+from ipinsights.score.spark_profiles import to_arrow
+from ipinsights.score.spark_scoring import score_events
+from ipinsights.score.spark_sidecars import resolve_threshold
+from ipinsights.score.worker import ScorerSource
 from ipinsights.storage.modelfile import calibration_path, load_model, model_fingerprint, save_model
 from ipinsights.synth import SynthSpec, generate_dataset
 from ipinsights.train.data import encode_pairs
@@ -46,8 +51,17 @@ TRAIN, VALID, TEST = DAYS[:2], DAYS[2], DAYS[3]
 def world(tmp_path_factory):
     """Events table (ingest layout), a tiny trained model with entity stats, and the truth events."""
     root = tmp_path_factory.mktemp("score")
-    spec = SynthSpec(users=300, days=4, train_days=2, validation_days=1, attacks=400, validation_attacks=200,
-                     n_files=1, networks=300, seed=1)  # fmt: skip
+    spec = SynthSpec(
+        users=300,
+        days=4,
+        train_days=2,
+        validation_days=1,
+        attacks=400,
+        validation_attacks=200,
+        n_files=1,
+        networks=300,
+        seed=1,
+    )
     paths = generate_dataset(root / "synth", spec)
     truth = pq.read_table(paths.events)
     events = truth.select(["entity", "ip", "ip_int", "ts", "dt"]).append_column(
@@ -55,8 +69,14 @@ def world(tmp_path_factory):
     )
     pq.write_to_dataset(events, root / "events", partition_cols=["dt"])
     train = truth.filter(pc.is_in(truth["dt"], pa.array(TRAIN)))
-    hp = Hyperparameters(num_entity_vectors=600, vector_dim=16, epochs=2, mini_batch_size=500,
-                         random_negative_sampling_rate=2, learning_rate=0.02)  # fmt: skip
+    hp = Hyperparameters(
+        num_entity_vectors=600,
+        vector_dim=16,
+        epochs=2,
+        mini_batch_size=500,
+        random_negative_sampling_rate=2,
+        learning_rate=0.02,
+    )
     opts = ModelOptions(ip_hash_buckets=4096)
     enc = encode_pairs(train["entity"], train["ip"], hp.num_entity_vectors, opts.hash_seed)
     result = train_model(hp, opts, TrainOptions(num_threads=1, progress_bar="off"), enc)
@@ -67,9 +87,16 @@ def world(tmp_path_factory):
 
 
 def _cfg(world, tmp: Path, **kw) -> ScoreConfig:
-    base = dict(model=world["model"], events=world["events"], scores=str(tmp / "scores"),
-                flagged=str(tmp / "flagged"), reports=str(tmp / "reports"), train_start_date=TRAIN[0],
-                train_end_date=TRAIN[-1], arrow_batch_size=1000)  # fmt: skip
+    base = dict(
+        model=world["model"],
+        events=world["events"],
+        scores=str(tmp / "scores"),
+        flagged=str(tmp / "flagged"),
+        reports=str(tmp / "reports"),
+        train_start_date=TRAIN[0],
+        train_end_date=TRAIN[-1],
+        arrow_batch_size=1000,
+    )
     base.update(kw)
     if "threshold" not in kw and "target_fpr" not in kw:
         base["threshold"] = 0.0
@@ -78,8 +105,12 @@ def _cfg(world, tmp: Path, **kw) -> ScoreConfig:
 
 @pytest.mark.spark
 def test_spark_scores_equal_in_process_scores(spark, world):
-    extra = pa.table({"entity": ["user_1", "user_2", "never-seen", "user_3"],
-                      "ip": ["10.1.2.3", "300.1.1.1", "8.8.8.8", "2001:db8::1"]})  # fmt: skip
+    extra = pa.table(
+        {
+            "entity": ["user_1", "user_2", "never-seen", "user_3"],
+            "ip": ["10.1.2.3", "300.1.1.1", "8.8.8.8", "2001:db8::1"],
+        }
+    )
     rows = pa.concat_tables([world["truth"].slice(0, 3000).select(["entity", "ip"]), extra])
     rows = rows.append_column("rid", pa.array(np.arange(rows.num_rows)))
     spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", "700")  # several batches per partition
@@ -91,8 +122,9 @@ def test_spark_scores_equal_in_process_scores(spark, world):
     assert got["training_count"].tolist() == scorer.training_counts(rows["entity"]).tolist()
     assert got["unseen_entity"].tolist() == want["unseen_entity"].tolist()
     seen = ~want["unseen_entity"].to_numpy()
-    np.testing.assert_allclose(got["anomaly_score"].to_numpy(float)[seen], want["anomaly_score"][seen], atol=1e-5,
-                               equal_nan=True)  # fmt: skip
+    np.testing.assert_allclose(
+        got["anomaly_score"].to_numpy(float)[seen], want["anomaly_score"][seen], atol=1e-5, equal_nan=True
+    )
     a = scorer.assess(rows["entity"], rows["ip"], learning_period_events=10)
     np.testing.assert_allclose(got["anomaly_score"].to_numpy(float), a.anomaly_score, atol=1e-5, equal_nan=True)
     np.testing.assert_allclose(got["prior_score"].to_numpy(float), a.prior_score, atol=1e-5, equal_nan=True)
@@ -148,9 +180,9 @@ def test_target_fpr_calibration_holds_on_held_out_normal_traffic(spark, world):
     s = Scorer.load(world["model"]).score_frame(held_out.to_pandas())
     normal = s.loc[~s["unseen_entity"], "anomaly_score"].to_numpy()
     for target in (0.01, 0.05):
-        threshold, n = calibrate_threshold(scored, target)
+        levels, n = calibrate_levels(scored, target)
         assert n > 5000
-        _assert_brackets(normal, threshold, target, 0.005)
+        _assert_brackets(normal, levels["threshold"], target, 0.005)
     # The levels: entity scores at the target and at 10x it, population-prior scores likewise.
     levels, n = calibrate_levels(scored, 0.01)
     a = Scorer.load(world["model"]).assess(held_out["entity"], held_out["ip"], learning_period_events=1)
@@ -197,17 +229,18 @@ def _day_rows(spark, path: str, day: str) -> int:
 @pytest.mark.spark
 def test_scores_by_day_equal_scores_of_all_days(spark, world):
     """The job scores each day apart (its dt added back in the JVM): the same rows as one pass over all days."""
-    from ipinsights.score.job import SCORE_COLUMNS, _scores_by_day
+    from ipinsights.score.schemas import SCORES
+    from ipinsights.score.spark_scoring import scores_by_day
     from ipinsights.storage.events import read_events
 
     events = read_events(spark, world["events"], VALID, TEST)
     setup = ScoringSetup(ScorerSource(world["model"]), thresholds=Thresholds(0.5))
-    by_day = _scores_by_day(events, [VALID, TEST], setup)
-    whole = score_events(events.select("entity", "ip", "ts", "dt"), setup).select(*SCORE_COLUMNS)
-    assert by_day is not None and by_day.columns == list(SCORE_COLUMNS)
+    by_day = scores_by_day(events, [VALID, TEST], setup)
+    whole = score_events(events.select("entity", "ip", "ts", "dt"), setup).select(*SCORES.names)
+    assert by_day is not None and by_day.columns == SCORES.names
     assert by_day.count() == whole.count() > 0
     assert by_day.exceptAll(whole).count() == 0 and whole.exceptAll(by_day).count() == 0
-    assert _scores_by_day(events, [], setup) is None
+    assert scores_by_day(events, [], setup) is None
 
 
 def _table_rows(spark, path: str) -> list[tuple]:
@@ -255,16 +288,31 @@ def test_endpoint_and_batch_job_flag_the_same_rows(spark, world, tmp_path):
     csv = tmp_path / "pairs.csv"
     csv.write_text("".join(f"{e},{ip}\n" for e, ip in zip(entities, ips, strict=True)))
     out = tmp_path / "out"
-    assert score_job.main(["--input-csv", str(csv), "--date", TEST, "--threshold", repr(threshold),
-                           f"--model={model}", f"--output={out}", "--events=null",
-                           "--flag_unseen=true"]) == 0  # fmt: skip
+    assert (
+        score_job.main(
+            [
+                "--input-csv",
+                str(csv),
+                "--date",
+                TEST,
+                "--threshold",
+                repr(threshold),
+                f"--model={model}",
+                f"--output={out}",
+                "--events=null",
+                "--flag_unseen=true",
+            ]
+        )
+        == 0
+    )
     batch = {(r["entity"], r["ip"]): r for r in spark.read.parquet(str(out / "scores")).collect()}
     # The endpoint takes its thresholds from the calibration beside the model: the same threshold.
     save_calibration(Calibration(threshold, 0.01, 1, "test", model_fingerprint(model)), calibration_path(model))
     with ServerProcess(model, workers=1, extra_args=("--flag_unseen=true",)) as server:
         client = Client(server.port)
-        status, _, body = client.request("POST", "/invocations?anomaly=true", csv.read_bytes(),
-                                         {"Content-Type": "text/csv"})  # fmt: skip
+        status, _, body = client.request(
+            "POST", "/invocations?anomaly=true", csv.read_bytes(), {"Content-Type": "text/csv"}
+        )
         client.close()
     assert status == 200, body
     answers = json.loads(body)["predictions"]
@@ -280,10 +328,20 @@ def backfill(spark, world, tmp_path_factory):
     and arguments. Builds (and leaves beside the model) the entity profiles: use after the tests that
     need a model without them."""
     out = tmp_path_factory.mktemp("run")
-    args = [f"--model={world['model']}", f"--events={world['events']}", f"--scores={out / 'scores'}",
-            f"--flagged={out / 'flagged'}", f"--reports={out / 'reports'}", f"--train_start_date={TRAIN[0]}",
-            f"--train_end_date={TRAIN[-1]}", f"--calibration={out / 'cal.json'}",
-            f"--calibration_start_date={VALID}", f"--calibration_end_date={VALID}", "--target-fpr", "0.01"]  # fmt: skip
+    args = [
+        f"--model={world['model']}",
+        f"--events={world['events']}",
+        f"--scores={out / 'scores'}",
+        f"--flagged={out / 'flagged'}",
+        f"--reports={out / 'reports'}",
+        f"--train_start_date={TRAIN[0]}",
+        f"--train_end_date={TRAIN[-1]}",
+        f"--calibration={out / 'cal.json'}",
+        f"--calibration_start_date={VALID}",
+        f"--calibration_end_date={VALID}",
+        "--target-fpr",
+        "0.01",
+    ]
     assert score_job.main(["--start-date", TEST, "--end-date", "2024-01-05", *args]) == 0
     return out, args
 
@@ -317,8 +375,10 @@ def test_job_end_to_end_backfill_rerun_and_empty_day(spark, world, backfill):
 
     # Cases: beside the flagged table, every flagged event in exactly one case.
     def case_rows():
-        return sorted((r["case_id"], r["rank"], r["events"], r["severity"])
-                      for r in spark.read.parquet(str(out / "cases")).where(f"dt = '{TEST}'").collect())  # fmt: skip
+        return sorted(
+            (r["case_id"], r["rank"], r["events"], r["severity"])
+            for r in spark.read.parquet(str(out / "cases")).where(f"dt = '{TEST}'").collect()
+        )
 
     cases = case_rows()
     assert 0 < len(cases) < n_flag and sum(c[2] for c in cases) == n_flag
@@ -354,9 +414,11 @@ def test_job_verdicts_suppress_and_mark_cases(spark, world, backfill, tmp_path):
     benign, bad = sorted(ent)[:2]
     subnets = [r["subnet"] for r in flagged.where(f"entity = '{benign}'").select("subnet").distinct().collect()]
     verdicts = tmp_path / "verdicts.csv"
-    verdicts.write_text("case_id,entity,network,verdict,who,when,expires,note\n"
-                        + "".join(f",{benign},{s},benign,ana,{TEST},,\n" for s in subnets)
-                        + f",{bad},,malicious,ana,{TEST},,\n,{bad},AS1,benign,,{TEST},,\n")  # fmt: skip
+    verdicts.write_text(
+        "case_id,entity,network,verdict,who,when,expires,note\n"
+        + "".join(f",{benign},{s},benign,ana,{TEST},,\n" for s in subnets)
+        + f",{bad},,malicious,ana,{TEST},,\n,{bad},AS1,benign,,{TEST},,\n"
+    )
     cases = tmp_path / "cases"
     run_args = [a for a in args if not a.startswith("--reports=")] + [f"--reports={tmp_path / 'reports'}"]
     assert score_job.main(["--date", TEST, *run_args, f"--verdicts={verdicts}", f"--cases={cases}"]) == 0
@@ -377,7 +439,7 @@ def test_joined_profiles_score_and_explain_as_the_whole_profile_does(spark, worl
     out, _ = backfill
     scorer = Scorer.load(world["model"], profile=True)  # every row of the rows table, as the endpoint loads it
     assert scorer.profiles is not None and len(scorer.profiles) > 100
-    rows = spark.read.parquet(str(out / "scores")).where(f"dt = '{TEST}'").toArrow()
+    rows = to_arrow(spark.read.parquet(str(out / "scores")).where(f"dt = '{TEST}'"))
     a = scorer.assess(rows["entity"], rows["ip"], 10, load_calibration(out / "cal.json").thresholds())
     np.testing.assert_allclose(rows["anomaly_score"].to_numpy(zero_copy_only=False), a.anomaly_score, rtol=1e-6)
     pct = rows["entity_percentile"].to_numpy(zero_copy_only=False)
@@ -385,8 +447,8 @@ def test_joined_profiles_score_and_explain_as_the_whole_profile_does(spark, worl
     np.testing.assert_allclose(pct, a.entity_percentile, rtol=1e-9, atol=1e-9)
     assert rows["rule"].to_pylist() == a.rule.tolist()
     assert rows["level"].to_pylist() == a.level.tolist()
-    flagged = spark.read.parquet(str(out / "flagged")).where(f"dt = '{TEST}'").toArrow()
-    ex = scorer.explain(flagged["entity"], flagged["ip"])
+    flagged = to_arrow(spark.read.parquet(str(out / "flagged")).where(f"dt = '{TEST}'"))
+    ex = scorer.explain(flagged["entity"], flagged["ip"]).columns()
     assert flagged.num_rows > 10 and sum(v is not None for v in ex["closest_network"]) > 10
     for name in ("subnet_seen", "network_seen", "closest_network", "shared_prefix_bits", "typical_low", "typical_high"):
         assert flagged[name].to_pylist() == ex[name], name
@@ -424,8 +486,18 @@ def test_job_batch_transform_csv_and_stale_day_removed(spark, world, tmp_path):
     out = tmp_path / "csv"
     csv = tmp_path / "pairs.csv"
     csv.write_text("user_1,10.1.2.3\nnobody,8.8.8.8\nuser_2,not-an-ip\n")
-    args = ["--input-csv", str(csv), "--date", "2024-02-01", "--threshold", "0.5", f"--model={world['model']}",
-            f"--output={out}", "--events=null", "--flag_unseen=true"]  # fmt: skip
+    args = [
+        "--input-csv",
+        str(csv),
+        "--date",
+        "2024-02-01",
+        "--threshold",
+        "0.5",
+        f"--model={world['model']}",
+        f"--output={out}",
+        "--events=null",
+        "--flag_unseen=true",
+    ]
     assert score_job.main(args) == 0
     got = {r["entity"]: r for r in spark.read.parquet(str(out / "scores")).collect()}
     assert got["nobody"]["rule"] == RULE_LEARNING and got["nobody"]["flagged"]
@@ -454,14 +526,14 @@ def test_a_worker_holds_one_scorer_at_a_time(toy_model, tmp_path):
     import gc
     import weakref
 
-    from ipinsights.score import udf
+    from ipinsights.score import worker
 
     other = tmp_path / "other-model"
     shutil.copytree(toy_model, other)
-    first = udf.worker_scorer(ScorerSource(str(toy_model)))
-    assert udf.worker_scorer(ScorerSource(str(toy_model))) is first
+    first = worker.worker_scorer(ScorerSource(str(toy_model)))
+    assert worker.worker_scorer(ScorerSource(str(toy_model))) is first
     gone = weakref.ref(first)
     del first
-    second = udf.worker_scorer(ScorerSource(str(other)))
+    second = worker.worker_scorer(ScorerSource(str(other)))
     gc.collect()
-    assert gone() is None and udf.worker_scorer(ScorerSource(str(other))) is second
+    assert gone() is None and worker.worker_scorer(ScorerSource(str(other))) is second

@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import yaml
 
+from ipinsights.core.errors import UsageError
+
 if TYPE_CHECKING:
     from _typeshed import DataclassInstance
 
@@ -53,7 +55,7 @@ BACKENDS = ("auto", "torch", "horovod", "local")
 C = TypeVar("C", bound="DataclassInstance")  # a config is a (frozen) dataclass
 
 
-class ConfigError(ValueError):
+class ConfigError(UsageError):
     """A configuration value is missing, of the wrong type or out of its valid range."""
 
 

@@ -48,6 +48,7 @@ from ipinsights.core.config import (
     estimated_model_bytes,
     ip_level_sizes,
 )
+from ipinsights.core.errors import UsageError
 from ipinsights.core.hashing import GOLDEN, GOLDEN_I64, MIX1, MIX1_I64
 
 __all__ = [
@@ -97,7 +98,7 @@ class _Levels(nn.Module):
         return torch.where(self.hashed, hashed, net) + self.offsets
 
 
-class NetworkTableError(ValueError):
+class NetworkTableError(UsageError):
     """A model trained with an ip2asn table is used without it, or with another one."""
 
 

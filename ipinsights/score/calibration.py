@@ -22,18 +22,17 @@ import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from ipinsights.core.errors import UsageError
+from ipinsights.score.rules import Thresholds
 from ipinsights.storage.files import atomic_write, read_text
-
-if TYPE_CHECKING:
-    pass
 from ipinsights.storage.modelfile import model_fingerprint
 
 FORMAT = "ipinsights-calibration"
 
 
-class CalibrationError(ValueError):
+class CalibrationError(UsageError):
     """A calibration file is missing, malformed, or belongs to another model."""
 
 
@@ -54,18 +53,23 @@ class Calibration:
     medium_fpr: float | None = None
     prior_threshold: float | None = None  # population-prior scores (learning period) at target_fpr
     prior_medium_threshold: float | None = None
-    score_quantiles: list[float] | None = None  # at scorer.CAL_LEVELS: the normal percentile
+    score_quantiles: list[float] | None = None  # at rules.CAL_LEVELS: the normal percentile
     prior_quantiles: list[float] | None = None
 
-    def thresholds(self):
+    def thresholds(self) -> Thresholds:
         """The :class:`~ipinsights.score.rules.Thresholds` of the levels and the normal percentile."""
-        from ipinsights.score.rules import Thresholds
 
-        def table(q):
+        def table(q: list[float] | None) -> tuple[float, ...] | None:
             return None if q is None else tuple(q)
 
-        return Thresholds(self.threshold, self.medium_threshold, self.prior_threshold, self.prior_medium_threshold,
-                          table(self.score_quantiles), table(self.prior_quantiles))  # fmt: skip
+        return Thresholds(
+            self.threshold,
+            self.medium_threshold,
+            self.prior_threshold,
+            self.prior_medium_threshold,
+            table(self.score_quantiles),
+            table(self.prior_quantiles),
+        )
 
     def to_json(self) -> str:
         return json.dumps({"format": FORMAT, **asdict(self)}, indent=2, sort_keys=True) + "\n"

@@ -26,7 +26,7 @@ import numpy as np
 import pyarrow as pa
 
 from ipinsights.core.asn import AsnTable
-from ipinsights.core.hashing import hash_strings
+from ipinsights.core.hashing import GOLDEN, hash_strings
 from ipinsights.core.ip import key_prefix, parse_ip, to_string_array
 from ipinsights.core.metrics import per_kind, recall_at_fpr, roc_auc, threshold_table
 from ipinsights.score.rules import BASELINES
@@ -121,7 +121,7 @@ class _Lookups:
 
 def _pair_keys(entity_hashes: np.ndarray, networks: np.ndarray) -> np.ndarray:
     with np.errstate(over="ignore"):
-        return entity_hashes * np.uint64(0x9E3779B97F4A7C15) ^ np.asarray(networks, np.int64).view(np.uint64)
+        return entity_hashes * GOLDEN ^ np.asarray(networks, np.int64).view(np.uint64)
 
 
 def baseline_scores(train_entities: Any, train_ips: Any, entities: Any, ips: Any) -> dict[str, np.ndarray]:

@@ -9,9 +9,9 @@ Layout under the reports folder::
                                 flagged, a PNG embedded as a data: URI)
     dt=YYYY-MM-DD/flagged.csv   every flagged event of the day, with context (for tooling)
 
-Everything shown comes from bounded Spark aggregates (per-day counts, a fixed-bin histogram, the
-top cases); no table of scores is collected. Entities and addresses come from logs, so
-everything user-controlled is HTML-escaped, the page forbids scripts (Content-Security-Policy), and
+Everything shown comes from bounded Spark aggregates (:mod:`ipinsights.score.spark_report`: per-day
+counts, a fixed-bin histogram, the top cases); no table of scores is collected. Entities and addresses
+come from logs, so everything user-controlled is HTML-escaped, the page forbids scripts (Content-Security-Policy), and
 CSV cells that a spreadsheet would run as a formula are defused. In both, characters that do not show
 (bidi overrides like U+202E that reorder a name, zero-width and other format characters, controls, odd
 spaces) are written as escapes (:func:`visible_text`), so ``admin\u202e`` cannot pass for another name.
@@ -24,7 +24,7 @@ import csv
 import html
 import io
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -34,16 +34,12 @@ from ipinsights.score.rules import BASELINES
 from ipinsights.storage.files import atomic_write, is_local, join_uri, local_path
 
 if TYPE_CHECKING:
-    from pyspark.sql import DataFrame
-
-    from ipinsights.score.cases import CaseView
     from ipinsights.score.rules import Threshold
 
 __all__ = [
+    "CaseView",
     "Histogram",
     "COUNT_NAMES",
-    "day_counts",
-    "score_histograms",
     "histogram_png",
     "render_report",
     "write_flagged_csv",
@@ -52,14 +48,57 @@ __all__ = [
 ]
 
 #: Per-day counts, in report order.
-COUNT_NAMES = ("rows", "scored", "unseen_entity", "learning_period", "invalid_ip", "level_medium", "flagged",
-               "flagged_by_score", "flagged_learning_period", "flagged_unseen")  # fmt: skip
+COUNT_NAMES = (
+    "rows",
+    "scored",
+    "unseen_entity",
+    "learning_period",
+    "invalid_ip",
+    "level_medium",
+    "flagged",
+    "flagged_by_score",
+    "flagged_learning_period",
+    "flagged_unseen",
+)
 #: Columns of the flagged cases shown in the report and written to the CSV.
 CASE_COLUMNS = (
-    "entity", "ip", "ts", "anomaly_score", "level", "rule", "normal_percentile", "entity_percentile", "typical_low",
-    "typical_high", "training_count", "nearest_networks", "closest_network", "shared_prefix_bits", "subnet",
-    "subnet_seen", "network", "network_seen", "asn", "asn_seen", "as_name", "usual_ases", *BASELINES,
-)  # fmt: skip
+    "entity",
+    "ip",
+    "ts",
+    "anomaly_score",
+    "level",
+    "rule",
+    "normal_percentile",
+    "entity_percentile",
+    "typical_low",
+    "typical_high",
+    "training_count",
+    "nearest_networks",
+    "closest_network",
+    "shared_prefix_bits",
+    "subnet",
+    "subnet_seen",
+    "network",
+    "network_seen",
+    "asn",
+    "asn_seen",
+    "as_name",
+    "usual_ases",
+    *BASELINES,
+)
+
+
+@dataclass(frozen=True)
+class CaseView:
+    """What a day's report shows of its cases: small (bounded by ``max_cases``, 7 days, the verdict list)."""
+
+    top: list[dict[str, Any]]  # the open cases the report leads with, by rank
+    counts: dict[str, int]  # cases, open, network_cases, suppressed_events, suppressed_entities, verdicts_rejected
+    trend: list[tuple[str, int | None]]  # (day, open cases) for the 7 days ending with this one (None: not scored)
+    floor: float | None = None
+    max_cases: int = 50
+    returning: list[dict[str, Any]] = field(default_factory=list)  # malicious-verdict entities seen this day
+    rejected: tuple[str, ...] = ()  # verdict rows left out (file:line: why)
 
 
 @dataclass(frozen=True)
@@ -69,62 +108,6 @@ class Histogram:
     edges: np.ndarray  # (bins + 1,)
     normal: np.ndarray  # (bins,) int64
     flagged: np.ndarray  # (bins,) int64
-
-
-def day_counts(scores: DataFrame, days: Iterable[str]) -> dict[str, dict[str, int]]:
-    """Per-day counts (:data:`COUNT_NAMES`) in one aggregation; days without rows get zeros."""
-    from pyspark.sql import functions as F
-
-    from ipinsights.score.rules import RULE_INVALID, RULE_LEARNING, RULE_SCORE
-
-    def n(cond):
-        return F.sum(F.when(cond, 1).otherwise(0)).cast("long")
-
-    rows = (
-        scores.groupBy("dt")
-        .agg(
-            F.count(F.lit(1)).alias("rows"),
-            F.count("anomaly_score").alias("scored"),
-            n(F.col("unseen_entity")).alias("unseen_entity"),
-            n(F.col("rule") == RULE_LEARNING).alias("learning_period"),
-            n(F.col("rule") == RULE_INVALID).alias("invalid_ip"),
-            n(F.col("level") == "medium").alias("level_medium"),
-            n(F.col("flagged")).alias("flagged"),
-            n(F.col("flagged") & (F.col("rule") == RULE_SCORE)).alias("flagged_by_score"),
-            n(F.col("flagged") & (F.col("rule") == RULE_LEARNING)).alias("flagged_learning_period"),
-            n(F.col("flagged") & F.col("unseen_entity")).alias("flagged_unseen"),
-        )
-        .collect()
-    )
-    out = {d: dict.fromkeys(COUNT_NAMES, 0) for d in days}
-    for r in rows:
-        out[r["dt"]] = {k: int(r[k] or 0) for k in COUNT_NAMES}
-    return out
-
-
-def score_histograms(scores: DataFrame, bins: int = 60) -> dict[str, Histogram]:
-    """Per-day histograms of ``anomaly_score`` over bins shared by all days (comparable across a backfill).
-
-    Two small aggregations: the range, then counts per (day, flagged, bin): at most ``days * 2 * bins`` rows.
-    """
-    from pyspark.sql import functions as F
-
-    s = F.col("anomaly_score").cast("double")
-    valid = scores.where(s.isNotNull() & ~F.isnan(s))
-    row = valid.agg(F.min(s), F.max(s)).first()
-    assert row is not None  # an aggregation without grouping has exactly one row
-    lo, hi = row
-    if lo is None:
-        return {}
-    width = (hi - lo) / bins if hi > lo else 1.0
-    b = F.least(F.greatest(F.floor((s - F.lit(lo)) / F.lit(width)), F.lit(0)), F.lit(bins - 1)).cast("int")
-    rows = valid.groupBy("dt", "flagged", b.alias("bin")).count().collect()
-    edges = lo + width * np.arange(bins + 1)
-    out: dict[str, Histogram] = {}
-    for r in rows:
-        h = out.setdefault(r["dt"], Histogram(edges, np.zeros(bins, np.int64), np.zeros(bins, np.int64)))
-        (h.flagged if r["flagged"] else h.normal)[r["bin"]] += r["count"]
-    return out
 
 
 def histogram_png(hist: Histogram, threshold: float | None = None, title: str = "") -> bytes:
@@ -208,8 +191,10 @@ def _trend_svg(trend: Sequence[tuple[str, int | None]], budget: int) -> str:
     bars = []
     for i, (day, count) in enumerate(trend):
         if count is None:
-            bars.append(f'<text x="{i * (w + gap) + w / 2}" y="{h + 12}" font-size="10" text-anchor="middle">'
-                        f"–<title>{e(day)}: not scored</title></text>")  # fmt: skip
+            bars.append(
+                f'<text x="{i * (w + gap) + w / 2}" y="{h + 12}" font-size="10" text-anchor="middle">'
+                f"–<title>{e(day)}: not scored</title></text>"
+            )
             continue
         bh = max(1, round(h * count / top)) if count else 0
         last = i == len(trend) - 1
@@ -285,12 +270,16 @@ def _cases_section(view: CaseView) -> list[str]:
         parts.append(f"<p>Open cases, last {len(view.trend)} days: {_trend_svg(view.trend, view.max_cases)}</p>")
     if view.rejected:
         items = "".join(f"<li>{e(visible_text(r))}</li>" for r in view.rejected[:20])
-        parts.append(f'<p id="verdicts-rejected">{len(view.rejected)} verdict row(s) could not be read and were left '
-                     f"out:</p><ul>{items}</ul>")  # fmt: skip
+        parts.append(
+            f'<p id="verdicts-rejected">{len(view.rejected)} verdict row(s) could not be read and were left '
+            f"out:</p><ul>{items}</ul>"
+        )
     if view.returning:
-        parts.append('<h3 class="malicious">Entities with a malicious verdict seen today</h3>'
-                     '<table id="returning"><tr><th>entity</th><th>events</th><th>first-last (UTC)</th>'
-                     "<th>addresses</th></tr>")  # fmt: skip
+        parts.append(
+            '<h3 class="malicious">Entities with a malicious verdict seen today</h3>'
+            '<table id="returning"><tr><th>entity</th><th>events</th><th>first-last (UTC)</th>'
+            "<th>addresses</th></tr>"
+        )
         for r in view.returning:
             parts.append(
                 f'<tr><td>{e(_cell(r["entity"]))}</td><td class="num">{int(r["events"])}</td>'
@@ -299,8 +288,10 @@ def _cases_section(view: CaseView) -> list[str]:
             )
         parts.append("</table>")
     if view.top:
-        parts.append('<table id="cases"><tr><th class="rank">#</th><th class="sev">severity</th>'
-                     '<th class="who">entity / source</th><th>what happened</th></tr>')  # fmt: skip
+        parts.append(
+            '<table id="cases"><tr><th class="rank">#</th><th class="sev">severity</th>'
+            '<th class="who">entity / source</th><th>what happened</th></tr>'
+        )
         parts.extend(_case_rows(view.top))
         parts.append("</table>")
         parts.append(
@@ -388,21 +379,15 @@ def write_day_report(
     day: str,
     counts: Mapping[str, int],
     hist: Histogram | None,
-    flagged: DataFrame,
+    flagged_rows: Iterable[Mapping[str, Any]],
     threshold: Threshold,
     view: CaseView | None = None,
 ) -> str | Path:
     """Write ``dt=DAY/report.html`` and ``dt=DAY/flagged.csv`` for one day (a folder or URI); returns the
-    HTML page (a ``Path`` when local)."""
-    from pyspark.sql import functions as F
-
+    HTML page (a ``Path`` when local). ``flagged_rows``: the day's flagged events (:data:`CASE_COLUMNS`),
+    rarest first, streamed into the CSV."""
     out = join_uri(reports_dir, f"dt={day}")
-    # Rarest first on one scale across rules (normal_percentile), raw score next (fixed thresholds have no table).
-    ordered = flagged.select(*CASE_COLUMNS).orderBy(
-        F.desc_nulls_last("normal_percentile"), F.desc_nulls_last("anomaly_score"), "entity", "ip"
-    )
-    rows = (r.asDict() for r in ordered.toLocalIterator()) if counts.get("flagged") else iter(())
-    write_flagged_csv(join_uri(out, "flagged.csv"), rows)
+    write_flagged_csv(join_uri(out, "flagged.csv"), flagged_rows)
     png = histogram_png(hist, threshold.value, f"{day}: anomaly scores") if hist is not None else None
     page = join_uri(out, "report.html")
     with atomic_write(page, encoding="utf-8") as fh:

@@ -61,16 +61,11 @@ class Thresholds:
     score_table: tuple[float, ...] | None = None
     prior_table: tuple[float, ...] | None = None
 
-    def normal_percentile(self, anomaly: np.ndarray, rule: np.ndarray) -> np.ndarray:
-        """0-100: the share of normal (calibration) traffic of the row's rule that scored lower.
-
-        Entity scores and population-prior scores live on different scales; this puts both on one, so
-        that rows decided by different rules can be ranked together (the report's order, evaluations).
-        NaN without a table for the rule or without a score.
-        """
-        return self._normal_percentile(anomaly, rule == RULE_SCORE, rule == RULE_LEARNING)
-
-    def _normal_percentile(self, anomaly: np.ndarray, scored: np.ndarray, learning: np.ndarray) -> np.ndarray:
+    def normal_percentile(self, anomaly: np.ndarray, scored: np.ndarray, learning: np.ndarray) -> np.ndarray:
+        """0-100: the share of normal (calibration) traffic of the row's rule that scored lower (``scored``:
+        rows of the entity's own score, ``learning``: rows of the population prior). Entity scores and prior
+        scores live on different scales; this puts both on one, so that rows decided by different rules rank
+        together (the report's order, the cases). NaN without a table for the rule or without a score."""
         out = np.full(len(anomaly), np.nan)
         for table, rows in ((self.score_table, scored), (self.prior_table, learning)):
             ok = rows & np.isfinite(anomaly)
@@ -78,11 +73,7 @@ class Thresholds:
                 out[ok] = 100.0 * np.interp(anomaly[ok], np.maximum.accumulate(np.asarray(table)), CAL_LEVELS)
         return out
 
-    def levels(self, anomaly: np.ndarray, rule: np.ndarray) -> np.ndarray:
-        """``low``/``medium``/``high`` per row (None where there is no score)."""
-        return LEVEL_OBJECTS[self._level_codes(anomaly, rule == RULE_LEARNING)]
-
-    def _level_codes(self, anomaly: np.ndarray, prior: np.ndarray) -> np.ndarray:
+    def level_codes(self, anomaly: np.ndarray, prior: np.ndarray) -> np.ndarray:
         """Index into LEVELS per row, -1 where there is no score (``prior``: rows scored by the prior)."""
         hi = np.where(prior, self.high if self.prior_high is None else self.prior_high, self.high)
         med_e = -np.inf if self.medium is None else self.medium

@@ -1,6 +1,6 @@
 """In-process scoring with a saved model: the one implementation behind every way of scoring.
 
-The CLI, the Spark jobs' Arrow functions (:mod:`ipinsights.score.udf`: one load per Python worker) and
+The CLI, the Spark jobs' Arrow functions (:mod:`ipinsights.score.worker`: one load per Python worker) and
 the endpoint all call :class:`Scorer`, built complete by :meth:`Scorer.load`, so a pair scores the same
 everywhere.
 """
@@ -21,6 +21,7 @@ import torch
 from ipinsights.core.entities import ENTITY_FILE, EntityStats
 from ipinsights.core.hashing import buckets_of, hash_strings
 from ipinsights.core.ip import ParsedIPs, parse_ip, to_string_array
+from ipinsights.score.explain import Explanations, explain_rows
 from ipinsights.score.rules import (
     LEVEL_OBJECTS,
     RULE_INVALID_CODE,
@@ -36,7 +37,7 @@ if TYPE_CHECKING:
     from ipinsights.core.asn import AsnTable
     from ipinsights.score.profiles import EntityProfiles, PopulationPrior
 
-#: Profiles joined onto a batch (:func:`ipinsights.score.profiles.joined_profiles`): the batch's profiles and
+#: Profiles joined onto a batch (:func:`ipinsights.score.profile_rows.joined_profiles`): the batch's profiles and
 #: the profile row of each batch row (-1: none).
 Joined: TypeAlias = "tuple[EntityProfiles, np.ndarray]"
 
@@ -148,14 +149,15 @@ class Scorer:
 
     def _set_profiles(self, path: str | None, rows: bool) -> None:
         """The model's profile at ``path`` (must be usable), or beside the model (left out when unusable)."""
-        from ipinsights.score.profiles import EntityProfiles, ProfileError, ProfileHeader
+        from ipinsights.score.profile_rows import load_profiles
+        from ipinsights.score.profiles import ProfileError, ProfileHeader
         from ipinsights.storage.files import uri_exists
         from ipinsights.storage.modelfile import profile_uri
 
         where = path or profile_uri(self.bundle.uri)
         try:
             if rows:
-                self.profiles = EntityProfiles.load(where, self.bundle.uri)
+                self.profiles = load_profiles(where, self.bundle.uri)
                 self.population = self.profiles.population
             else:
                 self.population = ProfileHeader.load(where, self.bundle.uri).population
@@ -278,92 +280,23 @@ class Scorer:
             pct = profiles.percentile(np.where(scored, profile_rows, -1), -dp)
         out = Assessment(dp, prior, counts, code, anomaly, pct)
         if thresholds is not None:
-            out.level_code = thresholds._level_codes(anomaly, learning)
+            out.level_code = thresholds.level_codes(anomaly, learning)
             out.flagged = flag_rows(out.level_code, out.unseen_entity, flag_unseen)
-            out.normal_percentile = thresholds._normal_percentile(anomaly, scored, learning)
+            out.normal_percentile = thresholds.normal_percentile(anomaly, scored, learning)
         return out
 
-    def explain(
-        self, entities: ArrayLike, ips: ArrayLike, top: int = 3, joined: Joined | None = None
-    ) -> dict[str, list]:
-        """Why a row looks the way it does, from the entity's profile (columns of Python values).
-
-        ``subnet``/``network``: the address's /24 and /16 (IPv6: /48 and /32) and whether the entity
-        used them in training (``subnet_seen``, ``network_seen``; among its profiled networks);
-        ``asn``/``asn_seen`` with an ASN table, ``as_name`` its AS as people know it (``AS64512 Kalonet Mobile
-        (BR)``) and ``usual_ases`` the entity's ASes in training, named so; ``nearest_networks``: the ``top``
-        known networks whose vectors are most similar to this address's (cosine), ``closest_network`` the known network
-        sharing the longest prefix and ``shared_prefix_bits``; ``known_networks`` how many networks the profile
-        keeps for the entity and ``usual_events`` its training events in the two most used;
-        ``typical_low``/``typical_high``: the entity's usual anomaly-score range (5th-95th percentile of its
-        training events). None where the entity has no profile. ``joined`` as in :meth:`assess`.
+    def explain(self, entities: ArrayLike, ips: ArrayLike, top: int = 3, joined: Joined | None = None) -> Explanations:
+        """Why each row looks the way it does, from its entity's profile: a column per field of
+        :class:`~ipinsights.score.explain.Explanations` (None where the entity has no profile); ``top``
+        nearest known networks per row. ``joined`` as in :meth:`assess`.
         """
-        from ipinsights.core.ip import key_prefix, key_prefix_text
-
         ent = to_string_array(entities)
-        parsed = self.parse(ips)
-        n = len(ent)
-        keys = parsed.value
-        out: dict[str, list] = {
-            "subnet": _texts(keys, parsed.valid, 24, 48),
-            "network": _texts(keys, parsed.valid, 16, 32),
-        }
         prof = self.profiles if joined is None else joined[0]
         if joined is not None:
             rows = joined[1]
         else:
-            rows = prof.index_of(self.entity_hashes(ent)) if prof is not None else np.full(n, -1, np.int64)
-        rows = np.where(parsed.valid, rows, -1)
-        asn = self.asn_table.lookup(keys) if self.asn_table is not None else None
-        out["asn"] = [None if asn is None or not parsed.valid[i] or asn[i] < 0 else int(asn[i]) for i in range(n)]
-        as_names: list[str | None] = self.asn_table.describe(keys) if self.asn_table is not None else [None] * n
-        out["as_name"] = [name if parsed.valid[i] else None for i, name in enumerate(as_names)]
-        out["usual_ases"] = [None] * n
-        lo, hi = prof.typical_range(rows) if prof is not None else (np.full(n, np.nan), np.full(n, np.nan))
-        out["typical_low"] = [None if not np.isfinite(x) else float(x) for x in lo]
-        out["typical_high"] = [None if not np.isfinite(x) else float(x) for x in hi]
-        for name in ("subnet_seen", "network_seen", "asn_seen", "nearest_networks", "closest_network",
-                     "known_networks", "usual_events"):  # fmt: skip
-            out[name] = [None] * n
-        out["shared_prefix_bits"] = [None] * n
-        todo = np.flatnonzero(rows >= 0)
-        if prof is None or not todo.size:
-            return out
-        known = [prof.networks(int(rows[i]))[0] for i in todo]
-        counts = [prof.networks(int(rows[i]))[1] for i in todo]
-        all_keys = np.concatenate([keys[todo], *known]).astype(np.int64)
-        vec = self._run(self.model.ip_vectors, all_keys, out_shape=(self.vector_dim,))
-        vec /= np.maximum(np.linalg.norm(vec, axis=1, keepdims=True), 1e-12)
-        start = todo.size
-        for j, i in enumerate(todo):
-            k, c = known[j], counts[j]
-            mine = vec[start : start + k.size]
-            start += k.size
-            out["known_networks"][i] = int(k.size)
-            # How settled the entity is: its logins in its two most used networks (the cases' severity).
-            out["usual_events"][i] = int(c[:2].sum())
-            if not k.size:
-                continue
-            key = keys[i : i + 1]
-            out["subnet_seen"][i] = bool((key_prefix(k, 24, 48) == key_prefix(key, 24, 48)[0]).any())
-            out["network_seen"][i] = bool((key_prefix(k, 16, 32) == key_prefix(key, 16, 32)[0]).any())
-            if asn is not None and self.asn_table is not None:
-                usual = prof.entity_asns(int(rows[i]))
-                out["usual_ases"][i] = "; ".join(self.asn_table.describe_asns(usual)) if usual.size else None
-                if asn[i] >= 0:
-                    out["asn_seen"][i] = bool(asn[i] in set(usual.tolist()))
-            sim = mine @ vec[j]
-            order = np.argsort(-sim, kind="stable")[:top]
-            names = key_prefix_text(k[order], 24, 48)
-            out["nearest_networks"][i] = [
-                {"network": names[m], "similarity": round(float(sim[o]), 4), "events": int(c[o])}
-                for m, o in enumerate(order)
-            ]
-            bits = _shared_bits(k, int(key[0]))
-            b = int(np.argmax(bits))
-            out["closest_network"][i] = key_prefix_text(k[b : b + 1], 24, 48)[0]
-            out["shared_prefix_bits"][i] = int(bits[b])
-        return out
+            rows = prof.index_of(self.entity_hashes(ent)) if prof is not None else np.full(len(ent), -1, np.int64)
+        return explain_rows(self.parse(ips), rows, prof, self.asn_table, self._ip_vectors, top)
 
     def anomaly_score(self, entities: ArrayLike, ips: ArrayLike) -> np.ndarray:
         """``-dot_product``: higher means more suspicious."""
@@ -376,9 +309,13 @@ class Scorer:
     def ip_embedding(self, ips: ArrayLike) -> np.ndarray:
         """``(n, vector_dim)`` IP vectors; rows of invalid addresses are NaN."""
         parsed = self.parse(ips)
-        out = self._run(self.model.ip_vectors, parsed.value.astype(np.int64), out_shape=(self.vector_dim,))
+        out = self._ip_vectors(parsed.value.astype(np.int64))
         out[~parsed.valid] = np.nan
         return out
+
+    def _ip_vectors(self, keys: np.ndarray) -> np.ndarray:
+        """``(n, vector_dim)`` vectors of int64 address keys."""
+        return self._run(self.model.ip_vectors, keys, out_shape=(self.vector_dim,))
 
     def training_counts(self, entities: ArrayLike) -> np.ndarray | None:
         """Training events of each entity (0 = never seen), or None if the model holds no entity stats."""
@@ -398,24 +335,6 @@ class Scorer:
     @property
     def manifest(self) -> dict[str, Any]:
         return self.bundle.manifest
-
-
-def _texts(keys: np.ndarray, valid: np.ndarray, v4: int, v6: int) -> list[str | None]:
-    from ipinsights.core.ip import key_prefix_text
-
-    text = key_prefix_text(np.where(valid, keys, 0), v4, v6)
-    return [t if ok else None for t, ok in zip(text, valid.tolist(), strict=True)]
-
-
-def _shared_bits(known: np.ndarray, key: int) -> np.ndarray:
-    """Leading bits each known address key shares with ``key`` (0 across families)."""
-    from ipinsights.core.ip import is_ipv6_key
-
-    six = bool(is_ipv6_key(np.array([key]))[0])
-    width = 64 if six else 32
-    x = (known.astype(np.int64) ^ np.int64(key)).view(np.uint64)
-    bits = np.array([width - int(v).bit_length() for v in x.tolist()])
-    return np.where(is_ipv6_key(known) == six, np.maximum(bits, 0), 0)
 
 
 def _entity_stats(bundle: ModelBundle) -> EntityStats:

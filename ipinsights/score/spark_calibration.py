@@ -14,7 +14,7 @@ from ipinsights.score.rules import CAL_LEVELS, RULE_SCORE
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame
 
-__all__ = ["LevelThresholds", "calibrate_levels", "calibrate_threshold"]
+__all__ = ["LevelThresholds", "calibrate_levels"]
 
 
 class LevelThresholds(TypedDict):
@@ -26,29 +26,6 @@ class LevelThresholds(TypedDict):
     prior_medium_threshold: float | None
     score_quantiles: list[float]  # at CAL_LEVELS
     prior_quantiles: list[float] | None
-
-
-def calibrate_threshold(
-    scores: DataFrame, target_fpr: float, accuracy: int = 1_000_000, score_col: str = "anomaly_score"
-) -> tuple[float, int]:
-    """``(threshold, rows)``: the ``1 - target_fpr`` quantile of ``score_col`` over its non-null, non-NaN rows.
-
-    One Spark aggregation; ``rows`` is how many scores it was taken over. Raises ``ValueError`` when
-    there is none (nothing to calibrate on).
-    """
-    from pyspark.sql import functions as F
-
-    if not 0.0 < target_fpr < 1.0:
-        raise ValueError(f"target_fpr={target_fpr} must be in (0, 1)")
-    s = F.col(score_col)
-    row = (
-        scores.where(s.isNotNull() & ~F.isnan(s))
-        .agg(F.percentile_approx(s.cast("double"), 1.0 - target_fpr, accuracy).alias("q"), F.count(s).alias("n"))
-        .first()
-    )
-    if row is None or not row["n"]:
-        raise ValueError("no scored rows to calibrate on (empty traffic, or every entity unseen)")
-    return float(row["q"]), int(row["n"])
 
 
 def calibrate_levels(scores: DataFrame, target_fpr: float, accuracy: int = 1_000_000) -> tuple[LevelThresholds, int]:
@@ -76,9 +53,12 @@ def calibrate_levels(scores: DataFrame, target_fpr: float, accuracy: int = 1_000
         raise ValueError("no scored rows to calibrate on (empty traffic, or every entity in its learning period)")
     e: list[float] = row["e"]
     pr: list[float] | None = row["p"] if row["np"] else None  # no prior scores: no entity profiles
-    out: LevelThresholds = {"threshold": float(e[0]), "medium_threshold": float(e[1]),
-                            "prior_threshold": None if pr is None else float(pr[0]),
-                            "prior_medium_threshold": None if pr is None else float(pr[1]),
-                            "score_quantiles": [float(x) for x in e[2:]],
-                            "prior_quantiles": None if pr is None else [float(x) for x in pr[2:]]}  # fmt: skip
+    out: LevelThresholds = {
+        "threshold": float(e[0]),
+        "medium_threshold": float(e[1]),
+        "prior_threshold": None if pr is None else float(pr[0]),
+        "prior_medium_threshold": None if pr is None else float(pr[1]),
+        "score_quantiles": [float(x) for x in e[2:]],
+        "prior_quantiles": None if pr is None else [float(x) for x in pr[2:]],
+    }
     return out, int(row["n"])

@@ -1,10 +1,12 @@
-"""Building entity profiles on Spark: the training days scored on the executors and aggregated per entity."""
+"""Entity profiles on Spark: built from the training days (scored on the executors and aggregated per entity
+there), and joined onto scoring batches (each batch brings its own entities' rows).
+"""
 
 from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from functools import partial
 from typing import TYPE_CHECKING
 
@@ -12,24 +14,22 @@ import numpy as np
 import pyarrow as pa
 
 from ipinsights.core.ip import key_prefix
+from ipinsights.score.profile_rows import JOINED, ROW_SCHEMA, new_rows_uri, save_header
 from ipinsights.score.profiles import (
     NETWORK_V4,
     NETWORK_V6,
     QUANTILES,
-    ROW_SCHEMA,
     SUBNET_V4,
     SUBNET_V6,
     PopulationPrior,
     ProfileHeader,
-    new_rows_uri,
-    save_header,
 )
-from ipinsights.score.scorer import Scorer
-from ipinsights.score.udf import ScorerSource, map_in_arrow
-from ipinsights.storage.parquet import parquet_writer
 
 if TYPE_CHECKING:
+    # Imported where used: the join's Python tasks (_joined_batches) import this module and need no model.
     from pyspark.sql import DataFrame
+
+    from ipinsights.score.scorer import Scorer
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +59,8 @@ def _history_batch(scorer: Scorer, batch: pa.RecordBatch) -> pa.RecordBatch:
 def _write_rows(rows_uri: str, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
     """One task's profile rows as one Parquet file under ``rows_uri`` (random name: a retried attempt never
     overwrites the one before it; the driver keeps only the reported files); yields (file, rows)."""
+    from ipinsights.storage.parquet import parquet_writer
+
     writer, uri, n = None, f"{rows_uri}/part-{uuid.uuid4().hex}.parquet", 0
     try:
         for batch in batches:
@@ -84,19 +86,21 @@ def build_profiles(
     """Profiles of every entity of ``history`` (the training days' ``entity``, ``ip`` rows), saved at ``path``.
 
     Scores the history with the model on the executors, aggregates per entity there and writes the rows
-    table from there too (:mod:`ipinsights.score.profiles`); the driver gets the population counts only
+    table from there too (:mod:`ipinsights.score.profile_rows`); the driver gets the population counts only
     (one row per network, bounded by the networks, not the entities or events) and writes the header.
     """
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
+    from ipinsights.score.spark_arrow import map_in_arrow
+    from ipinsights.score.worker import ScorerSource
     from ipinsights.storage.filesystems import ArrowStore
     from ipinsights.storage.modelfile import model_fingerprint
     from ipinsights.storage.publish import drop_unreported
 
     schema = "entity string, entity_hash long, key long, net long, wide long, asn long, anomaly double"
-    scored = map_in_arrow(history.select("entity", "ip"), ScorerSource(model_path, asn_table=asn_path), _history_batch,
-                          schema).persist()  # fmt: skip
+    source = ScorerSource(model_path, asn_table=asn_path)
+    scored = map_in_arrow(history.select("entity", "ip"), source, _history_batch, schema).persist()
     try:
         keys = ["entity", "entity_hash"]
         quant = scored.groupBy(*keys).agg(
@@ -129,8 +133,8 @@ def build_profiles(
         files = sorted(r["file"] for r in written)
         entities = sum(r["n"] for r in written)
         # Population counts: one row per network comes back (bounded by the networks, not the events).
-        subnets = scored.groupBy("net").count().orderBy("net").toArrow()
-        networks = scored.groupBy(F.col("wide").alias("net")).count().orderBy("net").toArrow()
+        subnets = to_arrow(scored.groupBy("net").count().orderBy("net"))
+        networks = to_arrow(scored.groupBy(F.col("wide").alias("net")).count().orderBy("net"))
     finally:
         scored.unpersist()
     population = PopulationPrior(
@@ -142,3 +146,41 @@ def build_profiles(
     fingerprint = model_fingerprint(model_path)
     save_header(path, population, fingerprint, rows_uri, files, entities)
     return ProfileHeader(path, population, fingerprint, rows_uri, tuple(files), entities)  # as written, not reread
+
+
+def to_arrow(df: DataFrame) -> pa.Table:
+    """``df``'s rows on the driver as an Arrow table: ``DataFrame.toArrow`` where Spark has it (4.0 and later),
+    else (Spark 3.5) its collected rows in the Arrow schema ``toArrow`` gives. Only for small results (every
+    row comes back either way): aggregates, such as the per-network counts of :func:`build_profiles`."""
+    if hasattr(df, "toArrow"):
+        return df.toArrow()
+    from pyspark.sql.pandas.types import to_arrow_schema
+
+    return pa.Table.from_pylist([row.asDict() for row in df.collect()], schema=to_arrow_schema(df.schema))
+
+
+def join_profile_rows(df: DataFrame, files: tuple[str, ...]) -> DataFrame:
+    """``df`` (Spark, with ``entity``) with its entities' profile columns (:data:`JOINED`; null without one):
+    a left join on the entity with the rows table (its Parquet ``files``, read by Python tasks, one per
+    file), so that each scoring batch brings its own profiles."""
+    spark = df.sparkSession
+    tasks = spark.sparkContext.parallelize([(f,) for f in files], max(1, len(files)))  # a task per file
+    listing = spark.createDataFrame(tasks, "file string")
+    ddl = "entity string, " + ", ".join(f"{j} array<{'float' if c == 'q' else 'bigint'}>" for c, j in JOINED.items())
+    return df.join(listing.mapInArrow(_joined_batches, ddl), on="entity", how="left")
+
+
+def _joined_batches(batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+    """``mapInArrow`` body of :func:`join_profile_rows`: the rows of each listed Parquet file, a row group at
+    a time, under the joined columns' names."""
+    import pyarrow.parquet as pq
+
+    from ipinsights.storage.filesystems import arrow_fs
+
+    names = ["entity", *JOINED.values()]
+    for batch in batches:
+        for uri in batch.column(0).to_pylist():
+            fs, path = arrow_fs(uri)
+            with fs.open_input_file(path) as fh:
+                for part in pq.ParquetFile(fh).iter_batches(batch_size=8192, columns=["entity", *JOINED]):
+                    yield pa.RecordBatch.from_arrays(part.columns, names=names)

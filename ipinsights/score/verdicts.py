@@ -33,6 +33,7 @@ import ipaddress
 import logging
 import re
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from ipinsights.storage.files import read_text
 
@@ -157,11 +158,19 @@ def read_verdicts(uri: str) -> VerdictSet:
 
 
 #: A matching rule: (verdict, entity or '*', network key or '' for any, first day, end day).
-Rule = tuple[str, str, str, str, str]
+class Rule(NamedTuple):
+    """A matching rule: ``verdict`` applies to ``entity`` (or ``*``) on ``network`` (a network key, or ``""``
+    for every network) on the days ``first <= day < end`` (ISO strings)."""
+
+    verdict: str
+    entity: str
+    network: str
+    first: str
+    end: str
 
 
 def rules(verdicts: VerdictSet, cases: dict[str, tuple[str, str | None, list[str]]]) -> list[Rule]:
-    """The matching rules ``(verdict, entity or '*', network key, first day, end day)`` of ``verdicts``.
+    """The matching :class:`Rule` s of ``verdicts``.
 
     ``cases`` resolves case ids: ``{case_id: (day, entity or None for a network case, network keys)}``.
     A case id that is not there is left out with a warning (its case may have been purged). Days are
@@ -173,7 +182,7 @@ def rules(verdicts: VerdictSet, cases: dict[str, tuple[str, str | None, list[str
         end = v.expires.isoformat() if v.expires else _FAR_FUTURE
         if v.case_id is None:
             assert v.entity is not None
-            out.append((v.verdict, v.entity, v.network or "", first, end))
+            out.append(Rule(v.verdict, v.entity, v.network or "", first, end))
             continue
         case = cases.get(v.case_id)
         if case is None:
@@ -183,5 +192,5 @@ def rules(verdicts: VerdictSet, cases: dict[str, tuple[str, str | None, list[str
         after = (dt.date.fromisoformat(day) + dt.timedelta(days=1)).isoformat()
         who = v.entity or entity or ANY_ENTITY
         for key in [v.network] if v.network else keys:
-            out.append((v.verdict, who, key or "", max(first, after), end))
+            out.append(Rule(v.verdict, who, key or "", max(first, after), end))
     return out

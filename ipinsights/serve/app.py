@@ -100,7 +100,7 @@ def score_records(
     if options.verbose:
         ent_emb = scorer.entity_embedding(records.entities)
         ip_emb = scorer.ip_embedding(records.ips)
-        explanation = scorer.explain(records.entities, records.ips)
+        explanation = scorer.explain(records.entities, records.ips).columns()
     return protocol.build_predictions(
         dp, verdict=verdict, entity_embedding=ent_emb, ip_embedding=ip_emb, explanation=explanation
     )

@@ -366,7 +366,8 @@ def build_predictions(
 
     ``verdict`` (a :class:`~ipinsights.score.scorer.Assessment`) adds ``anomaly_score`` (from the record's
     rule), ``rule``, ``unseen_entity`` (when the model knows), ``entity_percentile``, ``level`` and
-    ``flagged`` (when known); ``explanation`` (``Scorer.explain``'s columns) one ``explanation`` object per record.
+    ``flagged`` (when known); ``explanation`` (the ``columns()`` of ``Scorer.explain``'s
+    :class:`~ipinsights.score.explain.Explanations`) one ``explanation`` object per record.
     """
     dp = _finite(dot_product.tolist())
     preds: list[dict[str, Any]] = [{"dot_product": v} for v in dp]

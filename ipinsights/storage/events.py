@@ -16,6 +16,7 @@ from ipinsights.storage.filesystems import path_exists, resolve_uri
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
+    from pyspark.sql.types import StructType
 
 #: The ingest job's events table. ``dt`` is read as a string (not inferred as a date), so that days
 #: compare and print the same in every reader.
@@ -41,7 +42,7 @@ def day_range(start: str, end: str) -> list[str]:
     return [(a + timedelta(days=i)).isoformat() for i in range((b - a).days + 1)]
 
 
-def _partitioned(spark: SparkSession, path: str, schema: str) -> DataFrame:
+def _partitioned(spark: SparkSession, path: str, schema: str | StructType) -> DataFrame:
     # basePath: ``dt`` stays a column even where ``path`` is one partition's folder.
     path = resolve_uri(spark, path)  # s3:// is s3a:// to plain Hadoop
     return spark.read.schema(schema).option("basePath", path).parquet(path)
@@ -73,7 +74,7 @@ def read_events(spark: SparkSession, path: str, start: str | None = None, end: s
     return df
 
 
-def read_table_days(spark: SparkSession, path: str, schema: str, days: Iterable[str]) -> DataFrame:
+def read_table_days(spark: SparkSession, path: str, schema: str | StructType, days: Iterable[str]) -> DataFrame:
     """Rows of ``days`` from a ``dt``-partitioned table a job writes (scores, flagged), partition-pruned.
 
     Unlike the events table (:func:`read_events`), such an output table is read back by the job that

@@ -37,6 +37,7 @@ import torch
 from ipinsights._version import __version__
 from ipinsights.core.asn import AsnTable, load_asn_table
 from ipinsights.core.config import ConfigError, Hyperparameters, ModelOptions, config_from_dict, config_to_dict
+from ipinsights.core.errors import UsageError
 from ipinsights.core.hashing import HASH_VERSION
 from ipinsights.core.model import IPInsightsModel, NetworkTableError
 from ipinsights.storage.files import (
@@ -73,7 +74,7 @@ MANIFEST = "model.json"
 WEIGHTS = "weights.safetensors"
 
 
-class ModelFileError(ValueError):
+class ModelFileError(UsageError):
     """A model directory is missing, corrupt, truncated, foreign or of an unsupported version."""
 
 

@@ -122,8 +122,14 @@ def _save_checkpoint(trainer: Trainer, spec: WorkerSpec, history: list[EpochMetr
     write_bytes(join_uri(d, name), data)
     mine = [*(f for f in mine if f != name), name]
     keep = mine[-spec.checkpoint_keep :]
-    record = {"epoch": trainer.epoch, "file": name, "sha256": hashlib.sha256(data).hexdigest(), "run_id": run_id,
-              "files": keep, "history": [m.as_dict() for m in history]}  # fmt: skip
+    record = {
+        "epoch": trainer.epoch,
+        "file": name,
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "run_id": run_id,
+        "files": keep,
+        "history": [m.as_dict() for m in history],
+    }
     write_json(join_uri(d, "latest.json"), record)
     for old in mine[: -spec.checkpoint_keep]:  # only after latest.json points past them
         delete_uri(join_uri(d, old))
@@ -166,8 +172,11 @@ def train_worker(spec: WorkerSpec) -> dict[str, Any]:
     retried = latest.get("run_id") == spec.run_id
     resume = spec.resume or retried
     if retried and not spec.resume:
-        log.warning("run %s checkpointed epoch %s here already: this retried attempt resumes it",
-                    spec.run_id, latest.get("epoch"))  # fmt: skip
+        log.warning(
+            "run %s checkpointed epoch %s here already: this retried attempt resumes it",
+            spec.run_id,
+            latest.get("epoch"),
+        )
     run_id = str((latest.get("run_id") if spec.resume else None) or spec.run_id)
     try:
         rank, world = comm.rank, comm.world_size
@@ -261,9 +270,12 @@ def resolve_distributed(spark, dist: DistributedOptions) -> DistributedOptions:
     backend, why = dist.backend, f"distributed.backend={dist.backend}"
     if backend == "auto":
         backend = "local" if cores is not None else "torch"
-        why = (f"backend=auto chose local: the Spark master {master} is this machine, where one process "
-               f"with {cores} threads trains faster than {cores} ranks exchanging gradients" if cores is not None
-               else f"backend=auto chose torch: the Spark master {master} is a cluster")  # fmt: skip
+        why = (
+            f"backend=auto chose local: the Spark master {master} is this machine, where one process "
+            f"with {cores} threads trains faster than {cores} ranks exchanging gradients"
+            if cores is not None
+            else f"backend=auto chose torch: the Spark master {master} is a cluster"
+        )
     workers = dist.num_workers
     if backend == "local":
         workers = 1

@@ -56,8 +56,7 @@ class ProgressWriter:
                     fh.write(line.encode())
         except OSError as exc:
             self._broken = True
-            log.warning("progress lines cannot be written to %s (%s); training goes on without them", self._path,
-                        exc)  # fmt: skip
+            log.warning("progress lines cannot be written to %s (%s); training goes on without them", self._path, exc)
 
 
 class ProgressTail:

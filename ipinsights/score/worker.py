@@ -1,4 +1,4 @@
-"""Load once per Python worker, then map Arrow batches: the shape of every ``mapInArrow`` of the score stage.
+"""Load once per Python worker, then map Arrow batches: the body of every ``mapInArrow`` of the score stage.
 
 Spark hands a Python worker one partition after another, and the model takes far longer to load than a
 batch takes to score: each worker loads its :class:`~ipinsights.score.scorer.Scorer` once (cached per
@@ -11,16 +11,12 @@ import gc
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, overload
+from typing import overload
 
 import pyarrow as pa
 
 from ipinsights.score.scorer import BATCH_ROWS, Scorer
 from ipinsights.storage.files import file_stamp
-
-if TYPE_CHECKING:
-    from pyspark.sql import DataFrame
-    from pyspark.sql.types import StructType
 
 #: What a worker does with each batch: the worker's scorer and the batch in, the output batch out.
 BatchFn = Callable[[Scorer, pa.RecordBatch], pa.RecordBatch]
@@ -64,8 +60,9 @@ def worker_scorer(source: ScorerSource) -> Scorer:
         _loaded = None  # released before the next one loads, not after
         gc.collect()
         # A profile's header only (the population prior): each batch brings its own entities' rows.
-        scorer = Scorer.load(source.model, profile=source.profile or False, asn_table=source.asn_table,
-                             profile_rows=False)  # fmt: skip
+        scorer = Scorer.load(
+            source.model, profile=source.profile or False, asn_table=source.asn_table, profile_rows=False
+        )
         _loaded = (source, scorer)
     return _loaded[1]
 
@@ -73,7 +70,8 @@ def worker_scorer(source: ScorerSource) -> Scorer:
 def batch_mapper(
     source: ScorerSource, fn: BatchFn, batch_size: int = BATCH_ROWS
 ) -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
-    """The ``mapInArrow`` function: a picklable closure that loads the worker's scorer once and maps ``fn``.
+    """The ``mapInArrow`` function (:func:`ipinsights.score.spark_scoring.map_in_arrow`): a picklable closure
+    that loads the worker's scorer once and maps ``fn``.
 
     ``batch_size`` is rows per torch call (the Arrow batch size is Spark's ``maxRecordsPerBatch``).
     """
@@ -89,13 +87,6 @@ def batch_mapper(
             yield fn(scorer, batch)
 
     return map_batches
-
-
-def map_in_arrow(
-    df: DataFrame, source: ScorerSource, fn: BatchFn, schema: StructType | str, batch_size: int = BATCH_ROWS
-) -> DataFrame:
-    """``df.mapInArrow`` with ``fn`` run on every batch by the worker's scorer of ``source``."""
-    return df.mapInArrow(batch_mapper(source.resolved(), fn, batch_size), schema)
 
 
 @overload

@@ -1,0 +1,213 @@
+"""The entity profiles' files (:mod:`ipinsights.score.profiles`): the rows table and the header that names it.
+
+The rows table, ``<model_dir>.profile.rows-<build>/``, holds Parquet files of one row per entity
+(:data:`ROW_SCHEMA`); the header, ``<model_dir>.profile.safetensors``, is written last and names its rows,
+so a reader sees a whole profile or the previous one, never half of one. Both are read and written by
+Python (``pyarrow.fs``), like every file beside a model: a model on S3 needs no Hadoop S3 connector.
+
+In-process scoring (the CLI, the endpoint) loads every row (:func:`load_profiles`); a Spark scoring batch
+brings its own entities' rows (:data:`JOINED` columns, joined on by
+:func:`ipinsights.score.spark_profiles.join_profile_rows`), read here by :func:`joined_profiles`.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from ipinsights.score.profiles import (
+    FORMAT,
+    QUANTILES,
+    VERSION,
+    EntityProfiles,
+    PopulationPrior,
+    ProfileError,
+    ProfileHeader,
+)
+from ipinsights.storage.files import atomic_write, delete_uri
+
+#: The rows table's columns, and their types (lists of one entity's values).
+ROW_SCHEMA = pa.schema(
+    [
+        ("entity", pa.string()),
+        ("entity_hash", pa.int64()),
+        ("q", pa.list_(pa.float32())),  # its QUANTILES of its training anomaly scores, ascending
+        ("net_keys", pa.list_(pa.int64())),  # a representative address key per known network, most used first
+        ("net_counts", pa.list_(pa.int64())),  # training events in that network
+        ("asns", pa.list_(pa.int64())),  # ASNs it used (empty or null without an ASN table)
+    ]
+)
+
+
+#: Names of the profile columns a scoring batch carries after
+#: :func:`~ipinsights.score.spark_profiles.join_profile_rows` (null: no profile).
+JOINED = {name: f"_profile_{name}" for name in ("q", "net_keys", "net_counts", "asns")}
+
+
+def rows_table(profiles: EntityProfiles) -> pa.Table:
+    """The profiles as rows of :data:`ROW_SCHEMA` (needs their ``entities``)."""
+    if profiles.entities is None:
+        raise ValueError("profiles without their entity strings cannot be stored (the rows are joined on them)")
+    q_offsets = np.arange(len(profiles) + 1, dtype=np.int64) * QUANTILES.size
+    return pa.Table.from_arrays(
+        [
+            pa.array(profiles.entities, pa.string()),
+            pa.array(profiles.hashes.view(np.int64)),
+            _list_array(q_offsets, profiles.score_quantiles.astype(np.float32).ravel(), pa.float32()),
+            _list_array(profiles.net_offsets, profiles.net_keys.astype(np.int64), pa.int64()),
+            _list_array(profiles.net_offsets, profiles.net_counts.astype(np.int64), pa.int64()),
+            _list_array(profiles.asn_offsets, profiles.asns.astype(np.int64), pa.int64()),
+        ],
+        schema=ROW_SCHEMA,
+    )
+
+
+def _list_array(offsets: np.ndarray, values: np.ndarray, kind: pa.DataType) -> pa.Array:
+    return pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), pa.array(values, kind))
+
+
+def save_profiles(profiles: EntityProfiles, path: str | Path) -> str | Path:
+    """Write the rows table, then the header that names it (:func:`save_header`); a path or URI."""
+    from ipinsights.storage.parquet import write_parquet
+
+    rows = new_rows_uri(path)
+    part = write_parquet(rows_table(profiles), f"{rows}/part-00000.parquet")
+    save_header(path, profiles.population, profiles.fingerprint, rows, [part], len(profiles))
+    return path
+
+
+def load_profiles(path: str | Path, model_dir: str | Path | None = None) -> EntityProfiles:
+    """Read a whole profile (header and every row); with ``model_dir``, refuse it unless it is that model's."""
+    header = ProfileHeader.load(path, model_dir)
+    try:
+        table = _read_rows(header.files, [n for n in ROW_SCHEMA.names if n != "entity"])
+    except (OSError, pa.ArrowException) as exc:
+        raise ProfileError(f"{path}: its rows table {header.rows} is not readable ({exc})") from None
+    return rows_to_profiles(table, header.fingerprint, header.population)
+
+
+def new_rows_uri(path: str | Path) -> str:
+    """A fresh rows-table URI beside the header ``path``: a build never writes into another's rows."""
+    stem = str(path).removesuffix(".safetensors")
+    return f"{stem}.rows-{uuid.uuid4().hex[:12]}"
+
+
+def save_header(
+    path: str | Path, population: PopulationPrior, fingerprint: str, rows: str, files: list[str], entities: int
+) -> None:
+    """Write the header atomically (safetensors: no pickle) once the rows table ``rows`` (its Parquet
+    ``files``) is complete, then remove the rows tables of the builds it replaces (beside it, with its name)."""
+    from safetensors.numpy import save
+
+    meta = {
+        "format": FORMAT,
+        "version": VERSION,
+        "model_fingerprint": fingerprint,
+        "quantiles": json.dumps(QUANTILES.tolist()),
+        "rows": rows.rstrip("/").rsplit("/", 1)[-1],
+        "rows_files": json.dumps(sorted(f.rsplit("/", 1)[-1] for f in files)),
+        "entities": str(int(entities)),
+    }
+    with atomic_write(path, mode="wb") as fh:
+        fh.write(save(population.tensors(), metadata=meta))
+    for old in _old_rows(str(path), rows):
+        delete_uri(old)
+
+
+def _old_rows(path: str, keep: str) -> list[str]:
+    """The rows tables beside ``path`` of its earlier builds (every ``<stem>.rows-*`` but ``keep``)."""
+    import pyarrow.fs as pafs
+
+    from ipinsights.storage.filesystems import arrow_fs, arrow_uri
+
+    stem = path.removesuffix(".safetensors")
+    parent, name = stem.rsplit("/", 1) if "/" in stem else (".", stem)
+    fs, folder = arrow_fs(parent)
+    prefix, keep_name = f"{name}.rows-", keep.rstrip("/").rsplit("/", 1)[-1]
+    found = fs.get_file_info(pafs.FileSelector(folder, allow_not_found=True))
+    return [
+        arrow_uri(parent, f.path) if "://" in parent else f.path
+        for f in found
+        if f.base_name.startswith(prefix) and f.base_name != keep_name
+    ]
+
+
+def _read_rows(files: tuple[str, ...], columns: list[str]) -> pa.Table:
+    """``columns`` of every row of a rows table (its Parquet ``files``)."""
+    import pyarrow.dataset as ds
+
+    from ipinsights.storage.filesystems import arrow_fs
+
+    if not files:
+        return ROW_SCHEMA.empty_table().select(columns)
+    fs = arrow_fs(files[0])[0]
+    paths = [arrow_fs(f)[1] for f in files]
+    return ds.dataset(paths, filesystem=fs, format="parquet", schema=ROW_SCHEMA).to_table(columns=columns)
+
+
+def _list_parts(col: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """(offsets (n + 1,), flat int64 values) of a list column; a null list counts as empty."""
+    import pyarrow.compute as pc
+
+    if isinstance(col, pa.ChunkedArray):
+        col = col.combine_chunks() if col.num_chunks else pa.array([], col.type)
+    lengths = pc.fill_null(pc.list_value_length(col), 0).to_numpy(zero_copy_only=False).astype(np.int64)
+    flat = pc.list_flatten(col).to_numpy(zero_copy_only=False)
+    return np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64), flat
+
+
+def _profiles_of(
+    columns: dict[str, Any],
+    hashes: np.ndarray,
+    fingerprint: str,
+    population: PopulationPrior,
+    entities: np.ndarray | None = None,
+) -> EntityProfiles:
+    """EntityProfiles of rows whose list columns ``q``, ``net_keys``, ``net_counts``, ``asns`` are given."""
+    n = hashes.size
+    _, q = _list_parts(columns["q"])
+    net_offsets, net_keys = _list_parts(columns["net_keys"])
+    _, net_counts = _list_parts(columns["net_counts"])
+    asn_offsets, asns = _list_parts(columns["asns"])
+    return EntityProfiles(
+        hashes=hashes,
+        score_quantiles=np.asarray(q, np.float32).reshape(n, QUANTILES.size),
+        net_offsets=net_offsets,
+        net_keys=net_keys.astype(np.int64),
+        net_counts=net_counts.astype(np.int64),
+        asn_offsets=asn_offsets,
+        asns=asns.astype(np.int64),
+        fingerprint=fingerprint,
+        population=population,
+        entities=entities,
+    )
+
+
+def rows_to_profiles(table: pa.Table, fingerprint: str, population: PopulationPrior) -> EntityProfiles:
+    """EntityProfiles of a rows table (:data:`ROW_SCHEMA`; ``entity`` may be left out), sorted by entity hash.
+
+    Looked up by hash, they need no entity strings: those are kept only when the table has them.
+    """
+    h = table["entity_hash"].to_numpy().view(np.uint64)
+    order = np.argsort(h, kind="stable")
+    table = table.take(pa.array(order))
+    cols = {name: table[name] for name in ("q", "net_keys", "net_counts", "asns")}
+    names = table["entity"].to_numpy(zero_copy_only=False) if "entity" in table.column_names else None
+    return _profiles_of(cols, h[order], fingerprint, population, names)
+
+
+def joined_profiles(batch: pa.RecordBatch, population: PopulationPrior) -> tuple[EntityProfiles, np.ndarray]:
+    """The profiles joined onto a scoring batch (:data:`JOINED` columns), and the profile row of each batch
+    row (-1: the entity has none). Only this batch's entities are in memory."""
+    present = batch.column(JOINED["q"]).is_valid().to_numpy(zero_copy_only=False)
+    idx = np.flatnonzero(present)
+    rows = np.full(batch.num_rows, -1, np.int64)
+    rows[idx] = np.arange(idx.size)
+    take = pa.array(idx)
+    cols = {name: batch.column(col).take(take) for name, col in JOINED.items()}
+    return _profiles_of(cols, np.zeros(idx.size, np.uint64), "", population), rows

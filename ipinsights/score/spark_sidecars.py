@@ -1,0 +1,207 @@
+"""The scoring job's sidecars, resolved before anything is scored: entity profiles, thresholds, case floor.
+
+Each follows the one rule of :mod:`ipinsights.score.sidecars` (use the stored file made for this model,
+else build it from its days and store it; without those days, fail when it is required, warn when it
+is optional). This module says how each is loaded and built on Spark; :func:`resolve_sidecars` resolves
+all three in order (the thresholds are calibrated with the profiles' population prior; the case floor
+on the calibration days scored with those thresholds).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from ipinsights.score.batches import ScoringSetup
+from ipinsights.score.calibration import Calibration, load_calibration, medium_fpr, save_calibration
+from ipinsights.score.cases import CaseFloor
+from ipinsights.score.config import ScoreConfig
+from ipinsights.score.profiles import ProfileHeader
+from ipinsights.score.rules import Threshold
+from ipinsights.score.sidecars import Sidecar, StaleSidecarError, resolve
+from ipinsights.score.spark_calibration import calibrate_levels
+from ipinsights.score.spark_cases import calibrate_floor, group_cases
+from ipinsights.score.spark_context import entity_day_events, flagged_with_context
+from ipinsights.score.spark_profiles import build_profiles
+from ipinsights.score.spark_scoring import score_events
+from ipinsights.score.worker import ScorerSource
+from ipinsights.storage.events import read_events
+from ipinsights.storage.files import read_text, uri_name, write_bytes
+from ipinsights.storage.modelfile import calibration_uri, model_fingerprint, profile_uri, sidecar_uri
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Sidecars", "resolve_case_floor", "resolve_profile", "resolve_sidecars", "resolve_threshold"]
+
+_CALIBRATION_DAYS = "calibration_start_date and calibration_end_date (normal traffic, e.g. the validation days)"
+_TRAINING_DAYS = "train_start_date and train_end_date (the days the model was trained on)"
+
+
+@dataclass(frozen=True)
+class Sidecars:
+    """What a scoring run resolved before scoring: profiles (header), thresholds, the workers' setup, case floor."""
+
+    profile: ProfileHeader | None
+    threshold: Threshold
+    setup: ScoringSetup
+    case_floor: float | None
+
+
+def resolve_sidecars(spark: SparkSession, cfg: ScoreConfig) -> Sidecars:
+    """Every sidecar of ``cfg.model``, in dependency order (see the module docstring)."""
+    header = resolve_profile(spark, cfg)
+    profile = header.path if header is not None else None
+    threshold = resolve_threshold(spark, cfg, profile)
+    setup = ScoringSetup(
+        ScorerSource.with_profile(cfg.model, profile, cfg.asn_table),
+        batch_size=cfg.scorer_batch_size,
+        learning_period_events=cfg.learning_period_events,
+        thresholds=threshold.thresholds,
+        flag_unseen=cfg.flag_unseen,
+        profile_rows=header.files if header is not None else None,
+    )
+    return Sidecars(header, threshold, setup, resolve_case_floor(spark, cfg, setup, threshold))
+
+
+def _days_set(cfg: ScoreConfig, first: str | None, last: str | None) -> bool:
+    return cfg.events is not None and first is not None and last is not None
+
+
+def resolve_profile(spark: SparkSession, cfg: ScoreConfig) -> ProfileHeader | None:
+    """Usable entity profiles for the model: the stored ones, or new ones built from the training days.
+
+    Only the header is read here; the rows stay a table that scoring joins onto its batches.
+    """
+
+    def build() -> ProfileHeader:
+        assert cfg.events is not None and cfg.train_start_date is not None and cfg.train_end_date is not None
+        history = read_events(spark, cfg.events, cfg.train_start_date, cfg.train_end_date)
+        header = build_profiles(history, cfg.model, path, cfg.asn_table, cfg.max_networks)
+        log.info(
+            "entity profiles of %d entities (dt %s..%s) saved to %s",
+            header.entities,
+            cfg.train_start_date,
+            cfg.train_end_date,
+            path,
+        )
+        return header
+
+    def load(p: str) -> ProfileHeader:
+        return ProfileHeader.load(p, cfg.model)  # a ProfileError (a ValueError) when it is not this model's
+
+    path = cfg.profile or profile_uri(cfg.model)
+    sidecar = Sidecar(
+        "entity profiles",
+        path,
+        load,
+        build,
+        _days_set(cfg, cfg.train_start_date, cfg.train_end_date),
+        _TRAINING_DAYS,
+        "no percentiles or explanations",
+    )
+    return resolve(sidecar, cfg.recalibrate)
+
+
+def resolve_threshold(spark: SparkSession, cfg: ScoreConfig, profile: str | None = None) -> Threshold:
+    """The fixed threshold, a stored calibration for this model, or a new calibration (then stored).
+
+    ``profile`` (entity profiles, see :func:`resolve_profile`) gives the population prior its scores,
+    so that the learning period's thresholds are calibrated too.
+    """
+    if cfg.threshold is not None:
+        return Threshold(cfg.threshold, "fixed (--threshold)")
+    target = cfg.target_fpr
+    assert target is not None  # ScoreConfig sets exactly one of them
+
+    def load(p: str) -> Calibration:
+        cal = load_calibration(p, cfg.model)  # a CalibrationError (a ValueError) for another model
+        if not math.isclose(cal.target_fpr, target):
+            raise StaleSidecarError(f"for target_fpr {cal.target_fpr:g}, not {target:g}")
+        return cal
+
+    def build() -> Calibration:
+        return _calibrate(spark, cfg, profile, path)
+
+    path = cfg.calibration or calibration_uri(cfg.model)
+    hint = f"{_CALIBRATION_DAYS}, or give a fixed threshold (target_fpr needs a calibration)"
+    days = _days_set(cfg, cfg.calibration_start_date, cfg.calibration_end_date)
+    cal = resolve(Sidecar("calibration", path, load, build, days, hint, None), cfg.recalibrate)
+    assert cal is not None  # required: resolve raises rather than return None
+    return Threshold(cal.threshold, _describe(cal, path), cal.target_fpr, cal.thresholds())
+
+
+def _calibrate(spark: SparkSession, cfg: ScoreConfig, profile: str | None, path: str) -> Calibration:
+    """Thresholds of the levels on the calibration days, stored at ``path``."""
+    assert cfg.events and cfg.calibration_start_date and cfg.calibration_end_date and cfg.target_fpr
+    events = read_events(spark, cfg.events, cfg.calibration_start_date, cfg.calibration_end_date)
+    setup = ScoringSetup(
+        ScorerSource.with_profile(cfg.model, profile, cfg.asn_table), cfg.scorer_batch_size, cfg.learning_period_events
+    )
+    scored = score_events(events.select("entity", "ip"), setup)
+    levels, rows = calibrate_levels(scored, cfg.target_fpr, cfg.quantile_accuracy)
+    cal = Calibration(
+        threshold=levels["threshold"],
+        target_fpr=cfg.target_fpr,
+        rows=rows,
+        source=f"events dt {cfg.calibration_start_date}..{cfg.calibration_end_date}",
+        model_fingerprint=model_fingerprint(cfg.model),
+        accuracy=cfg.quantile_accuracy,
+        medium_threshold=levels["medium_threshold"],
+        medium_fpr=medium_fpr(cfg.target_fpr),
+        prior_threshold=levels["prior_threshold"],
+        prior_medium_threshold=levels["prior_medium_threshold"],
+        score_quantiles=levels["score_quantiles"],
+        prior_quantiles=levels["prior_quantiles"],
+    )
+    save_calibration(cal, path)
+    log.info(
+        "calibrated threshold %.6g on %d rows (target FPR %g), saved to %s", cal.threshold, rows, cfg.target_fpr, path
+    )
+    return cal
+
+
+def _describe(cal: Calibration, path: str) -> str:
+    return f"calibrated to FPR {cal.target_fpr:g} on {cal.rows:,} rows of {cal.source} ({uri_name(path)})"
+
+
+def resolve_case_floor(
+    spark: SparkSession, cfg: ScoreConfig, setup: ScoringSetup, threshold: Threshold
+) -> float | None:
+    """The case floor (:mod:`ipinsights.score.cases`): stored for this model, threshold and budget, or
+    calibrated on the calibration days (scored with the threshold in force, grouped like a real day) and
+    stored as ``<model>.cases.json``. None (every case open) when neither is possible."""
+    fingerprint = model_fingerprint(cfg.model)
+
+    def load(p: str) -> CaseFloor:
+        stored = CaseFloor.from_json(read_text(p))  # a ValueError when it is not a case floor of this version
+        if not stored.matches(fingerprint, threshold.value, cfg.normal_cases_per_day):
+            raise StaleSidecarError("for another model, threshold or budget")
+        return stored
+
+    def build() -> CaseFloor:
+        assert cfg.events and cfg.calibration_start_date and cfg.calibration_end_date
+        from pyspark.sql import functions as F
+
+        events = read_events(spark, cfg.events, cfg.calibration_start_date, cfg.calibration_end_date)
+        scored = score_events(events.select("entity", "ip", "ts", "dt"), setup)
+        flagged = flagged_with_context(scored.where(F.col("flagged")), None, threshold.value, setup)
+        cases = group_cases(flagged, cfg.case_settings(), day_events=entity_day_events(events)).cases
+        floor = calibrate_floor(cases, cfg.normal_cases_per_day)
+        source = f"events dt {cfg.calibration_start_date}..{cfg.calibration_end_date}"
+        stored = CaseFloor(floor, cfg.normal_cases_per_day, threshold.value, fingerprint, source)
+        write_bytes(path, stored.to_json().encode())
+        log.info(
+            "case floor %s (%d normal cases a day on %s), saved to %s", floor, cfg.normal_cases_per_day, source, path
+        )
+        return stored
+
+    path = cfg.case_floor or sidecar_uri(cfg.model, ".cases.json")
+    days = _days_set(cfg, cfg.calibration_start_date, cfg.calibration_end_date)
+    without = "every case is open (the report still shows at most max_cases)"
+    found = resolve(Sidecar("case floor", path, load, build, days, _CALIBRATION_DAYS, without), cfg.recalibrate)
+    return found.floor if found is not None else None
