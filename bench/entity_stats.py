@@ -37,7 +37,8 @@ if mode == "today":
 else:  # before: one row per entity back to the driver, merged and serialised there
     import numpy as np
     from ipinsights.core.entities import EntityStats
-    rows = enc.groupBy("entity_hash").count().toArrow()
+    from ipinsights.score.spark_profiles import to_arrow
+    rows = to_arrow(enc.groupBy("entity_hash").count())
     stats = EntityStats.from_hash_counts(rows["entity_hash"].to_numpy().view(np.uint64), rows["count"].to_numpy())
     out.write_bytes(stats.to_bytes())
     got = len(stats)

@@ -12,9 +12,17 @@
 # scripts/demo.sh asks for neither; scripts/test.sh for both. Idempotent: .venv/.ipinsights-setup records
 # each part installed with a hash of the files it came from, so a second run takes seconds and a run
 # that asks for more (the tests after the demo) installs only the missing parts.
+#
+# Spark versions: the project runs on pyspark 3.5 and 4.x (setup.py's range); the versions an environment
+# gets are fixed by a constraints file, scripts/constraints-spark$IPINSIGHTS_SPARK.txt (default 4: the
+# newest pyspark), in the virtualenv $IPINSIGHTS_VENV (default .venv). CI's second leg is
+# IPINSIGHTS_SPARK=3.5 IPINSIGHTS_VENV=.venv-spark3.5 (scripts/test_spark35.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-python3}"
+VENV="${IPINSIGHTS_VENV:-.venv}"
+CONSTRAINTS="scripts/constraints-spark${IPINSIGHTS_SPARK:-4}.txt"
+[ -f "$CONSTRAINTS" ] || { echo "no constraints file $CONSTRAINTS (IPINSIGHTS_SPARK=3.5 or 4)" >&2; exit 2; }
 want_parts=(base)
 for arg in "$@"; do
     case "$arg" in
@@ -24,20 +32,20 @@ for arg in "$@"; do
 done
 if [ "${IPINSIGHTS_BACKEND:-}" = horovod ]; then want_parts+=(horovod); fi
 
-if [ ! -x .venv/bin/python ]; then
-    "$PYTHON" -m venv .venv
+if [ ! -x "$VENV/bin/python" ]; then
+    "$PYTHON" -m venv "$VENV"
 fi
 # shellcheck disable=SC1091
-. .venv/bin/activate
-stamp=.venv/.ipinsights-setup
+. "$VENV/bin/activate"
+stamp="$VENV/.ipinsights-setup"
 # A part's hash covers what it is installed from; every part includes the base's (torch and the project
 # under it), so a new torch pin reinstalls Horovod, which is built against it, and the test tools.
 hash_of() { cat "$@" | sha256sum | cut -d' ' -f1; }
 declare -A want=(
-    [base]="$(hash_of setup.py scripts/setup.sh)"
+    [base]="$(hash_of setup.py scripts/setup.sh "$CONSTRAINTS")"
 )
-want[test]="$(hash_of setup.py scripts/setup.sh scripts/fetch_s3a_jars.sh)"
-want[horovod]="$(hash_of setup.py scripts/setup.sh scripts/build_horovod.sh)"
+want[test]="$(hash_of setup.py scripts/setup.sh "$CONSTRAINTS" scripts/fetch_s3a_jars.sh)"
+want[horovod]="$(hash_of setup.py scripts/setup.sh "$CONSTRAINTS" scripts/build_horovod.sh)"
 declare -A have=()
 if [ -f "$stamp" ]; then
     while read -r part hash; do
@@ -46,7 +54,7 @@ if [ -f "$stamp" ]; then
 fi
 
 # pip's own exit status counts; only the machine's noisy "Location ... is ignored" lines are filtered.
-pipq() { python -m pip install -q --disable-pip-version-check "$@" 2> >(grep -v "^WARNING: Location" >&2); }
+pipq() { python -m pip install -q --disable-pip-version-check -c "$CONSTRAINTS" "$@" 2> >(grep -v "^WARNING: Location" >&2); }
 install_base() {
     pipq --upgrade pip setuptools wheel
     pipq "torch==2.13.0"

@@ -93,6 +93,7 @@ def metrics(lake: Lake, run: str) -> list[dict]:
     return [json.loads(line) for line in lake.bucket.read(f"{run}/metrics.jsonl").decode().splitlines()]
 
 
+@pytest.mark.oldest_spark
 @pytest.mark.cluster
 @pytest.mark.slow
 @pytest.mark.spark

@@ -103,6 +103,7 @@ def _train(events, out, backend, *extra, workers=2):
         ),
     ],
 )
+@pytest.mark.oldest_spark
 @pytest.mark.spark
 @pytest.mark.slow
 @pytest.mark.timeout(600)

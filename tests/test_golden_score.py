@@ -186,6 +186,7 @@ def _write(path: Path, text: str) -> None:
     path.write_bytes(gzip.compress(data, mtime=0) if path.suffix == ".gz" else data)
 
 
+@pytest.mark.oldest_spark
 @pytest.mark.spark
 @pytest.mark.slow
 def test_scoring_job_outputs_match_the_golden_files(spark, tmp_path):

@@ -131,6 +131,7 @@ def test_split_and_sagemaker_csv(spark, tmp_path):
     assert not list(tmp_path.glob(".*tmp*"))
 
 
+@pytest.mark.oldest_spark
 @pytest.mark.slow
 @pytest.mark.spark
 def test_engines_write_the_same_table(spark, tmp_path):

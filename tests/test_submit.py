@@ -78,7 +78,13 @@ def _project_copy(tmp_path: Path) -> tuple[Path, Path]:
     what setup.sh decides to install is recorded without installing anything."""
     root, log = tmp_path / "project", tmp_path / "calls.log"
     (root / "scripts").mkdir(parents=True)
-    for name in ("setup.py", "scripts/setup.sh", "scripts/demo.sh"):
+    for name in (
+        "setup.py",
+        "scripts/setup.sh",
+        "scripts/demo.sh",
+        "scripts/constraints-spark4.txt",
+        "scripts/constraints-spark3.5.txt",
+    ):
         (root / name).write_bytes((ROOT / name).read_bytes())
     for name, what in (("build_horovod.sh", "horovod build"), ("fetch_s3a_jars.sh", "s3a jars")):
         (root / "scripts" / name).write_text(f'echo "{what}" >> "{log}"\n')
@@ -101,6 +107,7 @@ def test_setup_installs_only_the_parts_asked_for(tmp_path):
     root, log = _project_copy(tmp_path)
     calls = _run(root, log, "bash", "scripts/demo.sh", "--users=100")  # the demo: no Horovod, no test tools
     assert "torch==2.13.0" in calls and "-e .[spark,serving,tune]" in calls and "jobs/pipeline.py --users=100" in calls
+    assert "-c scripts/constraints-spark4.txt" in calls  # the newest Spark, unless IPINSIGHTS_SPARK says otherwise
     assert "horovod build" not in calls and "[spark,serving,tune,dev]" not in calls and "s3a jars" not in calls
     # The tests after the demo install what is missing, and only that.
     calls = _run(root, log, "bash", "scripts/setup.sh", "test", "horovod")

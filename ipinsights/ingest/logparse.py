@@ -31,7 +31,7 @@ import functools
 import ipaddress
 import re
 import urllib.parse
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -566,7 +566,18 @@ def classify_batch(lines: pa.Array, rules: LineRules = LineRules()) -> pa.Record
     )
 
 
-_RESULT_TYPE = "outcome string, entity string, ip string, ip_int bigint, ip_version int, epoch_s bigint, raw string"
+#: What :func:`classify_batch` returns, per line (the Spark type is derived from it).
+_RESULT_FIELDS = pa.schema(
+    [
+        ("outcome", pa.string()),
+        ("entity", pa.string()),
+        ("ip", pa.string()),
+        ("ip_int", pa.int64()),
+        ("ip_version", pa.int32()),
+        ("epoch_s", pa.int64()),
+        ("raw", pa.string()),
+    ]
+)
 
 
 def _arrow_classifier(rules: LineRules) -> Callable[[pa.Array], pa.Array]:
@@ -574,6 +585,21 @@ def _arrow_classifier(rules: LineRules) -> Callable[[pa.Array], pa.Array]:
 
     def classify(values: pa.Array) -> pa.Array:
         return classify_batch(values, rules).to_struct_array()
+
+    return classify
+
+
+def _arrow_batches_classifier(
+    rules: LineRules, carried: list[str]
+) -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
+    """The ``mapInArrow`` function of :func:`classify_lines` where Spark has no Arrow UDF (before 4.1): each
+    batch's ``carried`` columns and the classification of its ``value`` as one struct column ``_r``."""
+
+    def classify(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        for batch in batches:
+            result = classify_batch(batch.column("value"), rules).to_struct_array()
+            cols = [batch.column(name) for name in carried]
+            yield pa.RecordBatch.from_arrays([*cols, result], names=[*carried, "_r"])
 
     return classify
 
@@ -587,12 +613,21 @@ def classify_lines(lines: DataFrame, rules: LineRules = LineRules()) -> DataFram
     Any other column of ``lines`` is carried along unchanged.
     """
     from pyspark.sql import functions as F
+    from pyspark.sql.pandas.types import from_arrow_type
 
-    # The UDF's kind comes from the function's type hints (pa.Array -> pa.Array: scalar), the form pyspark
-    # prefers (it warns when the kind is passed); its stubs only describe the form with the kind.
-    udf = F.arrow_udf(_arrow_classifier(rules), _RESULT_TYPE)  # type: ignore[call-overload]
     extra = [c for c in lines.columns if c not in ("value", "source_file")]
-    r = lines.select("source_file", *extra, udf(F.col("value")).alias("_r"))
+    result = from_arrow_type(pa.struct(list(_RESULT_FIELDS)))
+    if hasattr(F, "arrow_udf"):  # Spark 4.1+
+        # The UDF's kind comes from the function's type hints (pa.Array -> pa.Array: scalar), the form pyspark
+        # prefers (it warns when the kind is passed); its stubs only describe the form with the kind.
+        udf = F.arrow_udf(_arrow_classifier(rules), result)  # type: ignore[call-overload]
+        r = lines.select("source_file", *extra, udf(F.col("value")).alias("_r"))
+    else:  # Spark 3.5 and 4.0: the same classifier over whole Arrow batches (the other columns ride along)
+        from pyspark.sql.types import StructField, StructType
+
+        carried = [f for f in lines.schema.fields if f.name != "value"]
+        schema = StructType([*carried, StructField("_r", result)])
+        r = lines.mapInArrow(_arrow_batches_classifier(rules, [f.name for f in carried]), schema)
     epoch = F.col("_r.epoch_s")
     return r.select(
         "_r.outcome",
