@@ -17,9 +17,11 @@ setup(
     python_requires=">=3.10",
     # The jobs/ folder ships as the ``ipinsights_jobs`` package so that the console script and
     # spark-submit on a cluster (``--py-files`` of the wheel) find the same entry points.
-    packages=[*find_packages(include=["ipinsights", "ipinsights.*"]), "ipinsights_jobs"],
-    package_dir={"ipinsights_jobs": "jobs"},
-    package_data={"ipinsights": ["py.typed"]},
+    # The shipped defaults (conf/*.yml) go inside the wheel as ipinsights_jobs/conf: an installed job without
+    # --config finds them there (importlib.resources), a checkout in its conf/.
+    packages=[*find_packages(include=["ipinsights", "ipinsights.*"]), "ipinsights_jobs", "ipinsights_jobs.conf"],
+    package_dir={"ipinsights_jobs": "jobs", "ipinsights_jobs.conf": "conf"},
+    package_data={"ipinsights": ["py.typed"], "ipinsights_jobs.conf": ["*.yml"]},
     install_requires=[
         "numpy>=1.24",
         "pyarrow>=14",

@@ -19,13 +19,23 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+if TYPE_CHECKING:
+    from importlib.resources.abc import Traversable
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-#: The project's conf/ folder: defaults are found relative to the project, never the working directory.
+#: The checkout's conf/ folder: defaults are found relative to the project, never the working directory.
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
-#: Exit status of a bad configuration, a bad or missing input, or a refused model file (usage errors).
+#: Where an installed wheel keeps the same files (setup.py ships conf/ as ipinsights_jobs/conf).
+PACKAGED_CONF = "conf"
+#: Exit statuses, the same for every job (README, "Exit status"): 0 ok; 1 a failure (a step or trial that
+#: failed, a diverged training; anything unexpected, with its traceback: a bug); 2 a usage error (a bad
+#: setting or argument, a missing or unusable input, a refused model file); 3 input over its bad-line limit.
+EXIT_OK = 0
+EXIT_FAILURE = 1
 EXIT_USAGE = 2
+EXIT_BAD_INPUT = 3
 
 log = logging.getLogger("ipinsights.jobs")
 C = TypeVar("C")
@@ -38,8 +48,14 @@ def from_args(cls: type[C], args: argparse.Namespace) -> C:
     return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls)})  # type: ignore[arg-type]
 
 
-def default_config(name: str) -> Path | None:
-    """``conf/NAME.yml`` of the project, or None where it is not shipped (then the dataclass defaults)."""
+def default_config(name: str) -> Path | Traversable | None:
+    """The shipped ``conf/NAME.yml``: the installed package's (``importlib.resources``), else the checkout's;
+    None where there is none (then the dataclass defaults)."""
+    from importlib.resources import files
+
+    packaged = files("ipinsights_jobs").joinpath(PACKAGED_CONF, f"{name}.yml")
+    if packaged.is_file():
+        return packaged
     path = CONF_DIR / f"{name}.yml"
     return path if path.exists() else None
 
@@ -65,7 +81,7 @@ class Job(Generic[C]):
     def __post_init__(self) -> None:
         self.app_name = f"ipinsights-{self.name}"
 
-    def load(self, config: str | Path | None, overrides: Sequence[str] | Mapping[str, Any]) -> C:
+    def load(self, config: str | Path | Traversable | None, overrides: Sequence[str] | Mapping[str, Any]) -> C:
         """The typed config from ``config`` (default: the project's) and overrides, logged as resolved."""
         from ipinsights.core.config import config_to_dict, load_config
 
@@ -79,7 +95,7 @@ class Job(Generic[C]):
         self,
         args: argparse.Namespace,
         body: Callable[[Any], int | None],
-        config: str | Path | None = None,
+        config: str | Path | Traversable | None = None,
         overrides: Sequence[str] | Mapping[str, Any] = (),
     ) -> int:
         """Steps 2-5 of the skeleton: config, Spark, ``body(ctx)``, errors to exit codes, Spark stopped.

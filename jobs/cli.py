@@ -1,13 +1,21 @@
-"""The ``ipinsights`` command: single-machine training and evaluation on SageMaker-format CSV files.
+"""The ``ipinsights`` command: every job of the project, from an installed wheel or a checkout.
 
-    ipinsights train --train train.csv [--validation val.csv] --model-dir model/ \\
-        [--config conf/train.yml] [--metrics metrics.jsonl] [--name=value ...]
+    ipinsights pipeline [--workdir output/demo] [--users 10000] [--epochs 3]      # the whole demo, local[2]
+    ipinsights generate --out data/synth [--users=1000]                          # synthetic login logs
+    ipinsights ingest --inputs 'logs/*.gz' --output data/events                  # logs -> events table
+    ipinsights train --events data/events --start-date D --end-date D --output runs/r   # Spark job
+    ipinsights train --train train.csv [--validation val.csv] --model-dir model/       # one machine, CSV
+    ipinsights score --date 2024-01-09 --model=runs/r/model --events=data/events      # a day's scores
     ipinsights evaluate --model model/ --test labelled.csv [--train train.csv] [--plot hist.png]
     ipinsights serve --model model/ [--host 127.0.0.1] [--port 8080] [--workers N]
     ipinsights export-embeddings --model model/ --out ips.parquet [--ip-range 10.0.0.0/24] [--entities FILE]
     ipinsights tune --train train.csv --validation val.csv --out tuning/ [--config conf/tune.yml] [--max-jobs N]
 
-Hyperparameters come from the YAML config with ``--name=value`` overrides (``--epochs=5``,
+``ipinsights train`` is two trainers under one name: with ``--events`` the Spark job (an events table,
+data-parallel on the executors: ``ipinsights train --events X --help``), with ``--train`` the
+single-machine trainer on a SageMaker CSV (``ipinsights train --train X --help``). Each command's
+``--help`` lists its flags. Settings come from the shipped defaults (the package's ``conf/NAME.yml``, the
+checkout's ``conf/`` when run from one) or ``--config``, with ``--name=value`` overrides (``--epochs=5``,
 ``--train.seed=3``), validated before any data is read.
 """
 
@@ -17,7 +25,7 @@ import argparse
 import json
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 log = logging.getLogger("ipinsights")
 
@@ -157,30 +165,56 @@ def case_line(m: dict) -> str:
     )
 
 
-def _serve(argv: Sequence[str]) -> int:
-    from ipinsights_jobs import serve
+def _job(module: str) -> Callable[[Sequence[str]], int]:
+    """The ``main`` of ``ipinsights_jobs.<module>``, imported when its command runs (Spark only if it needs it)."""
 
-    return serve.main(list(argv))
+    def run(argv: Sequence[str]) -> int:
+        import importlib
 
+        main: Callable[[list[str]], int] = importlib.import_module(f"ipinsights_jobs.{module}").main
+        return main(list(argv))
 
-def _export_embeddings(argv: Sequence[str]) -> int:
-    from ipinsights_jobs import export_embeddings
-
-    return export_embeddings.main(list(argv))
-
-
-def _tune(argv: Sequence[str]) -> int:
-    from ipinsights_jobs import tune
-
-    return tune.main(list(argv))
+    return run
 
 
-COMMANDS = {
-    "train": train_main,
+def train_dispatch(argv: Sequence[str]) -> int:
+    """``ipinsights train``: the Spark job on an events table (``--events``), or the single-machine trainer on
+    a SageMaker CSV (``--train``); ``--help`` alone says which is which."""
+    args = list(argv)
+    spark_job = any(a == "--events" or a.startswith("--events=") for a in args)
+    csv = any(a == "--train" or a.startswith("--train=") for a in args)
+    if spark_job and csv:
+        print("ipinsights train: give --events (the Spark job) or --train (a SageMaker CSV), not both", file=sys.stderr)
+        return 2
+    if spark_job:
+        return _job("train")(args)
+    if csv:
+        return train_main(args)
+    print(TRAIN_HELP.strip(), file=sys.stdout if args in (["-h"], ["--help"]) else sys.stderr)
+    return 0 if args in (["-h"], ["--help"]) else 2
+
+
+TRAIN_HELP = """
+usage: ipinsights train --events TABLE ... | --train CSV ...
+
+Two trainers, one model format:
+  --events TABLE   the Spark job: the events table's training days, data-parallel on the executors
+                   (TorchDistributor or Horovod), checkpoints, entity stats; `ipinsights train --events X --help`
+  --train CSV      the single-machine trainer on a headerless entity,ip CSV (SageMaker's training channel);
+                   `ipinsights train --train X --help`
+"""
+
+
+COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
+    "pipeline": _job("pipeline"),
+    "generate": _job("generate"),
+    "ingest": _job("ingest"),
+    "train": train_dispatch,
+    "score": _job("score"),
     "evaluate": evaluate_main,
-    "serve": _serve,
-    "export-embeddings": _export_embeddings,
-    "tune": _tune,
+    "serve": _job("serve"),
+    "export-embeddings": _job("export_embeddings"),
+    "tune": _job("tune"),
 }
 
 

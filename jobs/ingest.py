@@ -16,14 +16,14 @@ from collections.abc import Sequence
 from ipinsights.core.config import parse_overrides
 from ipinsights.ingest.job import BadInputError, IngestConfig, run_ingest
 from ipinsights.storage.logfiles import split_inputs
-from ipinsights_jobs._common import Job, JobContext, add_spark_args, parse_with_overrides
+from ipinsights_jobs._common import EXIT_BAD_INPUT, Job, JobContext, add_spark_args, parse_with_overrides
 
 
 def _print_summary(exc: BaseException) -> None:
     print(json.dumps(getattr(exc, "summary", {}), indent=2, sort_keys=True, default=str))
 
 
-JOB = Job("ingest", IngestConfig, errors=[(BadInputError, 3)], on_error=_print_summary)
+JOB = Job("ingest", IngestConfig, errors=[(BadInputError, EXIT_BAD_INPUT)], on_error=_print_summary)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -26,7 +26,7 @@ from ipinsights.storage.events import read_events
 from ipinsights.storage.sagemaker_csv import export_pairs_csv
 from ipinsights.synth import read_spec
 from ipinsights_jobs import cli, generate, ingest, score, train
-from ipinsights_jobs._common import Job, JobContext
+from ipinsights_jobs._common import EXIT_FAILURE, Job, JobContext
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -40,7 +40,7 @@ class StepError(RuntimeError):
 
 # One Spark session for all steps: the pipeline creates (and at the end stops) it; each job finds it
 # active and leaves it running.
-JOB = Job("pipeline", errors=[(StepError, 1)])
+JOB = Job("pipeline", errors=[(StepError, EXIT_FAILURE)])
 
 
 def step(name: str, rc: int) -> None:

@@ -29,9 +29,9 @@ from dataclasses import replace
 from ipinsights.core.config import BACKENDS, TrainConfig
 from ipinsights.train.job import TrainInputs, run_train_job
 from ipinsights.train.trainer import DivergedError
-from ipinsights_jobs._common import Job, JobContext, add_spark_args, from_args, parse_with_overrides
+from ipinsights_jobs._common import EXIT_FAILURE, Job, JobContext, add_spark_args, from_args, parse_with_overrides
 
-JOB = Job("train", TrainConfig, errors=[(DivergedError, 1)])  # a message, not a traceback
+JOB = Job("train", TrainConfig, errors=[(DivergedError, EXIT_FAILURE)])  # a message, not a traceback
 
 
 def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str]]:

@@ -26,9 +26,17 @@ from collections.abc import Sequence
 from ipinsights.tune.config import TuneConfig, TuningError, resolve_tuning
 from ipinsights.tune.driver import TuneInputs, run_tune_job
 from ipinsights.tune.results import format_table
-from ipinsights_jobs._common import Job, JobContext, add_spark_args, default_config, from_args, parse_with_overrides
+from ipinsights_jobs._common import (
+    EXIT_FAILURE,
+    Job,
+    JobContext,
+    add_spark_args,
+    default_config,
+    from_args,
+    parse_with_overrides,
+)
 
-JOB = Job("tune", TuneConfig, errors=[(TuningError, 1)])
+JOB = Job("tune", TuneConfig, errors=[(TuningError, EXIT_FAILURE)])
 
 
 def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str]]:

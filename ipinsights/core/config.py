@@ -22,6 +22,8 @@ import yaml
 from ipinsights.core.errors import UsageError
 
 if TYPE_CHECKING:
+    from importlib.resources.abc import Traversable
+
     from _typeshed import DataclassInstance
 
 __all__ = [
@@ -402,11 +404,14 @@ def _apply_override(cls: type[DataclassInstance], data: dict[str, Any], key: str
     node[path[-1]] = value
 
 
-def load_config(cls: type[C], path: str | Path | None = None, overrides: Iterable[str] | Mapping[str, Any] = ()) -> C:
-    """Load ``cls`` from a YAML file (optional) and apply ``--name=value`` overrides on top."""
+def load_config(
+    cls: type[C], path: str | Path | Traversable | None = None, overrides: Iterable[str] | Mapping[str, Any] = ()
+) -> C:
+    """Load ``cls`` from a YAML file (optional; a path, or a packaged resource) and apply ``--name=value``
+    overrides on top."""
     data: dict[str, Any] = {}
     if path is not None:
-        p = Path(path)
+        p = Path(path) if isinstance(path, str) else path
         try:
             loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
         except FileNotFoundError:
