@@ -54,7 +54,7 @@ def pipeline(master: str, root: Path, epochs: int, backend: str, keep_logs: Path
             submit.run(job, args, name)
             times[name] = time.perf_counter() - started
 
-        step("generate", "generate", ["--out", str(root / "synth"), "--spark", *GENERATE])
+        step("generate", "generate", ["--output", str(root / "synth"), "--spark", *GENERATE])
         bucket.upload_tree(root / "synth" / "logs", "logs")
         spec = read_spec(root / "synth")
         dates = {split: spec.split_dates(split) for split in ("train", "validation", "test")}

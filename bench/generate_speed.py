@@ -1,6 +1,6 @@
 """Speed of the synthetic data generator at the SageMaker tutorial's scale (10,000 users, 10 days).
 
-    python bench/generate_speed.py [--users=10000] [--days=10] [--gzip] [--out DIR]
+    python bench/generate_speed.py [--users=10000] [--days=10] [--gzip] [--output DIR]
 
 Prints one ``name=value`` per line. The baseline is what a straightforward generator does per line: a
 Python loop formatting each login line with an f-string and ``datetime.strftime``, timed on a
@@ -54,10 +54,10 @@ def main() -> None:
     parser.add_argument("--users", type=int, default=10_000)
     parser.add_argument("--days", type=int, default=10)
     parser.add_argument("--gzip", action="store_true")
-    parser.add_argument("--out", type=Path, default=None, help="keep the data set here (default: a temp folder)")
+    parser.add_argument("--output", type=Path, default=None, help="keep the data set here (default: a temp folder)")
     args = parser.parse_args()
     spec = SynthSpec(users=args.users, days=args.days, gzip=args.gzip)
-    out = args.out or Path(tempfile.mkdtemp(prefix="synth-bench-"))
+    out = args.output or Path(tempfile.mkdtemp(prefix="synth-bench-"))
     try:
         started = time.perf_counter()
         paths = generate_dataset(out, spec, overwrite=True)
@@ -65,7 +65,7 @@ def main() -> None:
         counts = json.loads(paths.manifest.read_text())["counts"]
         sample = pq.read_table(paths.events).slice(0, SAMPLE)
     finally:
-        if args.out is None:
+        if args.output is None:
             shutil.rmtree(out, ignore_errors=True)
     ts_s = pc.cast(sample["ts"], pa.int64()).to_numpy() // 1_000_000
     offset = sample["utc_offset_minutes"].to_numpy()

@@ -100,7 +100,7 @@ def prepare(work: Path, n_lines: int, fallback: bool) -> tuple[Path, list[str]]:
 
             out = work / "synth"
             if not out.exists():
-                subprocess.run([sys.executable, str(REPO / "jobs/generate.py"), "--out", str(out)], check=True)
+                subprocess.run([sys.executable, str(REPO / "jobs/generate.py"), "--output", str(out)], check=True)
             files = sorted(str(p) for p in out.rglob("access-*.log"))
             if files:
                 if not single.exists():

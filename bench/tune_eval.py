@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
         *inputs,
         "--config",
         str(work / "tune.yml"),
-        "--out",
+        "--output",
         str(out),
     ]
     with open(work / "tune.log", "w") as log:

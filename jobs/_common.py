@@ -162,6 +162,37 @@ def parse_with_overrides(
     return args, rest
 
 
+class _DeprecatedFlag(argparse.Action):
+    """An old spelling of a flag: stored under the new one's name, with a warning naming the new one."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, new: str = "", **kwargs: Any) -> None:
+        self.new = new
+        super().__init__(option_strings, dest, **kwargs)
+
+    def __call__(
+        self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any, option: str | None = None
+    ) -> None:
+        log.warning("%s is deprecated: use %s", option, self.new)
+        print(f"warning: {option} is deprecated: use {self.new}", file=sys.stderr)
+        setattr(namespace, self.dest, values)
+
+
+def add_output_arg(parser: argparse.ArgumentParser, help: str, old: str | None = None, **kwargs: Any) -> None:
+    """``--output``: what the job writes (one flag name in every job); ``old`` is a spelling it replaces,
+    still accepted with a deprecation warning."""
+    parser.add_argument("--output", help=help, **kwargs)
+    if old is not None:
+        parser.add_argument(old, dest="output", action=_DeprecatedFlag, new="--output", help=argparse.SUPPRESS)
+
+
+def require(parser: argparse.ArgumentParser, args: argparse.Namespace, *names: str) -> None:
+    """A usage error (exit 2) naming the flags of ``names`` that were not given (for flags that have an old
+    spelling, which argparse's ``required`` cannot express)."""
+    missing = [f"--{n.replace('_', '-')}" for n in names if getattr(args, n) is None]
+    if missing:
+        parser.error(f"the following arguments are required: {', '.join(missing)}")
+
+
 def add_spark_args(parser: argparse.ArgumentParser) -> None:
     """``--master`` and ``--spark-conf k=v``: only used when the job builds its own session."""
     parser.add_argument("--master", default=None, help="Spark master (default: as spark-submit set it, else local[2])")

@@ -1,15 +1,15 @@
 """The ``ipinsights`` command: every job of the project, from an installed wheel or a checkout.
 
     ipinsights pipeline [--workdir output/demo] [--users 10000] [--epochs 3]      # the whole demo, local[2]
-    ipinsights generate --out data/synth [--users=1000]                          # synthetic login logs
+    ipinsights generate --output data/synth [--users=1000]                          # synthetic login logs
     ipinsights ingest --inputs 'logs/*.gz' --output data/events                  # logs -> events table
     ipinsights train --events data/events --start-date D --end-date D --output runs/r   # Spark job
-    ipinsights train --train train.csv [--validation val.csv] --model-dir model/       # one machine, CSV
+    ipinsights train --train train.csv [--validation val.csv] --output model/       # one machine, CSV
     ipinsights score --date 2024-01-09 --model=runs/r/model --events=data/events      # a day's scores
     ipinsights evaluate --model model/ --test labelled.csv [--train train.csv] [--plot hist.png]
     ipinsights serve --model model/ [--host 127.0.0.1] [--port 8080] [--workers N]
-    ipinsights export-embeddings --model model/ --out ips.parquet [--ip-range 10.0.0.0/24] [--entities FILE]
-    ipinsights tune --train train.csv --validation val.csv --out tuning/ [--config conf/tune.yml] [--max-jobs N]
+    ipinsights export-embeddings --model model/ --output ips.parquet [--ip-range 10.0.0.0/24] [--entities FILE]
+    ipinsights tune --train train.csv --validation val.csv --output tuning/ [--config conf/tune.yml] [--max-jobs N]
 
 ``ipinsights train`` is two trainers under one name: with ``--events`` the Spark job (an events table,
 data-parallel on the executors: ``ipinsights train --events X --help``), with ``--train`` the
@@ -34,7 +34,7 @@ def train_main(argv: Sequence[str] | None = None) -> int:
     """``ipinsights train``: fit a model on a headerless ``entity,ip`` CSV and save it."""
     from ipinsights.core.config import ConfigError, TrainConfig
     from ipinsights.train.job import SUMMARY_KEYS, train_from_csv
-    from ipinsights_jobs._common import EXIT_USAGE, Job, JobContext, parse_with_overrides
+    from ipinsights_jobs._common import EXIT_USAGE, Job, JobContext, add_output_arg, parse_with_overrides, require
 
     parser = argparse.ArgumentParser(prog="ipinsights train", description=train_main.__doc__)
     parser.add_argument("--train", required=True, help="headerless CSV: entity,ip")
@@ -46,17 +46,18 @@ def train_main(argv: Sequence[str] | None = None) -> int:
         help="headerless CSV: entity,ip,label,kind (gives per-kind "
         "auc_<kind>, recall1_<kind> at 1%% FPR and labelled_recall per epoch)",
     )
-    parser.add_argument("--model-dir", required=True, help="directory to write the model to (replaced)")
+    add_output_arg(parser, "directory to write the model to (replaced)", old="--model-dir")
     parser.add_argument("--config", help="YAML config (default: the project's conf/train.yml)")
     parser.add_argument("--metrics", help="write per-epoch metrics here as JSON lines")
     parser.add_argument("-v", "--verbose", action="store_true")
     args, overrides = parse_with_overrides(parser, argv)
+    require(parser, args, "output")
 
     def body(ctx: JobContext) -> None:
         history = train_from_csv(
-            ctx.cfg, args.train, args.model_dir, args.validation, args.metrics, args.validation_labelled
+            ctx.cfg, args.train, args.output, args.validation, args.metrics, args.validation_labelled
         )
-        print(f"model written to {args.model_dir}")
+        print(f"model written to {args.output}")
         print(json.dumps({k: history[-1][k] for k in ("epoch", *SUMMARY_KEYS)}))
 
     # A bad setting is a usage error, reported as argparse reports one (usage line, exit status 2).

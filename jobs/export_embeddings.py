@@ -1,9 +1,9 @@
 """``ipinsights export-embeddings``: IP and entity embeddings of a model to Parquet.
 
-    ipinsights export-embeddings --model model/ --out ips.parquet --ip-range 10.0.0.0/16 192.0.2.0/24
-    ipinsights export-embeddings --model model/ --out ips.parquet --ips addresses.txt
-    ipinsights export-embeddings --model model/ --out users.parquet --entities users.txt
-    ipinsights export-embeddings --model model/ --out ips.parquet --ip-range 10.0.0.0/8 \\
+    ipinsights export-embeddings --model model/ --output ips.parquet --ip-range 10.0.0.0/16 192.0.2.0/24
+    ipinsights export-embeddings --model model/ --output ips.parquet --ips addresses.txt
+    ipinsights export-embeddings --model model/ --output users.parquet --entities users.txt
+    ipinsights export-embeddings --model model/ --output ips.parquet --ip-range 10.0.0.0/8 \\
         --entities users.txt --entities-out users.parquet
 
 ``--ips``: one address or CIDR range per line; ``--entities``: one entity per line (blank lines and
@@ -21,7 +21,7 @@ from collections.abc import Sequence
 
 from ipinsights.serve.export import DEFAULT_BATCH, DEFAULT_MAX_ADDRESSES, ExportError, export_requested
 from ipinsights.storage.modelfile import ModelFileError
-from ipinsights_jobs._common import EXIT_USAGE, Job, JobContext
+from ipinsights_jobs._common import EXIT_USAGE, Job, JobContext, add_output_arg, require
 
 JOB = Job("export-embeddings", spark=False, errors=[(ExportError, EXIT_USAGE), (ModelFileError, EXIT_USAGE)])
 
@@ -32,7 +32,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="ipinsights export-embeddings", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--model", required=True, help="model directory")
-    parser.add_argument("--out", required=True, help="Parquet file for the IP embeddings (or the entities' alone)")
+    add_output_arg(parser, "Parquet file for the IP embeddings (or the entities' alone)", old="--out")
     parser.add_argument("--ips", help="file: one IPv4 address or CIDR range per line")
     parser.add_argument("--ip-range", nargs="+", default=[], metavar="CIDR", help="IPv4 ranges, e.g. 10.0.0.0/24")
     parser.add_argument("--entities", help="file: one entity per line")
@@ -42,6 +42,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH, help="rows per batch (bounds memory)")
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
+    require(parser, args, "output")
     want_ips = bool(args.ips or args.ip_range)
     if not want_ips and not args.entities:
         parser.error("nothing to export: give --ips, --ip-range and/or --entities")
@@ -56,7 +57,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         scorer = Scorer.load(args.model, asn_table=args.asn_table)
         exported = export_requested(
             scorer,
-            args.out,
+            args.output,
             ip_ranges=args.ip_range,
             ip_file=args.ips,
             entity_file=args.entities,

@@ -59,7 +59,7 @@ def run(w: Path, args: argparse.Namespace, spark: SparkSession) -> None:
         "generate",
         generate.main(
             [
-                "--out",
+                "--output",
                 str(w / "synth"),
                 "--overwrite",
                 f"--users={args.users}",

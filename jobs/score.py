@@ -45,6 +45,7 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.ArgumentParser, arg
     parser.add_argument("--end-date", help="last day of a backfill (inclusive)")
     parser.add_argument("--input-csv", help="score a headerless entity,ip CSV instead of the events table")
     parser.add_argument("--output", help="with --input-csv (required): folder of its scores, flagged and reports")
+    parser.add_argument("--model", help="the model to score with (the model setting; --model=PATH also works)")
     parser.add_argument("--threshold", type=float, help="fixed threshold on anomaly_score (instead of target_fpr)")
     parser.add_argument("--target-fpr", type=float, help="calibrate the threshold to this false-positive rate")
     parser.add_argument("--max-cases", type=int, help="cases a day's report leads with (max_cases, default 50)")
@@ -93,7 +94,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.threshold is not None or args.target_fpr is not None:
         overrides["threshold"] = args.threshold
         overrides["target_fpr"] = args.target_fpr
-    for name in ("max_cases", "verdicts"):
+    for name in ("model", "max_cases", "verdicts"):
         if getattr(args, name) is not None:
             overrides[name] = getattr(args, name)
 

@@ -2,7 +2,7 @@
 
     python jobs/tune.py --train data/events --start-date 2026-01-01 --end-date 2026-01-07 \\
         --validation data/events --validation-start-date 2026-01-08 --validation-end-date 2026-01-08 \\
-        --out runs/tune-2026-01-08 [--config conf/tune.yml] [--max-jobs 20] [--max-parallel-jobs 2] \\
+        --output runs/tune-2026-01-08 [--config conf/tune.yml] [--max-jobs 20] [--max-parallel-jobs 2] \\
         [--strategy bayesian|random] [--seed 0] [--name=value ...]
 
 ``--train``/``--validation``: the ingest job's events table (with optional day windows) or SageMaker's
@@ -30,10 +30,12 @@ from ipinsights_jobs._common import (
     EXIT_FAILURE,
     Job,
     JobContext,
+    add_output_arg,
     add_spark_args,
     default_config,
     from_args,
     parse_with_overrides,
+    require,
 )
 
 JOB = Job("tune", TuneConfig, errors=[(TuningError, EXIT_FAILURE)])
@@ -55,7 +57,7 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str
     p.add_argument("--end-date", help="last training day, inclusive")
     p.add_argument("--validation-start-date", help="first validation day (events table)")
     p.add_argument("--validation-end-date", help="last validation day, inclusive")
-    p.add_argument("--out", required=True, help="output directory or URI: results.csv/.parquet, best_model/, trials/")
+    add_output_arg(p, "output directory or URI: results.csv/.parquet, best_model/, trials/", old="--out")
     p.add_argument("--config", default=None, help="tuning YAML (default: the project's conf/tune.yml)")
     p.add_argument("--train-config", help="base training YAML (overrides base_config of the tuning config)")
     p.add_argument("--max-jobs", type=int, help="overrides max_jobs")
@@ -64,7 +66,9 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str
     p.add_argument("--seed", type=int, help="overrides seed")
     p.add_argument("-v", "--verbose", action="store_true")
     add_spark_args(p)
-    return parse_with_overrides(p, argv)
+    args, overrides = parse_with_overrides(p, argv)
+    require(p, args, "output")
+    return args, overrides
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -81,7 +85,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     def body(ctx: JobContext) -> None:
         cfg, base = resolve_tuning(ctx.cfg, config_path, args.train_config, overrides)
-        result = run_tune_job(ctx.spark, cfg, base, inputs, args.out)
+        result = run_tune_job(ctx.spark, cfg, base, inputs, args.output)
         print(format_table(result.table))
         print(json.dumps(result.summary()))
 

@@ -471,7 +471,7 @@ def prepare_lake(submit: Submitter, bucket: Bucket, scratch: Path, events: str) 
     from ipinsights_jobs import generate
 
     synth = scratch / "synth"
-    assert generate.main(["--out", str(synth), *GENERATE]) == 0
+    assert generate.main(["--output", str(synth), *GENERATE]) == 0
     bucket.upload_tree(synth / "logs", "logs")
     bucket.upload_tree(synth / "world", "world")  # its ip2asn tables: the model's AS and country levels
     out = submit.run("ingest", [*ingest_args(f"s3://{bucket.name}/logs", events), "--run_id=c1"])

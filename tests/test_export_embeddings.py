@@ -26,7 +26,7 @@ def test_ip_range_and_file(model_dir, scorer, tmp_path):
     ips = tmp_path / "ips.txt"
     ips.write_text("# addresses\n192.0.2.7\n\n198.51.100.0/30\r\n203.0.113.9\n")
     out = tmp_path / "out" / "ips.parquet"
-    argv = ["--model", str(model_dir), "--out", str(out), "--ip-range", "10.1.0.0/16", "10.2.3.4", "--ips", str(ips)]
+    argv = ["--model", str(model_dir), "--output", str(out), "--ip-range", "10.1.0.0/16", "10.2.3.4", "--ips", str(ips)]
     assert export_embeddings.main([*argv, "--batch-size", "10000"]) == 0
     f = pq.ParquetFile(out)
     assert f.metadata.num_rows == 65536 + 1 + 1 + 4 + 1
@@ -53,7 +53,7 @@ def test_entities_alone_and_together(model_dir, scorer, tmp_path):
     ents = tmp_path / "users.txt"
     ents.write_text("user_1\nuser_2\n\nnever seen, with comma\n")
     out = tmp_path / "users.parquet"
-    assert export_embeddings.main(["--model", str(model_dir), "--out", str(out), "--entities", str(ents)]) == 0
+    assert export_embeddings.main(["--model", str(model_dir), "--output", str(out), "--entities", str(ents)]) == 0
     t = pq.read_table(out)
     assert t.column_names == ["entity", "embedding"]
     names = ["user_1", "user_2", "never seen, with comma"]
@@ -61,12 +61,12 @@ def test_entities_alone_and_together(model_dir, scorer, tmp_path):
     np.testing.assert_allclose(np.stack(t["embedding"].to_numpy(zero_copy_only=False)), scorer.entity_embedding(names))
     with pytest.raises(SystemExit):  # both kinds need two outputs
         export_embeddings.main(
-            ["--model", str(model_dir), "--out", str(out), "--entities", str(ents), "--ip-range", "10.0.0.0/30"]
+            ["--model", str(model_dir), "--output", str(out), "--entities", str(ents), "--ip-range", "10.0.0.0/30"]
         )
     both = [
         "--model",
         str(model_dir),
-        "--out",
+        "--output",
         str(tmp_path / "i.parquet"),
         "--ip-range",
         "10.0.0.0/30",
@@ -81,7 +81,7 @@ def test_entities_alone_and_together(model_dir, scorer, tmp_path):
 
 def test_limits_and_bad_input_leave_no_file(model_dir, tmp_path, caplog):
     out = tmp_path / "x.parquet"
-    base = ["--model", str(model_dir), "--out", str(out)]
+    base = ["--model", str(model_dir), "--output", str(out)]
     assert export_embeddings.main([*base, "--ip-range", "10.0.0.0/8", "--max-addresses", "1000"]) == 2
     assert "16,777,216 addresses, over the limit of 1,000" in caplog.text
     assert export_embeddings.main([*base, "--ip-range", "10.0.0.1/24"]) == 2  # host bits set: ambiguous

@@ -336,7 +336,7 @@ def test_cli_end_to_end(tmp_path, capsys):
     from ipinsights_jobs import generate
 
     out = tmp_path / "cli"
-    args = ["--out", str(out), "--users=30", "--n_files=1", "--attacks=8", "--validation-attacks=4", "--gzip"]
+    args = ["--output", str(out), "--users=30", "--n_files=1", "--attacks=8", "--validation-attacks=4", "--gzip"]
     assert generate.main(args) == 0
     printed = capsys.readouterr().out
     assert str(out / "manifest.json") in printed

@@ -214,7 +214,7 @@ def test_tuning_job_on_spark(spark, toy, tmp_path, capsys, caplog):
                 str(data / "test.csv"),
                 "--config",
                 str(conf / "tune.yml"),
-                "--out",
+                "--output",
                 str(out),
             ]
         )

@@ -340,7 +340,7 @@ def test_tune_job_writes_its_results_to_s3(s3, pairs, tmp_path):
             str(pairs / "validation.csv"),
             "--config",
             str(conf / "tune.yml"),
-            "--out",
+            "--output",
             f"s3://{bucket}/tune",
             *_s3a_conf(s3.endpoint),
         ],
