@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from collections.abc import Sequence
 from dataclasses import replace
@@ -30,6 +31,8 @@ from ipinsights.core.config import BACKENDS, TrainConfig
 from ipinsights.train.job import TrainInputs, run_train_job
 from ipinsights.train.trainer import DivergedError
 from ipinsights_jobs._common import EXIT_FAILURE, Job, JobContext, add_spark_args, from_args, parse_with_overrides
+
+log = logging.getLogger("ipinsights.jobs")
 
 JOB = Job("train", TrainConfig, errors=[(DivergedError, EXIT_FAILURE)])  # a message, not a traceback
 
@@ -40,6 +43,11 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--events", help="the ingest job's Parquet table (partitioned by dt)")
     src.add_argument("--train-csv", help="headerless entity,ip CSV (file, directory or glob)")
+    p.add_argument(
+        "--date",
+        help="run date T (YYYY-MM-DD, with --events): train on schedule.train_days days ending "
+        "T-1-schedule.validation_days, validate on the days ending T-1 (default: T-8..T-2, T-1)",
+    )
     p.add_argument("--start-date", help="first training day (YYYY-MM-DD, with --events)")
     p.add_argument("--end-date", help="last training day (inclusive)")
     p.add_argument("--validation-start-date", help="first validation day (with --events)")
@@ -62,8 +70,12 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str
     p.add_argument("-v", "--verbose", action="store_true")
     add_spark_args(p)
     args, overrides = parse_with_overrides(p, argv)
-    if args.events and not (args.start_date and args.end_date):
-        p.error("--events needs --start-date and --end-date")
+    if args.date and (args.start_date or args.end_date or args.validation_start_date or args.validation_end_date):
+        p.error("give --date (the windows come from the schedule settings) or explicit days, not both")
+    if args.date and not args.events:
+        p.error("--date needs --events")
+    if args.events and not args.date and not (args.start_date and args.end_date):
+        p.error("--events needs --date, or --start-date and --end-date")
     if bool(args.include_verdicts) != bool(args.cases):
         p.error("--include-verdicts and --cases go together")
     if args.include_verdicts and args.extra_pairs_csv:
@@ -77,13 +89,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     inputs = from_args(TrainInputs, args)
 
     def body(ctx: JobContext) -> None:
-        run_inputs = inputs
+        run_inputs = inputs if not args.date else _scheduled(inputs, ctx.cfg.schedule.windows(args.date))
         if args.include_verdicts:
             run_inputs = replace(inputs, extra_pairs_csv=_verdict_pairs_csv(ctx, args))
         summary = run_train_job(ctx.spark, ctx.cfg, run_inputs, args.output, args.resume, args.warm_start)
         print(json.dumps(summary))
 
     return JOB.run(args, body, args.config, overrides)
+
+
+def _scheduled(inputs: TrainInputs, windows: dict[str, tuple[str, str] | None]) -> TrainInputs:
+    """``inputs`` with the day windows of a run date."""
+    train, val = windows["train"], windows["validation"]
+    assert train is not None
+    log.info("run date windows: training %s..%s, validation %s", *train, "..".join(val) if val else "none")
+    return replace(
+        inputs,
+        start_date=train[0],
+        end_date=train[1],
+        validation_start_date=val[0] if val else None,
+        validation_end_date=val[1] if val else None,
+    )
 
 
 def _verdict_pairs_csv(ctx: JobContext, args: argparse.Namespace) -> str:

@@ -14,6 +14,7 @@ import types
 import typing
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import date, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -233,6 +234,38 @@ class DistributedOptions:
 
 
 @dataclass(frozen=True)
+class ScheduleOptions:
+    """The day windows of a run driven by one date (``--date T``, as a scheduler gives it): validate on the
+    ``validation_days`` days ending T-1 and train on the ``train_days`` days before them (T itself is still
+    being logged). With the defaults: train on T-8..T-2, validate on T-1."""
+
+    train_days: int = 7
+    validation_days: int = 1
+
+    def __post_init__(self) -> None:
+        check_int("train_days", self.train_days, 1, 3650)
+        check_int("validation_days", self.validation_days, 0, 365)
+
+    def windows(self, run_date: str) -> dict[str, tuple[str, str] | None]:
+        """``{"train": (first, last), "validation": (first, last) or None}`` for the run date ``run_date``."""
+        try:
+            t = date.fromisoformat(run_date)
+        except ValueError:
+            raise ConfigError(f"--date {run_date!r} must look like 2024-01-31") from None
+        v_last = t - timedelta(days=1)
+        t_last = v_last - timedelta(days=self.validation_days)
+        t_first = t_last - timedelta(days=self.train_days - 1)
+        validation = (
+            (v_last - timedelta(days=self.validation_days - 1)).isoformat(),
+            v_last.isoformat(),
+        )
+        return {
+            "train": (t_first.isoformat(), t_last.isoformat()),
+            "validation": validation if self.validation_days else None,
+        }
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     """Everything a training run needs, as loaded from ``conf/train.yml``."""
 
@@ -240,6 +273,7 @@ class TrainConfig:
     model: ModelOptions = field(default_factory=ModelOptions)
     train: TrainOptions = field(default_factory=TrainOptions)
     distributed: DistributedOptions = field(default_factory=DistributedOptions)
+    schedule: ScheduleOptions = field(default_factory=ScheduleOptions)
 
     def __post_init__(self) -> None:
         check_model_size(self.hyperparameters, self.model)  # when the config loads, before any Spark work

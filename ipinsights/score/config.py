@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from typing import Any
 
 from ipinsights.core.config import ConfigError, check_float, check_int
 from ipinsights.score.cases import CaseSettings
@@ -80,6 +82,21 @@ class ScoreConfig:
     def cases_table(self) -> str:
         """The cases table: ``cases``, or ``cases`` beside the flagged table."""
         return self.cases or _beside(self.flagged, "cases")
+
+    def with_model_windows(self, manifest: Mapping[str, Any]) -> ScoreConfig:
+        """This config with the day windows the model was trained on (``training.windows`` in its manifest,
+        written by the training job) where its own are unset: the calibration on the model's validation
+        days (never its training days), the profiles and the flagged events' context from its training days.
+        A model without windows (trained on CSV files, or before they were recorded) changes nothing."""
+        windows = (manifest.get("training") or {}).get("windows") or {}
+        if self.events is None or not windows:
+            return self
+        changes: dict[str, Any] = {}
+        for name, prefix in (("validation", "calibration"), ("train", "train")):
+            days = windows.get(name)
+            if days and all(days) and getattr(self, f"{prefix}_start_date") is None:
+                changes[f"{prefix}_start_date"], changes[f"{prefix}_end_date"] = days
+        return replace(self, **changes) if changes else self
 
     def case_settings(self, floor: float | None = None) -> CaseSettings:
         """How a day's flagged events become cases, with the case floor in force."""

@@ -105,7 +105,9 @@ def run_score_job(
     under ``output`` (``scores/``, ``flagged/``, ``cases/``, ``reports/``), never into the daily tables of ``cfg``.
     """
     cfg = _batch_transform_config(cfg, input_csv, output, days)
-    read_manifest(cfg.model)  # a missing or foreign model fails here, clearly, not inside every Spark task
+    # A missing or foreign model fails here, clearly, not inside every Spark task; the days it was trained
+    # and validated on are where its sidecars come from, unless the settings name others.
+    cfg = cfg.with_model_windows(read_manifest(cfg.model))
     staging = _start(spark, cfg)
     # Arrow batches: big enough to amortise the per-batch JVM<->Python cost, small enough to stay in cache.
     spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(cfg.arrow_batch_size))

@@ -207,7 +207,7 @@ def train_worker(spec: WorkerSpec) -> dict[str, Any]:
             model_dir=spec.model_dir,
             entity_stats=spec.entity_stats_file if rank == 0 else None,
             config=spec.config,
-            manifest={"world_size": world, "backend": spec.backend},
+            manifest={**spec.record, "world_size": world, "backend": spec.backend},
         )
         stats = comm.stats
         return {

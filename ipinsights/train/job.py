@@ -93,6 +93,7 @@ def run_train_job(
         warm_start=warm_start,
         checkpoint_keep=dist.checkpoint_keep,
         timeout_seconds=dist.timeout_seconds,
+        record={"windows": _windows(inputs)} if inputs.events else {},
     )
     history = run_training(spark, spec, dist.backend, dist.num_workers, dist.use_gpu)["history"]
     write_metrics(join_uri(out, "metrics.jsonl"), history)
@@ -104,6 +105,15 @@ def run_train_job(
     _log_mlflow(cfg_dict, history, join_uri(out, "model"))
     summary = {k: history[-1].get(k) for k in SUMMARY_KEYS}
     return {"model": join_uri(out, "model"), "epochs": len(history), "invalid_ip_rows": work.invalid_rows, **summary}
+
+
+def _windows(inputs: TrainInputs) -> dict[str, list[str] | None]:
+    """The day windows of the events table the model is trained and validated on (saved with the model:
+    the scoring job calibrates on its validation days and builds profiles from its training days)."""
+    val = None
+    if inputs.validation_start_date:
+        val = [inputs.validation_start_date, inputs.validation_end_date or inputs.validation_start_date]
+    return {"train": [inputs.start_date or "", inputs.end_date or ""], "validation": val}
 
 
 def _read_inputs(spark, inputs: TrainInputs) -> tuple[Any, Any]:

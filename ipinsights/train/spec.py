@@ -38,6 +38,8 @@ class RunSpec:
     validation_files: list[str] = field(default_factory=list)
     entity_stats_file: str | None = None
     config: dict[str, Any] = field(default_factory=dict)
+    #: More of the training record saved with the model (e.g. the day windows it was trained on).
+    record: dict[str, Any] = field(default_factory=dict)
 
     def options(self) -> tuple[Hyperparameters, ModelOptions, TrainOptions]:
         """The typed (and validated) hyperparameters, model options and train options."""
