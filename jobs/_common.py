@@ -172,7 +172,6 @@ class _DeprecatedFlag(argparse.Action):
     def __call__(
         self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any, option: str | None = None
     ) -> None:
-        log.warning("%s is deprecated: use %s", option, self.new)
         print(f"warning: {option} is deprecated: use {self.new}", file=sys.stderr)
         setattr(namespace, self.dest, values)
 

@@ -91,7 +91,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     def body(ctx: JobContext) -> None:
         run_inputs = inputs if not args.date else _scheduled(inputs, ctx.cfg.schedule.windows(args.date))
         if args.include_verdicts:
-            run_inputs = replace(inputs, extra_pairs_csv=_verdict_pairs_csv(ctx, args))
+            pairs = _verdict_pairs_csv(ctx, args, run_inputs.end_date)
+            run_inputs = replace(run_inputs, extra_pairs_csv=pairs)
         summary = run_train_job(ctx.spark, ctx.cfg, run_inputs, args.output, args.resume, args.warm_start)
         print(json.dumps(summary))
 
@@ -112,8 +113,9 @@ def _scheduled(inputs: TrainInputs, windows: dict[str, tuple[str, str] | None]) 
     )
 
 
-def _verdict_pairs_csv(ctx: JobContext, args: argparse.Namespace) -> str:
-    """The confirmed benign pairs of ``--include-verdicts``, written under OUTPUT/work as a CSV."""
+def _verdict_pairs_csv(ctx: JobContext, args: argparse.Namespace, end_date: str | None) -> str:
+    """The confirmed benign pairs of ``--include-verdicts`` (verdicts unexpired on the last training day,
+    ``end_date``; today without one), written under OUTPUT/work as a CSV."""
     import datetime as dt
 
     from ipinsights.score.spark_verdicts import verdict_pairs
@@ -121,7 +123,7 @@ def _verdict_pairs_csv(ctx: JobContext, args: argparse.Namespace) -> str:
     from ipinsights.storage.files import absolute_uri, join_uri
     from ipinsights.storage.filesystems import resolve_uri
 
-    until = args.end_date or dt.datetime.now(dt.timezone.utc).date().isoformat()
+    until = end_date or dt.datetime.now(dt.timezone.utc).date().isoformat()
     pairs = verdict_pairs(ctx.spark, read_verdicts(args.include_verdicts), args.cases, until)
     path = resolve_uri(ctx.spark, join_uri(absolute_uri(args.output), "work", "verdict_pairs"))
     pairs.coalesce(1).write.mode("overwrite").csv(path)

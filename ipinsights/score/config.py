@@ -83,6 +83,12 @@ class ScoreConfig:
         """The cases table: ``cases``, or ``cases`` beside the flagged table."""
         return self.cases or _beside(self.flagged, "cases")
 
+    def window(self, name: str) -> tuple[str, str] | None:
+        """The events table's days named by ``<name>_start_date``/``<name>_end_date`` (``train`` or
+        ``calibration``), or None when they or the events table are not set."""
+        first, last = getattr(self, f"{name}_start_date"), getattr(self, f"{name}_end_date")
+        return (first, last) if self.events is not None and first is not None and last is not None else None
+
     def with_model_windows(self, manifest: Mapping[str, Any]) -> ScoreConfig:
         """This config with the day windows the model was trained on (``training.windows`` in its manifest,
         written by the training job) where its own are unset: the calibration on the model's validation

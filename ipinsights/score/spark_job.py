@@ -162,8 +162,10 @@ def _input_events(
 
 def _history(spark: SparkSession, cfg: ScoreConfig) -> DataFrame | None:
     """The training days' events (the flagged events' /24 and /16 context), when the settings name them."""
-    if cfg.events is not None and cfg.train_start_date is not None and cfg.train_end_date is not None:
-        return read_events(spark, cfg.events, cfg.train_start_date, cfg.train_end_date)
+    window = cfg.window("train")
+    if window is not None:
+        assert cfg.events is not None  # window() says so
+        return read_events(spark, cfg.events, *window)
     log.warning("train_start_date/train_end_date not set: flagged cases get no /24 and /16 context")
     return None
 

@@ -68,10 +68,6 @@ def resolve_sidecars(spark: SparkSession, cfg: ScoreConfig) -> Sidecars:
     return Sidecars(header, threshold, setup, resolve_case_floor(spark, cfg, setup, threshold))
 
 
-def _days_set(cfg: ScoreConfig, first: str | None, last: str | None) -> bool:
-    return cfg.events is not None and first is not None and last is not None
-
-
 def resolve_profile(spark: SparkSession, cfg: ScoreConfig) -> ProfileHeader | None:
     """Usable entity profiles for the model: the stored ones, or new ones built from the training days.
 
@@ -100,7 +96,7 @@ def resolve_profile(spark: SparkSession, cfg: ScoreConfig) -> ProfileHeader | No
         path,
         load,
         build,
-        _days_set(cfg, cfg.train_start_date, cfg.train_end_date),
+        cfg.window("train") is not None,
         _TRAINING_DAYS,
         "no percentiles or explanations",
     )
@@ -129,7 +125,7 @@ def resolve_threshold(spark: SparkSession, cfg: ScoreConfig, profile: str | None
 
     path = cfg.calibration or calibration_uri(cfg.model)
     hint = f"{_CALIBRATION_DAYS}, or give a fixed threshold (target_fpr needs a calibration)"
-    days = _days_set(cfg, cfg.calibration_start_date, cfg.calibration_end_date)
+    days = cfg.window("calibration") is not None
     cal = resolve(Sidecar("calibration", path, load, build, days, hint, None), cfg.recalibrate)
     assert cal is not None  # required: resolve raises rather than return None
     return Threshold(cal.threshold, _describe(cal, path), cal.target_fpr, cal.thresholds())
@@ -201,7 +197,7 @@ def resolve_case_floor(
         return stored
 
     path = cfg.case_floor or sidecar_uri(cfg.model, ".cases.json")
-    days = _days_set(cfg, cfg.calibration_start_date, cfg.calibration_end_date)
+    days = cfg.window("calibration") is not None
     without = "every case is open (the report still shows at most max_cases)"
     found = resolve(Sidecar("case floor", path, load, build, days, _CALIBRATION_DAYS, without), cfg.recalibrate)
     return found.floor if found is not None else None
