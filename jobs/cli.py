@@ -216,6 +216,7 @@ COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     "serve": _job("serve"),
     "export-embeddings": _job("export_embeddings"),
     "tune": _job("tune"),
+    "networks": _job("networks"),
 }
 
 

@@ -144,7 +144,9 @@ class ModelOptions:
     into ``asn_hash_buckets``) and of its country (exact), learned with the prefix rows: an ISP's
     prefixes scattered over the address space then share a row. Addresses outside the table share an
     "unknown network" row. The table's fingerprint is saved in the model, and the model refuses to
-    score without the same table.
+    score without the same table. ``auto``: the newest table of the networks cache (``ipinsights
+    networks fetch``), resolved where training starts; with none, training goes on without a table and
+    warns, as it does when the newest is older than ``asn_table_max_age_days`` (0: never).
     """
 
     hash_seed: int = 0
@@ -153,11 +155,14 @@ class ModelOptions:
     ipv6_prefix_lengths: tuple[int, ...] = (12, 32, 40, 48, 56, 64)
     ipv6_hash_buckets: int = 32_768
     asn_table: str | None = None
+    #: Not part of the model's shape (nor of warm-start's comparison): only when ``auto`` warns.
+    asn_table_max_age_days: int = field(default=30, compare=False)
     asn_hash_buckets: int = 65_536
 
     def __post_init__(self) -> None:
         check_int("hash_seed", self.hash_seed, 0, 2**63 - 1)
         check_int("asn_hash_buckets", self.asn_hash_buckets, 1, 2**31 - 1)
+        check_int("asn_table_max_age_days", self.asn_table_max_age_days, 0, 36_500)
         if self.asn_table is not None and (not isinstance(self.asn_table, str) or not self.asn_table.strip()):
             raise ConfigError(f"asn_table={self.asn_table!r} must be the path or URI of ip2asn TSV file(s), or null")
         check_int("ip_hash_buckets", self.ip_hash_buckets, 1, 2**31 - 1)

@@ -51,6 +51,7 @@ from ipinsights.storage.files import (
     publish_dir,
     read_bytes,
 )
+from ipinsights.storage.network_cache import AUTO, CACHE_ENV, find_table
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +105,11 @@ class ModelBundle:
 def network_table(uris: str) -> AsnTable:
     """The ip2asn table of ``uris`` (one or several comma-separated paths or URIs: local copies, read once
     per process)."""
+    if str(uris).strip() == AUTO:  # a setting, not a file: the training job resolves it (network_cache)
+        raise NetworkTableError(
+            "asn_table: auto names the networks cache's newest table, which only training resolves; "
+            "give the table's path, or load a model that records its table"
+        )
     local = [str(local_copy(u.strip())) for u in str(uris).split(",") if u.strip()]
     if not local:
         raise NetworkTableError(f"asn_table={uris!r} names no file")
@@ -325,18 +331,35 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", asn_table: 
 
 
 def _attach_table(model: IPInsightsModel, manifest: Mapping[str, Any], uris: str, path: Path) -> AsnTable:
+    """The model's ip2asn table, attached: ``uris`` (given, else recorded at training) when it holds the
+    table with the model's fingerprint, else the networks cache's version with that fingerprint (the
+    recorded file moved or was replaced, the model was copied to another machine), else an error.
+    The one place scoring, serving, export and evaluation find a model's table."""
     expected = manifest.get("asn_table_fingerprint")
     if not isinstance(expected, str):
         raise ModelFileError(f"{path / MANIFEST}: the model has AS and country levels but no asn_table_fingerprint")
+    table: AsnTable | None = None
     try:
         table = network_table(uris)
+        problem = f"{uris} holds another table (fingerprint {table.fingerprint[:12]}…)"
     except (OSError, ValueError) as exc:  # missing file, unreadable URI, malformed table
-        raise NetworkTableError(
-            f"{path}: this model was trained with the ip2asn table {model.opts.asn_table} "
-            f"(fingerprint {expected[:12]}…) and cannot score without it; reading {uris or 'it'} failed: {exc}. "
-            "Give its location with asn_table"
-        ) from None
-    model.attach_networks(table, expected)
+        problem = f"reading {uris or 'it'} failed: {exc}"
+    if table is None or table.fingerprint != expected:
+        recorded = manifest.get("training", {}).get("asn_table_version")
+        cached = find_table(expected, [recorded.get("cache")] if isinstance(recorded, dict) else [])
+        if cached is not None:
+            log.warning(
+                "%s: %s; using the networks cache's table with the model's fingerprint: %s", path, problem, cached
+            )
+            table = network_table(cached)
+        elif table is None:
+            raise NetworkTableError(
+                f"{path}: this model was trained with the ip2asn table {model.opts.asn_table} "
+                f"(fingerprint {expected[:12]}…) and cannot score without it; {problem}, and the networks cache "
+                f"holds no table with that fingerprint. Give its location with asn_table (or the cache that holds "
+                f"it with ${CACHE_ENV})"
+            )
+    model.attach_networks(table, expected)  # another table (none cached) is refused here, naming both
     return table
 
 

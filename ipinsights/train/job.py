@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,7 @@ from ipinsights.storage.events import read_events
 from ipinsights.storage.files import absolute_uri, join_uri, uri_name, write_json
 from ipinsights.storage.filesystems import check_reachable, resolve_uri
 from ipinsights.storage.modelfile import ModelFileError, local_model, read_manifest
+from ipinsights.storage.network_cache import resolve_asn_table
 from ipinsights.storage.parquet import list_buckets, write_buckets, write_parquet_single
 from ipinsights.storage.sagemaker_csv import read_labelled_csv, read_pairs_csv, read_pairs_spark
 from ipinsights.train.data import encode_labelled, encode_pairs
@@ -67,6 +68,8 @@ def run_train_job(
     not a model, :class:`DataFormatError` when no input row is a valid pair.
     """
     dist = resolve_distributed(spark, cfg.distributed)  # concrete backend and ranks
+    mopts, networks = resolve_asn_table(cfg.model)  # asn_table: auto -> the cache's newest, here on the driver
+    cfg = replace(cfg, model=mopts)
     cfg_dict = config_to_dict(cfg)
     out = absolute_uri(output)
     check_reachable(out, "--output")
@@ -93,7 +96,7 @@ def run_train_job(
         warm_start=warm_start,
         checkpoint_keep=dist.checkpoint_keep,
         timeout_seconds=dist.timeout_seconds,
-        record={"windows": _windows(inputs)} if inputs.events else {},
+        record={**networks, **({"windows": _windows(inputs)} if inputs.events else {})},
     )
     history = run_training(spark, spec, dist.backend, dist.num_workers, dist.use_gpu)["history"]
     write_metrics(join_uri(out, "metrics.jsonl"), history)
@@ -209,7 +212,9 @@ def train_from_csv(
 
     Rows with an invalid address are dropped and reported (:func:`ipinsights.train.data.encode_pairs`).
     """
-    hp, mopts = cfg.hyperparameters, cfg.model
+    mopts, networks = resolve_asn_table(cfg.model)  # asn_table: auto -> the cache's newest table
+    cfg = replace(cfg, model=mopts)
+    hp = cfg.hyperparameters
     table = read_pairs_csv(train_csv)
     val = read_pairs_csv(validation_csv) if validation_csv else None
     v6 = bool(mopts.ipv6_prefix_lengths)
@@ -237,7 +242,7 @@ def train_from_csv(
         entity_stats=stats,
         config=config_to_dict(cfg),
         labelled=labelled,
-        manifest={"entities": len(stats)},
+        manifest={"entities": len(stats), **networks},
     )
     history = [m.as_dict() for m in result.history]
     if metrics_file:
