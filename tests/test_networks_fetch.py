@@ -15,11 +15,13 @@ import shutil
 import threading
 import zipfile
 from collections.abc import Iterator
+from dataclasses import replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from ipinsights.core.asn import load_asn_table
 from ipinsights.core.config import ModelOptions
@@ -27,6 +29,7 @@ from ipinsights.core.model import NetworkTableError
 from ipinsights.score.scorer import Scorer
 from ipinsights.storage.modelfile import load_model
 from ipinsights.storage.network_cache import CACHE_ENV, NetworkCache, resolve_asn_table
+from ipinsights.train.trainer import build_model, warm_start_from
 from ipinsights_jobs.cli import main as cli
 
 ROWS_V1 = [
@@ -306,6 +309,15 @@ def test_auto_trains_with_the_newest_table_and_an_old_model_keeps_its_own(server
     v2 = NetworkCache(cache).newest()
     assert v2 is not None and v2.id != v1.id
     assert load_model(new).manifest["asn_table_fingerprint"] == v2.fingerprint
+
+    # Yesterday's model warm-starts a run with today's table (the table's location is no part of the hash
+    # space), but not one without a table.
+    today = load_model(new)
+    fresh = build_model(today.hyperparameters, today.options, seed=1)
+    warm_start_from(fresh, old)
+    assert torch.equal(fresh.ip_table, load_model(old).model.ip_table)
+    with pytest.raises(ValueError, match="shape or hash space differs"):
+        warm_start_from(build_model(today.hyperparameters, replace(today.options, asn_table=None), seed=1), old)
 
     # The older model still scores with its own table, here and after the cache moves elsewhere.
     ips = ["10.1.2.3", "10.0.9.9", "2a00::1", "99.1.1.1"]

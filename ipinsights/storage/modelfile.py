@@ -107,8 +107,8 @@ def network_table(uris: str) -> AsnTable:
     per process)."""
     if str(uris).strip() == AUTO:  # a setting, not a file: the training job resolves it (network_cache)
         raise NetworkTableError(
-            "asn_table: auto names the networks cache's newest table, which only training resolves; "
-            "give the table's path, or load a model that records its table"
+            "asn_table: auto (the networks cache's newest table) is resolved by `ipinsights train` only; "
+            "give the table's path (`ipinsights networks list` shows the cached ones)"
         )
     local = [str(local_copy(u.strip())) for u in str(uris).split(",") if u.strip()]
     if not local:

@@ -23,7 +23,7 @@ import math
 import sys
 import time
 from collections.abc import Callable, Generator, Iterator, Mapping
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -380,7 +380,10 @@ def warm_start_from(model: IPInsightsModel, path: str | Path) -> None:
     keys = ("num_entity_vectors", "vector_dim", "num_ip_encoder_layers")
     mine = {k: getattr(model.hp, k) for k in keys}
     theirs = {k: getattr(old.hyperparameters, k) for k in keys}
-    if mine != theirs or old.options != model.opts:
+    # Where the ip2asn table is, is no part of the hash space (AS rows are hashed AS numbers): yesterday's
+    # model, trained with yesterday's table (``asn_table: auto``), warm-starts a run with today's.
+    tables = bool(old.options.asn_table) == bool(model.opts.asn_table)
+    if mine != theirs or not tables or replace(old.options, asn_table=model.opts.asn_table) != model.opts:
         raise ValueError(
             f"--warm-start {path}: the model's shape or hash space differs "
             f"({theirs}, {old.options}) from this run's ({mine}, {model.opts})"
