@@ -346,7 +346,11 @@ def run_tune_job(
     spark: SparkSession, cfg: TuneConfig, base: TrainConfig, inputs: TuneInputs, output: str | Path
 ) -> TuningResult:
     """Read the inputs and :func:`tune` (a bad format or date range raises :class:`ConfigError`)."""
+    from ipinsights.storage.network_cache import resolve_asn_table
     from ipinsights.storage.sagemaker_csv import read_pairs_table
+
+    # asn_table: auto is resolved once here, so every trial trains with the same cached table version.
+    base = dataclasses.replace(base, model=resolve_asn_table(base.model)[0])
 
     log.info(
         "tuning %d trials (%d in parallel, %s, seed %d) over %s",
