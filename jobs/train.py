@@ -14,8 +14,10 @@ discriminator_auc, pairs/s, communication cost), OUTPUT/config.json (the resolve
 OUTPUT/checkpoints/ (one per epoch, for --resume) and OUTPUT/work/ (the prepared buckets). OUTPUT and
 MODEL may be local paths or URIs (s3://bucket/run): every rank reads and writes there, so a cluster needs
 no shared disk; an OUTPUT that cannot be reached is an error before any work.
-Exit status: 0 ok, 1 training diverged (the last good checkpoint is kept), 2 bad configuration or no valid
-training pair.
+Where a tracking server is configured (the mlflow settings, MLFLOW_TRACKING_URI, Databricks), the run is
+logged to MLflow: params, per-epoch metrics and the model as a pyfunc (README, "MLflow").
+Exit status: 0 ok, 1 training diverged (the last good checkpoint is kept) or MLflow refused the run (the
+model is written), 2 bad configuration or no valid training pair.
 """
 
 from __future__ import annotations
@@ -28,13 +30,16 @@ from collections.abc import Sequence
 from dataclasses import replace
 
 from ipinsights.core.config import BACKENDS, TrainConfig
+from ipinsights.serve.mlflow_run import TrackingError, training_run
+from ipinsights.storage.files import absolute_uri
 from ipinsights.train.job import TrainInputs, run_train_job
 from ipinsights.train.trainer import DivergedError
 from ipinsights_jobs._common import EXIT_FAILURE, Job, JobContext, add_spark_args, from_args, parse_with_overrides
 
 log = logging.getLogger("ipinsights.jobs")
 
-JOB = Job("train", TrainConfig, errors=[(DivergedError, EXIT_FAILURE)])  # a message, not a traceback
+# A message, not a traceback: the model of a run that MLflow refused is written all the same.
+JOB = Job("train", TrainConfig, errors=[(DivergedError, EXIT_FAILURE), (TrackingError, EXIT_FAILURE)])
 
 
 def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str]]:
@@ -93,7 +98,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.include_verdicts:
             pairs = _verdict_pairs_csv(ctx, args, run_inputs.end_date)
             run_inputs = replace(run_inputs, extra_pairs_csv=pairs)
-        summary = run_train_job(ctx.spark, ctx.cfg, run_inputs, args.output, args.resume, args.warm_start)
+        # The MLflow run (None when logging is off) wraps the training, so a failed training is a failed run.
+        # It lives in serve/, not train/: the logged pyfunc wraps the Scorer, which train/ may not import.
+        with training_run(ctx.cfg, absolute_uri(args.output)) as tracked:
+            summary = run_train_job(ctx.spark, ctx.cfg, run_inputs, args.output, args.resume, args.warm_start)
+            if tracked is not None:
+                tracked.log_trained(summary["model"], summary)
         print(json.dumps(summary))
 
     return JOB.run(args, body, args.config, overrides)

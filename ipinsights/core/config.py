@@ -37,6 +37,7 @@ __all__ = [
     "TrainOptions",
     "TrainConfig",
     "DistributedOptions",
+    "MlflowOptions",
     "BACKENDS",
     "MAX_MODEL_BYTES",
     "IPV4_KEYS",
@@ -271,6 +272,24 @@ class ScheduleOptions:
 
 
 @dataclass(frozen=True)
+class MlflowOptions:
+    """Logging the training job to MLflow: params, per-epoch metrics and a ``pyfunc`` model (README, "MLflow").
+
+    ``enabled``: None (the default) logs where a tracking server is configured: ``tracking_uri`` here, the
+    ``MLFLOW_TRACKING_URI`` variable, or a Databricks runtime (its tracking server needs no variable);
+    true logs to ``tracking_uri`` or MLflow's own default; false never logs.
+    """
+
+    enabled: bool | None = None
+    tracking_uri: str | None = None  # e.g. http://mlflow:5000, sqlite:///mlflow.db, databricks
+    #: Experiment name (on Databricks a workspace path, e.g. /Shared/ipinsights); None: MLflow's default.
+    experiment: str | None = None
+    #: Register the logged model under this name where the store has a model registry (Databricks' Unity
+    #: Catalog wants catalog.schema.model); None: log it without registering.
+    registered_model_name: str | None = None
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     """Everything a training run needs, as loaded from ``conf/train.yml``."""
 
@@ -279,6 +298,7 @@ class TrainConfig:
     train: TrainOptions = field(default_factory=TrainOptions)
     distributed: DistributedOptions = field(default_factory=DistributedOptions)
     schedule: ScheduleOptions = field(default_factory=ScheduleOptions)
+    mlflow: MlflowOptions = field(default_factory=MlflowOptions)
 
     def __post_init__(self) -> None:
         check_model_size(self.hyperparameters, self.model)  # when the config loads, before any Spark work

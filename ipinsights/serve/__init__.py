@@ -5,6 +5,8 @@
 - :mod:`~ipinsights.serve.app`: the Starlette app, scoring through :class:`~ipinsights.score.scorer.Scorer`;
 - :mod:`~ipinsights.serve.server`: uvicorn with one worker process per core;
 - :mod:`~ipinsights.serve.export`: IP and entity embeddings to Parquet, in bounded memory;
+- :mod:`~ipinsights.serve.mlflow_run`: the training job's MLflow run (params, per-epoch metrics, the model);
+- :mod:`~ipinsights.serve.mlflow_pyfunc`: the model as an MLflow ``pyfunc`` scoring through the Scorer;
 
 Running it as a SageMaker bring-your-own container: see ``README.md`` in this folder.
 """

@@ -1,12 +1,14 @@
 """The training jobs' work: the distributed Spark job (:func:`run_train_job`) and the single-machine
 CSV training of ``ipinsights train`` (:func:`train_from_csv`). Both end in
 :func:`ipinsights.train.trainer.train_model`, the one place a model is trained and saved.
+
+MLflow logging is not here: the logged model wraps the Scorer, which train/ may not import, so the job
+layer (``jobs/train.py``) opens the run around :func:`run_train_job` (:mod:`ipinsights.serve.mlflow_run`).
 """
 
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -15,9 +17,9 @@ from ipinsights.core.config import ConfigError, DistributedOptions, TrainConfig,
 from ipinsights.core.entities import EntityStats
 from ipinsights.core.errors import DataFormatError
 from ipinsights.storage.events import read_events
-from ipinsights.storage.files import absolute_uri, join_uri, uri_name, write_json
+from ipinsights.storage.files import absolute_uri, join_uri, write_json
 from ipinsights.storage.filesystems import check_reachable, resolve_uri
-from ipinsights.storage.modelfile import ModelFileError, local_model, read_manifest
+from ipinsights.storage.modelfile import ModelFileError, read_manifest
 from ipinsights.storage.network_cache import resolve_asn_table
 from ipinsights.storage.parquet import list_buckets, write_buckets, write_parquet_single
 from ipinsights.storage.sagemaker_csv import read_labelled_csv, read_pairs_csv, read_pairs_spark
@@ -105,7 +107,6 @@ def run_train_job(
         auc_text = "n/a" if auc is None else f"{auc:.4f}"
         line = "epoch %d: loss=%.4f accuracy=%.4f discriminator_auc=%s pairs/s=%.0f"
         log.info(line, h["epoch"], h["loss"], h["accuracy"], auc_text, h["pairs_per_second"])
-    _log_mlflow(cfg_dict, history, join_uri(out, "model"))
     summary = {k: history[-1].get(k) for k in SUMMARY_KEYS}
     return {"model": join_uri(out, "model"), "epochs": len(history), "invalid_ip_rows": work.invalid_rows, **summary}
 
@@ -179,22 +180,6 @@ def _prepare_work(spark, cfg: TrainConfig, dist: DistributedOptions, train_df, v
     workers = f"backend={dist.backend} workers={dist.num_workers}"
     log.info("training set: %d entities, %d buckets; %s", n_entities, n_buckets, workers)
     return _Work(buckets, stats_file, val_files, n_invalid)
-
-
-def _log_mlflow(cfg_dict: dict[str, Any], history: list[dict[str, Any]], model_dir: str) -> None:
-    """Log to MLflow when it is installed and a tracking URI is set (as Databricks users expect)."""
-    if not os.environ.get("MLFLOW_TRACKING_URI"):
-        return
-    try:
-        import mlflow
-    except ImportError:
-        return
-    with mlflow.start_run(run_name=f"ipinsights-{uri_name(model_dir.rstrip('/').rsplit('/', 1)[0])}"):
-        mlflow.log_params({f"{s}.{k}": v for s, d in cfg_dict.items() for k, v in d.items()})
-        for h in history:
-            metrics = {k: v for k, v in h.items() if isinstance(v, (int, float)) and v is not None and k != "epoch"}
-            mlflow.log_metrics(metrics, step=int(h["epoch"]))
-        mlflow.log_artifacts(str(local_model(model_dir)), artifact_path="model")
 
 
 def train_from_csv(
