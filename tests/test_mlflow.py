@@ -159,6 +159,13 @@ def test_what_turns_logging_on():
         _cfg({"mlflow.enabled": "sometimes"})
 
 
+def test_a_model_name_without_a_server_is_pointed_out(caplog):
+    named = _cfg({"mlflow.registered_model_name": "ipinsights"})
+    with caplog.at_level(logging.WARNING), training_run(named, "run", {}) as tracked:
+        assert tracked is None
+    assert "no tracking server configured" in caplog.text
+
+
 def test_without_a_server_nothing_is_logged_and_mlflow_is_not_imported(tmp_path):
     """The training job's own modules and its MLflow run with the shipped settings and no server."""
     code = (

@@ -152,7 +152,7 @@ def training_run(
     :class:`TrackingError` when the tracking server refuses the run."""
     tracking = tracking_of(cfg, environ)
     if tracking is None:
-        if cfg.mlflow.registered_model_name or cfg.mlflow.experiment:
+        if cfg.mlflow.enabled is None and (cfg.mlflow.registered_model_name or cfg.mlflow.experiment):
             log.warning("mlflow settings given but no tracking server configured (mlflow.tracking_uri): not logging")
         yield None
         return
