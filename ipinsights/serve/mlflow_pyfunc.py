@@ -28,7 +28,7 @@ from mlflow.types import ColSpec, Schema
 from ipinsights._version import __version__
 from ipinsights.score.scorer import Scorer
 from ipinsights.storage.files import local_copy
-from ipinsights.storage.modelfile import local_model, read_manifest
+from ipinsights.storage.modelfile import load_model, local_model
 
 __all__ = ["ENTITY", "IP", "OUTPUT", "SIGNATURE", "ScorerModel", "log_scorer_model"]
 
@@ -76,8 +76,10 @@ def log_scorer_model(model_uri: str, name: str = "model", registered_model_name:
     ``name``, registered under ``registered_model_name`` when given; returns MLflow's ``ModelInfo``."""
     local = local_model(model_uri)  # a remote model is downloaded once (the project's cache)
     artifacts = {MODEL_ARTIFACT: str(local)}
-    table = read_manifest(local)["model_options"].get("asn_table")
-    for i, uri in enumerate(u.strip() for u in str(table or "").split(",") if u.strip()):
+    # Loaded as scoring loads it: checked, and with the ip2asn table it finds (the recorded one, else the
+    # networks cache's with the model's fingerprint), which travels with the logged model.
+    table = load_model(local).asn_table
+    for i, uri in enumerate(u.strip() for u in (table.source if table else "").split(",") if u.strip()):
         artifacts[f"{TABLE_ARTIFACT}{i}"] = str(local_copy(uri))
     with tempfile.TemporaryDirectory() as tmp:
         code = Path(tmp) / "ipinsights_model.py"
