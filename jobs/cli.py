@@ -221,8 +221,19 @@ COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Dispatch ``ipinsights <command> ...``."""
-    argv = list(sys.argv[1:] if argv is None else argv)
+    """Dispatch ``ipinsights <command> ...``.
+
+    Called with no ``argv`` (the console script, or a Databricks ``python_wheel_task``, whose runner calls the
+    entry point and ignores what it returns), a failure raises ``SystemExit`` with its status, so that the
+    task fails too; with ``argv`` (tests, other Python code) the status is returned.
+    """
+    status = _dispatch(list(sys.argv[1:] if argv is None else argv))
+    if argv is None and status != 0:
+        raise SystemExit(status)
+    return status
+
+
+def _dispatch(argv: list[str]) -> int:
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
         print(__doc__.strip())
         print(f"\ncommands: {', '.join(COMMANDS)}")

@@ -32,3 +32,14 @@ def test_a_missing_output_is_a_usage_error(main, capsys):
     with pytest.raises(SystemExit) as exc:
         main(argv)
     assert exc.value.code == 2 and "--output" in capsys.readouterr().err
+
+
+def test_the_entry_point_fails_a_runner_that_ignores_its_return_value(monkeypatch, capsys):
+    """A Databricks python_wheel_task calls ``main()`` and ignores what it returns: a failure must raise."""
+    monkeypatch.setattr("sys.argv", ["ipinsights", "no-such-command"])
+    with pytest.raises(SystemExit) as exc:
+        cli.main()
+    assert exc.value.code == 2
+    monkeypatch.setattr("sys.argv", ["ipinsights", "--help"])
+    assert cli.main() == 0  # success returns, as before
+    assert cli.main(["no-such-command"]) == 2  # an explicit argv returns its status
