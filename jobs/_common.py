@@ -192,6 +192,34 @@ def require(parser: argparse.ArgumentParser, args: argparse.Namespace, *names: s
         parser.error(f"the following arguments are required: {', '.join(missing)}")
 
 
+def add_date_args(parser: argparse.ArgumentParser, date_help: str) -> None:
+    """``--date`` (what the one day does is the job's: ``date_help``) and ``--start-date``/``--end-date``
+    for a backfill; :func:`date_span` checks them."""
+    parser.add_argument("--date", metavar="YYYY-MM-DD", help=date_help)
+    parser.add_argument("--start-date", metavar="YYYY-MM-DD", help="first day of a backfill (inclusive)")
+    parser.add_argument("--end-date", metavar="YYYY-MM-DD", help="last day of a backfill (inclusive)")
+
+
+def date_span(parser: argparse.ArgumentParser, args: argparse.Namespace) -> tuple[str, str] | None:
+    """The (first, last) day of :func:`add_date_args`' flags (``--date D``: (D, D)), None where none is
+    given; a usage error for ``--date`` with a range, half a range, or a malformed or reversed one."""
+    from ipinsights.core.config import ConfigError
+    from ipinsights.storage.events import day_range
+
+    if args.date and (args.start_date or args.end_date):
+        parser.error("give --date or --start-date/--end-date, not both")
+    if bool(args.start_date) != bool(args.end_date):
+        parser.error("a backfill needs both --start-date and --end-date")
+    span = (args.date, args.date) if args.date else (args.start_date, args.end_date)
+    if not span[0]:
+        return None
+    try:
+        day_range(*span)  # the one check of a day's spelling and of the range's order
+    except ConfigError as exc:
+        parser.error(str(exc))
+    return span
+
+
 def add_spark_args(parser: argparse.ArgumentParser) -> None:
     """``--master`` and ``--spark-conf k=v``: only used when the job builds its own session."""
     parser.add_argument("--master", default=None, help="Spark master (default: as spark-submit set it, else local[2])")

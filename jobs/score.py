@@ -29,7 +29,7 @@ from collections.abc import Sequence
 from ipinsights.core.config import ConfigError, parse_overrides
 from ipinsights.score.config import ScoreConfig
 from ipinsights.score.spark_job import run_score_job
-from ipinsights_jobs._common import Job, JobContext, add_spark_args, parse_with_overrides
+from ipinsights_jobs._common import Job, JobContext, add_date_args, add_spark_args, date_span, parse_with_overrides
 
 # Every usage error (a setting, a missing or foreign model, an unusable calibration or input) is a
 # UsageError, which every job exits 2 with; anything else is a bug (exit 1, with its traceback).
@@ -40,9 +40,7 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.ArgumentParser, arg
     """The parser, its options and the ``--name=value`` setting overrides."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog="Other --name=value: any setting.")
     parser.add_argument("--config", default=None, help="YAML settings (default: the project's conf/score.yml)")
-    parser.add_argument("--date", help="UTC day to score, YYYY-MM-DD (with --input-csv: its rows' dt, default today)")
-    parser.add_argument("--start-date", help="first day of a backfill (inclusive)")
-    parser.add_argument("--end-date", help="last day of a backfill (inclusive)")
+    add_date_args(parser, "UTC day to score (with --input-csv: its rows' dt, default today)")
     parser.add_argument("--input-csv", help="score a headerless entity,ip CSV instead of the events table")
     parser.add_argument("--output", help="with --input-csv (required): folder of its scores, flagged and reports")
     parser.add_argument("--model", help="the model to score with (the model setting; --model=PATH also works)")
@@ -60,27 +58,15 @@ def _days(parser: argparse.ArgumentParser, args: argparse.Namespace) -> list[str
     """The days the arguments ask for (a usage error otherwise)."""
     from ipinsights.storage.events import day_range
 
-    if args.date and (args.start_date or args.end_date):
-        parser.error("give --date or --start-date/--end-date, not both")
-    if bool(args.start_date) != bool(args.end_date):
-        parser.error("a backfill needs both --start-date and --end-date")
+    span = date_span(parser, args)
     if args.input_csv and args.start_date:
         parser.error("--input-csv is scored as one day: use --date")
     if bool(args.input_csv) != bool(args.output):
         parser.error("--input-csv and --output go together: a batch transform never writes the daily tables")
-    if args.date:
-        start = end = args.date
-    elif args.start_date:
-        start, end = args.start_date, args.end_date
-    elif args.input_csv:
-        start = end = dt.datetime.now(dt.timezone.utc).date().isoformat()
-    else:
+    if span is None and not args.input_csv:
         parser.error("nothing to score: give --date, --start-date/--end-date or --input-csv")
-    try:
-        return day_range(start, end)
-    except ConfigError as exc:
-        parser.error(str(exc))
-    raise AssertionError  # unreachable: parser.error exits
+    today = dt.datetime.now(dt.timezone.utc).date().isoformat()
+    return day_range(*(span or (today, today)))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -33,19 +33,20 @@ import re
 import time
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import date, datetime, timezone
 from typing import Any
 
 from ipinsights.core.config import ConfigError, check_float, check_int, config_to_dict
 from ipinsights.ingest import logparse
 from ipinsights.ingest.logparse import EntityOptions, LineLimits, LineRules, ResourceFilter
-from ipinsights.storage.events import present_days, read_events
+from ipinsights.storage.events import day_range, present_days, read_events
 from ipinsights.storage.files import write_json
 from ipinsights.storage.filesystems import ArrowStore, HadoopStore, arrow_fs, arrow_readable, resolve_uri
 from ipinsights.storage.logfiles import (
     LogSplit,
     StreamDamage,
     codec_of,
+    has_log_files,
     iter_split_blocks,
     list_log_files,
     plan_log_splits,
@@ -104,6 +105,9 @@ class QualityOptions(LineLimits):
 
 
 ENGINES = ("auto", "arrow", "spark")
+#: ``{date}`` or ``{date:FMT}`` in an input (group 1: the strftime format). Matched on its own, so that a
+#: glob's ``{a,b}`` is never taken for a placeholder (nor formatted).
+DATE_PLACEHOLDER = re.compile(r"\{date(?::([^{}]*))?\}")
 
 
 @dataclass(frozen=True)
@@ -116,10 +120,17 @@ class IngestConfig:
     ``quarantine`` defaults to ``<output>_quarantine`` and ``summary`` to
     ``<output>_summaries/<run_id>.json``; ``run_id`` defaults to the UTC start time and a random part. ``engine``:
     ``arrow``, ``spark`` or ``auto`` (``arrow`` where inputs and output are local, see the module doc).
+
+    An input may hold ``{date:FMT}`` (a strftime format; ``{date}`` is ``%Y-%m-%d``): it is read once per
+    day of ``start_date``..``end_date`` (``--date D`` sets both), with the day put in
+    (:meth:`dated_inputs`); inputs without one are read as they are. Days without a placeholder to put them
+    in, or a placeholder without days, are refused: either would read other days' logs without a word.
     """
 
     inputs: tuple[str, ...] = ()
     output: str = ""
+    start_date: str = ""
+    end_date: str = ""
     quarantine: str = ""
     summary: str = ""
     run_id: str = ""
@@ -135,6 +146,7 @@ class IngestConfig:
             raise ConfigError("inputs is required: --inputs=PATH[,PATH...] (files, globs, s3:// URIs)")
         if not self.output:
             raise ConfigError("output is required: --output=PATH (the dt-partitioned Parquet table)")
+        self._check_dates()
         check_int("files_per_day", self.files_per_day, 0, 10_000)
         check_int("split_mb", self.split_mb, 0, 4096)
         if self.engine not in ENGINES:
@@ -155,6 +167,46 @@ class IngestConfig:
         object.__setattr__(self, "quarantine", self.quarantine or f"{out}_quarantine")
         object.__setattr__(self, "summary", self.summary or f"{out}_summaries/{run_id}.json")
 
+    def _check_dates(self) -> None:
+        dated = [u for u in self.inputs if DATE_PLACEHOLDER.search(u)]
+        if bool(self.start_date) != bool(self.end_date):
+            raise ConfigError("start_date and end_date go together (--date D sets both to D)")
+        if dated and not self.start_date:
+            raise ConfigError(
+                f"input {dated[0]!r} holds a {{date:...}} placeholder: give the day to read "
+                "(--date YYYY-MM-DD, or --start-date/--end-date for a backfill)"
+            )
+        if self.start_date and not dated:
+            raise ConfigError(
+                f"days {self.start_date}..{self.end_date} given (--date or --start-date/--end-date), but no input "
+                f"holds a {{date:FMT}} placeholder to put them in: {list(self.inputs)} would be read whatever the "
+                "day; put the day in the path, e.g. --inputs='s3://bucket/logs/{date:%Y/%m/%d}/*.gz'"
+            )
+        if self.start_date:
+            day_range(self.start_date, self.end_date)  # a malformed or reversed range: ConfigError
+
+    def days(self) -> list[str]:
+        """The days this run reads (``start_date``..``end_date``); none for an undated run."""
+        return day_range(self.start_date, self.end_date) if self.start_date else []
+
+    def dated_inputs(self) -> list[tuple[str, str | None, str]]:
+        """(URI, day, pattern) of every input to read: a ``{date:FMT}`` pattern once per day, with the
+        placeholders formatted (the string only: a URI's scheme, globs and all stay as given); an input
+        without one once, with day None."""
+        out: list[tuple[str, str | None, str]] = []
+        for pattern in self.inputs:
+            if not DATE_PLACEHOLDER.search(pattern):
+                out.append((pattern, None, pattern))
+                continue
+            for day in self.days():
+                put_in = functools.partial(_format_day, date.fromisoformat(day))
+                out.append((DATE_PLACEHOLDER.sub(put_in, pattern), day, pattern))
+        return out
+
+    def resolved_inputs(self) -> list[str]:
+        """The inputs this run reads: :meth:`dated_inputs`' URIs (each once)."""
+        return list(dict.fromkeys(uri for uri, _, _ in self.dated_inputs()))
+
     def line_rules(self) -> LineRules:
         """The classifier's settings: the config's own sections (each checked itself when it was built)."""
         return LineRules(self.resource, self.entity, self.quality)
@@ -165,6 +217,11 @@ class IngestConfig:
             return self.engine
         local = all("://" not in u or u.startswith("file://") for u in (*self.inputs, self.output))
         return "arrow" if local and not self.files_per_day else "spark"
+
+
+def _format_day(day: date, placeholder: re.Match[str]) -> str:
+    """A ``{date:FMT}`` placeholder with ``day`` put in (``{date}``: ``YYYY-MM-DD``)."""
+    return day.strftime(placeholder.group(1) or "%Y-%m-%d")
 
 
 def _summarise(rows: list, cfg: IngestConfig) -> dict[str, Any]:
@@ -194,7 +251,8 @@ def _summarise(rows: list, cfg: IngestConfig) -> dict[str, Any]:
     ratio = totals["quarantined"] / totals["lines_read"] if totals["lines_read"] else 0.0
     return {
         "run_id": cfg.run_id,
-        "inputs": list(cfg.inputs),
+        "inputs": cfg.resolved_inputs(),
+        "days": cfg.days(),
         "output": cfg.output,
         "quarantine": cfg.quarantine,
         **totals,
@@ -298,7 +356,7 @@ def _ingest_split(task: _SplitTask, item: tuple[int, LogSplit]) -> dict[str, Any
 
 def _stage_arrow(spark, cfg: IngestConfig, staging: str, store: ArrowStore) -> tuple[list[dict[str, Any]], list[str]]:
     """The ``arrow`` engine's pass: one Spark task per split; returns the count rows and the files read."""
-    files = list_log_files(cfg.inputs)
+    files = list_log_files(cfg.resolved_inputs())
     total = sum(size for _, size in files)
     # About 3 splits per core, 4-64 MB each: enough to even out the cores' work, few enough files.
     parallelism = spark.sparkContext.defaultParallelism
@@ -317,7 +375,7 @@ def _stage_spark(spark, cfg: IngestConfig, staging: str):
     a function that writes the quarantine from the staged bad lines, the files read)."""
     from pyspark.sql import functions as F
 
-    lines = read_log_lines(spark, list(cfg.inputs))
+    lines = read_log_lines(spark, cfg.resolved_inputs())
     # The listing names empty files too; Hadoop spells a local file file:///x there, file:/x in the rows.
     files = sorted(re.sub("^file:///", "file:/", f) for f in lines.inputFiles())
     # Compressed files go through the arrow engine's reader wherever Python reaches them: Hadoop's
@@ -526,6 +584,16 @@ def _merge_day(table: str, events: str, merged: str, files: frozenset[str], kept
                         writer.write_table(pa.Table.from_arrays(cols, schema=schema))
 
 
+def _check_days(spark, cfg: IngestConfig) -> None:
+    """Refuse a dated run where a day's input matches no log file, naming every such day and its pattern
+    (before anything is read or written): a day without logs is a gap upstream, never a quiet day.
+    ``spark``: look through its Hadoop filesystems (the ``spark`` engine's), else through ``pyarrow.fs``."""
+    missing = [(day, pattern, uri) for uri, day, pattern in cfg.dated_inputs() if day and not has_log_files(uri, spark)]
+    if missing:
+        days = "; ".join(f"{day}: {pattern!r} matches no log file ({uri})" for day, pattern, uri in missing)
+        raise FileNotFoundError(f"no logs for {len(missing)} of the run's inputs: {days}")
+
+
 def _journal(cfg: IngestConfig, what: str) -> str:
     """Where a publish of this run keeps its journal: beside the runs' staging folders, where the next
     run looks for interrupted publishes before anything else."""
@@ -542,6 +610,7 @@ def run_ingest(spark, cfg: IngestConfig) -> dict[str, Any]:
     engine = cfg.resolved_engine()
     staging = f"{cfg.output.rstrip('/')}_staging/run_id={cfg.run_id}"
     store = ArrowStore() if engine == "arrow" else HadoopStore(spark)
+    _check_days(spark if engine == "spark" else None, cfg)
     json_via = None if engine == "arrow" else spark  # the summary goes where the engine's files go
     # Before anything else: a run killed in the middle of its publish left a journal; finish or undo it.
     recover_publishes(store, f"{cfg.output.rstrip('/')}_staging")
@@ -577,7 +646,7 @@ def run_ingest(spark, cfg: IngestConfig) -> dict[str, Any]:
                 summary,
             )
         if not summary["kept"]:
-            log.warning("no events kept from %s", list(cfg.inputs))
+            log.warning("no events kept from %s", cfg.resolved_inputs())
         files = sorted(set(files) | set(summary["per_file"]))  # the rows' own spelling of each file
         summary.update(_publish_events(spark, store, cfg, staging, events, files, set(summary["kept_by_day"])))
         summary["status"] = "ok"

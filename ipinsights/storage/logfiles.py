@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 import pyarrow.fs as pafs
 
-from ipinsights.storage.filesystems import arrow_fs, arrow_readable, arrow_uri, resolve_uri
+from ipinsights.storage.filesystems import arrow_fs, arrow_readable, arrow_uri, hadoop_path, resolve_uri
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -131,6 +131,23 @@ def list_log_files(paths: Iterable[str]) -> list[tuple[str, int]]:
             # values do not depend on the engine that wrote them.
             found[f"file:{f.path}" if fs.type_name == "local" else arrow_uri(uri, f.path)] = f.size
     return sorted(found.items())
+
+
+def has_log_files(uri: str, spark: SparkSession | None = None) -> bool:
+    """Whether ``uri`` (a file, folder or glob) names at least one log file, by :func:`list_log_files`' rules;
+    with ``spark``, as its Hadoop filesystems see it (any scheme the cluster reads: HDFS, DBFS, EMRFS...)."""
+    if spark is None:
+        try:
+            return bool(list_log_files([uri]))
+        except FileNotFoundError:
+            return False
+    fs, path = hadoop_path(spark, uri)
+    matches = fs.globStatus(path) or []  # None for a plain path that does not exist
+
+    def visible(status: Any) -> bool:
+        return status.isFile() and not status.getPath().getName().startswith(("_", "."))
+
+    return any(visible(m) or (m.isDirectory() and any(visible(f) for f in fs.listStatus(m.getPath()))) for m in matches)
 
 
 def plan_log_splits(files: list[tuple[str, int]], split_bytes: int) -> list[LogSplit]:
