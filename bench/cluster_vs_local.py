@@ -33,7 +33,7 @@ from cluster import (
     train_args,
 )
 
-MODEL = ["--num_entity_vectors=1000", "--vector_dim=16"]
+MODEL = ["--config", "conf/demo.yml", "--num_entity_vectors=1000", "--vector_dim=16"]
 
 
 def pipeline(master: str, root: Path, epochs: int, backend: str, keep_logs: Path | None) -> dict[str, float]:

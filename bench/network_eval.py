@@ -5,7 +5,7 @@
 Generates a world in memory (``--shape scattered``: ISPs announce many prefixes of mixed sizes scattered
 over the address space, homes are renumbered across them, carriers hand out addresses from several;
 ``--shape blocks``: the generator before issue 19, with its attack kinds), trains the model with the
-shipped defaults (conf/train.yml's hyperparameters, ``num_entity_vectors`` twice the users) on the
+demo's settings (conf/demo.yml's hyperparameters, ``num_entity_vectors`` twice the users) on the
 training days, once per variant (``plain``: prefix levels only; ``table``: with the generator's ip2asn
 tables as ``model.asn_table``), and scores the labelled test rows with the raw model score.
 
@@ -30,7 +30,7 @@ sys.path.insert(0, str(REPO))
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ipinsights.core.config import Hyperparameters, ModelOptions, TrainOptions
+    from ipinsights.core.config import ModelOptions, TrainConfig, TrainOptions, load_config
     from ipinsights.score.evaluate import asn_baseline_scores, baseline_scores, evaluate_scores
     from ipinsights.score.scorer import Scorer
     from ipinsights.storage.modelfile import network_table, save_model
@@ -65,15 +65,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(f"train_rows={train.num_rows}")
 
-    hp = Hyperparameters(
-        num_entity_vectors=2 * args.users,
-        vector_dim=128,
-        epochs=args.epochs,
-        learning_rate=0.01,
-        mini_batch_size=1000,
-        random_negative_sampling_rate=5,
-        shuffled_negative_sampling_rate=1,
-    )
+    settings = [f"--num_entity_vectors={2 * args.users}", f"--epochs={args.epochs}"]
+    hp = load_config(TrainConfig, REPO / "conf" / "demo.yml", settings).hyperparameters
     labels = test["label"].to_numpy()
     kinds = test["kind"].to_numpy(zero_copy_only=False)
     methods: dict[str, np.ndarray] = {}

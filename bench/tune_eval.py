@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
 
     cfg = yaml.safe_load((REPO / "conf" / "tune.yml").read_text())
     cfg.update(
-        base_config=str(REPO / "conf" / "train.yml"),
+        base_config=str(REPO / "conf" / "demo.yml"),
         keep_trial_models=True,
         max_jobs=args.trials,
         max_parallel_jobs=1,

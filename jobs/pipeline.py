@@ -3,7 +3,7 @@
     python jobs/pipeline.py [--workdir output/demo] [--users 10000] [--epochs 3] [--backend auto]
 
 Runs every job in one local[2] Spark session on local files (training in one process with both cores:
-``--backend auto`` on a local master): a generated tutorial-like data set
+``--backend auto`` on a local master; the demo's settings, conf/demo.yml): a generated tutorial-like data set
 (10 days of login logs; 7 training days, 1 validation day, 2 test days with labelled attacks written
 into their logs, one source spraying 2% of the accounts among them), then the same jobs a scheduled
 deployment runs. Ends by printing the AUCs, the precision of each test day's top cases and where the
@@ -26,7 +26,7 @@ from ipinsights.storage.events import read_events
 from ipinsights.storage.sagemaker_csv import export_pairs_csv
 from ipinsights.synth import read_spec
 from ipinsights_jobs import cli, generate, ingest, score, train
-from ipinsights_jobs._common import EXIT_FAILURE, Job, JobContext
+from ipinsights_jobs._common import EXIT_FAILURE, Job, JobContext, default_config
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -73,6 +73,11 @@ def run(w: Path, args: argparse.Namespace, spark: SparkSession) -> None:
     events = w / "events"
     step("ingest", ingest.main([f"--inputs={w / 'synth' / 'logs'}/*", f"--output={events}"]))
     num_vectors = max(1000, 2 * args.users)  # SageMaker's advice: about twice the unique entities
+    # The demo's own training settings (SageMaker's tutorial's), not the shipped SageMaker defaults of
+    # conf/train.yml: see conf/demo.yml for why they differ.
+    demo = default_config("demo")
+    if demo is None:
+        raise FileNotFoundError("conf/demo.yml (the demo's training settings) is missing from this installation")
     # The generator writes its address plan as ip2asn tables: the model learns ASes and countries from them.
     world = w / "synth" / "world"
     table = [f"--model.asn_table={world / 'networks.tsv'},{world / 'networks-v6.tsv'}"] if args.asn_table else []
@@ -80,6 +85,8 @@ def run(w: Path, args: argparse.Namespace, spark: SparkSession) -> None:
         "train",
         train.main(
             [
+                "--config",
+                str(demo),
                 "--events",
                 str(events),
                 "--start-date",

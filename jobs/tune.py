@@ -7,7 +7,7 @@
 
 ``--train``/``--validation``: the ingest job's events table (with optional day windows) or SageMaker's
 headerless ``entity,ip`` CSV (``--format`` tells which when the path does not). ``--name=value``
-overrides the base training config (``base_config`` of the tuning config, default conf/train.yml);
+overrides the base training config (``base_config`` of the tuning config, default conf/demo.yml);
 a tuned hyperparameter given that way is fixed and taken out of the search space.
 
 Writes OUT/results.csv and OUT/results.parquet (one row per trial, like SageMaker's tuner analytics),

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The main job on the embedded default (README): set up .venv if needed, then generate a tutorial-like
-# data set and run ingest -> train -> score -> report on local[2] Spark with local files.
+# data set and run ingest -> train -> score -> report on local[2] Spark with local files, training with the
+# demo's settings (conf/demo.yml: SageMaker's tutorial's, not the shipped defaults of conf/train.yml).
 # Extra arguments go to jobs/pipeline.py (e.g. --workdir DIR, --users=2000). Setup builds Horovod only
 # for --backend horovod (or IPINSIGHTS_BACKEND=horovod): the default backend (auto) trains in one process.
 set -euo pipefail

@@ -282,6 +282,8 @@ def test_training_with_verdicts_learns_the_confirmed_network(spark, tmp_path):
     assert sorted(r["ip"] for r in pairs) == sorted(r["ip"] for r in moved)
     assert {r["entity"] for r in pairs} == {"alice"}
     hp = [
+        "--config",
+        "conf/demo.yml",
         "--num_entity_vectors=100",
         "--vector_dim=16",
         "--epochs=4",

@@ -40,6 +40,8 @@ from cluster import (
 EVENTS = f"s3://{BUCKET}/events"  # s3://: Spark maps it to s3a:// (no fs.s3.impl), the Python side to pyarrow
 #: A small model, with small batches so that an epoch lasts long enough to be interrupted after a checkpoint.
 MODEL = [
+    "--config",
+    "conf/demo.yml",  # the demo's learning rate and negatives (conf/train.yml: SageMaker's defaults)
     "--num_entity_vectors=1000",
     "--vector_dim=16",
     "--mini_batch_size=200",

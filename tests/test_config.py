@@ -87,7 +87,8 @@ def test_required_parameters_named():
 
 
 def test_yaml_and_overrides(tmp_path):
-    cfg = load_config(TrainConfig, "conf/train.yml", ["--epochs=3", "--train.seed=9", "--ip_prefix_lengths=8,16"])
+    # conf/demo.yml: its learning rate differs from the dataclass's default, so what the file says is seen.
+    cfg = load_config(TrainConfig, "conf/demo.yml", ["--epochs=3", "--train.seed=9", "--ip_prefix_lengths=8,16"])
     assert cfg.hyperparameters.epochs == 3 and cfg.train.seed == 9
     assert cfg.model.ip_prefix_lengths == (8, 16)
     assert cfg.hyperparameters.learning_rate == 0.01  # from the file

@@ -102,7 +102,7 @@ def test_cli_train_and_evaluate(csvs, tmp_path, capsys):
             "--output",
             str(model),
             "--config",
-            "conf/train.yml",
+            "conf/demo.yml",
             "--metrics",
             str(tmp_path / "m.jsonl"),
             "--epochs=3",

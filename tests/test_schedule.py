@@ -69,7 +69,14 @@ def test_train_and_score_driven_by_one_date(spark, tmp_path, capsys):
     truth = pq.read_table(paths.events).select(["entity", "ip", "ip_int", "ip_version", "ts", "dt"])
     pq.write_to_dataset(truth, events, partition_cols=["dt"])
     run = tmp_path / "run"
-    settings = ["--schedule.train_days=2", "--epochs=1", "--vector_dim=8", "--num_entity_vectors=200"]
+    settings = [
+        "--config",
+        "conf/demo.yml",
+        "--schedule.train_days=2",
+        "--epochs=1",
+        "--vector_dim=8",
+        "--num_entity_vectors=200",
+    ]
     assert train.main(["--events", str(events), "--date", "2024-01-04", "--output", str(run), *settings]) == 0
     windows = read_manifest(str(run / "model"))["training"]["windows"]
     assert windows == {"train": ["2024-01-01", "2024-01-02"], "validation": ["2024-01-03", "2024-01-03"]}

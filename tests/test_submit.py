@@ -69,7 +69,7 @@ def test_tune_ships_its_base_training_config(tmp_path):
     _, cmd = dry_run("--master", "yarn", "--deploy-mode", "cluster", "tune", "--config", "tune.yml", cwd=tmp_path)
     assert option(cmd, "--config") == "tune.yml" and option(cmd, "--train-config") == "base.yml"
     _, cmd = dry_run("--master", "yarn", "--deploy-mode", "cluster", "tune", cwd=tmp_path)  # the project's
-    assert option(cmd, "--files").split(",") == [str(ROOT / "conf" / "tune.yml"), str(ROOT / "conf" / "train.yml")]
+    assert option(cmd, "--files").split(",") == [str(ROOT / "conf" / "tune.yml"), str(ROOT / "conf" / "demo.yml")]
 
 
 def _project_copy(tmp_path: Path) -> tuple[Path, Path]:

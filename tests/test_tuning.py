@@ -47,7 +47,7 @@ def test_conf_tune_yml_is_the_cpu_space_and_sagemakers_is_named():
     sagemaker = load_tune_config("conf/tune.yml", ["--space=sagemaker"])
     assert sagemaker.ranges == SAGEMAKER_SPACE
     assert {r.name: (r.min, r.max) for r in sagemaker.ranges}["learning_rate"] == (1e-4, 0.1)
-    assert cfg.base_config == "conf/train.yml"  # relative to the tuning config's folder
+    assert cfg.base_config == "conf/demo.yml"  # relative to the tuning config's folder
     load_config(TrainConfig, cfg.base_config)
     with pytest.raises(ConfigError, match="objective='validation:recall'"):
         _cfg(objective="validation:recall")
@@ -122,7 +122,7 @@ def _fake_submit(pool: cf.ThreadPoolExecutor, seen: list):
 
 def _params(strategy: str, seed: int, tmp_path) -> list[dict]:
     overrides = ["--vector_dim=16", "--learning_rate=0.01", "--mini_batch_size=500"]
-    base = load_config(TrainConfig, "conf/train.yml", overrides)
+    base = load_config(TrainConfig, "conf/demo.yml", overrides)
     cfg = _cfg(strategy=strategy, seed=seed, max_jobs=12, max_parallel_jobs=3, baseline_trial=True)
     seen: list = []
     with cf.ThreadPoolExecutor(3) as pool:
@@ -142,7 +142,7 @@ def test_same_seed_same_trial_sequence(strategy, tmp_path):
 
 
 def test_invalid_combination_fails_without_launching(tmp_path):
-    base = load_config(TrainConfig, "conf/train.yml")
+    base = load_config(TrainConfig, "conf/demo.yml")
     space = {
         "random_negative_sampling_rate": {"type": "categorical", "values": [0]},
         "shuffled_negative_sampling_rate": {"type": "categorical", "values": [0]},
@@ -279,7 +279,7 @@ def test_diverging_trial_fails_and_the_job_goes_on(toy, tmp_path, monkeypatch):
     _, world = toy
     base = load_config(
         TrainConfig,
-        "conf/train.yml",
+        "conf/demo.yml",
         ["--num_entity_vectors=300", "--vector_dim=8", "--epochs=1", "--mini_batch_size=500"],
     )
     files = []
@@ -353,7 +353,7 @@ def test_every_trial_failing_fails_the_job(spark, toy, tmp_path):
     from ipinsights.tune.driver import tune
 
     data, _ = toy
-    base = load_config(TrainConfig, "conf/train.yml", ["--num_entity_vectors=300", "--vector_dim=8"])
+    base = load_config(TrainConfig, "conf/demo.yml", ["--num_entity_vectors=300", "--vector_dim=8"])
     cfg = _cfg(max_jobs=3, max_parallel_jobs=2, strategy="random")
 
     def submit(spec):  # no training: every trial reports an error
@@ -412,7 +412,7 @@ def test_no_trial_of_the_default_space_collapses(tmp_path):
             "early_stopping": {"type": "off"},
         },
     )
-    base = load_config(TrainConfig, "conf/train.yml", ["--model.ip_hash_buckets=4096", "--ipv6_hash_buckets=64"])
+    base = load_config(TrainConfig, "conf/demo.yml", ["--model.ip_hash_buckets=4096", "--ipv6_hash_buckets=64"])
     with cf.ThreadPoolExecutor(1) as pool:
         records = run_trials(cfg, base, data, str(tmp_path / "trials"), lambda spec: pool.submit(run_trial, spec))
     assert [r.status for r in records] == [COMPLETED] * 6, [r.error for r in records]
@@ -439,7 +439,7 @@ def test_no_trial_of_the_default_space_collapses(tmp_path):
 def test_labelled_objective_without_labels_is_refused_before_any_write(tmp_path):
     from ipinsights.tune.driver import tune
 
-    base = load_config(TrainConfig, "conf/train.yml")
+    base = load_config(TrainConfig, "conf/demo.yml")
     out = tmp_path / "out"
     (out / "trials").mkdir(parents=True)  # an earlier job's trials: not deleted by a refused rerun
     with pytest.raises(ConfigError, match="labelled_recall needs labelled validation rows"):

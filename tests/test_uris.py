@@ -221,7 +221,7 @@ def test_train_job_writes_the_run_to_s3(s3, pairs, tmp_path):
         *HP,
         *_s3a_conf(s3.endpoint),
     ]
-    proc = _run_job("train", [*args, "--epochs=1"], cwd)
+    proc = _run_job("train", [*args, "--epochs=1", "--config", str(REPO / "conf" / "demo.yml")], cwd)
     assert proc.returncode == 0, proc.stderr[-3000:]
     keys = _keys(s3, bucket)
     for key in (

@@ -8,6 +8,7 @@ there, so the checkout's editable install stays out of sight and only the wheel'
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -33,7 +34,8 @@ def installed(tmp_path_factory) -> Path:
     )
     (wheel,) = dist.glob("ipinsights-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
-    assert "ipinsights_jobs/conf/train.yml" in names and "ipinsights_jobs/conf/score.yml" in names, names
+    shipped = ("train", "score", "demo")  # demo.yml: the settings the installed pipeline trains with
+    assert all(f"ipinsights_jobs/conf/{c}.yml" in names for c in shipped), names
     assert not any(n.startswith(("tests/", "conf/", "jobs/")) for n in names), names
     env_dir = tmp / "venv"
     venv.create(env_dir, with_pip=False)
@@ -114,3 +116,5 @@ def test_the_installed_wheel_runs_the_demo_pipeline(installed, tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     assert "test AUC per attack kind (model)" in out.stdout and (w / "evaluation.json").exists()
     assert list((w / "reports").glob("dt=*/report.html"))
+    hp = json.loads((w / "run" / "config.json").read_text())["hyperparameters"]
+    assert (hp["learning_rate"], hp["mini_batch_size"]) == (0.01, 1000)  # the packaged demo.yml, not SageMaker's
