@@ -146,7 +146,7 @@ def test_ingest_killed_at_each_commit_step(spark, tmp_path):
 TRAIN_DAYS, VALIDATION_DAY, SCORE_DAY = ("2026-10-10", "2026-10-11"), "2026-10-12", "2026-10-13"
 TRAIN_ARGS = [
     "--config",
-    "conf/demo.yml",  # the demo's learning rate and negatives (conf/train.yml: SageMaker's slower defaults)
+    str(HERE.parent / "conf" / "demo.yml"),  # the demo's settings (conf/train.yml: SageMaker's slower defaults)
     "--backend",
     "local",
     "--num-workers",
