@@ -1,12 +1,13 @@
 """Issue 19's evaluation: per-kind AUC and recall at 1%/2% FPR, with and without an ip2asn table.
 
     python bench/network_eval.py [--users 3000] [--epochs 5] [--shape scattered|blocks] [--variants plain,table]
+                                 [--config conf/demo.yml]
 
 Generates a world in memory (``--shape scattered``: ISPs announce many prefixes of mixed sizes scattered
 over the address space, homes are renumbered across them, carriers hand out addresses from several;
 ``--shape blocks``: the generator before issue 19, with its attack kinds), trains the model with the
-demo's settings (conf/demo.yml's hyperparameters, ``num_entity_vectors`` twice the users) on the
-training days, once per variant (``plain``: prefix levels only; ``table``: with the generator's ip2asn
+demo's settings (``--config``, default conf/demo.yml: its hyperparameters, ``num_entity_vectors`` twice
+the users) on the training days, once per variant (``plain``: prefix levels only; ``table``: with the generator's ip2asn
 tables as ``model.asn_table``), and scores the labelled test rows with the raw model score.
 
 Prints one figure per line: ``auc_<method>_<kind>=`` and ``recall<fpr>_<method>_<kind>=`` for the
@@ -47,6 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--attacks", type=int, default=10000)
     p.add_argument("--work", type=Path, default=None)
+    p.add_argument("--config", type=Path, default=REPO / "conf" / "demo.yml", help="training settings (YAML)")
     p.add_argument("--table-negatives", type=float, default=None, help="TrainOptions.table_negatives")
     args = p.parse_args(argv)
     work = args.work or Path(tempfile.mkdtemp(prefix="network-eval-"))
@@ -66,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"train_rows={train.num_rows}")
 
     settings = [f"--num_entity_vectors={2 * args.users}", f"--epochs={args.epochs}"]
-    hp = load_config(TrainConfig, REPO / "conf" / "demo.yml", settings).hyperparameters
+    hp = load_config(TrainConfig, args.config, settings).hyperparameters
     labels = test["label"].to_numpy()
     kinds = test["kind"].to_numpy(zero_copy_only=False)
     methods: dict[str, np.ndarray] = {}

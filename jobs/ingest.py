@@ -51,7 +51,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--config", default=None, help="YAML config (default: the project's conf/ingest.yml)")
     add_date_args(
         parser,
-        "the UTC day to read: put into each input's {date:FMT} placeholder; refused where no input holds "
+        "the day to read: put into each input's {date:FMT} placeholder; refused where no input holds "
         "one (it would read the same files whatever the day)",
     )
     parser.add_argument("--verbose", action="store_true")
