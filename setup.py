@@ -56,6 +56,9 @@ setup(
             "pandas-stubs",
             "types-PyYAML",
             *MLFLOW,  # tests/test_mlflow.py logs to a local sqlite store
+            # tests/test_deploy_services.py: deploy/ checked against the services' own models, offline
+            "botocore>=1.34",  # EMR and EMR Serverless service models, parameter validator
+            "databricks-sdk>=0.40",  # jobs.JobSettings (its version fixed in scripts/constraints-spark*.txt)
         ],
         "tune": ["optuna>=4"],  # jobs/tune.py: TPE and random search, ask/tell
         "mlflow": MLFLOW,

@@ -9,9 +9,10 @@
 # shipped with --files. A relative --config is looked up in the working directory, then in the project.
 # MASTER defaults to $SPARK_MASTER or local[2]; only a local master gets SPARK_LOCAL_IP=127.0.0.1 by
 # default. --dry-run prints the environment and the spark-submit command instead of running them.
-# Examples:
-#   ./spark-submit.sh ingest --input 'data/logs/*.gz' --output data/events
-#   ./spark-submit.sh --master yarn --deploy-mode cluster train --events s3://bucket/events ... --output s3://...
+# Examples (tests/test_deploy.py runs each through --dry-run and the job's own parser):
+#   ./spark-submit.sh ingest --inputs='data/logs/*.gz' --output=data/events
+#   ./spark-submit.sh train --events data/events --date 2026-01-09 --output runs/2026-01-09
+#   ./spark-submit.sh --master yarn --deploy-mode cluster score --date 2026-01-09 --model s3://b/runs/2026-01-09/model
 # Note: the horovod backend's ranks are separate Python processes that do not see --py-files: on a
 # cluster, install the wheel (pip install dist/ipinsights-*.whl) on every node, e.g. with a bootstrap
 # action or a cluster library.
@@ -27,7 +28,7 @@ while [ $# -gt 0 ]; do
         --deploy-mode) deploy="$2"; shift 2 ;;
         --spark-opt) spark_opts+=("$2"); shift 2 ;;
         --dry-run) dry_run=1; shift ;;
-        -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
         *) break ;;
     esac
 done
