@@ -7,8 +7,9 @@ parser (``ipinsights_jobs.cli.main``): its subcommand's argument parser, then it
 the command's ``--name=value`` settings (an unknown or out-of-range setting is refused there). Only the work
 is left out: ``Job.run`` is replaced by a dry run that stops after loading the config. A definition's
 options must also be ones an end-to-end test runs: the cluster test (``tests/cluster.py``) or the
-date-driven runs (``tests/test_schedule.py``). tests/test_deploy_services.py validates the same files
-against the services' own models (botocore, the Databricks SDK).
+date-driven runs (``tests/test_schedule.py``, ``tests/test_ingest_dates.py``).
+tests/test_deploy_services.py validates the same files against the services' own models (botocore, the
+Databricks SDK).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import runpy
 import shlex
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -52,8 +53,12 @@ CLUSTER_TESTED = {
     "train": [*train_args("s3://b/events", "s3://b/run", DATES, "torch", 1), "--resume"],
     "score": score_args("s3://b/events", "s3://b/run", "s3://b", DATES),
 }
-#: The end-to-end tests of date-driven runs: the options their ``JOB.main([...])`` calls pass count as run.
-DATE_TESTS = [REPO / "tests/test_schedule.py"]
+#: The end-to-end tests of date-driven runs (file, test) and the options each runs (checked in its source).
+DATE_TESTED = {
+    "ingest": ("tests/test_ingest_dates.py", "test_a_day_reads_its_own_logs_and_a_backfill_each_days", {"--date"}),
+    "train": ("tests/test_schedule.py", "test_train_and_score_driven_by_one_date", {"--date"}),
+    "score": ("tests/test_schedule.py", "test_train_and_score_driven_by_one_date", {"--date", "--model"}),
+}
 
 
 def render(value: Any, placeholder: str, date: str = RUN_DATE) -> Any:
@@ -191,7 +196,7 @@ def check_command(
     if tested:
         reference = reference_options()[job] | {"--config"}
         untested = [a for a in argv[1:] if a.startswith("--") and _option(a) not in reference]
-        assert not untested, f"{job}: {untested} run by no end-to-end test (tests/cluster.py, {DATE_TESTS})"
+        assert not untested, f"{job}: {untested} run by no end-to-end test (tests/cluster.py, DATE_TESTED)"
 
 
 def via_driver(argv: list[str]) -> Any:
@@ -206,26 +211,17 @@ def via_driver(argv: list[str]) -> Any:
 
 
 def reference_options() -> dict[str, set[str]]:
-    """The options an end-to-end test runs, per job: the cluster test's, and those that the date-driven
-    tests pass to ``ingest.main`` / ``train.main`` / ``score.main`` (read from their source)."""
+    """The options an end-to-end test runs, per job: the cluster test's, and the date-driven tests' of
+    :data:`DATE_TESTED` (each of which must be a string in that test function's source)."""
     options = {job: {_option(a) for a in args if a.startswith("--")} for job, args in CLUSTER_TESTED.items()}
-    for path in DATE_TESTS:
-        for node in ast.walk(ast.parse(path.read_text())):
-            func = node.func if isinstance(node, ast.Call) else None
-            if not (isinstance(func, ast.Attribute) and func.attr == "main" and isinstance(func.value, ast.Name)):
-                continue
-            if func.value.id in options and node.args and isinstance(node.args[0], ast.List):
-                options[func.value.id] |= set(_literal_options(node.args[0]))
+    for job, (path, name, flags) in DATE_TESTED.items():
+        tree = ast.parse((REPO / path).read_text())
+        test = next((n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == name), None)
+        assert test is not None, f"{path}: no {name} (DATE_TESTED names the test that runs {job} by date)"
+        strings = {n.value for n in ast.walk(test) if isinstance(n, ast.Constant) and isinstance(n.value, str)}
+        assert flags <= strings, f"{path}::{name} no longer passes {sorted(flags - strings)}"
+        options[job] |= flags
     return options
-
-
-def _literal_options(node: ast.List) -> Iterator[str]:
-    for element in node.elts:
-        # "--opt", or f"--opt={...}" (its leading text)
-        first = element.values[0] if isinstance(element, ast.JoinedStr) and element.values else element
-        text = _constant(first)
-        if isinstance(text, str) and text.startswith("--"):
-            yield _option(text)
 
 
 def _option(arg: str) -> str:
