@@ -224,6 +224,17 @@ def reference_options() -> dict[str, set[str]]:
     return options
 
 
+def _flags(argv: list[str]) -> list[tuple[str, str]]:
+    """(flag, value) of ``--flag value`` and ``--flag=value`` in a command."""
+    pairs = []
+    for i, arg in enumerate(argv):
+        if arg.startswith("--") and "=" in arg:
+            pairs.append(tuple(arg.split("=", 1)))
+        elif arg.startswith("--") and i + 1 < len(argv) and not argv[i + 1].startswith("--"):
+            pairs.append((arg, argv[i + 1]))
+    return pairs
+
+
 def _option(arg: str) -> str:
     return arg.split("=", 1)[0]
 
@@ -258,6 +269,10 @@ def test_every_platform_runs_the_same_commands():
     commands = all_commands()
     for platform, theirs in commands.items():
         assert theirs == commands["emr"], platform
+    # ... and the three are one pipeline: train reads what ingest writes, score the model train writes.
+    ingest, train, score = (dict(_flags(argv)) for argv in commands["emr"])
+    assert ingest["--output"] == train["--events"] == score["--events"]
+    assert score["--model"] == f"{train['--output']}/model"
     assert airflow_steps() == json.loads((DEPLOY / "emr/steps-api.json").read_text())  # the DAG's STEPS
     assert bundle_job() == databricks_job()
 
