@@ -52,6 +52,8 @@ setup(
             "types-PyYAML",
         ],
         "tune": ["optuna>=4"],  # jobs/tune.py: TPE and random search, ask/tell
+        # Leases on s3:// (conditional writes: If-None-Match / If-Match, which pyarrow cannot make).
+        "s3": ["boto3>=1.36"],
     },
     entry_points={"console_scripts": ["ipinsights=ipinsights_jobs.cli:main"]},
     classifiers=[

@@ -31,7 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-TIMEOUT = 600.0  # a trial that has not settled by then is a failure (never a hang)
+TIMEOUT = 600.0
+_DRAWING = threading.Lock()  # a trial that has not settled by then is a failure (never a hang)
 
 
 @dataclass
@@ -46,6 +47,7 @@ class Run:
     stopped: bool = False  # at its fault point now (or for good)
     waiting: bool = False  # inside a lease wait that logged its holder
     waited: bool = False
+    waited_for: list[str] = field(default_factory=list)  # the targets of its waits
     takeovers: int = 0
     done: bool = False
     error: BaseException | None = None
@@ -118,6 +120,18 @@ class Runs:
             wrap(store, "rename", lambda *a: self._step("rename"))
             wrap(store, "delete", lambda _s, uri: self._step("delete") if "_replaced" in str(uri) else None)
         wrap(os, "replace", lambda *a: self._step("replace"))
+        # Matplotlib's text parser is not thread-safe: runs here are threads of one process (in production,
+        # processes), so their reports are drawn one at a time.
+        from ipinsights.score import spark_job
+
+        real_report = spark_job.write_day_report
+
+        def report(*args: Any, **kwargs: Any) -> Any:
+            with _DRAWING:
+                return real_report(*args, **kwargs)
+
+        spark_job.write_day_report = report  # type: ignore[assignment]
+        self.undo.append(lambda: setattr(spark_job, "write_day_report", real_report))
         self.clock = _NoClock()
         try:
             from ipinsights.storage import lease
@@ -263,6 +277,7 @@ class _Watcher(logging.Handler):
         with self.runs.cond:
             if msg.startswith("waiting for "):
                 run.waiting = run.waited = True
+                run.waited_for.append(msg[len("waiting for ") :].split(": held by ", 1)[0])
             elif msg.startswith("took over the lease"):
                 run.takeovers += 1
             self.runs.cond.notify_all()
@@ -465,6 +480,7 @@ def score_job(spark: Any, events: Path, model: Path, base: Path, ttl: float | No
             "reports": str(root / "reports"),
             "threshold": thresholds[v],
             "target_fpr": None,
+            "learning_period_events": 0,  # (the events' entities are few days old: scored by the model all the same)
             **_ttl(ttl),
         }
         cfg = load_config(ScoreConfig, REPO / "conf" / "score.yml", settings)
@@ -475,6 +491,7 @@ def score_job(spark: Any, events: Path, model: Path, base: Path, ttl: float | No
         _fresh(None, base / f"clean{v}")
         score(base / f"clean{v}", v)
         wants.append(score_rows(base / f"clean{v}"))
+    assert wants[0] != wants[1], "the two runs' outputs must differ, or a mix of them goes unseen"
 
     def check(root: Path) -> tuple[int, int]:
         got = score_rows(root)

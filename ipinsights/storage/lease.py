@@ -214,14 +214,14 @@ class S3LeaseStore:
 
     _CONFLICT = ("PreconditionFailed", "ConditionalRequestConflict", "NoSuchKey", "404", "409", "412")
 
-    def __init__(self) -> None:
+    def __init__(self, settings: tuple[tuple[str, str], ...] = ()) -> None:
         try:
             import boto3
         except ImportError:
             from ipinsights.core.config import ConfigError
 
             raise ConfigError("leases on s3:// need boto3: pip install 'ipinsights[s3]'") from None
-        self.client = boto3.client("s3")
+        self.client = boto3.client("s3", **dict(settings))
 
     @staticmethod
     def _split(uri: str) -> tuple[str, str]:
@@ -356,15 +356,34 @@ def lease_store(uri: str, spark: SparkSession | None = None) -> LeaseStore:
     if scheme == "file" or uri.startswith("file:"):
         return LocalLeaseStore()
     if scheme in ("s3", "s3a", "s3n"):
-        return _s3_store(os.environ.get("AWS_ENDPOINT_URL"))
+        return _s3_store(os.environ.get("AWS_ENDPOINT_URL"), _s3a_settings(spark) if spark is not None else ())
     if spark is None:
         raise ValueError(f"a lease on {uri} goes through Hadoop's filesystem: it needs the Spark session")
     return HadoopLeaseStore(spark)
 
 
 @lru_cache(maxsize=4)
-def _s3_store(endpoint: str | None) -> S3LeaseStore:
-    return S3LeaseStore()  # (one client per endpoint: boto3 reads AWS_ENDPOINT_URL when it is made)
+def _s3_store(endpoint: str | None, settings: tuple[tuple[str, str], ...]) -> S3LeaseStore:
+    return S3LeaseStore(settings)  # (one client per endpoint: boto3 reads AWS_ENDPOINT_URL when it is made)
+
+
+def _s3a_settings(spark: SparkSession) -> tuple[tuple[str, str], ...]:
+    """boto3's client settings from the Spark job's S3A ones where it has them (an endpoint, static keys), so
+    that a job that reaches S3 through Hadoop alone reaches its leases the same way; else the AWS defaults."""
+    conf = spark.sparkContext._jsc.hadoopConfiguration()
+    names = {
+        "endpoint_url": "fs.s3a.endpoint",
+        "aws_access_key_id": "fs.s3a.access.key",
+        "aws_secret_access_key": "fs.s3a.secret.key",
+        "aws_session_token": "fs.s3a.session.token",
+        "region_name": "fs.s3a.endpoint.region",
+    }
+    found = {k: str(v) for k, name in names.items() if (v := conf.get(name))}
+    endpoint = found.get("endpoint_url")
+    if endpoint and "://" not in endpoint:
+        ssl = str(conf.get("fs.s3a.connection.ssl.enabled") or "true").lower() != "false"
+        found["endpoint_url"] = f"{'https' if ssl else 'http'}://{endpoint}"
+    return tuple(sorted(found.items()))
 
 
 def lease_uri(target: str) -> str:
