@@ -48,6 +48,7 @@ class Run:
     waiting: bool = False  # inside a lease wait that logged its holder
     waited: bool = False
     waited_for: list[str] = field(default_factory=list)  # the targets of its waits
+    trace: list[str] = field(default_factory=list)  # its commit steps, in order
     takeovers: int = 0
     done: bool = False
     error: BaseException | None = None
@@ -82,11 +83,12 @@ class Runs:
         with self.cond:
             run.stopped = False
 
-    def _step(self, what: str) -> None:
+    def _step(self, what: str, detail: object = "") -> None:
         run = self._run()
         if run is None:
             return
         run.steps += 1
+        run.trace.append(f"{what} {detail}")
         if run.fault in ("crash", "hold") and run.steps == run.at:
             self._stop_here(run, what)
 
@@ -117,9 +119,9 @@ class Runs:
             self.undo.append(lambda: setattr(owner, attr, real))
 
         for store in (filesystems.ArrowStore, filesystems.HadoopStore):
-            wrap(store, "rename", lambda *a: self._step("rename"))
-            wrap(store, "delete", lambda _s, uri: self._step("delete") if "_replaced" in str(uri) else None)
-        wrap(os, "replace", lambda *a: self._step("replace"))
+            wrap(store, "rename", lambda _s, src, dst: self._step("rename", f"{src} -> {dst}"))
+            wrap(store, "delete", lambda _s, uri: self._step("delete", uri) if "_replaced" in str(uri) else None)
+        wrap(os, "replace", lambda *a: self._step("replace", a[-1]))
         # Matplotlib's text parser is not thread-safe: runs here are threads of one process (in production,
         # processes), so their reports are drawn one at a time.
         from ipinsights.score import spark_job

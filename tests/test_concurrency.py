@@ -112,12 +112,13 @@ def test_an_ingest_that_lost_its_lease_mid_publish_publishes_nothing_more(ingest
 
 
 def test_the_same_day_scored_twice_at_once_is_one_run_s_output(score, tmp_path):
-    """Two scoring runs of one day (different thresholds), the first held between the renames of its publish:
-    the second waits, then replaces the day whole. Today the second undid part of the first's live publish and
-    the first finished the rest over it: the day's tables came from two runs."""
+    """Two scoring runs of one day (different thresholds), the first held between the renames of its publish
+    (its scores in, its flagged rows and cases not yet): the second waits, then replaces the day whole. Today
+    the second undid the first's live publish of the scores and published its own, then the first moved its
+    flagged rows and cases in: the day's tables came from two runs."""
     score.prepare(tmp_path)
     with Runs() as runs:
-        a, b = _two(runs, score, tmp_path, "hold", 3)
+        a, b = _two(runs, score, tmp_path, "hold", 3, first=1)  # (threshold 0: all three tables have rows)
         runs.settle(a, [b])
     assert a.error is None and b.error is None and b.waited
     assert score.check(tmp_path) == (0, 0)
