@@ -15,7 +15,7 @@ OUTPUT/checkpoints/ (one per epoch, for --resume) and OUTPUT/work/ (the prepared
 MODEL may be local paths or URIs (s3://bucket/run): every rank reads and writes there, so a cluster needs
 no shared disk; an OUTPUT that cannot be reached is an error before any work.
 Exit status: 0 ok, 1 training diverged (the last good checkpoint is kept), 2 bad configuration or no valid
-training pair.
+training pair, 4 another run holds or took over OUTPUT (retry later).
 """
 
 from __future__ import annotations

@@ -415,6 +415,26 @@ def write_log(path: Path, day_hours: list[tuple[int, str]], users: int, tag: str
     return path
 
 
+def four_days(root: Path) -> Path:
+    """Four days (Oct 10-13, 2026) of 30 users, ingested into ``root/events``: what the score and train runs read."""
+    from ipinsights_jobs import ingest
+
+    log = write_log(root / "logs" / "web.log", [(d, hh) for d in (10, 11, 12, 13) for hh in ("07", "19")], users=30)
+    assert ingest.main([f"--inputs={log}", f"--output={root / 'events'}", "--engine=arrow"]) == 0
+    return root / "events"
+
+
+def small_model(events: Path, run: Path, epochs: int = 1) -> Path:
+    """A model trained by the training job on the first two days of ``events``, at ``run/model``."""
+    from ipinsights_jobs import train
+
+    args = ["--events", str(events), "--start-date", TRAIN_DAYS[0], "--end-date", TRAIN_DAYS[1], "--output", str(run)]
+    settings = {**TRAIN_SETTINGS, "epochs": str(epochs)}
+    args += ["--backend", settings.pop("backend"), "--num-workers", settings.pop("num_workers")]
+    assert train.main([*args, *(f"--{k}={v}" for k, v in settings.items())]) == 0
+    return run / "model"
+
+
 def _fresh(src: Path | None, root: Path) -> None:
     if root.exists():
         shutil.rmtree(root)

@@ -16,13 +16,14 @@ from pathlib import Path
 import pytest
 from concurrency import (
     DAY,
-    TRAIN_DAYS,
     Runs,
     Tally,
     compare,
+    four_days,
     ingest_job,
     score_job,
     score_rows,
+    small_model,
     train_job,
     trial,
     write_log,
@@ -33,24 +34,12 @@ pytestmark = [pytest.mark.spark, pytest.mark.slow]
 
 @pytest.fixture(scope="module")
 def events(spark, tmp_path_factory):
-    """Four days of 30 users, ingested: what the score and train cases read."""
-    from ipinsights_jobs import ingest
-
-    root = tmp_path_factory.mktemp("events")
-    log = write_log(root / "logs" / "web.log", [(d, hh) for d in (10, 11, 12, 13) for hh in ("07", "19")], users=30)
-    assert ingest.main([f"--inputs={log}", f"--output={root / 'events'}", "--engine=arrow"]) == 0
-    return root / "events"
+    return four_days(tmp_path_factory.mktemp("events"))
 
 
 @pytest.fixture(scope="module")
 def model(spark, events, tmp_path_factory):
-    from ipinsights_jobs import train
-
-    run = tmp_path_factory.mktemp("model") / "run"
-    args = ["--events", str(events), "--start-date", TRAIN_DAYS[0], "--end-date", TRAIN_DAYS[1], "--output", str(run)]
-    args += ["--backend", "local", "--num-workers", "1", "--epochs=1", "--num_entity_vectors=128", "--vector_dim=8"]
-    assert train.main([*args, "--mini_batch_size=64", "--num_ip_encoder_layers=0", "--progress_bar=off"]) == 0
-    return run / "model"
+    return small_model(events, tmp_path_factory.mktemp("model") / "run")
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ import logging
 import math
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from ipinsights.score.batches import ScoringSetup
@@ -56,8 +56,10 @@ class Sidecars:
 
 
 def _leases(spark: SparkSession, cfg: ScoreConfig, run_id: str) -> Leases:
-    """The leases a run takes on the sidecars it resolves, one at a time (``run_id``: the scoring run's)."""
-    return Leases(run_id or f"sidecars-{uuid.uuid4().hex[:8]}", cfg.lease, spark)
+    """The leases a run takes on the sidecars it resolves, one at a time (``run_id``: the scoring run's).
+    A run always waits for a sidecar (up to ``lease.wait_minutes``), even with ``on_busy: fail``: runs of
+    other days share it without writing the same thing, and the run that holds it stores it for them."""
+    return Leases(run_id or f"sidecars-{uuid.uuid4().hex[:8]}", replace(cfg.lease, on_busy="wait"), spark)
 
 
 def resolve_sidecars(spark: SparkSession, cfg: ScoreConfig, run_id: str = "") -> Sidecars:

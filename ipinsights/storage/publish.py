@@ -213,7 +213,10 @@ def _target(uri: str) -> str:
 
 
 def recover_publishes(store: HadoopStore | ArrowStore, folder: str) -> dict[str, str]:
-    """:func:`recover_publish` every journal (``_publish-*.json``) in ``folder``; returns journal -> outcome."""
+    """:func:`recover_publish` every journal (``_publish-*.json``) in ``folder``; returns journal -> outcome.
+
+    Only for journals whose runs are known to be gone: the jobs settle journals through
+    :class:`Publisher`, under the leases of the folders they touch (never a live run's)."""
     done = {}
     for f in sorted(store.list_files(folder)):
         name = f.rsplit("/", 1)[1]
