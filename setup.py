@@ -62,6 +62,8 @@ setup(
         ],
         "tune": ["optuna>=4"],  # jobs/tune.py: TPE and random search, ask/tell
         "mlflow": MLFLOW,
+        # Leases on s3:// (conditional writes: If-None-Match / If-Match, which pyarrow cannot make).
+        "s3": ["boto3>=1.36"],
     },
     entry_points={"console_scripts": ["ipinsights=ipinsights_jobs.cli:main"]},
     classifiers=[

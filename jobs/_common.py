@@ -31,11 +31,13 @@ CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 PACKAGED_CONF = "conf"
 #: Exit statuses, the same for every job (README, "Exit status"): 0 ok; 1 a failure (a step or trial that
 #: failed, a diverged training; anything unexpected, with its traceback: a bug); 2 a usage error (a bad
-#: setting or argument, a missing or unusable input, a refused model file); 3 input over its bad-line limit.
+#: setting or argument, a missing or unusable input, a refused model file); 3 input over its bad-line limit;
+#: 4 another run holds (or took over) what this run writes: nothing was lost, retry later.
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
 EXIT_BAD_INPUT = 3
+EXIT_BUSY = 4
 
 log = logging.getLogger("ipinsights.jobs")
 C = TypeVar("C")
@@ -66,14 +68,15 @@ class Job(Generic[C]):
 
     ``errors`` maps exception types (checked in order) to exit statuses; a ``UsageError`` (``ConfigError``,
     ``DataFormatError``, a model file or table that cannot be used...) and ``FileNotFoundError`` always exit
-    ``EXIT_USAGE`` with the message, not a traceback. Any other exception is a bug: exit 1 with its traceback.
+    ``EXIT_USAGE`` with the message, not a traceback, and a ``LeaseError`` (another run holds or took over
+    what this one writes) ``EXIT_BUSY``. Any other exception is a bug: exit 1 with its traceback.
     """
 
     name: str
     config_type: type[C] | None = None
     spark: bool = True
     errors: Sequence[tuple[type[BaseException] | tuple[type[BaseException], ...], int]] = ()
-    # What to print for a mapped error instead of ``error: <message>`` (e.g. a summary that the error carries).
+    # What to print for one of ``errors`` instead of ``error: <message>`` (e.g. a summary that the error carries).
     on_error: Callable[[BaseException], None] | None = None
     config_name: str | None = None  # default conf/<config_name or name>.yml
     app_name: str = field(init=False, default="")
@@ -104,6 +107,7 @@ class Job(Generic[C]):
         (None = 0). ``args`` must carry ``verbose`` and, for Spark jobs, ``master`` and ``spark_conf``.
         """
         from ipinsights.core.errors import UsageError
+        from ipinsights.storage.lease import LeaseError
 
         setup_logging(getattr(args, "verbose", False))
         spark = None
@@ -117,11 +121,11 @@ class Job(Generic[C]):
                 spark = build_spark(self.app_name, getattr(args, "master", None), getattr(args, "spark_conf", ()))
             return body(JobContext(cfg, spark)) or 0
         except Exception as exc:
-            known = [*self.errors, ((UsageError, FileNotFoundError), EXIT_USAGE)]
-            for kind, status in known:
+            known = [*self.errors, ((UsageError, FileNotFoundError), EXIT_USAGE), (LeaseError, EXIT_BUSY)]
+            for i, (kind, status) in enumerate(known):
                 if isinstance(exc, kind):
                     log.error("%s: %s", self.name, exc)
-                    if self.on_error is not None:
+                    if self.on_error is not None and i < len(self.errors):  # the job's own errors
                         self.on_error(exc)
                     else:  # the message alone, on stderr: a bad input is not a crash
                         print(f"error: {exc}", file=sys.stderr)

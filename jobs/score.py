@@ -15,7 +15,8 @@ Every path may be a URI (s3://...): the model is read through a local cache, and
 profile sidecars and the reports are written beside it / under ``reports`` there.
 
 Exit status: 0 ok, 2 a usage error (bad configuration, a missing or foreign model, an unusable calibration
-or input: the message says what to change), 1 anything else (a bug: with its traceback).
+or input: the message says what to change), 4 another run holds or took over one of the days (retry later;
+``--on_busy=fail`` exits 4 at once instead of waiting), 1 anything else (a bug: with its traceback).
 """
 
 from __future__ import annotations

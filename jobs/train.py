@@ -17,7 +17,8 @@ no shared disk; an OUTPUT that cannot be reached is an error before any work.
 Where a tracking server is configured (the mlflow settings, MLFLOW_TRACKING_URI, Databricks), the run is
 logged to MLflow: params, per-epoch metrics and the model as a pyfunc (README, "MLflow").
 Exit status: 0 ok, 1 training diverged (the last good checkpoint is kept) or MLflow refused the run (the
-model is written), 2 bad configuration or no valid training pair.
+model is written), 2 bad configuration or no valid training pair, 4 another run holds or took over OUTPUT
+(retry later).
 """
 
 from __future__ import annotations

@@ -23,23 +23,10 @@ from pathlib import Path
 
 import pyarrow.dataset as ds
 import pytest
+from concurrency import four_days, write_log
 
 HERE = Path(__file__).parent
 pytestmark = [pytest.mark.faults, pytest.mark.slow]
-
-LINE = '{ip} - {user} [{day}/Oct/2026:{hh}:30:00 +0000] "GET /login_success HTTP/1.1" 200 476 "-" "Mozilla/5.0"'
-
-
-def _log(path: Path, day_hours: Sequence[tuple[int, str]], users: int) -> Path:
-    lines = [
-        LINE.format(ip=f"10.{day}.{u}.{h}", user=f"user_{u}", day=day, hh=hh)
-        for day, hh in day_hours
-        for u in range(users)
-        for h in (1, 2)
-    ]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(lines) + "\n")
-    return path
 
 
 def _run_killed(
@@ -120,8 +107,8 @@ def test_ingest_killed_at_each_commit_step(spark, tmp_path):
     from ipinsights_jobs import ingest
 
     logs = tmp_path / "logs"
-    host1 = _log(logs / "host1.log", [(10, "08"), (11, "08")], users=5)
-    host2 = _log(logs / "host2.log", [(11, "20"), (12, "20")], users=4)
+    host1 = write_log(logs / "host1.log", [(10, "08"), (11, "08")], users=5)
+    host2 = write_log(logs / "host2.log", [(11, "20"), (12, "20")], users=4)
 
     def args(root: Path, log: Path) -> list[str]:
         return [f"--inputs={log}", f"--output={root / 'events'}", "--engine=arrow", "--master=local[1]"]
@@ -163,12 +150,7 @@ TRAIN_ARGS = [
 @pytest.fixture(scope="module")
 def events(spark, tmp_path_factory):
     """Four days of 30 users, ingested: the input of the train and score fault tests."""
-    from ipinsights_jobs import ingest
-
-    root = tmp_path_factory.mktemp("events")
-    log = _log(root / "logs" / "web.log", [(d, hh) for d in (10, 11, 12, 13) for hh in ("07", "19")], users=30)
-    assert ingest.main([f"--inputs={log}", f"--output={root / 'events'}", "--engine=arrow"]) == 0
-    return root / "events"
+    return four_days(tmp_path_factory.mktemp("events"))
 
 
 @pytest.mark.spark

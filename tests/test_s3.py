@@ -108,3 +108,55 @@ def test_ingest_reads_and_writes_s3(s3_endpoint, tmp_path):
     summary = json.loads(proc.stdout)
     assert summary["engine"] == "spark"
     _check_outputs(s3, summary)
+
+
+def test_leases_on_s3_are_conditional_writes(s3_endpoint, monkeypatch):
+    """The S3 lease store against a real S3 API (moto's server honours If-None-Match and If-Match): one
+    create wins, a stale ETag swaps or deletes nothing, and a whole lease cycle runs (busy, expiry on the
+    store's clock, takeover, fencing, giving back)."""
+    from ipinsights.core.config import LeaseOptions
+    from ipinsights.storage.lease import (
+        LeaseBusyError,
+        LeaseLostError,
+        Leases,
+        ShiftedClock,
+        lease_store,
+        lease_uri,
+        set_clock,
+    )
+
+    for k, v in {"AWS_ENDPOINT_URL": s3_endpoint, "AWS_ACCESS_KEY_ID": "k", "AWS_SECRET_ACCESS_KEY": "s"}.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    _buckets(s3_endpoint)
+    uri = "s3://lake/_leases/events/dt=2026-10-11.lease"
+    store = lease_store(uri)
+    first = store.create(uri, {"owner": "a", "write": "1"})
+    assert first and store.create(uri, {"owner": "b", "write": "2"}) is None
+    second = store.swap(uri, first, {"owner": "a", "write": "3"})
+    assert second and store.swap(uri, first, {"owner": "b", "write": "4"}) is None
+    assert store.swap(uri, first, None) is None and store.read(uri).data["write"] == "3"
+    assert abs(store.now(uri) - store.read(uri).mtime) < 60  # the store's clock, from its Date header
+    assert store.swap(uri, second, None) == "" and store.read(uri) is None
+
+    target = "s3://lake/events/dt=2026-10-11"
+    assert lease_uri(target) == uri
+    options = LeaseOptions(on_busy="fail", ttl_seconds=30.0)
+    holder = Leases("holder", options)
+    holder.acquire([target])
+    holder._stop.set()  # its heartbeat stops (as its process would)
+    with pytest.raises(LeaseBusyError, match="run holder"):
+        Leases("next", options).acquire([target])
+    clock = ShiftedClock(offset=300.0)
+    old = set_clock(clock)
+    try:
+        taker = Leases("next", options)
+        taker.acquire([target])
+    finally:
+        set_clock(old)
+    assert taker.taken_over[target]["run_id"] == "holder"
+    with pytest.raises(LeaseLostError):
+        holder.renew()
+    taker.release()
+    assert store.read(uri) is None

@@ -38,6 +38,7 @@ __all__ = [
     "TrainConfig",
     "DistributedOptions",
     "MlflowOptions",
+    "LeaseOptions",
     "BACKENDS",
     "MAX_MODEL_BYTES",
     "IPV4_KEYS",
@@ -271,6 +272,30 @@ class ScheduleOptions:
         }
 
 
+#: What a run does when another run holds a lease on something it writes (``lease.on_busy``).
+ON_BUSY = ("wait", "fail")
+
+
+@dataclass(frozen=True)
+class LeaseOptions:
+    """Overlapping runs (``ipinsights.storage.lease``; README, "Overlapping runs and retries"): what a run
+    does when another run holds a lease on something it writes, and how long a silent lease lives."""
+
+    #: wait: up to ``wait_minutes`` (a log line every 30 s names the holder), then exit 4;
+    #: fail: exit 4 at once (a scheduler retries later).
+    on_busy: str = "wait"
+    wait_minutes: float = 60.0
+    #: A lease its run has not renewed for this long, on the store's clock, is taken over by the next run
+    #: (the holder renews it every quarter of this). Longer than the longest pause a live run may take.
+    ttl_seconds: float = 120.0
+
+    def __post_init__(self) -> None:
+        if self.on_busy not in ON_BUSY:
+            raise ConfigError(f"on_busy={self.on_busy!r} must be one of {', '.join(ON_BUSY)}")
+        check_float("wait_minutes", self.wait_minutes, 0.0, 7 * 24 * 60.0)
+        check_float("ttl_seconds", self.ttl_seconds, 0.1, 86400.0)
+
+
 @dataclass(frozen=True)
 class MlflowOptions:
     """Logging the training job to MLflow: params, per-epoch metrics and a ``pyfunc`` model (README, "MLflow").
@@ -299,6 +324,7 @@ class TrainConfig:
     distributed: DistributedOptions = field(default_factory=DistributedOptions)
     schedule: ScheduleOptions = field(default_factory=ScheduleOptions)
     mlflow: MlflowOptions = field(default_factory=MlflowOptions)
+    lease: LeaseOptions = field(default_factory=LeaseOptions)
 
     def __post_init__(self) -> None:
         check_model_size(self.hyperparameters, self.model)  # when the config loads, before any Spark work

@@ -36,12 +36,13 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
 from typing import Any
 
-from ipinsights.core.config import ConfigError, check_float, check_int, config_to_dict
+from ipinsights.core.config import ConfigError, LeaseOptions, check_float, check_int, config_to_dict
 from ipinsights.ingest import logparse
 from ipinsights.ingest.logparse import EntityOptions, LineLimits, LineRules, ResourceFilter
 from ipinsights.storage.events import day_range, present_days, read_events
 from ipinsights.storage.files import write_json
 from ipinsights.storage.filesystems import ArrowStore, HadoopStore, arrow_fs, arrow_readable, resolve_uri
+from ipinsights.storage.lease import LeaseLostError
 from ipinsights.storage.logfiles import (
     LogSplit,
     StreamDamage,
@@ -57,10 +58,9 @@ from ipinsights.storage.logfiles import (
 from ipinsights.storage.parquet import parquet_writer
 from ipinsights.storage.publish import (
     JOURNAL_PREFIX,
+    Publisher,
     PublishError,
     drop_unreported,
-    recover_publishes,
-    replace_folders,
     write_quarantine,
     write_staged,
 )
@@ -140,6 +140,7 @@ class IngestConfig:
     resource: ResourceFilter = field(default_factory=ResourceFilter)
     entity: EntityOptions = field(default_factory=EntityOptions)
     quality: QualityOptions = field(default_factory=QualityOptions)
+    lease: LeaseOptions = field(default_factory=LeaseOptions)
 
     def __post_init__(self) -> None:
         if not self.inputs:
@@ -429,7 +430,7 @@ def _stage_spark(spark, cfg: IngestConfig, staging: str):
 
 def _publish_events(
     spark,
-    store: ArrowStore | HadoopStore,
+    pub: Publisher,
     cfg: IngestConfig,
     staging: str,
     events: str,
@@ -439,55 +440,69 @@ def _publish_events(
     """Put this run's events into the table: per day, the rows of the files it read are replaced by
     what it found in them, and every other file's rows stay.
 
-    A day that only this run's files fill gets the staged folder as it is; a day that other files share
-    is rewritten by Spark (the other files' rows read back, the new ones added) into staging first; a
-    day where this run's files had rows but now have none loses them. Then one all-or-nothing publish
-    (journalled). Returns the days by what happened to them (for the summary).
+    First the leases of the days it rewrites (its own days, and the days where its files had rows, which
+    are read under those leases: another run over the same files may be publishing them). A day that
+    only this run's files fill gets the staged folder as it is; a day that other files share is rewritten
+    by Spark (the other files' rows read back, the new ones added) into staging first; a day where this
+    run's files had rows but now have none loses them. Then one all-or-nothing publish (journalled,
+    fenced). Returns the days by what happened to them (for the summary).
     """
     out = cfg.output.rstrip("/")
-    days, others = set(kept_days), {}
-    if isinstance(store, ArrowStore):  # Python tasks read the table with pyarrow (S3 needs no Hadoop jars)
-        if store.exists(out):
-            found = _day_folders(out)
-            tasks = spark.sparkContext.parallelize(found, max(1, min(len(found), 64)))
-            counts = tasks.map(functools.partial(_count_day, out, frozenset(files))).collect()
-            days |= {d for d, n_ours, _ in counts if n_ours}
-            others = {d: n for d, _, n in counts if n and d in days}
-        merged = sorted(d for d in days if others.get(d))
-        if merged:
-            task = functools.partial(
-                _merge_day, out, events, f"{staging}/merged", frozenset(files), frozenset(kept_days)
-            )
-            spark.sparkContext.parallelize(merged, len(merged)).foreach(task)
-    else:
+    store = pub.store
+    days = set(kept_days)
+    while True:
+        pub.hold(f"{out}/dt={d}" for d in days)
+        found, others = _table_days(spark, store, out, files, days)
+        if found <= days:
+            break
+        days |= found  # more days to hold: taken in order with the others (a later pass reads them again)
+    merged = sorted(d for d in days if others.get(d))
+    if merged and isinstance(store, ArrowStore):  # Python tasks read the table with pyarrow (S3 needs no Hadoop jars)
+        task = functools.partial(_merge_day, out, events, f"{staging}/merged", frozenset(files), frozenset(kept_days))
+        spark.sparkContext.parallelize(merged, len(merged)).foreach(task)
+    elif merged:
         from pyspark.sql import functions as F
 
-        if store.exists(out):
-            table = read_events(spark, out)
-            ours = F.col("source_file").isin(files)
-            # The days earlier runs wrote these files' rows to: a scan of the source_file column, where
-            # Parquet's statistics skip the files written from other logs (each file holds one log's rows).
-            days |= present_days(table.where(ours))
-            if days:
-                rest = table.where(F.col("dt").isin(sorted(days)) & ~ours)
-                others = {str(r["dt"]): int(r["count"]) for r in rest.groupBy("dt").count().collect()}
-        merged = sorted(d for d in days if others.get(d))
-        if merged:
-            rest = table.where(F.col("dt").isin(merged) & ~ours)
-            new = read_events(spark, events).where(F.col("dt").isin(merged)) if kept_days & set(merged) else None
-            staged = rest if new is None else rest.unionByName(new)
-            write_staged(staged, f"{staging}/merged", ["dt"], cfg.files_per_day)
+        rest = read_events(spark, out).where(F.col("dt").isin(merged) & ~F.col("source_file").isin(files))
+        new = read_events(spark, events).where(F.col("dt").isin(merged)) if kept_days & set(merged) else None
+        staged = rest if new is None else rest.unionByName(new)
+        write_staged(staged, f"{staging}/merged", ["dt"], cfg.files_per_day)
     moves: list[tuple[str | None, str]] = []
     for d in sorted(days):
         src = f"{staging}/merged/dt={d}" if d in others else f"{events}/dt={d}" if d in kept_days else None
         moves.append((src, f"{out}/dt={d}"))
     if moves:
-        replace_folders(store, moves, f"{staging}/_replaced", _journal(cfg, "events"))
+        pub.replace_folders(moves, f"{staging}/_replaced", _journal(cfg, "events"))
     return {
         "days_replaced": sorted(d for d in days if d in kept_days and d not in others),
         "days_merged": merged,
         "days_emptied": sorted(d for d in days if d not in kept_days and d not in others),
     }
+
+
+def _table_days(
+    spark, store: ArrowStore | HadoopStore, out: str, files: list[str], days: set[str]
+) -> tuple[set[str], dict[str, int]]:
+    """The table's days that hold rows of ``files``, and per day of those and ``days`` its rows of other files."""
+    if not store.exists(out):
+        return set(), {}
+    if isinstance(store, ArrowStore):
+        found = _day_folders(out)
+        tasks = spark.sparkContext.parallelize(found, max(1, min(len(found), 64)))
+        counts = tasks.map(functools.partial(_count_day, out, frozenset(files))).collect()
+        ours = {d for d, n_ours, _ in counts if n_ours}
+        return ours, {d: n for d, _, n in counts if n and d in days | ours}
+    from pyspark.sql import functions as F
+
+    table = read_events(spark, out)
+    mine = F.col("source_file").isin(files)
+    # The days earlier runs wrote these files' rows to: a scan of the source_file column, where
+    # Parquet's statistics skip the files written from other logs (each file holds one log's rows).
+    ours = present_days(table.where(mine))
+    if not days | ours:
+        return ours, {}
+    rest = table.where(F.col("dt").isin(sorted(days | ours)) & ~mine)
+    return ours, {str(r["dt"]): int(r["count"]) for r in rest.groupBy("dt").count().collect()}
 
 
 def _event_schema():
@@ -608,59 +623,74 @@ def run_ingest(spark, cfg: IngestConfig) -> dict[str, Any]:
     """
     started = time.perf_counter()
     engine = cfg.resolved_engine()
-    staging = f"{cfg.output.rstrip('/')}_staging/run_id={cfg.run_id}"
+    root = f"{cfg.output.rstrip('/')}_staging"
+    staging = f"{root}/run_id={cfg.run_id}"
     store = ArrowStore() if engine == "arrow" else HadoopStore(spark)
     _check_days(spark if engine == "spark" else None, cfg)
+    with Publisher(store, root, cfg.run_id, cfg.lease, spark) as pub:
+        # An earlier attempt of this run killed in the middle of its publish left a journal: settle it
+        # (other runs' interrupted publishes are settled under the leases of what they touched).
+        pub.settle(cfg.run_id)
+        store.delete(staging)  # what a crashed run with this id left
+        keep_staging = False
+        try:
+            return _ingest(spark, cfg, pub, staging, started, engine)
+        except (PublishError, LeaseLostError) as exc:
+            # PublishError: staging holds an old day that could not be put back; LeaseLostError: the run
+            # that took this one's lease over settles its publish from staging. Never delete it.
+            keep_staging = True
+            log.error("%s; staging kept at %s", exc, staging)
+            raise
+        finally:
+            if not keep_staging:
+                store.delete(staging)
+
+
+def _ingest(spark, cfg: IngestConfig, pub: Publisher, staging: str, started: float, engine: str) -> dict[str, Any]:
+    """:func:`run_ingest` from staging on (the run's staging folder and leases are its caller's)."""
+    store = pub.store
     json_via = None if engine == "arrow" else spark  # the summary goes where the engine's files go
-    # Before anything else: a run killed in the middle of its publish left a journal; finish or undo it.
-    recover_publishes(store, f"{cfg.output.rstrip('/')}_staging")
-    store.delete(staging)  # what a crashed run with this id left
-    keep_staging = False
-    try:
-        if isinstance(store, ArrowStore):
-            rows, files = _stage_arrow(spark, cfg, staging, store)
-            events = f"{staging}/events"
-            moves = [(f"{staging}/quarantine", f"{cfg.quarantine.rstrip('/')}/run_id={cfg.run_id}")]
+    if isinstance(store, ArrowStore):
+        rows, files = _stage_arrow(spark, cfg, staging, store)
+        events = f"{staging}/events"
+        target = f"{cfg.quarantine.rstrip('/')}/run_id={cfg.run_id}"
 
-            def quarantine_rows() -> None:
-                replace_folders(store, moves, f"{staging}/_replaced_quarantine", _journal(cfg, "quarantine"))
-
-        else:
-            rows, quarantine_rows, files = _stage_spark(spark, cfg, staging)
-            events = f"{staging}/outcome={logparse.KEPT}"
-        summary = _summarise(rows, cfg)
-        summary["engine"] = engine
-        summary["config"] = config_to_dict(cfg)
-        if summary["quarantined"]:
-            quarantine_rows()
-        q = cfg.quality
-        if summary["bad_ratio"] > q.max_bad_ratio:
-            summary["status"] = "failed: bad-line ratio exceeded"
-            summary["seconds"] = round(time.perf_counter() - started, 3)
-            write_json(cfg.summary, summary, json_via)
-            log.error("ingest summary: %s", _brief(summary))
-            raise BadInputError(
-                f"{summary['quarantined']} of {summary['lines_read']} lines are bad "
-                f"(ratio {summary['bad_ratio']:.4f} > max_bad_ratio {q.max_bad_ratio}); no events written. "
-                f"By reason: {summary['quarantined_by_reason']}; quarantine: {cfg.quarantine}/run_id={cfg.run_id}",
-                summary,
+        def quarantine_rows() -> None:
+            pub.hold([target])
+            pub.replace_folders(
+                [(f"{staging}/quarantine", target)], f"{staging}/_replaced_quarantine", _journal(cfg, "quarantine")
             )
-        if not summary["kept"]:
-            log.warning("no events kept from %s", cfg.resolved_inputs())
-        files = sorted(set(files) | set(summary["per_file"]))  # the rows' own spelling of each file
-        summary.update(_publish_events(spark, store, cfg, staging, events, files, set(summary["kept_by_day"])))
-        summary["status"] = "ok"
+            pub.leases.release([target])
+
+    else:
+        rows, quarantine_rows, files = _stage_spark(spark, cfg, staging)
+        events = f"{staging}/outcome={logparse.KEPT}"
+    summary = _summarise(rows, cfg)
+    summary["engine"] = engine
+    summary["config"] = config_to_dict(cfg)
+    if summary["quarantined"]:
+        quarantine_rows()
+    q = cfg.quality
+    if summary["bad_ratio"] > q.max_bad_ratio:
+        summary["status"] = "failed: bad-line ratio exceeded"
         summary["seconds"] = round(time.perf_counter() - started, 3)
         write_json(cfg.summary, summary, json_via)
-        log.info("ingest summary: %s", _brief(summary))
-        return summary
-    except PublishError as exc:
-        keep_staging = True  # it holds an old day that could not be put back: never delete it
-        log.error("%s; staging kept at %s", exc, staging)
-        raise
-    finally:
-        if not keep_staging:
-            store.delete(staging)
+        log.error("ingest summary: %s", _brief(summary))
+        raise BadInputError(
+            f"{summary['quarantined']} of {summary['lines_read']} lines are bad "
+            f"(ratio {summary['bad_ratio']:.4f} > max_bad_ratio {q.max_bad_ratio}); no events written. "
+            f"By reason: {summary['quarantined_by_reason']}; quarantine: {cfg.quarantine}/run_id={cfg.run_id}",
+            summary,
+        )
+    if not summary["kept"]:
+        log.warning("no events kept from %s", cfg.resolved_inputs())
+    files = sorted(set(files) | set(summary["per_file"]))  # the rows' own spelling of each file
+    summary.update(_publish_events(spark, pub, cfg, staging, events, files, set(summary["kept_by_day"])))
+    summary["status"] = "ok"
+    summary["seconds"] = round(time.perf_counter() - started, 3)
+    write_json(cfg.summary, summary, json_via)
+    log.info("ingest summary: %s", _brief(summary))
+    return summary
 
 
 def _brief(summary: dict[str, Any]) -> str:

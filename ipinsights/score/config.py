@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-from ipinsights.core.config import ConfigError, check_float, check_int
+from ipinsights.core.config import ConfigError, LeaseOptions, check_float, check_int
 from ipinsights.score.cases import CaseSettings
 from ipinsights.score.scorer import BATCH_ROWS
 
@@ -54,6 +54,7 @@ class ScoreConfig:
     network_case_entities: int = 5  # entities one source must touch in a day to make a network case
     case_events: int = 50  # events kept per case (the report's details; counts stay exact)
     case_floor: str | None = None  # default: <model>.cases.json
+    lease: LeaseOptions = field(default_factory=LeaseOptions)  # overlapping runs (ipinsights.storage.lease)
 
     def __post_init__(self) -> None:
         if (self.threshold is None) == (self.target_fpr is None):

@@ -15,6 +15,11 @@ before anything is scored (:func:`resolve`):
    run cannot do without (the thresholds when ``target_fpr`` asks for a calibration) is a usage error
    naming the settings to give; an optional one (the profiles, the case floor) is left out with one
    warning that says what the run lacks without it.
+
+A run holds the sidecar's lease (:mod:`ipinsights.storage.lease`) while it looks for it and builds it:
+runs that need the same sidecar at once (a parallel backfill) build it once, the others wait and then
+use what it stored. The lease is renewed right before the file is stored (the fence: a run whose lease
+was taken over stores nothing).
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from typing import Generic, TypeVar
 
 from ipinsights.core.errors import UsageError
 from ipinsights.storage.files import uri_exists
+from ipinsights.storage.lease import Leases
 
 log = logging.getLogger(__name__)
 
@@ -45,15 +51,26 @@ class Sidecar(Generic[T]):
     name: str  # what it is, in messages: "calibration", "entity profiles", "case floor"
     path: str
     load: Callable[[str], T]  # the stored one; raises StaleSidecarError, or ValueError for an unusable file
-    build: Callable[[], T]  # builds it from its days, stores it at ``path`` and returns it
+    #: Builds it from its days, stores it at ``path`` and returns it; calls its argument (the fence) right
+    #: before it stores anything at ``path``.
+    build: Callable[[Callable[[], None]], T]
     can_build: bool  # its days (and the events table) are set
     days_hint: str  # the settings that build it, for messages: "calibration_start_date and ..."
     without: str | None  # None: the run cannot do without it; else what a run without it lacks
 
 
-def resolve(sidecar: Sidecar[T], recalibrate: bool) -> T | None:
+def resolve(sidecar: Sidecar[T], recalibrate: bool, leases: Leases) -> T | None:
     """The sidecar stored for this model, or a new one built and stored; None when it is optional and its
-    days are not set. Raises :class:`UsageError` when it is required and cannot be built."""
+    days are not set. Raises :class:`UsageError` when it is required and cannot be built. Under the
+    sidecar's lease, taken with ``leases`` (see the module docstring)."""
+    leases.acquire([sidecar.path])
+    try:
+        return _resolve(sidecar, recalibrate, leases.renew)
+    finally:
+        leases.release([sidecar.path])
+
+
+def _resolve(sidecar: Sidecar[T], recalibrate: bool, fence: Callable[[], None]) -> T | None:
     if not recalibrate and uri_exists(sidecar.path):
         try:
             found = sidecar.load(sidecar.path)
@@ -76,4 +93,4 @@ def resolve(sidecar: Sidecar[T], recalibrate: bool) -> T | None:
             sidecar.without,
         )
         return None
-    return sidecar.build()
+    return sidecar.build(fence)

@@ -39,14 +39,9 @@ from ipinsights.score.spark_verdicts import case_rules
 from ipinsights.score.verdicts import Rule, VerdictSet, read_verdicts
 from ipinsights.storage.events import present_days, read_events, read_table_days
 from ipinsights.storage.filesystems import HadoopStore, check_reachable
+from ipinsights.storage.lease import LeaseLostError
 from ipinsights.storage.modelfile import read_manifest
-from ipinsights.storage.publish import (
-    JOURNAL_PREFIX,
-    PublishError,
-    recover_publishes,
-    replace_folders,
-    write_partitions,
-)
+from ipinsights.storage.publish import JOURNAL_PREFIX, Publisher, PublishError, write_partitions
 from ipinsights.storage.sagemaker_csv import read_pairs_csv_spark
 
 if TYPE_CHECKING:
@@ -70,11 +65,16 @@ class ScoreRun:
 
 @dataclass(frozen=True)
 class _Staging:
-    """This run's staging folder under the scores table's, and the store that moves it into place."""
+    """This run's staging folder under the scores table's, and its publisher (store and leases)."""
 
-    store: HadoopStore
+    pub: Publisher
     root: str  # <scores>_staging: every run's, and the journals of interrupted publishes
     run_id: str
+
+    @property
+    def store(self) -> HadoopStore:
+        assert isinstance(self.pub.store, HadoopStore)
+        return self.pub.store
 
     @property
     def folder(self) -> str:
@@ -108,14 +108,15 @@ def run_score_job(
     # A missing or foreign model fails here, clearly, not inside every Spark task; the days it was trained
     # and validated on are where its sidecars come from, unless the settings name others.
     cfg = cfg.with_model_windows(read_manifest(cfg.model))
-    staging = _start(spark, cfg)
-    # Arrow batches: big enough to amortise the per-batch JVM<->Python cost, small enough to stay in cache.
-    spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(cfg.arrow_batch_size))
-    sidecars = resolve_sidecars(spark, cfg)
-    events, input_days = _input_events(spark, cfg, days, input_csv)
-    staged = _stage(spark, cfg, staging.folder, events, days, input_days, sidecars)
-    _publish(cfg, staging, days)
-    return _report(spark, cfg, days, sidecars, staged)
+    staging = _start(spark, cfg, days)
+    with staging.pub:  # the days' leases, held until the reports are written
+        # Arrow batches: big enough to amortise the per-batch JVM<->Python cost, small enough to stay in cache.
+        spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(cfg.arrow_batch_size))
+        sidecars = resolve_sidecars(spark, cfg, staging.run_id)
+        events, input_days = _input_events(spark, cfg, days, input_csv)
+        staged = _stage(spark, cfg, staging.folder, events, days, input_days, sidecars)
+        _publish(cfg, staging, days)
+        return _report(spark, cfg, days, sidecars, staged)
 
 
 def _batch_transform_config(
@@ -134,18 +135,22 @@ def _batch_transform_config(
     return replace(cfg, scores=f"{out}/scores", flagged=f"{out}/flagged", reports=f"{out}/reports")
 
 
-def _start(spark: SparkSession, cfg: ScoreConfig) -> _Staging:
-    """This run's staging, after finishing or undoing any publish a killed run left half done."""
-    store = HadoopStore(spark)
-    root = f"{cfg.scores.rstrip('/')}_staging"
-    # Before anything else: a run killed in the middle of its publish left a journal; finish or undo it.
-    recover_publishes(store, root)
+def _start(spark: SparkSession, cfg: ScoreConfig, days: list[str]) -> _Staging:
+    """This run's staging, holding the leases of its days in the three tables (waiting for a run that
+    writes one of them), and with any publish a killed run left half done on them finished or undone."""
     check_reachable(cfg.reports, "reports")
     for sidecar in (cfg.calibration, cfg.profile):
         if sidecar:
             check_reachable(sidecar, "sidecar")
+    root = f"{cfg.scores.rstrip('/')}_staging"
     run_id = f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{uuid.uuid4().hex[:8]}"
-    return _Staging(store, root, run_id)
+    pub = Publisher(HadoopStore(spark), root, run_id, cfg.lease, spark)
+    try:
+        pub.hold(f"{table.rstrip('/')}/dt={d}" for table in (cfg.scores, cfg.flagged, cfg.cases_table) for d in days)
+    except BaseException:
+        pub.leases.release()
+        raise
+    return _Staging(pub, root, run_id)
 
 
 def _input_events(
@@ -216,9 +221,9 @@ def _publish(cfg: ScoreConfig, staging: _Staging, days: list[str]) -> None:
             moves.append((staged if store.exists(staged) else None, f"{table.rstrip('/')}/dt={d}"))
     journal = f"{staging.root}/{JOURNAL_PREFIX}{staging.run_id}.json"
     try:
-        replace_folders(store, moves, f"{folder}/_replaced", journal)
-    except PublishError:
-        raise  # folders that could not be put back are in staging: keep it
+        staging.pub.replace_folders(moves, f"{folder}/_replaced", journal)
+    except (PublishError, LeaseLostError):
+        raise  # folders that could not be put back, or that the run which took the lease over settles: keep it
     except BaseException:
         store.delete(folder)  # rolled back: nothing of this run is needed
         raise

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from functools import partial
 from typing import TYPE_CHECKING
 
@@ -82,6 +82,7 @@ def build_profiles(
     asn_path: str | None = None,
     max_networks: int = 16,
     accuracy: int = 10_000,
+    fence: Callable[[], None] | None = None,
 ) -> ProfileHeader:
     """Profiles of every entity of ``history`` (the training days' ``entity``, ``ip`` rows), saved at ``path``.
 
@@ -144,6 +145,8 @@ def build_profiles(
         networks["count"].to_numpy().astype(np.int64),
     )
     fingerprint = model_fingerprint(model_path)
+    if fence is not None:  # the rows are under a new name; the header, written last, is what publishes them
+        fence()
     save_header(path, population, fingerprint, rows_uri, files, entities)
     return ProfileHeader(path, population, fingerprint, rows_uri, tuple(files), entities)  # as written, not reread
 

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from ipinsights.score.batches import ScoringSetup
@@ -29,6 +31,7 @@ from ipinsights.score.spark_scoring import score_events
 from ipinsights.score.worker import ScorerSource
 from ipinsights.storage.events import read_events
 from ipinsights.storage.files import read_text, uri_name, write_bytes
+from ipinsights.storage.lease import Leases
 from ipinsights.storage.modelfile import calibration_uri, model_fingerprint, profile_uri, sidecar_uri
 
 if TYPE_CHECKING:
@@ -52,11 +55,20 @@ class Sidecars:
     case_floor: float | None
 
 
-def resolve_sidecars(spark: SparkSession, cfg: ScoreConfig) -> Sidecars:
-    """Every sidecar of ``cfg.model``, in dependency order (see the module docstring)."""
-    header = resolve_profile(spark, cfg)
+def _leases(spark: SparkSession, cfg: ScoreConfig, run_id: str) -> Leases:
+    """The leases a run takes on the sidecars it resolves, one at a time (``run_id``: the scoring run's).
+    A run always waits for a sidecar (up to ``lease.wait_minutes``), even with ``on_busy: fail``: runs of
+    other days share it without writing the same thing, and the run that holds it stores it for them."""
+    return Leases(run_id or f"sidecars-{uuid.uuid4().hex[:8]}", replace(cfg.lease, on_busy="wait"), spark)
+
+
+def resolve_sidecars(spark: SparkSession, cfg: ScoreConfig, run_id: str = "") -> Sidecars:
+    """Every sidecar of ``cfg.model``, in dependency order (see the module docstring), each under its lease
+    (:func:`ipinsights.score.sidecars.resolve`) taken in the name of the scoring run ``run_id``."""
+    leases = _leases(spark, cfg, run_id)
+    header = resolve_profile(spark, cfg, leases)
     profile = header.path if header is not None else None
-    threshold = resolve_threshold(spark, cfg, profile)
+    threshold = resolve_threshold(spark, cfg, profile, leases)
     setup = ScoringSetup(
         ScorerSource.with_profile(cfg.model, profile, cfg.asn_table),
         batch_size=cfg.scorer_batch_size,
@@ -65,19 +77,19 @@ def resolve_sidecars(spark: SparkSession, cfg: ScoreConfig) -> Sidecars:
         flag_unseen=cfg.flag_unseen,
         profile_rows=header.files if header is not None else None,
     )
-    return Sidecars(header, threshold, setup, resolve_case_floor(spark, cfg, setup, threshold))
+    return Sidecars(header, threshold, setup, resolve_case_floor(spark, cfg, setup, threshold, leases))
 
 
-def resolve_profile(spark: SparkSession, cfg: ScoreConfig) -> ProfileHeader | None:
+def resolve_profile(spark: SparkSession, cfg: ScoreConfig, leases: Leases | None = None) -> ProfileHeader | None:
     """Usable entity profiles for the model: the stored ones, or new ones built from the training days.
 
     Only the header is read here; the rows stay a table that scoring joins onto its batches.
     """
 
-    def build() -> ProfileHeader:
+    def build(fence: Callable[[], None]) -> ProfileHeader:
         assert cfg.events is not None and cfg.train_start_date is not None and cfg.train_end_date is not None
         history = read_events(spark, cfg.events, cfg.train_start_date, cfg.train_end_date)
-        header = build_profiles(history, cfg.model, path, cfg.asn_table, cfg.max_networks)
+        header = build_profiles(history, cfg.model, path, cfg.asn_table, cfg.max_networks, fence=fence)
         log.info(
             "entity profiles of %d entities (dt %s..%s) saved to %s",
             header.entities,
@@ -100,10 +112,12 @@ def resolve_profile(spark: SparkSession, cfg: ScoreConfig) -> ProfileHeader | No
         _TRAINING_DAYS,
         "no percentiles or explanations",
     )
-    return resolve(sidecar, cfg.recalibrate)
+    return resolve(sidecar, cfg.recalibrate, leases or _leases(spark, cfg, ""))
 
 
-def resolve_threshold(spark: SparkSession, cfg: ScoreConfig, profile: str | None = None) -> Threshold:
+def resolve_threshold(
+    spark: SparkSession, cfg: ScoreConfig, profile: str | None = None, leases: Leases | None = None
+) -> Threshold:
     """The fixed threshold, a stored calibration for this model, or a new calibration (then stored).
 
     ``profile`` (entity profiles, see :func:`resolve_profile`) gives the population prior its scores,
@@ -120,18 +134,21 @@ def resolve_threshold(spark: SparkSession, cfg: ScoreConfig, profile: str | None
             raise StaleSidecarError(f"for target_fpr {cal.target_fpr:g}, not {target:g}")
         return cal
 
-    def build() -> Calibration:
-        return _calibrate(spark, cfg, profile, path)
+    def build(fence: Callable[[], None]) -> Calibration:
+        return _calibrate(spark, cfg, profile, path, fence)
 
     path = cfg.calibration or calibration_uri(cfg.model)
     hint = f"{_CALIBRATION_DAYS}, or give a fixed threshold (target_fpr needs a calibration)"
     days = cfg.window("calibration") is not None
-    cal = resolve(Sidecar("calibration", path, load, build, days, hint, None), cfg.recalibrate)
+    found = Sidecar("calibration", path, load, build, days, hint, None)
+    cal = resolve(found, cfg.recalibrate, leases or _leases(spark, cfg, ""))
     assert cal is not None  # required: resolve raises rather than return None
     return Threshold(cal.threshold, _describe(cal, path), cal.target_fpr, cal.thresholds())
 
 
-def _calibrate(spark: SparkSession, cfg: ScoreConfig, profile: str | None, path: str) -> Calibration:
+def _calibrate(
+    spark: SparkSession, cfg: ScoreConfig, profile: str | None, path: str, fence: Callable[[], None]
+) -> Calibration:
     """Thresholds of the levels on the calibration days, stored at ``path``."""
     assert cfg.events and cfg.calibration_start_date and cfg.calibration_end_date and cfg.target_fpr
     events = read_events(spark, cfg.events, cfg.calibration_start_date, cfg.calibration_end_date)
@@ -154,6 +171,7 @@ def _calibrate(spark: SparkSession, cfg: ScoreConfig, profile: str | None, path:
         score_quantiles=levels["score_quantiles"],
         prior_quantiles=levels["prior_quantiles"],
     )
+    fence()
     save_calibration(cal, path)
     log.info(
         "calibrated threshold %.6g on %d rows (target FPR %g), saved to %s", cal.threshold, rows, cfg.target_fpr, path
@@ -166,7 +184,7 @@ def _describe(cal: Calibration, path: str) -> str:
 
 
 def resolve_case_floor(
-    spark: SparkSession, cfg: ScoreConfig, setup: ScoringSetup, threshold: Threshold
+    spark: SparkSession, cfg: ScoreConfig, setup: ScoringSetup, threshold: Threshold, leases: Leases | None = None
 ) -> float | None:
     """The case floor (:mod:`ipinsights.score.cases`): stored for this model, threshold and budget, or
     calibrated on the calibration days (scored with the threshold in force, grouped like a real day) and
@@ -179,7 +197,7 @@ def resolve_case_floor(
             raise StaleSidecarError("for another model, threshold or budget")
         return stored
 
-    def build() -> CaseFloor:
+    def build(fence: Callable[[], None]) -> CaseFloor:
         assert cfg.events and cfg.calibration_start_date and cfg.calibration_end_date
         from pyspark.sql import functions as F
 
@@ -190,6 +208,7 @@ def resolve_case_floor(
         floor = calibrate_floor(cases, cfg.normal_cases_per_day)
         source = f"events dt {cfg.calibration_start_date}..{cfg.calibration_end_date}"
         stored = CaseFloor(floor, cfg.normal_cases_per_day, threshold.value, fingerprint, source)
+        fence()
         write_bytes(path, stored.to_json().encode())
         log.info(
             "case floor %s (%d normal cases a day on %s), saved to %s", floor, cfg.normal_cases_per_day, source, path
@@ -199,5 +218,6 @@ def resolve_case_floor(
     path = cfg.case_floor or sidecar_uri(cfg.model, ".cases.json")
     days = cfg.window("calibration") is not None
     without = "every case is open (the report still shows at most max_cases)"
-    found = resolve(Sidecar("case floor", path, load, build, days, _CALIBRATION_DAYS, without), cfg.recalibrate)
+    sidecar = Sidecar("case floor", path, load, build, days, _CALIBRATION_DAYS, without)
+    found = resolve(sidecar, cfg.recalibrate, leases or _leases(spark, cfg, ""))
     return found.floor if found is not None else None

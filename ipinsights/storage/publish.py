@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import logging
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
-from ipinsights.storage.files import write_json
+from ipinsights.core.config import LeaseOptions
+from ipinsights.storage.files import absolute_uri, atomic_leftovers, write_json
 from ipinsights.storage.filesystems import ArrowStore, HadoopStore, arrow_fs, hadoop_path, jvm, resolve_uri
+from ipinsights.storage.lease import LeaseLostError, Leases
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +63,7 @@ def replace_folders(
     moves: Iterable[tuple[str | None, str]],
     trash: str,
     journal: str | None = None,
+    fence: Callable[[], None] | None = None,
 ) -> None:
     """Move each ``src`` folder to ``dst``, replacing what was there (dynamic partition overwrite): all or none.
 
@@ -78,6 +82,10 @@ def replace_folders(
     the new one (and at worst, between the two renames, briefly none). On S3 a rename is a copy: there a
     reader can briefly see a folder missing or partly copied; use a table format (Delta/Iceberg) for
     that. ``trash`` must be on the same filesystem (a sibling is).
+
+    ``fence`` runs before each rename (:meth:`ipinsights.storage.lease.Leases.renew`): when it raises
+    :class:`~ipinsights.storage.lease.LeaseLostError` the publish stops where it is, undoing nothing and
+    keeping its journal, which the run that took the lease over finishes or undoes.
     """
     store.mkdirs(trash)
     ops: list[tuple[str, str]] = []  # the renames, in order; before each, its destination does not exist
@@ -92,9 +100,13 @@ def replace_folders(
     step = 0
     try:
         for step, (a, b) in enumerate(ops):
+            if fence is not None:
+                fence()
             _write_journal(store, journal, ops, olds, step)
             store.rename(a, b)
         _write_journal(store, journal, ops, olds, len(ops))  # committed: a recovery completes it
+    except LeaseLostError:
+        raise  # fenced: another run holds these folders now and settles this publish from its journal
     except BaseException as exc:
         _undo(store, ops, step, exc)
         if journal is not None:
@@ -162,20 +174,7 @@ def recover_publish(store: HadoopStore | ArrowStore, journal: str) -> str:
     dead run replaced is lost. Returns ``"completed"`` or ``"rolled back"``; PublishError if the rollback
     fails (the journal stays, for the next try).
     """
-    import json
-
-    if isinstance(store, HadoopStore):  # (Spark's readers skip a file named _*: Hadoop's API reads it)
-        fs, path = hadoop_path(store.spark, journal)
-        stream = fs.open(path)
-        try:
-            text = str(jvm(store.spark).org.apache.commons.io.IOUtils.toString(stream, "UTF-8"))
-        finally:
-            stream.close()
-    else:
-        fs, path = arrow_fs(journal)
-        with fs.open_input_stream(path) as fh:
-            text = fh.read().decode("utf-8")
-    state = json.loads(text)
+    state = _read_journal(store, journal)
     ops = [(str(a), str(b)) for a, b in state["renames"]]
     olds = [str(o) for o in state["replaced"]]
     step = int(state["next"])
@@ -187,8 +186,37 @@ def recover_publish(store: HadoopStore | ArrowStore, journal: str) -> str:
     return "rolled back"
 
 
+def _read_journal(store: HadoopStore | ArrowStore, journal: str) -> dict[str, Any]:
+    if isinstance(store, HadoopStore):  # (Spark's readers skip a file named _*: Hadoop's API reads it)
+        fs, path = hadoop_path(store.spark, journal)
+        stream = fs.open(path)
+        try:
+            text = str(jvm(store.spark).org.apache.commons.io.IOUtils.toString(stream, "UTF-8"))
+        finally:
+            stream.close()
+    else:
+        fs, path = arrow_fs(journal)
+        with fs.open_input_stream(path) as fh:
+            text = fh.read().decode("utf-8")
+    state: dict[str, Any] = json.loads(text)
+    return state
+
+
+def _journal_targets(state: dict[str, Any]) -> set[str]:
+    """The folders a journalled publish writes (what it moves in, or replaces), as lease targets."""
+    replaced = set(state["replaced"])
+    return {_target(b if b not in replaced else a) for a, b in state["renames"]}
+
+
+def _target(uri: str) -> str:
+    return absolute_uri(uri).rstrip("/")
+
+
 def recover_publishes(store: HadoopStore | ArrowStore, folder: str) -> dict[str, str]:
-    """:func:`recover_publish` every journal (``_publish-*.json``) in ``folder``; returns journal -> outcome."""
+    """:func:`recover_publish` every journal (``_publish-*.json``) in ``folder``; returns journal -> outcome.
+
+    Only for journals whose runs are known to be gone: the jobs settle journals through
+    :class:`Publisher`, under the leases of the folders they touch (never a live run's)."""
     done = {}
     for f in sorted(store.list_files(folder)):
         name = f.rsplit("/", 1)[1]
@@ -196,6 +224,111 @@ def recover_publishes(store: HadoopStore | ArrowStore, folder: str) -> dict[str,
             done[f] = recover_publish(store, f)
             log.warning("an interrupted publish (%s) was %s", f, done[f])
     return done
+
+
+class Publisher:
+    """How a job publishes (every job's one code path): under leases on what it writes, fenced.
+
+    ``hold(targets)`` takes the leases of the folders (or files) the run will write, in sorted order,
+    waiting for another run that holds one as ``options`` say (:class:`~ipinsights.storage.lease.Leases`).
+    Holding them, it settles the interrupted publishes whose journals (in ``root``) touch them: their
+    writer no longer holds those folders, so it is dead or fenced, and only now is its journal finished
+    or undone (:func:`recover_publish`), then its staging folder (``root/run_id=RUN``) removed. A journal
+    that also touches folders this run does not hold needs their leases too: taken at once if they are
+    free, else everything is given back and taken again in order (never waiting out of order). A journal
+    that touches none of them is settled too when its leases are free (its run is gone), else left to
+    its holder.
+
+    :meth:`replace_folders` renews the leases before each rename (the fence): a run whose lease was taken
+    over stops, publishing nothing more (:class:`~ipinsights.storage.lease.LeaseLostError`).
+    """
+
+    def __init__(
+        self,
+        store: HadoopStore | ArrowStore,
+        root: str,
+        run_id: str,
+        options: LeaseOptions,
+        spark: SparkSession | None = None,
+    ) -> None:
+        self.store, self.root, self.run_id = store, root.rstrip("/"), run_id
+        self.leases = Leases(run_id, options, spark)
+
+    def __enter__(self) -> Publisher:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.leases.release()
+
+    def _journals(self) -> list[tuple[str, set[str]]]:
+        """(journal, the folders it publishes) of every interrupted publish in ``root``."""
+        found = []
+        for f in sorted(self.store.list_files(self.root)):
+            name = f.rsplit("/", 1)[1]
+            if name.startswith(JOURNAL_PREFIX) and name.endswith(".json"):
+                try:
+                    found.append((f, _journal_targets(_read_journal(self.store, f))))
+                except FileNotFoundError:  # its run finished meanwhile
+                    continue
+        return found
+
+    def hold(self, targets: Iterable[str]) -> None:
+        """Take the leases of ``targets`` and settle the interrupted publishes that touch them (see the class)."""
+        want = {_target(t) for t in targets} | set(self.leases.held)
+        while True:
+            self.leases.acquire(want)
+            journals = self._journals()
+            held = set(self.leases.held)
+            extra = set().union(*(t for _, t in journals if t & held)) - held
+            if not extra or self.leases.acquire(extra, wait=False):
+                break
+            log.info("an interrupted publish also touches %s: taking every lease again, in order", sorted(extra))
+            self.leases.release()
+            want |= extra
+        for journal, touched in journals:
+            if touched <= set(self.leases.held):
+                self._settle(journal)
+            elif not touched & want and self.leases.acquire(touched, wait=False):
+                self._settle(journal)
+                self.leases.release(touched - want)
+        self.leases.release(set(self.leases.held) - want)
+        self._clear_taken_over()
+
+    def _settle(self, journal: str) -> None:
+        outcome = recover_publish(self.store, journal)
+        log.warning("an interrupted publish (%s) was %s", journal, outcome)
+
+    def _clear_taken_over(self) -> None:
+        """Remove the staging folders of the runs whose leases this run took over and whose publishes are settled."""
+        left = [j.rsplit("/", 1)[1] for j, _ in self._journals()]
+        for run in {str(d.get("run_id")) for d in self.leases.taken_over.values()} - {self.run_id}:
+            mine = (f"{JOURNAL_PREFIX}{run}-", f"{JOURNAL_PREFIX}{run}.")
+            if not any(j.startswith(mine) for j in left):
+                self.store.delete(f"{self.root}/run_id={run}")
+                for tmp in atomic_leftovers(self.root):  # a journal it was writing when it died
+                    if tmp.name[1:].startswith(mine):
+                        tmp.unlink(missing_ok=True)
+
+    def settle(self, run_id: str) -> None:
+        """Settle the interrupted publishes of an earlier attempt of ``run_id`` (before its staging is cleared)."""
+        mine = (f"{JOURNAL_PREFIX}{run_id}-", f"{JOURNAL_PREFIX}{run_id}.")
+        touched = set().union(*(t for j, t in self._journals() if j.rsplit("/", 1)[1].startswith(mine)))
+        if touched:
+            self.hold(touched)
+            self.leases.release()
+
+    def replace_folders(self, moves: Iterable[tuple[str | None, str]], trash: str, journal: str) -> None:
+        """:func:`replace_folders` of folders this run holds, renewing its leases before each rename."""
+        moves = list(moves)
+        missing = {_target(dst) for _, dst in moves} - set(self.leases.held)
+        if missing:
+            raise RuntimeError(f"publishing {sorted(missing)} without holding their leases")
+        replace_folders(self.store, moves, trash, journal, fence=self.leases.renew)
+
+    @property
+    def fenced(self) -> bool:
+        """Whether a lease of this run was taken over (then its staging belongs to the run that took it)."""
+        return self.leases.lost is not None
 
 
 def publish_partitions(

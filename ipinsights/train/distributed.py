@@ -46,6 +46,7 @@ import torch
 
 from ipinsights.core.config import DistributedOptions
 from ipinsights.storage.files import atomic_leftovers, delete_uri, join_uri, read_bytes, write_bytes, write_json
+from ipinsights.storage.lease import LeaseRef
 from ipinsights.train.comm import COMMS
 from ipinsights.train.progress import ProgressTail, ProgressWriter
 from ipinsights.train.spec import RunSpec, read_pairs
@@ -71,6 +72,8 @@ class WorkerSpec(RunSpec):
     #: checkpoint and resumes it, instead of starting over into the same folder.
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
     progress_dir: str | None = None  # where rank 0 writes its progress lines for the driver (None: log only)
+    #: The run's lease on its output: rank 0 renews it before each checkpoint and the model (the fence).
+    fence: LeaseRef | None = None
 
 
 def data_for_epoch(
@@ -189,6 +192,8 @@ def train_worker(spec: WorkerSpec) -> dict[str, Any]:
 
         def checkpoint(trainer: Trainer, history: list[EpochMetrics]) -> None:
             if rank == 0:
+                if spec.fence is not None:
+                    spec.fence()
                 _save_checkpoint(trainer, spec, history, run_id)
             comm.barrier()  # no rank runs ahead of a checkpoint that may yet fail
 
@@ -205,6 +210,7 @@ def train_worker(spec: WorkerSpec) -> dict[str, Any]:
             on_epoch_end=checkpoint,
             progress=progress,
             model_dir=spec.model_dir,
+            fence=spec.fence,
             entity_stats=spec.entity_stats_file if rank == 0 else None,
             config=spec.config,
             manifest={**spec.record, "world_size": world, "backend": spec.backend},

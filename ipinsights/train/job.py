@@ -9,6 +9,7 @@ layer (``jobs/train.py``) opens the run around :func:`run_train_job` (:mod:`ipin
 from __future__ import annotations
 
 import logging
+import uuid
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,8 @@ from ipinsights.core.entities import EntityStats
 from ipinsights.core.errors import DataFormatError
 from ipinsights.storage.events import read_events
 from ipinsights.storage.files import absolute_uri, join_uri, write_json
-from ipinsights.storage.filesystems import check_reachable, resolve_uri
+from ipinsights.storage.filesystems import arrow_readable, check_reachable, resolve_uri
+from ipinsights.storage.lease import Leases
 from ipinsights.storage.modelfile import ModelFileError, read_manifest
 from ipinsights.storage.network_cache import resolve_asn_table
 from ipinsights.storage.parquet import list_buckets, write_buckets, write_parquet_single
@@ -68,13 +70,36 @@ def run_train_job(
     OUTPUT/checkpoints/, OUTPUT/model/ and OUTPUT/metrics.jsonl; returns the run's one-line summary.
     Raises :class:`ConfigError` before any work when ``output`` cannot be reached or ``warm_start`` is
     not a model, :class:`DataFormatError` when no input row is a valid pair.
+
+    The run holds the lease of ``output`` throughout (:mod:`ipinsights.storage.lease`): a second run
+    into the same output waits or fails (``lease.on_busy``); rank 0 renews it before each checkpoint and
+    before the model is saved, and the driver before the metrics (a run whose lease was taken over
+    writes nothing more).
     """
+    out = absolute_uri(output)
+    check_reachable(out, "--output")  # before the lease, which is written beside it
+    run_id = uuid.uuid4().hex[:12]
+    with Leases(run_id, cfg.lease, spark) as leases:
+        leases.acquire([out])
+        return _run_train_job(spark, cfg, inputs, out, resume, warm_start, leases, run_id)
+
+
+def _run_train_job(
+    spark,
+    cfg: TrainConfig,
+    inputs: TrainInputs,
+    output: str | Path,
+    resume: bool,
+    warm_start: str | None,
+    leases: Leases,
+    run_id: str,
+) -> dict[str, Any]:
+    """:func:`run_train_job` under the lease of ``output``."""
     dist = resolve_distributed(spark, cfg.distributed)  # concrete backend and ranks
     mopts, networks = resolve_asn_table(cfg.model)  # asn_table: auto -> the cache's newest, here on the driver
     cfg = replace(cfg, model=mopts)
     cfg_dict = config_to_dict(cfg)
     out = absolute_uri(output)
-    check_reachable(out, "--output")
     if warm_start is not None:
         warm_start = absolute_uri(warm_start)
         try:
@@ -99,8 +124,11 @@ def run_train_job(
         checkpoint_keep=dist.checkpoint_keep,
         timeout_seconds=dist.timeout_seconds,
         record={**networks, **({"windows": _windows(inputs)} if inputs.events else {})},
+        run_id=run_id,
+        fence=leases.ref(out) if arrow_readable(out) else None,  # (rank 0 renews it through pyarrow's stores)
     )
     history = run_training(spark, spec, dist.backend, dist.num_workers, dist.use_gpu)["history"]
+    leases.renew()
     write_metrics(join_uri(out, "metrics.jsonl"), history)
     for h in history:
         auc = h.get("discriminator_auc")

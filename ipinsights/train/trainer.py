@@ -419,6 +419,7 @@ def train_model(
     progress: Callable[[str], None] | None = None,
     history: list[EpochMetrics] | None = None,
     model_dir: str | Path | None = None,
+    fence: Callable[[], None] | None = None,
     entity_stats: EntityStats | bytes | str | None = None,
     config: Mapping[str, Any] | None = None,
     manifest: Mapping[str, Any] | None = None,
@@ -439,7 +440,8 @@ def train_model(
     global ``mini_batch_size`` is split across the ranks. Rank 0 saves the model to ``model_dir``
     (when given) with the entity stats (or the path or URI of their file), the resolved ``config`` and
     a training record: the epochs, the pair count (for in-memory pairs) and ``manifest``, read at save
-    time so that a callback may still change it.
+    time so that a callback may still change it. ``fence`` runs right before the model is saved (the
+    run's lease renewed: it raises when another run took the output over).
     """
     if not callable(train) and len(train) == 0:
         raise ValueError("no training pairs")
@@ -478,5 +480,7 @@ def train_model(
         if isinstance(entity_stats, EntityStats):
             entity_stats = entity_stats.to_bytes()
         extra = {ENTITY_FILE: entity_stats} if entity_stats is not None else None
+        if fence is not None:
+            fence()
         save_model(model, model_dir, training=training, config=config, extra_files=extra)
     return TrainResult(model=model, history=history, stopped=stopped)
