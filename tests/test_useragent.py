@@ -197,6 +197,7 @@ def test_the_classifier_keeps_each_events_user_agent():
     assert rows[8]["raw"] == lines[8]  # the too-long agent's line is in the quarantine, whole
 
 
+@pytest.mark.oldest_spark
 @pytest.mark.slow
 @pytest.mark.spark
 def test_both_engines_keep_the_user_agent_and_merge_with_days_written_before_it(spark, tmp_path):

@@ -120,9 +120,10 @@ _FTOK = '[^ "' + _CTL + "]+"
 _FAST_HEAD = (
     rf'^{_FTOK} {_FTOK} {_FTOK} \[[^\] "{_CTL}]{{1,31}} [^\] "{_CTL}]{{1,32}}\] "[^"\\{_CTL}]*" [0-9]{{3}} (?:[0-9]+|-)'
 )
-# The agent is always read (a split from the right), so it holds no backslash on the fast path; the referer may.
-_FAST_RE2 = _FAST_HEAD + f'(?: "{_TBODY}" "[^"\\\\]*")?$'
+_FAST_RE2 = _FAST_HEAD + f'(?: "{_TBODY}" "{_TBODY}")?$'
 _FAST_TAIL_RE2 = _FAST_HEAD + r'(?: "[^"\\]*" "[^"\\]*")?$'
+# The agent in the text after the third quote, ``referer" "agent"`` (cut from the distinct ones with escapes).
+_AGENT_OF_TAIL = re.compile(f'{_TBODY}" "({_TBODY})"')
 _FIELDS = ("client", "ident", "user", "time", "request", "status", "referer", "user_agent")
 _BINARY = "[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ufffd]"  # binary, in a whole line (_structure_reason)
 _BINARY_PY = re.compile(_BINARY)
@@ -428,8 +429,10 @@ def _structure_reason(raw: bytes, text: str, valid_utf8: bool, max_line_length: 
     return "malformed"
 
 
-def _fast_fields(lines: pa.StringArray, rules: LineRules) -> tuple[np.ndarray, dict[str, pa.Array]]:
-    """(rows split here, their fields) for the usual line; other rows hold junk to be replaced."""
+def _fast_fields(lines: pa.StringArray, rules: LineRules) -> tuple[np.ndarray, dict[str, pa.Array], pa.Array | None]:
+    """(rows split here, their fields, their ``referer" "agent"`` tails) for the usual line; other rows hold
+    junk to be replaced. Where the agent or referer is the entity, the fields hold both and there are no tails
+    (the agent is cut from the tails' distinct values only, :func:`_agent_index`: cheaper than a split)."""
     ascii_ = pc.string_is_ascii(lines)
     ok = pc.fill_null(pc.and_(ascii_, pc.less_equal(pc.binary_length(lines), rules.limits.max_line_length)), False)
     v = pc.if_else(ok, lines, _TEMPLATE)  # the kernels below see ASCII only (RE2 and bad UTF-8: no)
@@ -438,21 +441,17 @@ def _fast_fields(lines: pa.StringArray, rules: LineRules) -> tuple[np.ndarray, d
     v = pc.if_else(_mask(ok), v, _TEMPLATE)
     # By _FAST*, the quotes split the line into [head, request, " sss bbb ", referer, " ", agent, ""]
     # (a common-format line: the first 3), and the head "client ident user [time zone] " into 6 on spaces.
-    # The agent is the piece before the last quote (split from the right: the referer may hold escapes).
     q = _Split(v, '"', max_splits=None if tail else 3)
-    combined = pc.ends_with(v, '"')
-    agent = q.piece(5) if tail else _Split(v, '"', max_splits=2, reverse=True).piece(1)
     head = _Split(q.piece(0), " ")
     fields = {"client": head.piece(0), "request": q.piece(1)}
     fields["time"] = pc.binary_join_element_wise(
         pc.utf8_slice_codeunits(head.piece(3), 1), pc.utf8_slice_codeunits(head.piece(4), 0, -1), " "
     )
     fields["status"] = pc.utf8_slice_codeunits(q.piece(2), 1, 4)
-    fields["user_agent"] = pc.if_else(combined, agent, pa.scalar(None, pa.string()))
-    for name, split, i in (("ident", head, 1), ("user", head, 2), ("referer", q, 3)):
-        if name == rules.entity.field:
+    for name, split, i in (("ident", head, 1), ("user", head, 2), ("referer", q, 3), ("user_agent", q, 5)):
+        if name == rules.entity.field or (tail and name in ("referer", "user_agent")):
             fields[name] = split.piece(i)
-    return ok, fields
+    return ok, fields, None if tail else q.piece(3)
 
 
 def _exact_fields(raw: list[bytes | None], rules: LineRules):
@@ -527,11 +526,12 @@ def classify_batch(lines: pa.Array, rules: LineRules = LineRules()) -> pa.Record
     """
     lines = _as_string(lines)
     n = len(lines)
-    fast, fields = _fast_fields(lines, rules)
+    fast, fields, tails = _fast_fields(lines, rules)
     slow = ~fast
     parsed = fast.copy()
     code = np.zeros(n, np.int8)
     raw_slow: list[str] = []
+    slow_agents: list[str | None] = []
     if slow.any():
         raw = lines.view(pa.binary()).filter(_mask(slow)).to_pylist()
         ok, columns, reasons, texts = _exact_fields(raw, rules)
@@ -540,6 +540,8 @@ def classify_batch(lines: pa.Array, rules: LineRules = LineRules()) -> pa.Record
         for f in fields:
             fields[f] = pc.replace_with_mask(fields[f], _mask(slow), pa.array(columns[f], pa.string()))
         raw_slow = [t[: rules.limits.raw_max_chars] for t in texts]
+        slow_agents = columns["user_agent"]
+    agents, agent_index = _agent_index(fields.get("user_agent"), tails, slow, slow_agents)
     sel, url = _selected(fields, rules)
     sel &= parsed
     code[parsed & ~sel] = _CODE[FILTERED]
@@ -567,11 +569,10 @@ def classify_batch(lines: pa.Array, rules: LineRules = LineRules()) -> pa.Record
     too_long = _np(pc.fill_null(pc.greater(pc.binary_length(entity), rules.limits.max_entity_bytes), False))
     code[todo & too_long] = _CODE["entity_too_long"]
     todo &= ~too_long
-    agent = fields["user_agent"]
-    too_long = _np(pc.fill_null(pc.greater(pc.binary_length(agent), rules.limits.max_user_agent_bytes), False))
+    too_long = (_np(pc.binary_length(agents)) > rules.limits.max_user_agent_bytes)[agent_index] & (agent_index >= 0)
     code[todo & too_long] = _CODE["user_agent_too_long"]
     kept = todo & ~too_long  # code 0: kept
-    agent, family, os_, device = _agent_columns(pc.if_else(_mask(kept), agent, pa.scalar(None, pa.string())))
+    agent, family, os_, device = _agent_columns(agents, np.where(kept, agent_index, -1))
 
     quarantine = ~kept & (code != _CODE[FILTERED])
     raw_text = pa.nulls(n, pa.string())
@@ -600,16 +601,47 @@ def classify_batch(lines: pa.Array, rules: LineRules = LineRules()) -> pa.Record
     )
 
 
-def _agent_columns(agents: pa.Array) -> tuple[pa.DictionaryArray, ...]:
-    """(user agent, family, OS, device type) of the kept lines' agents (null elsewhere), dictionary-encoded:
-    each distinct string is escaped and parsed once (:func:`~ipinsights.core.useragent.parse_user_agents`)."""
-    encoded = pc.dictionary_encode(agents)
-    distinct = encoded.dictionary
+def _agent_index(
+    agents: pa.Array | None, tails: pa.Array | None, slow: np.ndarray, slow_agents: list[str | None]
+) -> tuple[pa.StringArray, np.ndarray]:
+    """(distinct agents, each row's index among them or -1 where it has none) of a batch, from its ``agents``
+    (the entity being the agent or referer), or from the fast rows' ``referer" "agent"`` ``tails`` and the
+    ``slow`` rows' agents; only the distinct tails are cut."""
+    source = agents if agents is not None else tails
+    assert source is not None
+    encoded = pc.dictionary_encode(source)
+    values = encoded.dictionary
+    if agents is None and len(values):  # referer" "agent" -> agent
+        escaped = _np(pc.match_substring(values, "\\"))
+        cut = pc.utf8_slice_codeunits(_Split(values, '" "', max_splits=1).piece(1), 0, -1)
+        values = _apply(pc.if_else(_mask(escaped), values, cut), escaped, _agent_of_tail)
+    index = _np(pc.fill_null(encoded.indices, -1)).astype(np.int64)
+    if agents is None and slow.any():
+        index[slow] = np.where([a is not None for a in slow_agents], len(values) + np.arange(slow.sum()), -1)
+        values = pa.concat_arrays([values, pa.array(slow_agents, pa.string())])
+    return values, index
+
+
+def _agent_of_tail(tail: str) -> str | None:
+    """The agent (unescaped) of a ``referer" "agent"`` text whose fields hold escapes."""
+    m = _AGENT_OF_TAIL.fullmatch(tail)
+    return _UNESCAPE.sub(r"\1", m.group(1)) if m else None
+
+
+def _agent_columns(agents: pa.StringArray, index: np.ndarray) -> tuple[pa.DictionaryArray, ...]:
+    """(user agent, family, OS, device type) of each row's ``agents[index]`` (null where ``index`` is -1), as
+    dictionary arrays of the distinct strings used, each escaped and parsed once
+    (:func:`~ipinsights.core.useragent.parse_user_agents`)."""
+    used = np.flatnonzero(np.bincount(index[index >= 0], minlength=len(agents)))
+    distinct = agents.take(pa.array(used))
     control = _np(pc.match_substring_regex(distinct, _AGENT_CONTROL))
-    if control.any():  # rare: the distinct strings again, escaped (two may now be one)
+    if control.any():  # rare: those strings escaped
         distinct = _apply(distinct, control, _escape_controls)
-        again = pc.dictionary_encode(distinct)
-        encoded = pa.DictionaryArray.from_arrays(again.indices.take(encoded.indices), again.dictionary)
+    again = pc.dictionary_encode(distinct)  # (two strings may have become one)
+    position = np.full(len(agents), -1, np.int32)
+    position[used] = _np(again.indices)
+    new = position[index]
+    encoded = pa.DictionaryArray.from_arrays(pa.array(new, pa.int32(), mask=index < 0), again.dictionary)
     return (encoded, *parse_user_agents(encoded))
 
 

@@ -12,7 +12,7 @@ A device keeps its model and build for the period, and its version moves as auto
 most devices run the release current at the start of the period (others are 1-4 releases behind), and a
 device on the current release updates a few days after the next release comes out, if that falls in the
 period (Chrome, Edge and Opera every 4 weeks, Firefox every 4, Samsung Internet every 10, iOS and
-Safari point releases every 3, apps every 1-2); a device behind updates one release at a random day
+Safari point releases about monthly, apps every 1-2); a device behind updates one release at a random day
 with probability 0.25. A version change is the same device. Releases are numbered from real dates
 (Chrome 120 on 2023-12-05, Firefox 121 on 2023-12-19, iOS 17.0 on 2023-09-18, ...), so a period in
 2024 shows the versions of 2024.
@@ -69,7 +69,7 @@ _SCHEMES = {
     "chromium": _Scheme(_dt.date(2023, 12, 5), 120, 28),
     "firefox": _Scheme(_dt.date(2023, 12, 19), 121, 28),
     "samsung": _Scheme(_dt.date(2023, 11, 20), 23, 70),
-    "apple": _Scheme(_dt.date(2023, 9, 18), 0, 21),  # iOS/Safari point releases: see _apple
+    "apple": _Scheme(_dt.date(2023, 9, 18), 0, 30),  # iOS/Safari point releases: see _apple
     "instagram": _Scheme(_dt.date(2024, 1, 2), 312, 7),
     "facebook": _Scheme(_dt.date(2024, 1, 4), 445, 7),
     "app": _Scheme(_dt.date(2024, 1, 8), 66, 14),  # the service's own app (5.14 then: see _app)
