@@ -2,8 +2,12 @@
 
     python bench/ingest_speed.py [--work DIR] [--lines 3000000] [--fallback]
 
-Uses the project's generator (``jobs/generate.py``, 10k users over 10 days, about 3M lines) when it
-imports, else a numpy line-maker below. pandas reads one uncompressed file (as the tutorial does);
+Uses the project's generator (``jobs/generate.py``, 10k users over 10 days, about 3M lines, with
+``devices: realistic``: each user's 1-3 devices, about 3,800 distinct user agents among the logins, as
+real logs have: browsers at several versions, phones' models, in-app browsers, the service's app, scripts;
+and bots among the other requests) when it imports, else a numpy line-maker below (user agents from the
+generator's device catalogue, one device per user). The ingest parses each login's user agent, so the
+parsing cost is in its time. pandas reads one uncompressed file (as the tutorial does);
 Spark reads the same lines (the generator's files, or the file cut in pieces). Prints
 ``pandas_seconds=``, ``spark_seconds=`` (the ingest with the shipped settings, here the ``arrow``
 engine, on a started session, as pandas' time excludes starting Python), ``spark_startup_seconds=``,
@@ -12,12 +16,17 @@ engine, on a started session, as pandas' time excludes starting Python), ``spark
 (Spark's text source, the classifier as an Arrow UDF, Spark's Parquet writer) in that session too
 (``spark_engine_seconds=``, ``speedup_spark_engine=``). ``*_cpu_seconds`` are CPU time of the JVM and
 its Python workers (steadier than wall clock when the machine is shared).
+
+To compare two commits on the same lines, prepare ``--work`` with this one, then run the other commit's
+copy of this script with the same ``--work``: it finds the logs there and ingests them as they are.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -32,8 +41,19 @@ from _proc import tree_cpu_s  # bench/ is on sys.path when run as a script
 REPO = Path(__file__).resolve().parents[1]
 
 
+def user_agents(users: int, seed: int = 0) -> pa.Array:
+    """One device's user agent per user, drawn by market share from the generator's catalogue."""
+    import datetime as dt
+
+    from ipinsights.synth.devices import market_devices, render_agents
+
+    rng = np.random.default_rng(seed)
+    return render_agents(*market_devices(rng, dt.date(2026, 10, 1), rng.integers(0, 10, users)))
+
+
 def make_lines(n: int, seed: int = 0, users: int = 10_000, days: int = 10) -> pa.Array:
-    """Combined-format login lines (90% ``GET /login_success``), mixed UTC offsets, vectorised."""
+    """Combined-format login lines (90% ``GET /login_success``), mixed UTC offsets, each user's own user
+    agent, vectorised."""
     rng = np.random.default_rng(seed)
     ip = rng.integers(1 << 24, 0xDF000000, n, dtype=np.int64)
     ips = pc.binary_join_element_wise(*[pc.cast(pa.array((ip >> s) & 255), pa.string()) for s in (24, 16, 8, 0)], ".")
@@ -47,16 +67,8 @@ def make_lines(n: int, seed: int = 0, users: int = 10_000, days: int = 10) -> pa
     )
     other = np.array(["GET /index.html HTTP/1.1", "POST /login HTTP/1.1", "GET /static/app.js HTTP/1.1"])
     req = np.where(rng.random(n) < 0.9, "GET /login_success HTTP/1.1", rng.choice(other, n))
-    agents = np.array(
-        [
-            "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0 Safari/537",
-            "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.0",
-            "Mozilla/5.0 (X11; Linux x86_64; rv:121.0) Gecko/20100101 Firefox/121.0",
-        ]
-    )
-    user = pc.binary_join_element_wise(
-        pa.scalar("user_"), pc.cast(pa.array(rng.integers(0, users, n)), pa.string()), ""
-    )
+    user_index = rng.integers(0, users, n)
+    user = pc.binary_join_element_wise(pa.scalar("user_"), pc.cast(pa.array(user_index), pa.string()), "")
     status = pa.array(np.where(rng.random(n) < 0.97, "200", "404"))
     size = pa.array(rng.integers(200, 5000, n).astype(str))
     cols = [
@@ -74,7 +86,7 @@ def make_lines(n: int, seed: int = 0, users: int = 10_000, days: int = 10) -> pa
         " ",
         size,
         ' "-" "',
-        pa.array(rng.choice(agents, n)),
+        user_agents(users, seed).take(pa.array(user_index)),
         '"',
     ]
     return pc.binary_join_element_wise(*[pa.scalar(c) if isinstance(c, str) else c for c in cols], "")
@@ -99,8 +111,13 @@ def prepare(work: Path, n_lines: int, fallback: bool) -> tuple[Path, list[str]]:
             import ipinsights.synth  # noqa: F401
 
             out = work / "synth"
+            manifest = out / "manifest.json"
+            if manifest.exists() and json.loads(manifest.read_text())["spec"].get("devices") != "realistic":
+                shutil.rmtree(out)  # a data set of before the devices: its few user agents measure no parsing
+                single.unlink(missing_ok=True)
             if not out.exists():
-                subprocess.run([sys.executable, str(REPO / "jobs/generate.py"), "--output", str(out)], check=True)
+                generate = [sys.executable, str(REPO / "jobs/generate.py"), "--output", str(out), "--devices=realistic"]
+                subprocess.run(generate, check=True)
             files = sorted(str(p) for p in out.rglob("access-*.log"))
             if files:
                 if not single.exists():
@@ -190,6 +207,10 @@ def main() -> int:
     summary = runs[0][2]
     assert all(r[2]["kept_by_day"] == summary["kept_by_day"] for r in runs), "the engines disagree"
     print(f"# lines={summary['lines_read']} kept={summary['kept']} pandas_kept={n_pandas} engine={summary['engine']}")
+    import pyarrow.parquet as pq
+
+    agents = pq.read_table(args.work / "events", columns=["user_agent"]).column(0)
+    print(f"# distinct user agents among the kept lines: {len(pc.unique(agents.cast(pa.string())))}")
     print(f"pandas_seconds={pandas_s:.2f}")
     print(f"pandas_cpu_seconds={pandas_cpu:.2f}")
     print(f"spark_seconds={runs[0][0]:.2f}")

@@ -50,7 +50,13 @@ def test_gzip_glob_rerun_is_idempotent(spark, tmp_path):
     run_ingest(spark, cfg)  # same input again: same partitions replaced, nothing duplicated
     again = read_events(spark, cfg.output)
     assert sorted(again.collect()) == first
-    assert [f.name for f in again.schema.fields] == ["entity", "ip", "ip_int", "ip_version", "ts", "source_file", "dt"]
+    assert [f.name for f in again.schema.fields] == [
+        *("entity", "ip", "ip_int", "ip_version", "ts", "source_file"),
+        *("user_agent", "ua_family", "ua_os", "ua_device", "dt"),
+    ]
+    assert {(r.user_agent, r.ua_family, r.ua_os, r.ua_device) for r in again.collect()} == {
+        ("Mozilla/5.0", "Other", "Other", "other")
+    }
     v6 = again.where("ip_version = 6").collect()
     assert [(r.entity, r.ip, r.ip_int, str(r.dt)) for r in v6] == [("v6", "::1", None, "2026-10-11")]
     assert v6[0].source_file.endswith("b.log.gz")  # provenance: the log file each event came from
@@ -280,13 +286,18 @@ def test_retried_task_leaves_one_copy(tmp_path):
 
 @pytest.mark.spark
 def test_events_reader_missing_table_is_an_error_absent_day_is_empty(spark, tmp_path):
-    """The one missing-table rule: no such table is an error naming it; a day the table lacks is no rows."""
-    from ipinsights.storage.events import EVENTS_SCHEMA, read_events
+    """The one missing-table rule: no such table is an error naming it; a day the table lacks is no rows.
+    A table written before the user agent's columns reads them as nulls."""
+    from ipinsights.storage.events import read_events
     from ipinsights.storage.sagemaker_csv import read_pairs_table
 
     table = str(tmp_path / "events")
     rows = [("u1", "10.0.0.1", 167772161, 4, None, "file:/a.log", "2026-10-10")]
-    spark.createDataFrame(rows, EVENTS_SCHEMA).write.partitionBy("dt").parquet(table)
+    before_agents = "entity string, ip string, ip_int long, ip_version int, ts timestamp, source_file string, dt string"
+    spark.createDataFrame(rows, before_agents).write.partitionBy("dt").parquet(table)
+    assert [
+        tuple(r) for r in read_events(spark, table).select("user_agent", "ua_family", "ua_os", "ua_device").collect()
+    ] == [(None, None, None, None)]
     typo = str(tmp_path / "evnets")
     for read in (lambda: read_events(spark, typo, "2026-10-10", "2026-10-10"), lambda: read_pairs_table(spark, typo)):
         with pytest.raises(FileNotFoundError, match=f"events table {typo} does not exist"):

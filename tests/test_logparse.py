@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 
+import numpy as np
 import pyarrow as pa
 import pytest
 
@@ -214,9 +215,12 @@ def test_fast_path_and_exact_grammar_agree():
     arr = pa.array(lines)
     for field in ("user", "user_agent", "ident", "referer"):
         rules = LineRules(entity=EntityOptions(field))
-        fast, fields = logparse._fast_fields(arr, rules)
+        fast, fields, tails = logparse._fast_fields(arr, rules)
         parsed, exact, _, _ = logparse._exact_fields([line.encode() for line in lines], rules)
         assert fast.sum() > 100 and (parsed[fast]).all()  # the fast path is a subset of the grammar
+        # The user agent, whether split or cut from the distinct tails.
+        agents, index = logparse._agent_index(fields.get("user_agent"), tails, np.zeros(len(lines), bool), [])
+        fields["user_agent"] = pa.array([agents[i].as_py() if i >= 0 else None for i in index], pa.string())
         for name, values in fields.items():
             got = [v for v, f in zip(values.to_pylist(), fast, strict=True) if f]
             assert got == [v for v, f in zip(exact[name], fast, strict=True) if f], (field, name)

@@ -80,7 +80,8 @@ log = logging.getLogger(__name__)
 UNREADABLE = "unreadable"
 
 _STAGED_SCHEMA = (
-    "entity string, ip string, ip_int long, ip_version int, ts timestamp, source_file string, outcome string, dt string"
+    "entity string, ip string, ip_int long, ip_version int, ts timestamp, source_file string, user_agent string, "
+    "ua_family string, ua_os string, ua_device string, outcome string, dt string"
 )
 
 
@@ -332,6 +333,7 @@ def _ingest_split(task: _SplitTask, item: tuple[int, LogSplit]) -> dict[str, Any
                     **{f: ev.column(f) for f in _EVENT_FIELDS},
                     "ts": pa.array(seconds * 1_000_000, pa.timestamp("us", tz="UTC")),
                     "source_file": pa.DictionaryArray.from_arrays(np.zeros(len(ev), np.int32), [split.uri]),
+                    **{f: ev.column(f) for f in logparse.AGENT_FIELDS},
                 }
             )
             for d in np.unique(day):
@@ -408,7 +410,7 @@ def _stage_spark(spark, cfg: IngestConfig, staging: str):
     # line keeps only its file, for the counts).
     staged = classified.select(
         F.when(kept, F.col("entity")).when(bad, F.col("raw")).alias("entity"),
-        *(F.col(c) for c in ("ip", "ip_int", "ip_version", "ts", "source_file")),
+        *(F.col(c) for c in ("ip", "ip_int", "ip_version", "ts", "source_file", *logparse.AGENT_FIELDS)),
         outcome,
         F.col("dt").cast("string").alias("dt"),
     )
@@ -517,6 +519,7 @@ def _event_schema():
             ("ip_version", pa.int32()),
             ("ts", pa.timestamp("us", tz="UTC")),
             ("source_file", pa.dictionary(pa.int32(), pa.string())),
+            *((name, pa.dictionary(pa.int32(), pa.string())) for name in logparse.AGENT_FIELDS),
         ]
     )
 
@@ -590,12 +593,18 @@ def _merge_day(table: str, events: str, merged: str, files: frozenset[str], kept
             sources += [(f, False) for f in _parquet_files(f"{events}/dt={day}")]
         for (fs, path), old in sources:
             with fs.open_input_file(path) as fh:
-                for batch in pq.ParquetFile(fh).iter_batches(columns=list(schema.names)):
+                pf = pq.ParquetFile(fh)
+                # A file written before the user agent's columns has none: they read as nulls.
+                names = [n for n in schema.names if n in pf.schema_arrow.names]
+                for batch in pf.iter_batches(columns=names):
                     t = pa.Table.from_batches([batch])
                     if old:
                         t = t.filter(pc.invert(pc.is_in(t.column("source_file").cast("string"), value_set=value_set)))
                     if len(t):
-                        cols = [t.column(f.name).cast(f.type) for f in schema]
+                        cols = [
+                            t.column(f.name).cast(f.type) if f.name in names else pa.nulls(len(t), f.type)
+                            for f in schema
+                        ]
                         writer.write_table(pa.Table.from_arrays(cols, schema=schema))
 
 

@@ -1,4 +1,4 @@
-"""Parse Apache/nginx Common and Combined Log Format lines into (entity, ip, ts) events.
+"""Parse Apache/nginx Common and Combined Log Format lines into (entity, ip, ts, user agent) events.
 
 The formats::
 
@@ -23,6 +23,13 @@ bytes, tokens holding quotes, junk: well under 1% of a real log) go through Pyth
 same grammar and capturing groups, one line at a time, and only lines that fail it are diagnosed
 (:func:`_structure_reason`). Both paths yield the same fields, so the path a line takes never changes
 its outcome; everything after the split (filters, timestamp, address, entity) is vectorised for all.
+
+The user agent (the Combined format's last field; null for a Common-format line) is kept with each event,
+with its browser family, OS family and device type (:mod:`ipinsights.core.useragent`): the kept lines'
+agents are dictionary-encoded and only the distinct strings parsed, through a bounded cache that a task's
+batches share. A line whose agent is longer than ``max_user_agent_bytes`` is quarantined
+(``user_agent_too_long``); control characters in an agent (which Apache and nginx escape, so only a
+broken writer leaves) are kept escaped as ``\\xhh``, so that the stored text never splits a report line.
 """
 
 from __future__ import annotations
@@ -42,11 +49,13 @@ import pyarrow.compute as pc
 from ipinsights.core.config import ConfigError, check_int
 from ipinsights.core.hashing import MAX_ENTITY_BYTES
 from ipinsights.core.ip import parse_ipv4
+from ipinsights.core.useragent import parse_user_agents
 
 if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame
 
 __all__ = [
+    "AGENT_FIELDS",
     "ENTITY_FIELDS",
     "FILTERED",
     "KEPT",
@@ -79,11 +88,14 @@ REASONS = (
     "bad_ip",  # client address is not a valid IPv4 or IPv6 literal
     "missing_entity",  # the entity field is '-' or empty (e.g. no authenticated user)
     "entity_too_long",  # the entity is longer than max_entity_bytes (UTF-8)
+    "user_agent_too_long",  # the user agent is longer than max_user_agent_bytes (UTF-8)
 )
 #: Every outcome, indexed by the codes :func:`classify_batch` computes with.
 OUTCOMES = (KEPT, FILTERED, *REASONS)
 _CODE = {name: np.int8(i) for i, name in enumerate(OUTCOMES)}
 ENTITY_FIELDS = ("user", "ident", "user_agent", "referer", "query")
+#: The columns an event gets from its user agent (the events table's, :mod:`ipinsights.storage.events`).
+AGENT_FIELDS = ("user_agent", "ua_family", "ua_os", "ua_device")
 PATH_MATCH_MODES = ("exact", "prefix", "regex")
 
 # The exact grammar, written once for both engines: RE2 (Arrow's regex kernels) and Python's re.
@@ -110,12 +122,17 @@ _FAST_HEAD = (
 )
 _FAST_RE2 = _FAST_HEAD + f'(?: "{_TBODY}" "{_TBODY}")?$'
 _FAST_TAIL_RE2 = _FAST_HEAD + r'(?: "[^"\\]*" "[^"\\]*")?$'
+# The agent in the text after the third quote, ``referer" "agent"`` (cut from the distinct ones with escapes).
+_AGENT_OF_TAIL = re.compile(f'{_TBODY}" "({_TBODY})"')
 _FIELDS = ("client", "ident", "user", "time", "request", "status", "referer", "user_agent")
 _BINARY = "[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ufffd]"  # binary, in a whole line (_structure_reason)
 _BINARY_PY = re.compile(_BINARY)
 # In an entity every control character is refused: tab, CR and LF too (a query parameter's %0A decodes to
 # one) and C1 controls (U+0085 is a line break to many readers); reports and CSVs must not be split by them.
 _ENTITY_BINARY = "[\x00-\x1f\x7f-\x9f\ufffd]"
+# Control characters in a user agent, C1 included: stored as Apache writes them (\xhh), never raw.
+_AGENT_CONTROL = "[\x00-\x1f\x7f-\x9f]"
+_AGENT_CONTROL_PY = re.compile(_AGENT_CONTROL)
 _UNESCAPE = re.compile(r"\\(.)")
 _BAD_PERCENT = re.compile(r"%(?![0-9A-Fa-f]{2})")
 _IPV6_CHARS = re.compile(r"[0-9A-Fa-f:.]{2,45}")
@@ -182,16 +199,19 @@ class EntityOptions:
 class LineLimits:
     """Lines longer than ``max_line_length`` bytes are quarantined unparsed (as ``overlong``); a
     quarantined line keeps at most ``raw_max_chars`` characters; entities longer than ``max_entity_bytes``
-    (UTF-8) are quarantined as ``entity_too_long``."""
+    (UTF-8) are quarantined as ``entity_too_long``, and user agents longer than ``max_user_agent_bytes``
+    as ``user_agent_too_long`` (real browsers' are 100-300 bytes, apps' and bots' rarely over 500)."""
 
     max_line_length: int = 8192
     raw_max_chars: int = 2048
     max_entity_bytes: int = MAX_ENTITY_BYTES
+    max_user_agent_bytes: int = 1024
 
     def __post_init__(self) -> None:
         check_int("max_line_length", self.max_line_length, 64, 1 << 24)
         check_int("raw_max_chars", self.raw_max_chars, 16, 1 << 20)
         check_int("max_entity_bytes", self.max_entity_bytes, 1, 1 << 24)
+        check_int("max_user_agent_bytes", self.max_user_agent_bytes, 16, 1 << 24)
 
     @property
     def read_cap(self) -> int:
@@ -253,8 +273,8 @@ class _Split:
     Each piece is one ``take`` from the split's flat values, so only the pieces asked for are copied.
     """
 
-    def __init__(self, values: pa.Array, sep: str, max_splits: int | None = None):
-        lists = pc.split_pattern(values, sep, max_splits=max_splits)
+    def __init__(self, values: pa.Array, sep: str, max_splits: int | None = None, reverse: bool = False):
+        lists = pc.split_pattern(values, sep, max_splits=max_splits, reverse=reverse)
         offsets = _np(lists.offsets)
         self._flat, self._start, self.counts = lists.values, offsets[:-1], np.diff(offsets)
 
@@ -409,8 +429,10 @@ def _structure_reason(raw: bytes, text: str, valid_utf8: bool, max_line_length: 
     return "malformed"
 
 
-def _fast_fields(lines: pa.StringArray, rules: LineRules) -> tuple[np.ndarray, dict[str, pa.Array]]:
-    """(rows split here, their fields) for the usual line; other rows hold junk to be replaced."""
+def _fast_fields(lines: pa.StringArray, rules: LineRules) -> tuple[np.ndarray, dict[str, pa.Array], pa.Array | None]:
+    """(rows split here, their fields, their ``referer" "agent"`` tails) for the usual line; other rows hold
+    junk to be replaced. Where the agent or referer is the entity, the fields hold both and there are no tails
+    (the agent is cut from the tails' distinct values only, :func:`_agent_index`: cheaper than a split)."""
     ascii_ = pc.string_is_ascii(lines)
     ok = pc.fill_null(pc.and_(ascii_, pc.less_equal(pc.binary_length(lines), rules.limits.max_line_length)), False)
     v = pc.if_else(ok, lines, _TEMPLATE)  # the kernels below see ASCII only (RE2 and bad UTF-8: no)
@@ -427,9 +449,9 @@ def _fast_fields(lines: pa.StringArray, rules: LineRules) -> tuple[np.ndarray, d
     )
     fields["status"] = pc.utf8_slice_codeunits(q.piece(2), 1, 4)
     for name, split, i in (("ident", head, 1), ("user", head, 2), ("referer", q, 3), ("user_agent", q, 5)):
-        if name == rules.entity.field:
+        if name == rules.entity.field or (tail and name in ("referer", "user_agent")):
             fields[name] = split.piece(i)
-    return ok, fields
+    return ok, fields, None if tail else q.piece(3)
 
 
 def _exact_fields(raw: list[bytes | None], rules: LineRules):
@@ -495,18 +517,21 @@ def classify_batch(lines: pa.Array, rules: LineRules = LineRules()) -> pa.Record
 
     Returns one row per line: ``outcome`` (:data:`KEPT`, :data:`FILTERED` or one of :data:`REASONS`);
     for kept lines ``entity``, ``ip`` (IPv4 dotted quad or RFC 5952 IPv6), ``ip_int`` (IPv4 only),
-    ``ip_version`` and ``epoch_s`` (UTC seconds); for quarantined lines ``raw`` (the line cut to
+    ``ip_version``, ``epoch_s`` (UTC seconds), ``user_agent`` (null for a Common-format line) and its
+    ``ua_family``, ``ua_os`` and ``ua_device`` (dictionary arrays, see :mod:`ipinsights.core.useragent`);
+    for quarantined lines ``raw`` (the line cut to
     ``raw_max_chars`` characters, invalid UTF-8 replaced). Structural errors are quarantined whatever
     the resource; timestamp, address and entity are only checked on lines of the selected resource
     (a static asset has no user, and that is not an error).
     """
     lines = _as_string(lines)
     n = len(lines)
-    fast, fields = _fast_fields(lines, rules)
+    fast, fields, tails = _fast_fields(lines, rules)
     slow = ~fast
     parsed = fast.copy()
     code = np.zeros(n, np.int8)
     raw_slow: list[str] = []
+    slow_agents: list[str | None] = []
     if slow.any():
         raw = lines.view(pa.binary()).filter(_mask(slow)).to_pylist()
         ok, columns, reasons, texts = _exact_fields(raw, rules)
@@ -515,6 +540,8 @@ def classify_batch(lines: pa.Array, rules: LineRules = LineRules()) -> pa.Record
         for f in fields:
             fields[f] = pc.replace_with_mask(fields[f], _mask(slow), pa.array(columns[f], pa.string()))
         raw_slow = [t[: rules.limits.raw_max_chars] for t in texts]
+        slow_agents = columns["user_agent"]
+    agents, agent_index = _agent_index(fields.get("user_agent"), tails, slow, slow_agents)
     sel, url = _selected(fields, rules)
     sel &= parsed
     code[parsed & ~sel] = _CODE[FILTERED]
@@ -541,7 +568,11 @@ def classify_batch(lines: pa.Array, rules: LineRules = LineRules()) -> pa.Record
     todo &= ~binary
     too_long = _np(pc.fill_null(pc.greater(pc.binary_length(entity), rules.limits.max_entity_bytes), False))
     code[todo & too_long] = _CODE["entity_too_long"]
+    todo &= ~too_long
+    too_long = (_np(pc.binary_length(agents)) > rules.limits.max_user_agent_bytes)[agent_index] & (agent_index >= 0)
+    code[todo & too_long] = _CODE["user_agent_too_long"]
     kept = todo & ~too_long  # code 0: kept
+    agent, family, os_, device = _agent_columns(agents, np.where(kept, agent_index, -1))
 
     quarantine = ~kept & (code != _CODE[FILTERED])
     raw_text = pa.nulls(n, pa.string())
@@ -561,12 +592,65 @@ def classify_batch(lines: pa.Array, rules: LineRules = LineRules()) -> pa.Record
             pa.array(np.where(v4.valid, 4, 6).astype(np.int32), mask=~kept),
             pa.array(seconds, pa.int64(), mask=~kept),
             pc.if_else(_mask(quarantine), raw_text, pa.scalar(None, pa.string())),
+            agent,
+            family,
+            os_,
+            device,
         ],
-        names=["outcome", "entity", "ip", "ip_int", "ip_version", "epoch_s", "raw"],
+        names=[*_RESULT_FIELDS.names],
     )
 
 
-#: What :func:`classify_batch` returns, per line (the Spark type is derived from it).
+def _agent_index(
+    agents: pa.Array | None, tails: pa.Array | None, slow: np.ndarray, slow_agents: list[str | None]
+) -> tuple[pa.StringArray, np.ndarray]:
+    """(distinct agents, each row's index among them or -1 where it has none) of a batch, from its ``agents``
+    (the entity being the agent or referer), or from the fast rows' ``referer" "agent"`` ``tails`` and the
+    ``slow`` rows' agents; only the distinct tails are cut."""
+    source = agents if agents is not None else tails
+    assert source is not None
+    encoded = pc.dictionary_encode(source)
+    values = encoded.dictionary
+    if agents is None and len(values):  # referer" "agent" -> agent
+        escaped = _np(pc.match_substring(values, "\\"))
+        cut = pc.utf8_slice_codeunits(_Split(values, '" "', max_splits=1).piece(1), 0, -1)
+        values = _apply(pc.if_else(_mask(escaped), values, cut), escaped, _agent_of_tail)
+    index = _np(pc.fill_null(encoded.indices, -1)).astype(np.int64)
+    if agents is None and slow.any():
+        index[slow] = np.where([a is not None for a in slow_agents], len(values) + np.arange(slow.sum()), -1)
+        values = pa.concat_arrays([values, pa.array(slow_agents, pa.string())])
+    return values, index
+
+
+def _agent_of_tail(tail: str) -> str | None:
+    """The agent (unescaped) of a ``referer" "agent"`` text whose fields hold escapes."""
+    m = _AGENT_OF_TAIL.fullmatch(tail)
+    return _UNESCAPE.sub(r"\1", m.group(1)) if m else None
+
+
+def _agent_columns(agents: pa.StringArray, index: np.ndarray) -> tuple[pa.DictionaryArray, ...]:
+    """(user agent, family, OS, device type) of each row's ``agents[index]`` (null where ``index`` is -1), as
+    dictionary arrays of the distinct strings used, each escaped and parsed once
+    (:func:`~ipinsights.core.useragent.parse_user_agents`)."""
+    used = np.flatnonzero(np.bincount(index[index >= 0], minlength=len(agents)))
+    distinct = agents.take(pa.array(used))
+    control = _np(pc.match_substring_regex(distinct, _AGENT_CONTROL))
+    if control.any():  # rare: those strings escaped
+        distinct = _apply(distinct, control, _escape_controls)
+    again = pc.dictionary_encode(distinct)  # (two strings may have become one)
+    position = np.full(len(agents), -1, np.int32)
+    position[used] = _np(again.indices)
+    new = position[index]
+    encoded = pa.DictionaryArray.from_arrays(pa.array(new, pa.int32(), mask=index < 0), again.dictionary)
+    return (encoded, *parse_user_agents(encoded))
+
+
+def _escape_controls(text: str) -> str:
+    return _AGENT_CONTROL_PY.sub(lambda m: "".join(f"\\x{b:02x}" for b in m.group().encode()), text)
+
+
+#: What :func:`classify_batch` returns, per line (the Spark type is derived from it; the user agent's
+#: columns come dictionary-encoded, as the ``arrow`` engine writes them, and go to Spark as strings).
 _RESULT_FIELDS = pa.schema(
     [
         ("outcome", pa.string()),
@@ -576,15 +660,25 @@ _RESULT_FIELDS = pa.schema(
         ("ip_version", pa.int32()),
         ("epoch_s", pa.int64()),
         ("raw", pa.string()),
+        ("user_agent", pa.string()),
+        ("ua_family", pa.string()),
+        ("ua_os", pa.string()),
+        ("ua_device", pa.string()),
     ]
 )
+
+
+def _as_struct(batch: pa.RecordBatch) -> pa.StructArray:
+    """A :func:`classify_batch` result as one struct array of :data:`_RESULT_FIELDS` (dictionaries decoded)."""
+    columns = [batch.column(f.name).cast(f.type) for f in _RESULT_FIELDS]
+    return pa.StructArray.from_arrays(columns, fields=list(_RESULT_FIELDS))
 
 
 def _arrow_classifier(rules: LineRules) -> Callable[[pa.Array], pa.Array]:
     """The per-batch function of :func:`classify_lines`' Arrow UDF (top level: pickled with its rules only)."""
 
     def classify(values: pa.Array) -> pa.Array:
-        return classify_batch(values, rules).to_struct_array()
+        return _as_struct(classify_batch(values, rules))
 
     return classify
 
@@ -597,7 +691,7 @@ def _arrow_batches_classifier(
 
     def classify(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         for batch in batches:
-            result = classify_batch(batch.column("value"), rules).to_struct_array()
+            result = _as_struct(classify_batch(batch.column("value"), rules))
             cols = [batch.column(name) for name in carried]
             yield pa.RecordBatch.from_arrays([*cols, result], names=[*carried, "_r"])
 
@@ -608,7 +702,7 @@ def classify_lines(lines: DataFrame, rules: LineRules = LineRules()) -> DataFram
     """:func:`classify_batch` over a Spark DataFrame of ``value`` and ``source_file``, in the Python workers.
 
     Returns ``outcome``, ``source_file``, ``entity``, ``ip``, ``ip_int``, ``ip_version``, ``ts`` (UTC
-    timestamp), ``dt`` (its UTC day) and ``raw``.
+    timestamp), ``dt`` (its UTC day), ``raw``, ``user_agent``, ``ua_family``, ``ua_os`` and ``ua_device``.
     Only ``value`` travels to Python (the file name stays in the JVM, attached to each result row).
     Any other column of ``lines`` is carried along unchanged.
     """
@@ -640,5 +734,6 @@ def classify_lines(lines: DataFrame, rules: LineRules = LineRules()) -> DataFram
         # The UTC day from the epoch, not to_date(ts): to_date would use the session time zone.
         F.date_from_unix_date(F.floor(epoch / 86400).cast("int")).alias("dt"),
         "_r.raw",
+        *(f"_r.{name}" for name in AGENT_FIELDS),
         *extra,
     )

@@ -1,4 +1,4 @@
-"""The events table (``dt=YYYY-MM-DD`` partitions of entity, ip, ts, source file): its reader and day windows.
+"""The events table (``dt=`` partitions of entity, ip, ts, source file, user agent): its reader and day windows.
 
 The tutorial trains on the first days, validates on the next one and tests on the rest; here the
 split is by whole UTC days (``dt`` partitions), so that each split reads only its own partitions.
@@ -19,8 +19,12 @@ if TYPE_CHECKING:
     from pyspark.sql.types import StructType
 
 #: The ingest job's events table. ``dt`` is read as a string (not inferred as a date), so that days
-#: compare and print the same in every reader.
-EVENTS_SCHEMA = "entity string, ip string, ip_int long, ip_version int, ts timestamp, source_file string, dt string"
+#: compare and print the same in every reader. The user agent and its family, OS and device type
+#: (:mod:`ipinsights.core.useragent`) came later: a table written before them reads them as nulls.
+EVENTS_SCHEMA = (
+    "entity string, ip string, ip_int long, ip_version int, ts timestamp, source_file string, "
+    "user_agent string, ua_family string, ua_os string, ua_device string, dt string"
+)
 
 
 def _parse_day(text: str, what: str) -> date:
@@ -50,7 +54,8 @@ def _partitioned(spark: SparkSession, path: str, schema: str | StructType) -> Da
 
 def read_events(spark: SparkSession, path: str, start: str | None = None, end: str | None = None) -> DataFrame:
     """The events table's rows of days ``start``..``end`` (UTC, inclusive; either bound may be left
-    open), partition-pruned: entity, ip, ip_int, ip_version, ts, source_file, dt.
+    open), partition-pruned: entity, ip, ip_int, ip_version, ts, source_file, user_agent, ua_family, ua_os,
+    ua_device (null in rows ingested before these columns, and for Common-format lines), dt.
 
     The missing-table rule: a ``path`` that does not exist is an error (:class:`FileNotFoundError`
     naming it), because a typo must never read as "no events"; a day that the table does not hold

@@ -42,13 +42,14 @@ def parquet_writer(uri: str, schema: pa.Schema) -> pq.ParquetWriter:
     """An open Parquet file at ``uri`` (through :func:`arrow_fs`): each table written is a row group.
 
     As the Spark engine's staged files: LZ4, dictionary encoding only for ``source_file`` (whose
-    values repeat in long runs; for the rest it cost more CPU than it saved).
+    values repeat in long runs; for the rest it cost more CPU than it saved) and the columns that come
+    dictionary-encoded (the user agent's: a few thousand long strings repeated over millions of rows).
     """
     import pyarrow.parquet as pq
 
     fs, path = arrow_fs(uri)
     fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
-    dictionary = [c for c in schema.names if c == "source_file"]
+    dictionary = [f.name for f in schema if f.name == "source_file" or pa.types.is_dictionary(f.type)]
     return pq.ParquetWriter(path, schema, filesystem=fs, compression="lz4", use_dictionary=dictionary)
 
 

@@ -9,6 +9,10 @@ Users are dual stack: a share has IPv6 at home (a delegated /56), at work or on 
 and logs in over it part of the time; IPv6 rows carry RFC 5952 text in ``ip``, a null ``ip_int`` and
 ``ip_version`` 6. :func:`ipv6_to_str` formats ``(hi, lo)`` 64-bit halves as that text, vectorized.
 
+With ``devices: realistic`` each user has 1-3 devices with realistic user agents, and attackers come in
+Wiefling et al.'s levels of sophistication (:mod:`ipinsights.synth.devices`); the truth and the labelled
+tables get a ``user_agent`` column (the labelled CSVs stay ``entity,ip,label,kind``).
+
 Typical use::
 
     from ipinsights.synth import SynthSpec, generate_dataset
@@ -20,13 +24,22 @@ from ipinsights.synth.events import EVENT_SCHEMA, LABELLED_SCHEMA, generate_atta
 from ipinsights.synth.ipv6 import ipv6_to_str
 from ipinsights.synth.logs import COMBINED_LOG_RE, JUNK_KINDS, LOGIN_REQUEST, MAX_LINE_BYTES, write_access_logs
 from ipinsights.synth.plan import KINDS, AddressPlan
-from ipinsights.synth.spec import ATTACK_KINDS, ATTACK_LABELS, IPV6_ATTACK_KINDS, SynthSpec
+from ipinsights.synth.spec import (
+    ATTACK_KINDS,
+    ATTACK_LABELS,
+    DEVICE_ATTACK_KINDS,
+    DEVICE_MODES,
+    IPV6_ATTACK_KINDS,
+    SynthSpec,
+)
 from ipinsights.synth.world import World, generate_world
 
 __all__ = [
     "ATTACK_KINDS",
     "ATTACK_LABELS",
     "COMBINED_LOG_RE",
+    "DEVICE_ATTACK_KINDS",
+    "DEVICE_MODES",
     "EVENT_SCHEMA",
     "IPV6_ATTACK_KINDS",
     "JUNK_KINDS",

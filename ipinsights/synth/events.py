@@ -25,6 +25,15 @@ a hosting AS (a VPN exit, a rented server) the user never used; the controls ``o
 ISP that the user never used, as renumbering or a new pool would give them. IPv6 kinds only go to users
 with IPv6 at home who logged in over IPv6 on a training day; a shard without any drops its IPv6 attacks
 (``run_shard`` counts them as ``<split>_dropped_<kind>``).
+
+With ``devices: realistic`` (:mod:`ipinsights.synth.devices`) every login carries the user agent of one of
+its user's devices, and so does every attack of the address-only kinds (the victim's own device, as the
+injected attacks always did); the attackers by sophistication (:data:`~ipinsights.synth.spec.DEVICE_ATTACK_KINDS`)
+come from: ``naive`` an ISP (home or mobile) of a country drawn by population, ``vpn`` a hosting network of
+the victim's country (any country's where it has none), ``targeted`` another ISP of the victim's country,
+``very_targeted`` another consumer ISP of it; always one whose AS the victim never used. The spraying
+source sends one outdated browser's string. Its random draws come from streams of their own, so that the
+rest of a realistic data set is the legacy one's.
 """
 
 from __future__ import annotations
@@ -37,13 +46,23 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from ipinsights.synth.devices import (
+    current_release,
+    device_agents,
+    event_slots,
+    market_devices,
+    render_agents,
+    targeted_devices,
+)
 from ipinsights.synth.ipv6 import address_columns, ipv6_to_str, random_iid, temporary_iid
 from ipinsights.synth.plan import KINDS, AddressPlan
 from ipinsights.synth.spec import (
     ATTACK_LABELS,
     IPV6_ATTACK_KINDS,
     SPRAYING,
+    STREAM_ATTACK_DEVICES,
     STREAM_ATTACKS,
+    STREAM_EVENT_DEVICES,
     STREAM_EVENTS,
     STREAM_SPRAYING,
     SynthSpec,
@@ -57,16 +76,21 @@ from ipinsights.synth.world import (
     MOBILE_POOL_V6_LEN,
     World,
     entity_index,
+    home_countries,
     home_subnets,
     mobile_prefix,
     random_address_in,
     random_prefix_in,
     sample_networks,
+    user_devices,
 )
 
 __all__ = [
     "EVENT_SCHEMA",
     "LABELLED_SCHEMA",
+    "SPRAYING_AGENT_LAG",
+    "event_schema",
+    "labelled_schema",
     "attack_slots",
     "attacks_as_events",
     "day_strings",
@@ -101,6 +125,20 @@ LABELLED_SCHEMA = pa.schema(
     ]
 )
 DAY_S = 86_400
+#: Releases behind the current one of the spraying source's (browser-like) user agent: older than any user's.
+SPRAYING_AGENT_LAG = 8
+
+
+def event_schema(spec: SynthSpec) -> pa.Schema:
+    """:data:`EVENT_SCHEMA`, plus ``user_agent`` with ``devices: realistic``."""
+    return EVENT_SCHEMA if spec.devices == "legacy" else EVENT_SCHEMA.append(pa.field("user_agent", pa.string()))
+
+
+def labelled_schema(spec: SynthSpec) -> pa.Schema:
+    """:data:`LABELLED_SCHEMA`, plus ``user_agent`` with ``devices: realistic``."""
+    return LABELLED_SCHEMA if spec.devices == "legacy" else LABELLED_SCHEMA.append(pa.field("user_agent", pa.string()))
+
+
 # Relative login activity by local hour: quiet nights, a morning rise, busy evenings.
 _DIURNAL = np.array([2, 1, 1, 1, 1, 2, 4, 7, 9, 10, 10, 10, 11, 10, 10, 10, 10, 10, 11, 12, 12, 10, 7, 4], float)
 _HOME, _WORK, _MOBILE, _TRIP, _ROAM = range(5)
@@ -131,30 +169,43 @@ def shard_events(plan: AddressPlan, spec: SynthSpec, users: pa.Table, shard: int
     is6, hi, lo = _ipv6_addresses(plan, rng, spec, users, uid, category, local_day)
 
     order = np.argsort(rel_s, kind="stable")
+    agent = None
+    if spec.devices == "realistic":  # each login's device, from a stream of its own (the rest is as in legacy)
+        devices = user_devices(users)
+        slot = event_slots(
+            shard_rng(spec.seed, shard, STREAM_EVENT_DEVICES), devices["template"], uid, category == _MOBILE
+        )
+        agent = device_agents(devices, uid[order], slot[order], local_day[order])
     uid, rel_s = uid[order], rel_s[order]
     address = address_columns(ip[order], hi[order], lo[order], is6[order])
-    return events_table(spec, users["entity"].take(pa.array(uid)), address, rel_s, offset_min[uid])
+    return events_table(spec, users["entity"].take(pa.array(uid)), address, rel_s, offset_min[uid], agent)
 
 
 def events_table(
-    spec: SynthSpec, entity: pa.Array, address: tuple[pa.Array, ...], rel_s: np.ndarray, offset_min: np.ndarray
+    spec: SynthSpec,
+    entity: pa.Array,
+    address: tuple[pa.Array, ...],
+    rel_s: np.ndarray,
+    offset_min: np.ndarray,
+    agent: pa.Array | None = None,
 ) -> pa.Table:
-    """Assemble :data:`EVENT_SCHEMA` rows from ``(ip, ip_int, ip_version)`` columns (see
-    :func:`~ipinsights.synth.ipv6.address_columns`) and seconds since the start of the period."""
+    """Assemble :func:`event_schema` rows from ``(ip, ip_int, ip_version)`` columns (see
+    :func:`~ipinsights.synth.ipv6.address_columns`), seconds since the start of the period and (with
+    ``devices: realistic``) the user agents."""
     ts_us = (spec.start_epoch_s + rel_s.astype(np.int64)) * 1_000_000
     text, ip_int, version = address
-    return pa.table(
-        {
-            "entity": entity,
-            "ip": text,
-            "ip_int": ip_int,
-            "ip_version": version,
-            "ts": pa.array(ts_us, pa.timestamp("us", tz="UTC")),
-            "utc_offset_minutes": pa.array(offset_min, pa.int16()),
-            "dt": day_strings(spec).take(pa.array(rel_s // DAY_S)),
-        },
-        schema=EVENT_SCHEMA,
-    )
+    columns = {
+        "entity": entity,
+        "ip": text,
+        "ip_int": ip_int,
+        "ip_version": version,
+        "ts": pa.array(ts_us, pa.timestamp("us", tz="UTC")),
+        "utc_offset_minutes": pa.array(offset_min, pa.int16()),
+        "dt": day_strings(spec).take(pa.array(rel_s // DAY_S)),
+    }
+    if agent is not None:
+        columns["user_agent"] = agent
+    return pa.table(columns, schema=event_schema(spec))
 
 
 def day_strings(spec: SynthSpec) -> pa.StringArray:
@@ -280,7 +331,7 @@ def _jitter(
 def generate_events(world: World, spec: SynthSpec) -> pa.Table:
     """All login events of ``world`` (:data:`EVENT_SCHEMA`): shard after shard, each sorted by time."""
     tables = [shard_events(world.plan, spec, world.shard_users(spec, s), s) for s in range(spec.n_files)]
-    return pa.concat_tables(tables) if tables else EVENT_SCHEMA.empty_table()
+    return pa.concat_tables(tables) if tables else event_schema(spec).empty_table()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -311,6 +362,7 @@ class _History:
     used_ip: np.ndarray
     used_v6: pa.Array
     popular: np.ndarray  # the networks most training users log in from (broadband/mobile only)
+    agent: pa.Array | None  # the events' user agents (devices: realistic)
 
     @classmethod
     def of(cls, plan: AddressPlan, spec: SynthSpec, users: pa.Table, events: pa.Table) -> _History:
@@ -353,6 +405,7 @@ class _History:
             used_ip=_sorted_unique(user[v4] * (1 << 33) + ip[v4]),
             used_v6=_user_address(events["entity"].take(v6), events["ip"].take(v6)),
             popular=popular,
+            agent=events["user_agent"] if "user_agent" in events.column_names else None,
         )
 
 
@@ -386,9 +439,10 @@ def shard_labelled(
         rng = shard_rng(spec.seed, shard, STREAM_ATTACKS[split])
         slots = attack_slots(spec, split, shard)
         if len(slots) == 0 or len(history.users4) + len(history.users6) == 0:
-            attacks = LABELLED_SCHEMA.empty_table()
+            attacks = labelled_schema(spec).empty_table()
         else:
-            attacks = _attacks(plan, spec, rng, users, history, slots, split)
+            agent_rng = shard_rng(spec.seed, shard, STREAM_ATTACK_DEVICES[split])
+            attacks = _attacks(plan, spec, rng, users, history, slots, split, agent_rng)
         if split == "test" and spec.spraying_accounts:
             attacks = pa.concat_tables([attacks, _spraying(plan, spec, users, history, shard)])
         lo, hi = spec.split_days(split)
@@ -402,6 +456,7 @@ def shard_labelled(
             history.rel_s[pick],
             np.zeros(len(pick), np.int8),
             np.full(len(pick), "normal", dtype=object),
+            history.agent.take(pa.array(pick)) if history.agent is not None else None,
         )
         both = pa.concat_tables([attacks, normals])
         out[split] = both.take(
@@ -418,6 +473,7 @@ def _attacks(
     history: _History,
     slots: np.ndarray,
     split: str,
+    agent_rng: np.random.Generator,
 ) -> pa.Table:
     n = len(slots)
     kinds = np.array(spec.attack_kinds, dtype=object)[slots]
@@ -534,10 +590,74 @@ def _attacks(
         hi6[rows] = np.where(net >= 0, home, -1)
         lo6[rows] = random_iid(rng, len(rows))
 
-    keep = np.flatnonzero((user >= 0) & np.where(is6, hi6 >= 0, ip >= 0))
+    # The attackers by sophistication (devices: realistic): the networks here, the user agents below.
+    countries = users["country"].to_numpy(zero_copy_only=False)
+    rows = rows_of("naive")  # the attacker's own connection: an ISP of a country drawn by population
+    if len(rows):
+        codes, shares = home_countries(plan)
+        cdf = np.cumsum(shares) / shares.sum()
+        where = codes[np.minimum(np.searchsorted(cdf, rng.random(len(rows)), side="right"), len(codes) - 1)]
+        net = new_isp(rows, lambda r: sample_networks(plan, rng, where[r], ("broadband", "mobile")))
+        ip[rows] = np.where(net >= 0, random_address_in(plan, rng, np.maximum(net, 0)), -1)
+
+    rows = rows_of("vpn")  # a VPN exit or rented server in the victim's country, else in any country
+    hosting = np.array(sorted(set(plan.country[plan.kind == "hosting"].tolist())), dtype=object)
+    if len(rows) and len(hosting):
+
+        def draw_vpn(r: np.ndarray) -> np.ndarray:
+            local = sample_networks(plan, rng, countries[user[rows[r]]], ("hosting",))
+            anywhere = sample_networks(plan, rng, hosting[rng.integers(0, len(hosting), len(r))], ("hosting",))
+            return np.where(local >= 0, local, anywhere)
+
+        net = new_isp(rows, draw_vpn)
+        ip[rows] = np.where(net >= 0, random_address_in(plan, rng, np.maximum(net, 0)), -1)
+
+    def in_victims_country(rows: np.ndarray, nets: tuple[str, ...]) -> np.ndarray:
+        """An address of another ISP (of the ``nets`` kinds) of each victim's country, -1 where none was found."""
+        near = countries[user[rows]]
+        net = new_isp(rows, lambda r: sample_networks(plan, rng, near[r], nets))
+        return np.where(net >= 0, random_address_in(plan, rng, np.maximum(net, 0)), -1)
+
+    for kind, nets in (("targeted", ("broadband", "mobile", "business")), ("very_targeted", ("broadband", "mobile"))):
+        rows = rows_of(kind)  # very targeted: a consumer (home or mobile) ISP, as residential proxies offer
+        if len(rows):
+            ip[rows] = in_victims_country(rows, nets)
+
+    ok = (user >= 0) & np.where(is6, hi6 >= 0, ip >= 0)
+    agent = None
+    if spec.devices == "realistic":
+        agent, found = _attack_agents(spec, agent_rng, users, np.maximum(user, 0), rel, kinds)
+        ok &= found
+    keep = np.flatnonzero(ok)
     labels = np.array([ATTACK_LABELS[k] for k in spec.attack_kinds], np.int8)
     address = address_columns(ip[keep], hi6[keep], lo6[keep], is6[keep])
-    return _labelled(spec, users, user[keep], address, rel[keep], labels[slots[keep]], kinds[keep])
+    agents = agent.take(pa.array(keep)) if agent is not None else None
+    return _labelled(spec, users, user[keep], address, rel[keep], labels[slots[keep]], kinds[keep], agents)
+
+
+def _attack_agents(
+    spec: SynthSpec, rng: np.random.Generator, users: pa.Table, user: np.ndarray, rel: np.ndarray, kinds: np.ndarray
+) -> tuple[pa.Array, np.ndarray]:
+    """The user agent of each attack (and whether one was found): a device by market share for ``naive`` and
+    ``vpn``, the victim's browser family on a device the victim lacks for ``targeted``, the victim's own
+    device's string that day for ``very_targeted`` and the address-only kinds (see :mod:`~ipinsights.synth.devices`)."""
+    devices = user_devices(users)
+    start = _dt.date.fromisoformat(spec.start_date)
+    offset = users["utc_offset_minutes"].to_numpy().astype(np.int64)[user]
+    day = (rel.astype(np.int64) + offset * 60) // DAY_S  # the victim's local day, as its devices update by
+    slot = event_slots(rng, devices["template"], user, np.zeros(len(user), bool))
+    template = devices["template"][user, slot]
+    release = devices["release"][user, slot] + (devices["update_day"][user, slot] >= 0) * (
+        day >= devices["update_day"][user, slot]
+    )
+    detail = devices["detail"][user, slot]
+    market = np.isin(kinds, ("naive", "vpn"))
+    template[market], release[market], detail[market] = market_devices(rng, start, day[market])
+    targeted = kinds == "targeted"
+    t, r, d = targeted_devices(rng, devices["template"][user[targeted]], start, day[targeted])
+    template[targeted], release[targeted], detail[targeted] = t, r, d
+    found = template >= 0
+    return render_agents(np.maximum(template, 0), release, detail), found
 
 
 def spraying_source(plan: AddressPlan, spec: SynthSpec) -> tuple[int, int]:
@@ -556,14 +676,18 @@ def _spraying(plan: AddressPlan, spec: SynthSpec, users: pa.Table, history: _His
     bounds = spec.spraying_accounts * shard_bounds(spec.users, spec.n_files) // spec.users
     n = min(int(bounds[shard + 1] - bounds[shard]), len(history.users4))
     if n == 0:
-        return LABELLED_SCHEMA.empty_table()
+        return labelled_schema(spec).empty_table()
     rng = shard_rng(spec.seed, shard, STREAM_SPRAYING)
     uid = np.sort(rng.choice(history.users4, size=n, replace=False))
     address, start = spraying_source(plan, spec)
     rel = start + rng.integers(0, 2700, size=n)
     ip = np.full(n, address, np.int64)
     columns = address_columns(ip, np.full(n, -1, np.int64), np.zeros(n, np.uint64), np.zeros(n, bool))
-    return _labelled(spec, users, uid, columns, rel, np.ones(n, np.int8), np.full(n, SPRAYING, dtype=object))
+    agent = None
+    if spec.devices == "realistic":  # one client string for every account: a browser older than any user's
+        release = current_release("chromium", _dt.date.fromisoformat(spec.start_date)) - SPRAYING_AGENT_LAG
+        agent = render_agents(np.zeros(n, np.int64), np.full(n, release), np.zeros(n, np.int64))
+    return _labelled(spec, users, uid, columns, rel, np.ones(n, np.int8), np.full(n, SPRAYING, dtype=object), agent)
 
 
 def _sorted_unique(values: np.ndarray) -> np.ndarray:
@@ -638,22 +762,23 @@ def _labelled(
     rel: np.ndarray,
     label: np.ndarray,
     kind,
+    agent: pa.Array | None = None,
 ) -> pa.Table:
     offsets = users["utc_offset_minutes"].to_numpy()[uid]
     text, ip_int, version = address
-    return pa.table(
-        {
-            "entity": users["entity"].take(pa.array(uid, pa.int64())),
-            "ip": text,
-            "ip_int": ip_int,
-            "ip_version": version,
-            "label": pa.array(label, pa.int8()),
-            "kind": pa.array(np.asarray(kind, dtype=object).tolist(), pa.string()),
-            "ts": pa.array((spec.start_epoch_s + rel.astype(np.int64)) * 1_000_000, pa.timestamp("us", tz="UTC")),
-            "utc_offset_minutes": pa.array(offsets, pa.int16()),
-        },
-        schema=LABELLED_SCHEMA,
-    )
+    columns = {
+        "entity": users["entity"].take(pa.array(uid, pa.int64())),
+        "ip": text,
+        "ip_int": ip_int,
+        "ip_version": version,
+        "label": pa.array(label, pa.int8()),
+        "kind": pa.array(np.asarray(kind, dtype=object).tolist(), pa.string()),
+        "ts": pa.array((spec.start_epoch_s + rel.astype(np.int64)) * 1_000_000, pa.timestamp("us", tz="UTC")),
+        "utc_offset_minutes": pa.array(offsets, pa.int16()),
+    }
+    if agent is not None:
+        columns["user_agent"] = agent
+    return pa.table(columns, schema=labelled_schema(spec))
 
 
 def generate_attacks(
@@ -672,7 +797,7 @@ def generate_attacks(
         shard_ev = events.filter(pa.array(ev_shard == s))
         users = world.shard_users(spec, s)
         tables.append(shard_labelled(world.plan, spec, users, shard_ev, s, (split,))[split])
-    out = pa.concat_tables(tables) if tables else LABELLED_SCHEMA.empty_table()
+    out = pa.concat_tables(tables) if tables else labelled_schema(spec).empty_table()
     return out if include_normal else out.filter(pc.not_equal(out["kind"], "normal"))
 
 
@@ -682,13 +807,11 @@ def with_kind(events: pa.Table, kind: str = "normal") -> pa.Table:
 
 
 def attacks_as_events(spec: SynthSpec, attacks: pa.Table) -> pa.Table:
-    """Attack rows as login events (:data:`EVENT_SCHEMA` plus ``kind``), for writing them into the logs."""
+    """Attack rows as login events (:func:`event_schema` plus ``kind``), for writing them into the logs."""
     rel_s = pc.cast(attacks["ts"], pa.int64()).to_numpy() // 1_000_000 - spec.start_epoch_s
-    table = pa.table(
-        {
-            **{name: attacks[name] for name in ("entity", "ip", "ip_int", "ip_version", "ts", "utc_offset_minutes")},
-            "dt": day_strings(spec).take(pa.array(rel_s // DAY_S)),
-            "kind": attacks["kind"],
-        }
-    )
-    return table.cast(EVENT_SCHEMA.append(pa.field("kind", pa.string())))
+    schema = event_schema(spec)
+    columns = {name: attacks[name] for name in ("entity", "ip", "ip_int", "ip_version", "ts", "utc_offset_minutes")}
+    columns["dt"] = day_strings(spec).take(pa.array(rel_s // DAY_S))
+    columns.update({name: attacks[name] for name in schema.names if name not in columns})
+    table = pa.table({**columns, "kind": attacks["kind"]})
+    return table.cast(schema.append(pa.field("kind", pa.string())))

@@ -259,9 +259,11 @@ def shard_log_pieces(spec: SynthSpec, logins: pa.Table, shard: int) -> tuple[lis
     """One shard's log file (uncompressed) as a list of byte pieces to write in order, and counts by kind.
 
     ``logins`` are the shard's login events in time order (at least ``entity``, ``ip``, ``ts``,
-    ``utc_offset_minutes``; injected attacks included). Other traffic is drawn around them (same
-    users, addresses and moments). Lines are coded as integers, put in time order, and formatted once;
-    junk lines (mangled copies of real lines, or random bytes) are spliced in after the line they copy.
+    ``utc_offset_minutes``, and ``user_agent`` with ``devices: realistic``; injected attacks included).
+    Other traffic is drawn around them (same users, addresses and moments; with ``devices: realistic`` the
+    user's requests carry the agent of the login they are near, the bots' their own). Lines are coded as
+    integers, put in time order, and formatted once; junk lines (mangled copies of real lines, or random
+    bytes) are spliced in after the line they copy.
     """
     rng = shard_rng(spec.seed, shard, STREAM_LOGS)
     n_login = logins.num_rows
@@ -290,6 +292,11 @@ def shard_log_pieces(spec: SynthSpec, logins: pa.Table, shard: int) -> tuple[lis
     order = np.argsort(np.concatenate([ts, noise["ts"]]), kind="stable")  # a log file is in time order
     rows = {k: np.concatenate([login[k], noise[k]])[order] for k in login}
     user = pc.if_else(pa.array(rows["anonymous"]), pa.scalar("-"), logins["entity"].take(pa.array(rows["src"])))
+    agents = pa.array(_AGENTS, pa.string()).take(pa.array(rows["agent"]))
+    if "user_agent" in logins.column_names:  # devices: realistic: the login's own agent, the bots' theirs
+        # (the legacy codes above are still drawn: the other columns' random draws stay those of legacy)
+        own = logins["user_agent"].take(pa.array(rows["src"]))
+        agents = pc.if_else(pa.array(rows["agent"] >= len(_USER_AGENTS)), agents, own)
     lines = format_lines(
         addresses.take(pa.array(rows["ip"])),
         user,
@@ -299,7 +306,7 @@ def shard_log_pieces(spec: SynthSpec, logins: pa.Table, shard: int) -> tuple[lis
         pa.array(_STATUSES, pa.string()).take(pa.array(rows["status"])),
         pc.cast(pa.array(rows["size"]), pa.string()),
         pa.array(_REFERERS, pa.string()).take(pa.array(rows["referer"])),
-        pa.array(_AGENTS, pa.string()).take(pa.array(rows["agent"])),
+        agents,
     )
     n_junk = round(len(lines) * spec.junk_rate / (1 - spec.junk_rate)) if len(lines) else 0
     after, junk, junk_counts = _junk_lines(rng, lines, n_junk)
@@ -440,9 +447,9 @@ def write_access_logs(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     bounds = shard_bounds(spec.users, spec.n_files)
-    logins = events.select(list(_LOGIN_COLUMNS))
+    logins = events.select(_login_columns(events))
     if attacks is not None:
-        logins = pa.concat_tables([logins, attacks.select(list(_LOGIN_COLUMNS))])
+        logins = pa.concat_tables([logins, attacks.select(_login_columns(events))])
     shard = np.searchsorted(bounds, entity_index(logins["entity"]), side="right") - 1
     paths = []
     for s in range(spec.n_files):
@@ -455,8 +462,13 @@ def write_access_logs(
 
 def time_ordered(logins: pa.Table) -> pa.Table:
     """Login rows in time order (stable: ties keep their order), as a log file holds them."""
-    logins = logins.select(list(_LOGIN_COLUMNS))
+    logins = logins.select(_login_columns(logins))
     return logins.take(pc.sort_indices(logins, [("ts", "ascending")]))
 
 
 _LOGIN_COLUMNS = ("entity", "ip", "ts", "utc_offset_minutes")
+
+
+def _login_columns(table: pa.Table) -> list[str]:
+    """What a log line needs of a login: :data:`_LOGIN_COLUMNS`, and its ``user_agent`` where it has one."""
+    return [*_LOGIN_COLUMNS, *(["user_agent"] if "user_agent" in table.column_names else [])]

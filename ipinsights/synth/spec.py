@@ -19,6 +19,8 @@ __all__ = [
     "ATTACK_KINDS",
     "ATTACK_LABELS",
     "BLOCKS_ATTACK_KINDS",
+    "DEVICE_ATTACK_KINDS",
+    "DEVICE_MODES",
     "IPV6_ATTACK_KINDS",
     "PLAN_SHAPES",
     "SPLITS",
@@ -45,6 +47,16 @@ ATTACK_KINDS: tuple[str, ...] = (
     "own_isp_other_prefix_ipv6",
 )
 IPV6_ATTACK_KINDS: tuple[str, ...] = ("random_ipv6", "other_isp_ipv6", "own_prefix_ipv6", "own_isp_other_prefix_ipv6")
+#: Attackers by sophistication, after Wiefling et al. (2022), for ``devices: realistic`` (their user agents are
+#: :mod:`ipinsights.synth.devices`'): ``naive`` (a device by market share, from an ISP of a country drawn by
+#: population), ``vpn`` (the same from a hosting range, in the victim's country where it has one),
+#: ``targeted`` (the victim's browser family on a device the victim does not have, from another ISP of the
+#: victim's country), ``very_targeted`` (the victim's exact user agent, from another consumer ISP, home or
+#: mobile, of the victim's country). Not among the defaults: ``attack_kinds`` names them.
+DEVICE_ATTACK_KINDS: tuple[str, ...] = ("naive", "vpn", "targeted", "very_targeted")
+#: Users' devices: ``legacy`` (one of a few browser user agents per user, the data of before issue 31) or
+#: ``realistic`` (1-3 devices each, :mod:`ipinsights.synth.devices`).
+DEVICE_MODES: tuple[str, ...] = ("legacy", "realistic")
 #: Label of each attack kind (1 = anomalous).
 ATTACK_LABELS: dict[str, int] = {
     "random_ip": 1,
@@ -57,6 +69,7 @@ ATTACK_LABELS: dict[str, int] = {
     "other_isp_ipv6": 1,
     "own_prefix_ipv6": 0,
     "own_isp_other_prefix_ipv6": 0,
+    **dict.fromkeys(DEVICE_ATTACK_KINDS, 1),
 }
 #: The attack kinds of the generator before issue 19 (``plan_shape: blocks`` reproduces its data with these).
 BLOCKS_ATTACK_KINDS: tuple[str, ...] = (
@@ -76,6 +89,9 @@ SPLITS: tuple[str, ...] = ("train", "validation", "test")
 STREAM_USERS, STREAM_EVENTS, STREAM_LOGS = 1, 2, 3
 STREAM_ATTACKS = {"validation": 4, "test": 5}
 STREAM_SPRAYING = 6
+STREAM_DEVICES = 7  # the users' devices (devices: realistic)
+STREAM_EVENT_DEVICES = 8  # which device each login uses
+STREAM_ATTACK_DEVICES = {"validation": 9, "test": 10}  # the attackers' user agents
 SPRAYING = "spraying"  # the kind of the spraying source's labelled rows (label 1)
 _PLAN_SHARD = 2**31 - 1  # "shard" number of the address plan's stream: no real shard gets it
 
@@ -142,6 +158,9 @@ class SynthSpec:
     #: day, within 45 minutes: labelled rows of kind ``spraying`` (label 1) in the test split.
     spraying_accounts: int = 0
     inject_attacks: bool = False  # write the test days' labelled attacks (spraying included) into the logs
+    #: legacy: a few browser user agents per user (the data of before issue 31); realistic: each user's 1-3
+    #: devices (:mod:`ipinsights.synth.devices`), in the logs and the truth's ``user_agent`` column.
+    devices: str = "legacy"
 
     def __post_init__(self) -> None:
         check_int("users", self.users, 1, 100_000_000)
@@ -188,10 +207,14 @@ class SynthSpec:
         check_int("attacks", self.attacks, 0, 100_000_000)
         check_int("validation_attacks", self.validation_attacks, 0, 100_000_000)
         check_int("spraying_accounts", self.spraying_accounts, 0, self.users)
+        if self.devices not in DEVICE_MODES:
+            raise ConfigError(f"devices={self.devices!r} must be one of {', '.join(DEVICE_MODES)}")
         kinds = tuple(self.attack_kinds)
-        unknown = [k for k in kinds if k not in ATTACK_KINDS]
+        unknown = [k for k in kinds if k not in ATTACK_KINDS + DEVICE_ATTACK_KINDS]
         if unknown or len(set(kinds)) != len(kinds) or not kinds:
-            raise ConfigError(f"attack_kinds={kinds} must be distinct names among {ATTACK_KINDS}")
+            raise ConfigError(f"attack_kinds={kinds} must be distinct names among {ATTACK_KINDS + DEVICE_ATTACK_KINDS}")
+        if self.devices == "legacy" and set(kinds) & set(DEVICE_ATTACK_KINDS):
+            raise ConfigError(f"attack_kinds {sorted(set(kinds) & set(DEVICE_ATTACK_KINDS))} need devices=realistic")
         object.__setattr__(self, "attack_kinds", kinds)
 
     # Derived values -------------------------------------------------------------------------

@@ -18,25 +18,29 @@ stored as their first 64 bits (``int64``; see :mod:`ipinsights.synth.ipv6`), -1 
 
 from __future__ import annotations
 
+import datetime as _dt
 from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from ipinsights.synth.devices import DEVICE_SLOTS, draw_devices
 from ipinsights.synth.ipv6 import hash64
 from ipinsights.synth.plan import COUNTRY_USER_SHARES, COUNTRY_UTC_OFFSETS, AddressPlan
-from ipinsights.synth.spec import STREAM_USERS, SynthSpec, shard_bounds, shard_rng
+from ipinsights.synth.spec import STREAM_DEVICES, STREAM_USERS, SynthSpec, shard_bounds, shard_rng
 
 __all__ = [
     "World",
     "generate_users",
     "generate_world",
+    "home_countries",
     "home_subnets",
     "mobile_prefix",
     "load_plan",
     "random_prefix_in",
     "sample_networks",
+    "user_devices",
 ]
 
 MOBILE_POOL_BITS = 14  # a mobile user's addresses come from a regional /18 pool of the carrier
@@ -163,7 +167,9 @@ def generate_users(plan: AddressPlan, spec: SynthSpec, shard: int) -> pa.Table:
     ``trip_net``/``trip_ip``/``trip_start_day``/``trip_days`` (-1 / 0: no trip), ``ua`` (user-agent id),
     and IPv6: ``home_v6`` (the delegated /56), ``work_v6`` (the user's /64 at work), ``mobile_v6_pool``
     (the carrier's regional /40), each -1 where the user has no IPv6 there. Networks are row numbers
-    of the plan; IPv4 addresses are int64, IPv6 prefixes their first 64 bits as int64.
+    of the plan; IPv4 addresses are int64, IPv6 prefixes their first 64 bits as int64. With ``devices:
+    realistic`` also the user's devices (:func:`user_devices`): ``device_template``, ``device_release``,
+    ``device_update_day`` and ``device_detail``, lists of :data:`~ipinsights.synth.devices.DEVICE_SLOTS`.
     """
     bounds = shard_bounds(spec.users, spec.n_files)
     lo, hi = int(bounds[shard]), int(bounds[shard + 1])
@@ -171,7 +177,7 @@ def generate_users(plan: AddressPlan, spec: SynthSpec, shard: int) -> pa.Table:
     rng = shard_rng(spec.seed, shard, STREAM_USERS)
 
     # Home: a broadband network in a country drawn by population share (only countries that have one).
-    home_country_pool = _home_countries(plan)
+    home_country_pool = home_countries(plan)
     codes, shares = home_country_pool
     country = codes[
         np.minimum(np.searchsorted(np.cumsum(shares), rng.random(n) * shares.sum(), side="right"), len(codes) - 1)
@@ -236,7 +242,7 @@ def generate_users(plan: AddressPlan, spec: SynthSpec, shard: int) -> pa.Table:
         renumber_day = np.where(renumber, rng.integers(1, spec.days, size=n), -1)
 
     index = np.arange(lo, hi, dtype=np.int64)
-    return pa.table(
+    table = pa.table(
         {
             "entity": entity_names(index),
             "user_index": pa.array(index, pa.int64()),
@@ -263,9 +269,26 @@ def generate_users(plan: AddressPlan, spec: SynthSpec, shard: int) -> pa.Table:
             "mobile_v6_pool": pa.array(mobile_v6_pool, pa.int64()),
         }
     )
+    if spec.devices == "legacy":
+        return table
+    # From a stream of their own: the users' other columns are those of the legacy world.
+    start = _dt.date.fromisoformat(spec.start_date)
+    devices = draw_devices(shard_rng(spec.seed, shard, STREAM_DEVICES), n, mobile_net >= 0, start, spec.days)
+    for name, values in devices.items():
+        flat = pa.array(values.reshape(-1), pa.int32() if name != "update_day" else pa.int16())
+        table = table.append_column(f"device_{name}", pa.FixedSizeListArray.from_arrays(flat, DEVICE_SLOTS))
+    return table
 
 
-def _home_countries(plan: AddressPlan) -> tuple[np.ndarray, np.ndarray]:
+def user_devices(users: pa.Table) -> dict[str, np.ndarray]:
+    """The ``device_*`` columns of a users table (``devices: realistic``) as ``(users, DEVICE_SLOTS)`` arrays."""
+    return {
+        name: users[f"device_{name}"].combine_chunks().flatten().to_numpy().astype(np.int64).reshape(-1, DEVICE_SLOTS)
+        for name in ("template", "release", "update_day", "detail")
+    }
+
+
+def home_countries(plan: AddressPlan) -> tuple[np.ndarray, np.ndarray]:
     """Countries users can live in (those with broadband networks) and their population shares."""
     shares = COUNTRY_USER_SHARES
     present = sorted(set(plan.country[plan.kind == "broadband"].tolist()) or set(plan.country.tolist()))
