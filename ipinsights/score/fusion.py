@@ -10,8 +10,8 @@ networks are across the population, hosting and reserved ranges) and weighs them
   ISP renumbers it), so the /24 features live only in the "new AS" leaf. The leaves are the
   interactions "new network x every other feature";
 * **a logistic regression in each leaf** on standardised features (mean and scale stored), fitted by
-  iteratively reweighted least squares with an L2 penalty (:func:`fit_fusion`: a few Newton steps on a
-  few hundred thousand rows, seconds). Its output, ``risk_score``, is the leaf's logit: the log-odds
+  iteratively reweighted least squares with an L2 penalty (:mod:`ipinsights.score.fusion_fit`: a few
+  Newton steps on a few hundred thousand rows, seconds). Its output, ``risk_score``, is the leaf's logit: the log-odds
   that the event is an attack rather than the entity's own login (higher = more suspicious);
 * it is fitted without labels (:mod:`ipinsights.score.fusion_data`): real held-out logins against
   attacks drawn for them, plus labelled rows and investigators' verdicts when given
@@ -36,17 +36,24 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ipinsights.core.errors import UsageError
-from ipinsights.score.features import FEATURES
-from ipinsights.storage.files import atomic_write, read_text
+from ipinsights.core.ip import ParsedIPs
+from ipinsights.score.features import FEATURES, event_features
+from ipinsights.storage.files import atomic_write, read_text, uri_exists
+
+if TYPE_CHECKING:
+    from ipinsights.core.asn import AsnTable
+    from ipinsights.score.profiles import EntityProfiles
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "FORMAT",
@@ -55,14 +62,24 @@ __all__ = [
     "FusionLeaf",
     "FusionModel",
     "FusionSpec",
-    "default_spec",
-    "fit_fusion",
+    "check_names",
+    "find_fusion",
+    "fused_scores",
+    "fusion_uri",
     "load_fusion",
     "save_fusion",
 ]
 
 FORMAT = "ipinsights-fusion"
 VERSION = 1
+SUFFIX = ".fusion.json"
+
+
+def fusion_uri(model_dir: str | Path) -> str:
+    """The default fusion file of a model: ``<model_dir>.fusion.json`` beside it (a path or URI)."""
+    from ipinsights.storage.modelfile import sidecar_uri
+
+    return sidecar_uri(model_dir, SUFFIX)
 
 
 class FusionError(UsageError):
@@ -92,42 +109,6 @@ class FusionSpec:
     def names(self) -> tuple[str, ...]:
         """Every feature the fit needs, the gate first, each once."""
         return tuple(dict.fromkeys((self.gate, *self.new, *self.seen)))
-
-
-#: The shipped feature lists (the prototype's): with an ip2asn table the gate is the AS, without one the /24.
-_TABLE_NEW = (
-    "dot_product",
-    "as_share",
-    "country_logins",
-    "hosting",
-    "outside_table",
-    "reserved",
-    "subnet_logins",
-    "network_logins",
-    "subnet_share",
-    "network_share",
-    "entity_logins",
-    "entity_networks",
-)
-_TABLE_SEEN = ("dot_product", "as_logins", "as_days", "as_share", "entity_logins")
-_PLAIN_NEW = ("dot_product", "network_logins", "subnet_share", "network_share", "entity_logins", "entity_networks")
-_PLAIN_SEEN = (
-    "dot_product",
-    "subnet_logins",
-    "subnet_days",
-    "network_logins",
-    "subnet_share",
-    "network_share",
-    "entity_logins",
-    "entity_networks",
-)
-
-
-def default_spec(with_table: bool) -> FusionSpec:
-    """The shipped spec: gate ``as_seen`` with an ip2asn table, ``subnet_seen`` without one."""
-    if with_table:
-        return FusionSpec("as_seen", _TABLE_NEW, _TABLE_SEEN)
-    return FusionSpec("subnet_seen", (*_PLAIN_NEW, "reserved"), _PLAIN_SEEN)
 
 
 @dataclass(frozen=True)
@@ -267,78 +248,69 @@ def load_fusion(
     asn_table_fingerprint: str | None = None,
     profile: str | None = None,
 ) -> FusionModel:
-    """Read a fusion file; refuse it (:class:`FusionError`) unless it was made for the given model fingerprint,
-    ip2asn table (None: scored without one) and profile build (each checked when given; the table always)."""
+    """Read a fusion file; with ``model_fingerprint``, refuse it (:class:`FusionError`) unless it was made for
+    that model and the ip2asn table of ``asn_table_fingerprint`` (None: scored without one), and with
+    ``profile``, for that profile build."""
     try:
         text = read_text(path)
     except FileNotFoundError:
         raise FusionError(f"{path}: no fusion file") from None
     model = FusionModel.from_json(text, str(path))
-    if model_fingerprint is not None and model.model_fingerprint != model_fingerprint:
-        raise FusionError(f"{path}: made for another model (refit it)")
-    if model.asn_table_fingerprint != asn_table_fingerprint:
-        raise FusionError(f"{path}: fitted with another ip2asn table than this scorer's (refit it)")
+    if model_fingerprint is not None:
+        if model.model_fingerprint != model_fingerprint:
+            raise FusionError(f"{path}: made for another model (refit it)")
+        if model.asn_table_fingerprint != asn_table_fingerprint:
+            raise FusionError(f"{path}: fitted with another ip2asn table than this scorer's (refit it)")
     if profile is not None and model.profile != profile:
         raise FusionError(f"{path}: fitted with another profile build than {profile} (refit it)")
     return model
 
 
-def fit_fusion(
-    spec: FusionSpec,
-    features: dict[str, np.ndarray],
-    label: np.ndarray,
-    weight: np.ndarray,
-    l2: float = 1e-3,
-    **about: Any,
-) -> FusionModel:
-    """Fit the leaves of ``spec`` on rows of ``features`` (label 1 = attack, 0 = the entity's own login;
-    ``weight`` per row). ``about``: the :class:`FusionModel` fields that say what it was fitted with."""
-    t0 = time.perf_counter()
-    y, w = np.asarray(label, np.float64), np.asarray(weight, np.float64)
-    seen = np.asarray(features[spec.gate]) > 0
-    leaves = []
-    for when, names in ((0, spec.new), (1, spec.seen)):
-        rows = np.flatnonzero(seen == bool(when))
-        x = np.column_stack([np.asarray(features[n], np.float64)[rows] for n in names]) if names else None
-        leaves.append(_fit_leaf(when, names, x, y[rows], w[rows], l2))
-    about.setdefault("created_at", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
-    return FusionModel(spec.gate, tuple(leaves), fit_seconds=round(time.perf_counter() - t0, 3), **about)
+def find_fusion(
+    path: str | None, model_dir: str | Path, asn_table: AsnTable | None, profile: str | None
+) -> FusionModel | None:
+    """The fusion a scorer uses: the one at ``path`` (which must be usable: :class:`FusionError` otherwise),
+    or ``<model>.fusion.json`` when it is usable (else None, logged when it exists); made for the model at
+    ``model_dir``, scored with ``asn_table`` and fitted with the profile build ``profile`` (None: no profile
+    loaded, so no fusion)."""
+    from ipinsights.storage.modelfile import model_fingerprint
+
+    where = path or fusion_uri(model_dir)
+    try:
+        if profile is None:
+            raise FusionError(f"{where}: a fusion needs the entity profiles it was fitted with (none loaded)")
+        table = asn_table.fingerprint if asn_table is not None else None
+        return load_fusion(where, model_fingerprint(model_dir), table, profile)
+    except FusionError as exc:
+        if path is not None:
+            raise
+        if uri_exists(where):
+            log.warning("%s", exc)
+        return None
 
 
-def _fit_leaf(
-    when: int, names: tuple[str, ...], x: np.ndarray | None, y: np.ndarray, w: np.ndarray, l2: float
-) -> FusionLeaf:
-    """One leaf's standardisation and L2-penalised logistic regression (IRLS). A leaf without rows (or of one
-    class) keeps its features at weight 0 and the smoothed log-odds of its rows as bias."""
-    k = len(names)
-    total = float(w.sum())
-    if x is None or total <= 0:
-        return FusionLeaf(when, names, (0.0,) * k, (1.0,) * k, (0.0,) * k, 0.0)
-    mean = np.average(x, axis=0, weights=w)
-    sd = np.sqrt(np.average((x - mean) ** 2, axis=0, weights=w))
-    scale = np.where(sd > 1e-9, sd, 1.0)  # a constant feature stays 0 once standardised
-    z = np.hstack([(x - mean) / scale, np.ones((x.shape[0], 1))])
-    coef = _irls(z, y, w, l2 * total)
-    return FusionLeaf(
-        when, names, tuple(mean.tolist()), tuple(scale.tolist()), tuple(coef[:-1].tolist()), float(coef[-1])
+def fused_scores(
+    fusion: FusionModel,
+    parsed: ParsedIPs,
+    dot_product: np.ndarray,
+    profiles: EntityProfiles,
+    rows: np.ndarray,
+    asn_table: AsnTable | None,
+    days: np.ndarray | None = None,
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """``risk_score`` of every row (NaN for an invalid address) and its features (0 for an invalid one): the
+    rows' addresses, the model's dot products, their entities' profile ``rows`` in ``profiles``, their days
+    (None: no timestamps)."""
+    ok = parsed.valid & np.isfinite(dot_product)
+    at = np.flatnonzero(ok)
+    d = None if days is None else np.asarray(days, np.float64)[at]
+    feats = event_features(
+        fusion.names, parsed.value[at], rows[at], profiles, dot_product[at], asn_table, d, fusion.hosting_asns
     )
-
-
-def _irls(z: np.ndarray, y: np.ndarray, w: np.ndarray, penalty: float, steps: int = 50) -> np.ndarray:
-    """Newton's method on the weighted, L2-penalised logistic loss (the last column, the bias, unpenalised).
-    The penalty keeps a separable leaf finite."""
-    reg = np.full(z.shape[1], penalty)
-    reg[-1] = 0.0
-    # Start at the weighted log-odds: a leaf of one class converges at once instead of drifting.
-    p0 = (float((w * y).sum()) + 0.5) / (float(w.sum()) + 1.0)
-    b = np.zeros(z.shape[1])
-    b[-1] = math.log(p0 / (1.0 - p0))
-    for _ in range(steps):
-        p = 1.0 / (1.0 + np.exp(-np.clip(z @ b, -35.0, 35.0)))
-        grad = z.T @ (w * (p - y)) + reg * b
-        hess = (z * (w * p * (1.0 - p))[:, None]).T @ z + np.diag(reg) + 1e-9 * np.eye(z.shape[1])
-        step = np.linalg.solve(hess, grad)
-        b -= step
-        if np.abs(step).max() < 1e-7:
-            break
-    return b
+    risk = np.full(ok.size, np.nan)
+    risk[at] = fusion.risk(feats)
+    full = {}
+    for name, values in feats.items():
+        full[name] = np.zeros(ok.size)
+        full[name][at] = values
+    return risk, full

@@ -111,9 +111,10 @@ def save_profiles(profiles: EntityProfiles, path: str | Path) -> str | Path:
     return path
 
 
-def load_profiles(path: str | Path, model_dir: str | Path | None = None) -> EntityProfiles:
-    """Read a whole profile (header and every row); with ``model_dir``, refuse it unless it is that model's."""
-    header = ProfileHeader.load(path, model_dir)
+def load_profiles(path: str | Path | ProfileHeader, model_dir: str | Path | None = None) -> EntityProfiles:
+    """Read a whole profile (header and every row); with ``model_dir``, refuse it unless it is that model's.
+    ``path`` may be a header already read."""
+    header = path if isinstance(path, ProfileHeader) else ProfileHeader.load(path, model_dir)
     try:
         table = _read_rows(header.files, [n for n in ROW_SCHEMA.names if n != "entity"])
     except (OSError, pa.ArrowException) as exc:

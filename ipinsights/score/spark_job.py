@@ -141,7 +141,7 @@ def _start(spark: SparkSession, cfg: ScoreConfig) -> _Staging:
     # Before anything else: a run killed in the middle of its publish left a journal; finish or undo it.
     recover_publishes(store, root)
     check_reachable(cfg.reports, "reports")
-    for sidecar in (cfg.calibration, cfg.profile):
+    for sidecar in (cfg.calibration, cfg.profile, cfg.fusion.path):
         if sidecar:
             check_reachable(sidecar, "sidecar")
     run_id = f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{uuid.uuid4().hex[:8]}"
@@ -191,7 +191,8 @@ def _stage(
     # Everything downstream reads the written table back: the UDF runs once per row, never twice.
     scores = read_table_days(spark, f"{staging}/scores", struct_type(SCORES), days)
     counts = day_counts(scores, days)
-    hists = score_histograms(scores, cfg.histogram_bins)  # (collected now: the staged files move at publish)
+    # (collected now: the staged files move at publish)
+    hists = score_histograms(scores, cfg.histogram_bins, sidecars.threshold.on)
     threshold = sidecars.threshold.value
     flagged = flagged_with_context(scores.where(F.col("flagged")), _history(spark, cfg), threshold, sidecars.setup)
     write_partitions(flagged, f"{staging}/flagged")

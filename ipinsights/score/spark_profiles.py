@@ -65,16 +65,17 @@ def _history_batch(scorer: Scorer, batch: pa.RecordBatch) -> pa.RecordBatch:
     )
 
 
-def _write_rows(rows_uri: str, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-    """One task's profile rows as one Parquet file under ``rows_uri`` (random name: a retried attempt never
-    overwrites the one before it; the driver keeps only the reported files); yields (file, rows)."""
+def write_parts(folder: str, schema: pa.Schema, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+    """``mapInArrow`` body: one task's rows as one Parquet file of ``schema`` under ``folder`` (random name: a
+    retried attempt never overwrites the one before it; the driver keeps only the reported files, see
+    :func:`written_parts`); yields (file, rows)."""
     from ipinsights.storage.parquet import parquet_writer
 
-    writer, uri, n = None, f"{rows_uri}/part-{uuid.uuid4().hex}.parquet", 0
+    writer, uri, n = None, f"{folder}/part-{uuid.uuid4().hex}.parquet", 0
     try:
         for batch in batches:
-            table = pa.Table.from_batches([batch]).cast(ROW_SCHEMA)  # Spark's list fields are named "element"
-            writer = writer or parquet_writer(uri, ROW_SCHEMA)
+            table = pa.Table.from_batches([batch]).cast(schema)  # Spark's list fields are named "element"
+            writer = writer or parquet_writer(uri, schema)
             writer.write_table(table)
             n += table.num_rows
     finally:
@@ -82,6 +83,18 @@ def _write_rows(rows_uri: str, batches: Iterator[pa.RecordBatch]) -> Iterator[pa
             writer.close()
     if writer is not None:
         yield pa.RecordBatch.from_arrays([pa.array([uri]), pa.array([n], pa.int64())], names=["file", "n"])
+
+
+def written_parts(df: DataFrame, folder: str, schema: pa.Schema) -> tuple[list[str], int]:
+    """Write ``df``'s rows as Parquet files of ``schema`` under ``folder`` from the Python tasks (:func:`write_parts`,
+    with ``pyarrow.fs``: a model on S3 needs no Hadoop connector for the files beside it); the files every task
+    reported, sorted (the leftovers of failed attempts removed), and the rows in them."""
+    from ipinsights.storage.filesystems import ArrowStore
+    from ipinsights.storage.publish import drop_unreported
+
+    written = df.mapInArrow(partial(write_parts, folder, schema), "file string, n long").collect()  # a row per task
+    drop_unreported(ArrowStore(), {r["file"] for r in written})
+    return sorted(r["file"] for r in written), sum(r["n"] for r in written)
 
 
 def build_profiles(
@@ -102,9 +115,7 @@ def build_profiles(
     """
     from ipinsights.score.spark_arrow import map_in_arrow
     from ipinsights.score.worker import ScorerSource
-    from ipinsights.storage.filesystems import ArrowStore
     from ipinsights.storage.modelfile import model_fingerprint
-    from ipinsights.storage.publish import drop_unreported
 
     schema = (
         "entity string, entity_hash long, key long, net long, wide long, asn long, country long, day long, "
@@ -118,11 +129,7 @@ def build_profiles(
         rows_uri = new_rows_uri(path)
         # Written by the Python tasks with pyarrow, as every file beside a model is: a model on S3 needs no
         # Hadoop connector. Sorted by entity within each file (a reader of one entity skips row groups).
-        done = rows.sortWithinPartitions("entity").mapInArrow(partial(_write_rows, rows_uri), "file string, n long")
-        written = done.collect()  # a row per task, not per entity
-        drop_unreported(ArrowStore(), {r["file"] for r in written})
-        files = sorted(r["file"] for r in written)
-        entities = sum(r["n"] for r in written)
+        files, entities = written_parts(rows.sortWithinPartitions("entity"), rows_uri, ROW_SCHEMA)
         population = _population(scored, entities)
     finally:
         scored.unpersist()
