@@ -26,7 +26,7 @@ setup(
     # --config finds them there (importlib.resources), a checkout in its conf/.
     packages=[*find_packages(include=["ipinsights", "ipinsights.*"]), "ipinsights_jobs", "ipinsights_jobs.conf"],
     package_dir={"ipinsights_jobs": "jobs", "ipinsights_jobs.conf": "conf"},
-    package_data={"ipinsights": ["py.typed"], "ipinsights_jobs.conf": ["*.yml"]},
+    package_data={"ipinsights": ["py.typed", "score/hosting_asns.txt"], "ipinsights_jobs.conf": ["*.yml"]},
     install_requires=[
         "numpy>=1.24",
         "pyarrow>=14",

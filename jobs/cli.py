@@ -89,6 +89,9 @@ def evaluate_main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--output", help="write the evaluation as JSON here")
     parser.add_argument("--profile", help="entity profiles (default: <model>.profile.safetensors when present)")
     parser.add_argument(
+        "--fusion", help="the fused risk score (default: <model>.fusion.json when present and made for the profile)"
+    )
+    parser.add_argument(
         "--asn-table",
         help="ip2asn TSV(s), comma-separated: the seen_asn baseline and AS names "
         "(default: the table the model was trained with, if any)",
@@ -112,12 +115,15 @@ def evaluate_main(argv: Sequence[str] | None = None) -> int:
 
     def body(ctx: JobContext) -> None:
         cases = _case_metrics(ctx, args) if args.cases else None
-        scorer = Scorer.load(args.model, profile=args.profile or True, asn_table=args.asn_table)
+        scorer = Scorer.load(
+            args.model, profile=args.profile or True, asn_table=args.asn_table, fusion=args.fusion or True
+        )
         test = read_labelled_csv(args.test)
         train = read_pairs_csv(args.train) if args.train else None
         thresholds = [float(t) for t in args.thresholds.split(",")] if args.thresholds else None
         ev, scores = evaluate_model(scorer, test, train, thresholds, args.learning_period_events)
-        print("ROC AUC (anomaly score; per kind: that kind vs normal rows)")
+        fused = " (fused: the risk score; model: the model alone)" if scorer.fusion is not None else ""
+        print(f"ROC AUC (anomaly score; per kind: that kind vs normal rows){fused}")
         print(ev.auc_table())
         print()
         print("Recall at a fixed false-positive rate (on normal rows), per kind")

@@ -176,9 +176,15 @@ def print_results(w: Path) -> None:
     metrics = [json.loads(x) for x in (w / "run" / "metrics.jsonl").read_text().splitlines()]
     print()
     print(f"validation discriminator_auc: {metrics[-1]['discriminator_auc']:.4f}")
-    print("test AUC per attack kind (model):", json.dumps({k: round(v, 4) for k, v in ev["auc"]["model"].items()}))
-    for fpr, row in ev["recall"]["model"].items():
-        print(f"recall at {float(fpr):.0%} FPR (model):", json.dumps({k: round(v, 3) for k, v in row.items()}))
+    for method in ("fused", "model"):  # the fused risk score (with a fusion), then the model alone
+        if method not in ev["auc"]:
+            continue
+        print(
+            f"test AUC per attack kind ({method}):", json.dumps({k: round(v, 4) for k, v in ev["auc"][method].items()})
+        )
+        for fpr, row in ev["recall"][method].items():
+            recall = json.dumps({k: round(v, 3) for k, v in row.items()})
+            print(f"recall at {float(fpr):.0%} FPR ({method}):", recall)
     for name in ("seen_exact_ip", "seen_same_24", "seen_same_16", "seen_asn"):
         if name in ev["auc"]:
             print(f"  baseline {name}: overall {ev['auc'][name]['overall']:.4f}")

@@ -326,7 +326,8 @@ def test_endpoint_and_batch_job_flag_the_same_rows(spark, world, tmp_path):
 def backfill(spark, world, tmp_path_factory):
     """The job run over the test day plus a day with no input at all (target FPR 0.01): its output folder
     and arguments. Builds (and leaves beside the model) the entity profiles: use after the tests that
-    need a model without them."""
+    need a model without them. Without the fused risk score (``fusion.enabled=false``): these tests pin the
+    levels of the rules' scores, entity and prior (tests/test_fusion.py covers the fused one)."""
     out = tmp_path_factory.mktemp("run")
     args = [
         f"--model={world['model']}",
@@ -341,6 +342,7 @@ def backfill(spark, world, tmp_path_factory):
         f"--calibration_end_date={VALID}",
         "--target-fpr",
         "0.01",
+        "--fusion.enabled=false",
     ]
     assert score_job.main(["--start-date", TEST, "--end-date", "2024-01-05", *args]) == 0
     return out, args

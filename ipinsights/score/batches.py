@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
+from ipinsights.score.features import event_days
 from ipinsights.score.profile_rows import JOINED, joined_profiles
 from ipinsights.score.profiles import PopulationPrior
 from ipinsights.score.rules import LEVELS, RULES, Thresholds
@@ -44,6 +45,11 @@ def split_joined(scorer: Scorer, batch: pa.RecordBatch) -> tuple[pa.RecordBatch,
     return batch.select([n for n in names if n not in JOINED.values()]), joined
 
 
+def _days(batch: pa.RecordBatch) -> np.ndarray | None:
+    """The rows' days (the fusion's recency features), None when the batch has no timestamps."""
+    return event_days(batch.column("ts"), batch.num_rows) if "ts" in batch.schema.names else None
+
+
 _RULE_STRINGS = pa.array(RULES, pa.string())
 _LEVEL_STRINGS = pa.array(LEVELS, pa.string())
 
@@ -53,11 +59,13 @@ def _strings(codes: np.ndarray, strings: pa.Array) -> pa.Array:
     return strings.take(pa.array(codes, mask=codes < 0))
 
 
-def _floats(values: np.ndarray | None, n: int) -> pa.Array:
-    """Float column, null where not finite (Spark's null, not NaN, means "no score"); all null for None."""
+def _floats(values: np.ndarray | None, n: int, kind: pa.DataType | None = None) -> pa.Array:
+    """Float column (of ``kind``, else of the values' type; float64 when all null), null where not finite
+    (Spark's null, not NaN, means "no score"); all null for None."""
     if values is None:
-        return pa.nulls(n, pa.float64())
-    return pa.array(values, mask=~np.isfinite(values))
+        return pa.nulls(n, kind or pa.float64())
+    out = pa.array(values, mask=~np.isfinite(values))
+    return out if kind is None else out.cast(kind)
 
 
 def score_batch(setup: ScoringSetup, scorer: Scorer, batch: pa.RecordBatch) -> pa.RecordBatch:
@@ -70,6 +78,7 @@ def score_batch(setup: ScoringSetup, scorer: Scorer, batch: pa.RecordBatch) -> p
         setup.thresholds,
         setup.flag_unseen,
         joined,
+        _days(batch),
     )
     n = len(a.dot_product)
     unseen = a.unseen_entity
@@ -81,6 +90,7 @@ def score_batch(setup: ScoringSetup, scorer: Scorer, batch: pa.RecordBatch) -> p
         _floats(a.dot_product, n),
         _floats(a.prior_score, n),
         _floats(a.anomaly_score, n),
+        _floats(a.risk_score, n, pa.float32()),
         pa.array(a.training_count, pa.int64()) if a.training_count is not None else pa.nulls(n, pa.int64()),
         pa.array(unseen) if unseen is not None else pa.nulls(n, pa.bool_()),
         _strings(a.rule_code, _RULE_STRINGS),
@@ -95,7 +105,7 @@ def score_batch(setup: ScoringSetup, scorer: Scorer, batch: pa.RecordBatch) -> p
 def explain_batch(scorer: Scorer, batch: pa.RecordBatch) -> pa.RecordBatch:
     """``batch`` plus the explanation columns (flagged rows are few: Python lists are fine)."""
     batch, joined = split_joined(scorer, batch)
-    columns = scorer.explain(batch.column("entity"), batch.column("ip"), joined=joined).columns()
+    columns = scorer.explain(batch.column("entity"), batch.column("ip"), joined=joined, days=_days(batch)).columns()
     columns["nearest_networks"] = [
         None if v is None else "; ".join(f"{x['network']} (cos {x['similarity']:.2f}, {x['events']} events)" for x in v)
         for v in columns["nearest_networks"]

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from ipinsights.core.errors import UsageError
-from ipinsights.score.rules import Thresholds
+from ipinsights.score.rules import ANOMALY_SCORE, Thresholds
 from ipinsights.storage.files import atomic_write, read_text
 from ipinsights.storage.modelfile import model_fingerprint
 
@@ -55,6 +55,9 @@ class Calibration:
     prior_medium_threshold: float | None = None
     score_quantiles: list[float] | None = None  # at rules.CAL_LEVELS: the normal percentile
     prior_quantiles: list[float] | None = None
+    # What the thresholds apply to: anomaly_score, or risk_score of the fusion with this fingerprint.
+    score: str = ANOMALY_SCORE
+    fusion_fingerprint: str | None = None
 
     def thresholds(self) -> Thresholds:
         """The :class:`~ipinsights.score.rules.Thresholds` of the levels and the normal percentile."""
@@ -69,6 +72,7 @@ class Calibration:
             self.prior_medium_threshold,
             table(self.score_quantiles),
             table(self.prior_quantiles),
+            self.score,
         )
 
     def to_json(self) -> str:

@@ -218,11 +218,14 @@ class CaseFloor:
     model_fingerprint: str
     source: str
     severity_version: int = SEVERITY_VERSION
+    fusion_fingerprint: str | None = None  # the fusion whose risk scores the floor was calibrated on (None: none)
 
-    def matches(self, fingerprint: str, threshold: float, per_day: int) -> bool:
-        """Whether this floor holds for ``fingerprint``'s model, ``threshold`` and ``per_day`` (and this formula)."""
+    def matches(self, fingerprint: str, threshold: float, per_day: int, fusion: str | None = None) -> bool:
+        """Whether this floor holds for ``fingerprint``'s model, ``threshold``, ``per_day``, the ``fusion`` of
+        that fingerprint (None: none) and this formula."""
         return (
             self.model_fingerprint == fingerprint
+            and self.fusion_fingerprint == fusion
             and math.isclose(self.threshold, threshold, rel_tol=1e-9, abs_tol=1e-12)
             and self.normal_cases_per_day == per_day
             and self.severity_version == SEVERITY_VERSION

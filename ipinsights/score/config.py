@@ -13,6 +13,39 @@ from ipinsights.score.scorer import BATCH_ROWS
 
 
 @dataclass(frozen=True)
+class FusionSettings:
+    """The fused risk score (``fusion:`` in ``conf/score.yml``; :mod:`ipinsights.score.fusion`): fitted by the
+    scoring job as a sidecar of the model (``<model>.fusion.json``) when it has entity profiles and
+    calibration days, and refitted when the model, the profiles, the table or these settings change."""
+
+    enabled: bool = True  # false: no fusion (risk_score null; levels on anomaly_score, as before)
+    path: str | None = None  # default: <model>.fusion.json
+    sample_rows: int = 100_000  # calibration-day logins sampled for the fit (each with a drawn attack per kind)
+    labelled: str | None = None  # labelled rows (entity,ip,label[,kind] CSV, or Parquet with ts) added to the fit
+    labelled_weight: float = 1.0  # their total weight, relative to the drawn rows' (logins plus attacks)
+    verdict_weight: float = 1.0  # investigators' verdicts (``verdicts``): the events of the cases they name
+    hosting_asns: str | None = None  # hosting AS numbers, one a line (default: the shipped list)
+    gate: str | None = None  # the split feature (default: as_seen with an ip2asn table, else subnet_seen)
+    features_new: tuple[str, ...] | None = None  # the "new network" leaf's features (default: the shipped list)
+    features_seen: tuple[str, ...] | None = None  # the "known network" leaf's features
+    l2: float = 0.001  # the L2 penalty, per unit of weight
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        from ipinsights.score.fusion import check_names
+
+        check_int("fusion.sample_rows", self.sample_rows, 100, 100_000_000)
+        check_float("fusion.labelled_weight", self.labelled_weight, 0.0, 1000.0)
+        check_float("fusion.verdict_weight", self.verdict_weight, 0.0, 1000.0)
+        check_float("fusion.l2", self.l2, 0.0, 100.0)
+        check_int("fusion.seed", self.seed, 0, 2**31 - 1)
+        try:
+            check_names([n for n in (self.gate, *(self.features_new or ()), *(self.features_seen or ())) if n])
+        except ValueError as exc:
+            raise ConfigError(f"fusion: {exc}") from None
+
+
+@dataclass(frozen=True)
 class ScoreConfig:
     """Settings of the scoring job (``conf/score.yml``); paths may be URIs (``s3://`` ...).
 
@@ -55,6 +88,7 @@ class ScoreConfig:
     case_events: int = 50  # events kept per case (the report's details; counts stay exact)
     case_floor: str | None = None  # default: <model>.cases.json
     lease: LeaseOptions = field(default_factory=LeaseOptions)  # overlapping runs (ipinsights.storage.lease)
+    fusion: FusionSettings = FusionSettings()
 
     def __post_init__(self) -> None:
         if (self.threshold is None) == (self.target_fpr is None):

@@ -12,6 +12,11 @@ exact IP, its /24 and its /16 (unseen = suspicious), and with an ip2asn table it
 
 Besides the AUC, each method's recall at fixed false-positive rates (:data:`RECALL_FPRS`, on the ROC
 curve: what an analyst gets with a threshold that flags that share of normal traffic).
+
+With a fusion beside the model (:mod:`ipinsights.score.fusion`, fitted by the scoring job), the fused
+``risk_score`` is evaluated first (``fused``), then the model alone (``model``) and the baselines; the
+threshold table is then the fused score's. Rows with a ``ts`` column get the fusion's recency features;
+a labelled CSV has none (they are 0, as at the endpoint).
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from ipinsights.core.asn import AsnTable
 from ipinsights.core.hashing import GOLDEN, hash_strings
 from ipinsights.core.ip import key_prefix, parse_ip, to_string_array
 from ipinsights.core.metrics import per_kind, recall_at_fpr, roc_auc, threshold_table
+from ipinsights.score.features import event_days
 from ipinsights.score.rules import BASELINES
 from ipinsights.score.scorer import Scorer
 
@@ -162,17 +168,21 @@ def evaluate_scores(
     kinds: Sequence[str] | np.ndarray | None = None,
     baselines: dict[str, np.ndarray] | None = None,
     thresholds: Sequence[float] | None = None,
+    fused: np.ndarray | None = None,
 ) -> Evaluation:
-    """AUC overall and per kind for the model (and baselines), and the threshold table.
+    """AUC overall and per kind for the model (and the ``fused`` risk score first, and baselines), and the
+    threshold table (of the fused score when given, else the model's).
 
     ``thresholds`` default to quantiles of the scores of normal rows (so that the table shows
     false-positive rates of about 10%, 5%, 2%, 1%, 0.5% and 0.1%).
     """
-    s = np.asarray(anomaly_scores, dtype=np.float64)
     y = np.asarray(labels).astype(int)
     k = np.asarray(kinds if kinds is not None else ["all"] * len(y), dtype=object)
-    auc = {"model": _aucs(s, y, k)}
-    recall = {"model": _recalls(s, y, k)}
+    methods = {} if fused is None else {"fused": np.asarray(fused, dtype=np.float64)}
+    methods["model"] = np.asarray(anomaly_scores, dtype=np.float64)
+    auc = {name: _aucs(v, y, k) for name, v in methods.items()}
+    recall = {name: _recalls(v, y, k) for name, v in methods.items()}
+    s = next(iter(methods.values()))  # the score in force: the threshold table's
     for name, b in (baselines or {}).items():
         auc[name] = _aucs(np.asarray(b, dtype=np.float64), y, k)
         recall[name] = _recalls(np.asarray(b, dtype=np.float64), y, k)
@@ -197,10 +207,12 @@ def evaluate_model(
     Rows are scored as production scores them: the entity's own score, or the population prior in its
     learning period (with the scorer's profiles; without them, the raw model score, as SageMaker).
     ``train`` (``entity, ip``) adds the per-entity lookup baselines (``seen_asn`` too when the scorer has an
-    ip2asn table). Returns the evaluation and the
-    anomaly scores (NaN for an invalid address: ranked least suspicious).
+    ip2asn table). With a fusion (``scorer.fusion``) the fused risk score comes first. Returns the
+    evaluation and the scores in force, fused or the model's (NaN for an invalid address: ranked least
+    suspicious).
     """
-    verdict = scorer.assess(test["entity"], test["ip"], learning_period_events)
+    days = event_days(test["ts"], test.num_rows) if "ts" in test.column_names else None
+    verdict = scorer.assess(test["entity"], test["ip"], learning_period_events, days=days)
     scores = (
         verdict.anomaly_score if scorer.population is not None else scorer.anomaly_score(test["entity"], test["ip"])
     )
@@ -218,7 +230,9 @@ def evaluate_model(
             baselines.update(
                 asn_baseline_scores(scorer.asn_table, train["entity"], train["ip"], test["entity"], test["ip"])
             )
-    return evaluate_scores(scores, labels, kinds, baselines, thresholds), scores
+    fused = verdict.risk_score
+    evaluation = evaluate_scores(scores, labels, kinds, baselines, thresholds, fused)
+    return evaluation, (scores if fused is None else fused)
 
 
 def histogram_plot(anomaly_scores: np.ndarray, labels: np.ndarray, path: str, threshold: float | None = None) -> str:

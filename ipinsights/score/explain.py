@@ -3,11 +3,14 @@
 The address is placed next to what the entity's profile (:mod:`ipinsights.score.profiles`) says is its
 normal: its /24 and /16 (IPv6: /48 and /32) and whether the entity used them in training, its AS and the
 entity's usual ones (with an ASN table), the entity's known networks nearest by embedding and by prefix,
-and the entity's typical anomaly-score range.
+and the entity's typical anomaly-score range. With a fused risk score (:mod:`ipinsights.score.fusion`),
+``risk_factors`` words what raised it most (:func:`risk_factors`): "new AS for this entity; AS used by
+0.01% of entities; hosting range".
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -18,7 +21,8 @@ from ipinsights.core.ip import ParsedIPs, is_ipv6_key, key_prefix, key_prefix_te
 
 if TYPE_CHECKING:
     from ipinsights.core.asn import AsnTable
-    from ipinsights.score.profiles import EntityProfiles
+    from ipinsights.score.fusion import FusionModel
+    from ipinsights.score.profiles import EntityProfiles, PopulationPrior
 
 #: The columns in the order :meth:`Explanations.columns` gives them (the endpoint's JSON objects follow it).
 COLUMNS = (
@@ -37,6 +41,7 @@ COLUMNS = (
     "known_networks",
     "usual_events",
     "shared_prefix_bits",
+    "risk_factors",
 )
 
 
@@ -63,6 +68,7 @@ class Explanations:
     typical_high: list[float | None]  # ... and their 95th percentile
     known_networks: list[int | None]  # how many networks the profile keeps for the entity
     usual_events: list[int | None]  # its training events in its two most used networks
+    risk_factors: list[str | None]  # what raised its fused risk score most, in words (None without a fusion)
 
     def columns(self) -> dict[str, list]:
         """``{column: values}`` in :data:`COLUMNS` order (the lists themselves, not copies)."""
@@ -101,6 +107,7 @@ def explain_rows(
         typical_high=high,
         known_networks=[None] * n,
         usual_events=[None] * n,
+        risk_factors=[None] * n,
     )
     todo = np.flatnonzero(rows >= 0)
     if profiles is not None and todo.size:
@@ -192,3 +199,60 @@ def _shared_bits(known: np.ndarray, key: int) -> np.ndarray:
     x = (known.astype(np.int64) ^ np.int64(key)).view(np.uint64)
     bits = np.array([width - int(v).bit_length() for v in x.tolist()])
     return np.where(is_ipv6_key(known) == six, np.maximum(bits, 0), 0)
+
+
+#: How many of the features that raised a risk score most are worded (besides "new network").
+RISK_FACTORS = 3
+
+
+def risk_factors(
+    fusion: FusionModel, features: dict[str, np.ndarray], valid: np.ndarray, population: PopulationPrior
+) -> list[str | None]:
+    """Each row's risk score in words: "new AS (/24) for this entity" in the new-network leaf, then the
+    :data:`RISK_FACTORS` features that raised it most (positive contributions, largest first); None for an
+    invalid row."""
+    contrib = fusion.contributions(features)
+    leaf = fusion.leaf_of(features)
+    names = [n for n in contrib if n != fusion.gate]
+    parts = np.column_stack([contrib[n] for n in names]) if names else np.zeros((valid.size, 0))
+    new_network = "new AS for this entity" if fusion.gate == "as_seen" else "new /24 for this entity"
+    out: list[str | None] = []
+    for i in range(valid.size):
+        if not valid[i]:
+            out.append(None)
+            continue
+        words = [new_network] if leaf[i] >= 0 and fusion.leaves[leaf[i]].when == 0 else []
+        for j in np.argsort(-parts[i], kind="stable")[:RISK_FACTORS]:
+            if parts[i, j] > 0:
+                words.append(_feature_words(names[j], features, i, population.entities))
+        out.append("; ".join(words) or None)
+    return out
+
+
+def _feature_words(name: str, features: dict[str, np.ndarray], i: int, entities: int) -> str:
+    """One feature's value for row ``i``, as an investigator reads it."""
+    x = float(features[name][i])
+    n = round(math.expm1(x))  # the counts and days are log1p
+
+    def share(what: str) -> str:
+        users = max(math.exp(x) * (entities + 1) - 1, 0.0)
+        return f"{what} used by {100 * users / max(entities, 1):.2g}% of entities"
+
+    words = {
+        "dot_product": "unlike the entity's usual networks (model)",
+        "as_logins": f"{n} logins from this AS",
+        "as_days": f"AS last used {n} days before",
+        "subnet_logins": f"{n} logins from this /24",
+        "subnet_days": f"/24 last used {n} days before",
+        "network_logins": f"{n} logins from this /16" if n else "new /16 for this entity",
+        "country_logins": f"{n} logins from this country" if n else "first login from this country",
+        "entity_logins": f"entity with {n} training logins",
+        "entity_networks": f"entity with {n} networks",
+        "as_share": share("AS"),
+        "subnet_share": share("/24"),
+        "network_share": share("/16"),
+        "hosting": "hosting range",
+        "outside_table": "outside the ip2asn table",
+        "reserved": "reserved address",
+    }
+    return words.get(name, name.replace("*", " with "))

@@ -24,6 +24,7 @@ from ipinsights.score.profiles import (
     FORMAT,
     QUANTILES,
     VERSION,
+    EntityHistory,
     EntityProfiles,
     PopulationPrior,
     ProfileError,
@@ -39,14 +40,27 @@ ROW_SCHEMA = pa.schema(
         ("q", pa.list_(pa.float32())),  # its QUANTILES of its training anomaly scores, ascending
         ("net_keys", pa.list_(pa.int64())),  # a representative address key per known network, most used first
         ("net_counts", pa.list_(pa.int64())),  # training events in that network
-        ("asns", pa.list_(pa.int64())),  # ASNs it used (empty or null without an ASN table)
+        ("asns", pa.list_(pa.int64())),  # ASNs it used, ascending (empty or null without an ASN table)
+        # Its history (EntityHistory): days are UTC days since 1970-01-01, -1 unknown.
+        ("net_last", pa.list_(pa.int64())),  # last day in each known network (as net_keys)
+        ("asn_counts", pa.list_(pa.int64())),  # logins from each AS (as asns)
+        ("asn_last", pa.list_(pa.int64())),  # last day in each AS (as asns)
+        ("wide_keys", pa.list_(pa.int64())),  # its most used /16 (/32) ids, most used first
+        ("wide_counts", pa.list_(pa.int64())),
+        ("countries", pa.list_(pa.int64())),  # country slots it logged in from, ascending (with an ASN table)
+        ("country_counts", pa.list_(pa.int64())),
+        ("events", pa.int64()),  # training logins
+        ("networks", pa.int64()),  # distinct /24s (/48s)
     ]
 )
 
+#: The list columns of a row (one entity's values) and its scalar ones.
+_LISTS = ROW_SCHEMA.names[2:-2]
+_SCALARS = ROW_SCHEMA.names[-2:]
 
 #: Names of the profile columns a scoring batch carries after
 #: :func:`~ipinsights.score.spark_profiles.join_profile_rows` (null: no profile).
-JOINED = {name: f"_profile_{name}" for name in ("q", "net_keys", "net_counts", "asns")}
+JOINED = {name: f"_profile_{name}" for name in ROW_SCHEMA.names[2:]}
 
 
 def rows_table(profiles: EntityProfiles) -> pa.Table:
@@ -54,14 +68,30 @@ def rows_table(profiles: EntityProfiles) -> pa.Table:
     if profiles.entities is None:
         raise ValueError("profiles without their entity strings cannot be stored (the rows are joined on them)")
     q_offsets = np.arange(len(profiles) + 1, dtype=np.int64) * QUANTILES.size
+    h = profiles.hist
+    lists = {
+        "net_keys": (profiles.net_offsets, profiles.net_keys),
+        "net_counts": (profiles.net_offsets, profiles.net_counts),
+        "asns": (profiles.asn_offsets, profiles.asns),
+        "net_last": (profiles.net_offsets, h.net_last),
+        "asn_counts": (profiles.asn_offsets, h.asn_counts),
+        "asn_last": (profiles.asn_offsets, h.asn_last),
+        "wide_keys": (h.wide_offsets, h.wide_keys),
+        "wide_counts": (h.wide_offsets, h.wide_counts),
+        "countries": (h.country_offsets, h.countries),
+        "country_counts": (h.country_offsets, h.country_counts),
+    }
     return pa.Table.from_arrays(
         [
             pa.array(profiles.entities, pa.string()),
             pa.array(profiles.hashes.view(np.int64)),
             _list_array(q_offsets, profiles.score_quantiles.astype(np.float32).ravel(), pa.float32()),
-            _list_array(profiles.net_offsets, profiles.net_keys.astype(np.int64), pa.int64()),
-            _list_array(profiles.net_offsets, profiles.net_counts.astype(np.int64), pa.int64()),
-            _list_array(profiles.asn_offsets, profiles.asns.astype(np.int64), pa.int64()),
+            *(
+                _list_array(offsets, np.asarray(values, np.int64), pa.int64())
+                for offsets, values in (lists[name] for name in _LISTS[1:])
+            ),
+            pa.array(h.events.astype(np.int64)),
+            pa.array(h.networks.astype(np.int64)),
         ],
         schema=ROW_SCHEMA,
     )
@@ -81,9 +111,10 @@ def save_profiles(profiles: EntityProfiles, path: str | Path) -> str | Path:
     return path
 
 
-def load_profiles(path: str | Path, model_dir: str | Path | None = None) -> EntityProfiles:
-    """Read a whole profile (header and every row); with ``model_dir``, refuse it unless it is that model's."""
-    header = ProfileHeader.load(path, model_dir)
+def load_profiles(path: str | Path | ProfileHeader, model_dir: str | Path | None = None) -> EntityProfiles:
+    """Read a whole profile (header and every row); with ``model_dir``, refuse it unless it is that model's.
+    ``path`` may be a header already read."""
+    header = path if isinstance(path, ProfileHeader) else ProfileHeader.load(path, model_dir)
     try:
         table = _read_rows(header.files, [n for n in ROW_SCHEMA.names if n != "entity"])
     except (OSError, pa.ArrowException) as exc:
@@ -168,12 +199,29 @@ def _profiles_of(
     population: PopulationPrior,
     entities: np.ndarray | None = None,
 ) -> EntityProfiles:
-    """EntityProfiles of rows whose list columns ``q``, ``net_keys``, ``net_counts``, ``asns`` are given."""
+    """EntityProfiles of rows whose columns (every one of :data:`ROW_SCHEMA` but the entity and its hash) are given."""
     n = hashes.size
     _, q = _list_parts(columns["q"])
-    net_offsets, net_keys = _list_parts(columns["net_keys"])
-    _, net_counts = _list_parts(columns["net_counts"])
-    asn_offsets, asns = _list_parts(columns["asns"])
+    offsets, values = {}, {}
+    for name in _LISTS[1:]:
+        offsets[name], values[name] = _list_parts(columns[name])
+    net_offsets, net_keys = offsets["net_keys"], values["net_keys"]
+    net_counts = values["net_counts"]
+    asn_offsets, asns = offsets["asns"], values["asns"]
+    scalars = {name: _scalar(columns[name]) for name in _SCALARS}
+    history = EntityHistory(
+        events=scalars["events"],
+        networks=scalars["networks"],
+        net_last=_aligned(values["net_last"], net_keys.size),
+        wide_offsets=offsets["wide_keys"],
+        wide_keys=values["wide_keys"].astype(np.int64),
+        wide_counts=values["wide_counts"].astype(np.int64),
+        asn_counts=_aligned(values["asn_counts"], asns.size, 0),
+        asn_last=_aligned(values["asn_last"], asns.size),
+        country_offsets=offsets["countries"],
+        countries=values["countries"].astype(np.int64),
+        country_counts=values["country_counts"].astype(np.int64),
+    )
     return EntityProfiles(
         hashes=hashes,
         score_quantiles=np.asarray(q, np.float32).reshape(n, QUANTILES.size),
@@ -185,7 +233,23 @@ def _profiles_of(
         fingerprint=fingerprint,
         population=population,
         entities=entities,
+        history=history,
     )
+
+
+def _scalar(col: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """An int64 column as numpy, null as 0."""
+    import pyarrow.compute as pc
+
+    return np.asarray(pc.fill_null(col, 0).to_numpy(zero_copy_only=False), np.int64)
+
+
+def _aligned(values: np.ndarray, size: int, missing: int = -1) -> np.ndarray:
+    """A list column's flat values that go with another list's (as many), or ``missing`` for each where its
+    lists are null (an AS list without counts: never written by this version, but never misaligned either)."""
+    if values.size == size:
+        return values.astype(np.int64)
+    return np.full(size, missing, np.int64)
 
 
 def rows_to_profiles(table: pa.Table, fingerprint: str, population: PopulationPrior) -> EntityProfiles:
@@ -196,7 +260,7 @@ def rows_to_profiles(table: pa.Table, fingerprint: str, population: PopulationPr
     h = table["entity_hash"].to_numpy().view(np.uint64)
     order = np.argsort(h, kind="stable")
     table = table.take(pa.array(order))
-    cols = {name: table[name] for name in ("q", "net_keys", "net_counts", "asns")}
+    cols = {name: table[name] for name in ROW_SCHEMA.names[2:]}
     names = table["entity"].to_numpy(zero_copy_only=False) if "entity" in table.column_names else None
     return _profiles_of(cols, h[order], fingerprint, population, names)
 

@@ -8,20 +8,27 @@ For every entity of the training days, a profile holds:
 * its known networks: the ``max_networks`` most used /24s (IPv4) or /48s (IPv6), each with a
   representative address key (the most used address in it) and the event count, which the
   explanations compare a flagged address with, by prefix and by embedding similarity;
-* the ASNs it used, when an ASN table was given (:class:`ipinsights.core.asn.AsnTable`).
+* the ASNs it used, when an ASN table was given (:class:`ipinsights.core.asn.AsnTable`);
+* its history (:class:`EntityHistory`), what the fused risk score's features
+  (:mod:`ipinsights.score.features`) read: its training logins and distinct /24s (/48s), the day it
+  last used each known network, its logins and last day per AS, its ``max_networks`` most used /16s
+  (/32s) and its logins per country.
 
 And for the population (:class:`PopulationPrior`): how many training events every /24 (IPv6 /48) and
 /16 (/32) saw, across all entities. That is the prior that judges entities in their learning period:
-an address in a network many people log in from is typical, one in a network nobody used is not.
+an address in a network many people log in from is typical, one in a network nobody used is not. It
+also counts the distinct entities of every /24 (/48), /16 (/32) and AS, and the entities in all: how
+common a network is across the population (a network half the company uses is a weak signal).
 
 Stored beside the model in two parts, each sized by what it describes:
 
 * ``<model_dir>.profile.safetensors``, the **header**: the population counts (bounded by the number of
   networks, not of entities), the model's fingerprint (like a calibration, a profile is a property of
   (model, traffic) and is refused for any other model) and the name of its rows table;
-* ``<model_dir>.profile.rows-<build>/``, the **rows**: Parquet files of one row per entity (``entity``,
-  ``entity_hash``, ``q``, ``net_keys``, ``net_counts``, ``asns``; about ``8 * (4 + 21/2 + 2 *
-  max_networks)`` bytes each), written by the executors that built it, named in the header.
+* ``<model_dir>.profile.rows-<build>/``, the **rows**: Parquet files of one row per entity
+  (:data:`~ipinsights.score.profile_rows.ROW_SCHEMA`; about ``8 * (6 + 21/2 + 5 * max_networks)``
+  bytes each, plus 24 per AS and 16 per country it used), written by the executors that built it,
+  named in the header.
 
 Both are read and written by Python (``pyarrow.fs``), like every file beside a model: a model on S3 needs
 no Hadoop S3 connector for them. This module holds the profiles in memory and reads the header
@@ -51,7 +58,9 @@ log = logging.getLogger(__name__)
 
 
 FORMAT = "ipinsights-profile"
-VERSION = "2"  # 1: one safetensors file with every entity's arrays (refused: rebuilt by the scoring job)
+# 1: one safetensors file with every entity's arrays; 2: rows without the history (both refused: the scoring
+# job rebuilds them).
+VERSION = "3"
 
 
 #: Quantile levels of each entity's training anomaly scores.
@@ -76,14 +85,35 @@ class ProfileError(ValueError):
     """A profile file is missing, malformed, or belongs to another model."""
 
 
+def _none() -> np.ndarray:
+    return np.zeros(0, np.int64)
+
+
 @dataclass(frozen=True)
 class PopulationPrior:
-    """Training events per /24 (/48) and per /16 (/32) network ids (``ip.key_prefix``), each sorted."""
+    """Training events and distinct entities per /24 (/48) and per /16 (/32) network ids (``ip.key_prefix``),
+    distinct entities per AS, each sorted by id; and the number of entities in all."""
 
-    subnets: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
-    subnet_counts: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
-    networks: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
-    network_counts: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    subnets: np.ndarray = field(default_factory=_none)
+    subnet_counts: np.ndarray = field(default_factory=_none)
+    networks: np.ndarray = field(default_factory=_none)
+    network_counts: np.ndarray = field(default_factory=_none)
+    subnet_entities: np.ndarray = field(default_factory=_none)  # aligned with subnets
+    network_entities: np.ndarray = field(default_factory=_none)  # aligned with networks
+    asns: np.ndarray = field(default_factory=_none)  # AS numbers, sorted (empty without an ASN table)
+    asn_entities: np.ndarray = field(default_factory=_none)
+    entities: int = 0
+
+    def entities_of(self, level: str, ids: np.ndarray) -> np.ndarray:
+        """Distinct training entities of each network id of ``level`` (``subnet``, ``network``, ``asn``)."""
+        known, counts = {
+            "subnet": (self.subnets, self.subnet_entities),
+            "network": (self.networks, self.network_entities),
+            "asn": (self.asns, self.asn_entities),
+        }[level]
+        if counts.size != known.size:  # built without the entity counts (a bench, a test)
+            return np.zeros(len(ids))
+        return _counts_of(known, counts, np.asarray(ids, np.int64))
 
     def prior_anomaly(self, keys: np.ndarray) -> np.ndarray:
         """Population-prior anomaly score of address keys: ``-log`` of the smoothed share of training events
@@ -105,12 +135,19 @@ class PopulationPrior:
         return float(self.subnet_counts.sum()) + 1.0
 
     def tensors(self) -> dict[str, np.ndarray]:
-        return {
-            "pop_subnets": self.subnets.astype(np.int64),
-            "pop_subnet_counts": self.subnet_counts.astype(np.int64),
-            "pop_networks": self.networks.astype(np.int64),
-            "pop_network_counts": self.network_counts.astype(np.int64),
-        }
+        return {f"pop_{name}": np.asarray(getattr(self, name), np.int64) for name in _POPULATION_ARRAYS}
+
+
+_POPULATION_ARRAYS = (
+    "subnets",
+    "subnet_counts",
+    "networks",
+    "network_counts",
+    "subnet_entities",
+    "network_entities",
+    "asns",
+    "asn_entities",
+)
 
 
 @dataclass(frozen=True)
@@ -152,14 +189,58 @@ class ProfileHeader:
         files = tuple(f"{rows}/{name}" for name in json.loads(meta.get("rows_files", "[]")))
         if not meta.get("rows") or not all(is_file(f) for f in files[:1]):
             raise ProfileError(f"{path}: its rows table {rows} is missing (rebuild it)")
+        entities = int(meta.get("entities", 0))
         try:
-            population = PopulationPrior(
-                t["pop_subnets"], t["pop_subnet_counts"], t["pop_networks"], t["pop_network_counts"]
-            )
+            arrays = {name: t[f"pop_{name}"] for name in _POPULATION_ARRAYS}
         except KeyError as exc:
             raise ProfileError(f"{path}: missing tensor {exc}") from None
+        population = PopulationPrior(**arrays, entities=entities)
         fingerprint = meta.get("model_fingerprint", "")
-        return cls(str(path), population, fingerprint, rows, files, int(meta.get("entities", 0)))
+        return cls(str(path), population, fingerprint, rows, files, entities)
+
+    @property
+    def build(self) -> str:
+        """The build's name (its rows table's): what a fusion fitted with these profiles records."""
+        return self.rows.rstrip("/").rsplit("/", 1)[-1]
+
+
+@dataclass(frozen=True)
+class EntityHistory:
+    """What each profiled entity did in training, beyond its known networks (rows as in :class:`EntityProfiles`).
+
+    Days are UTC days since 1970-01-01 (-1: unknown, for history without timestamps). The /16 (/32) and
+    AS lists, like the known networks, are ragged: entity ``i``'s are ``[offsets[i], offsets[i + 1])``.
+    """
+
+    events: np.ndarray  # int64 (n,): training logins
+    networks: np.ndarray  # int64 (n,): distinct /24s (/48s), all of them, not only the profiled ones
+    net_last: np.ndarray  # int64, aligned with EntityProfiles.net_keys: last day in that network
+    wide_offsets: np.ndarray  # int64 (n + 1,)
+    wide_keys: np.ndarray  # int64: its max_networks most used /16 (/32) ids (``key_prefix``), most used first
+    wide_counts: np.ndarray  # int64
+    asn_counts: np.ndarray  # int64, aligned with EntityProfiles.asns: logins from that AS
+    asn_last: np.ndarray  # int64, aligned with EntityProfiles.asns: last day there
+    country_offsets: np.ndarray  # int64 (n + 1,)
+    countries: np.ndarray  # int64: country slots (``asn.country_index``) it logged in from, ascending
+    country_counts: np.ndarray  # int64
+
+    @classmethod
+    def unknown(cls, net_offsets: np.ndarray, asn_offsets: np.ndarray) -> EntityHistory:
+        """No history (profiles built by hand, a bench): every count 0 and every day unknown."""
+        n = net_offsets.size - 1
+        return cls(
+            events=np.zeros(n, np.int64),
+            networks=np.diff(net_offsets).astype(np.int64),
+            net_last=np.full(int(net_offsets[-1]), -1, np.int64),
+            wide_offsets=np.zeros(n + 1, np.int64),
+            wide_keys=_none(),
+            wide_counts=_none(),
+            asn_counts=np.zeros(int(asn_offsets[-1]), np.int64),
+            asn_last=np.full(int(asn_offsets[-1]), -1, np.int64),
+            country_offsets=np.zeros(n + 1, np.int64),
+            countries=_none(),
+            country_counts=_none(),
+        )
 
 
 @dataclass(frozen=True)
@@ -181,6 +262,17 @@ class EntityProfiles:
     fingerprint: str
     population: PopulationPrior = field(default_factory=PopulationPrior)
     entities: np.ndarray | None = None  # object (n,): the entity strings, when known (needed to save)
+    history: EntityHistory | None = None  # None: profiles built without one (then EntityHistory.unknown)
+
+    def __post_init__(self) -> None:
+        if self.history is None:
+            object.__setattr__(self, "history", EntityHistory.unknown(self.net_offsets, self.asn_offsets))
+
+    @property
+    def hist(self) -> EntityHistory:
+        """The history (never None once built)."""
+        assert self.history is not None  # __post_init__ fills it
+        return self.history
 
     def __len__(self) -> int:
         return int(self.hashes.size)

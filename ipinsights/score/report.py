@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ipinsights.score.rules import BASELINES
+from ipinsights.score.rules import BASELINES, RISK_SCORE
 from ipinsights.storage.files import atomic_write, is_local, join_uri, local_path
 
 if TYPE_CHECKING:
@@ -68,6 +68,7 @@ CASE_COLUMNS = (
     "anomaly_score",
     "level",
     "rule",
+    "risk_score",
     "normal_percentile",
     "entity_percentile",
     "typical_low",
@@ -84,6 +85,7 @@ CASE_COLUMNS = (
     "asn_seen",
     "as_name",
     "usual_ases",
+    "risk_factors",
     *BASELINES,
 )
 
@@ -110,7 +112,9 @@ class Histogram:
     flagged: np.ndarray  # (bins,) int64
 
 
-def histogram_png(hist: Histogram, threshold: float | None = None, title: str = "") -> bytes:
+def histogram_png(
+    hist: Histogram, threshold: float | None = None, title: str = "", xlabel: str = "anomaly score (-dot_product)"
+) -> bytes:
     """The tutorial's histogram (normal vs flagged) from binned counts, as PNG bytes (log-scale counts)."""
     import matplotlib
 
@@ -124,7 +128,7 @@ def histogram_png(hist: Histogram, threshold: float | None = None, title: str = 
     if threshold is not None:
         ax.axvline(threshold, color="k", linestyle="--", label=f"threshold {threshold:.3f}")
     ax.set_yscale("log")  # flagged rows are ~1% of traffic: invisible on a linear scale
-    ax.set_xlabel("anomaly score (-dot_product)")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel("events")
     if title:
         ax.set_title(title)
@@ -216,6 +220,12 @@ def _when(t: Any) -> str:
     return "—" if t is None else t.strftime("%Y-%m-%d %H:%M:%S")
 
 
+def _score(event: Mapping[str, Any]) -> Any:
+    """A case event's score in force: its risk score with a fusion, else its anomaly score."""
+    risk = event.get("risk_score")
+    return event["anomaly_score"] if risk is None else risk
+
+
 def _case_rows(cases: Sequence[Mapping[str, Any]]) -> list[str]:
     """One table row per case: rank, severity, who, the one-line summary and its events behind <details>."""
     e = html.escape
@@ -230,7 +240,7 @@ def _case_rows(cases: Sequence[Mapping[str, Any]]) -> list[str]:
         shown = len(events)
         detail_rows = "".join(
             f"<tr><td>{e(_when(x['ts']))}</td><td>{e(_cell(x['entity']))}</td><td>{e(_cell(x['ip']))}</td>"
-            f'<td>{e(_cell(x["network_name"]))}</td><td class="num">{e(_cell(x["anomaly_score"]))}</td>'
+            f'<td>{e(_cell(x["network_name"]))}</td><td class="num">{e(_cell(_score(x)))}</td>'
             f'<td class="num">{e(_cell(x["normal_percentile"]))}</td></tr>'
             for x in events
         )
@@ -331,7 +341,7 @@ def render_report(
         parts.extend(_cases_section(view))
     parts += [
         "<h2>Events</h2>",
-        f'<p id="threshold">Threshold in force: <b>anomaly_score &gt; {threshold.value:.6g}</b> '
+        f'<p id="threshold">Threshold in force: <b>{e(threshold.on)} &gt; {threshold.value:.6g}</b> '
         f"({e(threshold.source)})</p>",
         '<table id="counts"><tr><th>count</th><th>events</th></tr>',
         *(f'<tr><td>{e(k)}</td><td class="num">{int(counts.get(k, 0)):,}</td></tr>' for k in counts),
@@ -388,7 +398,9 @@ def write_day_report(
     rarest first, streamed into the CSV."""
     out = join_uri(reports_dir, f"dt={day}")
     write_flagged_csv(join_uri(out, "flagged.csv"), flagged_rows)
-    png = histogram_png(hist, threshold.value, f"{day}: anomaly scores") if hist is not None else None
+    fused = threshold.on == RISK_SCORE
+    what, axis = ("risk scores", "risk score (fused)") if fused else ("anomaly scores", "anomaly score (-dot_product)")
+    png = histogram_png(hist, threshold.value, f"{day}: {what}", axis) if hist is not None else None
     page = join_uri(out, "report.html")
     with atomic_write(page, encoding="utf-8") as fh:
         fh.write(render_report(day, counts, threshold, view, png))

@@ -30,6 +30,10 @@ RULES = (RULE_INVALID, RULE_LEARNING, RULE_SCORE)
 RULE_INVALID_CODE, RULE_LEARNING_CODE, RULE_SCORE_CODE = range(len(RULES))
 
 
+#: The scores a calibration's thresholds may apply to: the rule's (``anomaly_score``) or the fused one.
+ANOMALY_SCORE, RISK_SCORE = "anomaly_score", "risk_score"
+
+
 LEVELS = ("low", "medium", "high")  # ``Assessment.level_code`` indexes it; -1 = no level
 
 
@@ -60,6 +64,8 @@ class Thresholds:
     # Quantiles (at CAL_LEVELS) of normal traffic's entity scores and prior scores: the normal percentile.
     score_table: tuple[float, ...] | None = None
     prior_table: tuple[float, ...] | None = None
+    # What the thresholds apply to: the rule's anomaly_score, or (with a fusion) the risk_score of every row.
+    score: str = ANOMALY_SCORE
 
     def normal_percentile(self, anomaly: np.ndarray, scored: np.ndarray, learning: np.ndarray) -> np.ndarray:
         """0-100: the share of normal (calibration) traffic of the row's rule that scored lower (``scored``:
@@ -110,6 +116,13 @@ class Threshold:
     target_fpr: float | None = None
     levels: Thresholds | None = None
 
+    score: str = ANOMALY_SCORE  # what a fixed threshold applies to (a calibration's levels say it themselves)
+
     @property
     def thresholds(self) -> Thresholds:
-        return self.levels if self.levels is not None else Thresholds(self.value)
+        return self.levels if self.levels is not None else Thresholds(self.value, score=self.score)
+
+    @property
+    def on(self) -> str:
+        """The score the threshold applies to (``anomaly_score`` or ``risk_score``)."""
+        return self.levels.score if self.levels is not None else self.score

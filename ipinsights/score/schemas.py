@@ -37,6 +37,7 @@ SCORE_FIELDS = pa.schema(
         ("dot_product", pa.float32()),  # SageMaker's raw output (higher = more compatible); null: invalid address
         ("prior_score", pa.float32()),  # anomaly score against the population prior (the learning period's rule)
         ("anomaly_score", pa.float32()),  # the score of the row's rule (higher = more suspicious)
+        ("risk_score", pa.float32()),  # the fused risk score (higher = more suspicious); null without a fusion
         ("training_count", pa.int64()),  # the entity's events in training (0 = unseen; null: no entity stats)
         ("unseen_entity", pa.bool_()),  # training_count == 0
         ("rule", pa.string()),  # model_score, learning_period or invalid_ip (ipinsights.score.rules)
@@ -76,6 +77,7 @@ EXPLAIN_FIELDS = pa.schema(
         ("typical_high", pa.float64()),
         ("known_networks", pa.int32()),
         ("usual_events", pa.int64()),
+        ("risk_factors", pa.string()),  # what raised the risk score most, in words (null without a fusion)
     ]
 )
 
@@ -85,6 +87,7 @@ FLAGGED = _before_dt(SCORES, *((name, pa.bool_()) for name in BASELINES), *EXPLA
 #: One event of a case, as the case keeps it (the report's details, verdicts, training input).
 CASE_EVENT = pa.struct(
     [
+        ("risk_score", pa.float32()),  # first: a case's events are listed by the score in force, highest first
         ("anomaly_score", pa.float32()),
         ("ts", TIMESTAMP),
         ("entity", pa.string()),

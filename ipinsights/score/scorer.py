@@ -21,9 +21,11 @@ import torch
 from ipinsights.core.entities import ENTITY_FILE, EntityStats
 from ipinsights.core.hashing import buckets_of, hash_strings
 from ipinsights.core.ip import ParsedIPs, parse_ip, to_string_array
-from ipinsights.score.explain import Explanations, explain_rows
+from ipinsights.score.explain import Explanations, explain_rows, risk_factors
+from ipinsights.score.fusion import fused_scores
 from ipinsights.score.rules import (
     LEVEL_OBJECTS,
+    RISK_SCORE,
     RULE_INVALID_CODE,
     RULE_LEARNING_CODE,
     RULE_OBJECTS,
@@ -35,6 +37,7 @@ from ipinsights.storage.modelfile import ModelBundle, ModelFileError, load_model
 
 if TYPE_CHECKING:
     from ipinsights.core.asn import AsnTable
+    from ipinsights.score.fusion import FusionModel
     from ipinsights.score.profiles import EntityProfiles, PopulationPrior
 
 #: Profiles joined onto a batch (:func:`ipinsights.score.profile_rows.joined_profiles`): the batch's profiles and
@@ -72,6 +75,7 @@ class Assessment:
     level_code: np.ndarray | None = None  # int8 per row: index into LEVELS, -1 = none (with thresholds)
     normal_percentile: np.ndarray | None = None  # float64 0-100 among normal traffic of its rule (calibration)
     flagged: np.ndarray | None = None  # bool per row: the alert rule (with thresholds)
+    risk_score: np.ndarray | None = None  # float64: the fused risk score (None without a fusion; NaN: invalid)
 
     @property
     def rule(self) -> np.ndarray:
@@ -113,6 +117,8 @@ class Scorer:
         self.profiles: EntityProfiles | None = None  # see load: percentiles and explanations, every entity
         self.population: PopulationPrior | None = None  # see load: the population prior (learning period)
         self.asn_table: AsnTable | None = None  # see load: ASNs in explanations
+        self.profile_build: str | None = None  # the loaded profile's build (what a fusion must be fitted with)
+        self.fusion: FusionModel | None = None  # see load: the fused risk score (needs the profiles)
 
     @classmethod
     def load(
@@ -123,6 +129,7 @@ class Scorer:
         profile: str | Path | bool = False,
         asn_table: str | Path | None = None,
         profile_rows: bool = True,
+        fusion: str | Path | bool = False,
     ) -> Scorer:
         """The model at ``path`` with its context: entity profiles and an ip2asn ``asn_table`` (explanations;
         for a model trained with a table, its AS and country levels: by default the table it was trained with).
@@ -132,6 +139,8 @@ class Scorer:
         and left out); a path for that profile, which must be this model's (``ProfileError`` otherwise).
         ``profile_rows=False`` loads only its header (the population prior): a Spark scoring worker's
         batches bring their own entities' rows (``joined`` in :meth:`assess` and :meth:`explain`).
+        ``fusion`` (:mod:`ipinsights.score.fusion`: the ``risk_score``; it needs the profile it was fitted
+        with): ``False`` for none, ``True`` for ``<model>.fusion.json`` when it is usable, or a path that must be.
         ``path`` and ``profile`` may be URIs (``s3://``): they are read through a local cache.
         """
         table = str(asn_table) if asn_table else None
@@ -145,6 +154,12 @@ class Scorer:
             from ipinsights.storage.modelfile import network_table
 
             scorer.asn_table = network_table(table)
+        if fusion is not False:
+            from ipinsights.score.fusion import find_fusion
+
+            scorer.fusion = find_fusion(
+                None if fusion is True else str(fusion), scorer.bundle.uri, scorer.asn_table, scorer.profile_build
+            )
         return scorer
 
     def _set_profiles(self, path: str | None, rows: bool) -> None:
@@ -156,11 +171,11 @@ class Scorer:
 
         where = path or profile_uri(self.bundle.uri)
         try:
+            header = ProfileHeader.load(where, self.bundle.uri)
             if rows:
-                self.profiles = load_profiles(where, self.bundle.uri)
-                self.population = self.profiles.population
-            else:
-                self.population = ProfileHeader.load(where, self.bundle.uri).population
+                self.profiles = load_profiles(header)
+            self.population = header.population
+            self.profile_build = header.build
         except ProfileError as exc:
             if path is not None:
                 raise
@@ -196,6 +211,10 @@ class Scorer:
     def dot_product(self, entities: ArrayLike, ips: ArrayLike | ParsedIPs) -> np.ndarray:
         """``float32`` dot products, NaN where the IP is invalid."""
         return self._dot(self.entity_rows(entities), self.parse(ips))
+
+    def dot_product_of_hashes(self, hashes: np.ndarray, keys: np.ndarray) -> np.ndarray:
+        """Dot products of entities given by their hashes with valid address keys."""
+        return self._dot(buckets_of(hashes, self.num_entity_vectors), ParsedIPs(keys, np.ones(keys.size, bool)))
 
     def _dot(self, rows: np.ndarray, parsed: ParsedIPs) -> np.ndarray:
         """Dot products of embedding ``rows`` with parsed addresses, with the last encoder layer folded
@@ -249,12 +268,15 @@ class Scorer:
         thresholds: Thresholds | None = None,
         flag_unseen: bool = False,
         joined: Joined | None = None,
+        days: np.ndarray | None = None,
     ) -> Assessment:
         """Score rows, choosing the rule per row: invalid address, learning period (fewer than
         ``learning_period_events`` training events: the population prior scores it, never a random
-        vector), or the entity's own model score; plus per-entity percentiles and, with
-        ``thresholds``, levels and flags (:func:`~ipinsights.score.rules.flag_rows`). ``joined``: the rows'
-        profiles, joined onto them (the Spark jobs); default, looked up in the scorer's own profiles.
+        vector), or the entity's own model score; plus per-entity percentiles, the fused ``risk_score``
+        (with a fusion: every valid row, whatever its rule) and, with ``thresholds``, levels and flags
+        (:func:`~ipinsights.score.rules.flag_rows`; on ``risk_score`` when the thresholds say so).
+        ``joined``: the rows' profiles, joined onto them (the Spark jobs); default, looked up in the
+        scorer's own profiles. ``days``: the rows' days (:func:`~ipinsights.score.features.event_days`).
         """
         hashes = self.entity_hashes(entities)  # once: rows, training counts and profiles all key on it
         parsed = self.parse(ips)
@@ -279,16 +301,32 @@ class Scorer:
             assert profile_rows is not None  # _entity_lookup finds profile rows whenever there are profiles
             pct = profiles.percentile(np.where(scored, profile_rows, -1), -dp)
         out = Assessment(dp, prior, counts, code, anomaly, pct)
+        if self.fusion is not None and profiles is not None and profile_rows is not None:
+            out.risk_score = fused_scores(self.fusion, parsed, dp, profiles, profile_rows, self.asn_table, days)[0]
         if thresholds is not None:
-            out.level_code = thresholds.level_codes(anomaly, learning)
+            level_score = anomaly
+            if thresholds.score == RISK_SCORE:
+                if out.risk_score is None:
+                    raise ValueError("thresholds calibrated on risk_score, but the scorer has no fusion")
+                # One scale for every valid row: the fusion weighs the entity's history and the population.
+                level_score, scored, learning = out.risk_score, np.isfinite(out.risk_score), np.zeros(dp.size, bool)
+            out.level_code = thresholds.level_codes(level_score, learning)
             out.flagged = flag_rows(out.level_code, out.unseen_entity, flag_unseen)
-            out.normal_percentile = thresholds.normal_percentile(anomaly, scored, learning)
+            out.normal_percentile = thresholds.normal_percentile(level_score, scored, learning)
         return out
 
-    def explain(self, entities: ArrayLike, ips: ArrayLike, top: int = 3, joined: Joined | None = None) -> Explanations:
+    def explain(
+        self,
+        entities: ArrayLike,
+        ips: ArrayLike,
+        top: int = 3,
+        joined: Joined | None = None,
+        days: np.ndarray | None = None,
+    ) -> Explanations:
         """Why each row looks the way it does, from its entity's profile: a column per field of
         :class:`~ipinsights.score.explain.Explanations` (None where the entity has no profile); ``top``
-        nearest known networks per row. ``joined`` as in :meth:`assess`.
+        nearest known networks per row; with a fusion, the features that raised its risk score most, in
+        words. ``joined`` and ``days`` as in :meth:`assess`.
         """
         ent = to_string_array(entities)
         prof = self.profiles if joined is None else joined[0]
@@ -296,7 +334,13 @@ class Scorer:
             rows = joined[1]
         else:
             rows = prof.index_of(self.entity_hashes(ent)) if prof is not None else np.full(len(ent), -1, np.int64)
-        return explain_rows(self.parse(ips), rows, prof, self.asn_table, self._ip_vectors, top)
+        parsed = self.parse(ips)
+        ex = explain_rows(parsed, rows, prof, self.asn_table, self._ip_vectors, top)
+        if self.fusion is not None and prof is not None:
+            dp = self._dot(self.entity_rows(ent), parsed)
+            feats = fused_scores(self.fusion, parsed, dp, prof, rows, self.asn_table, days)[1]
+            ex.risk_factors[:] = risk_factors(self.fusion, feats, parsed.valid & np.isfinite(dp), prof.population)
+        return ex
 
     def anomaly_score(self, entities: ArrayLike, ips: ArrayLike) -> np.ndarray:
         """``-dot_product``: higher means more suspicious."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, TypedDict
 
 from ipinsights.score.calibration import medium_fpr
-from ipinsights.score.rules import CAL_LEVELS, RULE_SCORE
+from ipinsights.score.rules import ANOMALY_SCORE, CAL_LEVELS, RISK_SCORE, RULE_SCORE
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame
@@ -28,12 +28,16 @@ class LevelThresholds(TypedDict):
     prior_quantiles: list[float] | None
 
 
-def calibrate_levels(scores: DataFrame, target_fpr: float, accuracy: int = 1_000_000) -> tuple[LevelThresholds, int]:
+def calibrate_levels(
+    scores: DataFrame, target_fpr: float, accuracy: int = 1_000_000, score: str = ANOMALY_SCORE
+) -> tuple[LevelThresholds, int]:
     """Thresholds of the levels on normal traffic scored by ``score_events``, in one Spark aggregation.
 
     Entity scores (rule ``model_score``) and population-prior scores (every valid row: the prior is
     what judges any entity in its learning period) each get their ``1 - target_fpr`` (high) and
-    ``1 - medium_fpr`` (medium) quantiles. Returns the thresholds by name and the entity-score rows.
+    ``1 - medium_fpr`` (medium) quantiles. With ``score="risk_score"`` (a fusion), the fused score of every
+    valid row is one scale, whatever its rule: its quantiles are the thresholds, and there are no prior
+    ones. Returns the thresholds by name and the rows of the score calibrated.
     """
     from pyspark.sql import functions as F
 
@@ -43,6 +47,9 @@ def calibrate_levels(scores: DataFrame, target_fpr: float, accuracy: int = 1_000
     a, p = F.col("anomaly_score").cast("double"), F.col("prior_score").cast("double")
     entity = F.when((F.col("rule") == RULE_SCORE) & a.isNotNull() & ~F.isnan(a), a)
     prior = F.when(p.isNotNull() & ~F.isnan(p), p)
+    if score == RISK_SCORE:
+        r = F.col("risk_score").cast("double")
+        entity, prior = F.when(r.isNotNull() & ~F.isnan(r), r), F.lit(None).cast("double")
     row = scores.agg(
         F.percentile_approx(entity, qs, accuracy).alias("e"),
         F.count(entity).alias("n"),

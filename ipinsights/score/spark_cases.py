@@ -124,10 +124,13 @@ def _mark_network_sources(ev: DataFrame, min_entities: int) -> DataFrame:
 
 
 def _shared_aggregates(case_events: int) -> list[Column]:
-    """The aggregates of both kinds of case: counts, times, the top event, networks, the listed events."""
+    """The aggregates of both kinds of case: counts, times, the top event (by the score in force: ``risk_score``
+    where there is one, else ``anomaly_score``), networks, the listed events."""
     from pyspark.sql import functions as F
 
+    score = F.coalesce(F.col("risk_score"), F.col("anomaly_score")).cast("float")
     event = F.struct(
+        F.col("risk_score").cast("float").alias("risk_score"),
         F.col("anomaly_score").cast("float").alias("anomaly_score"),
         "ts",
         "entity",
@@ -144,10 +147,10 @@ def _shared_aggregates(case_events: int) -> list[Column]:
         F.countDistinct("network_key").alias("networks"),
         F.min("ts").alias("first_ts"),
         F.max("ts").alias("last_ts"),
-        F.max(F.col("anomaly_score").cast("float")).alias("top_score"),
-        F.max_by("ip", "anomaly_score").alias("top_ip"),
-        F.max_by("network_name", "anomaly_score").alias("top_network"),
-        F.max_by("new_network", "anomaly_score").alias("top_new"),
+        F.max(score).alias("top_score"),
+        F.max_by("ip", score).alias("top_ip"),
+        F.max_by("network_name", score).alias("top_network"),
+        F.max_by("new_network", score).alias("top_new"),
         F.slice(F.sort_array(F.collect_set("network_key")), 1, MAX_NETWORKS).alias("network_keys"),
         F.slice(F.sort_array(F.collect_set("network_name")), 1, MAX_NETWORKS).alias("network_names"),
         F.slice(F.sort_array(F.collect_list(event), asc=False), 1, case_events).alias("events_detail"),

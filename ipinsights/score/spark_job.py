@@ -139,7 +139,7 @@ def _start(spark: SparkSession, cfg: ScoreConfig, days: list[str]) -> _Staging:
     """This run's staging, holding the leases of its days in the three tables (waiting for a run that
     writes one of them), and with any publish a killed run left half done on them finished or undone."""
     check_reachable(cfg.reports, "reports")
-    for sidecar in (cfg.calibration, cfg.profile):
+    for sidecar in (cfg.calibration, cfg.profile, cfg.fusion.path):
         if sidecar:
             check_reachable(sidecar, "sidecar")
     root = f"{cfg.scores.rstrip('/')}_staging"
@@ -196,7 +196,8 @@ def _stage(
     # Everything downstream reads the written table back: the UDF runs once per row, never twice.
     scores = read_table_days(spark, f"{staging}/scores", struct_type(SCORES), days)
     counts = day_counts(scores, days)
-    hists = score_histograms(scores, cfg.histogram_bins)  # (collected now: the staged files move at publish)
+    # (collected now: the staged files move at publish)
+    hists = score_histograms(scores, cfg.histogram_bins, sidecars.threshold.on)
     threshold = sidecars.threshold.value
     flagged = flagged_with_context(scores.where(F.col("flagged")), _history(spark, cfg), threshold, sidecars.setup)
     write_partitions(flagged, f"{staging}/flagged")

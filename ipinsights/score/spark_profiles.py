@@ -14,6 +14,7 @@ import numpy as np
 import pyarrow as pa
 
 from ipinsights.core.ip import key_prefix
+from ipinsights.score.features import event_days
 from ipinsights.score.profile_rows import JOINED, ROW_SCHEMA, new_rows_uri, save_header
 from ipinsights.score.profiles import (
     NETWORK_V4,
@@ -27,7 +28,7 @@ from ipinsights.score.profiles import (
 
 if TYPE_CHECKING:
     # Imported where used: the join's Python tasks (_joined_batches) import this module and need no model.
-    from pyspark.sql import DataFrame
+    from pyspark.sql import Column, DataFrame
 
     from ipinsights.score.scorer import Scorer
 
@@ -35,13 +36,19 @@ log = logging.getLogger(__name__)
 
 
 def _history_batch(scorer: Scorer, batch: pa.RecordBatch) -> pa.RecordBatch:
-    """(entity, ip) -> (entity, entity_hash, key, its /24|/48 and /16|/32, asn, anomaly) of the rows with a score."""
+    """(entity, ip[, ts]) -> (entity, entity_hash, key, its /24|/48 and /16|/32, asn, country, day, anomaly) of the
+    rows with a score (asn and country -1 outside the table or without one; day -1 without a timestamp)."""
     ent, ip = batch.column("entity"), batch.column("ip")
     parsed = scorer.parse(ip)
     dp = scorer.dot_product(ent, ip)
     keep = parsed.valid & np.isfinite(dp)
     keys = parsed.value[keep]
-    asn = scorer.asn_table.lookup(keys) if scorer.asn_table is not None else np.full(keys.size, -1, np.int64)
+    table = scorer.asn_table
+    row = table.find(keys) if table is not None else np.full(keys.size, -1, np.int64)
+    found = np.maximum(row, 0)
+    asn = np.where(row >= 0, table.asn[found], -1) if table is not None else row
+    country = np.where(row >= 0, table.country[found], -1) if table is not None else row
+    day = event_days(batch.column("ts") if "ts" in batch.schema.names else None, batch.num_rows)[keep]
     return pa.RecordBatch.from_arrays(
         [
             ent.filter(pa.array(keep)),
@@ -49,23 +56,26 @@ def _history_batch(scorer: Scorer, batch: pa.RecordBatch) -> pa.RecordBatch:
             pa.array(keys),
             pa.array(key_prefix(keys, SUBNET_V4, SUBNET_V6)),
             pa.array(key_prefix(keys, NETWORK_V4, NETWORK_V6)),
-            pa.array(asn),
+            pa.array(asn.astype(np.int64)),
+            pa.array(country.astype(np.int64)),
+            pa.array(np.where(np.isfinite(day), day, -1).astype(np.int64)),
             pa.array(-dp[keep].astype(np.float64)),
         ],
-        names=["entity", "entity_hash", "key", "net", "wide", "asn", "anomaly"],
+        names=["entity", "entity_hash", "key", "net", "wide", "asn", "country", "day", "anomaly"],
     )
 
 
-def _write_rows(rows_uri: str, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-    """One task's profile rows as one Parquet file under ``rows_uri`` (random name: a retried attempt never
-    overwrites the one before it; the driver keeps only the reported files); yields (file, rows)."""
+def write_parts(folder: str, schema: pa.Schema, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+    """``mapInArrow`` body: one task's rows as one Parquet file of ``schema`` under ``folder`` (random name: a
+    retried attempt never overwrites the one before it; the driver keeps only the reported files, see
+    :func:`written_parts`); yields (file, rows)."""
     from ipinsights.storage.parquet import parquet_writer
 
-    writer, uri, n = None, f"{rows_uri}/part-{uuid.uuid4().hex}.parquet", 0
+    writer, uri, n = None, f"{folder}/part-{uuid.uuid4().hex}.parquet", 0
     try:
         for batch in batches:
-            table = pa.Table.from_batches([batch]).cast(ROW_SCHEMA)  # Spark's list fields are named "element"
-            writer = writer or parquet_writer(uri, ROW_SCHEMA)
+            table = pa.Table.from_batches([batch]).cast(schema)  # Spark's list fields are named "element"
+            writer = writer or parquet_writer(uri, schema)
             writer.write_table(table)
             n += table.num_rows
     finally:
@@ -73,6 +83,18 @@ def _write_rows(rows_uri: str, batches: Iterator[pa.RecordBatch]) -> Iterator[pa
             writer.close()
     if writer is not None:
         yield pa.RecordBatch.from_arrays([pa.array([uri]), pa.array([n], pa.int64())], names=["file", "n"])
+
+
+def written_parts(df: DataFrame, folder: str, schema: pa.Schema) -> tuple[list[str], int]:
+    """Write ``df``'s rows as Parquet files of ``schema`` under ``folder`` from the Python tasks (:func:`write_parts`,
+    with ``pyarrow.fs``: a model on S3 needs no Hadoop connector for the files beside it); the files every task
+    reported, sorted (the leftovers of failed attempts removed), and the rows in them."""
+    from ipinsights.storage.filesystems import ArrowStore
+    from ipinsights.storage.publish import drop_unreported
+
+    written = df.mapInArrow(partial(write_parts, folder, schema), "file string, n long").collect()  # a row per task
+    drop_unreported(ArrowStore(), {r["file"] for r in written})
+    return sorted(r["file"] for r in written), sum(r["n"] for r in written)
 
 
 def build_profiles(
@@ -84,71 +106,140 @@ def build_profiles(
     accuracy: int = 10_000,
     fence: Callable[[], None] | None = None,
 ) -> ProfileHeader:
-    """Profiles of every entity of ``history`` (the training days' ``entity``, ``ip`` rows), saved at ``path``.
+    """Profiles of every entity of ``history`` (the training days' ``entity``, ``ip`` and, when it has them,
+    ``ts`` rows), saved at ``path``.
 
     Scores the history with the model on the executors, aggregates per entity there and writes the rows
     table from there too (:mod:`ipinsights.score.profile_rows`); the driver gets the population counts only
-    (one row per network, bounded by the networks, not the entities or events) and writes the header.
+    (one row per network and per AS, bounded by the networks, not the entities or events) and writes the
+    header.
     """
-    from pyspark.sql import Window
-    from pyspark.sql import functions as F
-
     from ipinsights.score.spark_arrow import map_in_arrow
     from ipinsights.score.worker import ScorerSource
-    from ipinsights.storage.filesystems import ArrowStore
     from ipinsights.storage.modelfile import model_fingerprint
-    from ipinsights.storage.publish import drop_unreported
 
-    schema = "entity string, entity_hash long, key long, net long, wide long, asn long, anomaly double"
+    schema = (
+        "entity string, entity_hash long, key long, net long, wide long, asn long, country long, day long, "
+        "anomaly double"
+    )
     source = ScorerSource(model_path, asn_table=asn_path)
-    scored = map_in_arrow(history.select("entity", "ip"), source, _history_batch, schema).persist()
+    columns = ["entity", "ip", *(["ts"] if "ts" in history.columns else [])]
+    scored = map_in_arrow(history.select(*columns), source, _history_batch, schema).persist()
     try:
-        keys = ["entity", "entity_hash"]
-        quant = scored.groupBy(*keys).agg(
-            F.percentile_approx("anomaly", [float(q) for q in QUANTILES], accuracy).alias("q")
-        )
-        nets = scored.groupBy(*keys, "net").agg(F.count("*").alias("n"), F.mode("key").alias("key"))
-        ranked = nets.withColumn(
-            "r", F.row_number().over(Window.partitionBy(*keys).orderBy(F.desc("n"), F.asc("key")))
-        ).where(F.col("r") <= max_networks)
-        net_lists = ranked.groupBy(*keys).agg(F.sort_array(F.collect_list(F.struct("r", "key", "n"))).alias("nets"))
-        asns = scored.where(F.col("asn") >= 0).groupBy(*keys).agg(F.sort_array(F.collect_set("asn")).alias("asns"))
-        rows = (
-            quant.join(net_lists, keys)
-            .join(asns, keys, "left")
-            .select(
-                *keys,
-                F.array_sort(F.transform("q", lambda x: x.cast("float"))).alias("q"),
-                F.transform("nets", lambda x: x["key"]).alias("net_keys"),
-                F.transform("nets", lambda x: x["n"]).alias("net_counts"),
-                "asns",
-            )
-        )
-        assert rows.columns == ROW_SCHEMA.names
+        rows = _entity_rows(scored, max_networks, accuracy)
         rows_uri = new_rows_uri(path)
         # Written by the Python tasks with pyarrow, as every file beside a model is: a model on S3 needs no
         # Hadoop connector. Sorted by entity within each file (a reader of one entity skips row groups).
-        done = rows.sortWithinPartitions("entity").mapInArrow(partial(_write_rows, rows_uri), "file string, n long")
-        written = done.collect()  # a row per task, not per entity
-        drop_unreported(ArrowStore(), {r["file"] for r in written})
-        files = sorted(r["file"] for r in written)
-        entities = sum(r["n"] for r in written)
-        # Population counts: one row per network comes back (bounded by the networks, not the events).
-        subnets = to_arrow(scored.groupBy("net").count().orderBy("net"))
-        networks = to_arrow(scored.groupBy(F.col("wide").alias("net")).count().orderBy("net"))
+        files, entities = written_parts(rows.sortWithinPartitions("entity"), rows_uri, ROW_SCHEMA)
+        population = _population(scored, entities)
     finally:
         scored.unpersist()
-    population = PopulationPrior(
-        subnets["net"].to_numpy().astype(np.int64),
-        subnets["count"].to_numpy().astype(np.int64),
-        networks["net"].to_numpy().astype(np.int64),
-        networks["count"].to_numpy().astype(np.int64),
-    )
     fingerprint = model_fingerprint(model_path)
     if fence is not None:  # the rows are under a new name; the header, written last, is what publishes them
         fence()
     save_header(path, population, fingerprint, rows_uri, files, entities)
     return ProfileHeader(path, population, fingerprint, rows_uri, tuple(files), entities)  # as written, not reread
+
+
+def _entity_rows(scored: DataFrame, max_networks: int, accuracy: int) -> DataFrame:
+    """One row per entity of ``scored`` (:func:`_history_batch`'s rows), in :data:`ROW_SCHEMA`'s columns."""
+    from pyspark.sql import functions as F
+
+    keys = ["entity", "entity_hash"]
+    quant = scored.groupBy(*keys).agg(
+        F.percentile_approx("anomaly", [float(q) for q in QUANTILES], accuracy).alias("q"),
+        F.count(F.lit(1)).alias("events"),
+        F.countDistinct("net").alias("networks"),
+    )
+    nets = scored.groupBy(*keys, "net").agg(
+        F.count(F.lit(1)).alias("n"), F.mode("key").alias("key"), F.max("day").alias("last")
+    )
+    net_lists = _top(nets, keys, "key", max_networks, ("key", "n", "last"), "nets")
+    wides = scored.groupBy(*keys, "wide").agg(F.count(F.lit(1)).alias("n"))
+    wide_lists = _top(wides, keys, "wide", max_networks, ("wide", "n"), "wides")
+    asns = (
+        scored.where(F.col("asn") >= 0)
+        .groupBy(*keys, "asn")
+        .agg(F.count(F.lit(1)).alias("n"), F.max("day").alias("last"))
+        .groupBy(*keys)
+        .agg(F.sort_array(F.collect_list(F.struct("asn", "n", "last"))).alias("as_list"))
+    )
+    countries = (
+        scored.where(F.col("country") >= 0)
+        .groupBy(*keys, "country")
+        .agg(F.count(F.lit(1)).alias("n"))
+        .groupBy(*keys)
+        .agg(F.sort_array(F.collect_list(F.struct("country", "n"))).alias("country_list"))
+    )
+
+    def field(name: str, column: str) -> Column:
+        return F.transform(name, lambda x: x[column])
+
+    rows = (
+        quant.join(net_lists, keys)
+        .join(wide_lists, keys)
+        .join(asns, keys, "left")
+        .join(countries, keys, "left")
+        .select(
+            *keys,
+            F.array_sort(F.transform("q", lambda x: x.cast("float"))).alias("q"),
+            field("nets", "key").alias("net_keys"),
+            field("nets", "n").alias("net_counts"),
+            field("as_list", "asn").alias("asns"),
+            field("nets", "last").alias("net_last"),
+            field("as_list", "n").alias("asn_counts"),
+            field("as_list", "last").alias("asn_last"),
+            field("wides", "wide").alias("wide_keys"),
+            field("wides", "n").alias("wide_counts"),
+            field("country_list", "country").alias("countries"),
+            field("country_list", "n").alias("country_counts"),
+            "events",
+            "networks",
+        )
+    )
+    assert rows.columns == ROW_SCHEMA.names
+    return rows
+
+
+def _top(counted: DataFrame, keys: list[str], tie: str, top: int, fields: tuple[str, ...], name: str) -> DataFrame:
+    """Per entity, the ``top`` most counted (``n``) rows of ``counted`` (ties: smallest ``tie`` first) as a list
+    ``name`` of structs of ``fields``, most counted first."""
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    ranked = counted.withColumn(
+        "r", F.row_number().over(Window.partitionBy(*keys).orderBy(F.desc("n"), F.asc(tie)))
+    ).where(F.col("r") <= top)
+    return ranked.groupBy(*keys).agg(F.sort_array(F.collect_list(F.struct("r", *fields))).alias(name))
+
+
+def _population(scored: DataFrame, entities: int) -> PopulationPrior:
+    """Events and distinct entities per /24 (/48) and /16 (/32), distinct entities per AS: one row per network
+    and per AS comes back to the driver (bounded by the networks, not the events)."""
+    from pyspark.sql import functions as F
+
+    def per(column: str, where: Column | None = None) -> pa.Table:
+        rows = scored if where is None else scored.where(where)
+        counted = rows.groupBy(F.col(column).alias("id")).agg(
+            F.count(F.lit(1)).alias("events"), F.countDistinct("entity_hash").alias("entities")
+        )
+        return to_arrow(counted).sort_by("id")  # sorted here: a distributed sort costs another stage
+
+    def col(t: pa.Table, name: str) -> np.ndarray:
+        return t[name].to_numpy().astype(np.int64)
+
+    sub, wide, asn = per("net"), per("wide"), per("asn", F.col("asn") >= 0)
+    return PopulationPrior(
+        subnets=col(sub, "id"),
+        subnet_counts=col(sub, "events"),
+        networks=col(wide, "id"),
+        network_counts=col(wide, "events"),
+        subnet_entities=col(sub, "entities"),
+        network_entities=col(wide, "entities"),
+        asns=col(asn, "id"),
+        asn_entities=col(asn, "entities"),
+        entities=entities,
+    )
 
 
 def to_arrow(df: DataFrame) -> pa.Table:
@@ -169,8 +260,10 @@ def join_profile_rows(df: DataFrame, files: tuple[str, ...]) -> DataFrame:
     spark = df.sparkSession
     tasks = spark.sparkContext.parallelize([(f,) for f in files], max(1, len(files)))  # a task per file
     listing = spark.createDataFrame(tasks, "file string")
-    ddl = "entity string, " + ", ".join(f"{j} array<{'float' if c == 'q' else 'bigint'}>" for c, j in JOINED.items())
-    return df.join(listing.mapInArrow(_joined_batches, ddl), on="entity", how="left")
+    from ipinsights.score.spark_arrow import struct_type
+
+    joined = pa.schema([ROW_SCHEMA.field("entity"), *(ROW_SCHEMA.field(c).with_name(j) for c, j in JOINED.items())])
+    return df.join(listing.mapInArrow(_joined_batches, struct_type(joined)), on="entity", how="left")
 
 
 def _joined_batches(batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:

@@ -53,14 +53,15 @@ def day_counts(scores: DataFrame, days: Iterable[str]) -> dict[str, dict[str, in
     return out
 
 
-def score_histograms(scores: DataFrame, bins: int = 60) -> dict[str, Histogram]:
-    """Per-day histograms of ``anomaly_score`` over bins shared by all days (comparable across a backfill).
+def score_histograms(scores: DataFrame, bins: int = 60, column: str = "anomaly_score") -> dict[str, Histogram]:
+    """Per-day histograms of ``column`` (the score in force: ``anomaly_score``, or ``risk_score`` with a fusion)
+    over bins shared by all days (comparable across a backfill).
 
     Two small aggregations: the range, then counts per (day, flagged, bin): at most ``days * 2 * bins`` rows.
     """
     from pyspark.sql import functions as F
 
-    s = F.col("anomaly_score").cast("double")
+    s = F.col(column).cast("double")
     valid = scores.where(s.isNotNull() & ~F.isnan(s))
     row = valid.agg(F.min(s), F.max(s)).first()
     assert row is not None  # an aggregation without grouping has exactly one row

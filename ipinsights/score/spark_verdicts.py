@@ -60,25 +60,34 @@ def case_rules(spark: SparkSession, verdicts: VerdictSet, cases_table: str | Non
 VERDICT_LOOKBACK_DAYS = 366  # how far before its verdict a confirmed pair's events are looked for
 
 
-def verdict_pairs(spark: SparkSession, verdicts: VerdictSet, cases_table: str, until: str) -> DataFrame:
+def verdict_pairs(
+    spark: SparkSession,
+    verdicts: VerdictSet,
+    cases_table: str,
+    until: str,
+    verdict: str = "benign",
+    columns: tuple[str, ...] = ("entity", "ip"),
+) -> DataFrame:
     """The (entity, ip) pairs investigators confirmed benign: the listed events of the cases (from a year
     before the earliest verdict up to day ``until``) that a benign verdict unexpired on ``until`` matches,
     whatever day the verdict was made (the events it is about came before it). Training takes them as
-    extra positives (``train --include-verdicts``), so a confirmed new ISP stops scoring as anomalous."""
+    extra positives (``train --include-verdicts``), so a confirmed new ISP stops scoring as anomalous.
+    ``verdict="malicious"``: the events that malicious verdicts match (the fused score's fit takes both);
+    ``columns``: of the events (``ts`` too)."""
     from pyspark.sql import functions as F
 
     from ipinsights.storage.events import day_range, read_table_days
 
     # Whatever day a rule starts on: the events it confirms came before the verdict.
     resolved = case_rules(spark, verdicts, cases_table)
-    benign = [r._replace(first="0000-01-01") for r in resolved if r.verdict == "benign" and until < r.end]
-    rule_df = F.broadcast(rules_df(spark, benign, "benign"))
+    chosen = [r._replace(first="0000-01-01") for r in resolved if r.verdict == verdict and until < r.end]
+    rule_df = F.broadcast(rules_df(spark, chosen, verdict))
     first = min((v.when for v in verdicts.verdicts), default=dt.date.fromisoformat(until))
     days = day_range((first - dt.timedelta(days=VERDICT_LOOKBACK_DAYS)).isoformat(), until)
     events = (
         read_table_days(spark, cases_table, struct_type(CASES), days)
         .select("dt", F.explode("events_detail").alias("e"))
-        .select("dt", *(F.col(f"e.{c}").alias(c) for c in ("entity", "ip", "network_key", "subnet", "network")))
+        .select("dt", *(F.col(f"e.{c}").alias(c) for c in ("entity", "ip", "ts", "network_key", "subnet", "network")))
     )
     # Every listed event, not distinct pairs: a network used all day weighs more than one login.
-    return events.join(rule_df, rule_match(), "left_semi").select("entity", "ip")
+    return events.join(rule_df, rule_match(), "left_semi").select(*columns)

@@ -34,15 +34,22 @@ class ScorerSource:
     profile: str | None = None
     profile_stamp: int = 0
     asn_table: str | None = None
+    fusion: str | None = None  # the fusion file (risk_score; needs the profile), and its stamp like the profile's
+    fusion_stamp: int = 0
 
     @classmethod
-    def with_profile(cls, model: str, profile: str | None = None, asn_table: str | None = None) -> ScorerSource:
-        """The source of ``model`` with the stamp of the ``profile`` file as it is now."""
-        return cls(model, profile, file_stamp(profile) if profile else 0, asn_table)
+    def with_profile(
+        cls, model: str, profile: str | None = None, asn_table: str | None = None, fusion: str | None = None
+    ) -> ScorerSource:
+        """The source of ``model`` with the stamps of the ``profile`` and ``fusion`` files as they are now."""
+        stamp = file_stamp(fusion) if fusion else 0
+        return cls(model, profile, file_stamp(profile) if profile else 0, asn_table, fusion, stamp)
 
     def resolved(self) -> ScorerSource:
         """Absolute local paths: executors may run in another working directory than the driver."""
-        return replace(self, model=_resolved(self.model), profile=_resolved(self.profile))
+        return replace(
+            self, model=_resolved(self.model), profile=_resolved(self.profile), fusion=_resolved(self.fusion)
+        )
 
 
 #: The process's one loaded scorer and its source (see :func:`worker_scorer`).
@@ -61,7 +68,11 @@ def worker_scorer(source: ScorerSource) -> Scorer:
         gc.collect()
         # A profile's header only (the population prior): each batch brings its own entities' rows.
         scorer = Scorer.load(
-            source.model, profile=source.profile or False, asn_table=source.asn_table, profile_rows=False
+            source.model,
+            profile=source.profile or False,
+            asn_table=source.asn_table,
+            profile_rows=False,
+            fusion=source.fusion or False,
         )
         _loaded = (source, scorer)
     return _loaded[1]

@@ -31,6 +31,7 @@ from ipinsights.serve.settings import ServeSettings
 from ipinsights.storage.modelfile import MANIFEST
 
 if TYPE_CHECKING:
+    from ipinsights.score.fusion import FusionModel
     from ipinsights.score.scorer import Scorer
 
 __all__ = [
@@ -91,18 +92,23 @@ def score_records(
     bad = np.flatnonzero(np.isnan(dp))
     if bad.size:  # the Scorer marks unparseable addresses NaN: name them instead of answering NaN
         raise protocol.invalid_ip_error(records, bad.tolist())
-    verdict = None
-    if options.anomaly or options.verbose:
+    verdict = risk = None
+    if options.anomaly or options.verbose or options.risk:
+        # No timestamps here: the fusion's recency features are 0 (ipinsights.score.features).
         verdict = scorer.assess(
             records.entities, records.ips, policy.learning_period_events, policy.thresholds, policy.flag_unseen
         )
+        if options.risk or scorer.fusion is not None:
+            risk = verdict.risk_score if verdict.risk_score is not None else np.full(len(records), np.nan)
+        if not (options.anomaly or options.verbose):
+            verdict = None
     ent_emb = ip_emb = explanation = None
     if options.verbose:
         ent_emb = scorer.entity_embedding(records.entities)
         ip_emb = scorer.ip_embedding(records.ips)
         explanation = scorer.explain(records.entities, records.ips).columns()
     return protocol.build_predictions(
-        dp, verdict=verdict, entity_embedding=ent_emb, ip_embedding=ip_emb, explanation=explanation
+        dp, verdict=verdict, entity_embedding=ent_emb, ip_embedding=ip_emb, explanation=explanation, risk_score=risk
     )
 
 
@@ -155,20 +161,24 @@ class Batcher:
 
 
 def load_scorer(settings: ServeSettings) -> Scorer:
-    """The settings' model with its context: the entity profile (default: the one beside the model, when
-    made for it) and the ASN table. An explicit profile must be usable."""
+    """The settings' model with its context: the entity profile and the fusion (default: the ones beside the
+    model, when made for it) and the ASN table. An explicit profile or fusion must be usable."""
     from ipinsights.score.scorer import Scorer
 
     return Scorer.load(
-        resolve_model_dir(settings.model), profile=settings.profile or True, asn_table=settings.asn_table
+        resolve_model_dir(settings.model),
+        profile=settings.profile or True,
+        asn_table=settings.asn_table,
+        fusion=settings.fusion or True,
     )
 
 
-def load_policy(settings: ServeSettings, model_dir: str | Path) -> Policy:
+def load_policy(settings: ServeSettings, model_dir: str | Path, fusion: FusionModel | None = None) -> Policy:
     """The batch job's rules for the model at ``model_dir``: learning period, alert rule and calibrated levels.
 
     The calibration beside the model (written by the scoring job) is used when present and made for this
-    model; an explicit ``settings.calibration`` must be usable.
+    model and for the scorer's ``fusion`` (levels on risk_score need that fusion); an explicit
+    ``settings.calibration`` must be usable.
     """
     from ipinsights.score.calibration import CalibrationError, load_calibration
     from ipinsights.storage.modelfile import calibration_uri
@@ -176,7 +186,10 @@ def load_policy(settings: ServeSettings, model_dir: str | Path) -> Policy:
     path = settings.calibration or calibration_uri(model_dir)
     thresholds = None
     try:
-        thresholds = load_calibration(path, model_dir).thresholds()
+        cal = load_calibration(path, model_dir)
+        if cal.fusion_fingerprint != (fusion.fingerprint if fusion is not None else None):
+            raise CalibrationError(f"{path}: calibrated on the {cal.score} of another fusion than this endpoint's")
+        thresholds = cal.thresholds()
     except CalibrationError as exc:
         if settings.calibration:
             raise
@@ -220,7 +233,8 @@ def create_app(settings: ServeSettings, scorer=None) -> Starlette:
             log.info("model %s loaded in %.2f s", settings.model, time.perf_counter() - t0)
         else:
             app.state.scorer = scorer
-        app.state.batcher = Batcher(app.state.scorer, load_policy(settings, app.state.scorer.bundle.uri))
+        s = app.state.scorer
+        app.state.batcher = Batcher(s, load_policy(settings, s.bundle.uri, s.fusion))
         yield
 
     async def ping(request: Request) -> Response:
@@ -244,7 +258,12 @@ def create_app(settings: ServeSettings, scorer=None) -> Starlette:
             flags = protocol.parse_flags(
                 request.query_params, request.headers.get("x-amzn-sagemaker-custom-attributes")
             )
-            options = protocol.Options(media_type, verbose or flags.get("verbose", False), flags.get("anomaly", False))
+            options = protocol.Options(
+                media_type,
+                verbose or flags.get("verbose", False),
+                flags.get("anomaly", False),
+                flags.get("risk", False),
+            )
             body = await _read_body(request, settings.max_body_bytes)
             records = protocol.parse_records(body, content_type, settings.max_records, settings.max_entity_bytes)
             predictions = await request.app.state.batcher.score(records, options)

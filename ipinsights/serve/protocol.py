@@ -15,8 +15,10 @@ Outputs (``Accept``, default ``application/json``): ``{"predictions": [{"dot_pro
 ``application/jsonlines`` (one ``{"dot_product": 1.23}`` per line). ``verbose=True`` as an Accept
 parameter adds ``entity_embedding`` and ``ip_embedding``. Beyond SageMaker: ``anomaly`` adds the batch
 job's verdict (``anomaly_score`` of the record's ``rule``, ``unseen_entity``; ``entity_percentile``,
-``level`` and ``flagged`` when the profile and calibration are known); both flags can also be given as query
-parameters (``?anomaly=true&verbose=true``) or in SageMaker's ``X-Amzn-SageMaker-Custom-Attributes``
+``level`` and ``flagged`` when the profile and calibration are known); ``risk`` adds ``risk_score``, the
+fused risk score (:mod:`ipinsights.score.fusion`; null when the model has no fusion beside it; the
+``anomaly`` and ``verbose`` answers carry it too when there is one). The flags can also be given as query
+parameters (``?anomaly=true&verbose=true&risk=true``) or in SageMaker's ``X-Amzn-SageMaker-Custom-Attributes``
 header (``anomaly=true``), which ``invoke_endpoint(CustomAttributes=...)`` forwards to the container.
 
 Every problem raises :class:`RequestError` with an HTTP status and a reason naming the record.
@@ -65,7 +67,7 @@ OUTPUT_TYPES = (JSON, JSONLINES)
 _UTF8_CHARSETS = {"utf-8", "utf8", "us-ascii", "ascii"}
 _TRUE = {"true", "1", "yes", "on"}
 _FALSE = {"false", "0", "no", "off"}
-_FLAGS = ("verbose", "anomaly")
+_FLAGS = ("verbose", "anomaly", "risk")
 _SHOWN_ERRORS = 3  # how many bad records an error message names
 # One compact encoder for every response: json.dumps(separators=...) builds a new encoder per call (~0.1 ms).
 # Strict JSON: NaN and Infinity are not JSON and strict parsers reject the whole body, so every float that
@@ -94,6 +96,7 @@ class Options:
     media_type: str = JSON
     verbose: bool = False
     anomaly: bool = False
+    risk: bool = False  # add risk_score (the fused score; SageMaker's default answer is dot_product alone)
 
 
 @dataclass(frozen=True)
@@ -185,7 +188,7 @@ def negotiate_output(accept: str | None) -> tuple[str, bool]:
 
 
 def parse_flags(query: Mapping[str, str], custom_attributes: str | None) -> dict[str, bool]:
-    """``verbose``/``anomaly`` from query parameters and SageMaker custom attributes (``a=1,b=2`` or ``;``)."""
+    """``verbose``/``anomaly``/``risk`` from query parameters and SageMaker custom attributes (``a=1,b=2`` or ``;``)."""
     flags: dict[str, bool] = {}
     for name in _FLAGS:
         if name in query:
@@ -361,16 +364,21 @@ def build_predictions(
     entity_embedding: np.ndarray | None = None,
     ip_embedding: np.ndarray | None = None,
     explanation: dict[str, list] | None = None,
+    risk_score: np.ndarray | None = None,
 ) -> list[dict[str, Any]]:
     """One dict per record in SageMaker's field names, plus the verdict and explanation when asked.
 
     ``verdict`` (a :class:`~ipinsights.score.scorer.Assessment`) adds ``anomaly_score`` (from the record's
     rule), ``rule``, ``unseen_entity`` (when the model knows), ``entity_percentile``, ``level`` and
     ``flagged`` (when known); ``explanation`` (the ``columns()`` of ``Scorer.explain``'s
-    :class:`~ipinsights.score.explain.Explanations`) one ``explanation`` object per record.
+    :class:`~ipinsights.score.explain.Explanations`) one ``explanation`` object per record; ``risk_score``
+    (an array: null entries where NaN) one ``risk_score`` per record.
     """
     dp = _finite(dot_product.tolist())
     preds: list[dict[str, Any]] = [{"dot_product": v} for v in dp]
+    if risk_score is not None:
+        for p, r in zip(preds, _finite(np.asarray(risk_score, np.float64).tolist()), strict=True):
+            p["risk_score"] = r
     if verdict is not None:
         unseen = verdict.unseen_entity
         pct = verdict.entity_percentile.tolist()

@@ -47,6 +47,7 @@ class ServeSettings:
     flag_unseen: bool = False  # also flag every entity never seen in training (as the scoring job's setting)
     calibration: str | None = None  # default: <model>.calibration.json when present (levels)
     profile: str | None = None  # default: <model>.profile.safetensors when present (percentiles, explanations)
+    fusion: str | None = None  # default: <model>.fusion.json when present and made for the profile (risk_score)
     asn_table: str | None = None  # ip2asn TSV (ASN in explanations)
 
     def __post_init__(self) -> None:

@@ -1,0 +1,198 @@
+"""Issue 30's evaluation: the fused risk score against the model alone and the "AS seen" lookup, per attack kind.
+
+    python bench/fusion_eval.py [--users 3000] [--seeds 0,1,2] [--epochs 5] [--shapes scattered,blocks]
+                                [--variants table,plain] [--sample-rows 100000]
+
+For each shape and seed it generates a world in memory (``scattered``: the generator's default, ISPs
+announcing many scattered prefixes; ``blocks``: the earlier world of a few large ranges per ISP), writes its
+events as the ingest job's table, and per variant (``table``: the model trained with the world's ip2asn
+tables; ``plain``: without, and scored without any table) trains the model with the shipped
+hyperparameters (``num_entity_vectors`` twice the users), then runs the scoring job's own sidecar steps on
+local Spark: the entity profiles from the training days and the fusion fitted on the validation day
+(:func:`ipinsights.score.spark_sidecars.resolve_profile`, :func:`~.resolve_fusion`). The labelled test rows
+(with their timestamps) are then evaluated in-process as ``ipinsights evaluate`` does
+(:func:`ipinsights.score.evaluate.evaluate_model`).
+
+Prints one figure per line, the mean over the seeds: ``auc_<shape>_<variant>_<method>_<kind>=`` and
+``recall0.01_<shape>_<variant>_<method>_<kind>=`` for ``fused``, ``model`` and ``seen_asn`` (the lookup:
+with the world's table in both variants), and ``fit_ratio_<shape>_<variant>=`` (the fusion's numpy fit
+over one training epoch's time), ``build_ratio_<shape>_<variant>=`` (the whole sidecar build on Spark:
+sample, join, features, fit, over one epoch).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+METHODS = ("fused", "model", "seen_asn")
+
+
+def _spark():
+    import os
+
+    from pyspark.sql import SparkSession
+
+    os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    return (
+        SparkSession.builder.master("local[2]")
+        .appName("fusion-eval")
+        .config("spark.sql.shuffle.partitions", "8")
+        .config("spark.ui.enabled", "false")
+        .config("spark.sql.session.timeZone", "UTC")
+        .config("spark.driver.memory", "4g")
+        .getOrCreate()
+    )
+
+
+def _world(args: argparse.Namespace, shape: str, seed: int, work: Path) -> dict:
+    """The world's events table on disk, its training rows, its labelled test rows and its tables."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    from ipinsights.synth import SynthSpec, generate_attacks, generate_events, generate_world
+    from ipinsights.synth.spec import BLOCKS_ATTACK_KINDS
+
+    before = {"plan_shape": "blocks", "renumber_rate": 0.0, "mobile_prefixes": 1, "attack_kinds": BLOCKS_ATTACK_KINDS}
+    extra = {} if shape == "scattered" else before
+    spec = SynthSpec(users=args.users, n_files=2, seed=seed, attacks=args.attacks, validation_attacks=0, **extra)
+    world = generate_world(spec)
+    events = generate_events(world, spec)
+    test = generate_attacks(world, events, spec, "test", include_normal=True)
+    cols = ["entity", "ip", "ip_int", "ip_version", "ts", "dt"]
+    pq.write_to_dataset(events.select(cols), work / "events", partition_cols=["dt"])
+    train_days, valid_days = spec.split_dates("train"), spec.split_dates("validation")
+    train = events.filter(
+        pc.and_(pc.greater_equal(events["dt"], train_days[0]), pc.less_equal(events["dt"], train_days[1]))
+    )
+    tables = (
+        f"{world.plan.to_ip2asn_tsv(work / 'networks.tsv')},{world.plan.to_ip2asn_v6_tsv(work / 'networks-v6.tsv')}"
+    )
+    return {"train": train, "test": test, "tables": tables, "days": (train_days, valid_days), "events": work / "events"}
+
+
+def _train(args: argparse.Namespace, w: dict, variant: str, seed: int, path: Path) -> float:
+    """Train and save the model (with its entity stats, as ``ipinsights train`` does); seconds per epoch."""
+    from ipinsights.core.config import Hyperparameters, ModelOptions, TrainOptions
+    from ipinsights.core.entities import EntityStats
+    from ipinsights.train.data import encode_pairs
+    from ipinsights.train.trainer import train_model
+
+    hp = Hyperparameters(
+        num_entity_vectors=2 * args.users,
+        vector_dim=128,
+        epochs=args.epochs,
+        learning_rate=0.01,
+        mini_batch_size=1000,
+        random_negative_sampling_rate=5,
+        shuffled_negative_sampling_rate=1,
+    )
+    opts = ModelOptions(asn_table=w["tables"] if variant == "table" else None)
+    train = w["train"]
+    enc = encode_pairs(train["entity"], train["ip"], hp.num_entity_vectors, opts.hash_seed)
+    stats = EntityStats.from_entities(train["entity"], opts.hash_seed)
+    t0 = time.perf_counter()
+    train_model(hp, opts, TrainOptions(seed=seed, progress_bar="off"), enc, model_dir=path, entity_stats=stats)
+    return (time.perf_counter() - t0) / args.epochs
+
+
+def _evaluate(spark, args: argparse.Namespace, w: dict, variant: str, model: Path, out: dict) -> tuple[float, float]:
+    """The sidecars (profiles, fusion) on Spark, then the evaluation; the fit's and the build's seconds."""
+    from ipinsights.score.config import FusionSettings, ScoreConfig
+    from ipinsights.score.evaluate import asn_baseline_scores, evaluate_model, evaluate_scores
+    from ipinsights.score.scorer import Scorer
+    from ipinsights.score.spark_sidecars import resolve_fusion, resolve_profile
+    from ipinsights.storage.modelfile import network_table
+
+    (t0, t1), (v0, v1) = w["days"]
+    table = w["tables"] if variant == "table" else None  # "plain": no table anywhere, features included
+    cfg = ScoreConfig(
+        model=str(model),
+        scores=str(model.parent / "scores"),
+        flagged=str(model.parent / "flagged"),
+        reports=str(model.parent / "reports"),
+        events=str(w["events"]),
+        target_fpr=0.01,
+        train_start_date=t0,
+        train_end_date=t1,
+        calibration_start_date=v0,
+        calibration_end_date=v1,
+        asn_table=table,
+        fusion=FusionSettings(sample_rows=args.sample_rows),
+    )
+    header = resolve_profile(spark, cfg)
+    start = time.perf_counter()
+    fusion = resolve_fusion(spark, cfg, header)
+    build = time.perf_counter() - start
+    assert fusion is not None
+    scorer = Scorer.load(model, profile=True, asn_table=table, fusion=True)
+    test = w["test"]
+    ev, _ = evaluate_model(scorer, test)
+    lookup = asn_baseline_scores(
+        network_table(w["tables"]), w["train"]["entity"], w["train"]["ip"], test["entity"], test["ip"]
+    )
+    base = evaluate_scores(lookup["seen_asn"], test["label"].to_numpy(), test["kind"].to_numpy(zero_copy_only=False))
+    for method, auc, recall in (
+        ("fused", ev.auc["fused"], ev.recall["fused"]["0.01"]),
+        ("model", ev.auc["model"], ev.recall["model"]["0.01"]),
+        ("seen_asn", base.auc["model"], base.recall["model"]["0.01"]),
+    ):
+        for kind, value in auc.items():
+            out[f"auc_{method}_{kind}"].append(value)
+        for kind, value in recall.items():
+            out[f"recall0.01_{method}_{kind}"].append(value)
+    return fusion.fit_seconds, build
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--users", type=int, default=3000)
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--epochs", type=int, default=5)
+    p.add_argument("--shapes", default="scattered,blocks")
+    p.add_argument("--variants", default="table,plain")
+    p.add_argument("--attacks", type=int, default=10000)
+    p.add_argument("--sample-rows", type=int, default=100_000)
+    p.add_argument("--work", type=Path, default=None)
+    args = p.parse_args(argv)
+    work = args.work or Path(tempfile.mkdtemp(prefix="fusion-eval-"))
+    spark = _spark()
+    spark.sparkContext.setLogLevel("ERROR")
+    seeds = [int(s) for s in args.seeds.split(",")]
+    for shape in args.shapes.split(","):
+        figures: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+        ratios: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+        for seed in seeds:
+            root = work / f"{shape}-{seed}"
+            w = _world(args, shape, seed, root)
+            for variant in args.variants.split(","):
+                model = root / variant / "model"
+                epoch = _train(args, w, variant, seed, model)
+                fit, build = _evaluate(spark, args, w, variant, model, figures[variant])
+                ratios[variant]["fit"].append(fit / epoch)
+                ratios[variant]["build"].append(build / epoch)
+                print(
+                    f"# {shape} seed {seed} {variant}: epoch {epoch:.1f} s, fit {fit:.2f} s, build {build:.1f} s",
+                    flush=True,
+                )
+        for variant, found in figures.items():
+            for name, values in found.items():
+                print(f"{name.split('_', 1)[0]}_{shape}_{variant}_{name.split('_', 1)[1]}={np.mean(values):.4f}")
+            for what in ("fit", "build"):
+                print(f"{what}_ratio_{shape}_{variant}={np.mean(ratios[variant][what]):.4f}")
+    spark.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,220 @@
+"""The fused risk score's features (issue 30): each one against a brute-force computation (Python loops over a
+handful of events) on profiles built by the Spark job, loaded whole and joined per batch."""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from ipinsights.core.asn import load_asn_table
+from ipinsights.score.features import FEATURES, RESERVED_V4, RESERVED_V6, event_days, event_features, hosting_rows
+from ipinsights.score.scorer import Scorer
+
+DAY0 = dt.datetime(2024, 1, 1, tzinfo=dt.timezone.utc)
+TABLE = [  # start, end, AS, country, name
+    ("11.0.0.0", "11.0.255.255", 64500, "DE", "ALPHA - Alpha Broadband"),
+    ("12.0.0.0", "12.0.255.255", 64500, "DE", "ALPHA - Alpha Broadband"),
+    ("50.0.0.0", "50.0.255.255", 64501, "DE", "BETA - Beta Mobile"),
+    ("60.0.0.0", "60.0.255.255", 64502, "FR", "GAMMA - Gamma Cloud Servers"),
+    ("70.0.0.0", "70.0.255.255", 16509, "US", "AMAZON-02"),  # hosting by its number only
+    ("2a00::", "2a00:ff:ffff:ffff:ffff:ffff:ffff:ffff", 64503, "DE", "DELTA - Delta Broadband"),
+]
+MAX_NETWORKS = 3
+
+
+def _history() -> list[tuple[str, str, int]]:
+    """(entity, ip, day) training events: distinct counts per network (no ties for the profile's cut-off)."""
+    rng = np.random.default_rng(3)
+    out = []
+    plans = {
+        "ana": [("11.0.1.", 9), ("11.0.2.", 5), ("12.0.7.", 3), ("50.0.3.", 2), ("2a00:0:0:1::", 4)],
+        "bo": [("50.0.3.", 6), ("60.0.9.", 1)],
+        "cy": [("11.0.1.", 2), ("70.0.0.", 3), ("50.0.4.", 1)],
+        "di": [("12.0.7.", 7)],
+    }
+    for entity, nets in plans.items():
+        for prefix, n in nets:
+            for _ in range(n):
+                host = int(rng.integers(1, 250 if "." in prefix else 999))
+                out.append((entity, f"{prefix}{host}", int(rng.integers(0, 5))))
+    return out
+
+
+def _queries() -> list[tuple[str, str, int | None]]:
+    """Scored events: known and new networks, other families, entities without a profile, no timestamp."""
+    return [
+        ("ana", "11.0.1.77", 7),
+        ("ana", "11.0.9.1", 7),  # a new /24 of its own AS and /16
+        ("ana", "12.0.7.200", 6),
+        ("ana", "50.0.3.1", None),  # seen /24, no timestamp: no recency
+        ("ana", "50.0.99.1", 7),  # its 4th /24 by count: past the profile's max_networks
+        ("ana", "60.0.9.9", 7),  # another country, a hosting name
+        ("ana", "2a00:0:0:1::5", 7),
+        ("ana", "10.1.2.3", 7),  # reserved and outside the table
+        ("bo", "11.0.1.5", 9),
+        ("bo", "70.0.0.9", 9),  # hosting by AS number
+        ("cy", "11.0.1.9", 8),
+        ("cy", "99.1.2.3", 8),  # routed but outside the table
+        ("di", "2001:db8::1", 8),  # reserved IPv6
+        ("zed", "11.0.1.1", 8),  # no profile
+    ]
+
+
+def _brute(history, queries, table, dot) -> dict[str, list[float]]:
+    """Every feature by loops over the events (``table``: the ip2asn rows; ``dot``: the model's scores)."""
+
+    def asn_of(ip):
+        a = ipaddress.ip_address(ip)
+        for lo, hi, asn, cc, name in TABLE:
+            first, last = ipaddress.ip_address(lo), ipaddress.ip_address(hi)
+            if first.version == a.version and first <= a <= last:
+                return asn, cc, name
+        return None
+
+    def net(ip, v4, v6):
+        a = ipaddress.ip_address(ip)
+        return ipaddress.ip_network(f"{ip}/{v4 if a.version == 4 else v6}", strict=False)
+
+    def top(entity, v4, v6):
+        counts = {}
+        for e, ip, _ in history:
+            if e == entity:
+                counts[net(ip, v4, v6)] = counts.get(net(ip, v4, v6), 0) + 1
+        return dict(sorted(counts.items(), key=lambda kv: -kv[1])[:MAX_NETWORKS])
+
+    entities = sorted({e for e, _, _ in history})
+    reserved_nets = [ipaddress.ip_network(c) for c in (*RESERVED_V4, *RESERVED_V6)]
+    out: dict[str, list[float]] = {name: [] for name in FEATURES}
+    for i, (entity, ip, day) in enumerate(queries):
+        mine = [(q, d) for e, q, d in history if e == entity]
+        found = asn_of(ip)
+        known = bool(mine)
+        out["dot_product"].append(float(dot[i]) if known else 0.0)
+        same_as = [d for q, d in mine if found and asn_of(q) and asn_of(q)[0] == found[0]]
+        out["as_seen"].append(float(bool(same_as)))
+        out["as_logins"].append(np.log1p(len(same_as)))
+        out["as_days"].append(np.log1p(day - max(same_as)) if same_as and day is not None else 0.0)
+        sub = net(ip, 24, 48)
+        subs = top(entity, 24, 48)
+        same_sub = [d for q, d in mine if net(q, 24, 48) == sub] if sub in subs else []
+        out["subnet_seen"].append(float(bool(same_sub)))
+        out["subnet_logins"].append(np.log1p(len(same_sub)))
+        out["subnet_days"].append(np.log1p(day - max(same_sub)) if same_sub and day is not None else 0.0)
+        out["network_logins"].append(np.log1p(top(entity, 16, 32).get(net(ip, 16, 32), 0)))
+        same_cc = [q for q, _ in mine if found and asn_of(q) and asn_of(q)[1] == found[1]]
+        out["country_logins"].append(np.log1p(len(same_cc)))
+        out["entity_logins"].append(np.log1p(len(mine)))
+        out["entity_networks"].append(np.log1p(len({net(q, 24, 48) for q, _ in mine})))
+
+        def share(key, value):
+            users = {e for e, q, _ in history if value is not None and key(q) == value}
+            return np.log((len(users) + 1) / (len(entities) + 1))
+
+        def as_number(q):
+            return (asn_of(q) or (None,))[0]
+
+        out["as_share"].append(share(as_number, found[0] if found else None))
+        out["subnet_share"].append(share(lambda q: net(q, 24, 48), sub))
+        out["network_share"].append(share(lambda q: net(q, 16, 32), net(ip, 16, 32)))
+        words = ("hosting", "cloud", "server", "datacenter", "data center", "vps", "colo")
+        hosting = bool(found and (found[0] == 16509 or any(w in found[2].lower() for w in words)))
+        out["hosting"].append(float(hosting))
+        out["outside_table"].append(float(found is None))
+        out["reserved"].append(float(any(ipaddress.ip_address(ip) in n for n in reserved_nets)))
+    return out
+
+
+@pytest.fixture(scope="module")
+def built(spark, toy_model, tmp_path_factory):
+    """Profiles of :func:`_history` built by the Spark job with an ip2asn table (max_networks 3)."""
+    from ipinsights.score.spark_profiles import build_profiles
+
+    root = tmp_path_factory.mktemp("features")
+    tsv = root / "table.tsv"
+    tsv.write_text("".join(f"{a}\t{b}\t{asn}\t{cc}\t{name}\n" for a, b, asn, cc, name in TABLE))
+    history = _history()
+    rows = [(e, ip, DAY0 + dt.timedelta(days=d, hours=3)) for e, ip, d in history]
+    df = spark.createDataFrame(rows, "entity string, ip string, ts timestamp")
+    header = build_profiles(df, str(toy_model), str(root / "p.profile.safetensors"), str(tsv), MAX_NETWORKS)
+    return {"header": header, "table": str(tsv), "history": history, "model": str(toy_model)}
+
+
+def _query_table() -> pa.Table:
+    q = _queries()
+    ts = [None if d is None else DAY0 + dt.timedelta(days=d, hours=20) for _, _, d in q]
+    return pa.table(
+        {"entity": [e for e, _, _ in q], "ip": [ip for _, ip, _ in q], "ts": pa.array(ts, pa.timestamp("us", "UTC"))}
+    )
+
+
+def _check(got: dict[str, np.ndarray], want: dict[str, list[float]]) -> None:
+    for name in FEATURES:
+        np.testing.assert_allclose(got[name], want[name], atol=1e-9, err_msg=name)
+
+
+@pytest.mark.spark
+def test_features_equal_a_brute_force_computation(built):
+    from ipinsights.score.profile_rows import load_profiles
+
+    header = built["header"]
+    assert header.population.entities == 4 and header.population.asn_entities.size > 0
+    scorer = Scorer.load(built["model"], profile=header.path, asn_table=built["table"])
+    profiles = load_profiles(header.path, built["model"])
+    q = _query_table()
+    parsed = scorer.parse(q["ip"])
+    assert parsed.valid.all()
+    dot = scorer.dot_product(q["entity"], q["ip"])
+    rows = profiles.index_of(scorer.entity_hashes(q["entity"]))
+    days = event_days(q["ts"], q.num_rows)
+    assert np.isnan(days[3]) and days[0] == (DAY0.date() - dt.date(1970, 1, 1)).days + 7
+    got = event_features(FEATURES, parsed.value, rows, profiles, dot, scorer.asn_table, days, (16509,))
+    want = _brute(built["history"], [(e, ip, None if d is None else d) for e, ip, d in _queries()], TABLE, dot)
+    # Days in the brute force count from DAY0, the features from 1970: only differences matter.
+    _check(got, want)
+    # Each feature distinguishes something here (a test that cannot fail is a defect): none is constant.
+    assert all(np.ptp(got[name]) > 0 for name in FEATURES), [n for n in FEATURES if np.ptp(got[n]) == 0]
+    # Products are interactions of two features.
+    both = event_features(["as_seen*dot_product"], parsed.value, rows, profiles, dot, scorer.asn_table, days)
+    np.testing.assert_allclose(both["as_seen*dot_product"], got["as_seen"] * got["dot_product"])
+    with pytest.raises(ValueError, match="unknown feature 'nope'"):
+        event_features(["nope"], parsed.value, rows, profiles, dot)
+
+
+@pytest.mark.spark
+def test_joined_profile_rows_give_the_same_features(spark, built):
+    """A Spark batch brings its entities' profile rows (joined on): the features equal the whole profile's."""
+    from ipinsights.score.batches import split_joined
+    from ipinsights.score.spark_profiles import join_profile_rows, to_arrow
+
+    header = built["header"]
+    scorer = Scorer.load(built["model"], profile=header.path, asn_table=built["table"], profile_rows=False)
+    q = _query_table()
+    df = spark.createDataFrame(q.to_pandas()).repartition(2)
+    batch = to_arrow(join_profile_rows(df, header.files).orderBy("entity", "ip")).combine_chunks().to_batches()[0]
+    batch, joined = split_joined(scorer, batch)
+    assert joined is not None
+    profiles, rows = joined
+    parsed = scorer.parse(batch.column("ip"))
+    dot = scorer.dot_product(batch.column("entity"), batch.column("ip"))
+    days = event_days(batch.column("ts"), batch.num_rows)
+    got = event_features(FEATURES, parsed.value, rows, profiles, dot, scorer.asn_table, days, (16509,))
+    order = {(e, ip): i for i, (e, ip, _) in enumerate(_queries())}
+    want_all = _brute(built["history"], _queries(), TABLE, np.zeros(len(order)))
+    entities = batch.column("entity").to_pylist()
+    pick = [order[pair] for pair in zip(entities, batch.column("ip").to_pylist(), strict=True)]
+    want = {k: [v[i] for i in pick] for k, v in want_all.items()}
+    want["dot_product"] = [float(d) if e != "zed" else 0.0 for d, e in zip(dot, entities, strict=True)]
+    _check(got, want)
+
+
+def test_hosting_rows_by_name_and_number(tmp_path: Path):
+    tsv = tmp_path / "t.tsv"
+    tsv.write_text("".join(f"{a}\t{b}\t{asn}\t{cc}\t{name}\n" for a, b, asn, cc, name in TABLE))
+    table = load_asn_table(str(tsv))
+    assert hosting_rows(table).tolist() == [False, False, False, True, False, False]
+    assert hosting_rows(table, (16509,)).tolist() == [False, False, False, True, True, False]
