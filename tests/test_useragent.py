@@ -195,6 +195,8 @@ def test_the_classifier_keeps_each_events_user_agent():
     got = [(r["outcome"], r["user_agent"], r["ua_family"], r["ua_os"], r["ua_device"]) for r in rows]
     assert got == [tuple(rest) for _, *rest in LINES]
     assert rows[8]["raw"] == lines[8]  # the too-long agent's line is in the quarantine, whole
+    common = classify_batch(pa.array([_LINE.format(i=1), _LINE.format(i=2)])).to_pylist()  # no agent at all
+    assert [(r["outcome"], r["user_agent"], r["ua_device"]) for r in common] == [("kept", None, None)] * 2
 
 
 @pytest.mark.oldest_spark
