@@ -263,3 +263,12 @@ def test_a_model_without_fusion_scores_as_before(toy_model):
     np.testing.assert_allclose(a.dot_product, scorer.dot_product(["user_1", "nobody"], ["10.1.2.3", "8.8.8.8"]))
     with pytest.raises(FusionError, match="needs the entity profiles"):
         Scorer.load(toy_model, fusion=str(toy_model) + ".fusion.json")
+
+
+def test_the_endpoint_takes_risk_as_an_opt_in_flag():
+    from ipinsights.serve import protocol
+
+    assert protocol.parse_flags({"risk": "true"}, None) == {"risk": True}
+    assert protocol.parse_flags({}, "anomaly=true,risk=1") == {"anomaly": True, "risk": True}
+    preds = protocol.build_predictions(np.array([1.0, np.nan]), risk_score=np.array([2.5, np.nan]))
+    assert preds == [{"dot_product": 1.0, "risk_score": 2.5}, {"dot_product": None, "risk_score": None}]

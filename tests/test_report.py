@@ -128,7 +128,7 @@ def test_render_empty_day_says_so():
 def test_csv_defuses_formulas(tmp_path):
     p = write_flagged_csv(tmp_path / "f.csv", [_case('=HYPERLINK("http://evil")', 2.0), _case("alice", 1.5)])
     lines = p.read_text().splitlines()
-    assert lines[0].startswith("entity,ip,ts,anomaly_score,level,rule,normal_percentile,entity_percentile")
+    assert lines[0].startswith("entity,ip,ts,anomaly_score,level,rule,risk_score,normal_percentile,entity_percentile")
     assert lines[1].startswith("\"'=HYPERLINK") and lines[2].startswith("alice,")
 
 
@@ -136,11 +136,29 @@ def test_csv_defuses_formulas(tmp_path):
 def test_counts_and_histogram_are_aggregates(spark):
     level = {0: "low", 1: "low", 2: "medium", 3: "high", 4: "high"}
     rows = [
-        ("a", "1.2.3.4", None, -1.0, 0.5, float(s), 5, False, RULE_SCORE, 50.0, 90.0, level[s], s > 2.5, "2024-01-09")
+        (
+            "a",
+            "1.2.3.4",
+            None,
+            -1.0,
+            0.5,
+            float(s),
+            None,
+            5,
+            False,
+            RULE_SCORE,
+            50.0,
+            90.0,
+            level[s],
+            s > 2.5,
+            "2024-01-09",
+        )
         for s in range(5)
     ]
-    rows += [("u", "1.2.3.4", None, 1.0, 3.0, 3.0, 0, True, RULE_LEARNING, None, 99.0, "high", True, "2024-01-09")]
-    rows += [("a", "::1", None, None, None, None, 5, False, RULE_INVALID, None, None, None, False, "2024-01-10")]
+    rows += [
+        ("u", "1.2.3.4", None, 1.0, 3.0, 3.0, None, 0, True, RULE_LEARNING, None, 99.0, "high", True, "2024-01-09")
+    ]
+    rows += [("a", "::1", None, None, None, None, None, 5, False, RULE_INVALID, None, None, None, False, "2024-01-10")]
     df = spark.createDataFrame(rows, struct_type(SCORES))
     c = day_counts(df, ["2024-01-09", "2024-01-10", "2024-01-11"])
     assert c["2024-01-09"] == {

@@ -236,6 +236,8 @@ def _feature_words(name: str, features: dict[str, np.ndarray], i: int, entities:
 
     def share(what: str) -> str:
         users = max(math.exp(x) * (entities + 1) - 1, 0.0)
+        if users < 0.5:
+            return f"{what} no entity used in training"
         return f"{what} used by {100 * users / max(entities, 1):.2g}% of entities"
 
     words = {

@@ -283,8 +283,13 @@ class _Batch:
 
     def _subnet(self) -> dict[str, np.ndarray]:
         p = self.profiles
-        known = key_prefix(p.net_keys, SUBNET_V4, SUBNET_V6)
-        at = _find(p.net_offsets, known, self.rows, key_prefix(self.keys, SUBNET_V4, SUBNET_V6))
+        at = _find(
+            p.net_offsets,
+            p.net_keys,
+            self.rows,
+            key_prefix(self.keys, SUBNET_V4, SUBNET_V6),
+            lambda k: key_prefix(k, SUBNET_V4, SUBNET_V6),  # the known networks are kept as an address each
+        )
         return self._seen("subnet", at, p.net_counts, p.hist.net_last)
 
     _subnet_seen = _subnet_logins = _subnet_days = _subnet
@@ -313,7 +318,9 @@ class _Batch:
 
     def _share(self, level: str, ids: np.ndarray) -> np.ndarray:
         pop = self.profiles.population
-        entities = pop.entities_of(level, ids)
+        # Once per distinct network, in sorted order: sorted probes walk the population's arrays in order.
+        uniq, inv = np.unique(ids, return_inverse=True)
+        entities = pop.entities_of(level, uniq)[inv]
         return np.log((entities + 1.0) / (pop.entities + 1.0))
 
     def _as_share(self) -> dict[str, np.ndarray]:
@@ -327,32 +334,38 @@ class _Batch:
         return {"network_share": self._share("network", key_prefix(self.keys, NETWORK_V4, NETWORK_V6))}
 
 
-def _find(offsets: np.ndarray, values: np.ndarray, rows: np.ndarray, wanted: np.ndarray) -> np.ndarray:
-    """Flat index into ``values`` (lists ragged by ``offsets``) of ``wanted[i]`` within list ``rows[i]``; -1
-    where it is not in that list or ``rows[i]`` is -1.
+def _find(
+    offsets: np.ndarray,
+    values: np.ndarray,
+    rows: np.ndarray,
+    wanted: np.ndarray,
+    transform: Callable[[np.ndarray], np.ndarray] | None = None,
+) -> np.ndarray:
+    """Flat index into ``values`` (lists ragged by ``offsets``) of ``wanted[i]`` within list ``rows[i]`` (its
+    first match; ``transform`` applied to the values first); -1 where it is not in that list or ``rows[i]``
+    is -1.
 
-    Exact and vectorised: only the batch's own lists are gathered (the profiles may be every entity's, loaded
-    whole by the endpoint), values are ranked, and (list, rank) pairs are searched as one sorted int64 key."""
+    The lists are short (an entity's networks): the ``j``-th element of every row's list is compared at once,
+    for ``j = 0, 1, ...``, among the rows still unmatched with lists that long. Only the batch's own lists are
+    read (the profiles may be every entity's, loaded whole by the endpoint), and nothing is sorted."""
     rows = np.asarray(rows, np.int64)
+    want = np.asarray(wanted, np.int64)
     out = np.full(rows.size, -1, np.int64)
-    ok = rows >= 0
-    if not ok.any() or not values.size:
+    idx = np.flatnonzero(rows >= 0)
+    if not idx.size or not values.size:
         return out
-    lists, local = np.unique(rows[ok], return_inverse=True)
-    starts, lengths = offsets[lists], offsets[lists + 1] - offsets[lists]
-    flat = np.repeat(starts - np.concatenate([[0], np.cumsum(lengths)[:-1]]), lengths) + np.arange(lengths.sum())
-    if not flat.size:
-        return out
-    owner = np.repeat(np.arange(lists.size), lengths)
-    mine = values[flat]
-    ranks = np.unique(mine)
-    key = owner * ranks.size + np.searchsorted(ranks, mine)
-    order = np.argsort(key, kind="stable")
-    sorted_key = key[order]
-    w = np.asarray(wanted, np.int64)[ok]
-    r = np.minimum(np.searchsorted(ranks, w), ranks.size - 1)
-    q = local * ranks.size + r
-    pos = np.minimum(np.searchsorted(sorted_key, q), sorted_key.size - 1)
-    hit = (ranks[r] == w) & (sorted_key[pos] == q)
-    out[np.flatnonzero(ok)] = np.where(hit, flat[order[pos]], -1)
-    return out
+    start = offsets[rows[idx]]
+    length = offsets[rows[idx] + 1] - start
+    j = 0
+    while True:
+        live = length > j
+        idx, start, length = idx[live], start[live], length[live]
+        if not idx.size:
+            return out
+        pos = start + j
+        got = values[pos] if transform is None else transform(values[pos])
+        hit = got == want[idx]
+        out[idx[hit]] = pos[hit]
+        miss = ~hit
+        idx, start, length = idx[miss], start[miss], length[miss]
+        j += 1

@@ -94,7 +94,7 @@ def _fit_leaf(
     )
 
 
-def _irls(z: np.ndarray, y: np.ndarray, w: np.ndarray, penalty: float, steps: int = 50) -> np.ndarray:
+def _irls(z: np.ndarray, y: np.ndarray, w: np.ndarray, penalty: float, steps: int = 30) -> np.ndarray:
     """Newton's method on the weighted, L2-penalised logistic loss (the last column, the bias, unpenalised).
     The penalty keeps a separable leaf finite."""
     reg = np.full(z.shape[1], penalty)
@@ -103,12 +103,16 @@ def _irls(z: np.ndarray, y: np.ndarray, w: np.ndarray, penalty: float, steps: in
     p0 = (float((w * y).sum()) + 0.5) / (float(w.sum()) + 1.0)
     b = np.zeros(z.shape[1])
     b[-1] = math.log(p0 / (1.0 - p0))
+    # The Hessian (the costly product: rows x features^2) in float32: it only steers the steps, the float64
+    # gradient decides where they end; half the memory traffic, twice the speed.
+    z32 = z.astype(np.float32)
     for _ in range(steps):
         p = 1.0 / (1.0 + np.exp(-np.clip(z @ b, -35.0, 35.0)))
         grad = z.T @ (w * (p - y)) + reg * b
-        hess = (z * (w * p * (1.0 - p))[:, None]).T @ z + np.diag(reg) + 1e-9 * np.eye(z.shape[1])
+        curvature = (w * p * (1.0 - p)).astype(np.float32)
+        hess = (z32 * curvature[:, None]).T @ z32 + np.diag(reg) + 1e-9 * np.eye(z.shape[1])
         step = np.linalg.solve(hess, grad)
         b -= step
-        if np.abs(step).max() < 1e-7:
+        if np.abs(step).max() < 1e-5:  # in standardised units: far below what moves a score
             break
     return b

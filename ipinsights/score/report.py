@@ -112,9 +112,7 @@ class Histogram:
     flagged: np.ndarray  # (bins,) int64
 
 
-def histogram_png(
-    hist: Histogram, threshold: float | None = None, title: str = "", xlabel: str = "anomaly score (-dot_product)"
-) -> bytes:
+def histogram_png(hist: Histogram, threshold: float | None = None, title: str = "", xlabel: str = "score") -> bytes:
     """The tutorial's histogram (normal vs flagged) from binned counts, as PNG bytes (log-scale counts)."""
     import matplotlib
 
@@ -220,12 +218,6 @@ def _when(t: Any) -> str:
     return "—" if t is None else t.strftime("%Y-%m-%d %H:%M:%S")
 
 
-def _score(event: Mapping[str, Any]) -> Any:
-    """A case event's score in force: its risk score with a fusion, else its anomaly score."""
-    risk = event.get("risk_score")
-    return event["anomaly_score"] if risk is None else risk
-
-
 def _case_rows(cases: Sequence[Mapping[str, Any]]) -> list[str]:
     """One table row per case: rank, severity, who, the one-line summary and its events behind <details>."""
     e = html.escape
@@ -238,11 +230,12 @@ def _case_rows(cases: Sequence[Mapping[str, Any]]) -> list[str]:
         flag = ' <span class="malicious">known malicious</span>' if c.get("prior_verdict") == "malicious" else ""
         events = sorted(c.get("events_detail") or [], key=lambda x: (x["ts"] is None, x["ts"]))
         shown = len(events)
+        in_force = [x["anomaly_score"] if x.get("risk_score") is None else x["risk_score"] for x in events]
         detail_rows = "".join(
             f"<tr><td>{e(_when(x['ts']))}</td><td>{e(_cell(x['entity']))}</td><td>{e(_cell(x['ip']))}</td>"
-            f'<td>{e(_cell(x["network_name"]))}</td><td class="num">{e(_cell(_score(x)))}</td>'
+            f'<td>{e(_cell(x["network_name"]))}</td><td class="num">{e(_cell(score))}</td>'
             f'<td class="num">{e(_cell(x["normal_percentile"]))}</td></tr>'
-            for x in events
+            for x, score in zip(events, in_force, strict=True)
         )
         more = f" ({shown} of {int(c['events'])} shown)" if shown < int(c["events"]) else ""
         details = (
@@ -398,8 +391,8 @@ def write_day_report(
     rarest first, streamed into the CSV."""
     out = join_uri(reports_dir, f"dt={day}")
     write_flagged_csv(join_uri(out, "flagged.csv"), flagged_rows)
-    fused = threshold.on == RISK_SCORE
-    what, axis = ("risk scores", "risk score (fused)") if fused else ("anomaly scores", "anomaly score (-dot_product)")
+    fused = threshold.on == RISK_SCORE  # the histogram's title and axis name the score in force
+    what, axis = ("risk scores", "risk score") if fused else ("anomaly scores", "anomaly score (-dot_product)")
     png = histogram_png(hist, threshold.value, f"{day}: {what}", axis) if hist is not None else None
     page = join_uri(out, "report.html")
     with atomic_write(page, encoding="utf-8") as fh:
