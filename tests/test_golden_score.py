@@ -11,6 +11,11 @@ histogram image (by its hash) are normalised; floats are compared to 6 significa
 
 A change that alters the outputs on purpose rewrites them with ``IPINSIGHTS_GOLDEN=record`` (``=model``
 retrains the model too) and says in its notes what changed and why.
+
+Two runs, each with its own golden files: ``score/`` without the fused risk score (``fusion.enabled=false``:
+the model's anomaly_score decides, as before issue 30, and ``risk_score`` is null) and ``score-fusion/``
+with it (the job fits ``<model>.fusion.json`` on the validation day; levels, flags and the case floor on
+``risk_score``). The fusion file is compared too, its fit time left out.
 """
 
 from __future__ import annotations
@@ -33,6 +38,8 @@ import pytest
 
 GOLDEN = Path(__file__).resolve().parent / "golden" / "score"
 MODEL = GOLDEN.parent / "model"
+#: The two runs: their golden folders and their extra settings.
+VARIANTS = {"score": ["--fusion.enabled=false"], "score-fusion": []}
 RECORD = os.environ.get("IPINSIGHTS_GOLDEN") in ("record", "model")
 DAYS = ["2024-01-01", "2024-01-02", "2024-01-03", "2024-01-04", "2024-01-05"]
 TRAIN, VALID, TEST = DAYS[:2], DAYS[2], DAYS[3:]
@@ -145,9 +152,12 @@ def _table_lines(path: Path, keys: list[str], csv: bool = False) -> list[str]:
 
 
 def _normalised(text: str, root: Path) -> str:
-    """``text`` without what differs between runs: the temporary root, creation times, the image bytes."""
+    """``text`` without what differs between runs: the temporary root, creation times, the fusion's fit time,
+    the profile build's name, the image bytes."""
     text = text.replace(str(root), "<ROOT>")
     text = re.sub(r'"created_at": "[^"]*"', '"created_at": "<TIME>"', text)
+    text = re.sub(r'"fit_seconds": [0-9.e+-]+', '"fit_seconds": "<SECONDS>"', text)
+    text = re.sub(r"\.rows-[0-9a-f]{12}", ".rows-<BUILD>", text)  # a profile build's random name
 
     def png(m: re.Match[str]) -> str:
         return f"data:image/png;sha256,{hashlib.sha256(m.group(1).encode()).hexdigest()[:16]}"
@@ -168,7 +178,8 @@ def _outputs(root: Path, out: Path, model: str, runs: list[Any]) -> dict[str, st
             texts[f"{day}-{name}"] = (out / "reports" / f"dt={day}" / name).read_text(encoding="utf-8")
     sidecars = {
         name: json.loads(Path(f"{model}{name}").read_text(encoding="utf-8"))
-        for name in (".calibration.json", ".cases.json")
+        for name in (".calibration.json", ".cases.json", ".fusion.json")
+        if Path(f"{model}{name}").exists()
     }
     texts["sidecars.json"] = json.dumps(_value(sidecars), indent=1, sort_keys=True) + "\n"
     texts["runs.json"] = json.dumps(_value(runs), indent=1, sort_keys=True) + "\n"
@@ -189,9 +200,11 @@ def _write(path: Path, text: str) -> None:
 @pytest.mark.oldest_spark
 @pytest.mark.spark
 @pytest.mark.slow
-def test_scoring_job_outputs_match_the_golden_files(spark, tmp_path):
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_scoring_job_outputs_match_the_golden_files(spark, tmp_path, variant):
     from ipinsights_jobs import score as score_job
 
+    golden = GOLDEN.parent / variant
     world = _world(tmp_path)
     out = tmp_path / "out"
     args = [
@@ -210,6 +223,7 @@ def test_scoring_job_outputs_match_the_golden_files(spark, tmp_path):
         "0.02",
         "--arrow_batch_size=500",
         "--normal_cases_per_day=3",
+        *VARIANTS[variant],
     ]
     assert score_job.main(["--date", TEST[0], *args]) == 0
     # Verdicts for the second day: the first day's top entity case confirmed benign by its id, an attacked
@@ -230,13 +244,13 @@ def test_scoring_job_outputs_match_the_golden_files(spark, tmp_path):
     assert score_job.main(["--date", TEST[1], *args, f"--verdicts={verdicts}"]) == 0
     got = _outputs(tmp_path, out, world["model"], [top["case_id"], confirmed, subnet, bad])
     if RECORD:
-        GOLDEN.mkdir(parents=True, exist_ok=True)
-        for old in GOLDEN.iterdir():
+        golden.mkdir(parents=True, exist_ok=True)
+        for old in golden.iterdir():
             old.unlink()
         for name, text in got.items():
-            _write(GOLDEN / name, text)
-        pytest.skip(f"golden files recorded in {GOLDEN}")
-    want = {p.name: _read(p) for p in GOLDEN.iterdir()}
+            _write(golden / name, text)
+        pytest.skip(f"golden files recorded in {golden}")
+    want = {p.name: _read(p) for p in golden.iterdir()}
     assert sorted(got) == sorted(want)
     for name in sorted(want):
         if got[name] != want[name]:
