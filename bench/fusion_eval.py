@@ -1,14 +1,15 @@
 """Issue 30's evaluation: the fused risk score against the model alone and the "AS seen" lookup, per attack kind.
 
     python bench/fusion_eval.py [--users 3000] [--seeds 0,1,2] [--epochs 5] [--shapes scattered,blocks]
-                                [--variants table,plain] [--sample-rows 100000]
+                                [--variants table,plain] [--sample-rows 100000] [--config conf/demo.yml]
 
 For each shape and seed it generates a world in memory (``scattered``: the generator's default, ISPs
 announcing many scattered prefixes; ``blocks``: the earlier world of a few large ranges per ISP), writes its
 events as the ingest job's table, and per variant (``table``: the model trained with the world's ip2asn
-tables; ``plain``: without, and scored without any table) trains the model with the shipped
-hyperparameters (``num_entity_vectors`` twice the users), then runs the scoring job's own sidecar steps on
-local Spark: the entity profiles from the training days and the fusion fitted on the validation day
+tables; ``plain``: without, and scored without any table) trains the model with the demo's settings
+(``--config``, default conf/demo.yml, as bench/network_eval.py; ``num_entity_vectors`` twice the users),
+then runs the scoring job's own sidecar steps on local Spark: the entity profiles from the training days
+and the fusion fitted on the validation day
 (:func:`ipinsights.score.spark_sidecars.resolve_profile`, :func:`~.resolve_fusion`). The labelled test rows
 (with their timestamps) are then evaluated in-process as ``ipinsights evaluate`` does
 (:func:`ipinsights.score.evaluate.evaluate_model`).
@@ -83,20 +84,13 @@ def _world(args: argparse.Namespace, shape: str, seed: int, work: Path) -> dict:
 
 def _train(args: argparse.Namespace, w: dict, variant: str, seed: int, path: Path) -> float:
     """Train and save the model (with its entity stats, as ``ipinsights train`` does); seconds per epoch."""
-    from ipinsights.core.config import Hyperparameters, ModelOptions, TrainOptions
+    from ipinsights.core.config import ModelOptions, TrainConfig, TrainOptions, load_config
     from ipinsights.core.entities import EntityStats
     from ipinsights.train.data import encode_pairs
     from ipinsights.train.trainer import train_model
 
-    hp = Hyperparameters(
-        num_entity_vectors=2 * args.users,
-        vector_dim=128,
-        epochs=args.epochs,
-        learning_rate=0.01,
-        mini_batch_size=1000,
-        random_negative_sampling_rate=5,
-        shuffled_negative_sampling_rate=1,
-    )
+    settings = [f"--num_entity_vectors={2 * args.users}", f"--epochs={args.epochs}"]
+    hp = load_config(TrainConfig, args.config, settings).hyperparameters
     opts = ModelOptions(asn_table=w["tables"] if variant == "table" else None)
     train = w["train"]
     enc = encode_pairs(train["entity"], train["ip"], hp.num_entity_vectors, opts.hash_seed)
@@ -164,6 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--attacks", type=int, default=10000)
     p.add_argument("--sample-rows", type=int, default=100_000)
     p.add_argument("--work", type=Path, default=None)
+    p.add_argument("--config", type=Path, default=REPO / "conf" / "demo.yml", help="training settings (YAML)")
     args = p.parse_args(argv)
     work = args.work or Path(tempfile.mkdtemp(prefix="fusion-eval-"))
     spark = _spark()
