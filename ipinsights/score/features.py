@@ -191,8 +191,8 @@ def event_features(
     entities' profile ``rows`` (-1: no profile) in ``profiles``, the model's ``dot_product``, the events'
     ``days`` (:func:`event_days`; None or NaN: no timestamp). float64 arrays, one value per event; the caller
     leaves out invalid addresses."""
-    batch = _Batch(np.asarray(keys, np.int64), np.asarray(rows, np.int64), profiles, dot_product, asn_table, days)
-    batch.hosting_asns = tuple(hosting_asns)
+    keys, rows = np.asarray(keys, np.int64), np.asarray(rows, np.int64)
+    batch = _Batch(keys, rows, profiles, dot_product, asn_table, days, tuple(hosting_asns))
     out: dict[str, np.ndarray] = {}
     for name in names:
         parts = name.split("*")
@@ -214,12 +214,13 @@ class _Batch:
         dot_product: np.ndarray,
         asn_table: AsnTable | None,
         days: np.ndarray | None,
+        hosting_asns: tuple[int, ...],
     ) -> None:
         self.keys, self.table, self.n = keys, asn_table, keys.size
         self.profiles, self.rows = profiles, rows
         self.dp = np.asarray(dot_product, np.float64)
         self.days = np.full(keys.size, np.nan) if days is None else np.asarray(days, np.float64)
-        self.hosting_asns: tuple[int, ...] = ()
+        self.hosting_asns = hosting_asns
         self._done: dict[str, np.ndarray] = {}
         self._known = self.rows >= 0
 
