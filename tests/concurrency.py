@@ -32,7 +32,8 @@ from pathlib import Path
 from typing import Any
 
 TIMEOUT = 600.0
-_DRAWING = threading.Lock()  # a trial that has not settled by then is a failure (never a hang)
+_DRAWING = threading.Lock()
+_DRAWING_BY: list[str] = []  # the run that holds it  # a trial that has not settled by then is a failure (never a hang)
 
 
 @dataclass
@@ -74,6 +75,10 @@ class Runs:
         return self.runs.get(threading.current_thread().name)
 
     def _stop_here(self, run: Run, point: str) -> None:
+        drawing = [threading.current_thread().name] == _DRAWING_BY
+        if drawing:  # (the harness's own lock: a stopped run must not keep the others from drawing)
+            _DRAWING_BY.clear()
+            _DRAWING.release()
         with self.cond:
             run.stopped = True
             self.cond.notify_all()
@@ -82,6 +87,9 @@ class Runs:
         run.resume.wait()
         with self.cond:
             run.stopped = False
+        if drawing:
+            _DRAWING.acquire()
+            _DRAWING_BY.append(threading.current_thread().name)
 
     def _step(self, what: str, detail: object = "") -> None:
         run = self._run()
@@ -130,7 +138,11 @@ class Runs:
 
         def report(*args: Any, **kwargs: Any) -> Any:
             with _DRAWING:
-                return real_report(*args, **kwargs)
+                _DRAWING_BY.append(threading.current_thread().name)
+                try:
+                    return real_report(*args, **kwargs)
+                finally:
+                    _DRAWING_BY.clear()
 
         spark_job.write_day_report = report  # type: ignore[assignment]
         self.undo.append(lambda: setattr(spark_job, "write_day_report", real_report))

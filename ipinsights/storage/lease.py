@@ -491,8 +491,12 @@ class LeaseRef:
         for _ in range(20):
             current = store.read(self.uri)
             if current is None or current.data.get("owner") != self.owner:
-                holder = describe(current.data) if current is not None and current.data else "nobody"
-                raise LeaseLostError(f"the lease {self.uri} was taken over: it is now held by {holder}")
+                now = (
+                    f"it is now held by {describe(current.data)}"
+                    if current and current.data
+                    else "and given back since"
+                )
+                raise LeaseLostError(f"the lease {self.uri} was taken over by another run ({now})")
             token = store.swap(self.uri, current.token, {**self.record, "write": uuid.uuid4().hex})
             if token is not None:
                 return token
