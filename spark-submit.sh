@@ -51,7 +51,7 @@ root, out = pathlib.Path(sys.argv[1]), sys.argv[2]
 with zipfile.ZipFile(out + ".tmp", "w", zipfile.ZIP_DEFLATED) as z:
     for pkg, arc in (("ipinsights", "ipinsights"), ("jobs", "ipinsights_jobs")):
         for f in sorted((root / pkg).rglob("*")):
-            if f.is_file() and "__pycache__" not in f.parts and f.suffix in (".py", ".typed", ".yml", ".json"):
+            if f.is_file() and "__pycache__" not in f.parts and f.suffix in (".py", ".typed", ".yml", ".json", ".txt"):  # .txt: package data (score/hosting_asns.txt)
                 z.write(f, f"{arc}/{f.relative_to(root / pkg)}")
 pathlib.Path(out + ".tmp").replace(out)
 PY
