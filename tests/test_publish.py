@@ -87,3 +87,38 @@ def test_a_failed_rollback_deletes_nothing_and_says_where_the_data_is(tmp_path):
         publish_partitions(store, str(staged), str(table), DAYS_NEW, str(trash))
     kept = [Path(p) for p in info.value.kept]
     assert any(p.exists() and _tree(p) == old_day for p in kept), info.value.kept
+
+
+@pytest.mark.spark
+def test_overlapping_writes_of_two_threads_restore_the_sessions_settings(spark):
+    """Two runs sharing a session (threads of one driver) whose writes overlap: the first in is not the
+    last out, and the settings the session had before either come back once both are done."""
+    import threading
+
+    from ipinsights.storage.publish import PARTITIONED_WRITE_CONF, partitioned_write_settings
+
+    key = "spark.sql.maxConcurrentOutputFileWriters"
+    assert spark.conf.get(key, None) is None
+    a_in, b_in, a_out = threading.Event(), threading.Event(), threading.Event()
+    seen: dict[str, str | None] = {}
+
+    def a() -> None:
+        with partitioned_write_settings(spark, {key: "32"}):
+            a_in.set()
+            b_in.wait(10)
+        a_out.set()
+
+    def b() -> None:
+        a_in.wait(10)
+        with partitioned_write_settings(spark):
+            b_in.set()
+            a_out.wait(10)
+            seen["b"] = spark.conf.get(key, None)  # a left, b still writing: its setting is kept
+
+    threads = [threading.Thread(target=f) for f in (a, b)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert seen["b"] == PARTITIONED_WRITE_CONF[key]
+    assert spark.conf.get(key, None) is None

@@ -183,11 +183,15 @@ def _known_networks(
 
 
 def _nearest(known: np.ndarray, counts: np.ndarray, similarity: np.ndarray, top: int) -> list[dict[str, Any]]:
-    """The ``top`` known networks most similar to the address (cosine ``similarity`` of each), most first."""
-    order = np.argsort(-similarity, kind="stable")[:top]
+    """The ``top`` known networks most similar to the address (cosine ``similarity`` of each), most first;
+    among networks equally similar at the precision shown, the one with more events first."""
+    # Networks that share hash buckets and an AS are often alike to the last float bits, and those bits
+    # differ between CPUs: ranking at the precision shown keeps the same explanation everywhere.
+    shown = np.round(similarity.astype(np.float64), 4)
+    order = np.lexsort((np.arange(shown.size), -counts.astype(np.int64), -shown))[:top]
     names = key_prefix_text(known[order], 24, 48)
     return [
-        {"network": names[m], "similarity": round(float(similarity[o]), 4), "events": int(counts[o])}
+        {"network": names[m], "similarity": float(shown[o]), "events": int(counts[o])}
         for m, o in enumerate(order)
     ]
 

@@ -75,7 +75,7 @@ class Assessment:
     level_code: np.ndarray | None = None  # int8 per row: index into LEVELS, -1 = none (with thresholds)
     normal_percentile: np.ndarray | None = None  # float64 0-100 among normal traffic of its rule (calibration)
     flagged: np.ndarray | None = None  # bool per row: the alert rule (with thresholds)
-    risk_score: np.ndarray | None = None  # float64: the fused risk score (None without a fusion; NaN: invalid)
+    risk_score: np.ndarray | None = None  # float32: the fused risk score (None without a fusion; NaN: invalid)
 
     @property
     def rule(self) -> np.ndarray:
@@ -302,7 +302,11 @@ class Scorer:
             pct = profiles.percentile(np.where(scored, profile_rows, -1), -dp)
         out = Assessment(dp, prior, counts, code, anomaly, pct)
         if self.fusion is not None and profiles is not None and profile_rows is not None:
-            out.risk_score = fused_scores(self.fusion, parsed, dp, profiles, profile_rows, self.asn_table, days)[0]
+            risk = fused_scores(self.fusion, parsed, dp, profiles, profile_rows, self.asn_table, days)[0]
+            # The precision it is stored in (as anomaly_score): a row's flag must agree with its stored score,
+            # and the calibration's threshold is a stored score (ties at the threshold are common: an entity's
+            # repeated logins from one address score alike).
+            out.risk_score = risk.astype(np.float32)
         if thresholds is not None:
             level_score = anomaly
             if thresholds.score == RISK_SCORE:

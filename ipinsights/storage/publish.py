@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
@@ -373,25 +374,44 @@ PARTITIONED_WRITE_CONF = {
 }
 
 
+# Runs sharing one SparkSession (threads of one driver: a notebook's jobs, the concurrency harness) share
+# its runtime settings, so the session's own values are saved by the first write to enter and restored by
+# the last to leave; in between, the settings of the latest write to start are in force (they tune speed
+# and memory of the write, never what it writes).
+_SETTINGS_LOCK = threading.Lock()
+_SETTINGS_SAVED: dict[int, tuple[int, dict[str, str | None]]] = {}  # id(session) -> (writers inside, values before)
+
+
 @contextmanager
 def partitioned_write_settings(spark: SparkSession, conf: dict[str, str] | None = None) -> Iterator[None]:
     """``PARTITIONED_WRITE_CONF`` (or ``conf``) in force inside the block, the session's own values restored after.
 
     Both settings are read when the write is planned and started, so they belong around the write call;
-    the session's other work (before and after) keeps its settings.
+    the session's other work (before and after) keeps its settings, also when writes of several threads overlap.
     """
     conf = PARTITIONED_WRITE_CONF if conf is None else conf
-    old = {key: spark.conf.get(key, None) for key in conf}
-    for key, value in conf.items():
-        spark.conf.set(key, value)
+    key = id(spark)
+    with _SETTINGS_LOCK:
+        inside, saved = _SETTINGS_SAVED.get(key, (0, {}))
+        for name in conf:
+            if name not in saved:
+                saved[name] = spark.conf.get(name, None)
+        _SETTINGS_SAVED[key] = (inside + 1, saved)
+        for name, value in conf.items():
+            spark.conf.set(name, value)
     try:
         yield
     finally:
-        for key, before in old.items():
-            if before is None:
-                spark.conf.unset(key)
+        with _SETTINGS_LOCK:
+            inside, saved = _SETTINGS_SAVED.pop(key)
+            if inside > 1:
+                _SETTINGS_SAVED[key] = (inside - 1, saved)
             else:
-                spark.conf.set(key, before)
+                for name, before in saved.items():
+                    if before is None:
+                        spark.conf.unset(name)
+                    else:
+                        spark.conf.set(name, before)
 
 
 def write_partitions(df: DataFrame, path: str) -> None:
