@@ -202,7 +202,8 @@ def _same_text(got: str, want: str, rel: float = 1e-4, abs_: float = 1e-5) -> bo
     if got_parts != want_parts:
         return False
     got_nums, want_nums = _FLOAT.findall(got), _FLOAT.findall(want)
-    return all(math.isclose(float(a), float(b), rel_tol=rel, abs_tol=abs_) for a, b in zip(got_nums, want_nums, strict=True))
+    pairs = zip(got_nums, want_nums, strict=True)
+    return all(math.isclose(float(a), float(b), rel_tol=rel, abs_tol=abs_) for a, b in pairs)
 
 
 def _read(path: Path) -> str:
