@@ -190,10 +190,7 @@ def _nearest(known: np.ndarray, counts: np.ndarray, similarity: np.ndarray, top:
     shown = np.round(similarity.astype(np.float64), 4)
     order = np.lexsort((np.arange(shown.size), -counts.astype(np.int64), -shown))[:top]
     names = key_prefix_text(known[order], 24, 48)
-    return [
-        {"network": names[m], "similarity": float(shown[o]), "events": int(counts[o])}
-        for m, o in enumerate(order)
-    ]
+    return [{"network": names[m], "similarity": float(shown[o]), "events": int(counts[o])} for m, o in enumerate(order)]
 
 
 def _shared_bits(known: np.ndarray, key: int) -> np.ndarray:
