@@ -12,7 +12,10 @@ import pyarrow as pa
 import pytest
 
 from ipinsights.core.asn import load_asn_table
-from ipinsights.score.features import FEATURES, RESERVED_V4, RESERVED_V6, event_days, event_features, hosting_rows
+from ipinsights.core.useragent import parse_user_agent
+from ipinsights.score.clients import event_devices
+from ipinsights.score.features import FEATURES, RESERVED_V4, RESERVED_V6, event_days, event_features
+from ipinsights.score.hosting import hosting_rows
 from ipinsights.score.scorer import Scorer
 
 DAY0 = dt.datetime(2024, 1, 1, tzinfo=dt.timezone.utc)
@@ -25,10 +28,23 @@ TABLE = [  # start, end, AS, country, name
     ("2a00::", "2a00:ff:ffff:ffff:ffff:ffff:ffff:ffff", 64503, "DE", "DELTA - Delta Broadband"),
 ]
 MAX_NETWORKS = 3
+_WIN = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/{v}.0.0.0 Safari/537.36"
+AGENTS = {
+    "chrome120": _WIN.format(v=120),
+    "chrome121": _WIN.format(v=121),  # a version update: the same device, another string
+    "safari": "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/605.1.15 (KHTML, like Gecko) "
+    "Version/17.1 Safari/605.1.15",
+    "iphone": "Mozilla/5.0 (iPhone; CPU iPhone OS 17_1 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) "
+    "Version/17.1 Mobile/15E148 Safari/604.1",
+    "curl": "curl/8.1.2",
+}
+#: Each entity's clients in training, drawn in turn (None: a login without a user agent; di has none at all).
+CLIENTS = {"ana": ["chrome120", "chrome120", "iphone"], "bo": ["safari"], "cy": ["chrome120", None], "di": [None]}
 
 
-def _history() -> list[tuple[str, str, int]]:
-    """(entity, ip, day) training events: distinct counts per network (no ties for the profile's cut-off)."""
+def _history() -> list[tuple[str, str, int, str | None]]:
+    """(entity, ip, day, user agent) training events: distinct counts per network (no ties for the profile's
+    cut-off)."""
     rng = np.random.default_rng(3)
     out = []
     plans = {
@@ -41,27 +57,29 @@ def _history() -> list[tuple[str, str, int]]:
         for prefix, n in nets:
             for _ in range(n):
                 host = int(rng.integers(1, 250 if "." in prefix else 999))
-                out.append((entity, f"{prefix}{host}", int(rng.integers(0, 5))))
+                client = CLIENTS[entity][len(out) % len(CLIENTS[entity])]
+                out.append((entity, f"{prefix}{host}", int(rng.integers(0, 5)), client and AGENTS[client]))
     return out
 
 
-def _queries() -> list[tuple[str, str, int | None]]:
-    """Scored events: known and new networks, other families, entities without a profile, no timestamp."""
+def _queries() -> list[tuple[str, str, int | None, str | None]]:
+    """Scored events: known and new networks, other families, entities without a profile, no timestamp;
+    known, updated, new and missing clients."""
     return [
-        ("ana", "11.0.1.77", 7),
-        ("ana", "11.0.9.1", 7),  # a new /24 of its own AS and /16
-        ("ana", "12.0.7.200", 6),
-        ("ana", "50.0.3.1", None),  # seen /24, no timestamp: no recency
-        ("ana", "50.0.99.1", 7),  # its 4th /24 by count: past the profile's max_networks
-        ("ana", "60.0.9.9", 7),  # another country, a hosting name
-        ("ana", "2a00:0:0:1::5", 7),
-        ("ana", "10.1.2.3", 7),  # reserved and outside the table
-        ("bo", "11.0.1.5", 9),
-        ("bo", "70.0.0.9", 9),  # hosting by AS number
-        ("cy", "11.0.1.9", 8),
-        ("cy", "99.1.2.3", 8),  # routed but outside the table
-        ("di", "2001:db8::1", 8),  # reserved IPv6
-        ("zed", "11.0.1.1", 8),  # no profile
+        ("ana", "11.0.1.77", 7, AGENTS["chrome120"]),
+        ("ana", "11.0.9.1", 7, AGENTS["chrome121"]),  # a new /24 of its own AS and /16; its browser updated
+        ("ana", "12.0.7.200", 6, AGENTS["iphone"]),
+        ("ana", "50.0.3.1", None, AGENTS["chrome120"]),  # seen /24, no timestamp: no recency
+        ("ana", "50.0.99.1", 7, AGENTS["curl"]),  # its 4th /24 by count: past the profile's max_networks
+        ("ana", "60.0.9.9", 7, None),  # another country, a hosting name
+        ("ana", "2a00:0:0:1::5", 7, "-"),
+        ("ana", "10.1.2.3", 7, AGENTS["safari"]),  # reserved and outside the table
+        ("bo", "11.0.1.5", 9, AGENTS["safari"]),
+        ("bo", "70.0.0.9", 9, AGENTS["iphone"]),  # hosting by AS number
+        ("cy", "11.0.1.9", 8, AGENTS["chrome121"]),
+        ("cy", "99.1.2.3", 8, AGENTS["curl"]),  # routed but outside the table
+        ("di", "2001:db8::1", 8, AGENTS["curl"]),  # reserved IPv6; an entity without clients in training
+        ("zed", "11.0.1.1", 8, AGENTS["chrome120"]),  # no profile
     ]
 
 
@@ -82,16 +100,32 @@ def _brute(history, queries, table, dot) -> dict[str, list[float]]:
 
     def top(entity, v4, v6):
         counts = {}
-        for e, ip, _ in history:
+        for e, ip, _, _ in history:
             if e == entity:
                 counts[net(ip, v4, v6)] = counts.get(net(ip, v4, v6), 0) + 1
         return dict(sorted(counts.items(), key=lambda kv: -kv[1])[:MAX_NETWORKS])
 
-    entities = sorted({e for e, _, _ in history})
+    entities = sorted({e for e, _, _, _ in history})
+
+    def device(ua):
+        return tuple(parse_user_agent(ua)) if ua not in (None, "", "-") else None
+
     reserved_nets = [ipaddress.ip_network(c) for c in (*RESERVED_V4, *RESERVED_V6)]
     out: dict[str, list[float]] = {name: [] for name in FEATURES}
-    for i, (entity, ip, day) in enumerate(queries):
-        mine = [(q, d) for e, q, d in history if e == entity]
+    for i, (entity, ip, day, ua) in enumerate(queries):
+        mine = [(q, d) for e, q, d, _ in history if e == entity]
+        clients = [(device(a), a, d) for e, _, d, a in history if e == entity and device(a)]
+        dev = device(ua)
+        same_dev = [d for c, _, d in clients if dev and c == dev]
+        out["device_seen"].append(float(bool(same_dev)))
+        out["device_new"].append(float(bool(dev and clients and not same_dev)))
+        out["device_logins"].append(np.log1p(len(same_dev)))
+        out["device_days"].append(np.log1p(day - max(same_dev)) if same_dev and day is not None else 0.0)
+        out["agent_seen"].append(float(bool(dev and any(a == ua for _, a, _ in clients))))
+        out["device_missing"].append(float(dev is None))
+        for name, key, value in (("device_share", device, dev), ("agent_share", lambda a: a, ua)):
+            users = {e for e, _, _, a in history if dev and device(a) and key(a) == value}
+            out[name].append(np.log((len(users) + 1) / (len(entities) + 1)) if dev else 0.0)
         found = asn_of(ip)
         known = bool(mine)
         out["dot_product"].append(float(dot[i]) if known else 0.0)
@@ -112,7 +146,7 @@ def _brute(history, queries, table, dot) -> dict[str, list[float]]:
         out["entity_networks"].append(np.log1p(len({net(q, 24, 48) for q, _ in mine})))
 
         def share(key, value):
-            users = {e for e, q, _ in history if value is not None and key(q) == value}
+            users = {e for e, q, _, _ in history if value is not None and key(q) == value}
             return np.log((len(users) + 1) / (len(entities) + 1))
 
         def as_number(q):
@@ -138,17 +172,31 @@ def built(spark, toy_model, tmp_path_factory):
     tsv = root / "table.tsv"
     tsv.write_text("".join(f"{a}\t{b}\t{asn}\t{cc}\t{name}\n" for a, b, asn, cc, name in TABLE))
     history = _history()
-    rows = [(e, ip, DAY0 + dt.timedelta(days=d, hours=3)) for e, ip, d in history]
-    df = spark.createDataFrame(rows, "entity string, ip string, ts timestamp")
+    # The ingest's columns: the string and its parsed family, OS and device type.
+    rows = [(e, ip, DAY0 + dt.timedelta(days=d, hours=3), a, *_parsed(a)) for e, ip, d, a in history]
+    schema = (
+        "entity string, ip string, ts timestamp, user_agent string, ua_family string, ua_os string, ua_device string"
+    )
+    df = spark.createDataFrame(rows, schema)
     header = build_profiles(df, str(toy_model), str(root / "p.profile.safetensors"), str(tsv), MAX_NETWORKS)
     return {"header": header, "table": str(tsv), "history": history, "model": str(toy_model)}
 
 
+def _parsed(agent: str | None) -> tuple[str | None, str | None, str | None]:
+    return (None, None, None) if agent is None else tuple(parse_user_agent(agent))
+
+
 def _query_table() -> pa.Table:
+    """The queries with their user agents only (the features parse them: a CSV, the endpoint)."""
     q = _queries()
-    ts = [None if d is None else DAY0 + dt.timedelta(days=d, hours=20) for _, _, d in q]
+    ts = [None if d is None else DAY0 + dt.timedelta(days=d, hours=20) for _, _, d, _ in q]
     return pa.table(
-        {"entity": [e for e, _, _ in q], "ip": [ip for _, ip, _ in q], "ts": pa.array(ts, pa.timestamp("us", "UTC"))}
+        {
+            "entity": [e for e, _, _, _ in q],
+            "ip": [ip for _, ip, _, _ in q],
+            "ts": pa.array(ts, pa.timestamp("us", "UTC")),
+            "user_agent": pa.array([a for _, _, _, a in q], pa.string()),
+        }
     )
 
 
@@ -172,8 +220,9 @@ def test_features_equal_a_brute_force_computation(built):
     rows = profiles.index_of(scorer.entity_hashes(q["entity"]))
     days = event_days(q["ts"], q.num_rows)
     assert np.isnan(days[3]) and days[0] == (DAY0.date() - dt.date(1970, 1, 1)).days + 7
-    got = event_features(FEATURES, parsed.value, rows, profiles, dot, scorer.asn_table, days, (16509,))
-    want = _brute(built["history"], [(e, ip, None if d is None else d) for e, ip, d in _queries()], TABLE, dot)
+    devices = event_devices(q)
+    got = event_features(FEATURES, parsed.value, rows, profiles, dot, scorer.asn_table, days, (16509,), devices)
+    want = _brute(built["history"], _queries(), TABLE, dot)
     # Days in the brute force count from DAY0, the features from 1970: only differences matter.
     _check(got, want)
     # Each feature distinguishes something here (a test that cannot fail is a defect): none is constant.
@@ -202,8 +251,9 @@ def test_joined_profile_rows_give_the_same_features(spark, built):
     parsed = scorer.parse(batch.column("ip"))
     dot = scorer.dot_product(batch.column("entity"), batch.column("ip"))
     days = event_days(batch.column("ts"), batch.num_rows)
-    got = event_features(FEATURES, parsed.value, rows, profiles, dot, scorer.asn_table, days, (16509,))
-    order = {(e, ip): i for i, (e, ip, _) in enumerate(_queries())}
+    devices = event_devices(batch)
+    got = event_features(FEATURES, parsed.value, rows, profiles, dot, scorer.asn_table, days, (16509,), devices)
+    order = {(e, ip): i for i, (e, ip, _, _) in enumerate(_queries())}
     want_all = _brute(built["history"], _queries(), TABLE, np.zeros(len(order)))
     entities = batch.column("entity").to_pylist()
     pick = [order[pair] for pair in zip(entities, batch.column("ip").to_pylist(), strict=True)]

@@ -140,6 +140,7 @@ def test_counts_and_histogram_are_aggregates(spark):
             "a",
             "1.2.3.4",
             None,
+            None,
             -1.0,
             0.5,
             float(s),
@@ -156,9 +157,28 @@ def test_counts_and_histogram_are_aggregates(spark):
         for s in range(5)
     ]
     rows += [
-        ("u", "1.2.3.4", None, 1.0, 3.0, 3.0, None, 0, True, RULE_LEARNING, None, 99.0, "high", True, "2024-01-09")
+        (
+            "u",
+            "1.2.3.4",
+            None,
+            None,
+            1.0,
+            3.0,
+            3.0,
+            None,
+            0,
+            True,
+            RULE_LEARNING,
+            None,
+            99.0,
+            "high",
+            True,
+            "2024-01-09",
+        )
     ]
-    rows += [("a", "::1", None, None, None, None, None, 5, False, RULE_INVALID, None, None, None, False, "2024-01-10")]
+    rows += [
+        ("a", "::1", None, None, None, None, None, None, 5, False, RULE_INVALID, None, None, None, False, "2024-01-10")
+    ]
     df = spark.createDataFrame(rows, struct_type(SCORES))
     c = day_counts(df, ["2024-01-09", "2024-01-10", "2024-01-11"])
     assert c["2024-01-09"] == {

@@ -230,13 +230,13 @@ def _day_rows(spark, path: str, day: str) -> int:
 def test_scores_by_day_equal_scores_of_all_days(spark, world):
     """The job scores each day apart (its dt added back in the JVM): the same rows as one pass over all days."""
     from ipinsights.score.schemas import SCORES
-    from ipinsights.score.spark_scoring import scores_by_day
+    from ipinsights.score.spark_scoring import scores_by_day, with_devices
     from ipinsights.storage.events import read_events
 
     events = read_events(spark, world["events"], VALID, TEST)
     setup = ScoringSetup(ScorerSource(world["model"]), thresholds=Thresholds(0.5))
     by_day = scores_by_day(events, [VALID, TEST], setup)
-    whole = score_events(events.select("entity", "ip", "ts", "dt"), setup).select(*SCORES.names)
+    whole = score_events(with_devices(events, "entity", "ip", "ts", "dt"), setup).select(*SCORES.names)
     assert by_day is not None and by_day.columns == SCORES.names
     assert by_day.count() == whole.count() > 0
     assert by_day.exceptAll(whole).count() == 0 and whole.exceptAll(by_day).count() == 0

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
+from ipinsights.score.clients import event_devices
 from ipinsights.score.features import event_days
 from ipinsights.score.profile_rows import JOINED, joined_profiles
 from ipinsights.score.profiles import PopulationPrior
@@ -79,6 +80,7 @@ def score_batch(setup: ScoringSetup, scorer: Scorer, batch: pa.RecordBatch) -> p
         setup.flag_unseen,
         joined,
         _days(batch),
+        event_devices(batch),
     )
     n = len(a.dot_product)
     unseen = a.unseen_entity
@@ -105,7 +107,9 @@ def score_batch(setup: ScoringSetup, scorer: Scorer, batch: pa.RecordBatch) -> p
 def explain_batch(scorer: Scorer, batch: pa.RecordBatch) -> pa.RecordBatch:
     """``batch`` plus the explanation columns (flagged rows are few: Python lists are fine)."""
     batch, joined = split_joined(scorer, batch)
-    columns = scorer.explain(batch.column("entity"), batch.column("ip"), joined=joined, days=_days(batch)).columns()
+    ent, ip, devices = batch.column("entity"), batch.column("ip"), event_devices(batch)
+    agents = batch.column("user_agent").to_pylist() if "user_agent" in batch.schema.names else None
+    columns = scorer.explain(ent, ip, joined=joined, days=_days(batch), devices=devices, agents=agents).columns()
     columns["nearest_networks"] = [
         None if v is None else "; ".join(f"{x['network']} (cos {x['similarity']:.2f}, {x['events']} events)" for x in v)
         for v in columns["nearest_networks"]

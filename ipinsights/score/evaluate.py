@@ -34,6 +34,7 @@ from ipinsights.core.asn import AsnTable
 from ipinsights.core.hashing import GOLDEN, hash_strings
 from ipinsights.core.ip import key_prefix, parse_ip, to_string_array
 from ipinsights.core.metrics import per_kind, recall_at_fpr, roc_auc, threshold_table
+from ipinsights.score.clients import event_devices
 from ipinsights.score.features import event_days
 from ipinsights.score.rules import BASELINES
 from ipinsights.score.scorer import Scorer
@@ -212,7 +213,7 @@ def evaluate_model(
     suspicious).
     """
     days = event_days(test["ts"], test.num_rows) if "ts" in test.column_names else None
-    verdict = scorer.assess(test["entity"], test["ip"], learning_period_events, days=days)
+    verdict = scorer.assess(test["entity"], test["ip"], learning_period_events, days=days, devices=event_devices(test))
     scores = (
         verdict.anomaly_score if scorer.population is not None else scorer.anomaly_score(test["entity"], test["ip"])
     )

@@ -11,8 +11,8 @@ and the entity's typical anomaly-score range. With a fused risk score (:mod:`ipi
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -21,6 +21,7 @@ from ipinsights.core.ip import ParsedIPs, is_ipv6_key, key_prefix, key_prefix_te
 
 if TYPE_CHECKING:
     from ipinsights.core.asn import AsnTable
+    from ipinsights.score.clients import EventDevices
     from ipinsights.score.fusion import FusionModel
     from ipinsights.score.profiles import EntityProfiles, PopulationPrior
 
@@ -42,6 +43,7 @@ COLUMNS = (
     "usual_events",
     "shared_prefix_bits",
     "risk_factors",
+    "device",
 )
 
 
@@ -69,6 +71,11 @@ class Explanations:
     known_networks: list[int | None]  # how many networks the profile keeps for the entity
     usual_events: list[int | None]  # its training events in its two most used networks
     risk_factors: list[str | None]  # what raised its fused risk score most, in words (None without a fusion)
+    device: list[str | None] = field(default_factory=list)  # the client against the entity's: device_words
+
+    def __post_init__(self) -> None:
+        if not self.device:
+            self.device.extend([None] * len(self.subnet))
 
     def columns(self) -> dict[str, list]:
         """``{column: values}`` in :data:`COLUMNS` order (the lists themselves, not copies)."""
@@ -113,6 +120,40 @@ def explain_rows(
     if profiles is not None and todo.size:
         _known_networks(ex, keys, rows, todo, profiles, asn, asn_table, ip_vectors, top)
     return ex
+
+
+def device_words(
+    agents: Sequence[str | None], devices: EventDevices, rows: np.ndarray, profiles: EntityProfiles | None
+) -> list[str | None]:
+    """Each row's client against its entity's in training, as an investigator reads it: "known device
+    (Chrome on Windows, desktop; 140 logins in training)", "new device: curl on Other (other), user agent
+    curl/8.1.2", or the device alone when the entity's training logins had no user agent; None without one."""
+    from ipinsights.core.useragent import parse_user_agent
+
+    h = profiles.hist if profiles is not None else None
+    lists = h is not None and profiles is not None and h.device_offsets.size == profiles.net_offsets.size
+    out: list[str | None] = []
+    for i, agent in enumerate(agents):
+        if devices.device[i] == 0 or agent is None:
+            out.append(None)
+            continue
+        family, os_family, kind = parse_user_agent(agent)
+        name = f"{family} on {os_family}, {kind}"
+        r = int(rows[i])
+        if not lists or r < 0 or h is None:
+            out.append(f"device {name}")
+            continue
+        s, e = int(h.device_offsets[r]), int(h.device_offsets[r + 1])
+        if s == e:
+            out.append(f"device {name} (no devices in training)")
+            continue
+        hit = np.flatnonzero(h.devices[s:e] == devices.device[i])
+        if hit.size:
+            out.append(f"known device ({name}; {int(h.device_counts[s + hit[0]])} logins in training)")
+        else:  # a string that says little once parsed (a script, an app) is shown as it is
+            raw = f", user agent {agent[:80]}" if "Other" in (family, os_family) or kind == "other" else ""
+            out.append(f"new device: {name}{raw}")
+    return out
 
 
 def _texts(keys: np.ndarray, valid: np.ndarray, v4: int, v6: int) -> list[str | None]:
@@ -254,6 +295,14 @@ def _feature_words(name: str, features: dict[str, np.ndarray], i: int, entities:
         "as_share": share("AS"),
         "subnet_share": share("/24"),
         "network_share": share("/16"),
+        "device_new": "new device for this entity",
+        "device_seen": "known device",
+        "device_logins": f"{n} logins with this device",
+        "device_days": f"device last used {n} days before",
+        "agent_seen": "known user-agent string",
+        "device_share": share("device"),
+        "agent_share": share("user-agent string"),
+        "device_missing": "no user agent",
         "hosting": "hosting range",
         "outside_table": "outside the ip2asn table",
         "reserved": "reserved address",

@@ -18,8 +18,14 @@ The features, by name (:data:`FEATURES`); counts are ``log1p`` of logins in the 
   CSV in evaluate) they are 0**, as they are for a network the entity never used;
 * the population: ``as_share``, ``subnet_share``, ``network_share``: ``log((entities + 1) / (all + 1))``
   with ``entities`` the training entities that used the network, ``all`` every profiled entity;
+* the client (with user agents in the events, :mod:`ipinsights.score.clients`): ``device_seen`` (the entity used
+  this device in training: browser family, OS family and device type, so a version update is the same device),
+  ``device_new`` (it did not, and it used devices with a user agent), ``device_logins``, ``device_days``,
+  ``agent_seen`` (the exact user-agent string), ``device_share`` and ``agent_share`` (how common the device
+  and the string are across the training entities), ``device_missing`` (the event has no user agent);
+  all 0 for an event without one but ``device_missing``;
 * the network: ``hosting`` (an AS whose name says hosting, cloud, server, datacenter, vps or colo, or
-  one of the fusion's hosting AS numbers: :data:`HOSTING_WORDS`, ``hosting_asns.txt``),
+  one of the fusion's hosting AS numbers: :mod:`ipinsights.score.hosting`, ``hosting_asns.txt``),
   ``outside_table`` (a table is given and no range holds the address), ``reserved`` (a special-purpose
   address: private, loopback, documentation, multicast, ... :data:`RESERVED_V4`; IPv6 outside 2000::/3).
 
@@ -32,7 +38,6 @@ from __future__ import annotations
 import functools
 import ipaddress
 from collections.abc import Callable, Iterable, Sequence
-from importlib.resources import files
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -40,26 +45,27 @@ import pyarrow as pa
 
 from ipinsights.core.config import IPV4_KEYS
 from ipinsights.core.ip import key_prefix
+from ipinsights.score.clients import EventDevices
+from ipinsights.score.hosting import hosting_rows
 from ipinsights.score.profiles import NETWORK_V4, NETWORK_V6, SUBNET_V4, SUBNET_V6
 
 if TYPE_CHECKING:
     from ipinsights.core.asn import AsnTable
     from ipinsights.score.profiles import EntityProfiles
 
-__all__ = [
-    "FEATURES",
-    "HOSTING_WORDS",
-    "RESERVED_V4",
-    "event_days",
-    "event_features",
-    "hosting_rows",
-    "reserved",
-    "shipped_hosting_asns",
-]
+__all__ = ["FEATURES", "RESERVED_V4", "event_days", "event_features", "reserved"]
 
 #: Every base feature and what it says (the fusion's explanations word them: :mod:`ipinsights.score.explain`).
 FEATURES = {
     "dot_product": "the model's dot product (0 for an entity without a profile)",
+    "device_seen": "1 when the entity used the event's device (browser, OS and device type) in training",
+    "device_new": "1 when the event's device is not one the entity used in training (and it used some)",
+    "device_logins": "log1p(the entity's training logins with that device)",
+    "device_days": "log1p(days since the entity last used that device); 0 when never, or without a timestamp",
+    "agent_seen": "1 when the entity used the event's exact user-agent string in training",
+    "device_share": "log((entities that used the device + 1) / (all entities + 1)); 0 without a user agent",
+    "agent_share": "log((entities that used the user-agent string + 1) / (all entities + 1)); 0 without one",
+    "device_missing": "1 when the event has no user agent",
     "as_seen": "1 when the entity logged in from the address's AS in training",
     "as_logins": "log1p(the entity's training logins from that AS)",
     "as_days": "log1p(days since the entity last used that AS); 0 when never, or without a timestamp",
@@ -77,9 +83,6 @@ FEATURES = {
     "outside_table": "1 when the ip2asn table holds no range of the address",
     "reserved": "1 for a special-purpose address (private, loopback, documentation, multicast...)",
 }
-
-#: Words of an AS name that make it a hosting range (lower case, matched anywhere in the name).
-HOSTING_WORDS = ("hosting", "cloud", "server", "datacenter", "data center", "vps", "colo")
 
 #: IPv4 special-purpose ranges (RFC 6890 and successors): never a client's routed address.
 RESERVED_V4 = (
@@ -132,41 +135,6 @@ def reserved(keys: np.ndarray) -> np.ndarray:
     return inside | outside_global
 
 
-@functools.lru_cache(maxsize=1)
-def shipped_hosting_asns() -> tuple[int, ...]:
-    """The hosting AS numbers shipped with the package (``ipinsights/score/hosting_asns.txt``: one number a
-    line, ``#`` comments; documented there)."""
-    text = files("ipinsights.score").joinpath("hosting_asns.txt").read_text(encoding="utf-8")
-    return parse_asn_list(text, "hosting_asns.txt")
-
-
-def parse_asn_list(text: str, where: str) -> tuple[int, ...]:
-    """AS numbers of a list file: one a line (``AS`` prefix optional), ``#`` starts a comment."""
-    out = []
-    for lineno, line in enumerate(text.splitlines(), start=1):
-        item = line.split("#", 1)[0].strip().upper().removeprefix("AS")
-        if not item:
-            continue
-        if not item.isdigit():
-            raise ValueError(f"{where}:{lineno}: {line.strip()!r} is not an AS number")
-        out.append(int(item))
-    return tuple(sorted(set(out)))
-
-
-def hosting_rows(table: AsnTable, hosting_asns: Sequence[int] = ()) -> np.ndarray:
-    """Whether each row of ``table`` is a hosting range: its AS name has one of :data:`HOSTING_WORDS`, or its
-    AS number is one of ``hosting_asns``."""
-    return _hosting_rows(table, tuple(sorted(hosting_asns)))
-
-
-@functools.lru_cache(maxsize=4)  # per table object (AsnTable hashes by identity) and list
-def _hosting_rows(table: AsnTable, hosting_asns: tuple[int, ...]) -> np.ndarray:
-    asn, first = np.unique(table.asn, return_index=True)
-    named = np.array([any(w in str(table.description[i]).lower() for w in HOSTING_WORDS) for i in first], bool)
-    by_as = named | np.isin(asn, np.asarray(hosting_asns, np.int64))
-    return by_as[np.searchsorted(asn, table.asn)]
-
-
 def event_days(ts: pa.Array | pa.ChunkedArray | None, n: int) -> np.ndarray:
     """UTC days since 1970-01-01 of a timestamp column (float64, NaN where null; all NaN without one)."""
     import pyarrow.compute as pc
@@ -186,13 +154,15 @@ def event_features(
     asn_table: AsnTable | None = None,
     days: np.ndarray | None = None,
     hosting_asns: Sequence[int] = (),
+    devices: EventDevices | None = None,
 ) -> dict[str, np.ndarray]:
     """The named features (:data:`FEATURES`, or products ``a*b`` of them) of events: address ``keys``, their
     entities' profile ``rows`` (-1: no profile) in ``profiles``, the model's ``dot_product``, the events'
-    ``days`` (:func:`event_days`; None or NaN: no timestamp). float64 arrays, one value per event; the caller
-    leaves out invalid addresses."""
+    ``days`` (:func:`event_days`; None or NaN: no timestamp) and ``devices`` (``clients.event_devices``; None: no
+    user agents). float64 arrays, one value per event; the caller leaves out invalid addresses."""
     keys, rows = np.asarray(keys, np.int64), np.asarray(rows, np.int64)
-    batch = _Batch(keys, rows, profiles, dot_product, asn_table, days, tuple(hosting_asns))
+    clients = EventDevices.none(keys.size) if devices is None else devices
+    batch = _Batch(keys, rows, profiles, dot_product, asn_table, days, tuple(hosting_asns), clients)
     out: dict[str, np.ndarray] = {}
     for name in names:
         parts = name.split("*")
@@ -215,8 +185,10 @@ class _Batch:
         asn_table: AsnTable | None,
         days: np.ndarray | None,
         hosting_asns: tuple[int, ...],
+        clients: EventDevices,
     ) -> None:
         self.keys, self.table, self.n = keys, asn_table, keys.size
+        self.clients = clients
         self.profiles, self.rows = profiles, rows
         self.dp = np.asarray(dot_product, np.float64)
         self.days = np.full(keys.size, np.nan) if days is None else np.asarray(days, np.float64)
@@ -314,6 +286,45 @@ class _Batch:
         return {"entity_logins": np.log1p(total.astype(np.float64)), "entity_networks": np.log1p(nets * 1.0)}
 
     _entity_logins = _entity_networks = _entity
+
+    # -- the entity's history of the event's client ------------------------------------------------
+
+    def _has_devices(self) -> bool:
+        """Whether the profiles hold device lists (built from events with user agents, by this version)."""
+        return self.profiles.hist.device_offsets.size == self.profiles.net_offsets.size
+
+    def _device(self) -> dict[str, np.ndarray]:
+        h, c = self.profiles.hist, self.clients
+        has = c.device != 0
+        if not self._has_devices():
+            zero = np.zeros(self.n)
+            return {"device_seen": zero, "device_new": zero, "device_logins": zero, "device_days": zero}
+        at = _find(h.device_offsets, h.devices, np.where(has, self.rows, -1), c.device)
+        out = self._seen("device", at, h.device_counts, h.device_last)
+        # New only against a known set: an entity whose training logins had no user agent has none.
+        used = self._known & (np.diff(h.device_offsets)[np.maximum(self.rows, 0)] > 0)
+        out["device_new"] = (has & (at < 0) & used) * 1.0
+        return out
+
+    _device_seen = _device_new = _device_logins = _device_days = _device
+
+    def _agent_seen(self) -> dict[str, np.ndarray]:
+        h, c = self.profiles.hist, self.clients
+        if not self._has_devices():
+            return {"agent_seen": np.zeros(self.n)}
+        at = _find(h.agent_offsets, h.agents, np.where(c.agent != 0, self.rows, -1), c.agent)
+        return {"agent_seen": (at >= 0) * 1.0}
+
+    def _device_share(self) -> dict[str, np.ndarray]:
+        d = self.clients.device
+        return {"device_share": np.where(d != 0, self._share("device", d), 0.0)}
+
+    def _agent_share(self) -> dict[str, np.ndarray]:
+        a = self.clients.agent
+        return {"agent_share": np.where(a != 0, self._share("agent", a), 0.0)}
+
+    def _device_missing(self) -> dict[str, np.ndarray]:
+        return {"device_missing": (self.clients.agent == 0) * 1.0}
 
     # -- the population ---------------------------------------------------------------------------
 

@@ -46,6 +46,7 @@ import numpy as np
 
 from ipinsights.core.errors import UsageError
 from ipinsights.core.ip import ParsedIPs
+from ipinsights.score.clients import EventDevices
 from ipinsights.score.features import FEATURES, event_features
 from ipinsights.storage.files import atomic_write, read_text, uri_exists
 
@@ -297,15 +298,17 @@ def fused_scores(
     rows: np.ndarray,
     asn_table: AsnTable | None,
     days: np.ndarray | None = None,
+    devices: EventDevices | None = None,
 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """``risk_score`` of every row (NaN for an invalid address) and its features (0 for an invalid one): the
     rows' addresses, the model's dot products, their entities' profile ``rows`` in ``profiles``, their days
-    (None: no timestamps)."""
+    (None: no timestamps) and devices (None: no user agents)."""
     ok = parsed.valid & np.isfinite(dot_product)
     at = np.flatnonzero(ok)
     d = None if days is None else np.asarray(days, np.float64)[at]
+    dev = None if devices is None else devices.take(at)
     feats = event_features(
-        fusion.names, parsed.value[at], rows[at], profiles, dot_product[at], asn_table, d, fusion.hosting_asns
+        fusion.names, parsed.value[at], rows[at], profiles, dot_product[at], asn_table, d, fusion.hosting_asns, dev
     )
     risk = np.full(ok.size, np.nan)
     risk[at] = fusion.risk(feats)

@@ -11,6 +11,10 @@ attack, paired with the same entity at the same time:
 * ``same_country``: an address of another AS of the login's own country (needs the table);
 * ``hosting``: an address of a hosting range of the same family (needs the table and hosting ranges).
 
+Each drawn attack also gets a client (:func:`draw_clients`): half of them keep the login's own user agent
+(an attacker who copies the victim's browser), the other half take another login's of the sample (one who
+does not: a client as common as it is in the traffic, so it matches the victim's by chance as often).
+
 A kind that cannot be drawn for a row (no table, no range of the family, the other entity is the same
 one) leaves that row out of the kind. :func:`fusion_rows` computes the features of the logins (label 0)
 and of the attacks (label 1); rows that come with a ``label`` column (labelled rows, investigators'
@@ -28,13 +32,15 @@ import numpy as np
 import pyarrow as pa
 
 from ipinsights.core.config import IPV4_KEYS
-from ipinsights.score.features import event_days, event_features, hosting_rows, reserved
+from ipinsights.score.clients import EventDevices, event_devices
+from ipinsights.score.features import event_days, event_features, reserved
+from ipinsights.score.hosting import hosting_rows
 
 if TYPE_CHECKING:
     from ipinsights.core.asn import AsnTable
     from ipinsights.score.scorer import Scorer
 
-__all__ = ["ATTACKS", "NORMAL", "draw_attacks", "fusion_rows", "rows_schema"]
+__all__ = ["ATTACKS", "NORMAL", "draw_attacks", "draw_clients", "fusion_rows", "rows_schema"]
 
 #: The kinds of drawn attacks, and the kind of the real logins.
 ATTACKS = ("routed", "other_entity", "same_country", "hosting")
@@ -145,6 +151,19 @@ def draw_attacks(
     return out
 
 
+def draw_clients(clients: EventDevices, rng: np.random.Generator) -> EventDevices:
+    """An attacker's client for each login of ``clients``: its own (copied) for half of them, another login's
+    for the rest (see the module docstring)."""
+    n = clients.device.size
+    if not n:
+        return clients
+    other = rng.integers(0, n, n)
+    own = rng.random(n) < 0.5
+    return EventDevices(
+        np.where(own, clients.device, clients.device[other]), np.where(own, clients.agent, clients.agent[other])
+    )
+
+
 def rows_schema(names: Sequence[str]) -> pa.Schema:
     """The training rows: kind, label and each feature (float64)."""
     return pa.schema([("kind", pa.string()), ("label", pa.float64()), *((n, pa.float64()) for n in names)])
@@ -175,22 +194,34 @@ def fusion_rows(
     keys, rows = parsed.value[ok], rows[ok]
     ts = batch.column("ts") if "ts" in batch.schema.names else None
     days = event_days(ts, batch.num_rows)[ok]
-    sets: list[tuple[str, np.ndarray, np.ndarray, np.ndarray]] = []  # kind, label, keys, which logins
+    clients = event_devices(batch).take(ok)
+    # kind, label, keys, which logins, their clients
+    sets: list[tuple[str, np.ndarray, np.ndarray, np.ndarray, EventDevices]] = []
     if labelled is not None:
         label = np.asarray(batch.column("label").to_numpy(zero_copy_only=False), np.float64)[ok]
-        sets.append((labelled, label, keys, np.arange(keys.size)))
+        sets.append((labelled, label, keys, np.arange(keys.size), clients))
     else:
-        sets.append((NORMAL, np.zeros(keys.size), keys, np.arange(keys.size)))
+        sets.append((NORMAL, np.zeros(keys.size), keys, np.arange(keys.size), clients))
         rng = np.random.default_rng([seed, int(hashes[0]) & 0xFFFFFFFF if hashes.size else 0, keys.size])
         for kind, (drawn, fine) in draw_attacks(keys, hashes, scorer.asn_table, rng, hosting_asns).items():
             pick = np.flatnonzero(fine)
-            sets.append((kind, np.ones(pick.size), drawn[pick], pick))
+            sets.append((kind, np.ones(pick.size), drawn[pick], pick, draw_clients(clients.take(pick), rng)))
     out: dict[str, list[np.ndarray]] = {n: [] for n in names}
     kinds, labels = [], []
-    for kind, label, k, pick in sets:
+    for kind, label, k, pick, client in sets:
         h = hashes[pick]
         dp = scorer.dot_product_of_hashes(h, k)
-        feats = event_features(names, k, rows[pick], profiles, dp, scorer.asn_table, days[pick], hosting_asns)
+        feats = event_features(
+            names,
+            k,
+            rows[pick],
+            profiles,
+            dp,
+            scorer.asn_table,
+            days[pick],
+            hosting_asns,
+            client,
+        )
         for n in names:
             out[n].append(feats[n])
         kinds.append(np.full(k.size, kind, object))

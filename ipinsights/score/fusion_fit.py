@@ -17,6 +17,10 @@ from ipinsights.score.fusion import FusionLeaf, FusionModel, FusionSpec
 
 __all__ = ["default_spec", "fit_fusion"]
 
+#: The client's features, in both leaves: a new network with a known device is likely a trip, a new network
+#: and a new device likely an attack (all 0 without user agents in the events: then they weigh nothing).
+_DEVICE = ("device_seen", "device_new", "device_logins", "agent_seen", "device_share", "agent_share", "device_missing")
+
 #: The shipped feature lists (the prototype's): with an ip2asn table the gate is the AS, without one the /24.
 _TABLE_NEW = (
     "dot_product",
@@ -31,9 +35,18 @@ _TABLE_NEW = (
     "network_share",
     "entity_logins",
     "entity_networks",
+    *_DEVICE,
 )
-_TABLE_SEEN = ("dot_product", "as_logins", "as_days", "as_share", "entity_logins")
-_PLAIN_NEW = ("dot_product", "network_logins", "subnet_share", "network_share", "entity_logins", "entity_networks")
+_TABLE_SEEN = ("dot_product", "as_logins", "as_days", "as_share", "entity_logins", *_DEVICE)
+_PLAIN_NEW = (
+    "dot_product",
+    "network_logins",
+    "subnet_share",
+    "network_share",
+    "entity_logins",
+    "entity_networks",
+    *_DEVICE,
+)
 _PLAIN_SEEN = (
     "dot_product",
     "subnet_logins",
@@ -43,6 +56,7 @@ _PLAIN_SEEN = (
     "network_share",
     "entity_logins",
     "entity_networks",
+    *_DEVICE,
 )
 
 

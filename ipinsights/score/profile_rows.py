@@ -49,6 +49,12 @@ ROW_SCHEMA = pa.schema(
         ("wide_counts", pa.list_(pa.int64())),
         ("countries", pa.list_(pa.int64())),  # country slots it logged in from, ascending (with an ASN table)
         ("country_counts", pa.list_(pa.int64())),
+        # Its clients (with user agents in the events): devices and user-agent strings, most used first.
+        ("devices", pa.list_(pa.int64())),  # device ids (features.event_devices)
+        ("device_counts", pa.list_(pa.int64())),
+        ("device_last", pa.list_(pa.int64())),  # last day with each device
+        ("agents", pa.list_(pa.int64())),  # user-agent string hashes
+        ("agent_counts", pa.list_(pa.int64())),
         ("events", pa.int64()),  # training logins
         ("networks", pa.int64()),  # distinct /24s (/48s)
     ]
@@ -80,6 +86,11 @@ def rows_table(profiles: EntityProfiles) -> pa.Table:
         "wide_counts": (h.wide_offsets, h.wide_counts),
         "countries": (h.country_offsets, h.countries),
         "country_counts": (h.country_offsets, h.country_counts),
+        "devices": (h.device_offsets, h.devices),
+        "device_counts": (h.device_offsets, h.device_counts),
+        "device_last": (h.device_offsets, h.device_last),
+        "agents": (h.agent_offsets, h.agents),
+        "agent_counts": (h.agent_offsets, h.agent_counts),
     }
     return pa.Table.from_arrays(
         [
@@ -221,6 +232,13 @@ def _profiles_of(
         country_offsets=offsets["countries"],
         countries=values["countries"].astype(np.int64),
         country_counts=values["country_counts"].astype(np.int64),
+        device_offsets=offsets["devices"],
+        devices=values["devices"].astype(np.int64),
+        device_counts=_aligned(values["device_counts"], values["devices"].size, 0),
+        device_last=_aligned(values["device_last"], values["devices"].size),
+        agent_offsets=offsets["agents"],
+        agents=values["agents"].astype(np.int64),
+        agent_counts=_aligned(values["agent_counts"], values["agents"].size, 0),
     )
     return EntityProfiles(
         hashes=hashes,

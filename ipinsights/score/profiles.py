@@ -12,13 +12,17 @@ For every entity of the training days, a profile holds:
 * its history (:class:`EntityHistory`), what the fused risk score's features
   (:mod:`ipinsights.score.features`) read: its training logins and distinct /24s (/48s), the day it
   last used each known network, its logins and last day per AS, its ``max_networks`` most used /16s
-  (/32s) and its logins per country.
+  (/32s) and its logins per country; with user agents in the events, its ``max_networks`` most used
+  devices (browser family, OS family and device type: a version update is the same device) with their
+  logins and last day, and its ``max_networks`` most used user-agent strings.
 
 And for the population (:class:`PopulationPrior`): how many training events every /24 (IPv6 /48) and
 /16 (/32) saw, across all entities. That is the prior that judges entities in their learning period:
 an address in a network many people log in from is typical, one in a network nobody used is not. It
 also counts the distinct entities of every /24 (/48), /16 (/32) and AS, and the entities in all: how
-common a network is across the population (a network half the company uses is a weak signal).
+common a network is across the population (a network half the company uses is a weak signal), and the
+distinct entities of every device and user-agent string (a browser half the company uses says little;
+a client string one entity used says much).
 
 Stored beside the model in two parts, each sized by what it describes:
 
@@ -58,9 +62,9 @@ log = logging.getLogger(__name__)
 
 
 FORMAT = "ipinsights-profile"
-# 1: one safetensors file with every entity's arrays; 2: rows without the history (both refused: the scoring
-# job rebuilds them).
-VERSION = "3"
+# 1: one safetensors file with every entity's arrays; 2: rows without the history; 3: without the devices
+# (all refused: the scoring job rebuilds them).
+VERSION = "4"
 
 
 #: Quantile levels of each entity's training anomaly scores.
@@ -102,14 +106,21 @@ class PopulationPrior:
     network_entities: np.ndarray = field(default_factory=_none)  # aligned with networks
     asns: np.ndarray = field(default_factory=_none)  # AS numbers, sorted (empty without an ASN table)
     asn_entities: np.ndarray = field(default_factory=_none)
+    devices: np.ndarray = field(default_factory=_none)  # device ids (``features.event_devices``), sorted
+    device_entities: np.ndarray = field(default_factory=_none)
+    agents: np.ndarray = field(default_factory=_none)  # user-agent string hashes, sorted
+    agent_entities: np.ndarray = field(default_factory=_none)
     entities: int = 0
 
     def entities_of(self, level: str, ids: np.ndarray) -> np.ndarray:
-        """Distinct training entities of each network id of ``level`` (``subnet``, ``network``, ``asn``)."""
+        """Distinct training entities of each id of ``level`` (networks: ``subnet``, ``network``, ``asn``; the
+        client: ``device``, ``agent``)."""
         known, counts = {
             "subnet": (self.subnets, self.subnet_entities),
             "network": (self.networks, self.network_entities),
             "asn": (self.asns, self.asn_entities),
+            "device": (self.devices, self.device_entities),
+            "agent": (self.agents, self.agent_entities),
         }[level]
         if counts.size != known.size:  # built without the entity counts (a bench, a test)
             return np.zeros(len(ids))
@@ -147,6 +158,10 @@ _POPULATION_ARRAYS = (
     "network_entities",
     "asns",
     "asn_entities",
+    "devices",
+    "device_entities",
+    "agents",
+    "agent_entities",
 )
 
 
@@ -223,6 +238,15 @@ class EntityHistory:
     country_offsets: np.ndarray  # int64 (n + 1,)
     countries: np.ndarray  # int64: country slots (``asn.country_index``) it logged in from, ascending
     country_counts: np.ndarray  # int64
+    # Its clients (empty lists for events without user agents): device ids and user-agent string hashes
+    # (``features.event_devices``), most used first.
+    device_offsets: np.ndarray = field(default_factory=lambda: np.zeros(1, np.int64))
+    devices: np.ndarray = field(default_factory=_none)
+    device_counts: np.ndarray = field(default_factory=_none)
+    device_last: np.ndarray = field(default_factory=_none)
+    agent_offsets: np.ndarray = field(default_factory=lambda: np.zeros(1, np.int64))
+    agents: np.ndarray = field(default_factory=_none)
+    agent_counts: np.ndarray = field(default_factory=_none)
 
     @classmethod
     def unknown(cls, net_offsets: np.ndarray, asn_offsets: np.ndarray) -> EntityHistory:
@@ -240,6 +264,8 @@ class EntityHistory:
             country_offsets=np.zeros(n + 1, np.int64),
             countries=_none(),
             country_counts=_none(),
+            device_offsets=np.zeros(n + 1, np.int64),
+            agent_offsets=np.zeros(n + 1, np.int64),
         )
 
 

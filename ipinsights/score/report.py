@@ -30,7 +30,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ipinsights.score.rules import BASELINES, RISK_SCORE
+from ipinsights.score.rules import RISK_SCORE
+from ipinsights.score.schemas import CASE_COLUMNS
 from ipinsights.storage.files import atomic_write, is_local, join_uri, local_path
 
 if TYPE_CHECKING:
@@ -59,34 +60,6 @@ COUNT_NAMES = (
     "flagged_by_score",
     "flagged_learning_period",
     "flagged_unseen",
-)
-#: Columns of the flagged cases shown in the report and written to the CSV.
-CASE_COLUMNS = (
-    "entity",
-    "ip",
-    "ts",
-    "anomaly_score",
-    "level",
-    "rule",
-    "risk_score",
-    "normal_percentile",
-    "entity_percentile",
-    "typical_low",
-    "typical_high",
-    "training_count",
-    "nearest_networks",
-    "closest_network",
-    "shared_prefix_bits",
-    "subnet",
-    "subnet_seen",
-    "network",
-    "network_seen",
-    "asn",
-    "asn_seen",
-    "as_name",
-    "usual_ases",
-    "risk_factors",
-    *BASELINES,
 )
 
 

@@ -56,7 +56,14 @@ def _before_dt(schema: pa.Schema, *fields: pa.Field | tuple[str, pa.DataType]) -
 
 #: The scores table.
 SCORES = pa.schema(
-    [("entity", pa.string()), ("ip", pa.string()), ("ts", TIMESTAMP), *SCORE_FIELDS, ("dt", pa.string())]
+    [
+        ("entity", pa.string()),
+        ("ip", pa.string()),
+        ("ts", TIMESTAMP),
+        ("user_agent", pa.string()),  # the event's client (null: none in the log, or a table from before it)
+        *SCORE_FIELDS,
+        ("dt", pa.string()),
+    ]
 )
 
 #: The explanation of a flagged event (:class:`ipinsights.score.explain.Explanations`).
@@ -78,6 +85,7 @@ EXPLAIN_FIELDS = pa.schema(
         ("known_networks", pa.int32()),
         ("usual_events", pa.int64()),
         ("risk_factors", pa.string()),  # what raised the risk score most, in words (null without a fusion)
+        ("device", pa.string()),  # the client against the entity's in training, in words (null: no user agent)
     ]
 )
 
@@ -152,3 +160,35 @@ def names(schema: pa.Schema) -> list[str]:
 def schema_of(table: pa.Schema, *columns: str) -> pa.Schema:
     """The fields of ``table`` named by ``columns``, in that order (a projection of a table's schema)."""
     return pa.schema([table.field(c) for c in columns])
+
+
+#: Columns of the flagged cases shown in the report and written to the CSV.
+CASE_COLUMNS = (
+    "entity",
+    "ip",
+    "ts",
+    "anomaly_score",
+    "level",
+    "rule",
+    "risk_score",
+    "normal_percentile",
+    "entity_percentile",
+    "typical_low",
+    "typical_high",
+    "training_count",
+    "nearest_networks",
+    "closest_network",
+    "shared_prefix_bits",
+    "subnet",
+    "subnet_seen",
+    "network",
+    "network_seen",
+    "asn",
+    "asn_seen",
+    "as_name",
+    "usual_ases",
+    "risk_factors",
+    "device",
+    "user_agent",
+    *BASELINES,
+)

@@ -8,7 +8,7 @@ everywhere.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeAlias
@@ -21,7 +21,8 @@ import torch
 from ipinsights.core.entities import ENTITY_FILE, EntityStats
 from ipinsights.core.hashing import buckets_of, hash_strings
 from ipinsights.core.ip import ParsedIPs, parse_ip, to_string_array
-from ipinsights.score.explain import Explanations, explain_rows, risk_factors
+from ipinsights.score.clients import EventDevices
+from ipinsights.score.explain import Explanations, device_words, explain_rows, risk_factors
 from ipinsights.score.fusion import fused_scores
 from ipinsights.score.rules import (
     LEVEL_OBJECTS,
@@ -269,6 +270,7 @@ class Scorer:
         flag_unseen: bool = False,
         joined: Joined | None = None,
         days: np.ndarray | None = None,
+        devices: EventDevices | None = None,
     ) -> Assessment:
         """Score rows, choosing the rule per row: invalid address, learning period (fewer than
         ``learning_period_events`` training events: the population prior scores it, never a random
@@ -276,7 +278,8 @@ class Scorer:
         (with a fusion: every valid row, whatever its rule) and, with ``thresholds``, levels and flags
         (:func:`~ipinsights.score.rules.flag_rows`; on ``risk_score`` when the thresholds say so).
         ``joined``: the rows' profiles, joined onto them (the Spark jobs); default, looked up in the
-        scorer's own profiles. ``days``: the rows' days (:func:`~ipinsights.score.features.event_days`).
+        scorer's own profiles. ``days``: the rows' days (:func:`~ipinsights.score.features.event_days`);
+        ``devices``: their clients (:func:`~ipinsights.score.clients.event_devices`).
         """
         hashes = self.entity_hashes(entities)  # once: rows, training counts and profiles all key on it
         parsed = self.parse(ips)
@@ -302,10 +305,9 @@ class Scorer:
             pct = profiles.percentile(np.where(scored, profile_rows, -1), -dp)
         out = Assessment(dp, prior, counts, code, anomaly, pct)
         if self.fusion is not None and profiles is not None and profile_rows is not None:
-            risk = fused_scores(self.fusion, parsed, dp, profiles, profile_rows, self.asn_table, days)[0]
-            # The precision it is stored in (as anomaly_score): a row's flag must agree with its stored score,
-            # and the calibration's threshold is a stored score (ties at the threshold are common: an entity's
-            # repeated logins from one address score alike).
+            # float32 as stored: a flag must agree with the stored score, which the threshold was calibrated on
+            # (ties at the threshold are common: an entity's repeated logins from one address score alike).
+            risk = fused_scores(self.fusion, parsed, dp, profiles, profile_rows, self.asn_table, days, devices)[0]
             out.risk_score = risk.astype(np.float32)
         if thresholds is not None:
             level_score = anomaly
@@ -326,11 +328,13 @@ class Scorer:
         top: int = 3,
         joined: Joined | None = None,
         days: np.ndarray | None = None,
+        devices: EventDevices | None = None,
+        agents: Sequence[str | None] | None = None,
     ) -> Explanations:
         """Why each row looks the way it does, from its entity's profile: a column per field of
-        :class:`~ipinsights.score.explain.Explanations` (None where the entity has no profile); ``top``
-        nearest known networks per row; with a fusion, the features that raised its risk score most, in
-        words. ``joined`` and ``days`` as in :meth:`assess`.
+        :class:`~ipinsights.score.explain.Explanations` (None where the entity has no profile); ``top`` nearest
+        known networks per row; with a fusion, what raised its risk score most, in words; with the user-agent
+        strings (``agents``), the client against the entity's. ``joined``, ``days``, ``devices`` as in :meth:`assess`.
         """
         ent = to_string_array(entities)
         prof = self.profiles if joined is None else joined[0]
@@ -342,8 +346,10 @@ class Scorer:
         ex = explain_rows(parsed, rows, prof, self.asn_table, self._ip_vectors, top)
         if self.fusion is not None and prof is not None:
             dp = self._dot(self.entity_rows(ent), parsed)
-            feats = fused_scores(self.fusion, parsed, dp, prof, rows, self.asn_table, days)[1]
+            feats = fused_scores(self.fusion, parsed, dp, prof, rows, self.asn_table, days, devices)[1]
             ex.risk_factors[:] = risk_factors(self.fusion, feats, parsed.valid & np.isfinite(dp), prof.population)
+        if agents is not None and devices is not None:
+            ex.device[:] = device_words(agents, devices, rows, prof)
         return ex
 
     def anomaly_score(self, entities: ArrayLike, ips: ArrayLike) -> np.ndarray:

@@ -27,14 +27,15 @@ import numpy as np
 import pyarrow as pa
 
 from ipinsights.score.config import ScoreConfig
-from ipinsights.score.features import parse_asn_list, shipped_hosting_asns
 from ipinsights.score.fusion import FusionModel, FusionSpec, save_fusion
 from ipinsights.score.fusion_data import ATTACKS, NORMAL, fusion_rows, rows_schema
 from ipinsights.score.fusion_fit import default_spec, fit_fusion
+from ipinsights.score.hosting import parse_asn_list, shipped_hosting_asns
 from ipinsights.score.profile_rows import JOINED
 from ipinsights.score.profiles import ProfileHeader
 from ipinsights.score.spark_arrow import map_in_arrow, struct_type
 from ipinsights.score.spark_profiles import join_profile_rows, written_parts
+from ipinsights.score.spark_scoring import with_devices
 from ipinsights.score.worker import ScorerSource
 
 if TYPE_CHECKING:
@@ -164,7 +165,7 @@ def _inputs(spark: SparkSession, cfg: ScoreConfig, window: tuple[str, str]) -> l
     from ipinsights.storage.events import read_events
 
     assert cfg.events is not None
-    events = read_events(spark, cfg.events, *window).select("entity", "ip", "ts")
+    events = with_devices(read_events(spark, cfg.events, *window), "entity", "ip", "ts")
     total = events.count()
     fraction = min(1.0, cfg.fusion.sample_rows / max(total, 1))
     sample = events if fraction >= 1.0 else events.sample(False, fraction, cfg.fusion.seed)

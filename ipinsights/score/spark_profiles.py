@@ -14,6 +14,7 @@ import numpy as np
 import pyarrow as pa
 
 from ipinsights.core.ip import key_prefix
+from ipinsights.score.clients import DEVICE_COLUMNS, event_devices
 from ipinsights.score.features import event_days
 from ipinsights.score.profile_rows import JOINED, ROW_SCHEMA, new_rows_uri, save_header
 from ipinsights.score.profiles import (
@@ -36,8 +37,9 @@ log = logging.getLogger(__name__)
 
 
 def _history_batch(scorer: Scorer, batch: pa.RecordBatch) -> pa.RecordBatch:
-    """(entity, ip[, ts]) -> (entity, entity_hash, key, its /24|/48 and /16|/32, asn, country, day, anomaly) of the
-    rows with a score (asn and country -1 outside the table or without one; day -1 without a timestamp)."""
+    """(entity, ip[, ts][, the user-agent columns]) -> (entity, entity_hash, key, its /24|/48 and /16|/32, asn,
+    country, day, device, agent, anomaly) of the rows with a score (asn and country -1 outside the table or
+    without one; day -1 without a timestamp; device and agent 0 without a user agent)."""
     ent, ip = batch.column("entity"), batch.column("ip")
     parsed = scorer.parse(ip)
     dp = scorer.dot_product(ent, ip)
@@ -49,6 +51,7 @@ def _history_batch(scorer: Scorer, batch: pa.RecordBatch) -> pa.RecordBatch:
     asn = np.where(row >= 0, table.asn[found], -1) if table is not None else row
     country = np.where(row >= 0, table.country[found], -1) if table is not None else row
     day = event_days(batch.column("ts") if "ts" in batch.schema.names else None, batch.num_rows)[keep]
+    clients = event_devices(batch)
     return pa.RecordBatch.from_arrays(
         [
             ent.filter(pa.array(keep)),
@@ -59,9 +62,11 @@ def _history_batch(scorer: Scorer, batch: pa.RecordBatch) -> pa.RecordBatch:
             pa.array(asn.astype(np.int64)),
             pa.array(country.astype(np.int64)),
             pa.array(np.where(np.isfinite(day), day, -1).astype(np.int64)),
+            pa.array(clients.device[keep]),
+            pa.array(clients.agent[keep]),
             pa.array(-dp[keep].astype(np.float64)),
         ],
-        names=["entity", "entity_hash", "key", "net", "wide", "asn", "country", "day", "anomaly"],
+        names=["entity", "entity_hash", "key", "net", "wide", "asn", "country", "day", "device", "agent", "anomaly"],
     )
 
 
@@ -107,7 +112,7 @@ def build_profiles(
     fence: Callable[[], None] | None = None,
 ) -> ProfileHeader:
     """Profiles of every entity of ``history`` (the training days' ``entity``, ``ip`` and, when it has them,
-    ``ts`` rows), saved at ``path``.
+    ``ts`` and the user-agent columns), saved at ``path``.
 
     Scores the history with the model on the executors, aggregates per entity there and writes the rows
     table from there too (:mod:`ipinsights.score.profile_rows`); the driver gets the population counts only
@@ -120,10 +125,10 @@ def build_profiles(
 
     schema = (
         "entity string, entity_hash long, key long, net long, wide long, asn long, country long, day long, "
-        "anomaly double"
+        "device long, agent long, anomaly double"
     )
     source = ScorerSource(model_path, asn_table=asn_path)
-    columns = ["entity", "ip", *(["ts"] if "ts" in history.columns else [])]
+    columns = ["entity", "ip", *(c for c in ("ts", *DEVICE_COLUMNS) if c in history.columns)]
     scored = map_in_arrow(history.select(*columns), source, _history_batch, schema).persist()
     try:
         rows = _entity_rows(scored, max_networks, accuracy)
@@ -164,6 +169,7 @@ def _entity_rows(scored: DataFrame, max_networks: int, accuracy: int) -> DataFra
         .groupBy(*keys)
         .agg(F.sort_array(F.collect_list(F.struct("asn", "n", "last"))).alias("as_list"))
     )
+    devices, agents = _client_lists(scored, keys, max_networks)
     countries = (
         scored.where(F.col("country") >= 0)
         .groupBy(*keys, "country")
@@ -180,6 +186,8 @@ def _entity_rows(scored: DataFrame, max_networks: int, accuracy: int) -> DataFra
         .join(wide_lists, keys)
         .join(asns, keys, "left")
         .join(countries, keys, "left")
+        .join(devices, keys, "left")
+        .join(agents, keys, "left")
         .select(
             *keys,
             F.array_sort(F.transform("q", lambda x: x.cast("float"))).alias("q"),
@@ -193,12 +201,43 @@ def _entity_rows(scored: DataFrame, max_networks: int, accuracy: int) -> DataFra
             field("wides", "n").alias("wide_counts"),
             field("country_list", "country").alias("countries"),
             field("country_list", "n").alias("country_counts"),
+            field("device_list", "device").alias("devices"),
+            field("device_list", "n").alias("device_counts"),
+            field("device_list", "last").alias("device_last"),
+            field("agent_list", "agent").alias("agents"),
+            field("agent_list", "n").alias("agent_counts"),
             "events",
             "networks",
         )
     )
     assert rows.columns == ROW_SCHEMA.names
     return rows
+
+
+def _client_lists(scored: DataFrame, keys: list[str], top: int) -> tuple[DataFrame, DataFrame]:
+    """Per entity, its ``top`` most used devices (with logins and last day) and user-agent strings (with
+    logins), of the rows with a user agent."""
+    from pyspark.sql import functions as F
+
+    devices = _top(
+        scored.where(F.col("device") != 0)
+        .groupBy(*keys, "device")
+        .agg(F.count(F.lit(1)).alias("n"), F.max("day").alias("last")),
+        keys,
+        "device",
+        top,
+        ("device", "n", "last"),
+        "device_list",
+    )
+    agents = _top(
+        scored.where(F.col("agent") != 0).groupBy(*keys, "agent").agg(F.count(F.lit(1)).alias("n")),
+        keys,
+        "agent",
+        top,
+        ("agent", "n"),
+        "agent_list",
+    )
+    return devices, agents
 
 
 def _top(counted: DataFrame, keys: list[str], tie: str, top: int, fields: tuple[str, ...], name: str) -> DataFrame:
@@ -214,8 +253,9 @@ def _top(counted: DataFrame, keys: list[str], tie: str, top: int, fields: tuple[
 
 
 def _population(scored: DataFrame, entities: int) -> PopulationPrior:
-    """Events and distinct entities per /24 (/48) and /16 (/32), distinct entities per AS: one row per network
-    and per AS comes back to the driver (bounded by the networks, not the events)."""
+    """Events and distinct entities per /24 (/48) and /16 (/32), distinct entities per AS, device and
+    user-agent string: one row per network, AS, device and string comes back to the driver (bounded by
+    those, not by the events or the entities)."""
     from pyspark.sql import functions as F
 
     def per(column: str, where: Column | None = None) -> pa.Table:
@@ -229,6 +269,7 @@ def _population(scored: DataFrame, entities: int) -> PopulationPrior:
         return t[name].to_numpy().astype(np.int64)
 
     sub, wide, asn = per("net"), per("wide"), per("asn", F.col("asn") >= 0)
+    device, agent = per("device", F.col("device") != 0), per("agent", F.col("agent") != 0)
     return PopulationPrior(
         subnets=col(sub, "id"),
         subnet_counts=col(sub, "events"),
@@ -238,6 +279,10 @@ def _population(scored: DataFrame, entities: int) -> PopulationPrior:
         network_entities=col(wide, "entities"),
         asns=col(asn, "id"),
         asn_entities=col(asn, "entities"),
+        devices=col(device, "id"),
+        device_entities=col(device, "entities"),
+        agents=col(agent, "id"),
+        agent_entities=col(agent, "entities"),
         entities=entities,
     )
 

@@ -12,6 +12,7 @@ from functools import partial, reduce
 from typing import TYPE_CHECKING
 
 from ipinsights.score.batches import ScoringSetup, explain_batch, score_batch
+from ipinsights.score.clients import DEVICE_COLUMNS
 from ipinsights.score.profile_rows import JOINED
 from ipinsights.score.schemas import EXPLAIN_FIELDS, SCORE_FIELDS, SCORES
 from ipinsights.score.scorer import BATCH_ROWS
@@ -23,7 +24,7 @@ if TYPE_CHECKING:
     from pyspark.sql import DataFrame
     from pyspark.sql.types import StructType
 
-__all__ = ["explain_rows", "score_events", "scores_by_day"]
+__all__ = ["explain_rows", "score_events", "scores_by_day", "with_devices"]
 
 
 def _with_profiles(df: DataFrame, setup: ScoringSetup) -> DataFrame:
@@ -53,6 +54,12 @@ def score_events(df: DataFrame, setup: ScoringSetup | str, batch_size: int = BAT
     return map_in_arrow(_with_profiles(df, setup), setup.source, partial(score_batch, setup), schema, setup.batch_size)
 
 
+def with_devices(df: DataFrame, *columns: str) -> DataFrame:
+    """``df``'s ``columns`` and the user-agent columns it has (:data:`~ipinsights.score.features.DEVICE_COLUMNS`,
+    none in an events table written before them): what the fused score's device features read."""
+    return df.select(*columns, *(c for c in DEVICE_COLUMNS if c in df.columns and c not in columns))
+
+
 def explain_rows(df: DataFrame, setup: ScoringSetup) -> DataFrame:
     """``df`` (flagged rows with ``entity``, ``ip``) plus the explanation columns."""
     schema = _appended(df, struct_type(EXPLAIN_FIELDS))
@@ -69,8 +76,12 @@ def scores_by_day(events: DataFrame, days: list[str], setup: ScoringSetup) -> Da
     from pyspark.sql import DataFrame
     from pyspark.sql import functions as F
 
+    # The scores keep the user agent (the flagged events' explanations and cases name the device); the
+    # parsed columns are read again from it where needed, for the few flagged rows.
+    agent = [] if "user_agent" in events.columns else [F.lit(None).cast("string").alias("user_agent")]
     parts = [
-        score_events(events.where(F.col("dt") == day).select("entity", "ip", "ts"), setup)
+        score_events(with_devices(events.where(F.col("dt") == day), "entity", "ip", "ts"), setup)
+        .select("*", *agent)
         .withColumn("dt", F.lit(day))
         .select(*SCORES.names)
         for day in days

@@ -32,7 +32,7 @@ from ipinsights.score.spark_cases import calibrate_floor, group_cases
 from ipinsights.score.spark_context import entity_day_events, flagged_with_context
 from ipinsights.score.spark_fusion import build_fusion, fusion_spec, hosting_asns
 from ipinsights.score.spark_profiles import build_profiles
-from ipinsights.score.spark_scoring import score_events
+from ipinsights.score.spark_scoring import score_events, with_devices
 from ipinsights.score.worker import ScorerSource
 from ipinsights.storage.events import read_events
 from ipinsights.storage.files import read_text, uri_name, write_bytes
@@ -246,7 +246,9 @@ def _calibrate(
         profile_rows=ProfileHeader.load(profile).files if fusion is not None and profile else None,
     )
     # The timestamps feed the fusion's recency features, as when the days are scored.
-    scored = score_events(events.select("entity", "ip", *(["ts"] if fusion is not None else [])), setup)
+    scored = score_events(
+        with_devices(events, "entity", "ip", "ts") if fusion is not None else events.select("entity", "ip"), setup
+    )
     on = RISK_SCORE if fusion is not None else ANOMALY_SCORE
     levels, rows = calibrate_levels(scored, cfg.target_fpr, cfg.quantile_accuracy, on)
     cal = Calibration(
@@ -302,7 +304,7 @@ def resolve_case_floor(
         from pyspark.sql import functions as F
 
         events = read_events(spark, cfg.events, cfg.calibration_start_date, cfg.calibration_end_date)
-        scored = score_events(events.select("entity", "ip", "ts", "dt"), setup)
+        scored = score_events(with_devices(events, "entity", "ip", "ts", "dt"), setup)
         flagged = flagged_with_context(scored.where(F.col("flagged")), None, threshold.value, setup)
         cases = group_cases(flagged, cfg.case_settings(), day_events=entity_day_events(events)).cases
         floor = calibrate_floor(cases, cfg.normal_cases_per_day)
