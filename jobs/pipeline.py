@@ -25,6 +25,7 @@ from ipinsights.core.config import BACKENDS
 from ipinsights.storage.events import read_events
 from ipinsights.storage.sagemaker_csv import export_pairs_csv
 from ipinsights.synth import read_spec
+from ipinsights.synth.spec import DEVICE_MODES
 from ipinsights_jobs import cli, generate, ingest, score, train
 from ipinsights_jobs._common import EXIT_FAILURE, Job, JobContext, default_config
 
@@ -65,6 +66,8 @@ def run(w: Path, args: argparse.Namespace, spark: SparkSession) -> None:
                 f"--users={args.users}",
                 f"--days={args.days}",
                 f"--seed={args.seed}",
+                f"--devices={args.devices}",
+                *([f"--attack_kinds={args.attack_kinds}"] if args.attack_kinds else []),
                 *inject,
             ]
         ),
@@ -223,6 +226,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="accounts the spraying source hits on the first test day (default: 2%% of the users)",
     )
     p.add_argument("--max-cases", type=int, default=50, help="cases a day's report leads with")
+    p.add_argument(
+        "--devices",
+        choices=DEVICE_MODES,
+        default="legacy",
+        help="users' devices: realistic (1-3 each, user agents by market share) or legacy (the data of before)",
+    )
+    p.add_argument(
+        "--attack-kinds",
+        default=None,
+        help="comma-separated attack kinds of the test days (default: the generator's); with --devices realistic "
+        "also naive, vpn, targeted, very_targeted",
+    )
     p.add_argument("-v", "--verbose", action="store_true")
     args = p.parse_args(argv)
     if args.spraying_accounts is None:
