@@ -18,7 +18,8 @@ Prints one figure per line, the mean over the seeds: ``auc_<shape>_<variant>_<me
 ``recall0.01_<shape>_<variant>_<method>_<kind>=`` for ``fused``, ``model`` and ``seen_asn`` (the lookup:
 with the world's table in both variants), and ``fit_ratio_<shape>_<variant>=`` (the fusion's numpy fit
 over one training epoch's time), ``build_ratio_<shape>_<variant>=`` (the whole sidecar build on Spark:
-sample, join, features, fit, over one epoch).
+sample, join, features, fit, over one epoch). ``--devices realistic`` (issue 31): users' own devices and
+the attackers' four levels of sophistication, user agents in the events and the test rows.
 """
 
 from __future__ import annotations
@@ -62,15 +63,26 @@ def _world(args: argparse.Namespace, shape: str, seed: int, work: Path) -> dict:
     import pyarrow.parquet as pq
 
     from ipinsights.synth import SynthSpec, generate_attacks, generate_events, generate_world
-    from ipinsights.synth.spec import BLOCKS_ATTACK_KINDS
+    from ipinsights.synth.spec import ATTACK_KINDS, BLOCKS_ATTACK_KINDS, DEVICE_ATTACK_KINDS
 
     before = {"plan_shape": "blocks", "renumber_rate": 0.0, "mobile_prefixes": 1, "attack_kinds": BLOCKS_ATTACK_KINDS}
-    extra = {} if shape == "scattered" else before
+    extra: dict = {} if shape == "scattered" else before
+    if args.devices == "realistic":  # users' own devices; attackers of the four levels besides the address kinds
+        kinds = extra.get("attack_kinds", ATTACK_KINDS)
+        extra = {**extra, "devices": "realistic", "attack_kinds": (*DEVICE_ATTACK_KINDS, *kinds)}
     spec = SynthSpec(users=args.users, n_files=2, seed=seed, attacks=args.attacks, validation_attacks=0, **extra)
     world = generate_world(spec)
     events = generate_events(world, spec)
     test = generate_attacks(world, events, spec, "test", include_normal=True)
-    cols = ["entity", "ip", "ip_int", "ip_version", "ts", "dt"]
+    cols = [
+        "entity",
+        "ip",
+        "ip_int",
+        "ip_version",
+        "ts",
+        *(["user_agent"] if args.devices == "realistic" else []),
+        "dt",
+    ]
     pq.write_to_dataset(events.select(cols), work / "events", partition_cols=["dt"])
     train_days, valid_days = spec.split_dates("train"), spec.split_dates("validation")
     train = events.filter(
@@ -159,6 +171,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sample-rows", type=int, default=100_000)
     p.add_argument("--work", type=Path, default=None)
     p.add_argument("--config", type=Path, default=REPO / "conf" / "demo.yml", help="training settings (YAML)")
+    p.add_argument(
+        "--devices",
+        choices=("legacy", "realistic"),
+        default="legacy",
+        help="realistic: users' devices and the four attacker levels (naive, vpn, targeted, very_targeted); the "
+        "events and the test rows carry their user agents (the fusion's device features)",
+    )
     args = p.parse_args(argv)
     work = args.work or Path(tempfile.mkdtemp(prefix="fusion-eval-"))
     spark = _spark()

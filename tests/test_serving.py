@@ -164,8 +164,8 @@ BAD_REQUESTS = [
     ("empty body", INV, CSV_H, b"", 400, "empty request body"),
     ("blank body", INV, CSV_H, b"\n\n", 400, "no records"),
     ("csv quote", INV, CSV_H, b'u1,1.2.3.4\nu2,"1.2"3.4"\n', 400, "malformed CSV at line 2"),
-    ("columns", INV, CSV_H, b"u1,1.2.3.4\nu2,1.2.3.4,x\n", 400, r"record 2 \(line 2\): expected 2 columns"),
-    ("one column", INV, CSV_H, b"u1\n", 400, r"record 1 \(line 1\): expected 2 columns.*got 1"),
+    ("columns", INV, CSV_H, b"u1,1.2.3.4\nu2,1.2.3.4,x,y\n", 400, r"record 2 \(line 2\): expected 2 or 3 columns"),
+    ("one column", INV, CSV_H, b"u1\n", 400, r"record 1 \(line 1\): expected 2 or 3 columns.*got 1"),
     ("bad ip", INV, CSV_H, b"u1,1.2.3.4\n\nu2,300.1.1.1\n", 400, r"record 2 \(line 3\): invalid IP address '300\.1"),
     ("utf8", INV, CSV_H, b"u\xff,1.2.3.4", 400, "not valid UTF-8"),
     ("json syntax", INV, JSON_H, b'{"instances": [', 400, "malformed JSON"),
@@ -176,8 +176,9 @@ BAD_REQUESTS = [
         JSON_H,
         b'{"instances": [{"features": ["u", "1.2.3.4"]}, {"features": ["u"]}]}',
         400,
-        r"record 2 \(instances\[1\]\): expected 2 values",
+        r"record 2 \(instances\[1\]\): expected 2 or 3 values",
     ),
+    ("json agent type", INV, JSON_H, b'{"instances": [{"features": ["u", "1.2.3.4", 7]}]}', 400, "user agent must be"),
     ("json ip type", INV, JSON_H, b'{"instances": [{"features": ["u", 16909060]}]}', 400, "IP address must be"),
     (
         "json bad ip",
@@ -270,6 +271,22 @@ def test_parse_flags_and_media_type():
     assert protocol.parse_media_type('Text/CSV ; Charset="UTF-8"') == ("text/csv", {"charset": "UTF-8"})
     assert protocol.parse_flags({"verbose": "1"}, "anomaly=yes;other=x") == {"verbose": True, "anomaly": True}
     assert protocol.parse_flags({}, None) == {}
+
+
+def test_an_optional_third_column_is_the_user_agent():
+    """CSV and JSON records may carry a user agent (the fused score's device features); without any, the
+    records are as before (``agents`` None) and a record without one is None among the others."""
+    chrome = (
+        "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0 Safari/537.36"
+    )
+    r = protocol.parse_records(f'u1,1.2.3.4,"{chrome}"\nu2,5.6.7.8\nu3,9.9.9.9,\n'.encode(), protocol.CSV, 10)
+    assert r.entities == ["u1", "u2", "u3"] and r.agents == [chrome, None, None]
+    assert protocol.parse_records(b"u1,1.2.3.4\n", protocol.CSV, 10).agents is None
+    body = {"instances": [{"features": ["u1", "1.2.3.4", chrome]}, {"data": {"features": {"values": ["u2", "::1"]}}}]}
+    r = protocol.parse_records(json.dumps(body).encode(), protocol.JSON, 10)
+    assert r.agents == [chrome, None] and r.ips == ["1.2.3.4", "::1"]
+    lines = b'{"features": ["u1", "1.2.3.4", null]}\n{"features": ["u2", "1.2.3.4", "curl/8.1.2"]}\n'
+    assert protocol.parse_records(lines, protocol.JSONLINES, 10).agents == [None, "curl/8.1.2"]
 
 
 def test_json_numeric_entity_means_its_digits():

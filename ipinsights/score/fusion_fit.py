@@ -108,9 +108,17 @@ def _fit_leaf(
     )
 
 
-def _irls(z: np.ndarray, y: np.ndarray, w: np.ndarray, penalty: float, steps: int = 30) -> np.ndarray:
-    """Newton's method on the weighted, L2-penalised logistic loss (the last column, the bias, unpenalised).
-    The penalty keeps a separable leaf finite."""
+def _loss(z: np.ndarray, y: np.ndarray, w: np.ndarray, reg: np.ndarray, b: np.ndarray) -> float:
+    """The weighted, L2-penalised logistic loss at ``b`` (stable for any logit)."""
+    s = z @ b
+    return float((w * (np.logaddexp(0.0, s) - y * s)).sum() + 0.5 * (reg * b * b).sum())
+
+
+def _irls(z: np.ndarray, y: np.ndarray, w: np.ndarray, penalty: float, steps: int = 50) -> np.ndarray:
+    """Newton's method on the weighted, L2-penalised logistic loss (the last column, the bias, unpenalised),
+    each step halved until the loss goes down. The penalty keeps a separable leaf finite; the line search
+    keeps its steps from overshooting (a full step there saturates every row's probability, after which the
+    curvature of the unpenalised bias vanishes and plain Newton runs off to infinity)."""
     reg = np.full(z.shape[1], penalty)
     reg[-1] = 0.0
     # Start at the weighted log-odds: a leaf of one class converges at once instead of drifting.
@@ -118,15 +126,24 @@ def _irls(z: np.ndarray, y: np.ndarray, w: np.ndarray, penalty: float, steps: in
     b = np.zeros(z.shape[1])
     b[-1] = math.log(p0 / (1.0 - p0))
     # The Hessian (the costly product: rows x features^2) in float32: it only steers the steps, the float64
-    # gradient decides where they end; half the memory traffic, twice the speed.
+    # gradient and loss decide where they end; half the memory traffic, twice the speed.
     z32 = z.astype(np.float32)
+    loss = _loss(z, y, w, reg, b)
     for _ in range(steps):
         p = 1.0 / (1.0 + np.exp(-np.clip(z @ b, -35.0, 35.0)))
         grad = z.T @ (w * (p - y)) + reg * b
         curvature = (w * p * (1.0 - p)).astype(np.float32)
         hess = (z32 * curvature[:, None]).T @ z32 + np.diag(reg) + 1e-9 * np.eye(z.shape[1])
         step = np.linalg.solve(hess, grad)
-        b -= step
+        for _halving in range(30):
+            new = b - step
+            new_loss = _loss(z, y, w, reg, new)
+            if new_loss <= loss:
+                break
+            step = step / 2.0
+        else:
+            break  # no step lowers the loss: at the optimum to float precision
+        b, loss = new, new_loss
         if np.abs(step).max() < 1e-5:  # in standardised units: far below what moves a score
             break
     return b

@@ -19,11 +19,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+import pyarrow as pa
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from ipinsights.score.clients import event_devices
 from ipinsights.score.rules import Thresholds
 from ipinsights.serve import protocol
 from ipinsights.serve.protocol import RequestError
@@ -93,10 +95,17 @@ def score_records(
     if bad.size:  # the Scorer marks unparseable addresses NaN: name them instead of answering NaN
         raise protocol.invalid_ip_error(records, bad.tolist())
     verdict = risk = None
+    # The optional third column: the fusion's device features (without it, as an event without a user agent).
+    devices = event_devices(pa.table({"user_agent": pa.array(records.agents, pa.string())})) if records.agents else None
     if options.anomaly or options.verbose or options.risk:
         # No timestamps here: the fusion's recency features are 0 (ipinsights.score.features).
         verdict = scorer.assess(
-            records.entities, records.ips, policy.learning_period_events, policy.thresholds, policy.flag_unseen
+            records.entities,
+            records.ips,
+            policy.learning_period_events,
+            policy.thresholds,
+            policy.flag_unseen,
+            devices=devices,
         )
         if options.risk or scorer.fusion is not None:
             risk = verdict.risk_score if verdict.risk_score is not None else np.full(len(records), np.nan)
@@ -106,7 +115,7 @@ def score_records(
     if options.verbose:
         ent_emb = scorer.entity_embedding(records.entities)
         ip_emb = scorer.ip_embedding(records.ips)
-        explanation = scorer.explain(records.entities, records.ips).columns()
+        explanation = scorer.explain(records.entities, records.ips, devices=devices, agents=records.agents).columns()
     return protocol.build_predictions(
         dp, verdict=verdict, entity_embedding=ent_emb, ip_embedding=ip_emb, explanation=explanation, risk_score=risk
     )

@@ -101,11 +101,14 @@ class Options:
 
 @dataclass(frozen=True)
 class Records:
-    """Parsed (entity, ip) records; ``lines`` holds each record's line number (None: a JSON ``instances`` list)."""
+    """Parsed (entity, ip[, user agent]) records; ``lines`` holds each record's line number (None: a JSON
+    ``instances`` list); ``agents`` each record's user agent (None for a record without one; the list is None
+    when no record has one)."""
 
     entities: list[str]
     ips: list[str]
     lines: list[int] | None = None
+    agents: list[str | None] | None = None
 
     def __len__(self) -> int:
         return len(self.entities)
@@ -218,9 +221,15 @@ def _too_many(max_records: int) -> RequestError:
     return RequestError(413, f"more than {max_records} records in one request; split it into smaller ones")
 
 
+def _agents(agents: list[str | None]) -> list[str | None] | None:
+    """The records' user agents, or None when no record has one (the answer is then as before it)."""
+    return agents if any(a is not None for a in agents) else None
+
+
 def _parse_csv(text: str, max_records: int) -> Records:
     entities: list[str] = []
     ips: list[str] = []
+    agents: list[str | None] = []
     lines: list[int] = []
     # newline="" keeps quoted newlines inside fields, as the csv module requires.
     reader = csv.reader(io.StringIO(text, newline=""), strict=True)
@@ -229,22 +238,25 @@ def _parse_csv(text: str, max_records: int) -> Records:
             if not row:
                 continue  # a blank line, e.g. the one after the last newline
             n = len(entities) + 1
-            if len(row) != 2:
+            if len(row) not in (2, 3):
                 raise RequestError(
-                    400, f"record {n} (line {reader.line_num}): expected 2 columns (entity,ip), got {len(row)}"
+                    400,
+                    f"record {n} (line {reader.line_num}): expected 2 or 3 columns (entity,ip[,user_agent]), "
+                    f"got {len(row)}",
                 )
             if n > max_records:
                 raise _too_many(max_records)
             entities.append(row[0])
             ips.append(row[1])
+            agents.append(row[2] if len(row) == 3 and row[2] else None)
             lines.append(reader.line_num)
     except csv.Error as exc:
         raise RequestError(400, f"malformed CSV at line {reader.line_num}: {exc}") from None
-    return Records(entities, ips, lines)
+    return Records(entities, ips, lines, _agents(agents))
 
 
-def _instance_values(inst: Any, where: str) -> tuple[str, str]:
-    """The (entity, ip) of one JSON instance in either documented form."""
+def _instance_values(inst: Any, where: str) -> tuple[str, str, str | None]:
+    """The (entity, ip, user agent or None) of one JSON instance in either documented form."""
     if not isinstance(inst, dict):
         raise RequestError(400, f"{where}: an instance must be an object, got {type(inst).__name__}")
     if "features" in inst:
@@ -256,10 +268,12 @@ def _instance_values(inst: Any, where: str) -> tuple[str, str]:
             400,
             f'{where}: expected {{"features": [entity, ip]}} or {{"data": {{"features": {{"values": [entity, ip]}}}}}}',
         )
-    if not isinstance(values, list) or len(values) != 2:
+    if not isinstance(values, list) or len(values) not in (2, 3):
         got = f"{len(values)} values" if isinstance(values, list) else type(values).__name__
-        raise RequestError(400, f"{where}: expected 2 values [entity, ip], got {got}")
-    entity, ip = values
+        raise RequestError(400, f"{where}: expected 2 or 3 values [entity, ip, user_agent], got {got}")
+    entity, ip, agent = (*values, None) if len(values) == 2 else values
+    if agent is not None and not isinstance(agent, str):
+        raise RequestError(400, f"{where}: the user agent must be a string or null, got {type(agent).__name__}")
     # Numeric user ids are common in JSON; they mean what the same digits mean in CSV.
     if isinstance(entity, int) and not isinstance(entity, bool):
         entity = str(entity)
@@ -267,12 +281,12 @@ def _instance_values(inst: Any, where: str) -> tuple[str, str]:
         raise RequestError(400, f"{where}: the entity must be a string, got {type(entity).__name__}")
     if not isinstance(ip, str):
         raise RequestError(400, f"{where}: the IP address must be a string, got {type(ip).__name__} {ip!r:.60}")
-    for name, value in (("entity", entity), ("IP address", ip)):
+    for name, value in (("entity", entity), ("IP address", ip), ("user agent", agent or "")):
         try:  # JSON can spell lone surrogates (\\ud800) that no UTF-8 string holds
             value.encode("utf-8")
         except UnicodeEncodeError:
             raise RequestError(400, f"{where}: the {name} is not valid Unicode (a lone surrogate)") from None
-    return entity, ip
+    return entity, ip, agent or None
 
 
 def _loads(text: str, where: str) -> Any:
@@ -291,13 +305,14 @@ def _parse_json(text: str, max_records: int) -> Records:
     instances = doc["instances"]
     if len(instances) > max_records:
         raise _too_many(max_records)
-    pairs = [_instance_values(inst, f"record {i + 1} (instances[{i}])") for i, inst in enumerate(instances)]
-    return Records([p[0] for p in pairs], [p[1] for p in pairs])
+    rows = [_instance_values(inst, f"record {i + 1} (instances[{i}])") for i, inst in enumerate(instances)]
+    return Records([r[0] for r in rows], [r[1] for r in rows], None, _agents([r[2] for r in rows]))
 
 
 def _parse_jsonlines(text: str, max_records: int) -> Records:
     entities: list[str] = []
     ips: list[str] = []
+    agents: list[str | None] = []
     lines: list[int] = []
     for lineno, line in enumerate(text.split("\n"), start=1):
         if not line.strip(" \t\r"):  # JSON's whitespace; a line of other spaces is malformed JSON
@@ -306,11 +321,12 @@ def _parse_jsonlines(text: str, max_records: int) -> Records:
         if n > max_records:
             raise _too_many(max_records)
         where = f"record {n} (line {lineno})"
-        entity, ip = _instance_values(_loads(line, f" in {where}"), where)
+        entity, ip, agent = _instance_values(_loads(line, f" in {where}"), where)
         entities.append(entity)
         ips.append(ip)
+        agents.append(agent)
         lines.append(lineno)
-    return Records(entities, ips, lines)
+    return Records(entities, ips, lines, _agents(agents))
 
 
 _PARSERS = {CSV: _parse_csv, JSON: _parse_json, JSONLINES: _parse_jsonlines}
