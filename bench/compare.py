@@ -55,7 +55,7 @@ def summarise(bench: str, base: Sequence[Mapping[str, float]], new: Sequence[Map
         b = statistics.median(r[name] for r in base if name in r)
         n = statistics.median(r[name] for r in new if name in r)
         ratio = n / b if b else float("nan")
-        lines += [f"{bench}.{name}_base={b:g}", f"{bench}.{name}_new={n:g}", f"{bench}.{name}_ratio={ratio:.3f}"]
+        lines += [f"{bench}.{name}_base={b:.10g}", f"{bench}.{name}_new={n:.10g}", f"{bench}.{name}_ratio={ratio:.3f}"]
     return lines
 
 
@@ -96,7 +96,7 @@ def compare(
                     failed = True
                     break
                 runs[side].append(parse_figures(out))
-                figures = " ".join(f"{k}={v:g}" for k, v in runs[side][-1].items())
+                figures = " ".join(f"{k}={v:.10g}" for k, v in runs[side][-1].items())
                 print(f"# {bench} {side}: {figures}", file=sys.stderr)
             if failed:
                 break
