@@ -8,6 +8,11 @@ slower, so it is timed on ``--reference-batches`` batches and its epoch time ext
 Prints one figure per line (``name=value``); compare ratios, not absolute times (machines are noisy).
 
     python bench/train_speed.py [--pairs 2200000] [--threads 0] [--reference-batches 40] [--asn-table FILES]
+        [--validation-pairs 0]
+
+``--validation-pairs N``: N more pairs of the same entities as validation data, scored after the epoch as
+the training job does (``discriminator_auc``, ``shuffled_auc``): ``validation_seconds`` (outside
+``epoch_seconds``, which times the training steps only).
 
 ``--asn-table``: ip2asn TSVs (``generated``: the generator's default plan, written to a temporary
 folder) for a second epoch with AS and country levels (``model.asn_table``) in the same process:
@@ -88,19 +93,24 @@ def main() -> None:
     ap.add_argument("--pairs", type=int, default=2_200_000)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--reference-batches", type=int, default=30)
+    ap.add_argument("--validation-pairs", type=int, default=0, help="validation pairs scored after the epoch")
     ap.add_argument("--asn-table", default=None, help="ip2asn TSVs, or 'generated', for an epoch with the table")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     hp = tutorial_hyperparameters()
-    data = tutorial_pairs(args.pairs)
+    data = tutorial_pairs(args.pairs + args.validation_pairs)
+    validation = data.take(slice(args.pairs, None)) if args.validation_pairs else None
+    data = data.take(slice(0, args.pairs)) if args.validation_pairs else data
     table = None
     if args.asn_table:
         table = args.asn_table if args.asn_table != "generated" else _generated_tables()
         data = _inside(data, table)  # both epochs train on the same pairs, all of them in the table
     model = build_model(hp, ModelOptions(), seed=0)
     trainer = Trainer(model, hp, TrainOptions(progress_bar="off"))
-    m = trainer.fit(data, epochs=1)[0]
+    t0 = time.perf_counter()
+    m = trainer.fit(data, validation, epochs=1)[0]
+    fit_seconds = time.perf_counter() - t0
     ref = reference_seconds_per_batch(hp, data, args.reference_batches)
     n_batches = -(-args.pairs // hp.mini_batch_size)
     ref_epoch = ref * n_batches
@@ -112,6 +122,11 @@ def main() -> None:
     print(f"reference_epoch_seconds_extrapolated={ref_epoch:.2f}")
     print(f"reference_pairs_per_second={args.pairs / ref_epoch:.0f}")
     print(f"speedup_vs_reference={ref_epoch / m.seconds:.2f}")
+    if validation is not None:
+        print(f"validation_pairs={len(validation)}")
+        print(f"validation_seconds={fit_seconds - m.seconds:.2f}")
+        print(f"discriminator_auc={m.discriminator_auc:.4f}")
+        print(f"shuffled_auc={m.extra['shuffled_auc']:.4f}")
     if table:
         model = build_model(hp, ModelOptions(asn_table=table), seed=0)
         keys = torch.as_tensor(data.ips[:100_000])

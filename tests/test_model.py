@@ -113,6 +113,23 @@ def test_row_adam_leaves_untouched_rows_alone():
     assert (table[[0, 2, 4]] == 1).all() and (table[[1, 3]] < 1).all()
 
 
+def test_row_adam_resumes_from_a_checkpoint_of_rows_by_moments():
+    """Checkpoints hold the moments as (rows, 2, d) (m and v of a row side by side), as they always have."""
+    torch.manual_seed(1)
+    first, grads = torch.randn(8, 4), [torch.randn(3, 4) for _ in range(4)]
+    rows = torch.tensor([0, 5, 7])
+    a, b = RowAdam(first.clone(), 0.05, 0.01), RowAdam(first.clone(), 0.05, 0.01)
+    for g in grads[:3]:
+        a.step(rows, g)
+    state = a.state_dict()
+    assert state["state"].shape == (8, 2, 4) and (state["state"][[1, 2, 3, 4, 6]] == 0).all()
+    b.table.copy_(a.table)
+    b.load_state_dict({k: v.contiguous().clone() for k, v in state.items()})  # as torch.load returns it
+    a.step(rows, grads[3])
+    b.step(rows, grads[3])
+    assert torch.equal(a.table, b.table) and torch.equal(a.state, b.state)
+
+
 def test_learns_toy_world(world, trained):
     result, _ = trained
     hist = result.history

@@ -6,6 +6,7 @@ import logging
 from typing import Any
 
 import torch
+from torch.optim.adam import adam
 
 log = logging.getLogger(__name__)
 
@@ -15,9 +16,10 @@ class RowAdam:
 
     ``step(rows, grads)`` expects unique ``rows``. Bias correction uses the global step count, as
     TensorFlow's LazyAdam does, so a row that is touched rarely takes normal-sized steps when it is.
-    Both moments of a row sit side by side (``state[row] = [m, v]``) so that a step reads and writes
-    the optimiser state with one gather and one scatter: on a table far larger than the CPU caches
-    the random row accesses, not the arithmetic, are what costs.
+    The touched rows and their moments are gathered, updated by torch's fused Adam kernel (one pass
+    over them instead of eight elementwise ones: the IP table's update was half of an epoch's time) and
+    scattered back. The moments are two planes of one tensor (``state[0]`` = m, ``state[1]`` = v): the
+    fused kernel needs each contiguous.
     """
 
     def __init__(self, table: torch.Tensor, lr: float, weight_decay: float, betas=(0.9, 0.999), eps: float = 1e-8):
@@ -26,33 +28,43 @@ class RowAdam:
         self.weight_decay = weight_decay
         self.beta1, self.beta2 = betas
         self.eps = eps
-        self.state = torch.zeros(table.shape[0], 2, *table.shape[1:], dtype=table.dtype, device=table.device)
+        self.state = torch.zeros(2, *table.shape, dtype=table.dtype, device=table.device)
         self.steps = 0
 
     @torch.no_grad()
     def step(self, rows: torch.Tensor, grads: torch.Tensor, params: torch.Tensor | None = None) -> None:
         """Update ``table[rows]``; ``params`` may pass ``table[rows]`` when the caller gathered it already."""
-        self.steps += 1
-        b1, b2 = self.beta1, self.beta2
         params = self.table.index_select(0, rows) if params is None else params.detach().clone()
-        if self.weight_decay:
-            grads = grads.add(params, alpha=self.weight_decay)
-        st = self.state.index_select(0, rows)
-        m, v = st[:, 0], st[:, 1]
-        m.mul_(b1).add_(grads, alpha=1 - b1)
-        v.mul_(b2).addcmul_(grads, grads, value=1 - b2)
-        self.state.index_copy_(0, rows, st)
-        bc1 = 1 - b1**self.steps
-        bc2 = 1 - b2**self.steps
-        denom = (v / bc2).sqrt_().add_(self.eps)
-        params.addcdiv_(m, denom, value=-self.lr / bc1)
+        m, v = self.state[0].index_select(0, rows), self.state[1].index_select(0, rows)
+        # The kernel adds 1 to the step count before its bias correction.
+        count = torch.full((), float(self.steps), dtype=torch.float32, device=self.table.device)
+        adam(
+            [params],
+            [grads.contiguous()],
+            [m],
+            [v],
+            [],
+            [count],
+            fused=True,
+            amsgrad=False,
+            beta1=self.beta1,
+            beta2=self.beta2,
+            lr=self.lr,
+            weight_decay=self.weight_decay,
+            eps=self.eps,
+            maximize=False,
+        )
+        self.steps += 1
+        self.state[0].index_copy_(0, rows, m)
+        self.state[1].index_copy_(0, rows, v)
         self.table.index_copy_(0, rows, params)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"state": self.state, "steps": torch.tensor(self.steps)}
+        # (rows, 2, ...) as checkpoints have always held it (a view: nothing is copied).
+        return {"state": self.state.movedim(0, 1), "steps": torch.tensor(self.steps)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.state.copy_(state["state"])
+        self.state.movedim(0, 1).copy_(state["state"])
         self.steps = int(state["steps"])
 
 

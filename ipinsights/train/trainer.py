@@ -159,7 +159,8 @@ class Trainer:
         """Train for ``epochs`` (default: the remaining ones up to ``hp.epochs``).
 
         After each epoch: :func:`~ipinsights.train.validation.discriminator_auc` and ``shuffled_auc`` on
-        ``validation``, and ``labelled_metrics`` on ``labelled`` rows (in ``extra``).
+        ``validation``, and ``labelled_metrics`` on ``labelled`` rows (in ``extra``); the last two on a fixed
+        sample of at most :data:`~ipinsights.train.validation.VALIDATION_SAMPLE` rows (of each kind).
 
         ``on_epoch_end`` sees each epoch's metrics; when it returns True, training stops after that epoch.
         Rank 0 logs progress lines (epoch, batch, loss, pairs/s, ETA) and hands each to ``progress``
