@@ -323,3 +323,28 @@ def test_the_cases_table_defaults_beside_the_flagged_table(tmp_path):
     assert table("s3://bucket", cases="s3://bucket/cases") == "s3://bucket/cases"
     with pytest.raises(ConfigError, match="bucket's root"):
         table("s3://bucket")
+
+
+@pytest.mark.spark
+def test_a_rare_user_agent_across_many_networks_is_one_network_case(spark):
+    """A tool's client string that no training entity used, from seven entities in seven /24s, is one network
+    case; a browser string as common (500 training entities) never forms one; events of a /24 case stay in it."""
+    tool, browser = "evil-stuffer/1.0", "Mozilla/5.0 (Windows NT 10.0; Win64; x64) Chrome/120.0 Safari/537.36"
+
+    def with_agent(row: dict, agent: str, users: int) -> dict:
+        return {**row, "user_agent": agent, "agent_entities": users}
+
+    stuffing = [with_agent(_row(f"victim_{i}", f"198.51.{i}.7", 3), tool, 0) for i in range(7)]
+    travel = [with_agent(_row(f"traveller_{i}", f"203.0.{i}.9", 5), browser, 500) for i in range(6)]
+    # Five entities from one /24 with the tool: a /24 case, which its events stay in.
+    spray = [
+        with_agent(_row(f"sprayed_{i}", "45.33.32.1", 2, asn=63949, as_name="AS63949 Linode (US)"), tool, 0)
+        for i in range(5)
+    ]
+    cases, _ = _cases(spark, [*stuffing, *travel, *spray])
+    ua = cases[(NETWORK, f"UA {tool}", DAY)]
+    assert ua["entities"] == 7 and ua["members"] == sorted(f"victim_{i}" for i in range(7))
+    assert ua["summary"].startswith(f"7 entities logged in with the rare user agent {tool!r} from 1 network")
+    assert cases[(NETWORK, "45.33.32.0/24", DAY)]["entities"] == 5
+    assert sum(k[0] == ENTITY and k[1].startswith("traveller_") for k in cases) == 6
+    assert not any(k[1].startswith(("victim_", "sprayed_")) for k in cases if k[0] == ENTITY)

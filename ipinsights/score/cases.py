@@ -52,6 +52,8 @@ RARITY_FLOOR = 1e-5  # the score points' cap: 5 decades
 MAX_MEMBERS = 1000  # entities listed per network case (``entities`` is the exact count)
 MAX_NETWORKS = 20  # networks listed per case
 ENTITY, NETWORK = "entity", "network"
+#: A network case's source when it formed around a rare user-agent string, not a /24 (then ``UA <string>``).
+AGENT_SOURCE = "UA "
 
 
 @dataclass(frozen=True)
@@ -127,6 +129,13 @@ def summary(case: Mapping[str, Any]) -> str:
     events, first, last = int(case["events"]), case["first_ts"], case["last_ts"]
     when = f"{events} event{'s' if events != 1 else ''} {_hhmm(first)}-{_hhmm(last)} UTC"
     names = [n for n in (case["network_names"] or []) if n]
+    if case["kind"] == NETWORK and str(case["source"]).startswith(AGENT_SOURCE):
+        n_nets = int(case["networks"])
+        return (
+            f"{int(case['entities'])} entities logged in with the rare user agent "
+            f"{str(case['source']).removeprefix(AGENT_SOURCE)!r} from {n_nets} network{'s' if n_nets != 1 else ''} "
+            f"({case['top_network'] or 'unknown AS'} first); {when}; median {_percent(case['score_percentile'])}"
+        )
     if case["kind"] == NETWORK:
         return (
             f"{int(case['entities'])} entities logged in from {case['source']} "
@@ -194,6 +203,7 @@ _SUMMARY_COLUMNS = [
     "entities",
     "source",
     "events",
+    "networks",
     "first_ts",
     "last_ts",
     "network_names",

@@ -44,6 +44,7 @@ COLUMNS = (
     "shared_prefix_bits",
     "risk_factors",
     "device",
+    "agent_entities",
 )
 
 
@@ -72,10 +73,12 @@ class Explanations:
     usual_events: list[int | None]  # its training events in its two most used networks
     risk_factors: list[str | None]  # what raised its fused risk score most, in words (None without a fusion)
     device: list[str | None] = field(default_factory=list)  # the client against the entity's: device_words
+    agent_entities: list[int | None] = field(default_factory=list)  # training entities with its user-agent string
 
     def __post_init__(self) -> None:
-        if not self.device:
-            self.device.extend([None] * len(self.subnet))
+        for column in (self.device, self.agent_entities):
+            if not column:
+                column.extend([None] * len(self.subnet))
 
     def columns(self) -> dict[str, list]:
         """``{column: values}`` in :data:`COLUMNS` order (the lists themselves, not copies)."""
@@ -120,6 +123,22 @@ def explain_rows(
     if profiles is not None and todo.size:
         _known_networks(ex, keys, rows, todo, profiles, asn, asn_table, ip_vectors, top)
     return ex
+
+
+def explain_clients(
+    ex: Explanations,
+    agents: Sequence[str | None],
+    devices: EventDevices,
+    rows: np.ndarray,
+    profiles: EntityProfiles | None,
+) -> None:
+    """Fill ``ex``'s client columns: ``device`` (:func:`device_words`) and ``agent_entities``, the training
+    entities that used each row's user-agent string (how rare it is: a client only a few entities use forms
+    a network case)."""
+    ex.device[:] = device_words(agents, devices, rows, profiles)
+    if profiles is not None:
+        users = profiles.population.entities_of("agent", devices.agent).astype(np.int64).tolist()
+        ex.agent_entities[:] = [u if a != 0 else None for u, a in zip(users, devices.agent.tolist(), strict=True)]
 
 
 def device_words(

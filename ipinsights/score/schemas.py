@@ -86,6 +86,7 @@ EXPLAIN_FIELDS = pa.schema(
         ("usual_events", pa.int64()),
         ("risk_factors", pa.string()),  # what raised the risk score most, in words (null without a fusion)
         ("device", pa.string()),  # the client against the entity's in training, in words (null: no user agent)
+        ("agent_entities", pa.int64()),  # training entities that used its user-agent string (null: none)
     ]
 )
 

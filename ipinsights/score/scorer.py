@@ -22,7 +22,7 @@ from ipinsights.core.entities import ENTITY_FILE, EntityStats
 from ipinsights.core.hashing import buckets_of, hash_strings
 from ipinsights.core.ip import ParsedIPs, parse_ip, to_string_array
 from ipinsights.score.clients import EventDevices
-from ipinsights.score.explain import Explanations, device_words, explain_rows, risk_factors
+from ipinsights.score.explain import Explanations, explain_clients, explain_rows, risk_factors
 from ipinsights.score.fusion import fused_scores
 from ipinsights.score.rules import (
     LEVEL_OBJECTS,
@@ -349,7 +349,7 @@ class Scorer:
             feats = fused_scores(self.fusion, parsed, dp, prof, rows, self.asn_table, days, devices)[1]
             ex.risk_factors[:] = risk_factors(self.fusion, feats, parsed.valid & np.isfinite(dp), prof.population)
         if agents is not None and devices is not None:
-            ex.device[:] = device_words(agents, devices, rows, prof)
+            explain_clients(ex, agents, devices, rows, prof)
         return ex
 
     def anomaly_score(self, entities: ArrayLike, ips: ArrayLike) -> np.ndarray:

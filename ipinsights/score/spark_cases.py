@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
-from ipinsights.score.cases import ENTITY, MAX_MEMBERS, MAX_NETWORKS, NETWORK, CaseSettings, finish_batch
+from ipinsights.score.cases import AGENT_SOURCE, ENTITY, MAX_MEMBERS, MAX_NETWORKS, NETWORK, CaseSettings, finish_batch
 from ipinsights.score.schemas import CASES, CASES_UNRANKED, GROUPED
 from ipinsights.score.spark_arrow import struct_type
 from ipinsights.score.spark_verdicts import rule_match, rules_df
@@ -40,6 +40,8 @@ def _network_columns(ev: DataFrame) -> DataFrame:
     """Flagged rows plus ``source`` (the /24 or /48), ``network_key`` (``AS<n>`` or the subnet) and its name."""
     from pyspark.sql import functions as F
 
+    if "user_agent" not in ev.columns:  # scored from events without user agents
+        ev = ev.withColumn("user_agent", F.lit(None).cast("string"))
     asn_key = F.when(F.col("asn").isNotNull(), F.concat(F.lit("AS"), F.col("asn").cast("string")))
     new = F.when(F.col("asn_seen").isNotNull(), ~F.col("asn_seen")).otherwise(
         ~F.coalesce(F.col("subnet_seen"), F.lit(False))
@@ -109,17 +111,34 @@ def _apply_verdicts(ev: DataFrame, verdict_rules: Sequence[Rule]) -> tuple[DataF
 
 
 def _mark_network_sources(ev: DataFrame, min_entities: int) -> DataFrame:
-    """``ev`` plus ``_in_network_case``: its source had flagged events of ``min_entities`` entities that day."""
+    """``ev`` plus ``_in_network_case``: its source had flagged events of ``min_entities`` entities that day.
+
+    Two kinds of source, in this order: the address's /24 (/48); else its user-agent string, when fewer
+    than ``min_entities`` training entities used it (a client few people have: a credential-stuffing tool
+    is one case across many /24s, a common browser string never forms one). An event of a /24 case stays
+    in it; only the others are grouped by their string (its ``source`` becomes ``UA <string>``).
+    """
     from pyspark.sql import functions as F
 
-    sources = (
-        ev.groupBy("dt", "source")
-        .agg(F.countDistinct("entity").alias("_n"))
-        .where(F.col("_n") >= min_entities)
-        .select("dt", "source", F.lit(True).alias("_in_network_case"))
-    )
-    return ev.join(sources, ["dt", "source"], "left").withColumn(
-        "_in_network_case", F.coalesce(F.col("_in_network_case"), F.lit(False))
+    def sources(rows: DataFrame, key: str, flag: str) -> DataFrame:
+        return (
+            rows.groupBy("dt", key)
+            .agg(F.countDistinct("entity").alias("_n"))
+            .where(F.col("_n") >= min_entities)
+            .select("dt", key, F.lit(True).alias(flag))
+        )
+
+    ev = ev.join(sources(ev, "source", "_in_subnet_case"), ["dt", "source"], "left")
+    rare = F.col("user_agent").isNotNull() & (F.coalesce(F.col("agent_entities"), F.lit(0)) < min_entities)
+    candidates = ev.where(F.col("_in_subnet_case").isNull() & rare)
+    ev = ev.join(sources(candidates, "user_agent", "_in_agent_case"), ["dt", "user_agent"], "left")
+    by_agent = F.col("_in_subnet_case").isNull() & rare & F.col("_in_agent_case").isNotNull()
+    # The string is user-controlled: the report escapes it; a bounded prefix names the case.
+    agent_source = F.concat(F.lit(AGENT_SOURCE), F.substring("user_agent", 1, 120))
+    return (
+        ev.withColumn("source", F.when(by_agent, agent_source).otherwise(F.col("source")))
+        .withColumn("_in_network_case", F.col("_in_subnet_case").isNotNull() | by_agent)
+        .drop("_in_subnet_case", "_in_agent_case")
     )
 
 
