@@ -117,15 +117,16 @@ def _brute(history, queries, table, dot) -> dict[str, list[float]]:
         clients = [(device(a), a, d) for e, _, d, a in history if e == entity and device(a)]
         dev = device(ua)
         same_dev = [d for c, _, d in clients if dev and c == dev]
-        out["device_seen"].append(float(bool(same_dev)))
-        out["device_new"].append(float(bool(dev and clients and not same_dev)))
-        out["device_logins"].append(np.log1p(len(same_dev)))
-        out["device_days"].append(np.log1p(day - max(same_dev)) if same_dev and day is not None else 0.0)
-        out["agent_seen"].append(float(bool(dev and any(a == ua for _, a, _ in clients))))
+        unknown = np.nan if dev is None else 1.0  # no user agent: the client is unknown, not new
+        out["device_seen"].append(float(bool(same_dev)) * unknown)
+        out["device_new"].append(float(bool(dev and clients and not same_dev)) * unknown)
+        out["device_logins"].append(np.log1p(len(same_dev)) * unknown)
+        out["device_days"].append((np.log1p(day - max(same_dev)) if same_dev and day is not None else 0.0) * unknown)
+        out["agent_seen"].append(float(bool(dev and any(a == ua for _, a, _ in clients))) * unknown)
         out["device_missing"].append(float(dev is None))
         for name, key, value in (("device_share", device, dev), ("agent_share", lambda a: a, ua)):
             users = {e for e, _, _, a in history if dev and device(a) and key(a) == value}
-            out[name].append(np.log((len(users) + 1) / (len(entities) + 1)) if dev else 0.0)
+            out[name].append(np.log((len(users) + 1) / (len(entities) + 1)) * unknown)
         found = asn_of(ip)
         known = bool(mine)
         out["dot_product"].append(float(dot[i]) if known else 0.0)
@@ -226,7 +227,8 @@ def test_features_equal_a_brute_force_computation(built):
     # Days in the brute force count from DAY0, the features from 1970: only differences matter.
     _check(got, want)
     # Each feature distinguishes something here (a test that cannot fail is a defect): none is constant.
-    assert all(np.ptp(got[name]) > 0 for name in FEATURES), [n for n in FEATURES if np.ptp(got[n]) == 0]
+    spread = {n: np.nanmax(got[n]) - np.nanmin(got[n]) for n in FEATURES}
+    assert all(v > 0 for v in spread.values()), [n for n, v in spread.items() if not v > 0]
     # Products are interactions of two features.
     both = event_features(["as_seen*dot_product"], parsed.value, rows, profiles, dot, scorer.asn_table, days)
     np.testing.assert_allclose(both["as_seen*dot_product"], got["as_seen"] * got["dot_product"])

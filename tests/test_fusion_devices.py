@@ -126,4 +126,7 @@ def test_the_endpoint_takes_an_optional_user_agent(world):
     mine = score_records(scorer, protocol.Records(ents, ips, agents=own), protocol.Options(risk=True, verbose=True))
     curl = score_records(scorer, protocol.Records(ents, ips, agents=[CURL] * len(rows)), protocol.Options(risk=True))
     assert all(m["risk_score"] < c["risk_score"] for m, c in zip(mine, curl, strict=True))
+    # Without a user agent the client is unknown, weighed as the average login's: between the two.
+    medians = [np.median([p["risk_score"] for p in answers]) for answers in (mine, plain, curl)]
+    assert medians == sorted(medians) and len(set(medians)) == 3
     assert all(m["explanation"]["device"].startswith("known device (") for m in mine)

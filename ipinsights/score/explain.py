@@ -284,7 +284,7 @@ def risk_factors(
             continue
         words = [new_network] if leaf[i] >= 0 and fusion.leaves[leaf[i]].when == 0 else []
         for j in np.argsort(-parts[i], kind="stable")[:RISK_FACTORS]:
-            if parts[i, j] > 0:
+            if parts[i, j] > 1e-6:  # a numerical zero (a constant feature) says nothing
                 words.append(_feature_words(names[j], features, i, population.entities))
         out.append("; ".join(words) or None)
     return out

@@ -23,7 +23,8 @@ The features, by name (:data:`FEATURES`); counts are ``log1p`` of logins in the 
   ``device_new`` (it did not, and it used devices with a user agent), ``device_logins``, ``device_days``,
   ``agent_seen`` (the exact user-agent string), ``device_share`` and ``agent_share`` (how common the device
   and the string are across the training entities), ``device_missing`` (the event has no user agent);
-  all 0 for an event without one but ``device_missing``;
+  NaN ("unknown": the fusion weighs them as the average event) for an event without one, but
+  ``device_missing``;
 * the network: ``hosting`` (an AS whose name says hosting, cloud, server, datacenter, vps or colo, or
   one of the fusion's hosting AS numbers: :mod:`ipinsights.score.hosting`, ``hosting_asns.txt``),
   ``outside_table`` (a table is given and no range holds the address), ``reserved`` (a special-purpose
@@ -63,8 +64,8 @@ FEATURES = {
     "device_logins": "log1p(the entity's training logins with that device)",
     "device_days": "log1p(days since the entity last used that device); 0 when never, or without a timestamp",
     "agent_seen": "1 when the entity used the event's exact user-agent string in training",
-    "device_share": "log((entities that used the device + 1) / (all entities + 1)); 0 without a user agent",
-    "agent_share": "log((entities that used the user-agent string + 1) / (all entities + 1)); 0 without one",
+    "device_share": "log((entities that used the device + 1) / (all entities + 1))",
+    "agent_share": "log((entities that used the user-agent string + 1) / (all entities + 1))",
     "device_missing": "1 when the event has no user agent",
     "as_seen": "1 when the entity logged in from the address's AS in training",
     "as_logins": "log1p(the entity's training logins from that AS)",
@@ -293,35 +294,40 @@ class _Batch:
         """Whether the profiles hold device lists (built from events with user agents, by this version)."""
         return self.profiles.hist.device_offsets.size == self.profiles.net_offsets.size
 
+    def _unknown(self, values: np.ndarray) -> np.ndarray:
+        """``values``, NaN where the event has no user agent (its client is unknown, not new)."""
+        return np.where(self.clients.agent != 0, values, np.nan)
+
     def _device(self) -> dict[str, np.ndarray]:
         h, c = self.profiles.hist, self.clients
         has = c.device != 0
         if not self._has_devices():
             zero = np.zeros(self.n)
-            return {"device_seen": zero, "device_new": zero, "device_logins": zero, "device_days": zero}
-        at = _find(h.device_offsets, h.devices, np.where(has, self.rows, -1), c.device)
-        out = self._seen("device", at, h.device_counts, h.device_last)
-        # New only against a known set: an entity whose training logins had no user agent has none.
-        used = self._known & (np.diff(h.device_offsets)[np.maximum(self.rows, 0)] > 0)
-        out["device_new"] = (has & (at < 0) & used) * 1.0
-        return out
+            out = {"device_seen": zero, "device_new": zero, "device_logins": zero, "device_days": zero}
+        else:
+            at = _find(h.device_offsets, h.devices, np.where(has, self.rows, -1), c.device)
+            out = self._seen("device", at, h.device_counts, h.device_last)
+            # New only against a known set: an entity whose training logins had no user agent has none.
+            used = self._known & (np.diff(h.device_offsets)[np.maximum(self.rows, 0)] > 0)
+            out["device_new"] = (has & (at < 0) & used) * 1.0
+        return {name: self._unknown(values) for name, values in out.items()}
 
     _device_seen = _device_new = _device_logins = _device_days = _device
 
     def _agent_seen(self) -> dict[str, np.ndarray]:
         h, c = self.profiles.hist, self.clients
         if not self._has_devices():
-            return {"agent_seen": np.zeros(self.n)}
+            return {"agent_seen": self._unknown(np.zeros(self.n))}
         at = _find(h.agent_offsets, h.agents, np.where(c.agent != 0, self.rows, -1), c.agent)
-        return {"agent_seen": (at >= 0) * 1.0}
+        return {"agent_seen": self._unknown((at >= 0) * 1.0)}
 
     def _device_share(self) -> dict[str, np.ndarray]:
         d = self.clients.device
-        return {"device_share": np.where(d != 0, self._share("device", d), 0.0)}
+        return {"device_share": self._unknown(self._share("device", d))}
 
     def _agent_share(self) -> dict[str, np.ndarray]:
         a = self.clients.agent
-        return {"agent_share": np.where(a != 0, self._share("agent", a), 0.0)}
+        return {"agent_share": self._unknown(self._share("agent", a))}
 
     def _device_missing(self) -> dict[str, np.ndarray]:
         return {"device_missing": (self.clients.agent == 0) * 1.0}

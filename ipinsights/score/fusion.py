@@ -132,7 +132,9 @@ class FusionLeaf:
         )
         if x is None:
             return np.zeros((rows.size, 0))
-        return (x - np.asarray(self.mean)) / np.asarray(self.scale)
+        z = (x - np.asarray(self.mean)) / np.asarray(self.scale)
+        # NaN is "unknown" (a device feature of an event without a user agent): the mean, weighing nothing.
+        return np.nan_to_num(z, nan=0.0)
 
 
 @dataclass(frozen=True)

@@ -98,10 +98,17 @@ def _fit_leaf(
     total = float(w.sum())
     if x is None or total <= 0:
         return FusionLeaf(when, names, (0.0,) * k, (1.0,) * k, (0.0,) * k, 0.0)
-    mean = np.average(x, axis=0, weights=w)
-    sd = np.sqrt(np.average((x - mean) ** 2, axis=0, weights=w))
+    # NaN is "unknown" (a device feature of an event without a user agent): the moments are of the known
+    # values, and an unknown one is standardised to 0, the mean, as FusionLeaf.standardised scores it.
+    known = np.isfinite(x)
+    wk = w[:, None] * known
+    total_known = wk.sum(axis=0)
+    x0 = np.where(known, x, 0.0)
+    mean = np.where(total_known > 0, (wk * x0).sum(axis=0) / np.maximum(total_known, 1e-300), 0.0)
+    var = (wk * (x0 - mean) ** 2).sum(axis=0) / np.maximum(total_known, 1e-300)
+    sd = np.sqrt(np.where(total_known > 0, var, 0.0))
     scale = np.where(sd > 1e-9, sd, 1.0)  # a constant feature stays 0 once standardised
-    z = np.hstack([(x - mean) / scale, np.ones((x.shape[0], 1))])
+    z = np.hstack([np.where(known, (x0 - mean) / scale, 0.0), np.ones((x.shape[0], 1))])
     coef = _irls(z, y, w, l2 * total)
     return FusionLeaf(
         when, names, tuple(mean.tolist()), tuple(scale.tolist()), tuple(coef[:-1].tolist()), float(coef[-1])
