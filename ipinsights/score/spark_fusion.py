@@ -17,6 +17,7 @@ written as Parquet from the tasks, read on the driver, weighted (:func:`row_weig
 from __future__ import annotations
 
 import logging
+import math
 import time
 import uuid
 from collections.abc import Callable
@@ -84,6 +85,9 @@ def row_weights(kind: np.ndarray, labelled_weight: float = 1.0, verdict_weight: 
     return w
 
 
+_ROWS_PER_PART = 25_000  # the fit's input rows per task: a few Arrow batches each
+
+
 def build_fusion(
     spark: SparkSession,
     cfg: ScoreConfig,
@@ -105,9 +109,16 @@ def build_fusion(
     inputs = _inputs(spark, cfg, window)
     source = ScorerSource.with_profile(cfg.model, header.path, cfg.asn_table)
     schema = rows_schema(spec.names)
+    # The attacks are drawn per Arrow batch (another login of the batch, a seed from its first entity), so the
+    # batches must not depend on how the join happened to lay out its rows (broadcast or shuffle, the
+    # session's settings, the cluster's size): hashed into a number of partitions set by the sample, sorted.
+    spread = max(1, math.ceil(cfg.fusion.sample_rows / _ROWS_PER_PART))
     parts = [
         map_in_arrow(
-            join_profile_rows(df, header.files).select(*df.columns, *JOINED.values()),
+            join_profile_rows(df, header.files)
+            .select(*df.columns, *JOINED.values())
+            .repartition(spread, "entity")
+            .sortWithinPartitions(*df.columns),
             source,
             partial(fusion_rows, spec.names, hosting, cfg.fusion.seed, kind),
             struct_type(schema),
