@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
+from ipinsights.core.ip import to_string_array
+
 __all__ = ["DEVICE_COLUMNS", "EventDevices", "event_devices"]
 
 #: The events table's user-agent columns (ingest): the string and its parsed family, OS family and device type.
@@ -44,10 +46,7 @@ def _string_ids(values: pa.Array | pa.ChunkedArray) -> np.ndarray:
 
     from ipinsights.core.hashing import hash_strings
 
-    if isinstance(values, pa.ChunkedArray):
-        values = values.combine_chunks() if values.num_chunks else pa.array([], pa.string())
-    if pa.types.is_dictionary(values.type):
-        values = values.cast(pa.string())
+    values = to_string_array(values)
     codes = pc.dictionary_encode(values)
     words = codes.dictionary
     if not len(words):
@@ -74,9 +73,6 @@ def event_devices(batch: pa.RecordBatch | pa.Table) -> EventDevices:
     else:  # the string without its parsed columns: parsed here (each distinct string once)
         from ipinsights.core.useragent import parse_user_agents
 
-        column = batch.column("user_agent")
-        if isinstance(column, pa.ChunkedArray):  # a table's column
-            column = column.combine_chunks() if column.num_chunks else pa.array([], pa.string())
-        parsed = parse_user_agents(pc.cast(column, pa.string()))
+        parsed = parse_user_agents(to_string_array(batch.column("user_agent")))
         device = _string_ids(pc.binary_join_element_wise(*(p.cast(pa.string()) for p in parsed), "\x1f"))
     return EventDevices(np.where(agent != 0, device, 0), agent)
