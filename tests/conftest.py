@@ -40,6 +40,33 @@ def spark():
     session.stop()
 
 
+@pytest.fixture(autouse=True)
+def _session_settings_kept(request: pytest.FixtureRequest):
+    """Every test leaves the shared session's SQL settings as it found them: a job run in a test sets its
+    own (``build_spark``'s options on the existing session, the score job's Arrow batch size), and a test's
+    ``spark.conf.unset`` would drop the fixture's values for Spark's defaults, changing how every later test
+    is planned (its partitions, hence anything that depends on them)."""
+    if "spark" not in request.fixturenames:
+        yield
+        return
+    spark = request.getfixturevalue("spark")
+    before = _settings(spark)
+    yield
+    # Through the session's own SQLConf, as build_spark's options on an existing session get there: the
+    # public spark.conf refuses the core settings (spark.ui.*) those options may have added.
+    conf = spark._jsparkSession.sessionState().conf()
+    after = _settings(spark)
+    for key in after.keys() - before.keys():
+        conf.unsetConf(key)
+    for key, value in before.items():
+        if after.get(key) != value:
+            conf.setConfString(key, value)
+
+
+def _settings(spark) -> dict[str, str]:
+    return {row.key: row.value for row in spark.sql("SET").collect()}
+
+
 @pytest.fixture(scope="session")
 def _toy_model_once(tmp_path_factory) -> Path:
     from servers import train_toy_model
@@ -54,14 +81,3 @@ def toy_model(_toy_model_once, tmp_path_factory) -> Path:
     dst = tmp_path_factory.mktemp("model-copy") / "model"
     shutil.copytree(_toy_model_once, dst)
     return dst
-
-
-def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
-    """The golden scoring test first, in the session as fresh as when its files were recorded.
-
-    Known problem (issue 30's fusion, open): after the rest of the suite has run in the shared session,
-    the fused run's fusion comes out different (the same different numbers every time, while the test
-    alone, or after tests/test_fusion.py, matches). Which earlier test's state leaks into it is not found
-    yet; production jobs get a session of their own. The order of the rest is kept (a stable sort).
-    """
-    items.sort(key=lambda item: 0 if item.nodeid.startswith("tests/test_golden_score.py") else 1)

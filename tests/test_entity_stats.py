@@ -66,12 +66,9 @@ def test_the_executors_write_the_stats_and_the_driver_collects_no_entity(spark, 
     monkeypatch.setattr(DataFrame, "collect", counting_collect)
     monkeypatch.setattr(DataFrame, "toArrow", lambda self: pytest.fail("a table came back to the driver"))
     monkeypatch.setattr(DataFrame, "toPandas", lambda self: pytest.fail("a table came back to the driver"))
-    spark.conf.set("spark.sql.shuffle.partitions", "7")
-    try:
-        enc = encode_pairs_df(df, 11, ipv6=False, keep_invalid=True)
-        n, n_invalid = write_entity_stats(enc, str(tmp_path / "work" / "entities.safetensors"))
-    finally:
-        spark.conf.unset("spark.sql.shuffle.partitions")
+    spark.conf.set("spark.sql.shuffle.partitions", "7")  # conftest restores the session's own value
+    enc = encode_pairs_df(df, 11, ipv6=False, keep_invalid=True)
+    n, n_invalid = write_entity_stats(enc, str(tmp_path / "work" / "entities.safetensors"))
     assert collected == [], collected
     got = EntityStats.open(tmp_path / "work" / "entities.safetensors")
     want = EntityStats.from_hash_counts(hash_strings([e for e, _ in rows[:-1]], 11), np.ones(6000, np.int64))

@@ -3,7 +3,9 @@ giving identical scores in Spark, in-process (the batch transform's scorer), at 
 
 from __future__ import annotations
 
+import itertools
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +16,7 @@ import pytest
 
 from ipinsights.core.asn import load_asn_table
 from ipinsights.score.fusion import FusionError, FusionModel, FusionSpec, load_fusion, save_fusion
-from ipinsights.score.fusion_data import ATTACKS, NORMAL, draw_attacks
+from ipinsights.score.fusion_data import ATTACKS, NORMAL, draw_attacks, fixed_chunks
 from ipinsights.score.fusion_fit import default_spec, fit_fusion
 from ipinsights.score.spark_fusion import row_weights
 
@@ -145,6 +147,30 @@ def test_attacks_are_drawn_as_the_kinds_say(tmp_path):
     assert not reserved(plain["routed"][0][~v6]).any()
 
 
+def test_fixed_chunks_do_not_depend_on_how_the_rows_came_cut():
+    """The attacks are drawn per chunk: the same sorted rows give the same chunks however Spark cut them into
+    batches, each group's rows in runs of the chunk size, never two groups in one chunk, the key dropped."""
+    rng = np.random.default_rng(3)
+    group = np.sort(rng.integers(0, 5, 2000))
+    table = pa.table({"g": group, "row": np.arange(group.size)})
+
+    def chunks(cuts: list[int]) -> list[list[int]]:
+        edges = [0, *cuts, table.num_rows]
+        batches = [table.slice(a, b - a).to_batches()[0] for a, b in itertools.pairwise(edges) if b > a]
+        out = list(fixed_chunks("g", iter(batches), size=128))
+        assert all(b.schema.names == ["row"] for b in out)
+        return [b.column("row").to_pylist() for b in out]
+
+    want = chunks([])
+    assert [r for rows in want for r in rows] == list(range(group.size))
+    for rows in want:
+        assert len(set(group[rows])) == 1 and len(rows) <= 128
+    for _ in range(5):
+        assert chunks(sorted(rng.choice(np.arange(1, table.num_rows), 30, replace=False).tolist())) == want
+    assert chunks(list(range(1, table.num_rows))) == want  # a row per batch
+    assert list(fixed_chunks("g", iter([]))) == []
+
+
 def test_row_weights_balance_logins_and_each_attack_kind():
     kind = np.array([NORMAL] * 100 + ["routed"] * 100 + ["hosting"] * 50 + ["labelled"] * 10, object)
     w = row_weights(kind, labelled_weight=0.5)
@@ -250,6 +276,29 @@ def test_spark_the_endpoint_and_evaluate_give_identical_risk_scores(spark, score
     ev, fused = evaluate_model(scorer, labelled)
     assert list(ev.auc)[:2] == ["fused", "model"]
     np.testing.assert_allclose(fused, a.risk_score, rtol=1e-12, equal_nan=True)
+
+
+@pytest.mark.spark
+@pytest.mark.slow
+def test_the_fusion_does_not_depend_on_how_spark_lays_out_the_rows(spark, scored, tmp_path):
+    """The same events and model give the same fusion (and profiles) whatever the session's shuffle
+    partitions, adaptive execution and Arrow batch size: its attacks are drawn per fixed chunk of a
+    hash bucket of entities, its sample kept by a hash of the row, not by Spark's per-partition sampler."""
+    from ipinsights_jobs import score as score_job
+
+    model = Path(scored["world"]["model"])
+    again = tmp_path / "model"
+    shutil.copytree(model, again)
+    mine = ("--model=", "--scores=", "--flagged=", "--reports=", "--arrow_batch_size=")
+    args = [a for a in scored["args"] if not a.startswith(mine)]
+    args += [f"--model={again}", f"--scores={tmp_path / 's'}", f"--flagged={tmp_path / 'f'}"]
+    args += [f"--reports={tmp_path / 'r'}", "--arrow_batch_size=333"]
+    spark.conf.set("spark.sql.shuffle.partitions", "37")  # conftest restores the session's own settings
+    spark.conf.set("spark.sql.adaptive.coalescePartitions.enabled", "false")
+    assert score_job.main(["--date", scored["day"], *args]) == 0
+    first, second = load_fusion(f"{model}.fusion.json"), load_fusion(f"{again}.fusion.json")
+    assert second.rows == first.rows
+    assert second.fingerprint == first.fingerprint
 
 
 def test_a_model_without_fusion_scores_as_before(toy_model):

@@ -15,6 +15,10 @@ Each drawn attack also gets a client (:func:`draw_clients`): half of them keep t
 (an attacker who copies the victim's browser), the other half take another login's of the sample (one who
 does not: a client as common as it is in the traffic, so it matches the victim's by chance as often).
 
+The draws are made per chunk of rows (:func:`fixed_chunks`): a group of entities (a hash bucket) in a fixed
+order, cut every :data:`CHUNK_ROWS` rows, so that the same sample gives the same rows whatever Spark's
+partitions and Arrow batches are (the session's settings, adaptive execution, the cluster's size).
+
 A kind that cannot be drawn for a row (no table, no range of the family, the other entity is the same
 one) leaves that row out of the kind. :func:`fusion_rows` computes the features of the logins (label 0)
 and of the attacks (label 1); rows that come with a ``label`` column (labelled rows, investigators'
@@ -25,7 +29,7 @@ logins balanced.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -164,6 +168,40 @@ def draw_clients(clients: EventDevices, rng: np.random.Generator) -> EventDevice
     )
 
 
+#: Rows per chunk the attacks are drawn in (another login of the chunk, a seed from its first entity).
+CHUNK_ROWS = 1000
+
+
+def fixed_chunks(column: str, batches: Iterator[pa.RecordBatch], size: int = CHUNK_ROWS) -> Iterator[pa.RecordBatch]:
+    """``batches`` (sorted by ``column``, a group key) cut again: each group's rows in runs of ``size`` (its
+    last run shorter), without ``column``. The chunks depend only on the rows and their order, not on how
+    they came cut; at most ``size`` rows are held beyond the batch at hand."""
+    pending: list[pa.RecordBatch] = []
+    held, group = 0, None
+
+    def cut(rows: list[pa.RecordBatch]) -> pa.RecordBatch:
+        table = pa.Table.from_batches(rows).combine_chunks()
+        return table.drop_columns([column]).to_batches()[0]
+
+    for batch in batches:
+        keys = batch.column(column).to_numpy(zero_copy_only=False)
+        starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]]) if keys.size else np.empty(0, np.int64)
+        for start, end in zip(starts, np.r_[starts[1:], keys.size], strict=True):
+            if held and keys[start] != group:  # a new group: the last one's rest is a chunk of its own
+                yield cut(pending)
+                pending, held = [], 0
+            group, offset = keys[start], int(start)
+            while offset < end:
+                take = min(int(end) - offset, size - held)
+                pending.append(batch.slice(offset, take))
+                held, offset = held + take, offset + take
+                if held == size:
+                    yield cut(pending)
+                    pending, held = [], 0
+    if held:
+        yield cut(pending)
+
+
 def rows_schema(names: Sequence[str]) -> pa.Schema:
     """The training rows: kind, label and each feature (float64)."""
     return pa.schema([("kind", pa.string()), ("label", pa.float64()), *((n, pa.float64()) for n in names)])
@@ -180,8 +218,8 @@ def fusion_rows(
     """The training rows (:func:`rows_schema`) of a batch of ``entity``, ``ip``, ``ts`` (and the profile
     columns joined on): its logins (label 0) and an attack of each kind for each (label 1); or, with
     ``labelled`` (a kind: ``labelled``, ``verdict``), its rows with the labels of its ``label`` column.
-    Invalid addresses are left out. The draws are seeded by ``seed`` and the batch's first entity: a retried
-    task draws the same."""
+    Invalid addresses are left out. The draws are seeded by ``seed`` and the batch's first entity (a batch
+    is one of :func:`fixed_chunks`): a retried task, or another session, draws the same."""
     from ipinsights.score.batches import split_joined
 
     batch, joined = split_joined(scorer, batch)

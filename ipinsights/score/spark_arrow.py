@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 import pyarrow as pa
 
 from ipinsights.score.scorer import BATCH_ROWS
-from ipinsights.score.worker import BatchFn, ScorerSource, batch_mapper
+from ipinsights.score.worker import BatchFn, Regroup, ScorerSource, batch_mapper
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame
@@ -25,8 +25,13 @@ def struct_type(schema: pa.Schema) -> StructType:
 
 
 def map_in_arrow(
-    df: DataFrame, source: ScorerSource, fn: BatchFn, schema: StructType | str, batch_size: int = BATCH_ROWS
+    df: DataFrame,
+    source: ScorerSource,
+    fn: BatchFn,
+    schema: StructType | str,
+    batch_size: int = BATCH_ROWS,
+    regroup: Regroup | None = None,
 ) -> DataFrame:
-    """``df.mapInArrow`` with ``fn`` run on every batch by the worker's scorer of ``source``
-    (:func:`ipinsights.score.worker.batch_mapper`: one load per Python worker)."""
-    return df.mapInArrow(batch_mapper(source.resolved(), fn, batch_size), schema)
+    """``df.mapInArrow`` with ``fn`` run on every batch (as ``regroup`` cuts them again, when given) by the
+    worker's scorer of ``source`` (:func:`ipinsights.score.worker.batch_mapper`: one load per Python worker)."""
+    return df.mapInArrow(batch_mapper(source.resolved(), fn, batch_size, regroup), schema)

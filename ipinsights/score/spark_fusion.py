@@ -29,7 +29,7 @@ import pyarrow as pa
 
 from ipinsights.score.config import ScoreConfig
 from ipinsights.score.fusion import FusionModel, FusionSpec, save_fusion
-from ipinsights.score.fusion_data import ATTACKS, NORMAL, fusion_rows, rows_schema
+from ipinsights.score.fusion_data import ATTACKS, NORMAL, fixed_chunks, fusion_rows, rows_schema
 from ipinsights.score.fusion_fit import default_spec, fit_fusion
 from ipinsights.score.hosting import parse_asn_list, shipped_hosting_asns
 from ipinsights.score.profile_rows import JOINED
@@ -86,6 +86,8 @@ def row_weights(kind: np.ndarray, labelled_weight: float = 1.0, verdict_weight: 
 
 
 _ROWS_PER_PART = 25_000  # the fit's input rows per task: a few Arrow batches each
+_BUCKET = "_fusion_bucket"
+_HASH_RANGE = 1 << 30  # the sample's hash is cut to this range: a fraction's resolution
 
 
 def build_fusion(
@@ -98,6 +100,8 @@ def build_fusion(
 ) -> FusionModel:
     """Fit the fusion on the calibration days (see the module docstring) and store it at ``path``; ``fence``
     (the sidecar's lease check) runs just before it is stored, so a run that lost the lease stores nothing."""
+    from pyspark.sql import functions as F
+
     from ipinsights.storage.files import delete_uri
     from ipinsights.storage.modelfile import model_fingerprint
 
@@ -109,19 +113,22 @@ def build_fusion(
     inputs = _inputs(spark, cfg, window)
     source = ScorerSource.with_profile(cfg.model, header.path, cfg.asn_table)
     schema = rows_schema(spec.names)
-    # The attacks are drawn per Arrow batch (another login of the batch, a seed from its first entity), so the
-    # batches must not depend on how the join happened to lay out its rows (broadcast or shuffle, the
-    # session's settings, the cluster's size): hashed into a number of partitions set by the sample, sorted.
+    # The attacks are drawn per chunk of rows, which must not depend on how Spark laid the rows out (the
+    # join's strategy, adaptive execution, which drops a repartition its input already has and coalesces
+    # small shuffles, the session's settings, the cluster's size): the entities are hashed into buckets
+    # set by the sample, each bucket's rows sorted and cut into fixed chunks by the workers.
     spread = max(1, math.ceil(cfg.fusion.sample_rows / _ROWS_PER_PART))
+    bucket = F.pmod(F.xxhash64("entity"), F.lit(spread)).alias(_BUCKET)
     parts = [
         map_in_arrow(
             join_profile_rows(df, header.files)
-            .select(*df.columns, *JOINED.values())
-            .repartition(spread, "entity")
-            .sortWithinPartitions(*df.columns),
+            .select(bucket, *df.columns, *JOINED.values())
+            .repartition(spread, _BUCKET)
+            .sortWithinPartitions(_BUCKET, *df.columns),
             source,
             partial(fusion_rows, spec.names, hosting, cfg.fusion.seed, kind),
             struct_type(schema),
+            regroup=partial(fixed_chunks, _BUCKET),
         )
         for kind, df in inputs
     ]
@@ -179,7 +186,10 @@ def _inputs(spark: SparkSession, cfg: ScoreConfig, window: tuple[str, str]) -> l
     events = with_devices(read_events(spark, cfg.events, *window), "entity", "ip", "ts")
     total = events.count()
     fraction = min(1.0, cfg.fusion.sample_rows / max(total, 1))
-    sample = events if fraction >= 1.0 else events.sample(False, fraction, cfg.fusion.seed)
+    # Kept by a hash of the row and the seed, not by Spark's sampler (seeded per partition): the same rows
+    # whatever the events' files were split into.
+    keep = F.pmod(F.xxhash64(F.lit(cfg.fusion.seed), "entity", "ip", "ts"), F.lit(_HASH_RANGE)) < fraction * _HASH_RANGE
+    sample = events if fraction >= 1.0 else events.where(keep)
     out: list[tuple[str | None, DataFrame]] = [(None, sample)]
     if cfg.fusion.labelled and cfg.fusion.labelled_weight > 0:
         out.append((LABELLED, _labelled(spark, cfg.fusion.labelled)))

@@ -20,6 +20,8 @@ from ipinsights.storage.files import file_stamp
 
 #: What a worker does with each batch: the worker's scorer and the batch in, the output batch out.
 BatchFn = Callable[[Scorer, pa.RecordBatch], pa.RecordBatch]
+#: How a task's batches are cut again before ``BatchFn`` sees them (the fusion's fixed chunks).
+Regroup = Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]
 
 
 @dataclass(frozen=True)
@@ -79,10 +81,10 @@ def worker_scorer(source: ScorerSource) -> Scorer:
 
 
 def batch_mapper(
-    source: ScorerSource, fn: BatchFn, batch_size: int = BATCH_ROWS
+    source: ScorerSource, fn: BatchFn, batch_size: int = BATCH_ROWS, regroup: Regroup | None = None
 ) -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
     """The ``mapInArrow`` function (:func:`ipinsights.score.spark_scoring.map_in_arrow`): a picklable closure
-    that loads the worker's scorer once and maps ``fn``.
+    that loads the worker's scorer once and maps ``fn`` (over the batches ``regroup`` makes, when given).
 
     ``batch_size`` is rows per torch call (the Arrow batch size is Spark's ``maxRecordsPerBatch``).
     """
@@ -94,7 +96,7 @@ def batch_mapper(
         torch.set_num_threads(1)
         scorer = worker_scorer(source)
         scorer.batch_size = batch_size  # not part of the cache key: the same model serves any batch size
-        for batch in batches:
+        for batch in batches if regroup is None else regroup(batches):
             yield fn(scorer, batch)
 
     return map_batches
