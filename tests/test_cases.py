@@ -136,6 +136,29 @@ def test_one_source_into_many_entities_is_one_network_case(spark):
     assert net["rank"] == 1 and net["severity"] > max(c["severity"] for c in cases.values() if c["kind"] == ENTITY)
 
 
+@pytest.mark.spark
+def test_the_entity_case_names_the_device_and_a_stranger_s_device_raises_it(spark):
+    """Two accounts, each one login from a new network: carol's on her own browser (a trip), dave's from a
+    device he never used (a takeover). Same scores: dave's case ranks higher, by the documented point,
+    and both summaries say which device it was."""
+    known = "known device (Chrome on Windows, desktop; 140 logins in training)"
+    stranger = "new device: curl on Other, other, user agent curl/8.1.2"
+    rows = [
+        {**_row("carol", "203.0.113.5", 2), "device": known},
+        {**_row("dave", "198.51.100.7", 3), "device": stranger},
+        _row("erin", "192.0.2.9", 4),  # scored without user agents: no device, no point
+    ]
+    cases, _ = _cases(spark, rows)
+    carol, dave, erin = (cases[(ENTITY, e, DAY)] for e in ("carol", "dave", "erin"))
+    assert (carol["top_device"], carol["top_new_device"]) == (known, False)
+    assert (dave["top_device"], dave["top_new_device"]) == (stranger, True)
+    assert erin["top_device"] is None and not erin["top_new_device"]
+    assert dave["severity"] == pytest.approx(carol["severity"] + 1.0) and erin["severity"] == carol["severity"]
+    assert dave["rank"] < carol["rank"]
+    assert f"; {stranger}; usually AS7922 Comcast (US)" in dave["summary"]
+    assert known in carol["summary"] and "device" not in erin["summary"]
+
+
 def test_severity_orders_what_an_investigator_would():
     kind = np.array([ENTITY] * 4 + [NETWORK])
     pct, events = np.array([99.0, 99.99, 99.99, 99.99, 99.0]), np.array([1, 1, 1, 5, 20])

@@ -17,8 +17,12 @@ Severity (:func:`severity`), in decades of rarity (each point ~ ten times less l
   networks: a sudden new network means more for someone with one ISP than for a traveller; an entity
   never seen in training gets none), ``+ 0.25 * log10(events)``, ``+ log10(new networks)`` and ``+ 1`` when
   the entity also logged in that day from places that were not flagged (``usual_today``): two people on
-  one account, where a traveller's day comes from the trip's network alone (``bench/cases_eval.py``
-  measures what each term does on the demo's world);
+  one account, where a traveller's day comes from the trip's network alone, and ``+ 1`` when the
+  highest event came from both a new network and a device the entity never used in training (a
+  traveller keeps their own device; an attacker, unless very targeted, does not). The score term
+  already weighs the device through ``risk_score``, but it is capped: among the cases above every
+  calibration row this is what tells the trip from the takeover (``bench/cases_eval.py`` measures what
+  each term does on the demo's world);
 * network cases: ``+ 3 * log10(entities)`` (5 accounts: +2.1, 10: +3, 100: +6): one source into many
   accounts in a day is a campaign, not a traveller.
 
@@ -47,7 +51,7 @@ import pyarrow as pa
 
 from ipinsights.score.schemas import FINISHED_FIELDS
 
-SEVERITY_VERSION = 1  # bump when the formula changes: stored case floors are then recalibrated
+SEVERITY_VERSION = 2  # bump when the formula changes: stored case floors are then recalibrated
 RARITY_FLOOR = 1e-5  # the score points' cap: 5 decades
 MAX_MEMBERS = 1000  # entities listed per network case (``entities`` is the exact count)
 MAX_NETWORKS = 20  # networks listed per case
@@ -98,15 +102,18 @@ def severity(
     entities: np.ndarray,
     settled: np.ndarray,
     usual_today: np.ndarray | None = None,
+    new_device: np.ndarray | None = None,
 ) -> np.ndarray:
-    """The documented severity of cases (see the module docstring); arrays of one value per case."""
+    """The documented severity of cases (see the module docstring); arrays of one value per case
+    (``new_device``: the top event is from a new network and a new device)."""
     pts = score_points(percentile)
     ev = np.maximum(np.asarray(events, np.float64), 1.0)
     nets = np.maximum(np.asarray(networks, np.float64), 1.0)
     ents = np.maximum(np.asarray(entities, np.float64), 1.0)
     settled = np.nan_to_num(np.clip(np.asarray(settled, np.float64), 0.0, 1.0))
     both = np.zeros(len(pts)) if usual_today is None else (np.nan_to_num(np.asarray(usual_today, np.float64)) > 0)
-    entity_sev = pts + settled + 0.25 * np.log10(ev) + np.log10(nets) + both
+    stranger = np.zeros(len(pts)) if new_device is None else np.asarray(new_device, bool)
+    entity_sev = pts + settled + 0.25 * np.log10(ev) + np.log10(nets) + both + stranger
     network_sev = pts + 3.0 * np.log10(ents)
     return np.round(np.where(np.asarray(kind) == NETWORK, network_sev, entity_sev), 6)
 
@@ -159,7 +166,13 @@ def summary(case: Mapping[str, Any]) -> str:
         history = ", ".join(p for p in parts if p)
     today = case.get("usual_today") or 0
     also = f"; also {today} login{'s' if today != 1 else ''} that day from places not flagged" if today else ""
-    return f"{head}; {history}{also}; {_percent(case['score_percentile'])}"
+    device = f"; {case['top_device']}" if case.get("top_device") else ""
+    return f"{head}{device}; {history}{also}; {_percent(case['score_percentile'])}"
+
+
+def _true(column: pa.Array) -> np.ndarray:
+    """A boolean column as numpy, null as False."""
+    return np.asarray(column.fill_null(False).to_numpy(zero_copy_only=False), bool)
 
 
 def finish_batch(batch: pa.RecordBatch, floor: float | None) -> pa.RecordBatch:
@@ -179,6 +192,7 @@ def finish_batch(batch: pa.RecordBatch, floor: float | None) -> pa.RecordBatch:
         col["entities"].to_numpy(zero_copy_only=False),
         settled,
         col["usual_today"].to_numpy(zero_copy_only=False),
+        _true(col["top_new"]) & _true(col["top_new_device"]),
     )
     # Only what the summary reads: the events' structs stay in Arrow.
     rows = batch.select(_SUMMARY_COLUMNS).to_pylist()
@@ -210,6 +224,7 @@ _SUMMARY_COLUMNS = [
     "top_network",
     "top_ip",
     "top_new",
+    "top_device",
     "score_percentile",
     "training_count",
     "usual_ases",

@@ -14,10 +14,13 @@ import pyarrow as pa
 
 from ipinsights.core.ip import to_string_array
 
-__all__ = ["DEVICE_COLUMNS", "EventDevices", "event_devices"]
+__all__ = ["DEVICE_COLUMNS", "NEW_DEVICE", "EventDevices", "event_devices"]
 
 #: The events table's user-agent columns (ingest): the string and its parsed family, OS family and device type.
 DEVICE_COLUMNS = ("user_agent", "ua_family", "ua_os", "ua_device")
+
+#: How an explanation's ``device`` starts for a device the entity never used in training (cases read it).
+NEW_DEVICE = "new device"
 
 #: The seed of the device and user-agent hashes: fixed, so that a device has one id in every profile.
 _DEVICE_SEED = 0x1D_5EED

@@ -148,6 +148,7 @@ def device_words(
     (Chrome on Windows, desktop; 140 logins in training)", "new device: curl on Other (other), user agent
     curl/8.1.2", or the device alone when the entity's training logins had no user agent; None without one."""
     from ipinsights.core.useragent import parse_user_agent
+    from ipinsights.score.clients import NEW_DEVICE
 
     h = profiles.hist if profiles is not None else None
     lists = h is not None and profiles is not None and h.device_offsets.size == profiles.net_offsets.size
@@ -171,7 +172,7 @@ def device_words(
             out.append(f"known device ({name}; {int(h.device_counts[s + hit[0]])} logins in training)")
         else:  # a string that says little once parsed (a script, an app) is shown as it is
             raw = f", user agent {agent[:80]}" if "Other" in (family, os_family) or kind == "other" else ""
-            out.append(f"new device: {name}{raw}")
+            out.append(f"{NEW_DEVICE}: {name}{raw}")
     return out
 
 

@@ -126,6 +126,8 @@ GROUPED = pa.schema(
         ("top_ip", pa.string()),
         ("top_network", pa.string()),
         ("top_new", pa.bool_()),
+        ("top_device", pa.string()),  # the top event's client in words (explain.device_words); null: none
+        ("top_new_device", pa.bool_()),  # its device is not one of the entity's in training
         ("training_count", pa.int64()),
         ("known_networks", pa.int32()),
         ("usual_events", pa.int64()),

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 
 from ipinsights.score.cases import AGENT_SOURCE, ENTITY, MAX_MEMBERS, MAX_NETWORKS, NETWORK, CaseSettings, finish_batch
+from ipinsights.score.clients import NEW_DEVICE
 from ipinsights.score.schemas import CASES, CASES_UNRANKED, GROUPED
 from ipinsights.score.spark_arrow import struct_type
 from ipinsights.score.spark_verdicts import rule_match, rules_df
@@ -40,8 +41,9 @@ def _network_columns(ev: DataFrame) -> DataFrame:
     """Flagged rows plus ``source`` (the /24 or /48), ``network_key`` (``AS<n>`` or the subnet) and its name."""
     from pyspark.sql import functions as F
 
-    if "user_agent" not in ev.columns:  # scored from events without user agents
-        ev = ev.withColumn("user_agent", F.lit(None).cast("string"))
+    for column in ("user_agent", "device"):  # scored from events without user agents
+        if column not in ev.columns:
+            ev = ev.withColumn(column, F.lit(None).cast("string"))
     asn_key = F.when(F.col("asn").isNotNull(), F.concat(F.lit("AS"), F.col("asn").cast("string")))
     new = F.when(F.col("asn_seen").isNotNull(), ~F.col("asn_seen")).otherwise(
         ~F.coalesce(F.col("subnet_seen"), F.lit(False))
@@ -170,6 +172,8 @@ def _shared_aggregates(case_events: int) -> list[Column]:
         F.max_by("ip", score).alias("top_ip"),
         F.max_by("network_name", score).alias("top_network"),
         F.max_by("new_network", score).alias("top_new"),
+        F.max_by("device", score).alias("top_device"),
+        F.max_by(F.col("device").startswith(NEW_DEVICE), score).alias("top_new_device"),
         F.slice(F.sort_array(F.collect_set("network_key")), 1, MAX_NETWORKS).alias("network_keys"),
         F.slice(F.sort_array(F.collect_set("network_name")), 1, MAX_NETWORKS).alias("network_names"),
         F.slice(F.sort_array(F.collect_list(event), asc=False), 1, case_events).alias("events_detail"),
