@@ -76,7 +76,7 @@ def world(spark, tmp_path_factory) -> dict[str, Any]:
         "--arrow_batch_size=700",
     ]
     assert score_job.main(["--date", TEST, *args]) == 0
-    return {"model": str(model), "tables": tables, "out": out, "truth": truth}
+    return {"model": str(model), "tables": tables, "out": out, "truth": truth, "labelled": str(paths.test_labelled)}
 
 
 @pytest.mark.spark
@@ -104,6 +104,31 @@ def test_the_fusion_weighs_a_new_device_and_the_flagged_events_name_it(world):
     words = [r["device"] for r in flagged if r["device"]]
     assert words and any(w.startswith("new device: ") for w in words)
     assert all(w.startswith(("new device: ", "known device (", "device ")) for w in words)
+
+
+@pytest.mark.spark
+@pytest.mark.slow
+def test_evaluate_and_the_fit_read_the_labelled_rows_user_agents(spark, world):
+    """The generator's labelled CSV carries each row's user agent (a fifth, quoted field): evaluate scores the
+    device with it (an attacker on another device ranks higher than without the column), and the fusion's
+    labelled rows keep it."""
+    from ipinsights.score.evaluate import evaluate_model
+    from ipinsights.score.scorer import Scorer
+    from ipinsights.score.spark_fusion import _labelled
+    from ipinsights.storage.sagemaker_csv import read_labelled_csv
+
+    labelled = read_labelled_csv(world["labelled"])
+    assert labelled["user_agent"].null_count == 0
+    scorer = Scorer.load(world["model"], profile=True, asn_table=world["tables"], fusion=True)
+    seen, _ = evaluate_model(scorer, labelled)
+    blind, _ = evaluate_model(scorer, labelled.drop_columns(["user_agent"]))
+    for kind in ("naive", "targeted"):
+        assert seen.auc["fused"][kind] > blind.auc["fused"][kind], kind
+    rows = _labelled(spark, world["labelled"])
+    assert rows.columns == ["entity", "ip", "ts", "label", "user_agent"]
+    got = sorted((r.entity, r.ip, r.label, r.user_agent) for r in rows.collect())
+    want = zip(*(labelled[c].to_pylist() for c in ("entity", "ip", "label", "user_agent")), strict=True)
+    assert got == sorted((e, ip, float(y), a) for e, ip, y, a in want)
 
 
 @pytest.mark.spark

@@ -17,7 +17,9 @@ import pytest
 
 from ipinsights.core.config import ConfigError
 from ipinsights.core.useragent import parse_user_agent
+from ipinsights.storage.sagemaker_csv import read_labelled_csv
 from ipinsights.synth import COMBINED_LOG_RE, SynthSpec, generate_dataset
+from ipinsights.synth.dataset import labelled_csv_bytes
 from ipinsights.synth.devices import CATALOGUE, current_release, device_agents
 from ipinsights.synth.world import load_plan, user_devices
 
@@ -78,7 +80,10 @@ def test_realistic_devices_add_user_agents_to_the_legacy_data(tmp_path):
     spec = {**LEGACY, "inject_attacks": True, "spraying_accounts": 10}
     legacy = generate_dataset(tmp_path / "legacy", SynthSpec(**spec))
     realistic = generate_dataset(tmp_path / "realistic", SynthSpec(**spec, devices="realistic"))
-    assert legacy.test_labelled.read_bytes() == realistic.test_labelled.read_bytes()
+    before, after = read_labelled_csv(legacy.test_labelled), read_labelled_csv(realistic.test_labelled)
+    assert after.drop_columns(["user_agent"]).equals(before) and "user_agent" not in before.column_names
+    agents = after["user_agent"].to_pylist()
+    assert all(agents) and any("," in a for a in agents)  # quoted: "(KHTML, like Gecko)" stays one field
     truth = pq.read_table(realistic.events)
     assert truth.drop_columns(["user_agent"]).equals(pq.read_table(legacy.events))
     assert pc.all(pc.is_valid(truth["user_agent"])).as_py()
@@ -114,6 +119,19 @@ def test_every_catalogue_device_parses_as_itself_whatever_its_version_and_model(
     shares = np.array([t.share for t in CATALOGUE])
     desktop = sum(t.share for t in CATALOGUE if t.device == "desktop") / shares.sum()
     assert 0.4 < desktop < 0.55  # about half of the logins from desktops, as the market goes
+
+
+def test_the_labelled_csv_carries_the_user_agent_quoted_and_empty_when_unknown(tmp_path):
+    agents = ['Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) "quoted"', None, "curl/8.1.2"]
+    table = pa.table(
+        {"entity": ["a", "b", "c"], "ip": ["1.2.3.4", "::1", "10.0.0.1"], "label": [1, 0, 1], "kind": ["x"] * 3}
+    )
+    path = tmp_path / "labelled.csv"
+    path.write_bytes(labelled_csv_bytes(table.append_column("user_agent", pa.array(agents, pa.string()))))
+    back = read_labelled_csv(path)
+    assert back["user_agent"].to_pylist() == agents and back["label"].to_pylist() == [1, 0, 1]
+    path.write_bytes(labelled_csv_bytes(table))
+    assert read_labelled_csv(path).column_names == ["entity", "ip", "label", "kind"]
 
 
 def test_each_user_has_one_to_three_devices_and_uses_only_them(world):

@@ -205,22 +205,25 @@ def _inputs(spark: SparkSession, cfg: ScoreConfig, window: tuple[str, str]) -> l
 
 
 def _labelled(spark: SparkSession, path: str) -> DataFrame:
-    """Labelled rows: a Parquet table with ``entity``, ``ip``, ``label`` (and ``ts`` when it has one), or a
-    headerless ``entity,ip,label[,kind]`` CSV (no timestamps: no recency features)."""
+    """Labelled rows: a Parquet table with ``entity``, ``ip``, ``label`` (and ``ts``, the user-agent columns
+    when it has them), or a headerless ``entity,ip,label[,kind[,user_agent]]`` CSV (no timestamps: no
+    recency features)."""
     from pyspark.sql import functions as F
 
     if path.rstrip("/").endswith(".parquet") or not path.lower().endswith((".csv", ".txt")):
         df = spark.read.parquet(path)
         ts = F.col("ts") if "ts" in df.columns else F.lit(None).cast("timestamp")
-        return df.select("entity", "ip", ts.alias("ts"), F.col("label").cast("double").alias("label"))
+        df = df.withColumn("ts", ts).withColumn("label", F.col("label").cast("double"))
+        return with_devices(df, "entity", "ip", "ts", "label")
     from ipinsights.storage.sagemaker_csv import read_labelled_csv
 
     table = read_labelled_csv(path)
-    rows = [
-        (e, ip, float(y)) for e, ip, y in zip(*(table[c].to_pylist() for c in ("entity", "ip", "label")), strict=True)
-    ]
-    df = spark.createDataFrame(rows, "entity string, ip string, label double")
-    return df.select("entity", "ip", F.lit(None).cast("timestamp").alias("ts"), "label")
+    columns = ["entity", "ip", "label", *(["user_agent"] if "user_agent" in table.column_names else [])]
+    rows = list(zip(*(table[c].to_pylist() for c in columns), strict=True))
+    df = spark.createDataFrame(rows, ", ".join(f"{c} {'int' if c == 'label' else 'string'}" for c in columns))
+    return df.select(
+        "entity", "ip", F.lit(None).cast("timestamp").alias("ts"), F.col("label").cast("double"), *columns[3:]
+    )
 
 
 def _read(files: list[str], schema: pa.Schema) -> pa.Table:

@@ -96,15 +96,23 @@ def read_pairs_csv(path: str | Path) -> pa.Table:
 
 
 def read_labelled_csv(path: str | Path) -> pa.Table:
-    """Labelled evaluation rows ``entity,ip,label[,kind]`` (label 1 = anomalous, 0 = normal)."""
+    """Labelled evaluation rows ``entity,ip,label[,kind[,user_agent]]`` (label 1 = anomalous, 0 = normal; the
+    user agent CSV-quoted, empty when unknown: null)."""
+    import pyarrow.compute as pc
+
     path = Path(path)
-    with open(path, encoding="utf-8", errors="replace") as fh:
+    with open(path, encoding="utf-8", errors="replace", newline="") as fh:
         first = fh.readline()
-    n = first.count(",") + 1
-    if n not in (3, 4):
-        raise DataFormatError(f"{path}:1: expected 3 or 4 fields (entity,ip,label[,kind]), got {n}: {first!r}")
-    columns = ["entity", "ip", "label", "kind"][:n]
+    n = len(next(csv.reader([first]), []))
+    if n not in (3, 4, 5):
+        raise DataFormatError(
+            f"{path}:1: expected 3 to 5 fields (entity,ip,label[,kind[,user_agent]]), got {n}: {first!r}"
+        )
+    columns = ["entity", "ip", "label", "kind", "user_agent"][:n]
     table = _read_headerless_csv(path, columns)
+    if "user_agent" in columns:
+        agents = table["user_agent"]
+        table = table.set_column(n - 1, "user_agent", pc.if_else(pc.equal(agents, ""), None, agents))
     try:
         labels = table["label"].cast(pa.int8())
     except pa.ArrowInvalid:

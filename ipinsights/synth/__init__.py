@@ -11,7 +11,7 @@ and logs in over it part of the time; IPv6 rows carry RFC 5952 text in ``ip``, a
 
 With ``devices: realistic`` each user has 1-3 devices with realistic user agents, and attackers come in
 Wiefling et al.'s levels of sophistication (:mod:`ipinsights.synth.devices`); the truth and the labelled
-tables get a ``user_agent`` column (the labelled CSVs stay ``entity,ip,label,kind``).
+tables get a ``user_agent`` column (the labelled CSVs a fifth, quoted field: ``entity,ip,label,kind,user_agent``).
 
 Typical use::
 

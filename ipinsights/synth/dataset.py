@@ -3,7 +3,7 @@
 Layout under ``out_dir`` (the same whether shards run here or in Spark tasks)::
 
     logs/access-00000.log[.gz] ...        one file per shard (spec.n_files)
-    labels/test_labelled.csv               entity,ip,label,kind (headerless); attacks + normal rows
+    labels/test_labelled.csv               entity,ip,label,kind[,user_agent] (headerless); attacks + normal rows
     labels/validation_labelled.csv         the same for the validation days
     truth/events.parquet/part-00000.parquet ...   every login line of the logs (EVENT_SCHEMA + kind)
     world/networks.tsv                     the address plan, ip2asn-v4 format
@@ -108,9 +108,15 @@ def read_spec(root: str | Path) -> SynthSpec:
 
 
 def labelled_csv_bytes(table: pa.Table) -> bytes:
-    """Headerless ``entity,ip,label,kind`` lines (entities and kinds never hold commas or quotes)."""
+    """Headerless ``entity,ip,label,kind`` lines, plus the quoted ``user_agent`` where the rows have one
+    (``devices: realistic``; empty when unknown). Entities and kinds never hold commas or quotes."""
     label = pc.cast(table["label"], pa.string())
-    lines = pc.binary_join_element_wise(table["entity"], ",", table["ip"], ",", label, ",", table["kind"], "\n", "")
+    fields = [table["entity"], table["ip"], label, table["kind"]]
+    if "user_agent" in table.column_names:
+        quoted = pc.replace_substring(table["user_agent"], '"', '""')
+        fields.append(pc.if_else(pc.is_valid(quoted), pc.binary_join_element_wise('"', quoted, '"', ""), ""))
+    parts = [part for field in fields for part in (field, ",")][:-1]
+    lines = pc.binary_join_element_wise(*parts, "\n", "")
     return lines_buffer(lines.combine_chunks()).to_pybytes() if table.num_rows else b""
 
 
