@@ -19,7 +19,9 @@ Prints one figure per line, the mean over the seeds: ``auc_<shape>_<variant>_<me
 with the world's table in both variants), and ``fit_ratio_<shape>_<variant>=`` (the fusion's numpy fit
 over one training epoch's time), ``build_ratio_<shape>_<variant>=`` (the whole sidecar build on Spark:
 sample, join, features, fit, over one epoch). ``--devices realistic`` (issue 31): users' own devices and
-the attackers' four levels of sophistication, user agents in the events and the test rows.
+the attackers' four levels of sophistication, user agents in the events and the test rows; it adds
+``trip_<shape>_<variant>_auc=``: the normal test logins from an AS the entity never used, on their own
+device against the same logins on a device the entity never used (the AUC of the latter over the former).
 """
 
 from __future__ import annotations
@@ -148,6 +150,10 @@ def _evaluate(spark, args: argparse.Namespace, w: dict, variant: str, model: Pat
         network_table(w["tables"]), w["train"]["entity"], w["train"]["ip"], test["entity"], test["ip"]
     )
     base = evaluate_scores(lookup["seen_asn"], test["label"].to_numpy(), test["kind"].to_numpy(zero_copy_only=False))
+    if "user_agent" in test.column_names:
+        trips = _trips(scorer, w, test, lookup["seen_asn"])
+        for name, value in trips.items():
+            out[name].append(value)
     for method, auc, recall in (
         ("fused", ev.auc["fused"], ev.recall["fused"]["0.01"]),
         ("model", ev.auc["model"], ev.recall["model"]["0.01"]),
@@ -158,6 +164,43 @@ def _evaluate(spark, args: argparse.Namespace, w: dict, variant: str, model: Pat
         for kind, value in recall.items():
             out[f"recall0.01_{method}_{kind}"].append(value)
     return fusion.fit_seconds, build
+
+
+def _trips(scorer, w: dict, test, unseen_as: np.ndarray) -> dict[str, float]:
+    """Issue 31's trips: the normal test logins from an AS the entity never used in training (its trips and
+    one-off logins, made on its own devices, as the generator's travellers and roamers keep them), scored as
+    they are and again with a device the entity never used (another training login's user agent, of a
+    device that is not the entity's). ``trip_auc`` is the AUC of the new-device copies against the
+    known-device ones (1.0: every trip on a new device ranks above every trip on a known one)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from ipinsights.core.metrics import roc_auc
+    from ipinsights.core.useragent import parse_user_agents
+    from ipinsights.score.clients import event_devices
+    from ipinsights.score.features import event_days
+
+    trip = (test["label"].to_numpy() == 0) & (unseen_as == 1.0) & pc.is_valid(test["user_agent"]).to_numpy()
+    rows = test.filter(pa.array(trip))
+    train = w["train"].filter(pc.is_valid(w["train"]["user_agent"]))
+    device = pc.binary_join_element_wise(*(p.cast(pa.string()) for p in parse_user_agents(train["user_agent"].combine_chunks())), "/")
+    owned = set(zip(train["entity"].to_pylist(), device.to_pylist(), strict=True))
+    pool = sorted(set(zip(train["user_agent"].to_pylist(), device.to_pylist(), strict=True)))
+    rng = np.random.default_rng(0)
+    other = []
+    for entity in rows["entity"].to_pylist():
+        for pick in rng.integers(0, len(pool), 64):  # a device the entity never used (64 tries)
+            agent, dev = pool[int(pick)]
+            if (entity, dev) not in owned:
+                break
+        other.append(agent)
+    days = event_days(rows["ts"], rows.num_rows)
+    known = scorer.assess(rows["entity"], rows["ip"], 10, days=days, devices=event_devices(rows)).risk_score
+    swapped = rows.set_column(rows.schema.get_field_index("user_agent"), "user_agent", pa.array(other, pa.string()))
+    new = scorer.assess(rows["entity"], rows["ip"], 10, days=days, devices=event_devices(swapped)).risk_score
+    assert known is not None and new is not None
+    labels = np.r_[np.zeros(known.size), np.ones(new.size)]
+    return {"trip_auc": roc_auc(np.r_[known, new], labels), "trip_rows": float(rows.num_rows)}
 
 
 def main(argv: list[str] | None = None) -> int:
