@@ -8,7 +8,7 @@ import pytest
 from ipinsights.core.config import Hyperparameters, ModelOptions
 from ipinsights.train.data import EncodedPairs, LabelledPairs
 from ipinsights.train.trainer import build_model
-from ipinsights.train.validation import labelled_metrics, shuffled_auc
+from ipinsights.train.validation import discriminator_auc, labelled_metrics, shuffled_auc
 
 
 @pytest.fixture(scope="module")
@@ -21,16 +21,18 @@ def _pairs(n: int, seed: int = 0) -> EncodedPairs:
     return EncodedPairs(rng.integers(0, 500, n), rng.integers(1 << 24, 224 << 24, n))
 
 
-def test_shuffled_auc_is_the_full_one_when_the_data_fits_the_sample(model):
+@pytest.mark.parametrize("metric", [shuffled_auc, discriminator_auc])
+def test_an_auc_is_the_full_one_when_the_data_fits_the_sample(model, metric):
     data = _pairs(3000)
-    assert shuffled_auc(model, data, sample=3000) == shuffled_auc(model, data, sample=10**9)
+    assert metric(model, data, sample=3000) == metric(model, data, sample=10**9)
 
 
-def test_shuffled_auc_samples_the_same_rows_every_call(model):
+@pytest.mark.parametrize("metric", [shuffled_auc, discriminator_auc])
+def test_an_auc_samples_the_same_rows_every_call(model, metric):
     data = _pairs(5000)
-    sampled = shuffled_auc(model, data, sample=1000)
-    assert sampled == shuffled_auc(model, data, sample=1000)  # every epoch compares the same pairs
-    assert sampled != shuffled_auc(model, data, sample=10**9)  # ... which are not all of them
+    sampled = metric(model, data, sample=1000)
+    assert sampled == metric(model, data, sample=1000)  # every epoch compares the same pairs
+    assert sampled != metric(model, data, sample=10**9)  # ... which are not all of them
 
 
 def _labelled(n_normal: int, n_attack: int) -> LabelledPairs:

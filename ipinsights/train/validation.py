@@ -23,19 +23,31 @@ VALIDATION_SAMPLE = 100_000
 
 
 @torch.no_grad()
-def discriminator_auc(model: IPInsightsModel, data: EncodedPairs, seed: int = 12345, batch_size: int = 65536) -> float:
+def discriminator_auc(
+    model: IPInsightsModel,
+    data: EncodedPairs,
+    seed: int = 12345,
+    batch_size: int = 65536,
+    sample: int = VALIDATION_SAMPLE,
+) -> float:
     """SageMaker's validation metric: AUC of real pairs vs one random-IP negative each (R=1, S=0).
 
-    The negatives come from a fixed seed so that epochs (and runs) are compared on the same set.
+    The negatives come from a fixed seed so that epochs (and runs) are compared on the same set; on at most
+    ``sample`` rows of ``data`` (a seeded sample, the same every epoch and run; all rows when no more).
     """
-    if len(data) == 0:
+    n = len(data)
+    if n == 0:
         return float("nan")
+    entity_rows, all_ips = np.asarray(data.entity_rows), np.asarray(data.ips)
+    if n > sample:
+        rows = _sample_rows(n, sample, seed)
+        entity_rows, all_ips, n = entity_rows[rows], all_ips[rows], sample
     device = model.entity_table.device
     g = torch.Generator(device=device).manual_seed(seed)
     pos, neg = [], []
-    for start in range(0, len(data), batch_size):
-        ent = torch.as_tensor(data.entity_rows[start : start + batch_size], device=device)
-        ips = torch.as_tensor(data.ips[start : start + batch_size], device=device)
+    for start in range(0, n, batch_size):
+        ent = torch.as_tensor(entity_rows[start : start + batch_size], device=device)
+        ips = torch.as_tensor(all_ips[start : start + batch_size], device=device)
         pos.append(model(ent, ips).float().cpu().numpy())
         neg.append(model(ent, random_ips_like(ips, g)).float().cpu().numpy())
     p, n = np.concatenate(pos), np.concatenate(neg)
