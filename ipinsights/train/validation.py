@@ -50,8 +50,8 @@ def discriminator_auc(
         ips = torch.as_tensor(all_ips[start : start + batch_size], device=device)
         pos.append(model(ent, ips).float().cpu().numpy())
         neg.append(model(ent, random_ips_like(ips, g)).float().cpu().numpy())
-    p, n = np.concatenate(pos), np.concatenate(neg)
-    return roc_auc(np.concatenate([p, n]), np.concatenate([np.ones(p.size), np.zeros(n.size)]))
+    real, fake = np.concatenate(pos), np.concatenate(neg)
+    return roc_auc(np.concatenate([real, fake]), np.concatenate([np.ones(real.size), np.zeros(fake.size)]))
 
 
 @torch.no_grad()
