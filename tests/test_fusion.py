@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -281,24 +280,38 @@ def test_spark_the_endpoint_and_evaluate_give_identical_risk_scores(spark, score
 @pytest.mark.spark
 @pytest.mark.slow
 def test_the_fusion_does_not_depend_on_how_spark_lays_out_the_rows(spark, scored, tmp_path):
-    """The same events and model give the same fusion (and profiles) whatever the session's shuffle
-    partitions, adaptive execution and Arrow batch size: its attacks are drawn per fixed chunk of a
-    hash bucket of entities, its sample kept by a hash of the row, not by Spark's per-partition sampler."""
-    from ipinsights_jobs import score as score_job
+    """The same events, model and profiles give the same fusion whatever the session's shuffle partitions,
+    adaptive execution and Arrow batch size: its attacks are drawn per fixed chunk of a hash bucket of
+    entities, its sample kept by a hash of the row, not by Spark's per-partition sampler."""
+    from test_golden_score import TRAIN, VALID
 
-    model = Path(scored["world"]["model"])
-    again = tmp_path / "model"
-    shutil.copytree(model, again)
-    mine = ("--model=", "--scores=", "--flagged=", "--reports=", "--arrow_batch_size=")
-    args = [a for a in scored["args"] if not a.startswith(mine)]
-    args += [f"--model={again}", f"--scores={tmp_path / 's'}", f"--flagged={tmp_path / 'f'}"]
-    args += [f"--reports={tmp_path / 'r'}", "--arrow_batch_size=333"]
-    spark.conf.set("spark.sql.shuffle.partitions", "37")  # conftest restores the session's own settings
+    from ipinsights.score.config import FusionSettings, ScoreConfig
+    from ipinsights.score.spark_sidecars import resolve_fusion, resolve_profile
+
+    world = scored["world"]
+    cfg = ScoreConfig(
+        model=world["model"],
+        events=str(world["events"]),
+        scores=str(tmp_path / "s"),
+        flagged=str(tmp_path / "f"),
+        reports=str(tmp_path / "r"),
+        target_fpr=0.02,
+        train_start_date=TRAIN[0],
+        train_end_date=TRAIN[-1],
+        calibration_start_date=VALID,
+        calibration_end_date=VALID,
+        asn_table=world["tables"],
+        fusion=FusionSettings(sample_rows=3000, path=str(tmp_path / "again.fusion.json")),
+    )
+    header = resolve_profile(spark, cfg)  # the job's, as stored
+    # The job ran with 4 shuffle partitions and batches of 700 rows; conftest restores these afterwards.
+    spark.conf.set("spark.sql.shuffle.partitions", "37")
     spark.conf.set("spark.sql.adaptive.coalescePartitions.enabled", "false")
-    assert score_job.main(["--date", scored["day"], *args]) == 0
-    first, second = load_fusion(f"{model}.fusion.json"), load_fusion(f"{again}.fusion.json")
-    assert second.rows == first.rows
-    assert second.fingerprint == first.fingerprint
+    spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", "333")
+    again = resolve_fusion(spark, cfg, header)
+    first = load_fusion(f"{world['model']}.fusion.json")
+    assert again is not None and again.rows == first.rows
+    assert again.fingerprint == first.fingerprint
 
 
 def test_a_model_without_fusion_scores_as_before(toy_model):
