@@ -17,7 +17,8 @@ and on the same rows:
   then unknown): what the device costs (issue 31).
 
 Prints one figure per line, CPU of the JVM and its Python workers per pair (medians over ``--runs``):
-``pairs=``, ``job_cpu_us_per_pair=``, ``floor_cpu_us_per_pair=``, ``model_only_cpu_us_per_pair=``,
+``pairs=``, ``job_spark_jobs=`` and ``job_spark_stages=`` (what scoring and writing one day takes, skipped
+stages included), ``job_cpu_us_per_pair=``, ``floor_cpu_us_per_pair=``, ``model_only_cpu_us_per_pair=``,
 ``agentless_cpu_us_per_pair=``, then ``job_over_floor_ratio=`` (issue 33's target: at most 1.5),
 ``job_over_model_only_ratio=`` and ``devices_ratio=`` (the job with user agents over the job without).
 """
@@ -114,13 +115,21 @@ def main(argv: list[str] | None = None) -> int:
             "model_only": lambda out: write_partitions(scores_by_day(agentless, [day], model_only), out),
             "agentless": lambda out: write_partitions(scores_by_day(agentless, [day], full), out),
         }
+        sc = spark.sparkContext
+        sc.setJobGroup("warm", "the first scoring, counted")
         cases["job"](str(tmp / "warm"))  # Python workers' imports and model loads, the JVM's JIT
+        tracker = sc.statusTracker()
+        jobs = [tracker.getJobInfo(j) for j in tracker.getJobIdsForGroup("warm")]
+        stages = sorted({s for job in jobs if job is not None for s in job.stageIds})
+        sc.setJobGroup("timed", "the timed runs")
         figures: dict[str, list[float]] = {name: [] for name in cases}
         for _ in range(args.runs):
             for name, write in cases.items():  # interleaved: the machine's load hits every case alike
                 figures[name].append(cpu(write))
         median = {name: statistics.median(values) for name, values in figures.items()}
         print(f"pairs={pairs}")
+        print(f"job_spark_jobs={len(jobs)}")
+        print(f"job_spark_stages={len(stages)}")
         for name, value in median.items():
             print(f"{name}_cpu_us_per_pair={value:.2f}")
         print(f"job_over_floor_ratio={median['job'] / median['floor']:.3f}")
