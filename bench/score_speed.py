@@ -136,22 +136,14 @@ def thresholds() -> Thresholds:
 
 
 def unscored(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-    """``mapInArrow`` without the model: constant score columns (what Spark costs around a free UDF)."""
+    """``mapInArrow`` without the model: constant score columns of :data:`SCORE_FIELDS`' types (what Spark
+    costs around a free UDF)."""
+    constant = {"rule": "model_score", "level": "low", "training_count": 1}
     for batch in batches:
-        n = batch.num_rows
-        f32, f64, zero = pa.array(np.zeros(n, np.float32)), pa.array(np.zeros(n)), pa.array(np.zeros(n, np.int8))
-        no = pa.array(np.zeros(n, bool))
+        zero = pa.array(np.zeros(batch.num_rows, np.int8))
         cols = [
-            f32,
-            f32,
-            f32,
-            pa.array(np.ones(n, np.int64)),
-            no,
-            pa.array(["model_score"]).take(zero),
-            f64,
-            f64,
-            pa.array(["low"]).take(zero),
-            no,
+            pa.array([constant.get(f.name, False if f.type == pa.bool_() else 0)], f.type).take(zero)
+            for f in SCORE_FIELDS
         ]
         yield pa.RecordBatch.from_arrays([*batch.columns, *cols], names=[*batch.schema.names, *SCORE_FIELD_NAMES])
 

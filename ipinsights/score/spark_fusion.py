@@ -20,8 +20,8 @@ import logging
 import math
 import time
 import uuid
-from collections.abc import Callable
-from functools import partial
+from collections.abc import Callable, Sequence
+from functools import partial, reduce
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -100,8 +100,6 @@ def build_fusion(
 ) -> FusionModel:
     """Fit the fusion on the calibration days (see the module docstring) and store it at ``path``; ``fence``
     (the sidecar's lease check) runs just before it is stored, so a run that lost the lease stores nothing."""
-    from pyspark.sql import functions as F
-
     from ipinsights.storage.files import delete_uri
     from ipinsights.storage.modelfile import model_fingerprint
 
@@ -110,31 +108,8 @@ def build_fusion(
     t0 = time.perf_counter()
     spec = fusion_spec(cfg, table_fingerprint is not None)
     hosting = hosting_asns(cfg)
-    inputs = _inputs(spark, cfg, window)
-    source = ScorerSource.with_profile(cfg.model, header.path, cfg.asn_table)
     schema = rows_schema(spec.names)
-    # The attacks are drawn per chunk of rows, which must not depend on how Spark laid the rows out (the
-    # join's strategy, adaptive execution, which drops a repartition its input already has and coalesces
-    # small shuffles, the session's settings, the cluster's size): the entities are hashed into buckets
-    # set by the sample, each bucket's rows sorted and cut into fixed chunks by the workers.
-    spread = max(1, math.ceil(cfg.fusion.sample_rows / _ROWS_PER_PART))
-    bucket = F.pmod(F.xxhash64("entity"), F.lit(spread)).alias(_BUCKET)
-    parts = [
-        map_in_arrow(
-            join_profile_rows(df, header.files)
-            .select(bucket, *df.columns, *JOINED.values())
-            .repartition(spread, _BUCKET)
-            .sortWithinPartitions(_BUCKET, *df.columns),
-            source,
-            partial(fusion_rows, spec.names, hosting, cfg.fusion.seed, kind),
-            struct_type(schema),
-            regroup=partial(fixed_chunks, _BUCKET),
-        )
-        for kind, df in inputs
-    ]
-    rows = parts[0]
-    for more in parts[1:]:
-        rows = rows.unionByName(more)
+    rows = _fit_rows(spark, cfg, header, spec.names, hosting, window)
     folder = f"{path}.rows-{uuid.uuid4().hex[:12]}"
     try:
         files, n = written_parts(rows, folder, schema)
@@ -173,6 +148,42 @@ def build_fusion(
         path,
     )
     return model
+
+
+def _fit_rows(
+    spark: SparkSession,
+    cfg: ScoreConfig,
+    header: ProfileHeader,
+    names: Sequence[str],
+    hosting: tuple[int, ...],
+    window: tuple[str, str],
+) -> DataFrame:
+    """The fit's rows (:func:`~ipinsights.score.fusion_data.rows_schema`): every input's features, computed
+    by the workers with the profiles joined on, attacks drawn for the sampled logins."""
+    from pyspark.sql import DataFrame
+    from pyspark.sql import functions as F
+
+    source = ScorerSource.with_profile(cfg.model, header.path, cfg.asn_table)
+    # The attacks are drawn per chunk of rows, which must not depend on how Spark laid the rows out (the
+    # join's strategy, adaptive execution, which drops a repartition its input already has and coalesces
+    # small shuffles, the session's settings, the cluster's size): the entities are hashed into buckets
+    # set by the sample, each bucket's rows sorted and cut into fixed chunks by the workers.
+    spread = max(1, math.ceil(cfg.fusion.sample_rows / _ROWS_PER_PART))
+    bucket = F.pmod(F.xxhash64("entity"), F.lit(spread)).alias(_BUCKET)
+    parts = [
+        map_in_arrow(
+            join_profile_rows(df, header.files)
+            .select(bucket, *df.columns, *JOINED.values())
+            .repartition(spread, _BUCKET)
+            .sortWithinPartitions(_BUCKET, *df.columns),
+            source,
+            partial(fusion_rows, names, hosting, cfg.fusion.seed, kind),
+            struct_type(rows_schema(names)),
+            regroup=partial(fixed_chunks, _BUCKET),
+        )
+        for kind, df in _inputs(spark, cfg, window)
+    ]
+    return reduce(DataFrame.unionByName, parts)
 
 
 def _inputs(spark: SparkSession, cfg: ScoreConfig, window: tuple[str, str]) -> list[tuple[str | None, DataFrame]]:
