@@ -32,6 +32,7 @@ import statistics
 import sys
 import tempfile
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -56,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from ipinsights.score.batches import ScoringSetup
     from ipinsights.score.config import ScoreConfig
+    from ipinsights.score.rules import ANOMALY_SCORE
     from ipinsights.score.schemas import SCORE_FIELDS
     from ipinsights.score.spark_arrow import struct_type
     from ipinsights.score.spark_scoring import scores_by_day
@@ -93,7 +95,10 @@ def main(argv: list[str] | None = None) -> int:
         spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(cfg.arrow_batch_size))
         full = resolve_sidecars(spark, cfg).setup
         assert full.profile_rows is not None and full.source.fusion is not None, "the pipeline stored no fusion"
-        model_only = ScoringSetup(ScorerSource(str(model)), full.batch_size, thresholds=full.thresholds)
+        # The same thresholds' work on the model's own score (their values do not matter for speed).
+        assert full.thresholds is not None
+        on_model = replace(full.thresholds, score=ANOMALY_SCORE)
+        model_only = ScoringSetup(ScorerSource(str(model)), full.batch_size, thresholds=on_model)
         events = read_events(spark, cfg.events, day, day)
         agentless = events.select("entity", "ip", "ts", "dt")
         pairs = events.count()
