@@ -107,7 +107,7 @@ def test_every_job_is_a_subcommand(installed, tmp_path):
 def test_the_installed_wheel_runs_the_demo_pipeline(installed, tmp_path):
     w = tmp_path / "W"
     out = subprocess.run(
-        [installed / "ipinsights", "pipeline", "--workdir", str(w), "--users", "500", "--epochs", "1"],
+        [installed / "ipinsights", "pipeline", "--workdir", str(w), "--users", "200", "--epochs", "1"],
         capture_output=True,
         text=True,
         cwd=tmp_path,
