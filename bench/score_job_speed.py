@@ -43,9 +43,8 @@ def _copy_model(run: Path, to: Path) -> Path:
     """The model folder and its sidecars (``model.*`` beside it) copied under ``to``."""
     to.mkdir(parents=True)
     shutil.copytree(run / "model", to / "model")
-    for f in run.glob("model.*"):
-        if f.is_file():
-            shutil.copy2(f, to / f.name)
+    for f in run.glob("model.*"):  # the sidecar files, and the profile's rows table (a folder)
+        (shutil.copytree if f.is_dir() else shutil.copy2)(f, to / f.name)
     return to / "model"
 
 
