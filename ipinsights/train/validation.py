@@ -35,13 +35,10 @@ def discriminator_auc(
     The negatives come from a fixed seed so that epochs (and runs) are compared on the same set; on at most
     ``sample`` rows of ``data`` (a seeded sample, the same every epoch and run; all rows when no more).
     """
-    n = len(data)
-    if n == 0:
+    if len(data) == 0:
         return float("nan")
-    entity_rows, all_ips = np.asarray(data.entity_rows), np.asarray(data.ips)
-    if n > sample:
-        rows = _sample_rows(n, sample, seed)
-        entity_rows, all_ips, n = entity_rows[rows], all_ips[rows], sample
+    entity_rows, all_ips = _bounded(data, sample, seed)
+    n = entity_rows.size
     device = model.entity_table.device
     g = torch.Generator(device=device).manual_seed(seed)
     pos, neg = [], []
@@ -73,10 +70,8 @@ def shuffled_auc(
     n = len(data)
     if n < 2:
         return float("nan")
-    ent, ips = np.asarray(data.entity_rows), np.asarray(data.ips)
-    if n > sample:
-        rows = _sample_rows(n, sample, seed)
-        ent, ips, n = ent[rows], ips[rows], sample
+    ent, ips = _bounded(data, sample, seed)
+    n = ent.size
     other = ent[np.random.default_rng(seed).permutation(n)]
     keep = other != ent
     if not keep.any():
@@ -94,6 +89,15 @@ def _dot_products(model: IPInsightsModel, entity_rows: np.ndarray, ips: np.ndarr
         ent = torch.as_tensor(entity_rows[s : s + batch_size], device=device)
         out.append(model(ent, torch.as_tensor(ips[s : s + batch_size], device=device)).float().cpu().numpy())
     return np.concatenate(out) if out else np.zeros(0, np.float32)
+
+
+def _bounded(data: EncodedPairs, sample: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """``data``'s entity rows and addresses, or those of its seeded sample of ``sample`` rows when it has more."""
+    ent, ips = np.asarray(data.entity_rows), np.asarray(data.ips)
+    if len(ent) <= sample:
+        return ent, ips
+    rows = _sample_rows(len(ent), sample, seed)
+    return ent[rows], ips[rows]
 
 
 def _sample_rows(n: int, k: int, seed: int) -> np.ndarray:
