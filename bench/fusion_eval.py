@@ -176,17 +176,15 @@ def _trips(scorer, w: dict, test, unseen_as: np.ndarray) -> dict[str, float]:
     import pyarrow.compute as pc
 
     from ipinsights.core.metrics import roc_auc
-    from ipinsights.core.useragent import parse_user_agents
     from ipinsights.score.clients import event_devices
     from ipinsights.score.features import event_days
 
     trip = (test["label"].to_numpy() == 0) & (unseen_as == 1.0) & pc.is_valid(test["user_agent"]).to_numpy()
     rows = test.filter(pa.array(trip))
     train = w["train"].filter(pc.is_valid(w["train"]["user_agent"]))
-    parsed = parse_user_agents(train["user_agent"].combine_chunks())
-    device = pc.binary_join_element_wise(*(p.cast(pa.string()) for p in parsed), "/")
-    owned = set(zip(train["entity"].to_pylist(), device.to_pylist(), strict=True))
-    pool = sorted(set(zip(train["user_agent"].to_pylist(), device.to_pylist(), strict=True)))
+    device = event_devices(train).device.tolist()  # the fusion's own device ids (family, OS, type)
+    owned = set(zip(train["entity"].to_pylist(), device, strict=True))
+    pool = sorted(set(zip(train["user_agent"].to_pylist(), device, strict=True)))
     rng = np.random.default_rng(0)
     other = []
     for entity in rows["entity"].to_pylist():
