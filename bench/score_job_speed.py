@@ -33,6 +33,8 @@ import sys
 import tempfile
 from collections.abc import Callable
 from dataclasses import replace
+from datetime import date, timedelta
+from functools import reduce
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -49,7 +51,8 @@ def _copy_model(run: Path, to: Path) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from _proc import tree_cpu_s
+    from _proc import child_env, tree_cpu_s
+    from pyspark.sql import DataFrame
     from pyspark.sql import functions as F
     from pyspark.sql.types import StructType
     from score_speed import unscored
@@ -70,8 +73,11 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--workdir", type=Path, required=True, help="a jobs/pipeline.py workdir")
     p.add_argument("--runs", type=int, default=3)
+    days_help = "days scored: the first test day and those before it (fewer fixed costs per pair)"
+    p.add_argument("--days", type=int, default=1, help=days_help)
     p.add_argument("--target-fpr", type=float, default=0.01, help="the pipeline's (so its calibration is reused)")
     args = p.parse_args(argv)
+    os.environ["PYTHONPATH"] = child_env()["PYTHONPATH"]  # the workers unpickle score_speed.unscored by name
     w = args.workdir
     spec = read_spec(w / "synth")
     (t0, t1), (v0, v1), (day, _) = (spec.split_dates(s) for s in ("train", "validation", "test"))
@@ -98,12 +104,18 @@ def main(argv: list[str] | None = None) -> int:
         assert full.thresholds is not None
         on_model = replace(full.thresholds, score=ANOMALY_SCORE)
         model_only = ScoringSetup(ScorerSource(str(model)), full.batch_size, thresholds=on_model)
-        events = read_events(spark, cfg.events, day, day)
+        first = (date.fromisoformat(day) - timedelta(days=args.days - 1)).isoformat()
+        days = [(date.fromisoformat(first) + timedelta(days=i)).isoformat() for i in range(args.days)]
+        events = read_events(spark, cfg.events, first, day)
         agentless = events.select("entity", "ip", "ts", "dt")
         pairs = events.count()
         jvm = spark.sparkContext._gateway.proc.pid
         bare = events.select("entity", "ip", "ts")
-        floor = bare.mapInArrow(unscored, StructType(bare.schema.fields + struct_type(SCORE_FIELDS).fields))
+        unscored_type = StructType(bare.schema.fields + struct_type(SCORE_FIELDS).fields)
+        floor = reduce(  # one day at a time, the day put back in the JVM: as scores_by_day does
+            DataFrame.unionByName,
+            [bare.where(F.col("dt") == d).mapInArrow(unscored, unscored_type).withColumn("dt", F.lit(d)) for d in days],
+        )
 
         def cpu(write: Callable[[str], None]) -> float:
             out = str(tmp / f"out-{os.urandom(4).hex()}")
@@ -114,10 +126,10 @@ def main(argv: list[str] | None = None) -> int:
             return used / pairs * 1e6
 
         cases = {
-            "job": lambda out: write_partitions(scores_by_day(events, [day], full), out),
-            "floor": lambda out: write_partitions(floor.withColumn("dt", F.lit(day)), out),
-            "model_only": lambda out: write_partitions(scores_by_day(agentless, [day], model_only), out),
-            "agentless": lambda out: write_partitions(scores_by_day(agentless, [day], full), out),
+            "job": lambda out: write_partitions(scores_by_day(events, days, full), out),
+            "floor": lambda out: write_partitions(floor, out),
+            "model_only": lambda out: write_partitions(scores_by_day(agentless, days, model_only), out),
+            "agentless": lambda out: write_partitions(scores_by_day(agentless, days, full), out),
         }
         sc = spark.sparkContext
         sc.setJobGroup("warm", "the first scoring, counted")

@@ -238,15 +238,20 @@ def test_features_equal_a_brute_force_computation(built):
 
 @pytest.mark.spark
 def test_joined_profile_rows_give_the_same_features(spark, built):
-    """A Spark batch brings its entities' profile rows (joined on): the features equal the whole profile's."""
+    """A Spark batch brings its entities' profile rows (streamed with the events): the features equal the
+    whole profile's."""
+    from pyspark.sql import functions as F
+
     from ipinsights.score.batches import split_joined
-    from ipinsights.score.spark_profiles import join_profile_rows, to_arrow
+    from ipinsights.score.profile_stream import PROFILE
+    from ipinsights.score.spark_profiles import to_arrow, with_profile_rows
 
     header = built["header"]
     scorer = Scorer.load(built["model"], profile=header.path, asn_table=built["table"], profile_rows=False)
     q = _query_table()
     df = spark.createDataFrame(q.to_pandas()).repartition(2)
-    batch = to_arrow(join_profile_rows(df, header.files).orderBy("entity", "ip")).combine_chunks().to_batches()[0]
+    both = with_profile_rows(df, header.files).orderBy("entity", F.col(PROFILE).isNull(), "ip")
+    batch = to_arrow(both).combine_chunks().to_batches()[0]
     batch, joined = split_joined(scorer, batch)
     assert joined is not None
     profiles, rows = joined

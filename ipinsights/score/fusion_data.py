@@ -39,6 +39,7 @@ from ipinsights.core.config import IPV4_KEYS
 from ipinsights.score.clients import EventDevices, event_devices
 from ipinsights.score.features import event_days, event_features, reserved
 from ipinsights.score.hosting import hosting_rows
+from ipinsights.score.profile_stream import attach_profiles
 
 if TYPE_CHECKING:
     from ipinsights.core.asn import AsnTable
@@ -200,6 +201,13 @@ def fixed_chunks(column: str, batches: Iterator[pa.RecordBatch], size: int = CHU
                     pending, held = [], 0
     if held:
         yield cut(pending)
+
+
+def profile_chunks(column: str, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+    """The :func:`fixed_chunks` of a stream of events and their profile rows
+    (:func:`~ipinsights.score.spark_profiles.with_profile_rows`), each chunk given the profile row of an
+    entity whose events began in the chunk before (:func:`~ipinsights.score.profile_stream.attach_profiles`)."""
+    return attach_profiles(fixed_chunks(column, batches))
 
 
 def rows_schema(names: Sequence[str]) -> pa.Schema:

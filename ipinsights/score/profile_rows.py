@@ -6,8 +6,7 @@ so a reader sees a whole profile or the previous one, never half of one. Both ar
 Python (``pyarrow.fs``), like every file beside a model: a model on S3 needs no Hadoop S3 connector.
 
 In-process scoring (the CLI, the endpoint) loads every row (:func:`load_profiles`); a Spark scoring batch
-brings its own entities' rows (:data:`JOINED` columns, joined on by
-:func:`ipinsights.score.spark_profiles.join_profile_rows`), read here by :func:`joined_profiles`.
+brings its own entities' rows, packed (:mod:`ipinsights.score.profile_stream`).
 """
 
 from __future__ import annotations
@@ -15,7 +14,6 @@ from __future__ import annotations
 import json
 import uuid
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -61,12 +59,8 @@ ROW_SCHEMA = pa.schema(
 )
 
 #: The list columns of a row (one entity's values) and its scalar ones.
-_LISTS = ROW_SCHEMA.names[2:-2]
-_SCALARS = ROW_SCHEMA.names[-2:]
-
-#: Names of the profile columns a scoring batch carries after
-#: :func:`~ipinsights.score.spark_profiles.join_profile_rows` (null: no profile).
-JOINED = {name: f"_profile_{name}" for name in ROW_SCHEMA.names[2:]}
+LISTS = ROW_SCHEMA.names[2:-2]
+SCALARS = ROW_SCHEMA.names[-2:]
 
 
 def rows_table(profiles: EntityProfiles) -> pa.Table:
@@ -99,7 +93,7 @@ def rows_table(profiles: EntityProfiles) -> pa.Table:
             _list_array(q_offsets, profiles.score_quantiles.astype(np.float32).ravel(), pa.float32()),
             *(
                 _list_array(offsets, np.asarray(values, np.int64), pa.int64())
-                for offsets, values in (lists[name] for name in _LISTS[1:])
+                for offsets, values in (lists[name] for name in LISTS[1:])
             ),
             pa.array(h.events.astype(np.int64)),
             pa.array(h.networks.astype(np.int64)),
@@ -192,7 +186,7 @@ def _read_rows(files: tuple[str, ...], columns: list[str]) -> pa.Table:
     return ds.dataset(paths, filesystem=fs, format="parquet", schema=ROW_SCHEMA).to_table(columns=columns)
 
 
-def _list_parts(col: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, np.ndarray]:
+def list_parts(col: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, np.ndarray]:
     """(offsets (n + 1,), flat int64 values) of a list column; a null list counts as empty."""
     import pyarrow.compute as pc
 
@@ -203,23 +197,23 @@ def _list_parts(col: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, np.ndarray
     return np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64), flat
 
 
-def _profiles_of(
-    columns: dict[str, Any],
+def profiles_of_parts(
+    lists: dict[str, tuple[np.ndarray, np.ndarray]],
+    scalars: dict[str, np.ndarray],
     hashes: np.ndarray,
-    fingerprint: str,
     population: PopulationPrior,
+    fingerprint: str = "",
     entities: np.ndarray | None = None,
 ) -> EntityProfiles:
-    """EntityProfiles of rows whose columns (every one of :data:`ROW_SCHEMA` but the entity and its hash) are given."""
+    """EntityProfiles of rows given as their list columns' (offsets, flat values) (:data:`LISTS`, ``q`` as
+    floats) and their scalar columns (:data:`SCALARS`)."""
     n = hashes.size
-    _, q = _list_parts(columns["q"])
-    offsets, values = {}, {}
-    for name in _LISTS[1:]:
-        offsets[name], values[name] = _list_parts(columns[name])
+    q = lists["q"][1]
+    offsets = {name: lists[name][0] for name in LISTS[1:]}
+    values = {name: lists[name][1] for name in LISTS[1:]}
     net_offsets, net_keys = offsets["net_keys"], values["net_keys"]
     net_counts = values["net_counts"]
     asn_offsets, asns = offsets["asns"], values["asns"]
-    scalars = {name: _scalar(columns[name]) for name in _SCALARS}
     history = EntityHistory(
         events=scalars["events"],
         networks=scalars["networks"],
@@ -255,7 +249,7 @@ def _profiles_of(
     )
 
 
-def _scalar(col: pa.ChunkedArray | pa.Array) -> np.ndarray:
+def scalar_column(col: pa.ChunkedArray | pa.Array) -> np.ndarray:
     """An int64 column as numpy, null as 0."""
     import pyarrow.compute as pc
 
@@ -278,18 +272,7 @@ def rows_to_profiles(table: pa.Table, fingerprint: str, population: PopulationPr
     h = table["entity_hash"].to_numpy().view(np.uint64)
     order = np.argsort(h, kind="stable")
     table = table.take(pa.array(order))
-    cols = {name: table[name] for name in ROW_SCHEMA.names[2:]}
+    lists = {name: list_parts(table[name]) for name in LISTS}
+    scalars = {name: scalar_column(table[name]) for name in SCALARS}
     names = table["entity"].to_numpy(zero_copy_only=False) if "entity" in table.column_names else None
-    return _profiles_of(cols, h[order], fingerprint, population, names)
-
-
-def joined_profiles(batch: pa.RecordBatch, population: PopulationPrior) -> tuple[EntityProfiles, np.ndarray]:
-    """The profiles joined onto a scoring batch (:data:`JOINED` columns), and the profile row of each batch
-    row (-1: the entity has none). Only this batch's entities are in memory."""
-    present = batch.column(JOINED["q"]).is_valid().to_numpy(zero_copy_only=False)
-    idx = np.flatnonzero(present)
-    rows = np.full(batch.num_rows, -1, np.int64)
-    rows[idx] = np.arange(idx.size)
-    take = pa.array(idx)
-    cols = {name: batch.column(col).take(take) for name, col in JOINED.items()}
-    return _profiles_of(cols, np.zeros(idx.size, np.uint64), "", population), rows
+    return profiles_of_parts(lists, scalars, h[order], population, fingerprint, names)

@@ -1,12 +1,12 @@
 """Entity profiles on Spark: built from the training days (scored on the executors and aggregated per entity
-there), and joined onto scoring batches (each batch brings its own entities' rows).
+there), and streamed with the events to the scoring workers (each batch brings its own entities' rows).
 """
 
 from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from functools import partial
 from typing import TYPE_CHECKING
 
@@ -16,7 +16,8 @@ import pyarrow as pa
 from ipinsights.core.ip import key_prefix
 from ipinsights.score.clients import DEVICE_COLUMNS, event_devices
 from ipinsights.score.features import event_days
-from ipinsights.score.profile_rows import JOINED, ROW_SCHEMA, new_rows_uri, save_header
+from ipinsights.score.profile_rows import LISTS, ROW_SCHEMA, SCALARS, new_rows_uri, save_header
+from ipinsights.score.profile_stream import PROFILE, pack_rows
 from ipinsights.score.profiles import (
     NETWORK_V4,
     NETWORK_V6,
@@ -28,7 +29,8 @@ from ipinsights.score.profiles import (
 )
 
 if TYPE_CHECKING:
-    # Imported where used: the join's Python tasks (_joined_batches) import this module and need no model.
+    # Imported where used: the Python tasks that read the profile rows (_packed_rows) import this module
+    # and need no model.
     from pyspark.sql import Column, DataFrame
 
     from ipinsights.score.scorer import Scorer
@@ -298,30 +300,56 @@ def to_arrow(df: DataFrame) -> pa.Table:
     return pa.Table.from_pylist([row.asDict() for row in df.collect()], schema=to_arrow_schema(df.schema))
 
 
-def join_profile_rows(df: DataFrame, files: tuple[str, ...]) -> DataFrame:
-    """``df`` (Spark, with ``entity``) with its entities' profile columns (:data:`JOINED`; null without one):
-    a left join on the entity with the rows table (its Parquet ``files``, read by Python tasks, one per
-    file), so that each scoring batch brings its own profiles."""
+def with_profile_rows(
+    df: DataFrame,
+    files: tuple[str, ...],
+    used_only: bool = False,
+    bucket: tuple[str, Column, int] | None = None,
+    order: Sequence[str] = (),
+) -> DataFrame:
+    """``df`` (Spark, with ``entity``) and its entities' profile rows in one stream, for a scoring worker to
+    read each entity's row once (:mod:`ipinsights.score.profile_stream`).
+
+    The rows table's rows (its Parquet ``files``, read by Python tasks, one per file) come packed in
+    :data:`PROFILE`, ``df``'s rows with it null; partitioned by the entity (or by ``bucket``: its name, an
+    expression of the entity, how many buckets) and sorted by it, then by the entity, each entity's profile
+    row just before its events, then by ``order``. A join would repeat an entity's lists (most of the
+    bytes) on every one of its events, through the shuffle and to Python: this way they cross once.
+    ``used_only`` keeps the profile rows of ``df``'s entities only (for a small ``df``: a sample, flagged
+    rows; it costs a pass over ``df``).
+    """
+    from pyspark.sql import functions as F
+
     spark = df.sparkSession
     tasks = spark.sparkContext.parallelize([(f,) for f in files], max(1, len(files)))  # a task per file
     listing = spark.createDataFrame(tasks, "file string")
-    from ipinsights.score.spark_arrow import struct_type
+    rows = listing.mapInArrow(_packed_rows, f"entity string, {PROFILE} binary")
+    if used_only:
+        rows = rows.join(df.select("entity").distinct(), on="entity", how="left_semi")
+    both = df.withColumn(PROFILE, F.lit(None).cast("binary")).unionByName(rows, allowMissingColumns=True)
+    # Sorted by the entity's hash first: names share long prefixes ("user0001..."), which leave Spark's
+    # sort comparing whole strings; a 64-bit key settles almost every comparison in its prefix.
+    lead = [F.xxhash64("entity"), F.col("entity")]
+    if bucket is not None:
+        name, key, parts = bucket
+        both, lead = both.withColumn(name, key).repartition(parts, name), [F.col(name), *lead]
+    else:
+        both = both.repartition("entity")
+    return both.sortWithinPartitions(*lead, F.col(PROFILE).isNull(), *order)
 
-    joined = pa.schema([ROW_SCHEMA.field("entity"), *(ROW_SCHEMA.field(c).with_name(j) for c, j in JOINED.items())])
-    return df.join(listing.mapInArrow(_joined_batches, struct_type(joined)), on="entity", how="left")
 
-
-def _joined_batches(batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-    """``mapInArrow`` body of :func:`join_profile_rows`: the rows of each listed Parquet file, a row group at
-    a time, under the joined columns' names."""
+def _packed_rows(batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+    """``mapInArrow`` body of :func:`with_profile_rows`: the rows of each listed Parquet file, a row group
+    at a time, packed (:func:`~ipinsights.score.profile_stream.pack_rows`)."""
     import pyarrow.parquet as pq
 
     from ipinsights.storage.filesystems import arrow_fs
 
-    names = ["entity", *JOINED.values()]
     for batch in batches:
         for uri in batch.column(0).to_pylist():
             fs, path = arrow_fs(uri)
             with fs.open_input_file(path) as fh:
-                for part in pq.ParquetFile(fh).iter_batches(batch_size=8192, columns=["entity", *JOINED]):
-                    yield pa.RecordBatch.from_arrays(part.columns, names=names)
+                for part in pq.ParquetFile(fh).iter_batches(batch_size=8192, columns=["entity", *LISTS, *SCALARS]):
+                    yield pa.RecordBatch.from_arrays(
+                        [part.column("entity"), pack_rows(part)], names=["entity", PROFILE]
+                    )

@@ -2,8 +2,8 @@
 
 Each is one ``mapInArrow`` (:func:`~ipinsights.score.spark_arrow.map_in_arrow`): every Python worker
 loads its scorer once (:mod:`ipinsights.score.worker`) and runs a batch function of
-:mod:`ipinsights.score.batches` over its batches, with the entity profiles' rows joined onto the events
-first when there are profiles.
+:mod:`ipinsights.score.batches` over its batches, with the entity profiles' rows streamed along with the
+events when there are profiles (each entity's once, not once per event).
 """
 
 from __future__ import annotations
@@ -13,12 +13,12 @@ from typing import TYPE_CHECKING
 
 from ipinsights.score.batches import ScoringSetup, explain_batch, score_batch
 from ipinsights.score.clients import DEVICE_COLUMNS
-from ipinsights.score.profile_rows import JOINED
+from ipinsights.score.profile_stream import attach_profiles
 from ipinsights.score.schemas import EXPLAIN_FIELDS, SCORE_FIELDS, SCORES
 from ipinsights.score.scorer import BATCH_ROWS
 from ipinsights.score.spark_arrow import map_in_arrow, struct_type
-from ipinsights.score.spark_profiles import join_profile_rows
-from ipinsights.score.worker import ScorerSource
+from ipinsights.score.spark_profiles import with_profile_rows
+from ipinsights.score.worker import BatchFn, ScorerSource
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame
@@ -27,11 +27,16 @@ if TYPE_CHECKING:
 __all__ = ["explain_rows", "score_events", "scores_by_day", "with_devices"]
 
 
-def _with_profiles(df: DataFrame, setup: ScoringSetup) -> DataFrame:
-    """``df`` with its entities' profile columns joined on (:func:`join_profile_rows`), when ``setup`` has rows."""
+def _map_with_profiles(
+    df: DataFrame, setup: ScoringSetup, fn: BatchFn, fields: StructType, used_only: bool = False
+) -> DataFrame:
+    """``df`` plus ``fields``, by ``fn`` over its batches: with its entities' profile rows streamed along
+    (:func:`with_profile_rows`, ``used_only`` as there) when ``setup`` has rows."""
+    schema = _appended(df, fields)
     if setup.profile_rows is None:
-        return df
-    return join_profile_rows(df, setup.profile_rows).select(*df.columns, *JOINED.values())
+        return map_in_arrow(df, setup.source, fn, schema, setup.batch_size)
+    both = with_profile_rows(df, setup.profile_rows, used_only)
+    return map_in_arrow(both, setup.source, fn, schema, setup.batch_size, attach_profiles)
 
 
 def _appended(df: DataFrame, fields: StructType) -> StructType:
@@ -50,8 +55,7 @@ def score_events(df: DataFrame, setup: ScoringSetup | str, batch_size: int = BAT
     """
     if not isinstance(setup, ScoringSetup):
         setup = ScoringSetup(ScorerSource(str(setup)), batch_size)
-    schema = _appended(df, struct_type(SCORE_FIELDS))
-    return map_in_arrow(_with_profiles(df, setup), setup.source, partial(score_batch, setup), schema, setup.batch_size)
+    return _map_with_profiles(df, setup, partial(score_batch, setup), struct_type(SCORE_FIELDS))
 
 
 def with_devices(df: DataFrame, *columns: str) -> DataFrame:
@@ -62,8 +66,7 @@ def with_devices(df: DataFrame, *columns: str) -> DataFrame:
 
 def explain_rows(df: DataFrame, setup: ScoringSetup) -> DataFrame:
     """``df`` (flagged rows with ``entity``, ``ip``) plus the explanation columns."""
-    schema = _appended(df, struct_type(EXPLAIN_FIELDS))
-    return map_in_arrow(_with_profiles(df, setup), setup.source, explain_batch, schema, setup.batch_size)
+    return _map_with_profiles(df, setup, explain_batch, struct_type(EXPLAIN_FIELDS), used_only=True)
 
 
 def scores_by_day(events: DataFrame, days: list[str], setup: ScoringSetup) -> DataFrame | None:
