@@ -1,8 +1,8 @@
 """What a scoring worker does to one Arrow batch: its score columns, or the explanation of flagged rows.
 
 Both run inside Spark's Python workers (:mod:`ipinsights.score.worker`) and need no Spark themselves:
-a batch comes in with ``entity`` and ``ip`` (and, with entity profiles, the profile columns joined onto
-it), and goes out with the columns of :data:`~ipinsights.score.schemas.SCORE_FIELDS` or
+a batch comes in with ``entity`` and ``ip`` (and, with entity profiles, its entities' packed profile
+rows), and goes out with the columns of :data:`~ipinsights.score.schemas.SCORE_FIELDS` or
 :data:`~ipinsights.score.schemas.EXPLAIN_FIELDS` appended.
 """
 
@@ -34,7 +34,7 @@ class ScoringSetup:
     learning_period_events: int = 10
     thresholds: Thresholds | None = None  # None: ``level`` and ``flagged`` null
     flag_unseen: bool = False
-    profile_rows: tuple[str, ...] | None = None  # the profile's rows files, joined on (percentiles, explanations)
+    profile_rows: tuple[str, ...] | None = None  # the profile's rows files, streamed along (percentiles, explanations)
 
 
 def split_joined(scorer: Scorer, batch: pa.RecordBatch) -> tuple[pa.RecordBatch, Joined | None]:

@@ -1,7 +1,7 @@
 """The fused risk score's features: one numpy function of a batch of events and their entities' profiles.
 
 :func:`event_features` is the only place the features are computed, whatever the way of scoring: the
-Spark jobs (each batch brings its own entities' profile rows, joined on), the batch transform, the
+Spark jobs (each batch brings its own entities' profile rows, streamed with the events), the batch transform, the
 endpoint and ``evaluate`` (profiles loaded whole) and the fusion's fit (:mod:`ipinsights.score.fusion`).
 It reads the entity's history and the population from the profiles (:mod:`ipinsights.score.profiles`:
 built from the training days) and the address's network from the ip2asn table.

@@ -223,8 +223,8 @@ def fusion_rows(
     scorer: Scorer,
     batch: pa.RecordBatch,
 ) -> pa.RecordBatch:
-    """The training rows (:func:`rows_schema`) of a batch of ``entity``, ``ip``, ``ts`` (and the profile
-    columns joined on): its logins (label 0) and an attack of each kind for each (label 1); or, with
+    """The training rows (:func:`rows_schema`) of a batch of ``entity``, ``ip``, ``ts`` (and their entities'
+    profile rows): its logins (label 0) and an attack of each kind for each (label 1); or, with
     ``labelled`` (a kind: ``labelled``, ``verdict``), its rows with the labels of its ``label`` column.
     Invalid addresses are left out. The draws are seeded by ``seed`` and the batch's first entity (a batch
     is one of :func:`fixed_chunks`): a retried task, or another session, draws the same."""
@@ -232,7 +232,7 @@ def fusion_rows(
 
     batch, joined = split_joined(scorer, batch)
     if joined is None:
-        raise ValueError("the fusion's training rows need the entity profiles joined on")
+        raise ValueError("the fusion's training rows need the entity profile rows streamed along")
     profiles, rows = joined
     parsed = scorer.parse(batch.column("ip"))
     ok = parsed.valid

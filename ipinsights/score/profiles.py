@@ -273,9 +273,9 @@ class EntityHistory:
 class EntityProfiles:
     """Per-entity score quantiles and known networks, indexed by the entity's 64-bit stable hash.
 
-    Loaded whole for in-process scoring, or built per scoring batch from the rows joined onto it
-    (:func:`~ipinsights.score.profile_rows.joined_profiles`: then row ``i`` is the batch's ``i``-th entity
-    with a profile, not sorted). Stored and read whole by :mod:`ipinsights.score.profile_rows`.
+    Loaded whole for in-process scoring, or built per scoring batch from the profile rows it brings
+    (:func:`~ipinsights.score.profile_stream.joined_profiles`: then row ``i`` is the batch's ``i``-th
+    profile row, not sorted). Stored and read whole by :mod:`ipinsights.score.profile_rows`.
     """
 
     hashes: np.ndarray  # uint64 (n,), sorted (by row order for a joined batch)

@@ -41,7 +41,7 @@ if TYPE_CHECKING:
     from ipinsights.score.fusion import FusionModel
     from ipinsights.score.profiles import EntityProfiles, PopulationPrior
 
-#: Profiles joined onto a batch (:func:`ipinsights.score.profile_rows.joined_profiles`): the batch's profiles and
+#: Profiles brought by a batch (:func:`ipinsights.score.profile_stream.joined_profiles`): the batch's profiles and
 #: the profile row of each batch row (-1: none).
 Joined: TypeAlias = "tuple[EntityProfiles, np.ndarray]"
 

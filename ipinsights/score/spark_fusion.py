@@ -158,7 +158,7 @@ def _fit_rows(
     window: tuple[str, str],
 ) -> DataFrame:
     """The fit's rows (:func:`~ipinsights.score.fusion_data.rows_schema`): every input's features, computed
-    by the workers with the profiles joined on, attacks drawn for the sampled logins."""
+    by the workers with the profile rows streamed along, attacks drawn for the sampled logins."""
     from pyspark.sql import DataFrame
     from pyspark.sql import functions as F
 
