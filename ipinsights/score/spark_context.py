@@ -46,6 +46,14 @@ def flagged_with_context(
     """
     from pyspark.sql import functions as F
 
+    keep = [c for c in flagged.columns if c != "dt"]
+    # Explained first, on the flagged rows as read: the profile rows streamed along are only those of
+    # these rows' entities, found by a second pass over its input, which must not redo the joins below.
+    if setup is None:
+        nulls = [F.lit(None).cast(f.dataType).alias(f.name) for f in struct_type(EXPLAIN_FIELDS).fields]
+        flagged = flagged.select("*", *nulls)
+    else:
+        flagged = explain_rows(flagged, setup)
     out = flagged.withColumn("_ip_int", ipv4_int(F.col("ip")))
     for name, length in BASELINES.items():
         key = f"_net{length}"
@@ -62,12 +70,7 @@ def flagged_with_context(
         out = out.join(seen, on=["entity", key], how="left").withColumn(
             name, F.when(F.col(key).isNotNull(), F.coalesce(F.col(f"_hit{length}"), F.lit(False)))
         )
-    keep = [c for c in flagged.columns if c != "dt"]
-    out = out.select(*keep, *BASELINES, F.lit(float(threshold)).alias("threshold"), "dt")
-    if setup is None:
-        nulls = [F.lit(None).cast(f.dataType).alias(f.name) for f in struct_type(EXPLAIN_FIELDS).fields]
-        return out.select(*keep, *BASELINES, *nulls, "threshold", "dt")
-    return explain_rows(out, setup).select(*keep, *BASELINES, *EXPLAIN_FIELDS.names, "threshold", "dt")
+    return out.select(*keep, *BASELINES, *EXPLAIN_FIELDS.names, F.lit(float(threshold)).alias("threshold"), "dt")
 
 
 def entity_day_events(events: DataFrame) -> DataFrame:
