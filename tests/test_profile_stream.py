@@ -90,3 +90,28 @@ def test_every_batch_brings_the_rows_of_its_events_however_the_stream_is_cut(cut
                 assert profiles.net_keys[start:end].tolist() == (rows["net_keys"][i].as_py() or [])
     want = [(e, ip) for e, ip in zip(stream["entity"].to_pylist(), stream["ip"].to_pylist(), strict=True) if ip]
     assert events_seen == want  # every event once, in the stream's order
+
+
+def test_joined_rows_give_each_event_its_own_entity_s_row():
+    """Joined on (a small input), every event carries its entity's packed row: read once per entity."""
+    from ipinsights.score.profile_stream import JOINED
+
+    rows = _rows(6, seed=4)
+    packed = pack_rows(rows)
+    entities = ["user003", "user001", "user003", "nobody", "user005", "user001"]
+    at = {f"user{i:03d}": i for i in range(6)}
+    batch = pa.RecordBatch.from_arrays(
+        [
+            pa.array(entities),
+            pa.array([f"10.0.0.{k}" for k in range(6)]),
+            pa.array([packed[at[e]].as_py() if e in at else None for e in entities], pa.binary()),
+        ],
+        names=["entity", "ip", JOINED],
+    )
+    events, (profiles, where) = joined_profiles(batch, PopulationPrior())
+    assert events.schema.names == ["entity", "ip"] and events.num_rows == 6
+    assert len(profiles) == 3  # user001, user003, user005: one row each
+    assert where[3] == -1 and where[0] == where[2] and where[1] == where[5]
+    for e, r in zip(entities, where, strict=True):
+        if e in at:
+            assert profiles.history.events[r] == rows["events"][at[e]].as_py()

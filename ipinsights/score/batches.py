@@ -15,7 +15,7 @@ import pyarrow as pa
 
 from ipinsights.score.clients import event_devices
 from ipinsights.score.features import event_days
-from ipinsights.score.profile_stream import PROFILE, joined_profiles
+from ipinsights.score.profile_stream import JOINED, PROFILE, joined_profiles
 from ipinsights.score.profiles import PopulationPrior
 from ipinsights.score.rules import LEVELS, RULES, Thresholds
 from ipinsights.score.schemas import EXPLAIN_FIELDS, SCORE_FIELDS
@@ -38,9 +38,9 @@ class ScoringSetup:
 
 
 def split_joined(scorer: Scorer, batch: pa.RecordBatch) -> tuple[pa.RecordBatch, Joined | None]:
-    """A batch's events and their profiles (None when it has none; with them, a batch of
-    :func:`~ipinsights.score.profile_stream.attach_profiles`)."""
-    if PROFILE not in batch.schema.names:
+    """A batch's events and their profiles (None when it brings none:
+    :func:`~ipinsights.score.profile_stream.joined_profiles`)."""
+    if PROFILE not in batch.schema.names and JOINED not in batch.schema.names:
         return batch, None
     return joined_profiles(batch, scorer.population or PopulationPrior())
 

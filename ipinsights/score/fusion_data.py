@@ -39,7 +39,6 @@ from ipinsights.core.config import IPV4_KEYS
 from ipinsights.score.clients import EventDevices, event_devices
 from ipinsights.score.features import event_days, event_features, reserved
 from ipinsights.score.hosting import hosting_rows
-from ipinsights.score.profile_stream import attach_profiles
 
 if TYPE_CHECKING:
     from ipinsights.core.asn import AsnTable
@@ -203,13 +202,6 @@ def fixed_chunks(column: str, batches: Iterator[pa.RecordBatch], size: int = CHU
         yield cut(pending)
 
 
-def profile_chunks(column: str, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-    """The :func:`fixed_chunks` of a stream of events and their profile rows
-    (:func:`~ipinsights.score.spark_profiles.with_profile_rows`), each chunk given the profile row of an
-    entity whose events began in the chunk before (:func:`~ipinsights.score.profile_stream.attach_profiles`)."""
-    return attach_profiles(fixed_chunks(column, batches))
-
-
 def rows_schema(names: Sequence[str]) -> pa.Schema:
     """The training rows: kind, label and each feature (float64)."""
     return pa.schema([("kind", pa.string()), ("label", pa.float64()), *((n, pa.float64()) for n in names)])
@@ -232,7 +224,7 @@ def fusion_rows(
 
     batch, joined = split_joined(scorer, batch)
     if joined is None:
-        raise ValueError("the fusion's training rows need the entity profile rows streamed along")
+        raise ValueError("the fusion's training rows need the entity profile rows joined on")
     profiles, rows = joined
     parsed = scorer.parse(batch.column("ip"))
     ok = parsed.valid

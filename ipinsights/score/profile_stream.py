@@ -29,10 +29,13 @@ from ipinsights.score.profiles import PopulationPrior
 if TYPE_CHECKING:
     from ipinsights.score.scorer import Joined
 
-__all__ = ["PROFILE", "attach_profiles", "joined_profiles", "pack_rows", "unpack_rows"]
+__all__ = ["JOINED", "PROFILE", "attach_profiles", "joined_profiles", "pack_rows", "unpack_rows"]
 
 #: The column that carries an entity's profile row, packed, in the stream to the workers (null: an event).
 PROFILE = "_profile"
+#: The column that carries an event's own entity's profile row, packed, when the rows are joined on
+#: (:func:`~ipinsights.score.spark_profiles.join_profile_rows`: a small input; null: no profile).
+JOINED = "_profile_joined"
 
 _HEAD = len(LISTS) + len(SCALARS)  # words before a row's values
 
@@ -102,14 +105,28 @@ def attach_profiles(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatc
 
 
 def joined_profiles(batch: pa.RecordBatch, population: PopulationPrior) -> tuple[pa.RecordBatch, Joined]:
-    """The events of a batch of :func:`attach_profiles` (without :data:`PROFILE`), their profiles, and the
-    profile row of each event (-1: the entity has none). Only this batch's profile rows are in memory."""
+    """The events of a batch (without the profile column), their profiles, and the profile row of each
+    event (-1: the entity has none). The batch is one of :func:`attach_profiles` (:data:`PROFILE`: its
+    profile rows among its events) or of joined rows (:data:`JOINED`: each event with its entity's row,
+    read once per entity). Only this batch's profile rows are in memory."""
     import pyarrow.compute as pc
 
-    present = batch.column(PROFILE).is_valid()
-    rows_of, events = batch.filter(present), batch.filter(pc.invert(present))
-    events = events.select([n for n in batch.schema.names if n != PROFILE])
-    found = pc.index_in(events.column("entity"), value_set=rows_of.column("entity"))
-    rows = np.asarray(pc.fill_null(found, -1).to_numpy(zero_copy_only=False), np.int64)
-    lists, scalars = unpack_rows(rows_of.column(PROFILE))
-    return events, (profiles_of_parts(lists, scalars, np.zeros(rows_of.num_rows, np.uint64), population), rows)
+    if JOINED in batch.schema.names:
+        packed = batch.column(JOINED)
+        events = batch.select([n for n in batch.schema.names if n != JOINED])
+        # Each entity's row from its first event that has one; an event without (no profile) gets -1.
+        codes = pc.dictionary_encode(events.column("entity")).indices.to_numpy(zero_copy_only=False)
+        codes = np.where(packed.is_valid().to_numpy(zero_copy_only=False), codes, -1)
+        distinct, first, inverse = np.unique(codes, return_index=True, return_inverse=True)
+        known = distinct >= 0
+        rows = np.where(known[inverse], (np.cumsum(known) - 1)[inverse], -1).astype(np.int64)
+        packed = packed.take(pa.array(first[known]))
+    else:
+        present = batch.column(PROFILE).is_valid()
+        rows_of, events = batch.filter(present), batch.filter(pc.invert(present))
+        events = events.select([n for n in batch.schema.names if n != PROFILE])
+        found = pc.index_in(events.column("entity"), value_set=rows_of.column("entity"))
+        rows = np.asarray(pc.fill_null(found, -1).to_numpy(zero_copy_only=False), np.int64)
+        packed = rows_of.column(PROFILE)
+    lists, scalars = unpack_rows(packed)
+    return events, (profiles_of_parts(lists, scalars, np.zeros(len(packed), np.uint64), population), rows)

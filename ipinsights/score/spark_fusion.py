@@ -29,12 +29,13 @@ import pyarrow as pa
 
 from ipinsights.score.config import ScoreConfig
 from ipinsights.score.fusion import FusionModel, FusionSpec, save_fusion
-from ipinsights.score.fusion_data import ATTACKS, NORMAL, fusion_rows, profile_chunks, rows_schema
+from ipinsights.score.fusion_data import ATTACKS, NORMAL, fixed_chunks, fusion_rows, rows_schema
 from ipinsights.score.fusion_fit import default_spec, fit_fusion
 from ipinsights.score.hosting import parse_asn_list, shipped_hosting_asns
+from ipinsights.score.profile_stream import JOINED
 from ipinsights.score.profiles import ProfileHeader
 from ipinsights.score.spark_arrow import map_in_arrow, struct_type
-from ipinsights.score.spark_profiles import with_profile_rows, written_parts
+from ipinsights.score.spark_profiles import join_profile_rows, written_parts
 from ipinsights.score.spark_scoring import with_devices
 from ipinsights.score.worker import ScorerSource
 
@@ -158,7 +159,7 @@ def _fit_rows(
     window: tuple[str, str],
 ) -> DataFrame:
     """The fit's rows (:func:`~ipinsights.score.fusion_data.rows_schema`): every input's features, computed
-    by the workers with the profile rows streamed along, attacks drawn for the sampled logins."""
+    by the workers with the profile rows joined on, attacks drawn for the sampled logins."""
     from pyspark.sql import DataFrame
     from pyspark.sql import functions as F
 
@@ -168,14 +169,17 @@ def _fit_rows(
     # small shuffles, the session's settings, the cluster's size): the entities are hashed into buckets
     # set by the sample, each bucket's rows sorted and cut into fixed chunks by the workers.
     spread = max(1, math.ceil(cfg.fusion.sample_rows / _ROWS_PER_PART))
-    bucket = (_BUCKET, F.pmod(F.xxhash64("entity"), F.lit(spread)), spread)
+    bucket = F.pmod(F.xxhash64("entity"), F.lit(spread)).alias(_BUCKET)
     parts = [
         map_in_arrow(
-            with_profile_rows(df, header.files, True, bucket, [c for c in df.columns if c != "entity"]),
+            join_profile_rows(df, header.files)
+            .select(bucket, *df.columns, JOINED)
+            .repartition(spread, _BUCKET)
+            .sortWithinPartitions(_BUCKET, *df.columns),
             source,
             partial(fusion_rows, names, hosting, cfg.fusion.seed, kind),
             struct_type(rows_schema(names)),
-            regroup=partial(profile_chunks, _BUCKET),
+            regroup=partial(fixed_chunks, _BUCKET),
         )
         for kind, df in _inputs(spark, cfg, window)
     ]

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from functools import partial
 from typing import TYPE_CHECKING
 
@@ -17,7 +17,7 @@ from ipinsights.core.ip import key_prefix
 from ipinsights.score.clients import DEVICE_COLUMNS, event_devices
 from ipinsights.score.features import event_days
 from ipinsights.score.profile_rows import LISTS, ROW_SCHEMA, SCALARS, new_rows_uri, save_header
-from ipinsights.score.profile_stream import PROFILE, pack_rows
+from ipinsights.score.profile_stream import JOINED, PROFILE, pack_rows
 from ipinsights.score.profiles import (
     NETWORK_V4,
     NETWORK_V6,
@@ -31,7 +31,7 @@ from ipinsights.score.profiles import (
 if TYPE_CHECKING:
     # Imported where used: the Python tasks that read the profile rows (_packed_rows) import this module
     # and need no model.
-    from pyspark.sql import Column, DataFrame
+    from pyspark.sql import Column, DataFrame, SparkSession
 
     from ipinsights.score.scorer import Scorer
 
@@ -300,42 +300,39 @@ def to_arrow(df: DataFrame) -> pa.Table:
     return pa.Table.from_pylist([row.asDict() for row in df.collect()], schema=to_arrow_schema(df.schema))
 
 
-def with_profile_rows(
-    df: DataFrame,
-    files: tuple[str, ...],
-    used_only: bool = False,
-    bucket: tuple[str, Column, int] | None = None,
-    order: Sequence[str] = (),
-) -> DataFrame:
+def with_profile_rows(df: DataFrame, files: tuple[str, ...]) -> DataFrame:
     """``df`` (Spark, with ``entity``) and its entities' profile rows in one stream, for a scoring worker to
     read each entity's row once (:mod:`ipinsights.score.profile_stream`).
 
-    The rows table's rows (its Parquet ``files``, read by Python tasks, one per file) come packed in
-    :data:`PROFILE`, ``df``'s rows with it null; partitioned by the entity (or by ``bucket``: its name, an
-    expression of the entity, how many buckets) and sorted by it, then by the entity, each entity's profile
-    row just before its events, then by ``order``. A join would repeat an entity's lists (most of the
-    bytes) on every one of its events, through the shuffle and to Python: this way they cross once.
-    ``used_only`` keeps the profile rows of ``df``'s entities only (for a small ``df``: a sample, flagged
-    rows; it costs a pass over ``df``).
+    The rows table's rows come packed in :data:`PROFILE`, ``df``'s rows with it null; partitioned by the
+    entity and sorted by it, each entity's profile row just before its events. A join would repeat an
+    entity's lists (most of the bytes) on every one of its events, through the shuffle and to Python: this
+    way they cross once. Every profile row travels, used or not: for a small ``df``, :func:`join_profile_rows`.
     """
     from pyspark.sql import functions as F
 
-    spark = df.sparkSession
-    tasks = spark.sparkContext.parallelize([(f,) for f in files], max(1, len(files)))  # a task per file
-    listing = spark.createDataFrame(tasks, "file string")
-    rows = listing.mapInArrow(_packed_rows, f"entity string, {PROFILE} binary")
-    if used_only:
-        rows = rows.join(df.select("entity").distinct(), on="entity", how="left_semi")
+    rows = _profile_rows(df.sparkSession, files)
     both = df.withColumn(PROFILE, F.lit(None).cast("binary")).unionByName(rows, allowMissingColumns=True)
     # Sorted by the entity's hash first: names share long prefixes ("user0001..."), which leave Spark's
     # sort comparing whole strings; a 64-bit key settles almost every comparison in its prefix.
-    lead = [F.xxhash64("entity"), F.col("entity")]
-    if bucket is not None:
-        name, key, parts = bucket
-        both, lead = both.withColumn(name, key).repartition(parts, name), [F.col(name), *lead]
-    else:
-        both = both.repartition("entity")
-    return both.sortWithinPartitions(*lead, F.col(PROFILE).isNull(), *order)
+    order = [F.xxhash64("entity"), F.col("entity"), F.col(PROFILE).isNull()]
+    return both.repartition("entity").sortWithinPartitions(*order)
+
+
+def join_profile_rows(df: DataFrame, files: tuple[str, ...]) -> DataFrame:
+    """``df`` (Spark, with ``entity``) with its entity's profile row, packed, on each row (:data:`JOINED`;
+    null without one): a left join, for a small ``df`` (flagged rows, the fusion's sample), where
+    repeating the lists costs less than streaming every entity's row (:func:`with_profile_rows`)."""
+    rows = _profile_rows(df.sparkSession, files).withColumnRenamed(PROFILE, JOINED)
+    return df.join(rows, on="entity", how="left").select(*df.columns, JOINED)
+
+
+def _profile_rows(spark: SparkSession, files: tuple[str, ...]) -> DataFrame:
+    """The rows table's rows (its Parquet ``files``, read by Python tasks, one per file): ``entity`` and the
+    row packed in :data:`PROFILE`."""
+    tasks = spark.sparkContext.parallelize([(f,) for f in files], max(1, len(files)))  # a task per file
+    listing = spark.createDataFrame(tasks, "file string")
+    return listing.mapInArrow(_packed_rows, f"entity string, {PROFILE} binary")
 
 
 def _packed_rows(batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:

@@ -17,7 +17,7 @@ from ipinsights.score.profile_stream import attach_profiles
 from ipinsights.score.schemas import EXPLAIN_FIELDS, SCORE_FIELDS, SCORES
 from ipinsights.score.scorer import BATCH_ROWS
 from ipinsights.score.spark_arrow import map_in_arrow, struct_type
-from ipinsights.score.spark_profiles import with_profile_rows
+from ipinsights.score.spark_profiles import join_profile_rows, with_profile_rows
 from ipinsights.score.worker import BatchFn, ScorerSource
 
 if TYPE_CHECKING:
@@ -28,14 +28,17 @@ __all__ = ["explain_rows", "score_events", "scores_by_day", "with_devices"]
 
 
 def _map_with_profiles(
-    df: DataFrame, setup: ScoringSetup, fn: BatchFn, fields: StructType, used_only: bool = False
+    df: DataFrame, setup: ScoringSetup, fn: BatchFn, fields: StructType, few: bool = False
 ) -> DataFrame:
-    """``df`` plus ``fields``, by ``fn`` over its batches: with its entities' profile rows streamed along
-    (:func:`with_profile_rows`, ``used_only`` as there) when ``setup`` has rows."""
+    """``df`` plus ``fields``, by ``fn`` over its batches, which bring their entities' profile rows when
+    ``setup`` has them: streamed along (:func:`with_profile_rows`), or joined on when ``df`` is ``few``
+    rows (:func:`join_profile_rows`)."""
     schema = _appended(df, fields)
     if setup.profile_rows is None:
         return map_in_arrow(df, setup.source, fn, schema, setup.batch_size)
-    both = with_profile_rows(df, setup.profile_rows, used_only)
+    if few:
+        return map_in_arrow(join_profile_rows(df, setup.profile_rows), setup.source, fn, schema, setup.batch_size)
+    both = with_profile_rows(df, setup.profile_rows)
     return map_in_arrow(both, setup.source, fn, schema, setup.batch_size, attach_profiles)
 
 
@@ -66,7 +69,7 @@ def with_devices(df: DataFrame, *columns: str) -> DataFrame:
 
 def explain_rows(df: DataFrame, setup: ScoringSetup) -> DataFrame:
     """``df`` (flagged rows with ``entity``, ``ip``) plus the explanation columns."""
-    return _map_with_profiles(df, setup, explain_batch, struct_type(EXPLAIN_FIELDS), used_only=True)
+    return _map_with_profiles(df, setup, explain_batch, struct_type(EXPLAIN_FIELDS), few=True)
 
 
 def scores_by_day(events: DataFrame, days: list[str], setup: ScoringSetup) -> DataFrame | None:
