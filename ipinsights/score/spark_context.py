@@ -47,8 +47,8 @@ def flagged_with_context(
     from pyspark.sql import functions as F
 
     keep = [c for c in flagged.columns if c != "dt"]
-    # Explained first, on the flagged rows as read: the profile rows streamed along are only those of
-    # these rows' entities, found by a second pass over its input, which must not redo the joins below.
+    # Explained first, on the flagged rows as read: the profile rows are joined onto those few rows, and
+    # the training-history joins below carry the explanations along.
     if setup is None:
         nulls = [F.lit(None).cast(f.dataType).alias(f.name) for f in struct_type(EXPLAIN_FIELDS).fields]
         flagged = flagged.select("*", *nulls)

@@ -336,7 +336,7 @@ def _profile_rows(spark: SparkSession, files: tuple[str, ...]) -> DataFrame:
 
 
 def _packed_rows(batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-    """``mapInArrow`` body of :func:`with_profile_rows`: the rows of each listed Parquet file, a row group
+    """``mapInArrow`` body of :func:`_profile_rows`: the rows of each listed Parquet file, a row group
     at a time, packed (:func:`~ipinsights.score.profile_stream.pack_rows`)."""
     import pyarrow.parquet as pq
 
