@@ -8,8 +8,8 @@ bash scripts/setup.sh test horovod  # the dev tools, and Horovod for its backend
 export SPARK_LOCAL_IP=127.0.0.1
 # Training uses every core in one process (backend auto). OpenMP's threads spin while they wait for each
 # other, which collapses when anything else wants the cores (measured on 2 busy cores: 665 pairs/s
-# spinning, 7,195 passive); on idle cores passive waiting should cost only wake-ups (not measured
-# here). Read when torch loads.
+# spinning, 7,195 passive); on idle cores passive waiting costs 1.6x per epoch (bench/train_speed.py,
+# 2 threads: 37.0 s spinning, 59.6 s passive), a bounded loss against a tenfold one. Read when torch loads.
 export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-PASSIVE}"
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
