@@ -23,6 +23,7 @@ address pools are then moved into the table's ranges (for both epochs), as a use
 from __future__ import annotations
 
 import argparse
+import os
 import time
 
 import numpy as np
@@ -114,6 +115,9 @@ def main() -> None:
     ref = reference_seconds_per_batch(hp, data, args.reference_batches)
     n_batches = -(-args.pairs // hp.mini_batch_size)
     ref_epoch = ref * n_batches
+    # OpenMP's wait policy moves the epoch by 1.6x on 2 idle cores (passive 59.6 s, spinning 37.0 s):
+    # printed so that figures from shells that set it (scripts/test.sh, demo.sh) are not mistaken.
+    print(f"# OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '(unset: spinning)')}")
     print(f"torch_threads={torch.get_num_threads()}")
     print(f"pairs={args.pairs}")
     print(f"epoch_seconds={m.seconds:.2f}")
