@@ -110,11 +110,11 @@ def main(argv: list[str] | None = None) -> int:
         agentless = events.select("entity", "ip", "ts", "dt")
         pairs = events.count()
         jvm = spark.sparkContext._gateway.proc.pid
-        bare = events.select("entity", "ip", "ts")
-        unscored_type = StructType(bare.schema.fields + struct_type(SCORE_FIELDS).fields)
+        bare = [events.where(F.col("dt") == d).select("entity", "ip", "ts") for d in days]
+        unscored_type = StructType(bare[0].schema.fields + struct_type(SCORE_FIELDS).fields)
         floor = reduce(  # one day at a time, the day put back in the JVM: as scores_by_day does
             DataFrame.unionByName,
-            [bare.where(F.col("dt") == d).mapInArrow(unscored, unscored_type).withColumn("dt", F.lit(d)) for d in days],
+            [b.mapInArrow(unscored, unscored_type).withColumn("dt", F.lit(d)) for b, d in zip(bare, days, strict=True)],
         )
 
         def cpu(write: Callable[[str], None]) -> float:
