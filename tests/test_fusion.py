@@ -139,11 +139,15 @@ def test_attacks_are_drawn_as_the_kinds_say(tmp_path):
     assert (row_of["routed"] >= 0).all() and 0.55 < np.mean(routed[~v6] == 64501) < 0.78
     other, fine = drawn["other_entity"]
     assert not fine.all() and set(other.tolist()) <= set(keys.tolist())
-    plain = draw_attacks(keys, hashes, None, rng)
-    assert set(plain) == {"routed", "other_entity"}
     from ipinsights.score.features import reserved
 
-    assert not reserved(plain["routed"][0][~v6]).any()
+    # uniform: anywhere in the family's space, so mostly outside this small table, reserved space included
+    uniform = drawn["uniform"][0]
+    assert (row_of["uniform"][~v6] < 0).mean() > 0.9 and 0.05 < reserved(uniform[~v6]).mean() < 0.3
+    assert ((uniform[v6] >> 61) == 1).all()  # 2000::/3
+    plain = draw_attacks(keys, hashes, None, rng)
+    assert set(plain) == {"routed", "other_entity", "uniform"}
+    assert not reserved(plain["routed"][0][~v6]).any() and reserved(plain["uniform"][0][~v6]).any()
 
 
 def test_fixed_chunks_do_not_depend_on_how_the_rows_came_cut():

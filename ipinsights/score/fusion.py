@@ -72,7 +72,7 @@ __all__ = [
 ]
 
 FORMAT = "ipinsights-fusion"
-VERSION = 1
+VERSION = 2  # 2: fitted with uniform addresses among the drawn attacks (a version 1 file is refitted)
 SUFFIX = ".fusion.json"
 
 

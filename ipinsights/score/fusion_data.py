@@ -9,7 +9,12 @@ attack, paired with the same entity at the same time:
   in 2000::/3);
 * ``other_entity``: another entity's address from the same sample, of the same family;
 * ``same_country``: an address of another AS of the login's own country (needs the table);
-* ``hosting``: an address of a hosting range of the same family (needs the table and hosting ranges).
+* ``hosting``: an address of a hosting range of the same family (needs the table and hosting ranges);
+* ``uniform``: a uniform address of the same family, wherever it falls (IPv4: every octet uniform, as the
+  model's own random negatives; IPv6: in 2000::/3). Unlike ``routed`` it lands in unrouted and reserved
+  space and outside the table, so the fusion learns what such an address means: without it those
+  features never vary in the fit, get no weight, and a login from unrouted space (the demo's ``random_ip``
+  attacks) fuses to no more than a routed one.
 
 Each drawn attack also gets a client (:func:`draw_clients`): half of them keep the login's own user agent
 (an attacker who copies the victim's browser), the other half take another login's of the sample (one who
@@ -47,7 +52,7 @@ if TYPE_CHECKING:
 __all__ = ["ATTACKS", "NORMAL", "draw_attacks", "draw_clients", "fusion_rows", "rows_schema"]
 
 #: The kinds of drawn attacks, and the kind of the real logins.
-ATTACKS = ("routed", "other_entity", "same_country", "hosting")
+ATTACKS = ("routed", "other_entity", "same_country", "hosting", "uniform")
 NORMAL = "normal"
 _V6_UNICAST = 1 << 61  # 2000::/3: its address keys are [2**61, 2**62)
 
@@ -93,6 +98,13 @@ def _routed(keys: np.ndarray, table: AsnTable | None, rng: np.random.Generator) 
     rows6 = _pick(np.flatnonzero(six), None, n, rng)
     rows = np.where(v6, rows6, rows4)
     return _in_rows(table, np.maximum(rows, 0), rng), rows >= 0
+
+
+def _uniform(keys: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """A uniform address of each key's family, reserved and unrouted space included."""
+    n = keys.size
+    v6 = rng.integers(0, _V6_UNICAST, n) + _V6_UNICAST
+    return np.where(_is_v6(keys), v6, rng.integers(0, IPV4_KEYS, n)), np.ones(n, bool)
 
 
 def _other_entity(keys: np.ndarray, hashes: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -152,6 +164,7 @@ def draw_attacks(
     if table is not None:
         out["same_country"] = _same_country(keys, table, rng)
         out["hosting"] = _hosting(keys, table, hosting_asns, rng)
+    out["uniform"] = _uniform(keys, rng)
     return out
 
 

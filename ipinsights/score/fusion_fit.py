@@ -83,32 +83,37 @@ def fit_fusion(
     leaves = []
     for when, names in ((0, spec.new), (1, spec.seen)):
         rows = np.flatnonzero(seen == bool(when))
-        x = np.column_stack([np.asarray(features[n], np.float64)[rows] for n in names]) if names else None
-        leaves.append(_fit_leaf(when, names, x, y[rows], w[rows], l2))
+        columns = [np.asarray(features[n], np.float64)[rows] for n in names]
+        leaves.append(_fit_leaf(when, names, columns, y[rows], w[rows], l2))
     about.setdefault("created_at", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
     return FusionModel(spec.gate, tuple(leaves), fit_seconds=round(time.perf_counter() - t0, 3), **about)
 
 
 def _fit_leaf(
-    when: int, names: tuple[str, ...], x: np.ndarray | None, y: np.ndarray, w: np.ndarray, l2: float
+    when: int, names: tuple[str, ...], columns: list[np.ndarray], y: np.ndarray, w: np.ndarray, l2: float
 ) -> FusionLeaf:
     """One leaf's standardisation and L2-penalised logistic regression (IRLS). A leaf without rows (or of one
     class) keeps its features at weight 0 and the smoothed log-odds of its rows as bias."""
     k = len(names)
     total = float(w.sum())
-    if x is None or total <= 0:
+    if not k or total <= 0:
         return FusionLeaf(when, names, (0.0,) * k, (1.0,) * k, (0.0,) * k, 0.0)
-    # NaN is "unknown" (a device feature of an event without a user agent): the moments are of the known
-    # values, and an unknown one is standardised to 0, the mean, as FusionLeaf.standardised scores it.
-    known = np.isfinite(x)
-    wk = w[:, None] * known
-    total_known = wk.sum(axis=0)
-    x0 = np.where(known, x, 0.0)
-    mean = np.where(total_known > 0, (wk * x0).sum(axis=0) / np.maximum(total_known, 1e-300), 0.0)
-    var = (wk * (x0 - mean) ** 2).sum(axis=0) / np.maximum(total_known, 1e-300)
-    sd = np.sqrt(np.where(total_known > 0, var, 0.0))
-    scale = np.where(sd > 1e-9, sd, 1.0)  # a constant feature stays 0 once standardised
-    z = np.hstack([np.where(known, (x0 - mean) / scale, 0.0), np.ones((x.shape[0], 1))])
+    # Column by column into one preallocated matrix: a temporary of the whole leaf (rows x features, tens
+    # of MB) is a fresh mapping from the OS each time, and faulting its pages in cost more than the fit.
+    z = np.empty((w.size, k + 1))
+    z[:, k] = 1.0
+    mean, scale = np.zeros(k), np.ones(k)
+    for j, column in enumerate(columns):
+        # NaN is "unknown" (a device feature of an event without a user agent): the moments are of the known
+        # values, and an unknown one is standardised to 0, the mean, as FusionLeaf.standardised scores it.
+        known = np.isfinite(column)
+        wk, xk = w[known], column[known]
+        total_known = float(wk.sum())
+        if total_known > 0:
+            mean[j] = float(wk @ xk) / total_known
+            sd = math.sqrt(float(wk @ np.square(xk - mean[j])) / total_known)
+            scale[j] = sd if sd > 1e-9 else 1.0  # a constant feature stays 0 once standardised
+        z[:, j] = np.where(known, (column - mean[j]) / scale[j], 0.0)
     coef = _irls(z, y, w, l2 * total)
     return FusionLeaf(
         when, names, tuple(mean.tolist()), tuple(scale.tolist()), tuple(coef[:-1].tolist()), float(coef[-1])
