@@ -72,8 +72,11 @@ def main(argv: list[str] | None = None) -> int:
                 (events.entity == injected.entity) & (events.ip == injected.ip) & (events.ts == injected._ts),
                 "left_anti",
             )
-            write_partitions(normal, str(out / "events"))
-            n_removed = events.count() - spark.read.parquet(str(out / "events")).count()
+            # The calibration days too, as they are: a stored fusion or case floor that is stale (a newer
+            # format) is refitted on them, as the pipeline's scoring would.
+            calibration = read_events(spark, str(w / "events"), v0, v1)
+            write_partitions(normal.unionByName(calibration), str(out / "events"))
+            n_removed = events.count() - read_events(spark, str(out / "events"), s0, s1).count()
             print(f"injected_logins_removed={n_removed}")
             # The demo's validation day stays the calibration: the stored threshold and case floor are reused.
             cfg = ScoreConfig(
@@ -106,11 +109,15 @@ def main(argv: list[str] | None = None) -> int:
             chosen = single.sample(fraction=fraction, seed=0).unionByName(hits.where(F.col("kind") == SPRAYING))
             chosen = chosen.select("entity", "ip", "ts", "dt", "kind").cache()
             picked = chosen.select(F.col("entity").alias("_e"), F.col("ip").alias("_ip"), F.col("ts").alias("_ts"))
-            sparse = events.join(
-                picked,
-                (events.entity == picked._e) & (events.ip == picked._ip) & (events.ts == picked._ts),
-                "left_semi",
-            ).unionByName(normal)
+            sparse = (
+                events.join(
+                    picked,
+                    (events.entity == picked._e) & (events.ip == picked._ip) & (events.ts == picked._ts),
+                    "left_semi",
+                )
+                .unionByName(normal)
+                .unionByName(calibration)
+            )
             write_partitions(sparse, str(out / "sparse_events"))
             labelled = str(out / "sparse_labelled")
             chosen.select("entity", "ip", F.lit(1).alias("label"), "kind").coalesce(1).write.csv(labelled)
