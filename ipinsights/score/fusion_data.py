@@ -87,11 +87,16 @@ def _public_v4(n: int, rng: np.random.Generator) -> np.ndarray:
     return out
 
 
+def _unicast_v6(n: int, rng: np.random.Generator) -> np.ndarray:
+    """Uniform IPv6 address keys in 2000::/3 (global unicast)."""
+    return rng.integers(0, _V6_UNICAST, n) + _V6_UNICAST
+
+
 def _routed(keys: np.ndarray, table: AsnTable | None, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     v6 = _is_v6(keys)
     n = keys.size
     if table is None:
-        return np.where(v6, rng.integers(0, _V6_UNICAST, n) + _V6_UNICAST, _public_v4(n, rng)), np.ones(n, bool)
+        return np.where(v6, _unicast_v6(n, rng), _public_v4(n, rng)), np.ones(n, bool)
     six = _is_v6(table.start)
     size = (table.end - table.start).astype(np.float64) + 1.0
     rows4 = _pick(np.flatnonzero(~six), size[~six], n, rng)
@@ -103,7 +108,7 @@ def _routed(keys: np.ndarray, table: AsnTable | None, rng: np.random.Generator) 
 def _uniform(keys: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """A uniform address of each key's family, reserved and unrouted space included."""
     n = keys.size
-    v6 = rng.integers(0, _V6_UNICAST, n) + _V6_UNICAST
+    v6 = _unicast_v6(n, rng)
     return np.where(_is_v6(keys), v6, rng.integers(0, IPV4_KEYS, n)), np.ones(n, bool)
 
 
