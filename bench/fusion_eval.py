@@ -22,6 +22,17 @@ sample, join, features, fit, over one epoch). ``--devices realistic`` (issue 31)
 the attackers' four levels of sophistication, user agents in the events and the test rows; it adds
 ``trip_<shape>_<variant>_auc=``: the normal test logins from an AS the entity never used, on their own
 device against the same logins on a device the entity never used (the AUC of the latter over the former).
+
+``--oracle`` (issue 30's bound): where the lookup ties, how well could any score of these features do? The
+lookup flags every login from an AS the entity never used, so past it the fused score gains only by
+ranking each attack kind above those normal logins (trips, one-off logins elsewhere). It adds
+``unseen_<shape>_<variant>_<method>_<kind>=``: the AUC of the kind's attacks against the normal test
+logins from an AS the entity never used in training, for ``fused`` and for two scores fitted **with the
+test rows' own labels** (5-fold cross-validated, every kind against the normal rows at once, as one
+``risk_score`` must rank them all): ``oracle_linear`` (the fusion's own form, a logistic regression per
+leaf, ``fit_fusion``) and, where scikit-learn is installed (it is no dependency of the project),
+``oracle_trees`` (gradient-boosted trees on the same features). ``unseen_<shape>_<variant>_rows=`` is how many normal
+test logins that is; ``oracle_linear`` and ``oracle_trees`` also get ``auc_`` figures.
 """
 
 from __future__ import annotations
@@ -145,7 +156,7 @@ def _evaluate(spark, args: argparse.Namespace, w: dict, variant: str, model: Pat
     assert fusion is not None
     scorer = Scorer.load(model, profile=True, asn_table=table, fusion=True)
     test = w["test"]
-    ev, _ = evaluate_model(scorer, test)
+    ev, fused = evaluate_model(scorer, test)
     lookup = asn_baseline_scores(
         network_table(w["tables"]), w["train"]["entity"], w["train"]["ip"], test["entity"], test["ip"]
     )
@@ -154,6 +165,8 @@ def _evaluate(spark, args: argparse.Namespace, w: dict, variant: str, model: Pat
         trips = _trips(scorer, w, test, lookup["seen_asn"])
         for name, value in trips.items():
             out[name].append(value)
+    if args.oracle:
+        _oracle(scorer, test, fused, lookup["seen_asn"], out)
     for method, auc, recall in (
         ("fused", ev.auc["fused"], ev.recall["fused"]["0.01"]),
         ("model", ev.auc["model"], ev.recall["model"]["0.01"]),
@@ -164,6 +177,72 @@ def _evaluate(spark, args: argparse.Namespace, w: dict, variant: str, model: Pat
         for kind, value in recall.items():
             out[f"recall0.01_{method}_{kind}"].append(value)
     return fusion.fit_seconds, build
+
+
+def _test_features(scorer, test) -> dict[str, np.ndarray]:
+    """The fusion's features of the test rows, as the scorer computes them (its explanations' path)."""
+    from ipinsights.score.clients import event_devices
+    from ipinsights.score.features import event_days
+    from ipinsights.score.fusion import fused_scores
+
+    prof = scorer.profiles
+    rows = prof.index_of(scorer.entity_hashes(test["entity"]))
+    parsed = scorer.parse(test["ip"])
+    dp = scorer.dot_product(test["entity"], parsed)
+    days = event_days(test["ts"], test.num_rows)
+    return fused_scores(scorer.fusion, parsed, dp, prof, rows, scorer.asn_table, days, event_devices(test))[1]
+
+
+def _oracle(scorer, test, fused: np.ndarray, unseen_as: np.ndarray, out: dict, folds: int = 5) -> None:
+    """``--oracle``: the fused score and two scores fitted on the test rows' own labels (cross-validated),
+    per kind against the normal logins from an AS the entity never used (see the module docstring)."""
+    from ipinsights.core.metrics import roc_auc
+    from ipinsights.score.fusion import FusionSpec
+    from ipinsights.score.fusion_fit import fit_fusion
+
+    feats = _test_features(scorer, test)
+    fusion = scorer.fusion
+    spec = FusionSpec(fusion.gate, fusion.leaves[0].features, fusion.leaves[1].features)
+    label = test["label"].to_numpy().astype(np.int64)
+    kind = test["kind"].to_numpy(zero_copy_only=False)
+    # Balanced like the fusion's own fit: attacks and normal rows of equal total weight.
+    weight = np.where(label == 1, 0.5 / max(label.sum(), 1), 0.5 / max((label == 0).sum(), 1)) * label.size
+    fold = np.random.default_rng(0).permutation(label.size) % folds
+    scores = {"fused": np.asarray(fused, np.float64), "oracle_linear": np.zeros(label.size)}
+    names = [n for n in fusion.names if np.isfinite(feats[n]).all() and np.ptp(feats[n]) > 0]
+    x = np.column_stack([feats[n] for n in names])
+    try:
+        from sklearn.ensemble import HistGradientBoostingClassifier
+    except ImportError:
+        trees = None
+    else:
+        trees = np.zeros(label.size)
+    for f in range(folds):
+        fit, held = fold != f, fold == f
+        model = fit_fusion(
+            spec,
+            {n: v[fit] for n, v in feats.items()},
+            label[fit],
+            weight[fit],
+            model_fingerprint=fusion.model_fingerprint,
+            asn_table_fingerprint=fusion.asn_table_fingerprint,
+            profile=fusion.profile,
+        )
+        scores["oracle_linear"][held] = model.risk({n: v[held] for n, v in feats.items()})
+        if trees is not None:
+            gbt = HistGradientBoostingClassifier(max_iter=300, learning_rate=0.05, random_state=0)
+            gbt.fit(x[fit], label[fit], sample_weight=weight[fit])
+            trees[held] = gbt.predict_proba(x[held])[:, 1]
+    if trees is not None:
+        scores["oracle_trees"] = trees
+    normal_unseen = (label == 0) & (unseen_as == 1.0)
+    out["unseen_rows"].append(float(normal_unseen.sum()))
+    for method, score in scores.items():
+        for k in sorted(set(kind[label == 1])):
+            attack = kind == k
+            out[f"unseen_{method}_{k}"].append(roc_auc(score[attack | normal_unseen], label[attack | normal_unseen]))
+            if method != "fused":
+                out[f"auc_{method}_{k}"].append(roc_auc(score[attack | (label == 0)], label[attack | (label == 0)]))
 
 
 def _trips(scorer, w: dict, test, unseen_as: np.ndarray) -> dict[str, float]:
@@ -213,6 +292,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sample-rows", type=int, default=100_000)
     p.add_argument("--work", type=Path, default=None)
     p.add_argument("--config", type=Path, default=REPO / "conf" / "demo.yml", help="training settings (YAML)")
+    p.add_argument("--oracle", action="store_true", help="issue 30's bound: scores fitted on the test labels")
     p.add_argument(
         "--devices",
         choices=("legacy", "realistic"),

@@ -98,7 +98,10 @@ def test_default_specs_gate_finer_novelty_on_the_coarsest_network():
     assert table.gate == "as_seen" and plain.gate == "subnet_seen"
     # With a table, /24-level novelty only counts where the AS is new to the entity.
     assert not {"subnet_logins", "subnet_share", "subnet_days"} & set(table.seen)
-    assert "as_days" in table.seen and "hosting" in table.new
+    assert "hosting" in table.new and "device_new" in table.seen
+    # In an AS the entity already uses, only the client tells an attacker apart: the drawn attacks that land
+    # there are its own ISP's addresses, and fitted against them the rest raised the own-ISP control.
+    assert not {"dot_product", "as_share", "as_logins", "as_days"} & set(table.seen)
 
 
 def _table(tmp_path: Path):

@@ -7,8 +7,9 @@ networks are across the population, hosting and reserved ranges) and weighs them
 * **one split** on the gate feature: "the entity has used this AS before" with an ip2asn table
   (``as_seen``), "this /24 (/48)" without one (``subnet_seen``). Finer novelty must not count once the
   coarsest network is the entity's own: with a table, a new /24 of the entity's own ISP is normal (its
-  ISP renumbers it), so the /24 features live only in the "new AS" leaf. The leaves are the
-  interactions "new network x every other feature";
+  ISP renumbers it), so the /24 features live only in the "new AS" leaf; and in the "known AS" leaf only
+  the client counts (see ``fusion_fit._TABLE_SEEN``). The leaves are the interactions "new network x every
+  other feature";
 * **a logistic regression in each leaf** on standardised features (mean and scale stored), fitted by
   iteratively reweighted least squares with an L2 penalty (:mod:`ipinsights.score.fusion_fit`: a few
   Newton steps on a few hundred thousand rows, seconds). Its output, ``risk_score``, is the leaf's logit: the log-odds
