@@ -235,14 +235,16 @@ def _oracle(scorer, test, fused: np.ndarray, unseen_as: np.ndarray, out: dict, f
             trees[held] = gbt.predict_proba(x[held])[:, 1]
     if trees is not None:
         scores["oracle_trees"] = trees
-    normal_unseen = (label == 0) & (unseen_as == 1.0)
+    # The normal rows as `evaluate` counts them: the controls (own network, own ISP) are no one's negatives.
+    normal = kind == "normal"
+    normal_unseen = normal & (unseen_as == 1.0)
     out["unseen_rows"].append(float(normal_unseen.sum()))
     for method, score in scores.items():
         for k in sorted(set(kind[label == 1])):
             attack = kind == k
             out[f"unseen_{method}_{k}"].append(roc_auc(score[attack | normal_unseen], label[attack | normal_unseen]))
             if method != "fused":
-                out[f"auc_{method}_{k}"].append(roc_auc(score[attack | (label == 0)], label[attack | (label == 0)]))
+                out[f"auc_{method}_{k}"].append(roc_auc(score[attack | normal], label[attack | normal]))
 
 
 def _trips(scorer, w: dict, test, unseen_as: np.ndarray) -> dict[str, float]:
