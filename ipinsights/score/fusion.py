@@ -18,9 +18,13 @@ networks are across the population, hosting and reserved ranges) and weighs them
   attacks drawn for them, plus labelled rows and investigators' verdicts when given
   (:mod:`ipinsights.score.spark_fusion`, the scoring job's sidecar).
 
-Why a logistic regression per leaf and not boosted trees: the prototype's figures on the scattered world
-(3,000 users, with a table) put it at or above the lookup on every attack kind and the controls near
-0.5, the own-ISP control included; it is a few dozen numbers that a reviewer can read (per-feature
+Why a logistic regression per leaf and not boosted trees: fitted without labels, trees did no better. On the
+scattered world (3,000 users, with a table, seed 0) gradient-boosted trees fitted on the same drawn rows
+ranked popular-ISP and same-country attacks at 0.987-0.988 AUC at depth 3 and 0.96-0.97 deeper, against the
+leaves' 0.991-0.992 on the same rows. What separates those two kinds from a traveller's login is not in attacks drawn
+without labels (``bench/fusion_eval.py --oracle``, 3 seeds: fitted on the test labels themselves, trees reach
+0.997 / 0.995 and these leaves 0.994 / 0.990); a tree fusion belongs with labelled rows and verdicts. And it is
+a few dozen numbers that a reviewer can read (per-feature
 contributions are exact: coefficient x standardised value, the explanations' words), fits in seconds on
 the driver with numpy, and scores with one matrix product wherever the model scores, the endpoint too,
 with no new dependency. The feature lists and the gate are data: the fusion file names them, so
