@@ -202,21 +202,22 @@ def _oracle(scorer, test, fused: np.ndarray, unseen_as: np.ndarray, out: dict, f
 
     feats = _test_features(scorer, test)
     fusion = scorer.fusion
-    spec = FusionSpec(fusion.gate, fusion.leaves[0].features, fusion.leaves[1].features)
+    leaf = {leaf.when: leaf.features for leaf in fusion.leaves}
+    spec = FusionSpec(fusion.gate, leaf[0], leaf[1])
     label = test["label"].to_numpy().astype(np.int64)
     kind = test["kind"].to_numpy(zero_copy_only=False)
     # Balanced like the fusion's own fit: attacks and normal rows of equal total weight.
     weight = np.where(label == 1, 0.5 / max(label.sum(), 1), 0.5 / max((label == 0).sum(), 1)) * label.size
     fold = np.random.default_rng(0).permutation(label.size) % folds
     scores = {"fused": np.asarray(fused, np.float64), "oracle_linear": np.zeros(label.size)}
-    names = [n for n in fusion.names if np.isfinite(feats[n]).all() and np.ptp(feats[n]) > 0]
-    x = np.column_stack([feats[n] for n in names])
     try:
         from sklearn.ensemble import HistGradientBoostingClassifier
     except ImportError:
         trees = None
     else:
         trees = np.zeros(label.size)
+        # The trees see every feature that varies and is known on every row (no split needs the gate).
+        x = np.column_stack([feats[n] for n in fusion.names if np.isfinite(feats[n]).all() and np.ptp(feats[n]) > 0])
     for f in range(folds):
         fit, held = fold != f, fold == f
         model = fit_fusion(

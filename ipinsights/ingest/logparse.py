@@ -52,6 +52,7 @@ from ipinsights.core.config import ConfigError, check_int
 from ipinsights.core.hashing import MAX_ENTITY_BYTES
 from ipinsights.core.ip import parse_ipv4
 from ipinsights.core.useragent import parse_user_agents
+from ipinsights.storage.events import AGENT_FIELDS  # the events table's columns, re-exported
 
 if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame
@@ -96,8 +97,6 @@ REASONS = (
 OUTCOMES = (KEPT, FILTERED, *REASONS)
 _CODE = {name: np.int8(i) for i, name in enumerate(OUTCOMES)}
 ENTITY_FIELDS = ("user", "ident", "user_agent", "referer", "query")
-#: The columns an event gets from its user agent (the events table's, :mod:`ipinsights.storage.events`).
-AGENT_FIELDS = ("user_agent", "ua_family", "ua_os", "ua_device")
 PATH_MATCH_MODES = ("exact", "prefix", "regex")
 
 # The exact grammar, written once for both engines: RE2 (Arrow's regex kernels) and Python's re.

@@ -25,6 +25,8 @@ EVENTS_SCHEMA = (
     "entity string, ip string, ip_int long, ip_version int, ts timestamp, source_file string, "
     "user_agent string, ua_family string, ua_os string, ua_device string, dt string"
 )
+#: The columns an event gets from its user agent (the ingest's classifier fills them).
+AGENT_FIELDS = ("user_agent", "ua_family", "ua_os", "ua_device")
 
 
 def _parse_day(text: str, what: str) -> date:

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
 from ipinsights.core.config import LeaseOptions
+from ipinsights.storage.events import AGENT_FIELDS
 from ipinsights.storage.files import absolute_uri, atomic_leftovers, write_json
 from ipinsights.storage.filesystems import ArrowStore, HadoopStore, arrow_fs, hadoop_path, jvm, resolve_uri
 from ipinsights.storage.lease import LeaseLostError, Leases
@@ -28,7 +29,7 @@ STAGED_PARQUET_OPTIONS = {
     "compression": "lz4_raw",
     "parquet.enable.dictionary": "false",
     "parquet.enable.dictionary#source_file": "true",
-    **{f"parquet.enable.dictionary#{name}": "true" for name in ("user_agent", "ua_family", "ua_os", "ua_device")},
+    **{f"parquet.enable.dictionary#{name}": "true" for name in AGENT_FIELDS},
 }
 
 
